@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "agent.h"
+
+#include <httplib.h>
+#include <poll.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "cgroup.h"
+#include "explain.h"
+#include "sources/manifest.h"
+
+namespace fs = std::filesystem;
+
+namespace envsteer {
+
+struct Agent::Admin {
+  httplib::Server server;
+  std::thread thread;
+};
+
+Agent::Agent(Settings s) : s_(std::move(s)) {}
+
+Agent::~Agent() {
+  if (admin_) {
+    admin_->server.stop();
+    if (admin_->thread.joinable()) admin_->thread.join();
+  }
+}
+
+ModelOptions Agent::model_options() const {
+  ModelOptions o;
+  o.env_label = s_.env_label;
+  o.splitter = s_.splitter;
+  o.default_env = s_.default_env;
+  o.cgroup_annotation = s_.cgroup_annotation;
+  o.resolve_cgroup = [this](const std::string& rel) -> std::optional<CgroupInfo> {
+    fs::path dir = cgroup::resolve_in_mount(cg_mount_, rel);
+    auto id = cgroup::cgroup_id(dir);
+    if (!id) return std::nullopt;
+    CgroupInfo ci;
+    ci.id = *id;
+    ci.path = dir.string();
+    ci.level = cgroup::cgroup_level(cg_mount_, dir);
+    auto r = dir.lexically_relative(cg_root_);
+    ci.under_root = !r.empty() && *r.begin() != "..";
+    return ci;
+  };
+  return o;
+}
+
+bool Agent::apply_cluster(const k8s::ClusterState& cluster, const char* why) {
+  auto t0 = std::chrono::steady_clock::now();
+  try {
+    DesiredState want = build_model(cluster, model_options());
+    ApplyStats st;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      st = rec_->apply(want);
+      for (const auto& w : want.warnings)
+        if (std::find(model_.warnings.begin(), model_.warnings.end(), w) == model_.warnings.end())
+          spdlog::warn("{}", w);
+      missing_cgroups_ = std::any_of(want.warnings.begin(), want.warnings.end(),
+                                     [](const std::string& w) { return w.find("does not exist") != std::string::npos; });
+      model_ = std::move(want);
+      last_sync_ = std::chrono::system_clock::now();
+      syncs_ok_++;
+      map_updates_ += st.updates;
+      map_deletes_ += st.deletes;
+      last_error_.clear();
+    }
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+    if (st.changed() || std::string(why) != "rescan")
+      spdlog::info("applied {} ({}): {} services addresses, {} envs, {} backend sets, {} local pods; "
+                   "{} map updates, {} deletes in {} us",
+                   why, st.changed() ? "changed" : "no change", model_.frontends.size(), model_.envs.size(),
+                   model_.sets.size(), model_.pods.size(), st.updates, st.deletes, us);
+    return true;
+  } catch (const std::exception& e) {
+    std::lock_guard<std::mutex> g(mu_);
+    syncs_failed_++;
+    last_error_ = e.what();
+    last_error_time_ = std::chrono::system_clock::now();
+    spdlog::error("not applied ({}): {}; keeping the last good state", why, e.what());
+    return false;
+  }
+}
+
+bool Agent::sync(const char* why) {
+  k8s::ClusterState cluster;
+  try {
+    cluster = sources::load_manifests(s_.manifests);
+  } catch (const std::exception& e) {
+    std::lock_guard<std::mutex> g(mu_);
+    syncs_failed_++;
+    last_error_ = e.what();
+    last_error_time_ = std::chrono::system_clock::now();
+    spdlog::error("manifests not applied ({}): {}; keeping the last good state", why, e.what());
+    return false;
+  }
+  if (!apply_cluster(cluster, why)) return false;
+  cluster_ = std::move(cluster);
+  return true;
+}
+
+nlohmann::json Agent::status_json() {
+  std::lock_guard<std::mutex> g(mu_);
+  nlohmann::json j;
+  j["version"] = ENVSTEER_VERSION;
+  j["ready"] = ready_.load();
+  j["source"] = {{"kind", "manifests"}, {"path", s_.manifests}};
+  j["cgroup_root"] = cg_root_.string();
+  j["bpffs"] = s_.bpffs;
+  j["settings"] = {{"env_label", s_.env_label}, {"env_header", s_.env_header},
+                   {"splitter", std::string(1, s_.splitter)}, {"default_env", s_.default_env}};
+  j["kernel"] = {{"release", features_.kernel}, {"set_retval", features_.set_retval}, {"notes", features_.notes}};
+  auto ts = [](std::chrono::system_clock::time_point t) {
+    return t.time_since_epoch().count() == 0 ? 0.0
+           : std::chrono::duration<double>(t.time_since_epoch()).count();
+  };
+  j["sync"] = {{"ok", syncs_ok_}, {"failed", syncs_failed_}, {"last_ok_unix", ts(last_sync_)},
+               {"last_error", last_error_}, {"last_error_unix", ts(last_error_time_)},
+               {"map_updates", map_updates_}, {"map_deletes", map_deletes_}};
+  j["model"] = {{"frontends", model_.frontends.size()}, {"envs", model_.envs.size()},
+                {"sets", model_.sets.size()}, {"local_pods", model_.pods.size()},
+                {"warnings", model_.warnings}};
+  return j;
+}
+
+nlohmann::json Agent::explain_json(const std::string& from, const std::string& to,
+                                   const std::optional<std::string>& env) {
+  std::lock_guard<std::mutex> g(mu_);
+  return explain(ExplainRequest{from, to, env}, model_, dp_->maps(), s_.splitter);
+}
+
+std::string Agent::metrics_text() {
+  static const char* names[] = ES_COUNTER_NAMES;
+  std::string out = "# HELP envsteer_datapath_total Data-path events by kind, summed over CPUs.\n"
+                    "# TYPE envsteer_datapath_total counter\n";
+  for (uint32_t i = 0; i < ES_CNT_MAX; i++)
+    out += "envsteer_datapath_total{event=\"" + std::string(names[i]) + "\"} " +
+           std::to_string(dp_->maps().counter(i)) + "\n";
+  std::lock_guard<std::mutex> g(mu_);
+  out += "# TYPE envsteer_syncs_total counter\n";
+  out += "envsteer_syncs_total{result=\"ok\"} " + std::to_string(syncs_ok_) + "\n";
+  out += "envsteer_syncs_total{result=\"failed\"} " + std::to_string(syncs_failed_) + "\n";
+  out += "# TYPE envsteer_last_sync_failed gauge\nenvsteer_last_sync_failed " +
+         std::string(last_error_.empty() ? "0" : "1") + "\n";
+  return out;
+}
+
+void Agent::start_admin() {
+  if (s_.admin.empty()) return;
+  auto colon = s_.admin.rfind(':');
+  if (colon == std::string::npos) throw std::invalid_argument("--admin: expected HOST:PORT, got " + s_.admin);
+  std::string host = s_.admin.substr(0, colon);
+  int port = std::stoi(s_.admin.substr(colon + 1));
+  admin_ = std::make_unique<Admin>();
+  auto& srv = admin_->server;
+  srv.Get("/healthz", [](const httplib::Request&, httplib::Response& r) { r.set_content("ok\n", "text/plain"); });
+  srv.Get("/readyz", [this](const httplib::Request&, httplib::Response& r) {
+    r.status = ready_.load() ? 200 : 503;
+    r.set_content(ready_.load() ? "ready\n" : "not ready\n", "text/plain");
+  });
+  srv.Get("/v1/status", [this](const httplib::Request&, httplib::Response& r) {
+    r.set_content(status_json().dump(2) + "\n", "application/json");
+  });
+  srv.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
+    r.set_content(metrics_text(), "text/plain; version=0.0.4");
+  });
+  srv.Get("/v1/explain", [this](const httplib::Request& q, httplib::Response& r) {
+    try {
+      std::optional<std::string> env;
+      if (q.has_param("env")) env = q.get_param_value("env");
+      r.set_content(explain_json(q.get_param_value("from"), q.get_param_value("to"), env).dump(2) + "\n",
+                    "application/json");
+    } catch (const std::exception& e) {
+      r.status = 400;
+      r.set_content(nlohmann::json{{"error", e.what()}}.dump() + "\n", "application/json");
+    }
+  });
+  if (!srv.bind_to_port(host, port))
+    throw std::runtime_error("--admin: cannot listen on " + s_.admin + " (in use?)");
+  admin_->thread = std::thread([&srv] { srv.listen_after_bind(); });
+  spdlog::info("admin endpoint on http://{} (/healthz /readyz /metrics /v1/status /v1/explain)", s_.admin);
+}
+
+int Agent::run() {
+  validate_settings(s_);
+  if (s_.manifests.empty()) throw std::invalid_argument("--manifests: required (a YAML file or directory)");
+
+  // Bad input at start-up must not touch the kernel: read and check it first.
+  cg_mount_ = cgroup::find_cgroup2_mount();
+  cg_root_ = s_.cgroup_root.empty() ? cg_mount_ : cgroup::resolve_in_mount(cg_mount_, s_.cgroup_root);
+  if (!cgroup::cgroup_id(cg_root_)) throw std::runtime_error("--cgroup-root: " + cg_root_.string() + " does not exist");
+  k8s::ClusterState initial = sources::load_manifests(s_.manifests);
+  DesiredState check = build_model(initial, model_options());
+  (void)check;
+
+  features_ = probe_features();
+  spdlog::info("envsteer {} on kernel {}: set_retval={}", ENVSTEER_VERSION, features_.kernel, features_.set_retval);
+  for (const auto& n : features_.notes) spdlog::warn("degraded: {}", n);
+
+  cgroup::ensure_bpffs(s_.bpffs);
+  fs::create_directories(s_.bpffs);
+  lock_ = std::make_unique<PinLock>(s_.bpffs);
+
+  // Signals are read from a signalfd in the loop; block them before threads start.
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &mask, nullptr);
+  int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+
+  AttachReport rep;
+  dp_ = Datapath::install(s_, cg_root_, features_, &rep);
+  rec_ = std::make_unique<Reconciler>(dp_->maps(), s_.splitter);
+  size_t adopted = rec_->adopt();
+  spdlog::info("data path on cgroup {}: {} program(s) attached, {} replaced in place; maps under {}/maps: "
+               "{} reused ({} entries adopted), {} created",
+               cg_root_.string(), rep.created.size(), rep.replaced.size(), s_.bpffs, rep.maps_reused, adopted,
+               rep.maps_created);
+
+  if (!apply_cluster(initial, "start-up")) {
+    close(sfd);
+    return 1;
+  }
+  cluster_ = std::move(initial);
+  sources::ManifestWatcher watcher(s_.manifests);
+  start_admin();
+  ready_ = true;
+  spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_.frontends.size(), model_.pods.size());
+
+  int exit_code = 0;
+  auto rescan_at = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (;;) {
+    pollfd fds[2] = {{sfd, POLLIN, 0}, {watcher.fd(), POLLIN, 0}};
+    int n = poll(fds, 2, 1000);
+    if (n < 0 && errno != EINTR) {
+      spdlog::error("poll: {}", strerror(errno));
+      exit_code = 1;
+      break;
+    }
+    if (fds[0].revents & POLLIN) {
+      signalfd_siginfo si{};
+      bool stop = false;
+      while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+        if (si.ssi_signo == SIGHUP) {
+          spdlog::info("SIGHUP: re-reading {}", s_.manifests);
+          sync("SIGHUP");
+        } else {
+          spdlog::info("{}: stopping", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+          stop = true;
+        }
+      }
+      if (stop) break;
+    }
+    if (fds[1].revents & POLLIN && watcher.drain()) {
+      // Let a writer finish (editors and `kubectl get > file` write in pieces).
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      watcher.drain();
+      sync("manifest change");
+    }
+    if (std::chrono::steady_clock::now() >= rescan_at) {
+      // Pods whose cgroup did not exist yet: look again (bounded, every 2 s).
+      if (missing_cgroups_ && cluster_) apply_cluster(*cluster_, "rescan");
+      rescan_at = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    }
+  }
+  close(sfd);
+  ready_ = false;
+  if (admin_) {
+    admin_->server.stop();
+    if (admin_->thread.joinable()) admin_->thread.join();
+    admin_.reset();
+  }
+  if (s_.cleanup_on_exit) {
+    dp_.reset();
+    auto removed = uninstall(s_.bpffs);
+    spdlog::info("--cleanup-on-exit: detached and unpinned {} object(s) under {}", removed.size(), s_.bpffs);
+  } else {
+    spdlog::info("exiting; programs and maps stay pinned under {} and keep steering", s_.bpffs);
+  }
+  return exit_code;
+}
+
+}  // namespace envsteer

@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: Apache-2.0
+// The agent: source -> model -> reconciler -> maps, plus the admin endpoint.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "k8s/objects.h"
+#include "loader.h"
+#include "model.h"
+#include "reconciler.h"
+#include "settings.h"
+
+namespace envsteer {
+
+class Agent {
+ public:
+  explicit Agent(Settings s);
+  ~Agent();
+
+  // Runs until SIGTERM/SIGINT. Returns the process exit code.
+  int run();
+
+  // For the admin endpoint (thread-safe).
+  nlohmann::json status_json();
+  nlohmann::json explain_json(const std::string& from, const std::string& to,
+                              const std::optional<std::string>& env);
+  bool ready() const { return ready_.load(); }
+  std::string metrics_text();
+
+ private:
+  ModelOptions model_options() const;
+  // Reads the source, builds the model and applies it. On bad input keeps the
+  // last good state. Returns false on error (message logged and kept).
+  bool sync(const char* why);
+  bool apply_cluster(const k8s::ClusterState& cluster, const char* why);
+  void start_admin();
+
+  Settings s_;
+  std::filesystem::path cg_mount_, cg_root_;
+  Features features_;
+  std::unique_ptr<PinLock> lock_;
+  std::unique_ptr<Datapath> dp_;
+  std::unique_ptr<Reconciler> rec_;
+  std::optional<k8s::ClusterState> cluster_;  // last good source state
+  DesiredState model_;                        // last applied model
+  bool missing_cgroups_ = false;
+
+  mutable std::mutex mu_;  // guards model_, rec_ state, status fields
+  std::atomic<bool> ready_{false};
+  std::string last_error_;
+  std::chrono::system_clock::time_point last_sync_{}, last_error_time_{};
+  uint64_t syncs_ok_ = 0, syncs_failed_ = 0, map_updates_ = 0, map_deletes_ = 0;
+
+  struct Admin;
+  std::unique_ptr<Admin> admin_;
+};
+
+}  // namespace envsteer

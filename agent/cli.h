@@ -1,0 +1,7 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+namespace envsteer {
+// The `envsteer` command line; returns the exit code.
+int cli_main(int argc, char** argv);
+}

@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "explain.h"
+
+#include <arpa/inet.h>
+
+#include <sstream>
+#include <stdexcept>
+
+#include "envname.h"
+
+namespace envsteer {
+
+namespace {
+
+// The walk reads maps through these, as the BPF programs do.
+struct LiveCtx {
+  const maps::MapBackend* live;
+  es_set set;
+  es_env env;
+};
+
+const es_set* live_set(void* ctx, const es_set_key* k) {
+  auto* c = static_cast<LiveCtx*>(ctx);
+  return c->live->lookup(maps::MapId::Sets, k, &c->set) ? &c->set : nullptr;
+}
+
+const es_env* live_env(void* ctx, __u32 id) {
+  auto* c = static_cast<LiveCtx*>(ctx);
+  return c->live->lookup(maps::MapId::Envs, &id, &c->env) ? &c->env : nullptr;
+}
+
+}  // namespace
+}  // namespace envsteer
+
+#define ES_LOOKUP_SET(ctx, key) envsteer::live_set((ctx), (key))
+#define ES_LOOKUP_ENV(ctx, id) envsteer::live_env((ctx), (id))
+extern "C" {
+#include "bpf/lib/resolve.h"
+}
+
+namespace envsteer {
+
+namespace {
+
+const char* outcome_name(uint32_t o) {
+  switch (o) {
+    case ES_OUT_OWN: return "own";
+    case ES_OUT_FALLBACK: return "fallback";
+    case ES_OUT_DEFAULT: return "default";
+    default: return "refused";
+  }
+}
+
+std::string env_display(const EnvName& e) { return e.empty() ? "<base>" : e; }
+
+uint32_t live_count(const maps::MapBackend& live, uint32_t svc, uint32_t env) {
+  es_set_key k{svc, env};
+  es_set s{};
+  return live.lookup(maps::MapId::Sets, &k, &s) ? s.count : 0;
+}
+
+}  // namespace
+
+nlohmann::json explain(const ExplainRequest& req, const DesiredState& model, const maps::MapBackend& live,
+                       char splitter) {
+  using nlohmann::json;
+  json out;
+  out["from"] = req.from;
+  EnvName env;
+  if (req.env) {
+    if (!req.env->empty() && !env_valid(*req.env, splitter))
+      throw std::invalid_argument("--env: \"" + *req.env + "\" is not a valid environment name");
+    env = *req.env;
+    out["env_source"] = "flag";
+  } else {
+    auto it = model.pod_envs.find(req.from);
+    if (it == model.pod_envs.end()) throw std::invalid_argument("unknown pod \"" + req.from + "\"");
+    env = it->second;
+    out["env_source"] = env == model.default_env ? "default" : "pod-label";
+  }
+  if (env.empty()) env = model.default_env;
+  out["env"] = env_display(env);
+
+  std::string svc = req.to, port;
+  if (auto c = svc.rfind(':'); c != std::string::npos) {
+    port = svc.substr(c + 1);
+    svc = svc.substr(0, c);
+  }
+  out["service"] = svc;
+
+  // Environment ids as the kernel knows them.
+  auto env_id_of = [&](const EnvName& e) -> uint32_t {
+    if (e.empty()) return ES_ENV_BASE;
+    es_env_name k = maps::make_env_name(e);
+    uint32_t id = 0;
+    return live.lookup(maps::MapId::EnvNames, &k, &id) ? id : ES_ENV_NONE;
+  };
+  uint32_t zero = 0;
+  es_config cfg{};
+  live.lookup(maps::MapId::Config, &zero, &cfg);
+
+  // Start at the first level of the chain the kernel knows (unknown names
+  // fall back segment by segment).
+  std::vector<EnvName> chain = env.empty() ? std::vector<EnvName>{""} : env_chain(env, splitter);
+  uint32_t start = ES_ENV_NONE;
+  for (const auto& level : chain)
+    if ((start = env_id_of(level)) != ES_ENV_NONE) break;
+  if (start == ES_ENV_NONE) start = cfg.default_env_id;
+
+  std::map<std::string, std::string> pod_of;  // backend -> pod, from the model
+  for (const auto& [name, bes] : model.sets)
+    for (const auto& b : bes) pod_of[maps::format_backend(b.backend)] = b.pod;
+
+  json fes = json::array();
+  for (const auto& [key, spec] : model.frontends) {
+    if (spec.service != svc) continue;
+    if (!port.empty() && port != spec.port_name && port != std::to_string(ntohs(key.port))) continue;
+    json f;
+    f["address"] = maps::format_frontend(key);
+    f["port_name"] = spec.port_name;
+    es_frontend fe{};
+    if (!live.lookup(maps::MapId::Frontends, &key, &fe)) {
+      f["outcome"] = "not-loaded";
+      f["walk"] = json::array();
+      f["backends"] = json::array();
+      fes.push_back(f);
+      continue;
+    }
+    json walk = json::array();
+    for (const auto& level : chain) {
+      uint32_t id = env_id_of(level);
+      walk.push_back({{"env", env_display(level)}, {"known", id != ES_ENV_NONE},
+                      {"ready", id ? live_count(live, fe.svc_id, id) : 0}});
+    }
+    LiveCtx ctx{&live, {}, {}};
+    es_resolution res{};
+    es_resolve(&ctx, fe.svc_id, start, cfg.default_env_id, &res);
+    if (res.outcome == ES_OUT_DEFAULT || (res.outcome == ES_OUT_NONE && cfg.default_env_id != start))
+      walk.push_back({{"env", env_display(model.default_env)}, {"known", true}, {"default", true},
+                      {"ready", live_count(live, fe.svc_id, cfg.default_env_id)}});
+    f["walk"] = walk;
+    f["outcome"] = outcome_name(res.outcome);
+    json backends = json::array();
+    if (res.outcome != ES_OUT_NONE) {
+      es_env e{};
+      f["resolved_env"] = res.env_id == ES_ENV_BASE ? "<base>"
+                          : live.lookup(maps::MapId::Envs, &res.env_id, &e) ? maps::env_name_of(e) : "?";
+      for (uint32_t i = 0; i < res.count; i++) {
+        es_slot_key sk{fe.svc_id, res.env_id, i};
+        es_backend b{};
+        if (!live.lookup(maps::MapId::Slots, &sk, &b)) continue;
+        auto addr = maps::format_backend(b);
+        backends.push_back({{"address", addr}, {"pod", pod_of.count(addr) ? pod_of[addr] : ""}});
+      }
+    }
+    f["backends"] = backends;
+    fes.push_back(f);
+  }
+  if (fes.empty())
+    throw std::invalid_argument("unknown service \"" + req.to + "\" (no such service address is loaded)");
+  out["frontends"] = fes;
+  return out;
+}
+
+std::string render_explain(const nlohmann::json& j) {
+  std::ostringstream o;
+  o << "from " << j.value("from", "") << " (env " << j.value("env", "") << ", from "
+    << j.value("env_source", "") << ") to " << j.value("service", "") << "\n";
+  for (const auto& f : j["frontends"]) {
+    o << "  " << f.value("address", "") << (f.value("port_name", "").empty() ? "" : " (" + f.value("port_name", "") + ")")
+      << ": " << f.value("outcome", "") << "\n";
+    for (const auto& w : f["walk"]) {
+      o << "    " << (w.value("default", false) ? "default " : "walk    ") << w.value("env", "") << ": ";
+      if (!w.value("known", true)) o << "unknown environment\n";
+      else o << w.value("ready", 0) << " ready pod(s)\n";
+    }
+    if (f.contains("resolved_env")) o << "    -> " << f.value("resolved_env", "") << ":\n";
+    for (const auto& b : f["backends"])
+      o << "       " << b.value("address", "") << "  " << b.value("pod", "") << "\n";
+    if (f.value("outcome", "") == "refused") o << "    -> connect() fails with ECONNREFUSED\n";
+  }
+  return o.str();
+}
+
+}  // namespace envsteer

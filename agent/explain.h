@@ -1,0 +1,28 @@
+// SPDX-License-Identifier: Apache-2.0
+// `envsteer explain`: the environment chain walked and the pods it resolves
+// to, computed with the kernel's own walk (bpf/lib/resolve.h) over the live maps.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "maps/maps.h"
+#include "model.h"
+
+namespace envsteer {
+
+struct ExplainRequest {
+  std::string from;  // "ns/pod"
+  std::string to;    // "ns/svc" or "ns/svc:port" (port number or name)
+  std::optional<std::string> env;  // overrides the caller's environment
+};
+
+// Throws std::invalid_argument for unknown pods/services or bad input.
+nlohmann::json explain(const ExplainRequest& req, const DesiredState& model, const maps::MapBackend& live,
+                       char splitter);
+
+// Human-readable rendering of explain()'s JSON.
+std::string render_explain(const nlohmann::json& j);
+
+}  // namespace envsteer

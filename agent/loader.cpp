@@ -1,0 +1,312 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "loader.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/file.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdarg>
+#include <cstring>
+#include <stdexcept>
+
+#include "cgroup.h"
+#include "envsteer.skel.h"
+
+namespace fs = std::filesystem;
+
+namespace envsteer {
+
+namespace {
+
+std::string errstr(int err) { return std::strerror(err < 0 ? -err : err); }
+
+int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list args) {
+  char buf[2048];
+  vsnprintf(buf, sizeof(buf), fmt, args);
+  size_t n = strlen(buf);
+  while (n > 0 && buf[n - 1] == '\n') buf[--n] = 0;
+  if (level == LIBBPF_WARN) spdlog::warn("libbpf: {}", buf);
+  else if (level == LIBBPF_INFO) spdlog::debug("libbpf: {}", buf);
+  else spdlog::trace("libbpf: {}", buf);
+  return 0;
+}
+
+// Loads a four-instruction cgroup/connect4 program that calls bpf_set_retval.
+bool probe_set_retval() {
+  struct bpf_insn insns[4] = {};
+  insns[0].code = BPF_ALU64 | BPF_MOV | BPF_K;  // r1 = -ECONNREFUSED
+  insns[0].dst_reg = BPF_REG_1;
+  insns[0].imm = -111;
+  insns[1].code = BPF_JMP | BPF_CALL;
+  insns[1].imm = BPF_FUNC_set_retval;
+  insns[2].code = BPF_ALU64 | BPF_MOV | BPF_K;  // r0 = 1
+  insns[2].dst_reg = BPF_REG_0;
+  insns[2].imm = 1;
+  insns[3].code = BPF_JMP | BPF_EXIT;
+  LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = BPF_CGROUP_INET4_CONNECT);
+  int fd = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "es_probe", "GPL", insns, 4, &opts);
+  if (fd < 0) return false;
+  close(fd);
+  return true;
+}
+
+const char* attach_type_name(uint32_t t) {
+  const char* n = libbpf_bpf_attach_type_str(static_cast<bpf_attach_type>(t));
+  return n ? n : "?";
+}
+
+struct LinkInfo {
+  bpf_link_info info{};
+  bool ok = false;
+};
+
+LinkInfo link_info(int fd) {
+  LinkInfo li;
+  __u32 len = sizeof(li.info);
+  li.ok = bpf_obj_get_info_by_fd(fd, &li.info, &len) == 0;
+  return li;
+}
+
+}  // namespace
+
+void route_libbpf_logs() { libbpf_set_print(libbpf_print); }
+
+Features probe_features() {
+  Features f;
+  utsname u{};
+  if (uname(&u) == 0) f.kernel = u.release;
+  f.set_retval = probe_set_retval();
+  if (!f.set_retval)
+    f.notes.push_back("bpf_set_retval unavailable for cgroup programs (kernel < 5.19): connects with "
+                      "no ready pod fail with EPERM instead of ECONNREFUSED");
+  f.cgroup_links = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, nullptr) == 1;
+  return f;
+}
+
+PinLock::PinLock(const fs::path& pin_dir) {
+  fd_ = open(pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd_ < 0) throw std::runtime_error("cannot open pin directory " + pin_dir.string() + ": " + errstr(errno));
+  if (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    close(fd_);
+    fd_ = -1;
+    throw std::runtime_error("another envsteer agent is running on pin directory " + pin_dir.string() +
+                             " (it holds the lock); stop it first, or give this one its own --bpffs");
+  }
+}
+
+PinLock::~PinLock() {
+  if (fd_ >= 0) close(fd_);
+}
+
+bool PinLock::held(const fs::path& pin_dir) {
+  int fd = open(pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool busy = flock(fd, LOCK_EX | LOCK_NB) != 0;
+  close(fd);
+  return busy;
+}
+
+Datapath::~Datapath() {
+  // Links are pinned: destroying the skeleton leaves them attached.
+  if (skel_) envsteer_bpf__destroy(skel_);
+}
+
+std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& cgroup_root,
+                                            const Features& f, AttachReport* report) {
+  const fs::path pin = s.bpffs, map_dir = pin / "maps", link_dir = pin / "links";
+  fs::create_directories(map_dir);
+  fs::create_directories(link_dir);
+
+  std::unique_ptr<Datapath> dp(new Datapath());
+  const std::string map_root = map_dir.string();
+  LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = map_root.c_str());
+  dp->skel_ = envsteer_bpf__open_opts(&opts);
+  if (!dp->skel_) throw std::runtime_error("cannot open the BPF object: " + errstr(errno));
+  auto* skel = dp->skel_;
+
+  const std::pair<bpf_map*, uint32_t> sized[] = {
+      {skel->maps.es_frontends, s.limits.frontends}, {skel->maps.es_sets, s.limits.sets},
+      {skel->maps.es_slots, s.limits.slots},         {skel->maps.es_envs, s.limits.envs},
+      {skel->maps.es_env_names, s.limits.envs},      {skel->maps.es_pods, s.limits.pods}};
+  for (auto [map, limit] : sized) bpf_map__set_max_entries(map, limit);
+
+  AttachReport rep;
+  bpf_map* map;
+  bpf_object__for_each_map(map, skel->obj) {
+    if (!bpf_map__pin_path(map)) continue;  // internal maps (.rodata) are not pinned
+    fs::path p = map_dir / bpf_map__name(map);
+    int fd = bpf_obj_get(p.c_str());
+    if (fd < 0) {
+      rep.maps_created++;
+      continue;
+    }
+    bpf_map_info info{};
+    __u32 len = sizeof(info);
+    int err = bpf_obj_get_info_by_fd(fd, &info, &len);
+    close(fd);
+    if (err || info.key_size != bpf_map__key_size(map) || info.value_size != bpf_map__value_size(map) ||
+        info.type != bpf_map__type(map))
+      throw std::runtime_error("pinned map " + p.string() +
+                               " was made by an incompatible envsteer version; run `envsteer uninstall "
+                               "--bpffs " + s.bpffs + "` first (steering stops until the new agent is up)");
+    if (info.max_entries != bpf_map__max_entries(map) && bpf_map__type(map) != BPF_MAP_TYPE_SK_STORAGE) {
+      spdlog::warn("pinned map {} holds {} entries, not the {} configured; keeping the pinned size "
+                   "(a new size takes effect after `envsteer uninstall`)",
+                   bpf_map__name(map), info.max_entries, bpf_map__max_entries(map));
+      bpf_map__set_max_entries(map, info.max_entries);
+    }
+    rep.maps_reused++;
+  }
+
+  skel->rodata->es_feat_set_retval = f.set_retval ? 1 : 0;
+  if (int err = envsteer_bpf__load(skel); err != 0)
+    throw std::runtime_error("loading the BPF programs failed: " + errstr(err) +
+                             " (run with --log-level debug for the verifier log)");
+
+  for (size_t i = 0; i < maps::kMapCount; i++) {
+    auto id = static_cast<maps::MapId>(i);
+    bpf_map* m = bpf_object__find_map_by_name(skel->obj, maps::map_name(id));
+    if (!m) throw std::runtime_error(std::string("BPF object has no map ") + maps::map_name(id));
+    dp->maps_.set_fd(id, bpf_map__fd(m));
+  }
+  uint32_t zero = 0;
+  es_config cfg{};
+  if (dp->maps_.lookup(maps::MapId::Config, &zero, &cfg) && cfg.abi_version != 0 &&
+      cfg.abi_version != ES_ABI_VERSION)
+    throw std::runtime_error("pinned maps under " + s.bpffs + " use ABI version " +
+                             std::to_string(cfg.abi_version) + ", this agent " +
+                             std::to_string(ES_ABI_VERSION) + "; run `envsteer uninstall` first");
+
+  int cg_fd = open(cgroup_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (cg_fd < 0) throw std::runtime_error("cannot open cgroup " + cgroup_root.string() + ": " + errstr(errno));
+  auto root_id = cgroup::cgroup_id(cgroup_root).value_or(0);
+
+  std::vector<std::string> wanted;
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, skel->obj) {
+    const std::string name = bpf_program__name(prog);
+    wanted.push_back(name);
+    fs::path lp = link_dir / name;
+    if (fs::exists(lp)) {
+      bpf_link* old = bpf_link__open(lp.c_str());
+      if (old) {
+        auto li = link_info(bpf_link__fd(old));
+        bool same_place = li.ok && li.info.type == BPF_LINK_TYPE_CGROUP && li.info.cgroup.cgroup_id == root_id &&
+                          li.info.cgroup.attach_type == bpf_program__expected_attach_type(prog);
+        if (same_place && bpf_link__update_program(old, prog) == 0) {
+          bpf_link__disconnect(old);
+          bpf_link__destroy(old);
+          rep.replaced.push_back(name);
+          continue;
+        }
+        // attached elsewhere (another --cgroup-root) or not updatable: replace it
+        bpf_link__detach(old);
+        bpf_link__destroy(old);
+      }
+      fs::remove(lp);
+    }
+    bpf_link* link = bpf_program__attach_cgroup(prog, cg_fd);
+    if (!link) {
+      int err = errno;
+      close(cg_fd);
+      throw std::runtime_error("attaching " + name + " to cgroup " + cgroup_root.string() + " failed: " + errstr(err));
+    }
+    if (int err = bpf_link__pin(link, lp.c_str()); err != 0) {
+      bpf_link__destroy(link);
+      close(cg_fd);
+      throw std::runtime_error("pinning link " + lp.string() + " failed: " + errstr(err));
+    }
+    bpf_link__disconnect(link);  // keep it attached when this process exits
+    bpf_link__destroy(link);
+    rep.created.push_back(name);
+  }
+  close(cg_fd);
+
+  // Links of programs this version no longer has.
+  for (const auto& e : fs::directory_iterator(link_dir)) {
+    auto n = e.path().filename().string();
+    if (std::find(wanted.begin(), wanted.end(), n) != wanted.end()) continue;
+    if (bpf_link* old = bpf_link__open(e.path().c_str())) {
+      bpf_link__detach(old);
+      bpf_link__destroy(old);
+    }
+    fs::remove(e.path());
+    spdlog::info("detached obsolete program link {}", n);
+  }
+  if (report) *report = rep;
+  return dp;
+}
+
+std::vector<std::string> uninstall(const fs::path& pin_dir) {
+  std::vector<std::string> removed;
+  std::error_code ec;
+  if (!fs::exists(pin_dir / "links", ec) && !fs::exists(pin_dir / "maps", ec)) {
+    if (fs::exists(pin_dir, ec) && fs::is_empty(pin_dir, ec)) fs::remove(pin_dir, ec);
+    return removed;
+  }
+  if (fs::exists(pin_dir / "links", ec)) {
+    for (const auto& e : fs::directory_iterator(pin_dir / "links")) {
+      if (bpf_link* l = bpf_link__open(e.path().c_str())) {
+        if (bpf_link__detach(l) != 0) spdlog::warn("detaching {}: {}", e.path().string(), errstr(errno));
+        bpf_link__destroy(l);
+      }
+      fs::remove(e.path(), ec);
+      removed.push_back(e.path().string());
+    }
+  }
+  if (fs::exists(pin_dir / "maps", ec)) {
+    for (const auto& e : fs::directory_iterator(pin_dir / "maps")) {
+      fs::remove(e.path(), ec);
+      removed.push_back(e.path().string());
+    }
+  }
+  fs::remove(pin_dir / "links", ec);
+  fs::remove(pin_dir / "maps", ec);
+  fs::remove(pin_dir, ec);
+  return removed;
+}
+
+std::vector<LinkStatus> pinned_links(const fs::path& pin_dir) {
+  std::vector<LinkStatus> out;
+  std::error_code ec;
+  if (!fs::exists(pin_dir / "links", ec)) return out;
+  for (const auto& e : fs::directory_iterator(pin_dir / "links")) {
+    LinkStatus st;
+    st.name = e.path().filename().string();
+    int fd = bpf_obj_get(e.path().c_str());
+    if (fd < 0) {
+      out.push_back(st);
+      continue;
+    }
+    auto li = link_info(fd);
+    close(fd);
+    if (li.ok) {
+      st.link_id = li.info.id;
+      st.prog_id = li.info.prog_id;
+      if (li.info.type == BPF_LINK_TYPE_CGROUP) {
+        st.cgroup_id = li.info.cgroup.cgroup_id;
+        st.attach_type = attach_type_name(li.info.cgroup.attach_type);
+      }
+      int pfd = bpf_prog_get_fd_by_id(st.prog_id);
+      if (pfd >= 0) {
+        bpf_prog_info pi{};
+        __u32 len = sizeof(pi);
+        if (bpf_obj_get_info_by_fd(pfd, &pi, &len) == 0) {
+          st.prog_name = pi.name;
+          st.run_cnt = pi.run_cnt;
+          st.run_time_ns = pi.run_time_ns;
+        }
+        close(pfd);
+      }
+    }
+    out.push_back(st);
+  }
+  return out;
+}
+
+}  // namespace envsteer

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: Apache-2.0
+// The data path: loads the BPF programs, pins maps and links under the pin
+// directory, attaches to the cgroup root, and adopts what a previous agent
+// pinned (links are updated in place, so traffic never sees a gap).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "maps/bpf_maps.h"
+#include "settings.h"
+
+struct envsteer_bpf;
+
+namespace envsteer {
+
+struct Features {
+  std::string kernel;         // uname release
+  bool set_retval = false;    // ECONNREFUSED (else EPERM) when no pod is ready
+  bool cgroup_links = false;  // bpf_link for cgroup programs (pin + update)
+  std::vector<std::string> notes;  // degradations, one line each
+};
+
+Features probe_features();
+
+// Holds an exclusive lock on the pin directory: one agent per pin directory.
+class PinLock {
+ public:
+  // Throws std::runtime_error when another process holds it.
+  explicit PinLock(const std::filesystem::path& pin_dir);
+  ~PinLock();
+  PinLock(const PinLock&) = delete;
+  PinLock& operator=(const PinLock&) = delete;
+  // true when some process holds the lock (for uninstall/status).
+  static bool held(const std::filesystem::path& pin_dir);
+
+ private:
+  int fd_ = -1;
+};
+
+struct AttachReport {
+  std::vector<std::string> created;   // programs attached fresh
+  std::vector<std::string> replaced;  // pinned links updated in place
+  size_t maps_reused = 0;
+  size_t maps_created = 0;
+};
+
+class Datapath {
+ public:
+  ~Datapath();
+  // Throws std::runtime_error with a message an operator can act on.
+  static std::unique_ptr<Datapath> install(const Settings& s, const std::filesystem::path& cgroup_root,
+                                           const Features& f, AttachReport* report);
+  maps::BpfMapBackend& maps() { return maps_; }
+
+ private:
+  Datapath() = default;
+  envsteer_bpf* skel_ = nullptr;
+  maps::BpfMapBackend maps_;
+};
+
+// Detaches every pinned link and removes the pin directory. Returns what it removed.
+std::vector<std::string> uninstall(const std::filesystem::path& pin_dir);
+
+// Programs currently linked from the pin directory.
+struct LinkStatus {
+  std::string name;      // pin name
+  uint32_t link_id = 0;
+  uint32_t prog_id = 0;
+  std::string prog_name;
+  std::string attach_type;
+  uint64_t cgroup_id = 0;
+  uint64_t run_cnt = 0, run_time_ns = 0;  // with kernel.bpf_stats_enabled
+};
+std::vector<LinkStatus> pinned_links(const std::filesystem::path& pin_dir);
+
+void route_libbpf_logs();
+
+}  // namespace envsteer

@@ -1,0 +1,327 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "reconciler.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <string>
+
+#include "envname.h"
+
+namespace envsteer {
+
+using maps::MapId;
+
+struct Reconciler::Target {
+  std::map<EnvName, uint32_t> env_ids;  // named envs
+  std::map<uint32_t, es_env> envs;
+  std::map<es_frontend_key, es_frontend, maps::BytesLess<es_frontend_key>> frontends;
+  std::map<es_set_key, std::vector<es_backend>, maps::BytesLess<es_set_key>> sets;
+  std::map<uint64_t, es_pod> pods;
+  es_config config{};
+  size_t slots = 0;
+};
+
+namespace {
+
+// Smallest id >= first that is not in use.
+template <class Used>
+uint32_t alloc_id(const Used& used, std::set<uint32_t>& taken, uint32_t first) {
+  uint32_t id = first;
+  while (used.count(id) || taken.count(id)) id++;
+  taken.insert(id);
+  return id;
+}
+
+}  // namespace
+
+std::optional<uint32_t> Reconciler::env_id(const EnvName& e) const {
+  if (e.empty()) return ES_ENV_BASE;
+  auto it = shadow_.env_names.find(e);
+  if (it == shadow_.env_names.end()) return std::nullopt;
+  return it->second;
+}
+
+std::optional<uint32_t> Reconciler::svc_id(const es_frontend_key& k) const {
+  auto it = shadow_.frontends.find(k);
+  if (it == shadow_.frontends.end()) return std::nullopt;
+  return it->second.svc_id;
+}
+
+size_t Reconciler::adopt() {
+  shadow_ = Shadow{};
+  size_t n = 0;
+  maps_.for_each(MapId::Frontends, [&](const void* k, const void* v) {
+    shadow_.frontends[*static_cast<const es_frontend_key*>(k)] = *static_cast<const es_frontend*>(v);
+    n++;
+  });
+  maps_.for_each(MapId::Envs, [&](const void* k, const void* v) {
+    shadow_.envs[*static_cast<const uint32_t*>(k)] = *static_cast<const es_env*>(v);
+    n++;
+  });
+  maps_.for_each(MapId::EnvNames, [&](const void* k, const void* v) {
+    shadow_.env_names[maps::env_name_of(*static_cast<const es_env_name*>(k))] =
+        *static_cast<const uint32_t*>(v);
+    n++;
+  });
+  std::map<es_set_key, uint32_t, maps::BytesLess<es_set_key>> counts;
+  maps_.for_each(MapId::Sets, [&](const void* k, const void* v) {
+    counts[*static_cast<const es_set_key*>(k)] = static_cast<const es_set*>(v)->count;
+    n++;
+  });
+  for (const auto& [key, count] : counts) shadow_.sets[key].assign(count, es_backend{});
+  maps_.for_each(MapId::Slots, [&](const void* k, const void* v) {
+    const auto& sk = *static_cast<const es_slot_key*>(k);
+    auto it = shadow_.sets.find(es_set_key{sk.svc_id, sk.env_id});
+    if (it == shadow_.sets.end() || sk.slot >= it->second.size()) {
+      shadow_.stray_slots.push_back(sk);
+      return;
+    }
+    it->second[sk.slot] = *static_cast<const es_backend*>(v);
+    n++;
+  });
+  maps_.for_each(MapId::Pods, [&](const void* k, const void* v) {
+    shadow_.pods[*static_cast<const uint64_t*>(k)] = *static_cast<const es_pod*>(v);
+    n++;
+  });
+  uint32_t zero = 0;
+  es_config cfg{};
+  if (maps_.lookup(MapId::Config, &zero, &cfg) && cfg.abi_version != 0) shadow_.config = cfg;
+  return n;
+}
+
+Reconciler::Target Reconciler::plan(const DesiredState& want) const {
+  Target t;
+  std::set<uint32_t> taken;
+  std::set<uint32_t> used_env_ids;
+  for (const auto& [id, e] : shadow_.envs) used_env_ids.insert(id);
+  used_env_ids.insert(ES_ENV_NONE);
+  used_env_ids.insert(ES_ENV_BASE);
+
+  // Environments, parents before children (shorter names first).
+  std::vector<EnvName> names(want.envs.begin(), want.envs.end());
+  std::sort(names.begin(), names.end(),
+            [](const auto& a, const auto& b) { return a.size() != b.size() ? a.size() < b.size() : a < b; });
+  for (const auto& name : names) {
+    auto it = shadow_.env_names.find(name);
+    uint32_t id = it != shadow_.env_names.end() ? it->second : alloc_id(used_env_ids, taken, 2);
+    t.env_ids[name] = id;
+  }
+  auto id_of = [&](const EnvName& e) { return e.empty() ? uint32_t{ES_ENV_BASE} : t.env_ids.at(e); };
+  for (const auto& name : names) {
+    es_env e{};
+    EnvName parent = env_parent(name, splitter_);
+    e.parent_id = parent.empty() ? ES_ENV_NONE : id_of(parent);
+    e.depth = static_cast<uint32_t>(es_env_depth(name.data(), static_cast<int>(name.size()), splitter_));
+    std::memcpy(e.name, name.data(), std::min(name.size(), sizeof(e.name) - 1));
+    t.envs[id_of(name)] = e;
+  }
+
+  std::set<uint32_t> used_svc_ids, svc_taken;
+  for (const auto& [k, f] : shadow_.frontends) used_svc_ids.insert(f.svc_id);
+  used_svc_ids.insert(0);
+  for (const auto& [key, spec] : want.frontends) {
+    auto it = shadow_.frontends.find(key);
+    es_frontend f{};
+    f.svc_id = it != shadow_.frontends.end() ? it->second.svc_id : alloc_id(used_svc_ids, svc_taken, 1);
+    t.frontends[key] = f;
+  }
+  for (const auto& [name, backends] : want.sets) {
+    es_set_key k{t.frontends.at(name.frontend).svc_id, id_of(name.env)};
+    auto& v = t.sets[k];
+    for (const auto& b : backends) v.push_back(b.backend);
+    t.slots += v.size();
+  }
+  uint32_t min_level = ES_MAX_CGROUP_LEVEL, max_level = 0;
+  for (const auto& [cg, pod] : want.pods) {
+    t.pods[cg] = es_pod{id_of(pod.env), 0};
+    min_level = std::min<uint32_t>(min_level, static_cast<uint32_t>(pod.level));
+    max_level = std::max<uint32_t>(max_level, static_cast<uint32_t>(pod.level));
+  }
+  if (want.pods.empty()) min_level = 1, max_level = 0;  // no ancestor walk
+  t.config.abi_version = ES_ABI_VERSION;
+  t.config.default_env_id = id_of(want.default_env);
+  t.config.min_pod_level = min_level;
+  t.config.max_pod_level = max_level;
+  return t;
+}
+
+void Reconciler::check_capacity(const Target& t) const {
+  auto check = [&](MapId m, size_t n, const char* what, const char* limit) {
+    uint32_t cap = maps_.capacity(m);
+    if (cap != 0 && n > cap)
+      throw CapacityError(std::to_string(n) + " " + what + " do not fit in map " + maps::map_name(m) +
+                          " (" + std::to_string(cap) + " entries; raise limits." + limit + ")");
+  };
+  check(MapId::Frontends, t.frontends.size(), "service addresses", "frontends");
+  check(MapId::Sets, t.sets.size(), "(service address, environment) backend sets", "sets");
+  check(MapId::Slots, t.slots, "backends", "slots");
+  check(MapId::Envs, t.envs.size(), "environments", "envs");
+  check(MapId::EnvNames, t.env_ids.size(), "environment names", "envs");
+  check(MapId::Pods, t.pods.size(), "local pods", "pods");
+}
+
+void Reconciler::put(MapId m, const void* k, const void* v, ApplyStats& st) {
+  int err = maps_.update(m, k, v);
+  if (err != 0)
+    throw ApplyError(std::string("update of map ") + maps::map_name(m) + " failed: " + std::strerror(-err));
+  st.updates++;
+}
+
+void Reconciler::del(MapId m, const void* k, ApplyStats& st) {
+  int err = maps_.remove(m, k);
+  if (err != 0)
+    throw ApplyError(std::string("delete from map ") + maps::map_name(m) + " failed: " + std::strerror(-err));
+  st.deletes++;
+}
+
+// Slots keep their backend where it stays, so a change writes only the slots
+// it touches: removed backends leave holes that new ones fill, and leftover
+// holes are closed by moving the last slots down.
+void Reconciler::write_set(const es_set_key& key, const std::vector<es_backend>& want, ApplyStats& st) {
+  auto& cur = shadow_.sets[key];  // creates an empty shadow for a new set
+  const std::vector<es_backend> old = cur;
+  auto in = [](const std::vector<es_backend>& v, const es_backend& b) {
+    return std::any_of(v.begin(), v.end(), [&](const es_backend& x) { return maps::bytes_equal(x, b); });
+  };
+  std::vector<std::optional<es_backend>> next;
+  for (const auto& b : old) next.push_back(in(want, b) ? std::optional(b) : std::nullopt);
+  // keep a duplicate-free layout (adoption may bring zeroed, unknown slots)
+  for (size_t i = 0; i < next.size(); i++)
+    for (size_t j = 0; j < i && next[i]; j++)
+      if (next[j] && maps::bytes_equal(*next[j], *next[i])) next[i].reset();
+  std::vector<es_backend> adds;
+  for (const auto& b : want)
+    if (std::none_of(next.begin(), next.end(), [&](const auto& x) { return x && maps::bytes_equal(*x, b); }))
+      adds.push_back(b);
+  size_t a = 0;
+  for (auto& slot : next)
+    if (!slot && a < adds.size()) slot = adds[a++];
+  for (; a < adds.size(); a++) next.push_back(adds[a]);
+  for (size_t hole = 0; hole < next.size(); hole++) {
+    if (next[hole]) continue;
+    while (!next.empty() && !next.back()) next.pop_back();
+    if (hole >= next.size()) break;
+    next[hole] = next.back();
+    next.pop_back();
+  }
+
+  // 1. fill slots (in place and appended), 2. publish the count, 3. drop the tail
+  for (size_t i = 0; i < next.size(); i++) {
+    if (i < old.size() && maps::bytes_equal(old[i], *next[i])) continue;
+    es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(i)};
+    put(MapId::Slots, &sk, &*next[i], st);
+    if (i < cur.size()) cur[i] = *next[i];
+    else cur.push_back(*next[i]);
+  }
+  if (next.size() != old.size() || old.empty()) {
+    es_set s{static_cast<uint32_t>(next.size()), 0};
+    put(MapId::Sets, &key, &s, st);
+  }
+  for (size_t i = next.size(); i < old.size(); i++) {
+    es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(i)};
+    del(MapId::Slots, &sk, st);
+  }
+  cur.resize(next.size());
+}
+
+void Reconciler::delete_set(const es_set_key& key, ApplyStats& st) {
+  auto it = shadow_.sets.find(key);
+  if (it == shadow_.sets.end()) return;
+  del(MapId::Sets, &key, st);
+  for (size_t i = it->second.size(); i-- > 0;) {
+    es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(i)};
+    del(MapId::Slots, &sk, st);
+    it->second.pop_back();
+  }
+  shadow_.sets.erase(it);
+}
+
+ApplyStats Reconciler::apply(const DesiredState& want) {
+  Target t = plan(want);
+  check_capacity(t);
+  ApplyStats st;
+
+  // Additions and changes, dependencies first.
+  std::vector<std::pair<uint32_t, const es_env*>> envs;
+  for (const auto& [id, e] : t.envs) envs.emplace_back(id, &e);
+  std::sort(envs.begin(), envs.end(), [](auto& a, auto& b) { return a.second->depth < b.second->depth; });
+  for (const auto& [id, e] : envs) {
+    auto it = shadow_.envs.find(id);
+    if (it != shadow_.envs.end() && maps::bytes_equal(it->second, *e)) continue;
+    put(MapId::Envs, &id, e, st);
+    shadow_.envs[id] = *e;
+  }
+  for (const auto& [name, id] : t.env_ids) {
+    auto it = shadow_.env_names.find(name);
+    if (it != shadow_.env_names.end() && it->second == id) continue;
+    es_env_name k = maps::make_env_name(name);
+    put(MapId::EnvNames, &k, &id, st);
+    shadow_.env_names[name] = id;
+  }
+  for (const auto& [key, backends] : t.sets) {
+    auto it = shadow_.sets.find(key);
+    if (it != shadow_.sets.end() && it->second.size() == backends.size() &&
+        std::is_permutation(it->second.begin(), it->second.end(), backends.begin(),
+                            [](const es_backend& x, const es_backend& y) { return maps::bytes_equal(x, y); }))
+      continue;
+    write_set(key, backends, st);
+  }
+  for (const auto& [key, f] : t.frontends) {
+    auto it = shadow_.frontends.find(key);
+    if (it != shadow_.frontends.end() && maps::bytes_equal(it->second, f)) continue;
+    put(MapId::Frontends, &key, &f, st);
+    shadow_.frontends[key] = f;
+  }
+  for (const auto& [cg, pod] : t.pods) {
+    auto it = shadow_.pods.find(cg);
+    if (it != shadow_.pods.end() && maps::bytes_equal(it->second, pod)) continue;
+    put(MapId::Pods, &cg, &pod, st);
+    shadow_.pods[cg] = pod;
+  }
+  if (!shadow_.config || !maps::bytes_equal(*shadow_.config, t.config)) {
+    uint32_t zero = 0;
+    put(MapId::Config, &zero, &t.config, st);
+    shadow_.config = t.config;
+  }
+
+  // Removals, dependents first.
+  for (auto it = shadow_.pods.begin(); it != shadow_.pods.end();) {
+    if (t.pods.count(it->first)) { ++it; continue; }
+    del(MapId::Pods, &it->first, st);
+    it = shadow_.pods.erase(it);
+  }
+  for (auto it = shadow_.frontends.begin(); it != shadow_.frontends.end();) {
+    if (t.frontends.count(it->first)) { ++it; continue; }
+    del(MapId::Frontends, &it->first, st);
+    it = shadow_.frontends.erase(it);
+  }
+  std::vector<es_set_key> gone;
+  for (const auto& [key, v] : shadow_.sets)
+    if (!t.sets.count(key)) gone.push_back(key);
+  for (const auto& key : gone) delete_set(key, st);
+  while (!shadow_.stray_slots.empty()) {
+    del(MapId::Slots, &shadow_.stray_slots.back(), st);
+    shadow_.stray_slots.pop_back();
+  }
+  for (auto it = shadow_.env_names.begin(); it != shadow_.env_names.end();) {
+    auto want_it = t.env_ids.find(it->first);
+    if (want_it != t.env_ids.end() && want_it->second == it->second) { ++it; continue; }
+    if (want_it == t.env_ids.end()) {
+      es_env_name k = maps::make_env_name(it->first);
+      del(MapId::EnvNames, &k, st);
+    }
+    it = shadow_.env_names.erase(it);
+  }
+  std::vector<std::pair<uint32_t, uint32_t>> stale;  // (depth, id), deepest first
+  for (const auto& [id, e] : shadow_.envs)
+    if (!t.envs.count(id)) stale.emplace_back(e.depth, id);
+  std::sort(stale.rbegin(), stale.rend());
+  for (const auto& [depth, id] : stale) {
+    del(MapId::Envs, &id, st);
+    shadow_.envs.erase(id);
+  }
+  return st;
+}
+
+}  // namespace envsteer

@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: Apache-2.0
+// The reconciler owns the steering maps: it keeps a shadow copy of what it
+// wrote, turns a DesiredState into the smallest set of map writes, and orders
+// them so that the programs never see a half-made state (a frontend appears
+// after its backend sets, a set's count grows after its slots are filled and
+// shrinks before they are deleted).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <vector>
+
+#include "maps/maps.h"
+#include "model.h"
+
+namespace envsteer {
+
+// The desired state does not fit in the maps: nothing was written.
+class CapacityError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A map write failed part-way; the shadow reflects what was written, and the
+// next apply() retries the rest.
+class ApplyError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Shadow {
+  std::map<es_frontend_key, es_frontend, maps::BytesLess<es_frontend_key>> frontends;
+  std::map<uint32_t, es_env> envs;
+  std::map<EnvName, uint32_t> env_names;  // es_env_names entries
+  std::map<es_set_key, std::vector<es_backend>, maps::BytesLess<es_set_key>> sets;
+  std::map<uint64_t, es_pod> pods;
+  std::optional<es_config> config;
+  std::vector<es_slot_key> stray_slots;  // found on adoption beyond a set's count
+};
+
+struct ApplyStats {
+  size_t updates = 0;
+  size_t deletes = 0;
+  bool changed() const { return updates + deletes > 0; }
+};
+
+class Reconciler {
+ public:
+  Reconciler(maps::MapBackend& maps, char splitter) : maps_(maps), splitter_(splitter) {}
+
+  // Reads what the maps hold now (a previous agent's work) as the shadow.
+  // Returns the number of entries adopted.
+  size_t adopt();
+
+  // Makes the maps say what `want` says. Throws CapacityError (nothing
+  // written) or ApplyError (partly written, shadow accurate).
+  ApplyStats apply(const DesiredState& want);
+
+  const Shadow& shadow() const { return shadow_; }
+  std::optional<uint32_t> env_id(const EnvName& e) const;
+  std::optional<uint32_t> svc_id(const es_frontend_key& k) const;
+
+ private:
+  struct Target;
+  Target plan(const DesiredState& want) const;
+  void check_capacity(const Target& t) const;
+  void put(maps::MapId m, const void* k, const void* v, ApplyStats& st);
+  void del(maps::MapId m, const void* k, ApplyStats& st);
+  void write_set(const es_set_key& key, const std::vector<es_backend>& want, ApplyStats& st);
+  void delete_set(const es_set_key& key, ApplyStats& st);
+
+  maps::MapBackend& maps_;
+  char splitter_;
+  Shadow shadow_;
+};
+
+}  // namespace envsteer

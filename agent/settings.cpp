@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "settings.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <stdexcept>
+
+#include "envname.h"
+
+namespace envsteer {
+
+namespace {
+
+template <class T>
+void read(const YAML::Node& n, const char* key, T& out, const std::string& file) {
+  if (!n[key]) return;
+  try {
+    out = n[key].as<T>();
+  } catch (const YAML::Exception& e) {
+    throw std::runtime_error(file + ": " + key + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+void load_settings_file(const std::filesystem::path& file, Settings& s) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(file.string());
+  } catch (const YAML::Exception& e) {
+    throw std::runtime_error(file.string() + ": " + e.what());
+  }
+  if (!root.IsMap()) throw std::runtime_error(file.string() + ": expected a mapping of settings");
+  static const char* known[] = {"manifests", "cgroupRoot", "bpffs", "envLabel", "envHeader",
+                                "splitter", "defaultEnv", "admin", "logLevel", "cleanupOnExit",
+                                "limits", "cgroupAnnotation"};
+  for (const auto& kv : root) {
+    auto k = kv.first.as<std::string>();
+    bool ok = false;
+    for (auto* n : known) ok = ok || k == n;
+    if (!ok) throw std::runtime_error(file.string() + ": unknown setting \"" + k + "\"");
+  }
+  const std::string f = file.string();
+  read(root, "manifests", s.manifests, f);
+  read(root, "cgroupRoot", s.cgroup_root, f);
+  read(root, "bpffs", s.bpffs, f);
+  read(root, "envLabel", s.env_label, f);
+  read(root, "envHeader", s.env_header, f);
+  read(root, "defaultEnv", s.default_env, f);
+  read(root, "admin", s.admin, f);
+  read(root, "logLevel", s.log_level, f);
+  read(root, "cleanupOnExit", s.cleanup_on_exit, f);
+  read(root, "cgroupAnnotation", s.cgroup_annotation, f);
+  if (root["splitter"]) {
+    std::string sp;
+    read(root, "splitter", sp, f);
+    if (sp.size() != 1) throw std::runtime_error(f + ": splitter: must be one character");
+    s.splitter = sp[0];
+  }
+  if (auto l = root["limits"]) {
+    read(l, "frontends", s.limits.frontends, f);
+    read(l, "sets", s.limits.sets, f);
+    read(l, "slots", s.limits.slots, f);
+    read(l, "envs", s.limits.envs, f);
+    read(l, "pods", s.limits.pods, f);
+  }
+}
+
+void validate_settings(const Settings& s) {
+  if (s.env_label.empty()) throw std::invalid_argument("--env-label: must not be empty");
+  if (s.env_header.empty()) throw std::invalid_argument("--env-header: must not be empty");
+  if (!es_splitter_valid(s.splitter))
+    throw std::invalid_argument(std::string("--splitter: must be one of '.', '-', '_', got '") +
+                                s.splitter + "'");
+  if (!s.default_env.empty() &&
+      !es_env_valid(s.default_env.data(), static_cast<int>(s.default_env.size()), s.splitter))
+    throw std::invalid_argument("--default-env: \"" + s.default_env +
+                                "\" is not a valid environment name");
+  if (s.bpffs.empty() || s.bpffs[0] != '/') throw std::invalid_argument("--bpffs: must be an absolute path");
+  auto& l = s.limits;
+  if (!l.frontends || !l.sets || !l.slots || !l.envs || !l.pods)
+    throw std::invalid_argument("limits: every limit must be at least 1");
+}
+
+}  // namespace envsteer

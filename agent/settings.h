@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: Apache-2.0
+// Agent settings: defaults, YAML config file, validation. Flags win over the file.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace envsteer {
+
+struct Limits {
+  uint32_t frontends = 65536;  // service addresses (ClusterIP:port/proto)
+  uint32_t sets = 262144;      // (frontend, environment) pairs with ready pods
+  uint32_t slots = 524288;     // backends summed over all sets
+  uint32_t envs = 65536;       // environment names, ancestors included
+  uint32_t pods = 65536;       // local (managed) pods
+};
+
+struct Settings {
+  std::string manifests;                    // file or directory
+  std::string cgroup_root;                  // "" = the cgroup2 mount
+  std::string bpffs = "/sys/fs/bpf/envsteer";
+  std::string env_label = "virtual-env";
+  std::string env_header = "X-Virtual-Env";  // used by the header programs
+  char splitter = '.';
+  std::string default_env;                  // "" = unlabelled pods form the unnamed base
+  std::string admin = "127.0.0.1:9966";      // "" disables the admin endpoint
+  bool cleanup_on_exit = false;
+  std::string log_level = "info";
+  std::string cgroup_annotation = "envsteer.io/cgroup";
+  Limits limits;
+};
+
+// Applies a YAML config file (keys: manifests, cgroupRoot, bpffs, envLabel,
+// envHeader, splitter, defaultEnv, admin, logLevel, cleanupOnExit, limits:
+// {frontends, sets, slots, envs, pods}). Throws std::runtime_error naming the
+// file and key on bad input.
+void load_settings_file(const std::filesystem::path& file, Settings& s);
+
+// Throws std::invalid_argument naming the setting.
+void validate_settings(const Settings& s);
+
+}  // namespace envsteer

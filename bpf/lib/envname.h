@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Environment names, shared by the BPF programs, the agent, the unit tests and
+ * the fuzzer. An environment name is a Kubernetes label value (at most 63
+ * bytes of [A-Za-z0-9-_.], starting and ending alphanumeric) whose segments,
+ * split by the splitter character, are all non-empty.
+ */
+#ifndef ENVSTEER_ENVNAME_H
+#define ENVSTEER_ENVNAME_H
+
+#include "compat.h"
+#include "../../maps/abi.h"
+
+ES_INLINE int es_is_alnum(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+ES_INLINE int es_is_label_char(char c)
+{
+	return es_is_alnum(c) || c == '-' || c == '_' || c == '.';
+}
+
+/* 1 when s[0..len) is a valid, non-empty environment name. */
+ES_INLINE int es_env_valid(const char *s, int len, char splitter)
+{
+	int i;
+
+	if (len <= 0 || len > ES_ENV_NAME_MAX - 1)
+		return 0;
+	if (!es_is_alnum(s[0]) || !es_is_alnum(s[len - 1]))
+		return 0;
+	for (i = 1; i < ES_ENV_NAME_MAX - 1; i++) {
+		if (i >= len)
+			break;
+		if (!es_is_label_char(s[i]))
+			return 0;
+		/* first and last byte are alphanumeric, so an empty segment can only
+		 * be two splitters in a row */
+		if (s[i] == splitter && s[i - 1] == splitter)
+			return 0;
+	}
+	return 1;
+}
+
+/* Length of the parent name of a valid s[0..len), or 0 when s has one segment. */
+ES_INLINE int es_env_parent_len(const char *s, int len, char splitter)
+{
+	int i, parent = 0;
+
+	for (i = 0; i < ES_ENV_NAME_MAX - 1; i++) {
+		if (i >= len)
+			break;
+		if (s[i] == splitter)
+			parent = i;
+	}
+	return parent;
+}
+
+/* Number of segments of a valid name. */
+ES_INLINE int es_env_depth(const char *s, int len, char splitter)
+{
+	int i, n = 0;
+
+	for (i = 0; i < ES_ENV_NAME_MAX - 1; i++) {
+		if (i >= len)
+			break;
+		if (s[i] == splitter)
+			n++;
+	}
+	return n;
+}
+
+/* The splitter must be a label character that cannot start a name. */
+ES_INLINE int es_splitter_valid(char c)
+{
+	return c == '.' || c == '-' || c == '_';
+}
+
+#endif

@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Map definitions. The agent is the only writer of the steering maps; the
+ * programs read them and write only per-socket state and counters. Everything
+ * is pinned by name so traffic keeps flowing while the agent restarts.
+ * Sizes here are defaults: the agent sets max_entries before load. */
+#ifndef ENVSTEER_MAPS_H
+#define ENVSTEER_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "../../maps/abi.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct es_frontend_key);
+	__type(value, struct es_frontend);
+} es_frontends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct es_set_key);
+	__type(value, struct es_set);
+} es_sets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 524288);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct es_slot_key);
+	__type(value, struct es_backend);
+} es_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct es_env);
+} es_envs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct es_env_name);
+	__type(value, __u32);
+} es_env_names SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u64); /* cgroup v2 id */
+	__type(value, struct es_pod);
+} es_pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct es_config);
+} es_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ES_CNT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u64);
+} es_counters SEC(".maps");
+
+/* Per-socket steering state; freed by the kernel with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, int);
+	__type(value, struct es_sock);
+} es_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct es_revnat_key);
+	__type(value, struct es_revnat);
+} es_revnat SEC(".maps");
+
+static __always_inline void es_count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&es_counters, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline const struct es_config *es_get_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&es_config, &zero);
+}
+
+#define ES_LOOKUP_SET(ctx, key) ((const struct es_set *)bpf_map_lookup_elem(&es_sets, (key)))
+#define ES_LOOKUP_ENV(ctx, id) ((const struct es_env *)es_lookup_env_id(id))
+
+static __always_inline void *es_lookup_env_id(__u32 id)
+{
+	return bpf_map_lookup_elem(&es_envs, &id);
+}
+
+#endif

@@ -1,0 +1,315 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Connect-time steering: frontend -> caller's environment -> walk -> backend. */
+#ifndef ENVSTEER_STEER_H
+#define ENVSTEER_STEER_H
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "maps.h"
+#include "resolve.h"
+
+#define ES_ECONNREFUSED 111
+
+/* Set before load by the agent from its feature probe. */
+const volatile __u8 es_feat_set_retval = 0;
+
+enum es_hook {
+	ES_HOOK_CONNECT = 0,
+	ES_HOOK_SENDMSG = 1,
+};
+
+/* The managed pod the current task belongs to, or NULL for host processes.
+ * A pod's processes usually sit in container cgroups below the pod's cgroup,
+ * so after the exact match try its ancestors, deepest first. */
+static __always_inline const struct es_pod *es_current_pod(const struct es_config *cfg)
+{
+	const struct es_pod *pod;
+	__u64 id = bpf_get_current_cgroup_id();
+	int i;
+
+	pod = bpf_map_lookup_elem(&es_pods, &id);
+	if (pod)
+		return pod;
+	for (i = 0; i < ES_MAX_CGROUP_LEVEL; i++) {
+		int level = (int)cfg->max_pod_level - i;
+
+		if (level < (int)cfg->min_pod_level || level < 0)
+			break;
+		id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			continue;
+		pod = bpf_map_lookup_elem(&es_pods, &id);
+		if (pod)
+			return pod;
+	}
+	return NULL;
+}
+
+/* connect()/sendmsg() fails with ECONNREFUSED (EPERM on kernels before 5.19,
+ * which lack bpf_set_retval for cgroup programs). */
+static __always_inline int es_refuse(void)
+{
+	es_count(ES_CNT_REFUSED);
+	if (es_feat_set_retval)
+		bpf_set_retval(-ES_ECONNREFUSED);
+	return 0;
+}
+
+static __always_inline const struct es_backend *es_pick(__u32 svc_id, __u32 env_id, __u32 count)
+{
+	struct es_slot_key sk = { .svc_id = svc_id, .env_id = env_id };
+	const struct es_backend *be;
+
+	sk.slot = count > 1 ? bpf_get_prandom_u32() % count : 0;
+	be = bpf_map_lookup_elem(&es_slots, &sk);
+	if (be)
+		return be;
+	/* The agent shrank the set between our two lookups; slot 0 stays filled
+	 * while the set exists. */
+	es_count(ES_CNT_SLOT_RACE);
+	sk.slot = 0;
+	return bpf_map_lookup_elem(&es_slots, &sk);
+}
+
+/* Remember the service address (getpeername) and, for UDP, the reverse
+ * translation of replies (recvmsg). */
+static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct es_frontend_key *fe,
+					const struct es_frontend *f, const struct es_backend *be,
+					const struct es_resolution *res, int hook)
+{
+	if (hook == ES_HOOK_CONNECT) {
+		struct es_sock *s = bpf_sk_storage_get(&es_socks, ctx->sk, 0,
+						       BPF_SK_STORAGE_GET_F_CREATE);
+		if (s) {
+			s->orig_addr[0] = fe->addr[0];
+			s->orig_addr[1] = fe->addr[1];
+			s->orig_addr[2] = fe->addr[2];
+			s->orig_addr[3] = fe->addr[3];
+			s->orig_port = fe->port;
+			s->family = fe->family;
+			s->steered = 1;
+			s->svc_id = f->svc_id;
+			s->env_id = res->env_id;
+			s->level = res->level;
+		}
+	}
+	if (fe->proto == IPPROTO_UDP) {
+		struct es_revnat_key rk = {};
+		struct es_revnat rv = {};
+
+		rk.cookie = bpf_get_socket_cookie(ctx);
+		rk.addr[0] = be->addr[0];
+		rk.addr[1] = be->addr[1];
+		rk.addr[2] = be->addr[2];
+		rk.addr[3] = be->addr[3];
+		rk.port = be->port;
+		rk.family = fe->family;
+		rv.addr[0] = fe->addr[0];
+		rv.addr[1] = fe->addr[1];
+		rv.addr[2] = fe->addr[2];
+		rv.addr[3] = fe->addr[3];
+		rv.port = fe->port;
+		rv.family = fe->family;
+		bpf_map_update_elem(&es_revnat, &rk, &rv, BPF_ANY);
+	}
+}
+
+/* Resolve a frontend for the calling pod. Returns NULL when the address is
+ * not to be touched (*verdict = 1) or must be refused (*verdict = 0). */
+static __always_inline const struct es_backend *
+es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
+	 struct es_resolution *res, int *verdict)
+{
+	const struct es_frontend *fe;
+	const struct es_config *cfg;
+	const struct es_pod *pod;
+	const struct es_backend *be;
+	__u32 env;
+
+	*verdict = 1;
+	fe = bpf_map_lookup_elem(&es_frontends, key);
+	if (!fe)
+		return NULL;
+	cfg = es_get_config();
+	if (!cfg)
+		return NULL;
+	pod = es_current_pod(cfg);
+	if (!pod) {
+		es_count(ES_CNT_UNMANAGED);
+		return NULL;
+	}
+	es_count(ES_CNT_CONNECT_SEEN);
+	env = pod->env_id ? pod->env_id : cfg->default_env_id;
+	if (!es_resolve(NULL, fe->svc_id, env, cfg->default_env_id, res)) {
+		*verdict = es_refuse();
+		return NULL;
+	}
+	be = es_pick(fe->svc_id, res->env_id, res->count);
+	if (!be) {
+		*verdict = es_refuse();
+		return NULL;
+	}
+	if (res->outcome == ES_OUT_OWN)
+		es_count(ES_CNT_STEERED_OWN);
+	else if (res->outcome == ES_OUT_FALLBACK)
+		es_count(ES_CNT_STEERED_FALLBACK);
+	else
+		es_count(ES_CNT_STEERED_DEFAULT);
+	*fe_out = fe;
+	return be;
+}
+
+static __always_inline int es_sock_addr4(struct bpf_sock_addr *ctx, int hook)
+{
+	struct es_frontend_key key = {};
+	const struct es_frontend *fe = NULL;
+	const struct es_backend *be;
+	struct es_resolution res;
+	int verdict;
+
+	key.addr[0] = ctx->user_ip4;
+	key.port = (__u16)ctx->user_port;
+	key.proto = (__u8)ctx->protocol;
+	key.family = ES_FAMILY_INET;
+	be = es_steer(&key, &fe, &res, &verdict);
+	if (!be || !fe || be->family != ES_FAMILY_INET)
+		return verdict;
+	ctx->user_ip4 = be->addr[0];
+	ctx->user_port = be->port;
+	es_remember(ctx, &key, fe, be, &res, hook);
+	return 1;
+}
+
+/* IPv6 sockets, including IPv4-mapped addresses (::ffff:a.b.c.d) that
+ * dual-stack sockets (Java's default, for one) use to reach IPv4 services. */
+static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
+{
+	struct es_frontend_key key = {};
+	const struct es_frontend *fe = NULL;
+	const struct es_backend *be;
+	struct es_resolution res;
+	int verdict, mapped;
+
+	key.addr[0] = ctx->user_ip6[0];
+	key.addr[1] = ctx->user_ip6[1];
+	key.addr[2] = ctx->user_ip6[2];
+	key.addr[3] = ctx->user_ip6[3];
+	mapped = key.addr[0] == 0 && key.addr[1] == 0 && key.addr[2] == bpf_htonl(0x0000ffff);
+	if (mapped) {
+		key.addr[0] = key.addr[3];
+		key.addr[2] = 0;
+		key.addr[3] = 0;
+		key.family = ES_FAMILY_INET;
+	} else {
+		key.family = ES_FAMILY_INET6;
+	}
+	key.port = (__u16)ctx->user_port;
+	key.proto = (__u8)ctx->protocol;
+	be = es_steer(&key, &fe, &res, &verdict);
+	if (!be || !fe || be->family != key.family)
+		return verdict;
+	if (mapped) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = be->addr[0];
+	} else {
+		ctx->user_ip6[0] = be->addr[0];
+		ctx->user_ip6[1] = be->addr[1];
+		ctx->user_ip6[2] = be->addr[2];
+		ctx->user_ip6[3] = be->addr[3];
+	}
+	ctx->user_port = be->port;
+	es_remember(ctx, &key, fe, be, &res, hook);
+	return 1;
+}
+
+static __always_inline const struct es_sock *es_sock_of(struct bpf_sock_addr *ctx)
+{
+	const struct es_sock *s = bpf_sk_storage_get(&es_socks, ctx->sk, 0, 0);
+
+	return s && s->steered ? s : NULL;
+}
+
+static __always_inline int es_getpeername4(struct bpf_sock_addr *ctx)
+{
+	const struct es_sock *s = es_sock_of(ctx);
+
+	if (!s || s->family != ES_FAMILY_INET)
+		return 1;
+	ctx->user_ip4 = s->orig_addr[0];
+	ctx->user_port = s->orig_port;
+	es_count(ES_CNT_GETPEERNAME);
+	return 1;
+}
+
+static __always_inline int es_getpeername6(struct bpf_sock_addr *ctx)
+{
+	const struct es_sock *s = es_sock_of(ctx);
+
+	if (!s)
+		return 1;
+	if (s->family == ES_FAMILY_INET) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = s->orig_addr[0];
+	} else {
+		ctx->user_ip6[0] = s->orig_addr[0];
+		ctx->user_ip6[1] = s->orig_addr[1];
+		ctx->user_ip6[2] = s->orig_addr[2];
+		ctx->user_ip6[3] = s->orig_addr[3];
+	}
+	ctx->user_port = s->orig_port;
+	es_count(ES_CNT_GETPEERNAME);
+	return 1;
+}
+
+/* UDP replies: report the service address as their source. */
+static __always_inline int es_recvmsg(struct bpf_sock_addr *ctx, int v6)
+{
+	struct es_revnat_key rk = {};
+	const struct es_revnat *rv;
+	int mapped = 0;
+
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	if (v6) {
+		rk.addr[0] = ctx->user_ip6[0];
+		rk.addr[1] = ctx->user_ip6[1];
+		rk.addr[2] = ctx->user_ip6[2];
+		rk.addr[3] = ctx->user_ip6[3];
+		mapped = rk.addr[0] == 0 && rk.addr[1] == 0 && rk.addr[2] == bpf_htonl(0x0000ffff);
+		if (mapped) {
+			rk.addr[0] = rk.addr[3];
+			rk.addr[2] = 0;
+			rk.addr[3] = 0;
+			rk.family = ES_FAMILY_INET;
+		} else {
+			rk.family = ES_FAMILY_INET6;
+		}
+	} else {
+		rk.addr[0] = ctx->user_ip4;
+		rk.family = ES_FAMILY_INET;
+	}
+	rk.port = (__u16)ctx->user_port;
+	rv = bpf_map_lookup_elem(&es_revnat, &rk);
+	if (!rv)
+		return 1;
+	if (!v6) {
+		ctx->user_ip4 = rv->addr[0];
+	} else if (mapped) {
+		ctx->user_ip6[3] = rv->addr[0];
+	} else {
+		ctx->user_ip6[0] = rv->addr[0];
+		ctx->user_ip6[1] = rv->addr[1];
+		ctx->user_ip6[2] = rv->addr[2];
+		ctx->user_ip6[3] = rv->addr[3];
+	}
+	ctx->user_port = rv->port;
+	es_count(ES_CNT_UDP_REVNAT);
+	return 1;
+}
+
+#endif

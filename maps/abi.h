@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * envsteer kernel/user ABI: the one definition of every map key and value,
+ * included by the BPF programs and by the C++ agent. Plain __u32/__u64
+ * structs with explicit padding, so both compilers agree on the layout.
+ *
+ * Bump ES_ABI_VERSION whenever a layout below changes: a new agent refuses to
+ * adopt pinned maps of another ABI version instead of misreading them.
+ */
+#ifndef ENVSTEER_ABI_H
+#define ENVSTEER_ABI_H
+
+#ifndef __bpf__
+#include <linux/types.h>
+#endif
+
+#define ES_ABI_VERSION 1
+
+/* An environment name: a Kubernetes label value, at most 63 bytes. */
+#define ES_ENV_NAME_MAX 64
+/* 63 bytes hold at most 32 one-letter segments: the longest parent chain. */
+#define ES_MAX_ENV_DEPTH 32
+/* Deepest cgroup v2 level at which a pod's cgroup may sit. */
+#define ES_MAX_CGROUP_LEVEL 32
+
+/* Environment ids. 0 never names an environment. */
+#define ES_ENV_NONE 0
+/* The unnamed base environment of unlabelled pods when no default-env is set. */
+#define ES_ENV_BASE 1
+
+#define ES_FAMILY_INET 4
+#define ES_FAMILY_INET6 6
+
+/* Service frontend: a ClusterIP:port/protocol that connect() may target.
+ * IPv4 addresses use addr[0] only, the rest is zero. Port in network order. */
+struct es_frontend_key {
+	__u32 addr[4];
+	__u16 port;
+	__u8 proto;  /* IPPROTO_TCP, IPPROTO_UDP */
+	__u8 family; /* ES_FAMILY_INET or ES_FAMILY_INET6 */
+};
+
+struct es_frontend {
+	__u32 svc_id; /* frontend id, names backend sets */
+	__u32 flags;
+};
+
+/* Ready backends of one frontend in one environment. */
+struct es_set_key {
+	__u32 svc_id;
+	__u32 env_id;
+};
+
+struct es_set {
+	__u32 count; /* slots 0..count-1 are filled */
+	__u32 pad;
+};
+
+struct es_slot_key {
+	__u32 svc_id;
+	__u32 env_id;
+	__u32 slot;
+};
+
+struct es_backend {
+	__u32 addr[4];
+	__u16 port; /* network order */
+	__u8 family;
+	__u8 pad;
+};
+
+/* Environment by id: the parent link is what connect() walks. */
+struct es_env {
+	__u32 parent_id; /* ES_ENV_NONE at the top */
+	__u32 depth;     /* 0 for a one-segment name */
+	char name[ES_ENV_NAME_MAX];
+};
+
+/* Environment id by name (header lookups walk unknown names by prefix). */
+struct es_env_name {
+	char name[ES_ENV_NAME_MAX];
+};
+
+/* A managed (local) pod, keyed by its cgroup v2 id. */
+struct es_pod {
+	__u32 env_id; /* the pod's own environment */
+	__u32 flags;
+};
+
+/* Settings the programs read at run time (single-entry array). */
+struct es_config {
+	__u32 abi_version;
+	__u32 default_env_id; /* final fallback; ES_ENV_BASE when no default-env */
+	__u32 min_pod_level;  /* shallowest cgroup level of a managed pod */
+	__u32 max_pod_level;  /* deepest */
+	__u32 flags;
+	__u32 pad;
+};
+
+/* Per-socket state (socket storage) for steered sockets. */
+struct es_sock {
+	__u32 orig_addr[4]; /* the service address the app asked for */
+	__u16 orig_port;
+	__u8 family;
+	__u8 steered;
+	__u32 svc_id;
+	__u32 env_id;  /* environment the connect resolved for */
+	__u32 level;   /* fallback depth taken: 0 = own env */
+	__u32 pad;
+};
+
+/* UDP reverse translation: replies from a backend appear to come from the VIP. */
+struct es_revnat_key {
+	__u64 cookie;
+	__u32 addr[4];
+	__u16 port;
+	__u8 family;
+	__u8 pad[5];
+};
+
+struct es_revnat {
+	__u32 addr[4];
+	__u16 port;
+	__u8 family;
+	__u8 pad;
+};
+
+/* Global counters (per-CPU array, index = enum value). */
+enum es_counter {
+	ES_CNT_CONNECT_SEEN = 0,   /* connect/sendmsg to a frontend from a managed pod */
+	ES_CNT_STEERED_OWN,        /* resolved at the requested environment itself */
+	ES_CNT_STEERED_FALLBACK,   /* resolved at an ancestor */
+	ES_CNT_STEERED_DEFAULT,    /* resolved at the default environment */
+	ES_CNT_REFUSED,            /* no ready pod anywhere: ECONNREFUSED */
+	ES_CNT_UNMANAGED,          /* frontend hit from an unmanaged process */
+	ES_CNT_SLOT_RACE,          /* slot vanished under a concurrent update */
+	ES_CNT_GETPEERNAME,        /* getpeername rewritten to the service address */
+	ES_CNT_UDP_REVNAT,         /* recvmsg source rewritten to the service address */
+	ES_CNT_MAX
+};
+
+#define ES_COUNTER_NAMES                                                             \
+	{ "connect_seen", "steered_own_env", "steered_fallback", "steered_default",    \
+	  "refused_no_ready_pod", "unmanaged_caller", "slot_race", "getpeername",       \
+	  "udp_revnat" }
+
+/* Names of the pinned maps below the pin directory (".../maps/<name>"). */
+#define ES_MAP_FRONTENDS "es_frontends"
+#define ES_MAP_SETS "es_sets"
+#define ES_MAP_SLOTS "es_slots"
+#define ES_MAP_ENVS "es_envs"
+#define ES_MAP_ENV_NAMES "es_env_names"
+#define ES_MAP_PODS "es_pods"
+#define ES_MAP_CONFIG "es_config"
+#define ES_MAP_COUNTERS "es_counters"
+#define ES_MAP_SOCKS "es_socks"
+#define ES_MAP_REVNAT "es_revnat"
+
+#endif /* ENVSTEER_ABI_H */

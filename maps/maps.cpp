@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "maps/maps.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <stdexcept>
+
+namespace envsteer::maps {
+
+const char* map_name(MapId id) {
+  switch (id) {
+    case MapId::Frontends: return ES_MAP_FRONTENDS;
+    case MapId::Sets: return ES_MAP_SETS;
+    case MapId::Slots: return ES_MAP_SLOTS;
+    case MapId::Envs: return ES_MAP_ENVS;
+    case MapId::EnvNames: return ES_MAP_ENV_NAMES;
+    case MapId::Pods: return ES_MAP_PODS;
+    case MapId::Config: return ES_MAP_CONFIG;
+    case MapId::Counters: return ES_MAP_COUNTERS;
+    case MapId::kCount: break;
+  }
+  return "?";
+}
+
+size_t key_size(MapId id) {
+  switch (id) {
+    case MapId::Frontends: return sizeof(es_frontend_key);
+    case MapId::Sets: return sizeof(es_set_key);
+    case MapId::Slots: return sizeof(es_slot_key);
+    case MapId::Envs: return sizeof(__u32);
+    case MapId::EnvNames: return sizeof(es_env_name);
+    case MapId::Pods: return sizeof(__u64);
+    case MapId::Config: return sizeof(__u32);
+    case MapId::Counters: return sizeof(__u32);
+    case MapId::kCount: break;
+  }
+  return 0;
+}
+
+size_t value_size(MapId id) {
+  switch (id) {
+    case MapId::Frontends: return sizeof(es_frontend);
+    case MapId::Sets: return sizeof(es_set);
+    case MapId::Slots: return sizeof(es_backend);
+    case MapId::Envs: return sizeof(es_env);
+    case MapId::EnvNames: return sizeof(__u32);
+    case MapId::Pods: return sizeof(es_pod);
+    case MapId::Config: return sizeof(es_config);
+    case MapId::Counters: return sizeof(__u64);
+    case MapId::kCount: break;
+  }
+  return 0;
+}
+
+bool parse_ip(const std::string& ip, uint32_t addr[4], uint8_t* family) {
+  addr[0] = addr[1] = addr[2] = addr[3] = 0;
+  in_addr a4{};
+  if (inet_pton(AF_INET, ip.c_str(), &a4) == 1) {
+    addr[0] = a4.s_addr;
+    *family = ES_FAMILY_INET;
+    return true;
+  }
+  in6_addr a6{};
+  if (inet_pton(AF_INET6, ip.c_str(), &a6) == 1) {
+    std::memcpy(addr, &a6, 16);
+    *family = ES_FAMILY_INET6;
+    return true;
+  }
+  return false;
+}
+
+es_frontend_key make_frontend_key(const std::string& ip, uint16_t port, uint8_t proto) {
+  es_frontend_key k{};
+  if (!parse_ip(ip, k.addr, &k.family)) throw std::invalid_argument("invalid IP address \"" + ip + "\"");
+  k.port = htons(port);
+  k.proto = proto;
+  return k;
+}
+
+es_backend make_backend(const std::string& ip, uint16_t port) {
+  es_backend b{};
+  if (!parse_ip(ip, b.addr, &b.family)) throw std::invalid_argument("invalid IP address \"" + ip + "\"");
+  b.port = htons(port);
+  return b;
+}
+
+std::string format_addr(const uint32_t addr[4], uint8_t family) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (family == ES_FAMILY_INET) {
+    inet_ntop(AF_INET, &addr[0], buf, sizeof(buf));
+  } else {
+    inet_ntop(AF_INET6, addr, buf, sizeof(buf));
+  }
+  return buf;
+}
+
+static std::string with_port(const std::string& a, uint8_t family, uint16_t port_be) {
+  std::string p = std::to_string(ntohs(port_be));
+  return family == ES_FAMILY_INET6 ? "[" + a + "]:" + p : a + ":" + p;
+}
+
+std::string format_frontend(const es_frontend_key& k) {
+  const char* proto = k.proto == IPPROTO_TCP ? "TCP" : k.proto == IPPROTO_UDP ? "UDP" : "?";
+  return with_port(format_addr(k.addr, k.family), k.family, k.port) + "/" + proto;
+}
+
+std::string format_backend(const es_backend& b) {
+  return with_port(format_addr(b.addr, b.family), b.family, b.port);
+}
+
+std::string env_name_of(const es_env& e) {
+  return std::string(e.name, strnlen(e.name, sizeof(e.name)));
+}
+
+std::string env_name_of(const es_env_name& e) {
+  return std::string(e.name, strnlen(e.name, sizeof(e.name)));
+}
+
+es_env_name make_env_name(std::string_view name) {
+  es_env_name n{};
+  std::memcpy(n.name, name.data(), std::min(name.size(), sizeof(n.name) - 1));
+  return n;
+}
+
+}  // namespace envsteer::maps

@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: Apache-2.0
+// Typed access to envsteer's BPF maps through a small adapter interface, so the
+// reconciler can be tested against an in-memory fake (tests/unit) and runs
+// against the pinned kernel maps (BpfMapBackend) in the agent.
+#pragma once
+
+#include <array>
+#include <compare>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "maps/abi.h"
+
+namespace envsteer::maps {
+
+enum class MapId { Frontends, Sets, Slots, Envs, EnvNames, Pods, Config, Counters, kCount };
+constexpr size_t kMapCount = static_cast<size_t>(MapId::kCount);
+
+// Pinned name of each map (as in bpf/lib/maps.h).
+const char* map_name(MapId id);
+
+// Key/value sizes of each map, from the ABI header.
+size_t key_size(MapId id);
+size_t value_size(MapId id);
+
+class MapBackend {
+ public:
+  virtual ~MapBackend() = default;
+  // 0 on success, -errno on failure.
+  virtual int update(MapId map, const void* key, const void* value) = 0;
+  virtual int remove(MapId map, const void* key) = 0;
+  // true when found; value filled.
+  virtual bool lookup(MapId map, const void* key, void* value) const = 0;
+  virtual void for_each(MapId map,
+                        const std::function<void(const void* key, const void* value)>& fn) const = 0;
+  // max_entries of the map; 0 = unbounded (fake).
+  virtual uint32_t capacity(MapId map) const = 0;
+};
+
+// Byte-wise ordering for the ABI structs so they can key std::map.
+template <class T>
+struct BytesLess {
+  bool operator()(const T& a, const T& b) const { return std::memcmp(&a, &b, sizeof(T)) < 0; }
+};
+template <class T>
+bool bytes_equal(const T& a, const T& b) {
+  return std::memcmp(&a, &b, sizeof(T)) == 0;
+}
+
+// Addresses as the ABI stores them.
+es_frontend_key make_frontend_key(const std::string& ip, uint16_t port, uint8_t proto);  // throws
+es_backend make_backend(const std::string& ip, uint16_t port);                          // throws
+bool parse_ip(const std::string& ip, uint32_t addr[4], uint8_t* family);
+std::string format_addr(const uint32_t addr[4], uint8_t family);
+std::string format_frontend(const es_frontend_key& k);  // "127.96.0.1:80/TCP", "[fd00::1]:80/UDP"
+std::string format_backend(const es_backend& b);        // "127.1.0.3:8080"
+std::string env_name_of(const es_env& e);
+std::string env_name_of(const es_env_name& e);
+es_env_name make_env_name(std::string_view name);
+
+}  // namespace envsteer::maps

@@ -1,0 +1,660 @@
+// SPDX-License-Identifier: Apache-2.0
+// Decoding of Kubernetes objects (k8s/decode.h): real `kubectl get -o yaml` shapes, every used
+// field, and bad input whose error names the object and the field.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "k8s/decode.h"
+
+namespace envsteer::k8s {
+namespace {
+
+using nlohmann::json;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+json Y(const std::string& yaml) { return yaml_to_json(YAML::Load(yaml)); }
+
+// The documents of tests/data/manifests/cluster.yaml, converted to JSON.
+const std::vector<json>& cluster_docs() {
+  static const std::vector<json> docs = [] {
+    std::vector<json> out;
+    for (const YAML::Node& n : YAML::LoadAllFromFile(ES_TEST_DATA_DIR "/manifests/cluster.yaml"))
+      out.push_back(yaml_to_json(n));
+    return out;
+  }();
+  return docs;
+}
+
+const json& fixture(const std::string& kind, const std::string& name) {
+  for (const json& d : cluster_docs())
+    if (d.is_object() && d["kind"] == kind && d["metadata"]["name"] == name) return d;
+  throw std::runtime_error("no fixture " + kind + " " + name);
+}
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const DecodeError& e) {
+    return e.what();
+  }
+  return "<no DecodeError>";
+}
+
+const char* kService = R"(
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - name: http
+    port: 80
+  - name: admin
+    port: 81
+  selector:
+    app: web
+)";
+
+const char* kPod = R"(
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: shop
+  labels:
+    app: web
+spec:
+  containers:
+  - name: web
+    ports:
+    - containerPort: 8080
+status:
+  podIP: 10.244.0.5
+)";
+
+const char* kSlice = R"(
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+endpoints:
+- addresses: [10.244.0.5]
+ports:
+- port: 8080
+)";
+
+// ---------------------------------------------------------------------------------------------
+// yaml_to_json
+
+TEST(YamlToJson, PlainScalarsAreResolvedQuotedStayStrings) {
+  json j = Y(R"(
+int: 8080
+neg: -3
+hex: 0x1F
+big: 18446744073709551615
+float: 1.5
+exp: 2e3
+yes_bool: true
+no_bool: False
+null1: null
+null2: ~
+null3:
+str: http
+quoted_int: "8080"
+single_quoted: '42'
+quoted_true: "true"
+quoted_null: "null"
+tagged: !!str 5
+literal: |
+  8080
+version: 1.0.3
+inf: .inf
+)");
+  EXPECT_EQ(j["int"], 8080);
+  EXPECT_TRUE(j["int"].is_number_integer());
+  EXPECT_EQ(j["neg"], -3);
+  EXPECT_EQ(j["hex"], 31);
+  EXPECT_EQ(j["big"].get<uint64_t>(), 18446744073709551615ULL);
+  EXPECT_EQ(j["float"], 1.5);
+  EXPECT_EQ(j["exp"], 2000.0);
+  EXPECT_EQ(j["yes_bool"], true);
+  EXPECT_EQ(j["no_bool"], false);
+  EXPECT_TRUE(j["null1"].is_null());
+  EXPECT_TRUE(j["null2"].is_null());
+  EXPECT_TRUE(j["null3"].is_null());
+  EXPECT_EQ(j["str"], "http");
+  EXPECT_EQ(j["quoted_int"], "8080");
+  EXPECT_EQ(j["single_quoted"], "42");
+  EXPECT_EQ(j["quoted_true"], "true");
+  EXPECT_EQ(j["quoted_null"], "null");
+  EXPECT_EQ(j["tagged"], "5");
+  EXPECT_EQ(j["literal"], "8080\n");
+  EXPECT_EQ(j["version"], "1.0.3");
+  EXPECT_EQ(j["inf"], ".inf");
+}
+
+TEST(YamlToJson, NestedStructures) {
+  json j = Y("a: [1, \"2\", {b: [], c: {}}]\n");
+  EXPECT_EQ(j, json::parse(R"({"a": [1, "2", {"b": [], "c": {}}]})"));
+  EXPECT_TRUE(Y("").is_null());
+}
+
+TEST(YamlToJson, TargetPortNumberOrName) {
+  json j = Y("ports:\n- targetPort: 8080\n- targetPort: \"http\"\n- targetPort: http\n");
+  EXPECT_TRUE(j["ports"][0]["targetPort"].is_number_integer());
+  EXPECT_EQ(j["ports"][1]["targetPort"], "http");
+  EXPECT_EQ(j["ports"][2]["targetPort"], "http");
+}
+
+TEST(YamlToJson, DuplicateKeyIsAnErrorWithPosition) {
+  try {
+    Y("metadata:\n  name: a\n  name: b\n");
+    FAIL() << "no exception";
+  } catch (const YAML::ParserException& e) {
+    EXPECT_EQ(e.mark.line, 2);  // 0-based: third line
+    EXPECT_THAT(e.msg, HasSubstr("duplicate mapping key \"name\""));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Service
+
+TEST(DecodeService, RealKubectlOutput) {
+  Service s = decode_service(fixture("Service", "web"));
+  EXPECT_EQ(s.ns, "shop");
+  EXPECT_EQ(s.name, "web");
+  EXPECT_EQ(s.uid, "6f1c2a4e-8d0b-4b8e-9a51-3f2d7c9e0a11");
+  EXPECT_EQ(s.resource_version, "48213");
+  EXPECT_THAT(s.cluster_ips, ElementsAre("10.96.12.34"));
+  EXPECT_EQ(s.type, "ClusterIP");
+  EXPECT_TRUE(s.has_selector);
+  EXPECT_EQ(s.selector, (Labels{{"app", "web"}}));
+
+  ASSERT_EQ(s.ports.size(), 4u);
+  // Named targetPort.
+  EXPECT_EQ(s.ports[0].name, "http");
+  EXPECT_EQ(s.ports[0].port, 80);
+  EXPECT_EQ(s.ports[0].protocol, "TCP");
+  EXPECT_EQ(s.ports[0].target_port, 0);
+  EXPECT_EQ(s.ports[0].target_port_name, "http");
+  // Numeric targetPort.
+  EXPECT_EQ(s.ports[1].name, "metrics");
+  EXPECT_EQ(s.ports[1].port, 9090);
+  EXPECT_EQ(s.ports[1].target_port, 9091);
+  EXPECT_EQ(s.ports[1].target_port_name, "");
+  // A quoted all-digit targetPort is a number; UDP.
+  EXPECT_EQ(s.ports[2].protocol, "UDP");
+  EXPECT_EQ(s.ports[2].target_port, 5353);
+  EXPECT_EQ(s.ports[2].target_port_name, "");
+  // No protocol -> TCP; no targetPort -> port.
+  EXPECT_EQ(s.ports[3].protocol, "TCP");
+  EXPECT_EQ(s.ports[3].target_port, 8080);
+}
+
+TEST(DecodeService, DualStackPrefersClusterIPs) {
+  Service s = decode_service(fixture("Service", "api"));
+  EXPECT_THAT(s.cluster_ips, ElementsAre("10.96.0.20", "fd00:10:96::20"));
+  EXPECT_EQ(s.type, "NodePort");
+  ASSERT_EQ(s.ports.size(), 1u);
+  EXPECT_EQ(s.ports[0].name, "");
+  EXPECT_EQ(s.ports[0].target_port, 8443);
+  // A quoted "true" label value stays a string.
+  EXPECT_EQ(s.selector, (Labels{{"app", "api"}, {"virtual-env", "true"}}));
+}
+
+TEST(DecodeService, HeadlessHasNoClusterIP) {
+  Service s = decode_service(fixture("Service", "db"));
+  EXPECT_TRUE(s.cluster_ips.empty());
+  ASSERT_EQ(s.ports.size(), 1u);
+  EXPECT_EQ(s.ports[0].target_port, 5432);
+
+  json j = Y(kService);
+  j["spec"]["clusterIP"] = "None";
+  EXPECT_TRUE(decode_service(j).cluster_ips.empty());
+  j["spec"]["clusterIP"] = "";
+  EXPECT_TRUE(decode_service(j).cluster_ips.empty());
+}
+
+TEST(DecodeService, DefaultsAndClusterIPFallback) {
+  json j = Y(kService);
+  j["spec"].erase("selector");
+  j["spec"]["clusterIPs"] = json::array();
+  Service s = decode_service(j);
+  EXPECT_EQ(s.ns, "default");
+  EXPECT_THAT(s.cluster_ips, ElementsAre("10.96.0.10"));  // empty clusterIPs -> clusterIP
+  EXPECT_FALSE(s.has_selector);
+  EXPECT_TRUE(s.selector.empty());
+  EXPECT_EQ(s.type, "ClusterIP");
+  EXPECT_EQ(s.uid, "");
+
+  j["spec"]["selector"] = json::object();
+  EXPECT_FALSE(decode_service(j).has_selector);
+}
+
+TEST(DecodeService, BadPortNamesObjectAndField) {
+  json j = Y(kService);
+  j["spec"]["ports"][1]["port"] = "abc";
+  EXPECT_EQ(error_of([&] { decode_service(j); }),
+            "Service default/web: spec.ports[1].port: must be an integer in 1..65535, got \"abc\"");
+  j["spec"]["ports"][1]["port"] = 0;
+  EXPECT_THAT(error_of([&] { decode_service(j); }),
+              HasSubstr("spec.ports[1].port: must be an integer in 1..65535, got 0"));
+  j["spec"]["ports"][1]["port"] = 65536;
+  EXPECT_THAT(error_of([&] { decode_service(j); }), HasSubstr("got 65536"));
+  j["spec"]["ports"][1]["port"] = 80.5;
+  EXPECT_THAT(error_of([&] { decode_service(j); }), HasSubstr("got 80.5"));
+  j["spec"]["ports"][1].erase("port");
+  EXPECT_EQ(error_of([&] { decode_service(j); }),
+            "Service default/web: spec.ports[1].port: is required");
+}
+
+TEST(DecodeService, BadTargetPort) {
+  json j = Y(kService);
+  j["spec"]["ports"][0]["targetPort"] = "99999";
+  EXPECT_EQ(error_of([&] { decode_service(j); }),
+            "Service default/web: spec.ports[0].targetPort: must be an integer in 1..65535, "
+            "got \"99999\"");
+  j["spec"]["ports"][0]["targetPort"] = 0;
+  EXPECT_THAT(error_of([&] { decode_service(j); }), HasSubstr("spec.ports[0].targetPort:"));
+  j["spec"]["ports"][0]["targetPort"] = true;
+  EXPECT_EQ(error_of([&] { decode_service(j); }),
+            "Service default/web: spec.ports[0].targetPort: must be a port number or a port "
+            "name, got true");
+  j["spec"]["ports"][0]["targetPort"] = "";
+  EXPECT_THAT(error_of([&] { decode_service(j); }), HasSubstr("got \"\""));
+}
+
+TEST(DecodeService, BadProtocol) {
+  json j = Y(kService);
+  j["spec"]["ports"][0]["protocol"] = "HTTP";
+  EXPECT_EQ(error_of([&] { decode_service(j); }),
+            "Service default/web: spec.ports[0].protocol: must be one of TCP, UDP, SCTP, got "
+            "\"HTTP\"");
+  j["spec"]["ports"][0]["protocol"] = "tcp";
+  EXPECT_THAT(error_of([&] { decode_service(j); }), HasSubstr("got \"tcp\""));
+}
+
+TEST(DecodeService, BadClusterIP) {
+  json j = Y(kService);
+  j["spec"]["clusterIP"] = "10.96.0.300";
+  EXPECT_EQ(error_of([&] { decode_service(j); }),
+            "Service default/web: spec.clusterIP: must be an IPv4 or IPv6 address, got "
+            "\"10.96.0.300\"");
+  j["spec"]["clusterIPs"] = {"10.96.0.10", "fd00::zz"};
+  EXPECT_THAT(error_of([&] { decode_service(j); }),
+              HasSubstr("Service default/web: spec.clusterIPs[1]: must be an IPv4 or IPv6 "
+                        "address, got \"fd00::zz\""));
+  j["spec"]["clusterIPs"] = {10};
+  EXPECT_THAT(error_of([&] { decode_service(j); }),
+              HasSubstr("spec.clusterIPs[0]: must be a string, got 10"));
+}
+
+TEST(DecodeService, WrongTypes) {
+  json j = Y(kService);
+  j["spec"]["ports"] = "80";
+  EXPECT_EQ(error_of([&] { decode_service(j); }),
+            "Service default/web: spec.ports: must be a list, got \"80\"");
+  j = Y(kService);
+  j["spec"]["ports"][0] = 80;
+  EXPECT_EQ(error_of([&] { decode_service(j); }),
+            "Service default/web: spec.ports[0]: must be a mapping, got 80");
+  j = Y(kService);
+  j["spec"]["selector"] = {{"app", 5}};
+  EXPECT_EQ(error_of([&] { decode_service(j); }),
+            "Service default/web: spec.selector[\"app\"]: must be a string, got 5");
+  j = Y(kService);
+  j["spec"] = "x";
+  EXPECT_EQ(error_of([&] { decode_service(j); }),
+            "Service default/web: spec: must be a mapping, got \"x\"");
+  j = Y(kService);
+  j["metadata"]["namespace"] = 7;
+  EXPECT_EQ(error_of([&] { decode_service(j); }),
+            "Service web: metadata.namespace: must be a string, got 7");
+}
+
+TEST(DecodeService, MissingName) {
+  json j = Y(kService);
+  j["metadata"].erase("name");
+  EXPECT_EQ(error_of([&] { decode_service(j); }), "Service: metadata.name: is required");
+  j["metadata"]["name"] = "";
+  EXPECT_EQ(error_of([&] { decode_service(j); }),
+            "Service: metadata.name: must be a non-empty string");
+  j.erase("metadata");
+  EXPECT_EQ(error_of([&] { decode_service(j); }), "Service: metadata: is required");
+}
+
+TEST(DecodeService, ErrorCarriesObjectAndField) {
+  json j = Y(kService);
+  j["spec"]["ports"][1]["port"] = -1;
+  try {
+    decode_service(j);
+    FAIL() << "no exception";
+  } catch (const DecodeError& e) {
+    EXPECT_EQ(e.object(), "Service default/web");
+    EXPECT_EQ(e.field(), "spec.ports[1].port");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pod
+
+TEST(DecodePod, RealKubectlOutput) {
+  Pod p = decode_pod(fixture("Pod", "web-7d9c6b5f4-x2k8p"));
+  EXPECT_EQ(p.ns, "shop");
+  EXPECT_EQ(p.name, "web-7d9c6b5f4-x2k8p");
+  EXPECT_EQ(p.uid, "4b1c9d2e-7a6f-4e3d-9c8b-1a2b3c4d5e6f");
+  EXPECT_EQ(p.resource_version, "48377");
+  EXPECT_EQ(p.labels, (Labels{{"app", "web"},
+                              {"pod-template-hash", "7d9c6b5f4"},
+                              {"virtual-env", "dev.proj1"}}));
+  EXPECT_EQ(p.annotations.at("envsteer.io/cgroup"), "kubepods/burstable/pod4b1c/web");
+  EXPECT_EQ(p.annotations.size(), 2u);
+  EXPECT_THAT(p.pod_ips, ElementsAre("10.244.1.17", "fd00:10:244:1::17"));
+  EXPECT_TRUE(p.ready);
+  EXPECT_FALSE(p.terminating);
+  EXPECT_EQ(p.phase, "Running");
+  EXPECT_EQ(p.node_name, "node-a");
+  ASSERT_EQ(p.ports.size(), 3u);
+  EXPECT_EQ(p.ports[0].name, "http");
+  EXPECT_EQ(p.ports[0].port, 8080);
+  EXPECT_EQ(p.ports[0].protocol, "TCP");
+  EXPECT_EQ(p.ports[1].name, "metrics");
+  EXPECT_EQ(p.ports[1].port, 9091);
+  EXPECT_EQ(p.ports[2].name, "dns");  // second container
+  EXPECT_EQ(p.ports[2].port, 5353);
+  EXPECT_EQ(p.ports[2].protocol, "UDP");
+}
+
+TEST(DecodePod, MinimalAndStates) {
+  json j = Y(kPod);
+  Pod p = decode_pod(j);
+  EXPECT_THAT(p.pod_ips, ElementsAre("10.244.0.5"));  // podIP only
+  EXPECT_FALSE(p.ready);                               // no conditions
+  EXPECT_EQ(p.ports.at(0).protocol, "TCP");
+  EXPECT_EQ(p.ports.at(0).name, "");
+
+  j["metadata"]["deletionTimestamp"] = "2024-05-02T10:00:00Z";
+  j["status"]["conditions"] = Y("[{type: Ready, status: \"False\"}, {type: PodScheduled, status: \"True\"}]");
+  p = decode_pod(j);
+  EXPECT_TRUE(p.terminating);
+  EXPECT_FALSE(p.ready);
+
+  j["status"]["conditions"][0]["status"] = "True";
+  EXPECT_TRUE(decode_pod(j).ready);
+
+  j.erase("status");
+  j.erase("spec");
+  p = decode_pod(j);
+  EXPECT_TRUE(p.pod_ips.empty());
+  EXPECT_FALSE(p.ready);
+  EXPECT_TRUE(p.ports.empty());
+}
+
+TEST(DecodePod, BadPodIP) {
+  json j = Y(kPod);
+  j["status"]["podIP"] = "10.244.0";
+  EXPECT_EQ(error_of([&] { decode_pod(j); }),
+            "Pod shop/web-1: status.podIP: must be an IPv4 or IPv6 address, got \"10.244.0\"");
+  j["status"]["podIPs"] = Y("[{ip: 10.244.0.5}, {ip: not-an-ip}]");
+  EXPECT_EQ(error_of([&] { decode_pod(j); }),
+            "Pod shop/web-1: status.podIPs[1].ip: must be an IPv4 or IPv6 address, got "
+            "\"not-an-ip\"");
+}
+
+TEST(DecodePod, LabelValuesMustBeStrings) {
+  // Unquoted in YAML, these are a number and a bool, not strings: kubectl would refuse too.
+  json j = Y(kPod);
+  j["metadata"]["labels"] = Y("{app: web, version: 1}");
+  EXPECT_EQ(error_of([&] { decode_pod(j); }),
+            "Pod shop/web-1: metadata.labels[\"version\"]: must be a string, got 1");
+  j["metadata"]["labels"] = Y("{virtual-env: true}");
+  EXPECT_EQ(error_of([&] { decode_pod(j); }),
+            "Pod shop/web-1: metadata.labels[\"virtual-env\"]: must be a string, got true");
+  j["metadata"]["labels"] = Y("{virtual-env: \"true\"}");
+  EXPECT_EQ(decode_pod(j).labels.at("virtual-env"), "true");
+  j["metadata"]["annotations"] = Y("{envsteer.io/cgroup: [a]}");
+  EXPECT_THAT(error_of([&] { decode_pod(j); }),
+              HasSubstr("metadata.annotations[\"envsteer.io/cgroup\"]: must be a string"));
+}
+
+TEST(DecodePod, BadContainerPort) {
+  json j = Y(kPod);
+  j["spec"]["containers"][0]["ports"][0]["containerPort"] = "http";
+  EXPECT_EQ(error_of([&] { decode_pod(j); }),
+            "Pod shop/web-1: spec.containers[0].ports[0].containerPort: must be an integer in "
+            "1..65535, got \"http\"");
+  j["spec"]["containers"][0]["ports"][0].erase("containerPort");
+  EXPECT_EQ(error_of([&] { decode_pod(j); }),
+            "Pod shop/web-1: spec.containers[0].ports[0].containerPort: is required");
+  j = Y(kPod);
+  j["spec"]["containers"][0]["ports"][0]["protocol"] = "ICMP";
+  EXPECT_THAT(error_of([&] { decode_pod(j); }),
+              HasSubstr("spec.containers[0].ports[0].protocol: must be one of TCP, UDP, SCTP"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// EndpointSlice
+
+TEST(DecodeEndpointSlice, RealKubectlOutput) {
+  EndpointSlice s = decode_endpoint_slice(fixture("EndpointSlice", "web-8xq2v"));
+  EXPECT_EQ(s.ns, "shop");
+  EXPECT_EQ(s.name, "web-8xq2v");
+  EXPECT_EQ(s.uid, "9e8d7c6b-5a4f-4e3d-2c1b-0a9f8e7d6c5b");
+  EXPECT_EQ(s.resource_version, "48380");
+  EXPECT_EQ(s.service_name, "web");
+  EXPECT_EQ(s.address_type, "IPv4");
+  ASSERT_EQ(s.endpoints.size(), 3u);
+
+  EXPECT_THAT(s.endpoints[0].addresses, ElementsAre("10.244.1.17"));
+  EXPECT_TRUE(s.endpoints[0].ready);
+  EXPECT_EQ(s.endpoints[0].node_name, "node-a");
+  ASSERT_TRUE(s.endpoints[0].target.has_value());
+  EXPECT_EQ(s.endpoints[0].target->kind, "Pod");
+  EXPECT_EQ(s.endpoints[0].target->ns, "shop");
+  EXPECT_EQ(s.endpoints[0].target->name, "web-7d9c6b5f4-x2k8p");
+  EXPECT_EQ(s.endpoints[0].target->uid, "4b1c9d2e-7a6f-4e3d-9c8b-1a2b3c4d5e6f");
+
+  EXPECT_FALSE(s.endpoints[1].ready);  // ready: false
+  EXPECT_FALSE(s.endpoints[1].target.has_value());
+  EXPECT_TRUE(s.endpoints[2].ready);  // conditions: {} -> ready absent -> ready
+
+  ASSERT_EQ(s.ports.size(), 3u);
+  EXPECT_EQ(s.ports[0].name, "http");
+  EXPECT_EQ(s.ports[0].port, 8080);
+  EXPECT_EQ(s.ports[1].protocol, "TCP");  // default
+  EXPECT_EQ(s.ports[2].protocol, "UDP");
+}
+
+TEST(DecodeEndpointSlice, ReadinessAbsentNullFalseTrue) {
+  json j = Y(kSlice);
+  EXPECT_TRUE(decode_endpoint_slice(j).endpoints.at(0).ready);  // no conditions at all
+  j["endpoints"][0]["conditions"] = {{"ready", nullptr}};
+  EXPECT_TRUE(decode_endpoint_slice(j).endpoints.at(0).ready);
+  j["endpoints"][0]["conditions"]["ready"] = false;
+  EXPECT_FALSE(decode_endpoint_slice(j).endpoints.at(0).ready);
+  j["endpoints"][0]["conditions"]["ready"] = true;
+  EXPECT_TRUE(decode_endpoint_slice(j).endpoints.at(0).ready);
+  j["endpoints"][0]["conditions"]["ready"] = "yes";
+  EXPECT_EQ(error_of([&] { decode_endpoint_slice(j); }),
+            "EndpointSlice default/web-abc: endpoints[0].conditions.ready: must be true or "
+            "false, got \"yes\"");
+}
+
+TEST(DecodeEndpointSlice, AddressesFollowAddressType) {
+  json j = Y(kSlice);
+  j["endpoints"][0]["addresses"] = {"10.244.0.5", "10.244.0.256"};
+  EXPECT_EQ(error_of([&] { decode_endpoint_slice(j); }),
+            "EndpointSlice default/web-abc: endpoints[0].addresses[1]: must be an IPv4 address "
+            "(addressType IPv4), got \"10.244.0.256\"");
+  j["addressType"] = "IPv6";
+  j["endpoints"][0]["addresses"] = {"fd00::5"};
+  EXPECT_THAT(decode_endpoint_slice(j).endpoints.at(0).addresses, ElementsAre("fd00::5"));
+  j["endpoints"][0]["addresses"] = {"10.244.0.5"};
+  EXPECT_THAT(error_of([&] { decode_endpoint_slice(j); }),
+              HasSubstr("endpoints[0].addresses[0]: must be an IPv6 address"));
+  j["addressType"] = "FQDN";
+  j["endpoints"][0]["addresses"] = {"web.example.com"};
+  EXPECT_THAT(decode_endpoint_slice(j).endpoints.at(0).addresses, ElementsAre("web.example.com"));
+}
+
+TEST(DecodeEndpointSlice, BadFields) {
+  json j = Y(kSlice);
+  j["addressType"] = "IPv5";
+  EXPECT_EQ(error_of([&] { decode_endpoint_slice(j); }),
+            "EndpointSlice default/web-abc: addressType: must be one of IPv4, IPv6, FQDN, got "
+            "\"IPv5\"");
+  j.erase("addressType");
+  EXPECT_EQ(error_of([&] { decode_endpoint_slice(j); }),
+            "EndpointSlice default/web-abc: addressType: is required");
+  j = Y(kSlice);
+  j["ports"][0]["port"] = 0;
+  EXPECT_EQ(error_of([&] { decode_endpoint_slice(j); }),
+            "EndpointSlice default/web-abc: ports[0].port: must be an integer in 1..65535, got 0");
+  j = Y(kSlice);
+  j["endpoints"][0].erase("addresses");
+  EXPECT_EQ(error_of([&] { decode_endpoint_slice(j); }),
+            "EndpointSlice default/web-abc: endpoints[0].addresses: is required");
+  j = Y(kSlice);
+  j["endpoints"][0]["targetRef"] = {{"kind", "Pod"}, {"name", 3}};
+  EXPECT_EQ(error_of([&] { decode_endpoint_slice(j); }),
+            "EndpointSlice default/web-abc: endpoints[0].targetRef.name: must be a string, got 3");
+}
+
+TEST(DecodeEndpointSlice, PortMayBeAbsent) {
+  json j = Y(kSlice);
+  j["ports"][0].erase("port");
+  EXPECT_EQ(decode_endpoint_slice(j).ports.at(0).port, 0);
+  j["metadata"].erase("labels");
+  EXPECT_EQ(decode_endpoint_slice(j).service_name, "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// add_object
+
+TEST(AddObject, DispatchesOnKind) {
+  ClusterState st;
+  add_object(Y(kService), st);
+  add_object(Y(kPod), st);
+  add_object(Y(kSlice), st);
+  EXPECT_EQ(st.size(), 3u);
+  EXPECT_EQ(st.services.count("default/web"), 1u);
+  EXPECT_EQ(st.pods.count("shop/web-1"), 1u);
+  EXPECT_EQ(st.slices.count("default/web-abc"), 1u);
+  EXPECT_EQ(object_key("shop", "web"), "shop/web");
+}
+
+TEST(AddObject, AllFixtureDocuments) {
+  ClusterState st;
+  for (const json& d : cluster_docs())
+    if (!d.is_null()) add_object(d, st);
+  EXPECT_EQ(st.services.size(), 3u);
+  EXPECT_EQ(st.pods.size(), 1u);
+  EXPECT_EQ(st.slices.size(), 1u);
+}
+
+TEST(AddObject, ListsRecursively) {
+  ClusterState st;
+  add_object(Y(R"(
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Service, metadata: {name: a}, spec: {clusterIP: 10.96.0.1}}
+- apiVersion: v1
+  kind: List
+  items:
+  - {apiVersion: v1, kind: Pod, metadata: {name: p, namespace: x}}
+)"),
+             st);
+  EXPECT_EQ(st.services.count("default/a"), 1u);
+  EXPECT_EQ(st.pods.count("x/p"), 1u);
+
+  ClusterState empty;
+  add_object(Y("{apiVersion: v1, kind: List, items: []}"), empty);
+  add_object(Y("{apiVersion: v1, kind: List}"), empty);
+  EXPECT_EQ(empty.size(), 0u);
+}
+
+TEST(AddObject, TypedListItemsWithoutKind) {
+  // As the API server returns GET /api/v1/services: items carry no apiVersion/kind.
+  ClusterState st;
+  add_object(json::parse(R"({"apiVersion": "v1", "kind": "ServiceList",
+      "metadata": {"resourceVersion": "9"},
+      "items": [{"metadata": {"name": "s1", "namespace": "n"},
+                 "spec": {"clusterIP": "10.96.0.7", "ports": [{"port": 80}]}}]})"),
+             st);
+  EXPECT_EQ(st.services.at("n/s1").ports.at(0).port, 80);
+}
+
+TEST(AddObject, UnknownKind) {
+  ClusterState st;
+  EXPECT_EQ(error_of([&] {
+              add_object(Y("{apiVersion: apps/v1, kind: Deployment, metadata: {name: web, "
+                           "namespace: shop}}"),
+                         st);
+            }),
+            "Deployment shop/web: kind: unknown kind \"Deployment\" with apiVersion \"apps/v1\" "
+            "(supported: v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice, and lists of "
+            "them)");
+  // Right kind, wrong version.
+  EXPECT_THAT(error_of([&] {
+                add_object(Y("{apiVersion: discovery.k8s.io/v1beta1, kind: EndpointSlice, "
+                             "metadata: {name: s}}"),
+                           st);
+              }),
+              HasSubstr("EndpointSlice default/s: kind: unknown kind \"EndpointSlice\" with "
+                        "apiVersion \"discovery.k8s.io/v1beta1\""));
+  EXPECT_EQ(error_of([&] { add_object(Y("{apiVersion: v1, metadata: {name: x}}"), st); }),
+            "object default/x: kind: is required");
+  EXPECT_EQ(error_of([&] { add_object(Y("{kind: Service, metadata: {name: x}}"), st); }),
+            "Service default/x: apiVersion: is required");
+  EXPECT_EQ(error_of([&] { add_object(Y("[1, 2]"), st); }),
+            "an object must be a mapping, got [1,2]");
+  EXPECT_EQ(st.size(), 0u);
+}
+
+TEST(AddObject, ErrorInListItemNamesTheItem) {
+  ClusterState st;
+  EXPECT_EQ(error_of([&] {
+              add_object(Y(R"(
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Service, metadata: {name: ok}}
+- {apiVersion: v1, kind: Service, metadata: {name: bad, namespace: n}, spec: {ports: [{port: 0}]}}
+)"),
+                         st);
+            }),
+            "Service n/bad: spec.ports[0].port: must be an integer in 1..65535, got 0");
+  EXPECT_EQ(error_of([&] { add_object(Y("{apiVersion: v1, kind: List, items: {}}"), st); }),
+            "List: items: must be a list, got {}");
+}
+
+TEST(AddObject, DuplicateObject) {
+  ClusterState st;
+  add_object(Y(kService), st);
+  EXPECT_EQ(error_of([&] { add_object(Y(kService), st); }),
+            "Service default/web: metadata.name: duplicate: another Service with this "
+            "namespace/name was already defined");
+  // The same namespace/name in another kind is fine.
+  json pod = Y(kPod);
+  pod["metadata"]["name"] = "web";
+  pod["metadata"]["namespace"] = "default";
+  add_object(pod, st);
+  EXPECT_EQ(st.size(), 2u);
+  // An explicit "default" namespace is the same object as an absent one.
+  json svc = Y(kService);
+  svc["metadata"]["namespace"] = "default";
+  EXPECT_THAT(error_of([&] { add_object(svc, st); }), HasSubstr("duplicate"));
+}
+
+}  // namespace
+}  // namespace envsteer::k8s
