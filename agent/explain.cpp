@@ -76,7 +76,7 @@ nlohmann::json explain(const ExplainRequest& req, const DesiredState& model, con
     auto it = model.pod_envs.find(req.from);
     if (it == model.pod_envs.end()) throw std::invalid_argument("unknown pod \"" + req.from + "\"");
     env = it->second;
-    out["env_source"] = env == model.default_env ? "default" : "pod-label";
+    out["env_source"] = model.labelled_pods.count(req.from) ? "pod-label" : "default";
   }
   if (env.empty()) env = model.default_env;
   out["env"] = env_display(env);

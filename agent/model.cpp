@@ -67,6 +67,8 @@ class Builder {
     EnvName env = env_of_pod(p);
     if (!env.empty()) add_env(env);
     out_.pod_envs[pod_ref(p)] = env;
+    if (auto it = p.labels.find(o_.env_label); it != p.labels.end() && !it->second.empty())
+      out_.labelled_pods.insert(pod_ref(p));
 
     auto ann = p.annotations.find(o_.cgroup_annotation);
     if (ann == p.annotations.end() || !o_.resolve_cgroup) return;

@@ -83,6 +83,7 @@ struct DesiredState {
   std::map<uint64_t, LocalPod> pods;               // by cgroup id
   EnvName default_env;
   std::map<std::string, EnvName> pod_envs;         // every pod: "ns/name" -> env
+  std::set<std::string> labelled_pods;             // pods that carry the env label
   std::vector<std::string> warnings;               // not errors: logged
 };
 

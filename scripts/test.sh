@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs, builds, runs every ctest test
+# (unit tests and end-to-end tests against the real kernel). Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/test.sh: the end-to-end tests load BPF programs and make cgroups: run as root" >&2
+  exit 1
+fi
+"$PWD/scripts/build.sh"
+BUILD_DIR=${BUILD_DIR:-build}
+cd "$BUILD_DIR"
+ctest --output-on-failure --timeout 600 "$@"
