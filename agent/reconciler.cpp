@@ -22,6 +22,13 @@ struct Reconciler::Target {
   size_t slots = 0;
 };
 
+std::vector<es_backend> SetShadow::live() const {
+  std::vector<es_backend> v;
+  for (uint32_t i = 0; i < count; i++)
+    v.push_back(i < slots.size() && slots[i] ? *slots[i] : es_backend{});  // zeroed: unknown, rewritten
+  return v;
+}
+
 namespace {
 
 // Smallest id >= first that is not in use.
@@ -64,20 +71,17 @@ size_t Reconciler::adopt() {
         *static_cast<const uint32_t*>(v);
     n++;
   });
-  std::map<es_set_key, uint32_t, maps::BytesLess<es_set_key>> counts;
   maps_.for_each(MapId::Sets, [&](const void* k, const void* v) {
-    counts[*static_cast<const es_set_key*>(k)] = static_cast<const es_set*>(v)->count;
+    auto& set = shadow_.sets[*static_cast<const es_set_key*>(k)];
+    set.published = true;
+    set.count = static_cast<const es_set*>(v)->count;
     n++;
   });
-  for (const auto& [key, count] : counts) shadow_.sets[key].assign(count, es_backend{});
   maps_.for_each(MapId::Slots, [&](const void* k, const void* v) {
     const auto& sk = *static_cast<const es_slot_key*>(k);
-    auto it = shadow_.sets.find(es_set_key{sk.svc_id, sk.env_id});
-    if (it == shadow_.sets.end() || sk.slot >= it->second.size()) {
-      shadow_.stray_slots.push_back(sk);
-      return;
-    }
-    it->second[sk.slot] = *static_cast<const es_backend*>(v);
+    auto& set = shadow_.sets[es_set_key{sk.svc_id, sk.env_id}];
+    if (sk.slot >= set.slots.size()) set.slots.resize(sk.slot + 1);
+    set.slots[sk.slot] = *static_cast<const es_backend*>(v);
     n++;
   });
   maps_.for_each(MapId::Pods, [&](const void* k, const void* v) {
@@ -94,7 +98,12 @@ Reconciler::Target Reconciler::plan(const DesiredState& want) const {
   Target t;
   std::set<uint32_t> taken;
   std::set<uint32_t> used_env_ids;
+  // Ids still referenced from the maps are not free, even when their entry is
+  // gone (a partly applied removal, or a previous agent that stopped mid-way):
+  // a new environment or service must never inherit an old one's backends.
   for (const auto& [id, e] : shadow_.envs) used_env_ids.insert(id);
+  for (const auto& [k, set] : shadow_.sets) used_env_ids.insert(k.env_id);
+  for (const auto& [cg, pod] : shadow_.pods) used_env_ids.insert(pod.env_id);
   used_env_ids.insert(ES_ENV_NONE);
   used_env_ids.insert(ES_ENV_BASE);
 
@@ -119,6 +128,7 @@ Reconciler::Target Reconciler::plan(const DesiredState& want) const {
 
   std::set<uint32_t> used_svc_ids, svc_taken;
   for (const auto& [k, f] : shadow_.frontends) used_svc_ids.insert(f.svc_id);
+  for (const auto& [k, set] : shadow_.sets) used_svc_ids.insert(k.svc_id);
   used_svc_ids.insert(0);
   for (const auto& [key, spec] : want.frontends) {
     auto it = shadow_.frontends.find(key);
@@ -177,23 +187,24 @@ void Reconciler::del(MapId m, const void* k, ApplyStats& st) {
 
 // Slots keep their backend where it stays, so a change writes only the slots
 // it touches: removed backends leave holes that new ones fill, and leftover
-// holes are closed by moving the last slots down.
+// holes are closed by moving the last slots down. The shadow is updated after
+// every single write, so a failed write leaves it exact.
 void Reconciler::write_set(const es_set_key& key, const std::vector<es_backend>& want, ApplyStats& st) {
-  auto& cur = shadow_.sets[key];  // creates an empty shadow for a new set
-  const std::vector<es_backend> old = cur;
-  auto in = [](const std::vector<es_backend>& v, const es_backend& b) {
-    return std::any_of(v.begin(), v.end(), [&](const es_backend& x) { return maps::bytes_equal(x, b); });
+  auto& cur = shadow_.sets[key];
+  const std::vector<es_backend> old = cur.live();
+  auto same = [](const es_backend& x, const es_backend& y) { return maps::bytes_equal(x, y); };
+  auto in = [&](const std::vector<es_backend>& v, const es_backend& b) {
+    return std::any_of(v.begin(), v.end(), [&](const es_backend& x) { return same(x, b); });
   };
   std::vector<std::optional<es_backend>> next;
-  for (const auto& b : old) next.push_back(in(want, b) ? std::optional(b) : std::nullopt);
-  // keep a duplicate-free layout (adoption may bring zeroed, unknown slots)
-  for (size_t i = 0; i < next.size(); i++)
-    for (size_t j = 0; j < i && next[i]; j++)
-      if (next[j] && maps::bytes_equal(*next[j], *next[i])) next[i].reset();
+  for (size_t i = 0; i < old.size(); i++) {
+    bool keep = in(want, old[i]);
+    for (size_t j = 0; j < i && keep; j++) keep = !(next[j] && same(*next[j], old[i]));  // no duplicates
+    next.push_back(keep ? std::optional(old[i]) : std::nullopt);
+  }
   std::vector<es_backend> adds;
   for (const auto& b : want)
-    if (std::none_of(next.begin(), next.end(), [&](const auto& x) { return x && maps::bytes_equal(*x, b); }))
-      adds.push_back(b);
+    if (std::none_of(next.begin(), next.end(), [&](const auto& x) { return x && same(*x, b); })) adds.push_back(b);
   size_t a = 0;
   for (auto& slot : next)
     if (!slot && a < adds.size()) slot = adds[a++];
@@ -208,41 +219,48 @@ void Reconciler::write_set(const es_set_key& key, const std::vector<es_backend>&
 
   // 1. fill slots (in place and appended), 2. publish the count, 3. drop the tail
   for (size_t i = 0; i < next.size(); i++) {
-    if (i < old.size() && maps::bytes_equal(old[i], *next[i])) continue;
+    if (i < cur.slots.size() && cur.slots[i] && same(*cur.slots[i], *next[i])) continue;
     es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(i)};
     put(MapId::Slots, &sk, &*next[i], st);
-    if (i < cur.size()) cur[i] = *next[i];
-    else cur.push_back(*next[i]);
+    if (i >= cur.slots.size()) cur.slots.resize(i + 1);
+    cur.slots[i] = *next[i];
   }
-  if (next.size() != old.size() || old.empty()) {
+  if (!cur.published || cur.count != next.size()) {
     es_set s{static_cast<uint32_t>(next.size()), 0};
     put(MapId::Sets, &key, &s, st);
+    cur.published = true;
+    cur.count = s.count;
   }
-  for (size_t i = next.size(); i < old.size(); i++) {
-    es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(i)};
-    del(MapId::Slots, &sk, st);
+  for (size_t i = cur.slots.size(); i-- > next.size();) {
+    if (cur.slots[i]) {
+      es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(i)};
+      del(MapId::Slots, &sk, st);
+    }
+    cur.slots.pop_back();
   }
-  cur.resize(next.size());
 }
 
 void Reconciler::delete_set(const es_set_key& key, ApplyStats& st) {
   auto it = shadow_.sets.find(key);
   if (it == shadow_.sets.end()) return;
-  del(MapId::Sets, &key, st);
-  for (size_t i = it->second.size(); i-- > 0;) {
-    es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(i)};
-    del(MapId::Slots, &sk, st);
-    it->second.pop_back();
+  auto& cur = it->second;
+  if (cur.published) {
+    del(MapId::Sets, &key, st);
+    cur.published = false;
+    cur.count = 0;
+  }
+  while (!cur.slots.empty()) {
+    if (cur.slots.back()) {
+      es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(cur.slots.size() - 1)};
+      del(MapId::Slots, &sk, st);
+    }
+    cur.slots.pop_back();
   }
   shadow_.sets.erase(it);
 }
 
-ApplyStats Reconciler::apply(const DesiredState& want) {
-  Target t = plan(want);
-  check_capacity(t);
-  ApplyStats st;
-
-  // Additions and changes, dependencies first.
+// Additions and changes, dependencies first.
+void Reconciler::add_phase(const Target& t, ApplyStats& st) {
   std::vector<std::pair<uint32_t, const es_env*>> envs;
   for (const auto& [id, e] : t.envs) envs.emplace_back(id, &e);
   std::sort(envs.begin(), envs.end(), [](auto& a, auto& b) { return a.second->depth < b.second->depth; });
@@ -261,10 +279,13 @@ ApplyStats Reconciler::apply(const DesiredState& want) {
   }
   for (const auto& [key, backends] : t.sets) {
     auto it = shadow_.sets.find(key);
-    if (it != shadow_.sets.end() && it->second.size() == backends.size() &&
-        std::is_permutation(it->second.begin(), it->second.end(), backends.begin(),
-                            [](const es_backend& x, const es_backend& y) { return maps::bytes_equal(x, y); }))
-      continue;
+    if (it != shadow_.sets.end() && it->second.published && it->second.count == backends.size() &&
+        it->second.slots.size() == backends.size()) {
+      auto live = it->second.live();
+      if (std::is_permutation(live.begin(), live.end(), backends.begin(),
+                              [](const es_backend& x, const es_backend& y) { return maps::bytes_equal(x, y); }))
+        continue;
+    }
     write_set(key, backends, st);
   }
   for (const auto& [key, f] : t.frontends) {
@@ -284,15 +305,19 @@ ApplyStats Reconciler::apply(const DesiredState& want) {
     put(MapId::Config, &zero, &t.config, st);
     shadow_.config = t.config;
   }
+}
 
-  // Removals, dependents first.
+// Removals, dependents first.
+void Reconciler::remove_phase(const Target& t, ApplyStats& st) {
   for (auto it = shadow_.pods.begin(); it != shadow_.pods.end();) {
     if (t.pods.count(it->first)) { ++it; continue; }
     del(MapId::Pods, &it->first, st);
     it = shadow_.pods.erase(it);
   }
   for (auto it = shadow_.frontends.begin(); it != shadow_.frontends.end();) {
-    if (t.frontends.count(it->first)) { ++it; continue; }
+    auto want = t.frontends.find(it->first);
+    if (want != t.frontends.end() && maps::bytes_equal(want->second, it->second)) { ++it; continue; }
+    if (want != t.frontends.end()) { ++it; continue; }  // changed: rewritten by the add phase
     del(MapId::Frontends, &it->first, st);
     it = shadow_.frontends.erase(it);
   }
@@ -300,17 +325,10 @@ ApplyStats Reconciler::apply(const DesiredState& want) {
   for (const auto& [key, v] : shadow_.sets)
     if (!t.sets.count(key)) gone.push_back(key);
   for (const auto& key : gone) delete_set(key, st);
-  while (!shadow_.stray_slots.empty()) {
-    del(MapId::Slots, &shadow_.stray_slots.back(), st);
-    shadow_.stray_slots.pop_back();
-  }
   for (auto it = shadow_.env_names.begin(); it != shadow_.env_names.end();) {
-    auto want_it = t.env_ids.find(it->first);
-    if (want_it != t.env_ids.end() && want_it->second == it->second) { ++it; continue; }
-    if (want_it == t.env_ids.end()) {
-      es_env_name k = maps::make_env_name(it->first);
-      del(MapId::EnvNames, &k, st);
-    }
+    if (t.env_ids.count(it->first)) { ++it; continue; }
+    es_env_name k = maps::make_env_name(it->first);
+    del(MapId::EnvNames, &k, st);
     it = shadow_.env_names.erase(it);
   }
   std::vector<std::pair<uint32_t, uint32_t>> stale;  // (depth, id), deepest first
@@ -320,6 +338,47 @@ ApplyStats Reconciler::apply(const DesiredState& want) {
   for (const auto& [depth, id] : stale) {
     del(MapId::Envs, &id, st);
     shadow_.envs.erase(id);
+  }
+}
+
+// True when the maps cannot hold the old and the new entries at once.
+bool Reconciler::needs_room(const Target& t) const {
+  auto over = [&](MapId m, size_t n) {
+    uint32_t cap = maps_.capacity(m);
+    return cap != 0 && n > cap;
+  };
+  size_t frontends = shadow_.frontends.size(), sets = 0, slots = 0, envs = shadow_.envs.size(),
+         names = shadow_.env_names.size(), pods = shadow_.pods.size();
+  for (const auto& [k, f] : t.frontends) frontends += !shadow_.frontends.count(k);
+  for (const auto& [k, s] : shadow_.sets) {
+    sets += s.published;
+    for (const auto& sl : s.slots) slots += sl.has_value();
+  }
+  for (const auto& [k, bes] : t.sets) {
+    auto it = shadow_.sets.find(k);
+    sets += it == shadow_.sets.end() || !it->second.published;
+    size_t have = it == shadow_.sets.end() ? 0 : it->second.slots.size();
+    slots += bes.size() > have ? bes.size() - have : 0;
+  }
+  for (const auto& [id, e] : t.envs) envs += !shadow_.envs.count(id);
+  for (const auto& [n, id] : t.env_ids) names += !shadow_.env_names.count(n);
+  for (const auto& [cg, p] : t.pods) pods += !shadow_.pods.count(cg);
+  return over(MapId::Frontends, frontends) || over(MapId::Sets, sets) || over(MapId::Slots, slots) ||
+         over(MapId::Envs, envs) || over(MapId::EnvNames, names) || over(MapId::Pods, pods);
+}
+
+ApplyStats Reconciler::apply(const DesiredState& want) {
+  Target t = plan(want);
+  check_capacity(t);
+  ApplyStats st;
+  if (needs_room(t)) {
+    // The new state fits, but not beside the old one: make room first. What
+    // goes away goes away a moment earlier; nothing half-made is ever visible.
+    remove_phase(t, st);
+    add_phase(t, st);
+  } else {
+    add_phase(t, st);
+    remove_phase(t, st);
   }
   return st;
 }

@@ -30,14 +30,25 @@ class ApplyError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// One backend set as the maps hold it: the es_sets entry and every es_slots
+// entry, also those beyond the count (written before a count grows, or left
+// by an agent that stopped before deleting them).
+struct SetShadow {
+  bool published = false;  // the es_sets entry exists
+  uint32_t count = 0;      // its count
+  std::vector<std::optional<es_backend>> slots;  // by slot index; nullopt = absent
+
+  // The backends readers can pick: slots [0, count).
+  std::vector<es_backend> live() const;
+};
+
 struct Shadow {
   std::map<es_frontend_key, es_frontend, maps::BytesLess<es_frontend_key>> frontends;
   std::map<uint32_t, es_env> envs;
   std::map<EnvName, uint32_t> env_names;  // es_env_names entries
-  std::map<es_set_key, std::vector<es_backend>, maps::BytesLess<es_set_key>> sets;
+  std::map<es_set_key, SetShadow, maps::BytesLess<es_set_key>> sets;
   std::map<uint64_t, es_pod> pods;
   std::optional<es_config> config;
-  std::vector<es_slot_key> stray_slots;  // found on adoption beyond a set's count
 };
 
 struct ApplyStats {
@@ -68,6 +79,9 @@ class Reconciler {
   void check_capacity(const Target& t) const;
   void put(maps::MapId m, const void* k, const void* v, ApplyStats& st);
   void del(maps::MapId m, const void* k, ApplyStats& st);
+  void add_phase(const Target& t, ApplyStats& st);
+  void remove_phase(const Target& t, ApplyStats& st);
+  bool needs_room(const Target& t) const;
   void write_set(const es_set_key& key, const std::vector<es_backend>& want, ApplyStats& st);
   void delete_set(const es_set_key& key, ApplyStats& st);
 

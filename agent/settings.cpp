@@ -58,6 +58,12 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
     s.splitter = sp[0];
   }
   if (auto l = root["limits"]) {
+    if (!l.IsMap()) throw std::runtime_error(f + ": limits: must be a mapping of frontends, sets, slots, envs, pods");
+    for (const auto& kv : l) {
+      auto k = kv.first.as<std::string>();
+      if (k != "frontends" && k != "sets" && k != "slots" && k != "envs" && k != "pods")
+        throw std::runtime_error(f + ": unknown setting \"limits." + k + "\"");
+    }
     read(l, "frontends", s.limits.frontends, f);
     read(l, "sets", s.limits.sets, f);
     read(l, "slots", s.limits.slots, f);

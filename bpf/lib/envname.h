@@ -57,7 +57,7 @@ ES_INLINE int es_env_parent_len(const char *s, int len, char splitter)
 	return parent;
 }
 
-/* Number of segments of a valid name. */
+/* Depth of a valid name: its number of segments minus one (0 for "dev"). */
 ES_INLINE int es_env_depth(const char *s, int len, char splitter)
 {
 	int i, n = 0;

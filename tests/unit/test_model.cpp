@@ -1,0 +1,559 @@
+// SPDX-License-Identifier: Apache-2.0
+// build_model (agent/model.h): Kubernetes objects -> what the maps must say.
+// Objects are built by hand with small fluent helpers; results are checked by
+// name ("10.96.0.1:80/TCP" -> env -> "10.1.0.1:8080").
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <netinet/in.h>
+
+#include <map>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fake_maps.h"
+#include "model.h"
+
+namespace envsteer::model_test {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::Contains;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::UnorderedElementsAre;
+
+// --- object builders -----------------------------------------------------
+
+struct PodB {
+  k8s::Pod p;
+  PodB(const std::string& ns, const std::string& name, const std::string& ip) {
+    p.ns = ns;
+    p.name = name;
+    p.pod_ips = {ip};
+    p.ready = true;
+    p.phase = "Running";
+  }
+  PodB& label(const std::string& k, const std::string& v) { p.labels[k] = v; return *this; }
+  PodB& app(const std::string& v) { return label("app", v); }
+  PodB& env(const std::string& v) { return label("virtual-env", v); }
+  PodB& ips(std::vector<std::string> v) { p.pod_ips = std::move(v); return *this; }
+  PodB& ready(bool r) { p.ready = r; return *this; }
+  PodB& terminating() { p.terminating = true; return *this; }
+  PodB& port(const std::string& name, int32_t port, const std::string& proto = "TCP") {
+    p.ports.push_back({name, port, proto});
+    return *this;
+  }
+  PodB& cgroup(const std::string& v, const std::string& ann = "envsteer.io/cgroup") {
+    p.annotations[ann] = v;
+    return *this;
+  }
+};
+
+struct SvcB {
+  k8s::Service s;
+  SvcB(const std::string& ns, const std::string& name, std::vector<std::string> ips) {
+    s.ns = ns;
+    s.name = name;
+    s.cluster_ips = std::move(ips);
+    s.type = "ClusterIP";
+  }
+  SvcB& select(const std::string& k, const std::string& v) {
+    s.selector[k] = v;
+    s.has_selector = true;
+    return *this;
+  }
+  SvcB& port(int32_t port, int32_t target = 0, const std::string& name = "", const std::string& proto = "TCP") {
+    s.ports.push_back({name, port, proto, target, ""});
+    return *this;
+  }
+  SvcB& named_port(int32_t port, const std::string& target_name, const std::string& name = "",
+                   const std::string& proto = "TCP") {
+    s.ports.push_back({name, port, proto, 0, target_name});
+    return *this;
+  }
+};
+
+struct SliceB {
+  k8s::EndpointSlice sl;
+  SliceB(const std::string& ns, const std::string& name, const std::string& service,
+         const std::string& type = "IPv4") {
+    sl.ns = ns;
+    sl.name = name;
+    sl.service_name = service;
+    sl.address_type = type;
+  }
+  SliceB& port(const std::string& name, int32_t port, const std::string& proto = "TCP") {
+    sl.ports.push_back({name, port, proto});
+    return *this;
+  }
+  // pod = "" for no targetRef
+  SliceB& ep(const std::string& ip, bool ready = true, const std::string& pod = "", const std::string& pod_ns = "") {
+    k8s::Endpoint e;
+    e.addresses = {ip};
+    e.ready = ready;
+    if (!pod.empty()) e.target = k8s::ObjectRef{"Pod", pod_ns, pod, ""};
+    sl.endpoints.push_back(e);
+    return *this;
+  }
+};
+
+struct Cluster {
+  k8s::ClusterState cs;
+  Cluster& add(const PodB& b) { cs.pods[k8s::object_key(b.p.ns, b.p.name)] = b.p; return *this; }
+  Cluster& add(const SvcB& b) { cs.services[k8s::object_key(b.s.ns, b.s.name)] = b.s; return *this; }
+  Cluster& add(const SliceB& b) { cs.slices[k8s::object_key(b.sl.ns, b.sl.name)] = b.sl; return *this; }
+};
+
+// --- result helpers ------------------------------------------------------
+
+// Backends of one frontend in one env, as "ip:port", sorted.
+std::vector<std::string> backends(const DesiredState& d, const std::string& frontend, const EnvName& env) {
+  auto sem = fake::semantics(d);
+  auto fe = sem.routing.find(frontend);
+  if (fe == sem.routing.end()) return {"<no frontend " + frontend + ">"};
+  auto it = fe->second.find(env);
+  if (it == fe->second.end()) return {};
+  return {it->second.begin(), it->second.end()};
+}
+
+// env -> backends of one frontend.
+std::map<EnvName, std::set<std::string>> routes(const DesiredState& d, const std::string& frontend) {
+  auto sem = fake::semantics(d);
+  auto fe = sem.routing.find(frontend);
+  if (fe == sem.routing.end()) return {{"<no frontend>", {}}};
+  return fe->second;
+}
+
+std::vector<std::string> frontends(const DesiredState& d) {
+  std::vector<std::string> out;
+  for (const auto& [k, spec] : d.frontends) out.push_back(maps::format_frontend(k));
+  return out;
+}
+
+template <class F>
+std::string model_error(F&& f) {
+  try {
+    f();
+  } catch (const ModelError& e) {
+    return e.what();
+  }
+  return "<no ModelError>";
+}
+
+DesiredState build(const Cluster& c, const ModelOptions& o = {}) { return build_model(c.cs, o); }
+
+// --- selector membership -------------------------------------------------
+
+TEST(BuildModelSelector, MatchesNamespaceAndAllLabels) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").select("tier", "fe").port(80, 8080))
+      .add(PodB("a", "web-1", "10.1.0.1").app("web").label("tier", "fe"))
+      .add(PodB("a", "web-2", "10.1.0.2").app("web").label("tier", "fe").label("extra", "x"))
+      .add(PodB("a", "web-3", "10.1.0.3").app("web"))                      // missing tier
+      .add(PodB("a", "api", "10.1.0.4").app("api").label("tier", "fe"))   // wrong app
+      .add(PodB("b", "web-4", "10.1.0.5").app("web").label("tier", "fe"));  // other namespace
+  auto d = build(c);
+  EXPECT_THAT(frontends(d), ElementsAre("10.96.0.1:80/TCP"));
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", ""), ElementsAre("10.1.0.1:8080", "10.1.0.2:8080"));
+  EXPECT_EQ(routes(d, "10.96.0.1:80/TCP").size(), 1u);
+  EXPECT_EQ(d.frontends.begin()->second.service, "a/web");
+}
+
+TEST(BuildModelSelector, OnlyReadyNonTerminatingPods) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").port(80, 8080))
+      .add(PodB("a", "ok", "10.1.0.1").app("web"))
+      .add(PodB("a", "unready", "10.1.0.2").app("web").ready(false))
+      .add(PodB("a", "going", "10.1.0.3").app("web").terminating());
+  auto d = build(c);
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", ""), ElementsAre("10.1.0.1:8080"));
+}
+
+TEST(BuildModelSelector, NoReadyPodMeansNoSetButTheFrontendStays) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").port(80, 8080))
+      .add(PodB("a", "unready", "10.1.0.2").app("web").env("dev").ready(false));
+  auto d = build(c);
+  EXPECT_THAT(frontends(d), ElementsAre("10.96.0.1:80/TCP"));
+  EXPECT_THAT(d.sets, IsEmpty());
+  // the env of an unready pod is still known (its pod may call out)
+  EXPECT_THAT(d.envs, ElementsAre("dev"));
+}
+
+TEST(BuildModelSelector, ServiceWithoutSelectorOrSlicesHasNoBackends) {
+  Cluster c;
+  c.add(SvcB("a", "ext", {"10.96.0.9"}).port(80, 8080)).add(PodB("a", "p", "10.1.0.1").app("web"));
+  auto d = build(c);
+  EXPECT_THAT(frontends(d), ElementsAre("10.96.0.9:80/TCP"));
+  EXPECT_THAT(d.sets, IsEmpty());
+}
+
+TEST(BuildModelSelector, AllPodIpsOfTheFamily) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").port(80, 8080))
+      .add(PodB("a", "p", "10.1.0.1").app("web").ips({"10.1.0.1", "10.1.0.11"}));
+  auto d = build(c);
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", ""), UnorderedElementsAre("10.1.0.1:8080", "10.1.0.11:8080"));
+}
+
+// --- ports ---------------------------------------------------------------
+
+TEST(BuildModelPorts, NamedTargetPortResolvedPerPod) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").named_port(80, "http", "web"))
+      .add(PodB("a", "p1", "10.1.0.1").app("web").port("metrics", 9100).port("http", 8080))
+      .add(PodB("a", "p2", "10.1.0.2").app("web").port("http", 9090))
+      .add(PodB("a", "p3", "10.1.0.3").app("web").port("metrics", 9100));
+  auto d = build(c);
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", ""), ElementsAre("10.1.0.1:8080", "10.1.0.2:9090"));
+  ASSERT_EQ(d.warnings.size(), 1u);
+  EXPECT_THAT(d.warnings[0], AllOf(HasSubstr("a/p3"), HasSubstr("\"http\""), HasSubstr("a/web")));
+}
+
+TEST(BuildModelPorts, NamedTargetPortMustMatchTheProtocol) {
+  Cluster c;
+  c.add(SvcB("a", "dns", {"10.96.0.10"}).select("app", "dns").named_port(53, "dns", "dns", "UDP"))
+      .add(PodB("a", "udp", "10.1.0.1").app("dns").port("dns", 5353, "UDP"))
+      .add(PodB("a", "tcp-only", "10.1.0.2").app("dns").port("dns", 5354, "TCP"));
+  auto d = build(c);
+  EXPECT_THAT(backends(d, "10.96.0.10:53/UDP", ""), ElementsAre("10.1.0.1:5353"));
+  EXPECT_THAT(d.warnings, Contains(HasSubstr("a/tcp-only")));
+}
+
+TEST(BuildModelPorts, NumericAndAbsentTargetPort) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").port(80, 8080, "http").port(443, 0, "https"))
+      .add(PodB("a", "p1", "10.1.0.1").app("web"));
+  auto d = build(c);
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", ""), ElementsAre("10.1.0.1:8080"));
+  // no targetPort: the service port itself (Kubernetes default)
+  EXPECT_THAT(backends(d, "10.96.0.1:443/TCP", ""), ElementsAre("10.1.0.1:443"));
+  EXPECT_THAT(d.warnings, IsEmpty());
+}
+
+TEST(BuildModelPorts, UdpPort) {
+  Cluster c;
+  c.add(SvcB("a", "dns", {"10.96.0.10"}).select("app", "dns").port(53, 5353, "dns", "UDP").port(53, 5353, "dns-tcp"))
+      .add(PodB("a", "p1", "10.1.0.1").app("dns"));
+  auto d = build(c);
+  EXPECT_THAT(frontends(d), UnorderedElementsAre("10.96.0.10:53/UDP", "10.96.0.10:53/TCP"));
+  EXPECT_THAT(backends(d, "10.96.0.10:53/UDP", ""), ElementsAre("10.1.0.1:5353"));
+  for (const auto& [k, spec] : d.frontends) {
+    if (spec.port_name == "dns") EXPECT_EQ(k.proto, IPPROTO_UDP);
+    else EXPECT_EQ(k.proto, IPPROTO_TCP);
+  }
+}
+
+TEST(BuildModelPorts, SctpSkippedWithWarning) {
+  Cluster c;
+  c.add(SvcB("a", "mix", {"10.96.0.1"}).select("app", "x").port(80, 8080, "http").port(9, 9, "sig", "SCTP"))
+      .add(PodB("a", "p1", "10.1.0.1").app("x"));
+  auto d = build(c);
+  EXPECT_THAT(frontends(d), ElementsAre("10.96.0.1:80/TCP"));
+  ASSERT_EQ(d.warnings.size(), 1u);
+  EXPECT_THAT(d.warnings[0], AllOf(HasSubstr("a/mix"), HasSubstr("spec.ports[1]"), HasSubstr("SCTP")));
+}
+
+TEST(BuildModelPorts, DualStackKeepsFamiliesApart) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1", "fd00::1"}).select("app", "web").port(80, 8080))
+      .add(PodB("a", "p1", "10.1.0.1").app("web").ips({"10.1.0.1", "fd01::1"}))
+      .add(PodB("a", "v6only", "fd01::2").app("web"))
+      .add(PodB("a", "v4only", "10.1.0.3").app("web"));
+  auto d = build(c);
+  EXPECT_THAT(frontends(d), UnorderedElementsAre("10.96.0.1:80/TCP", "[fd00::1]:80/TCP"));
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", ""), ElementsAre("10.1.0.1:8080", "10.1.0.3:8080"));
+  EXPECT_THAT(backends(d, "[fd00::1]:80/TCP", ""), ElementsAre("[fd01::1]:8080", "[fd01::2]:8080"));
+}
+
+TEST(BuildModelPorts, DuplicateServiceAddressNamesBothServices) {
+  Cluster c;
+  c.add(SvcB("a", "one", {"10.96.0.1"}).port(80, 8080))
+      .add(SvcB("b", "two", {"10.96.0.1"}).port(80, 9090));
+  auto err = model_error([&] { build(c); });
+  EXPECT_THAT(err, AllOf(HasSubstr("a/one"), HasSubstr("b/two"), HasSubstr("10.96.0.1:80/TCP")));
+}
+
+TEST(BuildModelPorts, SameAddressOtherPortOrProtocolIsFine) {
+  Cluster c;
+  c.add(SvcB("a", "one", {"10.96.0.1"}).port(80, 8080))
+      .add(SvcB("a", "two", {"10.96.0.1"}).port(81, 8080))
+      .add(SvcB("a", "three", {"10.96.0.1"}).port(80, 8080, "", "UDP"));
+  auto d = build(c);
+  EXPECT_EQ(d.frontends.size(), 3u);
+}
+
+TEST(BuildModelPorts, InvalidClusterIpNamesTheField) {
+  Cluster c;
+  c.add(SvcB("a", "bad", {"10.96.0.300"}).port(80, 8080));
+  auto err = model_error([&] { build(c); });
+  EXPECT_THAT(err, AllOf(HasSubstr("a/bad"), HasSubstr("spec.clusterIPs"), HasSubstr("10.96.0.300")));
+}
+
+// --- environments --------------------------------------------------------
+
+TEST(BuildModelEnvs, PodsGroupedByEnvLabel) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").port(80, 8080))
+      .add(PodB("a", "base", "10.1.0.1").app("web"))
+      .add(PodB("a", "dev", "10.1.0.2").app("web").env("dev"))
+      .add(PodB("a", "proj1-a", "10.1.0.3").app("web").env("dev.proj1"))
+      .add(PodB("a", "proj1-b", "10.1.0.4").app("web").env("dev.proj1"))
+      .add(PodB("a", "empty-label", "10.1.0.5").app("web").env(""));
+  auto d = build(c);
+  auto r = routes(d, "10.96.0.1:80/TCP");
+  EXPECT_EQ(r.size(), 3u);
+  EXPECT_THAT(r[""], UnorderedElementsAre("10.1.0.1:8080", "10.1.0.5:8080"));
+  EXPECT_THAT(r["dev"], UnorderedElementsAre("10.1.0.2:8080"));
+  EXPECT_THAT(r["dev.proj1"], UnorderedElementsAre("10.1.0.3:8080", "10.1.0.4:8080"));
+  EXPECT_EQ(d.default_env, "");
+  EXPECT_EQ(d.pod_envs.at("a/base"), "");
+  EXPECT_EQ(d.pod_envs.at("a/empty-label"), "");
+  EXPECT_EQ(d.pod_envs.at("a/proj1-b"), "dev.proj1");
+  EXPECT_EQ(d.pod_envs.size(), 5u);
+}
+
+TEST(BuildModelEnvs, UnlabelledPodsJoinTheDefaultEnv) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").port(80, 8080))
+      .add(PodB("a", "base", "10.1.0.1").app("web"))
+      .add(PodB("a", "dev", "10.1.0.2").app("web").env("dev"));
+  ModelOptions o;
+  o.default_env = "dev";
+  auto d = build(c, o);
+  auto r = routes(d, "10.96.0.1:80/TCP");
+  EXPECT_EQ(r.size(), 1u);
+  EXPECT_THAT(r["dev"], UnorderedElementsAre("10.1.0.1:8080", "10.1.0.2:8080"));
+  EXPECT_EQ(d.default_env, "dev");
+  EXPECT_EQ(d.pod_envs.at("a/base"), "dev");
+}
+
+TEST(BuildModelEnvs, EnvsIncludeAncestorsAndTheDefaultEnv) {
+  Cluster c;
+  c.add(PodB("a", "alice", "10.1.0.1").env("dev.proj1.alice"))
+      .add(PodB("a", "bob", "10.1.0.2").env("team-b.x").ready(false))
+      .add(PodB("a", "plain", "10.1.0.3"));
+  ModelOptions o;
+  o.default_env = "qa.main";
+  auto d = build(c, o);
+  EXPECT_THAT(d.envs, ElementsAre("dev", "dev.proj1", "dev.proj1.alice", "qa", "qa.main", "team-b", "team-b.x"));
+}
+
+TEST(BuildModelEnvs, NoNamedEnvForTheBase) {
+  Cluster c;
+  c.add(PodB("a", "plain", "10.1.0.3"));
+  auto d = build(c);
+  EXPECT_THAT(d.envs, IsEmpty());
+}
+
+TEST(BuildModelEnvs, CustomLabelAndSplitter) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").port(80, 8080))
+      .add(PodB("a", "p", "10.1.0.1").app("web").label("env", "dev-proj1").env("ignored"));
+  ModelOptions o;
+  o.env_label = "env";
+  o.splitter = '-';
+  auto d = build(c, o);
+  EXPECT_THAT(d.envs, ElementsAre("dev", "dev-proj1"));
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", "dev-proj1"), ElementsAre("10.1.0.1:8080"));
+}
+
+TEST(BuildModelEnvs, InvalidEnvLabelNamesPodAndField) {
+  for (const std::string& bad : std::vector<std::string>{"dev..x", "-dev", "dev x", std::string(64, 'a')}) {
+    Cluster c;
+    c.add(PodB("a", "good", "10.1.0.1").env("dev")).add(PodB("a", "bad", "10.1.0.2").env(bad));
+    auto err = model_error([&] { build(c); });
+    EXPECT_THAT(err, AllOf(HasSubstr("Pod a/bad"), HasSubstr("metadata.labels.virtual-env"))) << bad;
+  }
+  Cluster c;
+  c.add(PodB("a", "bad", "10.1.0.2").label("env", "dev--x"));
+  ModelOptions o;
+  o.env_label = "env";
+  o.splitter = '-';
+  EXPECT_THAT(model_error([&] { build(c, o); }), HasSubstr("metadata.labels.env"));
+}
+
+// --- EndpointSlices ------------------------------------------------------
+
+TEST(BuildModelSlices, SlicesWinOverTheSelector) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").port(80, 8080, "http"))
+      .add(PodB("a", "by-selector", "10.1.0.1").app("web").env("dev"))
+      .add(PodB("a", "qa-pod", "10.1.0.9").env("qa"))
+      .add(SliceB("a", "web-abc", "web")
+               .port("metrics", 9000)
+               .port("http", 8443)
+               .ep("10.1.0.9", true, "qa-pod")     // known pod: its env
+               .ep("10.1.0.8", false, "qa-pod")    // not ready: excluded
+               .ep("10.1.0.7")                     // no targetRef: default env
+               .ep("10.1.0.6", true, "ghost"));    // unknown pod: default env
+  auto d = build(c);
+  auto r = routes(d, "10.96.0.1:80/TCP");
+  EXPECT_EQ(r.size(), 2u);
+  EXPECT_THAT(r["qa"], UnorderedElementsAre("10.1.0.9:8443"));
+  EXPECT_THAT(r[""], UnorderedElementsAre("10.1.0.6:8443", "10.1.0.7:8443"));
+}
+
+TEST(BuildModelSlices, UnknownPodGoesToTheConfiguredDefaultEnv) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).port(80, 8080, "http"))
+      .add(SliceB("a", "web-abc", "web").port("http", 8080).ep("10.1.0.6", true, "ghost").ep("10.1.0.7"));
+  ModelOptions o;
+  o.default_env = "dev";
+  auto d = build(c, o);
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", "dev"), ElementsAre("10.1.0.6:8080", "10.1.0.7:8080"));
+}
+
+TEST(BuildModelSlices, TargetRefNamespaceDefaultsToTheSlices) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).port(80, 8080, "http"))
+      .add(PodB("a", "p", "10.1.0.9").env("dev"))
+      .add(PodB("b", "p", "10.1.0.8").env("qa"))
+      .add(SliceB("a", "web-abc", "web").port("http", 8080).ep("10.1.0.9", true, "p").ep("10.1.0.8", true, "p", "b"));
+  auto d = build(c);
+  auto r = routes(d, "10.96.0.1:80/TCP");
+  EXPECT_THAT(r["dev"], UnorderedElementsAre("10.1.0.9:8080"));
+  EXPECT_THAT(r["qa"], UnorderedElementsAre("10.1.0.8:8080"));
+}
+
+TEST(BuildModelSlices, PortMatchedByNameAndProtocol) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).port(80, 8080, "http").port(53, 53, "dns", "UDP").port(81, 81, "nomatch"))
+      .add(SliceB("a", "web-abc", "web").port("http", 8443).port("dns", 5353, "UDP").ep("10.1.0.9"));
+  auto d = build(c);
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", ""), ElementsAre("10.1.0.9:8443"));
+  EXPECT_THAT(backends(d, "10.96.0.1:53/UDP", ""), ElementsAre("10.1.0.9:5353"));
+  // a port the slice does not list has no backends, even though the service
+  // has slices (the selector is not consulted)
+  EXPECT_THAT(backends(d, "10.96.0.1:81/TCP", ""), IsEmpty());
+}
+
+TEST(BuildModelSlices, SlicesOfOtherServicesOrNamespacesIgnored) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").port(80, 8080, "http"))
+      .add(PodB("a", "p", "10.1.0.1").app("web"))
+      .add(SliceB("b", "web-x", "web").port("http", 9999).ep("10.1.0.50"))
+      .add(SliceB("a", "api-x", "api").port("http", 9999).ep("10.1.0.51"));
+  auto d = build(c);
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", ""), ElementsAre("10.1.0.1:8080"));
+}
+
+TEST(BuildModelSlices, SeveralSlicesMergedAndDeduplicated) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1", "fd00::1"}).port(80, 8080, "http"))
+      .add(SliceB("a", "web-1", "web").port("http", 8080).ep("10.1.0.2").ep("10.1.0.1"))
+      .add(SliceB("a", "web-2", "web").port("http", 8080).ep("10.1.0.1"))
+      .add(SliceB("a", "web-6", "web", "IPv6").port("http", 8080).ep("fd01::1"))
+      .add(SliceB("a", "web-fqdn", "web", "FQDN").port("http", 8080).ep("example.org"));
+  auto d = build(c);
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", ""), ElementsAre("10.1.0.1:8080", "10.1.0.2:8080"));
+  EXPECT_THAT(backends(d, "[fd00::1]:80/TCP", ""), ElementsAre("[fd01::1]:8080"));
+  // DesiredState.sets: sorted, no duplicate
+  for (const auto& [name, bes] : d.sets) {
+    for (size_t i = 1; i < bes.size(); i++) EXPECT_TRUE(bes[i - 1] < bes[i]);
+  }
+}
+
+// --- local pods ----------------------------------------------------------
+
+struct FakeCgroups {
+  std::map<std::string, std::optional<CgroupInfo>> known;
+  std::vector<std::string> asked;
+
+  FakeCgroups& add(const std::string& rel, uint64_t id, int level, bool under_root = true) {
+    known[rel] = CgroupInfo{id, level, "/sys/fs/cgroup/" + rel, under_root};
+    return *this;
+  }
+
+  ModelOptions options() {
+    ModelOptions o;
+    o.resolve_cgroup = [this](const std::string& rel) -> std::optional<CgroupInfo> {
+      asked.push_back(rel);
+      if (rel.find("..") != std::string::npos) throw std::invalid_argument("\"" + rel + "\" leaves the cgroup root");
+      auto it = known.find(rel);
+      return it == known.end() ? std::nullopt : it->second;
+    };
+    return o;
+  }
+};
+
+TEST(BuildModelLocalPods, ResolvedCgroupMakesAPodLocal) {
+  FakeCgroups cg;
+  cg.add("pods/alice", 1001, 3).add("pods/plain", 1002, 2);
+  Cluster c;
+  c.add(PodB("a", "alice", "10.1.0.1").env("dev.alice").cgroup("pods/alice"))
+      .add(PodB("a", "plain", "10.1.0.2").cgroup("pods/plain"))
+      .add(PodB("a", "remote", "10.1.0.3").env("dev"));  // no annotation: another node's pod
+  auto d = build(c, cg.options());
+  ASSERT_EQ(d.pods.size(), 2u);
+  const auto& alice = d.pods.at(1001);
+  EXPECT_EQ(alice.pod, "a/alice");
+  EXPECT_EQ(alice.env, "dev.alice");
+  EXPECT_EQ(alice.level, 3);
+  EXPECT_EQ(alice.cgroup, "/sys/fs/cgroup/pods/alice");
+  EXPECT_EQ(d.pods.at(1002).env, "");
+  EXPECT_EQ(d.pods.at(1002).level, 2);
+  EXPECT_THAT(cg.asked, UnorderedElementsAre("pods/alice", "pods/plain"));
+  EXPECT_THAT(d.warnings, IsEmpty());
+}
+
+TEST(BuildModelLocalPods, MissingCgroupIsAWarning) {
+  FakeCgroups cg;
+  Cluster c;
+  c.add(PodB("a", "later", "10.1.0.1").env("dev").cgroup("pods/later"));
+  auto d = build(c, cg.options());
+  EXPECT_THAT(d.pods, IsEmpty());
+  ASSERT_EQ(d.warnings.size(), 1u);
+  EXPECT_THAT(d.warnings[0], AllOf(HasSubstr("a/later"), HasSubstr("pods/later")));
+  EXPECT_EQ(d.pod_envs.at("a/later"), "dev");  // still a pod of the cluster
+}
+
+TEST(BuildModelLocalPods, CgroupOutsideTheRootIsAWarning) {
+  FakeCgroups cg;
+  cg.add("elsewhere/p", 1001, 2, /*under_root=*/false);
+  Cluster c;
+  c.add(PodB("a", "p", "10.1.0.1").cgroup("elsewhere/p"));
+  auto d = build(c, cg.options());
+  EXPECT_THAT(d.pods, IsEmpty());
+  ASSERT_EQ(d.warnings.size(), 1u);
+  EXPECT_THAT(d.warnings[0], AllOf(HasSubstr("a/p"), HasSubstr("outside")));
+}
+
+TEST(BuildModelLocalPods, InvalidAnnotationIsAModelError) {
+  FakeCgroups cg;
+  Cluster c;
+  c.add(PodB("a", "evil", "10.1.0.1").cgroup("../../etc"));
+  auto err = model_error([&] { build(c, cg.options()); });
+  EXPECT_THAT(err, AllOf(HasSubstr("a/evil"), HasSubstr("metadata.annotations.envsteer.io/cgroup"),
+                         HasSubstr("leaves the cgroup root")));
+}
+
+TEST(BuildModelLocalPods, TwoPodsInOneCgroupIsAModelError) {
+  FakeCgroups cg;
+  cg.add("pods/shared", 1001, 2);
+  Cluster c;
+  c.add(PodB("a", "one", "10.1.0.1").cgroup("pods/shared")).add(PodB("a", "two", "10.1.0.2").cgroup("pods/shared"));
+  auto err = model_error([&] { build(c, cg.options()); });
+  EXPECT_THAT(err, AllOf(HasSubstr("a/one"), HasSubstr("a/two"), HasSubstr("metadata.annotations.envsteer.io/cgroup")));
+}
+
+TEST(BuildModelLocalPods, CustomAnnotationAndNoResolver) {
+  FakeCgroups cg;
+  cg.add("pods/p", 1001, 2);
+  Cluster c;
+  c.add(PodB("a", "p", "10.1.0.1").cgroup("pods/p", "example.com/cg"));
+  auto o = cg.options();
+  EXPECT_THAT(build(c, o).pods, IsEmpty());  // default annotation name: not there
+  o.cgroup_annotation = "example.com/cg";
+  EXPECT_EQ(build(c, o).pods.size(), 1u);
+  o.resolve_cgroup = nullptr;  // e.g. explain without a host: nothing is local
+  EXPECT_THAT(build(c, o).pods, IsEmpty());
+}
+
+}  // namespace
+}  // namespace envsteer::model_test
