@@ -14,6 +14,10 @@
 #include "explain.h"
 #include "sources/manifest.h"
 
+extern "C" {
+#include "bpf/lib/http.h"
+}
+
 namespace fs = std::filesystem;
 
 namespace envsteer {
@@ -117,7 +121,13 @@ nlohmann::json Agent::status_json() {
   j["bpffs"] = s_.bpffs;
   j["settings"] = {{"env_label", s_.env_label}, {"env_header", s_.env_header},
                    {"splitter", std::string(1, s_.splitter)}, {"default_env", s_.default_env}};
-  j["kernel"] = {{"release", features_.kernel}, {"set_retval", features_.set_retval}, {"notes", features_.notes}};
+  j["kernel"] = {{"release", features_.kernel}, {"set_retval", features_.set_retval},
+                 {"recv_tracepoint", features_.recv_tracepoint}, {"bpf_loop", features_.bpf_loop},
+                 {"task_storage", features_.task_storage}, {"notes", features_.notes}};
+  j["request_context"] = dp_ && dp_->request_context();
+  j["settings"]["env_header_aliases"] = s_.env_header_aliases;
+  j["settings"]["baggage_key"] = s_.baggage_key;
+  j["settings"]["http_window"] = s_.http_window;
   auto ts = [](std::chrono::system_clock::time_point t) {
     return t.time_since_epoch().count() == 0 ? 0.0
            : std::chrono::duration<double>(t.time_since_epoch()).count();
@@ -189,6 +199,18 @@ void Agent::start_admin() {
   spdlog::info("admin endpoint on http://{} (/healthz /readyz /metrics /v1/status /v1/explain)", s_.admin);
 }
 
+void Agent::write_http_config() {
+  es_http_cfg hc{};
+  es_http_cfg_init(&hc, s_.splitter, static_cast<__u16>(s_.http_window));
+  es_http_cfg_add_name(&hc, s_.env_header.data(), static_cast<__u32>(s_.env_header.size()));
+  for (const auto& a : s_.env_header_aliases) es_http_cfg_add_name(&hc, a.data(), static_cast<__u32>(a.size()));
+  if (!s_.baggage_key.empty())
+    es_http_cfg_set_baggage_key(&hc, s_.baggage_key.data(), static_cast<__u32>(s_.baggage_key.size()));
+  uint32_t zero = 0;
+  if (int err = dp_->maps().update(maps::MapId::HttpCfg, &zero, &hc); err != 0)
+    throw std::runtime_error(std::string("writing the HTTP parser settings failed: ") + strerror(-err));
+}
+
 int Agent::run() {
   validate_settings(s_);
   if (s_.manifests.empty()) throw std::invalid_argument("--manifests: required (a YAML file or directory)");
@@ -220,6 +242,11 @@ int Agent::run() {
 
   AttachReport rep;
   dp_ = Datapath::install(s_, cg_root_, features_, &rep);
+  write_http_config();
+  spdlog::info("request context (env header -> thread -> connect): {}",
+               dp_->request_context() ? "on"
+               : !s_.header_context ? "off (--no-header-context)"
+                                    : "unavailable on this kernel (see the degraded lines above)");
   rec_ = std::make_unique<Reconciler>(dp_->maps(), s_.splitter);
   size_t adopted = rec_->adopt();
   spdlog::info("data path on cgroup {}: {} program(s) attached, {} replaced in place; maps under {}/maps: "

@@ -41,6 +41,7 @@ class Agent {
   bool sync(const char* why);
   bool apply_cluster(const k8s::ClusterState& cluster, const char* why);
   void start_admin();
+  void write_http_config();
 
   Settings s_;
   std::filesystem::path cg_mount_, cg_root_;

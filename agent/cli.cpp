@@ -70,7 +70,7 @@ json pinned_status(const fs::path& pin) {
     m.open_pinned(pin);
     for (size_t i = 0; i < maps::kMapCount; i++) {
       auto id = static_cast<maps::MapId>(i);
-      if (id == maps::MapId::Config || id == maps::MapId::Counters) continue;
+      if (id == maps::MapId::Config || id == maps::MapId::Counters || id == maps::MapId::HttpCfg) continue;
       maps_j.push_back({{"name", maps::map_name(id)}, {"entries", m.count(id)}, {"max_entries", m.capacity(id)}});
     }
     static const char* names[] = ES_COUNTER_NAMES;
@@ -82,7 +82,8 @@ json pinned_status(const fs::path& pin) {
   j["maps"] = maps_j;
   j["counters"] = counters;
   Features f = probe_features();
-  j["kernel"] = {{"release", f.kernel}, {"set_retval", f.set_retval}, {"notes", f.notes}};
+  j["kernel"] = {{"release", f.kernel}, {"set_retval", f.set_retval},
+                 {"request_context", f.request_context()}, {"notes", f.notes}};
   return j;
 }
 
@@ -90,7 +91,9 @@ void print_status(const json& j) {
   std::cout << "pin directory: " << j["bpffs"].get<std::string>()
             << (j["agent_lock_held"].get<bool>() ? "  (agent running)" : "  (no agent holds it)") << "\n";
   std::cout << "kernel " << j["kernel"]["release"].get<std::string>()
-            << ": ECONNREFUSED on refusal: " << (j["kernel"]["set_retval"].get<bool>() ? "yes" : "no (EPERM)") << "\n";
+            << ": ECONNREFUSED on refusal: " << (j["kernel"]["set_retval"].get<bool>() ? "yes" : "no (EPERM)")
+            << "; request context (sock_recv_length, bpf_loop, task storage): "
+            << (j["kernel"]["request_context"].get<bool>() ? "yes" : "no") << "\n";
   for (const auto& n : j["kernel"]["notes"]) std::cout << "  degraded: " << n.get<std::string>() << "\n";
   std::cout << "programs (" << j["links"].size() << "):\n";
   for (const auto& l : j["links"])
@@ -152,6 +155,17 @@ int cli_main(int argc, char** argv) {
   auto* o_label = run->add_option("--env-label", s.env_label, "pod label holding the environment")->capture_default_str();
   auto* o_header = run->add_option("--env-header", s.env_header, "HTTP header carrying a request's environment")
                        ->capture_default_str();
+  auto* o_alias = run->add_option("--env-header-alias", s.env_header_aliases,
+                                  "another header name carrying the environment (repeatable, at most 3)");
+  auto* o_bag = run->add_option("--baggage-key", s.baggage_key,
+                                "W3C baggage member carrying the environment (\"\" disables)")
+                    ->capture_default_str();
+  auto* o_win = run->add_option("--http-window", s.http_window,
+                                "bytes of a request's header section parsed for the env header")
+                    ->capture_default_str();
+  bool no_header_context = false;
+  auto* o_nohc = run->add_flag("--no-header-context", no_header_context,
+                               "do not learn request environments from HTTP headers (connect-time by pod only)");
   auto* o_split = run->add_option("--splitter", splitter, "separator of environment segments")->capture_default_str();
   auto* o_def = run->add_option("--default-env", s.default_env,
                                 "environment of unlabelled pods and final fallback (default: none, unlabelled pods "
@@ -200,6 +214,9 @@ int cli_main(int argc, char** argv) {
         if (o_admin->count()) s.admin = flags.admin;
         if (o_cleanup->count()) s.cleanup_on_exit = flags.cleanup_on_exit;
         if (o_log->count()) s.log_level = flags.log_level;
+        if (o_alias->count()) s.env_header_aliases = flags.env_header_aliases;
+        if (o_bag->count()) s.baggage_key = flags.baggage_key;
+        if (o_win->count()) s.http_window = flags.http_window;
         if (o_split->count()) {
           if (splitter.size() != 1) throw std::invalid_argument("--splitter: must be one character");
           s.splitter = splitter[0];
@@ -208,6 +225,7 @@ int cli_main(int argc, char** argv) {
         if (splitter.size() != 1) throw std::invalid_argument("--splitter: must be one character");
         s.splitter = splitter[0];
       }
+      if (o_nohc->count()) s.header_context = false;
       setup_logging(s.log_level);
       Agent agent(s);
       return agent.run();

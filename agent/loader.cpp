@@ -85,6 +85,16 @@ Features probe_features() {
     f.notes.push_back("bpf_set_retval unavailable for cgroup programs (kernel < 5.19): connects with "
                       "no ready pod fail with EPERM instead of ECONNREFUSED");
   f.cgroup_links = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, nullptr) == 1;
+  f.recv_tracepoint = libbpf_find_vmlinux_btf_id("sock_recv_length", BPF_TRACE_RAW_TP) > 0;
+  f.bpf_loop = libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SKB, BPF_FUNC_loop, nullptr) == 1;
+  f.task_storage = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_TASK_STORAGE, nullptr) == 1;
+  if (!f.recv_tracepoint)
+    f.notes.push_back("no tp_btf/sock_recv_length (kernel < 6.3): threads cannot adopt the environment of "
+                      "the request they read; connects use the pod's own environment");
+  if (!f.bpf_loop)
+    f.notes.push_back("no bpf_loop (kernel < 5.17): inbound env headers are not parsed");
+  if (!f.task_storage)
+    f.notes.push_back("no task storage (kernel < 5.11): no per-thread request environment");
   return f;
 }
 
@@ -163,7 +173,14 @@ std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& c
     rep.maps_reused++;
   }
 
+  dp->request_ctx_ = s.header_context && f.request_context();
   skel->rodata->es_feat_set_retval = f.set_retval ? 1 : 0;
+  skel->rodata->es_feat_request_ctx = dp->request_ctx_ ? 1 : 0;
+  skel->rodata->es_splitter = s.splitter;
+  if (!dp->request_ctx_) {
+    bpf_program__set_autoload(skel->progs.es_http_ingress, false);
+    bpf_program__set_autoload(skel->progs.es_sock_recv_length, false);
+  }
   if (int err = envsteer_bpf__load(skel); err != 0)
     throw std::runtime_error("loading the BPF programs failed: " + errstr(err) +
                              " (run with --log-level debug for the verifier log)");
@@ -189,9 +206,38 @@ std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& c
   std::vector<std::string> wanted;
   bpf_program* prog;
   bpf_object__for_each_program(prog, skel->obj) {
+    if (!bpf_program__autoload(prog)) continue;
     const std::string name = bpf_program__name(prog);
     wanted.push_back(name);
     fs::path lp = link_dir / name;
+    if (bpf_program__type(prog) == BPF_PROG_TYPE_TRACING) {
+      // Tracing links cannot be updated in place: attach the new program,
+      // then swap the pin and drop the old link (both run for a moment).
+      bpf_link* link = bpf_program__attach_trace(prog);
+      if (!link) {
+        int err = errno;
+        close(cg_fd);
+        throw std::runtime_error("attaching " + name + " failed: " + errstr(err));
+      }
+      bpf_link* old = fs::exists(lp) ? bpf_link__open(lp.c_str()) : nullptr;
+      fs::remove(lp);
+      if (int err = bpf_link__pin(link, lp.c_str()); err != 0) {
+        bpf_link__destroy(link);
+        if (old) bpf_link__destroy(old);
+        close(cg_fd);
+        throw std::runtime_error("pinning link " + lp.string() + " failed: " + errstr(err));
+      }
+      bpf_link__disconnect(link);
+      bpf_link__destroy(link);
+      if (old) {
+        bpf_link__detach(old);
+        bpf_link__destroy(old);
+        rep.replaced.push_back(name);
+      } else {
+        rep.created.push_back(name);
+      }
+      continue;
+    }
     if (fs::exists(lp)) {
       bpf_link* old = bpf_link__open(lp.c_str());
       if (old) {

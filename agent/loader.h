@@ -21,6 +21,10 @@ struct Features {
   std::string kernel;         // uname release
   bool set_retval = false;    // ECONNREFUSED (else EPERM) when no pod is ready
   bool cgroup_links = false;  // bpf_link for cgroup programs (pin + update)
+  bool recv_tracepoint = false;  // tp_btf/sock_recv_length (6.3+): threads adopt request envs
+  bool bpf_loop = false;         // bpf_loop (5.17+): the inbound parser's byte loop
+  bool task_storage = false;     // task storage (5.11+): per-thread request environment
+  bool request_context() const { return recv_tracepoint && bpf_loop && task_storage; }
   std::vector<std::string> notes;  // degradations, one line each
 };
 
@@ -55,10 +59,12 @@ class Datapath {
   static std::unique_ptr<Datapath> install(const Settings& s, const std::filesystem::path& cgroup_root,
                                            const Features& f, AttachReport* report);
   maps::BpfMapBackend& maps() { return maps_; }
+  bool request_context() const { return request_ctx_; }
 
  private:
   Datapath() = default;
   envsteer_bpf* skel_ = nullptr;
+  bool request_ctx_ = false;
   maps::BpfMapBackend maps_;
 };
 

@@ -7,6 +7,10 @@
 
 #include "envname.h"
 
+extern "C" {
+#include "bpf/lib/http.h"
+}
+
 namespace envsteer {
 
 namespace {
@@ -33,7 +37,8 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   if (!root.IsMap()) throw std::runtime_error(file.string() + ": expected a mapping of settings");
   static const char* known[] = {"manifests", "cgroupRoot", "bpffs", "envLabel", "envHeader",
                                 "splitter", "defaultEnv", "admin", "logLevel", "cleanupOnExit",
-                                "limits", "cgroupAnnotation"};
+                                "limits", "cgroupAnnotation", "envHeaderAliases", "baggageKey",
+                                "httpWindow", "headerContext"};
   for (const auto& kv : root) {
     auto k = kv.first.as<std::string>();
     bool ok = false;
@@ -51,6 +56,10 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   read(root, "logLevel", s.log_level, f);
   read(root, "cleanupOnExit", s.cleanup_on_exit, f);
   read(root, "cgroupAnnotation", s.cgroup_annotation, f);
+  read(root, "envHeaderAliases", s.env_header_aliases, f);
+  read(root, "baggageKey", s.baggage_key, f);
+  read(root, "httpWindow", s.http_window, f);
+  read(root, "headerContext", s.header_context, f);
   if (root["splitter"]) {
     std::string sp;
     read(root, "splitter", sp, f);
@@ -82,6 +91,23 @@ void validate_settings(const Settings& s) {
       !es_env_valid(s.default_env.data(), static_cast<int>(s.default_env.size()), s.splitter))
     throw std::invalid_argument("--default-env: \"" + s.default_env +
                                 "\" is not a valid environment name");
+  auto header_ok = [](const std::string& h) {
+    if (h.empty() || h.size() >= ES_HTTP_NAME_MAX) return false;
+    for (unsigned char c : h)
+      if (!es_http_tchar(c)) return false;
+    return true;
+  };
+  if (!header_ok(s.env_header))
+    throw std::invalid_argument("--env-header: \"" + s.env_header + "\" is not a header name of 1.." +
+                                std::to_string(ES_HTTP_NAME_MAX - 1) + " token characters");
+  if (s.env_header_aliases.size() > ES_HTTP_MAX_NAMES - 1)
+    throw std::invalid_argument("--env-header-alias: at most " + std::to_string(ES_HTTP_MAX_NAMES - 1) + " aliases");
+  for (const auto& a : s.env_header_aliases)
+    if (!header_ok(a)) throw std::invalid_argument("--env-header-alias: \"" + a + "\" is not a header name");
+  if (!s.baggage_key.empty() && !header_ok(s.baggage_key))
+    throw std::invalid_argument("--baggage-key: \"" + s.baggage_key + "\" is not a baggage key");
+  if (s.http_window < 64 || s.http_window > 65535)
+    throw std::invalid_argument("--http-window: must be 64..65535 bytes, got " + std::to_string(s.http_window));
   if (s.bpffs.empty() || s.bpffs[0] != '/') throw std::invalid_argument("--bpffs: must be an absolute path");
   auto& l = s.limits;
   if (!l.frontends || !l.sets || !l.slots || !l.envs || !l.pods)

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace envsteer {
 
@@ -21,7 +22,11 @@ struct Settings {
   std::string cgroup_root;                  // "" = the cgroup2 mount
   std::string bpffs = "/sys/fs/bpf/envsteer";
   std::string env_label = "virtual-env";
-  std::string env_header = "X-Virtual-Env";  // used by the header programs
+  std::string env_header = "X-Virtual-Env";  // a request's environment
+  std::vector<std::string> env_header_aliases;  // more header names (at most 3)
+  std::string baggage_key = "virtual-env";     // W3C baggage member; "" = off
+  uint32_t http_window = 4096;                 // header bytes of a request parsed
+  bool header_context = true;                  // learn request environments in the kernel
   char splitter = '.';
   std::string default_env;                  // "" = unlabelled pods form the unnamed base
   std::string admin = "127.0.0.1:9966";      // "" disables the admin endpoint

@@ -50,4 +50,19 @@ int es_getpeername6_prog(struct bpf_sock_addr *ctx)
 	return es_getpeername6(ctx);
 }
 
+/* Inbound HTTP requests to managed pods: the env header of each request. */
+SEC("cgroup_skb/ingress")
+int es_http_ingress(struct __sk_buff *skb)
+{
+	return es_ingress(skb);
+}
+
+/* sock_recvmsg() returned data: the reading thread adopts its request's env.
+ * (Tracepoint arguments: struct sock *sk, int ret, int flags.) */
+SEC("tp_btf/sock_recv_length")
+int es_sock_recv_length(unsigned long long *ctx)
+{
+	return es_recv((struct sock *)ctx[0], (int)ctx[1], (int)ctx[2]);
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -136,13 +136,34 @@ enum es_counter {
 	ES_CNT_SLOT_RACE,          /* slot vanished under a concurrent update */
 	ES_CNT_GETPEERNAME,        /* getpeername rewritten to the service address */
 	ES_CNT_UDP_REVNAT,         /* recvmsg source rewritten to the service address */
+	ES_CNT_ENV_REQUEST,        /* connect used the thread's request environment */
+	ES_CNT_ENV_POD,            /* connect used the calling pod's own environment */
+	ES_CNT_ENV_DEFAULT,        /* connect used the default environment */
+	ES_CNT_HDR_FOUND,          /* inbound request carried a valid env header */
+	ES_CNT_HDR_ABSENT,         /* inbound request without one */
+	ES_CNT_HDR_INVALID,        /* env header present but invalid or over-long */
+	ES_CNT_HDR_BEYOND,         /* env header beyond the parse window */
+	ES_CNT_RX_NOT_HTTP,        /* inbound connection found not to be HTTP/1.x */
+	ES_CNT_RX_GAP,             /* inbound stream lost sync (missing segment) */
+	ES_CNT_THREAD_ADOPT,       /* a thread adopted a request's environment */
 	ES_CNT_MAX
 };
 
 #define ES_COUNTER_NAMES                                                             \
 	{ "connect_seen", "steered_own_env", "steered_fallback", "steered_default",    \
 	  "refused_no_ready_pod", "unmanaged_caller", "slot_race", "getpeername",       \
-	  "udp_revnat" }
+	  "udp_revnat", "env_from_request", "env_from_pod", "env_from_default",        \
+	  "header_found", "header_absent", "header_invalid", "header_beyond_window",    \
+	  "rx_not_http", "rx_stream_gap", "thread_adopt" }
+
+/* A thread's request environment (task storage): the environment of the
+ * HTTP request it last read from a managed pod's socket. */
+struct es_thread {
+	char env[ES_ENV_NAME_MAX];
+	__u8 len;    /* 0: the request had no (valid) env header */
+	__u8 pad[7];
+	__u64 since_ns; /* when it was adopted */
+};
 
 /* Names of the pinned maps below the pin directory (".../maps/<name>"). */
 #define ES_MAP_FRONTENDS "es_frontends"
@@ -155,5 +176,8 @@ enum es_counter {
 #define ES_MAP_COUNTERS "es_counters"
 #define ES_MAP_SOCKS "es_socks"
 #define ES_MAP_REVNAT "es_revnat"
+#define ES_MAP_HTTP_CFG "es_http_cfg"
+#define ES_MAP_RX "es_rx"
+#define ES_MAP_THREADS "es_threads"
 
 #endif /* ENVSTEER_ABI_H */

@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "maps/maps.h"
 
+extern "C" {
+#include "bpf/lib/http.h"
+}
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
@@ -18,6 +22,7 @@ const char* map_name(MapId id) {
     case MapId::Pods: return ES_MAP_PODS;
     case MapId::Config: return ES_MAP_CONFIG;
     case MapId::Counters: return ES_MAP_COUNTERS;
+    case MapId::HttpCfg: return ES_MAP_HTTP_CFG;
     case MapId::kCount: break;
   }
   return "?";
@@ -33,6 +38,7 @@ size_t key_size(MapId id) {
     case MapId::Pods: return sizeof(__u64);
     case MapId::Config: return sizeof(__u32);
     case MapId::Counters: return sizeof(__u32);
+    case MapId::HttpCfg: return sizeof(__u32);
     case MapId::kCount: break;
   }
   return 0;
@@ -48,6 +54,7 @@ size_t value_size(MapId id) {
     case MapId::Pods: return sizeof(es_pod);
     case MapId::Config: return sizeof(es_config);
     case MapId::Counters: return sizeof(__u64);
+    case MapId::HttpCfg: return sizeof(es_http_cfg);
     case MapId::kCount: break;
   }
   return 0;

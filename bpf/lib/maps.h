@@ -9,6 +9,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "../../maps/abi.h"
+#include "http.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -96,6 +97,50 @@ struct {
 	__type(key, struct es_revnat_key);
 	__type(value, struct es_revnat);
 } es_revnat SEC(".maps");
+
+/* Header names, baggage key and parse window for the HTTP parser. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct es_http_cfg);
+} es_http_cfg SEC(".maps");
+
+/* Inbound HTTP parse state of a managed pod's TCP socket. */
+struct es_rx {
+	struct es_http_state st;
+	__u32 next_seq; /* TCP sequence number of the next payload byte */
+	__u8 synced;    /* next_seq is valid */
+	__u8 seen;      /* at least one request head completed */
+	__u8 env_len;   /* environment of the request last received; 0 = none */
+	__u8 pad;
+	char env[ES_ENV_NAME_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, int);
+	__type(value, struct es_rx);
+} es_rx SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, int);
+	__type(value, struct es_thread);
+} es_threads SEC(".maps");
+
+/* Per-CPU scratch for an environment name being walked by prefix. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct es_env_name);
+} es_scratch SEC(".maps");
 
 static __always_inline void es_count(__u32 idx)
 {

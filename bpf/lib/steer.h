@@ -9,11 +9,13 @@
 #include <bpf/bpf_endian.h>
 #include "maps.h"
 #include "resolve.h"
+#include "request.h"
 
 #define ES_ECONNREFUSED 111
 
-/* Set before load by the agent from its feature probe. */
+/* Set before load by the agent from its feature probe and settings. */
 const volatile __u8 es_feat_set_retval = 0;
+const volatile char es_splitter = '.';
 
 enum es_hook {
 	ES_HOOK_CONNECT = 0,
@@ -141,7 +143,17 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 		return NULL;
 	}
 	es_count(ES_CNT_CONNECT_SEEN);
-	env = pod->env_id ? pod->env_id : cfg->default_env_id;
+	/* DESIGN order: the request the thread serves, the pod, the default */
+	env = es_request_env_id(es_splitter);
+	if (env != ES_ENV_NONE) {
+		es_count(ES_CNT_ENV_REQUEST);
+	} else if (pod->env_id != ES_ENV_NONE) {
+		env = pod->env_id;
+		es_count(pod->env_id == cfg->default_env_id ? ES_CNT_ENV_DEFAULT : ES_CNT_ENV_POD);
+	} else {
+		env = cfg->default_env_id;
+		es_count(ES_CNT_ENV_DEFAULT);
+	}
 	if (!es_resolve(NULL, fe->svc_id, env, cfg->default_env_id, res)) {
 		*verdict = es_refuse();
 		return NULL;

@@ -104,7 +104,14 @@ def test_restart_under_connect_loop_loses_nothing(running, sig):
     assert attach_types(node) == before
     assert any(v[0] == "map" for v in pinned_before.values()), pinned_before
     assert any(v[0] == "link" for v in pinned_before.values()), pinned_before
-    assert node.pinned_ids() == pinned_before
+    # Tracing links (tp_btf) cannot be updated in place: the agent attaches the new
+    # program and swaps the pin, so that one link gets a new id; all else is adopted.
+    after = node.pinned_ids()
+    tracing = "links/es_sock_recv_length"
+    assert tracing in pinned_before and tracing in after
+    assert after[tracing][0] == "link"
+    assert {k_: v for k_, v in after.items() if k_ != tracing} == \
+        {k_: v for k_, v in pinned_before.items() if k_ != tracing}
     resolved(node, k("c-proj1"), "dev.proj1", [k("s-proj1")], timeout=5)
     resolved(node, k("c-dev"), "dev", [k("s-dev")], timeout=5)
     assert_steered(node, "c-dev", "s-dev")

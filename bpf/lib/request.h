@@ -1,0 +1,282 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The request environment: learned from the env header of HTTP/1.x requests
+ * arriving at managed pods (cgroup_skb ingress), adopted by the thread that
+ * reads the request (tp_btf/sock_recv_length), and used by that thread's
+ * connect() calls before the pod's own environment.
+ */
+#ifndef ENVSTEER_REQUEST_H
+#define ENVSTEER_REQUEST_H
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "maps.h"
+
+#define ES_AF_INET 2
+#define ES_AF_INET6 10
+#define ES_MSG_PEEK 2
+
+/* Set before load: 0 disables the header programs' work (they return early). */
+const volatile __u8 es_feat_request_ctx = 1;
+
+struct sock;
+
+/* The managed pod owning an skb's socket (its cgroup or an ancestor). */
+static __always_inline const struct es_pod *es_skb_pod(struct __sk_buff *skb, const struct es_config *cfg)
+{
+	const struct es_pod *pod;
+	__u64 id = bpf_skb_cgroup_id(skb);
+	int i;
+
+	pod = bpf_map_lookup_elem(&es_pods, &id);
+	if (pod)
+		return pod;
+	for (i = 0; i < ES_MAX_CGROUP_LEVEL; i++) {
+		int level = (int)cfg->max_pod_level - i;
+
+		if (level < (int)cfg->min_pod_level || level < 0)
+			break;
+		id = bpf_skb_ancestor_cgroup_id(skb, level);
+		if (!id)
+			continue;
+		pod = bpf_map_lookup_elem(&es_pods, &id);
+		if (pod)
+			return pod;
+	}
+	return NULL;
+}
+
+struct es_feed_ctx {
+	struct __sk_buff *skb;
+	struct es_rx *rx;
+	const struct es_http_cfg *cfg;
+	__u32 off;
+	__u32 end;
+};
+
+/* A request head is complete: record its environment on the socket. A
+ * request without a (valid) header clears it, so no environment outlives the
+ * request that carried it on a keep-alive connection. */
+static __always_inline void es_rx_headers_done(struct es_rx *rx)
+{
+	int outcome = es_http_env_outcome(&rx->st);
+	const char *v = es_http_env(&rx->st);
+	__u32 n = (__u32)es_http_env_len(&rx->st);
+
+	int i;
+
+	rx->seen = 1;
+	if (outcome == ES_HTTP_ENV_FOUND && v && n > 0 && n < ES_ENV_NAME_MAX) {
+		/* NUL-padded: es_request_env_id() walks it by truncation */
+		for (i = 0; i < ES_ENV_NAME_MAX; i++)
+			rx->env[i] = (__u32)i < n ? v[i] : 0;
+		rx->env_len = (__u8)n;
+		es_count(ES_CNT_HDR_FOUND);
+		return;
+	}
+	rx->env_len = 0;
+	if (outcome == ES_HTTP_ENV_INVALID)
+		es_count(ES_CNT_HDR_INVALID);
+	else if (outcome == ES_HTTP_ENV_BEYOND)
+		es_count(ES_CNT_HDR_BEYOND);
+	else
+		es_count(ES_CNT_HDR_ABSENT);
+}
+
+static long es_feed_byte(__u32 i, void *data)
+{
+	struct es_feed_ctx *c = data;
+	__u64 skip;
+	__u8 b;
+	int ev;
+
+	if (c->off >= c->end)
+		return 1;
+	skip = es_http_skippable(&c->rx->st);
+	if (skip) {
+		/* body bytes: no need to look at them one by one */
+		__u32 left = c->end - c->off;
+
+		if (skip > left)
+			skip = left;
+		es_http_skip(&c->rx->st, skip);
+		c->off += (__u32)skip;
+		return 0;
+	}
+	if (bpf_skb_load_bytes(c->skb, c->off, &b, 1))
+		return 1;
+	c->off++;
+	ev = es_http_feed(&c->rx->st, c->cfg, b);
+	if (ev & ES_HTTP_EV_HEADERS)
+		es_rx_headers_done(c->rx);
+	if (ev & ES_HTTP_EV_NOT_HTTP) {
+		es_count(ES_CNT_RX_NOT_HTTP);
+		return 1;
+	}
+	return 0;
+}
+
+/* Offset of the TCP payload and its sequence number; 0 when not TCP. */
+static __always_inline __u32 es_tcp_payload(struct __sk_buff *skb, __u32 *seq)
+{
+	struct tcphdr th;
+	__u32 off;
+
+	if (skb->family == ES_AF_INET) {
+		struct iphdr ih;
+
+		if (bpf_skb_load_bytes(skb, 0, &ih, sizeof(ih)) || ih.protocol != IPPROTO_TCP)
+			return 0;
+		off = (__u32)ih.ihl * 4;
+	} else if (skb->family == ES_AF_INET6) {
+		struct ipv6hdr ih6;
+
+		/* extension headers are not followed: such packets are not parsed */
+		if (bpf_skb_load_bytes(skb, 0, &ih6, sizeof(ih6)) || ih6.nexthdr != IPPROTO_TCP)
+			return 0;
+		off = sizeof(ih6);
+	} else {
+		return 0;
+	}
+	if (bpf_skb_load_bytes(skb, off, &th, sizeof(th)))
+		return 0;
+	*seq = bpf_ntohl(th.seq);
+	return off + (__u32)th.doff * 4;
+}
+
+static __always_inline int es_ingress(struct __sk_buff *skb)
+{
+	const struct es_http_cfg *hcfg;
+	const struct es_config *cfg;
+	struct es_feed_ctx fc = {};
+	struct bpf_sock *sk;
+	struct es_rx *rx;
+	__u32 off, seq = 0, len;
+
+	if (!es_feat_request_ctx)
+		return 1;
+	sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != IPPROTO_TCP)
+		return 1;
+	cfg = es_get_config();
+	if (!cfg)
+		return 1;
+	rx = bpf_sk_storage_get(&es_rx, sk, 0, 0);
+	if (!rx) {
+		if (!es_skb_pod(skb, cfg))
+			return 1;
+		rx = bpf_sk_storage_get(&es_rx, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!rx)
+			return 1;
+	}
+	if (es_http_inert(&rx->st))
+		return 1;
+	off = es_tcp_payload(skb, &seq);
+	if (!off || off >= skb->len)
+		return 1;
+	len = skb->len - off;
+	if (!rx->synced) {
+		rx->synced = 1;
+		rx->next_seq = seq;
+	}
+	if (seq != rx->next_seq) {
+		__s32 d = (__s32)(rx->next_seq - seq);
+
+		if (d > 0 && (__u32)d < len) {
+			off += (__u32)d;  /* retransmission overlapping new data */
+			len -= (__u32)d;
+			seq = rx->next_seq;
+		} else if (d > 0) {
+			return 1;  /* pure retransmission */
+		} else {
+			/* a gap (out-of-order segment): start over at the next request */
+			es_count(ES_CNT_RX_GAP);
+			es_http_reset(&rx->st);
+			rx->env_len = 0;
+		}
+	}
+	rx->next_seq = seq + len;
+	hcfg = bpf_map_lookup_elem(&es_http_cfg, &(__u32){0});
+	if (!hcfg)
+		return 1;
+	fc.skb = skb;
+	fc.rx = rx;
+	fc.cfg = hcfg;
+	fc.off = off;
+	fc.end = off + len;
+	bpf_loop(len, es_feed_byte, &fc, 0);
+	return 1;
+}
+
+/* The thread reading a request adopts its environment. */
+static __always_inline int es_recv(struct sock *sk, int ret, int flags)
+{
+	struct es_thread *th;
+	struct es_rx *rx;
+
+	if (!es_feat_request_ctx || ret <= 0 || (flags & ES_MSG_PEEK))
+		return 0;
+	rx = bpf_sk_storage_get(&es_rx, sk, 0, 0);
+	if (!rx || !rx->seen)
+		return 0;
+	th = bpf_task_storage_get(&es_threads, bpf_get_current_task_btf(), 0,
+				  BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!th)
+		return 0;
+	__builtin_memcpy(th->env, rx->env, ES_ENV_NAME_MAX);
+	th->len = rx->env_len;
+	th->since_ns = bpf_ktime_get_ns();
+	es_count(ES_CNT_THREAD_ADOPT);
+	return 0;
+}
+
+/* The id of the most specific known environment on the chain of the calling
+ * thread's request environment (unknown names fall back segment by segment);
+ * ES_ENV_NONE when the thread has none or no level is known. */
+static __always_inline __u32 es_request_env_id(char splitter)
+{
+	struct es_env_name *key;
+	struct es_thread *th;
+	__u32 zero = 0, *id;
+	int pos, i;
+
+	if (!es_feat_request_ctx)
+		return ES_ENV_NONE;
+	th = bpf_task_storage_get(&es_threads, bpf_get_current_task_btf(), 0, 0);
+	if (!th || th->len == 0 || th->len >= ES_ENV_NAME_MAX)
+		return ES_ENV_NONE;
+	key = bpf_map_lookup_elem(&es_scratch, &zero);
+	if (!key)
+		return ES_ENV_NONE;
+	__builtin_memcpy(key->name, th->env, ES_ENV_NAME_MAX);
+	pos = th->len;
+	/* the captured value is NUL-padded: key->name[pos..] is zero */
+	id = bpf_map_lookup_elem(&es_env_names, key);
+	if (id)
+		return *id;
+	for (i = 0; i < ES_ENV_NAME_MAX - 1; i++) {
+		char c;
+
+		if (pos <= 1)
+			break;
+		pos--;
+		c = key->name[pos & (ES_ENV_NAME_MAX - 1)];
+		key->name[pos & (ES_ENV_NAME_MAX - 1)] = 0;
+		if (c != splitter)
+			continue;
+		id = bpf_map_lookup_elem(&es_env_names, key);
+		if (id)
+			return *id;
+	}
+	return ES_ENV_NONE;
+}
+
+#endif
