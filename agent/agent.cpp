@@ -128,6 +128,7 @@ nlohmann::json Agent::status_json() {
   j["settings"]["env_header_aliases"] = s_.env_header_aliases;
   j["settings"]["baggage_key"] = s_.baggage_key;
   j["settings"]["http_window"] = s_.http_window;
+  j["settings"]["auto_inject"] = s_.auto_inject;
   auto ts = [](std::chrono::system_clock::time_point t) {
     return t.time_since_epoch().count() == 0 ? 0.0
            : std::chrono::duration<double>(t.time_since_epoch()).count();
@@ -209,6 +210,12 @@ void Agent::write_http_config() {
   uint32_t zero = 0;
   if (int err = dp_->maps().update(maps::MapId::HttpCfg, &zero, &hc); err != 0)
     throw std::runtime_error(std::string("writing the HTTP parser settings failed: ") + strerror(-err));
+  es_inject_cfg ic{};
+  std::memcpy(ic.name, s_.env_header.data(), std::min(s_.env_header.size(), sizeof(ic.name) - 1));
+  ic.len = static_cast<__u8>(std::min(s_.env_header.size(), sizeof(ic.name) - 1));
+  ic.auto_inject = s_.auto_inject ? 1 : 0;
+  if (int err = dp_->maps().update(maps::MapId::Inject, &zero, &ic); err != 0)
+    throw std::runtime_error(std::string("writing the header insertion settings failed: ") + strerror(-err));
 }
 
 int Agent::run() {

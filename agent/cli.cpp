@@ -70,7 +70,9 @@ json pinned_status(const fs::path& pin) {
     m.open_pinned(pin);
     for (size_t i = 0; i < maps::kMapCount; i++) {
       auto id = static_cast<maps::MapId>(i);
-      if (id == maps::MapId::Config || id == maps::MapId::Counters || id == maps::MapId::HttpCfg) continue;
+      if (id == maps::MapId::Config || id == maps::MapId::Counters || id == maps::MapId::HttpCfg ||
+          id == maps::MapId::Inject)
+        continue;
       maps_j.push_back({{"name", maps::map_name(id)}, {"entries", m.count(id)}, {"max_entries", m.capacity(id)}});
     }
     static const char* names[] = ES_COUNTER_NAMES;
@@ -163,6 +165,8 @@ int cli_main(int argc, char** argv) {
   auto* o_win = run->add_option("--http-window", s.http_window,
                                 "bytes of a request's header section parsed for the env header")
                     ->capture_default_str();
+  auto* o_auto = run->add_flag("--auto-inject", s.auto_inject,
+                                "insert the pod's own environment into outgoing requests when the thread has none");
   bool no_header_context = false;
   auto* o_nohc = run->add_flag("--no-header-context", no_header_context,
                                "do not learn request environments from HTTP headers (connect-time by pod only)");
@@ -217,6 +221,7 @@ int cli_main(int argc, char** argv) {
         if (o_alias->count()) s.env_header_aliases = flags.env_header_aliases;
         if (o_bag->count()) s.baggage_key = flags.baggage_key;
         if (o_win->count()) s.http_window = flags.http_window;
+        if (o_auto->count()) s.auto_inject = flags.auto_inject;
         if (o_split->count()) {
           if (splitter.size() != 1) throw std::invalid_argument("--splitter: must be one character");
           s.splitter = splitter[0];

@@ -26,13 +26,15 @@ namespace {
 std::string errstr(int err) { return std::strerror(err < 0 ? -err : err); }
 
 int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list args) {
-  char buf[2048];
-  vsnprintf(buf, sizeof(buf), fmt, args);
+  // verifier logs come as one long message: format it whole
+  char* buf = nullptr;
+  if (vasprintf(&buf, fmt, args) < 0 || !buf) return 0;
   size_t n = strlen(buf);
   while (n > 0 && buf[n - 1] == '\n') buf[--n] = 0;
   if (level == LIBBPF_WARN) spdlog::warn("libbpf: {}", buf);
   else if (level == LIBBPF_INFO) spdlog::debug("libbpf: {}", buf);
   else spdlog::trace("libbpf: {}", buf);
+  free(buf);
   return 0;
 }
 
@@ -180,6 +182,8 @@ std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& c
   if (!dp->request_ctx_) {
     bpf_program__set_autoload(skel->progs.es_http_ingress, false);
     bpf_program__set_autoload(skel->progs.es_sock_recv_length, false);
+    bpf_program__set_autoload(skel->progs.es_sockops_prog, false);
+    bpf_program__set_autoload(skel->progs.es_msg_prog, false);
   }
   if (int err = envsteer_bpf__load(skel); err != 0)
     throw std::runtime_error("loading the BPF programs failed: " + errstr(err) +
@@ -210,6 +214,19 @@ std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& c
     const std::string name = bpf_program__name(prog);
     wanted.push_back(name);
     fs::path lp = link_dir / name;
+    if (bpf_program__type(prog) == BPF_PROG_TYPE_SK_MSG) {
+      // Attached to the pinned sockhash itself (no link on this libbpf);
+      // attaching again replaces the program for sockets added from now on.
+      wanted.pop_back();
+      int map_fd = bpf_map__fd(skel->maps.es_sockhash);
+      if (bpf_prog_attach(bpf_program__fd(prog), map_fd, BPF_SK_MSG_VERDICT, 0) != 0) {
+        int err = errno;
+        close(cg_fd);
+        throw std::runtime_error("attaching " + name + " to map es_sockhash failed: " + errstr(err));
+      }
+      rep.created.push_back(name);
+      continue;
+    }
     if (bpf_program__type(prog) == BPF_PROG_TYPE_TRACING) {
       // Tracing links cannot be updated in place: attach the new program,
       // then swap the pin and drop the old link (both run for a moment).

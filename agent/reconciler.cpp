@@ -121,7 +121,8 @@ Reconciler::Target Reconciler::plan(const DesiredState& want) const {
     es_env e{};
     EnvName parent = env_parent(name, splitter_);
     e.parent_id = parent.empty() ? ES_ENV_NONE : id_of(parent);
-    e.depth = static_cast<uint32_t>(es_env_depth(name.data(), static_cast<int>(name.size()), splitter_));
+    e.depth = static_cast<uint16_t>(es_env_depth(name.data(), static_cast<int>(name.size()), splitter_));
+    e.len = static_cast<uint16_t>(std::min(name.size(), sizeof(e.name) - 1));
     std::memcpy(e.name, name.data(), std::min(name.size(), sizeof(e.name) - 1));
     t.envs[id_of(name)] = e;
   }
@@ -333,7 +334,7 @@ void Reconciler::remove_phase(const Target& t, ApplyStats& st) {
   }
   std::vector<std::pair<uint32_t, uint32_t>> stale;  // (depth, id), deepest first
   for (const auto& [id, e] : shadow_.envs)
-    if (!t.envs.count(id)) stale.emplace_back(e.depth, id);
+    if (!t.envs.count(id)) stale.emplace_back(uint32_t{e.depth}, id);
   std::sort(stale.rbegin(), stale.rend());
   for (const auto& [depth, id] : stale) {
     del(MapId::Envs, &id, st);

@@ -38,7 +38,7 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   static const char* known[] = {"manifests", "cgroupRoot", "bpffs", "envLabel", "envHeader",
                                 "splitter", "defaultEnv", "admin", "logLevel", "cleanupOnExit",
                                 "limits", "cgroupAnnotation", "envHeaderAliases", "baggageKey",
-                                "httpWindow", "headerContext"};
+                                "httpWindow", "headerContext", "autoInject"};
   for (const auto& kv : root) {
     auto k = kv.first.as<std::string>();
     bool ok = false;
@@ -60,6 +60,7 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   read(root, "baggageKey", s.baggage_key, f);
   read(root, "httpWindow", s.http_window, f);
   read(root, "headerContext", s.header_context, f);
+  read(root, "autoInject", s.auto_inject, f);
   if (root["splitter"]) {
     std::string sp;
     read(root, "splitter", sp, f);

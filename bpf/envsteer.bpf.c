@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* envsteer entry programs: thin wrappers over lib/. */
 #include "lib/steer.h"
+#include "lib/outbound.h"
 
 SEC("cgroup/connect4")
 int es_connect4(struct bpf_sock_addr *ctx)
@@ -63,6 +64,20 @@ SEC("tp_btf/sock_recv_length")
 int es_sock_recv_length(unsigned long long *ctx)
 {
 	return es_recv((struct sock *)ctx[0], (int)ctx[1], (int)ctx[2]);
+}
+
+/* Steered TCP connections enter es_sockhash once established. */
+SEC("sockops")
+int es_sockops_prog(struct bpf_sock_ops *skops)
+{
+	return es_sockops(skops);
+}
+
+/* Every send on a steered connection: env header insertion. */
+SEC("sk_msg")
+int es_msg_prog(struct sk_msg_md *msg)
+{
+	return es_msg(msg);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

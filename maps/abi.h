@@ -72,7 +72,8 @@ struct es_backend {
 /* Environment by id: the parent link is what connect() walks. */
 struct es_env {
 	__u32 parent_id; /* ES_ENV_NONE at the top */
-	__u32 depth;     /* 0 for a one-segment name */
+	__u16 depth;     /* 0 for a one-segment name */
+	__u16 len;       /* bytes of name (NUL-padded) */
 	char name[ES_ENV_NAME_MAX];
 };
 
@@ -106,7 +107,7 @@ struct es_sock {
 	__u32 svc_id;
 	__u32 env_id;  /* environment the connect resolved for */
 	__u32 level;   /* fallback depth taken: 0 = own env */
-	__u32 pad;
+	__u32 pod_env_id; /* the calling pod's own environment */
 };
 
 /* UDP reverse translation: replies from a backend appear to come from the VIP. */
@@ -146,6 +147,12 @@ enum es_counter {
 	ES_CNT_RX_NOT_HTTP,        /* inbound connection found not to be HTTP/1.x */
 	ES_CNT_RX_GAP,             /* inbound stream lost sync (missing segment) */
 	ES_CNT_THREAD_ADOPT,       /* a thread adopted a request's environment */
+	ES_CNT_TX_REQUEST,         /* outbound request on a steered connection */
+	ES_CNT_TX_HAS_HEADER,      /* it carried the env header itself: left alone */
+	ES_CNT_TX_INJECTED,        /* env header inserted by the kernel */
+	ES_CNT_TX_NO_ENV,          /* no header and no environment to insert */
+	ES_CNT_TX_INJECT_FAILED,   /* insertion impossible (memory, split line end) */
+	ES_CNT_TX_MISMATCH,        /* request env resolves elsewhere than its connection */
 	ES_CNT_MAX
 };
 
@@ -154,7 +161,16 @@ enum es_counter {
 	  "refused_no_ready_pod", "unmanaged_caller", "slot_race", "getpeername",       \
 	  "udp_revnat", "env_from_request", "env_from_pod", "env_from_default",        \
 	  "header_found", "header_absent", "header_invalid", "header_beyond_window",    \
-	  "rx_not_http", "rx_stream_gap", "thread_adopt" }
+	  "rx_not_http", "rx_stream_gap", "thread_adopt", "tx_request", "tx_has_header", \
+	  "tx_injected", "tx_no_env", "tx_inject_failed", "tx_env_mismatch" }
+
+/* Outbound header insertion settings (single-entry array). */
+struct es_inject_cfg {
+	char name[32];   /* the env header name as configured (case kept) */
+	__u8 len;
+	__u8 auto_inject; /* insert the pod's own environment when the thread has none */
+	__u8 pad[6];
+};
 
 /* A thread's request environment (task storage): the environment of the
  * HTTP request it last read from a managed pod's socket. */
@@ -179,5 +195,8 @@ struct es_thread {
 #define ES_MAP_HTTP_CFG "es_http_cfg"
 #define ES_MAP_RX "es_rx"
 #define ES_MAP_THREADS "es_threads"
+#define ES_MAP_INJECT "es_inject"
+#define ES_MAP_MISMATCH "es_mismatch"
+#define ES_MAP_SOCKHASH "es_sockhash"
 
 #endif /* ENVSTEER_ABI_H */

@@ -23,6 +23,8 @@ const char* map_name(MapId id) {
     case MapId::Config: return ES_MAP_CONFIG;
     case MapId::Counters: return ES_MAP_COUNTERS;
     case MapId::HttpCfg: return ES_MAP_HTTP_CFG;
+    case MapId::Inject: return ES_MAP_INJECT;
+    case MapId::Mismatch: return ES_MAP_MISMATCH;
     case MapId::kCount: break;
   }
   return "?";
@@ -39,6 +41,8 @@ size_t key_size(MapId id) {
     case MapId::Config: return sizeof(__u32);
     case MapId::Counters: return sizeof(__u32);
     case MapId::HttpCfg: return sizeof(__u32);
+    case MapId::Inject: return sizeof(__u32);
+    case MapId::Mismatch: return sizeof(__u32);
     case MapId::kCount: break;
   }
   return 0;
@@ -55,6 +59,8 @@ size_t value_size(MapId id) {
     case MapId::Config: return sizeof(es_config);
     case MapId::Counters: return sizeof(__u64);
     case MapId::HttpCfg: return sizeof(es_http_cfg);
+    case MapId::Inject: return sizeof(es_inject_cfg);
+    case MapId::Mismatch: return sizeof(__u64);
     case MapId::kCount: break;
   }
   return 0;

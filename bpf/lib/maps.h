@@ -134,6 +134,58 @@ struct {
 	__type(value, struct es_thread);
 } es_threads SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct es_inject_cfg);
+} es_inject SEC(".maps");
+
+/* Requests whose environment resolves elsewhere than their connection, by frontend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u64);
+} es_mismatch SEC(".maps");
+
+/* Steered TCP connections: their sends go through the sk_msg program. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u64); /* socket cookie */
+	__type(value, __u64);
+} es_sockhash SEC(".maps");
+
+/* Outbound HTTP parse state of a steered connection. */
+struct es_tx {
+	struct es_http_state st;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, int);
+	__type(value, struct es_tx);
+} es_tx SEC(".maps");
+
+/* Per-CPU scratch where an inserted header line is composed. */
+struct es_hdr_buf {
+	char b[128];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct es_hdr_buf);
+} es_hdrbuf SEC(".maps");
+
 /* Per-CPU scratch for an environment name being walked by prefix. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

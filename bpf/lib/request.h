@@ -238,27 +238,22 @@ static __always_inline int es_recv(struct sock *sk, int ret, int flags)
 	return 0;
 }
 
-/* The id of the most specific known environment on the chain of the calling
- * thread's request environment (unknown names fall back segment by segment);
- * ES_ENV_NONE when the thread has none or no level is known. */
-static __always_inline __u32 es_request_env_id(char splitter)
+/* The id of the most specific known environment on the chain of name[0..len)
+ * (unknown names fall back segment by segment); ES_ENV_NONE when no level is
+ * known. name is NUL-padded to ES_ENV_NAME_MAX bytes. */
+static __always_inline __u32 es_env_id_by_name(const char *name, __u32 len, char splitter)
 {
 	struct es_env_name *key;
-	struct es_thread *th;
 	__u32 zero = 0, *id;
 	int pos, i;
 
-	if (!es_feat_request_ctx)
-		return ES_ENV_NONE;
-	th = bpf_task_storage_get(&es_threads, bpf_get_current_task_btf(), 0, 0);
-	if (!th || th->len == 0 || th->len >= ES_ENV_NAME_MAX)
+	if (len == 0 || len >= ES_ENV_NAME_MAX)
 		return ES_ENV_NONE;
 	key = bpf_map_lookup_elem(&es_scratch, &zero);
 	if (!key)
 		return ES_ENV_NONE;
-	__builtin_memcpy(key->name, th->env, ES_ENV_NAME_MAX);
-	pos = th->len;
-	/* the captured value is NUL-padded: key->name[pos..] is zero */
+	__builtin_memcpy(key->name, name, ES_ENV_NAME_MAX);
+	pos = (int)len;
 	id = bpf_map_lookup_elem(&es_env_names, key);
 	if (id)
 		return *id;
@@ -277,6 +272,23 @@ static __always_inline __u32 es_request_env_id(char splitter)
 			return *id;
 	}
 	return ES_ENV_NONE;
+}
+
+static __always_inline struct es_thread *es_current_thread(void)
+{
+	if (!es_feat_request_ctx)
+		return NULL;
+	return bpf_task_storage_get(&es_threads, bpf_get_current_task_btf(), 0, 0);
+}
+
+/* The calling thread's request environment as an id (see es_env_id_by_name). */
+static __always_inline __u32 es_request_env_id(char splitter)
+{
+	struct es_thread *th = es_current_thread();
+
+	if (!th || th->len == 0)
+		return ES_ENV_NONE;
+	return es_env_id_by_name(th->env, th->len, splitter);
 }
 
 #endif

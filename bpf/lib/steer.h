@@ -79,7 +79,7 @@ static __always_inline const struct es_backend *es_pick(__u32 svc_id, __u32 env_
  * translation of replies (recvmsg). */
 static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct es_frontend_key *fe,
 					const struct es_frontend *f, const struct es_backend *be,
-					const struct es_resolution *res, int hook)
+					const struct es_resolution *res, __u32 pod_env, int hook)
 {
 	if (hook == ES_HOOK_CONNECT) {
 		struct es_sock *s = bpf_sk_storage_get(&es_socks, ctx->sk, 0,
@@ -95,6 +95,7 @@ static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct 
 			s->svc_id = f->svc_id;
 			s->env_id = res->env_id;
 			s->level = res->level;
+			s->pod_env_id = pod_env;
 		}
 	}
 	if (fe->proto == IPPROTO_UDP) {
@@ -122,7 +123,7 @@ static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct 
  * not to be touched (*verdict = 1) or must be refused (*verdict = 0). */
 static __always_inline const struct es_backend *
 es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
-	 struct es_resolution *res, int *verdict)
+	 struct es_resolution *res, __u32 *pod_env, int *verdict)
 {
 	const struct es_frontend *fe;
 	const struct es_config *cfg;
@@ -143,6 +144,7 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 		return NULL;
 	}
 	es_count(ES_CNT_CONNECT_SEEN);
+	*pod_env = pod->env_id ? pod->env_id : cfg->default_env_id;
 	/* DESIGN order: the request the thread serves, the pod, the default */
 	env = es_request_env_id(es_splitter);
 	if (env != ES_ENV_NONE) {
@@ -179,18 +181,19 @@ static __always_inline int es_sock_addr4(struct bpf_sock_addr *ctx, int hook)
 	const struct es_frontend *fe = NULL;
 	const struct es_backend *be;
 	struct es_resolution res;
+	__u32 pod_env = 0;
 	int verdict;
 
 	key.addr[0] = ctx->user_ip4;
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
 	key.family = ES_FAMILY_INET;
-	be = es_steer(&key, &fe, &res, &verdict);
+	be = es_steer(&key, &fe, &res, &pod_env, &verdict);
 	if (!be || !fe || be->family != ES_FAMILY_INET)
 		return verdict;
 	ctx->user_ip4 = be->addr[0];
 	ctx->user_port = be->port;
-	es_remember(ctx, &key, fe, be, &res, hook);
+	es_remember(ctx, &key, fe, be, &res, pod_env, hook);
 	return 1;
 }
 
@@ -202,6 +205,7 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 	const struct es_frontend *fe = NULL;
 	const struct es_backend *be;
 	struct es_resolution res;
+	__u32 pod_env = 0;
 	int verdict, mapped;
 
 	key.addr[0] = ctx->user_ip6[0];
@@ -219,7 +223,7 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 	}
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
-	be = es_steer(&key, &fe, &res, &verdict);
+	be = es_steer(&key, &fe, &res, &pod_env, &verdict);
 	if (!be || !fe || be->family != key.family)
 		return verdict;
 	if (mapped) {
@@ -234,7 +238,7 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 		ctx->user_ip6[3] = be->addr[3];
 	}
 	ctx->user_port = be->port;
-	es_remember(ctx, &key, fe, be, &res, hook);
+	es_remember(ctx, &key, fe, be, &res, pod_env, hook);
 	return 1;
 }
 
