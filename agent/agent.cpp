@@ -150,6 +150,7 @@ nlohmann::json Agent::explain_json(const std::string& from, const std::string& t
 
 std::string Agent::metrics_text() {
   static const char* names[] = ES_COUNTER_NAMES;
+  static_assert(sizeof(names) / sizeof(names[0]) == ES_CNT_MAX, "ES_COUNTER_NAMES out of sync");
   std::string out = "# HELP envsteer_datapath_total Data-path events by kind, summed over CPUs.\n"
                     "# TYPE envsteer_datapath_total counter\n";
   for (uint32_t i = 0; i < ES_CNT_MAX; i++)

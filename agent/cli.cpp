@@ -76,6 +76,7 @@ json pinned_status(const fs::path& pin) {
       maps_j.push_back({{"name", maps::map_name(id)}, {"entries", m.count(id)}, {"max_entries", m.capacity(id)}});
     }
     static const char* names[] = ES_COUNTER_NAMES;
+  static_assert(sizeof(names) / sizeof(names[0]) == ES_CNT_MAX, "ES_COUNTER_NAMES out of sync");
     for (uint32_t i = 0; i < ES_CNT_MAX; i++) counters[names[i]] = m.counter(i);
     j["maps_error"] = nullptr;
   } catch (const std::exception& e) {

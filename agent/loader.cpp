@@ -184,6 +184,7 @@ std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& c
     bpf_program__set_autoload(skel->progs.es_sock_recv_length, false);
     bpf_program__set_autoload(skel->progs.es_sockops_prog, false);
     bpf_program__set_autoload(skel->progs.es_msg_prog, false);
+    bpf_program__set_autoload(skel->progs.es_skb_verdict, false);
   }
   if (int err = envsteer_bpf__load(skel); err != 0)
     throw std::runtime_error("loading the BPF programs failed: " + errstr(err) +
@@ -214,12 +215,12 @@ std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& c
     const std::string name = bpf_program__name(prog);
     wanted.push_back(name);
     fs::path lp = link_dir / name;
-    if (bpf_program__type(prog) == BPF_PROG_TYPE_SK_MSG) {
+    if (bpf_program__type(prog) == BPF_PROG_TYPE_SK_MSG || bpf_program__type(prog) == BPF_PROG_TYPE_SK_SKB) {
       // Attached to the pinned sockhash itself (no link on this libbpf);
       // attaching again replaces the program for sockets added from now on.
       wanted.pop_back();
       int map_fd = bpf_map__fd(skel->maps.es_sockhash);
-      if (bpf_prog_attach(bpf_program__fd(prog), map_fd, BPF_SK_MSG_VERDICT, 0) != 0) {
+      if (bpf_prog_attach(bpf_program__fd(prog), map_fd, bpf_program__expected_attach_type(prog), 0) != 0) {
         int err = errno;
         close(cg_fd);
         throw std::runtime_error("attaching " + name + " to map es_sockhash failed: " + errstr(err));

@@ -80,4 +80,14 @@ int es_msg_prog(struct sk_msg_md *msg)
 	return es_msg(msg);
 }
 
+/* Receive side of steered connections. Passes everything through: a socket
+ * in a sockhash with only an sk_msg program reports FIONREAD 0 on kernels up
+ * to at least 6.18 (tcp_bpf answers SIOCINQ from the psock queue, which only
+ * a verdict program fills), so envsteer gives it one. */
+SEC("sk_skb/stream_verdict")
+int es_skb_verdict(struct __sk_buff *skb)
+{
+	return SK_PASS;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
