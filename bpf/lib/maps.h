@@ -209,6 +209,34 @@ static __always_inline const struct es_config *es_get_config(void)
 	return bpf_map_lookup_elem(&es_config, &zero);
 }
 
+/* The managed pod of the current task (skb NULL) or of an skb's socket, or
+ * NULL. A pod's processes usually sit in container cgroups below the pod's
+ * cgroup, so after the exact match try its ancestors, deepest first. skb is a
+ * constant at every call site, so each program keeps only its own helpers. */
+static __always_inline const struct es_pod *es_pod_of(struct __sk_buff *skb, const struct es_config *cfg)
+{
+	const struct es_pod *pod;
+	__u64 id = skb ? bpf_skb_cgroup_id(skb) : bpf_get_current_cgroup_id();
+	int i;
+
+	pod = bpf_map_lookup_elem(&es_pods, &id);
+	if (pod)
+		return pod;
+	for (i = 0; i < ES_MAX_CGROUP_LEVEL; i++) {
+		int level = (int)cfg->max_pod_level - i;
+
+		if (level < (int)cfg->min_pod_level || level < 0)
+			break;
+		id = skb ? bpf_skb_ancestor_cgroup_id(skb, level) : bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			continue;
+		pod = bpf_map_lookup_elem(&es_pods, &id);
+		if (pod)
+			return pod;
+	}
+	return NULL;
+}
+
 #define ES_LOOKUP_SET(ctx, key) ((const struct es_set *)bpf_map_lookup_elem(&es_sets, (key)))
 #define ES_LOOKUP_ENV(ctx, id) ((const struct es_env *)es_lookup_env_id(id))
 

@@ -26,31 +26,6 @@ const volatile __u8 es_feat_request_ctx = 1;
 
 struct sock;
 
-/* The managed pod owning an skb's socket (its cgroup or an ancestor). */
-static __always_inline const struct es_pod *es_skb_pod(struct __sk_buff *skb, const struct es_config *cfg)
-{
-	const struct es_pod *pod;
-	__u64 id = bpf_skb_cgroup_id(skb);
-	int i;
-
-	pod = bpf_map_lookup_elem(&es_pods, &id);
-	if (pod)
-		return pod;
-	for (i = 0; i < ES_MAX_CGROUP_LEVEL; i++) {
-		int level = (int)cfg->max_pod_level - i;
-
-		if (level < (int)cfg->min_pod_level || level < 0)
-			break;
-		id = bpf_skb_ancestor_cgroup_id(skb, level);
-		if (!id)
-			continue;
-		pod = bpf_map_lookup_elem(&es_pods, &id);
-		if (pod)
-			return pod;
-	}
-	return NULL;
-}
-
 struct es_feed_ctx {
 	struct __sk_buff *skb;
 	struct es_rx *rx;
@@ -171,7 +146,7 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 		return 1;
 	rx = bpf_sk_storage_get(&es_rx, sk, 0, 0);
 	if (!rx) {
-		if (!es_skb_pod(skb, cfg))
+		if (!es_pod_of(skb, cfg))
 			return 1;
 		rx = bpf_sk_storage_get(&es_rx, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!rx)

@@ -22,31 +22,10 @@ enum es_hook {
 	ES_HOOK_SENDMSG = 1,
 };
 
-/* The managed pod the current task belongs to, or NULL for host processes.
- * A pod's processes usually sit in container cgroups below the pod's cgroup,
- * so after the exact match try its ancestors, deepest first. */
+/* The managed pod the current task belongs to, or NULL for host processes. */
 static __always_inline const struct es_pod *es_current_pod(const struct es_config *cfg)
 {
-	const struct es_pod *pod;
-	__u64 id = bpf_get_current_cgroup_id();
-	int i;
-
-	pod = bpf_map_lookup_elem(&es_pods, &id);
-	if (pod)
-		return pod;
-	for (i = 0; i < ES_MAX_CGROUP_LEVEL; i++) {
-		int level = (int)cfg->max_pod_level - i;
-
-		if (level < (int)cfg->min_pod_level || level < 0)
-			break;
-		id = bpf_get_current_ancestor_cgroup_id(level);
-		if (!id)
-			continue;
-		pod = bpf_map_lookup_elem(&es_pods, &id);
-		if (pod)
-			return pod;
-	}
-	return NULL;
+	return es_pod_of(NULL, cfg);
 }
 
 /* connect()/sendmsg() fails with ECONNREFUSED (EPERM on kernels before 5.19,
