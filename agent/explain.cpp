@@ -102,9 +102,11 @@ nlohmann::json explain(const ExplainRequest& req, const DesiredState& model, con
   // Start at the first level of the chain the kernel knows (unknown names
   // fall back segment by segment).
   std::vector<EnvName> chain = env.empty() ? std::vector<EnvName>{""} : env_chain(env, splitter);
-  uint32_t start = ES_ENV_NONE;
-  for (const auto& level : chain)
+  uint32_t start = ES_ENV_NONE, skipped = 0;
+  for (const auto& level : chain) {
     if ((start = env_id_of(level)) != ES_ENV_NONE) break;
+    skipped++;
+  }
   if (start == ES_ENV_NONE) start = cfg.default_env_id;
 
   std::map<std::string, std::string> pod_of;  // backend -> pod, from the model
@@ -135,6 +137,7 @@ nlohmann::json explain(const ExplainRequest& req, const DesiredState& model, con
     LiveCtx ctx{&live, {}, {}};
     es_resolution res{};
     es_resolve(&ctx, fe.svc_id, start, cfg.default_env_id, &res);
+    if (skipped && res.outcome == ES_OUT_OWN) res.outcome = ES_OUT_FALLBACK;  // as the kernel counts it
     if (res.outcome == ES_OUT_DEFAULT || (res.outcome == ES_OUT_NONE && cfg.default_env_id != start))
       walk.push_back({{"env", env_display(model.default_env)}, {"known", true}, {"default", true},
                       {"ready", live_count(live, fe.svc_id, cfg.default_env_id)}});

@@ -177,7 +177,8 @@ struct es_inject_cfg {
 struct es_thread {
 	char env[ES_ENV_NAME_MAX];
 	__u8 len;    /* 0: the request had no (valid) env header */
-	__u8 pad[7];
+	__u8 depth;  /* splitters in env (es_env.depth of the name) */
+	__u8 pad[6];
 	__u64 since_ns; /* when it was adopted */
 };
 

@@ -114,7 +114,7 @@ struct es_rx {
 	__u8 synced;    /* next_seq is valid */
 	__u8 seen;      /* at least one request head completed */
 	__u8 env_len;   /* environment of the request last received; 0 = none */
-	__u8 pad;
+	__u8 env_depth; /* its splitters */
 	char env[ES_ENV_NAME_MAX];
 };
 
@@ -164,6 +164,8 @@ struct {
 /* Outbound HTTP parse state of a steered connection. */
 struct es_tx {
 	struct es_http_state st;
+	__u8 prev; /* the last byte parsed, also across sends */
+	__u8 pad[7];
 };
 
 struct {

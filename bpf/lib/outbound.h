@@ -49,7 +49,6 @@ struct es_msg_ctx {
 	__u32 pstart;   /* the pulled range msg->data..data_end covers */
 	__u32 pend;
 	__s32 reqline;  /* offset after the request line in this message; -1 */
-	__u8 prev;      /* the byte before the current one */
 	__u8 check;     /* chk holds the env of a request head to check */
 };
 
@@ -124,11 +123,11 @@ static long es_msg_byte(__u32 i, void *data)
 	if (ev & ES_HTTP_EV_REQLINE)
 		c->reqline = (__s32)c->off;
 	if (ev & ES_HTTP_EV_HEADERS) {
-		/* c->prev is still the byte before the final line end */
+		/* c->tx->prev is still the byte before the final line end */
 		es_head_done(c, c->sock);
 		c->reqline = -1;
 	}
-	c->prev = b;
+	c->tx->prev = b;
 	return ev & ES_HTTP_EV_NOT_HTTP ? 1 : 0;
 }
 
@@ -269,8 +268,10 @@ static __always_inline void es_head_done(struct es_msg_ctx *c, const struct es_s
 	if (line > 0) {
 		at = (__u32)line;
 	} else {
-		__u32 blank = c->prev == '\r' ? 2 : 1;
+		__u32 blank = c->tx->prev == '\r' ? 2 : 1;
 
+		/* the blank line began in an earlier send (its CR is gone): no
+		 * place is left to insert at */
 		if (c->off < blank) {
 			es_count(ES_CNT_TX_INJECT_FAILED);
 			return;

@@ -23,6 +23,7 @@
 
 /* Set before load: 0 disables the header programs' work (they return early). */
 const volatile __u8 es_feat_request_ctx = 1;
+const volatile char es_splitter = '.';
 
 struct sock;
 
@@ -43,14 +44,20 @@ static __always_inline void es_rx_headers_done(struct es_rx *rx)
 	const char *v = es_http_env(&rx->st);
 	__u32 n = (__u32)es_http_env_len(&rx->st);
 
+	__u8 depth = 0;
 	int i;
 
 	rx->seen = 1;
 	if (outcome == ES_HTTP_ENV_FOUND && v && n > 0 && n < ES_ENV_NAME_MAX) {
 		/* NUL-padded: es_request_env_id() walks it by truncation */
-		for (i = 0; i < ES_ENV_NAME_MAX; i++)
-			rx->env[i] = (__u32)i < n ? v[i] : 0;
+		for (i = 0; i < ES_ENV_NAME_MAX; i++) {
+			char ch = (__u32)i < n ? v[i] : 0;
+
+			rx->env[i] = ch;
+			depth += ch == es_splitter;
+		}
 		rx->env_len = (__u8)n;
+		rx->env_depth = depth;
 		es_count(ES_CNT_HDR_FOUND);
 		return;
 	}
@@ -90,6 +97,14 @@ static long es_feed_byte(__u32 i, void *data)
 	if (ev & ES_HTTP_EV_HEADERS)
 		es_rx_headers_done(c->rx);
 	if (ev & ES_HTTP_EV_NOT_HTTP) {
+		/* A request the parser gives up on carries no environment: on a
+		 * socket that has seen a request line, reading it clears the
+		 * thread's (responses never get that far, so a client thread keeps
+		 * its request's environment). */
+		if (c->rx->seen || c->rx->st.line_len > 0) {
+			c->rx->seen = 1;
+			c->rx->env_len = 0;
+		}
 		es_count(ES_CNT_RX_NOT_HTTP);
 		return 1;
 	}
@@ -208,6 +223,7 @@ static __always_inline int es_recv(struct sock *sk, int ret, int flags)
 		return 0;
 	__builtin_memcpy(th->env, rx->env, ES_ENV_NAME_MAX);
 	th->len = rx->env_len;
+	th->depth = rx->env_depth;
 	th->since_ns = bpf_ktime_get_ns();
 	es_count(ES_CNT_THREAD_ADOPT);
 	return 0;
@@ -256,14 +272,25 @@ static __always_inline struct es_thread *es_current_thread(void)
 	return bpf_task_storage_get(&es_threads, bpf_get_current_task_btf(), 0, 0);
 }
 
-/* The calling thread's request environment as an id (see es_env_id_by_name). */
-static __always_inline __u32 es_request_env_id(char splitter)
+/* The calling thread's request environment as an id (see es_env_id_by_name);
+ * *skipped gets the unknown levels walked past. */
+static __always_inline __u32 es_request_env_id(char splitter, __u32 *skipped)
 {
 	struct es_thread *th = es_current_thread();
 
+	const struct es_env *e;
+	__u32 id;
+
+	*skipped = 0;
 	if (!th || th->len == 0)
 		return ES_ENV_NONE;
-	return es_env_id_by_name(th->env, th->len, splitter);
+	id = es_env_id_by_name(th->env, th->len, splitter);
+	if (id == ES_ENV_NONE)
+		return id;
+	e = bpf_map_lookup_elem(&es_envs, &id);
+	if (e && th->depth > e->depth)
+		*skipped = th->depth - e->depth;
+	return id;
 }
 
 #endif

@@ -15,7 +15,6 @@
 
 /* Set before load by the agent from its feature probe and settings. */
 const volatile __u8 es_feat_set_retval = 0;
-const volatile char es_splitter = '.';
 
 enum es_hook {
 	ES_HOOK_CONNECT = 0,
@@ -108,7 +107,7 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 	const struct es_config *cfg;
 	const struct es_pod *pod;
 	const struct es_backend *be;
-	__u32 env;
+	__u32 env, skipped = 0;
 
 	*verdict = 1;
 	fe = bpf_map_lookup_elem(&es_frontends, key);
@@ -125,7 +124,7 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 	es_count(ES_CNT_CONNECT_SEEN);
 	*pod_env = pod->env_id ? pod->env_id : cfg->default_env_id;
 	/* DESIGN order: the request the thread serves, the pod, the default */
-	env = es_request_env_id(es_splitter);
+	env = es_request_env_id(es_splitter, &skipped);
 	if (env != ES_ENV_NONE) {
 		es_count(ES_CNT_ENV_REQUEST);
 	} else if (pod->env_id != ES_ENV_NONE) {
@@ -138,6 +137,14 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 	if (!es_resolve(NULL, fe->svc_id, env, cfg->default_env_id, res)) {
 		*verdict = es_refuse();
 		return NULL;
+	}
+	/* an unknown request env (dev.proj1.zed) that resolved at a known
+	 * ancestor is a fallback too */
+	if (skipped && res->outcome == ES_OUT_OWN) {
+		res->outcome = ES_OUT_FALLBACK;
+		res->level += skipped;
+	} else if (skipped && res->outcome == ES_OUT_FALLBACK) {
+		res->level += skipped;
 	}
 	be = es_pick(fe->svc_id, res->env_id, res->count);
 	if (!be) {

@@ -17,6 +17,7 @@ cgroup of the pod's directory. No traffic ever leaves 127.0.0.0/8 or a test-crea
 Only the standard library is used (pytest is used by the tests, not here).
 """
 import atexit
+import base64
 import errno
 import http.client
 import itertools
@@ -150,6 +151,14 @@ def _terminate(proc, timeout=5.0):
         return proc.wait(timeout)
 
 
+def _podclient():
+    """podclient.py as a module (for host-side exchanges run in this process)."""
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    import podclient
+    return podclient
+
+
 def _read_file(path, limit=None):
     try:
         with open(path, errors="replace") as f:
@@ -263,6 +272,7 @@ class Pod:
         self.cgroup_rel = base + "/" + sub
         self.cgroup_dir = os.path.join(node.cg_mount, self.cgroup_rel)
         self.server = None  # Popen of podserver.py
+        self.server_args = []  # extra podserver.py options (start_server(args=...))
         self.uid = "00000000-0000-4000-8000-%012x" % (abs(hash(("pod", ns, name))) % (1 << 48))
 
     @property
@@ -880,9 +890,12 @@ class Node:
         self.procs.append(proc)
         return proc
 
-    def start_server(self, key, timeout=10.0):
-        """Run podserver.py for the pod inside the pod's cgroup (and netns, if any)."""
+    def start_server(self, key, timeout=10.0, args=None):
+        """Run podserver.py for the pod inside the pod's cgroup (and netns, if any).
+        args: extra podserver options (e.g. ["--keepalive"]); remembered for restarts."""
         pod = self.pod(key)
+        if args is not None:
+            pod.server_args = list(args)
         if pod.server is not None and pod.server.poll() is None:
             return pod.server
         ready = os.path.join(self.tmp, "ready-%s-%s" % (pod.ns, pod.name))
@@ -890,6 +903,7 @@ class Node:
             os.unlink(ready)
         argv = [PYTHON, PODSERVER, "--pod", pod.key, "--env", pod.env() or "",
                 "--ip", pod.ip, "--port", str(pod.port), "--ready-file", ready]
+        argv += pod.server_args
         log_name = "server-%s-%s.log" % (pod.ns, pod.name)
         pod.server = self._popen(argv, pod.cgroup_dir, log_name, pod.netns)
         deadline = time.monotonic() + timeout
@@ -962,6 +976,43 @@ class Node:
         path = "/call?" + "&".join("to=" + t for t in ts[1:]) if len(ts) > 1 else "/"
         return self.client(key, "--to", ts[0], "--path", path, "--timeout", str(timeout),
                            timeout=timeout + 20)
+
+    def session(self, key, ip, exchanges, port=None, gap=0.05, timeout=10.0):
+        """Raw HTTP on one connection (see podclient --session). exchanges: [{"pieces":
+        [bytes...], "responses": n}]. key: the pod to run in, or None for a host process
+        (this test process itself: in no cgroup of this node, so never steered)."""
+        target = self._target(ip, port)
+        if key is None:
+            return _podclient().http_session(target, exchanges, timeout, gap)
+        spec = self._spec_file(json.dumps([{
+            "pieces": [base64.b64encode(p).decode() for p in ex["pieces"]],
+            "responses": ex.get("responses", 1)} for ex in exchanges]))
+        return self.client(key, "--to", target, "--session", spec, "--gap", str(gap),
+                           "--timeout", str(timeout), timeout=timeout + 20)
+
+    def echo(self, key, ip, payloads, port=None, timeout=10.0):
+        """Non-HTTP bytes on one connection, echoed back (see podclient --echo); key None:
+        from this (host) process."""
+        target = self._target(ip, port)
+        if key is None:
+            return _podclient().echo_session(target, payloads, timeout)
+        spec = self._spec_file(json.dumps([base64.b64encode(p).decode() for p in payloads]))
+        return self.client(key, "--to", target, "--echo", spec, "--timeout", str(timeout),
+                           timeout=timeout + 20)
+
+    def _spec_file(self, text):
+        """Write a podclient spec to a file of this node's temp dir; returns "@path"."""
+        path = os.path.join(self.tmp, "spec-%d.json" % next(self._client_n))
+        with open(path, "w") as f:
+            f.write(text)
+        return "@" + path
+
+    def counters(self):
+        """The datapath counters ({"header_found": n, ...}) from `envsteer status --json`."""
+        r = self.status()
+        if r.returncode != 0:
+            raise AgentError("envsteer status -> rc %d: %s" % (r.returncode, r.stderr))
+        return dict(json.loads(r.stdout).get("counters") or {})
 
     def udp(self, key, ip, port=None, connected=False, timeout=3.0):
         args = ["--to", self._target(ip, port), "--udp", "--timeout", str(timeout)]
@@ -1260,6 +1311,20 @@ def frontend(explain, address=None, protocol="TCP"):
         return fe
     raise HarnessError("no frontend %s/%s in explain result: %s"
                        % (address, protocol, json.dumps(explain)))
+
+
+def http_request(path="/", headers=(), host="envsteer-e2e", method="GET", version="HTTP/1.1",
+                 body=b"", keepalive=True):
+    """The bytes of one HTTP/1.x request: headers is a list of (name, value) pairs or raw
+    header lines (str), sent in order after Host; Content-Length is added for a body."""
+    lines = ["%s %s %s" % (method, path, version), "Host: " + host]
+    for h in headers:
+        lines.append(h if isinstance(h, str) else "%s: %s" % h)
+    if body:
+        lines.append("Content-Length: %d" % len(body))
+    if not keepalive:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def backend_pods(fe):
