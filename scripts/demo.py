@@ -57,6 +57,21 @@ def short(podkey):
     return podkey.split("/", 1)[1] if podkey else "-"
 
 
+def host_request(addr, raw, timeout=5.0):
+    """One request from this (host) process straight to a pod address; the JSON answer."""
+    import json
+    import socket
+    with socket.create_connection(addr, timeout=timeout) as s:
+        s.sendall(raw)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data.split(b"\r\n\r\n", 1)[1] or b"{}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,9 +165,33 @@ def main():
         print("A chain client -> frontend -> cart -> payment (each hop steered by the calling "
               "pod's environment)")
         print(table(["client pod", "frontend", "cart", "payment"], rows))
-        print("(dev.alice's own frontend calls dev.alice's cart; bob's cart is reached by bob's "
-              "pods.\n Carrying the caller's environment across hops comes with the HTTP header "
-              "context.)")
+        print("(no request carries a header here: each hop uses the calling pod's own environment)")
+        print()
+
+        # 2b. tagged requests entering at frontend's dev pod (as from an ingress); no pod
+        # forwards the header: the kernel carries the request's environment across hops
+        rows = []
+        entry = ("127.1.10.1", TARGET_PORT)
+        path = "/call?to=%s:%d&to=%s:%d" % (SERVICES["cart"], PORT, SERVICES["payment"], PORT)
+        for tag in ("dev", "dev.alice", "dev.bob", "dev.bob.feature-x", None):
+            req = harness.http_request(path, headers=[("X-Virtual-Env", tag)] if tag else [],
+                                       keepalive=False)
+            answer = host_request(entry, req)
+            cells, hop = [], answer
+            for svc in ("cart", "payment"):
+                hop = (hop or {}).get("next") or {}
+                _, _, pods = node.expected("%s/%s" % (NS, svc), tag or "dev")
+                got = hop.get("pod")
+                ok = got in pods
+                wrong += not ok
+                cells.append("%s%s" % (short(got), "" if ok else "  <-- WRONG, want %s" % pods))
+            rows.append([tag or "(no header)", short(answer.get("pod"))] + cells)
+        print("Requests tagged X-Virtual-Env enter at frontend-dev; no application forwards the "
+              "header")
+        print(table(["X-Virtual-Env", "frontend", "cart", "payment"], rows))
+        print("(the kernel learns the env from the request, the handling thread's calls are "
+              "steered by it,\n and the header is inserted into the outgoing request for the "
+              "next hop)")
         print()
 
         # 3. what the kernel will do, read back from the live maps
