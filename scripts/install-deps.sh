@@ -9,7 +9,7 @@ PKGS=(
   libspdlog-dev libfmt-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
   libcpp-httplib-dev libcurl4-openssl-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev libclang-rt-14-dev
-  python3 python3-pytest curl iproute2 procps
+  python3 python3-pytest curl iproute2 procps wrk
 )
 
 missing=()

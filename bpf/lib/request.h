@@ -156,6 +156,12 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || sk->protocol != IPPROTO_TCP)
 		return 1;
+	/* most segments of a connection carry no payload (SYN, ACK, FIN, RST):
+	 * leave before touching socket storage */
+	off = es_tcp_payload(skb, &seq);
+	if (!off || off >= skb->len)
+		return 1;
+	len = skb->len - off;
 	cfg = es_get_config();
 	if (!cfg)
 		return 1;
@@ -169,10 +175,6 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 	}
 	if (es_http_inert(&rx->st))
 		return 1;
-	off = es_tcp_payload(skb, &seq);
-	if (!off || off >= skb->len)
-		return 1;
-	len = skb->len - off;
 	if (!rx->synced) {
 		rx->synced = 1;
 		rx->next_seq = seq;

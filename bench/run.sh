@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# envsteer benchmark: builds what it needs, then runs bench/bench.py (one node, A/B rounds
+# interleaved, one table at the end; bench/results/latest.md for full runs).
+#
+#   bench/run.sh [--smoke] [--rounds N] [--connects N] [--duration S] [--only connect,header]
+#                [--prog-stats] [--out FILE.md] [--json FILE.json]
+#   bench/run.sh --profile [--duration S]     perf profile of the header programs' cost
+#                                             (bench/profile.py; installs linux-perf)
+#
+# ENVSTEER_BIN: the agent binary to use (default: build it with scripts/build.sh envsteer).
+# BENCH_TIMEOUT: overall limit in seconds (default 1800; 170 with --smoke).
+# Root only. Traffic stays on 127.0.0.0/8.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench/run.sh: run as root (cgroups, BPF programs)" >&2
+  exit 1
+fi
+
+smoke=0 profile=0
+for a in "$@"; do
+  [ "$a" = "--smoke" ] && smoke=1
+  [ "$a" = "--profile" ] && profile=1
+done
+
+# wrk (Debian package) for the HTTP rows.
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "bench/run.sh: installing wrk" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends wrk >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+fi
+for t in cc bpftool wrk; do
+  command -v "$t" >/dev/null 2>&1 || { echo "bench/run.sh: $t not found" >&2; exit 1; }
+done
+
+# The agent.
+if [ -z "${ENVSTEER_BIN:-}" ]; then
+  "$REPO/scripts/build.sh" envsteer >&2
+  ENVSTEER_BIN="$REPO/${BUILD_DIR:-build}/envsteer"
+fi
+[ -x "$ENVSTEER_BIN" ] || { echo "bench/run.sh: $ENVSTEER_BIN is not executable" >&2; exit 1; }
+export ENVSTEER_BIN
+
+# The C tools, compiled into a temp dir removed on exit.
+TOOLS=$(mktemp -d /tmp/envsteer-bench-tools.XXXXXX)
+trap 'rm -rf "$TOOLS"' EXIT
+cc -O2 -Wall -Wextra -o "$TOOLS/connloop" "$REPO/bench/src/connloop.c"
+cc -O2 -Wall -Wextra -o "$TOOLS/httpd" "$REPO/bench/src/httpd.c"
+
+if [ $profile = 1 ] && ! command -v perf >/dev/null 2>&1; then
+  echo "bench/run.sh: installing linux-perf" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf >/dev/null
+fi
+
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=$(command -v python3)
+limit=${BENCH_TIMEOUT:-$([ $smoke = 1 ] && echo 170 || echo 1800)}
+script=bench.py
+if [ $profile = 1 ]; then
+  script=profile.py
+  args=()
+  for a in "$@"; do [ "$a" = "--profile" ] || args+=("$a"); done
+  set -- "${args[@]}"
+fi
+# bench.py cleans up on SIGTERM (node.close(): processes by PID, cgroups, pins).
+timeout --signal=TERM --kill-after=30 "$limit" \
+  "$PY" "$REPO/bench/$script" --tools "$TOOLS" --bin "$ENVSTEER_BIN" "$@"

@@ -1,0 +1,83 @@
+"""Smoke run of the benchmark script (bench/run.sh --smoke): it builds its tools, runs every
+suite with tiny sizes on a real node, cleans up, and prints the result table.
+
+Benchmarks are not tests: this never asserts a time, a rate or a ratio, only that the script
+exits 0 and that every row is present with numeric values (and that the markdown report and
+the per-program run-time table are written).
+"""
+import json
+import os
+import re
+import subprocess
+
+import harness
+
+RUN = os.path.join(harness.REPO, "bench", "run.sh")
+
+ROWS = ["connect_ns", "connect_mean_ns", "connect_cpu_ns", "connect_podip_ns"] + [
+    "http_%s_%s" % (v, q) for v in ("ka", "close")
+    for q in ("rps", "p50_us", "p99_us", "cpu_us")]
+
+NUM = r"[0-9]+(?:\.[0-9]+)?"
+CELL = re.compile(r"^(%s) \[(%s)-(%s)\]$" % (NUM, NUM, NUM))
+
+
+def _cells(line):
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _bpf_stats():
+    with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+        return f.read().strip()
+
+
+def test_bench_smoke(tmp_path):
+    stats_before = _bpf_stats()
+    out_md = tmp_path / "latest.md"
+    out_json = tmp_path / "latest.json"
+    env = dict(os.environ, ENVSTEER_BIN=harness.agent_bin())
+    r = subprocess.run([RUN, "--smoke", "--prog-stats", "--out", str(out_md),
+                        "--json", str(out_json)],
+                       capture_output=True, text=True, timeout=300, env=env,
+                       stdin=subprocess.DEVNULL)
+    report = "rc %s\n--- stdout\n%s\n--- stderr\n%s" % (r.returncode, r.stdout,
+                                                         r.stderr[-8000:])
+    assert r.returncode == 0, report
+
+    lines = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("| "):
+            c = _cells(line)
+            lines[c[0]] = c
+    for key in ROWS:
+        assert key in lines, "row %s missing\n%s" % (key, report)
+        c = lines[key]
+        # row | measurement | A | A cell | B | B cell | ratio | paired | target | met
+        assert len(c) == 10, (key, c)
+        for cell in (c[3], c[5]):
+            m = CELL.match(cell)
+            assert m, "row %s: %r is not 'median [min-max]'\n%s" % (key, cell, report)
+            lo, med, hi = float(m.group(2)), float(m.group(1)), float(m.group(3))
+            assert lo <= med <= hi, (key, cell)
+        assert re.match("^%s$" % NUM, c[6]), (key, c[6])
+        assert CELL.match(c[7]), (key, c[7])
+
+    # per-program BPF run time: a table with a total per workload
+    for w in ("keep-alive", "per-connection", "connect loop"):
+        assert re.search(r"^\| %s \| \*\*total\*\* \|.*\*\*%s\*\* \|$" % (w, NUM), r.stdout,
+                         re.M), "no BPF run-time total for %s\n%s" % (w, report)
+
+    md = out_md.read_text()
+    assert "kernel:" in md and "CPU:" in md and "date:" in md
+    for key in ROWS:
+        assert "| %s |" % key in md
+    data = json.loads(out_json.read_text())
+    assert sorted(x["key"] for x in data["rows"]) == sorted(ROWS)
+
+    # the sysctl the run-time part toggles is restored, and the node left nothing behind
+    assert _bpf_stats() == stats_before
+    pat = re.compile(r"^%s-(\d+)-bench(-remote)?$" % harness.PREFIX)
+    left = [os.path.join(root, d) for root in (harness.cgroup2_mount(), "/sys/fs/bpf")
+            for d in os.listdir(root)
+            if pat.match(d) and not os.path.exists("/proc/" + pat.match(d).group(1))]
+    assert not left, left
