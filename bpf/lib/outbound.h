@@ -310,11 +310,16 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 	/* the byte loop also inserts: bound it to the message plus insertions */
 	bpf_loop(c.size + ES_MAX_INSERTS * ES_INJECT_MAX, es_msg_byte, &c, 0);
 	if (c.check) {
-		__u32 zero = 0;
+		__u32 zero = 0, i;
 		struct es_chk *k = bpf_map_lookup_elem(&es_chk, &zero);
 
-		if (k)
+		if (k) {
+			/* the parser's value buffer is not NUL-padded past the value */
+			for (i = 0; i < ES_ENV_NAME_MAX; i++)
+				if (i >= k->len)
+					k->name[i] = 0;
 			es_check_request_env(c.sock, k->name, k->len);
+		}
 	}
 	return SK_PASS;
 }

@@ -1,0 +1,72 @@
+"""Header insertion from the pod's own environment (--auto-inject), and the counting of
+requests whose environment resolves elsewhere than their (pooled) connection.
+
+Node: service s (127.96.23.1:80) with pods s-dev (dev) and s-proj1 (dev.proj1), keep-alive
+servers; client pods c-proj1 (dev.proj1) and c-dev (dev). Clients are not serving any
+request, so their threads have no request environment."""
+import pytest
+
+import harness
+from harness import http_request
+
+NS = "inj"
+VIP = "127.96.23.1"
+
+
+def k(name):
+    return "%s/%s" % (NS, name)
+
+
+def build(make_node, name, extra_args=()):
+    node = make_node(name, default_env="dev")
+    node.add_service(NS, "s", VIP, 80, 8080)
+    node.add_pod(NS, "s-dev", "127.1.23.1", app="s", env="dev")
+    node.add_pod(NS, "s-proj1", "127.1.23.2", app="s", env="dev.proj1")
+    node.add_pod(NS, "c-proj1", "127.1.23.11", app="c", env="dev.proj1")
+    node.add_pod(NS, "c-dev", "127.1.23.12", app="c", env="dev")
+    node.write_manifests()
+    for p in ("s-dev", "s-proj1"):
+        node.start_server(k(p), args=["--keepalive"])
+    node.start_agent(list(extra_args))
+    return node
+
+
+def answers(res):
+    assert res.get("ok"), res
+    return [r["answer"] for ex in res["exchanges"] for r in ex["responses"]]
+
+
+@pytest.mark.parametrize("auto", [True, False], ids=["auto-inject", "default"])
+def test_auto_inject_inserts_the_pods_own_env(make_node, auto):
+    node = build(make_node, "autoinj" if auto else "noauto", ["--auto-inject"] if auto else [])
+    res = node.session(k("c-proj1"), VIP, [{"pieces": [http_request("/")]}], port=80)
+    (ans,) = answers(res)
+    assert ans["pod"] == k("s-proj1"), ans  # connect-time by the pod's env either way
+    if auto:
+        assert ans["got_header"] == "dev.proj1", ans
+        assert ans["head"].startswith("GET / HTTP/1.1\r\nX-Virtual-Env: dev.proj1\r\nHost:"), ans
+    else:
+        assert ans["got_header"] is None, ans
+    # a header the application sent is never changed
+    res = node.session(k("c-proj1"), VIP, [{"pieces": [
+        http_request("/", headers=[("X-Virtual-Env", "dev")])]}], port=80)
+    (ans,) = answers(res)
+    assert ans["got_header"] == "dev", ans
+
+
+def test_pooled_connection_reused_across_envs_is_counted(make_node):
+    node = build(make_node, "mismatch")
+    before = node.counters()
+    # c-dev's keep-alive connection is routed to s-dev at connect(); then requests of
+    # dev.proj1 (resolves to s-proj1: a mismatch), dev (no mismatch) and no header
+    res = node.session(k("c-dev"), VIP, [
+        {"pieces": [http_request("/", headers=[("X-Virtual-Env", "dev.proj1")])]},
+        {"pieces": [http_request("/", headers=[("X-Virtual-Env", "dev")])]},
+        {"pieces": [http_request("/", headers=[("X-Virtual-Env", "dev.proj1.zed")])]},
+    ], port=80)
+    got = answers(res)
+    # connect-time routing only (re-routing per request is the next issue): all on s-dev
+    assert [a["pod"] for a in got] == [k("s-dev")] * 3, got
+    after = node.counters()
+    assert after["tx_env_mismatch"] - before["tx_env_mismatch"] == 2, (before, after)
+    assert after["tx_has_header"] - before["tx_has_header"] == 3, (before, after)
