@@ -116,7 +116,8 @@ nlohmann::json Agent::status_json() {
   nlohmann::json j;
   j["version"] = ENVSTEER_VERSION;
   j["ready"] = ready_.load();
-  j["source"] = {{"kind", "manifests"}, {"path", s_.manifests}};
+  if (kube_) j["source"] = {{"kind", "kubernetes"}, {"path", kube_->status().value("server", "")}, {"api", kube_->status()}};
+  else j["source"] = {{"kind", "manifests"}, {"path", s_.manifests}};
   j["cgroup_root"] = cg_root_.string();
   j["bpffs"] = s_.bpffs;
   j["settings"] = {{"env_label", s_.env_label}, {"env_header", s_.env_header},
@@ -175,8 +176,9 @@ void Agent::start_admin() {
   auto& srv = admin_->server;
   srv.Get("/healthz", [](const httplib::Request&, httplib::Response& r) { r.set_content("ok\n", "text/plain"); });
   srv.Get("/readyz", [this](const httplib::Request&, httplib::Response& r) {
-    r.status = ready_.load() ? 200 : 503;
-    r.set_content(ready_.load() ? "ready\n" : "not ready\n", "text/plain");
+    std::string why = not_ready_reason();
+    r.status = why.empty() ? 200 : 503;
+    r.set_content(why.empty() ? "ready\n" : "not ready: " + why + "\n", "text/plain");
   });
   srv.Get("/v1/status", [this](const httplib::Request&, httplib::Response& r) {
     r.set_content(status_json().dump(2) + "\n", "application/json");
@@ -219,17 +221,74 @@ void Agent::write_http_config() {
     throw std::runtime_error(std::string("writing the header insertion settings failed: ") + strerror(-err));
 }
 
+std::string Agent::not_ready_reason() {
+  if (!ready_.load()) return kube_ ? "waiting for the first full sync with the Kubernetes API" : "starting";
+  if (kube_) {
+    auto st = kube_->status();
+    for (const auto& w : st["watches"])
+      if (!w["last_error"].get<std::string>().empty())
+        return "Kubernetes API: " + w["resource"].get<std::string>() + ": " + w["last_error"].get<std::string>() +
+               " (serving the last good state)";
+  }
+  return "";
+}
+
+// The prior art's VirtualEnvironment resource, read once at start-up: its
+// settings apply where no flag was given.
+void Agent::adopt_virtual_env(const sources::KubeConfig& cfg) {
+  sources::KubeClient c(cfg);
+  auto r = c.get("/apis/env.alibaba.com/v1alpha2/virtualenvironments?limit=1", std::chrono::seconds(10));
+  if (r.status != 200) return;
+  auto j = nlohmann::json::parse(r.body, nullptr, false);
+  if (!j.is_object() || !j.contains("items") || j["items"].empty()) return;
+  const auto& obj = j["items"][0];
+  const auto& spec = obj.value("spec", nlohmann::json::object());
+  const auto& hdr = spec.value("envHeader", nlohmann::json::object());
+  const auto& lbl = spec.value("envLabel", nlohmann::json::object());
+  auto take = [&](const char* flag, const nlohmann::json& from, const char* key, std::string& into) {
+    if (s_.explicit_flags.count(flag) || !from.contains(key) || !from[key].is_string()) return;
+    into = from[key].get<std::string>();
+    spdlog::info("VirtualEnvironment {}: {} = {}", obj["metadata"].value("name", ""), flag, into);
+  };
+  take("env-header", hdr, "name", s_.env_header);
+  take("env-label", lbl, "name", s_.env_label);
+  take("default-env", lbl, "defaultSubset", s_.default_env);
+  std::string splitter;
+  take("splitter", lbl, "splitter", splitter);
+  if (splitter.size() == 1) s_.splitter = splitter[0];
+  if (!s_.explicit_flags.count("auto-inject") && hdr.contains("autoInject") && hdr["autoInject"].is_boolean())
+    s_.auto_inject = hdr["autoInject"].get<bool>();
+  validate_settings(s_);
+}
+
 int Agent::run() {
   validate_settings(s_);
-  if (s_.manifests.empty()) throw std::invalid_argument("--manifests: required (a YAML file or directory)");
+  if (s_.kubernetes && !s_.manifests.empty())
+    throw std::invalid_argument("--manifests and --kubernetes: give one source, not both");
+  if (!s_.kubernetes && s_.manifests.empty())
+    throw std::invalid_argument("--manifests: required (a YAML file or directory), or --kubernetes");
 
   // Bad input at start-up must not touch the kernel: read and check it first.
   cg_mount_ = cgroup::find_cgroup2_mount();
   cg_root_ = s_.cgroup_root.empty() ? cg_mount_ : cgroup::resolve_in_mount(cg_mount_, s_.cgroup_root);
   if (!cgroup::cgroup_id(cg_root_)) throw std::runtime_error("--cgroup-root: " + cg_root_.string() + " does not exist");
-  k8s::ClusterState initial = sources::load_manifests(s_.manifests);
-  DesiredState check = build_model(initial, model_options());
-  (void)check;
+  std::optional<k8s::ClusterState> initial;
+  if (s_.kubernetes) {
+    sources::KubeConfig kc = s_.kubeconfig.empty() ? sources::in_cluster_config()
+                                                   : sources::load_kubeconfig(s_.kubeconfig, s_.kube_context);
+    if (s_.node_name.empty())
+      spdlog::warn("no --node-name and no $NODE_NAME: only labelled pods are watched, none is local");
+    adopt_virtual_env(kc);
+    sources::KubernetesOptions ko;
+    ko.node_name = s_.node_name;
+    ko.env_label = s_.env_label;
+    kube_ = std::make_unique<sources::KubernetesSource>(kc, ko);
+    spdlog::info("source: Kubernetes API {} ({})", kc.server, kc.source);
+  } else {
+    initial = sources::load_manifests(s_.manifests);
+    DesiredState check = build_model(*initial, model_options());
+    (void)check;
+  }
 
   features_ = probe_features();
   spdlog::info("envsteer {} on kernel {}: set_retval={}", ENVSTEER_VERSION, features_.kernel, features_.set_retval);
@@ -262,20 +321,28 @@ int Agent::run() {
                cg_root_.string(), rep.created.size(), rep.replaced.size(), s_.bpffs, rep.maps_reused, adopted,
                rep.maps_created);
 
-  if (!apply_cluster(initial, "start-up")) {
-    close(sfd);
-    return 1;
+  std::unique_ptr<sources::ManifestWatcher> watcher;
+  if (initial) {
+    if (!apply_cluster(*initial, "start-up")) {
+      close(sfd);
+      return 1;
+    }
+    cluster_ = std::move(initial);
+    watcher = std::make_unique<sources::ManifestWatcher>(s_.manifests);
+    ready_ = true;
+    spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_.frontends.size(),
+                 model_.pods.size());
+  } else {
+    // Nothing is applied before the first full sync: the adopted (pinned)
+    // state keeps steering meanwhile, never an empty one.
+    kube_->start();
   }
-  cluster_ = std::move(initial);
-  sources::ManifestWatcher watcher(s_.manifests);
   start_admin();
-  ready_ = true;
-  spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_.frontends.size(), model_.pods.size());
 
   int exit_code = 0;
   auto rescan_at = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   for (;;) {
-    pollfd fds[2] = {{sfd, POLLIN, 0}, {watcher.fd(), POLLIN, 0}};
+    pollfd fds[2] = {{sfd, POLLIN, 0}, {watcher ? watcher->fd() : kube_->fd(), POLLIN, 0}};
     int n = poll(fds, 2, 1000);
     if (n < 0 && errno != EINTR) {
       spdlog::error("poll: {}", strerror(errno));
@@ -287,8 +354,14 @@ int Agent::run() {
       bool stop = false;
       while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
         if (si.ssi_signo == SIGHUP) {
-          spdlog::info("SIGHUP: re-reading {}", s_.manifests);
-          sync("SIGHUP");
+          if (watcher) {
+            spdlog::info("SIGHUP: re-reading {}", s_.manifests);
+            sync("SIGHUP");
+          } else if (kube_->synced()) {
+            spdlog::info("SIGHUP: re-applying the Kubernetes state");
+            cluster_ = kube_->snapshot();
+            apply_cluster(*cluster_, "SIGHUP");
+          }
         } else {
           spdlog::info("{}: stopping", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
           stop = true;
@@ -296,11 +369,26 @@ int Agent::run() {
       }
       if (stop) break;
     }
-    if (fds[1].revents & POLLIN && watcher.drain()) {
+    if (watcher && fds[1].revents & POLLIN && watcher->drain()) {
       // Let a writer finish (editors and `kubectl get > file` write in pieces).
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      watcher.drain();
+      watcher->drain();
       sync("manifest change");
+    }
+    if (kube_ && fds[1].revents & POLLIN) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // batch a burst of events
+      kube_->drain();
+      if (kube_->synced()) {
+        k8s::ClusterState cs = kube_->snapshot();
+        if (apply_cluster(cs, ready_ ? "kubernetes event" : "first sync")) {
+          cluster_ = std::move(cs);
+          if (!ready_) {
+            ready_ = true;
+            spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_.frontends.size(),
+                         model_.pods.size());
+          }
+        }
+      }
     }
     if (std::chrono::steady_clock::now() >= rescan_at) {
       // Pods whose cgroup did not exist yet: look again (bounded, every 2 s).
@@ -310,6 +398,7 @@ int Agent::run() {
   }
   close(sfd);
   ready_ = false;
+  if (kube_) kube_->stop();
   if (admin_) {
     admin_->server.stop();
     if (admin_->thread.joinable()) admin_->thread.join();

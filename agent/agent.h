@@ -16,6 +16,7 @@
 #include "model.h"
 #include "reconciler.h"
 #include "settings.h"
+#include "sources/kubernetes.h"
 
 namespace envsteer {
 
@@ -32,6 +33,8 @@ class Agent {
   nlohmann::json explain_json(const std::string& from, const std::string& to,
                               const std::optional<std::string>& env);
   bool ready() const { return ready_.load(); }
+  // "" when ready, else why not.
+  std::string not_ready_reason();
   std::string metrics_text();
 
  private:
@@ -48,6 +51,8 @@ class Agent {
   Features features_;
   std::unique_ptr<PinLock> lock_;
   std::unique_ptr<Datapath> dp_;
+  std::unique_ptr<sources::KubernetesSource> kube_;
+  void adopt_virtual_env(const sources::KubeConfig& cfg);
   std::unique_ptr<Reconciler> rec_;
   std::optional<k8s::ClusterState> cluster_;  // last good source state
   DesiredState model_;                        // last applied model

@@ -152,6 +152,11 @@ int cli_main(int argc, char** argv) {
   auto* o_manifests = run->add_option("--manifests", s.manifests,
                                       "YAML/JSON file or directory of v1 Service, v1 Pod, discovery.k8s.io/v1 "
                                       "EndpointSlice objects (re-read on change and on SIGHUP)");
+  run->add_flag("--kubernetes", s.kubernetes,
+                "follow the Kubernetes API (in-cluster service account, or --kubeconfig) instead of --manifests");
+  run->add_option("--kubeconfig", s.kubeconfig, "kubeconfig file for --kubernetes (default: in-cluster)");
+  run->add_option("--context", s.kube_context, "kubeconfig context (default: current-context)");
+  run->add_option("--node-name", s.node_name, "this node's name (default: $NODE_NAME)");
   auto* o_cg = run->add_option("--cgroup-root", s.cgroup_root,
                                "cgroup v2 directory whose subtree is steered (default: the cgroup2 mount)");
   auto* o_bpffs = run->add_option("--bpffs", s.bpffs, "pin directory for maps and links")->capture_default_str();
@@ -232,6 +237,13 @@ int cli_main(int argc, char** argv) {
         s.splitter = splitter[0];
       }
       if (o_nohc->count()) s.header_context = false;
+      if (o_label->count()) s.explicit_flags.insert("env-label");
+      if (o_header->count()) s.explicit_flags.insert("env-header");
+      if (o_split->count()) s.explicit_flags.insert("splitter");
+      if (o_def->count()) s.explicit_flags.insert("default-env");
+      if (o_auto->count()) s.explicit_flags.insert("auto-inject");
+      if (s.node_name.empty())
+        if (const char* nn = std::getenv("NODE_NAME")) s.node_name = nn;
       setup_logging(s.log_level);
       Agent agent(s);
       return agent.run();

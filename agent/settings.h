@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <set>
 #include <vector>
 
 namespace envsteer {
@@ -19,6 +20,11 @@ struct Limits {
 
 struct Settings {
   std::string manifests;                    // file or directory
+  bool kubernetes = false;                  // follow the cluster's API instead
+  std::string kubeconfig;                   // "" = in-cluster service account
+  std::string kube_context;                 // "" = current-context
+  std::string node_name;                    // "" = $NODE_NAME
+  std::set<std::string> explicit_flags;     // settings given on the command line (win over the API's)
   std::string cgroup_root;                  // "" = the cgroup2 mount
   std::string bpffs = "/sys/fs/bpf/envsteer";
   std::string env_label = "virtual-env";

@@ -358,6 +358,7 @@ Pod decode_pod(const json& obj) {
   if (const json* status = get_object(ctx, obj, "", "status")) {
     pod.pod_ips = read_pod_ips(ctx, *status);
     pod.phase = get_string(ctx, *status, "status", "phase");
+    pod.qos_class = get_string(ctx, *status, "status", "qosClass");
     pod.ready = read_ready_condition(ctx, *status);
   }
   return pod;

@@ -47,6 +47,7 @@ struct Pod {
   bool ready = false;                // status.conditions[type=Ready].status == "True"
   bool terminating = false;          // metadata.deletionTimestamp set
   std::string phase;
+  std::string qos_class;             // status.qosClass: Guaranteed, Burstable, BestEffort
   std::string node_name;
   std::vector<ContainerPort> ports;  // spec.containers[].ports[]
 };

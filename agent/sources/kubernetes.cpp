@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "sources/kubernetes.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <random>
+
+#include "k8s/decode.h"
+
+using nlohmann::json;
+
+namespace envsteer::sources {
+
+enum class Kind { Service, Slice, Pod, VirtualEnv };
+
+struct KubernetesSource::Watch {
+  std::string name;   // for logs and status
+  Kind kind;
+  std::string path;   // collection path
+  std::string query;  // selectors
+  bool optional = false;  // 404 means "not installed" (the CRD)
+  std::unique_ptr<KubeClient> client;
+  std::thread thread;
+  // state, under mu_
+  std::map<std::string, json> objects;  // "ns/name" -> object
+  bool listed = false;
+  bool absent = false;
+  std::string rv, last_error;
+  uint64_t events = 0, relists = 0, errors = 0;
+  std::chrono::system_clock::time_point last_ok{};
+};
+
+namespace {
+
+std::string key_of(const json& obj) {
+  const json& m = obj.value("metadata", json::object());
+  return k8s::object_key(m.value("namespace", ""), m.value("name", ""));
+}
+
+std::string status_message(const std::string& body) {
+  auto j = json::parse(body, nullptr, false);
+  if (j.is_object() && j.contains("message") && j["message"].is_string()) return j["message"].get<std::string>();
+  return body.substr(0, 200);
+}
+
+}  // namespace
+
+KubernetesSource::KubernetesSource(KubeConfig cfg, KubernetesOptions opt) : cfg_(std::move(cfg)), opt_(std::move(opt)) {
+  efd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  auto add = [&](std::string name, Kind kind, std::string path, std::string query, bool optional = false) {
+    auto w = std::make_unique<Watch>();
+    w->name = std::move(name);
+    w->kind = kind;
+    w->path = std::move(path);
+    w->query = std::move(query);
+    w->optional = optional;
+    w->client = std::make_unique<KubeClient>(cfg_);
+    watches_.push_back(std::move(w));
+  };
+  add("services", Kind::Service, "/api/v1/services", "");
+  add("endpointslices", Kind::Slice, "/apis/discovery.k8s.io/v1/endpointslices", "");
+  // Pods cluster-wide only with the env label (labelled pods are few) ...
+  add("pods (labelled)", Kind::Pod, "/api/v1/pods", "labelSelector=" + url_escape(opt_.env_label));
+  // ... and every pod of this node, for its cgroup.
+  if (!opt_.node_name.empty())
+    add("pods (this node)", Kind::Pod, "/api/v1/pods", "fieldSelector=" + url_escape("spec.nodeName=" + opt_.node_name));
+  add("virtualenvironments", Kind::VirtualEnv, "/apis/env.alibaba.com/v1alpha2/virtualenvironments", "", true);
+}
+
+KubernetesSource::~KubernetesSource() {
+  stop();
+  if (efd_ >= 0) close(efd_);
+}
+
+void KubernetesSource::start() {
+  for (auto& w : watches_) w->thread = std::thread([this, &w] { run(*w); });
+}
+
+void KubernetesSource::stop() {
+  stop_ = true;
+  for (auto& w : watches_)
+    if (w->thread.joinable()) w->thread.join();
+}
+
+void KubernetesSource::notify() {
+  uint64_t one = 1;
+  (void)!write(efd_, &one, sizeof(one));
+}
+
+void KubernetesSource::drain() {
+  uint64_t v;
+  while (read(efd_, &v, sizeof(v)) == sizeof(v)) {
+  }
+}
+
+bool KubernetesSource::list(Watch& w, std::string* rv, std::string* err) {
+  std::map<std::string, json> fresh;
+  std::string cont;
+  for (int page = 0; page < 100000; page++) {
+    std::string q = "?limit=" + std::to_string(opt_.page_size);
+    if (!w.query.empty()) q += "&" + w.query;
+    if (!cont.empty()) q += "&continue=" + url_escape(cont);
+    auto r = w.client->get(w.path + q);
+    if (r.status == 404 && w.optional) {
+      std::lock_guard<std::mutex> g(mu_);
+      w.absent = true;
+      w.listed = true;
+      *err = "not installed (404)";
+      return false;
+    }
+    if (r.status == 410) {  // continue token expired: start the list over
+      cont.clear();
+      fresh.clear();
+      continue;
+    }
+    if (r.status != 200) {
+      *err = r.status ? "list " + w.path + ": HTTP " + std::to_string(r.status) + ": " + status_message(r.body)
+                      : "list " + w.path + ": " + r.error;
+      return false;
+    }
+    auto j = json::parse(r.body, nullptr, false);
+    if (!j.is_object() || !j.contains("items") || !j["items"].is_array()) {
+      *err = "list " + w.path + ": response is not a list";
+      return false;
+    }
+    for (auto& item : j["items"]) fresh[key_of(item)] = std::move(item);
+    const json& m = j.value("metadata", json::object());
+    *rv = m.value("resourceVersion", "");
+    cont = m.value("continue", "");
+    if (cont.empty()) break;
+  }
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    w.objects = std::move(fresh);
+    w.listed = true;
+    w.absent = false;
+    w.rv = *rv;
+    w.relists++;
+    w.last_ok = std::chrono::system_clock::now();
+  }
+  notify();
+  return true;
+}
+
+void KubernetesSource::apply_event(Watch& w, const std::string& type, const json& obj) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (type == "DELETED") w.objects.erase(key_of(obj));
+    else w.objects[key_of(obj)] = obj;
+    w.events++;
+    w.last_ok = std::chrono::system_clock::now();
+  }
+  notify();
+}
+
+KubernetesSource::WatchEnd KubernetesSource::watch(Watch& w, std::string* rv, std::string* err) {
+  std::string q = "?watch=1&allowWatchBookmarks=true&resourceVersion=" + url_escape(*rv) +
+                  "&timeoutSeconds=" + std::to_string(opt_.watch_timeout_seconds);
+  if (!w.query.empty()) q += "&" + w.query;
+  bool gone = false;
+  auto r = w.client->stream(w.path + q, [&](std::string_view line) {
+    auto ev = json::parse(line, nullptr, false);
+    if (!ev.is_object() || !ev.contains("type") || !ev.contains("object")) return true;  // not an event
+    const std::string type = ev["type"].get<std::string>();
+    const json& obj = ev["object"];
+    std::string orv = obj.value("metadata", json::object()).value("resourceVersion", "");
+    if (type == "ERROR") {
+      if (obj.value("code", 0) == 410) gone = true;
+      else *err = "watch " + w.path + ": " + obj.value("message", std::string("error event"));
+      return false;
+    }
+    if (!orv.empty()) *rv = orv;
+    if (type == "BOOKMARK") {
+      std::lock_guard<std::mutex> g(mu_);
+      w.rv = *rv;
+      w.last_ok = std::chrono::system_clock::now();
+      return true;
+    }
+    if (type == "ADDED" || type == "MODIFIED" || type == "DELETED") apply_event(w, type, obj);
+    std::lock_guard<std::mutex> g(mu_);
+    w.rv = *rv;
+    return true;
+  }, stop_, std::chrono::seconds(opt_.watch_timeout_seconds + 60));
+  if (stop_) return WatchEnd::Stopped;
+  if (gone || r.status == 410) return WatchEnd::Gone;
+  if (r.status != 200) {
+    *err = r.status ? "watch " + w.path + ": HTTP " + std::to_string(r.status) + ": " + status_message(r.body)
+                    : "watch " + w.path + ": " + r.error;
+    return WatchEnd::Broken;
+  }
+  if (!r.error.empty()) {
+    *err = "watch " + w.path + ": " + r.error;
+    return WatchEnd::Broken;
+  }
+  return err->empty() ? WatchEnd::Timeout : WatchEnd::Broken;
+}
+
+void KubernetesSource::run(Watch& w) {
+  std::mt19937 rng(std::random_device{}());
+  auto backoff = opt_.backoff_min;
+  std::string rv;
+  bool need_list = true;
+  auto sleep_for = [&](std::chrono::milliseconds d) {
+    auto until = std::chrono::steady_clock::now() + d;
+    while (!stop_ && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  };
+  auto failed = [&](const std::string& err) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      w.errors++;
+      w.last_error = err;
+    }
+    // exponential backoff with full jitter, keeping the last good state
+    std::uniform_int_distribution<long> jitter(backoff.count() / 2, backoff.count());
+    auto d = std::chrono::milliseconds(jitter(rng));
+    spdlog::warn("kubernetes: {}: {}; retrying in {} ms (serving the last good state)", w.name, err, d.count());
+    sleep_for(d);
+    backoff = std::min(backoff * 2, opt_.backoff_max);
+  };
+  while (!stop_) {
+    std::string err;
+    if (need_list) {
+      if (!list(w, &rv, &err)) {
+        bool absent;
+        {
+          std::lock_guard<std::mutex> g(mu_);
+          absent = w.absent;
+        }
+        if (absent) {  // optional resource not installed: look again now and then
+          sleep_for(std::chrono::seconds(30));
+          continue;
+        }
+        failed(err);
+        continue;
+      }
+      spdlog::info("kubernetes: {}: listed at resourceVersion {}", w.name, rv);
+      need_list = false;
+      backoff = opt_.backoff_min;
+    }
+    auto end = watch(w, &rv, &err);
+    switch (end) {
+      case WatchEnd::Stopped:
+        return;
+      case WatchEnd::Timeout:
+        backoff = opt_.backoff_min;
+        break;  // re-watch from rv
+      case WatchEnd::Gone:
+        spdlog::info("kubernetes: {}: resourceVersion {} expired (410); re-listing", w.name, rv);
+        need_list = true;
+        break;
+      case WatchEnd::Broken:
+        failed(err);
+        break;  // re-watch from rv; a 410 on that watch triggers a re-list
+    }
+    if (end != WatchEnd::Broken) {
+      std::lock_guard<std::mutex> g(mu_);
+      w.last_error.clear();
+    }
+  }
+}
+
+bool KubernetesSource::synced() const {
+  std::lock_guard<std::mutex> g(mu_);
+  for (const auto& w : watches_)
+    if (!w->listed) return false;
+  return true;
+}
+
+k8s::ClusterState KubernetesSource::snapshot() const {
+  k8s::ClusterState cs;
+  std::lock_guard<std::mutex> g(mu_);
+  for (const auto& w : watches_) {
+    for (const auto& [key, obj] : w->objects) {
+      try {
+        switch (w->kind) {
+          case Kind::Service: cs.services[key] = k8s::decode_service(obj); break;
+          case Kind::Slice: cs.slices[key] = k8s::decode_endpoint_slice(obj); break;
+          case Kind::Pod: cs.pods[key] = k8s::decode_pod(obj); break;  // the two pod watches overlap
+          case Kind::VirtualEnv: break;
+        }
+      } catch (const std::exception& e) {
+        spdlog::warn("kubernetes: skipping {} {}: {}", w->name, key, e.what());
+      }
+    }
+  }
+  return cs;
+}
+
+std::optional<VirtualEnvSettings> KubernetesSource::virtual_env() const {
+  std::lock_guard<std::mutex> g(mu_);
+  for (const auto& w : watches_) {
+    if (w->kind != Kind::VirtualEnv || w->objects.empty()) continue;
+    const auto& [key, obj] = *w->objects.begin();  // the first by name, deterministically
+    VirtualEnvSettings v;
+    v.name = key;
+    const json& spec = obj.value("spec", json::object());
+    const json& hdr = spec.value("envHeader", json::object());
+    const json& lbl = spec.value("envLabel", json::object());
+    v.env_header = hdr.value("name", "");
+    if (hdr.contains("autoInject") && hdr["autoInject"].is_boolean()) v.auto_inject = hdr["autoInject"].get<bool>();
+    v.env_label = lbl.value("name", "");
+    v.splitter = lbl.value("splitter", "");
+    v.default_subset = lbl.value("defaultSubset", "");
+    return v;
+  }
+  return std::nullopt;
+}
+
+json KubernetesSource::status() const {
+  std::lock_guard<std::mutex> g(mu_);
+  json j;
+  j["server"] = cfg_.server;
+  j["config"] = cfg_.source;
+  json ws = json::array();
+  for (const auto& w : watches_) {
+    ws.push_back({{"resource", w->name},
+                  {"listed", w->listed},
+                  {"installed", !w->absent},
+                  {"objects", w->objects.size()},
+                  {"resourceVersion", w->rv},
+                  {"events", w->events},
+                  {"relists", w->relists},
+                  {"errors", w->errors},
+                  {"last_error", w->last_error},
+                  {"last_ok_unix", std::chrono::duration<double>(w->last_ok.time_since_epoch()).count()}});
+  }
+  j["watches"] = ws;
+  return j;
+}
+
+}  // namespace envsteer::sources

@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: Apache-2.0
+// The Kubernetes source: list, then watch from the list's resourceVersion
+// (with bookmarks), per resource; on 410 Gone or a broken stream re-list, with
+// exponential backoff and jitter. What it has seen stays served while the API
+// is unreachable. Feeds the same ClusterState the manifest source does.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "k8s/objects.h"
+#include "sources/kubeclient.h"
+
+namespace envsteer::sources {
+
+// Settings of the prior art's VirtualEnvironment resource (env.alibaba.com/v1alpha2).
+struct VirtualEnvSettings {
+  std::string name;  // "ns/name" of the object they came from
+  std::string env_header, env_label, splitter, default_subset;
+  std::optional<bool> auto_inject;
+};
+
+struct KubernetesOptions {
+  std::string node_name;               // this node: all its pods are watched
+  std::string env_label = "virtual-env";  // cluster-wide pods are watched with this label only
+  std::chrono::milliseconds backoff_min{500}, backoff_max{30000};
+  int watch_timeout_seconds = 300;     // server-side watch timeout (re-watch after)
+  int page_size = 500;
+};
+
+class KubernetesSource {
+ public:
+  KubernetesSource(KubeConfig cfg, KubernetesOptions opt);
+  ~KubernetesSource();
+
+  void start();
+  void stop();
+
+  // Readable when something changed (poll it); drain() clears it.
+  int fd() const { return efd_; }
+  void drain();
+
+  // true once every resource was listed at least once.
+  bool synced() const;
+  k8s::ClusterState snapshot() const;
+  std::optional<VirtualEnvSettings> virtual_env() const;
+  nlohmann::json status() const;
+
+ private:
+  struct Watch;
+  void run(Watch& w);
+  bool list(Watch& w, std::string* rv, std::string* err);
+  enum class WatchEnd { Timeout, Gone, Broken, Stopped };
+  WatchEnd watch(Watch& w, std::string* rv, std::string* err);
+  void apply_event(Watch& w, const std::string& type, const nlohmann::json& obj);
+  void notify();
+
+  KubeConfig cfg_;
+  KubernetesOptions opt_;
+  std::vector<std::unique_ptr<Watch>> watches_;
+  std::atomic<bool> stop_{false};
+  int efd_ = -1;
+  mutable std::mutex mu_;
+};
+
+}  // namespace envsteer::sources
