@@ -221,6 +221,38 @@ void Agent::write_http_config() {
     throw std::runtime_error(std::string("writing the header insertion settings failed: ") + strerror(-err));
 }
 
+k8s::ClusterState Agent::with_local_cgroups(k8s::ClusterState cs) {
+  if (!pod_cgroups_) return cs;
+  std::set<std::string> seen;
+  for (auto& [key, pod] : cs.pods) {
+    if (pod.node_name != s_.node_name || pod.uid.empty() || pod.annotations.count(s_.cgroup_annotation)) continue;
+    try {
+      auto path = pod_cgroups_->watch(pod.uid, pod.qos_class);
+      seen.insert(pod.uid);
+      if (path) pod.annotations[s_.cgroup_annotation] = path->string();
+    } catch (const std::invalid_argument& e) {
+      spdlog::warn("Pod {}: metadata.uid: {}; not managed", key, e.what());
+    }
+  }
+  for (const auto& uid : watched_uids_)
+    if (!seen.count(uid)) pod_cgroups_->unwatch(uid);
+  watched_uids_ = std::move(seen);
+  return cs;
+}
+
+bool Agent::apply_kube(const char* why) {
+  if (!kube_->synced()) return false;
+  k8s::ClusterState cs = with_local_cgroups(kube_->snapshot());
+  if (!apply_cluster(cs, why)) return false;
+  cluster_ = std::move(cs);
+  if (!ready_) {
+    ready_ = true;
+    spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_.frontends.size(),
+                 model_.pods.size());
+  }
+  return true;
+}
+
 std::string Agent::not_ready_reason() {
   if (!ready_.load()) return kube_ ? "waiting for the first full sync with the Kubernetes API" : "starting";
   if (kube_) {
@@ -283,6 +315,7 @@ int Agent::run() {
     ko.node_name = s_.node_name;
     ko.env_label = s_.env_label;
     kube_ = std::make_unique<sources::KubernetesSource>(kc, ko);
+    pod_cgroups_ = std::make_unique<podcgroup::PodCgroupWatcher>(cg_root_);
     spdlog::info("source: Kubernetes API {} ({})", kc.server, kc.source);
   } else {
     initial = sources::load_manifests(s_.manifests);
@@ -342,8 +375,10 @@ int Agent::run() {
   int exit_code = 0;
   auto rescan_at = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   for (;;) {
-    pollfd fds[2] = {{sfd, POLLIN, 0}, {watcher ? watcher->fd() : kube_->fd(), POLLIN, 0}};
-    int n = poll(fds, 2, 1000);
+    pollfd fds[3] = {{sfd, POLLIN, 0},
+                     {watcher ? watcher->fd() : kube_->fd(), POLLIN, 0},
+                     {pod_cgroups_ ? pod_cgroups_->fd() : -1, POLLIN, 0}};
+    int n = poll(fds, 3, 1000);
     if (n < 0 && errno != EINTR) {
       spdlog::error("poll: {}", strerror(errno));
       exit_code = 1;
@@ -357,10 +392,9 @@ int Agent::run() {
           if (watcher) {
             spdlog::info("SIGHUP: re-reading {}", s_.manifests);
             sync("SIGHUP");
-          } else if (kube_->synced()) {
+          } else {
             spdlog::info("SIGHUP: re-applying the Kubernetes state");
-            cluster_ = kube_->snapshot();
-            apply_cluster(*cluster_, "SIGHUP");
+            apply_kube("SIGHUP");
           }
         } else {
           spdlog::info("{}: stopping", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -378,21 +412,27 @@ int Agent::run() {
     if (kube_ && fds[1].revents & POLLIN) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));  // batch a burst of events
       kube_->drain();
-      if (kube_->synced()) {
-        k8s::ClusterState cs = kube_->snapshot();
-        if (apply_cluster(cs, ready_ ? "kubernetes event" : "first sync")) {
-          cluster_ = std::move(cs);
-          if (!ready_) {
-            ready_ = true;
-            spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_.frontends.size(),
-                         model_.pods.size());
-          }
-        }
-      }
+      apply_kube(ready_ ? "kubernetes event" : "first sync");
+    }
+    if (pod_cgroups_ && fds[2].revents & POLLIN) {
+      // a pod's cgroup appeared or went away (kubelet creates it after the pod object)
+      auto events = pod_cgroups_->drain();
+      bool pods_changed = std::any_of(events.begin(), events.end(), [](const podcgroup::PodCgroupWatcher::Event& e) {
+        using K = podcgroup::PodCgroupWatcher::Event::Kind;
+        return e.kind == K::Appeared || e.kind == K::Disappeared;
+      });
+      if (pods_changed) apply_kube("pod cgroup change");
     }
     if (std::chrono::steady_clock::now() >= rescan_at) {
-      // Pods whose cgroup did not exist yet: look again (bounded, every 2 s).
-      if (missing_cgroups_ && cluster_) apply_cluster(*cluster_, "rescan");
+      // Pods whose cgroup did not exist yet: look again (bounded, every 2 s;
+      // with --kubernetes inotify reports them, and a bounded rescan runs
+      // every 30 s as a safety net).
+      if (pod_cgroups_) {
+        static int ticks = 0;
+        if (++ticks % 15 == 0 && !pod_cgroups_->rescan().empty()) apply_kube("pod cgroup rescan");
+      } else if (missing_cgroups_ && cluster_) {
+        apply_cluster(*cluster_, "rescan");
+      }
       rescan_at = std::chrono::steady_clock::now() + std::chrono::seconds(2);
     }
   }

@@ -16,6 +16,7 @@
 #include "model.h"
 #include "reconciler.h"
 #include "settings.h"
+#include "podcgroup.h"
 #include "sources/kubernetes.h"
 
 namespace envsteer {
@@ -52,6 +53,11 @@ class Agent {
   std::unique_ptr<PinLock> lock_;
   std::unique_ptr<Datapath> dp_;
   std::unique_ptr<sources::KubernetesSource> kube_;
+  std::unique_ptr<podcgroup::PodCgroupWatcher> pod_cgroups_;  // kubelet's pod cgroups (--kubernetes)
+  std::set<std::string> watched_uids_;
+  // This node's pods get their cgroup from kubelet's layout (unless annotated).
+  k8s::ClusterState with_local_cgroups(k8s::ClusterState cs);
+  bool apply_kube(const char* why);
   void adopt_virtual_env(const sources::KubeConfig& cfg);
   std::unique_ptr<Reconciler> rec_;
   std::optional<k8s::ClusterState> cluster_;  // last good source state
