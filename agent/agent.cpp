@@ -272,15 +272,18 @@ void Agent::adopt_virtual_env(const sources::KubeConfig& cfg) {
   auto r = c.get("/apis/env.alibaba.com/v1alpha2/virtualenvironments?limit=1", std::chrono::seconds(10));
   if (r.status != 200) return;
   auto j = nlohmann::json::parse(r.body, nullptr, false);
-  if (!j.is_object() || !j.contains("items") || j["items"].empty()) return;
+  if (!j.is_object() || !j.contains("items") || !j["items"].is_array() || j["items"].empty()) return;
   const auto& obj = j["items"][0];
-  const auto& spec = obj.value("spec", nlohmann::json::object());
-  const auto& hdr = spec.value("envHeader", nlohmann::json::object());
-  const auto& lbl = spec.value("envLabel", nlohmann::json::object());
+  auto sub = [](const nlohmann::json& o, const char* k) {
+    return o.is_object() && o.contains(k) && o[k].is_object() ? o[k] : nlohmann::json::object();
+  };
+  const auto spec = sub(obj, "spec");
+  const auto hdr = sub(spec, "envHeader");
+  const auto lbl = sub(spec, "envLabel");
   auto take = [&](const char* flag, const nlohmann::json& from, const char* key, std::string& into) {
     if (s_.explicit_flags.count(flag) || !from.contains(key) || !from[key].is_string()) return;
     into = from[key].get<std::string>();
-    spdlog::info("VirtualEnvironment {}: {} = {}", obj["metadata"].value("name", ""), flag, into);
+    spdlog::info("VirtualEnvironment {}: {} = {}", sub(obj, "metadata").value("name", ""), flag, into);
   };
   take("env-header", hdr, "name", s_.env_header);
   take("env-label", lbl, "name", s_.env_label);

@@ -34,9 +34,23 @@ struct KubernetesSource::Watch {
 
 namespace {
 
+// j[k] when it is an object, else an empty object (API objects have null fields).
+const json& obj_at(const json& j, const char* k) {
+  static const json empty = json::object();
+  if (!j.is_object()) return empty;
+  auto it = j.find(k);
+  return it != j.end() && it->is_object() ? *it : empty;
+}
+
+std::string str_at(const json& j, const char* k) {
+  if (!j.is_object()) return "";
+  auto it = j.find(k);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
 std::string key_of(const json& obj) {
-  const json& m = obj.value("metadata", json::object());
-  return k8s::object_key(m.value("namespace", ""), m.value("name", ""));
+  const json& m = obj_at(obj, "metadata");
+  return k8s::object_key(str_at(m, "namespace"), str_at(m, "name"));
 }
 
 std::string status_message(const std::string& body) {
@@ -121,14 +135,18 @@ bool KubernetesSource::list(Watch& w, std::string* rv, std::string* err) {
       return false;
     }
     auto j = json::parse(r.body, nullptr, false);
-    if (!j.is_object() || !j.contains("items") || !j["items"].is_array()) {
+    if (!j.is_object() || !j.contains("items") || !(j["items"].is_array() || j["items"].is_null())) {
       *err = "list " + w.path + ": response is not a list";
       return false;
     }
-    for (auto& item : j["items"]) fresh[key_of(item)] = std::move(item);
-    const json& m = j.value("metadata", json::object());
-    *rv = m.value("resourceVersion", "");
-    cont = m.value("continue", "");
+    if (j["items"].is_array())
+      for (auto& item : j["items"]) {
+        std::string key = key_of(item);  // before the move (the right side is evaluated first)
+        fresh[key] = std::move(item);
+      }
+    const json& m = obj_at(j, "metadata");
+    *rv = str_at(m, "resourceVersion");
+    cont = str_at(m, "continue");
     if (cont.empty()) break;
   }
   {
@@ -138,6 +156,7 @@ bool KubernetesSource::list(Watch& w, std::string* rv, std::string* err) {
     w.absent = false;
     w.rv = *rv;
     w.relists++;
+    w.last_error.clear();
     w.last_ok = std::chrono::system_clock::now();
   }
   notify();
@@ -162,16 +181,21 @@ KubernetesSource::WatchEnd KubernetesSource::watch(Watch& w, std::string* rv, st
   bool gone = false;
   auto r = w.client->stream(w.path + q, [&](std::string_view line) {
     auto ev = json::parse(line, nullptr, false);
-    if (!ev.is_object() || !ev.contains("type") || !ev.contains("object")) return true;  // not an event
-    const std::string type = ev["type"].get<std::string>();
+    if (!ev.is_object() || !ev.contains("object") || !ev["object"].is_object()) return true;  // not an event
+    const std::string type = str_at(ev, "type");
     const json& obj = ev["object"];
-    std::string orv = obj.value("metadata", json::object()).value("resourceVersion", "");
+    std::string orv = str_at(obj_at(obj, "metadata"), "resourceVersion");
     if (type == "ERROR") {
-      if (obj.value("code", 0) == 410) gone = true;
-      else *err = "watch " + w.path + ": " + obj.value("message", std::string("error event"));
+      auto code = obj.find("code");
+      if (code != obj.end() && code->is_number() && code->get<int>() == 410) gone = true;
+      else *err = "watch " + w.path + ": " + (str_at(obj, "message").empty() ? "error event" : str_at(obj, "message"));
       return false;
     }
     if (!orv.empty()) *rv = orv;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      w.last_error.clear();  // the stream works again
+    }
     if (type == "BOOKMARK") {
       std::lock_guard<std::mutex> g(mu_);
       w.rv = *rv;
@@ -295,14 +319,14 @@ std::optional<VirtualEnvSettings> KubernetesSource::virtual_env() const {
     const auto& [key, obj] = *w->objects.begin();  // the first by name, deterministically
     VirtualEnvSettings v;
     v.name = key;
-    const json& spec = obj.value("spec", json::object());
-    const json& hdr = spec.value("envHeader", json::object());
-    const json& lbl = spec.value("envLabel", json::object());
-    v.env_header = hdr.value("name", "");
+    const json& spec = obj_at(obj, "spec");
+    const json& hdr = obj_at(spec, "envHeader");
+    const json& lbl = obj_at(spec, "envLabel");
+    v.env_header = str_at(hdr, "name");
     if (hdr.contains("autoInject") && hdr["autoInject"].is_boolean()) v.auto_inject = hdr["autoInject"].get<bool>();
-    v.env_label = lbl.value("name", "");
-    v.splitter = lbl.value("splitter", "");
-    v.default_subset = lbl.value("defaultSubset", "");
+    v.env_label = str_at(lbl, "name");
+    v.splitter = str_at(lbl, "splitter");
+    v.default_subset = str_at(lbl, "defaultSubset");
     return v;
   }
   return std::nullopt;

@@ -1,0 +1,187 @@
+"""`envsteer run --kubernetes` against a loopback API server (fakeapi.py: real list/watch
+protocol over TLS with a bearer token). Pods are processes in cgroups laid out like kubelet's
+systemd driver (kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid>.slice) below the
+node's cgroup root; the agent finds them from the pods' UIDs (no annotation). Steering follows
+every API event."""
+import os
+import shutil
+import time
+import uuid
+
+import pytest
+
+import harness
+from harness import wait_until
+import fakeapi
+
+NS = "k8s"
+NODE = "node-1"
+VIP = "127.96.31.1"
+
+
+def k(name):
+    return "%s/%s" % (NS, name)
+
+
+class KubeNode(harness.Node):
+    """A harness node whose agent follows the API server instead of manifests."""
+
+    def __init__(self, name, api, kubeconfig, **kw):
+        super().__init__(name, **kw)
+        self.api = api
+        self.kubeconfig = kubeconfig
+        self.uids = {}
+
+    def agent_cmd(self, extra_args=(), port=None):
+        cmd = super().agent_cmd(extra_args, port)
+        i = cmd.index("--manifests")
+        return cmd[:i] + ["--kubernetes", "--kubeconfig", self.kubeconfig, "--node-name", NODE] + cmd[i + 2:]
+
+    def kube_pod(self, name, ip, env=None, app=None, qos="BestEffort", ready=True):
+        """A pod on this node: a harness pod whose cgroup sits where kubelet puts it, and
+        the same pod in the API (no envsteer annotation)."""
+        pod = self.add_pod(NS, name, ip, env=env, app=app)
+        uid = str(uuid.uuid4())
+        self.uids[name] = uid
+        q, u = qos.lower(), uid.replace("-", "_")
+        if q == "guaranteed":  # one level up, like kubelet's systemd driver
+            rel = os.path.join("kubepods.slice", "kubepods-pod%s.slice" % u)
+        else:
+            rel = os.path.join("kubepods.slice", "kubepods-%s.slice" % q, "kubepods-%s-pod%s.slice" % (q, u))
+        os.rmdir(pod.cgroup_dir)
+        pod.cgroup_dir = os.path.join(self.cgroup_dir, rel)
+        os.makedirs(pod.cgroup_dir)
+        labels = dict(pod.labels)
+        self.api.create(fakeapi.make_pod(NS, name, ip, labels, NODE, ready=ready, uid=uid, qos=qos))
+        return pod
+
+    def slice(self, endpoints):
+        """(Re)writes the EndpointSlice of service a: endpoints = [(pod name, ready)]."""
+        eps = [(self.pods[k(n)].ips[0], r, n, NODE, self.uids.get(n)) for n, r in endpoints]
+        obj = fakeapi.make_endpointslice(NS, "a-abcde", "a", eps, [("http", 8080)])
+        if self.api.get("endpointslices", NS, "a-abcde") is None:
+            self.api.create(obj)
+        else:
+            self.api.update(obj)
+
+
+@pytest.fixture(scope="module")
+def kube(e2e_prerequisites, tmp_path_factory):
+    api = fakeapi.FakeAPI(bookmark_interval=1.0)
+    api.start()
+    d = tmp_path_factory.mktemp("kube")
+    kubeconfig = api.write_kubeconfig(str(d / "kubeconfig"), auth="token-file")
+    node = KubeNode("kube", api, kubeconfig, default_env="dev")
+    try:
+        api.create(fakeapi.make_service(NS, "a", VIP, [("http", 80, 8080)], selector={"app": "a"}))
+        node.kube_pod("a-dev", "127.1.31.1", env="dev", app="a")
+        node.kube_pod("a-proj1", "127.1.31.2", env="dev.proj1", app="a", qos="Burstable")
+        node.kube_pod("c-dev", "127.1.31.11", env="dev", app="c")
+        node.kube_pod("c-proj1", "127.1.31.12", env="dev.proj1", app="c", qos="Guaranteed")
+        node.slice([("a-dev", True), ("a-proj1", True)])
+        for p in ("a-dev", "a-proj1"):
+            node.start_server(k(p))
+        node.start_agent()
+        yield node
+    finally:
+        node.close()
+        api.stop()
+
+
+def answer(node, client):
+    r = node.request(k(client), VIP, 80)
+    return r["answer"]["pod"] if r.get("ok") else r.get("errno")
+
+
+def eventually(node, client, want, timeout=10.0):
+    wait_until(lambda: answer(node, client) == want, timeout,
+               what="%s answered by %s" % (client, want))
+
+
+def test_initial_sync_steers_by_env_with_kubelet_cgroups(kube):
+    assert answer(kube, "c-dev") == k("a-dev")
+    assert answer(kube, "c-proj1") == k("a-proj1")
+    code, body = kube.admin_get("/v1/status", timeout=5)
+    assert code == 200 and '"kind": "kubernetes"' in body, body
+
+
+def test_relabel_and_readiness_follow_events(kube):
+    obj = kube.api.get("pods", NS, "c-dev")
+    obj["metadata"]["labels"]["virtual-env"] = "dev.proj1"
+    kube.api.update(obj)
+    eventually(kube, "c-dev", k("a-proj1"))
+    obj["metadata"]["labels"]["virtual-env"] = "dev"
+    kube.api.update(obj)
+    eventually(kube, "c-dev", k("a-dev"))
+    kube.slice([("a-dev", True), ("a-proj1", False)])
+    eventually(kube, "c-proj1", k("a-dev"))
+    kube.slice([("a-dev", True), ("a-proj1", True)])
+    eventually(kube, "c-proj1", k("a-proj1"))
+
+
+def test_service_deleted_and_recreated(kube):
+    svc = kube.api.get("services", NS, "a")
+    kube.api.delete("services", NS, "a")
+    eventually(kube, "c-dev", "ECONNREFUSED")  # nothing listens on the ClusterIP itself
+    svc["metadata"].pop("resourceVersion", None)
+    svc["metadata"].pop("uid", None)
+    kube.api.create(svc)
+    eventually(kube, "c-dev", k("a-dev"))
+
+
+def test_410_relist_and_broken_streams(kube):
+    lists_before = len(kube.api.lists("pods"))
+    # the streams break, a change happens, and the history is compacted before the agent
+    # watches again (it backs off first): its resourceVersion is gone -> 410 -> re-list
+    obj = kube.api.get("pods", NS, "c-proj1")
+    obj["metadata"]["labels"]["virtual-env"] = "dev"
+    kube.api.break_streams()
+    kube.api.update(obj)
+    kube.api.compact()
+    eventually(kube, "c-proj1", k("a-dev"), timeout=20)
+    assert len(kube.api.lists("pods")) > lists_before, "the agent re-listed after 410"
+    obj["metadata"]["labels"]["virtual-env"] = "dev.proj1"
+    kube.api.update(obj)
+    eventually(kube, "c-proj1", k("a-proj1"), timeout=20)
+
+
+def test_api_down_keeps_state_then_recovers(kube):
+    kube.api.down()
+    try:
+        # readiness says so; traffic keeps its last good state
+        wait_until(lambda: kube.admin_get("/readyz", timeout=2)[0] == 503, 30, what="readyz 503")
+        assert answer(kube, "c-proj1") == k("a-proj1")
+        assert answer(kube, "c-dev") == k("a-dev")
+    finally:
+        kube.api.up()
+    obj = kube.api.get("pods", NS, "c-dev")
+    obj["metadata"]["labels"]["virtual-env"] = "dev.proj1"
+    kube.api.update(obj)
+    eventually(kube, "c-dev", k("a-proj1"), timeout=40)
+    wait_until(lambda: kube.admin_get("/readyz", timeout=2)[0] == 200, 40, what="readyz 200")
+    obj["metadata"]["labels"]["virtual-env"] = "dev"
+    kube.api.update(obj)
+    eventually(kube, "c-dev", k("a-dev"), timeout=20)
+
+
+def test_token_rotation(kube):
+    token_file = kube.kubeconfig + ".token"
+    kube.api.rotate_token("rotated-token")
+    with open(token_file + ".tmp", "w") as f:
+        f.write("rotated-token")
+    os.rename(token_file + ".tmp", token_file)
+    kube.api.break_streams()
+    obj = kube.api.get("pods", NS, "c-dev")
+    obj["metadata"]["labels"]["virtual-env"] = "dev.proj1"
+    kube.api.update(obj)
+    eventually(kube, "c-dev", k("a-proj1"), timeout=40)
+    obj["metadata"]["labels"]["virtual-env"] = "dev"
+    kube.api.update(obj)
+    eventually(kube, "c-dev", k("a-dev"), timeout=20)
+
+
+def test_never_lists_or_watches_every_pod(kube):
+    pods = kube.api.lists("pods") + kube.api.watch_requests("pods")
+    assert pods, "pods were listed and watched"
+    for r in pods:
+        assert r.query.get("labelSelector") or r.query.get("fieldSelector"), (r.path, r.query)
