@@ -215,6 +215,10 @@ int cli_main(int argc, char** argv) {
         // flags given on the command line win over the file
         Settings flags = s;
         s = file_s;
+        s.kubernetes = flags.kubernetes || file_s.kubernetes;
+        if (!flags.kubeconfig.empty()) s.kubeconfig = flags.kubeconfig;
+        if (!flags.kube_context.empty()) s.kube_context = flags.kube_context;
+        if (!flags.node_name.empty()) s.node_name = flags.node_name;
         if (o_manifests->count()) s.manifests = flags.manifests;
         if (o_cg->count()) s.cgroup_root = flags.cgroup_root;
         if (o_bpffs->count()) s.bpffs = flags.bpffs;

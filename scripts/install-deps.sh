@@ -12,6 +12,10 @@ PKGS=(
   python3 python3-pytest curl iproute2 procps wrk
 )
 
+# kubectl checks the install manifests offline; Debian's is kubernetes-client (another
+# kubectl may already be installed: don't clash with it)
+command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)
+
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
