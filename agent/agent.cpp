@@ -42,6 +42,7 @@ ModelOptions Agent::model_options() const {
   o.splitter = s_.splitter;
   o.default_env = s_.default_env;
   o.cgroup_annotation = s_.cgroup_annotation;
+  o.selector_fallback = !s_.kubernetes;
   o.resolve_cgroup = [this](const std::string& rel) -> std::optional<CgroupInfo> {
     fs::path dir = cgroup::resolve_in_mount(cg_mount_, rel);
     auto id = cgroup::cgroup_id(dir);

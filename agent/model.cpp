@@ -116,7 +116,7 @@ class Builder {
         for (const auto& ip : ep.addresses) eps.push_back({ip, port, pod});
       }
     }
-    if (have_slices || !svc.has_selector) return eps;
+    if (have_slices || !svc.has_selector || !o_.selector_fallback) return eps;
 
     for (const auto& [key, pod] : c_.pods) {
       if (pod.ns != svc.ns || !pod.ready || pod.terminating) continue;

@@ -71,6 +71,10 @@ struct ModelOptions {
   char splitter = '.';
   EnvName default_env;  // "" = base
   std::string cgroup_annotation = "envsteer.io/cgroup";
+  // Services without EndpointSlices take their pods from the selector. On for
+  // manifests; off for the Kubernetes API, where only labelled pods are
+  // watched and the EndpointSlices are the truth (as for kube-proxy).
+  bool selector_fallback = true;
   // Resolves an annotation value to the cgroup; nullopt when absent on this
   // host; throws std::invalid_argument for values that can never be valid.
   std::function<std::optional<CgroupInfo>(const std::string&)> resolve_cgroup;

@@ -26,14 +26,18 @@ def k(name):
 class KubeNode(harness.Node):
     """A harness node whose agent follows the API server instead of manifests."""
 
-    def __init__(self, name, api, kubeconfig, **kw):
+    def __init__(self, name, api, kubeconfig, pass_env_label=True, **kw):
         super().__init__(name, **kw)
+        self.pass_env_label = pass_env_label
         self.api = api
         self.kubeconfig = kubeconfig
         self.uids = {}
 
     def agent_cmd(self, extra_args=(), port=None):
         cmd = super().agent_cmd(extra_args, port)
+        if not self.pass_env_label and "--env-label" in cmd:
+            j = cmd.index("--env-label")
+            cmd = cmd[:j] + cmd[j + 2:]
         i = cmd.index("--manifests")
         return cmd[:i] + ["--kubernetes", "--kubeconfig", self.kubeconfig, "--node-name", NODE] + cmd[i + 2:]
 
@@ -185,3 +189,60 @@ def test_never_lists_or_watches_every_pod(kube):
     assert pods, "pods were listed and watched"
     for r in pods:
         assert r.query.get("labelSelector") or r.query.get("fieldSelector"), (r.path, r.query)
+
+
+def test_pod_added_before_its_cgroup_then_deleted(kube):
+    """kubelet creates a pod's cgroup after the API has the pod: the agent learns of the
+    cgroup from inotify. Deleting the pod un-manages it (its connects are no longer steered:
+    nothing listens on the ClusterIP itself)."""
+    pod = kube.add_pod(NS, "c-late", "127.1.31.13", env="dev.proj1", app="c")
+    uid = str(uuid.uuid4())
+    os.rmdir(pod.cgroup_dir)
+    pod.cgroup_dir = os.path.join(kube.cgroup_dir, "kubepods.slice", "kubepods-burstable.slice",
+                                  "kubepods-burstable-pod%s.slice" % uid.replace("-", "_"))
+    kube.api.create(fakeapi.make_pod(NS, "c-late", "127.1.31.13", dict(pod.labels), NODE, uid=uid,
+                                     qos="Burstable"))
+    time.sleep(0.5)  # the agent has the pod, not its cgroup
+    os.makedirs(pod.cgroup_dir)
+    eventually(kube, "c-late", k("a-proj1"))
+    kube.api.delete("pods", NS, "c-late")
+    eventually(kube, "c-late", "ECONNREFUSED")
+
+
+def test_endpointslice_deleted_and_added(kube):
+    kube.api.delete("endpointslices", NS, "a-abcde")
+    eventually(kube, "c-dev", "ECONNREFUSED")  # no ready pod anywhere: refused
+    kube.slice([("a-dev", True), ("a-proj1", True)])
+    eventually(kube, "c-dev", k("a-dev"))
+    eventually(kube, "c-proj1", k("a-proj1"))
+
+
+def test_virtualenvironment_settings_apply_where_no_flag_is_given(e2e_prerequisites, tmp_path):
+    """The prior art's VirtualEnvironment: its env label and default env are used (the
+    agent runs without --env-label and --default-env)."""
+    api = fakeapi.FakeAPI()
+    api.start()
+    try:
+        api.create(fakeapi.make_virtualenv("envsteer", "ve", label="team-env", default_subset="base"))
+        kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
+        # the harness labels pods with "team-env"; the agent gets no --env-label
+        node = KubeNode("kve", api, kubeconfig, pass_env_label=False, default_env=None,
+                        env_label="team-env")
+        try:
+            api.create(fakeapi.make_service(NS, "a", VIP, [("http", 80, 8080)], selector={"app": "a"}))
+            node.kube_pod("a-base", "127.1.32.1", app="a", env="base")
+            node.kube_pod("a-t1", "127.1.32.2", app="a", env="base.t1")
+            node.kube_pod("c-t1", "127.1.32.11", app="c", env="base.t1")
+            node.kube_pod("c-none", "127.1.32.12", app="c")
+            node.slice([("a-base", True), ("a-t1", True)])
+            for p in ("a-base", "a-t1"):
+                node.start_server(k(p))
+            node.start_agent()
+            assert answer(node, "c-t1") == k("a-t1")
+            assert answer(node, "c-none") == k("a-base")  # unlabelled: defaultSubset
+            assert "env-label = team-env" in node.agent_log_text()
+            assert "--env-label" not in node.agent_log_text().splitlines()[0]
+        finally:
+            node.close()
+    finally:
+        api.stop()
