@@ -164,6 +164,22 @@ std::string Agent::metrics_text() {
   out += "envsteer_syncs_total{result=\"failed\"} " + std::to_string(syncs_failed_) + "\n";
   out += "# TYPE envsteer_last_sync_failed gauge\nenvsteer_last_sync_failed " +
          std::string(last_error_.empty() ? "0" : "1") + "\n";
+  if (kube_) {
+    auto st = kube_->status();
+    out += "# HELP envsteer_kubernetes_watch_ok 1 when the resource is listed and its watch works.\n"
+           "# TYPE envsteer_kubernetes_watch_ok gauge\n";
+    for (const auto& w : st["watches"])
+      out += "envsteer_kubernetes_watch_ok{resource=\"" + w["resource"].get<std::string>() + "\"} " +
+             (w["listed"].get<bool>() && w["last_error"].get<std::string>().empty() ? "1" : "0") + "\n";
+    out += "# TYPE envsteer_kubernetes_api_errors_total counter\n";
+    for (const auto& w : st["watches"])
+      out += "envsteer_kubernetes_api_errors_total{resource=\"" + w["resource"].get<std::string>() + "\"} " +
+             std::to_string(w["errors"].get<uint64_t>()) + "\n";
+    out += "# TYPE envsteer_kubernetes_relists_total counter\n";
+    for (const auto& w : st["watches"])
+      out += "envsteer_kubernetes_relists_total{resource=\"" + w["resource"].get<std::string>() + "\"} " +
+             std::to_string(w["relists"].get<uint64_t>()) + "\n";
+  }
   return out;
 }
 
@@ -243,6 +259,19 @@ k8s::ClusterState Agent::with_local_cgroups(k8s::ClusterState cs) {
 
 bool Agent::apply_kube(const char* why) {
   if (!kube_->synced()) return false;
+  // VirtualEnvironment settings shape the watches and the loaded programs:
+  // they are read at start-up, and a change restarts the agent (the pinned
+  // state keeps steering meanwhile; the DaemonSet or systemd starts it again).
+  auto ve = kube_->virtual_env();
+  if (!ve_baseline_) {
+    ve_baseline_ = ve;
+  } else if (*ve_baseline_ != ve) {
+    spdlog::warn("VirtualEnvironment {} changed: exiting so that a restarted agent applies its settings "
+                 "(steering continues from the pinned state)",
+                 ve ? ve->name : (*ve_baseline_)->name);
+    restart_requested_ = true;
+    return false;
+  }
   k8s::ClusterState cs = with_local_cgroups(kube_->snapshot());
   if (!apply_cluster(cs, why)) return false;
   cluster_ = std::move(cs);
@@ -417,6 +446,7 @@ int Agent::run() {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));  // batch a burst of events
       kube_->drain();
       apply_kube(ready_ ? "kubernetes event" : "first sync");
+      if (restart_requested_) break;
     }
     if (pod_cgroups_ && fds[2].revents & POLLIN) {
       // a pod's cgroup appeared or went away (kubelet creates it after the pod object)

@@ -55,6 +55,8 @@ class Agent {
   std::unique_ptr<sources::KubernetesSource> kube_;
   std::unique_ptr<podcgroup::PodCgroupWatcher> pod_cgroups_;  // kubelet's pod cgroups (--kubernetes)
   std::set<std::string> watched_uids_;
+  std::optional<std::optional<sources::VirtualEnvSettings>> ve_baseline_;  // set at the first sync
+  bool restart_requested_ = false;
   // This node's pods get their cgroup from kubelet's layout (unless annotated).
   k8s::ClusterState with_local_cgroups(k8s::ClusterState cs);
   bool apply_kube(const char* why);

@@ -26,6 +26,7 @@ struct VirtualEnvSettings {
   std::string name;  // "ns/name" of the object they came from
   std::string env_header, env_label, splitter, default_subset;
   std::optional<bool> auto_inject;
+  bool operator==(const VirtualEnvSettings&) const = default;
 };
 
 struct KubernetesOptions {

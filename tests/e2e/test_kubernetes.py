@@ -154,6 +154,8 @@ def test_api_down_keeps_state_then_recovers(kube):
     try:
         # readiness says so; traffic keeps its last good state
         wait_until(lambda: kube.admin_get("/readyz", timeout=2)[0] == 503, 30, what="readyz 503")
+        code, metrics = kube.admin_get("/metrics", timeout=5)
+        assert 'envsteer_kubernetes_watch_ok{resource="services"} 0' in metrics, metrics
         assert answer(kube, "c-proj1") == k("a-proj1")
         assert answer(kube, "c-dev") == k("a-dev")
     finally:
@@ -242,7 +244,37 @@ def test_virtualenvironment_settings_apply_where_no_flag_is_given(e2e_prerequisi
             assert answer(node, "c-none") == k("a-base")  # unlabelled: defaultSubset
             assert "env-label = team-env" in node.agent_log_text()
             assert "--env-label" not in node.agent_log_text().splitlines()[0]
+            # a change restarts the agent (DaemonSet/systemd start it again), pins keep steering
+            ve = api.get("virtualenvironments", "envsteer", "ve")
+            ve["spec"]["envLabel"]["defaultSubset"] = "base.t1"
+            api.update(ve)
+            wait_until(lambda: not node.agent_running(), 20, what="agent exit on VirtualEnvironment change")
+            assert node.agent.returncode == 0
+            assert "VirtualEnvironment envsteer/ve changed" in node.agent_log_text()
+            assert answer(node, "c-t1") == k("a-t1")  # no agent: the pinned state steers
+            node.agent = None
+            node.start_agent()
+            wait_until(lambda: answer(node, "c-none") == k("a-t1"), 10, what="new default env")
         finally:
             node.close()
     finally:
         api.stop()
+
+
+def test_service_modified_port(kube):
+    """A Service MODIFIED to serve on another port: the new address is steered, the old one
+    no longer is."""
+    svc = kube.api.get("services", NS, "a")
+    svc["spec"]["ports"][0]["port"] = 8081
+    kube.api.update(svc)
+
+    def on(port):
+        r = kube.request(k("c-proj1"), VIP, port)
+        return r["answer"]["pod"] if r.get("ok") else r.get("errno")
+
+    wait_until(lambda: on(8081) == k("a-proj1"), 10, what="new port steered")
+    assert on(80) == "ECONNREFUSED"
+    svc = kube.api.get("services", NS, "a")
+    svc["spec"]["ports"][0]["port"] = 80
+    kube.api.update(svc)
+    wait_until(lambda: on(80) == k("a-proj1"), 10, what="port 80 again")
