@@ -278,3 +278,59 @@ def test_service_modified_port(kube):
     svc["spec"]["ports"][0]["port"] = 80
     kube.api.update(svc)
     wait_until(lambda: on(80) == k("a-proj1"), 10, what="port 80 again")
+
+
+class InClusterNode(KubeNode):
+    """The agent with the in-cluster configuration, as in a pod: KUBERNETES_SERVICE_HOST/PORT
+    and the service-account directory at its standard path. That path is provided in a
+    private mount namespace (a tmpfs over /run, the test's directory bound into it), so the
+    host's /run is never touched."""
+
+    def __init__(self, name, api, sa_dir, env, **kw):
+        super().__init__(name, api, None, **kw)
+        self.sa_dir = sa_dir
+        self.env = env
+
+    def agent_cmd(self, extra_args=(), port=None):
+        cmd = super().agent_cmd(extra_args, port)
+        i = cmd.index("--kubeconfig")
+        cmd = cmd[:i] + cmd[i + 2:]
+        sa = "/run/secrets/kubernetes.io/serviceaccount"
+        script = ("mount --make-rprivate / && mount -t tmpfs tmpfs /run && mkdir -p %s && "
+                  "mount --bind \"$0\" %s && shift && exec env KUBERNETES_SERVICE_HOST=%s "
+                  "KUBERNETES_SERVICE_PORT=%s \"$@\"" % (sa, sa, self.env["KUBERNETES_SERVICE_HOST"],
+                                                        self.env["KUBERNETES_SERVICE_PORT"]))
+        return ["unshare", "-m", "sh", "-c", script, self.sa_dir, "_"] + cmd
+
+
+def test_in_cluster_config_and_token_rotation(e2e_prerequisites, tmp_path):
+    api = fakeapi.FakeAPI()
+    api.start()
+    try:
+        sa_dir = str(tmp_path / "sa")
+        env = api.write_incluster(sa_dir)
+        node = InClusterNode("kic", api, sa_dir, env, default_env="dev")
+        try:
+            api.create(fakeapi.make_service(NS, "a", VIP, [("http", 80, 8080)], selector={"app": "a"}))
+            node.kube_pod("a-dev", "127.1.33.1", app="a", env="dev")
+            node.kube_pod("a-proj1", "127.1.33.2", app="a", env="dev.proj1")
+            node.kube_pod("c-1", "127.1.33.11", app="c", env="dev")
+            node.slice([("a-dev", True), ("a-proj1", True)])
+            for p in ("a-dev", "a-proj1"):
+                node.start_server(k(p))
+            node.start_agent()
+            assert "in-cluster service account" in node.agent_log_text()
+            assert answer(node, "c-1") == k("a-dev")
+            # kubelet rotates the projected token: the agent reads it again on its next request
+            api.rotate_token("rotated-in-cluster")
+            api.break_streams()
+            obj = api.get("pods", NS, "c-1")
+            obj["metadata"]["labels"]["virtual-env"] = "dev.proj1"
+            api.update(obj)
+            wait_until(lambda: answer(node, "c-1") == k("a-proj1"), 30, what="steered after rotation")
+            assert any(r.auth_ok and r.headers.get("authorization") == "Bearer rotated-in-cluster"
+                       for r in api.requests)
+        finally:
+            node.close()
+    finally:
+        api.stop()
