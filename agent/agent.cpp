@@ -86,13 +86,17 @@ bool Agent::apply_cluster(const k8s::ClusterState& cluster, const char* why) {
                    model_.sets.size(), model_.pods.size(), st.updates, st.deletes, us);
     return true;
   } catch (const std::exception& e) {
-    std::lock_guard<std::mutex> g(mu_);
-    syncs_failed_++;
-    last_error_ = e.what();
-    last_error_time_ = std::chrono::system_clock::now();
-    spdlog::error("not applied ({}): {}; keeping the last good state", why, e.what());
+    record_failure("not applied", why, e.what());
     return false;
   }
+}
+
+void Agent::record_failure(const char* what, const char* why, const std::string& msg) {
+  std::lock_guard<std::mutex> g(mu_);
+  syncs_failed_++;
+  last_error_ = msg;
+  last_error_time_ = std::chrono::system_clock::now();
+  spdlog::error("{} ({}): {}; keeping the last good state", what, why, msg);
 }
 
 bool Agent::sync(const char* why) {
@@ -100,11 +104,7 @@ bool Agent::sync(const char* why) {
   try {
     cluster = sources::load_manifests(s_.manifests);
   } catch (const std::exception& e) {
-    std::lock_guard<std::mutex> g(mu_);
-    syncs_failed_++;
-    last_error_ = e.what();
-    last_error_time_ = std::chrono::system_clock::now();
-    spdlog::error("manifests not applied ({}): {}; keeping the last good state", why, e.what());
+    record_failure("manifests not applied", why, e.what());
     return false;
   }
   if (!apply_cluster(cluster, why)) return false;

@@ -44,6 +44,7 @@ class Agent {
   // last good state. Returns false on error (message logged and kept).
   bool sync(const char* why);
   bool apply_cluster(const k8s::ClusterState& cluster, const char* why);
+  void record_failure(const char* what, const char* why, const std::string& msg);
   void start_admin();
   void write_http_config();
 

@@ -230,10 +230,20 @@ int stream_progress(void* ud, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
 
 }  // namespace
 
+// A prepared request: the handle and its header list, freed together.
+struct Easy {
+  CURL* h = nullptr;
+  curl_slist* headers = nullptr;
+  ~Easy() {
+    curl_slist_free_all(headers);
+    if (h) curl_easy_cleanup(h);
+  }
+};
+
 HttpResponse KubeClient::get(const std::string& path_query, std::chrono::seconds timeout) {
   HttpResponse r;
-  curl_slist* headers = nullptr;
-  CURL* h = static_cast<CURL*>(prepare(path_query, &headers));
+  Easy e;
+  CURL* h = e.h = static_cast<CURL*>(prepare(path_query, &e.headers));
   if (!h) {
     r.error = "curl_easy_init failed";
     return r;
@@ -244,16 +254,14 @@ HttpResponse KubeClient::get(const std::string& path_query, std::chrono::seconds
   CURLcode rc = curl_easy_perform(h);
   if (rc != CURLE_OK) r.error = curl_easy_strerror(rc);
   curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r.status);
-  curl_slist_free_all(headers);
-  curl_easy_cleanup(h);
   return r;
 }
 
 HttpResponse KubeClient::stream(const std::string& path_query, const std::function<bool(std::string_view)>& on_line,
                                 const std::atomic<bool>& stop, std::chrono::seconds idle) {
   HttpResponse r;
-  curl_slist* headers = nullptr;
-  CURL* h = static_cast<CURL*>(prepare(path_query, &headers));
+  Easy e;
+  CURL* h = e.h = static_cast<CURL*>(prepare(path_query, &e.headers));
   if (!h) {
     r.error = "curl_easy_init failed";
     return r;
@@ -271,8 +279,6 @@ HttpResponse KubeClient::stream(const std::string& path_query, const std::functi
   curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r.status);
   if (rc != CURLE_OK && !st.aborted && !stop.load()) r.error = curl_easy_strerror(rc);
   if (r.status != 200) r.body = st.body_prefix;
-  curl_slist_free_all(headers);
-  curl_easy_cleanup(h);
   return r;
 }
 
