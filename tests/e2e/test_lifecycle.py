@@ -295,6 +295,20 @@ def test_bad_manifest_at_startup_exits_nonzero_naming_object_and_field(make_node
         assert re.search(p, log), "start-up error does not match %r:\n%s" % (p, log)
 
 
+def test_second_agent_on_the_same_pin_directory_refuses(running):
+    """One agent per pin directory: a second one exits with a clear message and changes
+    nothing (the first keeps steering)."""
+    before = running.pinned_ids()
+    first, first_log = running.agent, running.agent_log
+    rc, log = running.run_agent_expect_exit()
+    running.agent, running.agent_log = first, first_log
+    assert rc != 0, log
+    assert "another envsteer agent is running on pin directory" in log, log
+    assert running.agent_running()
+    assert running.pinned_ids() == before
+    assert running.admin_get("/readyz")[0] == 200
+
+
 def test_uninstall_detaches_everything_and_removes_pins(make_node):
     node = make_node("uninst", default_env="dev")
     populate(node, base="127.1.4")
