@@ -244,10 +244,7 @@ HttpResponse KubeClient::get(const std::string& path_query, std::chrono::seconds
   HttpResponse r;
   Easy e;
   CURL* h = e.h = static_cast<CURL*>(prepare(path_query, &e.headers));
-  if (!h) {
-    r.error = "curl_easy_init failed";
-    return r;
-  }
+  if (!h) return HttpResponse{0, "", "curl_easy_init failed"};
   curl_easy_setopt(h, CURLOPT_TIMEOUT, static_cast<long>(timeout.count()));
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &r.body);
@@ -262,10 +259,7 @@ HttpResponse KubeClient::stream(const std::string& path_query, const std::functi
   HttpResponse r;
   Easy e;
   CURL* h = e.h = static_cast<CURL*>(prepare(path_query, &e.headers));
-  if (!h) {
-    r.error = "curl_easy_init failed";
-    return r;
-  }
+  if (!h) return HttpResponse{0, "", "curl_easy_init failed"};
   StreamState st{&on_line, &stop, {}, {}, false};
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, stream_write);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &st);

@@ -399,6 +399,19 @@ TEST(BuildModelSlices, SlicesWinOverTheSelector) {
   EXPECT_THAT(r[""], UnorderedElementsAre("10.1.0.6:8443", "10.1.0.7:8443"));
 }
 
+// The Kubernetes source: EndpointSlices are the only membership (only labelled pods are
+// watched cluster-wide, so a selector would see a partial set).
+TEST(BuildModelSlices, WithoutSelectorFallbackOnlySlicesCount) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").port(80, 8080, "http"))
+      .add(PodB("a", "by-selector", "10.1.0.1").app("web").env("dev"));
+  ModelOptions o;
+  o.selector_fallback = false;
+  EXPECT_TRUE(routes(build(c, o), "10.96.0.1:80/TCP").empty());
+  o.selector_fallback = true;
+  EXPECT_EQ(routes(build(c, o), "10.96.0.1:80/TCP").size(), 1u);
+}
+
 TEST(BuildModelSlices, UnknownPodGoesToTheConfiguredDefaultEnv) {
   Cluster c;
   c.add(SvcB("a", "web", {"10.96.0.1"}).port(80, 8080, "http"))
