@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <httplib.h>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -131,8 +132,37 @@ void print_status(const json& j) {
   }
 }
 
-void setup_logging(const std::string& level) {
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+// %j: the message as a JSON string body (quotes, backslashes, control bytes escaped).
+class JsonMessage : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    static const char* hex = "0123456789abcdef";
+    for (char ch : std::string_view(msg.payload.data(), msg.payload.size())) {
+      auto c = static_cast<unsigned char>(ch);
+      if (c == '"' || c == '\\') {
+        dest.push_back('\\');
+        dest.push_back(static_cast<char>(c));
+      } else if (c < 0x20) {
+        const char esc[] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+        dest.append(esc, esc + sizeof(esc));
+      } else {
+        dest.push_back(static_cast<char>(c));
+      }
+    }
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<JsonMessage>(); }
+};
+
+void setup_logging(const std::string& level, const std::string& format = "text") {
+  if (format == "json") {
+    auto f = std::make_unique<spdlog::pattern_formatter>();
+    f->add_flag<JsonMessage>('j').set_pattern(R"({"time":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","msg":"%j"})");
+    spdlog::set_formatter(std::move(f));
+  } else if (format == "text") {
+    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  } else {
+    throw std::invalid_argument("--log-format: text or json, got \"" + format + "\"");
+  }
   spdlog::set_level(spdlog::level::from_str(level));
   route_libbpf_logs();
 }
@@ -184,6 +214,8 @@ int cli_main(int argc, char** argv) {
                       ->capture_default_str();
   auto* o_cleanup = run->add_flag("--cleanup-on-exit", s.cleanup_on_exit, "detach and unpin everything on exit");
   auto* o_log = run->add_option("--log-level", s.log_level, "trace, debug, info, warn, error")->capture_default_str();
+  std::string log_format = "text";
+  run->add_option("--log-format", log_format, "text or json (one JSON object per line)")->capture_default_str();
 
   std::string bpffs = s.bpffs, admin = s.admin;
   bool as_json = false, force = false;
@@ -248,7 +280,7 @@ int cli_main(int argc, char** argv) {
       if (o_auto->count()) s.explicit_flags.insert("auto-inject");
       if (s.node_name.empty())
         if (const char* nn = std::getenv("NODE_NAME")) s.node_name = nn;
-      setup_logging(s.log_level);
+      setup_logging(s.log_level, log_format);
       Agent agent(s);
       return agent.run();
     }

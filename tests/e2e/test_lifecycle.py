@@ -387,3 +387,19 @@ def test_without_default_env_unlabelled_pods_are_the_base(make_node):
     assert not r["ok"] and r["errno"] == "ECONNREFUSED", r
     r = node.request(k("c-devx"), "127.96.7.2", PORT)
     assert r["ok"] and r["answer"]["pod"] == k("t-dev"), r
+
+
+def test_json_logs(make_node):
+    """--log-format json: one JSON object per line, also for messages with quotes."""
+    import json
+    node = make_node("jsonlog", default_env="dev")
+    node.add_service("j", "web", "127.96.9.1", 80, 8080)
+    node.add_pod("j", "web-dev", "127.1.9.1", app="web", env="dev")
+    node.write_manifests()
+    node.start_agent(["--log-format", "json"])
+    node.stop_agent()
+    lines = [l for l in node.agent_log_text().splitlines()[1:] if l.strip()]
+    assert len(lines) >= 4, lines
+    records = [json.loads(l) for l in lines]
+    assert all(set(r) == {"time", "level", "msg"} for r in records), records
+    assert any(r["msg"].startswith("ready:") for r in records), records
