@@ -117,8 +117,12 @@ nlohmann::json Agent::status_json() {
   nlohmann::json j;
   j["version"] = ENVSTEER_VERSION;
   j["ready"] = ready_.load();
-  if (kube_) j["source"] = {{"kind", "kubernetes"}, {"path", kube_->status().value("server", "")}, {"api", kube_->status()}};
-  else j["source"] = {{"kind", "manifests"}, {"path", s_.manifests}};
+  if (kube_) {
+    auto api = kube_->status();
+    j["source"] = {{"kind", "kubernetes"}, {"path", api.value("server", "")}, {"api", api}};
+  } else {
+    j["source"] = {{"kind", "manifests"}, {"path", s_.manifests}};
+  }
   j["cgroup_root"] = cg_root_.string();
   j["bpffs"] = s_.bpffs;
   j["settings"] = {{"env_label", s_.env_label}, {"env_header", s_.env_header},

@@ -57,21 +57,6 @@ def short(podkey):
     return podkey.split("/", 1)[1] if podkey else "-"
 
 
-def host_request(addr, raw, timeout=5.0):
-    """One request from this (host) process straight to a pod address; the JSON answer."""
-    import json
-    import socket
-    with socket.create_connection(addr, timeout=timeout) as s:
-        s.sendall(raw)
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data.split(b"\r\n\r\n", 1)[1] or b"{}")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,12 +156,14 @@ def main():
         # 2b. tagged requests entering at frontend's dev pod (as from an ingress); no pod
         # forwards the header: the kernel carries the request's environment across hops
         rows = []
-        entry = ("127.1.10.1", TARGET_PORT)
+        entry = "127.1.10.1"
         path = "/call?to=%s:%d&to=%s:%d" % (SERVICES["cart"], PORT, SERVICES["payment"], PORT)
         for tag in ("dev", "dev.alice", "dev.bob", "dev.bob.feature-x", None):
             req = harness.http_request(path, headers=[("X-Virtual-Env", tag)] if tag else [],
                                        keepalive=False)
-            answer = host_request(entry, req)
+            # from this (host) process straight to the pod, as an ingress would
+            res = node.session(None, entry, [{"pieces": [req]}], port=TARGET_PORT)
+            answer = res["exchanges"][0]["responses"][0]["answer"] if res.get("ok") else {}
             cells, hop = [], answer
             for svc in ("cart", "payment"):
                 hop = (hop or {}).get("next") or {}
