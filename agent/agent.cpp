@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "agent.h"
 
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
 #include <httplib.h>
 #include <poll.h>
 #include <signal.h>
@@ -131,6 +135,7 @@ nlohmann::json Agent::status_json() {
                  {"recv_tracepoint", features_.recv_tracepoint}, {"bpf_loop", features_.bpf_loop},
                  {"task_storage", features_.task_storage}, {"notes", features_.notes}};
   j["request_context"] = dp_ && dp_->request_context();
+  if (relay_) j["per_request"] = relay_->status_json();
   j["settings"]["env_header_aliases"] = s_.env_header_aliases;
   j["settings"]["baggage_key"] = s_.baggage_key;
   j["settings"]["http_window"] = s_.http_window;
@@ -163,6 +168,7 @@ std::string Agent::metrics_text() {
     out += "envsteer_datapath_total{event=\"" + std::string(names[i]) + "\"} " +
            std::to_string(dp_->maps().counter(i)) + "\n";
   std::lock_guard<std::mutex> g(mu_);
+  out += request_metrics();
   out += "# TYPE envsteer_syncs_total counter\n";
   out += "envsteer_syncs_total{result=\"ok\"} " + std::to_string(syncs_ok_) + "\n";
   out += "envsteer_syncs_total{result=\"failed\"} " + std::to_string(syncs_failed_) + "\n";
@@ -183,6 +189,68 @@ std::string Agent::metrics_text() {
     for (const auto& w : st["watches"])
       out += "envsteer_kubernetes_relists_total{resource=\"" + w["resource"].get<std::string>() + "\"} " +
              std::to_string(w["relists"].get<uint64_t>()) + "\n";
+  }
+  return out;
+}
+
+// Requests by frontend, resolved environment and path (es_req_stats), and the
+// relay's own counters. Called with mu_ held.
+std::string Agent::request_metrics() {
+  std::string out;
+  int fd = -1;
+  auto path = fs::path(s_.bpffs) / "maps" / ES_MAP_REQ_STATS;
+  if (relay_) fd = bpf_obj_get(path.c_str());
+  if (fd >= 0) {
+    std::map<uint32_t, std::string> svc, env;
+    for (const auto& [k, f] : model_.frontends)
+      if (auto id = rec_->svc_id(k)) svc[*id] = f.service + ":" + std::to_string(ntohs(k.port));
+    for (const auto& e : model_.envs)
+      if (auto id = rec_->env_id(e)) env[*id] = e;
+    if (auto id = rec_->env_id(model_.default_env)) env.emplace(*id, model_.default_env);
+    static const char* paths[] = {"passed", "kernel", "slow", "failed"};
+    int ncpu = libbpf_num_possible_cpus();
+    std::vector<uint64_t> vals(static_cast<size_t>(ncpu > 0 ? ncpu : 1));
+    out += "# HELP envsteer_requests_total HTTP requests on steered connections by service address, resolved "
+           "environment and path (passed: out on the connection; kernel: re-routed to a bound upstream; slow: "
+           "re-routed through the agent; failed).\n# TYPE envsteer_requests_total counter\n";
+    es_req_key k{}, next{};
+    const void* prev = nullptr;
+    for (int guard = 0; guard < 100000 && bpf_map_get_next_key(fd, prev, &next) == 0; guard++) {
+      k = next;
+      prev = &k;
+      if (bpf_map_lookup_elem(fd, &k, vals.data()) != 0 || k.path >= ES_PATH_MAX) continue;
+      uint64_t sum = 0;
+      for (uint64_t v : vals) sum += v;
+      auto sn = svc.count(k.svc_id) ? svc[k.svc_id] : "svc#" + std::to_string(k.svc_id);
+      auto en = env.count(k.env_id) ? env[k.env_id] : "env#" + std::to_string(k.env_id);
+      out += "envsteer_requests_total{service=\"" + sn + "\",env=\"" + en + "\",path=\"" + paths[k.path] +
+             "\"} " + std::to_string(sum) + "\n";
+    }
+    close(fd);
+  }
+  if (relay_) {
+    auto r = relay_->stats();
+    out += "# HELP envsteer_relay_upstreams Upstream connections the agent holds for re-routed requests.\n"
+           "# TYPE envsteer_relay_upstreams gauge\nenvsteer_relay_upstreams " +
+           std::to_string(r.active) + "\n";
+    out += "# TYPE envsteer_relay_frames_total counter\nenvsteer_relay_frames_total " + std::to_string(r.frames) +
+           "\n# TYPE envsteer_relay_bytes_total counter\nenvsteer_relay_bytes_total " + std::to_string(r.bytes) +
+           "\n# TYPE envsteer_relay_upstreams_opened_total counter\nenvsteer_relay_upstreams_opened_total " +
+           std::to_string(r.upstreams_opened) + "\n";
+    out += "# TYPE envsteer_relay_upstreams_closed_total counter\n";
+    out += "envsteer_relay_upstreams_closed_total{reason=\"client_gone\"} " + std::to_string(r.closed_client_gone) + "\n";
+    out += "envsteer_relay_upstreams_closed_total{reason=\"idle\"} " + std::to_string(r.closed_idle) + "\n";
+    out += "envsteer_relay_upstreams_closed_total{reason=\"by_server\"} " + std::to_string(r.closed_by_server) + "\n";
+    out += "envsteer_relay_upstreams_closed_total{reason=\"pod_gone\"} " + std::to_string(r.closed_pod_gone) + "\n";
+    out += "# TYPE envsteer_relay_errors_total counter\n";
+    out += "envsteer_relay_errors_total{kind=\"connect\"} " + std::to_string(r.connect_failures) + "\n";
+    out += "envsteer_relay_errors_total{kind=\"no_backend\"} " + std::to_string(r.no_backend) + "\n";
+    out += "envsteer_relay_errors_total{kind=\"forward\"} " + std::to_string(r.forward_failures) + "\n";
+    out += "envsteer_relay_errors_total{kind=\"protocol\"} " + std::to_string(r.protocol_errors) + "\n";
+    out += "# HELP envsteer_relay_clients_reset_total Client connections reset because their re-routed request "
+           "could not be completed.\n# TYPE envsteer_relay_clients_reset_total counter\n"
+           "envsteer_relay_clients_reset_total " +
+           std::to_string(r.clients_destroyed) + "\n";
   }
   return out;
 }
@@ -384,6 +452,12 @@ int Agent::run() {
                dp_->request_context() ? "on"
                : !s_.header_context ? "off (--no-header-context)"
                                     : "unavailable on this kernel (see the degraded lines above)");
+  if (dp_->request_context()) {
+    RelayOptions ro;
+    ro.idle_timeout = std::chrono::milliseconds(s_.upstream_idle_ms);
+    relay_ = std::make_unique<Relay>(s_.bpffs, ro);
+    relay_->start();
+  }
   rec_ = std::make_unique<Reconciler>(dp_->maps(), s_.splitter);
   size_t adopted = rec_->adopt();
   spdlog::info("data path on cgroup {}: {} program(s) attached, {} replaced in place; maps under {}/maps: "
@@ -476,6 +550,7 @@ int Agent::run() {
   }
   close(sfd);
   ready_ = false;
+  if (relay_) relay_->stop();
   if (kube_) kube_->stop();
   if (admin_) {
     admin_->server.stop();

@@ -15,6 +15,7 @@
 #include "loader.h"
 #include "model.h"
 #include "reconciler.h"
+#include "relay.h"
 #include "settings.h"
 #include "podcgroup.h"
 #include "sources/kubernetes.h"
@@ -63,6 +64,8 @@ class Agent {
   bool apply_kube(const char* why);
   void adopt_virtual_env(const sources::KubeConfig& cfg);
   std::unique_ptr<Reconciler> rec_;
+  std::unique_ptr<Relay> relay_;  // per-request steering's slow path (with the request context)
+  std::string request_metrics();
   std::optional<k8s::ClusterState> cluster_;  // last good source state
   DesiredState model_;                        // last applied model
   bool missing_cgroups_ = false;

@@ -203,6 +203,10 @@ int cli_main(int argc, char** argv) {
                     ->capture_default_str();
   auto* o_auto = run->add_flag("--auto-inject", s.auto_inject,
                                 "insert the pod's own environment into outgoing requests when the thread has none");
+  auto* o_idle = run->add_option("--upstream-idle-ms", s.upstream_idle_ms,
+                                 "close an upstream of re-routed requests after this much idle time")
+                     ->capture_default_str()
+                     ->check(CLI::Range(100u, 86400000u));
   bool no_header_context = false;
   auto* o_nohc = run->add_flag("--no-header-context", no_header_context,
                                "do not learn request environments from HTTP headers (connect-time by pod only)");
@@ -264,6 +268,7 @@ int cli_main(int argc, char** argv) {
         if (o_bag->count()) s.baggage_key = flags.baggage_key;
         if (o_win->count()) s.http_window = flags.http_window;
         if (o_auto->count()) s.auto_inject = flags.auto_inject;
+        if (o_idle->count()) s.upstream_idle_ms = flags.upstream_idle_ms;
         if (o_split->count()) {
           if (splitter.size() != 1) throw std::invalid_argument("--splitter: must be one character");
           s.splitter = splitter[0];

@@ -61,6 +61,7 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   read(root, "httpWindow", s.http_window, f);
   read(root, "headerContext", s.header_context, f);
   read(root, "autoInject", s.auto_inject, f);
+  read(root, "upstreamIdleMs", s.upstream_idle_ms, f);
   if (root["splitter"]) {
     std::string sp;
     read(root, "splitter", sp, f);

@@ -34,6 +34,7 @@ struct Settings {
   uint32_t http_window = 4096;                 // header bytes of a request parsed
   bool header_context = true;                  // learn request environments in the kernel
   bool auto_inject = false;                    // insert the pod's own env when a thread has none
+  uint32_t upstream_idle_ms = 60000;           // re-routing upstreams idle this long are closed
   char splitter = '.';
   std::string default_env;                  // "" = unlabelled pods form the unnamed base
   std::string admin = "127.0.0.1:9966";      // "" disables the admin endpoint

@@ -73,21 +73,23 @@ int es_sockops_prog(struct bpf_sock_ops *skops)
 	return es_sockops(skops);
 }
 
-/* Every send on a steered connection: env header insertion. */
+/* Every send on a steered connection: env header insertion and per-request
+ * routing (out on the connection, to a bound upstream, or to the agent). */
 SEC("sk_msg")
 int es_msg_prog(struct sk_msg_md *msg)
 {
 	return es_msg(msg);
 }
 
-/* Receive side of steered connections. Passes everything through: a socket
- * in a sockhash with only an sk_msg program reports FIONREAD 0 on kernels up
- * to at least 6.18 (tcp_bpf answers SIOCINQ from the psock queue, which only
- * a verdict program fills), so envsteer gives it one. */
+/* Receive side of the sockets in es_sockhash: responses on the agent's
+ * upstreams go to their client; the rest passes. A verdict program is needed
+ * anyway: a socket in a sockhash with only an sk_msg program reports FIONREAD
+ * 0 on kernels up to at least 6.18 (tcp_bpf answers SIOCINQ from the psock
+ * queue, which only a verdict program fills). */
 SEC("sk_skb/stream_verdict")
 int es_skb_verdict(struct __sk_buff *skb)
 {
-	return SK_PASS;
+	return es_skb(skb);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

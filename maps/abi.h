@@ -14,7 +14,7 @@
 #include <linux/types.h>
 #endif
 
-#define ES_ABI_VERSION 1
+#define ES_ABI_VERSION 2
 
 /* An environment name: a Kubernetes label value, at most 63 bytes. */
 #define ES_ENV_NAME_MAX 64
@@ -108,6 +108,8 @@ struct es_sock {
 	__u32 env_id;  /* environment the connect resolved for */
 	__u32 level;   /* fallback depth taken: 0 = own env */
 	__u32 pod_env_id; /* the calling pod's own environment */
+	__u32 pad;
+	__u64 cookie;     /* socket cookie (set once established): es_sockhash key */
 };
 
 /* UDP reverse translation: replies from a backend appear to come from the VIP. */
@@ -153,6 +155,15 @@ enum es_counter {
 	ES_CNT_TX_NO_ENV,          /* no header and no environment to insert */
 	ES_CNT_TX_INJECT_FAILED,   /* insertion impossible (memory, split line end) */
 	ES_CNT_TX_MISMATCH,        /* request env resolves elsewhere than its connection */
+	ES_CNT_REQ_PASSED,         /* request went out on its own connection */
+	ES_CNT_REQ_KERNEL,         /* re-routed in the kernel to a bound upstream */
+	ES_CNT_REQ_SLOW,           /* re-routed through the agent (first use of a target) */
+	ES_CNT_REQ_FAILED,         /* could not be routed: the send failed (EACCES) */
+	ES_CNT_REQ_CORKED,         /* request head split over sends: held until complete */
+	ES_CNT_REQ_UNROUTABLE,     /* head too long to hold: sent on the connection */
+	ES_CNT_REQ_UPSTREAM_GONE,  /* bound upstream closed: re-bound via the agent */
+	ES_CNT_RSP_REDIRECTED,     /* response segments moved from an upstream to its client */
+	ES_CNT_RSP_DROPPED,        /* response for a client that is gone: dropped */
 	ES_CNT_MAX
 };
 
@@ -162,7 +173,10 @@ enum es_counter {
 	  "udp_revnat", "env_from_request", "env_from_pod", "env_from_default",        \
 	  "header_found", "header_absent", "header_invalid", "header_beyond_window",    \
 	  "rx_not_http", "rx_stream_gap", "thread_adopt", "tx_request", "tx_has_header", \
-	  "tx_injected", "tx_no_env", "tx_inject_failed", "tx_env_mismatch" }
+	  "tx_injected", "tx_no_env", "tx_inject_failed", "tx_env_mismatch",             \
+	  "req_passed", "req_rerouted_kernel", "req_slow_path", "req_failed",           \
+	  "req_head_corked", "req_head_unroutable", "req_upstream_gone",                \
+	  "rsp_redirected", "rsp_dropped" }
 
 /* Outbound header insertion settings (single-entry array). */
 struct es_inject_cfg {
@@ -182,6 +196,74 @@ struct es_thread {
 	__u64 since_ns; /* when it was adopted */
 };
 
+/*
+ * Per-request steering on pooled connections. A request whose environment
+ * resolves to another backend set than its connection's is sent to an upstream
+ * connection bound to (client connection, target set). The agent opens the
+ * upstreams: the first request for a target reaches it through the relay
+ * socket, framed by struct es_relay_hdr.
+ */
+struct es_bind_key {
+	__u64 client;  /* client socket cookie */
+	__u32 svc_id;
+	__u32 env_id;  /* resolved environment (the backend set) */
+};
+
+struct es_bind {
+	__u64 upstream; /* upstream socket cookie (key in es_sockhash) */
+	__u64 created_ns;
+};
+
+/* Upstream socket cookie -> its client: where responses go. */
+struct es_upstream {
+	__u64 client;
+	__u32 svc_id;
+	__u32 env_id;
+};
+
+/* A client connection that has sent frames to the agent (written by BPF). */
+struct es_relay_client {
+	__u32 laddr[4]; /* the client connection's own address */
+	__u32 raddr[4]; /* its peer (the pod it connected to) */
+	__u16 lport;    /* network order */
+	__u16 rport;
+	__u8 family;
+	__u8 pad[3];
+	__u32 sent;     /* frames sent (the last frame's seq) */
+	__u32 pad2;
+};
+
+/* Relay settings (single-entry array, agent-written). */
+struct es_relay_cfg {
+	__u64 relay;      /* cookie of the agent's relay socket; 0: no agent */
+	__u32 max_frames; /* frames a client may have queued at the agent */
+	__u32 flags;
+};
+
+#define ES_RELAY_MAGIC 0x45535231 /* "ESR1" */
+#define ES_RELAY_HDR_LEN 32
+
+/* Header of a frame on the relay socket; len payload bytes follow. */
+struct es_relay_hdr {
+	__u32 magic;
+	__u32 len;
+	__u64 client;
+	__u32 svc_id;
+	__u32 env_id;
+	__u32 seq;
+	__u32 flags;
+};
+
+/* Requests by frontend, resolved environment and path (per-CPU hash). */
+enum es_req_path { ES_PATH_PASSED = 0, ES_PATH_KERNEL, ES_PATH_SLOW, ES_PATH_FAILED, ES_PATH_MAX };
+
+struct es_req_key {
+	__u32 svc_id;
+	__u32 env_id;
+	__u32 path;
+	__u32 pad;
+};
+
 /* Names of the pinned maps below the pin directory (".../maps/<name>"). */
 #define ES_MAP_FRONTENDS "es_frontends"
 #define ES_MAP_SETS "es_sets"
@@ -199,5 +281,11 @@ struct es_thread {
 #define ES_MAP_INJECT "es_inject"
 #define ES_MAP_MISMATCH "es_mismatch"
 #define ES_MAP_SOCKHASH "es_sockhash"
+#define ES_MAP_BINDS "es_binds"
+#define ES_MAP_UPSTREAMS "es_upstreams"
+#define ES_MAP_RELAY_CLIENTS "es_relay_clients"
+#define ES_MAP_RELAY_DONE "es_relay_done"
+#define ES_MAP_RELAY_CFG "es_relay_cfg"
+#define ES_MAP_REQ_STATS "es_req_stats"
 
 #endif /* ENVSTEER_ABI_H */

@@ -161,11 +161,39 @@ struct {
 	__type(value, __u64);
 } es_sockhash SEC(".maps");
 
+/* Where the bytes of the request in progress go. */
+enum es_route_kind { ES_ROUTE_PASS = 0, ES_ROUTE_KERNEL, ES_ROUTE_SLOW, ES_ROUTE_FAIL };
+
+struct es_route {
+	__u64 upstream; /* ES_ROUTE_KERNEL: upstream cookie */
+	__u32 svc_id;   /* the target set (KERNEL, SLOW) */
+	__u32 env_id;
+	__u32 kind;
+	__u32 pad;
+};
+
 /* Outbound HTTP parse state of a steered connection. */
+/* Working variables of one sk_msg program run (see outbound.h). */
+struct es_msg_vars {
+	__u32 off;       /* next byte of the message to parse */
+	__u32 size;      /* message size (grows with insertions) */
+	__u32 pstart;    /* the pulled range msg->data..data_end covers */
+	__u32 pend;
+	__s32 reqline;   /* offset after the request line in this message; -1 */
+	__s32 req_begin; /* where the request in progress began in this message; -1: earlier */
+	__u8 head;       /* the byte loop stopped at the end of a request head */
+	__u8 done;       /* ... which also ended the request (no body) */
+	__u8 pad[6];
+	struct es_route route; /* where bytes 0..off of this message go */
+};
+
 struct es_tx {
+	struct es_msg_vars v;
 	struct es_http_state st;
-	__u8 prev; /* the last byte parsed, also across sends */
-	__u8 pad[7];
+	struct es_route route; /* of the request in progress (its body follows it) */
+	__u32 slow_seq;        /* frames sent to the agent */
+	__u8 prev;             /* the last byte parsed, also across sends */
+	__u8 pad[3];
 };
 
 struct {
@@ -175,6 +203,60 @@ struct {
 	__type(key, int);
 	__type(value, struct es_tx);
 } es_tx SEC(".maps");
+
+/* Per-request steering: see maps/abi.h. The agent writes binds, upstreams,
+ * relay_done and relay_cfg; the programs write relay_clients and req_stats. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct es_bind_key);
+	__type(value, struct es_bind);
+} es_binds SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u64);
+	__type(value, struct es_upstream);
+} es_upstreams SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u64);
+	__type(value, struct es_relay_client);
+} es_relay_clients SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u64);
+	__type(value, __u32); /* the last frame seq the agent has forwarded */
+} es_relay_done SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct es_relay_cfg);
+} es_relay_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct es_req_key);
+	__type(value, __u64);
+} es_req_stats SEC(".maps");
 
 /* Per-CPU scratch where an inserted header line is composed. */
 struct es_hdr_buf {

@@ -35,50 +35,20 @@ static __always_inline int es_sockops(struct bpf_sock_ops *skops)
 	if (!s || !s->steered)
 		return 1;
 	cookie = bpf_get_socket_cookie(skops);
+	s->cookie = cookie; /* sk_msg programs cannot ask for it */
 	bpf_sock_hash_update(skops, &es_sockhash, &cookie, BPF_ANY);
 	return 1;
 }
 
+/* The program's pointers; the scalars live in es_tx.v (a map value, so the
+ * verifier does not track their values through the byte loop, which keeps
+ * its work on the loop callbacks small). */
 struct es_msg_ctx {
 	struct sk_msg_md *msg;
 	struct es_tx *tx;
 	const struct es_sock *sock;
 	const struct es_http_cfg *cfg;
-	__u32 off;      /* next byte of the message to parse */
-	__u32 size;     /* message size (grows with insertions) */
-	__u32 pstart;   /* the pulled range msg->data..data_end covers */
-	__u32 pend;
-	__s32 reqline;  /* offset after the request line in this message; -1 */
-	__u8 check;     /* chk holds the env of a request head to check */
 };
-
-/* Per-CPU: the environment of the last request head of a send, checked
- * against the connection's routing once the send is parsed. */
-struct es_chk {
-	char name[ES_ENV_NAME_MAX];
-	__u32 len;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct es_chk);
-} es_chk SEC(".maps");
-
-static __always_inline void es_note_env(struct es_msg_ctx *c, const char *name, __u32 len)
-{
-	__u32 zero = 0;
-	struct es_chk *k = bpf_map_lookup_elem(&es_chk, &zero);
-
-	if (!k)
-		return;
-	__builtin_memcpy(k->name, name, ES_ENV_NAME_MAX);
-	k->len = len;
-	c->check = 1;
-}
-
-static __always_inline void es_head_done(struct es_msg_ctx *c, const struct es_sock *s);
 
 static long es_msg_byte(__u32 i, void *data)
 {
@@ -89,45 +59,51 @@ static long es_msg_byte(__u32 i, void *data)
 	__u8 *p, b;
 	int ev;
 
-	if (c->off >= c->size)
+	if (c->tx->v.off >= c->tx->v.size)
 		return 1;
 	skip = es_http_skippable(&c->tx->st);
 	if (skip) {
-		__u32 left = c->size - c->off;
+		__u32 left = c->tx->v.size - c->tx->v.off;
 
 		if (skip > left)
 			skip = left;
-		es_http_skip(&c->tx->st, skip);
-		c->off += (__u32)skip;
+		ev = es_http_skip(&c->tx->st, skip);
+		c->tx->v.off += (__u32)skip;
+		if (ev & ES_HTTP_EV_DONE)
+			c->tx->v.req_begin = (__s32)c->tx->v.off;
 		return 0;
 	}
-	if (c->off < c->pstart || c->off >= c->pend) {
-		__u32 end = c->off + ES_PULL;
+	if (c->tx->v.off < c->tx->v.pstart || c->tx->v.off >= c->tx->v.pend) {
+		__u32 end = c->tx->v.off + ES_PULL;
 
-		if (end > c->size)
-			end = c->size;
-		if (bpf_msg_pull_data(msg, c->off, end, 0))
+		if (end > c->tx->v.size)
+			end = c->tx->v.size;
+		if (bpf_msg_pull_data(msg, c->tx->v.off, end, 0))
 			return 1;
-		c->pstart = c->off;
-		c->pend = end;
+		c->tx->v.pstart = c->tx->v.off;
+		c->tx->v.pend = end;
 	}
-	idx = c->off - c->pstart;
+	idx = c->tx->v.off - c->tx->v.pstart;
 	if (idx >= ES_PULL) /* bounds the packet offset for the verifier */
 		return 1;
 	p = (__u8 *)(long)msg->data + idx;
 	if ((void *)(p + 1) > (void *)(long)msg->data_end)
 		return 1;
 	b = *p;
-	c->off++;
+	c->tx->v.off++;
 	ev = es_http_feed(&c->tx->st, c->cfg, b);
 	if (ev & ES_HTTP_EV_REQLINE)
-		c->reqline = (__s32)c->off;
+		c->tx->v.reqline = (__s32)c->tx->v.off;
 	if (ev & ES_HTTP_EV_HEADERS) {
-		/* c->tx->prev is still the byte before the final line end */
-		es_head_done(c, c->sock);
-		c->reqline = -1;
+		/* decided outside the byte loop; c->tx->prev is still the byte
+		 * before the final line end */
+		c->tx->v.head = 1;
+		c->tx->v.done = (ev & ES_HTTP_EV_DONE) ? 1 : 0;
+		return 1;
 	}
 	c->tx->prev = b;
+	if (ev & ES_HTTP_EV_DONE)
+		c->tx->v.req_begin = (__s32)c->tx->v.off;
 	return ev & ES_HTTP_EV_NOT_HTTP ? 1 : 0;
 }
 
@@ -142,22 +118,121 @@ static __always_inline void es_count_mismatch(__u32 svc_id)
 		bpf_map_update_elem(&es_mismatch, &svc_id, &one, BPF_NOEXIST);
 }
 
-/* A request's environment resolves to another set than the one its connection
- * was routed to: counted per frontend (the per-request steering issue builds
- * re-routing on this). */
-static __always_inline void es_check_request_env(const struct es_sock *s, const char *name, __u32 len)
+static __always_inline void es_count_request(__u32 svc_id, __u32 env_id, __u32 path)
+{
+	struct es_req_key k = { .svc_id = svc_id, .env_id = env_id, .path = path };
+	__u64 one = 1, *v = bpf_map_lookup_elem(&es_req_stats, &k);
+
+	if (v)
+		*v += 1;
+	else
+		bpf_map_update_elem(&es_req_stats, &k, &one, BPF_NOEXIST);
+}
+
+/* es_env_id_by_name for the per-request decision, as bpf_loop callbacks: the
+ * decision runs inside a callback already, where the unrolled walk makes the
+ * verifier's work explode. */
+struct es_walk {
+	struct es_env_name *key;
+	__u32 pos;
+	__u32 id;
+};
+
+static long es_pad_cb(__u32 i, void *data)
+{
+	struct es_walk *w = data;
+	__u32 idx = w->pos + i;
+
+	if (idx >= ES_ENV_NAME_MAX)
+		return 1;
+	w->key->name[idx & (ES_ENV_NAME_MAX - 1)] = 0;
+	return 0;
+}
+
+static long es_walk_cb(__u32 i, void *data)
+{
+	struct es_walk *w = data;
+	__u32 *id;
+	char ch;
+
+	if (i > 0) {
+		if (w->pos <= 1)
+			return 1;
+		w->pos--;
+		ch = w->key->name[w->pos & (ES_ENV_NAME_MAX - 1)];
+		w->key->name[w->pos & (ES_ENV_NAME_MAX - 1)] = 0;
+		if (ch != es_splitter)
+			return 0;
+	}
+	id = bpf_map_lookup_elem(&es_env_names, w->key);
+	if (!id)
+		return 0;
+	w->id = *id;
+	return 1;
+}
+
+static __always_inline __u32 es_env_id_of(const char *name, __u32 len)
+{
+	struct es_walk w = {};
+	__u32 zero = 0;
+
+	w.key = bpf_map_lookup_elem(&es_scratch, &zero);
+	if (!w.key || len == 0 || len >= ES_ENV_NAME_MAX)
+		return ES_ENV_NONE;
+	__builtin_memcpy(w.key->name, name, ES_ENV_NAME_MAX);
+	w.pos = len;
+	bpf_loop(ES_ENV_NAME_MAX, es_pad_cb, &w, 0);
+	w.pos = len;
+	bpf_loop(ES_ENV_NAME_MAX, es_walk_cb, &w, 0);
+	return w.id;
+}
+
+/* Where a request of environment env (ES_ENV_NONE: the default) goes. Its
+ * connection's own backend set serves it: out on the connection. Otherwise to
+ * the upstream bound to (connection, set) once the agent has forwarded every
+ * frame this connection sent it (order), else through the agent. */
+static __always_inline void es_route_request(const struct es_sock *s, const struct es_tx *tx, __u32 env,
+					     struct es_route *r)
 {
 	const struct es_config *cfg = es_get_config();
+	struct es_bind_key bk = {};
 	struct es_resolution res;
-	__u32 env;
+	const struct es_bind *b;
+	__u64 cookie = s->cookie;
+	__u32 *done;
 
-	if (!cfg || !s)
+	r->kind = ES_ROUTE_PASS;
+	r->upstream = 0;
+	r->svc_id = s->svc_id;
+	r->env_id = s->env_id;
+	if (!cfg)
 		return;
-	env = es_env_id_by_name(name, len, es_splitter);
 	if (env == ES_ENV_NONE)
 		env = cfg->default_env_id;
-	if (es_resolve(NULL, s->svc_id, env, cfg->default_env_id, &res) && res.env_id != s->env_id)
-		es_count_mismatch(s->svc_id);
+	/* no ready pod anywhere: the connection's pod is as good as any */
+	if (!es_resolve(NULL, s->svc_id, env, cfg->default_env_id, &res) || res.env_id == s->env_id)
+		return;
+	es_count_mismatch(s->svc_id);
+	r->env_id = res.env_id;
+	r->kind = ES_ROUTE_SLOW;
+	bk.client = cookie;
+	bk.svc_id = s->svc_id;
+	bk.env_id = res.env_id;
+	b = bpf_map_lookup_elem(&es_binds, &bk);
+	if (!b)
+		return;
+	if (tx->slow_seq) {
+		done = bpf_map_lookup_elem(&es_relay_done, &cookie);
+		if (!done || *done != tx->slow_seq)
+			return;
+	}
+	r->kind = ES_ROUTE_KERNEL;
+	r->upstream = b->upstream;
+}
+
+static __always_inline int es_same_route(const struct es_route *a, const struct es_route *b)
+{
+	return a->kind == b->kind && a->upstream == b->upstream && a->env_id == b->env_id;
 }
 
 struct es_hdr_ctx {
@@ -225,46 +300,67 @@ static __always_inline __u32 es_insert_header(struct sk_msg_md *msg, __u32 at, c
 	return h.ok ? h.total : 0;
 }
 
-/* The end of a request head was reached in this send: decide, maybe insert. */
-static __always_inline void es_head_done(struct es_msg_ctx *c, const struct es_sock *s)
+/* A request head ended at c->tx->v.off: its environment, its route, and the header
+ * insertion. Returns 1 when the message must be split before this request
+ * (its route differs from the bytes before it in this message). */
+static __always_inline int es_head_done(struct es_msg_ctx *c)
 {
+	const struct es_sock *s = c->sock;
 	const struct es_inject_cfg *ic;
 	const struct es_thread *th;
 	const struct es_env *pe;
-	const char *env = NULL;
-	__u32 zero = 0, env_len = 0, at, added;
+	struct es_route r;
+	const char *env = NULL, *name = NULL;
+	__u32 zero = 0, env_len = 0, name_len = 0, at, added, id = ES_ENV_NONE;
 	__s32 line;
 
 	es_count(ES_CNT_TX_REQUEST);
 	if (c->tx->st.flags & ES_HTTP_F_ENV_SEEN) {
 		es_count(ES_CNT_TX_HAS_HEADER);
-		if (es_http_env_outcome(&c->tx->st) == ES_HTTP_ENV_FOUND)
-			es_note_env(c, es_http_env(&c->tx->st), (__u32)es_http_env_len(&c->tx->st));
-		return;
+		if (es_http_env_outcome(&c->tx->st) == ES_HTTP_ENV_FOUND) {
+			name = es_http_env(&c->tx->st);
+			name_len = (__u32)es_http_env_len(&c->tx->st);
+		}
+	} else {
+		th = es_current_thread();
+		ic = bpf_map_lookup_elem(&es_inject, &zero);
+		if (th && th->len > 0 && th->len < ES_ENV_NAME_MAX) {
+			env = th->env;
+			env_len = th->len;
+		} else if (ic && ic->auto_inject && s->pod_env_id > ES_ENV_BASE) {
+			__u32 pid = s->pod_env_id;
+
+			pe = bpf_map_lookup_elem(&es_envs, &pid);
+			if (pe) {
+				env = pe->name;
+				env_len = pe->len;
+			}
+		}
+		name = env;
+		name_len = env_len;
+	}
+	if (name && name_len > 0 && name_len < ES_ENV_NAME_MAX)
+		id = es_env_id_of(name, name_len);
+	else
+		id = s->pod_env_id;
+	es_route_request(s, c->tx, id, &r);
+	if (c->tx->v.req_begin > 0 && !es_same_route(&r, &c->tx->v.route))
+		return 1;
+	if (c->tx->v.req_begin == 0)
+		c->tx->v.route = r;
+	c->tx->route = r;
+
+	if (!env || env_len == 0) {
+		if (!(c->tx->st.flags & ES_HTTP_F_ENV_SEEN))
+			es_count(ES_CNT_TX_NO_ENV);
+		return 0;
 	}
 	ic = bpf_map_lookup_elem(&es_inject, &zero);
 	if (!ic)
-		return;
-	th = es_current_thread();
-	if (th && th->len > 0 && th->len < ES_ENV_NAME_MAX) {
-		env = th->env;
-		env_len = th->len;
-	} else if (ic->auto_inject && s && s->pod_env_id > ES_ENV_BASE) {
-		__u32 id = s->pod_env_id;
-
-		pe = bpf_map_lookup_elem(&es_envs, &id);
-		if (pe) {
-			env = pe->name;
-			env_len = pe->len;
-		}
-	}
-	if (!env || env_len == 0) {
-		es_count(ES_CNT_TX_NO_ENV);
-		return;
-	}
+		return 0;
 	/* after the request line when it ended in this send, else before the
 	 * blank line that ends the head (the request line went out earlier) */
-	line = c->reqline;
+	line = c->tx->v.reqline;
 	if (line > 0) {
 		at = (__u32)line;
 	} else {
@@ -272,56 +368,249 @@ static __always_inline void es_head_done(struct es_msg_ctx *c, const struct es_s
 
 		/* the blank line began in an earlier send (its CR is gone): no
 		 * place is left to insert at */
-		if (c->off < blank) {
+		if (c->tx->v.off < blank) {
 			es_count(ES_CNT_TX_INJECT_FAILED);
-			return;
+			return 0;
 		}
-		at = c->off - blank;
+		at = c->tx->v.off - blank;
 	}
 	added = es_insert_header(c->msg, at, ic, env, env_len);
 	if (!added) {
 		es_count(ES_CNT_TX_INJECT_FAILED);
-		return;
+		return 0;
 	}
 	es_count(ES_CNT_TX_INJECTED);
-	es_note_env(c, env, env_len);
-	c->off += added;
-	c->size += added;
-	c->pstart = c->pend = 0; /* the data moved: pull again */
+	c->tx->v.off += added;
+	c->tx->v.size += added;
+	c->tx->v.pstart = c->tx->v.pend = 0; /* the data moved: pull again */
+	return 0;
+}
+
+/* Frames bytes 0..len of the message for the agent and queues them on its
+ * relay socket. */
+static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
+{
+	struct sk_msg_md *msg = c->msg;
+	const struct es_relay_cfg *rc;
+	struct es_relay_client *rcl, nc = {};
+	struct es_relay_hdr *h;
+	__u64 cookie = c->sock->cookie, relay;
+	__u32 zero = 0, *done, seq;
+	void *d, *e;
+
+	rc = bpf_map_lookup_elem(&es_relay_cfg, &zero);
+	if (!rc || !rc->relay || !cookie)
+		return -1;
+	relay = rc->relay;
+	seq = c->tx->slow_seq + 1;
+	done = bpf_map_lookup_elem(&es_relay_done, &cookie);
+	/* bounded queue at the agent: refuse rather than grow without end */
+	if (rc->max_frames && seq - (done ? *done : 0) > rc->max_frames)
+		return -1;
+	rcl = bpf_map_lookup_elem(&es_relay_clients, &cookie);
+	if (!rcl) {
+		nc.family = (__u8)(msg->family == 10 ? ES_FAMILY_INET6 : ES_FAMILY_INET);
+		if (msg->family == 10) {
+			nc.laddr[0] = msg->local_ip6[0];
+			nc.laddr[1] = msg->local_ip6[1];
+			nc.laddr[2] = msg->local_ip6[2];
+			nc.laddr[3] = msg->local_ip6[3];
+			nc.raddr[0] = msg->remote_ip6[0];
+			nc.raddr[1] = msg->remote_ip6[1];
+			nc.raddr[2] = msg->remote_ip6[2];
+			nc.raddr[3] = msg->remote_ip6[3];
+		} else {
+			nc.laddr[0] = msg->local_ip4;
+			nc.raddr[0] = msg->remote_ip4;
+		}
+		/* local_port is in host order, remote_port in network order */
+		nc.lport = bpf_htons((__u16)msg->local_port);
+		nc.rport = (__u16)msg->remote_port;
+		nc.sent = seq;
+		if (bpf_map_update_elem(&es_relay_clients, &cookie, &nc, BPF_NOEXIST) &&
+		    !bpf_map_lookup_elem(&es_relay_clients, &cookie))
+			return -1; /* table full */
+	} else {
+		rcl->sent = seq;
+	}
+	if (bpf_msg_push_data(msg, 0, ES_RELAY_HDR_LEN, 0))
+		return -1;
+	if (bpf_msg_pull_data(msg, 0, ES_RELAY_HDR_LEN, 0))
+		return -1;
+	d = (void *)(long)msg->data;
+	e = (void *)(long)msg->data_end;
+	if (d + ES_RELAY_HDR_LEN > e)
+		return -1;
+	h = d;
+	h->magic = ES_RELAY_MAGIC;
+	h->len = len;
+	h->client = cookie;
+	h->svc_id = c->tx->v.route.svc_id;
+	h->env_id = c->tx->v.route.env_id;
+	h->seq = seq;
+	h->flags = 0;
+	bpf_msg_apply_bytes(msg, len + ES_RELAY_HDR_LEN == msg->size ? 0 : len + ES_RELAY_HDR_LEN);
+	if (bpf_msg_redirect_hash(msg, &es_sockhash, &relay, BPF_F_INGRESS) != SK_PASS)
+		return -1;
+	c->tx->slow_seq = seq;
+	return 0;
+}
+
+/* The verdict for bytes 0..len of the message: along c->tx->v.route. */
+static __always_inline int es_verdict(struct es_msg_ctx *c, __u32 len)
+{
+	struct sk_msg_md *msg = c->msg;
+	__u32 kind = c->tx->v.route.kind;
+	__u64 up = c->tx->v.route.upstream;
+
+	bpf_msg_cork_bytes(msg, 0);
+	bpf_msg_apply_bytes(msg, len >= c->tx->v.size ? 0 : len);
+	if (kind == ES_ROUTE_PASS)
+		return SK_PASS;
+	if (kind == ES_ROUTE_KERNEL) {
+		if (bpf_msg_redirect_hash(msg, &es_sockhash, &up, 0) == SK_PASS)
+			return SK_PASS;
+		/* the upstream closed: the agent binds a new one */
+		es_count(ES_CNT_REQ_UPSTREAM_GONE);
+		c->tx->v.route.kind = ES_ROUTE_SLOW;
+		if (es_same_route(&c->tx->route, &c->tx->v.route) || c->tx->route.upstream == up)
+			c->tx->route.kind = ES_ROUTE_SLOW;
+		kind = ES_ROUTE_SLOW;
+	}
+	if (kind == ES_ROUTE_SLOW && es_to_agent(c, len) == 0)
+		return SK_PASS;
+	es_count(ES_CNT_REQ_FAILED);
+	es_count_request(c->tx->v.route.svc_id, c->tx->v.route.env_id, ES_PATH_FAILED);
+	/* the rest of this request fails too; the next one is routed afresh */
+	c->tx->route.kind = ES_ROUTE_FAIL;
+	return SK_DROP;
+}
+
+static __always_inline void es_count_path(const struct es_route *r)
+{
+	if (r->kind == ES_ROUTE_PASS) {
+		es_count(ES_CNT_REQ_PASSED);
+		es_count_request(r->svc_id, r->env_id, ES_PATH_PASSED);
+	} else if (r->kind == ES_ROUTE_KERNEL) {
+		es_count(ES_CNT_REQ_KERNEL);
+		es_count_request(r->svc_id, r->env_id, ES_PATH_KERNEL);
+	} else if (r->kind == ES_ROUTE_SLOW) {
+		es_count(ES_CNT_REQ_SLOW);
+		es_count_request(r->svc_id, r->env_id, ES_PATH_SLOW);
+	}
 }
 
 static __always_inline int es_msg(struct sk_msg_md *msg)
 {
 	struct es_msg_ctx c = {};
+	__u32 covered;
 
 	if (!es_feat_request_ctx)
 		return SK_PASS;
-	c.tx = bpf_sk_storage_get(&es_tx, msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!c.tx || es_http_inert(&c.tx->st))
+	/* upstream and relay sockets of the agent carry no steering state */
+	c.sock = bpf_sk_storage_get(&es_socks, msg->sk, 0, 0);
+	if (!c.sock || !c.sock->steered)
 		return SK_PASS;
+	c.tx = bpf_sk_storage_get(&es_tx, msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c.tx)
+		return SK_PASS;
+	c.msg = msg;
+	c.tx->v.off = 0;
+	c.tx->v.pstart = 0;
+	c.tx->v.pend = 0;
+	c.tx->v.head = 0;
+	c.tx->v.done = 0;
+	c.tx->v.size = msg->size;
+	c.tx->v.route = c.tx->route;
+	if (es_http_inert(&c.tx->st)) /* not HTTP, or upgraded: follows its request */
+		return es_verdict(&c, c.tx->v.size);
 	c.cfg = bpf_map_lookup_elem(&es_http_cfg, &(__u32){0});
 	if (!c.cfg)
-		return SK_PASS;
-	c.sock = bpf_sk_storage_get(&es_socks, msg->sk, 0, 0);
-	c.msg = msg;
-	c.size = msg->size;
-	c.pend = (__u32)((long)msg->data_end - (long)msg->data);
-	c.reqline = -1;
-	/* the byte loop also inserts: bound it to the message plus insertions */
-	bpf_loop(c.size + ES_MAX_INSERTS * ES_INJECT_MAX, es_msg_byte, &c, 0);
-	if (c.check) {
-		__u32 zero = 0, i;
-		struct es_chk *k = bpf_map_lookup_elem(&es_chk, &zero);
-
-		if (k) {
-			/* the parser's value buffer is not NUL-padded past the value */
-			for (i = 0; i < ES_ENV_NAME_MAX; i++)
-				if (i >= k->len)
-					k->name[i] = 0;
-			es_check_request_env(c.sock, k->name, k->len);
+		return es_verdict(&c, c.tx->v.size);
+	c.tx->v.pend = (__u32)((long)msg->data_end - (long)msg->data);
+	c.tx->v.reqline = -1;
+	c.tx->v.req_begin = c.tx->st.phase == ES_HTTP_P_IDLE && !c.tx->st.cr ? 0 : -1;
+	covered = 0;
+	/* bounded by the message plus an insertion */
+	bpf_loop(c.tx->v.size + ES_INJECT_MAX, es_msg_byte, &c, 0);
+	if (c.tx->v.head) {
+		if (es_head_done(&c)) {
+			/* split before this request: it is parsed again from
+			 * its first byte in the next program run */
+			covered = (__u32)c.tx->v.req_begin;
+			c.tx->st.phase = ES_HTTP_P_IDLE;
+			c.tx->st.cr = 0;
+			goto verdict;
+		}
+		es_count_path(&c.tx->route);
+		c.tx->prev = '\n';
+		c.tx->v.reqline = -1;
+		if (c.tx->v.done)
+			c.tx->v.req_begin = (__s32)c.tx->v.off;
+		c.tx->v.head = 0;
+		bpf_loop(c.tx->v.size + ES_INJECT_MAX, es_msg_byte, &c, 0);
+		if (c.tx->v.head) {
+			/* a second request head (pipelining): decided in a run
+			 * of its own, from its first byte */
+			if (c.tx->v.req_begin > 0) {
+				covered = (__u32)c.tx->v.req_begin;
+				c.tx->st.phase = ES_HTTP_P_IDLE;
+				c.tx->st.cr = 0;
+			} else {
+				covered = c.tx->v.off;
+			}
+			goto verdict;
 		}
 	}
-	return SK_PASS;
+	if (!covered) {
+		__u8 ph = c.tx->st.phase;
+
+		if (c.tx->v.off < c.tx->v.size && !es_http_inert(&c.tx->st)) {
+			/* more heads than one run decides: the rest next run */
+			covered = c.tx->v.off;
+		} else if (ph >= ES_HTTP_P_METHOD && ph <= ES_HTTP_P_VALUE && c.tx->v.req_begin >= 0) {
+			/* a request head continues in a later send: its route is
+			 * unknown yet */
+			if (c.tx->v.req_begin > 0) {
+				covered = (__u32)c.tx->v.req_begin;
+				c.tx->st.phase = ES_HTTP_P_IDLE;
+				c.tx->st.cr = 0;
+			} else if (c.tx->v.size < c.cfg->window + ES_PULL) {
+				/* hold it until the next send, then parse it again */
+				c.tx->st.phase = ES_HTTP_P_IDLE;
+				c.tx->st.cr = 0;
+				es_count(ES_CNT_REQ_CORKED);
+				bpf_msg_apply_bytes(msg, 0);
+				bpf_msg_cork_bytes(msg, c.tx->v.size + 1);
+				return SK_PASS;
+			} else {
+				es_count(ES_CNT_REQ_UNROUTABLE);
+			}
+		}
+	}
+verdict:
+	if (!covered || covered > c.tx->v.size)
+		covered = c.tx->v.size;
+	return es_verdict(&c, covered);
+}
+
+/* Data received on a socket of es_sockhash. On an upstream of the agent: the
+ * response goes into its client's receive queue. Everything else passes (the
+ * program is there for FIONREAD too: see es_skb_verdict). */
+static __always_inline int es_skb(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb), client;
+	const struct es_upstream *u = bpf_map_lookup_elem(&es_upstreams, &cookie);
+
+	if (!u)
+		return SK_PASS;
+	client = u->client;
+	if (bpf_sk_redirect_hash(skb, &es_sockhash, &client, BPF_F_INGRESS) == SK_PASS) {
+		es_count(ES_CNT_RSP_REDIRECTED);
+		return SK_PASS;
+	}
+	es_count(ES_CNT_RSP_DROPPED);
+	return SK_DROP;
 }
 
 #endif

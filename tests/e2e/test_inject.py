@@ -54,19 +54,24 @@ def test_auto_inject_inserts_the_pods_own_env(make_node, auto):
     assert ans["got_header"] == "dev", ans
 
 
-def test_pooled_connection_reused_across_envs_is_counted(make_node):
+def test_pooled_connection_routes_each_request_by_its_env(make_node):
     node = build(make_node, "mismatch")
     before = node.counters()
     # c-dev's keep-alive connection is routed to s-dev at connect(); then requests of
-    # dev.proj1 (resolves to s-proj1: a mismatch), dev (no mismatch) and no header
+    # dev.proj1 (resolves to s-proj1: re-routed), dev (its own connection), dev.proj1.zed
+    # (falls back to dev.proj1: re-routed, now in the kernel over the bound upstream)
     res = node.session(k("c-dev"), VIP, [
         {"pieces": [http_request("/", headers=[("X-Virtual-Env", "dev.proj1")])]},
         {"pieces": [http_request("/", headers=[("X-Virtual-Env", "dev")])]},
         {"pieces": [http_request("/", headers=[("X-Virtual-Env", "dev.proj1.zed")])]},
     ], port=80)
     got = answers(res)
-    # connect-time routing only (re-routing per request is the next issue): all on s-dev
-    assert [a["pod"] for a in got] == [k("s-dev")] * 3, got
+    assert [a["pod"] for a in got] == [k("s-proj1"), k("s-dev"), k("s-proj1")], got
     after = node.counters()
-    assert after["tx_env_mismatch"] - before["tx_env_mismatch"] == 2, (before, after)
-    assert after["tx_has_header"] - before["tx_has_header"] == 3, (before, after)
+
+    def d(name):
+        return after[name] - before[name]
+    assert d("tx_env_mismatch") == 2, (before, after)
+    assert d("tx_has_header") == 3, (before, after)
+    assert (d("req_slow_path"), d("req_rerouted_kernel"), d("req_passed")) == (1, 1, 1), (before, after)
+    assert d("req_failed") == 0, (before, after)

@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+// Per-request steering, the agent's part: the slow path of a re-routed request.
+//
+// The sk_msg program re-routes a request whose environment resolves to another
+// backend set than its connection's. When no upstream is bound yet for
+// (client connection, set), it frames the bytes (struct es_relay_hdr) and
+// queues them on the relay socket, a loopback TCP socket of this agent whose
+// listener is closed at once (nothing outside the kernel can write to it). The
+// relay thread reads the frames, opens an upstream connection to a pod of the
+// set, registers it (es_upstreams, es_sockhash, es_binds), forwards the bytes
+// and records the frame as done (es_relay_done). Later requests of the client
+// for that set go to the upstream in the kernel; responses come back into the
+// client's socket through the sk_skb verdict program.
+//
+// Upstreams live with their client: closed when the client closes, after an
+// idle time, or when their pod leaves the set. When an upstream is closed or
+// reset by the server, the client connection is destroyed (SOCK_DESTROY), so
+// the application sees the failure as it would on a direct connection.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "maps/abi.h"
+
+namespace envsteer {
+
+struct RelayOptions {
+  std::chrono::milliseconds connect_timeout{2000};
+  std::chrono::milliseconds send_timeout{5000};
+  std::chrono::milliseconds idle_timeout{60000};  // an upstream with no traffic is closed
+  uint32_t max_frames = 64;                       // frames a client may have queued here
+  uint32_t max_frame_bytes = 1u << 20;            // larger frames are a protocol error
+};
+
+struct RelayStats {
+  uint64_t frames = 0, bytes = 0;
+  uint64_t upstreams_opened = 0, connect_failures = 0, no_backend = 0;
+  uint64_t closed_client_gone = 0, closed_idle = 0, closed_by_server = 0, closed_pod_gone = 0;
+  uint64_t clients_destroyed = 0, destroy_failures = 0, protocol_errors = 0, forward_failures = 0;
+  uint64_t active = 0;
+};
+
+class Relay {
+ public:
+  // pin_dir: the agent's --bpffs (maps under <pin_dir>/maps). Throws
+  // std::runtime_error when the maps or the relay socket cannot be set up.
+  Relay(const std::filesystem::path& pin_dir, RelayOptions o);
+  ~Relay();
+  Relay(const Relay&) = delete;
+  Relay& operator=(const Relay&) = delete;
+
+  // Cleans what a previous agent left (its upstreams died with it: their
+  // clients are destroyed), registers the relay socket, starts the thread.
+  void start();
+  // Unregisters the relay socket and closes every upstream.
+  void stop();
+
+  RelayStats stats() const;
+  nlohmann::json status_json() const;
+
+ private:
+  struct Upstream {
+    int fd = -1;
+    uint64_t cookie = 0, client = 0;
+    uint32_t svc_id = 0, env_id = 0;
+    std::string backend;  // "addr:port"
+    std::chrono::steady_clock::time_point idle_since;
+    bool unbound = false;  // binding removed, closing after a grace period
+    bool server_closed = false;  // FIN from the server: the client is reset after a grace period
+  };
+
+  void loop();
+  void on_relay_readable();
+  void handle_frame(const es_relay_hdr& h, const uint8_t* payload, size_t n);
+  Upstream* open_upstream(uint64_t client, uint32_t svc_id, uint32_t env_id);
+  void close_upstream(uint64_t cookie, bool destroy_client, const char* why);
+  bool client_alive(uint64_t client) const;
+  void sweep();
+  void forget_client(uint64_t client);
+  bool destroy_client(uint64_t client);
+  void reset_relay_socket();
+  void cleanup_previous();
+
+  std::filesystem::path pin_dir_;
+  RelayOptions o_;
+  int binds_ = -1, upstreams_ = -1, clients_ = -1, done_ = -1, cfg_ = -1, sockhash_ = -1, sets_ = -1,
+      slots_ = -1;
+  int relay_ = -1, relay_peer_ = -1, epoll_ = -1, wake_ = -1;
+  uint64_t relay_cookie_ = 0;
+  std::vector<uint8_t> buf_;
+  std::map<uint64_t, Upstream> ups_;  // by upstream cookie
+  std::thread thread_;
+  std::atomic<bool> running_{false};
+  mutable std::mutex mu_;  // guards stats_
+  RelayStats stats_;
+};
+
+}  // namespace envsteer
