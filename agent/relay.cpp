@@ -271,17 +271,28 @@ void Relay::loop() {
                        err ? "reset (" + errstr(err) + "): the client connection is reset" : "closed");
           close_upstream(tag, err != 0 && !u.unbound, "closed by the server");
         } else {
-          // A clean close usually follows a complete response ("Connection:
-          // close"): the client reads it and closes its own connection. One
-          // that is still open a second later (waiting for the end of a
-          // response framed by the close, or pooled) is reset then.
-          spdlog::info("per-request steering: upstream {} of client {} closed by the server", u.backend, u.client);
+          // A clean close. With a request outstanding (sent after the last
+          // data received), or right after response data (a response framed
+          // by the close), the client would wait for an end that never comes:
+          // it is reset after a grace second, in which it reads what arrived.
+          // A close long after the last response (the server ending an idle
+          // connection, a pod going away) only unbinds: the next request of
+          // the client is bound to a new upstream.
+          tcp_info ti{};
+          socklen_t tl = sizeof(ti);
+          getsockopt(u.fd, IPPROTO_TCP, TCP_INFO, &ti, &tl);
+          bool outstanding = ti.tcpi_last_data_sent < ti.tcpi_last_data_recv;
+          bool framed_by_close = ti.tcpi_last_data_recv < 100;
+          spdlog::info("per-request steering: upstream {} of client {} closed by the server{}", u.backend, u.client,
+                       outstanding ? " with a request outstanding"
+                       : framed_by_close ? " right after a response" : " while idle");
           es_bind_key bk{u.client, u.svc_id, u.env_id};
           es_bind b{};
           if (bpf_map_lookup_elem(binds_, &bk, &b) == 0 && b.upstream == tag) bpf_map_delete_elem(binds_, &bk);
           u.unbound = true;
-          u.server_closed = true;
-          u.idle_since = std::chrono::steady_clock::now();
+          u.server_closed = outstanding || framed_by_close;
+          u.idle_since = std::chrono::steady_clock::now() - (u.server_closed ? std::chrono::seconds(0)
+                                                                               : std::chrono::seconds(5));
         }
       }
     }

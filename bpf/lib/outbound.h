@@ -423,9 +423,10 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 			nc.laddr[0] = msg->local_ip4;
 			nc.raddr[0] = msg->remote_ip4;
 		}
-		/* local_port is in host order, remote_port in network order */
+		/* local_port is in host order; remote_port in network order, in
+		 * the upper half on little-endian kernels that shift it there */
 		nc.lport = bpf_htons((__u16)msg->local_port);
-		nc.rport = (__u16)msg->remote_port;
+		nc.rport = (__u16)(msg->remote_port > 0xffff ? msg->remote_port >> 16 : msg->remote_port);
 		nc.sent = seq;
 		if (bpf_map_update_elem(&es_relay_clients, &cookie, &nc, BPF_NOEXIST) &&
 		    !bpf_map_lookup_elem(&es_relay_clients, &cookie))
@@ -604,6 +605,10 @@ static __always_inline int es_skb(struct __sk_buff *skb)
 
 	if (!u)
 		return SK_PASS;
+	/* the upstream's FIN arrives as an empty skb: it must not reach the
+	 * client (the agent handles the close) */
+	if (skb->len == 0)
+		return SK_DROP;
 	client = u->client;
 	if (bpf_sk_redirect_hash(skb, &es_sockhash, &client, BPF_F_INGRESS) == SK_PASS) {
 		es_count(ES_CNT_RSP_REDIRECTED);

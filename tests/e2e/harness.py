@@ -890,18 +890,21 @@ class Node:
         self.procs.append(proc)
         return proc
 
-    def start_server(self, key, timeout=10.0, args=None):
-        """Run podserver.py for the pod inside the pod's cgroup (and netns, if any).
-        args: extra podserver options (e.g. ["--keepalive"]); remembered for restarts."""
+    def start_server(self, key, timeout=10.0, args=None, script=None):
+        """Run podserver.py (or script, same options) for the pod inside the pod's cgroup (and
+        netns, if any). args: extra server options (e.g. ["--keepalive"]); both are remembered
+        for restarts."""
         pod = self.pod(key)
         if args is not None:
             pod.server_args = list(args)
+        if script is not None:
+            pod.server_script = script
         if pod.server is not None and pod.server.poll() is None:
             return pod.server
         ready = os.path.join(self.tmp, "ready-%s-%s" % (pod.ns, pod.name))
         if os.path.exists(ready):
             os.unlink(ready)
-        argv = [PYTHON, PODSERVER, "--pod", pod.key, "--env", pod.env() or "",
+        argv = [PYTHON, getattr(pod, "server_script", None) or PODSERVER, "--pod", pod.key, "--env", pod.env() or "",
                 "--ip", pod.ip, "--port", str(pod.port), "--ready-file", ready]
         argv += pod.server_args
         log_name = "server-%s-%s.log" % (pod.ns, pod.name)
