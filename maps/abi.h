@@ -164,6 +164,7 @@ enum es_counter {
 	ES_CNT_REQ_UPSTREAM_GONE,  /* bound upstream closed: re-bound via the agent */
 	ES_CNT_RSP_REDIRECTED,     /* response segments moved from an upstream to its client */
 	ES_CNT_RSP_DROPPED,        /* response for a client that is gone: dropped */
+	ES_CNT_REQ_PIPELINE_REFUSED, /* pipelined request for another target: connection refused */
 	ES_CNT_MAX
 };
 
@@ -176,7 +177,7 @@ enum es_counter {
 	  "tx_injected", "tx_no_env", "tx_inject_failed", "tx_env_mismatch",             \
 	  "req_passed", "req_rerouted_kernel", "req_slow_path", "req_failed",           \
 	  "req_head_corked", "req_head_unroutable", "req_upstream_gone",                \
-	  "rsp_redirected", "rsp_dropped" }
+	  "rsp_redirected", "rsp_dropped", "req_pipeline_refused" }
 
 /* Outbound header insertion settings (single-entry array). */
 struct es_inject_cfg {

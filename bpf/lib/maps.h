@@ -193,7 +193,8 @@ struct es_tx {
 	struct es_route route; /* of the request in progress (its body follows it) */
 	__u32 slow_seq;        /* frames sent to the agent */
 	__u8 prev;             /* the last byte parsed, also across sends */
-	__u8 pad[3];
+	__u8 pipelined;        /* the request at the start of the next run was pipelined */
+	__u8 pad[2];
 };
 
 struct {

@@ -344,8 +344,9 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	else
 		id = s->pod_env_id;
 	es_route_request(s, c->tx, id, &r);
-	if (c->tx->v.req_begin > 0 && !es_same_route(&r, &c->tx->v.route))
+	if ((c->tx->v.req_begin > 0 || c->tx->pipelined) && !es_same_route(&r, &c->tx->v.route))
 		return 1;
+	c->tx->pipelined = 0;
 	if (c->tx->v.req_begin == 0)
 		c->tx->v.route = r;
 	c->tx->route = r;
@@ -536,11 +537,21 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 	bpf_loop(c.tx->v.size + ES_INJECT_MAX, es_msg_byte, &c, 0);
 	if (c.tx->v.head) {
 		if (es_head_done(&c)) {
-			/* split before this request: it is parsed again from
-			 * its first byte in the next program run */
-			covered = (__u32)c.tx->v.req_begin;
-			c.tx->st.phase = ES_HTTP_P_IDLE;
-			c.tx->st.cr = 0;
+			/* A pipelined request for another target than the
+			 * request before it: its response could overtake the
+			 * earlier one's. The bytes before it go out; the rest
+			 * of the connection is refused (EACCES on send), never
+			 * answered out of order. */
+			c.tx->route.kind = ES_ROUTE_FAIL;
+			c.tx->st.phase = ES_HTTP_P_DEAD;
+			c.tx->pipelined = 0;
+			es_count(ES_CNT_REQ_PIPELINE_REFUSED);
+			if (c.tx->v.req_begin > 0) {
+				covered = (__u32)c.tx->v.req_begin;
+			} else {
+				c.tx->v.route.kind = ES_ROUTE_FAIL;
+				covered = c.tx->v.size;
+			}
 			goto verdict;
 		}
 		es_count_path(&c.tx->route);
@@ -557,6 +568,7 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 				covered = (__u32)c.tx->v.req_begin;
 				c.tx->st.phase = ES_HTTP_P_IDLE;
 				c.tx->st.cr = 0;
+				c.tx->pipelined = 1;
 			} else {
 				covered = c.tx->v.off;
 			}

@@ -291,3 +291,54 @@ def test_agent_restart_while_bound(make_node):
     assert "error" in a[1] and a[1]["seconds"] < 5, a
     assert [x.get("pod") for x in a[2:]] == ["pr/s-proj1", "pr/s-proj2"], a
     assert "reset" in node.agent_log_text(), node.agent_log_text()
+
+
+PIPELINE = r"""
+import json, socket, sys
+def req(env):
+    return ("GET / HTTP/1.1\r\nHost: x\r\nX-Virtual-Env: %s\r\n\r\n" % env).encode()
+def responses(s, n):
+    f = s.makefile("rb")
+    out = []
+    for _ in range(n):
+        line = f.readline()
+        if not line:
+            break
+        hdrs = {}
+        while True:
+            h = f.readline().decode().strip()
+            if not h:
+                break
+            k, _, v = h.partition(":")
+            hdrs[k.lower()] = v.strip()
+        out.append(json.loads(f.read(int(hdrs["content-length"])))["pod"])
+    return out
+res = {}
+s = socket.create_connection((sys.argv[1], 80), timeout=5)
+s.sendall(req("dev.proj1") + req("dev.proj1"))          # same target: both, in order
+res["same"] = responses(s, 2)
+s.close()
+s = socket.create_connection((sys.argv[1], 80), timeout=5)
+try:
+    s.sendall(req("dev.proj1") + req("dev"))            # another target pipelined
+    res["send"] = "ok"
+except OSError as e:
+    res["send"] = e.errno
+res["mixed"] = responses(s, 1)
+s.close()
+print(json.dumps(res))
+"""
+
+
+def test_pipelined_requests_keep_their_order(make_node):
+    """Pipelined requests for the same target go out in order; one for another target than
+    the request before it could be answered out of order, so it is refused (EACCES on the
+    send, counted) after the earlier request went out and is answered."""
+    import errno
+    node = build(make_node, "pipe")
+    before = node.counters()
+    res = run_json(node, "c-dev", [harness.PYTHON, "-c", PIPELINE, VIP])
+    assert res["same"] == ["pr/s-proj1", "pr/s-proj1"], res
+    assert res["send"] == errno.EACCES and res["mixed"] == ["pr/s-proj1"], res
+    after = node.counters()
+    assert delta(before, after, "req_pipeline_refused") == (1,), (before, after)
