@@ -15,6 +15,8 @@
 #include <ctime>
 #include <stdexcept>
 
+#include "cgroup.h"
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 
@@ -42,6 +44,22 @@ std::string NameTable::pod(uint64_t cgroup_id) const {
   return it == pods.end() ? "" : it->second;
 }
 
+std::string NameTable::pod_of_cgroup(uint64_t cgroup_id) const {
+  std::string p = pod(cgroup_id);
+  if (!p.empty()) return p;
+  for (const auto& [dir, name] : pod_dirs) {
+    std::error_code ec;
+    size_t seen = 0;
+    for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+         !ec && it != fs::recursive_directory_iterator() && seen < 256; it.increment(ec)) {
+      if (!it->is_directory(ec)) continue;
+      seen++;
+      if (cgroup::cgroup_id(it->path()) == cgroup_id) return name;
+    }
+  }
+  return "";
+}
+
 std::string NameTable::backend_pod(const std::string& addr) const {
   auto it = backends.find(addr);
   return it == backends.end() ? "" : it->second;
@@ -55,7 +73,10 @@ NameTable build_names(const DesiredState& model, const Shadow& shadow) {
   }
   t.envs[ES_ENV_BASE] = "<base>";
   for (const auto& [id, e] : shadow.envs) t.envs[id] = maps::env_name_of(e);
-  for (const auto& [cg, p] : model.pods) t.pods[cg] = p.pod;
+  for (const auto& [cg, p] : model.pods) {
+    t.pods[cg] = p.pod;
+    if (!p.cgroup.empty()) t.pod_dirs[p.cgroup] = p.pod;
+  }
   for (const auto& [name, refs] : model.sets)
     for (const auto& r : refs)
       if (!r.pod.empty()) t.backends[maps::format_backend(r.backend)] = r.pod;
@@ -119,7 +140,7 @@ json decode_event(const es_trace_event& ev, const NameTable& names, int64_t mono
   j["kind"] = event_kind_name(ev.kind);
   j["pid"] = ev.pid;
   j["cgroup_id"] = ev.cgroup_id;
-  j["pod"] = names.pod(ev.pod_cgroup_id);
+  j["pod"] = names.pod(ev.pod_cgroup_id ? ev.pod_cgroup_id : ev.cgroup_id);
   j["pod_env"] = names.env(ev.pod_env);
   j["service"] = names.service(ev.svc_id);
   es_frontend_key fk{};
@@ -281,8 +302,22 @@ int TraceHub::on_event(void* ctx, void* data, size_t size) {
   es_trace_event ev;
   std::memcpy(&ev, data, sizeof(ev));
   json j = decode_event(ev, *self->batch_names_, self->mono_to_real_ns_);
-  std::lock_guard<std::mutex> g(self->mu_);
-  for (auto& c : self->clients_) {
+  if (ev.pod_cgroup_id == 0 && j["pod"].get<std::string>().empty()) {
+    // the task's cgroup is a container's below its pod's: find the pod once per cgroup
+    auto it = self->pod_cache_.find(ev.cgroup_id);
+    if (it == self->pod_cache_.end()) {
+      if (self->pod_cache_.size() >= 4096) self->pod_cache_.clear();
+      it = self->pod_cache_.emplace(ev.cgroup_id, self->batch_names_->pod_of_cgroup(ev.cgroup_id)).first;
+    }
+    j["pod"] = it->second;
+  }
+  self->deliver(j);
+  return 0;
+}
+
+void TraceHub::deliver(const json& j) {
+  std::lock_guard<std::mutex> g(mu_);
+  for (auto& c : clients_) {
     if (!c->filter.matches(j)) continue;
     if (c->queue.size() >= kQueueLimit) {
       c->dropped++;
@@ -290,7 +325,6 @@ int TraceHub::on_event(void* ctx, void* data, size_t size) {
     }
     c->queue.push_back(j);
   }
-  return 0;
 }
 
 void TraceHub::run() {
@@ -300,8 +334,10 @@ void TraceHub::run() {
       cv_.wait(g, [&] { return closed_ || !clients_.empty(); });
       if (closed_) return;
     }
-    batch_names_ = names_();
-    if (!batch_names_) batch_names_ = std::make_shared<NameTable>();
+    auto names = names_();
+    if (!names) names = std::make_shared<NameTable>();
+    if (names != batch_names_) pod_cache_.clear();
+    batch_names_ = std::move(names);
     mono_to_real_ns_ = mono_to_real_offset();
     int n = ring_buffer__poll(rb_, 200);
     if (n < 0 && n != -EINTR) {

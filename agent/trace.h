@@ -45,12 +45,16 @@ struct NameTable {
   std::map<uint32_t, Service> services;  // by svc_id
   std::map<uint32_t, std::string> envs;  // by env id ("<base>" for the unnamed base)
   std::map<uint64_t, std::string> pods;  // local pods by cgroup id
+  std::map<std::string, std::string> pod_dirs;  // local pods by cgroup directory
   std::map<std::string, std::string> backends;  // "ip:port" -> pod
 
   std::string service(uint32_t id) const;   // "" when unknown
   std::string frontend(uint32_t id) const;  // "" when unknown
   std::string env(uint32_t id) const;       // "" for ES_ENV_NONE, "#<id>" when unknown
   std::string pod(uint64_t cgroup_id) const;
+  // The pod whose cgroup is cgroup_id or an ancestor of it (processes sit in
+  // container cgroups below their pod's): walks the pods' subtrees, bounded.
+  std::string pod_of_cgroup(uint64_t cgroup_id) const;
   std::string backend_pod(const std::string& addr) const;
 };
 
@@ -104,6 +108,7 @@ class TraceHub {
 
  private:
   static int on_event(void* ctx, void* data, size_t size);
+  void deliver(const nlohmann::json& ev);
   void run();
   void write_switch();  // under mu_
 
@@ -111,6 +116,7 @@ class TraceHub {
   ring_buffer* rb_ = nullptr;
   std::function<std::shared_ptr<const NameTable>()> names_;
   std::shared_ptr<const NameTable> batch_names_;  // reader thread only
+  std::map<uint64_t, std::string> pod_cache_;     // reader thread only; for batch_names_
   int64_t mono_to_real_ns_ = 0;                  // reader thread only
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -238,7 +238,7 @@ enum es_env_source {
 struct es_trace_event {
 	__u64 ts_ns;     /* bpf_ktime_get_ns() */
 	__u64 cgroup_id; /* cgroup v2 id of the calling task (or of the socket) */
-	__u64 pod_cgroup_id; /* the managed pod's cgroup (an ancestor of cgroup_id) */
+	__u64 pod_cgroup_id; /* the managed pod's cgroup when known, else 0 (the reader walks up) */
 	__u32 kind;      /* enum es_event_kind */
 	__u32 pid;       /* tgid of the calling task; 0 when not in task context */
 	__u32 svc_id;    /* frontend (service address) id */

@@ -138,20 +138,18 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 		src = ES_SRC_DEFAULT;
 		es_count(ES_CNT_ENV_DEFAULT);
 	}
-	if (!es_resolve(NULL, fe->svc_id, env, cfg->default_env_id, res)) {
-		es_trace_connect(key, fe->svc_id, env, src, res, *pod_env, NULL);
-		*verdict = es_refuse();
-		return NULL;
+	be = NULL;
+	if (es_resolve(NULL, fe->svc_id, env, cfg->default_env_id, res)) {
+		/* an unknown request env (dev.proj1.zed) that resolved at a known
+		 * ancestor is a fallback too */
+		if (skipped && res->outcome == ES_OUT_OWN) {
+			res->outcome = ES_OUT_FALLBACK;
+			res->level += skipped;
+		} else if (skipped && res->outcome == ES_OUT_FALLBACK) {
+			res->level += skipped;
+		}
+		be = es_pick(fe->svc_id, res->env_id, res->count);
 	}
-	/* an unknown request env (dev.proj1.zed) that resolved at a known
-	 * ancestor is a fallback too */
-	if (skipped && res->outcome == ES_OUT_OWN) {
-		res->outcome = ES_OUT_FALLBACK;
-		res->level += skipped;
-	} else if (skipped && res->outcome == ES_OUT_FALLBACK) {
-		res->level += skipped;
-	}
-	be = es_pick(fe->svc_id, res->env_id, res->count);
 	es_trace_connect(key, fe->svc_id, env, src, res, *pod_env, be);
 	if (!be) {
 		*verdict = es_refuse();

@@ -110,29 +110,6 @@ static __always_inline void es_trace_thread_env(struct es_trace_event *ev)
 	ev->env_len = th->len;
 }
 
-/* The managed pod's cgroup of the current task: es_pod_of()'s walk, done
- * again here only for the (rate-limited) events. */
-static __always_inline __u64 es_trace_pod_cgroup(void)
-{
-	const struct es_config *cfg = es_get_config();
-	__u64 id = bpf_get_current_cgroup_id();
-	int i;
-
-	if (!cfg || bpf_map_lookup_elem(&es_pods, &id))
-		return id;
-	for (i = 0; i < ES_MAX_CGROUP_LEVEL; i++) {
-		int level = (int)cfg->max_pod_level - i;
-		__u64 a;
-
-		if (level < (int)cfg->min_pod_level || level < 0)
-			break;
-		a = bpf_get_current_ancestor_cgroup_id(level);
-		if (a && bpf_map_lookup_elem(&es_pods, &a))
-			return a;
-	}
-	return id;
-}
-
 /* A connect()/sendmsg() decision: counted per service, and traced. be is
  * NULL when the connect is refused. env_req is where the walk started. */
 static __always_inline void es_trace_connect(const struct es_frontend_key *fe, __u32 svc_id, __u32 env_req,
@@ -153,8 +130,8 @@ static __always_inline void es_trace_connect(const struct es_frontend_key *fe, _
 	ev = es_trace_reserve(kind);
 	if (!ev)
 		return;
+	/* the agent finds the pod of a container cgroup: no ancestor walk here */
 	ev->cgroup_id = bpf_get_current_cgroup_id();
-	ev->pod_cgroup_id = es_trace_pod_cgroup();
 	ev->pid = (__u32)(bpf_get_current_pid_tgid() >> 32);
 	ev->svc_id = svc_id;
 	ev->env_req = env_req;
