@@ -34,6 +34,7 @@ struct Agent::Admin {
 Agent::Agent(Settings s) : s_(std::move(s)) {}
 
 Agent::~Agent() {
+  if (trace_) trace_->close();
   if (admin_) {
     admin_->server.stop();
     if (admin_->thread.joinable()) admin_->thread.join();
@@ -81,6 +82,8 @@ bool Agent::apply_cluster(const k8s::ClusterState& cluster, const char* why) {
       map_updates_ += st.updates;
       map_deletes_ += st.deletes;
       last_error_.clear();
+      last_failure_reason_.clear();
+      publish_names();
     }
     auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
     if (st.changed() || std::string(why) != "rescan")
@@ -90,14 +93,19 @@ bool Agent::apply_cluster(const k8s::ClusterState& cluster, const char* why) {
                    model_.sets.size(), model_.pods.size(), st.updates, st.deletes, us);
     return true;
   } catch (const std::exception& e) {
-    record_failure("not applied", why, e.what());
+    const char* reason = dynamic_cast<const CapacityError*>(&e) ? "map_full"
+                         : dynamic_cast<const ApplyError*>(&e) ? "map_write"
+                                                                : "invalid_input";
+    record_failure("not applied", why, e.what(), reason);
     return false;
   }
 }
 
-void Agent::record_failure(const char* what, const char* why, const std::string& msg) {
+void Agent::record_failure(const char* what, const char* why, const std::string& msg, const char* reason) {
   std::lock_guard<std::mutex> g(mu_);
   syncs_failed_++;
+  failures_by_reason_[reason]++;
+  last_failure_reason_ = reason;
   last_error_ = msg;
   last_error_time_ = std::chrono::system_clock::now();
   spdlog::error("{} ({}): {}; keeping the last good state", what, why, msg);
@@ -162,6 +170,7 @@ nlohmann::json Agent::explain_json(const std::string& from, const std::string& t
 std::string Agent::metrics_text() {
   static const char* names[] = ES_COUNTER_NAMES;
   static_assert(sizeof(names) / sizeof(names[0]) == ES_CNT_MAX, "ES_COUNTER_NAMES out of sync");
+  const std::string observed = observe_metrics();  // takes mu_ itself
   std::string out = "# HELP envsteer_datapath_total Data-path events by kind, summed over CPUs.\n"
                     "# TYPE envsteer_datapath_total counter\n";
   for (uint32_t i = 0; i < ES_CNT_MAX; i++)
@@ -190,7 +199,7 @@ std::string Agent::metrics_text() {
       out += "envsteer_kubernetes_relists_total{resource=\"" + w["resource"].get<std::string>() + "\"} " +
              std::to_string(w["relists"].get<uint64_t>()) + "\n";
   }
-  return out;
+  return out + observed;
 }
 
 // Requests by frontend, resolved environment and path (es_req_stats), and the
@@ -286,10 +295,11 @@ void Agent::start_admin() {
       r.set_content(nlohmann::json{{"error", e.what()}}.dump() + "\n", "application/json");
     }
   });
+  if (trace_) add_trace_endpoint(srv, *trace_);
   if (!srv.bind_to_port(host, port))
     throw std::runtime_error("--admin: cannot listen on " + s_.admin + " (in use?)");
   admin_->thread = std::thread([&srv] { srv.listen_after_bind(); });
-  spdlog::info("admin endpoint on http://{} (/healthz /readyz /metrics /v1/status /v1/explain)", s_.admin);
+  spdlog::info("admin endpoint on http://{} (/healthz /readyz /metrics /v1/status /v1/explain /v1/trace)", s_.admin);
 }
 
 void Agent::write_http_config() {
@@ -364,6 +374,10 @@ std::string Agent::not_ready_reason() {
         return "Kubernetes API: " + w["resource"].get<std::string>() + ": " + w["last_error"].get<std::string>() +
                " (serving the last good state)";
   }
+  std::lock_guard<std::mutex> g(mu_);
+  if (!last_error_.empty())
+    return std::string(last_failure_reason_ == "map_full" ? "maps full: " : "last sync failed: ") + last_error_ +
+           " (serving the last good state)";
   return "";
 }
 
@@ -464,6 +478,7 @@ int Agent::run() {
                "{} reused ({} entries adopted), {} created",
                cg_root_.string(), rep.created.size(), rep.replaced.size(), s_.bpffs, rep.maps_reused, adopted,
                rep.maps_created);
+  start_observe();
 
   std::unique_ptr<sources::ManifestWatcher> watcher;
   if (initial) {
@@ -552,6 +567,7 @@ int Agent::run() {
   ready_ = false;
   if (relay_) relay_->stop();
   if (kube_) kube_->stop();
+  if (trace_) trace_->close();  // ends the trace streams, so the admin server can stop
   if (admin_) {
     admin_->server.stop();
     if (admin_->thread.joinable()) admin_->thread.join();

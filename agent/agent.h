@@ -13,12 +13,14 @@
 
 #include "k8s/objects.h"
 #include "loader.h"
+#include "metrics.h"
 #include "model.h"
 #include "reconciler.h"
 #include "relay.h"
 #include "settings.h"
 #include "podcgroup.h"
 #include "sources/kubernetes.h"
+#include "trace.h"
 
 namespace envsteer {
 
@@ -45,7 +47,8 @@ class Agent {
   // last good state. Returns false on error (message logged and kept).
   bool sync(const char* why);
   bool apply_cluster(const k8s::ClusterState& cluster, const char* why);
-  void record_failure(const char* what, const char* why, const std::string& msg);
+  // reason: source, invalid_input, map_full, map_write (a label of envsteer_sync_failures_total)
+  void record_failure(const char* what, const char* why, const std::string& msg, const char* reason = "source");
   void start_admin();
   void write_http_config();
 
@@ -75,6 +78,19 @@ class Agent {
   std::string last_error_;
   std::chrono::system_clock::time_point last_sync_{}, last_error_time_{};
   uint64_t syncs_ok_ = 0, syncs_failed_ = 0, map_updates_ = 0, map_deletes_ = 0;
+
+  // Observability (metrics.h, trace.h): the names the kernel's ids stand for,
+  // published after every apply; the trace hub and the decision counters.
+  void start_observe();
+  void publish_names();  // under mu_
+  std::shared_ptr<const NameTable> names() const;
+  std::string observe_metrics();
+  mutable std::mutex names_mu_;
+  std::shared_ptr<const NameTable> names_;
+  std::unique_ptr<TraceHub> trace_;
+  std::unique_ptr<DecisionReader> decisions_;
+  std::map<std::string, uint64_t> failures_by_reason_;
+  std::string last_failure_reason_;
 
   struct Admin;
   std::unique_ptr<Admin> admin_;

@@ -14,6 +14,7 @@
 #include "cgroup.h"
 #include "explain.h"
 #include "loader.h"
+#include "trace.h"
 #include "maps/bpf_maps.h"
 
 namespace fs = std::filesystem;
@@ -237,6 +238,20 @@ int cli_main(int argc, char** argv) {
   explain_cmd->add_option("--admin", admin, "agent admin endpoint")->capture_default_str();
   explain_cmd->add_flag("--json", as_json, "machine-readable output");
 
+  TraceFilter tf;
+  uint32_t trace_rate = 0;
+  uint64_t trace_count = 0;
+  double trace_duration = 0;
+  auto* trace_cmd = app.add_subcommand("trace", "live stream of steering decisions (from the running agent)");
+  trace_cmd->add_option("--service", tf.service, "only this service NS/NAME (or its address IP:PORT/PROTO)");
+  trace_cmd->add_option("--env", tf.env, "only decisions involving this environment");
+  trace_cmd->add_option("--pod", tf.pod, "only this calling or chosen pod NS/NAME");
+  trace_cmd->add_flag("--json", as_json, "one JSON object per line");
+  trace_cmd->add_option("--rate", trace_rate, "kernel rate limit, events per second per CPU (default 100)");
+  trace_cmd->add_option("--count", trace_count, "stop after this many events");
+  trace_cmd->add_option("--duration", trace_duration, "stop after this many seconds");
+  trace_cmd->add_option("--admin", admin, "agent admin endpoint")->capture_default_str();
+
   auto* uninst = app.add_subcommand("uninstall", "detach every program and remove the pins");
   uninst->add_option("--bpffs", bpffs, "pin directory")->capture_default_str();
   uninst->add_flag("--force", force, "even while an agent holds the pin directory");
@@ -313,6 +328,7 @@ int cli_main(int argc, char** argv) {
       else std::cout << render_explain(*j);
       return 0;
     }
+    if (*trace_cmd) return run_trace_client(admin, tf, as_json, trace_rate, trace_count, trace_duration);
     if (*uninst) {
       if (!force && PinLock::held(bpffs)) {
         std::cerr << "envsteer uninstall: an agent is running on " << bpffs

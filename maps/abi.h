@@ -165,6 +165,10 @@ enum es_counter {
 	ES_CNT_RSP_REDIRECTED,     /* response segments moved from an upstream to its client */
 	ES_CNT_RSP_DROPPED,        /* response for a client that is gone: dropped */
 	ES_CNT_REQ_PIPELINE_REFUSED, /* pipelined request for another target: connection refused */
+	ES_CNT_TRACE_EMITTED,      /* decision events written to the trace ring buffer */
+	ES_CNT_TRACE_RATE_LIMITED, /* decision events dropped by the trace rate limit */
+	ES_CNT_TRACE_LOST,         /* decision events lost: ring buffer full (no reader) */
+	ES_CNT_DECISION_MAP_FULL,  /* per-service decision counter not kept: map full */
 	ES_CNT_MAX
 };
 
@@ -177,7 +181,8 @@ enum es_counter {
 	  "tx_injected", "tx_no_env", "tx_inject_failed", "tx_env_mismatch",             \
 	  "req_passed", "req_rerouted_kernel", "req_slow_path", "req_failed",           \
 	  "req_head_corked", "req_head_unroutable", "req_upstream_gone",                \
-	  "rsp_redirected", "rsp_dropped", "req_pipeline_refused" }
+	  "rsp_redirected", "rsp_dropped", "req_pipeline_refused",                      \
+	  "trace_emitted", "trace_rate_limited", "trace_lost", "decision_map_full" }
 
 /* Outbound header insertion settings (single-entry array). */
 struct es_inject_cfg {
@@ -288,5 +293,87 @@ struct es_req_key {
 #define ES_MAP_RELAY_DONE "es_relay_done"
 #define ES_MAP_RELAY_CFG "es_relay_cfg"
 #define ES_MAP_REQ_STATS "es_req_stats"
+
+/* ------------------------------------------------------------------------
+ * Observability: decision events (trace ring buffer) and per-service
+ * decision counters. See bpf/lib/trace.h.
+ * ------------------------------------------------------------------------ */
+
+/* es_trace_event.kind */
+enum es_event_kind {
+	ES_EV_NONE = 0,
+	/* connect()/sendmsg() decisions (bpf/lib/steer.h) */
+	ES_EV_CONNECT_STEERED = 1,  /* resolved at the requested environment itself */
+	ES_EV_CONNECT_FALLBACK = 2, /* resolved at an ancestor (level = steps walked) */
+	ES_EV_CONNECT_DEFAULT = 3,  /* resolved at the default environment */
+	ES_EV_CONNECT_REFUSED = 4,  /* no ready pod anywhere: ECONNREFUSED */
+	/* per-request decisions on steered connections (sk_msg), reserved */
+	ES_EV_REQ_PASS = 16,     /* request stays on its connection's pod */
+	ES_EV_REQ_REDIRECT = 17, /* request re-routed to an upstream connection */
+	ES_EV_REQ_SLOW = 18,     /* request waits for an upstream connection (agent) */
+	ES_EV_REQ_FAILED = 19,   /* request could not be routed */
+	ES_EV_KIND_MAX = 32,
+};
+
+/* Where the environment a decision started from came from. */
+enum es_env_source {
+	ES_SRC_NONE = 0,
+	ES_SRC_REQUEST = 1, /* the request the calling thread serves (header) */
+	ES_SRC_POD = 2,     /* the calling pod's own label */
+	ES_SRC_DEFAULT = 3, /* the default environment */
+};
+
+/* One decision, as the kernel reports it to `envsteer trace`. */
+struct es_trace_event {
+	__u64 ts_ns;     /* bpf_ktime_get_ns() */
+	__u64 cgroup_id; /* cgroup v2 id of the calling task (or of the socket) */
+	__u64 pod_cgroup_id; /* the managed pod's cgroup when known, else 0 (the reader walks up) */
+	__u32 kind;      /* enum es_event_kind */
+	__u32 pid;       /* tgid of the calling task; 0 when not in task context */
+	__u32 svc_id;    /* frontend (service address) id */
+	__u32 env_req;   /* environment the walk started from (ES_ENV_NONE: unknown) */
+	__u32 env_res;   /* environment whose pods were used (ES_ENV_NONE: refused) */
+	__u32 pod_env;   /* the calling pod's own environment */
+	__u32 level;     /* fallback depth: 0 = the requested environment itself */
+	__u32 source;    /* enum es_env_source */
+	__u32 fe_addr[4]; /* service address asked for; IPv4 in [0] */
+	__u32 be_addr[4]; /* backend chosen (zero when refused) */
+	__u16 fe_port;   /* network order */
+	__u16 be_port;   /* network order */
+	__u8 family;     /* ES_FAMILY_INET or ES_FAMILY_INET6 */
+	__u8 proto;      /* IPPROTO_TCP, IPPROTO_UDP */
+	__u8 env_len;    /* bytes of thread_env; 0 = the thread serves no request env */
+	__u8 pad;
+	__u32 flags;     /* reserved for per-request events */
+	char thread_env[ES_ENV_NAME_MAX]; /* the env header the calling thread adopted */
+	__u32 pad2;
+};
+
+/* Trace switch and rate limit (single-entry array, written by the agent). */
+struct es_trace_cfg {
+	__u32 enabled; /* 0: nothing is emitted (no trace client attached) */
+	__u32 rate;    /* events per second per CPU */
+	__u32 burst;   /* bucket size per CPU */
+	__u32 pad;
+};
+
+/* Per-CPU token bucket state of the trace rate limit. */
+struct es_trace_bucket {
+	__u64 tokens_milli; /* tokens x 1000 */
+	__u64 last_ns;
+};
+
+/* Per-service decision counters (per-CPU hash, value __u64). */
+struct es_decision_key {
+	__u32 svc_id;
+	__u32 env_id;  /* resolved environment; for refusals the requested one */
+	__u32 outcome; /* enum es_event_kind, ES_EV_CONNECT_* */
+	__u32 level;   /* fallback depth */
+};
+
+#define ES_MAP_TRACE_RB "es_trace_rb"
+#define ES_MAP_TRACE_CFG "es_trace_cfg"
+#define ES_MAP_TRACE_BUCKET "es_trace_bucket"
+#define ES_MAP_DECISIONS "es_decisions"
 
 #endif /* ENVSTEER_ABI_H */

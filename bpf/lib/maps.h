@@ -183,7 +183,8 @@ struct es_msg_vars {
 	__s32 req_begin; /* where the request in progress began in this message; -1: earlier */
 	__u8 head;       /* the byte loop stopped at the end of a request head */
 	__u8 done;       /* ... which also ended the request (no body) */
-	__u8 pad[6];
+	__u8 pad[2];
+	__u32 env_req;   /* the environment of the request last decided */
 	struct es_route route; /* where bytes 0..off of this message go */
 };
 

@@ -12,6 +12,7 @@
 
 #include "request.h"
 #include "resolve.h"
+#include "trace.h"
 
 /* Sends are looked at in pieces of this size (bpf_msg_pull_data copies when a
  * piece spans pages). */
@@ -343,6 +344,7 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 		id = es_env_id_of(name, name_len);
 	else
 		id = s->pod_env_id;
+	c->tx->v.env_req = id;
 	es_route_request(s, c->tx, id, &r);
 	if ((c->tx->v.req_begin > 0 || c->tx->pipelined) && !es_same_route(&r, &c->tx->v.route))
 		return 1;
@@ -385,6 +387,33 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	c->tx->v.size += added;
 	c->tx->v.pstart = c->tx->v.pend = 0; /* the data moved: pull again */
 	return 0;
+}
+
+/* A per-request decision for `envsteer trace` (when a client is attached). */
+static __always_inline void es_trace_request(const struct es_sock *s, const struct es_route *r, __u32 env_req,
+					     __u32 kind)
+{
+	struct es_trace_event *ev = es_trace_reserve(kind);
+
+	if (!ev)
+		return;
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->pid = (__u32)(bpf_get_current_pid_tgid() >> 32);
+	ev->svc_id = s->svc_id;
+	ev->env_req = env_req;
+	ev->env_res = r->env_id;
+	ev->pod_env = s->pod_env_id;
+	ev->source = ES_SRC_REQUEST;
+	ev->fe_addr[0] = s->orig_addr[0];
+	ev->fe_addr[1] = s->orig_addr[1];
+	ev->fe_addr[2] = s->orig_addr[2];
+	ev->fe_addr[3] = s->orig_addr[3];
+	ev->fe_port = s->orig_port;
+	ev->family = s->family;
+	ev->proto = IPPROTO_TCP;
+	ev->flags = r->kind;
+	es_trace_thread_env(ev);
+	bpf_ringbuf_submit(ev, 0);
 }
 
 /* Frames bytes 0..len of the message for the agent and queues them on its
@@ -483,6 +512,7 @@ static __always_inline int es_verdict(struct es_msg_ctx *c, __u32 len)
 		return SK_PASS;
 	es_count(ES_CNT_REQ_FAILED);
 	es_count_request(c->tx->v.route.svc_id, c->tx->v.route.env_id, ES_PATH_FAILED);
+	es_trace_request(c->sock, &c->tx->v.route, c->tx->v.env_req, ES_EV_REQ_FAILED);
 	/* the rest of this request fails too; the next one is routed afresh */
 	c->tx->route.kind = ES_ROUTE_FAIL;
 	return SK_DROP;
@@ -555,6 +585,10 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 			goto verdict;
 		}
 		es_count_path(&c.tx->route);
+		es_trace_request(c.sock, &c.tx->route, c.tx->v.env_req,
+				 c.tx->route.kind == ES_ROUTE_PASS     ? ES_EV_REQ_PASS
+				 : c.tx->route.kind == ES_ROUTE_KERNEL ? ES_EV_REQ_REDIRECT
+								       : ES_EV_REQ_SLOW);
 		c.tx->prev = '\n';
 		c.tx->v.reqline = -1;
 		if (c.tx->v.done)

@@ -10,6 +10,7 @@
 #include "maps.h"
 #include "resolve.h"
 #include "request.h"
+#include "trace.h"
 
 #define ES_ECONNREFUSED 111
 
@@ -107,7 +108,7 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 	const struct es_config *cfg;
 	const struct es_pod *pod;
 	const struct es_backend *be;
-	__u32 env, skipped = 0;
+	__u32 env, src, skipped = 0;
 
 	*verdict = 1;
 	fe = bpf_map_lookup_elem(&es_frontends, key);
@@ -125,28 +126,31 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 	*pod_env = pod->env_id ? pod->env_id : cfg->default_env_id;
 	/* DESIGN order: the request the thread serves, the pod, the default */
 	env = es_request_env_id(es_splitter, &skipped);
+	src = ES_SRC_REQUEST;
 	if (env != ES_ENV_NONE) {
 		es_count(ES_CNT_ENV_REQUEST);
 	} else if (pod->env_id != ES_ENV_NONE) {
 		env = pod->env_id;
+		src = pod->env_id == cfg->default_env_id ? ES_SRC_DEFAULT : ES_SRC_POD;
 		es_count(pod->env_id == cfg->default_env_id ? ES_CNT_ENV_DEFAULT : ES_CNT_ENV_POD);
 	} else {
 		env = cfg->default_env_id;
+		src = ES_SRC_DEFAULT;
 		es_count(ES_CNT_ENV_DEFAULT);
 	}
-	if (!es_resolve(NULL, fe->svc_id, env, cfg->default_env_id, res)) {
-		*verdict = es_refuse();
-		return NULL;
+	be = NULL;
+	if (es_resolve(NULL, fe->svc_id, env, cfg->default_env_id, res)) {
+		/* an unknown request env (dev.proj1.zed) that resolved at a known
+		 * ancestor is a fallback too */
+		if (skipped && res->outcome == ES_OUT_OWN) {
+			res->outcome = ES_OUT_FALLBACK;
+			res->level += skipped;
+		} else if (skipped && res->outcome == ES_OUT_FALLBACK) {
+			res->level += skipped;
+		}
+		be = es_pick(fe->svc_id, res->env_id, res->count);
 	}
-	/* an unknown request env (dev.proj1.zed) that resolved at a known
-	 * ancestor is a fallback too */
-	if (skipped && res->outcome == ES_OUT_OWN) {
-		res->outcome = ES_OUT_FALLBACK;
-		res->level += skipped;
-	} else if (skipped && res->outcome == ES_OUT_FALLBACK) {
-		res->level += skipped;
-	}
-	be = es_pick(fe->svc_id, res->env_id, res->count);
+	es_trace_connect(key, fe->svc_id, env, src, res, *pod_env, be);
 	if (!be) {
 		*verdict = es_refuse();
 		return NULL;

@@ -82,6 +82,27 @@ def _recv_all(sock, deadline, limit=1 << 20):
     return b"".join(chunks)
 
 
+def _recv_one_response(sock, deadline):
+    """The bytes of one response: up to the end of its Content-Length body, like HTTP
+    libraries do even with "Connection: close" (else up to the close)."""
+    buf = b""
+    while True:
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        if sep:
+            for line in head.decode("latin-1").split("\r\n")[1:]:
+                k, _, v = line.partition(":")
+                if k.strip().lower() == "content-length" and len(rest) >= int(v.strip()):
+                    return buf
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("read timed out")
+        sock.settimeout(remaining)
+        data = sock.recv(65536)
+        if not data:
+            return buf
+        buf += data
+
+
 def get_request(path, addr, extra_headers=()):
     """The bytes of the GET request http_get() sends (extra headers right after Host)."""
     extra = "".join("%s: %s\r\n" % (k, v) for k, v in extra_headers)
@@ -123,7 +144,7 @@ def http_get(addr, path="/", timeout=5.0, extra_headers=(), split=()):
             send_pieces(sock, [req[a:b] for a, b in zip(cuts, cuts[1:]) if b > a])
         else:
             sock.sendall(req)
-        raw = _recv_all(sock, deadline)
+        raw = _recv_one_response(sock, deadline)
     except (OSError, socket.timeout) as e:
         return {"ok": False, "errno": errno_name(e), "error": str(e), "stage": stage}
     finally:

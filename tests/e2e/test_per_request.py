@@ -342,3 +342,55 @@ def test_pipelined_requests_keep_their_order(make_node):
     assert res["send"] == errno.EACCES and res["mixed"] == ["pr/s-proj1"], res
     after = node.counters()
     assert delta(before, after, "req_pipeline_refused") == (1,), (before, after)
+
+
+BURST = r"""
+import errno, json, socket, sys
+s = socket.create_connection((sys.argv[1], 80), timeout=5)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+n = 200
+s.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Virtual-Env: dev.proj1\r\nContent-Length: %d\r\n\r\n" % (n * 100))
+sent, err = 0, None
+for i in range(n):
+    try:
+        s.send(b"x" * 100)
+        sent += 1
+    except OSError as e:
+        err = e.errno
+        break
+print(json.dumps({"sent": sent, "errno": err}))
+"""
+
+
+def test_slow_path_queue_is_bounded(make_node):
+    """The agent is stopped (SIGSTOP) while a client streams a body to a re-routed target:
+    every send is a frame queued for the agent; after --max-frames (64) the client's send
+    fails with EACCES (counted) instead of queueing without end. The agent, continued,
+    serves new connections normally."""
+    import errno
+    import signal
+    node = build(make_node, "burst")
+    before = node.counters()
+    node.agent.send_signal(signal.SIGSTOP)
+    try:
+        res = run_json(node, "c-dev", [harness.PYTHON, "-c", BURST, VIP])
+    finally:
+        node.agent.send_signal(signal.SIGCONT)
+    assert res["errno"] == errno.EACCES and 60 <= res["sent"] <= 70, res
+    after = node.counters()
+    assert after["req_failed"] > before["req_failed"], (before, after)
+    again = sequence(node, "c-dev", ["dev.proj1", "dev", "dev.proj1"])
+    assert [a["pod"] for a in again["answers"]] == ["pr/s-proj1", "pr/s-dev", "pr/s-proj1"], again
+
+
+def test_trace_shows_each_requests_decision(make_node):
+    from test_trace import Trace
+    node = build(make_node, "trace")
+    tr = Trace(node, "--json", "--pod", k("c-dev"), "--count", "4", "--duration", "20")
+    res = sequence(node, "c-dev", ["dev.proj1", "dev.proj1", "dev"])
+    assert [a["pod"] for a in res["answers"]] == ["pr/s-proj1", "pr/s-proj1", "pr/s-dev"], res
+    ev = tr.events()
+    assert [e["kind"] for e in ev] == ["steered", "request-slow", "request-redirect", "request-pass"], ev
+    slow = ev[1]
+    assert slow["service"] == k("s") and slow["env_requested"] == "dev.proj1", slow
+    assert slow["env_resolved"] == "dev.proj1" and slow["pod_env"] == "dev", slow

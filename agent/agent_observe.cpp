@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+// The agent's observability glue: names for the kernel's ids, the trace hub,
+// and the metrics of metrics.h.
+#include <spdlog/spdlog.h>
+
+#include "agent.h"
+
+namespace envsteer {
+
+void Agent::start_observe() {
+  decisions_ = std::make_unique<DecisionReader>(s_.bpffs);
+  trace_ = std::make_unique<TraceHub>(s_.bpffs, [this] { return names(); });
+  std::lock_guard<std::mutex> g(mu_);
+  publish_names();
+}
+
+void Agent::publish_names() {
+  auto t = std::make_shared<const NameTable>(build_names(model_, rec_->shadow()));
+  std::lock_guard<std::mutex> g(names_mu_);
+  names_ = std::move(t);
+}
+
+std::shared_ptr<const NameTable> Agent::names() const {
+  std::lock_guard<std::mutex> g(names_mu_);
+  return names_;
+}
+
+std::string Agent::observe_metrics() {
+  ObserveInput in;
+  in.ready = not_ready_reason().empty();
+  for (uint32_t i = 0; i < ES_CNT_MAX; i++) in.counters.push_back(dp_->maps().counter(i));
+  if (decisions_) in.decisions = decisions_->read();
+  dp_->maps().for_each(maps::MapId::Mismatch, [&](const void* k, const void* v) {
+    in.mismatches[*static_cast<const uint32_t*>(k)] += *static_cast<const uint64_t*>(v);
+  });
+  in.trace_clients = trace_ ? trace_->clients() : 0;
+  in.now_unix = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    const Shadow& sh = rec_->shadow();
+    size_t slots = 0;
+    for (const auto& [k, set] : sh.sets)
+      for (const auto& sl : set.slots) slots += sl ? 1 : 0;
+    auto& m = dp_->maps();
+    using maps::MapId;
+    in.maps = {{ES_MAP_FRONTENDS, sh.frontends.size(), m.capacity(MapId::Frontends)},
+               {ES_MAP_SETS, sh.sets.size(), m.capacity(MapId::Sets)},
+               {ES_MAP_SLOTS, slots, m.capacity(MapId::Slots)},
+               {ES_MAP_ENVS, sh.envs.size(), m.capacity(MapId::Envs)},
+               {ES_MAP_ENV_NAMES, sh.env_names.size(), m.capacity(MapId::EnvNames)},
+               {ES_MAP_PODS, sh.pods.size(), m.capacity(MapId::Pods)},
+               {ES_MAP_MISMATCH, in.mismatches.size(), m.capacity(MapId::Mismatch)}};
+    if (decisions_) in.maps.push_back({ES_MAP_DECISIONS, in.decisions.size(), decisions_->capacity()});
+    if (last_sync_.time_since_epoch().count() != 0)
+      in.last_sync_unix = std::chrono::duration<double>(last_sync_.time_since_epoch()).count();
+    in.sync_failures = failures_by_reason_;
+    in.last_failure_reason = last_failure_reason_;
+  }
+  auto n = names();
+  return render_observability(in, n ? *n : NameTable{});
+}
+
+}  // namespace envsteer

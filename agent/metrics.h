@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: Apache-2.0
+// The observability part of /metrics (Prometheus text format 0.0.4): steering
+// decisions by service and environment from the kernel's per-CPU decision
+// counters, header and trace counters, map fill levels, sync state. The
+// rendering is pure (unit-tested); DecisionReader reads the pinned maps.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "maps/abi.h"
+#include "trace.h"
+
+namespace envsteer {
+
+struct DecisionSample {
+  es_decision_key key{};
+  uint64_t value = 0;  // summed over CPUs
+};
+
+struct MapFill {
+  std::string map;
+  uint64_t entries = 0;
+  uint64_t capacity = 0;
+};
+
+struct ObserveInput {
+  std::vector<uint64_t> counters;  // ES_CNT_* (summed over CPUs)
+  std::vector<DecisionSample> decisions;
+  std::map<uint32_t, uint64_t> mismatches;  // es_mismatch: svc_id -> requests
+  std::vector<MapFill> maps;
+  bool ready = false;
+  double last_sync_unix = 0;  // 0: never
+  double now_unix = 0;
+  std::map<std::string, uint64_t> sync_failures;  // by reason
+  std::string last_failure_reason;                // "" when the last sync worked
+  size_t trace_clients = 0;
+};
+
+// (service, env, outcome, level) -> count. Frontends of one service (ports,
+// families) are summed; ids the model no longer names keep their frontend
+// address, or "svc#<id>", as the service.
+using DecisionTotals = std::map<std::tuple<std::string, std::string, std::string, uint32_t>, uint64_t>;
+DecisionTotals aggregate_decisions(const std::vector<DecisionSample>& samples, const NameTable& names);
+
+// A Prometheus label value, escaped.
+std::string prom_label(const std::string& v);
+
+std::string render_observability(const ObserveInput& in, const NameTable& names);
+
+// Reads the pinned es_decisions map.
+class DecisionReader {
+ public:
+  explicit DecisionReader(const std::filesystem::path& pin_dir);  // throws std::runtime_error
+  ~DecisionReader();
+  DecisionReader(const DecisionReader&) = delete;
+  DecisionReader& operator=(const DecisionReader&) = delete;
+  std::vector<DecisionSample> read() const;
+  uint32_t capacity() const;
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace envsteer
