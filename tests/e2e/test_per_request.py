@@ -394,3 +394,15 @@ def test_trace_shows_each_requests_decision(make_node):
     slow = ev[1]
     assert slow["service"] == k("s") and slow["env_requested"] == "dev.proj1", slow
     assert slow["env_resolved"] == "dev.proj1" and slow["pod_env"] == "dev", slow
+
+
+def test_relay_cannot_be_reached_by_pods(make_node):
+    """The relay socket is a connected loopback pair whose listener was closed at once: the
+    agent listens on nothing but its admin endpoint, so no pod can reach or forge frames."""
+    node = build(make_node, "relay")
+    res = sequence(node, "c-dev", ["dev.proj1"])
+    assert res["answers"][0]["pod"] == "pr/s-proj1", res
+    r = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, timeout=10)
+    mine = [l for l in r.stdout.splitlines() if "pid=%d," % node.agent.pid in l]
+    assert len(mine) == 1 and node.admin in mine[0], r.stdout
+    assert node.status_http()["per_request"]["relay_cookie"] > 0
