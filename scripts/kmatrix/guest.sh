@@ -48,6 +48,11 @@ echo $? >"$out/probe.rc"
 cat "$out/probe.log"
 echo "$(($(date +%s) - t0))" >"$out/guest_seconds"
 "$KMX_BIN" status --json >"$out/status.json" 2>"$out/status.err"
+if [ -n "$KMX_BPF_OBJ" ]; then
+	python3 scripts/kmatrix/verifier_check.py --obj "$KMX_BPF_OBJ" --out "$out/verifier.json" \
+		>"$out/verifier.log" 2>&1
+	cat "$out/verifier.log"
+fi
 echo "kmatrix: probe took $(($(date +%s) - t0)) s"
 
 [ -n "$KMX_TESTS" ] || exit 0

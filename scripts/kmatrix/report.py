@@ -121,6 +121,7 @@ def main():
     ap.add_argument("--mem", default="")
     ap.add_argument("--probe-only", action="store_true")
     ap.add_argument("--markdown", help="also write the report here")
+    ap.add_argument("--deselected", default="", help="note on tests not run")
     a = ap.parse_args()
 
     guest = load_json(os.path.join(a.out, "features.json"))
@@ -132,6 +133,16 @@ def main():
     rows += [(a.kernel,) + r for r in feature_rows(guest)]
     header = ("kernel", "feature", "state", "reason")
 
+    ver = load_json(os.path.join(a.out, "verifier.json"))
+    if ver:
+        bad = [v for v in ver if v["state"] != "verified"]
+        rows.append((a.kernel, "verifier, each program alone (object defaults)",
+                     "%d/%d verified" % (len(ver) - len(bad), len(ver)),
+                     "; ".join("%s: %s" % (v["program"], v["state"]) for v in bad)))
+        for v in bad:
+            if v["state"] == "rejected":
+                tail = [l for l in v.get("log", "").splitlines() if l.strip()][-3:]
+                rows.append((a.kernel, "  " + v["program"], "rejected", " / ".join(tail)[:300]))
     probe_rc = read(os.path.join(a.out, "probe.rc"))
     pytest_rc = read(os.path.join(a.out, "pytest.rc"))
     results = None if a.probe_only else test_results(os.path.join(a.out, "junit.xml"))
@@ -167,6 +178,8 @@ def main():
         print("%d passed, %d failed, %d skipped" % (
             counts.get("passed", 0), counts.get("FAILED", 0) + counts.get("ERROR", 0),
             counts.get("skipped", 0)))
+        if a.deselected:
+            print("deselected: " + a.deselected)
     print("kernel matrix: " + ("OK" if not problems else "FAILED: " + "; ".join(problems)))
 
     if a.markdown:
@@ -177,6 +190,8 @@ def main():
                    "%d passed, %d failed/error, %d skipped" % (
                        counts.get("passed", 0), counts.get("FAILED", 0) + counts.get("ERROR", 0),
                        counts.get("skipped", 0)), ""]
+            if a.deselected:
+                md += ["Deselected: " + a.deselected, ""]
         md.append("Result: " + ("OK" if not problems else "FAILED: " + "; ".join(problems)))
         with open(a.markdown, "w") as f:
             f.write("\n".join(md) + "\n")
