@@ -141,8 +141,11 @@ def main():
                      "; ".join("%s: %s" % (v["program"], v["state"]) for v in bad)))
         for v in bad:
             if v["state"] == "rejected":
-                tail = [l for l in v.get("log", "").splitlines() if l.strip()][-3:]
-                rows.append((a.kernel, "  " + v["program"], "rejected", " / ".join(tail)[:300]))
+                # the verifier's own verdict: the last line before its statistics
+                lines = [l.strip() for l in v.get("log", "").splitlines()
+                         if l.strip() and not l.startswith(("libbpf:", "--", "processed", "; "))]
+                rows.append((a.kernel, "  " + v["program"], "rejected",
+                             (lines[-1] if lines else "see verifier.json")[:300]))
     probe_rc = read(os.path.join(a.out, "probe.rc"))
     pytest_rc = read(os.path.join(a.out, "pytest.rc"))
     results = None if a.probe_only else test_results(os.path.join(a.out, "junit.xml"))
