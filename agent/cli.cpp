@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <httplib.h>
 #include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -304,6 +305,9 @@ int cli_main(int argc, char** argv) {
       Agent agent(s);
       return agent.run();
     }
+    // stdout carries the result (JSON with --json); warnings, e.g. libbpf's about
+    // a missing kernel feature while status probes them, go to stderr
+    spdlog::set_default_logger(spdlog::stderr_color_mt("cli"));
     setup_logging("warn");
     if (*status) {
       json j = pinned_status(bpffs);

@@ -2,7 +2,10 @@
 
 These tests need root, cgroup v2 and bpffs, and the built agent ($ENVSTEER_BIN, default
 <repo>/build/envsteer). They never skip: a missing prerequisite is a test error with a
-clear message, because CI runs them as root on the real kernel.
+clear message, because CI runs them as root on the real kernel. The one exception is a
+test marked @pytest.mark.kernel_feature("request_context") on a kernel where the agent's
+own probe reports that feature absent (e.g. 6.1, see docs/kernel-matrix.md): it is
+skipped with the agent's reason. Where the probe reports it, the test runs.
 """
 import os
 import sys
@@ -31,6 +34,21 @@ def _prerequisite_problem():
         return ("envsteer binary %s not found or not executable: build it "
                 "(cmake -S . -B build -G Ninja && ninja -C build) or set ENVSTEER_BIN" % b)
     return None
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "kernel_feature(name): needs this kernel feature of `envsteer status "
+        "--json` (\"kernel\"); skipped with the agent's reason where it is absent")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    for m in item.iter_markers("kernel_feature"):
+        k = harness.kernel_features()
+        if not k.get(m.args[0]):
+            pytest.skip("kernel %s: no %s (%s)" % (k.get("release"), m.args[0],
+                                                   "; ".join(k.get("notes") or [])))
 
 
 @pytest.fixture(scope="session", autouse=True)

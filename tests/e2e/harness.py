@@ -116,6 +116,25 @@ def wait_until(pred, timeout, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
+_KERNEL_FEATURES = None
+
+
+def kernel_features():
+    """The kernel features the agent probes, as `envsteer status --json` reports them
+    ("kernel": release, set_retval, request_context, notes); probed once per process."""
+    global _KERNEL_FEATURES
+    if _KERNEL_FEATURES is None:
+        r = subprocess.run([agent_bin(), "status", "--json", "--admin", "",
+                            "--bpffs", "/sys/fs/bpf/%s-features-none" % PREFIX],
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        try:
+            _KERNEL_FEATURES = json.loads(r.stdout)["kernel"]
+        except (ValueError, KeyError):
+            raise HarnessError("envsteer status --json gave no kernel features (rc %s): %r %r"
+                               % (r.returncode, r.stdout[:300], r.stderr[:300]))
+    return _KERNEL_FEATURES
+
+
 try:
     import ctypes
     _LIBC = ctypes.CDLL(None, use_errno=True)

@@ -106,10 +106,14 @@ def test_restart_under_connect_loop_loses_nothing(running, sig):
     assert any(v[0] == "link" for v in pinned_before.values()), pinned_before
     # Tracing links (tp_btf) cannot be updated in place: the agent attaches the new
     # program and swaps the pin, so that one link gets a new id; all else is adopted.
+    # Without the request context (kernel < 6.3) there is no tracing link at all.
     after = node.pinned_ids()
     tracing = "links/es_sock_recv_length"
-    assert tracing in pinned_before and tracing in after
-    assert after[tracing][0] == "link"
+    if harness.kernel_features()["request_context"]:
+        assert tracing in pinned_before and tracing in after
+        assert after[tracing][0] == "link"
+    else:
+        assert tracing not in pinned_before and tracing not in after
     assert {k_: v for k_, v in after.items() if k_ != tracing} == \
         {k_: v for k_, v in pinned_before.items() if k_ != tracing}
     resolved(node, k("c-proj1"), "dev.proj1", [k("s-proj1")], timeout=5)
