@@ -143,6 +143,7 @@ nlohmann::json Agent::status_json() {
                  {"recv_tracepoint", features_.recv_tracepoint}, {"bpf_loop", features_.bpf_loop},
                  {"task_storage", features_.task_storage}, {"notes", features_.notes}};
   j["request_context"] = dp_ && dp_->request_context();
+  j["per_request_steering"] = dp_ && dp_->per_request();
   if (relay_) j["per_request"] = relay_->status_json();
   j["settings"]["env_header_aliases"] = s_.env_header_aliases;
   j["settings"]["baggage_key"] = s_.baggage_key;
@@ -466,7 +467,11 @@ int Agent::run() {
                dp_->request_context() ? "on"
                : !s_.header_context ? "off (--no-header-context)"
                                     : "unavailable on this kernel (see the degraded lines above)");
-  if (dp_->request_context()) {
+  spdlog::info("per-request steering on pooled connections: {}",
+               dp_->per_request() ? "on"
+               : !s_.header_context ? "off (--no-header-context)"
+                                    : "unavailable on this kernel (needs bpf_loop, 5.17)");
+  if (dp_->per_request()) {
     RelayOptions ro;
     ro.idle_timeout = std::chrono::milliseconds(s_.upstream_idle_ms);
     relay_ = std::make_unique<Relay>(s_.bpffs, ro);

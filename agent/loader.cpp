@@ -176,12 +176,16 @@ std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& c
   }
 
   dp->request_ctx_ = s.header_context && f.request_context();
+  dp->per_request_ = s.header_context && f.bpf_loop;
   skel->rodata->es_feat_set_retval = f.set_retval ? 1 : 0;
   skel->rodata->es_feat_request_ctx = dp->request_ctx_ ? 1 : 0;
+  skel->rodata->es_feat_per_request = dp->per_request_ ? 1 : 0;
   skel->rodata->es_splitter = s.splitter;
   if (!dp->request_ctx_) {
     bpf_program__set_autoload(skel->progs.es_http_ingress, false);
     bpf_program__set_autoload(skel->progs.es_sock_recv_length, false);
+  }
+  if (!dp->per_request_) {
     bpf_program__set_autoload(skel->progs.es_sockops_prog, false);
     bpf_program__set_autoload(skel->progs.es_msg_prog, false);
     bpf_program__set_autoload(skel->progs.es_skb_verdict, false);

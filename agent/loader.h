@@ -60,11 +60,14 @@ class Datapath {
                                            const Features& f, AttachReport* report);
   maps::BpfMapBackend& maps() { return maps_; }
   bool request_context() const { return request_ctx_; }
+  // Per-request steering on steered connections (sk_msg, sk_skb, sockops).
+  bool per_request() const { return per_request_; }
 
  private:
   Datapath() = default;
   envsteer_bpf* skel_ = nullptr;
   bool request_ctx_ = false;
+  bool per_request_ = false;
   maps::BpfMapBackend maps_;
 };
 

@@ -27,7 +27,7 @@ static __always_inline int es_sockops(struct bpf_sock_ops *skops)
 	struct es_sock *s;
 	__u64 cookie;
 
-	if (!es_feat_request_ctx || skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+	if (!es_feat_per_request || skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 		return 1;
 	sk = skops->sk;
 	if (!sk)
@@ -537,7 +537,7 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 	struct es_msg_ctx c = {};
 	__u32 covered;
 
-	if (!es_feat_request_ctx)
+	if (!es_feat_per_request)
 		return SK_PASS;
 	/* upstream and relay sockets of the agent carry no steering state */
 	c.sock = bpf_sk_storage_get(&es_socks, msg->sk, 0, 0);

@@ -23,6 +23,10 @@
 
 /* Set before load: 0 disables the header programs' work (they return early). */
 const volatile __u8 es_feat_request_ctx = 1;
+/* Per-request steering and header insertion on steered connections (sockops,
+ * sk_msg, sk_skb): needs bpf_loop only, so it also runs where the thread
+ * context (es_feat_request_ctx) does not. */
+const volatile __u8 es_feat_per_request = 1;
 const volatile char es_splitter = '.';
 
 struct sock;
