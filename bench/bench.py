@@ -14,7 +14,17 @@ Suites (issue 5 numbering; more are added to SUITES):
            C server in a managed pod through the service address: agent with the header
            programs (A, the default) versus the agent with --no-header-context (B). Keep-alive
            and one connection per request.
+  http     (2) the same tagged HTTP load over four paths: (a) unmanaged client -> unmanaged
+           server, (b) managed client -> service address with envsteer, (c) unmanaged client ->
+           nginx routing on the env header -> unmanaged server, (d) in a netns of its own,
+           client -> service address through kube-proxy-shaped iptables DNAT; b against each.
+  scale    (3) connect cost with N services (10 .. 100 000) loaded into envsteer through the
+           agent, and as kube-proxy-shaped iptables rules in the netns.
+  control  (4) a second node whose agent syncs 10 000 services / 100 000 pods / 1 000 envs
+           from manifests, then single pod-label changes: sync time, event-to-map latency,
+           RSS, map memory (a table of its own, not A/B rows).
 
+bench/run.sh starts this script in a private network namespace (unshare -n, --lo-up).
 Python 3 standard library only. Everything runs on 127.0.0.0/8, every run is bounded in
 time, and the node's close() stops every process by PID and removes cgroups and pins.
 """
