@@ -31,12 +31,15 @@ std::vector<es_backend> SetShadow::live() const {
 
 namespace {
 
-// Smallest id >= first that is not in use.
+// Smallest id >= first that is not in use. `next` carries the search on from the id the
+// previous call returned (every id below it is in use or taken), so that n allocations cost
+// O(n log n), not O(n^2): 100 000 new services took minutes with a scan from `first`.
 template <class Used>
-uint32_t alloc_id(const Used& used, std::set<uint32_t>& taken, uint32_t first) {
-  uint32_t id = first;
+uint32_t alloc_id(const Used& used, std::set<uint32_t>& taken, uint32_t first, uint32_t& next) {
+  uint32_t id = std::max(first, next);
   while (used.count(id) || taken.count(id)) id++;
   taken.insert(id);
+  next = id + 1;
   return id;
 }
 
@@ -97,6 +100,7 @@ size_t Reconciler::adopt() {
 Reconciler::Target Reconciler::plan(const DesiredState& want) const {
   Target t;
   std::set<uint32_t> taken;
+  uint32_t next_env = 0;
   std::set<uint32_t> used_env_ids;
   // Ids still referenced from the maps are not free, even when their entry is
   // gone (a partly applied removal, or a previous agent that stopped mid-way):
@@ -113,7 +117,7 @@ Reconciler::Target Reconciler::plan(const DesiredState& want) const {
             [](const auto& a, const auto& b) { return a.size() != b.size() ? a.size() < b.size() : a < b; });
   for (const auto& name : names) {
     auto it = shadow_.env_names.find(name);
-    uint32_t id = it != shadow_.env_names.end() ? it->second : alloc_id(used_env_ids, taken, 2);
+    uint32_t id = it != shadow_.env_names.end() ? it->second : alloc_id(used_env_ids, taken, 2, next_env);
     t.env_ids[name] = id;
   }
   auto id_of = [&](const EnvName& e) { return e.empty() ? uint32_t{ES_ENV_BASE} : t.env_ids.at(e); };
@@ -128,13 +132,14 @@ Reconciler::Target Reconciler::plan(const DesiredState& want) const {
   }
 
   std::set<uint32_t> used_svc_ids, svc_taken;
+  uint32_t next_svc = 0;
   for (const auto& [k, f] : shadow_.frontends) used_svc_ids.insert(f.svc_id);
   for (const auto& [k, set] : shadow_.sets) used_svc_ids.insert(k.svc_id);
   used_svc_ids.insert(0);
   for (const auto& [key, spec] : want.frontends) {
     auto it = shadow_.frontends.find(key);
     es_frontend f{};
-    f.svc_id = it != shadow_.frontends.end() ? it->second.svc_id : alloc_id(used_svc_ids, svc_taken, 1);
+    f.svc_id = it != shadow_.frontends.end() ? it->second.svc_id : alloc_id(used_svc_ids, svc_taken, 1, next_svc);
     t.frontends[key] = f;
   }
   for (const auto& [name, backends] : want.sets) {

@@ -14,7 +14,17 @@ Suites (issue 5 numbering; more are added to SUITES):
            C server in a managed pod through the service address: agent with the header
            programs (A, the default) versus the agent with --no-header-context (B). Keep-alive
            and one connection per request.
+  http     (2) the same tagged HTTP load over four paths: (a) unmanaged client -> unmanaged
+           server, (b) managed client -> service address with envsteer, (c) unmanaged client ->
+           nginx routing on the env header -> unmanaged server, (d) in a netns of its own,
+           client -> service address through kube-proxy-shaped iptables DNAT; b against each.
+  scale    (3) connect cost with N services (10 .. 100 000) loaded into envsteer through the
+           agent, and as kube-proxy-shaped iptables rules in the netns.
+  control  (4) a second node whose agent syncs 10 000 services / 100 000 pods / 1 000 envs
+           from manifests, then single pod-label changes: sync time, event-to-map latency,
+           RSS, map memory (a table of its own, not A/B rows).
 
+bench/run.sh starts this script in a private network namespace (unshare -n, --lo-up).
 Python 3 standard library only. Everything runs on 127.0.0.0/8, every run is bounded in
 time, and the node's close() stops every process by PID and removes cgroups and pins.
 """
@@ -25,6 +35,7 @@ import os
 import platform
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +52,12 @@ POD_DEV_IP = "127.1.240.10"      # web-dev   (dev)
 POD_P1_IP = "127.1.240.11"       # web-proj1 (dev.proj1): where tagged traffic lands
 PLAIN_IP = "127.1.240.12"        # the same server in an unmanaged cgroup (no envsteer)
 CLIENT_IP = "127.1.240.20"       # client pod (dev.proj1), runs the loops and wrk
+PLAIN2_IP = "127.1.240.13"       # a second unmanaged server: the proxy's "dev" upstream
+PROXY_IP, PROXY_PORT = "127.1.240.30", 80   # nginx header-routing proxy (unmanaged)
+IPT_EP_IP = "127.1.240.14"       # the server behind the iptables DNAT (in the "ipt" netns)
+# Map sizes for every agent of the run (the scaling suite loads 100 000 services; the
+# defaults hold 65 536 frontends). Set before the first start: pinned maps keep their size.
+LIMITS_YAML = "limits:\n  frontends: 262144\n  sets: 524288\n  slots: 524288\n"
 ENV_HEADER = ("X-Virtual-Env", "dev.proj1")
 
 WRK_LUA = r"""
@@ -153,17 +170,22 @@ class Bench:
         self.notes = []
         self.attached = {}
         self._n = 0
+        self._ipt = None
+        self.extra_tables = []   # (title, markdown table) of suites that are not A/B rows
+        self.metrics = []        # Metric rows of those tables (for the JSON)
 
     # -- processes in cgroups (the harness's way: sh writes its pid to cgroup.procs, execs)
 
-    def run_in_cgroup(self, parent_cg, argv, timeout, name):
+    def run_in_cgroup(self, parent_cg, argv, timeout, name, netns=None):
         """Run argv in a fresh child cgroup of parent_cg (like the harness's pod clients),
-        wait (bounded), remove the child cgroup; returns (rc, stdout)."""
+        in netns (a harness NetNS) if given; wait (bounded), remove the child cgroup;
+        returns (rc, stdout)."""
         self._n += 1
         d = os.path.join(parent_cg, "client-b%d" % self._n)
         os.mkdir(d)
         try:
-            proc = self.node._popen(argv, d, "bench-%s.log" % name, stdout=subprocess.PIPE)
+            proc = self.node._popen(argv, d, "bench-%s.log" % name, netns,
+                                    stdout=subprocess.PIPE)
             try:
                 out, _ = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -177,11 +199,11 @@ class Bench:
         finally:
             self.node._rmdir_cgroup(d)
 
-    def start_httpd(self, cgroup_dir, ip, name):
+    def start_httpd(self, cgroup_dir, ip, name, netns=None):
         ready = os.path.join(self.node.tmp, "ready-%s" % name)
         argv = [os.path.join(self.tools, "httpd"), ip, str(TARGET_PORT), "--ready-file", ready,
                 "--max-seconds", "3600"]
-        proc = self.node._popen(argv, cgroup_dir, "httpd-%s.log" % name)
+        proc = self.node._popen(argv, cgroup_dir, "httpd-%s.log" % name, netns)
         harness.wait_until(lambda: os.path.exists(ready) or proc.poll() is not None, 10,
                            what="httpd %s" % name)
         if proc.poll() is not None:
@@ -248,8 +270,9 @@ class Bench:
         t0 = time.monotonic()
         if self.node.agent_running():
             self.node.stop_agent()
-        extra = ["--no-header-context"] if mode == "noheader" else []
-        self.node.start_agent(extra, timeout=30)
+        extra = ["--config", self.config_file()]
+        extra += ["--no-header-context"] if mode == "noheader" else []
+        self.node.start_agent(extra, timeout=300)
         self.agent_mode = mode
         links = sorted(os.listdir(os.path.join(self.node.pin_dir, "links")))
         hdr_links = [l for l in links if l in ("es_http_ingress", "es_sock_recv_length",
@@ -262,6 +285,42 @@ class Bench:
         self.attached["links, agent %s" % ("default" if mode == "header"
                                            else "--no-header-context")] = links
         log("agent mode %s ready in %.1fs" % (mode, time.monotonic() - t0))
+
+    def note(self, text):
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def config_file(self):
+        path = os.path.join(self.node.tmp, "limits.yaml")
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(LIMITS_YAML)
+        return path
+
+    def remote_cg(self, name):
+        """A cgroup outside the steered subtree (no envsteer program), removed by close()."""
+        d = os.path.join(self.node.remote_cgroup_dir, name)
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def ipt_netns(self):
+        """The network namespace of the iptables variant: its own netfilter tables, so the
+        host's are never touched and conntrack/NAT hooks exist only there. Created on first
+        use (ip netns add envsteer-e2e-<pid>-bench-ipt, lo up), deleted by close()."""
+        if self._ipt is None:
+            self._ipt = self.node.add_netns("bench-ipt")
+            self.start_httpd(self.remote_cg("pod-ipt-server"), IPT_EP_IP, "ipt", self._ipt)
+        return self._ipt
+
+    def iptables_restore(self, rules):
+        """Replace the nat table of the ipt netns (iptables-restore, no --noflush)."""
+        ns = self.ipt_netns()
+        t0 = time.monotonic()
+        r = subprocess.run(ns.prefix() + ["iptables-restore", "-w", "30"], input=rules,
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            raise BenchError("iptables-restore in %s: %s" % (ns.name, r.stderr.strip()[-2000:]))
+        return time.monotonic() - t0
 
     def counters(self):
         try:
@@ -278,14 +337,14 @@ class Bench:
 
     # -- tools
 
-    def connloop(self, cg, ip, port, count, name, server_cg=None):
-        """Run the connect loop in a child of cg; with server_cg, also the CPU time that cg
-        and server_cg used, per connect (cpu_ns)."""
+    def connloop(self, cg, ip, port, count, name, server_cg=None, netns=None):
+        """Run the connect loop in a child of cg (in netns, if given); with server_cg, also
+        the CPU time that cg and server_cg used, per connect (cpu_ns)."""
         argv = [os.path.join(self.tools, "connloop"), ip, str(port), str(count),
                 str(self.args.max_loop_seconds)]
         cgs = [cg] + ([server_cg] if server_cg else [])
         u0 = sum(cpu_usec(c) for c in cgs)
-        rc, out = self.run_in_cgroup(cg, argv, self.args.max_loop_seconds + 30, name)
+        rc, out = self.run_in_cgroup(cg, argv, self.args.max_loop_seconds + 30, name, netns)
         u1 = sum(cpu_usec(c) for c in cgs)
         try:
             res = json.loads(out.strip().splitlines()[-1])
@@ -296,7 +355,9 @@ class Bench:
         res["cpu_ns"] = (u1 - u0) * 1000.0 / max(1, res["count"])
         return res
 
-    def wrk(self, url, close, duration, name):
+    def wrk(self, url, close, duration, name, client_cg=None, cpu_cgs=None, netns=None):
+        """wrk in a child of client_cg (default: the managed client pod), in netns if given;
+        cpu_us per request is the CPU time of cpu_cgs (default: client and server pods)."""
         lua = os.path.join(self.node.tmp, "report.lua")
         if not os.path.exists(lua):
             with open(lua, "w") as f:
@@ -307,9 +368,10 @@ class Bench:
         if close:
             argv += ["-H", "Connection: close"]
         argv.append(url)
-        cgs = [self.client_cg(), self.server_cg()]
+        client_cg = client_cg or self.client_cg()
+        cgs = cpu_cgs or [client_cg, self.server_cg()]
         u0 = sum(cpu_usec(c) for c in cgs)
-        rc, out = self.run_in_cgroup(self.client_cg(), argv, duration + 30, name)
+        rc, out = self.run_in_cgroup(client_cg, argv, duration + 30, name, netns)
         u1 = sum(cpu_usec(c) for c in cgs)
         m = re.search(r"^BENCH-JSON (\{.*\})$", out or "", re.M)
         if rc != 0 or not m:
@@ -419,7 +481,528 @@ def suite_header(b):
     return list(rows.values()), raw
 
 
-SUITES = {"connect": suite_connect, "header": suite_header}
+# --------------------------------------------------------------------------- item 2: hops
+
+NGINX_CONF = """worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  # route on the environment header, as a sidecar or node proxy would
+  map $http_x_virtual_env $env_upstream {{
+    default     env_dev;
+    dev.proj1   env_proj1;
+  }}
+  upstream env_dev   {{ server {dev}:{port}; keepalive 64; }}
+  upstream env_proj1 {{ server {proj1}:{port}; keepalive 64; }}
+  server {{
+    listen {ip}:{lport} reuseport backlog=4096;
+    location / {{
+      proxy_pass http://$env_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def kube_proxy_rules(services, measured_at=None):
+    """iptables-restore input for the nat table, shaped like kube-proxy's iptables mode:
+    OUTPUT/PREROUTING -> KUBE-SERVICES -> one rule per service port (dst ip, proto, dport)
+    -> KUBE-SVC-<hash> -> (statistic random over endpoints) KUBE-SEP-<hash> -> MARK-MASQ for
+    hairpin, DNAT. services: [(name, vip, port, [(ep_ip, ep_port)...])]; the list order is
+    the KUBE-SERVICES order (a new connection's first packet walks it linearly)."""
+    chains = ["KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-NODEPORTS"]
+    rules = [
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+        "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
+        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+        "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
+        "-j MASQUERADE --random-fully"]
+    svc_rules, chain_rules = [], []
+    for i, (name, vip, port, eps) in enumerate(services):
+        h = "%016X" % (i + 1)
+        svc = "KUBE-SVC-" + h
+        chains.append(svc)
+        svc_rules.append('-A KUBE-SERVICES -d %s/32 -p tcp -m comment --comment "%s:http '
+                         'cluster IP" -m tcp --dport %d -j %s' % (vip, name, port, svc))
+        for j, (ip, p) in enumerate(eps):
+            sep = "KUBE-SEP-%s%02d" % (h[2:], j)
+            chains.append(sep)
+            left = len(eps) - j
+            stat = ("-m statistic --mode random --probability %.11f " % (1.0 / left)
+                    if left > 1 else "")
+            chain_rules.append('-A %s -m comment --comment "%s:http -> %s:%d" %s-j %s'
+                               % (svc, name, ip, p, stat, sep))
+            chain_rules.append('-A %s -s %s/32 -m comment --comment "%s:http" -j KUBE-MARK-MASQ'
+                               % (sep, ip, name))
+            chain_rules.append('-A %s -p tcp -m comment --comment "%s:http" -m tcp -j DNAT '
+                               "--to-destination %s:%d" % (sep, name, ip, p))
+    svc_rules.append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; '
+                     'NOTE: this must be the last rule in this chain" -m addrtype --dst-type '
+                     "LOCAL -j KUBE-NODEPORTS")
+    head = ["*nat"] + [":%s ACCEPT [0:0]" % c for c in ("PREROUTING", "INPUT", "OUTPUT",
+                                                          "POSTROUTING")]
+    head += [":%s - [0:0]" % c for c in chains]
+    return "\n".join(head + rules + svc_rules + chain_rules + ["COMMIT", ""])
+
+
+def iptables_backend():
+    r = subprocess.run(["iptables", "-V"], capture_output=True, text=True, timeout=10)
+    return (r.stdout or r.stderr).strip()
+
+
+def scale_addr(base, i):
+    """The i-th address of a generated block: 127.<base + i/65536>.<i/256 % 256>.<i % 256>."""
+    return "127.%d.%d.%d" % (base + (i >> 16), (i >> 8) & 255, i & 255)
+
+
+def start_nginx(b):
+    """nginx (Debian) in an unmanaged cgroup on PROXY_IP:80, routing on X-Virtual-Env to the
+    unmanaged servers: dev.proj1 -> PLAIN_IP, anything else -> PLAIN2_IP."""
+    tmp = os.path.join(b.node.tmp, "nginx")
+    for d in ("", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        os.makedirs(os.path.join(tmp, d), exist_ok=True)
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(tmp=tmp, dev=PLAIN2_IP, proj1=PLAIN_IP, port=TARGET_PORT,
+                                  ip=PROXY_IP, lport=PROXY_PORT))
+    cg = b.remote_cg("pod-proxy")
+    proc = b.node._popen(["nginx", "-p", tmp, "-e", os.path.join(tmp, "nginx-error.log"),
+                          "-c", conf], cg, "nginx.log")
+
+    def up():
+        if proc.poll() is not None:
+            return True
+        try:
+            socket.create_connection((PROXY_IP, PROXY_PORT), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+    harness.wait_until(up, 10, what="nginx on %s:%d" % (PROXY_IP, PROXY_PORT))
+    if proc.poll() is not None:
+        raise BenchError("nginx exited: %s" % harness._read_file(
+            os.path.join(tmp, "nginx-error.log"), 2000))
+    return cg
+
+
+def suite_http(b):
+    """Issue 5 item 2: the same tagged HTTP load over four paths: (a) direct to an unmanaged
+    pod, (b) the service address with envsteer (header programs on), (c) a userspace
+    header-routing proxy hop (nginx), (d) kube-proxy-shaped iptables DNAT (own netns)."""
+    a = b.args
+    b.set_agent_mode("header")
+    plain2_cg = b.remote_cg("pod-plain-server2")
+    b.start_httpd(plain2_cg, PLAIN2_IP, "plain2")
+    proxy_cg = start_nginx(b)
+    ns = b.ipt_netns()
+    ipt_client_cg = b.remote_cg("pod-ipt-client")
+    ipt_server_cg = b.remote_cg("pod-ipt-server")
+    b.iptables_restore(kube_proxy_rules([("bench/web", SVC_IP, SVC_PORT,
+                                          [(IPT_EP_IP, TARGET_PORT)])]))
+    b.note("iptables: %s, in netns %s" % (iptables_backend(), ns.name))
+    svc_url = "http://%s:%d/" % (SVC_IP, SVC_PORT)
+    paths = {
+        "a": dict(url="http://%s:%d/" % (PLAIN_IP, TARGET_PORT), client_cg=b.plain_client_cg,
+                  cpu_cgs=[b.plain_client_cg, b.plain_server_cg], netns=None),
+        "b": dict(url=svc_url, client_cg=b.client_cg(), cpu_cgs=[b.client_cg(), b.server_cg()],
+                  netns=None),
+        "c": dict(url="http://%s:%d/" % (PROXY_IP, PROXY_PORT), client_cg=b.plain_client_cg,
+                  cpu_cgs=[b.plain_client_cg, b.plain_server_cg, proxy_cg], netns=None),
+        "d": dict(url=svc_url, client_cg=ipt_client_cg, cpu_cgs=[ipt_client_cg, ipt_server_cg],
+                  netns=ns),
+    }
+    names = {"a": "(a) direct to the pod, no programs",
+             "b": "(b) service address, envsteer, header programs on",
+             "c": "(c) nginx header-routing proxy hop",
+             "d": "(d) iptables DNAT, kube-proxy shape"}
+    vs = {"a": "direct", "c": "proxy", "d": "iptables"}
+    modes = [("ka", False, "keep-alive"), ("close", True, "one connection per request")]
+    targets = {("a", "ka", "rps"): (">=", 0.95), ("a", "close", "rps"): (">=", 0.93),
+               ("c", "ka", "rps"): (">=", 2.0), ("c", "close", "rps"): (">=", 2.0),
+               ("c", "ka", "p99_us"): ("<=", 0.5), ("c", "close", "p99_us"): ("<=", 0.5)}
+    rows = {}
+    for m, _, label in modes:
+        for q, unit, better, what in (
+                ("rps", "req/s", "higher", "RPS"), ("p50_us", "us", "lower", "latency p50"),
+                ("p99_us", "us", "lower", "latency p99"),
+                ("cpu_us", "us", "lower", "CPU time of the path's cgroups per request")):
+            for other in ("a", "c", "d"):
+                k = "hop_%s_%s_vs_%s" % (m, q, vs[other])
+                rows[k] = Row(k, "HTTP %s, %s" % (label, what), unit, names["b"], names[other],
+                              better, targets.get((other, m, q)),
+                              fmt="%.1f" if q == "cpu_us" else "%.0f")
+    # warm-up (not counted; skipped by --smoke), and proof that each path works
+    for v, p in ([] if a.smoke else paths.items()):
+        b.wrk(p["url"], False, 1, "hop-warm-" + v, p["client_cg"], p["cpu_cgs"], p["netns"])
+    raw = []
+    for i in range(a.rounds):
+        rec = {"round": i + 1}
+        c0 = b.counters()
+        for m, close, _ in modes:
+            res = {}
+            for v, p in paths.items():
+                res[v] = b.wrk(p["url"], close, a.duration, "hop-%s-%s" % (m, v),
+                               p["client_cg"], p["cpu_cgs"], p["netns"])
+            for q in ("rps", "p50_us", "p99_us", "cpu_us"):
+                for other in ("a", "c", "d"):
+                    rows["hop_%s_%s_vs_%s" % (m, q, vs[other])].add(res["b"][q], res[other][q])
+            rec[m] = res
+            log("http round %d/%d %s: rps a %.0f b %.0f c %.0f d %.0f; p99 us a %d b %d c %d "
+                "d %d" % (i + 1, a.rounds, m, res["a"]["rps"], res["b"]["rps"],
+                          res["c"]["rps"], res["d"]["rps"], res["a"]["p99_us"],
+                          res["b"]["p99_us"], res["c"]["p99_us"], res["d"]["p99_us"]))
+        c1 = b.counters()
+        found = c1.get("header_found", 0) - c0.get("header_found", 0)
+        if found < rec["ka"]["b"]["requests"] // 2:
+            raise BenchError("path (b): header_found grew by %d for %d requests"
+                             % (found, rec["ka"]["b"]["requests"]))
+        raw.append(rec)
+    return list(rows.values()), raw
+
+
+# --------------------------------------------------------------------------- item 3: scaling
+
+def k8s_service(ns, name, ip, port=80, target_port=8080, selector=None):
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns,
+                         "uid": "svc-%s-%s" % (ns, name)},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "type": "ClusterIP",
+                     "ports": [{"name": "http", "port": port, "protocol": "TCP",
+                                "targetPort": target_port}],
+                     "selector": selector or {"app": name}}}
+
+
+def k8s_pod(ns, name, ip, labels, cgroup=None, node="other"):
+    meta = {"name": name, "namespace": ns, "uid": "pod-%s-%s" % (ns, name),
+            "labels": labels}
+    if cgroup:
+        meta["annotations"] = {harness.CGROUP_ANNOTATION: cgroup}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"nodeName": node, "containers": [{"name": "app", "ports": [
+                {"containerPort": 8080, "name": "http", "protocol": "TCP"}]}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def write_json_manifest(node, filename, objs):
+    """A kind: List JSON manifest, written atomically (staging file + rename)."""
+    text = json.dumps({"apiVersion": "v1", "kind": "List", "items": objs},
+                      separators=(",", ":"))
+    node._atomic_write(filename, text)
+    return len(text)
+
+
+def wait_sync(node, since_ok, pred, timeout, what):
+    """Poll /v1/status (2 ms) until a sync after since_ok succeeded and pred(status) holds."""
+    def probe():
+        try:
+            st = node.status_http()
+        except (OSError, ValueError, harness.HarnessError):
+            return None
+        if st["sync"]["ok"] > since_ok and pred(st):
+            return st
+        if st["sync"]["failed"] and st["sync"]["last_error"]:
+            raise BenchError("%s: agent reports %s" % (what, st["sync"]["last_error"]))
+        return None
+    return harness.wait_until(probe, timeout, 0.002, what)
+
+
+def suite_scale(b):
+    """Issue 5 item 3: connect() cost with N services loaded, envsteer maps (loaded by the
+    agent from generated manifests) versus N kube-proxy-style iptables services."""
+    a = b.args
+    b.set_agent_mode("header")
+    ns = b.ipt_netns()
+    ipt_client_cg = b.remote_cg("pod-ipt-client")
+    b.note("iptables: %s, in netns %s" % (iptables_backend(), ns.name))
+    rows, raw, curve = [], [], {"envsteer": {}, "iptables": {}}
+    base_fe = b.node.status_http()["model"]["frontends"]
+    cp = []
+    try:
+        for n in a.scale_sizes:
+            extra = n - 1  # plus the bench service itself
+            objs = []
+            for i in range(extra):
+                name = "svc-%d" % i
+                objs.append(k8s_service("scale", name, scale_addr(100, i),
+                                        selector={"app": name}))
+                objs.append(k8s_pod("scale", "pod-%d" % i, scale_addr(110, i),
+                                    {"app": name}))
+            ok0 = b.node.status_http()["sync"]["ok"]
+            t0 = time.monotonic()
+            size = write_json_manifest(b.node, "scale.json", objs)
+            wait_sync(b.node, ok0, lambda st: st["model"]["frontends"] == base_fe + extra, 900,
+                      "agent applying %d services" % n)
+            t_env = time.monotonic() - t0
+            # the measured service sits in the middle of KUBE-SERVICES (a random service's
+            # expected position); the others are the same shape with one endpoint each
+            svcs = [("scale/svc-%d" % i, scale_addr(100, i), 80,
+                     [(scale_addr(110, i), 8080)]) for i in range(extra)]
+            svcs.insert(extra // 2, ("bench/web", SVC_IP, SVC_PORT, [(IPT_EP_IP, TARGET_PORT)]))
+            t_ipt = b.iptables_restore(kube_proxy_rules(svcs))
+            del svcs, objs
+            log("scale %d services: envsteer applied in %.1fs (%d bytes of JSON), "
+                "iptables-restore %.1fs" % (n, t_env, size, t_ipt))
+            ra = Row("scale_%d_connect_ns" % n, "connect+close p50 with %d services" % n, "ns",
+                     "envsteer: pod -> service", "iptables DNAT: pod -> service", "lower")
+            rec = {"services": n, "envsteer_apply_s": t_env, "iptables_restore_s": t_ipt,
+                   "rounds": []}
+            count = max(200, a.connects // 2)
+            b.connloop(b.client_cg(), SVC_IP, SVC_PORT, 200, "scale-warm-e")
+            b.connloop(ipt_client_cg, SVC_IP, SVC_PORT, 200, "scale-warm-i", netns=ns)
+            for i in range(a.rounds):
+                re_ = b.connloop(b.client_cg(), SVC_IP, SVC_PORT, count, "scale-e")
+                ri = b.connloop(ipt_client_cg, SVC_IP, SVC_PORT, count, "scale-i", netns=ns)
+                ra.add(re_["p50_ns"], ri["p50_ns"])
+                rec["rounds"].append({"envsteer": re_, "iptables": ri})
+            curve["envsteer"][n] = list(ra.a)
+            curve["iptables"][n] = list(ra.b)
+            log("scale %d: envsteer p50 %.0f ns, iptables %.0f ns" % (
+                n, statistics.median(ra.a), statistics.median(ra.b)))
+            rows.append(ra)
+            raw.append(rec)
+            cp.append((n, t_env, t_ipt, size))
+    finally:
+        b.node.remove_raw_manifest("scale.json")
+        try:
+            if b.node.agent_running():
+                wait_sync(b.node, b.node.status_http()["sync"]["ok"] - 1,
+                          lambda st: st["model"]["frontends"] == base_fe, 300,
+                          "agent dropping the scale services")
+        except (TimeoutError, BenchError) as e:
+            b.notes.append("scale clean-up: %s" % e)
+        # the iptables rules go with the netns (deleted by close()); flushing 100 000
+        # services with iptables-restore would take tens of seconds
+    first = a.scale_sizes[0]
+    for who, label in (("envsteer", "envsteer"), ("iptables", "iptables DNAT")):
+        for n in a.scale_sizes[1:]:
+            r = Row("scale_%s_%d_vs_%d" % (who, n, first), "connect+close p50, %d services "
+                    "over %d" % (n, first), "ns", "%s, %d services" % (label, n),
+                    "%s, %d services" % (label, first), "lower",
+                    ("<=", 1.10) if who == "envsteer" and n == a.scale_sizes[-1] else None)
+            for x in curve[who][n]:
+                r.add(a=x)
+            for x in curve[who][first]:
+                r.add(b=x)
+            rows.append(r)
+    lines = ["| services | envsteer: agent apply from manifests, s | manifest JSON, MB | "
+             "iptables-restore (nat table), s |", "|---|---|---|---|"]
+    for n, te, ti, size in cp:
+        lines.append("| %d | %.2f | %.1f | %.2f |" % (n, te, size / 1e6, ti))
+    b.extra_tables.append(("Scaling: time to load the services (one run each)",
+                           "\n".join(lines)))
+    return rows, raw
+
+
+# --------------------------------------------------------------------------- item 4: control plane
+
+def proc_status_kib(pid, field):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise BenchError("no %s in /proc/%d/status" % (field, pid))
+
+
+def pinned_map_memory(pin_dir):
+    """{map name: bytes_memlock} of the maps pinned under pin_dir/maps (bpftool map show)."""
+    out = {}
+    mdir = os.path.join(pin_dir, "maps")
+    for f in sorted(os.listdir(mdir)):
+        r = subprocess.run(["bpftool", "-j", "map", "show", "pinned", os.path.join(mdir, f)],
+                           capture_output=True, text=True, timeout=10)
+        try:
+            out[f] = int(json.loads(r.stdout).get("bytes_memlock", 0))
+        except (ValueError, TypeError):
+            pass
+    return out
+
+
+def log_apply_us(text, why):
+    """The "in N us" of the agent's last "applied <why>" log line."""
+    ms = re.findall(r"applied %s \((?:changed|no change)\).* in (\d+) us" % re.escape(why), text)
+    return int(ms[-1]) if ms else None
+
+
+class Metric:
+    """A row of a non-A/B table: one quantity, its values over repetitions, a target."""
+
+    def __init__(self, key, what, unit, target=None, fmt="%.1f"):
+        self.key, self.what, self.unit, self.target, self.fmt = key, what, unit, target, fmt
+        self.values = []
+
+    def value(self):
+        return statistics.median(self.values) if self.values else None
+
+    def met(self):
+        v = self.value()
+        if self.target is None or v is None:
+            return "-"
+        op, t = self.target
+        return "yes" if (v <= t if op == "<=" else v >= t) else "NO"
+
+    def cell(self):
+        if not self.values:
+            return "n/a"
+        return "%s [%s-%s]" % (self.fmt % self.value(), self.fmt % min(self.values),
+                               self.fmt % max(self.values))
+
+    def as_dict(self):
+        return {"key": self.key, "what": self.what, "unit": self.unit, "values": self.values,
+                "median": self.value(), "target": self.target, "met": self.met()}
+
+
+def render_metrics(ms):
+    lines = ["| row | measurement | value: median [min-max] | n | target | met |",
+             "|---|---|---|---|---|---|"]
+    for m in ms:
+        lines.append("| %s | %s (%s) | %s | %d | %s | %s |" % (
+            m.key, m.what, m.unit, m.cell(), len(m.values),
+            "-" if m.target is None else "%s %s" % m.target, m.met()))
+    return "\n".join(lines)
+
+
+def suite_control(b):
+    """Issue 5 item 4: a second node whose agent starts on generated manifests (services,
+    pods, environments; selector-based membership), then single pod-label changes."""
+    a = b.args
+    n_svc, n_pod, n_env, n_ns, n_local = a.cp_services, a.cp_pods, a.cp_envs, a.cp_namespaces, 64
+    cpn = harness.Node("bench-cp", default_env="dev", bin=a.bin, log_level="info")
+    metrics = {k: Metric(k, w, u, t, f) for k, w, u, t, f in (
+        ("cp_full_sync_s", "full sync from manifests: agent start -> ready (programs loaded, "
+         "manifests parsed, model built, maps written)", "s", ("<=", 2.0), "%.2f"),
+        ("cp_apply_s", "full sync: model + map writes only (agent log)", "s", None, "%.2f"),
+        ("cp_resync_s", "re-sync of the unchanged state (SIGHUP: parse + model + diff)", "s",
+         None, "%.2f"),
+        ("cp_event_p50_ms", "pod label change -> maps written, p50 of the events", "ms",
+         None, "%.1f"),
+        ("cp_event_p99_ms", "pod label change -> maps written, p99 (the max for < 100 events)",
+         "ms", ("<=", 10.0), "%.1f"),
+        ("cp_event_apply_ms", "pod label change: model + map writes only (agent log), p50",
+         "ms", None, "%.1f"),
+        ("cp_rss_mib", "agent peak RSS (VmHWM)", "MiB", ("<=", 200.0), "%.1f"),
+        ("cp_map_mib", "kernel memory of the pinned maps (bpftool bytes_memlock)", "MiB",
+         None, "%.1f"))}
+    raw = {"services": n_svc, "pods": n_pod, "envs": n_env, "namespaces": n_ns,
+           "local_pods": n_local}
+    try:
+        with open(os.path.join(cpn.tmp, "limits.yaml"), "w") as f:
+            f.write(LIMITS_YAML)
+        # one JSON file per namespace; pod k of service i is in env dev.e<(i*10+k) % n_env>
+        per_svc = max(1, n_pod // n_svc)
+        files, pod_ix = {}, 0
+        local_left = n_local
+        for i in range(n_svc):
+            nsn = "ns-%d" % (i % n_ns)
+            name = "svc-%d" % i
+            objs = files.setdefault(nsn, [])
+            objs.append(k8s_service(nsn, name, scale_addr(130, i), selector={"app": name}))
+            for k in range(per_svc):
+                labels = {"app": name, "virtual-env": "dev.e%d" % (pod_ix % n_env)}
+                cg = None
+                if local_left and k == 0:  # some local pods (cgroups under the cp root)
+                    local_left -= 1
+                    rel = cpn.cgroup_rel + "/pod-%d" % i
+                    os.mkdir(os.path.join(cpn.cg_mount, rel))
+                    cg = rel
+                objs.append(k8s_pod(nsn, "pod-%d-%d" % (i, k), scale_addr(140, pod_ix),
+                                    labels, cg, node=cpn.uid if cg else "other"))
+                pod_ix += 1
+        total = 0
+        for nsn, objs in files.items():
+            total += write_json_manifest(cpn, nsn + ".json", objs)
+        cpn.write_raw_manifest("cluster.yaml", "")  # the harness's file: empty
+        raw["manifest_bytes"] = total
+        log("control plane: %d services, %d pods, %d envs in %d files (%.0f MB); starting "
+            "the agent" % (n_svc, pod_ix, n_env, len(files), total / 1e6))
+        t0 = time.monotonic()
+        cpn.start_agent(["--config", os.path.join(cpn.tmp, "limits.yaml")], timeout=600)
+        metrics["cp_full_sync_s"].values.append(time.monotonic() - t0)
+        st = cpn.status_http()
+        raw["model"] = st["model"]
+        want_envs = n_env + 1
+        if st["model"]["frontends"] != n_svc or st["model"]["envs"] < want_envs:
+            raise BenchError("control plane: model after start-up %s, expected %d frontends "
+                             "and %d envs" % (st["model"], n_svc, want_envs))
+        us = log_apply_us(cpn.agent_log_text(200000), "start-up")
+        if us is not None:
+            metrics["cp_apply_s"].values.append(us / 1e6)
+        pid = cpn.agent.pid
+        # full re-sync of the same state (SIGHUP)
+        ok0 = st["sync"]["ok"]
+        t0 = time.monotonic()
+        cpn.sighup_agent()
+        wait_sync(cpn, ok0, lambda s: True, 300, "SIGHUP re-sync")
+        metrics["cp_resync_s"].values.append(time.monotonic() - t0)
+        # single pod-label changes: pod k=1 of service i moves to another env
+        lat, rng = [], list(range(a.cp_events))
+        for e in rng:
+            i = (e * 7919) % n_svc
+            nsn = "ns-%d" % (i % n_ns)
+            objs = files[nsn]
+            pname = "pod-%d-%d" % (i, min(1, per_svc - 1))
+            pod = next(o for o in objs if o["kind"] == "Pod" and o["metadata"]["name"] == pname)
+            old = pod["metadata"]["labels"]["virtual-env"]
+            pod["metadata"]["labels"]["virtual-env"] = "dev.e%d" % (
+                (int(old.split(".e")[1]) + 1 + e) % n_env)
+            st0 = cpn.status_http()
+            text = json.dumps({"apiVersion": "v1", "kind": "List", "items": objs},
+                              separators=(",", ":"))
+            staged = os.path.join(cpn.staging_dir, nsn + ".json.tmp")
+            with open(staged, "w") as f:
+                f.write(text)
+            t_write = time.time()
+            os.rename(staged, os.path.join(cpn.manifest_dir, nsn + ".json"))
+            st1 = wait_sync(cpn, st0["sync"]["ok"], lambda s: True, 120,
+                            "pod label change %d" % e)
+            if st1["sync"]["map_updates"] + st1["sync"]["map_deletes"] == \
+                    st0["sync"]["map_updates"] + st0["sync"]["map_deletes"]:
+                raise BenchError("pod label change %d: the agent wrote no map entry" % e)
+            lat.append((st1["sync"]["last_ok_unix"] - t_write) * 1000.0)
+            us = log_apply_us(cpn.agent_log_text(20000), "manifest change")
+            if us is not None:
+                metrics["cp_event_apply_ms"].values.append(us / 1000.0)
+            time.sleep(0.1)
+        lat.sort()
+        raw["event_ms"] = lat
+        metrics["cp_event_p50_ms"].values.append(statistics.median(lat))
+        metrics["cp_event_p99_ms"].values.append(
+            lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))])
+        metrics["cp_rss_mib"].values.append(proc_status_kib(pid, "VmHWM") / 1024.0)
+        raw["rss_now_mib"] = proc_status_kib(pid, "VmRSS") / 1024.0
+        mem = pinned_map_memory(cpn.pin_dir)
+        raw["map_bytes"] = mem
+        metrics["cp_map_mib"].values.append(sum(mem.values()) / 2.0 ** 20)
+        log("control plane: start->ready %.2fs, event p50 %.1f ms p99 %.1f ms, VmHWM %.0f MiB, "
+            "maps %.1f MiB" % (metrics["cp_full_sync_s"].values[0], metrics[
+                "cp_event_p50_ms"].values[0], metrics["cp_event_p99_ms"].values[0],
+                metrics["cp_rss_mib"].values[0], metrics["cp_map_mib"].values[0]))
+    finally:
+        cpn.close()
+        if cpn.cleanup_problems:
+            b.notes.append("control-plane node clean-up: %s" % cpn.cleanup_problems)
+    ms = list(metrics.values())
+    b.extra_tables.append(("Control plane (issue 5 item 4): %d services, %d pods, %d "
+                           "environments, %d events" % (n_svc, n_pod, n_env, a.cp_events),
+                           render_metrics(ms)))
+    b.metrics += ms
+    return [], raw
+
+
+SUITES = {"connect": suite_connect, "header": suite_header, "http": suite_http,
+          "scale": suite_scale, "control": suite_control}
 
 
 # --------------------------------------------------------------------------- BPF run time
@@ -518,7 +1101,7 @@ def machine():
             "commit": rev + ("+dirty" if dirty else "")}
 
 
-def markdown(m, args, rows, attached, notes, stats):
+def markdown(m, args, rows, attached, notes, stats, extra_tables=()):
     p = ["# envsteer benchmark: latest results", "",
          "- date: %s" % m["date"],
          "- kernel: %s; CPU: %s (%s CPUs); load average at start: %s" % (
@@ -532,6 +1115,8 @@ def markdown(m, args, rows, attached, notes, stats):
          "", "Ratios are A/B: median of A over median of B, and the median [min-max] of the "
          "per-round ratios. See bench/README.md for what each row measures.", "",
          render_table(rows), ""]
+    for title, table in extra_tables:
+        p += ["## " + title, "", table, ""]
     if stats:
         p += ["## BPF run time per operation (kernel.bpf_stats_enabled=1, one extra run)", "",
               render_prog_stats(stats), ""]
@@ -557,6 +1142,17 @@ def main():
     ap.add_argument("--connections", type=int, default=16, help="wrk -c")
     ap.add_argument("--threads", type=int, default=1, help="wrk -t")
     ap.add_argument("--max-loop-seconds", type=float, default=60.0)
+    ap.add_argument("--scale-sizes", help="scaling suite: numbers of services, comma-separated "
+                    "(default 10,1000,10000,100000; smoke 10,100)")
+    ap.add_argument("--cp-services", type=int, help="control plane: services (default 10000)")
+    ap.add_argument("--cp-pods", type=int, help="control plane: pods (default 100000)")
+    ap.add_argument("--cp-envs", type=int, help="control plane: environments (default 1000)")
+    ap.add_argument("--cp-namespaces", type=int, default=100,
+                    help="control plane: namespaces, one manifest file each")
+    ap.add_argument("--cp-events", type=int, help="control plane: pod label changes "
+                    "(default 20: each one re-reads every manifest, seconds at full size)")
+    ap.add_argument("--lo-up", action="store_true", help="bring lo up first (run.sh starts "
+                    "this script in a fresh network namespace)")
     ap.add_argument("--only", default=",".join(SUITES), help="suites, comma-separated: %s"
                     % ", ".join(SUITES))
     ap.add_argument("--prog-stats", action="store_true",
@@ -569,7 +1165,16 @@ def main():
         args.rounds = args.rounds or 2
         args.connects = args.connects or 2000
         args.duration = args.duration or 1
+        sizes, cp = "10,100", (100, 1000, 10, 5)
     else:
+        sizes, cp = "10,1000,10000,100000", (10000, 100000, 1000, 20)
+    args.scale_sizes = [int(x) for x in (args.scale_sizes or sizes).split(",")]
+    args.cp_services = args.cp_services or cp[0]
+    args.cp_pods = args.cp_pods or cp[1]
+    args.cp_envs = args.cp_envs or cp[2]
+    args.cp_events = args.cp_events or cp[3]
+    args.cp_namespaces = min(args.cp_namespaces, args.cp_services)
+    if not args.smoke:
         args.rounds = args.rounds or 7
         args.connects = args.connects or 20000
         args.duration = args.duration or 5
@@ -588,6 +1193,8 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
+    if args.lo_up:
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
     m = machine()
     b = Bench(args)
     rows, raw, stats = [], {}, None
@@ -616,6 +1223,10 @@ def main():
         m["date"], m["kernel"], m["cpu"], m["cpus"], args.rounds, elapsed))
     print("A/B ratios; medians [min-max] over rounds%s" % ("  [SMOKE]" if args.smoke else ""))
     print(table)
+    for title, t in b.extra_tables:
+        print()
+        print(title)
+        print(t)
     if stats:
         print()
         print(render_prog_stats(stats))
@@ -624,11 +1235,12 @@ def main():
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            f.write(markdown(m, args, rows, b.attached, b.notes, stats))
+            f.write(markdown(m, args, rows, b.attached, b.notes, stats, b.extra_tables))
         log("wrote %s" % args.out)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": m, "args": vars(args), "rows": [r.as_dict() for r in rows],
+                       "metrics": [x.as_dict() for x in b.metrics],
                        "raw": raw, "prog_stats": stats, "attached": b.attached,
                        "notes": b.notes, "elapsed_s": elapsed}, f, indent=1)
         log("wrote %s" % args.json)

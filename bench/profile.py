@@ -57,8 +57,11 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lo-up", action="store_true", help="bring lo up first (fresh netns)")
     args = ap.parse_args()
     args.max_loop_seconds = 60
+    if args.lo_up:
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
     if subprocess.run(["sh", "-c", "command -v perf"], capture_output=True).returncode:
         sys.exit("profile: perf not found (apt-get install linux-perf)")
     out = tempfile.mkdtemp(prefix="envsteer-bench-perf-")

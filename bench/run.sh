@@ -2,7 +2,8 @@
 # envsteer benchmark: builds what it needs, then runs bench/bench.py (one node, A/B rounds
 # interleaved, one table at the end; bench/results/latest.md for full runs).
 #
-#   bench/run.sh [--smoke] [--rounds N] [--connects N] [--duration S] [--only connect,header]
+#   bench/run.sh [--smoke] [--rounds N] [--connects N] [--duration S]
+#                [--only connect,header,http,scale,control]
 #                [--prog-stats] [--out FILE.md] [--json FILE.json]
 #   bench/run.sh --profile [--duration S]     perf profile of the header programs' cost
 #                                             (bench/profile.py; installs linux-perf)
@@ -25,14 +26,20 @@ for a in "$@"; do
   [ "$a" = "--profile" ] && profile=1
 done
 
-# wrk (Debian package) for the HTTP rows.
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "bench/run.sh: installing wrk" >&2
+# Debian packages: wrk (HTTP load), nginx (the proxy hop), iptables (the DNAT rows; on
+# Debian 12 `iptables` is iptables-nft). Their services are not started by the benchmark
+# except as its own child processes.
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bench/run.sh: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends wrk >/dev/null 2>&1 ||
-    { apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
 fi
-for t in cc bpftool wrk; do
+for t in cc bpftool wrk nginx iptables-restore unshare; do
   command -v "$t" >/dev/null 2>&1 || { echo "bench/run.sh: $t not found" >&2; exit 1; }
 done
 
@@ -65,6 +72,9 @@ if [ $profile = 1 ]; then
   for a in "$@"; do [ "$a" = "--profile" ] || args+=("$a"); done
   set -- "${args[@]}"
 fi
-# bench.py cleans up on SIGTERM (node.close(): processes by PID, cgroups, pins).
+# bench.py cleans up on SIGTERM (node.close(): processes by PID, cgroups, pins, netns).
+# It runs in a network namespace of its own (unshare -n; lo brought up by --lo-up), so its
+# fixed 127.x addresses never meet another run's; the iptables variant gets a second netns
+# (ip netns add), so no netfilter rule is ever loaded into the host's tables.
 timeout --signal=TERM --kill-after=30 "$limit" \
-  "$PY" "$REPO/bench/$script" --tools "$TOOLS" --bin "$ENVSTEER_BIN" "$@"
+  unshare -n "$PY" "$REPO/bench/$script" --lo-up --tools "$TOOLS" --bin "$ENVSTEER_BIN" "$@"

@@ -18,7 +18,14 @@ RUN = os.path.join(harness.REPO, "bench", "run.sh")
 
 ROWS = ["connect_ns", "connect_mean_ns", "connect_cpu_ns", "connect_podip_ns"] + [
     "http_%s_%s" % (v, q) for v in ("ka", "close")
-    for q in ("rps", "p50_us", "p99_us", "cpu_us")]
+    for q in ("rps", "p50_us", "p99_us", "cpu_us")] + [
+    "hop_%s_%s_vs_%s" % (v, q, o) for v in ("ka", "close")
+    for q in ("rps", "p50_us", "p99_us", "cpu_us") for o in ("direct", "proxy", "iptables")] + [
+    "scale_10_connect_ns", "scale_100_connect_ns", "scale_envsteer_100_vs_10",
+    "scale_iptables_100_vs_10"]
+# control plane: a table of single quantities (| row | measurement | value | n | target | met |)
+METRICS = ["cp_full_sync_s", "cp_apply_s", "cp_resync_s", "cp_event_p50_ms", "cp_event_p99_ms",
+           "cp_event_apply_ms", "cp_rss_mib", "cp_map_mib"]
 
 NUM = r"[0-9]+(?:\.[0-9]+)?"
 CELL = re.compile(r"^(%s) \[(%s)-(%s)\]$" % (NUM, NUM, NUM))
@@ -67,6 +74,14 @@ def test_bench_smoke(tmp_path):
         assert re.match("^%s$" % NUM, c[6]), (key, c[6])
         assert CELL.match(c[7]), (key, c[7])
 
+    for key in METRICS:
+        assert key in lines, "control-plane row %s missing\n%s" % (key, report)
+        c = lines[key]
+        assert len(c) == 6, (key, c)
+        m = CELL.match(c[2])
+        assert m, "row %s: %r is not 'median [min-max]'\n%s" % (key, c[2], report)
+        assert int(c[3]) >= 1, (key, c)
+
     # per-program BPF run time: a table with a total per workload
     for w in ("keep-alive", "per-connection", "connect loop"):
         assert re.search(r"^\| %s \| \*\*total\*\* \|.*\*\*%s\*\* \|$" % (w, NUM), r.stdout,
@@ -78,11 +93,15 @@ def test_bench_smoke(tmp_path):
         assert "| %s |" % key in md
     data = json.loads(out_json.read_text())
     assert sorted(x["key"] for x in data["rows"]) == sorted(ROWS)
+    assert sorted(x["key"] for x in data["metrics"]) == sorted(METRICS)
 
     # the sysctl the run-time part toggles is restored, and the node left nothing behind
     assert _bpf_stats() == stats_before
-    pat = re.compile(r"^%s-(\d+)-bench(-remote)?$" % harness.PREFIX)
+    pat = re.compile(r"^%s-(\d+)-bench(-cp)?(-remote)?$" % harness.PREFIX)
     left = [os.path.join(root, d) for root in (harness.cgroup2_mount(), "/sys/fs/bpf")
             for d in os.listdir(root)
             if pat.match(d) and not os.path.exists("/proc/" + pat.match(d).group(1))]
     assert not left, left
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not [l for l in netns.splitlines() if re.match(r"^%s-\d+-bench-ipt" % harness.PREFIX, l)
+                and not os.path.exists("/proc/" + l.split("-")[2])], netns
