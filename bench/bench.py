@@ -355,7 +355,7 @@ class Bench:
         res["cpu_ns"] = (u1 - u0) * 1000.0 / max(1, res["count"])
         return res
 
-    def wrk(self, url, close, duration, name, client_cg=None, cpu_cgs=None, netns=None):
+    def wrk(self, url, close, duration, name, client_cg=None, cpu_cgs=None, netns=None, env=None):
         """wrk in a child of client_cg (default: the managed client pod), in netns if given;
         cpu_us per request is the CPU time of cpu_cgs (default: client and server pods)."""
         lua = os.path.join(self.node.tmp, "report.lua")
@@ -364,7 +364,7 @@ class Bench:
                 f.write(WRK_LUA)
         argv = ["wrk", "-t", str(self.args.threads), "-c", str(self.args.connections),
                 "-d", "%ds" % duration, "--timeout", "2s", "-s", lua,
-                "-H", "%s: %s" % ENV_HEADER]
+                "-H", "%s: %s" % (ENV_HEADER[0], env or ENV_HEADER[1])]
         if close:
             argv += ["-H", "Connection: close"]
         argv.append(url)
@@ -1001,8 +1001,51 @@ def suite_control(b):
     return [], raw
 
 
+def suite_reroute(b):
+    """Issue 6: the cost of a request re-routed per request. The client pod is dev.proj1, so
+    its connections go to web-proj1 at connect(). A: requests tagged dev (they belong on
+    web-dev: re-routed); B: requests tagged dev.proj1 (out on their own connection).
+    Keep-alive: the first request of each connection takes the slow path through the agent,
+    all later ones are redirected in the kernel. One connection per request: every request
+    takes the slow path (a new connection is a new client)."""
+    a = b.args
+    b.set_agent_mode("header")
+    url = "http://%s:%d/" % (SVC_IP, SVC_PORT)
+    rows = {}
+    for v, label in (("ka", "keep-alive (kernel path)"), ("close", "one connection per request (slow path)")):
+        for q, unit, better in (("rps", "req/s", "higher"), ("p50_us", "us", "lower"),
+                                ("p99_us", "us", "lower")):
+            k = "reroute_%s_%s" % (v, q)
+            rows[k] = Row(k, "HTTP %s, %s" % (label, q.replace("_us", "")), unit,
+                          "re-routed (tagged dev)", "own connection (tagged dev.proj1)", better,
+                          None, fmt="%.0f")
+    b.wrk(url, False, 1, "warm-reroute", env="dev")
+    raw = []
+    for i in range(a.rounds):
+        rec = {"round": i + 1}
+        for side, env in (("a", "dev"), ("b", "dev.proj1")):
+            c0 = b.counters()
+            res = {"ka": b.wrk(url, False, a.duration, "reroute-ka-" + env, env=env),
+                   "close": b.wrk(url, True, a.duration, "reroute-close-" + env, env=env)}
+            c1 = b.counters()
+            delta = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
+            moved = delta.get("req_rerouted_kernel", 0) + delta.get("req_slow_path", 0)
+            if side == "a" and moved < res["ka"]["requests"] // 2:
+                raise BenchError("tagged dev, but only %d requests were re-routed" % moved)
+            if side == "b" and moved:
+                raise BenchError("tagged dev.proj1, but %d requests were re-routed" % moved)
+            for v in ("ka", "close"):
+                for q in ("rps", "p50_us", "p99_us"):
+                    rows["reroute_%s_%s" % (v, q)].add(**{side: res[v][q]})
+            rec[env] = {"results": res, "counter_delta": {k: x for k, x in delta.items() if x}}
+            log("reroute round %d/%d %s: keep-alive %.0f rps, per-conn %.0f rps" %
+                (i + 1, a.rounds, env, res["ka"]["rps"], res["close"]["rps"]))
+        raw.append(rec)
+    return list(rows.values()), raw
+
+
 SUITES = {"connect": suite_connect, "header": suite_header, "http": suite_http,
-          "scale": suite_scale, "control": suite_control}
+          "scale": suite_scale, "control": suite_control, "reroute": suite_reroute}
 
 
 # --------------------------------------------------------------------------- BPF run time
