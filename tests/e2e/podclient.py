@@ -66,15 +66,20 @@ def errno_name(exc):
     return errno_mod.errorcode.get(code, str(code))
 
 
+def _recv_before(sock, deadline):
+    """One recv() bounded by the deadline; b"" at the close."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise socket.timeout("read timed out")
+    sock.settimeout(remaining)
+    return sock.recv(65536)
+
+
 def _recv_all(sock, deadline, limit=1 << 20):
     chunks = []
     total = 0
     while total < limit:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout("read timed out")
-        sock.settimeout(remaining)
-        data = sock.recv(65536)
+        data = _recv_before(sock, deadline)
         if not data:
             break
         chunks.append(data)
@@ -93,11 +98,7 @@ def _recv_one_response(sock, deadline):
                 k, _, v = line.partition(":")
                 if k.strip().lower() == "content-length" and len(rest) >= int(v.strip()):
                     return buf
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout("read timed out")
-        sock.settimeout(remaining)
-        data = sock.recv(65536)
+        data = _recv_before(sock, deadline)
         if not data:
             return buf
         buf += data
