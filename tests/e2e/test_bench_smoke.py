@@ -22,7 +22,8 @@ ROWS = ["connect_ns", "connect_mean_ns", "connect_cpu_ns", "connect_podip_ns"] +
     "hop_%s_%s_vs_%s" % (v, q, o) for v in ("ka", "close")
     for q in ("rps", "p50_us", "p99_us", "cpu_us") for o in ("direct", "proxy", "iptables")] + [
     "scale_10_connect_ns", "scale_100_connect_ns", "scale_envsteer_100_vs_10",
-    "scale_iptables_100_vs_10"]
+    "scale_iptables_100_vs_10"] + [
+    "reroute_%s_%s" % (v, q) for v in ("ka", "close") for q in ("rps", "p50_us", "p99_us")]
 # control plane: a table of single quantities (| row | measurement | value | n | target | met |)
 METRICS = ["cp_full_sync_s", "cp_apply_s", "cp_resync_s", "cp_event_p50_ms", "cp_event_p99_ms",
            "cp_event_apply_ms", "cp_rss_mib", "cp_map_mib"]
