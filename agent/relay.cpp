@@ -286,9 +286,7 @@ void Relay::loop() {
           spdlog::info("per-request steering: upstream {} of client {} closed by the server{}", u.backend, u.client,
                        outstanding ? " with a request outstanding"
                        : framed_by_close ? " right after a response" : " while idle");
-          es_bind_key bk{u.client, u.svc_id, u.env_id};
-          es_bind b{};
-          if (bpf_map_lookup_elem(binds_, &bk, &b) == 0 && b.upstream == tag) bpf_map_delete_elem(binds_, &bk);
+          unbind(u);
           u.unbound = true;
           u.server_closed = outstanding || framed_by_close;
           u.idle_since = std::chrono::steady_clock::now() - (u.server_closed ? std::chrono::seconds(0)
@@ -485,9 +483,7 @@ void Relay::close_upstream(uint64_t cookie, bool destroy, const char* why) {
   if (it == ups_.end()) return;
   Upstream u = it->second;
   ups_.erase(it);
-  es_bind_key bk{u.client, u.svc_id, u.env_id};
-  es_bind b{};
-  if (bpf_map_lookup_elem(binds_, &bk, &b) == 0 && b.upstream == cookie) bpf_map_delete_elem(binds_, &bk);
+  unbind(u);
   bpf_map_delete_elem(upstreams_, &cookie);
   epoll_ctl(epoll_, EPOLL_CTL_DEL, u.fd, nullptr);
   close(u.fd);
@@ -497,6 +493,14 @@ void Relay::close_upstream(uint64_t cookie, bool destroy, const char* why) {
   }
   spdlog::debug("per-request steering: upstream {} of client {} closed: {}", u.backend, u.client, why);
   if (destroy && client_alive(u.client)) destroy_client(u.client);
+}
+
+// Removes the binding of u's (client, set) when it still names this upstream:
+// new requests of the client for that set then take the slow path.
+void Relay::unbind(const Upstream& u) {
+  es_bind_key bk{u.client, u.svc_id, u.env_id};
+  es_bind b{};
+  if (bpf_map_lookup_elem(binds_, &bk, &b) == 0 && b.upstream == u.cookie) bpf_map_delete_elem(binds_, &bk);
 }
 
 void Relay::forget_client(uint64_t client) {
@@ -584,9 +588,7 @@ void Relay::sweep() {
     if (pod_gone || idle) {
       // Unbind first: new requests take the slow path to a fresh upstream;
       // the old one closes once quiet.
-      es_bind_key bk{u.client, u.svc_id, u.env_id};
-      es_bind b{};
-      if (bpf_map_lookup_elem(binds_, &bk, &b) == 0 && b.upstream == cookie) bpf_map_delete_elem(binds_, &bk);
+      unbind(u);
       u.unbound = true;
       u.idle_since = now;
       std::lock_guard<std::mutex> g(mu_);

@@ -85,6 +85,7 @@ class Relay {
   void close_upstream(uint64_t cookie, bool destroy_client, const char* why);
   bool client_alive(uint64_t client) const;
   void sweep();
+  void unbind(const Upstream& u);
   void forget_client(uint64_t client);
   bool destroy_client(uint64_t client);
   void reset_relay_socket();

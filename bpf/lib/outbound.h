@@ -532,6 +532,15 @@ static __always_inline void es_count_path(const struct es_route *r)
 	}
 }
 
+/* Back to the boundary before a request whose bytes are looked at again in a
+ * later program run: the parser is idle there (es_http_begin resets the rest
+ * at the request's first byte). */
+static __always_inline void es_http_rewind(struct es_http_state *st)
+{
+	st->phase = ES_HTTP_P_IDLE;
+	st->cr = 0;
+}
+
 static __always_inline int es_msg(struct sk_msg_md *msg)
 {
 	struct es_msg_ctx c = {};
@@ -600,8 +609,7 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 			 * of its own, from its first byte */
 			if (c.tx->v.req_begin > 0) {
 				covered = (__u32)c.tx->v.req_begin;
-				c.tx->st.phase = ES_HTTP_P_IDLE;
-				c.tx->st.cr = 0;
+				es_http_rewind(&c.tx->st);
 				c.tx->pipelined = 1;
 			} else {
 				covered = c.tx->v.off;
@@ -620,12 +628,10 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 			 * unknown yet */
 			if (c.tx->v.req_begin > 0) {
 				covered = (__u32)c.tx->v.req_begin;
-				c.tx->st.phase = ES_HTTP_P_IDLE;
-				c.tx->st.cr = 0;
+				es_http_rewind(&c.tx->st);
 			} else if (c.tx->v.size < c.cfg->window + ES_PULL) {
 				/* hold it until the next send, then parse it again */
-				c.tx->st.phase = ES_HTTP_P_IDLE;
-				c.tx->st.cr = 0;
+				es_http_rewind(&c.tx->st);
 				es_count(ES_CNT_REQ_CORKED);
 				bpf_msg_apply_bytes(msg, 0);
 				bpf_msg_cork_bytes(msg, c.tx->v.size + 1);
