@@ -254,8 +254,9 @@ def to_yaml_docs(objs):
 # --------------------------------------------------------------------------- model
 
 class Service:
-    def __init__(self, ns, name, cluster_ips, ports, selector):
+    def __init__(self, ns, name, cluster_ips, ports, selector, annotations=None):
         self.ns, self.name = ns, name
+        self.annotations = dict(annotations or {})
         self.cluster_ips = list(cluster_ips)
         self.ports = ports  # [{"name","port","target_port","protocol"}]
         self.selector = dict(selector)
@@ -277,8 +278,9 @@ class Service:
 
 
 class Pod:
-    def __init__(self, node, ns, name, ips, labels, ready, local, port, netns):
+    def __init__(self, node, ns, name, ips, labels, ready, local, port, netns, annotations=None):
         self.node = node
+        self.annotations = dict(annotations or {})
         self.ns, self.name = ns, name
         self.ips = list(ips)
         self.labels = dict(labels)
@@ -424,7 +426,7 @@ class Node:
     # ------------------------------------------------------------------ model edits
 
     def add_service(self, ns, name, cluster_ip, port=80, target_port=8080, selector=None,
-                    protocols=("TCP", "UDP"), extra_ports=(), write=False):
+                    protocols=("TCP", "UDP"), extra_ports=(), annotations=None, write=False):
         """A ClusterIP Service; selector defaults to {"app": name}. One entry per protocol."""
         ips = [cluster_ip] if isinstance(cluster_ip, str) else list(cluster_ip)
         ports = []
@@ -433,15 +435,17 @@ class Node:
                           "target_port": target_port, "protocol": proto})
         for p in extra_ports:
             ports.append(dict(p))
-        svc = Service(ns, name, ips, ports, selector if selector is not None else {"app": name})
+        svc = Service(ns, name, ips, ports, selector if selector is not None else {"app": name},
+                      annotations)
         self.services[svc.key] = svc
         if write:
             self.write_manifests()
         return svc
 
     def add_pod(self, ns, name, ip, labels=None, ready=True, local=True, port=8080,
-                env=None, app=None, netns=None, write=False):
-        """A Running pod with podIP ip. env/app are shortcuts for the env and app labels."""
+                env=None, app=None, netns=None, annotations=None, write=False):
+        """A Running pod with podIP ip. env/app are shortcuts for the env and app labels;
+        annotations are the pod's metadata.annotations (e.g. envsteer.io/thread-context)."""
         key = "%s/%s" % (ns, name)
         if key in self.pods:
             raise HarnessError("pod %s exists" % key)
@@ -451,7 +455,7 @@ class Node:
         if env is not None:
             labels[self.env_label] = env
         ips = [ip] if isinstance(ip, str) else list(ip)
-        pod = Pod(self, ns, name, ips, labels, ready, local, port, netns)
+        pod = Pod(self, ns, name, ips, labels, ready, local, port, netns, annotations)
         os.makedirs(pod.cgroup_dir, exist_ok=True)
         self.pods[key] = pod
         if write:
@@ -502,16 +506,19 @@ class Node:
         return str(next(self._resource_version))
 
     def service_object(self, svc):
+        meta = {
+            "creationTimestamp": "2024-01-01T00:00:00Z",
+            "name": svc.name,
+            "namespace": svc.ns,
+            "resourceVersion": self._rv(),
+            "uid": "00000000-0000-4000-9000-%012x" % (abs(hash(svc.key)) % (1 << 48)),
+        }
+        if svc.annotations:
+            meta["annotations"] = dict(svc.annotations)
         return {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {
-                "creationTimestamp": "2024-01-01T00:00:00Z",
-                "name": svc.name,
-                "namespace": svc.ns,
-                "resourceVersion": self._rv(),
-                "uid": "00000000-0000-4000-9000-%012x" % (abs(hash(svc.key)) % (1 << 48)),
-            },
+            "metadata": meta,
             "spec": {
                 "clusterIP": svc.cluster_ip,
                 "clusterIPs": list(svc.cluster_ips),
@@ -537,8 +544,11 @@ class Node:
             "resourceVersion": self._rv(),
             "uid": pod.uid,
         }
+        ann = dict(pod.annotations)
         if pod.local:
-            meta["annotations"] = {CGROUP_ANNOTATION: pod.cgroup_rel}
+            ann[CGROUP_ANNOTATION] = pod.cgroup_rel
+        if ann:
+            meta["annotations"] = ann
         if not pod.labels:
             del meta["labels"]
         return {
