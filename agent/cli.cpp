@@ -203,8 +203,9 @@ int cli_main(int argc, char** argv) {
   auto* o_win = run->add_option("--http-window", s.http_window,
                                 "bytes of a request's header section parsed for the env header")
                     ->capture_default_str();
-  auto* o_auto = run->add_flag("--auto-inject", s.auto_inject,
-                                "insert the pod's own environment into outgoing requests when the thread has none");
+  auto* o_auto = run->add_flag("--auto-inject,!--no-auto-inject", s.auto_inject,
+                               "insert a labelled pod's own environment into its outgoing HTTP requests that carry "
+                               "none (default on; --no-auto-inject switches it off)");
   auto* o_idle = run->add_option("--upstream-idle-ms", s.upstream_idle_ms,
                                  "close an upstream of re-routed requests after this much idle time")
                      ->capture_default_str()
