@@ -130,6 +130,19 @@ void print_status(const json& j) {
                 << " environments, " << a["model"]["sets"] << " backend sets, " << a["model"]["local_pods"]
                 << " local pods\n";
       for (const auto& w : a["model"]["warnings"]) std::cout << "  warning: " << w.get<std::string>() << "\n";
+      if (a.contains("pods")) {
+        std::cout << "  local pods (thread context):\n";
+        for (const auto& p : a["pods"]) {
+          std::cout << "    " << p["pod"].get<std::string>() << "  env "
+                    << (p["env"].get<std::string>().empty() ? "<base>" : p["env"].get<std::string>())
+                    << (p["labelled"].get<bool>() ? "" : " (unlabelled)") << "  thread context "
+                    << p["thread_context"].get<std::string>();
+          if (p.contains("switched_off_processes"))
+            for (const auto& q : p["switched_off_processes"])
+              std::cout << "  [pid " << q["pid"] << ": " << q["reason"].get<std::string>() << "]";
+          std::cout << "\n";
+        }
+      }
     }
   }
 }
