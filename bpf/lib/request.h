@@ -29,6 +29,8 @@
 #define ES_AF_INET 2
 #define ES_AF_INET6 10
 #define ES_MSG_PEEK 2
+#define ES_ETH_P_IP 0x0800
+#define ES_ETH_P_IPV6 0x86DD
 
 /* Set before load: 0 disables the header programs' work (they return early). */
 const volatile __u8 es_feat_request_ctx = 1;
@@ -138,13 +140,15 @@ static __always_inline __u32 es_tcp_payload(struct __sk_buff *skb, __u32 *seq)
 	struct tcphdr th;
 	__u32 off;
 
-	if (skb->family == ES_AF_INET) {
+	/* by the packet's protocol, not skb->family: that is the socket's, and
+	 * a dual-stack IPv6 socket (Java's default) receives IPv4 packets */
+	if (skb->protocol == bpf_htons(ES_ETH_P_IP)) {
 		struct iphdr ih;
 
 		if (bpf_skb_load_bytes(skb, 0, &ih, sizeof(ih)) || ih.protocol != IPPROTO_TCP)
 			return 0;
 		off = (__u32)ih.ihl * 4;
-	} else if (skb->family == ES_AF_INET6) {
+	} else if (skb->protocol == bpf_htons(ES_ETH_P_IPV6)) {
 		struct ipv6hdr ih6;
 
 		/* extension headers are not followed: such packets are not parsed */
