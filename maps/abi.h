@@ -186,6 +186,7 @@ enum es_counter {
 	ES_CNT_CTX_NOT_FOR_CONNECT, /* connect() kept the pod env: the service may pool connections */
 	ES_CNT_CTX_OFF_MAP_FULL,   /* a process to switch off did not fit in es_ctx_off */
 	ES_CNT_REQ_H2C_KEPT,       /* an h2c upgrade request stayed on its connection's own pod */
+	ES_CNT_REQ_UNFRAMED_FAILED, /* bytes the parser cannot frame after a re-routed request: failed */
 	ES_CNT_MAX
 };
 
@@ -202,7 +203,7 @@ enum es_counter {
 	  "trace_emitted", "trace_rate_limited", "trace_lost", "decision_map_full",     \
 	  "thread_ctx_switched_off", "thread_ctx_off_ignored", "thread_ctx_ambiguous",  \
 	  "thread_ctx_closed", "thread_ctx_not_for_connect", "thread_ctx_off_map_full", \
-	  "req_h2c_upgrade_kept" }
+	  "req_h2c_upgrade_kept", "req_unframed_failed" }
 
 /* Outbound header insertion settings (single-entry array). */
 struct es_inject_cfg {

@@ -211,7 +211,10 @@ struct es_tx {
 	__u32 slow_seq;        /* frames sent to the agent */
 	__u8 prev;             /* the last byte parsed, also across sends */
 	__u8 pipelined;        /* the request at the start of the next run was pipelined */
-	__u8 pad[2];
+	__u8 unroutable;       /* the request in progress could not be routed by its head: it
+				* stays on the connection's own pod, head and body */
+	__u8 upgrade;          /* the last complete request asked for an Upgrade or CONNECT:
+				* bytes the parser cannot follow after it are its tunnel */
 };
 
 struct {

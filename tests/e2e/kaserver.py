@@ -101,7 +101,7 @@ def serve(sock):
                 return
             else:
                 answer(sock, 200, json.dumps({"pod": POD, "got_header": headers.get("x-virtual-env"),
-                                              "conn": conn, "method": method}).encode())
+                                              "conn": conn, "method": method, "path": path}).encode())
     except (OSError, ValueError):
         return
     finally:
