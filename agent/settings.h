@@ -44,10 +44,10 @@ struct Settings {
   Limits limits;
 };
 
-// Applies a YAML config file (keys: manifests, cgroupRoot, bpffs, envLabel,
-// envHeader, splitter, defaultEnv, admin, logLevel, cleanupOnExit, limits:
-// {frontends, sets, slots, envs, pods}). Throws std::runtime_error naming the
-// file and key on bad input.
+// Applies a YAML config file: the keys are the flags' names in camelCase, as
+// load_settings_file() reads them (settings.cpp is the list; an unknown key is
+// an error). Throws std::runtime_error naming the file and key on bad input;
+// nothing is applied then.
 void load_settings_file(const std::filesystem::path& file, Settings& s);
 
 // Throws std::invalid_argument naming the setting.

@@ -249,3 +249,42 @@ TEST(ValidateSettings, LabelHeaderSplitter) {
 
 }  // namespace
 }  // namespace envsteer::settings_test
+
+namespace envsteer::settings_test {
+namespace {
+
+// Every key the reader takes is accepted (the unknown-key check follows the
+// reads): upstreamIdleMs was read but rejected as unknown.
+TEST_F(SettingsFile, EveryReadKeyIsAccepted) {
+  Settings s;
+  auto p = write(R"(
+upstreamIdleMs: 1500
+autoInject: false
+headerContext: false
+httpWindow: 8192
+baggageKey: ctx
+envHeaderAliases: [X-Env]
+)");
+  ASSERT_NO_THROW(load_settings_file(p, s));
+  EXPECT_EQ(s.upstream_idle_ms, 1500u);
+  EXPECT_FALSE(s.auto_inject);
+  EXPECT_FALSE(s.header_context);
+  EXPECT_EQ(s.http_window, 8192u);
+}
+
+TEST_F(SettingsFile, BadValueAppliesNothing) {
+  Settings s;
+  s.env_label = "keep";
+  auto p = write("envLabel: changed\nhttpWindow: lots\n");
+  EXPECT_THROW(load_settings_file(p, s), std::runtime_error);
+  EXPECT_EQ(s.env_label, "keep");
+}
+
+TEST_F(SettingsFile, AutoInjectIsOnByDefault) { EXPECT_TRUE(Settings{}.auto_inject); }
+
+TEST_F(SettingsFile, UnknownLimitNamed) {
+  EXPECT_THAT(load_error("limits:\n  frontend: 3\n"), HasSubstr("unknown setting \"limits.frontend\""));
+}
+
+}  // namespace
+}  // namespace envsteer::settings_test
