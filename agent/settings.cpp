@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 
+#include "admin_server.h"
 #include "envname.h"
 
 extern "C" {
@@ -38,7 +39,8 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   static const char* known[] = {"manifests", "cgroupRoot", "bpffs", "envLabel", "envHeader",
                                 "splitter", "defaultEnv", "admin", "logLevel", "cleanupOnExit",
                                 "limits", "cgroupAnnotation", "envHeaderAliases", "baggageKey",
-                                "httpWindow", "headerContext", "autoInject"};
+                                "httpWindow", "headerContext", "autoInject", "adminSocket",
+                                "metricsBind"};
   for (const auto& kv : root) {
     auto k = kv.first.as<std::string>();
     bool ok = false;
@@ -53,6 +55,8 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   read(root, "envHeader", s.env_header, f);
   read(root, "defaultEnv", s.default_env, f);
   read(root, "admin", s.admin, f);
+  read(root, "adminSocket", s.admin_socket, f);
+  read(root, "metricsBind", s.metrics_bind, f);
   read(root, "logLevel", s.log_level, f);
   read(root, "cleanupOnExit", s.cleanup_on_exit, f);
   read(root, "cgroupAnnotation", s.cgroup_annotation, f);
@@ -111,6 +115,13 @@ void validate_settings(const Settings& s) {
   if (s.http_window < 64 || s.http_window > 65535)
     throw std::invalid_argument("--http-window: must be 64..65535 bytes, got " + std::to_string(s.http_window));
   if (s.bpffs.empty() || s.bpffs[0] != '/') throw std::invalid_argument("--bpffs: must be an absolute path");
+  if (!s.admin.empty()) admin::parse_host_port(s.admin, "--admin");
+  if (!s.metrics_bind.empty()) admin::parse_host_port(s.metrics_bind, "--metrics-bind");
+  if (!s.admin.empty() && s.admin == s.metrics_bind)
+    throw std::invalid_argument("--metrics-bind: must differ from --admin (" + s.admin + ")");
+  if (!s.admin_socket.empty() && (s.admin_socket[0] != '/' || s.admin_socket.size() > 107))
+    throw std::invalid_argument("--admin-socket: must be an absolute path of at most 107 bytes, got \"" +
+                                s.admin_socket + "\"");
   auto& l = s.limits;
   if (!l.frontends || !l.sets || !l.slots || !l.envs || !l.pods)
     throw std::invalid_argument("limits: every limit must be at least 1");
