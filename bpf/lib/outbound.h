@@ -323,12 +323,16 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 			name_len = (__u32)es_http_env_len(&c->tx->st);
 		}
 	} else {
-		th = es_current_thread();
+		/* known environments only: the request the thread provably
+		 * serves, else (auto-inject) a labelled pod's own; an unlabelled
+		 * pod inserts nothing of its own */
+		th = es_current_thread(s->pod_flags, 1);
 		ic = bpf_map_lookup_elem(&es_inject, &zero);
-		if (th && th->len > 0 && th->len < ES_ENV_NAME_MAX) {
+		if (th) {
 			env = th->env;
 			env_len = th->len;
-		} else if (ic && ic->auto_inject && s->pod_env_id > ES_ENV_BASE) {
+		} else if (ic && ic->auto_inject && (s->pod_flags & ES_POD_F_LABELLED) &&
+			   s->pod_env_id > ES_ENV_BASE) {
 			__u32 pid = s->pod_env_id;
 
 			pe = bpf_map_lookup_elem(&es_envs, &pid);
@@ -345,7 +349,19 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	else
 		id = s->pod_env_id;
 	c->tx->v.env_req = id;
-	es_route_request(s, c->tx, id, &r);
+	if (c->tx->st.flags & ES_HTTP_F_H2C) {
+		/* an h2c upgrade turns the connection into one that carries
+		 * requests of every environment: it stays with the connection's
+		 * own pod (the calling pod's environment), not re-routed */
+		es_count(ES_CNT_REQ_H2C_KEPT);
+		r.kind = ES_ROUTE_PASS;
+		r.upstream = 0;
+		r.svc_id = s->svc_id;
+		r.env_id = s->env_id;
+		r.pad = 0;
+	} else {
+		es_route_request(s, c->tx, id, &r);
+	}
 	if ((c->tx->v.req_begin > 0 || c->tx->pipelined) && !es_same_route(&r, &c->tx->v.route))
 		return 1;
 	c->tx->pipelined = 0;
@@ -412,7 +428,7 @@ static __always_inline void es_trace_request(const struct es_sock *s, const stru
 	ev->family = s->family;
 	ev->proto = IPPROTO_TCP;
 	ev->flags = r->kind;
-	es_trace_thread_env(ev);
+	es_trace_thread_env(ev, s->pod_flags);
 	bpf_ringbuf_submit(ev, 0);
 }
 
