@@ -51,7 +51,10 @@ class Agent {
   bool apply_cluster(const k8s::ClusterState& cluster, const char* why);
   // reason: source, invalid_input, map_full, map_write (a label of envsteer_sync_failures_total)
   void record_failure(const char* what, const char* why, const std::string& msg, const char* reason = "source");
+  void open_admin();
   void start_admin();
+  void stop_admin();
+  std::string admin_metrics();  // the admin listeners' own counters
   void write_http_config();
 
   Settings s_;

@@ -6,7 +6,10 @@
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cmath>
 
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -25,23 +28,38 @@ namespace envsteer {
 
 namespace {
 
-std::optional<json> admin_get(const std::string& admin, const std::string& path, std::string* err) {
-  auto colon = admin.rfind(':');
-  if (admin.empty() || colon == std::string::npos) {
-    if (err) *err = "no admin address";
+// GET on the agent's admin unix socket. The raw answer; nullopt (and *err) when the agent
+// cannot be reached.
+std::optional<std::pair<int, std::string>> socket_get(const std::string& socket_path, const std::string& path,
+                                                      std::string* err, time_t timeout = 10) {
+  if (socket_path.empty()) {
+    if (err) *err = "no admin socket (--admin-socket)";
     return std::nullopt;
   }
-  httplib::Client c(admin.substr(0, colon), std::stoi(admin.substr(colon + 1)));
-  c.set_connection_timeout(2);
-  c.set_read_timeout(10);
+  httplib::Client c(socket_path);
+  c.set_address_family(AF_UNIX);
+  c.set_connection_timeout(std::min<time_t>(timeout, 2));
+  c.set_read_timeout(timeout);
+  c.set_write_timeout(timeout);
   auto res = c.Get(path);
   if (!res) {
-    if (err) *err = "agent not reachable at " + admin + " (" + httplib::to_string(res.error()) + ")";
+    if (err) {
+      *err = "agent not reachable at " + socket_path + " (" + httplib::to_string(res.error());
+      if (access(socket_path.c_str(), F_OK) != 0) *err += ": no such socket; is the agent running?";
+      else if (access(socket_path.c_str(), W_OK) != 0) *err += ": permission denied; run as root";
+      *err += ")";
+    }
     return std::nullopt;
   }
-  auto j = json::parse(res->body, nullptr, false);
-  if (res->status != 200) {
-    if (err) *err = j.is_object() && j.contains("error") ? j["error"].get<std::string>() : res->body;
+  return std::make_pair(res->status, res->body);
+}
+
+std::optional<json> admin_get(const std::string& socket_path, const std::string& path, std::string* err) {
+  auto res = socket_get(socket_path, path, err);
+  if (!res) return std::nullopt;
+  auto j = json::parse(res->second, nullptr, false);
+  if (res->first != 200) {
+    if (err) *err = j.is_object() && j.contains("error") ? j["error"].get<std::string>() : res->second;
     return std::nullopt;
   }
   return j;
@@ -230,18 +248,27 @@ int cli_main(int argc, char** argv) {
   auto* o_def = run->add_option("--default-env", s.default_env,
                                 "environment of unlabelled pods and final fallback (default: none, unlabelled pods "
                                 "form the base)");
-  auto* o_admin = run->add_option("--admin", s.admin, "admin HTTP endpoint HOST:PORT (\"\" disables)")
+  auto* o_admin = run->add_option("--admin", s.admin,
+                                  "HOST:PORT serving /healthz, /readyz and /metrics (\"\" disables)")
                       ->capture_default_str();
+  auto* o_socket = run->add_option("--admin-socket", s.admin_socket,
+                                   "unix socket (mode 0600) serving the whole admin API: health, metrics, "
+                                   "status, explain, trace (\"\" disables)")
+                       ->capture_default_str();
+  auto* o_mbind = run->add_option("--metrics-bind", s.metrics_bind,
+                                  "also serve /metrics alone on HOST:PORT, e.g. 0.0.0.0:9967 for Prometheus "
+                                  "(default: none)");
   auto* o_cleanup = run->add_flag("--cleanup-on-exit", s.cleanup_on_exit, "detach and unpin everything on exit");
   auto* o_log = run->add_option("--log-level", s.log_level, "trace, debug, info, warn, error")->capture_default_str();
   std::string log_format = "text";
   run->add_option("--log-format", log_format, "text or json (one JSON object per line)")->capture_default_str();
 
-  std::string bpffs = s.bpffs, admin = s.admin;
+  std::string bpffs = s.bpffs, admin_socket = s.admin_socket;
   bool as_json = false, force = false;
   auto* status = app.add_subcommand("status", "programs, attach points, pins, map fill levels, kernel features");
   status->add_option("--bpffs", bpffs, "pin directory")->capture_default_str();
-  status->add_option("--admin", admin, "agent admin endpoint")->capture_default_str();
+  status->add_option("--admin-socket", admin_socket, "the agent's admin socket (\"\": do not ask the agent)")
+      ->capture_default_str();
   status->add_flag("--json", as_json, "machine-readable output");
 
   ExplainRequest ex;
@@ -250,7 +277,7 @@ int cli_main(int argc, char** argv) {
   explain_cmd->add_option("--from", ex.from, "calling pod NS/POD")->required();
   explain_cmd->add_option("--to", ex.to, "service NS/SERVICE[:PORT]")->required();
   auto* o_exenv = explain_cmd->add_option("--env", ex_env, "request environment (instead of the pod's own)");
-  explain_cmd->add_option("--admin", admin, "agent admin endpoint")->capture_default_str();
+  explain_cmd->add_option("--admin-socket", admin_socket, "the agent's admin socket")->capture_default_str();
   explain_cmd->add_flag("--json", as_json, "machine-readable output");
 
   TraceFilter tf;
@@ -265,7 +292,18 @@ int cli_main(int argc, char** argv) {
   trace_cmd->add_option("--rate", trace_rate, "kernel rate limit, events per second per CPU (default 100)");
   trace_cmd->add_option("--count", trace_count, "stop after this many events");
   trace_cmd->add_option("--duration", trace_duration, "stop after this many seconds");
-  trace_cmd->add_option("--admin", admin, "agent admin endpoint")->capture_default_str();
+  trace_cmd->add_option("--admin-socket", admin_socket, "the agent's admin socket")->capture_default_str();
+
+  bool want_ready = false;
+  double health_timeout = 3;
+  auto* health = app.add_subcommand("health",
+                                    "ask the running agent whether it is alive (exit 0) or not (exit 1), over its "
+                                    "admin socket; for exec probes");
+  health->add_option("--admin-socket", admin_socket, "the agent's admin socket")->capture_default_str();
+  health->add_flag("--ready", want_ready, "readiness (/readyz: synced and serving the current state) instead");
+  health->add_option("--timeout", health_timeout, "seconds to wait for the answer")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 60.0));
 
   auto* uninst = app.add_subcommand("uninstall", "detach every program and remove the pins");
   uninst->add_option("--bpffs", bpffs, "pin directory")->capture_default_str();
@@ -292,6 +330,8 @@ int cli_main(int argc, char** argv) {
         if (o_header->count()) s.env_header = flags.env_header;
         if (o_def->count()) s.default_env = flags.default_env;
         if (o_admin->count()) s.admin = flags.admin;
+        if (o_socket->count()) s.admin_socket = flags.admin_socket;
+        if (o_mbind->count()) s.metrics_bind = flags.metrics_bind;
         if (o_cleanup->count()) s.cleanup_on_exit = flags.cleanup_on_exit;
         if (o_log->count()) s.log_level = flags.log_level;
         if (o_alias->count()) s.env_header_aliases = flags.env_header_aliases;
@@ -326,7 +366,7 @@ int cli_main(int argc, char** argv) {
     if (*status) {
       json j = pinned_status(bpffs);
       std::string err;
-      if (auto a = admin_get(admin, "/v1/status", &err)) j["agent"] = *a;
+      if (auto a = admin_get(admin_socket, "/v1/status", &err)) j["agent"] = *a;
       else j["agent"] = {{"error", err}};
       if (as_json) std::cout << j.dump(2) << "\n";
       else print_status(j);
@@ -337,7 +377,7 @@ int cli_main(int argc, char** argv) {
                       "&to=" + httplib::detail::encode_query_param(ex.to);
       if (o_exenv->count()) q += "&env=" + httplib::detail::encode_query_param(ex_env);
       std::string err;
-      auto j = admin_get(admin, q, &err);
+      auto j = admin_get(admin_socket, q, &err);
       if (!j) {
         std::cerr << "envsteer explain: " << err << "\n";
         return 1;
@@ -346,7 +386,18 @@ int cli_main(int argc, char** argv) {
       else std::cout << render_explain(*j);
       return 0;
     }
-    if (*trace_cmd) return run_trace_client(admin, tf, as_json, trace_rate, trace_count, trace_duration);
+    if (*trace_cmd) return run_trace_client(admin_socket, tf, as_json, trace_rate, trace_count, trace_duration);
+    if (*health) {
+      std::string err;
+      auto res = socket_get(admin_socket, want_ready ? "/readyz" : "/healthz", &err,
+                            static_cast<time_t>(std::ceil(health_timeout)));
+      if (!res) {
+        std::cerr << "envsteer health: " << err << "\n";
+        return 1;
+      }
+      std::cout << res->second;
+      return res->first == 200 ? 0 : 1;
+    }
     if (*uninst) {
       if (!force && PinLock::held(bpffs)) {
         std::cerr << "envsteer uninstall: an agent is running on " << bpffs

@@ -6,6 +6,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "admin_server.h"
 #include "envname.h"
 
 extern "C" {
@@ -50,6 +51,8 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   read(root, "envHeader", out.env_header);
   read(root, "defaultEnv", out.default_env);
   read(root, "admin", out.admin);
+  read(root, "adminSocket", out.admin_socket);
+  read(root, "metricsBind", out.metrics_bind);
   read(root, "logLevel", out.log_level);
   read(root, "cleanupOnExit", out.cleanup_on_exit);
   read(root, "cgroupAnnotation", out.cgroup_annotation);
@@ -114,6 +117,13 @@ void validate_settings(const Settings& s) {
   if (s.http_window < 64 || s.http_window > 65535)
     throw std::invalid_argument("--http-window: must be 64..65535 bytes, got " + std::to_string(s.http_window));
   if (s.bpffs.empty() || s.bpffs[0] != '/') throw std::invalid_argument("--bpffs: must be an absolute path");
+  if (!s.admin.empty()) admin::parse_host_port(s.admin, "--admin");
+  if (!s.metrics_bind.empty()) admin::parse_host_port(s.metrics_bind, "--metrics-bind");
+  if (!s.admin.empty() && s.admin == s.metrics_bind)
+    throw std::invalid_argument("--metrics-bind: must differ from --admin (" + s.admin + ")");
+  if (!s.admin_socket.empty() && (s.admin_socket[0] != '/' || s.admin_socket.size() > 107))
+    throw std::invalid_argument("--admin-socket: must be an absolute path of at most 107 bytes, got \"" +
+                                s.admin_socket + "\"");
   auto& l = s.limits;
   if (!l.frontends || !l.sets || !l.slots || !l.envs || !l.pods)
     throw std::invalid_argument("limits: every limit must be at least 1");

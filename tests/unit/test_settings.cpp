@@ -247,6 +247,39 @@ TEST(ValidateSettings, LabelHeaderSplitter) {
   }
 }
 
+TEST_F(SettingsFile, AdminSurfaceKeys) {
+  Settings s;
+  EXPECT_EQ(s.admin, "127.0.0.1:9966");
+  EXPECT_EQ(s.admin_socket, "/run/envsteer/admin.sock");
+  EXPECT_EQ(s.metrics_bind, "");
+  load_settings_file(write("adminSocket: /run/x/admin.sock\nmetricsBind: 0.0.0.0:9967\nadmin: \"\"\n"), s);
+  EXPECT_EQ(s.admin_socket, "/run/x/admin.sock");
+  EXPECT_EQ(s.metrics_bind, "0.0.0.0:9967");
+  EXPECT_EQ(s.admin, "");
+  EXPECT_NO_THROW(validate_settings(s));
+}
+
+TEST(ValidateSettings, AdminAddressesAndSocket) {
+  Settings s;
+  s.admin = "9966";
+  EXPECT_THAT(validate_error(s), HasSubstr("--admin"));
+  s = Settings{};
+  s.metrics_bind = "::1:9967";  // IPv6 needs brackets
+  EXPECT_THAT(validate_error(s), HasSubstr("--metrics-bind"));
+  s.metrics_bind = "[::]:9967";
+  EXPECT_NO_THROW(validate_settings(s));
+  s.metrics_bind = s.admin;
+  EXPECT_THAT(validate_error(s), HasSubstr("--metrics-bind"));
+  s = Settings{};
+  s.admin_socket = "admin.sock";
+  EXPECT_THAT(validate_error(s), HasSubstr("--admin-socket"));
+  s.admin_socket = "/" + std::string(120, 'x');
+  EXPECT_THAT(validate_error(s), HasSubstr("--admin-socket"));
+  s.admin_socket = "";
+  s.admin = "";
+  EXPECT_NO_THROW(validate_settings(s));
+}
+
 }  // namespace
 }  // namespace envsteer::settings_test
 
