@@ -155,17 +155,15 @@ def settings_source():
 
 
 def known_settings():
-    """The top-level keys `envsteer run --config` accepts: the `known` list of
-    agent/settings.cpp (the file is rejected on any other key)."""
-    m = re.search(r"known\[\]\s*=\s*\{(.*?)\};", settings_source(), re.S)
-    assert m, "no `known` settings list in agent/settings.cpp"
-    keys = set(re.findall(r'"([A-Za-z][A-Za-z0-9]*)"', m.group(1)))
-    assert {"bpffs", "envLabel", "limits"} <= keys, keys
+    """The top-level keys `envsteer run --config` accepts: the keys agent/settings.cpp reads
+    (`read(root, "<key>", ...)`; the file is rejected on any other key)."""
+    keys = set(re.findall(r'read\(root, "([A-Za-z][A-Za-z0-9]*)"', settings_source())) | {"limits"}
+    assert {"bpffs", "envLabel", "upstreamIdleMs"} <= keys, keys
     return keys
 
 
 def known_limits():
-    keys = set(re.findall(r'k != "([a-z]+)"', settings_source()))
+    keys = set(re.findall(r'lread\("([a-z]+)"', settings_source()))
     assert "frontends" in keys, keys
     return keys
 
