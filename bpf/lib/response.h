@@ -55,6 +55,9 @@ struct es_rsp {
 	__u8 flags; /* ES_RSP_F_* of the head being read */
 	__u8 sub;   /* position within a value or chunk-size line */
 	__u8 err;   /* enum es_rsp_err once DEAD */
+	__u8 fin;   /* the server closed the upstream (its FIN went by): no request
+		     * is sent to it in the kernel any more */
+	__u8 pad[7];
 };
 
 enum {

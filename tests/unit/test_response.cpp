@@ -13,7 +13,7 @@ extern "C" {
 
 namespace {
 
-static_assert(sizeof(struct es_rsp) == 48, "map value layout");
+static_assert(sizeof(struct es_rsp) == 56, "map value layout");
 
 es_rsp feed(const std::string& s) {
   es_rsp r{};
