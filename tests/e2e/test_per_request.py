@@ -252,17 +252,22 @@ def test_pod_removed_while_bound(make_node):
     flag = os.path.join(node.tmp, "go")
     t, box = _in_background(lambda: sequence(
         node, "c-dev", ["dev.proj1", "dev.proj1", "@wait:" + flag, "dev.proj1", "dev.proj1", "dev"]))
-    harness.wait_until(lambda: node.status_http()["per_request"]["upstreams_active"] == 1, timeout=15,
-                       what="an upstream bound")
-    # a new dev.proj1 pod, the bound one removed
+    # both answers are in (the client waits): the upstream owes the client nothing
+    harness.wait_until(lambda: os.path.exists(flag + ".reached") or not t.is_alive(), timeout=30,
+                       what="the client's first two answers")
+    assert node.status_http()["per_request"]["upstreams_active"] == 1
+    # a new dev.proj1 pod, the bound one removed (its server stops at once, possibly within a
+    # millisecond of the last response)
     node.add_pod(NS, "s-proj1b", "127.1.60.4", app="s", env="dev.proj1")
     node.start_server(k("s-proj1b"), script=KASERVER)
     node.remove_pod(k("s-proj1"))
     node.wait_explain(k("c-dev"), k("s"), lambda e: '"pr/s-proj1"' not in json.dumps(e), env="dev.proj1")
-    # the pod's server went away (its upstream closed while idle) and the pod left the set:
-    # either way the binding goes, silently
+    # the pod's server went away and the pod left the set, in either order: the upstream owed
+    # nothing, so it is closed and the client is left alone
     harness.wait_until(lambda: node.status_http()["per_request"]["upstreams_active"] == 0, timeout=10,
                        what="the upstream to the removed pod closed")
+    st = node.status_http()["per_request"]
+    assert st["clients_destroyed"] == 0, st
     open(flag, "w").close()
     t.join(60)
     assert "error" not in box, box
