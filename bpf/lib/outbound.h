@@ -49,6 +49,7 @@ struct es_msg_ctx {
 	struct es_tx *tx;
 	const struct es_sock *sock;
 	const struct es_http_cfg *cfg;
+	__u8 head; /* a request head was routed in this run (es_count_path) */
 };
 
 static long es_msg_byte(__u32 i, void *data)
@@ -504,8 +505,16 @@ static __always_inline int es_verdict(struct es_msg_ctx *c, __u32 len)
 	if (kind == ES_ROUTE_PASS)
 		return SK_PASS;
 	if (kind == ES_ROUTE_KERNEL) {
-		if (bpf_msg_redirect_hash(msg, &es_sockhash, &up, 0) == SK_PASS)
+		if (bpf_msg_redirect_hash(msg, &es_sockhash, &up, 0) == SK_PASS) {
+			struct es_rsp *rsp = c->head ? bpf_map_lookup_elem(&es_rsp, &up) : NULL;
+
+			/* one more request the upstream owes a response to,
+			 * counted before its bytes go (the agent reads it when
+			 * the upstream closes) */
+			if (rsp)
+				__sync_fetch_and_add(&rsp->reqs, 1);
 			return SK_PASS;
+		}
 		/* the upstream closed: the agent binds a new one */
 		es_count(ES_CNT_REQ_UPSTREAM_GONE);
 		c->tx->v.route.kind = ES_ROUTE_SLOW;
@@ -529,12 +538,6 @@ static __always_inline void es_count_path(const struct es_route *r)
 		es_count(ES_CNT_REQ_PASSED);
 		es_count_request(r->svc_id, r->env_id, ES_PATH_PASSED);
 	} else if (r->kind == ES_ROUTE_KERNEL) {
-		struct es_rsp *rsp = bpf_map_lookup_elem(&es_rsp, &r->upstream);
-
-		/* one more request the upstream owes a response to (before the
-		 * bytes go: the agent reads it when the upstream closes) */
-		if (rsp)
-			__sync_fetch_and_add(&rsp->reqs, 1);
 		es_count(ES_CNT_REQ_KERNEL);
 		es_count_request(r->svc_id, r->env_id, ES_PATH_KERNEL);
 	} else if (r->kind == ES_ROUTE_SLOW) {
@@ -605,6 +608,7 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 			goto verdict;
 		}
 		es_count_path(&c.tx->route);
+		c.head = 1;
 		es_trace_request(c.sock, &c.tx->route, c.tx->v.env_req,
 				 c.tx->route.kind == ES_ROUTE_PASS     ? ES_EV_REQ_PASS
 				 : c.tx->route.kind == ES_ROUTE_KERNEL ? ES_EV_REQ_REDIRECT
