@@ -344,8 +344,10 @@ def test_agent_restart_while_bound(make_node):
     flag = os.path.join(node.tmp, "go")
     t, box = _in_background(lambda: sequence(
         node, "c-dev", ["dev.proj1", "@wait:" + flag, "dev.proj1", "dev.proj1", "dev.proj2"], timeout=8))
-    harness.wait_until(lambda: node.status_http()["per_request"]["upstreams_active"] == 1, timeout=15,
-                       what="an upstream bound")
+    # the first answer is in (the client waits), its upstream still bound
+    harness.wait_until(lambda: os.path.exists(flag + ".reached") or not t.is_alive(), timeout=30,
+                       what="the client's first answer")
+    assert node.status_http()["per_request"]["upstreams_active"] == 1
     node.kill_agent()
     node.start_agent()
     open(flag, "w").close()
