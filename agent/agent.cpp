@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "agent.h"
+#include "threadctx.h"
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
@@ -159,13 +160,17 @@ nlohmann::json Agent::status_json() {
   j["model"] = {{"frontends", model_.frontends.size()}, {"envs", model_.envs.size()},
                 {"sets", model_.sets.size()}, {"local_pods", model_.pods.size()},
                 {"warnings", model_.warnings}};
+  if (dp_) j["pods"] = thread_context_json(model_, ctx_off_processes());
   return j;
 }
 
 nlohmann::json Agent::explain_json(const std::string& from, const std::string& to,
                                    const std::optional<std::string>& env) {
   std::lock_guard<std::mutex> g(mu_);
-  return explain(ExplainRequest{from, to, env}, model_, dp_->maps(), s_.splitter);
+  auto j = explain(ExplainRequest{from, to, env}, model_, dp_->maps(), s_.splitter);
+  for (const auto& [cg, pod] : model_.pods)
+    if (pod.pod == from) j["thread_context"] = thread_context_state(pod, ctx_off_processes());
+  return j;
 }
 
 std::string Agent::metrics_text() {
@@ -179,6 +184,7 @@ std::string Agent::metrics_text() {
            std::to_string(dp_->maps().counter(i)) + "\n";
   std::lock_guard<std::mutex> g(mu_);
   out += request_metrics();
+  out += thread_context_metrics(model_, ctx_off_processes());
   out += "# TYPE envsteer_syncs_total counter\n";
   out += "envsteer_syncs_total{result=\"ok\"} " + std::to_string(syncs_ok_) + "\n";
   out += "envsteer_syncs_total{result=\"failed\"} " + std::to_string(syncs_failed_) + "\n";
@@ -574,6 +580,7 @@ int Agent::run() {
       } else if (missing_cgroups_ && cluster_) {
         apply_cluster(*cluster_, "rescan");
       }
+      sweep_thread_context();
       rescan_at = std::chrono::steady_clock::now() + std::chrono::seconds(2);
     }
   }

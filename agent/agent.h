@@ -9,6 +9,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "k8s/objects.h"
@@ -20,6 +21,7 @@
 #include "settings.h"
 #include "podcgroup.h"
 #include "sources/kubernetes.h"
+#include "threadctx.h"
 #include "trace.h"
 
 namespace envsteer {
@@ -83,6 +85,11 @@ class Agent {
   // published after every apply; the trace hub and the decision counters.
   void start_observe();
   void publish_names();  // under mu_
+  // Processes whose thread context the kernel switched off, with their pods.
+  std::vector<CtxOffProcess> ctx_off_processes() const;
+  // Forgets switched-off processes that are gone (log line per new one).
+  void sweep_thread_context();
+  std::set<uint32_t> ctx_off_logged_;
   std::shared_ptr<const NameTable> names() const;
   std::string observe_metrics();
   mutable std::mutex names_mu_;

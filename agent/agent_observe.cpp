@@ -2,6 +2,10 @@
 // The agent's observability glue: names for the kernel's ids, the trace hub,
 // and the metrics of metrics.h.
 #include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
 
 #include "agent.h"
 
@@ -58,6 +62,54 @@ std::string Agent::observe_metrics() {
   }
   auto n = names();
   return render_observability(in, n ? *n : NameTable{});
+}
+
+}  // namespace envsteer
+
+namespace envsteer {
+
+std::vector<CtxOffProcess> Agent::ctx_off_processes() const {
+  if (!dp_) return {};
+  auto n = names();
+  return read_ctx_off(dp_->maps(), [&](uint64_t cg) { return n ? n->pod_of_cgroup(cg) : std::string(); });
+}
+
+namespace {
+
+// Whether this agent sees the host's processes (its pid namespace is the
+// initial one: NSpid lists one pid). Without that a missing /proc entry says
+// nothing about a process, so nothing is swept.
+bool host_pids_visible() {
+  static const bool visible = [] {
+    std::ifstream f("/proc/self/status");
+    std::string line;
+    while (std::getline(f, line))
+      if (line.rfind("NSpid:", 0) == 0) return std::count(line.begin(), line.end(), '\t') <= 1;
+    return false;
+  }();
+  return visible;
+}
+
+}  // namespace
+
+void Agent::sweep_thread_context() {
+  if (!dp_) return;
+  std::lock_guard<std::mutex> g(mu_);
+  auto procs = ctx_off_processes();
+  std::set<uint32_t> now;
+  for (const auto& p : procs) now.insert(p.tgid);
+  std::erase_if(ctx_off_logged_, [&](uint32_t t) { return !now.count(t); });
+  for (const auto& p : procs) {
+    if (!ctx_off_logged_.insert(p.tgid).second) continue;
+    spdlog::warn("thread context switched off for pid {} of pod {} ({}): not a thread-per-request server; its "
+                 "requests fall back to the pod's own environment",
+                 p.tgid, p.pod.empty() ? "?" : p.pod, ctx_off_reason_name(p.off.reason));
+  }
+  if (!host_pids_visible()) return;
+  size_t n = sweep_ctx_off(dp_->maps(), [](uint32_t tgid) {
+    return ::access(("/proc/" + std::to_string(tgid)).c_str(), F_OK) == 0;
+  });
+  if (n) spdlog::debug("thread context: forgot {} exited process(es)", n);
 }
 
 }  // namespace envsteer

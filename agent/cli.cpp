@@ -130,6 +130,19 @@ void print_status(const json& j) {
                 << " environments, " << a["model"]["sets"] << " backend sets, " << a["model"]["local_pods"]
                 << " local pods\n";
       for (const auto& w : a["model"]["warnings"]) std::cout << "  warning: " << w.get<std::string>() << "\n";
+      if (a.contains("pods")) {
+        std::cout << "  local pods (thread context):\n";
+        for (const auto& p : a["pods"]) {
+          std::cout << "    " << p["pod"].get<std::string>() << "  env "
+                    << (p["env"].get<std::string>().empty() ? "<base>" : p["env"].get<std::string>())
+                    << (p["labelled"].get<bool>() ? "" : " (unlabelled)") << "  thread context "
+                    << p["thread_context"].get<std::string>();
+          if (p.contains("switched_off_processes"))
+            for (const auto& q : p["switched_off_processes"])
+              std::cout << "  [pid " << q["pid"] << ": " << q["reason"].get<std::string>() << "]";
+          std::cout << "\n";
+        }
+      }
     }
   }
 }
@@ -203,8 +216,9 @@ int cli_main(int argc, char** argv) {
   auto* o_win = run->add_option("--http-window", s.http_window,
                                 "bytes of a request's header section parsed for the env header")
                     ->capture_default_str();
-  auto* o_auto = run->add_flag("--auto-inject", s.auto_inject,
-                                "insert the pod's own environment into outgoing requests when the thread has none");
+  auto* o_auto = run->add_flag("--auto-inject,!--no-auto-inject", s.auto_inject,
+                               "insert a labelled pod's own environment into its outgoing HTTP requests that carry "
+                               "none (default on; --no-auto-inject switches it off)");
   auto* o_idle = run->add_option("--upstream-idle-ms", s.upstream_idle_ms,
                                  "close an upstream of re-routed requests after this much idle time")
                      ->capture_default_str()

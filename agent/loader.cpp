@@ -87,11 +87,13 @@ Features probe_features() {
     f.notes.push_back("bpf_set_retval unavailable for cgroup programs (kernel < 5.19): connects with "
                       "no ready pod fail with EPERM instead of ECONNREFUSED");
   f.cgroup_links = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, nullptr) == 1;
-  f.recv_tracepoint = libbpf_find_vmlinux_btf_id("sock_recv_length", BPF_TRACE_RAW_TP) > 0;
+  // both came in 6.3; the thread context needs the end of a request (send) too
+  f.recv_tracepoint = libbpf_find_vmlinux_btf_id("sock_recv_length", BPF_TRACE_RAW_TP) > 0 &&
+                      libbpf_find_vmlinux_btf_id("sock_send_length", BPF_TRACE_RAW_TP) > 0;
   f.bpf_loop = libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SKB, BPF_FUNC_loop, nullptr) == 1;
   f.task_storage = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_TASK_STORAGE, nullptr) == 1;
   if (!f.recv_tracepoint)
-    f.notes.push_back("no tp_btf/sock_recv_length (kernel < 6.3): threads cannot adopt the environment of "
+    f.notes.push_back("no tp_btf/sock_recv_length or sock_send_length (kernel < 6.3): threads cannot adopt the environment of "
                       "the request they read; connects use the pod's own environment");
   if (!f.bpf_loop)
     f.notes.push_back("no bpf_loop (kernel < 5.17): inbound env headers are not parsed");
@@ -184,6 +186,7 @@ std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& c
   if (!dp->request_ctx_) {
     bpf_program__set_autoload(skel->progs.es_http_ingress, false);
     bpf_program__set_autoload(skel->progs.es_sock_recv_length, false);
+    bpf_program__set_autoload(skel->progs.es_sock_send_length, false);
   }
   if (!dp->per_request_) {
     bpf_program__set_autoload(skel->progs.es_sockops_prog, false);

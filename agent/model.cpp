@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <tuple>
 
 #include "envname.h"
@@ -60,6 +61,21 @@ class Builder {
     return it->second;
   }
 
+  // An on/off annotation: absent is off; a value that is neither is off and
+  // warned about (a typo must not switch a guess on).
+  bool opt_in(const k8s::Labels& annotations, const char* key, const std::string& who,
+              std::initializer_list<const char*> on, std::initializer_list<const char*> off) {
+    auto it = annotations.find(key);
+    if (it == annotations.end()) return false;
+    for (const char* v : on)
+      if (it->second == v) return true;
+    for (const char* v : off)
+      if (it->second == v) return false;
+    out_.warnings.push_back(who + ": metadata.annotations." + key + ": \"" + it->second + "\" is not \"" +
+                            *on.begin() + "\" or \"" + *off.begin() + "\"; taken as \"" + *off.begin() + "\"");
+    return false;
+  }
+
   void add_env(const EnvName& e) {
     for (auto& level : env_chain(e, o_.splitter)) out_.envs.insert(level);
   }
@@ -68,8 +84,13 @@ class Builder {
     EnvName env = env_of_pod(p);
     if (!env.empty()) add_env(env);
     out_.pod_envs[pod_ref(p)] = env;
-    if (auto it = p.labels.find(o_.env_label); it != p.labels.end() && !it->second.empty())
+    bool labelled = false;
+    if (auto it = p.labels.find(o_.env_label); it != p.labels.end() && !it->second.empty()) {
       out_.labelled_pods.insert(pod_ref(p));
+      labelled = true;
+    }
+    bool thread_ctx = opt_in(p.annotations, kThreadContextAnnotation, "Pod " + pod_ref(p), {"on", "true"},
+                             {"off", "false"});
 
     auto ann = p.annotations.find(o_.cgroup_annotation);
     if (ann == p.annotations.end() || !o_.resolve_cgroup) return;
@@ -90,7 +111,8 @@ class Builder {
                               " is outside the steered cgroup root; its processes are not steered");
       return;
     }
-    auto [it, fresh] = out_.pods.emplace(cg->id, LocalPod{pod_ref(p), env, cg->path, cg->level});
+    auto [it, fresh] =
+        out_.pods.emplace(cg->id, LocalPod{pod_ref(p), env, cg->path, cg->level, labelled, thread_ctx});
     if (!fresh)
       throw ModelError("Pod " + pod_ref(p) + ": metadata.annotations." + o_.cgroup_annotation +
                        ": cgroup " + cg->path + " is already the cgroup of Pod " + it->second.pod);
@@ -186,6 +208,8 @@ class Builder {
   void add_service(const k8s::Service& svc,
                    std::map<es_frontend_key, std::string, maps::BytesLess<es_frontend_key>>& owner) {
     const std::string ref = k8s::object_key(svc.ns, svc.name);
+    const bool per_request =
+        opt_in(svc.annotations, kConnPerRequestAnnotation, "Service " + ref, {"true"}, {"false"});
     for (size_t pi = 0; pi < svc.ports.size(); pi++) {
       const auto& sp = svc.ports[pi];
       uint8_t proto = proto_number(sp.protocol);
@@ -206,7 +230,7 @@ class Builder {
         if (!fresh)
           throw ModelError("Service " + ref + ": spec.ports[" + std::to_string(pi) + "]: address " +
                            maps::format_frontend(key) + " is already used by Service " + it->second);
-        out_.frontends[key] = FrontendSpec{key, ref, sp.name};
+        out_.frontends[key] = FrontendSpec{key, ref, sp.name, per_request ? ES_FE_F_CONN_PER_REQUEST : 0u};
         for (const auto& ep : eps) {
           es_backend be{};
           try {

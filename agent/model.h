@@ -40,7 +40,15 @@ struct FrontendSpec {
   es_frontend_key key{};
   std::string service;    // "ns/name"
   std::string port_name;  // service port name
+  uint32_t flags = 0;     // ES_FE_F_*
 };
+
+// Opt-ins, as annotations. On a Pod: its threads serve one request each
+// (thread-per-request servers), so a thread's request environment is known
+// while it serves that request. On a Service: each connection to it carries
+// one request, so connect() may take the calling thread's environment.
+inline constexpr const char* kThreadContextAnnotation = "envsteer.io/thread-context";
+inline constexpr const char* kConnPerRequestAnnotation = "envsteer.io/connection-per-request";
 
 struct SetName {
   es_frontend_key frontend{};
@@ -56,6 +64,12 @@ struct LocalPod {
   EnvName env;
   std::string cgroup;  // absolute directory
   int level = 0;
+  bool labelled = false;    // carries the env label (auto-inject inserts its env)
+  bool thread_ctx = false;  // annotation envsteer.io/thread-context: "on"
+  // ES_POD_F_* as the programs read them
+  uint32_t flags() const {
+    return (labelled ? ES_POD_F_LABELLED : 0u) | (thread_ctx ? ES_POD_F_THREAD_CTX : 0u);
+  }
 };
 
 // Where a pod's cgroup is, as the host sees it.

@@ -140,6 +140,7 @@ Reconciler::Target Reconciler::plan(const DesiredState& want) const {
     auto it = shadow_.frontends.find(key);
     es_frontend f{};
     f.svc_id = it != shadow_.frontends.end() ? it->second.svc_id : alloc_id(used_svc_ids, svc_taken, 1, next_svc);
+    f.flags = spec.flags;
     t.frontends[key] = f;
   }
   for (const auto& [name, backends] : want.sets) {
@@ -150,7 +151,7 @@ Reconciler::Target Reconciler::plan(const DesiredState& want) const {
   }
   uint32_t min_level = ES_MAX_CGROUP_LEVEL, max_level = 0;
   for (const auto& [cg, pod] : want.pods) {
-    t.pods[cg] = es_pod{id_of(pod.env), 0};
+    t.pods[cg] = es_pod{id_of(pod.env), pod.flags()};
     min_level = std::min<uint32_t>(min_level, static_cast<uint32_t>(pod.level));
     max_level = std::max<uint32_t>(max_level, static_cast<uint32_t>(pod.level));
   }

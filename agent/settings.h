@@ -33,7 +33,7 @@ struct Settings {
   std::string baggage_key = "virtual-env";     // W3C baggage member; "" = off
   uint32_t http_window = 4096;                 // header bytes of a request parsed
   bool header_context = true;                  // learn request environments in the kernel
-  bool auto_inject = false;                    // insert the pod's own env when a thread has none
+  bool auto_inject = true;                     // a labelled pod's requests carry its env unless they carry one
   uint32_t upstream_idle_ms = 60000;           // re-routing upstreams idle this long are closed
   char splitter = '.';
   std::string default_env;                  // "" = unlabelled pods form the unnamed base

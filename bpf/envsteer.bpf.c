@@ -66,6 +66,14 @@ int es_sock_recv_length(unsigned long long *ctx)
 	return es_recv((struct sock *)ctx[0], (int)ctx[1], (int)ctx[2]);
 }
 
+/* sock_sendmsg() sent data: a thread answering its request ends its context.
+ * (Tracepoint arguments: struct sock *sk, int ret, int flags.) */
+SEC("tp_btf/sock_send_length")
+int es_sock_send_length(unsigned long long *ctx)
+{
+	return es_send((struct sock *)ctx[0], (int)ctx[1]);
+}
+
 /* Steered TCP connections enter es_sockhash once established. */
 SEC("sockops")
 int es_sockops_prog(struct bpf_sock_ops *skops)

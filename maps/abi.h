@@ -14,7 +14,7 @@
 #include <linux/types.h>
 #endif
 
-#define ES_ABI_VERSION 2
+#define ES_ABI_VERSION 3
 
 /* An environment name: a Kubernetes label value, at most 63 bytes. */
 #define ES_ENV_NAME_MAX 64
@@ -42,8 +42,15 @@ struct es_frontend_key {
 
 struct es_frontend {
 	__u32 svc_id; /* frontend id, names backend sets */
-	__u32 flags;
+	__u32 flags;  /* ES_FE_F_* */
 };
+
+/* The Service says each connection carries one request (annotation
+ * envsteer.io/connection-per-request: "true"): connect() may then follow the
+ * calling thread's request environment. Without it connect() uses the calling
+ * pod's own environment, because a pooled connection outlives the request that
+ * opened it (HTTP/1.x requests are re-routed one by one anyway). */
+#define ES_FE_F_CONN_PER_REQUEST 0x1
 
 /* Ready backends of one frontend in one environment. */
 struct es_set_key {
@@ -85,8 +92,11 @@ struct es_env_name {
 /* A managed (local) pod, keyed by its cgroup v2 id. */
 struct es_pod {
 	__u32 env_id; /* the pod's own environment */
-	__u32 flags;
+	__u32 flags;  /* ES_POD_F_* */
 };
+
+#define ES_POD_F_LABELLED 0x1  /* the pod carries the env label (auto-inject applies) */
+#define ES_POD_F_THREAD_CTX 0x2 /* envsteer.io/thread-context: "on" (thread-per-request) */
 
 /* Settings the programs read at run time (single-entry array). */
 struct es_config {
@@ -107,8 +117,8 @@ struct es_sock {
 	__u32 svc_id;
 	__u32 env_id;  /* environment the connect resolved for */
 	__u32 level;   /* fallback depth taken: 0 = own env */
-	__u32 pod_env_id; /* the calling pod's own environment */
-	__u32 pad;
+	__u32 pod_env_id; /* the calling pod's own environment (the default when unlabelled) */
+	__u32 pod_flags;  /* ES_POD_F_* of the calling pod at connect() */
 	__u64 cookie;     /* socket cookie (set once established): es_sockhash key */
 };
 
@@ -169,6 +179,14 @@ enum es_counter {
 	ES_CNT_TRACE_RATE_LIMITED, /* decision events dropped by the trace rate limit */
 	ES_CNT_TRACE_LOST,         /* decision events lost: ring buffer full (no reader) */
 	ES_CNT_DECISION_MAP_FULL,  /* per-service decision counter not kept: map full */
+	ES_CNT_CTX_OFF,            /* a process was seen serving interleaved requests: its thread context is off */
+	ES_CNT_CTX_OFF_IGNORED,    /* a thread context was not used: its process is switched off */
+	ES_CNT_CTX_AMBIGUOUS,      /* a read spanned requests (pipelining): the thread knows no env */
+	ES_CNT_CTX_CLOSED,         /* a thread answered its request: its context ended */
+	ES_CNT_CTX_NOT_FOR_CONNECT, /* connect() kept the pod env: the service may pool connections */
+	ES_CNT_CTX_OFF_MAP_FULL,   /* a process to switch off did not fit in es_ctx_off */
+	ES_CNT_REQ_H2C_KEPT,       /* an h2c upgrade request stayed on its connection's own pod */
+	ES_CNT_REQ_UNFRAMED_FAILED, /* bytes the parser cannot frame after a re-routed request: failed */
 	ES_CNT_MAX
 };
 
@@ -182,7 +200,10 @@ enum es_counter {
 	  "req_passed", "req_rerouted_kernel", "req_slow_path", "req_failed",           \
 	  "req_head_corked", "req_head_unroutable", "req_upstream_gone",                \
 	  "rsp_redirected", "rsp_dropped", "req_pipeline_refused",                      \
-	  "trace_emitted", "trace_rate_limited", "trace_lost", "decision_map_full" }
+	  "trace_emitted", "trace_rate_limited", "trace_lost", "decision_map_full",     \
+	  "thread_ctx_switched_off", "thread_ctx_off_ignored", "thread_ctx_ambiguous",  \
+	  "thread_ctx_closed", "thread_ctx_not_for_connect", "thread_ctx_off_map_full", \
+	  "req_h2c_upgrade_kept", "req_unframed_failed" }
 
 /* Outbound header insertion settings (single-entry array). */
 struct es_inject_cfg {
@@ -192,14 +213,35 @@ struct es_inject_cfg {
 	__u8 pad[6];
 };
 
-/* A thread's request environment (task storage): the environment of the
- * HTTP request it last read from a managed pod's socket. */
+/* A thread's request context (task storage), kept only in pods with
+ * ES_POD_F_THREAD_CTX: the environment of the HTTP request the thread is
+ * serving. It is valid from the read of that request until the thread writes
+ * on that request's socket (its response) or reads another request. */
 struct es_thread {
 	char env[ES_ENV_NAME_MAX];
-	__u8 len;    /* 0: the request had no (valid) env header */
+	__u8 len;    /* 0: the request had no (valid) env header, or it is unknown */
 	__u8 depth;  /* splitters in env (es_env.depth of the name) */
-	__u8 pad[6];
+	__u8 active; /* serving a request: between its read and its response */
+	__u8 pad[5];
 	__u64 since_ns; /* when it was adopted */
+	__u64 sock;     /* cookie of the socket the request came on */
+};
+
+/* Processes seen serving interleaved requests (not thread-per-request): their
+ * thread context is off for good. Key: tgid. Written by the programs, swept of
+ * dead processes by the agent. */
+enum es_ctx_off_reason {
+	ES_CTX_OFF_NONE = 0,
+	ES_CTX_OFF_READ_WHILE_SERVING = 1, /* a thread read a request while serving another */
+	ES_CTX_OFF_ANSWERED_OTHER = 2,     /* a thread answered a request while serving another */
+	ES_CTX_OFF_OTHER_THREAD = 3,       /* a request was answered by another thread than its reader */
+};
+
+struct es_ctx_off {
+	__u64 cgroup_id; /* of the thread that tripped it */
+	__u64 ts_ns;
+	__u32 reason;    /* enum es_ctx_off_reason */
+	__u32 pad;
 };
 
 /*
@@ -293,6 +335,7 @@ struct es_req_key {
 #define ES_MAP_RELAY_DONE "es_relay_done"
 #define ES_MAP_RELAY_CFG "es_relay_cfg"
 #define ES_MAP_REQ_STATS "es_req_stats"
+#define ES_MAP_CTX_OFF "es_ctx_off"
 
 /* ------------------------------------------------------------------------
  * Observability: decision events (trace ring buffer) and per-service
@@ -307,7 +350,7 @@ enum es_event_kind {
 	ES_EV_CONNECT_FALLBACK = 2, /* resolved at an ancestor (level = steps walked) */
 	ES_EV_CONNECT_DEFAULT = 3,  /* resolved at the default environment */
 	ES_EV_CONNECT_REFUSED = 4,  /* no ready pod anywhere: ECONNREFUSED */
-	/* per-request decisions on steered connections (sk_msg), reserved */
+	/* per-request decisions on steered connections (sk_msg) */
 	ES_EV_REQ_PASS = 16,     /* request stays on its connection's pod */
 	ES_EV_REQ_REDIRECT = 17, /* request re-routed to an upstream connection */
 	ES_EV_REQ_SLOW = 18,     /* request waits for an upstream connection (agent) */

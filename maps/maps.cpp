@@ -25,6 +25,7 @@ const char* map_name(MapId id) {
     case MapId::HttpCfg: return ES_MAP_HTTP_CFG;
     case MapId::Inject: return ES_MAP_INJECT;
     case MapId::Mismatch: return ES_MAP_MISMATCH;
+    case MapId::CtxOff: return ES_MAP_CTX_OFF;
     case MapId::kCount: break;
   }
   return "?";
@@ -43,6 +44,7 @@ size_t key_size(MapId id) {
     case MapId::HttpCfg: return sizeof(__u32);
     case MapId::Inject: return sizeof(__u32);
     case MapId::Mismatch: return sizeof(__u32);
+    case MapId::CtxOff: return sizeof(__u32);
     case MapId::kCount: break;
   }
   return 0;
@@ -61,6 +63,7 @@ size_t value_size(MapId id) {
     case MapId::HttpCfg: return sizeof(es_http_cfg);
     case MapId::Inject: return sizeof(es_inject_cfg);
     case MapId::Mismatch: return sizeof(__u64);
+    case MapId::CtxOff: return sizeof(es_ctx_off);
     case MapId::kCount: break;
   }
   return 0;

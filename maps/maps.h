@@ -16,7 +16,7 @@
 
 namespace envsteer::maps {
 
-enum class MapId { Frontends, Sets, Slots, Envs, EnvNames, Pods, Config, Counters, HttpCfg, Inject, Mismatch, kCount };
+enum class MapId { Frontends, Sets, Slots, Envs, EnvNames, Pods, Config, Counters, HttpCfg, Inject, Mismatch, CtxOff, kCount };
 constexpr size_t kMapCount = static_cast<size_t>(MapId::kCount);
 
 // Pinned name of each map (as in bpf/lib/maps.h).

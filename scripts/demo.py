@@ -88,8 +88,10 @@ def main():
         node = harness.Node("demo", default_env="dev")
         for svc, ip in SERVICES.items():
             node.add_service(NS, svc, ip, PORT, TARGET_PORT)
+        # the services' pods are thread-per-request servers: they opt into the thread context
         for svc, env, ip in VARIANTS:
-            node.add_pod(NS, pod_name(svc, env), ip, app=svc, env=env, port=TARGET_PORT)
+            node.add_pod(NS, pod_name(svc, env), ip, app=svc, env=env, port=TARGET_PORT,
+                         annotations={"envsteer.io/thread-context": "on"})
         for name, env, ip in CLIENTS:
             node.add_pod(NS, name, ip, app="client", env=env, port=TARGET_PORT)
         node.write_manifests()
@@ -128,7 +130,7 @@ def main():
         print(table(["client pod", "environment"] + list(SERVICES), rows))
         print()
 
-        # 2. a chain frontend -> cart -> payment: each hop is steered by the caller pod's env
+        # 2. a chain frontend -> cart -> payment: the client's env travels with the request
         rows = []
         targets = ["%s:%d" % (SERVICES[s], PORT) for s in ("frontend", "cart", "payment")]
         for name, env, _ in CLIENTS:
@@ -136,21 +138,22 @@ def main():
             res = node.call_chain(caller, targets)
             hops = harness.chain_hops(res)
             cells = []
-            frm = caller
             for i, svc in enumerate(("frontend", "cart", "payment")):
-                _, _, pods = node.expected("%s/%s" % (NS, svc), node.pod_env(frm))
+                _, _, pods = node.expected("%s/%s" % (NS, svc), node.pod_env(caller))
                 h = hops[i] if i < len(hops) else {"pod": None, "errno": "no answer"}
                 got = h.get("pod")
                 ok = got in pods
                 wrong += not ok
                 cells.append("%s%s" % (short(got) if got else h.get("errno"),
                                        "" if ok else "  <-- WRONG, want %s" % pods))
-                frm = got or frm
             rows.append([name] + cells)
-        print("A chain client -> frontend -> cart -> payment (each hop steered by the calling "
-              "pod's environment)")
+        print("A chain client -> frontend -> cart -> payment (no application sends or forwards "
+              "a header)")
         print(table(["client pod", "frontend", "cart", "payment"], rows))
-        print("(no request carries a header here: each hop uses the calling pod's own environment)")
+        print("(a labelled client's requests carry its environment (auto-inject); the service "
+              "pods are\n thread-per-request, annotated envsteer.io/thread-context: \"on\", so "
+              "each hop carries on\n the environment of the request it serves. An unlabelled "
+              "client inserts nothing: dev.)")
         print()
 
         # 2b. tagged requests entering at frontend's dev pod (as from an ingress); no pod

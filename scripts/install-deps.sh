@@ -10,11 +10,24 @@ PKGS=(
   libcpp-httplib-dev libcurl4-openssl-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev libclang-rt-14-dev
   python3 python3-pytest curl iproute2 procps wrk
+  # e2e middle tiers in real runtimes (tests/e2e/test_never_wrong.py)
+  golang-go python3-aiohttp python3-grpcio python3-h2
 )
 
 # kubectl checks the install manifests offline; Debian's is kubernetes-client (another
 # kubectl may already be installed: don't clash with it)
 command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)
+# Node, npm and a JDK for the e2e tiers: Debian's, unless one is already installed (e.g.
+# NodeSource's nodejs, which bundles npm and conflicts with Debian's npm package)
+command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
+command -v npm >/dev/null 2>&1 || PKGS+=(npm)
+command -v javac >/dev/null 2>&1 || PKGS+=(default-jdk-headless)
+
+# the npm packages of the e2e tiers (test only; a failure is reported, not fatal: the e2e
+# test that needs them says what to run)
+npm_deps() {
+  "$(dirname "$0")/npm-deps.sh" || echo "install-deps: scripts/npm-deps.sh failed (needed by tests/e2e/test_never_wrong.py only)" >&2
+}
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -23,6 +36,7 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PKGS[@]} packages present"
+  npm_deps
   exit 0
 fi
 
@@ -36,3 +50,4 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 echo "install-deps: done"
+npm_deps

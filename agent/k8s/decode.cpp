@@ -266,6 +266,7 @@ Service decode_service(const json& obj) {
   Service s;
   copy_meta(m, s);
   s.type = "ClusterIP";
+  s.annotations = get_string_map(m.ctx, *m.metadata, "metadata", "annotations");
 
   const json* spec = get_object(ctx, obj, "", "spec");
   if (!spec) return s;

@@ -29,6 +29,7 @@ struct Service {
   std::vector<std::string> cluster_ips;  // spec.clusterIPs, else [spec.clusterIP]; "None" dropped
   std::vector<ServicePort> ports;
   Labels selector;
+  Labels annotations;                    // metadata.annotations (envsteer.io/...)
   bool has_selector = false;             // spec.selector present and non-empty
   std::string type;                      // ClusterIP, NodePort, ... (informational)
 };

@@ -60,6 +60,8 @@ struct es_http_cfg {
 #define ES_HTTP_F_CHUNKED 0x0040
 #define ES_HTTP_F_CONNECT 0x0080
 #define ES_HTTP_F_HTTP10 0x0100
+#define ES_HTTP_F_H2C 0x0200	     /* HTTP2-Settings: an h2c upgrade request (RFC 7540 3.2) */
+#define ES_HTTP_F_UPGRADE 0x0400     /* Upgrade: what follows a 101 is no longer HTTP/1.x */
 
 /* Why a parser went inert. */
 enum es_http_err {
@@ -158,12 +160,17 @@ enum {
 #define ES_HTTP_K_BAGGAGE ES_HTTP_PACK('b', 'a', 'g', 'g', 'a', 'g', 'e', 0)
 #define ES_HTTP_K_CHUNKED ES_HTTP_PACK('c', 'h', 'u', 'n', 'k', 'e', 'd', 0)
 #define ES_HTTP_K_CONNECT ES_HTTP_PACK('C', 'O', 'N', 'N', 'E', 'C', 'T', 0)
+#define ES_HTTP_K_UPGRADE ES_HTTP_PACK('u', 'p', 'g', 'r', 'a', 'd', 'e', 0)
+#define ES_HTTP_K_H2S0 ES_HTTP_PACK('h', 't', 't', 'p', '2', '-', 's', 'e')
+#define ES_HTTP_K_H2S1 ES_HTTP_PACK('t', 't', 'i', 'n', 'g', 's', 0, 0)
 #define ES_HTTP_K_VERSION ES_HTTP_PACK('H', 'T', 'T', 'P', '/', '1', '.', 0)
 
 /* match bits: configured names in the low bits, then the built-ins */
 #define ES_HTTP_M_CL 0x100
 #define ES_HTTP_M_TE 0x200
 #define ES_HTTP_M_BAGGAGE 0x400
+#define ES_HTTP_M_H2C 0x800
+#define ES_HTTP_M_UPGRADE 0x1000
 
 /* Character classes as bitmaps of ASCII 0..63 and 64..127: one shift
  * instead of a chain of range checks. Tests pin them to RFC 9110 tchar and to
@@ -389,6 +396,10 @@ ES_INLINE void es_http_name_byte(struct es_http_state *st, const struct es_http_
 		hits |= ES_HTTP_M_TE;
 	if (es_http_kc(ES_HTTP_K_BAGGAGE, 0, 0, i) == c)
 		hits |= ES_HTTP_M_BAGGAGE;
+	if (es_http_kc(ES_HTTP_K_H2S0, ES_HTTP_K_H2S1, 0, i) == c)
+		hits |= ES_HTTP_M_H2C;
+	if (es_http_kc(ES_HTTP_K_UPGRADE, 0, 0, i) == c)
+		hits |= ES_HTTP_M_UPGRADE;
 	st->match &= hits;
 }
 
@@ -409,7 +420,15 @@ ES_INLINE void es_http_name_end(struct es_http_state *st, const struct es_http_c
 		exact |= ES_HTTP_M_TE;
 	if (!es_http_kc(ES_HTTP_K_BAGGAGE, 0, 0, n) && cfg->baggage_key_len)
 		exact |= ES_HTTP_M_BAGGAGE;
+	if (!es_http_kc(ES_HTTP_K_H2S0, ES_HTTP_K_H2S1, 0, n))
+		exact |= ES_HTTP_M_H2C;
+	if (!es_http_kc(ES_HTTP_K_UPGRADE, 0, 0, n))
+		exact |= ES_HTTP_M_UPGRADE;
 	m = st->match & exact;
+	if (m & ES_HTTP_M_H2C)
+		st->flags |= ES_HTTP_F_H2C;
+	if (m & ES_HTTP_M_UPGRADE)
+		st->flags |= ES_HTTP_F_UPGRADE;
 
 	if (m & 1) {
 		h = ES_HTTP_H_PRIMARY;

@@ -114,9 +114,16 @@ struct es_rx {
 	__u32 next_seq; /* TCP sequence number of the next payload byte */
 	__u8 synced;    /* next_seq is valid */
 	__u8 seen;      /* at least one request head completed */
-	__u8 env_len;   /* environment of the request last received; 0 = none */
+	__u8 env_len;   /* environment of the request that began at req_start; 0 = none */
 	__u8 env_depth; /* its splitters */
 	char env[ES_ENV_NAME_MAX];
+	/* Thread context bookkeeping (pods with ES_POD_F_THREAD_CTX): */
+	__u32 req_start; /* sequence number of the first byte of the latest request */
+	__u32 read_seq;  /* sequence number of the next byte the application reads */
+	__u32 reader;    /* thread id that read the request not yet answered; 0 */
+	__u8 pod_flags;  /* ES_POD_F_* of the socket's pod */
+	__u8 broken;     /* stream sync lost: the thread context is unknown here */
+	__u8 pad[2];
 };
 
 struct {
@@ -142,6 +149,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct es_inject_cfg);
 } es_inject SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32); /* tgid */
+	__type(value, struct es_ctx_off);
+} es_ctx_off SEC(".maps");
 
 /* Requests whose environment resolves elsewhere than their connection, by frontend. */
 struct {
@@ -196,7 +212,10 @@ struct es_tx {
 	__u32 slow_seq;        /* frames sent to the agent */
 	__u8 prev;             /* the last byte parsed, also across sends */
 	__u8 pipelined;        /* the request at the start of the next run was pipelined */
-	__u8 pad[2];
+	__u8 unroutable;       /* the request in progress could not be routed by its head: it
+				* stays on the connection's own pod, head and body */
+	__u8 upgrade;          /* the last complete request asked for an Upgrade or CONNECT:
+				* bytes the parser cannot follow after it are its tunnel */
 };
 
 struct {

@@ -329,12 +329,16 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 			name_len = (__u32)es_http_env_len(&c->tx->st);
 		}
 	} else {
-		th = es_current_thread();
+		/* known environments only: the request the thread provably
+		 * serves, else (auto-inject) a labelled pod's own; an unlabelled
+		 * pod inserts nothing of its own */
+		th = es_current_thread(s->pod_flags, 1);
 		ic = bpf_map_lookup_elem(&es_inject, &zero);
-		if (th && th->len > 0 && th->len < ES_ENV_NAME_MAX) {
+		if (th) {
 			env = th->env;
 			env_len = th->len;
-		} else if (ic && ic->auto_inject && s->pod_env_id > ES_ENV_BASE) {
+		} else if (ic && ic->auto_inject && (s->pod_flags & ES_POD_F_LABELLED) &&
+			   s->pod_env_id > ES_ENV_BASE) {
 			__u32 pid = s->pod_env_id;
 
 			pe = bpf_map_lookup_elem(&es_envs, &pid);
@@ -351,7 +355,25 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	else
 		id = s->pod_env_id;
 	c->tx->v.env_req = id;
-	es_route_request(s, c->tx, id, &r);
+	c->tx->upgrade = (c->tx->st.flags & (ES_HTTP_F_UPGRADE | ES_HTTP_F_CONNECT)) ? 1 : 0;
+	if (c->tx->unroutable) {
+		/* its first bytes went to the connection's own pod before its head
+		 * was complete: the rest follows them */
+		c->tx->unroutable = 0;
+		r = c->tx->route;
+	} else if (c->tx->st.flags & ES_HTTP_F_H2C) {
+		/* an h2c upgrade turns the connection into one that carries
+		 * requests of every environment: it stays with the connection's
+		 * own pod (the calling pod's environment), not re-routed */
+		es_count(ES_CNT_REQ_H2C_KEPT);
+		r.kind = ES_ROUTE_PASS;
+		r.upstream = 0;
+		r.svc_id = s->svc_id;
+		r.env_id = s->env_id;
+		r.pad = 0;
+	} else {
+		es_route_request(s, c->tx, id, &r);
+	}
 	if ((c->tx->v.req_begin > 0 || c->tx->pipelined) && !es_same_route(&r, &c->tx->v.route))
 		return 1;
 	c->tx->pipelined = 0;
@@ -418,7 +440,7 @@ static __always_inline void es_trace_request(const struct es_sock *s, const stru
 	ev->family = s->family;
 	ev->proto = IPPROTO_TCP;
 	ev->flags = r->kind;
-	es_trace_thread_env(ev);
+	es_trace_thread_env(ev, s->pod_flags);
 	bpf_ringbuf_submit(ev, 0);
 }
 
@@ -546,6 +568,33 @@ static __always_inline void es_count_path(const struct es_route *r)
 	}
 }
 
+/* The connection's own pod: out on the connection itself. */
+static __always_inline void es_own_route(const struct es_sock *s, struct es_route *r)
+{
+	r->kind = ES_ROUTE_PASS;
+	r->upstream = 0;
+	r->svc_id = s->svc_id;
+	r->env_id = s->env_id;
+	r->pad = 0;
+}
+
+/* The parser can no longer frame this connection's requests (and it is no
+ * tunnel of an Upgrade or CONNECT): no later byte may go to another pod than
+ * the connection's own. Bytes that would follow a re-routed request fail
+ * instead (the send gets EACCES, counted). */
+static __always_inline void es_unframed(struct es_msg_ctx *c)
+{
+	if (c->tx->st.err == ES_HTTP_ERR_TUNNEL || c->tx->upgrade)
+		return;
+	if (c->tx->route.kind == ES_ROUTE_PASS || c->tx->route.kind == ES_ROUTE_FAIL) {
+		c->tx->v.route = c->tx->route;
+		return;
+	}
+	es_count(ES_CNT_REQ_UNFRAMED_FAILED);
+	c->tx->route.kind = ES_ROUTE_FAIL;
+	c->tx->v.route.kind = ES_ROUTE_FAIL;
+}
+
 /* Back to the boundary before a request whose bytes are looked at again in a
  * later program run: the parser is idle there (es_http_begin resets the rest
  * at the request's first byte). */
@@ -577,12 +626,18 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 	c.tx->v.done = 0;
 	c.tx->v.size = msg->size;
 	c.tx->v.route = c.tx->route;
-	if (es_http_inert(&c.tx->st)) /* not HTTP, or upgraded: follows its request */
+	if (es_http_inert(&c.tx->st)) { /* not HTTP, or upgraded: follows its request */
+		es_unframed(&c);
 		return es_verdict(&c, c.tx->v.size);
+	}
 	c.cfg = bpf_map_lookup_elem(&es_http_cfg, &(__u32){0});
 	if (!c.cfg)
 		return es_verdict(&c, c.tx->v.size);
+	/* the first readable region, but never more than one pull: the byte
+	 * loop indexes at most ES_PULL bytes from pstart */
 	c.tx->v.pend = (__u32)((long)msg->data_end - (long)msg->data);
+	if (c.tx->v.pend > ES_PULL)
+		c.tx->v.pend = ES_PULL;
 	c.tx->v.reqline = -1;
 	c.tx->v.req_begin = c.tx->st.phase == ES_HTTP_P_IDLE && !c.tx->st.cr ? 0 : -1;
 	covered = 0;
@@ -632,6 +687,14 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 			goto verdict;
 		}
 	}
+	if (!covered && es_http_inert(&c.tx->st) && c.tx->st.err != ES_HTTP_ERR_TUNNEL && !c.tx->upgrade &&
+	    c.tx->v.req_begin > 0) {
+		/* the parser gave up on a request that began in this message:
+		 * the bytes before it go their way, it is decided next run */
+		covered = (__u32)c.tx->v.req_begin;
+	} else if (!covered && es_http_inert(&c.tx->st)) {
+		es_unframed(&c);
+	}
 	if (!covered) {
 		__u8 ph = c.tx->st.phase;
 
@@ -652,7 +715,12 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 				bpf_msg_cork_bytes(msg, c.tx->v.size + 1);
 				return SK_PASS;
 			} else {
+				/* too long to hold: it goes, head and body, to the
+				 * connection's own pod (its env is not known yet) */
 				es_count(ES_CNT_REQ_UNROUTABLE);
+				es_own_route(c.sock, &c.tx->route);
+				c.tx->v.route = c.tx->route;
+				c.tx->unroutable = 1;
 			}
 		}
 	}
@@ -724,8 +792,6 @@ static __always_inline int es_skb(struct __sk_buff *skb)
 
 	if (!u)
 		return SK_PASS;
-	/* the upstream's FIN arrives as an empty skb: it must not reach the
-	 * client (the agent handles the close) */
 	rc.r = bpf_map_lookup_elem(&es_rsp, &cookie);
 	if (rc.r) {
 		struct bpf_sock *sk = skb->sk;
@@ -741,6 +807,8 @@ static __always_inline int es_skb(struct __sk_buff *skb)
 		if (skb->len == 0 || (sk && sk->state != BPF_TCP_ESTABLISHED))
 			rc.r->fin = 1;
 	}
+	/* the upstream's FIN alone arrives as an empty skb: it must not reach
+	 * the client (the agent handles the close) */
 	if (skb->len == 0)
 		return SK_DROP;
 	client = u->client;

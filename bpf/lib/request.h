@@ -2,8 +2,17 @@
 /*
  * The request environment: learned from the env header of HTTP/1.x requests
  * arriving at managed pods (cgroup_skb ingress), adopted by the thread that
- * reads the request (tp_btf/sock_recv_length), and used by that thread's
- * connect() calls before the pod's own environment.
+ * reads the request (tp_btf/sock_recv_length), and used for that thread's
+ * outgoing requests while it serves that request.
+ *
+ * A thread's context is a guess unless the server is thread-per-request, so it
+ * exists only in pods that opt in (ES_POD_F_THREAD_CTX), and only for the
+ * window in which the thread provably serves one request: from reading it
+ * until writing on its socket (the response, tp_btf/sock_send_length). A
+ * process whose threads read a request while serving another, answer another
+ * request than their own, or answer a request another thread read is not
+ * thread-per-request: its context is switched off for good (es_ctx_off). A
+ * read that may span two requests (pipelining) gives no context at all.
  */
 #ifndef ENVSTEER_REQUEST_H
 #define ENVSTEER_REQUEST_H
@@ -20,6 +29,8 @@
 #define ES_AF_INET 2
 #define ES_AF_INET6 10
 #define ES_MSG_PEEK 2
+#define ES_ETH_P_IP 0x0800
+#define ES_ETH_P_IPV6 0x86DD
 
 /* Set before load: 0 disables the header programs' work (they return early). */
 const volatile __u8 es_feat_request_ctx = 1;
@@ -37,6 +48,7 @@ struct es_feed_ctx {
 	const struct es_http_cfg *cfg;
 	__u32 off;
 	__u32 end;
+	__u32 seq_base; /* the byte at offset off has sequence number seq_base + off */
 };
 
 /* A request head is complete: record its environment on the socket. A
@@ -79,7 +91,7 @@ static long es_feed_byte(__u32 i, void *data)
 	struct es_feed_ctx *c = data;
 	__u64 skip;
 	__u8 b;
-	int ev;
+	int ev, idle;
 
 	if (c->off >= c->end)
 		return 1;
@@ -96,8 +108,15 @@ static long es_feed_byte(__u32 i, void *data)
 	}
 	if (bpf_skb_load_bytes(c->skb, c->off, &b, 1))
 		return 1;
+	idle = c->rx->st.phase == ES_HTTP_P_IDLE;
 	c->off++;
 	ev = es_http_feed(&c->rx->st, c->cfg, b);
+	if (idle && c->rx->st.phase != ES_HTTP_P_IDLE) {
+		/* a new request begins: its environment is unknown until its
+		 * head is complete */
+		c->rx->req_start = c->seq_base + c->off - 1;
+		c->rx->env_len = 0;
+	}
 	if (ev & ES_HTTP_EV_HEADERS)
 		es_rx_headers_done(c->rx);
 	if (ev & ES_HTTP_EV_NOT_HTTP) {
@@ -121,13 +140,15 @@ static __always_inline __u32 es_tcp_payload(struct __sk_buff *skb, __u32 *seq)
 	struct tcphdr th;
 	__u32 off;
 
-	if (skb->family == ES_AF_INET) {
+	/* by the packet's protocol, not skb->family: that is the socket's, and
+	 * a dual-stack IPv6 socket (Java's default) receives IPv4 packets */
+	if (skb->protocol == bpf_htons(ES_ETH_P_IP)) {
 		struct iphdr ih;
 
 		if (bpf_skb_load_bytes(skb, 0, &ih, sizeof(ih)) || ih.protocol != IPPROTO_TCP)
 			return 0;
 		off = (__u32)ih.ihl * 4;
-	} else if (skb->family == ES_AF_INET6) {
+	} else if (skb->protocol == bpf_htons(ES_ETH_P_IPV6)) {
 		struct ipv6hdr ih6;
 
 		/* extension headers are not followed: such packets are not parsed */
@@ -171,17 +192,22 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 		return 1;
 	rx = bpf_sk_storage_get(&es_rx, sk, 0, 0);
 	if (!rx) {
-		if (!es_pod_of(skb, cfg))
+		const struct es_pod *pod = es_pod_of(skb, cfg);
+
+		if (!pod)
 			return 1;
 		rx = bpf_sk_storage_get(&es_rx, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!rx)
 			return 1;
+		rx->pod_flags = (__u8)pod->flags;
 	}
 	if (es_http_inert(&rx->st))
 		return 1;
 	if (!rx->synced) {
 		rx->synced = 1;
 		rx->next_seq = seq;
+		rx->read_seq = seq;
+		rx->req_start = seq;
 	}
 	if (seq != rx->next_seq) {
 		__s32 d = (__s32)(rx->next_seq - seq);
@@ -193,10 +219,12 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 		} else if (d > 0) {
 			return 1;  /* pure retransmission */
 		} else {
-			/* a gap (out-of-order segment): start over at the next request */
+			/* a gap (out-of-order segment): start over at the next request;
+			 * what a thread reads here can no longer be told apart */
 			es_count(ES_CNT_RX_GAP);
 			es_http_reset(&rx->st);
 			rx->env_len = 0;
+			rx->broken = 1;
 		}
 	}
 	rx->next_seq = seq + len;
@@ -208,30 +236,98 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 	fc.cfg = hcfg;
 	fc.off = off;
 	fc.end = off + len;
+	fc.seq_base = seq - off;
 	bpf_loop(len, es_feed_byte, &fc, 0);
 	return 1;
 }
 
-/* The thread reading a request adopts its environment. */
+/* A process seen serving interleaved requests: its thread context is off. */
+static __always_inline void es_ctx_switch_off(__u32 tgid, __u32 reason)
+{
+	struct es_ctx_off v = {};
+
+	if (bpf_map_lookup_elem(&es_ctx_off, &tgid))
+		return;
+	v.cgroup_id = bpf_get_current_cgroup_id();
+	v.ts_ns = bpf_ktime_get_ns();
+	v.reason = reason;
+	if (bpf_map_update_elem(&es_ctx_off, &tgid, &v, BPF_NOEXIST) == 0)
+		es_count(ES_CNT_CTX_OFF);
+	else if (!bpf_map_lookup_elem(&es_ctx_off, &tgid))
+		es_count(ES_CNT_CTX_OFF_MAP_FULL);
+}
+
+/* sock_recvmsg() returned data: a thread reading a request adopts its
+ * environment, when the read lies within that request. */
 static __always_inline int es_recv(struct sock *sk, int ret, int flags)
 {
 	struct es_thread *th;
 	struct es_rx *rx;
+	__u64 id, cookie;
+	__u32 begin;
 
 	if (!es_feat_request_ctx || ret <= 0 || (flags & ES_MSG_PEEK))
 		return 0;
 	rx = bpf_sk_storage_get(&es_rx, sk, 0, 0);
-	if (!rx || !rx->seen)
+	if (!rx)
 		return 0;
+	begin = rx->read_seq;
+	rx->read_seq = begin + (__u32)ret;
+	if (!rx->seen || !(rx->pod_flags & ES_POD_F_THREAD_CTX))
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	cookie = bpf_get_socket_cookie(sk);
 	th = bpf_task_storage_get(&es_threads, bpf_get_current_task_btf(), 0,
 				  BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!th)
 		return 0;
-	__builtin_memcpy(th->env, rx->env, ES_ENV_NAME_MAX);
-	th->len = rx->env_len;
-	th->depth = rx->env_depth;
+	if (th->active && th->sock != cookie)
+		es_ctx_switch_off((__u32)(id >> 32), ES_CTX_OFF_READ_WHILE_SERVING);
+	if (!rx->broken && (__s32)(begin - rx->req_start) >= 0) {
+		__builtin_memcpy(th->env, rx->env, ES_ENV_NAME_MAX);
+		th->len = rx->env_len;
+		th->depth = rx->env_depth;
+	} else {
+		/* the read began before the latest request: it may hold an
+		 * earlier one, whose environment is gone */
+		th->len = 0;
+		es_count(ES_CNT_CTX_AMBIGUOUS);
+	}
+	th->active = 1;
+	th->sock = cookie;
 	th->since_ns = bpf_ktime_get_ns();
+	rx->reader = (__u32)id;
 	es_count(ES_CNT_THREAD_ADOPT);
+	return 0;
+}
+
+/* sock_sendmsg() sent data: a thread writing on a request's socket answers
+ * it, which ends its context; answering any other request than the one it
+ * serves, or one that another thread read, shows that the process is not
+ * thread-per-request. */
+static __always_inline int es_send(struct sock *sk, int ret)
+{
+	struct es_thread *th;
+	struct es_rx *rx;
+	__u64 id;
+
+	if (!es_feat_request_ctx || ret <= 0)
+		return 0;
+	rx = bpf_sk_storage_get(&es_rx, sk, 0, 0);
+	if (!rx || !rx->seen || !(rx->pod_flags & ES_POD_F_THREAD_CTX))
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	th = bpf_task_storage_get(&es_threads, bpf_get_current_task_btf(), 0, 0);
+	if (th && th->active) {
+		if (th->sock != bpf_get_socket_cookie(sk))
+			es_ctx_switch_off((__u32)(id >> 32), ES_CTX_OFF_ANSWERED_OTHER);
+		th->active = 0;
+		th->len = 0;
+		es_count(ES_CNT_CTX_CLOSED);
+	}
+	if (rx->reader && rx->reader != (__u32)id)
+		es_ctx_switch_off((__u32)(id >> 32), ES_CTX_OFF_OTHER_THREAD);
+	rx->reader = 0;
 	return 0;
 }
 
@@ -271,24 +367,37 @@ static __always_inline __u32 es_env_id_by_name(const char *name, __u32 len, char
 	return ES_ENV_NONE;
 }
 
-static __always_inline struct es_thread *es_current_thread(void)
+/* The calling thread's request context, when it is one envsteer knows: the
+ * pod opted in, the thread serves a request right now, and its process was
+ * never seen serving interleaved requests. */
+static __always_inline struct es_thread *es_current_thread(__u32 pod_flags, int count)
 {
-	if (!es_feat_request_ctx)
+	struct es_thread *th;
+	__u32 tgid;
+
+	if (!es_feat_request_ctx || !(pod_flags & ES_POD_F_THREAD_CTX))
 		return NULL;
-	return bpf_task_storage_get(&es_threads, bpf_get_current_task_btf(), 0, 0);
+	th = bpf_task_storage_get(&es_threads, bpf_get_current_task_btf(), 0, 0);
+	if (!th || !th->active || th->len == 0 || th->len >= ES_ENV_NAME_MAX)
+		return NULL;
+	tgid = (__u32)(bpf_get_current_pid_tgid() >> 32);
+	if (bpf_map_lookup_elem(&es_ctx_off, &tgid)) {
+		if (count)
+			es_count(ES_CNT_CTX_OFF_IGNORED);
+		return NULL;
+	}
+	return th;
 }
 
-/* The calling thread's request environment as an id (see es_env_id_by_name);
- * *skipped gets the unknown levels walked past. */
-static __always_inline __u32 es_request_env_id(char splitter, __u32 *skipped)
+/* A thread context's environment as an id (see es_env_id_by_name); *skipped
+ * gets the unknown levels walked past. */
+static __always_inline __u32 es_request_env_id(const struct es_thread *th, char splitter, __u32 *skipped)
 {
-	struct es_thread *th = es_current_thread();
-
 	const struct es_env *e;
 	__u32 id;
 
 	*skipped = 0;
-	if (!th || th->len == 0)
+	if (!th)
 		return ES_ENV_NONE;
 	id = es_env_id_by_name(th->env, th->len, splitter);
 	if (id == ES_ENV_NONE)

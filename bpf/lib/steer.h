@@ -58,7 +58,7 @@ static __always_inline const struct es_backend *es_pick(__u32 svc_id, __u32 env_
  * translation of replies (recvmsg). */
 static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct es_frontend_key *fe,
 					const struct es_frontend *f, const struct es_backend *be,
-					const struct es_resolution *res, __u32 pod_env, int hook)
+					const struct es_resolution *res, __u32 pod_env, __u32 pod_flags, int hook)
 {
 	if (hook == ES_HOOK_CONNECT) {
 		struct es_sock *s = bpf_sk_storage_get(&es_socks, ctx->sk, 0,
@@ -75,6 +75,7 @@ static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct 
 			s->env_id = res->env_id;
 			s->level = res->level;
 			s->pod_env_id = pod_env;
+			s->pod_flags = pod_flags;
 		}
 	}
 	if (fe->proto == IPPROTO_UDP) {
@@ -102,8 +103,9 @@ static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct 
  * not to be touched (*verdict = 1) or must be refused (*verdict = 0). */
 static __always_inline const struct es_backend *
 es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
-	 struct es_resolution *res, __u32 *pod_env, int *verdict)
+	 struct es_resolution *res, __u32 *pod_env, __u32 *pod_flags, int *verdict)
 {
+	const struct es_thread *th;
 	const struct es_frontend *fe;
 	const struct es_config *cfg;
 	const struct es_pod *pod;
@@ -124,8 +126,18 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 	}
 	es_count(ES_CNT_CONNECT_SEEN);
 	*pod_env = pod->env_id ? pod->env_id : cfg->default_env_id;
-	/* DESIGN order: the request the thread serves, the pod, the default */
-	env = es_request_env_id(es_splitter, &skipped);
+	*pod_flags = pod->flags;
+	/* DESIGN order: the request the thread serves, the pod, the default.
+	 * A connection outlives the request that opens it (pools, HTTP/2
+	 * channels): only a Service that promises one request per connection
+	 * takes the thread's. HTTP/1.x requests on other connections are routed
+	 * one by one (outbound.h), the thread's environment inserted. */
+	th = es_current_thread(pod->flags, 1);
+	if (th && !(fe->flags & ES_FE_F_CONN_PER_REQUEST)) {
+		es_count(ES_CNT_CTX_NOT_FOR_CONNECT);
+		th = NULL;
+	}
+	env = es_request_env_id(th, es_splitter, &skipped);
 	src = ES_SRC_REQUEST;
 	if (env != ES_ENV_NONE) {
 		es_count(ES_CNT_ENV_REQUEST);
@@ -150,7 +162,7 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 		}
 		be = es_pick(fe->svc_id, res->env_id, res->count);
 	}
-	es_trace_connect(key, fe->svc_id, env, src, res, *pod_env, be);
+	es_trace_connect(key, fe->svc_id, env, src, res, *pod_env, *pod_flags, be);
 	if (!be) {
 		*verdict = es_refuse();
 		return NULL;
@@ -171,19 +183,19 @@ static __always_inline int es_sock_addr4(struct bpf_sock_addr *ctx, int hook)
 	const struct es_frontend *fe = NULL;
 	const struct es_backend *be;
 	struct es_resolution res;
-	__u32 pod_env = 0;
+	__u32 pod_env = 0, pod_flags = 0;
 	int verdict;
 
 	key.addr[0] = ctx->user_ip4;
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
 	key.family = ES_FAMILY_INET;
-	be = es_steer(&key, &fe, &res, &pod_env, &verdict);
+	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &verdict);
 	if (!be || !fe || be->family != ES_FAMILY_INET)
 		return verdict;
 	ctx->user_ip4 = be->addr[0];
 	ctx->user_port = be->port;
-	es_remember(ctx, &key, fe, be, &res, pod_env, hook);
+	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, hook);
 	return 1;
 }
 
@@ -195,7 +207,7 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 	const struct es_frontend *fe = NULL;
 	const struct es_backend *be;
 	struct es_resolution res;
-	__u32 pod_env = 0;
+	__u32 pod_env = 0, pod_flags = 0;
 	int verdict, mapped;
 
 	key.addr[0] = ctx->user_ip6[0];
@@ -213,7 +225,7 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 	}
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
-	be = es_steer(&key, &fe, &res, &pod_env, &verdict);
+	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &verdict);
 	if (!be || !fe || be->family != key.family)
 		return verdict;
 	if (mapped) {
@@ -228,7 +240,7 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 		ctx->user_ip6[3] = be->addr[3];
 	}
 	ctx->user_port = be->port;
-	es_remember(ctx, &key, fe, be, &res, pod_env, hook);
+	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, hook);
 	return 1;
 }
 

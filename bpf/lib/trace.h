@@ -100,11 +100,11 @@ static __always_inline struct es_trace_event *es_trace_reserve(__u32 kind)
 }
 
 /* The calling thread's request environment name, when it serves one. */
-static __always_inline void es_trace_thread_env(struct es_trace_event *ev)
+static __always_inline void es_trace_thread_env(struct es_trace_event *ev, __u32 pod_flags)
 {
-	struct es_thread *th = es_current_thread();
+	struct es_thread *th = es_current_thread(pod_flags, 0);
 
-	if (!th || th->len == 0 || th->len >= ES_ENV_NAME_MAX)
+	if (!th)
 		return;
 	__builtin_memcpy(ev->thread_env, th->env, ES_ENV_NAME_MAX);
 	ev->env_len = th->len;
@@ -114,7 +114,7 @@ static __always_inline void es_trace_thread_env(struct es_trace_event *ev)
  * NULL when the connect is refused. env_req is where the walk started. */
 static __always_inline void es_trace_connect(const struct es_frontend_key *fe, __u32 svc_id, __u32 env_req,
 					     __u32 source, const struct es_resolution *res, __u32 pod_env,
-					     const struct es_backend *be)
+					     __u32 pod_flags, const struct es_backend *be)
 {
 	struct es_trace_event *ev;
 	__u32 kind = ES_EV_CONNECT_REFUSED;
@@ -153,7 +153,8 @@ static __always_inline void es_trace_connect(const struct es_frontend_key *fe, _
 		ev->be_addr[3] = be->addr[3];
 		ev->be_port = be->port;
 	}
-	es_trace_thread_env(ev);
+	if (source == ES_SRC_REQUEST)
+		es_trace_thread_env(ev, pod_flags);
 	bpf_ringbuf_submit(ev, 0);
 }
 

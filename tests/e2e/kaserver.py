@@ -113,7 +113,7 @@ def serve(sock):
                 return
             elif path == "/chunked":
                 body = json.dumps({"pod": POD, "got_header": headers.get("x-virtual-env"), "conn": conn,
-                                   "method": method}).encode()
+                                   "method": method, "path": path}).encode()
                 half = len(body) // 2
                 sock.sendall(("HTTP/1.1 200 OK\r\nX-Pod: %s\r\nContent-Type: application/json\r\n"
                               "Transfer-Encoding: chunked\r\n\r\n" % POD).encode()
@@ -123,7 +123,7 @@ def serve(sock):
                     return
             else:
                 answer(sock, 200, json.dumps({"pod": POD, "got_header": headers.get("x-virtual-env"),
-                                              "conn": conn, "method": method}).encode())
+                                              "conn": conn, "method": method, "path": path}).encode())
                 if q.get("close") == "1":
                     return
     except (OSError, ValueError):

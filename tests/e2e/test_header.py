@@ -7,6 +7,7 @@ Services (namespace hdr), target port 8080 on every pod:
     bn  127.96.20.3:80 -> bn-dev (dev)                     forwards NO header
     c   127.96.20.4:80 -> c-dev (dev), c-proj1 (dev.proj1)
     e   127.96.20.5:80 -> e-dev (dev), e-proj1 (dev.proj1)  TCP echo servers (non-HTTP)
+    e1  127.96.20.6:80 -> the same pods, annotated envsteer.io/connection-per-request: "true"
 Pods no service selects (entry points):
     gw    unlabelled (env dev), forwards X-Virtual-Env on its /call
     gwn   unlabelled, forwards nothing
@@ -15,7 +16,7 @@ Pods no service selects (entry points):
     caller-proj1  dev.proj1 (pod clients)
 a-*, b-dev and c-* forward X-Virtual-Env too. All podservers but gw1 are
 thread-per-connection (ThreadingHTTPServer): the thread that reads a request also makes its
-outbound call.
+outbound call, so every pod is annotated envsteer.io/thread-context: "on".
 
 The test process itself (a host process, in no managed cgroup, so never steered) sends the
 tagged request straight to an entry pod's IP, like an ingress would; the entry pod's thread
@@ -46,7 +47,8 @@ NS = "hdr"
 PORT = 80
 TP = 8080
 SVC = {"a": "127.96.20.1", "b": "127.96.20.2", "bn": "127.96.20.3", "c": "127.96.20.4",
-       "e": "127.96.20.5"}
+       "e": "127.96.20.5", "e1": "127.96.20.6"}
+PER_REQUEST = {"envsteer.io/connection-per-request": "true"}
 FWD = ["--forward-header", "X-Virtual-Env"]
 PODS = [  # (name, app, ip, env, podserver args)
     ("a-dev", "a", "127.1.20.1", "dev", FWD),
@@ -65,6 +67,8 @@ PODS = [  # (name, app, ip, env, podserver args)
     ("caller-proj1", "caller", "127.1.20.110", "dev.proj1", []),
 ]
 IP = {name: ip for name, _, ip, _, _ in PODS}
+# Every podserver here is thread-per-request: the pods opt into the thread context.
+THREAD_CTX = {"envsteer.io/thread-context": "on"}
 
 
 
@@ -91,9 +95,13 @@ def hdr(e2e_prerequisites):
     node = harness.Node("hdr", default_env="dev")
     try:
         for s, ip in SVC.items():
-            node.add_service(NS, s, ip, PORT, TP, protocols=("TCP",))
+            if s == "e1":
+                node.add_service(NS, s, ip, PORT, TP, protocols=("TCP",), selector={"app": "e"},
+                                 annotations=PER_REQUEST)
+            else:
+                node.add_service(NS, s, ip, PORT, TP, protocols=("TCP",))
         for name, app, ip, env, _ in PODS:
-            node.add_pod(NS, name, ip, app=app, env=env, port=TP)
+            node.add_pod(NS, name, ip, app=app, env=env, port=TP, annotations=THREAD_CTX)
         node.write_manifests()
         for name, _, _, _, args in PODS:
             if name != "caller-proj1":
@@ -111,7 +119,7 @@ def small_node(name, agent_args, net):
         node.add_service(NS, "a", "127.96.%d.1" % net, PORT, TP, protocols=("TCP",))
         node.add_pod(NS, "a-dev", "127.1.%d.1" % net, app="a", env="dev", port=TP)
         node.add_pod(NS, "a-proj1", "127.1.%d.2" % net, app="a", env="dev.proj1", port=TP)
-        node.add_pod(NS, "gwn", "127.1.%d.101" % net, app="gw", port=TP)
+        node.add_pod(NS, "gwn", "127.1.%d.101" % net, app="gw", port=TP, annotations=THREAD_CTX)
         node.write_manifests()
         for p in ("a-dev", "a-proj1", "gwn"):
             node.start_server(k(p))
@@ -215,6 +223,9 @@ CHAIN = {  # tag -> pods answering gw -> a -> b -> c (everyone forwards the head
     "dev": ["gw", "a-dev", "b-dev", "c-dev"],
     None: ["gw", "a-dev", "b-dev", "c-dev"],
 }
+# the header each hop of an untagged chain receives: the unlabelled gw inserts nothing, the
+# labelled a-dev inserts its own env (auto-inject), which b-dev then forwards
+UNTAGGED_HEADERS = [None, None, "dev", "dev"]
 
 
 @pytest.mark.parametrize("tag", list(CHAIN), ids=lambda t: str(t))
@@ -224,11 +235,14 @@ def test_chain_forwarding(hdr, tag):
     (ans,) = send(hdr, pod_addr("gw"), tagged(call_path("a", "b", "c"), tag))
     assert landed(ans) == [k(p) for p in CHAIN[tag]], json.dumps(ans)
     chain = answers(ans)
-    for a in chain:
-        assert a["got_header"] == tag, "%s received %r" % (a["pod"], a["got_header"])
+    want = [tag] * len(chain) if tag is not None else UNTAGGED_HEADERS
+    assert [a["got_header"] for a in chain] == want, json.dumps(ans)
     # a header the application sent arrives unchanged, byte for byte, at every hop
     for up, down in zip(chain[1:], chain[2:]):
-        assert down["head"] == up["hop"]["sent"], (up["pod"], down["pod"])
+        if up["got_header"] is None and down["got_header"] is not None:
+            assert down["head"] == inject(up["hop"]["sent"], down["got_header"])
+        else:
+            assert down["head"] == up["hop"]["sent"], (up["pod"], down["pod"])
 
 
 @pytest.mark.parametrize("entry,expect", [
@@ -274,14 +288,18 @@ def test_chain_b_not_forwarding_stays_in_dev(hdr, tag):
 
 
 def test_no_injection_without_request_env(hdr):
-    """An untagged request gives the thread no request env: nothing is inserted (no
-    --auto-inject), the downstream head is exactly what the application sent."""
+    """An untagged request gives the thread no request env: the unlabelled gwn inserts
+    nothing (the downstream head is exactly what it sent); each labelled pod inserts its own
+    env (auto-inject, on by default)."""
     (ans,) = send(hdr, pod_addr("gwn"), tagged(call_path("a", "bn", "c"), None))
     chain = answers(ans)
     assert landed(ans) == [k("gwn"), k("a-dev"), k("bn-dev"), k("c-dev")]
-    for up, down in zip(chain, chain[1:]):
-        assert down["got_header"] is None
-        assert down["head"] == up["hop"]["sent"], (up["pod"], down["pod"])
+    gwn, a = chain[0], chain[1]
+    assert a["got_header"] is None
+    assert a["head"] == gwn["hop"]["sent"]
+    for up, down in zip(chain[1:], chain[2:]):
+        assert down["got_header"] == "dev"
+        assert down["head"] == inject(up["hop"]["sent"], "dev"), (up["pod"], down["pod"])
 
 
 @pytest.mark.parametrize("split", [None, (3,), (14,)],
@@ -767,16 +785,20 @@ def test_non_http_steered_from_pod_unchanged(hdr, first):
 
 @pytest.mark.parametrize("first", [0, 3], ids=["tls-first", "lowercase-request-first"])
 @REQUEST_CONTEXT
-def test_non_http_from_thread_with_request_env_unchanged(hdr, first):
-    """gw's thread serves a dev.proj1 request and opens a non-HTTP connection to service e:
-    steered by the request env (e-proj1), and nothing is inserted into non-HTTP bytes."""
+@pytest.mark.parametrize("svc,pod", [("e", "e-dev"), ("e1", "e-proj1")],
+                         ids=["pooled-service", "connection-per-request-service"])
+def test_non_http_from_thread_with_request_env_unchanged(hdr, first, svc, pod):
+    """gw's thread serves a dev.proj1 request and opens a non-HTTP connection: to service e
+    it takes gw's own env (a connection may outlive the request: e-dev), to e1, whose
+    connections carry one request each, the request env (e-proj1). Nothing is inserted into
+    non-HTTP bytes."""
     payloads = [PAYLOADS[first]] + [p for i, p in enumerate(PAYLOADS[:5]) if i != first]
     q = "&".join("p=" + base64.urlsafe_b64encode(p).decode() for p in payloads)
-    (ans,) = send(hdr, pod_addr("gw"), tagged("/echo?to=%s&%s" % (vip("e"), q), "dev.proj1"))
+    (ans,) = send(hdr, pod_addr("gw"), tagged("/echo?to=%s&%s" % (vip(svc), q), "dev.proj1"))
     hop = ans["hop"]
     assert hop["ok"], hop
     assert all(x["equal"] for x in hop["rounds"]), hop
-    assert echo_log_has(hdr, "e-proj1", hop["sockname"])
+    assert echo_log_has(hdr, pod, hop["sockname"])
 
 
 @REQUEST_CONTEXT

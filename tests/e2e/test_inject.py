@@ -1,4 +1,4 @@
-"""Header insertion from the pod's own environment (--auto-inject), and the counting of
+"""Header insertion from the pod's own environment (auto-inject, on by default), and the counting of
 requests whose environment resolves elsewhere than their (pooled) connection.
 
 Node: service s (127.96.23.1:80) with pods s-dev (dev) and s-proj1 (dev.proj1), keep-alive
@@ -41,10 +41,16 @@ def answers(res):
 REQUEST_CONTEXT = pytest.mark.kernel_feature("request_context")
 
 
-@pytest.mark.parametrize("auto", [pytest.param(True, marks=REQUEST_CONTEXT), False],
-                         ids=["auto-inject", "default"])
-def test_auto_inject_inserts_the_pods_own_env(make_node, auto):
-    node = build(make_node, "autoinj" if auto else "noauto", ["--auto-inject"] if auto else [])
+@pytest.mark.parametrize("args,auto", [
+    pytest.param([], True, marks=REQUEST_CONTEXT),
+    pytest.param(["--auto-inject"], True, marks=REQUEST_CONTEXT),
+    (["--no-auto-inject"], False),
+], ids=["default-on", "flag-on", "flag-off"])
+def test_auto_inject_inserts_the_pods_own_env(make_node, args, auto):
+    """auto-inject is on by default: a labelled pod's request carries its own env unless it
+    carries one already; --auto-inject is still accepted, --no-auto-inject switches it off."""
+    node = build(make_node, "inj-" + "-".join(a.strip("-") for a in args) if args else "inj-default",
+                 args)
     res = node.session(k("c-proj1"), VIP, [{"pieces": [http_request("/")]}], port=80)
     (ans,) = answers(res)
     assert ans["pod"] == k("s-proj1"), ans  # connect-time by the pod's env either way
@@ -53,11 +59,34 @@ def test_auto_inject_inserts_the_pods_own_env(make_node, auto):
         assert ans["head"].startswith("GET / HTTP/1.1\r\nX-Virtual-Env: dev.proj1\r\nHost:"), ans
     else:
         assert ans["got_header"] is None, ans
+    st = node.status_http()
+    assert st["settings"]["auto_inject"] is auto, st["settings"]
     # a header the application sent is never changed
     res = node.session(k("c-proj1"), VIP, [{"pieces": [
         http_request("/", headers=[("X-Virtual-Env", "dev")])]}], port=80)
     (ans,) = answers(res)
     assert ans["got_header"] == "dev", ans
+
+
+@REQUEST_CONTEXT
+def test_unlabelled_pod_inserts_nothing(make_node):
+    """A pod without the env label has no env of its own to insert (the default env is a
+    fallback, not knowledge): its request leaves exactly as sent, and still lands on the
+    default env's pod."""
+    node = make_node("inj-unlab", default_env="dev")
+    node.add_service(NS, "s", VIP, 80, 8080)
+    node.add_pod(NS, "s-dev", "127.1.23.1", app="s", env="dev")
+    node.add_pod(NS, "s-proj1", "127.1.23.2", app="s", env="dev.proj1")
+    node.add_pod(NS, "c-none", "127.1.23.13", app="c")
+    node.write_manifests()
+    for p in ("s-dev", "s-proj1"):
+        node.start_server(k(p), args=["--keepalive"])
+    node.start_agent([])
+    res = node.session(k("c-none"), VIP, [{"pieces": [http_request("/")]}], port=80)
+    (ans,) = answers(res)
+    assert ans["pod"] == k("s-dev"), ans
+    assert ans["got_header"] is None, ans
+    assert ans["head"].startswith("GET / HTTP/1.1\r\nHost:"), ans
 
 
 @REQUEST_CONTEXT

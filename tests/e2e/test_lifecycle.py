@@ -108,14 +108,15 @@ def test_restart_under_connect_loop_loses_nothing(running, sig):
     # program and swaps the pin, so that one link gets a new id; all else is adopted.
     # Without the request context (kernel < 6.3) there is no tracing link at all.
     after = node.pinned_ids()
-    tracing = "links/es_sock_recv_length"
-    if harness.kernel_features()["request_context"]:
-        assert tracing in pinned_before and tracing in after
-        assert after[tracing][0] == "link"
-    else:
-        assert tracing not in pinned_before and tracing not in after
-    assert {k_: v for k_, v in after.items() if k_ != tracing} == \
-        {k_: v for k_, v in pinned_before.items() if k_ != tracing}
+    tracing = ("links/es_sock_recv_length", "links/es_sock_send_length")
+    for t in tracing:
+        if harness.kernel_features()["request_context"]:
+            assert t in pinned_before and t in after
+            assert after[t][0] == "link"
+        else:
+            assert t not in pinned_before and t not in after
+    assert {k_: v for k_, v in after.items() if k_ not in tracing} == \
+        {k_: v for k_, v in pinned_before.items() if k_ not in tracing}
     resolved(node, k("c-proj1"), "dev.proj1", [k("s-proj1")], timeout=5)
     resolved(node, k("c-dev"), "dev", [k("s-dev")], timeout=5)
     assert_steered(node, "c-dev", "s-dev")

@@ -70,8 +70,9 @@ def test_python_http_client_alternating_envs_on_one_connection(make_node):
     res = sequence(node, "c-dev", envs)
     assert res["connects"] == 1, res
     assert [a["pod"] for a in res["answers"]] == [EXPECT[e] for e in envs], res
-    # the app's header reaches the pod unchanged
-    assert [a["got_header"] for a in res["answers"]] == [None if e == "-" else e for e in envs], res
+    # the app's header reaches the pod unchanged; the untagged one carries c-dev's own env
+    # (auto-inject)
+    assert [a["got_header"] for a in res["answers"]] == ["dev" if e == "-" else e for e in envs], res
     after = node.counters()
     # 2 targets other than the connection's own: first request of each via the agent
     assert delta(before, after, "req_slow_path", "req_rerouted_kernel", "req_passed", "req_failed") == \

@@ -29,12 +29,16 @@ def k(name):
 def trc(e2e_prerequisites):
     node = harness.Node("trc", default_env="dev")
     try:
-        node.add_service(NS, "s", S_VIP, PORT, TP)
+        # s promises one request per connection, so a connect() from m's thread takes the
+        # request's env (m is thread-per-request: it opts into the thread context)
+        node.add_service(NS, "s", S_VIP, PORT, TP,
+                         annotations={"envsteer.io/connection-per-request": "true"})
         node.add_service(NS, "t", T_VIP, PORT, TP)
         node.add_pod(NS, "s-dev", "127.1.40.1", app="s", env="dev", port=TP)
         node.add_pod(NS, "s-proj1", "127.1.40.2", app="s", env="dev.proj1", port=TP)
         node.add_pod(NS, "t-off", "127.1.40.3", app="t", env="dev", port=TP, ready=False)
-        node.add_pod(NS, "m", "127.1.40.4", app="m", env="dev", port=TP)
+        node.add_pod(NS, "m", "127.1.40.4", app="m", env="dev", port=TP,
+                     annotations={"envsteer.io/thread-context": "on"})
         node.add_pod(NS, "c-dev", "127.1.40.101", app="client", env="dev", port=TP)
         node.add_pod(NS, "c-proj1", "127.1.40.102", app="client", env="dev.proj1", port=TP)
         node.add_pod(NS, "c-alice", "127.1.40.103", app="client", env="dev.proj1.alice", port=TP)

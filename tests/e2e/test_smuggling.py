@@ -1,0 +1,170 @@
+"""Hardening (issue 12, items 1 and 2): every byte of one request - head and body - follows one
+route, whatever the sizes of the sends and of the kernel's scatterlist regions; once the
+parser cannot frame a connection's requests, no later byte goes to another pod than the
+connection's own, and a connection that was re-routed fails visibly instead.
+
+Node "smug" (--default-env dev): service s 127.96.46.1:80 with keep-alive pods (kaserver.py)
+s-dev (dev, 127.1.46.1) and s-p1 (dev.p1, 127.1.46.2); client pod c-dev (dev, 127.1.46.11),
+whose connections are made to s-dev; requests tagged dev.p1 on them are re-routed to s-p1.
+Bodies look like requests ("GET /smuggled ..."): if one were split from its head it would be
+executed as a request by the other pod, and the answers would go out of step.
+"""
+import base64
+import json
+import os
+
+import pytest
+
+import harness
+
+NS = "smug"
+VIP = "127.96.46.1"
+TO = VIP + ":80"
+HERE = os.path.dirname(os.path.abspath(__file__))
+KASERVER = os.path.join(HERE, "kaserver.py")
+RAWCLIENT = os.path.join(HERE, "rawclient.py")
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Virtual-Env: dev\r\n\r\n"
+REQUEST_CONTEXT = pytest.mark.kernel_feature("request_context")
+
+
+def k(name):
+    return "%s/%s" % (NS, name)
+
+
+@pytest.fixture(scope="module")
+def smug(e2e_prerequisites):
+    node = harness.Node("smug", default_env="dev")
+    try:
+        node.add_service(NS, "s", VIP, 80, 8080, protocols=("TCP",))
+        node.add_pod(NS, "s-dev", "127.1.46.1", app="s", env="dev")
+        node.add_pod(NS, "s-p1", "127.1.46.2", app="s", env="dev.p1")
+        node.add_pod(NS, "c-dev", "127.1.46.11", app="c", env="dev")
+        node.write_manifests()
+        for p in ("s-dev", "s-p1"):
+            node.start_server(k(p), script=KASERVER)
+        node.start_agent()
+        yield node
+    finally:
+        node.close()
+
+
+def head(method, path, env, size, framing):
+    """A request head of exactly `size` bytes (padded by an X-Pad header) with the env header
+    first; framing: "cl" (Content-Length of SMUGGLED), "chunked" or "none"."""
+    lines = ["%s %s HTTP/1.1" % (method, path), "Host: x"]
+    if env:
+        lines.append("X-Virtual-Env: " + env)
+    if framing == "cl":
+        lines.append("Content-Length: %d" % len(SMUGGLED))
+    elif framing == "chunked":
+        lines.append("Transfer-Encoding: chunked")
+    base = len("\r\n".join(lines)) + len("\r\nX-Pad: \r\n\r\n")
+    assert size >= base, (size, base)
+    lines.append("X-Pad: " + "p" * (size - base))
+    h = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    assert len(h) == size
+    return h
+
+
+def request(env, size, framing):
+    if framing == "none":
+        return head("GET", "/", env, size, framing)
+    body = SMUGGLED if framing == "cl" else b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)
+    return head("POST", "/echo", env, size, framing) + body
+
+
+def raw(node, sends, responses, gap_ms=30, timeout=10):
+    argv = [harness.PYTHON, RAWCLIENT, "--to", TO, "--responses", str(responses),
+            "--gap-ms", str(gap_ms), "--timeout", str(timeout)]
+    for s in sends:
+        argv += ["--send", base64.b64encode(s).decode()]
+    r = node.run_in_pod(k("c-dev"), argv, timeout=60)
+    assert r.returncode == 0, r
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def pieces(data, n):
+    return [data[i:i + n] for i in range(0, len(data), n)]
+
+
+def check_answer(resp, framing, pod):
+    assert resp["pod"] == k(pod), resp
+    if framing == "none":
+        assert json.loads(resp["body"])["path"] == "/", resp
+    else:
+        assert resp["body"].encode("latin-1") == SMUGGLED, resp
+
+
+@REQUEST_CONTEXT
+@pytest.mark.parametrize("framing", ["cl", "chunked", "none"])
+@pytest.mark.parametrize("size", [1000, 1023, 1024, 1025, 1100, 2048, 4000, 9000])
+def test_long_head_in_one_send_follows_its_env(smug, size, framing):
+    """A head of 1000-9000 bytes in one send: its env header is read (it is near the start),
+    the whole request - head and body - goes to s-p1; the next request on the connection
+    (dev) goes to s-dev and gets its own answer: nothing split, nothing out of step."""
+    r = raw(smug, [request("dev.p1", size, framing), request("dev", 200, "none")], 2)
+    assert r["error"] is None, r
+    check_answer(r["responses"][0], framing, "s-p1")
+    second = r["responses"][1]
+    assert second["pod"] == k("s-dev") and json.loads(second["body"])["path"] == "/", r
+    assert r["extra"] == "", r
+
+
+@REQUEST_CONTEXT
+@pytest.mark.parametrize("framing", ["cl", "chunked", "none"])
+@pytest.mark.parametrize("size,piece", [(3000, 500), (4000, 999), (9000, 1000), (9000, 3000)])
+def test_long_head_in_many_sends(smug, size, piece, framing):
+    """The same request cut into sends: a head that completes within the hold limit (window
+    + 1 KiB) is routed by its env; a longer one cannot wait for its env and goes, whole with
+    its body, to the connection's own pod (counted req_head_unroutable). Either way one pod
+    gets all of it."""
+    before = smug.counters()
+    req = request("dev.p1", size, framing)
+    r = raw(smug, pieces(req, piece) + [request("dev.p1", 200, "none")], 2)
+    assert r["error"] is None, r
+    after = smug.counters()
+    unroutable = after["req_head_unroutable"] - before["req_head_unroutable"]
+    if size <= 4096:
+        check_answer(r["responses"][0], framing, "s-p1")
+        assert unroutable == 0
+    else:
+        check_answer(r["responses"][0], framing, "s-dev")
+        assert unroutable >= 1
+    second = r["responses"][1]
+    assert second["pod"] == k("s-p1") and json.loads(second["body"])["path"] == "/", r
+    assert r["extra"] == "", r
+
+
+@REQUEST_CONTEXT
+@pytest.mark.parametrize("bad", [
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Virtual-Env: dev\r\nX-Fold: a\r\n b\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Virtual-Env: dev\r\nContent-Length: 3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"BREW / HTTP/3.0\r\nHost: x\r\nX-Virtual-Env: dev\r\n\r\n",
+], ids=["obs-fold", "cl-and-te", "bad-version"])
+def test_unframed_after_a_rerouted_request_fails_visibly(smug, bad):
+    """Request 1 (dev.p1) is re-routed to s-p1; request 2 cannot be framed: its bytes must
+    not follow request 1 to s-p1 (they would be answered there) - the send fails, counted."""
+    before = smug.counters()
+    r = raw(smug, [request("dev.p1", 200, "none"), bad], 2, timeout=2)
+    after = smug.counters()
+    assert r["responses"][0]["pod"] == k("s-p1"), r
+    assert all(x["pod"] != k("s-p1") for x in r["responses"][1:]), r
+    assert r.get("send_error") == "EACCES", r
+    assert after["req_unframed_failed"] - before["req_unframed_failed"] >= 1
+
+
+@REQUEST_CONTEXT
+@pytest.mark.parametrize("bad", [
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Virtual-Env: dev.p1\r\nX-Fold: a\r\n b\r\n\r\n",
+    b"BREW / HTTP/3.0\r\nHost: x\r\nX-Virtual-Env: dev.p1\r\n\r\n",
+], ids=["obs-fold", "bad-version"])
+def test_unframed_on_own_connection_stays_with_its_pod(smug, bad):
+    """Request 1 (dev) went out on the connection (s-dev); request 2 (tagged dev.p1 but not
+    parseable) may only go to the connection's own pod, never to s-p1."""
+    before = smug.counters()
+    r = raw(smug, [request("dev", 200, "none"), bad], 2, gap_ms=100, timeout=2)
+    after = smug.counters()
+    assert r["responses"][0]["pod"] == k("s-dev"), r
+    assert all(x["pod"] == k("s-dev") for x in r["responses"]), r
+    assert after["req_unframed_failed"] == before["req_unframed_failed"]
