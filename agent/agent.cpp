@@ -263,6 +263,15 @@ std::string Agent::request_metrics() {
            "could not be completed.\n# TYPE envsteer_relay_clients_reset_total counter\n"
            "envsteer_relay_clients_reset_total " +
            std::to_string(r.clients_destroyed) + "\n";
+    out += "# HELP envsteer_relay_upstream_close_resets_total Client connections reset for what an upstream still "
+           "owed them: at its close, or a request that would overtake the answer.\n# TYPE envsteer_relay_upstream_close_resets_total counter\n";
+    for (auto [why, n] : {std::pair<const char*, uint64_t>{"request_unanswered", r.reset_request},
+                          {"response_cut", r.reset_response},
+                          {"until_close", r.reset_until_close},
+                          {"unframed", r.reset_unframed},
+                          {"reorder", r.reset_reorder}})
+      out += std::string("envsteer_relay_upstream_close_resets_total{owed=\"") + why + "\"} " + std::to_string(n) +
+             "\n";
   }
   return out;
 }
