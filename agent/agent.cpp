@@ -209,10 +209,7 @@ std::string Agent::metrics_text() {
 // relay's own counters. Called with mu_ held.
 std::string Agent::request_metrics() {
   std::string out;
-  int fd = -1;
-  auto path = fs::path(s_.bpffs) / "maps" / ES_MAP_REQ_STATS;
-  if (relay_) fd = bpf_obj_get(path.c_str());
-  if (fd >= 0) {
+  if (relay_) {
     std::map<uint32_t, std::string> svc, env;
     for (const auto& [k, f] : model_.frontends)
       if (auto id = rec_->svc_id(k)) svc[*id] = f.service + ":" + std::to_string(ntohs(k.port));
@@ -220,25 +217,17 @@ std::string Agent::request_metrics() {
       if (auto id = rec_->env_id(e)) env[*id] = e;
     if (auto id = rec_->env_id(model_.default_env)) env.emplace(*id, model_.default_env);
     static const char* paths[] = {"passed", "kernel", "slow", "failed"};
-    int ncpu = libbpf_num_possible_cpus();
-    std::vector<uint64_t> vals(static_cast<size_t>(ncpu > 0 ? ncpu : 1));
     out += "# HELP envsteer_requests_total HTTP requests on steered connections by service address, resolved "
            "environment and path (passed: out on the connection; kernel: re-routed to a bound upstream; slow: "
            "re-routed through the agent; failed).\n# TYPE envsteer_requests_total counter\n";
-    es_req_key k{}, next{};
-    const void* prev = nullptr;
-    for (int guard = 0; guard < 100000 && bpf_map_get_next_key(fd, prev, &next) == 0; guard++) {
-      k = next;
-      prev = &k;
-      if (bpf_map_lookup_elem(fd, &k, vals.data()) != 0 || k.path >= ES_PATH_MAX) continue;
-      uint64_t sum = 0;
-      for (uint64_t v : vals) sum += v;
+    dp_->maps().for_each_sum(maps::MapId::ReqStats, [&](const void* key, uint64_t sum) {
+      const auto& k = *static_cast<const es_req_key*>(key);
+      if (k.path >= ES_PATH_MAX) return;
       auto sn = svc.count(k.svc_id) ? svc[k.svc_id] : "svc#" + std::to_string(k.svc_id);
       auto en = env.count(k.env_id) ? env[k.env_id] : "env#" + std::to_string(k.env_id);
-      out += "envsteer_requests_total{service=\"" + sn + "\",env=\"" + en + "\",path=\"" + paths[k.path] +
-             "\"} " + std::to_string(sum) + "\n";
-    }
-    close(fd);
+      out += "envsteer_requests_total{service=\"" + prom_label(sn) + "\",env=\"" + prom_label(en) + "\",path=\"" +
+             paths[k.path] + "\"} " + std::to_string(sum) + "\n";
+    });
   }
   if (relay_) {
     auto r = relay_->stats();
@@ -579,7 +568,7 @@ int Agent::run() {
   if (dp_->per_request()) {
     RelayOptions ro;
     ro.idle_timeout = std::chrono::milliseconds(s_.upstream_idle_ms);
-    relay_ = std::make_unique<Relay>(s_.bpffs, ro);
+    relay_ = std::make_unique<Relay>(dp_->maps(), ro);
     relay_->start();
   }
   rec_ = std::make_unique<Reconciler>(dp_->maps(), s_.splitter);

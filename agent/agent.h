@@ -98,7 +98,6 @@ class Agent {
   mutable std::mutex names_mu_;
   std::shared_ptr<const NameTable> names_;
   std::unique_ptr<TraceHub> trace_;
-  std::unique_ptr<DecisionReader> decisions_;
   std::map<std::string, uint64_t> failures_by_reason_;
   std::string last_failure_reason_;
 

@@ -124,40 +124,11 @@ std::string render_observability(const ObserveInput& in, const NameTable& names)
   return o;
 }
 
-DecisionReader::DecisionReader(const std::filesystem::path& pin_dir) {
-  auto p = pin_dir / "maps" / ES_MAP_DECISIONS;
-  fd_ = bpf_obj_get(p.c_str());
-  if (fd_ < 0) throw std::runtime_error("cannot open pinned map " + p.string() + ": " + std::strerror(errno));
-}
-
-DecisionReader::~DecisionReader() {
-  if (fd_ >= 0) close(fd_);
-}
-
-uint32_t DecisionReader::capacity() const {
-  bpf_map_info info{};
-  __u32 len = sizeof(info);
-  return bpf_obj_get_info_by_fd(fd_, &info, &len) == 0 ? info.max_entries : 0;
-}
-
-std::vector<DecisionSample> DecisionReader::read() const {
+std::vector<DecisionSample> read_decisions(const maps::BpfMapBackend& m) {
   std::vector<DecisionSample> out;
-  int ncpu = libbpf_num_possible_cpus();
-  if (ncpu <= 0) return out;
-  std::vector<uint64_t> values(static_cast<size_t>(ncpu));
-  es_decision_key key{}, next{};
-  const void* prev = nullptr;
-  // bounded by the map size: a concurrent insert cannot make this loop forever
-  for (uint32_t n = 0, cap = capacity() + 1; n < cap && bpf_map_get_next_key(fd_, prev, &next) == 0; n++) {
-    if (bpf_map_lookup_elem(fd_, &next, values.data()) == 0) {
-      DecisionSample s;
-      s.key = next;
-      for (auto v : values) s.value += v;
-      out.push_back(s);
-    }
-    key = next;
-    prev = &key;
-  }
+  m.for_each_sum(maps::MapId::Decisions, [&](const void* k, uint64_t sum) {
+    out.push_back(DecisionSample{*static_cast<const es_decision_key*>(k), sum});
+  });
   return out;
 }
 

@@ -29,42 +29,11 @@ namespace {
 
 std::string errstr(int e) { return std::strerror(e); }
 
-int open_map(const std::filesystem::path& dir, const char* name) {
-  auto p = dir / "maps" / name;
-  int fd = bpf_obj_get(p.c_str());
-  if (fd < 0) throw std::runtime_error("per-request steering: opening map " + p.string() + ": " + errstr(errno));
-  return fd;
-}
-
 uint64_t socket_cookie(int fd) {
   uint64_t c = 0;
   socklen_t l = sizeof(c);
   if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &c, &l) != 0) return 0;
   return c;
-}
-
-std::string backend_str(const es_backend& b) {
-  char a[INET6_ADDRSTRLEN] = {};
-  if (b.family == ES_FAMILY_INET6) {
-    inet_ntop(AF_INET6, b.addr, a, sizeof(a));
-    return std::string("[") + a + "]:" + std::to_string(ntohs(b.port));
-  }
-  inet_ntop(AF_INET, b.addr, a, sizeof(a));
-  return std::string(a) + ":" + std::to_string(ntohs(b.port));
-}
-
-template <class K>
-std::vector<K> keys_of(int fd) {
-  std::vector<K> out;
-  K k{}, next{};
-  const void* prev = nullptr;
-  while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-    out.push_back(next);
-    k = next;
-    prev = &k;
-    if (out.size() > (1u << 20)) break;  // bounded
-  }
-  return out;
 }
 
 // Milliseconds since the socket last sent or received data.
@@ -77,16 +46,17 @@ uint64_t idle_ms(int fd) {
 
 }  // namespace
 
-Relay::Relay(const std::filesystem::path& pin_dir, RelayOptions o) : pin_dir_(pin_dir), o_(o) {
-  binds_ = open_map(pin_dir, ES_MAP_BINDS);
-  upstreams_ = open_map(pin_dir, ES_MAP_UPSTREAMS);
-  clients_ = open_map(pin_dir, ES_MAP_RELAY_CLIENTS);
-  done_ = open_map(pin_dir, ES_MAP_RELAY_DONE);
-  cfg_ = open_map(pin_dir, ES_MAP_RELAY_CFG);
-  sockhash_ = open_map(pin_dir, ES_MAP_SOCKHASH);
-  sets_ = open_map(pin_dir, ES_MAP_SETS);
-  slots_ = open_map(pin_dir, ES_MAP_SLOTS);
-  rsp_ = open_map(pin_dir, ES_MAP_RSP);
+Relay::Relay(const maps::BpfMapBackend& m, RelayOptions o) : m_(m), o_(o) {
+  using maps::MapId;
+  binds_ = m.fd(MapId::Binds);
+  upstreams_ = m.fd(MapId::Upstreams);
+  clients_ = m.fd(MapId::RelayClients);
+  done_ = m.fd(MapId::RelayDone);
+  cfg_ = m.fd(MapId::RelayCfg);
+  sockhash_ = m.fd(MapId::Sockhash);
+  sets_ = m.fd(MapId::Sets);
+  slots_ = m.fd(MapId::Slots);
+  rsp_ = m.fd(MapId::Rsp);
   es_http_cfg_init(&http_cfg_, '.', 0);
   epoll_ = epoll_create1(EPOLL_CLOEXEC);
   wake_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -99,7 +69,7 @@ Relay::Relay(const std::filesystem::path& pin_dir, RelayOptions o) : pin_dir_(pi
 
 Relay::~Relay() {
   stop();
-  for (int fd : {binds_, upstreams_, clients_, done_, cfg_, sockhash_, sets_, slots_, rsp_, epoll_, wake_})
+  for (int fd : {epoll_, wake_})  // the map fds are the Datapath's
     if (fd >= 0) close(fd);
 }
 
@@ -166,8 +136,8 @@ void Relay::cleanup_previous() {
   // relay socket are lost: the clients that had either are destroyed (their
   // applications see a reset and reconnect) rather than left waiting.
   std::set<uint64_t> victims;
-  for (const auto& k : keys_of<es_bind_key>(binds_)) victims.insert(k.client);
-  for (uint64_t c : keys_of<uint64_t>(clients_)) {
+  for (const auto& k : m_.keys<es_bind_key>(maps::MapId::Binds)) victims.insert(k.client);
+  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
     es_relay_client rc{};
     uint32_t done = 0;
     if (bpf_map_lookup_elem(clients_, &c, &rc) != 0) continue;
@@ -178,11 +148,11 @@ void Relay::cleanup_previous() {
   for (uint64_t c : victims)
     if (client_alive(c) && destroy_client(c)) destroyed++;
   size_t stale = 0;
-  for (const auto& k : keys_of<es_bind_key>(binds_)) stale += bpf_map_delete_elem(binds_, &k) == 0;
-  for (uint64_t k : keys_of<uint64_t>(upstreams_)) stale += bpf_map_delete_elem(upstreams_, &k) == 0;
-  for (uint64_t k : keys_of<uint64_t>(clients_)) stale += bpf_map_delete_elem(clients_, &k) == 0;
-  for (uint64_t k : keys_of<uint64_t>(done_)) stale += bpf_map_delete_elem(done_, &k) == 0;
-  for (uint64_t k : keys_of<uint64_t>(rsp_)) stale += bpf_map_delete_elem(rsp_, &k) == 0;
+  for (const auto& k : m_.keys<es_bind_key>(maps::MapId::Binds)) stale += bpf_map_delete_elem(binds_, &k) == 0;
+  for (uint64_t k : m_.keys<uint64_t>(maps::MapId::Upstreams)) stale += bpf_map_delete_elem(upstreams_, &k) == 0;
+  for (uint64_t k : m_.keys<uint64_t>(maps::MapId::RelayClients)) stale += bpf_map_delete_elem(clients_, &k) == 0;
+  for (uint64_t k : m_.keys<uint64_t>(maps::MapId::RelayDone)) stale += bpf_map_delete_elem(done_, &k) == 0;
+  for (uint64_t k : m_.keys<uint64_t>(maps::MapId::Rsp)) stale += bpf_map_delete_elem(rsp_, &k) == 0;
   if (stale || destroyed)
     spdlog::info("per-request steering: removed {} entries of the previous agent; {} client connection(s) "
                  "with re-routed requests in flight reset",
@@ -415,7 +385,7 @@ Relay::Upstream* Relay::open_upstream(uint64_t client, uint32_t svc_id, uint32_t
     sl = sizeof(*a);
     fam = AF_INET;
   }
-  std::string where = backend_str(be);
+  std::string where = maps::format_backend(be);
   int fd = socket(fam, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return nullptr;
   int one = 1;
@@ -679,7 +649,7 @@ void Relay::sweep() {
         for (uint32_t i = 0; i < set.count && i < 4096; i++) {
           es_slot_key k{u.svc_id, u.env_id, i};
           es_backend be{};
-          if (bpf_map_lookup_elem(slots_, &k, &be) == 0 && backend_str(be) == u.backend) {
+          if (bpf_map_lookup_elem(slots_, &k, &be) == 0 && maps::format_backend(be) == u.backend) {
             pod_gone = false;
             break;
           }
@@ -705,7 +675,7 @@ void Relay::sweep() {
   }
   // Clients gone: forget their relay entries (bounded work per sweep).
   size_t checked = 0;
-  for (uint64_t c : keys_of<uint64_t>(clients_)) {
+  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
     if (++checked > 4096) break;
     if (client_alive(c)) continue;
     bool has_upstream = false;

@@ -44,6 +44,7 @@
 
 #include "bpf/lib/response.h"
 #include "maps/abi.h"
+#include "maps/bpf_maps.h"
 
 namespace envsteer {
 
@@ -69,9 +70,9 @@ struct RelayStats {
 
 class Relay {
  public:
-  // pin_dir: the agent's --bpffs (maps under <pin_dir>/maps). Throws
-  // std::runtime_error when the maps or the relay socket cannot be set up.
-  Relay(const std::filesystem::path& pin_dir, RelayOptions o);
+  // maps: the Datapath's (agent/loader.h), which outlives the relay. Throws
+  // std::runtime_error when the relay socket cannot be set up.
+  Relay(const maps::BpfMapBackend& maps, RelayOptions o);
   ~Relay();
   Relay(const Relay&) = delete;
   Relay& operator=(const Relay&) = delete;
@@ -122,7 +123,7 @@ class Relay {
   void reset_relay_socket();
   void cleanup_previous();
 
-  std::filesystem::path pin_dir_;
+  const maps::BpfMapBackend& m_;  // the Datapath's maps; it outlives the relay
   RelayOptions o_;
   int binds_ = -1, upstreams_ = -1, clients_ = -1, done_ = -1, cfg_ = -1, sockhash_ = -1, sets_ = -1,
       slots_ = -1, rsp_ = -1;
