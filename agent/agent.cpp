@@ -6,7 +6,6 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
-#include <httplib.h>
 #include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -15,6 +14,7 @@
 
 #include <thread>
 
+#include "admin_server.h"
 #include "cgroup.h"
 #include "explain.h"
 #include "sources/manifest.h"
@@ -28,18 +28,14 @@ namespace fs = std::filesystem;
 namespace envsteer {
 
 struct Agent::Admin {
-  httplib::Server server;
-  std::thread thread;
+  std::vector<std::unique_ptr<admin::Server>> servers;
 };
 
 Agent::Agent(Settings s) : s_(std::move(s)) {}
 
 Agent::~Agent() {
   if (trace_) trace_->close();
-  if (admin_) {
-    admin_->server.stop();
-    if (admin_->thread.joinable()) admin_->thread.join();
-  }
+  stop_admin();
 }
 
 ModelOptions Agent::model_options() const {
@@ -276,7 +272,7 @@ std::string Agent::metrics_text() {
       out += "envsteer_kubernetes_events_total{result=\"dropped\"} " + std::to_string(es.dropped) + "\n";
     }
   }
-  return out + observed;
+  return out + observed + admin_metrics();
 }
 
 // Requests by frontend, resolved environment and path (es_req_stats), and the
@@ -337,46 +333,148 @@ std::string Agent::request_metrics() {
            "could not be completed.\n# TYPE envsteer_relay_clients_reset_total counter\n"
            "envsteer_relay_clients_reset_total " +
            std::to_string(r.clients_destroyed) + "\n";
+    out += "# HELP envsteer_relay_upstream_close_resets_total Client connections reset for what an upstream still "
+           "owed them: at its close, or a request that would overtake the answer.\n# TYPE envsteer_relay_upstream_close_resets_total counter\n";
+    for (auto [why, n] : {std::pair<const char*, uint64_t>{"request_unanswered", r.reset_request},
+                          {"response_cut", r.reset_response},
+                          {"until_close", r.reset_until_close},
+                          {"unframed", r.reset_unframed},
+                          {"reorder", r.reset_reorder}})
+      out += std::string("envsteer_relay_upstream_close_resets_total{owed=\"") + why + "\"} " + std::to_string(n) +
+             "\n";
   }
   return out;
 }
 
-void Agent::start_admin() {
-  if (s_.admin.empty()) return;
-  auto colon = s_.admin.rfind(':');
-  if (colon == std::string::npos) throw std::invalid_argument("--admin: expected HOST:PORT, got " + s_.admin);
-  std::string host = s_.admin.substr(0, colon);
-  int port = std::stoi(s_.admin.substr(colon + 1));
+// The admin surface (README "Security"):
+// - TCP, --admin (default 127.0.0.1:9966): /healthz, /readyz, /metrics. Loopback by default:
+//   in a pod that is the pod's own network namespace, on a node the host's.
+// - --metrics-bind (opt-in): /metrics only, for a Prometheus outside the pod.
+// - the unix socket, --admin-socket (mode 0600, this uid only): all of the above and
+//   /v1/status, /v1/explain, /v1/trace, which show every tenant's pods, environments,
+//   backends and request headers: never on the network.
+// /healthz is answered by each listener's accepting thread (admin_server.h), so no client,
+// slow or not, can starve the liveness probe.
+//
+// open_admin() binds the listeners before the agent touches the kernel (an address or socket
+// in use stops it first); start_admin() serves them once the state is built.
+void Agent::open_admin() {
+  // A client that went away makes the next write fail with EPIPE: never a signal.
+  signal(SIGPIPE, SIG_IGN);
   admin_ = std::make_unique<Admin>();
-  auto& srv = admin_->server;
-  srv.Get("/healthz", [](const httplib::Request&, httplib::Response& r) { r.set_content("ok\n", "text/plain"); });
-  srv.Get("/readyz", [this](const httplib::Request&, httplib::Response& r) {
+  auto healthz = [](const admin::Request&) {
+    admin::Response r;
+    r.body = "ok\n";
+    return r;
+  };
+  auto readyz = [this](const admin::Request&) {
+    admin::Response r;
     std::string why = not_ready_reason();
     r.status = why.empty() ? 200 : 503;
-    r.set_content(why.empty() ? "ready\n" : "not ready: " + why + "\n", "text/plain");
-  });
-  srv.Get("/v1/status", [this](const httplib::Request&, httplib::Response& r) {
-    r.set_content(status_json().dump(2) + "\n", "application/json");
-  });
-  srv.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
-    r.set_content(metrics_text(), "text/plain; version=0.0.4");
-  });
-  srv.Get("/v1/explain", [this](const httplib::Request& q, httplib::Response& r) {
+    r.body = why.empty() ? "ready\n" : "not ready: " + why + "\n";
+    return r;
+  };
+  auto metrics = [this](const admin::Request&) {
+    admin::Response r;
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    r.body = metrics_text();
+    return r;
+  };
+  auto status = [this](const admin::Request&) {
+    admin::Response r;
+    r.content_type = "application/json";
+    r.body = status_json().dump(2) + "\n";
+    return r;
+  };
+  auto explain = [this](const admin::Request& q) {
+    admin::Response r;
+    r.content_type = "application/json";
     try {
       std::optional<std::string> env;
-      if (q.has_param("env")) env = q.get_param_value("env");
-      r.set_content(explain_json(q.get_param_value("from"), q.get_param_value("to"), env).dump(2) + "\n",
-                    "application/json");
+      if (q.has_param("env")) env = q.param("env");
+      r.body = explain_json(q.param("from"), q.param("to"), env).dump(2) + "\n";
     } catch (const std::exception& e) {
       r.status = 400;
-      r.set_content(nlohmann::json{{"error", e.what()}}.dump() + "\n", "application/json");
+      r.body = nlohmann::json{{"error", e.what()}}.dump() + "\n";
     }
-  });
-  if (trace_) add_trace_endpoint(srv, *trace_);
-  if (!srv.bind_to_port(host, port))
-    throw std::runtime_error("--admin: cannot listen on " + s_.admin + " (in use?)");
-  admin_->thread = std::thread([&srv] { srv.listen_after_bind(); });
-  spdlog::info("admin endpoint on http://{} (/healthz /readyz /metrics /v1/status /v1/explain /v1/trace)", s_.admin);
+    return r;
+  };
+  if (!s_.admin.empty()) {
+    auto srv = std::make_unique<admin::Server>("tcp");
+    srv->inline_route("/healthz", healthz);
+    srv->route("/readyz", readyz);
+    srv->route("/metrics", metrics);
+    srv->listen_tcp(s_.admin);
+    admin_->servers.push_back(std::move(srv));
+  }
+  if (!s_.metrics_bind.empty()) {
+    auto srv = std::make_unique<admin::Server>("metrics");
+    srv->route("/metrics", metrics);
+    srv->listen_tcp(s_.metrics_bind);
+    admin_->servers.push_back(std::move(srv));
+  }
+  if (!s_.admin_socket.empty()) {
+    admin::Limits l;
+    l.workers = 2;
+    l.max_queued = 16;
+    l.max_streams = TraceHub::kMaxClients;
+    auto srv = std::make_unique<admin::Server>("socket", l);
+    srv->inline_route("/healthz", healthz);
+    srv->route("/readyz", readyz);
+    srv->route("/metrics", metrics);
+    srv->route("/v1/status", status);
+    srv->route("/v1/explain", explain);
+    srv->route("/v1/trace", [this](const admin::Request& q) {
+      if (trace_) return trace_response(*trace_, q);
+      admin::Response r;
+      r.status = 503;
+      r.body = "tracing is not available\n";
+      return r;
+    });
+    srv->listen_unix(s_.admin_socket);
+    admin_->servers.push_back(std::move(srv));
+  }
+}
+
+void Agent::start_admin() {
+  if (!admin_) return;
+  for (auto& srv : admin_->servers) {
+    srv->start();
+    const char* what = srv->name() == "tcp"       ? "health and metrics (/healthz /readyz /metrics)"
+                       : srv->name() == "metrics" ? "metrics only (/metrics)"
+                                                  : "admin API, root only (/healthz /readyz /metrics /v1/status "
+                                                    "/v1/explain /v1/trace)";
+    spdlog::info("admin: {} on {}", what, srv->address());
+  }
+}
+
+void Agent::stop_admin() {
+  if (!admin_) return;
+  for (auto& srv : admin_->servers) srv->stop();
+  admin_.reset();
+}
+
+std::string Agent::admin_metrics() {
+  if (!admin_) return "";
+  std::string out =
+      "# HELP envsteer_admin_connections_dropped_total Admin connections closed without an answer to a request: "
+      "head not complete in time (timeout), the oldest of too many waiting (cap), not this uid (peer), "
+      "no worker free (busy).\n# TYPE envsteer_admin_connections_dropped_total counter\n";
+  std::string bad = "# TYPE envsteer_admin_bad_requests_total counter\n";
+  for (const auto& srv : admin_->servers) {
+    auto st = srv->stats();
+    auto row = [&](const char* reason, uint64_t v) {
+      out += "envsteer_admin_connections_dropped_total{listener=\"" + srv->name() + "\",reason=\"" + reason +
+             "\"} " + std::to_string(v) + "\n";
+    };
+    row("timeout", st.dropped_timeout);
+    row("cap", st.dropped_cap);
+    row("peer", st.refused_peer);
+    row("busy", st.refused_busy);
+    bad += "envsteer_admin_bad_requests_total{listener=\"" + srv->name() + "\"} " + std::to_string(st.bad_requests) +
+           "\n";
+  }
+  return out + bad;
 }
 
 void Agent::write_http_config() {
@@ -533,6 +631,7 @@ int Agent::run() {
   cgroup::ensure_bpffs(s_.bpffs);
   fs::create_directories(s_.bpffs);
   lock_ = std::make_unique<PinLock>(s_.bpffs);
+  open_admin();
 
   // Signals are read from a signalfd in the loop; block them before threads start.
   sigset_t mask;
@@ -660,12 +759,8 @@ int Agent::run() {
   if (relay_) relay_->stop();
   if (kube_) kube_->stop();
   events_.reset();
-  if (trace_) trace_->close();  // ends the trace streams, so the admin server can stop
-  if (admin_) {
-    admin_->server.stop();
-    if (admin_->thread.joinable()) admin_->thread.join();
-    admin_.reset();
-  }
+  if (trace_) trace_->close();  // ends the trace streams, so the admin servers can stop
+  stop_admin();
   if (s_.cleanup_on_exit) {
     dp_.reset();
     auto removed = uninstall(s_.bpffs);

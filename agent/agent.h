@@ -58,7 +58,10 @@ class Agent {
   // Takes the skipped objects of a model built from the source's latest state:
   // one log line (and a Kubernetes Event) per newly skipped object.
   void note_skipped(const DesiredState& want);
+  void open_admin();
   void start_admin();
+  void stop_admin();
+  std::string admin_metrics();  // the admin listeners' own counters
   void write_http_config();
 
   Settings s_;

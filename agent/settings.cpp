@@ -3,8 +3,10 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <set>
 #include <stdexcept>
 
+#include "admin_server.h"
 #include "envname.h"
 
 extern "C" {
@@ -15,8 +17,11 @@ namespace envsteer {
 
 namespace {
 
+// Reads one key of a mapping; every key read is noted in `known`, so the
+// check for unknown keys follows the reads (a key list of its own went stale).
 template <class T>
-void read(const YAML::Node& n, const char* key, T& out, const std::string& file) {
+void read(const YAML::Node& n, const char* key, T& out, const std::string& file, std::set<std::string>& known) {
+  known.insert(key);
   if (!n[key]) return;
   try {
     out = n[key].as<T>();
@@ -35,52 +40,53 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
     throw std::runtime_error(file.string() + ": " + e.what());
   }
   if (!root.IsMap()) throw std::runtime_error(file.string() + ": expected a mapping of settings");
-  static const char* known[] = {"manifests", "cgroupRoot", "bpffs", "envLabel", "envHeader",
-                                "splitter", "defaultEnv", "admin", "logLevel", "cleanupOnExit",
-                                "limits", "cgroupAnnotation", "envHeaderAliases", "baggageKey",
-                                "httpWindow", "headerContext", "autoInject"};
+  const std::string f = file.string();
+  std::set<std::string> known{"limits"};
+  Settings out = s;  // nothing is half-applied when a value is bad
+  auto read = [&](const YAML::Node& n, const char* key, auto& dest) { envsteer::read(n, key, dest, f, known); };
+  read(root, "manifests", out.manifests);
+  read(root, "cgroupRoot", out.cgroup_root);
+  read(root, "bpffs", out.bpffs);
+  read(root, "envLabel", out.env_label);
+  read(root, "envHeader", out.env_header);
+  read(root, "defaultEnv", out.default_env);
+  read(root, "admin", out.admin);
+  read(root, "adminSocket", out.admin_socket);
+  read(root, "metricsBind", out.metrics_bind);
+  read(root, "logLevel", out.log_level);
+  read(root, "cleanupOnExit", out.cleanup_on_exit);
+  read(root, "cgroupAnnotation", out.cgroup_annotation);
+  read(root, "envHeaderAliases", out.env_header_aliases);
+  read(root, "baggageKey", out.baggage_key);
+  read(root, "httpWindow", out.http_window);
+  read(root, "headerContext", out.header_context);
+  read(root, "autoInject", out.auto_inject);
+  read(root, "upstreamIdleMs", out.upstream_idle_ms);
+  std::string sp;
+  read(root, "splitter", sp);
+  if (root["splitter"]) {
+    if (sp.size() != 1) throw std::runtime_error(f + ": splitter: must be one character");
+    out.splitter = sp[0];
+  }
   for (const auto& kv : root) {
     auto k = kv.first.as<std::string>();
-    bool ok = false;
-    for (auto* n : known) ok = ok || k == n;
-    if (!ok) throw std::runtime_error(file.string() + ": unknown setting \"" + k + "\"");
-  }
-  const std::string f = file.string();
-  read(root, "manifests", s.manifests, f);
-  read(root, "cgroupRoot", s.cgroup_root, f);
-  read(root, "bpffs", s.bpffs, f);
-  read(root, "envLabel", s.env_label, f);
-  read(root, "envHeader", s.env_header, f);
-  read(root, "defaultEnv", s.default_env, f);
-  read(root, "admin", s.admin, f);
-  read(root, "logLevel", s.log_level, f);
-  read(root, "cleanupOnExit", s.cleanup_on_exit, f);
-  read(root, "cgroupAnnotation", s.cgroup_annotation, f);
-  read(root, "envHeaderAliases", s.env_header_aliases, f);
-  read(root, "baggageKey", s.baggage_key, f);
-  read(root, "httpWindow", s.http_window, f);
-  read(root, "headerContext", s.header_context, f);
-  read(root, "autoInject", s.auto_inject, f);
-  read(root, "upstreamIdleMs", s.upstream_idle_ms, f);
-  if (root["splitter"]) {
-    std::string sp;
-    read(root, "splitter", sp, f);
-    if (sp.size() != 1) throw std::runtime_error(f + ": splitter: must be one character");
-    s.splitter = sp[0];
+    if (!known.count(k)) throw std::runtime_error(f + ": unknown setting \"" + k + "\"");
   }
   if (auto l = root["limits"]) {
     if (!l.IsMap()) throw std::runtime_error(f + ": limits: must be a mapping of frontends, sets, slots, envs, pods");
+    std::set<std::string> lk;
+    auto lread = [&](const char* key, auto& dest) { envsteer::read(l, key, dest, f, lk); };
+    lread("frontends", out.limits.frontends);
+    lread("sets", out.limits.sets);
+    lread("slots", out.limits.slots);
+    lread("envs", out.limits.envs);
+    lread("pods", out.limits.pods);
     for (const auto& kv : l) {
       auto k = kv.first.as<std::string>();
-      if (k != "frontends" && k != "sets" && k != "slots" && k != "envs" && k != "pods")
-        throw std::runtime_error(f + ": unknown setting \"limits." + k + "\"");
+      if (!lk.count(k)) throw std::runtime_error(f + ": unknown setting \"limits." + k + "\"");
     }
-    read(l, "frontends", s.limits.frontends, f);
-    read(l, "sets", s.limits.sets, f);
-    read(l, "slots", s.limits.slots, f);
-    read(l, "envs", s.limits.envs, f);
-    read(l, "pods", s.limits.pods, f);
   }
+  s = std::move(out);
 }
 
 void validate_settings(const Settings& s) {
@@ -111,6 +117,13 @@ void validate_settings(const Settings& s) {
   if (s.http_window < 64 || s.http_window > 65535)
     throw std::invalid_argument("--http-window: must be 64..65535 bytes, got " + std::to_string(s.http_window));
   if (s.bpffs.empty() || s.bpffs[0] != '/') throw std::invalid_argument("--bpffs: must be an absolute path");
+  if (!s.admin.empty()) admin::parse_host_port(s.admin, "--admin");
+  if (!s.metrics_bind.empty()) admin::parse_host_port(s.metrics_bind, "--metrics-bind");
+  if (!s.admin.empty() && s.admin == s.metrics_bind)
+    throw std::invalid_argument("--metrics-bind: must differ from --admin (" + s.admin + ")");
+  if (!s.admin_socket.empty() && (s.admin_socket[0] != '/' || s.admin_socket.size() > 107))
+    throw std::invalid_argument("--admin-socket: must be an absolute path of at most 107 bytes, got \"" +
+                                s.admin_socket + "\"");
   auto& l = s.limits;
   if (!l.frontends || !l.sets || !l.slots || !l.envs || !l.pods)
     throw std::invalid_argument("limits: every limit must be at least 1");

@@ -37,17 +37,22 @@ struct Settings {
   uint32_t upstream_idle_ms = 60000;           // re-routing upstreams idle this long are closed
   char splitter = '.';
   std::string default_env;                  // "" = unlabelled pods form the unnamed base
-  std::string admin = "127.0.0.1:9966";      // "" disables the admin endpoint
+  // The admin surface (README "Security"): health and metrics over TCP, on loopback by
+  // default; everything (status, explain, trace too) on a root-only unix socket; an opt-in
+  // listener that serves only /metrics, for Prometheus.
+  std::string admin = "127.0.0.1:9966";                  // /healthz /readyz /metrics; "" = none
+  std::string admin_socket = "/run/envsteer/admin.sock";  // everything, mode 0600; "" = none
+  std::string metrics_bind;                              // /metrics only; "" = none
   bool cleanup_on_exit = false;
   std::string log_level = "info";
   std::string cgroup_annotation = "envsteer.io/cgroup";
   Limits limits;
 };
 
-// Applies a YAML config file (keys: manifests, cgroupRoot, bpffs, envLabel,
-// envHeader, splitter, defaultEnv, admin, logLevel, cleanupOnExit, limits:
-// {frontends, sets, slots, envs, pods}). Throws std::runtime_error naming the
-// file and key on bad input.
+// Applies a YAML config file: the keys are the flags' names in camelCase, as
+// load_settings_file() reads them (settings.cpp is the list; an unknown key is
+// an error). Throws std::runtime_error naming the file and key on bad input;
+// nothing is applied then.
 void load_settings_file(const std::filesystem::path& file, Settings& s);
 
 // Throws std::invalid_argument naming the setting.

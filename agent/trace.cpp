@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -348,55 +349,46 @@ void TraceHub::run() {
   }
 }
 
-void add_trace_endpoint(httplib::Server& srv, TraceHub& hub) {
-  // A client that went away makes the next write fail with EPIPE: never a signal.
-  signal(SIGPIPE, SIG_IGN);
-  srv.Get("/v1/trace", [&hub](const httplib::Request& q, httplib::Response& r) {
-    TraceFilter f;
-    f.service = q.get_param_value("service");
-    f.env = q.get_param_value("env");
-    f.pod = q.get_param_value("pod");
-    bool as_json = q.get_param_value("format") == "json";
-    uint32_t rate = TraceHub::kDefaultRate;
-    if (q.has_param("rate")) {
-      try {
-        rate = static_cast<uint32_t>(std::stoul(q.get_param_value("rate")));
-      } catch (const std::exception&) {
-        r.status = 400;
-        r.set_content("rate: expected a number of events per second\n", "text/plain");
-        return;
-      }
+admin::Response trace_response(TraceHub& hub, const admin::Request& q) {
+  admin::Response r;
+  TraceFilter f;
+  f.service = q.param("service");
+  f.env = q.param("env");
+  f.pod = q.param("pod");
+  bool as_json = q.param("format") == "json";
+  uint32_t rate = TraceHub::kDefaultRate;
+  if (q.has_param("rate")) {
+    try {
+      rate = static_cast<uint32_t>(std::stoul(q.param("rate")));
+    } catch (const std::exception&) {
+      r.status = 400;
+      r.body = "rate: expected a number of events per second\n";
+      return r;
     }
-    auto client = hub.attach(f, rate);
-    if (!client) {
-      r.status = 429;
-      r.set_content("too many trace clients (at most " + std::to_string(TraceHub::kMaxClients) + ")\n",
-                    "text/plain");
-      return;
-    }
-    r.set_header("X-Envsteer-Trace-Rate", std::to_string(client->rate));
-    r.set_chunked_content_provider(
-        as_json ? "application/x-ndjson" : "text/plain",
-        [&hub, client, as_json](size_t, httplib::DataSink& sink) {
-          auto events = hub.take(*client, std::chrono::milliseconds(1000));
-          if (!events) {
-            sink.done();
-            return true;
-          }
-          std::string out;
-          for (const auto& e : *events) out += (as_json ? e.dump() : format_event(e)) + "\n";
-          if (out.empty()) out = "\n";  // heartbeat: notices a client that went away
-          return sink.write(out.data(), out.size());
-        },
-        [&hub, client](bool) { hub.detach(client); });
-  });
+  }
+  auto client = hub.attach(f, rate);
+  if (!client) {
+    r.status = 429;
+    r.body = "too many trace clients (at most " + std::to_string(TraceHub::kMaxClients) + ")\n";
+    return r;
+  }
+  r.headers.emplace_back("X-Envsteer-Trace-Rate", std::to_string(client->rate));
+  r.content_type = as_json ? "application/x-ndjson" : "text/plain; charset=utf-8";
+  r.next = [&hub, client, as_json](std::string& out) {
+    auto events = hub.take(*client, std::chrono::milliseconds(1000));
+    if (!events) return false;
+    for (const auto& e : *events) out += (as_json ? e.dump() : format_event(e)) + "\n";
+    if (out.empty()) out = "\n";  // heartbeat: notices a client that went away
+    return true;
+  };
+  r.done = [&hub, client] { hub.detach(client); };
+  return r;
 }
 
-int run_trace_client(const std::string& admin, const TraceFilter& f, bool as_json, uint32_t rate, uint64_t count,
-                     double duration) {
-  auto colon = admin.rfind(':');
-  if (admin.empty() || colon == std::string::npos) {
-    std::fprintf(stderr, "envsteer trace: --admin: expected HOST:PORT, got \"%s\"\n", admin.c_str());
+int run_trace_client(const std::string& socket_path, const TraceFilter& f, bool as_json, uint32_t rate,
+                     uint64_t count, double duration) {
+  if (socket_path.empty()) {
+    std::fprintf(stderr, "envsteer trace: --admin-socket: the agent's admin socket is needed\n");
     return 1;
   }
   std::string q = "/v1/trace?format=" + std::string(as_json ? "json" : "text");
@@ -404,7 +396,8 @@ int run_trace_client(const std::string& admin, const TraceFilter& f, bool as_jso
   if (!f.env.empty()) q += "&env=" + httplib::detail::encode_query_param(f.env);
   if (!f.pod.empty()) q += "&pod=" + httplib::detail::encode_query_param(f.pod);
   if (rate) q += "&rate=" + std::to_string(rate);
-  httplib::Client c(admin.substr(0, colon), std::stoi(admin.substr(colon + 1)));
+  httplib::Client c(socket_path);
+  c.set_address_family(AF_UNIX);
   c.set_connection_timeout(2);
   c.set_read_timeout(10);  // the agent sends a heartbeat every second
   auto start = std::chrono::steady_clock::now();
@@ -448,7 +441,7 @@ int run_trace_client(const std::string& admin, const TraceFilter& f, bool as_jso
       });
   if (limit_reached) return 0;
   if (!res) {
-    std::fprintf(stderr, "envsteer trace: agent not reachable at %s (%s)\n", admin.c_str(),
+    std::fprintf(stderr, "envsteer trace: agent not reachable at %s (%s)\n", socket_path.c_str(),
                  httplib::to_string(res.error()).c_str());
     return 1;
   }

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // `envsteer trace`: decision events from the kernel's ring buffer (bpf/lib/trace.h),
-// named with the agent's model and streamed to clients of the admin endpoint.
+// named with the agent's model and streamed to clients of the admin socket.
 //
 // The agent is the ring buffer's only reader and the only writer of the trace
 // switch: it turns tracing on while at least one client is attached and off
@@ -29,10 +29,9 @@
 #include "model.h"
 #include "reconciler.h"
 
+#include "admin_server.h"
+
 struct ring_buffer;
-namespace httplib {
-class Server;
-}
 
 namespace envsteer {
 
@@ -127,12 +126,13 @@ class TraceHub {
 
 // GET /v1/trace?service=&env=&pod=&format=json|text&rate=N: a chunked stream
 // of events, one per line; an empty line every second without events (so a
-// client that went away is noticed).
-void add_trace_endpoint(httplib::Server& srv, TraceHub& hub);
+// client that went away is noticed). 429 when kMaxClients are attached. Served
+// on the admin unix socket only (root).
+admin::Response trace_response(TraceHub& hub, const admin::Request& q);
 
-// `envsteer trace`: prints the agent's stream until count events (0 = no
-// limit) or duration seconds (0 = no limit) or an interrupt. Exit code.
-int run_trace_client(const std::string& admin, const TraceFilter& f, bool as_json, uint32_t rate, uint64_t count,
+// `envsteer trace`: prints the stream of the agent at socket_path until count
+// events (0 = no limit) or duration seconds (0 = no limit) or an interrupt. Exit code.
+int run_trace_client(const std::string& socket_path, const TraceFilter& f, bool as_json, uint32_t rate, uint64_t count,
                      double duration);
 
 }  // namespace envsteer

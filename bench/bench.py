@@ -220,8 +220,13 @@ class Bench:
                                      log_level="info")
         n.add_service(NS, "web", SVC_IP, port=SVC_PORT, target_port=TARGET_PORT,
                       protocols=("TCP",))
-        n.add_pod(NS, "web-dev", POD_DEV_IP, env="dev", app="web", port=TARGET_PORT)
-        n.add_pod(NS, "web-proj1", POD_P1_IP, env="dev.proj1", app="web", port=TARGET_PORT)
+        # the servers opt into the thread context, so the header suite measures its whole
+        # cost (adopting a request's env on read, ending it on the response write)
+        ctx = {"envsteer.io/thread-context": "on"}
+        n.add_pod(NS, "web-dev", POD_DEV_IP, env="dev", app="web", port=TARGET_PORT,
+                  annotations=ctx)
+        n.add_pod(NS, "web-proj1", POD_P1_IP, env="dev.proj1", app="web", port=TARGET_PORT,
+                  annotations=ctx)
         n.add_pod(NS, "client", CLIENT_IP, env="dev.proj1", app="client", port=TARGET_PORT)
         n.write_manifests()
         # The "no envsteer" world: the same server and client binaries in cgroups at the same
@@ -463,6 +468,10 @@ def suite_header(b):
             c1 = b.counters()
             delta = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
             found = delta.get("header_found", 0)
+            if mode == "header" and delta.get("thread_adopt", 0) < res["ka"]["requests"] // 2:
+                raise BenchError("header programs on, but thread_adopt grew by %d for %d "
+                                 "requests: the thread context is not measured" %
+                                 (delta.get("thread_adopt", 0), res["ka"]["requests"]))
             if mode == "header" and found < res["ka"]["requests"] // 2:
                 raise BenchError("header programs on, but header_found grew by %d for %d "
                                  "requests: not measuring what we think" %

@@ -312,6 +312,114 @@ struct es_req_key {
 	__u32 pad;
 };
 
+/* ------------------------------------------------------------------------
+ * Per-socket HTTP state (socket storage es_rx, es_tx) and the parser's
+ * settings (es_http_cfg). The parser itself is bpf/lib/http.h.
+ * ------------------------------------------------------------------------ */
+
+#define ES_HTTP_MAX_NAMES 4	/* env header name [0] and its aliases */
+#define ES_HTTP_NAME_MAX 32	/* header name or baggage key; a power of two */
+#define ES_HTTP_WINDOW_DEFAULT 4096
+
+/* Set once by the agent (es_http_cfg_*), read by every parse. */
+struct es_http_cfg {
+	char names[ES_HTTP_MAX_NAMES][ES_HTTP_NAME_MAX]; /* lower case */
+	__u8 name_len[ES_HTTP_MAX_NAMES];
+	char baggage_key[ES_HTTP_NAME_MAX]; /* W3C baggage member, case-sensitive */
+	__u8 n_names;
+	__u8 baggage_key_len; /* 0: baggage is not looked at */
+	char splitter;
+	__u8 pad;
+	__u16 window; /* an env header must end within this many request bytes; 0 = no limit */
+	__u16 pad2;
+};
+
+/* Per connection; all zero = before the first request. 176 bytes. */
+struct es_http_state {
+	char val[2][ES_ENV_NAME_MAX]; /* best env value so far, and the candidate being read */
+	__u64 body;	/* bytes left of the body or chunk; the Content-Length within the head */
+	__u64 num;	/* number being read: a Content-Length element, a chunk size */
+	__u32 pos;	/* bytes of the current request consumed (saturating) */
+	__u32 line_len; /* request line length incl. its line end: where a header goes */
+	__u16 flags;	/* ES_HTTP_F_* */
+	__u16 match;	/* names the current header name still matches */
+	__u8 phase;
+	__u8 cr;	/* a CR was seen: the next byte must be LF */
+	__u8 hdr;	/* kind of the current header */
+	__u8 sub;	/* position within a value's list syntax */
+	__u8 npos;	/* length of the current token (saturating) */
+	__u8 kpos;	/* bytes of the baggage key / "chunked" / "CONNECT" matched */
+	__u8 kok;	/* the baggage key still matches */
+	__u8 vtot;	/* candidate bytes stored (blanks are not) */
+	__u8 vows;	/* a blank followed the candidate's first byte */
+	__u8 vbad;	/* the candidate cannot be a valid name */
+	__u8 vprev;	/* its last byte */
+	__u8 best;	/* val slot of the best value */
+	__u8 env_len;	/* 0: none */
+	__u8 env_rank;	/* 1 primary name, 2 alias, 3 baggage; 0: none */
+	__u8 err;	/* enum es_http_err once inert */
+	__u8 ev;	/* events of the last byte fed */
+	__u8 pad[4];
+};
+
+/* Inbound HTTP parse state of a managed pod's TCP socket. */
+struct es_rx {
+	struct es_http_state st;
+	__u32 next_seq; /* TCP sequence number of the next payload byte */
+	__u8 synced;    /* next_seq is valid */
+	__u8 seen;      /* at least one request head completed */
+	__u8 env_len;   /* environment of the request that began at req_start; 0 = none */
+	__u8 env_depth; /* its splitters */
+	char env[ES_ENV_NAME_MAX];
+	/* Thread context bookkeeping (pods with ES_POD_F_THREAD_CTX): */
+	__u32 req_start; /* sequence number of the first byte of the latest request */
+	__u32 read_seq;  /* sequence number of the next byte the application reads */
+	__u32 reader;    /* thread id that read the request not yet answered; 0 */
+	__u8 pod_flags;  /* ES_POD_F_* of the socket's pod */
+	__u8 broken;     /* stream sync lost: the thread context is unknown here */
+	__u8 pad[2];
+};
+
+/* Where the bytes of the request in progress go. */
+enum es_route_kind { ES_ROUTE_PASS = 0, ES_ROUTE_KERNEL, ES_ROUTE_SLOW, ES_ROUTE_FAIL };
+
+struct es_route {
+	__u64 upstream; /* ES_ROUTE_KERNEL: upstream cookie */
+	__u32 svc_id;   /* the target set (KERNEL, SLOW) */
+	__u32 env_id;
+	__u32 kind;
+	__u32 pad;
+};
+
+/* Outbound HTTP parse state of a steered connection. */
+/* Working variables of one sk_msg program run (see outbound.h). */
+struct es_msg_vars {
+	__u32 off;       /* next byte of the message to parse */
+	__u32 size;      /* message size (grows with insertions) */
+	__u32 pstart;    /* the pulled range msg->data..data_end covers */
+	__u32 pend;
+	__s32 reqline;   /* offset after the request line in this message; -1 */
+	__s32 req_begin; /* where the request in progress began in this message; -1: earlier */
+	__u8 head;       /* the byte loop stopped at the end of a request head */
+	__u8 done;       /* ... which also ended the request (no body) */
+	__u8 pad[2];
+	__u32 env_req;   /* the environment of the request last decided */
+	struct es_route route; /* where bytes 0..off of this message go */
+};
+
+struct es_tx {
+	struct es_msg_vars v;
+	struct es_http_state st;
+	struct es_route route; /* of the request in progress (its body follows it) */
+	__u32 slow_seq;        /* frames sent to the agent */
+	__u8 prev;             /* the last byte parsed, also across sends */
+	__u8 pipelined;        /* the request at the start of the next run was pipelined */
+	__u8 unroutable;       /* the request in progress could not be routed by its head: it
+				* stays on the connection's own pod, head and body */
+	__u8 upgrade;          /* the last complete request asked for an Upgrade or CONNECT:
+				* bytes the parser cannot follow after it are its tunnel */
+};
+
 /* Names of the pinned maps below the pin directory (".../maps/<name>"). */
 #define ES_MAP_FRONTENDS "es_frontends"
 #define ES_MAP_SETS "es_sets"

@@ -1,10 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "maps/maps.h"
 
-extern "C" {
-#include "bpf/lib/http.h"
-}
-
 #include <arpa/inet.h>
 #include <netinet/in.h>
 

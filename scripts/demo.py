@@ -110,7 +110,8 @@ def main():
         for svc, env, _ in VARIANTS:
             node.start_server("%s/%s" % (NS, pod_name(svc, env)))
         node.start_agent()
-        print("agent ready (admin %s); --default-env dev\n" % node.admin)
+        print("agent ready (health and metrics on %s, admin socket %s); --default-env dev\n"
+              % (node.admin, node.admin_socket))
 
         # 1. direct calls: each client pod calls each service
         rows = []
@@ -186,7 +187,7 @@ def main():
 
         # 3. what the kernel will do, read back from the live maps
         cmd = [binary, "explain", "--from", NS + "/client-alice-exp", "--to",
-               NS + "/cart:80", "--admin", node.admin]
+               NS + "/cart:80", "--admin-socket", node.admin_socket]
         print("$ envsteer explain --from %s/client-alice-exp --to %s/cart:80" % (NS, NS))
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         sys.stdout.write(r.stdout)

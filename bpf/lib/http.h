@@ -25,23 +25,8 @@
 #include "envname.h"
 #include "../../maps/abi.h"
 
-#define ES_HTTP_MAX_NAMES 4	/* env header name [0] and its aliases */
-#define ES_HTTP_NAME_MAX 32	/* header name or baggage key; a power of two */
 #define ES_HTTP_METHOD_MAX 24
-#define ES_HTTP_WINDOW_DEFAULT 4096
 
-/* Set once by the agent (es_http_cfg_*), read by every parse. */
-struct es_http_cfg {
-	char names[ES_HTTP_MAX_NAMES][ES_HTTP_NAME_MAX]; /* lower case */
-	__u8 name_len[ES_HTTP_MAX_NAMES];
-	char baggage_key[ES_HTTP_NAME_MAX]; /* W3C baggage member, case-sensitive */
-	__u8 n_names;
-	__u8 baggage_key_len; /* 0: baggage is not looked at */
-	char splitter;
-	__u8 pad;
-	__u16 window; /* an env header must end within this many request bytes; 0 = no limit */
-	__u16 pad2;
-};
 
 /* Events: a bit mask, one byte may raise several. */
 #define ES_HTTP_EV_REQLINE 0x01	 /* request line complete: insert a header after this byte */
@@ -81,33 +66,6 @@ enum es_http_env_outcome {
 	ES_HTTP_ENV_BEYOND,  /* present only past the window: counts as absent */
 };
 
-/* Per connection; all zero = before the first request. 176 bytes. */
-struct es_http_state {
-	char val[2][ES_ENV_NAME_MAX]; /* best env value so far, and the candidate being read */
-	__u64 body;	/* bytes left of the body or chunk; the Content-Length within the head */
-	__u64 num;	/* number being read: a Content-Length element, a chunk size */
-	__u32 pos;	/* bytes of the current request consumed (saturating) */
-	__u32 line_len; /* request line length incl. its line end: where a header goes */
-	__u16 flags;	/* ES_HTTP_F_* */
-	__u16 match;	/* names the current header name still matches */
-	__u8 phase;
-	__u8 cr;	/* a CR was seen: the next byte must be LF */
-	__u8 hdr;	/* kind of the current header */
-	__u8 sub;	/* position within a value's list syntax */
-	__u8 npos;	/* length of the current token (saturating) */
-	__u8 kpos;	/* bytes of the baggage key / "chunked" / "CONNECT" matched */
-	__u8 kok;	/* the baggage key still matches */
-	__u8 vtot;	/* candidate bytes stored (blanks are not) */
-	__u8 vows;	/* a blank followed the candidate's first byte */
-	__u8 vbad;	/* the candidate cannot be a valid name */
-	__u8 vprev;	/* its last byte */
-	__u8 best;	/* val slot of the best value */
-	__u8 env_len;	/* 0: none */
-	__u8 env_rank;	/* 1 primary name, 2 alias, 3 baggage; 0: none */
-	__u8 err;	/* enum es_http_err once inert */
-	__u8 ev;	/* events of the last byte fed */
-	__u8 pad[4];
-};
 
 /* Phases. Head 1..7; a CR may end a line in 5..12; 13.. skip the CR logic. */
 enum {

@@ -10,6 +10,7 @@
 #include <bpf/bpf_helpers.h>
 #include "../../maps/abi.h"
 #include "http.h"
+#include "response.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -107,23 +108,6 @@ struct {
 	__type(value, struct es_http_cfg);
 } es_http_cfg SEC(".maps");
 
-/* Inbound HTTP parse state of a managed pod's TCP socket. */
-struct es_rx {
-	struct es_http_state st;
-	__u32 next_seq; /* TCP sequence number of the next payload byte */
-	__u8 synced;    /* next_seq is valid */
-	__u8 seen;      /* at least one request head completed */
-	__u8 env_len;   /* environment of the request that began at req_start; 0 = none */
-	__u8 env_depth; /* its splitters */
-	char env[ES_ENV_NAME_MAX];
-	/* Thread context bookkeeping (pods with ES_POD_F_THREAD_CTX): */
-	__u32 req_start; /* sequence number of the first byte of the latest request */
-	__u32 read_seq;  /* sequence number of the next byte the application reads */
-	__u32 reader;    /* thread id that read the request not yet answered; 0 */
-	__u8 pod_flags;  /* ES_POD_F_* of the socket's pod */
-	__u8 broken;     /* stream sync lost: the thread context is unknown here */
-	__u8 pad[2];
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -177,45 +161,7 @@ struct {
 	__type(value, __u64);
 } es_sockhash SEC(".maps");
 
-/* Where the bytes of the request in progress go. */
-enum es_route_kind { ES_ROUTE_PASS = 0, ES_ROUTE_KERNEL, ES_ROUTE_SLOW, ES_ROUTE_FAIL };
 
-struct es_route {
-	__u64 upstream; /* ES_ROUTE_KERNEL: upstream cookie */
-	__u32 svc_id;   /* the target set (KERNEL, SLOW) */
-	__u32 env_id;
-	__u32 kind;
-	__u32 pad;
-};
-
-/* Outbound HTTP parse state of a steered connection. */
-/* Working variables of one sk_msg program run (see outbound.h). */
-struct es_msg_vars {
-	__u32 off;       /* next byte of the message to parse */
-	__u32 size;      /* message size (grows with insertions) */
-	__u32 pstart;    /* the pulled range msg->data..data_end covers */
-	__u32 pend;
-	__s32 reqline;   /* offset after the request line in this message; -1 */
-	__s32 req_begin; /* where the request in progress began in this message; -1: earlier */
-	__u8 head;       /* the byte loop stopped at the end of a request head */
-	__u8 done;       /* ... which also ended the request (no body) */
-	__u8 pad[2];
-	__u32 env_req;   /* the environment of the request last decided */
-	struct es_route route; /* where bytes 0..off of this message go */
-};
-
-struct es_tx {
-	struct es_msg_vars v;
-	struct es_http_state st;
-	struct es_route route; /* of the request in progress (its body follows it) */
-	__u32 slow_seq;        /* frames sent to the agent */
-	__u8 prev;             /* the last byte parsed, also across sends */
-	__u8 pipelined;        /* the request at the start of the next run was pipelined */
-	__u8 unroutable;       /* the request in progress could not be routed by its head: it
-				* stays on the connection's own pod, head and body */
-	__u8 upgrade;          /* the last complete request asked for an Upgrade or CONNECT:
-				* bytes the parser cannot follow after it are its tunnel */
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -244,6 +190,18 @@ struct {
 	__type(key, __u64);
 	__type(value, struct es_upstream);
 } es_upstreams SEC(".maps");
+
+/* Upstream socket cookie -> the framing of its responses (bpf/lib/response.h):
+ * created by the agent with the upstream, updated by sk_msg (reqs) and the
+ * sk_skb verdict program (the rest), read by the agent when it closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u64);
+	__type(value, struct es_rsp);
+} es_rsp SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The resolution walk of DESIGN.md "Semantics": for frontend S and environment
+ * The resolution walk of the routing rule (README.md, "The routing rule"): for frontend S and environment
  * E, take the first of E, parent(E), ... that has a ready backend of S, else
  * the default environment. Shared by connect() in the kernel and by
  * `envsteer explain`, which runs the same walk over the live maps.

@@ -127,7 +127,7 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 	es_count(ES_CNT_CONNECT_SEEN);
 	*pod_env = pod->env_id ? pod->env_id : cfg->default_env_id;
 	*pod_flags = pod->flags;
-	/* DESIGN order: the request the thread serves, the pod, the default.
+	/* The order of the routing rule: the request the thread serves, the pod, the default.
 	 * A connection outlives the request that opens it (pools, HTTP/2
 	 * channels): only a Service that promises one request per connection
 	 * takes the thread's. HTTP/1.x requests on other connections are routed

@@ -5,7 +5,8 @@ A Node owns
     with one directory per local pod (plus a sibling subtree for pods "on other nodes"),
   - a bpffs pin directory /sys/fs/bpf/envsteer-e2e-<pid>-<name>     (the agent's --bpffs),
   - a manifest directory (kubectl-shaped YAML, rewritten atomically),
-  - a free admin port on 127.0.0.1, the agent process, pod server processes and clients,
+  - a free admin port on 127.0.0.1 (health, metrics) and an admin socket in its temp dir
+    (status, explain, trace), the agent process, pod server processes and clients,
   - optionally network namespaces (for IPv6 pods).
 Everything is removed by close() (idempotent; also registered with atexit), children before
 parents, processes (killed by the PID this harness started) before their cgroups.
@@ -40,6 +41,24 @@ PODCLIENT = os.path.join(HERE, "podclient.py")
 PYTHON = sys.executable or "python3"
 PREFIX = "envsteer-e2e"
 CGROUP_ANNOTATION = "envsteer.io/cgroup"
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket (the agent's admin socket)."""
+
+    def __init__(self, path, timeout=5.0):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.unix_path)
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
 
 
 class HarnessError(Exception):
@@ -124,7 +143,7 @@ def kernel_features():
     ("kernel": release, set_retval, request_context, notes); probed once per process."""
     global _KERNEL_FEATURES
     if _KERNEL_FEATURES is None:
-        r = subprocess.run([agent_bin(), "status", "--json", "--admin", "",
+        r = subprocess.run([agent_bin(), "status", "--json", "--admin-socket", "",
                             "--bpffs", "/sys/fs/bpf/%s-features-none" % PREFIX],
                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         try:
@@ -387,6 +406,7 @@ class Node:
         self.agent_log = None
         self.agent_logs = []
         self.admin = None
+        self.admin_socket = None
         self._agent_n = 0
         self._client_n = itertools.count(1)
         self._resource_version = itertools.count(1000)
@@ -406,6 +426,8 @@ class Node:
         self.log_dir = os.path.join(self.tmp, "logs")
         for d in (self.manifest_dir, self.staging_dir, self.log_dir):
             os.mkdir(d)
+        # the agent's admin socket (status, explain, trace); tmp is mode 0700
+        self.admin_socket = os.path.join(self.tmp, "admin.sock")
         _LIVE_NODES.append(self)
         try:
             for d in (self.cgroup_dir, self.remote_cgroup_dir):
@@ -667,7 +689,7 @@ class Node:
     def agent_cmd(self, extra_args=(), port=None):
         cmd = [self.bin, "run", "--manifests", self.manifest_dir,
                "--cgroup-root", self.cgroup_dir, "--bpffs", self.pin_dir,
-               "--admin", "127.0.0.1:%d" % port]
+               "--admin", "127.0.0.1:%d" % port, "--admin-socket", self.admin_socket]
         if self.default_env is not None:
             cmd += ["--default-env", self.default_env]
         if self.env_label != "virtual-env":
@@ -783,8 +805,18 @@ class Node:
         finally:
             conn.close()
 
+    def socket_get(self, path, timeout=5.0, sock_path=None):
+        """GET on the agent's admin unix socket. Returns (status, body text)."""
+        conn = UnixHTTPConnection(sock_path or self.admin_socket, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.read().decode("utf-8", "replace")
+        finally:
+            conn.close()
+
     def status_http(self):
-        code, body = self.admin_get("/v1/status")
+        code, body = self.socket_get("/v1/status")
         if code != 200:
             raise AgentError("/v1/status -> %d: %s" % (code, body))
         return json.loads(body)
@@ -798,8 +830,7 @@ class Node:
         args = ["explain", "--from", frm, "--to", to, "--json"]
         if env is not None:
             args += ["--env", env]
-        if self.admin:
-            args += ["--admin", self.admin]
+        args += ["--admin-socket", self.admin_socket]
         r = self.cli(*args)
         if r.returncode != 0:
             if check:
@@ -816,7 +847,7 @@ class Node:
         q = {"from": frm, "to": to}
         if env is not None:
             q["env"] = env
-        code, body = self.admin_get("/v1/explain?" + urllib.parse.urlencode(q))
+        code, body = self.socket_get("/v1/explain?" + urllib.parse.urlencode(q))
         if code != 200:
             raise AgentError("/v1/explain -> %d: %s" % (code, body))
         return json.loads(body)
@@ -840,9 +871,8 @@ class Node:
         return box["r"]
 
     def status(self, json_out=True):
-        args = ["status", "--bpffs", self.pin_dir]
-        if self.admin and self.agent_running():
-            args += ["--admin", self.admin]
+        args = ["status", "--bpffs", self.pin_dir,
+                "--admin-socket", self.admin_socket if self.agent_running() else ""]
         if json_out:
             args.append("--json")
         return self.cli(*args)

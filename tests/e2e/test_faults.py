@@ -168,7 +168,7 @@ def test_bad_objects_are_skipped_one_by_one_and_the_rest_applies(make_node):
     # the bad pod is no backend of any env (not the default's either), and explain says why
     ex = node.explain(k("c-dev"), k("s"))
     assert harness.backend_pods(frontend(ex, S)) == [k("s-dev")], ex
-    r = node.cli("explain", "--from", k("s-badenv"), "--to", k("s"), "--admin", node.admin)
+    r = node.cli("explain", "--from", k("s-badenv"), "--to", k("s"), "--admin-socket", node.admin_socket)
     assert r.returncode != 0 and "dev..x" in r.stdout + r.stderr, (r.stdout, r.stderr)
     # one log line per skipped object, not one per sync
     node.sighup_agent()

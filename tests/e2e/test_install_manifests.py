@@ -7,8 +7,12 @@ that would need a cluster or a manifest file, which comes before it touches the 
   (kubectl's own decoder: `kubectl label --local -o json`), every field is a Kubernetes API
   field, and the image is overridable by kustomize.
 - RBAC: get/list/watch only, on exactly what `envsteer run --kubernetes` reads.
-- The DaemonSet gives the agent what it needs (NODE_NAME, probes on the --admin port, the
-  host's cgroup2 and bpffs, tolerations, rolling updates) and only the capabilities BPF needs.
+- The DaemonSet gives the agent what it needs (NODE_NAME, the host's cgroup2 and bpffs,
+  tolerations, rolling updates) and only the capabilities BPF needs.
+- The admin surface (README "Security"): health and metrics on the pod's loopback, the API on
+  a unix socket in an emptyDir, probes that exec `envsteer health` on that socket, only
+  /metrics on the pod IP, and a NetworkPolicy that admits only that port and only from
+  named sources.
 - The agent accepts the DaemonSet's args with the ConfigMap's file, and the packaged config.
 - The systemd unit passes `systemd-analyze verify` as installed by `cmake --install`.
 - The Dockerfile's runtime stage installs the package of every library the binary links.
@@ -34,6 +38,7 @@ EXPECTED_KINDS = sorted([
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
     ("v1", "ConfigMap"),
     ("apps/v1", "DaemonSet"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 ])
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 # What the Kubernetes source reads (agent/sources/kubernetes.cpp), and nothing else.
@@ -152,17 +157,15 @@ def settings_source():
 
 
 def known_settings():
-    """The top-level keys `envsteer run --config` accepts: the `known` list of
-    agent/settings.cpp (the file is rejected on any other key)."""
-    m = re.search(r"known\[\]\s*=\s*\{(.*?)\};", settings_source(), re.S)
-    assert m, "no `known` settings list in agent/settings.cpp"
-    keys = set(re.findall(r'"([A-Za-z][A-Za-z0-9]*)"', m.group(1)))
-    assert {"bpffs", "envLabel", "limits"} <= keys, keys
+    """The top-level keys `envsteer run --config` accepts: the keys agent/settings.cpp reads
+    (`read(root, "<key>", ...)`; the file is rejected on any other key)."""
+    keys = set(re.findall(r'read\(root, "([A-Za-z][A-Za-z0-9]*)"', settings_source())) | {"limits"}
+    assert {"bpffs", "envLabel", "upstreamIdleMs"} <= keys, keys
     return keys
 
 
 def known_limits():
-    keys = set(re.findall(r'k != "([a-z]+)"', settings_source()))
+    keys = set(re.findall(r'lread\("([a-z]+)"', settings_source()))
     assert "frontends" in keys, keys
     return keys
 
@@ -319,23 +322,117 @@ def test_daemonset_agent_command_line(ds):
         assert flags["--node-name"] == "$(NODE_NAME)"
 
 
-def test_daemonset_probes_use_the_admin_port(ds):
+AGENT_DEFAULT_ADMIN = "127.0.0.1:9966"
+AGENT_DEFAULT_SOCKET = "/run/envsteer/admin.sock"
+LOOPBACK_HOSTS = ("127.0.0.1", "[::1]", "localhost")
+
+
+def admin_surface(c):
+    """(--admin, --admin-socket, --metrics-bind) of the agent container, defaults applied."""
+    flags = parse_flags(c["args"])
+    return (flags.get("--admin", AGENT_DEFAULT_ADMIN), flags.get("--admin-socket", AGENT_DEFAULT_SOCKET),
+            flags.get("--metrics-bind", ""))
+
+
+def test_daemonset_admin_tcp_is_loopback_only(ds):
     c = agent_container(ds)
-    admin = parse_flags(c["args"]).get("--admin")
-    assert isinstance(admin, str), "--admin HOST:PORT must be set (the default is 127.0.0.1)"
-    host, port = admin.rsplit(":", 1)
-    # The kubelet probes the pod IP: the agent must listen on it.
-    assert host in ("0.0.0.0", "$(POD_IP)"), admin
-    port = int(port)
-    assert port in [p["containerPort"] for p in c.get("ports", [])]
-    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"),
-                        ("startupProbe", "/healthz")):
+    admin, _, metrics_bind = admin_surface(c)
+    if admin:
+        host, _ = admin.rsplit(":", 1)
+        assert host in LOOPBACK_HOSTS, "--admin %s: health and metrics stay on the pod's loopback" % admin
+    ports = c.get("ports", [])
+    if not metrics_bind:
+        assert not ports, "nothing listens on the pod IP without --metrics-bind: %s" % ports
+        return
+    _, port = metrics_bind.rsplit(":", 1)
+    # the only port on the pod IP is the metrics one, and it is named for the NetworkPolicy
+    assert [(p["containerPort"], p.get("protocol", "TCP")) for p in ports] == [(int(port), "TCP")], ports
+    assert ports[0].get("name"), ports
+    ann = ds["spec"]["template"]["metadata"].get("annotations", {})
+    if "prometheus.io/port" in ann:
+        assert ann["prometheus.io/port"] == port, ann
+
+
+def test_daemonset_admin_socket_is_private_to_the_container(ds):
+    c = agent_container(ds)
+    _, sock, _ = admin_surface(c)
+    assert sock.startswith("/"), "the admin socket must be enabled: the probes and the CLI use it"
+    vols = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    # the root filesystem is read-only: the socket's directory is a writable volume of its own,
+    # an emptyDir of this pod (not a host path other pods or the node could mount)
+    mounts = [m for m in c.get("volumeMounts", []) if os.path.dirname(sock) == m["mountPath"].rstrip("/")]
+    assert len(mounts) == 1, "no volume mounted at %s" % os.path.dirname(sock)
+    assert not mounts[0].get("readOnly"), mounts[0]
+    assert "emptyDir" in vols[mounts[0]["name"]], vols[mounts[0]["name"]]
+    pod = ds["spec"]["template"]["spec"]
+    for x in pod.get("initContainers", []) + pod["containers"]:
+        if x is not c:
+            assert all(m["name"] != mounts[0]["name"] for m in x.get("volumeMounts", [])), x["name"]
+
+
+def test_daemonset_probes_exec_envsteer_health_on_the_socket(ds):
+    c = agent_container(ds)
+    _, sock, _ = admin_surface(c)
+    for probe, ready in (("livenessProbe", False), ("readinessProbe", True), ("startupProbe", False)):
         if probe == "startupProbe" and probe not in c:
             continue
-        get = c[probe]["httpGet"]
-        assert get["path"] == path, (probe, get)
-        assert get.get("scheme", "HTTP") == "HTTP"
-        assert resolve_port(c, get["port"]) == port, (probe, get)
+        p = c[probe]
+        assert set(p) & {"httpGet", "tcpSocket", "grpc"} == set(), \
+            "%s: nothing of the admin surface listens on the pod IP for the kubelet" % probe
+        cmd = p["exec"]["command"]
+        assert os.path.basename(cmd[0]) == "envsteer" and cmd[1] == "health", (probe, cmd)
+        assert ("--ready" in cmd) == ready, (probe, cmd)
+        flags = parse_flags(cmd[1:])
+        assert flags.get("--admin-socket", AGENT_DEFAULT_SOCKET) == sock, (probe, cmd)
+        # the probe's own timeout fits the kubelet's
+        assert float(flags.get("--timeout", 3)) < p.get("timeoutSeconds", 1), (probe, p)
+
+
+def test_daemonset_probe_commands_are_accepted_by_the_cli(ds, mtmp):
+    """Each probe's command line parses; with no agent behind the socket it fails (exit 1)
+    and says why, as a probe should."""
+    c = agent_container(ds)
+    absent = os.path.join(mtmp, "no-agent", "admin.sock")
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if probe not in c:
+            continue
+        cmd = list(c[probe]["exec"]["command"][1:])
+        flags = parse_flags(cmd)
+        if "--admin-socket" in flags:
+            cmd = [("--admin-socket=" + absent if a.startswith("--admin-socket") else a) for a in cmd]
+            cmd = [a for i, a in enumerate(cmd) if not (i > 0 and cmd[i - 1] == "--admin-socket")]
+        else:
+            cmd += ["--admin-socket", absent]
+        rc, out = run_agent(cmd)
+        assert rc == 1 and "agent not reachable at " + absent in out, (probe, cmd, out)
+
+
+def test_networkpolicy_admits_only_the_metrics_port_from_named_sources(objs, ds):
+    c = agent_container(ds)
+    _, _, metrics_bind = admin_surface(c)
+    pols = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    tmpl_labels = ds["spec"]["template"]["metadata"]["labels"]
+    mine = [p for p in pols if all(tmpl_labels.get(k) == v
+                                   for k, v in p["spec"]["podSelector"].get("matchLabels", {}).items())
+            and p["spec"]["podSelector"].get("matchLabels")]
+    assert mine, "no NetworkPolicy selects the agent's pods"
+    for p in mine:
+        spec = p["spec"]
+        assert "Ingress" in spec.get("policyTypes", []), spec
+        metrics_port = None
+        if metrics_bind:
+            metrics_port = int(metrics_bind.rsplit(":", 1)[1])
+        for rule in spec.get("ingress", []):
+            assert metrics_port is not None, "an ingress rule while nothing is exposed: %s" % rule
+            # never "from anywhere": every rule names its sources
+            assert rule.get("from"), "ingress rule without from: %s" % rule
+            for src in rule["from"]:
+                assert "ipBlock" not in src or src["ipBlock"].get("cidr") not in ("0.0.0.0/0", "::/0"), src
+                assert src.get("namespaceSelector", {"x": 1}) != {}, "every namespace: %s" % src
+            assert rule.get("ports"), "ingress rule for every port: %s" % rule
+            for port in rule["ports"]:
+                assert port.get("protocol", "TCP") == "TCP"
+                assert resolve_port(c, port["port"]) == metrics_port, port
 
 
 def test_daemonset_host_mounts(ds, cm_config):
@@ -414,10 +511,11 @@ def _leaf(*names):
 _META = _leaf("name", "namespace", "labels", "annotations", "generateName", "finalizers",
               "ownerReferences")
 _SECCOMP = _leaf("type", "localhostProfile")
-_PROBE = dict(_leaf("tcpSocket", "exec", "grpc", "initialDelaySeconds", "periodSeconds",
+_PROBE = dict(_leaf("tcpSocket", "grpc", "initialDelaySeconds", "periodSeconds",
                     "timeoutSeconds", "successThreshold", "failureThreshold",
                     "terminationGracePeriodSeconds"),
-              httpGet=_leaf("path", "port", "host", "scheme", "httpHeaders"))
+              httpGet=_leaf("path", "port", "host", "scheme", "httpHeaders"),
+              exec=_leaf("command"))
 _CONTAINER = dict(
     _leaf("name", "image", "imagePullPolicy", "command", "args", "workingDir", "envFrom",
           "volumeDevices", "lifecycle", "terminationMessagePath", "terminationMessagePolicy",
@@ -446,7 +544,8 @@ _POD = dict(
           "activeDeadlineSeconds", "schedulingGates", "resourceClaims"),
     tolerations=_leaf("key", "operator", "value", "effect", "tolerationSeconds"),
     initContainers=_CONTAINER, containers=_CONTAINER,
-    volumes=dict(_leaf("name", "secret", "emptyDir", "projected", "downwardAPI"),
+    volumes=dict(_leaf("name", "secret", "projected", "downwardAPI"),
+                 emptyDir=_leaf("medium", "sizeLimit"),
                  hostPath=_leaf("path", "type"),
                  configMap=dict(_leaf("name", "defaultMode", "optional"),
                                 items=_leaf("key", "path", "mode"))),
@@ -462,6 +561,14 @@ SCHEMAS = {
     "ClusterRoleBinding": dict(_TOP, metadata=_META, roleRef=_leaf("apiGroup", "kind", "name"),
                                subjects=_leaf("kind", "name", "namespace", "apiGroup")),
     "ConfigMap": dict(_TOP, metadata=_META, data=None, binaryData=None, immutable=None),
+    "NetworkPolicy": dict(_TOP, metadata=_META, spec=dict(
+        _leaf("policyTypes", "egress"),
+        podSelector=_leaf("matchLabels", "matchExpressions"),
+        ingress=dict(
+            ports=_leaf("port", "endPort", "protocol"),
+            **{"from": dict(ipBlock=_leaf("cidr", "except"),
+                            namespaceSelector=_leaf("matchLabels", "matchExpressions"),
+                            podSelector=_leaf("matchLabels", "matchExpressions"))}))),
     "DaemonSet": dict(_TOP, metadata=_META, spec=dict(
         _leaf("minReadySeconds", "revisionHistoryLimit"),
         selector=_leaf("matchLabels", "matchExpressions"),

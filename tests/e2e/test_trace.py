@@ -61,7 +61,7 @@ class Trace:
         self.err = open(self.out_path + ".err", "w")
         # one client at a time here: the previous one detaches within a couple of heartbeats
         wait_until(lambda: metric(node, "envsteer_trace_clients") == 0, 10, what="no trace client")
-        self.proc = subprocess.Popen([node.bin, "trace", "--admin", node.admin] + list(args),
+        self.proc = subprocess.Popen([node.bin, "trace", "--admin-socket", node.admin_socket] + list(args),
                                      stdout=self.out, stderr=self.err, stdin=subprocess.DEVNULL)
         wait_until(lambda: metric(node, "envsteer_trace_clients") == 1 or self.proc.poll() is not None,
                    10, what="trace client attached")
@@ -239,5 +239,5 @@ def test_decision_metrics_by_service_env_and_depth(trc):
 
 
 def test_trace_without_agent_fails_clearly(trc):
-    r = trc.cli("trace", "--admin", "127.0.0.1:%d" % harness.free_port(), "--count", "1")
+    r = trc.cli("trace", "--admin-socket", os.path.join(trc.tmp, "no-agent.sock"), "--count", "1")
     assert r.returncode == 1 and "agent not reachable" in r.stderr, r

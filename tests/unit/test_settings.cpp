@@ -247,5 +247,77 @@ TEST(ValidateSettings, LabelHeaderSplitter) {
   }
 }
 
+TEST_F(SettingsFile, AdminSurfaceKeys) {
+  Settings s;
+  EXPECT_EQ(s.admin, "127.0.0.1:9966");
+  EXPECT_EQ(s.admin_socket, "/run/envsteer/admin.sock");
+  EXPECT_EQ(s.metrics_bind, "");
+  load_settings_file(write("adminSocket: /run/x/admin.sock\nmetricsBind: 0.0.0.0:9967\nadmin: \"\"\n"), s);
+  EXPECT_EQ(s.admin_socket, "/run/x/admin.sock");
+  EXPECT_EQ(s.metrics_bind, "0.0.0.0:9967");
+  EXPECT_EQ(s.admin, "");
+  EXPECT_NO_THROW(validate_settings(s));
+}
+
+TEST(ValidateSettings, AdminAddressesAndSocket) {
+  Settings s;
+  s.admin = "9966";
+  EXPECT_THAT(validate_error(s), HasSubstr("--admin"));
+  s = Settings{};
+  s.metrics_bind = "::1:9967";  // IPv6 needs brackets
+  EXPECT_THAT(validate_error(s), HasSubstr("--metrics-bind"));
+  s.metrics_bind = "[::]:9967";
+  EXPECT_NO_THROW(validate_settings(s));
+  s.metrics_bind = s.admin;
+  EXPECT_THAT(validate_error(s), HasSubstr("--metrics-bind"));
+  s = Settings{};
+  s.admin_socket = "admin.sock";
+  EXPECT_THAT(validate_error(s), HasSubstr("--admin-socket"));
+  s.admin_socket = "/" + std::string(120, 'x');
+  EXPECT_THAT(validate_error(s), HasSubstr("--admin-socket"));
+  s.admin_socket = "";
+  s.admin = "";
+  EXPECT_NO_THROW(validate_settings(s));
+}
+
+}  // namespace
+}  // namespace envsteer::settings_test
+
+namespace envsteer::settings_test {
+namespace {
+
+// Every key the reader takes is accepted (the unknown-key check follows the
+// reads): upstreamIdleMs was read but rejected as unknown.
+TEST_F(SettingsFile, EveryReadKeyIsAccepted) {
+  Settings s;
+  auto p = write(R"(
+upstreamIdleMs: 1500
+autoInject: false
+headerContext: false
+httpWindow: 8192
+baggageKey: ctx
+envHeaderAliases: [X-Env]
+)");
+  ASSERT_NO_THROW(load_settings_file(p, s));
+  EXPECT_EQ(s.upstream_idle_ms, 1500u);
+  EXPECT_FALSE(s.auto_inject);
+  EXPECT_FALSE(s.header_context);
+  EXPECT_EQ(s.http_window, 8192u);
+}
+
+TEST_F(SettingsFile, BadValueAppliesNothing) {
+  Settings s;
+  s.env_label = "keep";
+  auto p = write("envLabel: changed\nhttpWindow: lots\n");
+  EXPECT_THROW(load_settings_file(p, s), std::runtime_error);
+  EXPECT_EQ(s.env_label, "keep");
+}
+
+TEST_F(SettingsFile, AutoInjectIsOnByDefault) { EXPECT_TRUE(Settings{}.auto_inject); }
+
+TEST_F(SettingsFile, UnknownLimitNamed) {
+  EXPECT_THAT(load_error("limits:\n  frontend: 3\n"), HasSubstr("unknown setting \"limits.frontend\""));
+}
+
 }  // namespace
 }  // namespace envsteer::settings_test
