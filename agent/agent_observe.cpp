@@ -57,7 +57,10 @@ std::string Agent::observe_metrics() {
     if (last_sync_.time_since_epoch().count() != 0)
       in.last_sync_unix = std::chrono::duration<double>(last_sync_.time_since_epoch()).count();
     in.sync_failures = failures_by_reason_;
-    in.last_failure_reason = last_failure_reason_;
+    for (const Failure* f : {&source_failure_, &apply_failure_})
+      if (!f->reason.empty()) in.failing_reasons.insert(f->reason);
+    for (const auto& sk : skipped_) in.skipped[{sk.kind, sk.reason}]++;
+    in.missing_cgroups = model_.missing_cgroups.size();
   }
   auto n = names();
   return render_observability(in, n ? *n : NameTable{});

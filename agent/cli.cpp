@@ -148,6 +148,11 @@ void print_status(const json& j) {
                 << " environments, " << a["model"]["sets"] << " backend sets, " << a["model"]["local_pods"]
                 << " local pods\n";
       for (const auto& w : a["model"]["warnings"]) std::cout << "  warning: " << w.get<std::string>() << "\n";
+      if (a.contains("skipped") && !a["skipped"].empty()) {
+        std::cout << "  skipped objects (" << a["skipped"].size() << "; everything else is applied):\n";
+        for (const auto& sk : a["skipped"])
+          std::cout << "    [" << sk["reason"].get<std::string>() << "] " << sk["message"].get<std::string>() << "\n";
+      }
       if (a.contains("pods")) {
         std::cout << "  local pods (thread context):\n";
         for (const auto& p : a["pods"]) {

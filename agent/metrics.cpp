@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "metrics.h"
+#include "model.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -112,7 +113,26 @@ std::string render_observability(const ObserveInput& in, const NameTable& names)
   family("envsteer_last_sync_failed_reason", "gauge", "1 for the reason the last sync failed; none when it worked.");
   for (const char* r : {"source", "invalid_input", "map_full", "map_write"})
     o += std::string("envsteer_last_sync_failed_reason{reason=\"") + r + "\"} " +
-         (in.last_failure_reason == r ? "1" : "0") + "\n";
+         (in.failing_reasons.count(r) ? "1" : "0") + "\n";
+  family("envsteer_objects_skipped", "gauge",
+         "Objects (or the part of one a field names) left out of the applied state, by kind and reason; "
+         "everything else is applied. Listed in status until fixed or deleted.");
+  static const std::pair<const char*, const char*> kSkipSeries[] = {
+      {"Pod", skip_reason::kInvalidEnv},          {"Pod", skip_reason::kInvalidCgroup},
+      {"Pod", skip_reason::kCgroupOutsideRoot},   {"Pod", skip_reason::kCgroupShared},
+      {"Pod", skip_reason::kInvalidAddress},      {"Pod", skip_reason::kInvalidObject},
+      {"Service", skip_reason::kInvalidAddress},  {"Service", skip_reason::kAddressInUse},
+      {"Service", skip_reason::kInvalidObject},   {"EndpointSlice", skip_reason::kInvalidAddress},
+      {"EndpointSlice", skip_reason::kInvalidObject}};
+  std::map<std::pair<std::string, std::string>, size_t> skip_rows;
+  for (const auto& [kind, reason] : kSkipSeries) skip_rows[{kind, reason}] = 0;
+  for (const auto& [kr, n] : in.skipped) skip_rows[kr] = n;
+  for (const auto& [kr, n] : skip_rows)
+    o += "envsteer_objects_skipped{kind=\"" + prom_label(kr.first) + "\",reason=\"" + prom_label(kr.second) + "\"} " +
+         std::to_string(n) + "\n";
+  family("envsteer_pod_cgroups_missing", "gauge",
+         "Local pods whose cgroup does not exist (yet): not steered until it appears (not an error).");
+  o += "envsteer_pod_cgroups_missing " + std::to_string(in.missing_cgroups) + "\n";
 
   family("envsteer_trace_clients", "gauge", "Attached `envsteer trace` clients (tracing is on while > 0).");
   o += "envsteer_trace_clients " + std::to_string(in.trace_clients) + "\n";

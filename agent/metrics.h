@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -38,7 +39,9 @@ struct ObserveInput {
   double last_sync_unix = 0;  // 0: never
   double now_unix = 0;
   std::map<std::string, uint64_t> sync_failures;  // by reason
-  std::string last_failure_reason;                // "" when the last sync worked
+  std::set<std::string> failing_reasons;          // of the errors shown now; empty when the last sync worked
+  std::map<std::pair<std::string, std::string>, size_t> skipped;  // (kind, reason) -> objects skipped now
+  size_t missing_cgroups = 0;                     // local pods whose cgroup does not exist (yet)
   size_t trace_clients = 0;
 };
 
