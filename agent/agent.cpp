@@ -33,10 +33,7 @@ struct Agent::Admin {
 
 Agent::Agent(Settings s) : s_(std::move(s)) {}
 
-Agent::~Agent() {
-  if (trace_) trace_->close();
-  stop_admin();
-}
+Agent::~Agent() { shutdown(); }
 
 ModelOptions Agent::model_options() const {
   ModelOptions o;
@@ -575,56 +572,39 @@ void Agent::adopt_virtual_env(const sources::KubeConfig& cfg) {
   validate_settings(s_);
 }
 
-int Agent::run() {
+// The source is opened (and, for manifests, read) before anything touches the
+// kernel: an unreadable source at start-up exits here. Returns the manifests'
+// first state; nullopt with --kubernetes (its first sync comes from the watches).
+std::optional<k8s::ClusterState> Agent::open_source() {
   validate_settings(s_);
   if (s_.kubernetes && !s_.manifests.empty())
     throw std::invalid_argument("--manifests and --kubernetes: give one source, not both");
   if (!s_.kubernetes && s_.manifests.empty())
     throw std::invalid_argument("--manifests: required (a YAML file or directory), or --kubernetes");
-
-  // An unreadable source at start-up must not touch the kernel: read it first (bad
-  // objects in it are skipped and reported like later ones).
   cg_mount_ = cgroup::find_cgroup2_mount();
   cg_root_ = s_.cgroup_root.empty() ? cg_mount_ : cgroup::resolve_in_mount(cg_mount_, s_.cgroup_root);
   if (!cgroup::cgroup_id(cg_root_)) throw std::runtime_error("--cgroup-root: " + cg_root_.string() + " does not exist");
-  std::optional<k8s::ClusterState> initial;
-  if (s_.kubernetes) {
-    sources::KubeConfig kc = s_.kubeconfig.empty() ? sources::in_cluster_config()
-                                                   : sources::load_kubeconfig(s_.kubeconfig, s_.kube_context);
-    if (s_.node_name.empty())
-      spdlog::warn("no --node-name and no $NODE_NAME: only labelled pods are watched, none is local");
-    adopt_virtual_env(kc);
-    sources::KubernetesOptions ko;
-    ko.node_name = s_.node_name;
-    ko.env_label = s_.env_label;
-    kube_ = std::make_unique<sources::KubernetesSource>(kc, ko);
-    sources::EventRecorder::Options eo;
-    eo.node = s_.node_name;
-    events_ = std::make_unique<sources::EventRecorder>(kc, eo);
-    pod_cgroups_ = std::make_unique<podcgroup::PodCgroupWatcher>(cg_root_);
-    spdlog::info("source: Kubernetes API {} ({})", kc.server, kc.source);
-  } else {
-    initial = sources::load_manifests(s_.manifests);  // an unreadable source exits here
-  }
+  if (!s_.kubernetes) return sources::load_manifests(s_.manifests);  // bad objects are skipped later, reported
+  sources::KubeConfig kc = s_.kubeconfig.empty() ? sources::in_cluster_config()
+                                                 : sources::load_kubeconfig(s_.kubeconfig, s_.kube_context);
+  if (s_.node_name.empty())
+    spdlog::warn("no --node-name and no $NODE_NAME: only labelled pods are watched, none is local");
+  adopt_virtual_env(kc);
+  sources::KubernetesOptions ko;
+  ko.node_name = s_.node_name;
+  ko.env_label = s_.env_label;
+  kube_ = std::make_unique<sources::KubernetesSource>(kc, ko);
+  sources::EventRecorder::Options eo;
+  eo.node = s_.node_name;
+  events_ = std::make_unique<sources::EventRecorder>(kc, eo);
+  pod_cgroups_ = std::make_unique<podcgroup::PodCgroupWatcher>(cg_root_);
+  spdlog::info("source: Kubernetes API {} ({})", kc.server, kc.source);
+  return std::nullopt;
+}
 
-  features_ = probe_features();
-  spdlog::info("envsteer {} on kernel {}: set_retval={}", ENVSTEER_VERSION, features_.kernel, features_.set_retval);
-  for (const auto& n : features_.notes) spdlog::warn("degraded: {}", n);
-
-  cgroup::ensure_bpffs(s_.bpffs);
-  fs::create_directories(s_.bpffs);
-  lock_ = std::make_unique<PinLock>(s_.bpffs);
-  open_admin();
-
-  // Signals are read from a signalfd in the loop; block them before threads start.
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGTERM);
-  sigaddset(&mask, SIGINT);
-  sigaddset(&mask, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &mask, nullptr);
-  int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
-
+// Programs and maps in the kernel (adopting a previous agent's pins), the relay,
+// the reconciler's shadow of what the maps hold, the observability readers.
+void Agent::start_datapath() {
   AttachReport rep;
   dp_ = Datapath::install(s_, cg_root_, features_, &rep);
   write_http_config();
@@ -649,7 +629,118 @@ int Agent::run() {
                cg_root_.string(), rep.created.size(), rep.replaced.size(), s_.bpffs, rep.maps_reused, adopted,
                rep.maps_created);
   start_observe();
+}
 
+// One signalfd read: false when the agent is to stop.
+bool Agent::handle_signals(int sfd, bool manifests) {
+  signalfd_siginfo si{};
+  bool keep = true;
+  while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+    if (si.ssi_signo == SIGHUP) {
+      if (manifests) {
+        spdlog::info("SIGHUP: re-reading {}", s_.manifests);
+        sync("SIGHUP");
+      } else {
+        spdlog::info("SIGHUP: re-applying the Kubernetes state");
+        apply_kube("SIGHUP");
+      }
+    } else {
+      spdlog::info("{}: stopping", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+      keep = false;
+    }
+  }
+  return keep;
+}
+
+// Every 2 s: pods whose cgroup did not exist yet are looked at again (with
+// --kubernetes inotify reports them, and a bounded rescan runs every 30 s as a
+// safety net); exited processes leave the thread-context table.
+void Agent::periodic() {
+  if (pod_cgroups_) {
+    if (++rescan_ticks_ % 15 == 0 && !pod_cgroups_->rescan().empty()) apply_kube("pod cgroup rescan");
+  } else if (cluster_ && !model_.missing_cgroups.empty()) {
+    // the last good state again, for cgroups that appeared since: it clears no
+    // error (a broken source, or a latest state that does not apply, stays
+    // reported until fixed)
+    apply_cluster(*cluster_, "rescan", apply_failure_.message.empty());
+  }
+  sweep_thread_context();
+}
+
+// Until a signal says stop (0) or something fails (1).
+int Agent::loop(int sfd, sources::ManifestWatcher* watcher) {
+  auto next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (;;) {
+    pollfd fds[3] = {{sfd, POLLIN, 0},
+                     {watcher ? watcher->fd() : kube_->fd(), POLLIN, 0},
+                     {pod_cgroups_ ? pod_cgroups_->fd() : -1, POLLIN, 0}};
+    int n = poll(fds, 3, 1000);
+    if (n < 0 && errno != EINTR) {
+      spdlog::error("poll: {}", strerror(errno));
+      return 1;
+    }
+    if ((fds[0].revents & POLLIN) && !handle_signals(sfd, watcher != nullptr)) return 0;
+    if (watcher && fds[1].revents & POLLIN && watcher->drain()) {
+      // Let a writer finish (editors and `kubectl get > file` write in pieces).
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      watcher->drain();
+      sync("manifest change");
+    }
+    if (kube_ && fds[1].revents & POLLIN) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // batch a burst of events
+      kube_->drain();
+      apply_kube(ready_ ? "kubernetes event" : "first sync");
+      if (restart_requested_) return 0;
+    }
+    if (pod_cgroups_ && fds[2].revents & POLLIN) {
+      // a pod's cgroup appeared or went away (kubelet creates it after the pod object)
+      auto events = pod_cgroups_->drain();
+      bool pods_changed = std::any_of(events.begin(), events.end(), [](const podcgroup::PodCgroupWatcher::Event& e) {
+        using K = podcgroup::PodCgroupWatcher::Event::Kind;
+        return e.kind == K::Appeared || e.kind == K::Disappeared;
+      });
+      if (pods_changed) apply_kube("pod cgroup change");
+    }
+    if (std::chrono::steady_clock::now() >= next_tick) {
+      periodic();
+      next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    }
+  }
+}
+
+// Stops everything that runs beside the loop; also what ~Agent does after an
+// exception. Idempotent.
+void Agent::shutdown() {
+  ready_ = false;
+  if (relay_) relay_->stop();
+  if (kube_) kube_->stop();
+  events_.reset();
+  if (trace_) trace_->close();  // ends the trace streams, so the admin servers can stop
+  stop_admin();
+}
+
+int Agent::run() {
+  std::optional<k8s::ClusterState> initial = open_source();
+
+  features_ = probe_features();
+  spdlog::info("envsteer {} on kernel {}: set_retval={}", ENVSTEER_VERSION, features_.kernel, features_.set_retval);
+  for (const auto& n : features_.notes) spdlog::warn("degraded: {}", n);
+
+  cgroup::ensure_bpffs(s_.bpffs);
+  fs::create_directories(s_.bpffs);
+  lock_ = std::make_unique<PinLock>(s_.bpffs);
+  open_admin();
+
+  // Signals are read from a signalfd in the loop; block them before threads start.
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &mask, nullptr);
+  int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+
+  start_datapath();
   std::unique_ptr<sources::ManifestWatcher> watcher;
   if (initial) {
     if (!apply_cluster(*initial, "start-up")) {
@@ -668,82 +759,9 @@ int Agent::run() {
   }
   start_admin();
 
-  int exit_code = 0;
-  auto rescan_at = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  for (;;) {
-    pollfd fds[3] = {{sfd, POLLIN, 0},
-                     {watcher ? watcher->fd() : kube_->fd(), POLLIN, 0},
-                     {pod_cgroups_ ? pod_cgroups_->fd() : -1, POLLIN, 0}};
-    int n = poll(fds, 3, 1000);
-    if (n < 0 && errno != EINTR) {
-      spdlog::error("poll: {}", strerror(errno));
-      exit_code = 1;
-      break;
-    }
-    if (fds[0].revents & POLLIN) {
-      signalfd_siginfo si{};
-      bool stop = false;
-      while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
-        if (si.ssi_signo == SIGHUP) {
-          if (watcher) {
-            spdlog::info("SIGHUP: re-reading {}", s_.manifests);
-            sync("SIGHUP");
-          } else {
-            spdlog::info("SIGHUP: re-applying the Kubernetes state");
-            apply_kube("SIGHUP");
-          }
-        } else {
-          spdlog::info("{}: stopping", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
-          stop = true;
-        }
-      }
-      if (stop) break;
-    }
-    if (watcher && fds[1].revents & POLLIN && watcher->drain()) {
-      // Let a writer finish (editors and `kubectl get > file` write in pieces).
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      watcher->drain();
-      sync("manifest change");
-    }
-    if (kube_ && fds[1].revents & POLLIN) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // batch a burst of events
-      kube_->drain();
-      apply_kube(ready_ ? "kubernetes event" : "first sync");
-      if (restart_requested_) break;
-    }
-    if (pod_cgroups_ && fds[2].revents & POLLIN) {
-      // a pod's cgroup appeared or went away (kubelet creates it after the pod object)
-      auto events = pod_cgroups_->drain();
-      bool pods_changed = std::any_of(events.begin(), events.end(), [](const podcgroup::PodCgroupWatcher::Event& e) {
-        using K = podcgroup::PodCgroupWatcher::Event::Kind;
-        return e.kind == K::Appeared || e.kind == K::Disappeared;
-      });
-      if (pods_changed) apply_kube("pod cgroup change");
-    }
-    if (std::chrono::steady_clock::now() >= rescan_at) {
-      // Pods whose cgroup did not exist yet: look again (bounded, every 2 s;
-      // with --kubernetes inotify reports them, and a bounded rescan runs
-      // every 30 s as a safety net).
-      if (pod_cgroups_) {
-        static int ticks = 0;
-        if (++ticks % 15 == 0 && !pod_cgroups_->rescan().empty()) apply_kube("pod cgroup rescan");
-      } else if (cluster_ && !model_.missing_cgroups.empty()) {
-        // the last good state again, for cgroups that appeared since: it
-        // clears no error (a broken source, or a latest state that does not
-        // apply, stays reported until fixed)
-        apply_cluster(*cluster_, "rescan", apply_failure_.message.empty());
-      }
-      sweep_thread_context();
-      rescan_at = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-    }
-  }
+  int exit_code = loop(sfd, watcher.get());
   close(sfd);
-  ready_ = false;
-  if (relay_) relay_->stop();
-  if (kube_) kube_->stop();
-  events_.reset();
-  if (trace_) trace_->close();  // ends the trace streams, so the admin servers can stop
-  stop_admin();
+  shutdown();
   if (s_.cleanup_on_exit) {
     dp_.reset();
     auto removed = uninstall(s_.bpffs);

@@ -22,6 +22,7 @@
 #include "podcgroup.h"
 #include "sources/kubeevents.h"
 #include "sources/kubernetes.h"
+#include "sources/manifest.h"
 #include "threadctx.h"
 #include "trace.h"
 
@@ -105,6 +106,14 @@ class Agent {
   // published after every apply; the trace hub and the decision counters.
   void start_observe();
   void publish_names();  // under mu_
+  // run() in steps
+  std::optional<k8s::ClusterState> open_source();
+  void start_datapath();
+  int loop(int sfd, sources::ManifestWatcher* watcher);
+  bool handle_signals(int sfd, bool manifests);
+  void periodic();
+  void shutdown();
+  int rescan_ticks_ = 0;
   // Processes whose thread context the kernel switched off, with their pods.
   std::vector<CtxOffProcess> ctx_off_processes() const;
   // Forgets switched-off processes that are gone (log line per new one).
