@@ -625,7 +625,9 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 	if (c.tx->v.pend > ES_PULL)
 		c.tx->v.pend = ES_PULL;
 	c.tx->v.reqline = -1;
-	c.tx->v.req_begin = c.tx->st.phase == ES_HTTP_P_IDLE && !c.tx->st.cr ? 0 : -1;
+	/* idle: the next request begins in this message (after the LF of an
+	 * empty line whose CR ended the last send, if so) */
+	c.tx->v.req_begin = c.tx->st.phase == ES_HTTP_P_IDLE ? 0 : -1;
 	covered = 0;
 	/* bounded by the message plus an insertion */
 	bpf_loop(c.tx->v.size + ES_INJECT_MAX, es_msg_byte, &c, 0);

@@ -168,3 +168,30 @@ def test_unframed_on_own_connection_stays_with_its_pod(smug, bad):
     assert r["responses"][0]["pod"] == k("s-dev"), r
     assert all(x["pod"] == k("s-dev") for x in r["responses"]), r
     assert after["req_unframed_failed"] == before["req_unframed_failed"]
+
+
+def by_path(responses):
+    """{path: response} of GET / and /next style answers; POST /echo answers under "/echo"."""
+    out = {}
+    for x in responses:
+        try:
+            out[json.loads(x["body"])["path"]] = x
+        except (ValueError, KeyError, TypeError):
+            out["/echo"] = x
+    return out
+
+
+@REQUEST_CONTEXT
+def test_request_after_an_empty_line_split_across_sends(smug):
+    """An empty line after a body whose CR ends one send and whose LF begins the next (a
+    buffered writer flushing between them; found by tests/fuzz/fuzz_msg.c): the request after
+    it is routed by its own env, not along with the request before it."""
+    first = request("dev.p1", 200, "cl") + b"\r"
+    second = b"\n" + head("GET", "/", "dev", 200, "none")
+    r = raw(smug, [first, second], 2, gap_ms=200)
+    assert r["error"] is None and r.get("send_error") is None, r
+    got = by_path(r["responses"])
+    check_answer(got["/echo"], "cl", "s-p1")
+    assert got["/"]["pod"] == k("s-dev"), r
+    assert r["extra"] == "", r
+
