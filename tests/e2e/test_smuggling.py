@@ -195,3 +195,22 @@ def test_request_after_an_empty_line_split_across_sends(smug):
     assert got["/"]["pod"] == k("s-dev"), r
     assert r["extra"] == "", r
 
+
+@REQUEST_CONTEXT
+@pytest.mark.parametrize("bound", [False, True], ids=["slow-path", "upstream-bound"])
+def test_pipelined_request_cut_by_the_end_of_a_send(smug, bound):
+    """A request for dev.p1 and the first bytes of the next one (dev) in one send, the rest in
+    the next send (found by tests/fuzz/fuzz_msg.c): pipelined for another target, the second
+    request is refused (EACCES) like one whose head is complete, and never reaches s-p1. The
+    kernel keeps the first request's redirect target in the message it holds for the second
+    head (msg->sk_redir): passing that message would send it there."""
+    before = smug.counters()
+    warm = [request("dev.p1", 200, "none")] if bound else []
+    nxt = head("GET", "/next", "dev", 200, "none")
+    sends = warm + [request("dev.p1", 200, "none") + nxt[:100], nxt[100:]]
+    r = raw(smug, sends, len(sends) - 1, gap_ms=300, timeout=3)
+    after = smug.counters()
+    assert all(x["pod"] == k("s-p1") for x in r["responses"]), r
+    assert "/next" not in r["extra"], r
+    assert r.get("send_error") == "EACCES", r
+    assert after["req_pipeline_refused"] - before["req_pipeline_refused"] >= 1
