@@ -45,6 +45,10 @@ ModelOptions Agent::model_options() const {
   o.default_env = s_.default_env;
   o.cgroup_annotation = s_.cgroup_annotation;
   o.selector_fallback = !s_.kubernetes;
+  if (s_.kubernetes) {
+    o.cgroup_source = CgroupSource::Discovered;
+    o.discovered_cgroups = discovered_;
+  }
   o.resolve_cgroup = [this](const std::string& rel) -> std::optional<CgroupInfo> {
     fs::path dir = cgroup::resolve_in_mount(cg_mount_, rel);
     auto id = cgroup::cgroup_id(dir);
@@ -54,16 +58,18 @@ ModelOptions Agent::model_options() const {
     ci.path = dir.string();
     ci.level = cgroup::cgroup_level(cg_mount_, dir);
     auto r = dir.lexically_relative(cg_root_);
-    ci.under_root = !r.empty() && *r.begin() != "..";
+    ci.under_root = !r.empty() && r != "." && *r.begin() != "..";  // strictly below: the root is no pod's
     return ci;
   };
   return o;
 }
 
-bool Agent::apply_cluster(const k8s::ClusterState& cluster, const char* why) {
+bool Agent::apply_cluster(const k8s::ClusterState& cluster, const char* why, bool latest) {
   auto t0 = std::chrono::steady_clock::now();
   try {
+    // Bad objects are left out one by one (want.skipped); the rest applies.
     DesiredState want = build_model(cluster, model_options());
+    if (latest) note_skipped(want);
     ApplyStats st;
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -71,23 +77,20 @@ bool Agent::apply_cluster(const k8s::ClusterState& cluster, const char* why) {
       for (const auto& w : want.warnings)
         if (std::find(model_.warnings.begin(), model_.warnings.end(), w) == model_.warnings.end())
           spdlog::warn("{}", w);
-      missing_cgroups_ = std::any_of(want.warnings.begin(), want.warnings.end(),
-                                     [](const std::string& w) { return w.find("does not exist") != std::string::npos; });
       model_ = std::move(want);
       last_sync_ = std::chrono::system_clock::now();
       syncs_ok_++;
       map_updates_ += st.updates;
       map_deletes_ += st.deletes;
-      last_error_.clear();
-      last_failure_reason_.clear();
+      if (latest) apply_failure_ = {};  // the source's latest state is applied (a read error stays)
       publish_names();
     }
     auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
     if (st.changed() || std::string(why) != "rescan")
-      spdlog::info("applied {} ({}): {} services addresses, {} envs, {} backend sets, {} local pods; "
-                   "{} map updates, {} deletes in {} us",
+      spdlog::info("applied {} ({}): {} services addresses, {} envs, {} backend sets, {} local pods, "
+                   "{} skipped object(s); {} map updates, {} deletes in {} us",
                    why, st.changed() ? "changed" : "no change", model_.frontends.size(), model_.envs.size(),
-                   model_.sets.size(), model_.pods.size(), st.updates, st.deletes, us);
+                   model_.sets.size(), model_.pods.size(), model_.skipped.size(), st.updates, st.deletes, us);
     return true;
   } catch (const std::exception& e) {
     const char* reason = dynamic_cast<const CapacityError*>(&e) ? "map_full"
@@ -98,12 +101,43 @@ bool Agent::apply_cluster(const k8s::ClusterState& cluster, const char* why) {
   }
 }
 
+namespace {
+
+bool same_skip(const Skipped& a, const Skipped& b) {
+  return a.kind == b.kind && a.key == b.key && a.field == b.field && a.reason == b.reason;
+}
+
+}  // namespace
+
+void Agent::note_skipped(const DesiredState& want) {
+  std::lock_guard<std::mutex> g(mu_);
+  for (const auto& s : want.skipped) {
+    if (std::any_of(skipped_.begin(), skipped_.end(), [&](const Skipped& o) { return same_skip(o, s); })) continue;
+    spdlog::warn("skipped: {}", s.message);
+    if (events_) {
+      auto slash = s.key.find('/');
+      events_->record({s.kind, s.key.substr(0, slash), slash == std::string::npos ? s.key : s.key.substr(slash + 1),
+                       s.uid, s.field, s.reason, s.message});
+    }
+  }
+  for (const auto& s : skipped_)
+    if (std::none_of(want.skipped.begin(), want.skipped.end(), [&](const Skipped& o) { return same_skip(o, s); }))
+      spdlog::info("no longer skipped: {} {}{}{} (fixed or deleted)", s.kind, s.key, s.field.empty() ? "" : " ",
+                   s.field);
+  skipped_ = want.skipped;
+}
+
+std::string Agent::last_error() const {
+  std::string e = source_failure_.message;
+  if (!apply_failure_.message.empty()) e += (e.empty() ? "" : "; ") + apply_failure_.message;
+  return e;
+}
+
 void Agent::record_failure(const char* what, const char* why, const std::string& msg, const char* reason) {
   std::lock_guard<std::mutex> g(mu_);
   syncs_failed_++;
   failures_by_reason_[reason]++;
-  last_failure_reason_ = reason;
-  last_error_ = msg;
+  (std::string(reason) == "source" ? source_failure_ : apply_failure_) = Failure{reason, msg};
   last_error_time_ = std::chrono::system_clock::now();
   spdlog::error("{} ({}): {}; keeping the last good state", what, why, msg);
 }
@@ -115,6 +149,10 @@ bool Agent::sync(const char* why) {
   } catch (const std::exception& e) {
     record_failure("manifests not applied", why, e.what());
     return false;
+  }
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    source_failure_ = {};  // read: what remains is whether it applies
   }
   if (!apply_cluster(cluster, why)) return false;
   cluster_ = std::move(cluster);
@@ -150,12 +188,30 @@ nlohmann::json Agent::status_json() {
     return t.time_since_epoch().count() == 0 ? 0.0
            : std::chrono::duration<double>(t.time_since_epoch()).count();
   };
+  const std::string err = last_error();
+  nlohmann::json reasons = nlohmann::json::array();
+  for (const Failure* f : {&source_failure_, &apply_failure_})
+    if (!f->reason.empty()) reasons.push_back(f->reason);
   j["sync"] = {{"ok", syncs_ok_}, {"failed", syncs_failed_}, {"last_ok_unix", ts(last_sync_)},
-               {"last_error", last_error_}, {"last_error_unix", ts(last_error_time_)},
+               {"last_error", err}, {"last_error_reasons", reasons},
+               {"last_error_unix", err.empty() ? 0.0 : ts(last_error_time_)},
                {"map_updates", map_updates_}, {"map_deletes", map_deletes_}};
+  nlohmann::json missing = nlohmann::json::array();
+  for (const auto& m : model_.missing_cgroups) missing.push_back({{"pod", m.pod}, {"cgroup", m.cgroup}});
   j["model"] = {{"frontends", model_.frontends.size()}, {"envs", model_.envs.size()},
                 {"sets", model_.sets.size()}, {"local_pods", model_.pods.size()},
-                {"warnings", model_.warnings}};
+                {"warnings", model_.warnings}, {"missing_cgroups", missing}};
+  // Left out of the state (of the source's latest state); everything else is applied.
+  nlohmann::json skipped = nlohmann::json::array();
+  for (const auto& sk : skipped_)
+    skipped.push_back({{"kind", sk.kind}, {"key", sk.key}, {"field", sk.field}, {"reason", sk.reason},
+                       {"message", sk.message}});
+  j["skipped"] = skipped;
+  if (events_) {
+    auto es = events_->stats();
+    j["source"]["api"]["events"] = {{"posted", es.posted}, {"exists", es.exists}, {"failed", es.failed},
+                                    {"dropped", es.dropped}};
+  }
   if (dp_) j["pods"] = thread_context_json(model_, ctx_off_processes());
   return j;
 }
@@ -163,6 +219,9 @@ nlohmann::json Agent::status_json() {
 nlohmann::json Agent::explain_json(const std::string& from, const std::string& to,
                                    const std::optional<std::string>& env) {
   std::lock_guard<std::mutex> g(mu_);
+  if (!model_.pod_envs.count(from))
+    for (const auto& sk : skipped_)
+      if (sk.kind == "Pod" && sk.key == from) throw std::invalid_argument(sk.message);
   auto j = explain(ExplainRequest{from, to, env}, model_, dp_->maps(), s_.splitter);
   for (const auto& [cg, pod] : model_.pods)
     if (pod.pod == from) j["thread_context"] = thread_context_state(pod, ctx_off_processes());
@@ -184,8 +243,10 @@ std::string Agent::metrics_text() {
   out += "# TYPE envsteer_syncs_total counter\n";
   out += "envsteer_syncs_total{result=\"ok\"} " + std::to_string(syncs_ok_) + "\n";
   out += "envsteer_syncs_total{result=\"failed\"} " + std::to_string(syncs_failed_) + "\n";
-  out += "# TYPE envsteer_last_sync_failed gauge\nenvsteer_last_sync_failed " +
-         std::string(last_error_.empty() ? "0" : "1") + "\n";
+  out += "# HELP envsteer_last_sync_failed 1 while the source cannot be read or its latest state is not applied "
+         "(the last good state is served). Skipped objects do not count: see envsteer_objects_skipped.\n"
+         "# TYPE envsteer_last_sync_failed gauge\nenvsteer_last_sync_failed " +
+         std::string(last_error().empty() ? "0" : "1") + "\n";
   if (kube_) {
     auto st = kube_->status();
     out += "# HELP envsteer_kubernetes_watch_ok 1 when the resource is listed and its watch works.\n"
@@ -201,6 +262,15 @@ std::string Agent::metrics_text() {
     for (const auto& w : st["watches"])
       out += "envsteer_kubernetes_relists_total{resource=\"" + w["resource"].get<std::string>() + "\"} " +
              std::to_string(w["relists"].get<uint64_t>()) + "\n";
+    if (events_) {
+      auto es = events_->stats();
+      out += "# HELP envsteer_kubernetes_events_total Events about skipped objects: posted, exists (another agent "
+             "posted it), failed, dropped (queue full).\n# TYPE envsteer_kubernetes_events_total counter\n";
+      out += "envsteer_kubernetes_events_total{result=\"posted\"} " + std::to_string(es.posted) + "\n";
+      out += "envsteer_kubernetes_events_total{result=\"exists\"} " + std::to_string(es.exists) + "\n";
+      out += "envsteer_kubernetes_events_total{result=\"failed\"} " + std::to_string(es.failed) + "\n";
+      out += "envsteer_kubernetes_events_total{result=\"dropped\"} " + std::to_string(es.dropped) + "\n";
+    }
   }
   return out + observed + admin_metrics();
 }
@@ -209,10 +279,7 @@ std::string Agent::metrics_text() {
 // relay's own counters. Called with mu_ held.
 std::string Agent::request_metrics() {
   std::string out;
-  int fd = -1;
-  auto path = fs::path(s_.bpffs) / "maps" / ES_MAP_REQ_STATS;
-  if (relay_) fd = bpf_obj_get(path.c_str());
-  if (fd >= 0) {
+  if (relay_) {
     std::map<uint32_t, std::string> svc, env;
     for (const auto& [k, f] : model_.frontends)
       if (auto id = rec_->svc_id(k)) svc[*id] = f.service + ":" + std::to_string(ntohs(k.port));
@@ -220,25 +287,17 @@ std::string Agent::request_metrics() {
       if (auto id = rec_->env_id(e)) env[*id] = e;
     if (auto id = rec_->env_id(model_.default_env)) env.emplace(*id, model_.default_env);
     static const char* paths[] = {"passed", "kernel", "slow", "failed"};
-    int ncpu = libbpf_num_possible_cpus();
-    std::vector<uint64_t> vals(static_cast<size_t>(ncpu > 0 ? ncpu : 1));
     out += "# HELP envsteer_requests_total HTTP requests on steered connections by service address, resolved "
            "environment and path (passed: out on the connection; kernel: re-routed to a bound upstream; slow: "
            "re-routed through the agent; failed).\n# TYPE envsteer_requests_total counter\n";
-    es_req_key k{}, next{};
-    const void* prev = nullptr;
-    for (int guard = 0; guard < 100000 && bpf_map_get_next_key(fd, prev, &next) == 0; guard++) {
-      k = next;
-      prev = &k;
-      if (bpf_map_lookup_elem(fd, &k, vals.data()) != 0 || k.path >= ES_PATH_MAX) continue;
-      uint64_t sum = 0;
-      for (uint64_t v : vals) sum += v;
+    dp_->maps().for_each_sum(maps::MapId::ReqStats, [&](const void* key, uint64_t sum) {
+      const auto& k = *static_cast<const es_req_key*>(key);
+      if (k.path >= ES_PATH_MAX) return;
       auto sn = svc.count(k.svc_id) ? svc[k.svc_id] : "svc#" + std::to_string(k.svc_id);
       auto en = env.count(k.env_id) ? env[k.env_id] : "env#" + std::to_string(k.env_id);
-      out += "envsteer_requests_total{service=\"" + sn + "\",env=\"" + en + "\",path=\"" + paths[k.path] +
-             "\"} " + std::to_string(sum) + "\n";
-    }
-    close(fd);
+      out += "envsteer_requests_total{service=\"" + prom_label(sn) + "\",env=\"" + prom_label(en) + "\",path=\"" +
+             paths[k.path] + "\"} " + std::to_string(sum) + "\n";
+    });
   }
   if (relay_) {
     auto r = relay_->stats();
@@ -263,6 +322,15 @@ std::string Agent::request_metrics() {
            "could not be completed.\n# TYPE envsteer_relay_clients_reset_total counter\n"
            "envsteer_relay_clients_reset_total " +
            std::to_string(r.clients_destroyed) + "\n";
+    out += "# HELP envsteer_relay_upstream_close_resets_total Client connections reset for what an upstream still "
+           "owed them: at its close, or a request that would overtake the answer.\n# TYPE envsteer_relay_upstream_close_resets_total counter\n";
+    for (auto [why, n] : {std::pair<const char*, uint64_t>{"request_unanswered", r.reset_request},
+                          {"response_cut", r.reset_response},
+                          {"until_close", r.reset_until_close},
+                          {"unframed", r.reset_unframed},
+                          {"reorder", r.reset_reorder}})
+      out += std::string("envsteer_relay_upstream_close_resets_total{owed=\"") + why + "\"} " + std::to_string(n) +
+             "\n";
   }
   return out;
 }
@@ -416,15 +484,17 @@ void Agent::write_http_config() {
     throw std::runtime_error(std::string("writing the header insertion settings failed: ") + strerror(-err));
 }
 
-k8s::ClusterState Agent::with_local_cgroups(k8s::ClusterState cs) {
-  if (!pod_cgroups_) return cs;
+void Agent::discover_local_cgroups(const k8s::ClusterState& cs) {
+  if (!pod_cgroups_) return;
   std::set<std::string> seen;
-  for (auto& [key, pod] : cs.pods) {
-    if (pod.node_name != s_.node_name || pod.uid.empty() || pod.annotations.count(s_.cgroup_annotation)) continue;
+  std::map<std::string, std::string> found;
+  for (const auto& [key, pod] : cs.pods) {
+    if (pod.node_name != s_.node_name || pod.uid.empty()) continue;
     try {
       auto path = pod_cgroups_->watch(pod.uid, pod.qos_class);
       seen.insert(pod.uid);
-      if (path) pod.annotations[s_.cgroup_annotation] = path->string();
+      // a finished pod's cgroup is gone for good: not "missing"
+      if (path || (pod.phase != "Succeeded" && pod.phase != "Failed")) found[key] = path ? path->string() : "";
     } catch (const std::invalid_argument& e) {
       spdlog::warn("Pod {}: metadata.uid: {}; not managed", key, e.what());
     }
@@ -432,7 +502,7 @@ k8s::ClusterState Agent::with_local_cgroups(k8s::ClusterState cs) {
   for (const auto& uid : watched_uids_)
     if (!seen.count(uid)) pod_cgroups_->unwatch(uid);
   watched_uids_ = std::move(seen);
-  return cs;
+  discovered_ = std::move(found);
 }
 
 bool Agent::apply_kube(const char* why) {
@@ -450,7 +520,8 @@ bool Agent::apply_kube(const char* why) {
     restart_requested_ = true;
     return false;
   }
-  k8s::ClusterState cs = with_local_cgroups(kube_->snapshot());
+  k8s::ClusterState cs = kube_->snapshot();
+  discover_local_cgroups(cs);
   if (!apply_cluster(cs, why)) return false;
   cluster_ = std::move(cs);
   if (!ready_) {
@@ -471,10 +542,12 @@ std::string Agent::not_ready_reason() {
                " (serving the last good state)";
   }
   std::lock_guard<std::mutex> g(mu_);
-  if (!last_error_.empty())
-    return std::string(last_failure_reason_ == "map_full" ? "maps full: " : "last sync failed: ") + last_error_ +
-           " (serving the last good state)";
-  return "";
+  std::string why;
+  for (const Failure* f : {&source_failure_, &apply_failure_})
+    if (!f->message.empty())
+      why += (why.empty() ? "" : "; ") + std::string(f->reason == "map_full" ? "maps full: " : "last sync failed: ") +
+             f->message;
+  return why.empty() ? "" : why + " (serving the last good state)";
 }
 
 // The prior art's VirtualEnvironment resource, read once at start-up: its
@@ -515,7 +588,8 @@ int Agent::run() {
   if (!s_.kubernetes && s_.manifests.empty())
     throw std::invalid_argument("--manifests: required (a YAML file or directory), or --kubernetes");
 
-  // Bad input at start-up must not touch the kernel: read and check it first.
+  // An unreadable source at start-up must not touch the kernel: read it first (bad
+  // objects in it are skipped and reported like later ones).
   cg_mount_ = cgroup::find_cgroup2_mount();
   cg_root_ = s_.cgroup_root.empty() ? cg_mount_ : cgroup::resolve_in_mount(cg_mount_, s_.cgroup_root);
   if (!cgroup::cgroup_id(cg_root_)) throw std::runtime_error("--cgroup-root: " + cg_root_.string() + " does not exist");
@@ -530,12 +604,13 @@ int Agent::run() {
     ko.node_name = s_.node_name;
     ko.env_label = s_.env_label;
     kube_ = std::make_unique<sources::KubernetesSource>(kc, ko);
+    sources::EventRecorder::Options eo;
+    eo.node = s_.node_name;
+    events_ = std::make_unique<sources::EventRecorder>(kc, eo);
     pod_cgroups_ = std::make_unique<podcgroup::PodCgroupWatcher>(cg_root_);
     spdlog::info("source: Kubernetes API {} ({})", kc.server, kc.source);
   } else {
-    initial = sources::load_manifests(s_.manifests);
-    DesiredState check = build_model(*initial, model_options());
-    (void)check;
+    initial = sources::load_manifests(s_.manifests);  // an unreadable source exits here
   }
 
   features_ = probe_features();
@@ -570,7 +645,7 @@ int Agent::run() {
   if (dp_->per_request()) {
     RelayOptions ro;
     ro.idle_timeout = std::chrono::milliseconds(s_.upstream_idle_ms);
-    relay_ = std::make_unique<Relay>(s_.bpffs, ro);
+    relay_ = std::make_unique<Relay>(dp_->maps(), ro);
     relay_->start();
   }
   rec_ = std::make_unique<Reconciler>(dp_->maps(), s_.splitter);
@@ -658,8 +733,11 @@ int Agent::run() {
       if (pod_cgroups_) {
         static int ticks = 0;
         if (++ticks % 15 == 0 && !pod_cgroups_->rescan().empty()) apply_kube("pod cgroup rescan");
-      } else if (missing_cgroups_ && cluster_) {
-        apply_cluster(*cluster_, "rescan");
+      } else if (cluster_ && !model_.missing_cgroups.empty()) {
+        // the last good state again, for cgroups that appeared since: it
+        // clears no error (a broken source, or a latest state that does not
+        // apply, stays reported until fixed)
+        apply_cluster(*cluster_, "rescan", apply_failure_.message.empty());
       }
       sweep_thread_context();
       rescan_at = std::chrono::steady_clock::now() + std::chrono::seconds(2);
@@ -669,6 +747,7 @@ int Agent::run() {
   ready_ = false;
   if (relay_) relay_->stop();
   if (kube_) kube_->stop();
+  events_.reset();
   if (trace_) trace_->close();  // ends the trace streams, so the admin servers can stop
   stop_admin();
   if (s_.cleanup_on_exit) {

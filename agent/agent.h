@@ -20,6 +20,7 @@
 #include "relay.h"
 #include "settings.h"
 #include "podcgroup.h"
+#include "sources/kubeevents.h"
 #include "sources/kubernetes.h"
 #include "threadctx.h"
 #include "trace.h"
@@ -48,9 +49,15 @@ class Agent {
   // Reads the source, builds the model and applies it. On bad input keeps the
   // last good state. Returns false on error (message logged and kept).
   bool sync(const char* why);
-  bool apply_cluster(const k8s::ClusterState& cluster, const char* why);
+  // latest: cluster is the source's latest state (its skips are reported and
+  // applying it clears an apply error); false for a rescan of the last good
+  // state while the latest one is not applied.
+  bool apply_cluster(const k8s::ClusterState& cluster, const char* why, bool latest = true);
   // reason: source, invalid_input, map_full, map_write (a label of envsteer_sync_failures_total)
   void record_failure(const char* what, const char* why, const std::string& msg, const char* reason = "source");
+  // Takes the skipped objects of a model built from the source's latest state:
+  // one log line (and a Kubernetes Event) per newly skipped object.
+  void note_skipped(const DesiredState& want);
   void open_admin();
   void start_admin();
   void stop_admin();
@@ -67,20 +74,30 @@ class Agent {
   std::set<std::string> watched_uids_;
   std::optional<std::optional<sources::VirtualEnvSettings>> ve_baseline_;  // set at the first sync
   bool restart_requested_ = false;
-  // This node's pods get their cgroup from kubelet's layout (unless annotated).
-  k8s::ClusterState with_local_cgroups(k8s::ClusterState cs);
+  // This node's pods get their cgroup from kubelet's layout, and only from there
+  // (ModelOptions::discovered_cgroups; the annotation is ignored).
+  void discover_local_cgroups(const k8s::ClusterState& cs);
+  std::map<std::string, std::string> discovered_;  // "ns/name" -> pod cgroup ("" = not found yet)
+  std::unique_ptr<sources::EventRecorder> events_;  // Events for skipped objects (--kubernetes)
   bool apply_kube(const char* why);
   void adopt_virtual_env(const sources::KubeConfig& cfg);
   std::unique_ptr<Reconciler> rec_;
   std::unique_ptr<Relay> relay_;  // per-request steering's slow path (with the request context)
   std::string request_metrics();
   std::optional<k8s::ClusterState> cluster_;  // last good source state
-  DesiredState model_;                        // last applied model
-  bool missing_cgroups_ = false;
+  DesiredState model_;                        // last applied model (its missing_cgroups are rescanned)
+  std::vector<Skipped> skipped_;              // of the source's latest state, applied or not
 
   mutable std::mutex mu_;  // guards model_, rec_ state, status fields
   std::atomic<bool> ready_{false};
-  std::string last_error_;
+  // An error stays until it is gone: a source that cannot be read until a
+  // read works; a state that cannot be applied until the source's latest
+  // state applies. Rescans of the last good state clear neither.
+  struct Failure {
+    std::string reason, message;
+  };
+  Failure source_failure_, apply_failure_;
+  std::string last_error() const;  // under mu_: "" when none
   std::chrono::system_clock::time_point last_sync_{}, last_error_time_{};
   uint64_t syncs_ok_ = 0, syncs_failed_ = 0, map_updates_ = 0, map_deletes_ = 0;
 
@@ -98,9 +115,7 @@ class Agent {
   mutable std::mutex names_mu_;
   std::shared_ptr<const NameTable> names_;
   std::unique_ptr<TraceHub> trace_;
-  std::unique_ptr<DecisionReader> decisions_;
   std::map<std::string, uint64_t> failures_by_reason_;
-  std::string last_failure_reason_;
 
   struct Admin;
   std::unique_ptr<Admin> admin_;

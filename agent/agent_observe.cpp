@@ -12,8 +12,7 @@
 namespace envsteer {
 
 void Agent::start_observe() {
-  decisions_ = std::make_unique<DecisionReader>(s_.bpffs);
-  trace_ = std::make_unique<TraceHub>(s_.bpffs, [this] { return names(); });
+  trace_ = std::make_unique<TraceHub>(dp_->maps(), [this] { return names(); });
   std::lock_guard<std::mutex> g(mu_);
   publish_names();
 }
@@ -33,7 +32,7 @@ std::string Agent::observe_metrics() {
   ObserveInput in;
   in.ready = not_ready_reason().empty();
   for (uint32_t i = 0; i < ES_CNT_MAX; i++) in.counters.push_back(dp_->maps().counter(i));
-  if (decisions_) in.decisions = decisions_->read();
+  in.decisions = read_decisions(dp_->maps());
   dp_->maps().for_each(maps::MapId::Mismatch, [&](const void* k, const void* v) {
     in.mismatches[*static_cast<const uint32_t*>(k)] += *static_cast<const uint64_t*>(v);
   });
@@ -54,11 +53,14 @@ std::string Agent::observe_metrics() {
                {ES_MAP_ENV_NAMES, sh.env_names.size(), m.capacity(MapId::EnvNames)},
                {ES_MAP_PODS, sh.pods.size(), m.capacity(MapId::Pods)},
                {ES_MAP_MISMATCH, in.mismatches.size(), m.capacity(MapId::Mismatch)}};
-    if (decisions_) in.maps.push_back({ES_MAP_DECISIONS, in.decisions.size(), decisions_->capacity()});
+    in.maps.push_back({ES_MAP_DECISIONS, in.decisions.size(), dp_->maps().capacity(maps::MapId::Decisions)});
     if (last_sync_.time_since_epoch().count() != 0)
       in.last_sync_unix = std::chrono::duration<double>(last_sync_.time_since_epoch()).count();
     in.sync_failures = failures_by_reason_;
-    in.last_failure_reason = last_failure_reason_;
+    for (const Failure* f : {&source_failure_, &apply_failure_})
+      if (!f->reason.empty()) in.failing_reasons.insert(f->reason);
+    for (const auto& sk : skipped_) in.skipped[{sk.kind, sk.reason}]++;
+    in.missing_cgroups = model_.missing_cgroups.size();
   }
   auto n = names();
   return render_observability(in, n ? *n : NameTable{});

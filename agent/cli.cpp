@@ -148,6 +148,11 @@ void print_status(const json& j) {
                 << " environments, " << a["model"]["sets"] << " backend sets, " << a["model"]["local_pods"]
                 << " local pods\n";
       for (const auto& w : a["model"]["warnings"]) std::cout << "  warning: " << w.get<std::string>() << "\n";
+      if (a.contains("skipped") && !a["skipped"].empty()) {
+        std::cout << "  skipped objects (" << a["skipped"].size() << "; everything else is applied):\n";
+        for (const auto& sk : a["skipped"])
+          std::cout << "    [" << sk["reason"].get<std::string>() << "] " << sk["message"].get<std::string>() << "\n";
+      }
       if (a.contains("pods")) {
         std::cout << "  local pods (thread context):\n";
         for (const auto& p : a["pods"]) {
@@ -202,218 +207,245 @@ void setup_logging(const std::string& level, const std::string& format = "text")
 
 }  // namespace
 
+namespace {
+
+// `--config FILE` of `run`, found before the command line is parsed: the file
+// is applied first, and the flags given then overwrite what they name (CLI11
+// writes only the options that are given), so flags win without a merge.
+std::string config_arg(int argc, char** argv) {
+  bool in_run = false;
+  for (int i = 1; i < argc; i++) {
+    std::string a = argv[i];
+    if (a == "run") in_run = true;
+    if (!in_run) continue;
+    if (a == "--config" && i + 1 < argc) return argv[i + 1];
+    if (a.rfind("--config=", 0) == 0) return a.substr(9);
+  }
+  return "";
+}
+
+struct RunCmd {
+  CLI::App* cmd = nullptr;
+  std::string config_file, splitter, log_format = "text";
+  bool no_header_context = false;
+  // flags whose explicit use beats the cluster's VirtualEnvironment settings
+  std::vector<std::pair<CLI::Option*, const char*>> explicit_opts;
+  CLI::Option* o_split = nullptr;
+
+  void add(CLI::App& app, Settings& s) {
+    splitter = std::string(1, s.splitter);
+    cmd = app.add_subcommand("run", "load the programs, keep the maps in sync with the manifests");
+    cmd->add_option("--config", config_file, "YAML settings file (flags win over it)")->check(CLI::ExistingFile);
+    cmd->add_option("--manifests", s.manifests,
+                    "YAML/JSON file or directory of v1 Service, v1 Pod, discovery.k8s.io/v1 "
+                    "EndpointSlice objects (re-read on change and on SIGHUP)");
+    cmd->add_flag("--kubernetes", s.kubernetes,
+                  "follow the Kubernetes API (in-cluster service account, or --kubeconfig) instead of --manifests");
+    cmd->add_option("--kubeconfig", s.kubeconfig, "kubeconfig file for --kubernetes (default: in-cluster)");
+    cmd->add_option("--context", s.kube_context, "kubeconfig context (default: current-context)");
+    cmd->add_option("--node-name", s.node_name, "this node's name (default: $NODE_NAME)");
+    cmd->add_option("--cgroup-root", s.cgroup_root,
+                    "cgroup v2 directory whose subtree is steered (default: the cgroup2 mount)");
+    cmd->add_option("--bpffs", s.bpffs, "pin directory for maps and links")->capture_default_str();
+    explicit_opts.emplace_back(
+        cmd->add_option("--env-label", s.env_label, "pod label holding the environment")->capture_default_str(),
+        "env-label");
+    explicit_opts.emplace_back(cmd->add_option("--env-header", s.env_header,
+                                               "HTTP header carrying a request's environment")
+                                   ->capture_default_str(),
+                               "env-header");
+    cmd->add_option("--env-header-alias", s.env_header_aliases,
+                    "another header name carrying the environment (repeatable, at most 3)");
+    cmd->add_option("--baggage-key", s.baggage_key, "W3C baggage member carrying the environment (\"\" disables)")
+        ->capture_default_str();
+    cmd->add_option("--http-window", s.http_window, "bytes of a request's header section parsed for the env header")
+        ->capture_default_str();
+    explicit_opts.emplace_back(
+        cmd->add_flag("--auto-inject,!--no-auto-inject", s.auto_inject,
+                      "insert a labelled pod's own environment into its outgoing HTTP requests that carry "
+                      "none (default on; --no-auto-inject switches it off)"),
+        "auto-inject");
+    cmd->add_option("--upstream-idle-ms", s.upstream_idle_ms,
+                    "close an upstream of re-routed requests after this much idle time")
+        ->capture_default_str()
+        ->check(CLI::Range(100u, 86400000u));
+    cmd->add_flag("--no-header-context", no_header_context,
+                  "do not learn request environments from HTTP headers (connect-time by pod only)");
+    o_split = cmd->add_option("--splitter", splitter, "separator of environment segments")->capture_default_str();
+    explicit_opts.emplace_back(o_split, "splitter");
+    explicit_opts.emplace_back(cmd->add_option("--default-env", s.default_env,
+                                               "environment of unlabelled pods and final fallback (default: "
+                                               "none, unlabelled pods form the base)"),
+                               "default-env");
+    cmd->add_option("--admin", s.admin, "HOST:PORT serving /healthz, /readyz and /metrics (\"\" disables)")
+        ->capture_default_str();
+    cmd->add_option("--admin-socket", s.admin_socket,
+                    "unix socket (mode 0600) serving the whole admin API: health, metrics, "
+                    "status, explain, trace (\"\" disables)")
+        ->capture_default_str();
+    cmd->add_option("--metrics-bind", s.metrics_bind,
+                    "also serve /metrics alone on HOST:PORT, e.g. 0.0.0.0:9967 for Prometheus "
+                    "(default: none)");
+    cmd->add_flag("--cleanup-on-exit", s.cleanup_on_exit, "detach and unpin everything on exit");
+    cmd->add_option("--log-level", s.log_level, "trace, debug, info, warn, error")->capture_default_str();
+    cmd->add_option("--log-format", log_format, "text or json (one JSON object per line)")->capture_default_str();
+  }
+
+  int run(Settings& s) {
+    if (splitter.size() != 1) throw std::invalid_argument("--splitter: must be one character");
+    s.splitter = splitter[0];
+    if (no_header_context) s.header_context = false;
+    for (auto [opt, name] : explicit_opts)
+      if (opt->count()) s.explicit_flags.insert(name);
+    if (s.node_name.empty())
+      if (const char* nn = std::getenv("NODE_NAME")) s.node_name = nn;
+    setup_logging(s.log_level, log_format);
+    Agent agent(s);
+    return agent.run();
+  }
+};
+
+// The read-only commands: they talk to the running agent over its admin socket.
+struct QueryCmds {
+  std::string bpffs = Settings{}.bpffs, admin_socket = Settings{}.admin_socket;
+  bool as_json = false, force = false, want_ready = false;
+  double health_timeout = 3;
+  CLI::App *status = nullptr, *explain = nullptr, *trace = nullptr, *health = nullptr, *uninst = nullptr;
+  ExplainRequest ex;
+  std::string ex_env;
+  CLI::Option* o_exenv = nullptr;
+  TraceFilter tf;
+  uint32_t trace_rate = 0;
+  uint64_t trace_count = 0;
+  double trace_duration = 0;
+
+  void add(CLI::App& app) {
+    status = app.add_subcommand("status", "programs, attach points, pins, map fill levels, kernel features");
+    status->add_option("--bpffs", bpffs, "pin directory")->capture_default_str();
+    status->add_option("--admin-socket", admin_socket, "the agent's admin socket (\"\": do not ask the agent)")
+        ->capture_default_str();
+    status->add_flag("--json", as_json, "machine-readable output");
+
+    explain = app.add_subcommand("explain", "the environment chain walked and the pods it resolves to");
+    explain->add_option("--from", ex.from, "calling pod NS/POD")->required();
+    explain->add_option("--to", ex.to, "service NS/SERVICE[:PORT]")->required();
+    o_exenv = explain->add_option("--env", ex_env, "request environment (instead of the pod's own)");
+    explain->add_option("--admin-socket", admin_socket, "the agent's admin socket")->capture_default_str();
+    explain->add_flag("--json", as_json, "machine-readable output");
+
+    trace = app.add_subcommand("trace", "live stream of steering decisions (from the running agent)");
+    trace->add_option("--service", tf.service, "only this service NS/NAME (or its address IP:PORT/PROTO)");
+    trace->add_option("--env", tf.env, "only decisions involving this environment");
+    trace->add_option("--pod", tf.pod, "only this calling or chosen pod NS/NAME");
+    trace->add_flag("--json", as_json, "one JSON object per line");
+    trace->add_option("--rate", trace_rate, "kernel rate limit, events per second per CPU (default 100)");
+    trace->add_option("--count", trace_count, "stop after this many events");
+    trace->add_option("--duration", trace_duration, "stop after this many seconds");
+    trace->add_option("--admin-socket", admin_socket, "the agent's admin socket")->capture_default_str();
+
+    health = app.add_subcommand("health",
+                                "ask the running agent whether it is alive (exit 0) or not (exit 1), over its "
+                                "admin socket; for exec probes");
+    health->add_option("--admin-socket", admin_socket, "the agent's admin socket")->capture_default_str();
+    health->add_flag("--ready", want_ready, "readiness (/readyz: synced and serving the current state) instead");
+    health->add_option("--timeout", health_timeout, "seconds to wait for the answer")
+        ->capture_default_str()
+        ->check(CLI::Range(0.1, 60.0));
+
+    uninst = app.add_subcommand("uninstall", "detach every program and remove the pins");
+    uninst->add_option("--bpffs", bpffs, "pin directory")->capture_default_str();
+    uninst->add_flag("--force", force, "even while an agent holds the pin directory");
+  }
+
+  int do_status() {
+    json j = pinned_status(bpffs);
+    std::string err;
+    if (auto a = admin_get(admin_socket, "/v1/status", &err)) j["agent"] = *a;
+    else j["agent"] = {{"error", err}};
+    if (as_json) std::cout << j.dump(2) << "\n";
+    else print_status(j);
+    return j["links"].empty() ? 3 : 0;
+  }
+
+  int do_explain() {
+    std::string q = "/v1/explain?from=" + httplib::detail::encode_query_param(ex.from) +
+                    "&to=" + httplib::detail::encode_query_param(ex.to);
+    if (o_exenv->count()) q += "&env=" + httplib::detail::encode_query_param(ex_env);
+    std::string err;
+    auto j = admin_get(admin_socket, q, &err);
+    if (!j) {
+      std::cerr << "envsteer explain: " << err << "\n";
+      return 1;
+    }
+    if (as_json) std::cout << j->dump(2) << "\n";
+    else std::cout << render_explain(*j);
+    return 0;
+  }
+
+  int do_health() {
+    std::string err;
+    auto res = socket_get(admin_socket, want_ready ? "/readyz" : "/healthz", &err,
+                          static_cast<time_t>(std::ceil(health_timeout)));
+    if (!res) {
+      std::cerr << "envsteer health: " << err << "\n";
+      return 1;
+    }
+    std::cout << res->second;
+    return res->first == 200 ? 0 : 1;
+  }
+
+  int do_uninstall() {
+    if (!force && PinLock::held(bpffs)) {
+      std::cerr << "envsteer uninstall: an agent is running on " << bpffs << "; stop it first (or pass --force)\n";
+      return 1;
+    }
+    auto removed = uninstall(bpffs);
+    std::cout << "removed " << removed.size() << " pinned object(s) under " << bpffs << "\n";
+    return 0;
+  }
+
+  int dispatch() {
+    // stdout carries the result (JSON with --json); warnings, e.g. libbpf's about
+    // a missing kernel feature while status probes them, go to stderr
+    spdlog::set_default_logger(spdlog::stderr_color_mt("cli"));
+    setup_logging("warn");
+    if (*status) return do_status();
+    if (*explain) return do_explain();
+    if (*trace) return run_trace_client(admin_socket, tf, as_json, trace_rate, trace_count, trace_duration);
+    if (*health) return do_health();
+    if (*uninst) return do_uninstall();
+    return 0;
+  }
+};
+
+}  // namespace
+
 int cli_main(int argc, char** argv) {
   CLI::App app{"envsteer: per-environment service steering in the kernel (eBPF), no sidecars"};
   app.require_subcommand(1);
   app.set_version_flag("--version", ENVSTEER_VERSION);
 
   Settings s;
-  std::string config_file;
-  std::string splitter(1, s.splitter);
-  auto* run = app.add_subcommand("run", "load the programs, keep the maps in sync with the manifests");
-  run->add_option("--config", config_file, "YAML settings file (flags win over it)")->check(CLI::ExistingFile);
-  auto* o_manifests = run->add_option("--manifests", s.manifests,
-                                      "YAML/JSON file or directory of v1 Service, v1 Pod, discovery.k8s.io/v1 "
-                                      "EndpointSlice objects (re-read on change and on SIGHUP)");
-  run->add_flag("--kubernetes", s.kubernetes,
-                "follow the Kubernetes API (in-cluster service account, or --kubeconfig) instead of --manifests");
-  run->add_option("--kubeconfig", s.kubeconfig, "kubeconfig file for --kubernetes (default: in-cluster)");
-  run->add_option("--context", s.kube_context, "kubeconfig context (default: current-context)");
-  run->add_option("--node-name", s.node_name, "this node's name (default: $NODE_NAME)");
-  auto* o_cg = run->add_option("--cgroup-root", s.cgroup_root,
-                               "cgroup v2 directory whose subtree is steered (default: the cgroup2 mount)");
-  auto* o_bpffs = run->add_option("--bpffs", s.bpffs, "pin directory for maps and links")->capture_default_str();
-  auto* o_label = run->add_option("--env-label", s.env_label, "pod label holding the environment")->capture_default_str();
-  auto* o_header = run->add_option("--env-header", s.env_header, "HTTP header carrying a request's environment")
-                       ->capture_default_str();
-  auto* o_alias = run->add_option("--env-header-alias", s.env_header_aliases,
-                                  "another header name carrying the environment (repeatable, at most 3)");
-  auto* o_bag = run->add_option("--baggage-key", s.baggage_key,
-                                "W3C baggage member carrying the environment (\"\" disables)")
-                    ->capture_default_str();
-  auto* o_win = run->add_option("--http-window", s.http_window,
-                                "bytes of a request's header section parsed for the env header")
-                    ->capture_default_str();
-  auto* o_auto = run->add_flag("--auto-inject,!--no-auto-inject", s.auto_inject,
-                               "insert a labelled pod's own environment into its outgoing HTTP requests that carry "
-                               "none (default on; --no-auto-inject switches it off)");
-  auto* o_idle = run->add_option("--upstream-idle-ms", s.upstream_idle_ms,
-                                 "close an upstream of re-routed requests after this much idle time")
-                     ->capture_default_str()
-                     ->check(CLI::Range(100u, 86400000u));
-  bool no_header_context = false;
-  auto* o_nohc = run->add_flag("--no-header-context", no_header_context,
-                               "do not learn request environments from HTTP headers (connect-time by pod only)");
-  auto* o_split = run->add_option("--splitter", splitter, "separator of environment segments")->capture_default_str();
-  auto* o_def = run->add_option("--default-env", s.default_env,
-                                "environment of unlabelled pods and final fallback (default: none, unlabelled pods "
-                                "form the base)");
-  auto* o_admin = run->add_option("--admin", s.admin,
-                                  "HOST:PORT serving /healthz, /readyz and /metrics (\"\" disables)")
-                      ->capture_default_str();
-  auto* o_socket = run->add_option("--admin-socket", s.admin_socket,
-                                   "unix socket (mode 0600) serving the whole admin API: health, metrics, "
-                                   "status, explain, trace (\"\" disables)")
-                       ->capture_default_str();
-  auto* o_mbind = run->add_option("--metrics-bind", s.metrics_bind,
-                                  "also serve /metrics alone on HOST:PORT, e.g. 0.0.0.0:9967 for Prometheus "
-                                  "(default: none)");
-  auto* o_cleanup = run->add_flag("--cleanup-on-exit", s.cleanup_on_exit, "detach and unpin everything on exit");
-  auto* o_log = run->add_option("--log-level", s.log_level, "trace, debug, info, warn, error")->capture_default_str();
-  std::string log_format = "text";
-  run->add_option("--log-format", log_format, "text or json (one JSON object per line)")->capture_default_str();
-
-  std::string bpffs = s.bpffs, admin_socket = s.admin_socket;
-  bool as_json = false, force = false;
-  auto* status = app.add_subcommand("status", "programs, attach points, pins, map fill levels, kernel features");
-  status->add_option("--bpffs", bpffs, "pin directory")->capture_default_str();
-  status->add_option("--admin-socket", admin_socket, "the agent's admin socket (\"\": do not ask the agent)")
-      ->capture_default_str();
-  status->add_flag("--json", as_json, "machine-readable output");
-
-  ExplainRequest ex;
-  std::string ex_env;
-  auto* explain_cmd = app.add_subcommand("explain", "the environment chain walked and the pods it resolves to");
-  explain_cmd->add_option("--from", ex.from, "calling pod NS/POD")->required();
-  explain_cmd->add_option("--to", ex.to, "service NS/SERVICE[:PORT]")->required();
-  auto* o_exenv = explain_cmd->add_option("--env", ex_env, "request environment (instead of the pod's own)");
-  explain_cmd->add_option("--admin-socket", admin_socket, "the agent's admin socket")->capture_default_str();
-  explain_cmd->add_flag("--json", as_json, "machine-readable output");
-
-  TraceFilter tf;
-  uint32_t trace_rate = 0;
-  uint64_t trace_count = 0;
-  double trace_duration = 0;
-  auto* trace_cmd = app.add_subcommand("trace", "live stream of steering decisions (from the running agent)");
-  trace_cmd->add_option("--service", tf.service, "only this service NS/NAME (or its address IP:PORT/PROTO)");
-  trace_cmd->add_option("--env", tf.env, "only decisions involving this environment");
-  trace_cmd->add_option("--pod", tf.pod, "only this calling or chosen pod NS/NAME");
-  trace_cmd->add_flag("--json", as_json, "one JSON object per line");
-  trace_cmd->add_option("--rate", trace_rate, "kernel rate limit, events per second per CPU (default 100)");
-  trace_cmd->add_option("--count", trace_count, "stop after this many events");
-  trace_cmd->add_option("--duration", trace_duration, "stop after this many seconds");
-  trace_cmd->add_option("--admin-socket", admin_socket, "the agent's admin socket")->capture_default_str();
-
-  bool want_ready = false;
-  double health_timeout = 3;
-  auto* health = app.add_subcommand("health",
-                                    "ask the running agent whether it is alive (exit 0) or not (exit 1), over its "
-                                    "admin socket; for exec probes");
-  health->add_option("--admin-socket", admin_socket, "the agent's admin socket")->capture_default_str();
-  health->add_flag("--ready", want_ready, "readiness (/readyz: synced and serving the current state) instead");
-  health->add_option("--timeout", health_timeout, "seconds to wait for the answer")
-      ->capture_default_str()
-      ->check(CLI::Range(0.1, 60.0));
-
-  auto* uninst = app.add_subcommand("uninstall", "detach every program and remove the pins");
-  uninst->add_option("--bpffs", bpffs, "pin directory")->capture_default_str();
-  uninst->add_flag("--force", force, "even while an agent holds the pin directory");
-
+  try {
+    if (auto file = config_arg(argc, argv); !file.empty() && fs::is_regular_file(file)) load_settings_file(file, s);
+  } catch (const std::exception& e) {
+    std::cerr << "envsteer: " << e.what() << "\n";
+    return 1;
+  }
+  RunCmd run;
+  run.add(app, s);
+  QueryCmds query;
+  query.add(app);
   CLI11_PARSE(app, argc, argv);
 
   try {
-    if (*run) {
-      if (!config_file.empty()) {
-        Settings file_s;
-        load_settings_file(config_file, file_s);
-        // flags given on the command line win over the file
-        Settings flags = s;
-        s = file_s;
-        s.kubernetes = flags.kubernetes || file_s.kubernetes;
-        if (!flags.kubeconfig.empty()) s.kubeconfig = flags.kubeconfig;
-        if (!flags.kube_context.empty()) s.kube_context = flags.kube_context;
-        if (!flags.node_name.empty()) s.node_name = flags.node_name;
-        if (o_manifests->count()) s.manifests = flags.manifests;
-        if (o_cg->count()) s.cgroup_root = flags.cgroup_root;
-        if (o_bpffs->count()) s.bpffs = flags.bpffs;
-        if (o_label->count()) s.env_label = flags.env_label;
-        if (o_header->count()) s.env_header = flags.env_header;
-        if (o_def->count()) s.default_env = flags.default_env;
-        if (o_admin->count()) s.admin = flags.admin;
-        if (o_socket->count()) s.admin_socket = flags.admin_socket;
-        if (o_mbind->count()) s.metrics_bind = flags.metrics_bind;
-        if (o_cleanup->count()) s.cleanup_on_exit = flags.cleanup_on_exit;
-        if (o_log->count()) s.log_level = flags.log_level;
-        if (o_alias->count()) s.env_header_aliases = flags.env_header_aliases;
-        if (o_bag->count()) s.baggage_key = flags.baggage_key;
-        if (o_win->count()) s.http_window = flags.http_window;
-        if (o_auto->count()) s.auto_inject = flags.auto_inject;
-        if (o_idle->count()) s.upstream_idle_ms = flags.upstream_idle_ms;
-        if (o_split->count()) {
-          if (splitter.size() != 1) throw std::invalid_argument("--splitter: must be one character");
-          s.splitter = splitter[0];
-        }
-      } else {
-        if (splitter.size() != 1) throw std::invalid_argument("--splitter: must be one character");
-        s.splitter = splitter[0];
-      }
-      if (o_nohc->count()) s.header_context = false;
-      if (o_label->count()) s.explicit_flags.insert("env-label");
-      if (o_header->count()) s.explicit_flags.insert("env-header");
-      if (o_split->count()) s.explicit_flags.insert("splitter");
-      if (o_def->count()) s.explicit_flags.insert("default-env");
-      if (o_auto->count()) s.explicit_flags.insert("auto-inject");
-      if (s.node_name.empty())
-        if (const char* nn = std::getenv("NODE_NAME")) s.node_name = nn;
-      setup_logging(s.log_level, log_format);
-      Agent agent(s);
-      return agent.run();
-    }
-    // stdout carries the result (JSON with --json); warnings, e.g. libbpf's about
-    // a missing kernel feature while status probes them, go to stderr
-    spdlog::set_default_logger(spdlog::stderr_color_mt("cli"));
-    setup_logging("warn");
-    if (*status) {
-      json j = pinned_status(bpffs);
-      std::string err;
-      if (auto a = admin_get(admin_socket, "/v1/status", &err)) j["agent"] = *a;
-      else j["agent"] = {{"error", err}};
-      if (as_json) std::cout << j.dump(2) << "\n";
-      else print_status(j);
-      return j["links"].empty() ? 3 : 0;
-    }
-    if (*explain_cmd) {
-      std::string q = "/v1/explain?from=" + httplib::detail::encode_query_param(ex.from) +
-                      "&to=" + httplib::detail::encode_query_param(ex.to);
-      if (o_exenv->count()) q += "&env=" + httplib::detail::encode_query_param(ex_env);
-      std::string err;
-      auto j = admin_get(admin_socket, q, &err);
-      if (!j) {
-        std::cerr << "envsteer explain: " << err << "\n";
-        return 1;
-      }
-      if (as_json) std::cout << j->dump(2) << "\n";
-      else std::cout << render_explain(*j);
-      return 0;
-    }
-    if (*trace_cmd) return run_trace_client(admin_socket, tf, as_json, trace_rate, trace_count, trace_duration);
-    if (*health) {
-      std::string err;
-      auto res = socket_get(admin_socket, want_ready ? "/readyz" : "/healthz", &err,
-                            static_cast<time_t>(std::ceil(health_timeout)));
-      if (!res) {
-        std::cerr << "envsteer health: " << err << "\n";
-        return 1;
-      }
-      std::cout << res->second;
-      return res->first == 200 ? 0 : 1;
-    }
-    if (*uninst) {
-      if (!force && PinLock::held(bpffs)) {
-        std::cerr << "envsteer uninstall: an agent is running on " << bpffs
-                  << "; stop it first (or pass --force)\n";
-        return 1;
-      }
-      auto removed = uninstall(bpffs);
-      std::cout << "removed " << removed.size() << " pinned object(s) under " << bpffs << "\n";
-      return 0;
-    }
+    if (*run.cmd) return run.run(s);
+    return query.dispatch();
   } catch (const std::exception& e) {
     std::cerr << "envsteer: " << e.what() << "\n";
     spdlog::shutdown();
     return 1;
   }
-  return 0;
 }
 
 }  // namespace envsteer

@@ -130,26 +130,11 @@ Datapath::~Datapath() {
   if (skel_) envsteer_bpf__destroy(skel_);
 }
 
-std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& cgroup_root,
-                                            const Features& f, AttachReport* report) {
-  const fs::path pin = s.bpffs, map_dir = pin / "maps", link_dir = pin / "links";
-  fs::create_directories(map_dir);
-  fs::create_directories(link_dir);
+namespace {
 
-  std::unique_ptr<Datapath> dp(new Datapath());
-  const std::string map_root = map_dir.string();
-  LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = map_root.c_str());
-  dp->skel_ = envsteer_bpf__open_opts(&opts);
-  if (!dp->skel_) throw std::runtime_error("cannot open the BPF object: " + errstr(errno));
-  auto* skel = dp->skel_;
-
-  const std::pair<bpf_map*, uint32_t> sized[] = {
-      {skel->maps.es_frontends, s.limits.frontends}, {skel->maps.es_sets, s.limits.sets},
-      {skel->maps.es_slots, s.limits.slots},         {skel->maps.es_envs, s.limits.envs},
-      {skel->maps.es_env_names, s.limits.envs},      {skel->maps.es_pods, s.limits.pods}};
-  for (auto [map, limit] : sized) bpf_map__set_max_entries(map, limit);
-
-  AttachReport rep;
+// Checks every pinned map of an earlier agent against this object's layout, and
+// keeps the pinned size where it differs from the configured one.
+void check_pinned_maps(envsteer_bpf* skel, const fs::path& map_dir, const Settings& s, AttachReport& rep) {
   bpf_map* map;
   bpf_object__for_each_map(map, skel->obj) {
     if (!bpf_map__pin_path(map)) continue;  // internal maps (.rodata) are not pinned
@@ -176,129 +161,109 @@ std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& c
     }
     rep.maps_reused++;
   }
+}
 
-  dp->request_ctx_ = s.header_context && f.request_context();
-  dp->per_request_ = s.header_context && f.bpf_loop;
-  skel->rodata->es_feat_set_retval = f.set_retval ? 1 : 0;
-  skel->rodata->es_feat_request_ctx = dp->request_ctx_ ? 1 : 0;
-  skel->rodata->es_feat_per_request = dp->per_request_ ? 1 : 0;
-  skel->rodata->es_splitter = s.splitter;
-  if (!dp->request_ctx_) {
-    bpf_program__set_autoload(skel->progs.es_http_ingress, false);
-    bpf_program__set_autoload(skel->progs.es_sock_recv_length, false);
-    bpf_program__set_autoload(skel->progs.es_sock_send_length, false);
-  }
-  if (!dp->per_request_) {
-    bpf_program__set_autoload(skel->progs.es_sockops_prog, false);
-    bpf_program__set_autoload(skel->progs.es_msg_prog, false);
-    bpf_program__set_autoload(skel->progs.es_skb_verdict, false);
-  }
-  if (int err = envsteer_bpf__load(skel); err != 0)
-    throw std::runtime_error("loading the BPF programs failed: " + errstr(err) +
-                             " (run with --log-level debug for the verifier log)");
+// The sk_msg and sk_skb programs attach to the pinned sockhash itself (no link
+// on this libbpf); attaching again replaces them for sockets added from now on.
+void attach_to_sockhash(envsteer_bpf* skel, bpf_program* prog, AttachReport& rep) {
+  const std::string name = bpf_program__name(prog);
+  int map_fd = bpf_map__fd(skel->maps.es_sockhash);
+  if (bpf_prog_attach(bpf_program__fd(prog), map_fd, bpf_program__expected_attach_type(prog), 0) != 0)
+    throw std::runtime_error("attaching " + name + " to map es_sockhash failed: " + errstr(errno));
+  rep.created.push_back(name);
+}
 
-  for (size_t i = 0; i < maps::kMapCount; i++) {
-    auto id = static_cast<maps::MapId>(i);
-    bpf_map* m = bpf_object__find_map_by_name(skel->obj, maps::map_name(id));
-    if (!m) throw std::runtime_error(std::string("BPF object has no map ") + maps::map_name(id));
-    dp->maps_.set_fd(id, bpf_map__fd(m));
+// Tracing links cannot be updated in place: attach the new program, then swap
+// the pin and drop the old link (both run for a moment).
+void attach_tracing(bpf_program* prog, const fs::path& lp, AttachReport& rep) {
+  const std::string name = bpf_program__name(prog);
+  bpf_link* link = bpf_program__attach_trace(prog);
+  if (!link) throw std::runtime_error("attaching " + name + " failed: " + errstr(errno));
+  bpf_link* old = fs::exists(lp) ? bpf_link__open(lp.c_str()) : nullptr;
+  fs::remove(lp);
+  if (int err = bpf_link__pin(link, lp.c_str()); err != 0) {
+    bpf_link__destroy(link);
+    if (old) bpf_link__destroy(old);
+    throw std::runtime_error("pinning link " + lp.string() + " failed: " + errstr(err));
   }
-  uint32_t zero = 0;
-  es_config cfg{};
-  if (dp->maps_.lookup(maps::MapId::Config, &zero, &cfg) && cfg.abi_version != 0 &&
-      cfg.abi_version != ES_ABI_VERSION)
-    throw std::runtime_error("pinned maps under " + s.bpffs + " use ABI version " +
-                             std::to_string(cfg.abi_version) + ", this agent " +
-                             std::to_string(ES_ABI_VERSION) + "; run `envsteer uninstall` first");
+  bpf_link__disconnect(link);
+  bpf_link__destroy(link);
+  if (old) {
+    bpf_link__detach(old);
+    bpf_link__destroy(old);
+    rep.replaced.push_back(name);
+  } else {
+    rep.created.push_back(name);
+  }
+}
 
+// A cgroup program: the pinned link of an earlier agent at the same place is
+// updated in place (no gap in steering); anything else is replaced.
+void attach_cgroup(bpf_program* prog, int cg_fd, uint64_t root_id, const fs::path& cgroup_root, const fs::path& lp,
+                   AttachReport& rep) {
+  const std::string name = bpf_program__name(prog);
+  if (fs::exists(lp)) {
+    if (bpf_link* old = bpf_link__open(lp.c_str())) {
+      auto li = link_info(bpf_link__fd(old));
+      bool same_place = li.ok && li.info.type == BPF_LINK_TYPE_CGROUP && li.info.cgroup.cgroup_id == root_id &&
+                        li.info.cgroup.attach_type == bpf_program__expected_attach_type(prog);
+      if (same_place && bpf_link__update_program(old, prog) == 0) {
+        bpf_link__disconnect(old);
+        bpf_link__destroy(old);
+        rep.replaced.push_back(name);
+        return;
+      }
+      // attached elsewhere (another --cgroup-root) or not updatable: replace it
+      bpf_link__detach(old);
+      bpf_link__destroy(old);
+    }
+    fs::remove(lp);
+  }
+  bpf_link* link = bpf_program__attach_cgroup(prog, cg_fd);
+  if (!link)
+    throw std::runtime_error("attaching " + name + " to cgroup " + cgroup_root.string() + " failed: " + errstr(errno));
+  if (int err = bpf_link__pin(link, lp.c_str()); err != 0) {
+    bpf_link__destroy(link);
+    throw std::runtime_error("pinning link " + lp.string() + " failed: " + errstr(err));
+  }
+  bpf_link__disconnect(link);  // keep it attached when this process exits
+  bpf_link__destroy(link);
+  rep.created.push_back(name);
+}
+
+// Every loaded program, attached where it belongs; returns the link pin names.
+std::vector<std::string> attach_all(envsteer_bpf* skel, const fs::path& cgroup_root, const fs::path& link_dir,
+                                    AttachReport& rep) {
   int cg_fd = open(cgroup_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (cg_fd < 0) throw std::runtime_error("cannot open cgroup " + cgroup_root.string() + ": " + errstr(errno));
   auto root_id = cgroup::cgroup_id(cgroup_root).value_or(0);
-
-  std::vector<std::string> wanted;
-  bpf_program* prog;
-  bpf_object__for_each_program(prog, skel->obj) {
-    if (!bpf_program__autoload(prog)) continue;
-    const std::string name = bpf_program__name(prog);
-    wanted.push_back(name);
-    fs::path lp = link_dir / name;
-    if (bpf_program__type(prog) == BPF_PROG_TYPE_SK_MSG || bpf_program__type(prog) == BPF_PROG_TYPE_SK_SKB) {
-      // Attached to the pinned sockhash itself (no link on this libbpf);
-      // attaching again replaces the program for sockets added from now on.
-      wanted.pop_back();
-      int map_fd = bpf_map__fd(skel->maps.es_sockhash);
-      if (bpf_prog_attach(bpf_program__fd(prog), map_fd, bpf_program__expected_attach_type(prog), 0) != 0) {
-        int err = errno;
-        close(cg_fd);
-        throw std::runtime_error("attaching " + name + " to map es_sockhash failed: " + errstr(err));
+  std::vector<std::string> linked;
+  try {
+    bpf_program* prog;
+    bpf_object__for_each_program(prog, skel->obj) {
+      if (!bpf_program__autoload(prog)) continue;
+      const std::string name = bpf_program__name(prog);
+      auto type = bpf_program__type(prog);
+      if (type == BPF_PROG_TYPE_SK_MSG || type == BPF_PROG_TYPE_SK_SKB) {
+        attach_to_sockhash(skel, prog, rep);
+        continue;
       }
-      rep.created.push_back(name);
-      continue;
+      linked.push_back(name);
+      if (type == BPF_PROG_TYPE_TRACING)
+        attach_tracing(prog, link_dir / name, rep);
+      else
+        attach_cgroup(prog, cg_fd, root_id, cgroup_root, link_dir / name, rep);
     }
-    if (bpf_program__type(prog) == BPF_PROG_TYPE_TRACING) {
-      // Tracing links cannot be updated in place: attach the new program,
-      // then swap the pin and drop the old link (both run for a moment).
-      bpf_link* link = bpf_program__attach_trace(prog);
-      if (!link) {
-        int err = errno;
-        close(cg_fd);
-        throw std::runtime_error("attaching " + name + " failed: " + errstr(err));
-      }
-      bpf_link* old = fs::exists(lp) ? bpf_link__open(lp.c_str()) : nullptr;
-      fs::remove(lp);
-      if (int err = bpf_link__pin(link, lp.c_str()); err != 0) {
-        bpf_link__destroy(link);
-        if (old) bpf_link__destroy(old);
-        close(cg_fd);
-        throw std::runtime_error("pinning link " + lp.string() + " failed: " + errstr(err));
-      }
-      bpf_link__disconnect(link);
-      bpf_link__destroy(link);
-      if (old) {
-        bpf_link__detach(old);
-        bpf_link__destroy(old);
-        rep.replaced.push_back(name);
-      } else {
-        rep.created.push_back(name);
-      }
-      continue;
-    }
-    if (fs::exists(lp)) {
-      bpf_link* old = bpf_link__open(lp.c_str());
-      if (old) {
-        auto li = link_info(bpf_link__fd(old));
-        bool same_place = li.ok && li.info.type == BPF_LINK_TYPE_CGROUP && li.info.cgroup.cgroup_id == root_id &&
-                          li.info.cgroup.attach_type == bpf_program__expected_attach_type(prog);
-        if (same_place && bpf_link__update_program(old, prog) == 0) {
-          bpf_link__disconnect(old);
-          bpf_link__destroy(old);
-          rep.replaced.push_back(name);
-          continue;
-        }
-        // attached elsewhere (another --cgroup-root) or not updatable: replace it
-        bpf_link__detach(old);
-        bpf_link__destroy(old);
-      }
-      fs::remove(lp);
-    }
-    bpf_link* link = bpf_program__attach_cgroup(prog, cg_fd);
-    if (!link) {
-      int err = errno;
-      close(cg_fd);
-      throw std::runtime_error("attaching " + name + " to cgroup " + cgroup_root.string() + " failed: " + errstr(err));
-    }
-    if (int err = bpf_link__pin(link, lp.c_str()); err != 0) {
-      bpf_link__destroy(link);
-      close(cg_fd);
-      throw std::runtime_error("pinning link " + lp.string() + " failed: " + errstr(err));
-    }
-    bpf_link__disconnect(link);  // keep it attached when this process exits
-    bpf_link__destroy(link);
-    rep.created.push_back(name);
+  } catch (...) {
+    close(cg_fd);
+    throw;
   }
   close(cg_fd);
+  return linked;
+}
 
-  // Links of programs this version no longer has.
+// Links of programs this version no longer has.
+void detach_obsolete(const fs::path& link_dir, const std::vector<std::string>& wanted) {
   for (const auto& e : fs::directory_iterator(link_dir)) {
     auto n = e.path().filename().string();
     if (std::find(wanted.begin(), wanted.end(), n) != wanted.end()) continue;
@@ -309,6 +274,71 @@ std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& c
     fs::remove(e.path());
     spdlog::info("detached obsolete program link {}", n);
   }
+}
+
+}  // namespace
+
+void Datapath::configure(const Settings& s, const Features& f) {
+  auto* skel = skel_;
+  const std::pair<bpf_map*, uint32_t> sized[] = {
+      {skel->maps.es_frontends, s.limits.frontends}, {skel->maps.es_sets, s.limits.sets},
+      {skel->maps.es_slots, s.limits.slots},         {skel->maps.es_envs, s.limits.envs},
+      {skel->maps.es_env_names, s.limits.envs},      {skel->maps.es_pods, s.limits.pods}};
+  for (auto [map, limit] : sized) bpf_map__set_max_entries(map, limit);
+
+  request_ctx_ = s.header_context && f.request_context();
+  per_request_ = s.header_context && f.bpf_loop;
+  skel->rodata->es_feat_set_retval = f.set_retval ? 1 : 0;
+  skel->rodata->es_feat_request_ctx = request_ctx_ ? 1 : 0;
+  skel->rodata->es_feat_per_request = per_request_ ? 1 : 0;
+  skel->rodata->es_splitter = s.splitter;
+  if (!request_ctx_) {
+    bpf_program__set_autoload(skel->progs.es_http_ingress, false);
+    bpf_program__set_autoload(skel->progs.es_sock_recv_length, false);
+    bpf_program__set_autoload(skel->progs.es_sock_send_length, false);
+  }
+  if (!per_request_) {
+    bpf_program__set_autoload(skel->progs.es_sockops_prog, false);
+    bpf_program__set_autoload(skel->progs.es_msg_prog, false);
+    bpf_program__set_autoload(skel->progs.es_skb_verdict, false);
+  }
+}
+
+void Datapath::load(const Settings& s) {
+  if (int err = envsteer_bpf__load(skel_); err != 0)
+    throw std::runtime_error("loading the BPF programs failed: " + errstr(err) +
+                             " (run with --log-level debug for the verifier log)");
+  for (size_t i = 0; i < maps::kMapCount; i++) {
+    auto id = static_cast<maps::MapId>(i);
+    bpf_map* m = bpf_object__find_map_by_name(skel_->obj, maps::map_name(id));
+    if (!m) throw std::runtime_error(std::string("BPF object has no map ") + maps::map_name(id));
+    maps_.set_fd(id, bpf_map__fd(m));
+  }
+  uint32_t zero = 0;
+  es_config cfg{};
+  if (maps_.lookup(maps::MapId::Config, &zero, &cfg) && cfg.abi_version != 0 && cfg.abi_version != ES_ABI_VERSION)
+    throw std::runtime_error("pinned maps under " + s.bpffs + " use ABI version " +
+                             std::to_string(cfg.abi_version) + ", this agent " +
+                             std::to_string(ES_ABI_VERSION) + "; run `envsteer uninstall` first");
+}
+
+std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& cgroup_root,
+                                            const Features& f, AttachReport* report) {
+  const fs::path pin = s.bpffs, map_dir = pin / "maps", link_dir = pin / "links";
+  fs::create_directories(map_dir);
+  fs::create_directories(link_dir);
+
+  std::unique_ptr<Datapath> dp(new Datapath());
+  const std::string map_root = map_dir.string();
+  LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = map_root.c_str());
+  dp->skel_ = envsteer_bpf__open_opts(&opts);
+  if (!dp->skel_) throw std::runtime_error("cannot open the BPF object: " + errstr(errno));
+
+  AttachReport rep;
+  dp->configure(s, f);
+  check_pinned_maps(dp->skel_, map_dir, s, rep);
+  dp->load(s);
+  detach_obsolete(link_dir, attach_all(dp->skel_, cgroup_root, link_dir, rep));
   if (report) *report = rep;
   return dp;
 }

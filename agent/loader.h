@@ -65,6 +65,10 @@ class Datapath {
 
  private:
   Datapath() = default;
+  // Map sizes, feature switches (rodata) and which programs load.
+  void configure(const Settings& s, const Features& f);
+  // Loads the programs (adopting pinned maps) and checks the pinned ABI.
+  void load(const Settings& s);
   envsteer_bpf* skel_ = nullptr;
   bool request_ctx_ = false;
   bool per_request_ = false;

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "metrics.h"
+#include "model.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -112,7 +113,26 @@ std::string render_observability(const ObserveInput& in, const NameTable& names)
   family("envsteer_last_sync_failed_reason", "gauge", "1 for the reason the last sync failed; none when it worked.");
   for (const char* r : {"source", "invalid_input", "map_full", "map_write"})
     o += std::string("envsteer_last_sync_failed_reason{reason=\"") + r + "\"} " +
-         (in.last_failure_reason == r ? "1" : "0") + "\n";
+         (in.failing_reasons.count(r) ? "1" : "0") + "\n";
+  family("envsteer_objects_skipped", "gauge",
+         "Objects (or the part of one a field names) left out of the applied state, by kind and reason; "
+         "everything else is applied. Listed in status until fixed or deleted.");
+  static const std::pair<const char*, const char*> kSkipSeries[] = {
+      {"Pod", skip_reason::kInvalidEnv},          {"Pod", skip_reason::kInvalidCgroup},
+      {"Pod", skip_reason::kCgroupOutsideRoot},   {"Pod", skip_reason::kCgroupShared},
+      {"Pod", skip_reason::kInvalidAddress},      {"Pod", skip_reason::kInvalidObject},
+      {"Service", skip_reason::kInvalidAddress},  {"Service", skip_reason::kAddressInUse},
+      {"Service", skip_reason::kInvalidObject},   {"EndpointSlice", skip_reason::kInvalidAddress},
+      {"EndpointSlice", skip_reason::kInvalidObject}};
+  std::map<std::pair<std::string, std::string>, size_t> skip_rows;
+  for (const auto& [kind, reason] : kSkipSeries) skip_rows[{kind, reason}] = 0;
+  for (const auto& [kr, n] : in.skipped) skip_rows[kr] = n;
+  for (const auto& [kr, n] : skip_rows)
+    o += "envsteer_objects_skipped{kind=\"" + prom_label(kr.first) + "\",reason=\"" + prom_label(kr.second) + "\"} " +
+         std::to_string(n) + "\n";
+  family("envsteer_pod_cgroups_missing", "gauge",
+         "Local pods whose cgroup does not exist (yet): not steered until it appears (not an error).");
+  o += "envsteer_pod_cgroups_missing " + std::to_string(in.missing_cgroups) + "\n";
 
   family("envsteer_trace_clients", "gauge", "Attached `envsteer trace` clients (tracing is on while > 0).");
   o += "envsteer_trace_clients " + std::to_string(in.trace_clients) + "\n";
@@ -124,40 +144,11 @@ std::string render_observability(const ObserveInput& in, const NameTable& names)
   return o;
 }
 
-DecisionReader::DecisionReader(const std::filesystem::path& pin_dir) {
-  auto p = pin_dir / "maps" / ES_MAP_DECISIONS;
-  fd_ = bpf_obj_get(p.c_str());
-  if (fd_ < 0) throw std::runtime_error("cannot open pinned map " + p.string() + ": " + std::strerror(errno));
-}
-
-DecisionReader::~DecisionReader() {
-  if (fd_ >= 0) close(fd_);
-}
-
-uint32_t DecisionReader::capacity() const {
-  bpf_map_info info{};
-  __u32 len = sizeof(info);
-  return bpf_obj_get_info_by_fd(fd_, &info, &len) == 0 ? info.max_entries : 0;
-}
-
-std::vector<DecisionSample> DecisionReader::read() const {
+std::vector<DecisionSample> read_decisions(const maps::BpfMapBackend& m) {
   std::vector<DecisionSample> out;
-  int ncpu = libbpf_num_possible_cpus();
-  if (ncpu <= 0) return out;
-  std::vector<uint64_t> values(static_cast<size_t>(ncpu));
-  es_decision_key key{}, next{};
-  const void* prev = nullptr;
-  // bounded by the map size: a concurrent insert cannot make this loop forever
-  for (uint32_t n = 0, cap = capacity() + 1; n < cap && bpf_map_get_next_key(fd_, prev, &next) == 0; n++) {
-    if (bpf_map_lookup_elem(fd_, &next, values.data()) == 0) {
-      DecisionSample s;
-      s.key = next;
-      for (auto v : values) s.value += v;
-      out.push_back(s);
-    }
-    key = next;
-    prev = &key;
-  }
+  m.for_each_sum(maps::MapId::Decisions, [&](const void* k, uint64_t sum) {
+    out.push_back(DecisionSample{*static_cast<const es_decision_key*>(k), sum});
+  });
   return out;
 }
 

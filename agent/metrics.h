@@ -2,17 +2,19 @@
 // The observability part of /metrics (Prometheus text format 0.0.4): steering
 // decisions by service and environment from the kernel's per-CPU decision
 // counters, header and trace counters, map fill levels, sync state. The
-// rendering is pure (unit-tested); DecisionReader reads the pinned maps.
+// rendering is pure (unit-tested); read_decisions() reads the pinned map.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "maps/abi.h"
+#include "maps/bpf_maps.h"
 #include "trace.h"
 
 namespace envsteer {
@@ -37,7 +39,9 @@ struct ObserveInput {
   double last_sync_unix = 0;  // 0: never
   double now_unix = 0;
   std::map<std::string, uint64_t> sync_failures;  // by reason
-  std::string last_failure_reason;                // "" when the last sync worked
+  std::set<std::string> failing_reasons;          // of the errors shown now; empty when the last sync worked
+  std::map<std::pair<std::string, std::string>, size_t> skipped;  // (kind, reason) -> objects skipped now
+  size_t missing_cgroups = 0;                     // local pods whose cgroup does not exist (yet)
   size_t trace_clients = 0;
 };
 
@@ -53,17 +57,7 @@ std::string prom_label(const std::string& v);
 std::string render_observability(const ObserveInput& in, const NameTable& names);
 
 // Reads the pinned es_decisions map.
-class DecisionReader {
- public:
-  explicit DecisionReader(const std::filesystem::path& pin_dir);  // throws std::runtime_error
-  ~DecisionReader();
-  DecisionReader(const DecisionReader&) = delete;
-  DecisionReader& operator=(const DecisionReader&) = delete;
-  std::vector<DecisionSample> read() const;
-  uint32_t capacity() const;
-
- private:
-  int fd_ = -1;
-};
+// The per-service decision counters (es_decisions), summed over the CPUs.
+std::vector<DecisionSample> read_decisions(const maps::BpfMapBackend& m);
 
 }  // namespace envsteer

@@ -17,10 +17,40 @@
 
 namespace envsteer {
 
-// Bad input: names the object and the field.
-class ModelError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
+// Why an object (or a part of it) is left out of the model: the values of
+// Skipped::reason, and of the `reason` label of envsteer_objects_skipped.
+namespace skip_reason {
+inline constexpr const char* kInvalidEnv = "invalid_env";            // env label value is no env name
+inline constexpr const char* kInvalidAddress = "invalid_address";    // a clusterIP or endpoint address
+inline constexpr const char* kAddressInUse = "address_in_use";       // another Service has the address
+inline constexpr const char* kInvalidCgroup = "invalid_cgroup";      // cgroup annotation outside the mount
+inline constexpr const char* kCgroupOutsideRoot = "cgroup_outside_root";  // not strictly below --cgroup-root
+inline constexpr const char* kCgroupShared = "cgroup_shared";        // claimed by another pod, or holds one
+inline constexpr const char* kInvalidObject = "invalid_object";      // the source could not decode it
+}  // namespace skip_reason
+
+// An object, or the part of it `field` names, that the model leaves out;
+// everything else is applied. A skipped Pod (field = its env label, or the
+// whole object) is no backend and no local pod; a Pod skipped for its cgroup
+// (field = the cgroup annotation, or metadata.uid for a discovered cgroup)
+// stays a backend but its processes are not steered; a skipped Service has no
+// address at all; a skipped endpoint address is just not a backend.
+struct Skipped {
+  std::string kind;     // "Pod", "Service", "EndpointSlice"
+  std::string key;      // "ns/name"
+  std::string uid;      // metadata.uid, when known (for Kubernetes Events)
+  std::string field;    // "" = the whole object
+  std::string reason;   // skip_reason::*
+  std::string message;  // "<Kind> <ns/name>: <field>: what is wrong; what is left out"
+  bool operator==(const Skipped&) const = default;
+};
+
+// A local pod whose cgroup does not exist (yet): not an error of the object
+// (the kubelet creates the cgroup after the pod), listed until it appears.
+struct MissingCgroup {
+  std::string pod;     // "ns/name"
+  std::string cgroup;  // as given (annotation), or "" when discovery has not found it
+  bool operator==(const MissingCgroup&) const = default;
 };
 
 // Environment names; "" is the unnamed base (no default-env configured).
@@ -77,7 +107,13 @@ struct CgroupInfo {
   uint64_t id = 0;
   int level = 0;
   std::string path;
-  bool under_root = true;  // inside the steered subtree
+  bool under_root = true;  // strictly below the steered root (the root itself is no pod's)
+};
+
+// Where local pods' cgroups come from.
+enum class CgroupSource {
+  Annotation,  // the pod's cgroup annotation (manifests)
+  Discovered,  // only ModelOptions::discovered_cgroups (--kubernetes); annotations are ignored
 };
 
 struct ModelOptions {
@@ -85,12 +121,17 @@ struct ModelOptions {
   char splitter = '.';
   EnvName default_env;  // "" = base
   std::string cgroup_annotation = "envsteer.io/cgroup";
+  CgroupSource cgroup_source = CgroupSource::Annotation;
+  // With CgroupSource::Discovered: this node's pods ("ns/name") -> the cgroup
+  // the agent found for them under the kubelet's pod cgroups ("" = not yet).
+  std::map<std::string, std::string> discovered_cgroups;
   // Services without EndpointSlices take their pods from the selector. On for
   // manifests; off for the Kubernetes API, where only labelled pods are
   // watched and the EndpointSlices are the truth (as for kube-proxy).
   bool selector_fallback = true;
   // Resolves an annotation value to the cgroup; nullopt when absent on this
   // host; throws std::invalid_argument for values that can never be valid.
+  // Discovered cgroups (absolute paths) go through it too.
   std::function<std::optional<CgroupInfo>(const std::string&)> resolve_cgroup;
 };
 
@@ -103,9 +144,12 @@ struct DesiredState {
   std::map<std::string, EnvName> pod_envs;         // every pod: "ns/name" -> env
   std::set<std::string> labelled_pods;             // pods that carry the env label
   std::vector<std::string> warnings;               // not errors: logged
+  std::vector<Skipped> skipped;                    // sorted by (kind, key, field); no duplicates
+  std::vector<MissingCgroup> missing_cgroups;      // sorted by pod
 };
 
-// Throws ModelError for bad input (nothing of it is to be applied).
+// Pure. Bad objects never fail the whole model: each one is left out and
+// listed in DesiredState::skipped, and everything else is built.
 DesiredState build_model(const k8s::ClusterState& cluster, const ModelOptions& opt);
 
 }  // namespace envsteer

@@ -29,42 +29,11 @@ namespace {
 
 std::string errstr(int e) { return std::strerror(e); }
 
-int open_map(const std::filesystem::path& dir, const char* name) {
-  auto p = dir / "maps" / name;
-  int fd = bpf_obj_get(p.c_str());
-  if (fd < 0) throw std::runtime_error("per-request steering: opening map " + p.string() + ": " + errstr(errno));
-  return fd;
-}
-
 uint64_t socket_cookie(int fd) {
   uint64_t c = 0;
   socklen_t l = sizeof(c);
   if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &c, &l) != 0) return 0;
   return c;
-}
-
-std::string backend_str(const es_backend& b) {
-  char a[INET6_ADDRSTRLEN] = {};
-  if (b.family == ES_FAMILY_INET6) {
-    inet_ntop(AF_INET6, b.addr, a, sizeof(a));
-    return std::string("[") + a + "]:" + std::to_string(ntohs(b.port));
-  }
-  inet_ntop(AF_INET, b.addr, a, sizeof(a));
-  return std::string(a) + ":" + std::to_string(ntohs(b.port));
-}
-
-template <class K>
-std::vector<K> keys_of(int fd) {
-  std::vector<K> out;
-  K k{}, next{};
-  const void* prev = nullptr;
-  while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-    out.push_back(next);
-    k = next;
-    prev = &k;
-    if (out.size() > (1u << 20)) break;  // bounded
-  }
-  return out;
 }
 
 // Milliseconds since the socket last sent or received data.
@@ -77,15 +46,18 @@ uint64_t idle_ms(int fd) {
 
 }  // namespace
 
-Relay::Relay(const std::filesystem::path& pin_dir, RelayOptions o) : pin_dir_(pin_dir), o_(o) {
-  binds_ = open_map(pin_dir, ES_MAP_BINDS);
-  upstreams_ = open_map(pin_dir, ES_MAP_UPSTREAMS);
-  clients_ = open_map(pin_dir, ES_MAP_RELAY_CLIENTS);
-  done_ = open_map(pin_dir, ES_MAP_RELAY_DONE);
-  cfg_ = open_map(pin_dir, ES_MAP_RELAY_CFG);
-  sockhash_ = open_map(pin_dir, ES_MAP_SOCKHASH);
-  sets_ = open_map(pin_dir, ES_MAP_SETS);
-  slots_ = open_map(pin_dir, ES_MAP_SLOTS);
+Relay::Relay(const maps::BpfMapBackend& m, RelayOptions o) : m_(m), o_(o) {
+  using maps::MapId;
+  binds_ = m.fd(MapId::Binds);
+  upstreams_ = m.fd(MapId::Upstreams);
+  clients_ = m.fd(MapId::RelayClients);
+  done_ = m.fd(MapId::RelayDone);
+  cfg_ = m.fd(MapId::RelayCfg);
+  sockhash_ = m.fd(MapId::Sockhash);
+  sets_ = m.fd(MapId::Sets);
+  slots_ = m.fd(MapId::Slots);
+  rsp_ = m.fd(MapId::Rsp);
+  es_http_cfg_init(&http_cfg_, '.', 0);
   epoll_ = epoll_create1(EPOLL_CLOEXEC);
   wake_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (epoll_ < 0 || wake_ < 0) throw std::runtime_error("per-request steering: epoll/eventfd: " + errstr(errno));
@@ -97,7 +69,7 @@ Relay::Relay(const std::filesystem::path& pin_dir, RelayOptions o) : pin_dir_(pi
 
 Relay::~Relay() {
   stop();
-  for (int fd : {binds_, upstreams_, clients_, done_, cfg_, sockhash_, sets_, slots_, epoll_, wake_})
+  for (int fd : {epoll_, wake_})  // the map fds are the Datapath's
     if (fd >= 0) close(fd);
 }
 
@@ -164,8 +136,8 @@ void Relay::cleanup_previous() {
   // relay socket are lost: the clients that had either are destroyed (their
   // applications see a reset and reconnect) rather than left waiting.
   std::set<uint64_t> victims;
-  for (const auto& k : keys_of<es_bind_key>(binds_)) victims.insert(k.client);
-  for (uint64_t c : keys_of<uint64_t>(clients_)) {
+  for (const auto& k : m_.keys<es_bind_key>(maps::MapId::Binds)) victims.insert(k.client);
+  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
     es_relay_client rc{};
     uint32_t done = 0;
     if (bpf_map_lookup_elem(clients_, &c, &rc) != 0) continue;
@@ -176,10 +148,11 @@ void Relay::cleanup_previous() {
   for (uint64_t c : victims)
     if (client_alive(c) && destroy_client(c)) destroyed++;
   size_t stale = 0;
-  for (const auto& k : keys_of<es_bind_key>(binds_)) stale += bpf_map_delete_elem(binds_, &k) == 0;
-  for (uint64_t k : keys_of<uint64_t>(upstreams_)) stale += bpf_map_delete_elem(upstreams_, &k) == 0;
-  for (uint64_t k : keys_of<uint64_t>(clients_)) stale += bpf_map_delete_elem(clients_, &k) == 0;
-  for (uint64_t k : keys_of<uint64_t>(done_)) stale += bpf_map_delete_elem(done_, &k) == 0;
+  for (const auto& k : m_.keys<es_bind_key>(maps::MapId::Binds)) stale += bpf_map_delete_elem(binds_, &k) == 0;
+  for (uint64_t k : m_.keys<uint64_t>(maps::MapId::Upstreams)) stale += bpf_map_delete_elem(upstreams_, &k) == 0;
+  for (uint64_t k : m_.keys<uint64_t>(maps::MapId::RelayClients)) stale += bpf_map_delete_elem(clients_, &k) == 0;
+  for (uint64_t k : m_.keys<uint64_t>(maps::MapId::RelayDone)) stale += bpf_map_delete_elem(done_, &k) == 0;
+  for (uint64_t k : m_.keys<uint64_t>(maps::MapId::Rsp)) stale += bpf_map_delete_elem(rsp_, &k) == 0;
   if (stale || destroyed)
     spdlog::info("per-request steering: removed {} entries of the previous agent; {} client connection(s) "
                  "with re-routed requests in flight reset",
@@ -231,6 +204,11 @@ nlohmann::json Relay::status_json() const {
                       {"by_server", s.closed_by_server},
                       {"pod_gone", s.closed_pod_gone}}},
           {"clients_destroyed", s.clients_destroyed},
+          {"client_resets", {{"request_unanswered", s.reset_request},
+                             {"response_cut", s.reset_response},
+                             {"until_close", s.reset_until_close},
+                             {"unframed", s.reset_unframed},
+                             {"reorder", s.reset_reorder}}},
           {"protocol_errors", s.protocol_errors},
           {"forward_failures", s.forward_failures}};
 }
@@ -254,44 +232,7 @@ void Relay::loop() {
       } else if (tag == 0) {
         on_relay_readable();
       } else if (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-        auto it = ups_.find(tag);
-        if (it == ups_.end()) continue;
-        Upstream& u = it->second;
-        epoll_ctl(epoll_, EPOLL_CTL_DEL, u.fd, nullptr);
-        int err = 0;
-        socklen_t l = sizeof(err);
-        getsockopt(u.fd, SOL_SOCKET, SO_ERROR, &err, &l);
-        {
-          std::lock_guard<std::mutex> g(mu_);
-          stats_.closed_by_server++;
-        }
-        if (err || u.unbound) {
-          // A reset loses whatever was in flight: the client sees it at once.
-          spdlog::info("per-request steering: upstream {} of client {} {}", u.backend, u.client,
-                       err ? "reset (" + errstr(err) + "): the client connection is reset" : "closed");
-          close_upstream(tag, err != 0 && !u.unbound, "closed by the server");
-        } else {
-          // A clean close. With a request outstanding (sent after the last
-          // data received), or right after response data (a response framed
-          // by the close), the client would wait for an end that never comes:
-          // it is reset after a grace second, in which it reads what arrived.
-          // A close long after the last response (the server ending an idle
-          // connection, a pod going away) only unbinds: the next request of
-          // the client is bound to a new upstream.
-          tcp_info ti{};
-          socklen_t tl = sizeof(ti);
-          getsockopt(u.fd, IPPROTO_TCP, TCP_INFO, &ti, &tl);
-          bool outstanding = ti.tcpi_last_data_sent < ti.tcpi_last_data_recv;
-          bool framed_by_close = ti.tcpi_last_data_recv < 100;
-          spdlog::info("per-request steering: upstream {} of client {} closed by the server{}", u.backend, u.client,
-                       outstanding ? " with a request outstanding"
-                       : framed_by_close ? " right after a response" : " while idle");
-          unbind(u);
-          u.unbound = true;
-          u.server_closed = outstanding || framed_by_close;
-          u.idle_since = std::chrono::steady_clock::now() - (u.server_closed ? std::chrono::seconds(0)
-                                                                               : std::chrono::seconds(5));
-        }
+        on_upstream_closed(tag);
       }
     }
     if (std::chrono::steady_clock::now() >= next_sweep) {
@@ -342,15 +283,50 @@ void Relay::handle_frame(const es_relay_hdr& h, const uint8_t* payload, size_t n
     stats_.frames++;
     stats_.bytes += n;
   }
+  auto same = [&](const Upstream& u) { return u.client == h.client && u.svc_id == h.svc_id && u.env_id == h.env_id; };
   Upstream* up = nullptr;
   for (auto& [c, u] : ups_)
-    if (u.client == h.client && u.svc_id == h.svc_id && u.env_id == h.env_id && !u.unbound) {
+    if (same(u) && !u.unbound) {
       up = &u;
       break;
     }
-  if (!up && client_alive(h.client)) up = open_upstream(h.client, h.svc_id, h.env_id);
+  if (up) {
+    // Closed by its server before this request came (its FIN not handled yet):
+    // settled first, the request then goes to a new upstream.
+    pollfd p{up->fd, POLLRDHUP, 0};
+    if (poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+      on_upstream_closed(up->cookie);
+      up = nullptr;
+    }
+  }
+  bool refused = false;
+  if (!up && client_alive(h.client))
+    for (auto& [c, u] : ups_)
+      if (same(u) && owed(u).owed != Owed::Nothing) {
+        // The target's previous upstream still owes this client a response (a
+        // pipelined request, or framing the kernel could not follow): on a new
+        // upstream the answers could overtake each other. Refused, visibly.
+        spdlog::warn("per-request steering: client {} sent a request for a target whose previous upstream {} "
+                     "still owes it a response: the client connection is reset",
+                     h.client, u.backend);
+        std::lock_guard<std::mutex> g(mu_);
+        stats_.reset_reorder++;
+        refused = true;
+        break;
+      }
+  if (!up && !refused && client_alive(h.client)) up = open_upstream(h.client, h.svc_id, h.env_id);
   bool ok = false;
   if (up) {
+    // Count the request heads before they go: the response may come at once.
+    for (size_t off = 0; off < n && !up->req_unframed;) {
+      __u32 used = 0;
+      int ev = es_http_feed_buf(&up->req, &http_cfg_, payload + off, static_cast<__u32>(n - off),
+                                ES_HTTP_EV_HEADERS, &used);
+      off += used;
+      if (ev & ES_HTTP_EV_HEADERS) up->slow_reqs++;
+      if ((ev & ES_HTTP_EV_NOT_HTTP) && up->req.err != ES_HTTP_ERR_TUNNEL) up->req_unframed = true;
+      if (used == 0 || (ev & ES_HTTP_EV_NOT_HTTP)) break;
+    }
     size_t sent = 0;
     while (sent < n) {
       ssize_t w = send(up->fd, payload + sent, n - sent, MSG_NOSIGNAL);
@@ -409,7 +385,7 @@ Relay::Upstream* Relay::open_upstream(uint64_t client, uint32_t svc_id, uint32_t
     sl = sizeof(*a);
     fam = AF_INET;
   }
-  std::string where = backend_str(be);
+  std::string where = maps::format_backend(be);
   int fd = socket(fam, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return nullptr;
   int one = 1;
@@ -446,18 +422,21 @@ Relay::Upstream* Relay::open_upstream(uint64_t client, uint32_t svc_id, uint32_t
   u.svc_id = svc_id;
   u.env_id = env_id;
   u.backend = where;
-  u.idle_since = std::chrono::steady_clock::now();
-  // Responses must find their client before the request leaves: upstream
-  // entry, then the socket in the sockhash, then the binding.
+  // Responses must find their client before the request leaves: the framing
+  // tracker, the upstream entry, then the socket in the sockhash, then the
+  // binding.
+  es_rsp rz{};
   es_upstream ue{client, svc_id, env_id};
   uint64_t fdv = static_cast<uint64_t>(fd);
   es_bind_key bk{client, svc_id, env_id};
   es_bind b{u.cookie, static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count())};
-  if (!u.cookie || bpf_map_update_elem(upstreams_, &u.cookie, &ue, BPF_ANY) != 0 ||
+  if (!u.cookie || bpf_map_update_elem(rsp_, &u.cookie, &rz, BPF_ANY) != 0 ||
+      bpf_map_update_elem(upstreams_, &u.cookie, &ue, BPF_ANY) != 0 ||
       bpf_map_update_elem(sockhash_, &u.cookie, &fdv, BPF_ANY) != 0 ||
       bpf_map_update_elem(binds_, &bk, &b, BPF_ANY) != 0) {
     int e = errno;
     bpf_map_delete_elem(upstreams_, &u.cookie);
+    bpf_map_delete_elem(rsp_, &u.cookie);
     close(fd);
     std::lock_guard<std::mutex> g(mu_);
     stats_.connect_failures++;
@@ -487,6 +466,7 @@ void Relay::close_upstream(uint64_t cookie, bool destroy, const char* why) {
   bpf_map_delete_elem(upstreams_, &cookie);
   epoll_ctl(epoll_, EPOLL_CTL_DEL, u.fd, nullptr);
   close(u.fd);
+  bpf_map_delete_elem(rsp_, &cookie);
   {
     std::lock_guard<std::mutex> g(mu_);
     stats_.active = ups_.size();
@@ -503,25 +483,113 @@ void Relay::unbind(const Upstream& u) {
   if (bpf_map_lookup_elem(binds_, &bk, &b) == 0 && b.upstream == u.cookie) bpf_map_delete_elem(binds_, &bk);
 }
 
+// Unbinds u, then fences its client: the sk_msg program runs under the client
+// socket's lock and counts a kernel-path request (es_rsp.reqs) in the run that
+// found the binding, so once a query that takes that lock has returned, every
+// request that could still reach u is in the count, and no later one reaches it.
+void Relay::settle(Upstream& u) {
+  if (u.unbound) return;
+  unbind(u);
+  u.unbound = true;
+  if (client_alive(u.client)) client_diag(u.client, SOCK_DIAG_BY_FAMILY, 1u << (INET_DIAG_INFO - 1));
+}
+
+Relay::Snapshot Relay::owed(const Upstream& u) const {
+  Snapshot s;
+  // TCP_INFO takes the upstream's socket lock: whatever the server sent
+  // before its close has been through the verdict program.
+  tcp_info ti{};
+  socklen_t tl = sizeof(ti);
+  getsockopt(u.fd, IPPROTO_TCP, TCP_INFO, &ti, &tl);
+  es_rsp r{};
+  if (bpf_map_lookup_elem(rsp_, &u.cookie, &r) != 0) return s;
+  s.reqs = r.reqs + u.slow_reqs;
+  s.done = r.done;
+  s.phase = r.phase;
+  s.status = r.status;
+  if (u.req_unframed || r.phase == ES_RSP_P_DEAD || s.reqs < r.done)
+    s.owed = Owed::Unframed;
+  else if (r.phase == ES_RSP_P_UNTIL_CLOSE)
+    s.owed = Owed::UntilClose;
+  else if (r.phase != ES_RSP_P_IDLE)
+    s.owed = Owed::Response;
+  else if (s.reqs > r.done)
+    s.owed = Owed::Request;
+  else
+    s.owed = Owed::Nothing;
+  return s;
+}
+
+namespace {
+const char* owed_str(int o) {
+  switch (o) {
+    case 0: return "nothing owed";
+    case 1: return "a request unanswered";
+    case 2: return "a response under way";
+    case 3: return "a response framed by the close (or a tunnel) under way";
+    default: return "framing the kernel could not follow";
+  }
+}
+}  // namespace
+
+// The server closed or reset the upstream. Decided from what it owes the
+// client, whichever of this and the sweep came first.
+void Relay::on_upstream_closed(uint64_t cookie) {
+  auto it = ups_.find(cookie);
+  if (it == ups_.end()) return;
+  Upstream& u = it->second;
+  epoll_ctl(epoll_, EPOLL_CTL_DEL, u.fd, nullptr);
+  int err = 0;
+  socklen_t l = sizeof(err);
+  getsockopt(u.fd, SOL_SOCKET, SO_ERROR, &err, &l);
+  settle(u);
+  Snapshot s = owed(u);
+  bool alive = client_alive(u.client);
+  bool reset = alive && s.owed != Owed::Nothing;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    stats_.closed_by_server++;
+    if (reset) {
+      switch (s.owed) {
+        case Owed::Request: stats_.reset_request++; break;
+        case Owed::Response: stats_.reset_response++; break;
+        case Owed::UntilClose: stats_.reset_until_close++; break;
+        default: stats_.reset_unframed++; break;
+      }
+    }
+  }
+  spdlog::info("per-request steering: upstream {} of client {} {} by the server with {} ({} requests, {} answered): {}",
+               u.backend, u.client, err ? "reset (" + errstr(err) + ")" : std::string("closed"),
+               owed_str(static_cast<int>(s.owed)), s.reqs, s.done,
+               !alive  ? "the client is gone"
+               : reset ? "the client connection is reset"
+                       : "the client's next request for it binds a new upstream");
+  close_upstream(cookie, reset, "closed by the server");
+}
+
 void Relay::forget_client(uint64_t client) {
   bpf_map_delete_elem(clients_, &client);
   bpf_map_delete_elem(done_, &client);
 }
 
-bool Relay::destroy_client(uint64_t client) {
+// A sock_diag request for the client connection (its exact socket: addresses
+// and cookie): SOCK_DESTROY, or SOCK_DIAG_BY_FAMILY with ext (a query whose
+// INET_DIAG_INFO takes the socket's lock). 0 or an errno.
+int Relay::client_diag(uint64_t client, uint16_t type, uint8_t ext) const {
   es_relay_client rc{};
-  if (bpf_map_lookup_elem(clients_, &client, &rc) != 0) return false;
+  if (bpf_map_lookup_elem(clients_, &client, &rc) != 0) return ENOENT;
   int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (nl < 0) return false;
+  if (nl < 0) return errno;
   struct {
     nlmsghdr nlh;
     inet_diag_req_v2 r;
   } req{};
   req.nlh.nlmsg_len = sizeof(req);
-  req.nlh.nlmsg_type = SOCK_DESTROY;
+  req.nlh.nlmsg_type = type;
   req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
   req.r.sdiag_family = rc.family == ES_FAMILY_INET6 ? AF_INET6 : AF_INET;
   req.r.sdiag_protocol = IPPROTO_TCP;
+  req.r.idiag_ext = ext;
   req.r.idiag_states = ~0u;
   req.r.id.idiag_sport = rc.lport;
   req.r.id.idiag_dport = rc.rport;
@@ -531,82 +599,83 @@ bool Relay::destroy_client(uint64_t client) {
   req.r.id.idiag_cookie[1] = static_cast<uint32_t>(client >> 32);
   sockaddr_nl sa{};
   sa.nl_family = AF_NETLINK;
-  int err = -1;
+  int err = EIO;
+  // The kernel answers within sendto(); the reply is read to learn the outcome.
   if (sendto(nl, &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == sizeof(req)) {
-    char ack[256];
+    alignas(nlmsghdr) char ack[4096];
     pollfd p{nl, POLLIN, 0};
     if (poll(&p, 1, 1000) == 1) {
       ssize_t r = recv(nl, ack, sizeof(ack), 0);
       auto* h = reinterpret_cast<nlmsghdr*>(ack);
       if (r >= static_cast<ssize_t>(sizeof(nlmsghdr) + sizeof(nlmsgerr)) && h->nlmsg_type == NLMSG_ERROR)
         err = -reinterpret_cast<nlmsgerr*>(NLMSG_DATA(h))->error;
+      else if (r >= static_cast<ssize_t>(sizeof(nlmsghdr)) && h->nlmsg_type == type)
+        err = 0;
     }
+  } else {
+    err = errno;
   }
   close(nl);
+  return err;
+}
+
+bool Relay::destroy_client(uint64_t client) {
+  es_relay_client rc{};
+  if (bpf_map_lookup_elem(clients_, &client, &rc) != 0) return false;
+  int err = client_diag(client, SOCK_DESTROY, 0);
   std::lock_guard<std::mutex> g(mu_);
   if (err == 0) {
     stats_.clients_destroyed++;
     spdlog::info("per-request steering: client connection {} reset", client);
   } else {
     stats_.destroy_failures++;
-    spdlog::warn("per-request steering: could not reset client connection {}: {}", client,
-                 err > 0 ? errstr(err) : "no answer");
+    spdlog::warn("per-request steering: could not reset client connection {}: {}", client, errstr(err));
   }
   return err == 0;
 }
 
 void Relay::sweep() {
-  auto now = std::chrono::steady_clock::now();
   std::vector<std::pair<uint64_t, int>> to_close;  // cookie, reason
   for (auto& [cookie, u] : ups_) {
     if (!client_alive(u.client)) {
       to_close.emplace_back(cookie, 0);
       continue;
     }
-    if (u.server_closed) {
-      if (now - u.idle_since >= std::chrono::seconds(1)) to_close.emplace_back(cookie, 2);
-      continue;
-    }
-    if (u.unbound) {
-      // unbound a second ago: closed once no request went out since
-      if (now - u.idle_since >= std::chrono::seconds(1) && idle_ms(u.fd) >= 1000) to_close.emplace_back(cookie, 1);
-      continue;
-    }
-    bool pod_gone = true;
-    es_set_key sk{u.svc_id, u.env_id};
-    es_set set{};
-    if (bpf_map_lookup_elem(sets_, &sk, &set) == 0)
-      for (uint32_t i = 0; i < set.count && i < 4096; i++) {
-        es_slot_key k{u.svc_id, u.env_id, i};
-        es_backend be{};
-        if (bpf_map_lookup_elem(slots_, &k, &be) == 0 && backend_str(be) == u.backend) {
-          pod_gone = false;
-          break;
+    if (!u.unbound) {
+      bool pod_gone = true;
+      es_set_key sk{u.svc_id, u.env_id};
+      es_set set{};
+      if (bpf_map_lookup_elem(sets_, &sk, &set) == 0)
+        for (uint32_t i = 0; i < set.count && i < 4096; i++) {
+          es_slot_key k{u.svc_id, u.env_id, i};
+          es_backend be{};
+          if (bpf_map_lookup_elem(slots_, &k, &be) == 0 && maps::format_backend(be) == u.backend) {
+            pod_gone = false;
+            break;
+          }
         }
-      }
-    bool idle = idle_ms(u.fd) >= static_cast<uint64_t>(o_.idle_timeout.count());
-    if (pod_gone || idle) {
+      bool idle = idle_ms(u.fd) >= static_cast<uint64_t>(o_.idle_timeout.count());
+      if (!pod_gone && !idle) continue;
       // Unbind first: new requests take the slow path to a fresh upstream;
-      // the old one closes once quiet.
-      unbind(u);
-      u.unbound = true;
-      u.idle_since = now;
+      // this one closes once it owes the client nothing.
+      settle(u);
       std::lock_guard<std::mutex> g(mu_);
       (pod_gone ? stats_.closed_pod_gone : stats_.closed_idle)++;
       spdlog::info("per-request steering: upstream {} of client {} unbound: {}", u.backend, u.client,
                    pod_gone ? "its pod left the set" : "idle");
     }
+    if (owed(u).owed == Owed::Nothing) to_close.emplace_back(cookie, 1);
   }
   for (auto [cookie, why] : to_close) {
     if (why == 0) {
       std::lock_guard<std::mutex> g(mu_);
       stats_.closed_client_gone++;
     }
-    close_upstream(cookie, why == 2, why == 0 ? "client closed" : why == 1 ? "unbound" : "closed by the server");
+    close_upstream(cookie, false, why == 0 ? "client closed" : "unbound, nothing owed");
   }
   // Clients gone: forget their relay entries (bounded work per sweep).
   size_t checked = 0;
-  for (uint64_t c : keys_of<uint64_t>(clients_)) {
+  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
     if (++checked > 4096) break;
     if (client_alive(c)) continue;
     bool has_upstream = false;

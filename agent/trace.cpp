@@ -202,23 +202,10 @@ bool TraceFilter::matches(const json& ev) const {
   return true;
 }
 
-TraceHub::TraceHub(const fs::path& pin_dir, std::function<std::shared_ptr<const NameTable>()> names)
-    : names_(std::move(names)) {
-  auto open_pinned = [&](const char* name) {
-    auto p = pin_dir / "maps" / name;
-    int fd = bpf_obj_get(p.c_str());
-    if (fd < 0) throw std::runtime_error("cannot open pinned map " + p.string() + ": " + std::strerror(errno));
-    return fd;
-  };
-  cfg_fd_ = open_pinned(ES_MAP_TRACE_CFG);
-  rb_fd_ = open_pinned(ES_MAP_TRACE_RB);
+TraceHub::TraceHub(const maps::BpfMapBackend& m, std::function<std::shared_ptr<const NameTable>()> names)
+    : cfg_fd_(m.fd(maps::MapId::TraceCfg)), rb_fd_(m.fd(maps::MapId::TraceRb)), names_(std::move(names)) {
   rb_ = ring_buffer__new(rb_fd_, &TraceHub::on_event, this, nullptr);
-  if (!rb_) {
-    int err = errno;
-    ::close(cfg_fd_);
-    ::close(rb_fd_);
-    throw std::runtime_error(std::string("cannot read the trace ring buffer: ") + std::strerror(err));
-  }
+  if (!rb_) throw std::runtime_error(std::string("cannot read the trace ring buffer: ") + std::strerror(errno));
   {
     std::lock_guard<std::mutex> g(mu_);
     write_switch();  // off: a previous agent may have stopped with a client attached
@@ -230,9 +217,7 @@ TraceHub::TraceHub(const fs::path& pin_dir, std::function<std::shared_ptr<const 
 
 TraceHub::~TraceHub() {
   close();
-  if (rb_) ring_buffer__free(rb_);
-  if (rb_fd_ >= 0) ::close(rb_fd_);
-  if (cfg_fd_ >= 0) ::close(cfg_fd_);
+  if (rb_) ring_buffer__free(rb_);  // the map fds are the Datapath's
 }
 
 void TraceHub::write_switch() {

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "maps/abi.h"
+#include "maps/bpf_maps.h"
 #include "model.h"
 #include "reconciler.h"
 
@@ -91,7 +92,8 @@ class TraceHub {
 
   // Opens the pinned ring buffer and trace switch under <pin_dir>/maps and
   // turns tracing off. Throws std::runtime_error.
-  TraceHub(const std::filesystem::path& pin_dir, std::function<std::shared_ptr<const NameTable>()> names);
+  // m: the Datapath's maps, which outlive the hub.
+  TraceHub(const maps::BpfMapBackend& m, std::function<std::shared_ptr<const NameTable>()> names);
   ~TraceHub();
   TraceHub(const TraceHub&) = delete;
   TraceHub& operator=(const TraceHub&) = delete;
@@ -111,7 +113,7 @@ class TraceHub {
   void run();
   void write_switch();  // under mu_
 
-  int cfg_fd_ = -1, rb_fd_ = -1;
+  int cfg_fd_ = -1, rb_fd_ = -1;  // not owned
   ring_buffer* rb_ = nullptr;
   std::function<std::shared_ptr<const NameTable>()> names_;
   std::shared_ptr<const NameTable> batch_names_;  // reader thread only

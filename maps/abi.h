@@ -420,6 +420,31 @@ struct es_tx {
 				* bytes the parser cannot follow after it are its tunnel */
 };
 
+/* Responses on an upstream of the relay, as the verdict program follows them
+ * (bpf/lib/response.h). */
+/* Pinned next to the other maps (<pin dir>/maps/es_rsp): upstream cookie ->
+ * struct es_rsp. The agent creates the entry, zeroed, before the upstream is
+ * registered and deletes it when the upstream closes; the programs update it
+ * in place: reqs only by atomic adds (sk_msg), the rest only by the verdict
+ * program (one upstream's data is verdicted under its socket lock). */
+struct es_rsp {
+	__u64 reqs;  /* request heads sent in the kernel (sk_msg, atomic adds) */
+	__u64 done;  /* final responses complete */
+	__u64 left;  /* body or chunk bytes left; the Content-Length within a head */
+	__u64 num;   /* number being read: a Content-Length element, a chunk size */
+	__u64 bytes; /* response bytes seen */
+	__u16 status;
+	__u8 phase;
+	__u8 pos;   /* bytes of the status line, header name or token (saturating) */
+	__u8 hdr;   /* name: ES_RSP_M_* still matching; value: ES_RSP_H_* */
+	__u8 flags; /* ES_RSP_F_* of the head being read */
+	__u8 sub;   /* position within a value or chunk-size line */
+	__u8 err;   /* enum es_rsp_err once DEAD */
+	__u8 fin;   /* the server closed the upstream (its FIN went by): no request
+		     * is sent to it in the kernel any more */
+	__u8 pad[7];
+};
+
 /* Names of the pinned maps below the pin directory (".../maps/<name>"). */
 #define ES_MAP_FRONTENDS "es_frontends"
 #define ES_MAP_SETS "es_sets"
@@ -444,6 +469,7 @@ struct es_tx {
 #define ES_MAP_RELAY_CFG "es_relay_cfg"
 #define ES_MAP_REQ_STATS "es_req_stats"
 #define ES_MAP_CTX_OFF "es_ctx_off"
+#define ES_MAP_RSP "es_rsp"
 
 /* ------------------------------------------------------------------------
  * Observability: decision events (trace ring buffer) and per-service

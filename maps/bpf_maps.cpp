@@ -58,9 +58,20 @@ bool BpfMapBackend::lookup(MapId map, const void* key, void* value) const {
   return bpf_map_lookup_elem(fd(map), key, value) == 0;
 }
 
+namespace {
+
+size_t lookup_size(MapId map) {
+  if (!per_cpu(map)) return value_size(map);
+  int ncpu = libbpf_num_possible_cpus();
+  return value_size(map) * static_cast<size_t>(ncpu > 0 ? ncpu : 1);
+}
+
+}  // namespace
+
 void BpfMapBackend::for_each(MapId map,
                              const std::function<void(const void*, const void*)>& fn) const {
-  std::vector<unsigned char> key(key_size(map)), next(key_size(map)), value(value_size(map));
+  // per-CPU maps: the value is every CPU's, one after the other
+  std::vector<unsigned char> key(key_size(map)), next(key_size(map)), value(lookup_size(map));
   const void* prev = nullptr;
   while (bpf_map_get_next_key(fd(map), prev, next.data()) == 0) {
     if (bpf_map_lookup_elem(fd(map), next.data(), value.data()) == 0) fn(next.data(), value.data());
@@ -76,26 +87,46 @@ uint32_t BpfMapBackend::capacity(MapId map) const {
   return info.max_entries;
 }
 
-size_t BpfMapBackend::count(MapId map) const {
+void BpfMapBackend::for_each_key(MapId map, const std::function<void(const void* key)>& fn) const {
   std::vector<unsigned char> key(key_size(map)), next(key_size(map));
   const void* prev = nullptr;
-  size_t n = 0;
   while (bpf_map_get_next_key(fd(map), prev, next.data()) == 0) {
-    n++;
+    fn(next.data());
     key.swap(next);
     prev = key.data();
   }
+}
+
+size_t BpfMapBackend::count(MapId map) const {
+  size_t n = 0;
+  for_each_key(map, [&](const void*) { n++; });
   return n;
 }
 
-uint64_t BpfMapBackend::counter(uint32_t index) const {
-  int ncpu = libbpf_num_possible_cpus();
-  if (ncpu <= 0) return 0;
-  std::vector<uint64_t> values(static_cast<size_t>(ncpu));
-  if (bpf_map_lookup_elem(fd(MapId::Counters), &index, values.data()) != 0) return 0;
+namespace {
+
+uint64_t cpu_sum(const void* values, size_t n) {
+  const auto* v = static_cast<const uint64_t*>(values);
   uint64_t sum = 0;
-  for (auto v : values) sum += v;
+  for (size_t i = 0; i < n; i++) sum += v[i];
   return sum;
+}
+
+size_t ncpus() {
+  int n = libbpf_num_possible_cpus();
+  return n > 0 ? static_cast<size_t>(n) : 1;
+}
+
+}  // namespace
+
+uint64_t BpfMapBackend::counter(uint32_t index) const {
+  std::vector<uint64_t> values(ncpus());
+  if (bpf_map_lookup_elem(fd(MapId::Counters), &index, values.data()) != 0) return 0;
+  return cpu_sum(values.data(), values.size());
+}
+
+void BpfMapBackend::for_each_sum(MapId map, const std::function<void(const void* key, uint64_t sum)>& fn) const {
+  for_each(map, [&](const void* k, const void* v) { fn(k, per_cpu(map) ? cpu_sum(v, ncpus()) : *static_cast<const uint64_t*>(v)); });
 }
 
 }  // namespace envsteer::maps

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <filesystem>
+#include <vector>
 
 #include "maps/maps.h"
 
@@ -34,6 +35,16 @@ class BpfMapBackend : public MapBackend {
   size_t count(MapId map) const;
   // Sum of a per-CPU counter over all CPUs.
   uint64_t counter(uint32_t index) const;
+  // Every entry of a map of __u64 counters, summed over the CPUs where per-CPU.
+  void for_each_sum(MapId map, const std::function<void(const void* key, uint64_t sum)>& fn) const;
+  // The keys of a map (a snapshot).
+  template <class K>
+  std::vector<K> keys(MapId map) const {
+    std::vector<K> out;
+    for_each_key(map, [&](const void* k) { out.push_back(*static_cast<const K*>(k)); });
+    return out;
+  }
+  void for_each_key(MapId map, const std::function<void(const void* key)>& fn) const;
 
  private:
   std::array<int, kMapCount> fds_{};

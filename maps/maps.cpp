@@ -22,9 +22,24 @@ const char* map_name(MapId id) {
     case MapId::Inject: return ES_MAP_INJECT;
     case MapId::Mismatch: return ES_MAP_MISMATCH;
     case MapId::CtxOff: return ES_MAP_CTX_OFF;
+    case MapId::Sockhash: return ES_MAP_SOCKHASH;
+    case MapId::Binds: return ES_MAP_BINDS;
+    case MapId::Upstreams: return ES_MAP_UPSTREAMS;
+    case MapId::RelayClients: return ES_MAP_RELAY_CLIENTS;
+    case MapId::RelayDone: return ES_MAP_RELAY_DONE;
+    case MapId::RelayCfg: return ES_MAP_RELAY_CFG;
+    case MapId::ReqStats: return ES_MAP_REQ_STATS;
+    case MapId::Rsp: return ES_MAP_RSP;
+    case MapId::Decisions: return ES_MAP_DECISIONS;
+    case MapId::TraceCfg: return ES_MAP_TRACE_CFG;
+    case MapId::TraceRb: return ES_MAP_TRACE_RB;
     case MapId::kCount: break;
   }
   return "?";
+}
+
+bool per_cpu(MapId id) {
+  return id == MapId::Counters || id == MapId::ReqStats || id == MapId::Decisions;
 }
 
 size_t key_size(MapId id) {
@@ -41,6 +56,17 @@ size_t key_size(MapId id) {
     case MapId::Inject: return sizeof(__u32);
     case MapId::Mismatch: return sizeof(__u32);
     case MapId::CtxOff: return sizeof(__u32);
+    case MapId::Sockhash: return sizeof(__u64);
+    case MapId::Binds: return sizeof(es_bind_key);
+    case MapId::Upstreams: return sizeof(__u64);
+    case MapId::RelayClients: return sizeof(__u64);
+    case MapId::RelayDone: return sizeof(__u64);
+    case MapId::RelayCfg: return sizeof(__u32);
+    case MapId::ReqStats: return sizeof(es_req_key);
+    case MapId::Rsp: return sizeof(__u64);
+    case MapId::Decisions: return sizeof(es_decision_key);
+    case MapId::TraceCfg: return sizeof(__u32);
+    case MapId::TraceRb: return 0;
     case MapId::kCount: break;
   }
   return 0;
@@ -60,6 +86,17 @@ size_t value_size(MapId id) {
     case MapId::Inject: return sizeof(es_inject_cfg);
     case MapId::Mismatch: return sizeof(__u64);
     case MapId::CtxOff: return sizeof(es_ctx_off);
+    case MapId::Sockhash: return sizeof(__u64);
+    case MapId::Binds: return sizeof(es_bind);
+    case MapId::Upstreams: return sizeof(es_upstream);
+    case MapId::RelayClients: return sizeof(es_relay_client);
+    case MapId::RelayDone: return sizeof(__u32);
+    case MapId::RelayCfg: return sizeof(es_relay_cfg);
+    case MapId::ReqStats: return sizeof(__u64);
+    case MapId::Rsp: return sizeof(es_rsp);
+    case MapId::Decisions: return sizeof(__u64);
+    case MapId::TraceCfg: return sizeof(es_trace_cfg);
+    case MapId::TraceRb: return 0;
     case MapId::kCount: break;
   }
   return 0;

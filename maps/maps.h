@@ -16,11 +16,23 @@
 
 namespace envsteer::maps {
 
-enum class MapId { Frontends, Sets, Slots, Envs, EnvNames, Pods, Config, Counters, HttpCfg, Inject, Mismatch, CtxOff, kCount };
+// Every pinned map the agent reads or writes (socket and task storage are the
+// programs' own and are not listed). The Datapath (agent/loader.h) owns one fd
+// of each; everything else takes them from there.
+enum class MapId {
+  Frontends, Sets, Slots, Envs, EnvNames, Pods, Config, Counters, HttpCfg, Inject, Mismatch, CtxOff,
+  // per-request steering (the relay)
+  Sockhash, Binds, Upstreams, RelayClients, RelayDone, RelayCfg, ReqStats, Rsp,
+  // observability
+  Decisions, TraceCfg, TraceRb,
+  kCount
+};
 constexpr size_t kMapCount = static_cast<size_t>(MapId::kCount);
 
 // Pinned name of each map (as in bpf/lib/maps.h).
 const char* map_name(MapId id);
+// Per-CPU maps hold one value per possible CPU.
+bool per_cpu(MapId id);
 
 // Key/value sizes of each map, from the ABI header.
 size_t key_size(MapId id);

@@ -78,11 +78,21 @@ struct EndpointSlice {
   std::vector<EndpointPort> ports;
 };
 
+// An object a source has but could not decode (the Kubernetes source skips it
+// and the model reports it; the manifest source rejects the whole file).
+struct InvalidObject {
+  std::string kind;  // "Service", "Pod", "EndpointSlice"
+  std::string key;   // "namespace/name"
+  std::string uid;
+  std::string message;
+};
+
 // Everything a source knows, keyed by "namespace/name".
 struct ClusterState {
   std::map<std::string, Service> services;
   std::map<std::string, Pod> pods;
   std::map<std::string, EndpointSlice> slices;
+  std::vector<InvalidObject> invalid;  // sorted by (kind, key)
 
   size_t size() const { return services.size() + pods.size() + slices.size(); }
 };

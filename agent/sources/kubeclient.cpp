@@ -30,22 +30,15 @@ std::string trim(std::string s) {
   return s.substr(i);
 }
 
+// kubeconfig's *-data fields; yaml-cpp (already linked) decodes base64. It
+// returns nothing for bad input, so an empty result of a non-empty field is an error.
 std::string base64_decode(const std::string& in, const std::string& what) {
-  static const std::string chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  int val = 0, bits = -8;
-  for (unsigned char c : in) {
-    if (c == '=' || c == '\n' || c == '\r' || c == ' ') continue;
-    auto pos = chars.find(static_cast<char>(c));
-    if (pos == std::string::npos) throw KubeConfigError(what + ": not valid base64");
-    val = (val << 6) + static_cast<int>(pos);
-    bits += 6;
-    if (bits >= 0) {
-      out.push_back(static_cast<char>((val >> bits) & 0xff));
-      bits -= 8;
-    }
-  }
-  return out;
+  std::string compact;
+  for (char c : in)
+    if (c != '\n' && c != '\r' && c != ' ') compact.push_back(c);
+  auto bytes = YAML::DecodeBase64(compact);
+  if (bytes.empty() && !compact.empty()) throw KubeConfigError(what + ": not valid base64");
+  return std::string(bytes.begin(), bytes.end());
 }
 
 void curl_global() {
@@ -56,17 +49,12 @@ void curl_global() {
 }  // namespace
 
 std::string url_escape(std::string_view s) {
-  std::string out;
-  static const char* hex = "0123456789ABCDEF";
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(hex[c >> 4]);
-      out.push_back(hex[c & 15]);
-    }
-  }
+  curl_global();
+  // libcurl escapes every byte but ALPHA / DIGIT / "-._~" (RFC 3986 unreserved)
+  char* e = curl_easy_escape(nullptr, s.data(), static_cast<int>(s.size()));
+  if (!e) throw std::bad_alloc();
+  std::string out(e);
+  curl_free(e);
   return out;
 }
 
@@ -245,6 +233,25 @@ HttpResponse KubeClient::get(const std::string& path_query, std::chrono::seconds
   Easy e;
   CURL* h = e.h = static_cast<CURL*>(prepare(path_query, &e.headers));
   if (!h) return HttpResponse{0, "", "curl_easy_init failed"};
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, static_cast<long>(timeout.count()));
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &r.body);
+  CURLcode rc = curl_easy_perform(h);
+  if (rc != CURLE_OK) r.error = curl_easy_strerror(rc);
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r.status);
+  return r;
+}
+
+HttpResponse KubeClient::post(const std::string& path, const std::string& json_body, std::chrono::seconds timeout) {
+  HttpResponse r;
+  Easy e;
+  CURL* h = e.h = static_cast<CURL*>(prepare(path, &e.headers));
+  if (!h) return HttpResponse{0, "", "curl_easy_init failed"};
+  e.headers = curl_slist_append(e.headers, "Content-Type: application/json");
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, e.headers);
+  curl_easy_setopt(h, CURLOPT_POST, 1L);
+  curl_easy_setopt(h, CURLOPT_POSTFIELDS, json_body.data());
+  curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, static_cast<long>(json_body.size()));
   curl_easy_setopt(h, CURLOPT_TIMEOUT, static_cast<long>(timeout.count()));
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &r.body);

@@ -57,6 +57,10 @@ class KubeClient {
   // GET path?query with a timeout.
   HttpResponse get(const std::string& path_query, std::chrono::seconds timeout = std::chrono::seconds(30));
 
+  // POST a JSON body to path with a timeout.
+  HttpResponse post(const std::string& path, const std::string& json_body,
+                    std::chrono::seconds timeout = std::chrono::seconds(10));
+
   // GET a streaming response, calling on_line for every complete line. Stops
   // when the server ends the stream, on_line returns false, stop becomes true,
   // or nothing arrives for `idle` (a dead stream). Returns the HTTP status and

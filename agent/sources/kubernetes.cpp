@@ -5,7 +5,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <random>
+#include <tuple>
 
 #include "k8s/decode.h"
 
@@ -305,10 +307,21 @@ k8s::ClusterState KubernetesSource::snapshot() const {
           case Kind::VirtualEnv: break;
         }
       } catch (const std::exception& e) {
-        spdlog::warn("kubernetes: skipping {} {}: {}", w->name, key, e.what());
+        // reported by the model (status, metrics, one log line while it lasts)
+        const char* kind = w->kind == Kind::Service ? "Service" : w->kind == Kind::Slice ? "EndpointSlice" : "Pod";
+        cs.invalid.push_back({kind, key, str_at(obj_at(obj, "metadata"), "uid"), e.what()});
       }
     }
   }
+  // the two pod watches overlap: one entry per object
+  std::sort(cs.invalid.begin(), cs.invalid.end(), [](const k8s::InvalidObject& a, const k8s::InvalidObject& b) {
+    return std::tie(a.kind, a.key) < std::tie(b.kind, b.key);
+  });
+  cs.invalid.erase(std::unique(cs.invalid.begin(), cs.invalid.end(),
+                               [](const k8s::InvalidObject& a, const k8s::InvalidObject& b) {
+                                 return a.kind == b.kind && a.key == b.key;
+                               }),
+                   cs.invalid.end());
   return cs;
 }
 

@@ -30,10 +30,6 @@ namespace {
 // The directory entry that Kubernetes swaps atomically when a ConfigMap volume changes.
 constexpr const char* kConfigMapDataLink = "..data";
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 std::string read_file(const fs::path& file) {
   std::ifstream in(file, std::ios::binary);
   if (!in) throw ManifestError(file.string() + ": cannot open: " + std::strerror(errno));
@@ -177,8 +173,8 @@ std::vector<fs::path> manifest_files(const fs::path& dir) {
 }  // namespace
 
 bool is_manifest_file_name(const std::string& name) {
-  if (name.empty() || name[0] == '.' || ends_with(name, "~")) return false;
-  return ends_with(name, ".yaml") || ends_with(name, ".yml") || ends_with(name, ".json");
+  if (name.empty() || name[0] == '.' || name.ends_with("~")) return false;
+  return name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json");
 }
 
 k8s::ClusterState load_manifests(const fs::path& path) {

@@ -10,6 +10,7 @@
 #include <bpf/bpf_helpers.h>
 #include "../../maps/abi.h"
 #include "http.h"
+#include "response.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -189,6 +190,18 @@ struct {
 	__type(key, __u64);
 	__type(value, struct es_upstream);
 } es_upstreams SEC(".maps");
+
+/* Upstream socket cookie -> the framing of its responses (bpf/lib/response.h):
+ * created by the agent with the upstream, updated by sk_msg (reqs) and the
+ * sk_skb verdict program (the rest), read by the agent when it closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u64);
+	__type(value, struct es_rsp);
+} es_rsp SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

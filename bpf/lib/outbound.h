@@ -49,6 +49,7 @@ struct es_msg_ctx {
 	struct es_tx *tx;
 	const struct es_sock *sock;
 	const struct es_http_cfg *cfg;
+	__u8 head; /* a request head was routed in this run (es_count_path) */
 };
 
 static long es_msg_byte(__u32 i, void *data)
@@ -199,6 +200,7 @@ static __always_inline void es_route_request(const struct es_sock *s, const stru
 	struct es_bind_key bk = {};
 	struct es_resolution res;
 	const struct es_bind *b;
+	const struct es_rsp *rsp;
 	__u64 cookie = s->cookie;
 	__u32 *done;
 
@@ -221,6 +223,10 @@ static __always_inline void es_route_request(const struct es_sock *s, const stru
 	bk.env_id = res.env_id;
 	b = bpf_map_lookup_elem(&es_binds, &bk);
 	if (!b)
+		return;
+	/* closed by its server: the agent settles it and binds a new one */
+	rsp = bpf_map_lookup_elem(&es_rsp, &b->upstream);
+	if (rsp && rsp->fin)
 		return;
 	if (tx->slow_seq) {
 		done = bpf_map_lookup_elem(&es_relay_done, &cookie);
@@ -521,8 +527,16 @@ static __always_inline int es_verdict(struct es_msg_ctx *c, __u32 len)
 	if (kind == ES_ROUTE_PASS)
 		return SK_PASS;
 	if (kind == ES_ROUTE_KERNEL) {
-		if (bpf_msg_redirect_hash(msg, &es_sockhash, &up, 0) == SK_PASS)
+		if (bpf_msg_redirect_hash(msg, &es_sockhash, &up, 0) == SK_PASS) {
+			struct es_rsp *rsp = c->head ? bpf_map_lookup_elem(&es_rsp, &up) : NULL;
+
+			/* one more request the upstream owes a response to,
+			 * counted before its bytes go (the agent reads it when
+			 * the upstream closes) */
+			if (rsp)
+				__sync_fetch_and_add(&rsp->reqs, 1);
 			return SK_PASS;
+		}
 		/* the upstream closed: the agent binds a new one */
 		es_count(ES_CNT_REQ_UPSTREAM_GONE);
 		c->tx->v.route.kind = ES_ROUTE_SLOW;
@@ -651,6 +665,7 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 			goto verdict;
 		}
 		es_count_path(&c.tx->route);
+		c.head = 1;
 		es_trace_request(c.sock, &c.tx->route, c.tx->v.env_req,
 				 c.tx->route.kind == ES_ROUTE_PASS     ? ES_EV_REQ_PASS
 				 : c.tx->route.kind == ES_ROUTE_KERNEL ? ES_EV_REQ_REDIRECT
@@ -734,6 +749,57 @@ verdict:
 	return es_verdict(&c, covered);
 }
 
+/* Response bytes of an upstream through its framing tracker (response.h):
+ * bodies in bulk, heads and chunk-size lines a byte at a time from a small
+ * window loaded with bpf_skb_load_bytes. */
+#define ES_RSP_WIN 64
+
+struct es_rsp_ctx {
+	struct __sk_buff *skb;
+	struct es_rsp *r;
+	__u32 off, len, wstart, wlen;
+	__u8 win[ES_RSP_WIN];
+};
+
+static long es_rsp_step(__u32 i, void *data)
+{
+	struct es_rsp_ctx *c = data;
+	__u64 skip;
+	__u32 idx, n;
+
+	if (c->off >= c->len)
+		return 1;
+	skip = es_rsp_skippable(c->r);
+	if (skip) {
+		n = c->len - c->off;
+		if (skip > n)
+			skip = n;
+		es_rsp_skip(c->r, skip);
+		c->off += (__u32)skip;
+		return 0;
+	}
+	if (c->off < c->wstart || c->off >= c->wstart + c->wlen) {
+		n = c->len - c->off;
+		if (n > ES_RSP_WIN)
+			n = ES_RSP_WIN;
+		/* the verifier needs the bound on the register passed */
+		__asm__ __volatile__("" : "+r"(n));
+		n &= 2 * ES_RSP_WIN - 1;
+		if (n == 0 || n > ES_RSP_WIN || bpf_skb_load_bytes(c->skb, c->off, c->win, n)) {
+			es_rsp_dead(c->r, ES_RSP_ERR_NONE);
+			return 1;
+		}
+		c->wstart = c->off;
+		c->wlen = n;
+	}
+	idx = c->off - c->wstart;
+	if (idx >= ES_RSP_WIN)
+		return 1;
+	es_rsp_feed(c->r, c->win[idx]);
+	c->off++;
+	return 0;
+}
+
 /* Data received on a socket of es_sockhash. On an upstream of the agent: the
  * response goes into its client's receive queue. Everything else passes (the
  * program is there for FIONREAD too: see es_skb_verdict). */
@@ -741,11 +807,27 @@ static __always_inline int es_skb(struct __sk_buff *skb)
 {
 	__u64 cookie = bpf_get_socket_cookie(skb), client;
 	const struct es_upstream *u = bpf_map_lookup_elem(&es_upstreams, &cookie);
+	struct es_rsp_ctx rc = {};
 
 	if (!u)
 		return SK_PASS;
-	/* the upstream's FIN arrives as an empty skb: it must not reach the
-	 * client (the agent handles the close) */
+	rc.r = bpf_map_lookup_elem(&es_rsp, &cookie);
+	if (rc.r) {
+		struct bpf_sock *sk = skb->sk;
+
+		/* framing first: when the client has read a response's last
+		 * byte, the tracker already counts it as done */
+		rc.skb = skb;
+		rc.len = skb->len;
+		if (rc.len)
+			bpf_loop(rc.len + 1, es_rsp_step, &rc, 0);
+		/* the server's FIN came (alone, or with these bytes): no more
+		 * requests for this upstream in the kernel */
+		if (skb->len == 0 || (sk && sk->state != BPF_TCP_ESTABLISHED))
+			rc.r->fin = 1;
+	}
+	/* the upstream's FIN alone arrives as an empty skb: it must not reach
+	 * the client (the agent handles the close) */
 	if (skb->len == 0)
 		return SK_DROP;
 	client = u->client;

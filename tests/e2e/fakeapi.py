@@ -1101,6 +1101,7 @@ class FakeAPI:
         self._continue_floor = 0
         self._crd_installed = bool(virtualenv_crd)
         self._forbidden = set()               # (plural, verb)
+        self._events = {}                     # "ns/name" -> core/v1 Event (POSTed; create only)
         self._requests = []
         self._watches = {}
         self._watch_seq = 0
@@ -1283,17 +1284,17 @@ class FakeAPI:
             self._cond.notify_all()
 
     def forbid(self, resource, verbs=("get", "list", "watch")):
-        """RBAC says no: 403 Forbidden for these verbs on the resource."""
-        r = self._resource(resource)
+        """RBAC says no: 403 Forbidden for these verbs on the resource ("events": create)."""
+        plural = "events" if resource == "events" else self._resource(resource).plural
         with self._lock:
             for v in verbs:
-                self._forbidden.add((r.plural, v))
+                self._forbidden.add((plural, v))
 
     def allow(self, resource, verbs=("get", "list", "watch")):
-        r = self._resource(resource)
+        plural = "events" if resource == "events" else self._resource(resource).plural
         with self._lock:
             for v in verbs:
-                self._forbidden.discard((r.plural, v))
+                self._forbidden.discard((plural, v))
 
     def set_crd_installed(self, installed):
         """Install/remove the VirtualEnvironment CRD. Removal deletes every VirtualEnvironment
@@ -1780,9 +1781,10 @@ class FakeAPI:
         entry = Request(method, u.path, q, {k.lower(): v for k, v in h.headers.items()})
         with self._lock:
             self._requests.append(entry)
+        body = b""
         if h.headers.get("Content-Length"):
             try:
-                h.rfile.read(min(int(h.headers["Content-Length"]), 1 << 20))
+                body = h.rfile.read(min(int(h.headers["Content-Length"]), 1 << 20))
             except (ValueError, OSError):
                 pass
         if self._slow:
@@ -1847,6 +1849,11 @@ class FakeAPI:
                               % (verb, u.path), {})
             return
 
+        if (len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "events"
+                and method == "POST"):
+            self._create_event(h, entry, parts[3], body, user)
+            return
+
         if route is None:
             d = self._discovery(parts)
             if d is not None and method in ("GET", "HEAD"):
@@ -1896,6 +1903,48 @@ class FakeAPI:
                 self._send_obj(h, entry, o)
         else:
             self._serve_list(h, entry, r, ns, q)
+
+    def _create_event(self, h, entry, ns, body, user):
+        """POST /api/v1/namespaces/<ns>/events: core/v1 Events are stored (not watchable);
+        a name that exists is 409 AlreadyExists, like the apiserver."""
+        entry.resource, entry.namespace, entry.verb = "events", ns, "create"
+        with self._lock:
+            forbidden = ("events", "create") in self._forbidden
+        if forbidden:
+            self._send_status(h, entry, 403, "Forbidden",
+                              'events is forbidden: User "%s" cannot create resource "events" in API '
+                              'group "" in the namespace "%s"' % (user, ns), {"kind": "events"})
+            return
+        try:
+            ev = json.loads(body.decode())
+            assert isinstance(ev, dict) and ev.get("kind") == "Event" and ev.get("apiVersion") == "v1"
+            md = ev.setdefault("metadata", {})
+            assert md.get("name") and md.get("namespace", ns) == ns
+            assert isinstance(ev.get("involvedObject"), dict)
+        except (ValueError, AssertionError, UnicodeDecodeError):
+            self._send_status(h, entry, 400, "BadRequest", "not a core/v1 Event for namespace %s" % ns)
+            return
+        key = "%s/%s" % (ns, md["name"])
+        with self._lock:
+            if key in self._events:
+                exists = True
+            else:
+                exists = False
+                self._rv += 1
+                md.update(namespace=ns, uid=str(uuid.uuid4()), resourceVersion=str(self._rv),
+                          creationTimestamp=_now())
+                self._events[key] = ev
+        if exists:
+            self._send_status(h, entry, 409, "AlreadyExists", 'events "%s" already exists' % md["name"],
+                              {"name": md["name"], "kind": "events"})
+        else:
+            self._send_obj(h, entry, ev, 201)
+
+    def events(self, ns=None):
+        """The Events POSTed so far (copies), in creation order."""
+        with self._lock:
+            return [copy.deepcopy(e) for k, e in self._events.items()
+                    if ns is None or e["metadata"]["namespace"] == ns]
 
     def _forbid_status(self, h, entry, r, verb, ns, name, user):
         what = '%s "%s"' % (r.qualified, name) if name else r.qualified

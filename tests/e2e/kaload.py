@@ -28,13 +28,15 @@ from kaserver import pattern  # noqa: E402
 
 
 def sequence(host, port, envs, timeout):
-    """Entries: ENV, ENV@/path, "-" (no header), or @wait:FILE (wait up to 30 s for FILE).
-    A failed request is recorded with its error; the next one uses a new connection."""
+    """Entries: ENV, ENV@/path, "-" (no header), or @wait:FILE (create FILE.reached, then wait up
+    to 30 s for FILE: a test knows every answer before it has arrived). A failed request is
+    recorded with its error; the next one uses a new connection."""
     c = http.client.HTTPConnection(host, port, timeout=timeout)
     out = []
     connects = 0
     for entry in envs:
         if entry.startswith("@wait:"):
+            open(entry[6:] + ".reached", "w").close()
             end = time.monotonic() + (3 if "short" in entry else 30)
             while not __import__("os").path.exists(entry[6:]) and time.monotonic() < end:
                 time.sleep(0.02)

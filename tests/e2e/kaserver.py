@@ -7,6 +7,11 @@
   GET  /close       -> {"pod": ...} with "Connection: close", then the server closes
   GET  /eof?n=N     -> N pattern bytes framed by closing the connection (no length)
   GET  /reset       -> the connection is reset (SO_LINGER 0) without an answer
+  GET  /chunked     -> the GET / answer in two chunks (Transfer-Encoding: chunked)
+  GET  /hang        -> the request is read, then the server closes without an answer
+  GET  /cut?n=N     -> Content-Length: N, then N/2 bytes and the server closes
+  ...?close=1       -> (/, /chunked) after the answer the server closes without saying so
+                       (no "Connection: close": as an idle timeout or a pod going away would)
   Expect: 100-continue is answered with "100 Continue" before the body is read.
 
 Every answer carries X-Pod: ns/name. "conn" numbers the server-side connections, so a test
@@ -99,9 +104,28 @@ def serve(sock):
             elif path == "/reset":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return
+            elif path == "/hang":
+                return
+            elif path == "/cut":
+                n = int(q.get("n", "0"))
+                sock.sendall(("HTTP/1.1 200 OK\r\nX-Pod: %s\r\nContent-Length: %d\r\n\r\n" % (POD, n)).encode()
+                             + pattern(POD, n // 2))
+                return
+            elif path == "/chunked":
+                body = json.dumps({"pod": POD, "got_header": headers.get("x-virtual-env"), "conn": conn,
+                                   "method": method, "path": path}).encode()
+                half = len(body) // 2
+                sock.sendall(("HTTP/1.1 200 OK\r\nX-Pod: %s\r\nContent-Type: application/json\r\n"
+                              "Transfer-Encoding: chunked\r\n\r\n" % POD).encode()
+                             + b"%x\r\n%s\r\n%x;ext=1\r\n%s\r\n0\r\n\r\n"
+                             % (half, body[:half], len(body) - half, body[half:]))
+                if q.get("close") == "1":
+                    return
             else:
                 answer(sock, 200, json.dumps({"pod": POD, "got_header": headers.get("x-virtual-env"),
                                               "conn": conn, "method": method, "path": path}).encode())
+                if q.get("close") == "1":
+                    return
     except (OSError, ValueError):
         return
     finally:

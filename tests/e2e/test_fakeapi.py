@@ -561,6 +561,42 @@ def test_discovery_version_crd_and_forbidden(tmp_path):
         assert st == 403 and "system:anonymous" in body["message"]
 
 
+def test_events_can_be_created_once_and_forbidden():
+    """The one write served: POST of a core/v1 Event (what the agent reports skipped objects
+    with). A name that exists is 409; RBAC can say no."""
+    def post(c, ns, obj):
+        conn = c.conn()
+        try:
+            conn.request("POST", "/api/v1/namespaces/%s/events" % ns, body=json.dumps(obj),
+                         headers=c.headers({"Content-Type": "application/json"}))
+            r = conn.getresponse()
+            return r.status, json.loads(r.read())
+        finally:
+            conn.close()
+
+    ev = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "p.envsteer-1", "namespace": "ns1"},
+          "involvedObject": {"kind": "Pod", "namespace": "ns1", "name": "p"}, "reason": "X",
+          "message": "m", "type": "Warning"}
+    with FakeAPI() as api:
+        c = Client(api)
+        st, body = post(c, "ns1", ev)
+        assert st == 201 and body["metadata"]["uid"], body
+        st, body = post(c, "ns1", ev)
+        assert st == 409 and body["reason"] == "AlreadyExists", body
+        assert [e["metadata"]["name"] for e in api.events("ns1")] == ["p.envsteer-1"]
+        assert api.events("other") == []
+        st, body = post(c, "ns1", {"kind": "Pod"})
+        assert st == 400, body
+        api.forbid("events", ["create"])
+        st, body = post(c, "ns1", dict(ev, metadata={"name": "q", "namespace": "ns1"}))
+        assert st == 403 and 'cannot create resource "events"' in body["message"], body
+        # other writes stay forbidden
+        conn = c.conn()
+        conn.request("POST", "/api/v1/namespaces/ns1/pods", body="{}", headers=c.headers())
+        assert conn.getresponse().status == 403
+        conn.close()
+
+
 # --------------------------------------------------------------------------- WATCH
 
 @pytest.mark.parametrize("res", list(PATHS))

@@ -14,7 +14,12 @@ Here:
   back-off is at its ceiling), and the API answering garbage: the same;
 - maps full: a clear error, a metric and readiness, the entries already there intact;
 - a pod's cgroup removed while it has a connection open;
-- a pod IP reused by a new pod of another environment.
+- a pod IP reused by a new pod of another environment;
+- bad objects (an env label that is no env name, a Service on a taken address, cgroup
+  annotations outside the mount, on the root, or on another pod's cgroup) skipped one by
+  one, reported, while everything else applies;
+- a pod's cgroup missing while the source is broken or the maps are full: the rescan for
+  the cgroup never clears the error.
 """
 import base64
 import json
@@ -105,6 +110,148 @@ def test_broken_manifest_under_traffic_keeps_state_and_says_so(make_node):
     assert metric(node, "envsteer_last_sync_failed") == 0
     assert metric(node, "envsteer_ready") == 1
     check_loop(loop.result(), 1200, [k("s-proj1")])
+
+
+# --------------------------------------------------------------------------- bad objects
+
+
+def skipped(node):
+    return {(x["kind"], x["key"], x["reason"]) for x in node.status_http()["skipped"]}
+
+
+def test_bad_objects_are_skipped_one_by_one_and_the_rest_applies(make_node):
+    """One change holds a good pod and bad objects of every kind: the good pod is routed,
+    each bad object is left out, listed in status, counted by reason and logged once; the
+    sync is ok (ready). Fixing them clears the report."""
+    node = make_node("fbad", default_env="dev")
+    populate(node, "127.1.55")
+    node.start_agent()
+    loop = node.start_loop(k("c-dev"), VIP, PORT, count=1200, duration=8.0)
+    offset = len(node.agent_log_text(limit=None))
+    # the good part of the change: a dev.proj2 variant of s
+    node.add_pod(NS, "s-proj2", "127.1.55.3", app="s", env="dev.proj2", port=TP)
+    node.start_server(k("s-proj2"))
+    # the bad parts, in the same write:
+    node.add_pod(NS, "s-badenv", "127.1.55.4", app="s", env="dev..x", port=TP)  # a legal label value
+    node.start_server(k("s-badenv"))  # it would answer if it were ever chosen
+    node.add_service(NS, "zdup", VIP, PORT, TP, selector={"app": "s"})  # s's address, later by key
+    ann = harness.CGROUP_ANNOTATION
+    node.add_pod(NS, "zz-escape", "127.1.55.5", env="dev", local=False,
+                 annotations={ann: "../../../../etc"})                          # outside the mount
+    node.add_pod(NS, "zz-root", "127.1.55.6", env="dev.proj1", local=False,
+                 annotations={ann: node.cgroup_rel})                             # the root itself
+    node.add_pod(NS, "zz-shared", "127.1.55.7", env="dev.proj2", local=False,
+                 annotations={ann: node.pod(k("c-proj1")).cgroup_rel})          # c-proj1's cgroup
+    node.write_manifests()
+    resolved(node, k("c-proj2"), "dev.proj2", [k("s-proj2")])
+    want = {("Pod", k("s-badenv"), "invalid_env"), ("Service", k("zdup"), "address_in_use"),
+            ("Pod", k("zz-escape"), "invalid_cgroup"), ("Pod", k("zz-root"), "cgroup_outside_root"),
+            ("Pod", k("zz-shared"), "cgroup_shared")}
+    wait_until(lambda: skipped(node) == want, 10, what="the bad objects listed as skipped")
+    assert readyz(node)[0] == 200, readyz(node)
+    assert metric(node, "envsteer_last_sync_failed") == 0
+    assert metric(node, "envsteer_ready") == 1
+    for kind, reason, n in (("Pod", "invalid_env", 1), ("Service", "address_in_use", 1),
+                            ("Pod", "invalid_cgroup", 1), ("Pod", "cgroup_outside_root", 1),
+                            ("Pod", "cgroup_shared", 1), ("EndpointSlice", "invalid_address", 0)):
+        assert metric(node, "envsteer_objects_skipped", {"kind": kind, "reason": reason}) == n, (kind, reason)
+    st = node.status_http()
+    msg = {x["key"]: x for x in st["skipped"]}
+    assert msg[k("s-badenv")]["field"] == "metadata.labels.virtual-env", msg
+    assert "dev..x" in msg[k("s-badenv")]["message"], msg
+    assert k("s") in msg[k("zdup")]["message"] and "127.96.50.1:80" in msg[k("zdup")]["message"], msg
+    assert k("c-proj1") in msg[k("zz-shared")]["message"], msg
+    # the shared cgroup stays c-proj1's (first by key), steered by its own env
+    resolved(node, k("c-proj1"), "dev.proj1", [k("s-proj1")])
+    r = node.request(k("c-proj1"), VIP, PORT)
+    assert r["ok"] and r["answer"]["pod"] == k("s-proj1"), r
+    # the bad pod is no backend of any env (not the default's either), and explain says why
+    ex = node.explain(k("c-dev"), k("s"))
+    assert harness.backend_pods(frontend(ex, S)) == [k("s-dev")], ex
+    r = node.cli("explain", "--from", k("s-badenv"), "--to", k("s"), "--admin-socket", node.admin_socket)
+    assert r.returncode != 0 and "dev..x" in r.stdout + r.stderr, (r.stdout, r.stderr)
+    # one log line per skipped object, not one per sync
+    node.sighup_agent()
+    wait_until(lambda: len(re.findall(r"applied SIGHUP", node.agent_log_text(limit=None)[offset:])) >= 1, 10,
+               what="SIGHUP applied")
+    log = node.agent_log_text(limit=None)[offset:]
+    for _, key, _ in want:
+        assert len(re.findall(r"skipped: (Pod|Service) " + re.escape(key) + ":", log)) == 1, (key, log)
+    check_loop(loop.result(), 1200, [k("s-dev")])
+    # fixed: nothing is skipped, the logs say so
+    for key in want:
+        if key[0] == "Pod":
+            node.remove_pod(key[1], write=False)
+    node.remove_service(k("zdup"), write=False)
+    node.write_manifests()
+    wait_until(lambda: skipped(node) == set(), 10, what="nothing skipped")
+    assert metric(node, "envsteer_objects_skipped", {"kind": "Pod", "reason": "invalid_env"}) == 0
+    assert "no longer skipped: Pod %s metadata.labels.virtual-env" % k("s-badenv") in node.agent_log_text(limit=None)
+    resolved(node, k("c-proj2"), "dev.proj2", [k("s-proj2")])
+
+
+def test_bad_objects_at_startup_are_skipped_and_the_rest_starts(make_node):
+    node = make_node("fbadstart", default_env="dev")
+    populate(node, "127.1.56")
+    node.add_pod(NS, "s-badenv", "127.1.56.4", app="s", env="-dev..x-")
+    node.add_service(NS, "zdup", VIP, PORT, TP)
+    node.write_manifests()
+    node.start_agent()
+    assert skipped(node) == {("Pod", k("s-badenv"), "invalid_env"), ("Service", k("zdup"), "address_in_use")}
+    resolved(node, k("c-proj1"), "dev.proj1", [k("s-proj1")])
+    assert metric(node, "envsteer_last_sync_failed") == 0
+
+
+# --------------------------------------------------------------------------- errors stay
+
+
+@pytest.mark.parametrize("fault", ["broken_file", "maps_full"])
+def test_a_missing_pod_cgroup_never_clears_an_error(make_node, fault):
+    """A local pod whose cgroup does not exist yet makes the agent look again every 2 s.
+    Those rescans apply the last good state; they must not clear an error: the source
+    stays broken (or its state unapplied) until it is fixed, and /readyz and
+    envsteer_last_sync_failed say so all along. The cgroup, when it appears, is found."""
+    node = make_node("fmiss-" + fault.replace("_", "-"), default_env="dev")
+    args = []
+    populate(node, "127.1.57" if fault == "broken_file" else "127.1.58")
+    late = node.add_pod(NS, "c-late", "127.1.57.120" if fault == "broken_file" else "127.1.58.120",
+                        app="client", env="dev.proj1")
+    if fault == "maps_full":
+        cfg = os.path.join(node.tmp, "config.yaml")
+        with open(cfg, "w") as f:
+            f.write("limits:\n  frontends: 2\n")  # s, TCP and UDP
+        args = ["--config", cfg]
+    node.write_manifests()
+    os.rmdir(late.cgroup_dir)  # the kubelet has not made it yet
+    node.start_agent(args)
+    assert readyz(node)[0] == 200
+    if fault == "broken_file":
+        node.write_raw_manifest("zz-broken.yaml", "kind: Service\nmetadata: [\n")
+    else:
+        node.add_service(NS, "v", "127.96.58.3", PORT, TP, selector={"app": "s"}, write=True)
+    wait_until(lambda: readyz(node)[0] == 503, 10, what="/readyz 503")
+    t_end = time.monotonic() + 5.0  # more than two rescans
+    while time.monotonic() < t_end:
+        code, body = readyz(node)
+        assert code == 503, "a rescan cleared the error: %s" % body
+        assert metric(node, "envsteer_last_sync_failed") == 1
+        time.sleep(0.25)
+    st = node.status_http()
+    assert st["sync"]["last_error"], st["sync"]
+    # listed as missing (a warning, not the error), structured
+    assert st["model"]["missing_cgroups"] == [{"pod": k("c-late"), "cgroup": late.cgroup_rel}], st["model"]
+    assert metric(node, "envsteer_pod_cgroups_missing") == 1
+    # the cgroup appears: the rescan finds it (the last good state has the pod), still not ready
+    os.makedirs(late.cgroup_dir)
+    resolved(node, k("c-late"), "dev.proj1", [k("s-proj1")])
+    wait_until(lambda: metric(node, "envsteer_pod_cgroups_missing") == 0, 10, what="no cgroup missing")
+    if fault == "broken_file":
+        assert readyz(node)[0] == 503
+        node.remove_raw_manifest("zz-broken.yaml")
+    else:
+        node.remove_service(k("v"))
+    wait_until(lambda: readyz(node)[0] == 200, 10, what="/readyz 200 once fixed")
+    assert metric(node, "envsteer_last_sync_failed") == 0
 
 
 # --------------------------------------------------------------------------- maps full

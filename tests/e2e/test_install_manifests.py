@@ -48,6 +48,8 @@ EXPECTED_RBAC = {
     ("discovery.k8s.io", "endpointslices"),
     ("env.alibaba.com", "virtualenvironments"),
 }
+# The only write: Events about objects the agent skips (create, nothing else).
+EXPECTED_RBAC_WRITE = {("", "events"): ["create"]}
 # Each one is needed to load the programs (checked: the e2e suite fails without any one of
 # them); SYS_RESOURCE only raises RLIMIT_MEMLOCK on kernels < 5.11.
 REQUIRED_CAPS = {"BPF", "NET_ADMIN", "PERFMON"}
@@ -155,17 +157,15 @@ def settings_source():
 
 
 def known_settings():
-    """The top-level keys `envsteer run --config` accepts: the `known` list of
-    agent/settings.cpp (the file is rejected on any other key)."""
-    m = re.search(r"known\[\]\s*=\s*\{(.*?)\};", settings_source(), re.S)
-    assert m, "no `known` settings list in agent/settings.cpp"
-    keys = set(re.findall(r'"([A-Za-z][A-Za-z0-9]*)"', m.group(1)))
-    assert {"bpffs", "envLabel", "limits"} <= keys, keys
+    """The top-level keys `envsteer run --config` accepts: the keys agent/settings.cpp reads
+    (`read(root, "<key>", ...)`; the file is rejected on any other key)."""
+    keys = set(re.findall(r'read\(root, "([A-Za-z][A-Za-z0-9]*)"', settings_source())) | {"limits"}
+    assert {"bpffs", "envLabel", "upstreamIdleMs"} <= keys, keys
     return keys
 
 
 def known_limits():
-    keys = set(re.findall(r'k != "([a-z]+)"', settings_source()))
+    keys = set(re.findall(r'lread\("([a-z]+)"', settings_source()))
     assert "frontends" in keys, keys
     return keys
 
@@ -263,17 +263,20 @@ def test_namespaced_objects_are_in_the_namespace(objs):
             assert o["metadata"].get("namespace") == ns["name"], o["metadata"]
 
 
-def test_clusterrole_is_read_only_on_exactly_what_the_agent_reads(objs):
+def test_clusterrole_reads_exactly_what_the_agent_reads_and_only_creates_events(objs):
     role = one(objs, "ClusterRole")
     assert "aggregationRule" not in role
-    granted = set()
+    granted, written = set(), {}
     for r in role["rules"]:
         assert set(r) <= {"apiGroups", "resources", "verbs"}, "unexpected rule fields: %s" % r
-        assert sorted(r["verbs"]) == ["get", "list", "watch"], r
         for g in r["apiGroups"]:
             for res in r["resources"]:
-                granted.add((g, res))
+                if sorted(r["verbs"]) == ["get", "list", "watch"]:
+                    granted.add((g, res))
+                else:
+                    written[(g, res)] = sorted(r["verbs"])
     assert granted == EXPECTED_RBAC
+    assert written == EXPECTED_RBAC_WRITE
 
 
 def test_binding_gives_the_role_to_the_daemonsets_service_account(objs, ds):

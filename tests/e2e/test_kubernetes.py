@@ -92,6 +92,16 @@ def kube(e2e_prerequisites, tmp_path_factory):
         api.stop()
 
 
+def metric(node, name, labels=None):
+    code, body = node.admin_get("/metrics", timeout=5)
+    assert code == 200, body
+    want = name + ("{" + ",".join('%s="%s"' % kv for kv in labels.items()) + "}" if labels else "")
+    for line in body.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return None
+
+
 def answer(node, client):
     r = node.request(k(client), VIP, 80)
     return r["answer"]["pod"] if r.get("ok") else r.get("errno")
@@ -205,8 +215,14 @@ def test_pod_added_before_its_cgroup_then_deleted(kube):
     kube.api.create(fakeapi.make_pod(NS, "c-late", "127.1.31.13", dict(pod.labels), NODE, uid=uid,
                                      qos="Burstable"))
     time.sleep(0.5)  # the agent has the pod, not its cgroup
+    # not an error: a warning listed (structured) until the cgroup appears
+    wait_until(lambda: {"pod": k("c-late"), "cgroup": ""} in kube.status_http()["model"]["missing_cgroups"], 10,
+               what="c-late listed with its cgroup missing")
+    assert metric(kube, "envsteer_pod_cgroups_missing") == 1
+    assert metric(kube, "envsteer_last_sync_failed") == 0
     os.makedirs(pod.cgroup_dir)
     eventually(kube, "c-late", k("a-proj1"))
+    assert kube.status_http()["model"]["missing_cgroups"] == []
     kube.api.delete("pods", NS, "c-late")
     eventually(kube, "c-late", "ECONNREFUSED")
 
@@ -334,3 +350,115 @@ def test_in_cluster_config_and_token_rotation(e2e_prerequisites, tmp_path):
             node.close()
     finally:
         api.stop()
+
+
+def skipped(node):
+    return {(x["kind"], x["key"], x["reason"]) for x in node.status_http()["skipped"]}
+
+
+def test_bad_objects_in_any_namespace_freeze_nothing_and_are_reported(kube):
+    """Labelled pods are watched cluster-wide: a pod in any namespace labelled `dev..x` (a
+    legal label value) and a Service there on a taken address arrive together with a good
+    change. The good change applies; the bad objects are skipped, listed, counted and
+    reported as one Kubernetes Event each, however many syncs follow."""
+    api = kube.api
+    posts = lambda: [r for r in api.requests if r.method == "POST" and r.resource == "events"]
+    posts_before = len(posts())
+    offset = len(kube.agent_log_text(limit=None))
+    bad = fakeapi.make_pod("other", "bad", "127.1.31.99", {"virtual-env": "dev..x", "app": "a"}, "node-9",
+                           uid=str(uuid.uuid4()))
+    dup = fakeapi.make_service("other", "dup", VIP, [("http", 80, 8080)], selector={"app": "a"})
+    try:
+        api.create(bad)
+        api.create(dup)
+        api.relabel("pods", NS, "c-dev", {"virtual-env": "dev.proj1"})
+        eventually(kube, "c-dev", k("a-proj1"))
+        want = {("Pod", "other/bad", "invalid_env"), ("Service", "other/dup", "address_in_use")}
+        wait_until(lambda: skipped(kube) == want, 10, what="bad objects listed")
+        assert kube.admin_get("/readyz", timeout=2)[0] == 200
+        assert metric(kube, "envsteer_last_sync_failed") == 0
+        assert metric(kube, "envsteer_objects_skipped", {"kind": "Pod", "reason": "invalid_env"}) == 1
+        assert metric(kube, "envsteer_objects_skipped", {"kind": "Service", "reason": "address_in_use"}) == 1
+        assert answer(kube, "c-proj1") == k("a-proj1")  # k8s/a keeps its address
+
+        def events():
+            return {(e["involvedObject"]["kind"], e["involvedObject"]["name"], e["reason"]): e
+                    for e in api.events("other")}
+        wait_until(lambda: len(events()) == 2, 10, what="two Events")
+        ev = events()
+        pod_ev = ev[("Pod", "bad", "SkippedInvalidEnv")]
+        assert pod_ev["type"] == "Warning" and "dev..x" in pod_ev["message"], pod_ev
+        assert pod_ev["involvedObject"]["uid"] == bad["metadata"]["uid"], pod_ev
+        assert pod_ev["involvedObject"]["fieldPath"] == "metadata.labels.virtual-env", pod_ev
+        assert pod_ev["source"]["host"] == NODE, pod_ev
+        svc_ev = ev[("Service", "dup", "SkippedAddressInUse")]
+        assert "k8s/a" in svc_ev["message"], svc_ev
+        assert metric(kube, "envsteer_kubernetes_events_total", {"result": "posted"}) >= 2
+        # more syncs (events, SIGHUP): no more Events, one log line each
+        api.relabel("pods", NS, "c-dev", {"virtual-env": "dev"})
+        eventually(kube, "c-dev", k("a-dev"))
+        kube.sighup_agent()
+        time.sleep(1.0)
+        assert len(posts()) - posts_before == 2, posts()
+        log = kube.agent_log_text(limit=None)[offset:]
+        assert log.count("skipped: Pod other/bad:") == 1, log
+        assert log.count("skipped: Service other/dup:") == 1, log
+    finally:
+        for kind, name in (("pods", "bad"), ("services", "dup")):
+            if api.get(kind, "other", name) is not None:
+                api.delete(kind, "other", name)
+        if api.get("pods", NS, "c-dev")["metadata"]["labels"].get("virtual-env") != "dev":
+            api.relabel("pods", NS, "c-dev", {"virtual-env": "dev"})
+    wait_until(lambda: skipped(kube) == set(), 10, what="nothing skipped once deleted")
+    eventually(kube, "c-dev", k("a-dev"))
+
+
+def test_events_are_best_effort(kube):
+    """Without RBAC for Events the agent steers all the same and counts the failure."""
+    api = kube.api
+    api.forbid("events", ["create"])
+    bad = fakeapi.make_pod("other", "bad2", "127.1.31.98", {"virtual-env": "a..b"}, "node-9")
+    try:
+        failed0 = metric(kube, "envsteer_kubernetes_events_total", {"result": "failed"})
+        api.create(bad)
+        wait_until(lambda: ("Pod", "other/bad2", "invalid_env") in skipped(kube), 10, what="bad2 skipped")
+        wait_until(lambda: metric(kube, "envsteer_kubernetes_events_total", {"result": "failed"}) > failed0, 10,
+                   what="the Event counted as failed")
+        assert "needs create on events" in kube.agent_log_text(limit=None)
+        assert kube.admin_get("/readyz", timeout=2)[0] == 200
+        assert answer(kube, "c-proj1") == k("a-proj1")
+    finally:
+        api.allow("events", ["create"])
+        if api.get("pods", "other", "bad2") is not None:
+            api.delete("pods", "other", "bad2")
+    wait_until(lambda: skipped(kube) == set(), 10, what="nothing skipped once deleted")
+
+
+def test_cgroup_annotation_is_ignored_in_kubernetes_mode(kube):
+    """--kubernetes: a pod's cgroup is what the agent finds under the kubelet's pod cgroups
+    by the pod's UID, nothing else. An annotation claims neither another pod's cgroup nor a
+    parent slice, and a pod of another node never becomes local."""
+    api = kube.api
+    ann = harness.CGROUP_ANNOTATION
+    c_dev_rel = os.path.relpath(kube.pod(k("c-dev")).cgroup_dir, kube.cg_mount)
+    slice_rel = os.path.relpath(os.path.join(kube.cgroup_dir, "kubepods.slice"), kube.cg_mount)
+    stray = kube.make_cgroup(os.path.join("kubepods.slice", "stray"))  # no pod's cgroup
+    try:
+        # this node's pod, annotated with c-dev's cgroup
+        kube.kube_pod("c-evil", "127.1.31.21", env="dev.proj1", app="c")
+        api.mutate("pods", NS, "c-evil", lambda o: o["metadata"].setdefault("annotations", {}).update({ann: c_dev_rel}))
+        # another node's pod, annotated with this node's kubepods slice
+        api.create(fakeapi.make_pod(NS, "r-evil", "127.1.31.22", {"virtual-env": "dev.proj1", "app": "c"}, "node-9",
+                                    annotations={ann: slice_rel}, uid=str(uuid.uuid4())))
+        eventually(kube, "c-evil", k("a-proj1"))  # steered, from its own cgroup
+        wait_until(lambda: any("c-evil" in w and "ignored" in w for w in kube.status_http()["model"]["warnings"]),
+                   10, what="the ignored annotation warned about")
+        assert answer(kube, "c-dev") == k("a-dev")  # its cgroup is still its own
+        r = kube.client_in_cgroup(stray, "--to", "%s:80" % VIP, "--timeout", "3")
+        assert not r.get("ok") and r.get("errno") == "ECONNREFUSED", r  # not managed: not steered
+        assert kube.status_http()["skipped"] == []
+        assert kube.admin_get("/readyz", timeout=2)[0] == 200
+    finally:
+        for name in ("c-evil", "r-evil"):
+            if api.get("pods", NS, name) is not None:
+                api.delete("pods", NS, name)

@@ -248,22 +248,89 @@ def test_upstream_closes_and_resets(make_node):
     assert node.status_http()["per_request"]["clients_destroyed"] >= 1
 
 
+def _sequence_with_waits(node, pod, entries, on_wait, timeout=10.0):
+    """sequence() whose "@wait" entries (numbered here) pause the client until on_wait(i) has
+    returned; bounded."""
+    flags = []
+    out = []
+    for e in entries:
+        if e == "@wait":
+            flags.append(os.path.join(node.tmp, "go-%d" % len(flags)))
+            out.append("@wait:" + flags[-1])
+        else:
+            out.append(e)
+    t, box = _in_background(lambda: sequence(node, pod, out, timeout=timeout))
+    for i, f in enumerate(flags):
+        harness.wait_until(lambda: os.path.exists(f + ".reached") or not t.is_alive(), timeout=30,
+                           what="the client at wait %d" % i)
+        on_wait(i)
+        open(f, "w").close()
+    t.join(90)
+    assert "error" not in box, box
+    return box["result"]
+
+
+def test_server_closes_right_after_complete_responses(make_node):
+    """The server closes the upstream within a millisecond of a complete response, without
+    "Connection: close" (an idle timeout, a pod going away would do so), length- or
+    chunk-framed: the upstream owed the client nothing, so the client is left alone and its next
+    request on the same connection binds a new upstream. Decided from the framing the kernel
+    followed, not from how soon the close came after the response."""
+    node = build(make_node, "closeidle")
+
+    def closed(i):
+        harness.wait_until(lambda: node.status_http()["per_request"]["upstreams_active"] == 0, timeout=10,
+                           what="the closed upstream settled")
+    res = _sequence_with_waits(node, "c-dev", [
+        "dev.proj1", "dev.proj1@/?close=1", "@wait", "dev.proj1", "dev.proj1@/chunked",
+        "dev.proj1@/chunked?close=1", "@wait", "dev.proj1", "dev"], closed)
+    pods = [a.get("pod") for a in res["answers"]]
+    assert pods == ["pr/s-proj1"] * 6 + ["pr/s-dev"], res
+    assert res["connects"] == 1, res
+    st = node.status_http()["per_request"]
+    assert st["clients_destroyed"] == 0 and st["closed"]["by_server"] == 2, st
+    assert st["upstreams_opened"] == 3, st
+
+
+def test_server_closes_while_owing_the_client(make_node):
+    """The upstream closes while it owes the client something: a request it read and never
+    answered, a response cut short, a response framed by the close. The client cannot get what
+    it waits for: its connection is reset at once (counted by reason), never left to hang; its
+    next request (a new connection) works."""
+    node = build(make_node, "owing")
+    for path, reason in (("/hang", "request_unanswered"), ("/cut?n=200000", "response_cut"),
+                         ("/eof?n=5000", "until_close")):
+        before = node.status_http()["per_request"]["client_resets"][reason]
+        res = sequence(node, "c-dev", ["dev.proj1", "dev.proj1@" + path, "dev.proj1"], timeout=8)
+        a = res["answers"]
+        assert a[0].get("pod") == "pr/s-proj1", (path, res)
+        assert "error" in a[1] and a[1]["seconds"] < 5, (path, res)
+        assert a[2].get("pod") == "pr/s-proj1" and res["connects"] == 2, (path, res)
+        after = node.status_http()["per_request"]["client_resets"][reason]
+        assert after == before + 1, (path, before, after, node.agent_log_text(3000))
+
+
 def test_pod_removed_while_bound(make_node):
     node = build(make_node, "podgone")
     flag = os.path.join(node.tmp, "go")
     t, box = _in_background(lambda: sequence(
         node, "c-dev", ["dev.proj1", "dev.proj1", "@wait:" + flag, "dev.proj1", "dev.proj1", "dev"]))
-    harness.wait_until(lambda: node.status_http()["per_request"]["upstreams_active"] == 1, timeout=15,
-                       what="an upstream bound")
-    # a new dev.proj1 pod, the bound one removed
+    # both answers are in (the client waits): the upstream owes the client nothing
+    harness.wait_until(lambda: os.path.exists(flag + ".reached") or not t.is_alive(), timeout=30,
+                       what="the client's first two answers")
+    assert node.status_http()["per_request"]["upstreams_active"] == 1
+    # a new dev.proj1 pod, the bound one removed (its server stops at once, possibly within a
+    # millisecond of the last response)
     node.add_pod(NS, "s-proj1b", "127.1.60.4", app="s", env="dev.proj1")
     node.start_server(k("s-proj1b"), script=KASERVER)
     node.remove_pod(k("s-proj1"))
     node.wait_explain(k("c-dev"), k("s"), lambda e: '"pr/s-proj1"' not in json.dumps(e), env="dev.proj1")
-    # the pod's server went away (its upstream closed while idle) and the pod left the set:
-    # either way the binding goes, silently
+    # the pod's server went away and the pod left the set, in either order: the upstream owed
+    # nothing, so it is closed and the client is left alone
     harness.wait_until(lambda: node.status_http()["per_request"]["upstreams_active"] == 0, timeout=10,
                        what="the upstream to the removed pod closed")
+    st = node.status_http()["per_request"]
+    assert st["clients_destroyed"] == 0, st
     open(flag, "w").close()
     t.join(60)
     assert "error" not in box, box
@@ -278,8 +345,10 @@ def test_agent_restart_while_bound(make_node):
     flag = os.path.join(node.tmp, "go")
     t, box = _in_background(lambda: sequence(
         node, "c-dev", ["dev.proj1", "@wait:" + flag, "dev.proj1", "dev.proj1", "dev.proj2"], timeout=8))
-    harness.wait_until(lambda: node.status_http()["per_request"]["upstreams_active"] == 1, timeout=15,
-                       what="an upstream bound")
+    # the first answer is in (the client waits), its upstream still bound
+    harness.wait_until(lambda: os.path.exists(flag + ".reached") or not t.is_alive(), timeout=30,
+                       what="the client's first answer")
+    assert node.status_http()["per_request"]["upstreams_active"] == 1
     node.kill_agent()
     node.start_agent()
     open(flag, "w").close()

@@ -135,17 +135,41 @@ std::vector<std::string> frontends(const DesiredState& d) {
   return out;
 }
 
-template <class F>
-std::string model_error(F&& f) {
-  try {
-    f();
-  } catch (const ModelError& e) {
-    return e.what();
-  }
-  return "<no ModelError>";
+DesiredState build(const Cluster& c, const ModelOptions& o = {}) { return build_model(c.cs, o); }
+
+// The skipped objects as "Kind ns/name field reason".
+std::vector<std::string> skips(const DesiredState& d) {
+  std::vector<std::string> out;
+  for (const auto& s : d.skipped) out.push_back(s.kind + " " + s.key + " " + s.field + " " + s.reason);
+  return out;
 }
 
-DesiredState build(const Cluster& c, const ModelOptions& o = {}) { return build_model(c.cs, o); }
+const Skipped& only_skip(const DesiredState& d) {
+  static const Skipped none{"<none>", "", "", "", "", ""};
+  EXPECT_EQ(d.skipped.size(), 1u) << ::testing::PrintToString(skips(d));
+  return d.skipped.empty() ? none : d.skipped[0];
+}
+
+struct FakeCgroups {
+  std::map<std::string, std::optional<CgroupInfo>> known;
+  std::vector<std::string> asked;
+
+  FakeCgroups& add(const std::string& rel, uint64_t id, int level, bool under_root = true) {
+    known[rel] = CgroupInfo{id, level, "/sys/fs/cgroup/" + rel, under_root};
+    return *this;
+  }
+
+  ModelOptions options() {
+    ModelOptions o;
+    o.resolve_cgroup = [this](const std::string& rel) -> std::optional<CgroupInfo> {
+      asked.push_back(rel);
+      if (rel.find("..") != std::string::npos) throw std::invalid_argument("\"" + rel + "\" leaves the cgroup root");
+      auto it = known.find(rel);
+      return it == known.end() ? std::nullopt : it->second;
+    };
+    return o;
+  }
+};
 
 // --- selector membership -------------------------------------------------
 
@@ -271,12 +295,35 @@ TEST(BuildModelPorts, DualStackKeepsFamiliesApart) {
   EXPECT_THAT(backends(d, "[fd00::1]:80/TCP", ""), ElementsAre("[fd01::1]:8080", "[fd01::2]:8080"));
 }
 
-TEST(BuildModelPorts, DuplicateServiceAddressNamesBothServices) {
+// Two Services on one address: the later one by key order is skipped whole (every
+// port), named with the field and the Service it collides with; the rest applies.
+TEST(BuildModelPorts, DuplicateServiceAddressSkipsTheLaterServiceWhole) {
   Cluster c;
-  c.add(SvcB("a", "one", {"10.96.0.1"}).port(80, 8080))
-      .add(SvcB("b", "two", {"10.96.0.1"}).port(80, 9090));
-  auto err = model_error([&] { build(c); });
-  EXPECT_THAT(err, AllOf(HasSubstr("a/one"), HasSubstr("b/two"), HasSubstr("10.96.0.1:80/TCP")));
+  c.add(SvcB("a", "one", {"10.96.0.1"}).port(80, 8080).select("app", "one"))
+      .add(SvcB("b", "two", {"10.96.0.1"}).port(443, 9443).port(80, 9090).select("app", "two"))
+      .add(SvcB("c", "three", {"10.96.0.3"}).port(80, 8080).select("app", "three"))
+      .add(PodB("a", "one-1", "10.1.0.1").app("one"))
+      .add(PodB("c", "three-1", "10.1.0.3").app("three"));
+  auto d = build(c);
+  EXPECT_THAT(frontends(d), ElementsAre("10.96.0.1:80/TCP", "10.96.0.3:80/TCP"));  // not b/two's :443
+  EXPECT_EQ(d.frontends.begin()->second.service, "a/one");
+  EXPECT_THAT(backends(d, "10.96.0.3:80/TCP", ""), ElementsAre("10.1.0.3:8080"));
+  const auto& s = only_skip(d);
+  EXPECT_EQ(s.kind, "Service");
+  EXPECT_EQ(s.key, "b/two");
+  EXPECT_EQ(s.field, "spec.ports[1]");
+  EXPECT_EQ(s.reason, skip_reason::kAddressInUse);
+  EXPECT_THAT(s.message, AllOf(HasSubstr("Service b/two"), HasSubstr("a/one"), HasSubstr("10.96.0.1:80/TCP")));
+  // the same whichever order the source delivered them in (maps are keyed): rebuilding is stable
+  EXPECT_EQ(build(c).skipped, d.skipped);
+}
+
+TEST(BuildModelPorts, OneServiceUsingAnAddressTwiceIsSkipped) {
+  Cluster c;
+  c.add(SvcB("a", "twice", {"10.96.0.1"}).port(80, 8080, "a").port(80, 9090, "b"));
+  auto d = build(c);
+  EXPECT_THAT(d.frontends, IsEmpty());
+  EXPECT_THAT(skips(d), ElementsAre("Service a/twice spec.ports[1] address_in_use"));
 }
 
 TEST(BuildModelPorts, SameAddressOtherPortOrProtocolIsFine) {
@@ -288,11 +335,27 @@ TEST(BuildModelPorts, SameAddressOtherPortOrProtocolIsFine) {
   EXPECT_EQ(d.frontends.size(), 3u);
 }
 
-TEST(BuildModelPorts, InvalidClusterIpNamesTheField) {
+TEST(BuildModelPorts, InvalidClusterIpSkipsTheServiceOnly) {
   Cluster c;
-  c.add(SvcB("a", "bad", {"10.96.0.300"}).port(80, 8080));
-  auto err = model_error([&] { build(c); });
-  EXPECT_THAT(err, AllOf(HasSubstr("a/bad"), HasSubstr("spec.clusterIPs"), HasSubstr("10.96.0.300")));
+  c.add(SvcB("a", "bad", {"10.96.0.2", "10.96.0.300"}).port(80, 8080))
+      .add(SvcB("a", "good", {"10.96.0.1"}).port(80, 8080));
+  auto d = build(c);
+  EXPECT_THAT(frontends(d), ElementsAre("10.96.0.1:80/TCP"));  // none of a/bad's, not even its good IP
+  const auto& s = only_skip(d);
+  EXPECT_EQ(s.reason, skip_reason::kInvalidAddress);
+  EXPECT_EQ(s.field, "spec.clusterIPs");
+  EXPECT_THAT(s.message, AllOf(HasSubstr("a/bad"), HasSubstr("spec.clusterIPs"), HasSubstr("10.96.0.300")));
+}
+
+// A skipped Service does not hold its addresses: a later Service on one of them is fine.
+TEST(BuildModelPorts, ASkippedServiceClaimsNoAddress) {
+  Cluster c;
+  c.add(SvcB("a", "bad", {"10.96.0.1", "nonsense"}).port(80, 8080))
+      .add(SvcB("b", "good", {"10.96.0.1"}).port(80, 8080));
+  auto d = build(c);
+  ASSERT_EQ(d.frontends.size(), 1u);
+  EXPECT_EQ(d.frontends.begin()->second.service, "b/good");
+  EXPECT_THAT(skips(d), ElementsAre("Service a/bad spec.clusterIPs invalid_address"));
 }
 
 // --- environments --------------------------------------------------------
@@ -363,19 +426,42 @@ TEST(BuildModelEnvs, CustomLabelAndSplitter) {
   EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", "dev-proj1"), ElementsAre("10.1.0.1:8080"));
 }
 
-TEST(BuildModelEnvs, InvalidEnvLabelNamesPodAndField) {
+// A pod whose env label is a legal label value but no env name ("dev..x") is skipped:
+// reported with the field, never a backend of any env (not even the default's), not
+// local; every other pod and service is built.
+TEST(BuildModelEnvs, InvalidEnvLabelSkipsThePodOnly) {
   for (const std::string& bad : std::vector<std::string>{"dev..x", "-dev", "dev x", std::string(64, 'a')}) {
+    FakeCgroups cg;
+    cg.add("pods/bad", 1002, 2).add("pods/good", 1001, 2);
     Cluster c;
-    c.add(PodB("a", "good", "10.1.0.1").env("dev")).add(PodB("a", "bad", "10.1.0.2").env(bad));
-    auto err = model_error([&] { build(c); });
-    EXPECT_THAT(err, AllOf(HasSubstr("Pod a/bad"), HasSubstr("metadata.labels.virtual-env"))) << bad;
+    c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").port(80, 8080))
+        .add(SvcB("a", "api", {"10.96.0.2"}).port(80, 8080, "http"))
+        .add(SliceB("a", "api-x", "api").port("http", 8080).ep("10.1.0.2", true, "bad").ep("10.1.0.1", true, "good"))
+        .add(PodB("a", "good", "10.1.0.1").app("web").env("dev").cgroup("pods/good"))
+        .add(PodB("a", "bad", "10.1.0.2").app("web").env(bad).cgroup("pods/bad"));
+    auto o = cg.options();
+    o.default_env = "dev";
+    auto d = build(c, o);
+    const std::map<EnvName, std::set<std::string>> only_good{{"dev", {"10.1.0.1:8080"}}};
+    EXPECT_EQ(routes(d, "10.96.0.1:80/TCP"), only_good) << bad;  // by selector
+    EXPECT_EQ(routes(d, "10.96.0.2:80/TCP"), only_good) << bad;  // by EndpointSlice
+    EXPECT_EQ(d.pod_envs.count("a/bad"), 0u);
+    EXPECT_EQ(d.labelled_pods.count("a/bad"), 0u);
+    ASSERT_EQ(d.pods.size(), 1u);
+    EXPECT_EQ(d.pods.begin()->second.pod, "a/good");
+    const auto& s = only_skip(d);
+    EXPECT_EQ(s.kind, "Pod");
+    EXPECT_EQ(s.key, "a/bad");
+    EXPECT_EQ(s.field, "metadata.labels.virtual-env");
+    EXPECT_EQ(s.reason, skip_reason::kInvalidEnv);
+    EXPECT_THAT(s.message, AllOf(HasSubstr("Pod a/bad"), HasSubstr("metadata.labels.virtual-env"))) << bad;
   }
   Cluster c;
   c.add(PodB("a", "bad", "10.1.0.2").label("env", "dev--x"));
   ModelOptions o;
   o.env_label = "env";
   o.splitter = '-';
-  EXPECT_THAT(model_error([&] { build(c, o); }), HasSubstr("metadata.labels.env"));
+  EXPECT_THAT(skips(build(c, o)), ElementsAre("Pod a/bad metadata.labels.env invalid_env"));
 }
 
 // --- EndpointSlices ------------------------------------------------------
@@ -474,27 +560,6 @@ TEST(BuildModelSlices, SeveralSlicesMergedAndDeduplicated) {
 
 // --- local pods ----------------------------------------------------------
 
-struct FakeCgroups {
-  std::map<std::string, std::optional<CgroupInfo>> known;
-  std::vector<std::string> asked;
-
-  FakeCgroups& add(const std::string& rel, uint64_t id, int level, bool under_root = true) {
-    known[rel] = CgroupInfo{id, level, "/sys/fs/cgroup/" + rel, under_root};
-    return *this;
-  }
-
-  ModelOptions options() {
-    ModelOptions o;
-    o.resolve_cgroup = [this](const std::string& rel) -> std::optional<CgroupInfo> {
-      asked.push_back(rel);
-      if (rel.find("..") != std::string::npos) throw std::invalid_argument("\"" + rel + "\" leaves the cgroup root");
-      auto it = known.find(rel);
-      return it == known.end() ? std::nullopt : it->second;
-    };
-    return o;
-  }
-};
-
 TEST(BuildModelLocalPods, ResolvedCgroupMakesAPodLocal) {
   FakeCgroups cg;
   cg.add("pods/alice", 1001, 3).add("pods/plain", 1002, 2);
@@ -515,44 +580,126 @@ TEST(BuildModelLocalPods, ResolvedCgroupMakesAPodLocal) {
   EXPECT_THAT(d.warnings, IsEmpty());
 }
 
-TEST(BuildModelLocalPods, MissingCgroupIsAWarning) {
+// A missing cgroup is no error of the pod (the kubelet creates it later): a warning, and
+// a structured entry the agent rescans for (no message wording involved).
+TEST(BuildModelLocalPods, MissingCgroupIsAStructuredWarning) {
   FakeCgroups cg;
   Cluster c;
-  c.add(PodB("a", "later", "10.1.0.1").env("dev").cgroup("pods/later"));
+  c.add(PodB("a", "later", "10.1.0.1").env("dev").cgroup("pods/later"))
+      .add(PodB("a", "early", "10.1.0.2").env("dev").cgroup("pods/early"));
   auto d = build(c, cg.options());
   EXPECT_THAT(d.pods, IsEmpty());
-  ASSERT_EQ(d.warnings.size(), 1u);
-  EXPECT_THAT(d.warnings[0], AllOf(HasSubstr("a/later"), HasSubstr("pods/later")));
+  EXPECT_THAT(d.missing_cgroups, ElementsAre(MissingCgroup{"a/early", "pods/early"}, MissingCgroup{"a/later", "pods/later"}));
+  ASSERT_EQ(d.warnings.size(), 2u);
+  EXPECT_THAT(d.warnings, Contains(AllOf(HasSubstr("a/later"), HasSubstr("pods/later"))));
+  EXPECT_THAT(d.skipped, IsEmpty());
   EXPECT_EQ(d.pod_envs.at("a/later"), "dev");  // still a pod of the cluster
+  cg.add("pods/later", 1001, 2);
+  d = build(c, cg.options());
+  EXPECT_THAT(d.missing_cgroups, ElementsAre(MissingCgroup{"a/early", "pods/early"}));
 }
 
-TEST(BuildModelLocalPods, CgroupOutsideTheRootIsAWarning) {
+TEST(BuildModelLocalPods, CgroupOutsideTheRootIsSkipped) {
   FakeCgroups cg;
   cg.add("elsewhere/p", 1001, 2, /*under_root=*/false);
   Cluster c;
-  c.add(PodB("a", "p", "10.1.0.1").cgroup("elsewhere/p"));
+  c.add(SvcB("a", "web", {"10.96.0.1"}).select("app", "web").port(80, 8080))
+      .add(PodB("a", "p", "10.1.0.1").app("web").cgroup("elsewhere/p"));
   auto d = build(c, cg.options());
   EXPECT_THAT(d.pods, IsEmpty());
-  ASSERT_EQ(d.warnings.size(), 1u);
-  EXPECT_THAT(d.warnings[0], AllOf(HasSubstr("a/p"), HasSubstr("outside")));
+  const auto& s = only_skip(d);
+  EXPECT_EQ(s.reason, skip_reason::kCgroupOutsideRoot);
+  EXPECT_EQ(s.field, "metadata.annotations.envsteer.io/cgroup");
+  EXPECT_THAT(s.message, AllOf(HasSubstr("a/p"), HasSubstr("not inside")));
+  // only its cgroup is refused: it is still a backend
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", ""), ElementsAre("10.1.0.1:8080"));
 }
 
-TEST(BuildModelLocalPods, InvalidAnnotationIsAModelError) {
+TEST(BuildModelLocalPods, AnnotationOutsideTheMountIsSkipped) {
   FakeCgroups cg;
+  cg.add("pods/good", 1001, 2);
   Cluster c;
-  c.add(PodB("a", "evil", "10.1.0.1").cgroup("../../etc"));
-  auto err = model_error([&] { build(c, cg.options()); });
-  EXPECT_THAT(err, AllOf(HasSubstr("a/evil"), HasSubstr("metadata.annotations.envsteer.io/cgroup"),
-                         HasSubstr("leaves the cgroup root")));
+  c.add(PodB("a", "evil", "10.1.0.1").cgroup("../../etc")).add(PodB("a", "good", "10.1.0.2").cgroup("pods/good"));
+  auto d = build(c, cg.options());
+  ASSERT_EQ(d.pods.size(), 1u);
+  EXPECT_EQ(d.pods.at(1001).pod, "a/good");
+  const auto& s = only_skip(d);
+  EXPECT_EQ(s.key, "a/evil");
+  EXPECT_EQ(s.reason, skip_reason::kInvalidCgroup);
+  EXPECT_THAT(s.message, AllOf(HasSubstr("a/evil"), HasSubstr("metadata.annotations.envsteer.io/cgroup"),
+                               HasSubstr("leaves the cgroup root")));
+  EXPECT_EQ(d.pod_envs.count("a/evil"), 1u);
 }
 
-TEST(BuildModelLocalPods, TwoPodsInOneCgroupIsAModelError) {
+// One cgroup, two pods: the later by key order is skipped, the first stays local.
+TEST(BuildModelLocalPods, TwoPodsInOneCgroupSkipsTheLaterOne) {
   FakeCgroups cg;
-  cg.add("pods/shared", 1001, 2);
+  cg.add("pods/shared", 1001, 2).add("pods/other", 1002, 2);
   Cluster c;
-  c.add(PodB("a", "one", "10.1.0.1").cgroup("pods/shared")).add(PodB("a", "two", "10.1.0.2").cgroup("pods/shared"));
-  auto err = model_error([&] { build(c, cg.options()); });
-  EXPECT_THAT(err, AllOf(HasSubstr("a/one"), HasSubstr("a/two"), HasSubstr("metadata.annotations.envsteer.io/cgroup")));
+  c.add(PodB("a", "one", "10.1.0.1").env("dev").cgroup("pods/shared"))
+      .add(PodB("a", "two", "10.1.0.2").env("dev.x").cgroup("pods/shared"))
+      .add(PodB("a", "three", "10.1.0.3").cgroup("pods/other"));
+  auto d = build(c, cg.options());
+  ASSERT_EQ(d.pods.size(), 2u);
+  EXPECT_EQ(d.pods.at(1001).pod, "a/one");
+  EXPECT_EQ(d.pods.at(1001).env, "dev");
+  EXPECT_EQ(d.pods.at(1002).pod, "a/three");
+  const auto& s = only_skip(d);
+  EXPECT_EQ(s.key, "a/two");
+  EXPECT_EQ(s.reason, skip_reason::kCgroupShared);
+  EXPECT_THAT(s.message, AllOf(HasSubstr("a/one"), HasSubstr("a/two"), HasSubstr("metadata.annotations.envsteer.io/cgroup")));
+}
+
+// A pod claiming a parent slice of another pod's cgroup would take every other process
+// below it: skipped; the inner pod stays local. Siblings sharing a name prefix are fine.
+TEST(BuildModelLocalPods, ACgroupHoldingAnotherPodsCgroupIsSkipped) {
+  FakeCgroups cg;
+  cg.add("kubepods", 1000, 1).add("kubepods/pod-a", 1001, 2).add("kubepods/pod-a-2", 1002, 2);
+  Cluster c;
+  c.add(PodB("a", "slice", "10.1.0.9").env("dev.evil").cgroup("kubepods"))
+      .add(PodB("a", "pa", "10.1.0.1").cgroup("kubepods/pod-a"))
+      .add(PodB("a", "pa2", "10.1.0.2").cgroup("kubepods/pod-a-2"));
+  auto d = build(c, cg.options());
+  EXPECT_EQ(d.pods.size(), 2u);
+  EXPECT_EQ(d.pods.count(1000), 0u);
+  const auto& s = only_skip(d);
+  EXPECT_EQ(s.key, "a/slice");
+  EXPECT_EQ(s.reason, skip_reason::kCgroupShared);
+  EXPECT_THAT(s.message, HasSubstr("holds the cgroup of Pod a/pa"));
+}
+
+// --kubernetes: a pod's cgroup comes only from the agent's discovery; the annotation
+// neither adds a pod nor moves one (it could name a parent slice, or any node's pod).
+TEST(BuildModelLocalPods, DiscoveredCgroupsIgnoreTheAnnotation) {
+  FakeCgroups cg;
+  cg.add("kubepods/pod-a", 1001, 2).add("kubepods", 1000, 1).add("kubepods/pod-r", 1003, 2);
+  Cluster c;
+  c.add(PodB("a", "local", "10.1.0.1").env("dev").cgroup("kubepods"))         // claims the parent slice
+      .add(PodB("a", "remote", "10.1.0.2").env("dev.x").cgroup("kubepods/pod-r"))  // another node's pod
+      .add(PodB("a", "late", "10.1.0.3").env("dev"));                           // cgroup not created yet
+  auto o = cg.options();
+  o.cgroup_source = CgroupSource::Discovered;
+  o.discovered_cgroups = {{"a/local", "kubepods/pod-a"}, {"a/late", ""}};
+  auto d = build(c, o);
+  ASSERT_EQ(d.pods.size(), 1u);
+  EXPECT_EQ(d.pods.at(1001).pod, "a/local");
+  EXPECT_THAT(cg.asked, ElementsAre("kubepods/pod-a"));
+  EXPECT_THAT(d.missing_cgroups, ElementsAre(MissingCgroup{"a/late", ""}));
+  EXPECT_THAT(d.warnings, Contains(AllOf(HasSubstr("a/local"), HasSubstr("ignored"))));
+  EXPECT_THAT(d.skipped, IsEmpty());
+}
+
+TEST(BuildModelLocalPods, DiscoveredCgroupsAreValidatedToo) {
+  FakeCgroups cg;
+  cg.add("kubepods/pod-a", 1001, 2, /*under_root=*/false);
+  Cluster c;
+  c.add(PodB("a", "p", "10.1.0.1").env("dev"));
+  auto o = cg.options();
+  o.cgroup_source = CgroupSource::Discovered;
+  o.discovered_cgroups = {{"a/p", "kubepods/pod-a"}};
+  auto d = build(c, o);
+  EXPECT_THAT(d.pods, IsEmpty());
+  EXPECT_THAT(skips(d), ElementsAre("Pod a/p metadata.uid cgroup_outside_root"));
 }
 
 TEST(BuildModelLocalPods, CustomAnnotationAndNoResolver) {
@@ -566,6 +713,61 @@ TEST(BuildModelLocalPods, CustomAnnotationAndNoResolver) {
   EXPECT_EQ(build(c, o).pods.size(), 1u);
   o.resolve_cgroup = nullptr;  // e.g. explain without a host: nothing is local
   EXPECT_THAT(build(c, o).pods, IsEmpty());
+}
+
+// --- skipped objects -----------------------------------------------------
+
+// An endpoint address that does not parse is left out (named by slice and field); the
+// slice's other endpoints stay.
+TEST(BuildModelSkipped, InvalidEndpointAddressIsSkippedAlone) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).port(80, 8080, "http"))
+      .add(SliceB("a", "web-abc", "web").port("http", 8080).ep("10.1.0.1").ep("10.1.0.999"));
+  auto d = build(c);
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", ""), ElementsAre("10.1.0.1:8080"));
+  const auto& s = only_skip(d);
+  EXPECT_EQ(s.kind, "EndpointSlice");
+  EXPECT_EQ(s.key, "a/web-abc");
+  EXPECT_EQ(s.field, "endpoints[1].addresses[0]");
+  EXPECT_EQ(s.reason, skip_reason::kInvalidAddress);
+}
+
+// Objects the source could not decode are reported; an undecodable pod's endpoints are
+// no backend (its env is unknown: it must not serve the default env).
+TEST(BuildModelSkipped, UndecodableObjectsAreReportedAndTheirPodsAreNoBackend) {
+  Cluster c;
+  c.add(SvcB("a", "web", {"10.96.0.1"}).port(80, 8080, "http"))
+      .add(PodB("a", "ok", "10.1.0.1").env("dev"))
+      .add(SliceB("a", "web-abc", "web").port("http", 8080).ep("10.1.0.1", true, "ok").ep("10.1.0.2", true, "mangled"));
+  c.cs.invalid.push_back({"Pod", "a/mangled", "u-1", "spec.containers: must be an array"});
+  c.cs.invalid.push_back({"Service", "a/odd", "u-2", "spec.ports[0].port: out of range"});
+  ModelOptions o;
+  o.default_env = "dev";
+  auto d = build(c, o);
+  EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", "dev"), ElementsAre("10.1.0.1:8080"));
+  EXPECT_THAT(skips(d), ElementsAre("Pod a/mangled  invalid_object", "Service a/odd  invalid_object"));
+  EXPECT_EQ(d.skipped[0].uid, "u-1");
+  EXPECT_THAT(d.skipped[0].message, AllOf(HasSubstr("Pod a/mangled"), HasSubstr("spec.containers")));
+}
+
+// Many bad objects at once: each is reported once, sorted, and nothing good is lost.
+TEST(BuildModelSkipped, EveryBadObjectReportedOnceInOrder) {
+  FakeCgroups cg;
+  cg.add("pods/good", 1001, 2).add("pods/shared", 1002, 2);
+  Cluster c;
+  c.add(SvcB("z", "dup", {"10.96.0.1", "fd00::1"}).port(80, 8080).port(81, 8080))
+      .add(SvcB("a", "web", {"10.96.0.1", "fd00::1"}).port(80, 8080).port(81, 8080).select("app", "web"))
+      .add(PodB("b", "bad", "10.1.0.2").app("web").env("a..b"))
+      .add(PodB("a", "good", "10.1.0.1").app("web").env("dev").cgroup("pods/good"))
+      .add(PodB("a", "s1", "10.1.0.3").app("web").cgroup("pods/shared"))
+      .add(PodB("a", "s2", "10.1.0.4").app("web").cgroup("pods/shared"));
+  auto d = build(c, cg.options());
+  EXPECT_THAT(skips(d), ElementsAre("Pod a/s2 metadata.annotations.envsteer.io/cgroup cgroup_shared",
+                                    "Pod b/bad metadata.labels.virtual-env invalid_env",
+                                    "Service z/dup spec.ports[0] address_in_use"));
+  EXPECT_EQ(d.frontends.size(), 4u);
+  EXPECT_THAT(backends(d, "10.96.0.1:81/TCP", "dev"), ElementsAre("10.1.0.1:8080"));
+  EXPECT_EQ(d.pods.size(), 2u);
 }
 
 }  // namespace

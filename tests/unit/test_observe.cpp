@@ -198,7 +198,9 @@ TEST(Metrics, RenderIsValidExpositionFormat) {
   in.last_sync_unix = 1000;
   in.now_unix = 1030.5;
   in.sync_failures = {{"map_full", 2}};
-  in.last_failure_reason = "map_full";
+  in.failing_reasons = {"map_full"};
+  in.skipped = {{{"Pod", "invalid_env"}, 2}};
+  in.missing_cgroups = 3;
   in.trace_clients = 1;
   std::string out = render_observability(in, names());
   auto has = [&](const std::string& line) { return out.find(line + "\n") != std::string::npos; };
@@ -215,6 +217,11 @@ TEST(Metrics, RenderIsValidExpositionFormat) {
   EXPECT_TRUE(has("envsteer_sync_failures_total{reason=\"map_full\"} 2"));
   EXPECT_TRUE(has("envsteer_sync_failures_total{reason=\"source\"} 0"));
   EXPECT_TRUE(has("envsteer_last_sync_failed_reason{reason=\"map_full\"} 1"));
+  EXPECT_TRUE(has("envsteer_last_sync_failed_reason{reason=\"source\"} 0"));
+  // skipped objects: every (kind, reason) series is there, 0 when none is skipped
+  EXPECT_TRUE(has("envsteer_objects_skipped{kind=\"Pod\",reason=\"invalid_env\"} 2"));
+  EXPECT_TRUE(has("envsteer_objects_skipped{kind=\"Service\",reason=\"address_in_use\"} 0"));
+  EXPECT_TRUE(has("envsteer_pod_cgroups_missing 3"));
   EXPECT_TRUE(has("envsteer_trace_clients 1"));
   EXPECT_TRUE(has("envsteer_trace_events_total{result=\"rate_limited\"} 9"));
   // every line is a comment or `name{labels} value`; every family has HELP and TYPE once

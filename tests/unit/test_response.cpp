@@ -1,0 +1,175 @@
+// SPDX-License-Identifier: Apache-2.0
+// The response framing tracker of an upstream (bpf/lib/response.h): what the agent decides an
+// upstream's close from. Every stream is also fed split at every byte boundary: the outcome
+// must not depend on how the bytes arrive.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+
+extern "C" {
+#include "bpf/lib/response.h"
+}
+
+namespace {
+
+static_assert(sizeof(struct es_rsp) == 56, "map value layout");
+
+es_rsp feed(const std::string& s) {
+  es_rsp r{};
+  es_rsp_feed_buf(&r, s.data(), s.size());
+  return r;
+}
+
+// The same stream fed in two pieces, split at every offset, ends in the same state.
+void expect_split_invariant(const std::string& s) {
+  es_rsp whole = feed(s);
+  for (size_t cut = 0; cut <= s.size(); cut++) {
+    es_rsp r{};
+    es_rsp_feed_buf(&r, s.data(), cut);
+    es_rsp_feed_buf(&r, s.data() + cut, s.size() - cut);
+    ASSERT_EQ(0, memcmp(&r, &whole, sizeof(r))) << "split at " << cut << " of " << s;
+  }
+}
+
+const std::string kOk = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Pod: a\r\n\r\nhello";
+const std::string kChunked =
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nTrailer: x\r\n\r\n";
+
+TEST(Response, ContentLengthResponseCompletes) {
+  es_rsp r = feed(kOk);
+  EXPECT_EQ(r.done, 1u);
+  EXPECT_EQ(r.phase, ES_RSP_P_IDLE);
+  EXPECT_EQ(r.bytes, kOk.size());
+  expect_split_invariant(kOk);
+}
+
+TEST(Response, PartialResponseIsNotIdle) {
+  for (size_t n = 1; n < kOk.size(); n++) {
+    es_rsp r = feed(kOk.substr(0, n));
+    r.reqs = 1;
+    EXPECT_FALSE(es_rsp_idle(&r, 0)) << n;
+    EXPECT_EQ(r.done, 0u) << n;
+  }
+}
+
+TEST(Response, ChunkedWithExtensionsAndTrailers) {
+  es_rsp r = feed(kChunked);
+  EXPECT_EQ(r.done, 1u);
+  EXPECT_EQ(r.phase, ES_RSP_P_IDLE);
+  expect_split_invariant(kChunked);
+  // cut anywhere before the final blank line: not done
+  for (size_t n = 1; n < kChunked.size(); n++) EXPECT_EQ(feed(kChunked.substr(0, n)).done, 0u) << n;
+}
+
+TEST(Response, BareLineFeedsAndUpperCaseNames) {
+  es_rsp r = feed("HTTP/1.0 200 OK\nCONTENT-LENGTH:3\n\nabcHTTP/1.1 200 OK\nTransfer-Encoding: Chunked\n\n0\n\n");
+  EXPECT_EQ(r.done, 2u);
+  EXPECT_EQ(r.phase, ES_RSP_P_IDLE);
+}
+
+TEST(Response, PipelinedResponsesInOneBuffer) {
+  std::string s = kOk + kChunked + "HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n" + kOk;
+  es_rsp r = feed(s);
+  EXPECT_EQ(r.done, 4u);
+  r.reqs = 3;
+  EXPECT_TRUE(es_rsp_idle(&r, 1));   // three in the kernel, one forwarded by the agent
+  EXPECT_FALSE(es_rsp_idle(&r, 2));  // one more sent than answered
+  expect_split_invariant(s);
+}
+
+TEST(Response, InterimResponsesDoNotAnswerTheRequest) {
+  std::string cont = "HTTP/1.1 100 Continue\r\n\r\n";
+  es_rsp r = feed(cont);
+  EXPECT_EQ(r.done, 0u);
+  EXPECT_EQ(r.phase, ES_RSP_P_IDLE);
+  r.reqs = 1;
+  EXPECT_FALSE(es_rsp_idle(&r, 0));
+  es_rsp_feed_buf(&r, kOk.data(), kOk.size());
+  EXPECT_TRUE(es_rsp_idle(&r, 0));
+  expect_split_invariant(cont + "HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n" + kOk);
+}
+
+TEST(Response, NoBodyStatuses) {
+  EXPECT_EQ(feed("HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n").done, 1u);
+  EXPECT_EQ(feed("HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n").done, 1u);
+  EXPECT_EQ(feed("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").done, 1u);
+  EXPECT_EQ(feed("HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n").done, 1u);  // no reason phrase
+}
+
+TEST(Response, FramedByTheClose) {
+  for (const char* s : {"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nsome bytes",
+                        "HTTP/1.0 200 OK\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\nContent-Length: 4\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked;x=1\r\n\r\n",
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello"}) {
+    es_rsp r = feed(s);
+    EXPECT_EQ(r.phase, ES_RSP_P_UNTIL_CLOSE) << s;
+    EXPECT_EQ(r.done, 0u) << s;
+    r.reqs = 1;
+    EXPECT_FALSE(es_rsp_idle(&r, 0)) << s;
+  }
+}
+
+TEST(Response, TransferEncodingWinsOverContentLength) {
+  es_rsp r = feed("HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n");
+  EXPECT_EQ(r.done, 1u);
+  EXPECT_EQ(r.phase, ES_RSP_P_IDLE);
+}
+
+TEST(Response, ContentLengthLists) {
+  EXPECT_EQ(feed("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc").done, 1u);
+  EXPECT_EQ(feed("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc").done, 1u);
+  for (const char* s : {"HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nContent-Length: 3 3\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n"}) {
+    es_rsp r = feed(s);
+    EXPECT_EQ(r.phase, ES_RSP_P_DEAD) << s;
+    EXPECT_EQ(r.err, ES_RSP_ERR_FRAMING) << s;
+  }
+}
+
+TEST(Response, OnlyTheExactNamesFrame) {
+  // neither is Content-Length: the response ends with the close
+  EXPECT_EQ(feed("HTTP/1.1 200 OK\r\nContent-Lengthx: 3\r\n\r\nabc").phase, ES_RSP_P_UNTIL_CLOSE);
+  EXPECT_EQ(feed("HTTP/1.1 200 OK\r\nX-Content-Length: 3\r\n\r\nabc").phase, ES_RSP_P_UNTIL_CLOSE);
+  EXPECT_EQ(feed("HTTP/1.1 200 OK\r\nContent-Lengt: 3\r\n\r\nabc").phase, ES_RSP_P_UNTIL_CLOSE);
+}
+
+TEST(Response, NotAResponseGivesUp) {
+  for (const char* s : {"HTTP/2.0 200 OK\r\n", "http/1.1 200 OK\r\n", "HTTP/1.1 20 OK\r\n", "HTTP/1.1 2000 OK\r\n",
+                        "SSH-2.0-OpenSSH\r\n", "HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\n folded: x\r\n\r\n", "HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n"}) {
+    es_rsp r = feed(s);
+    EXPECT_EQ(r.phase, ES_RSP_P_DEAD) << s;
+    EXPECT_NE(r.err, ES_RSP_ERR_NONE) << s;
+    // and stays so: a dead tracker never claims idle
+    std::string more = kOk;
+    es_rsp_feed_buf(&r, more.data(), more.size());
+    EXPECT_EQ(r.phase, ES_RSP_P_DEAD) << s;
+    r.reqs = r.done;
+    EXPECT_FALSE(es_rsp_idle(&r, 0)) << s;
+  }
+}
+
+TEST(Response, AHeadResponseIsNeverTakenForIdle) {
+  // HEAD: a Content-Length and no body. The tracker cannot know; what follows is taken for its
+  // body, the counts stop adding up, and the upstream does not look idle again.
+  std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n";
+  es_rsp r = feed(head + kOk + kOk);
+  r.reqs = 3;
+  EXPECT_FALSE(es_rsp_idle(&r, 0));
+}
+
+TEST(Response, LeadingBlankLinesAreIgnored) {
+  EXPECT_EQ(feed("\r\n\r\n" + kOk).done, 1u);
+  EXPECT_EQ(feed(kOk + "\r\n" + kOk).done, 2u);
+}
+
+}  // namespace
