@@ -33,6 +33,8 @@
  *  - bytes the parser cannot frame go to the connection's own pod only when
  *    the request before them did, else fail; after an Upgrade or CONNECT they
  *    may follow that request;
+ *  - an upstream's es_rsp.reqs counts the request heads that reached it in the
+ *    kernel (the agent decides from it what an upstream owes when it closes);
  *  - each destination gets its bytes in order, unchanged, once; inserted bytes
  *    are exactly one "<header>: <env>\r\n" line, after the request line or
  *    before the blank line, of a request without the header; relay frames are
@@ -163,6 +165,7 @@ static void fk_maps_init(void)
 	FK_MAP(es_mismatch);
 	FK_MAP(es_binds);
 	FK_MAP(es_upstreams);
+	FK_MAP(es_rsp);
 	FK_MAP(es_relay_clients);
 	FK_MAP(es_relay_done);
 	FK_MAP(es_relay_cfg);
@@ -627,7 +630,8 @@ static long bpf_msg_cork_bytes(struct sk_msg_md *md, __u32 bytes)
 struct fk_upstream {
 	uint64_t cookie;
 	uint32_t env;
-	int alive;
+	int alive; /* in es_sockhash */
+	int fin;   /* its server closed it (es_rsp.fin): no new kernel-path requests */
 };
 
 static struct {
@@ -690,6 +694,7 @@ static struct {
 	size_t sn;
 	uint8_t *st;      /* ST_* per byte */
 	uint8_t *dest;    /* stream index per byte (ST_OWN, ST_SET) */
+	uint8_t *up;      /* 1 + index in fh.up of the upstream a byte was redirected to; 0 */
 	struct fk_stream out[FK_MAX_ENV + 1];
 	struct fk_push *push;
 	size_t npush, cap_push;
@@ -726,7 +731,7 @@ static struct fk_push *fk_push_rec(int32_t tag)
 	return &fd.push[id];
 }
 
-static void fk_stream_put(int si, uint8_t b, int32_t t)
+static void fk_stream_put(int si, uint8_t b, int32_t t, int up)
 {
 	struct fk_stream *o = &fd.out[si];
 
@@ -756,6 +761,7 @@ static void fk_stream_put(int si, uint8_t b, int32_t t)
 				  fd.s[t]);
 		fd.st[t] = kind;
 		fd.dest[t] = (uint8_t)si;
+		fd.up[t] = (uint8_t)up;
 	}
 	o->t[o->n] = t;
 	o->b[o->n] = b;
@@ -796,7 +802,7 @@ static void fk_relay_byte(uint8_t b, int32_t t)
 		fd.frames_env[h.env_id]++;
 		return;
 	}
-	fk_stream_put((int)fd.frame_env, b, t);
+	fk_stream_put((int)fd.frame_env, b, t, 0);
 	if (--fd.left == 0)
 		fd.hpos = 0;
 }
@@ -806,7 +812,7 @@ enum { TO_OWN, TO_REDIRECT, TO_FAIL, TO_LOST };
 /* Takes n bytes off the front of the message to where they go. */
 static void fk_take(struct fk_msg *m, uint32_t n, int to, uint64_t cookie, int ingress)
 {
-	int si = 0, relay = 0;
+	int si = 0, relay = 0, up = 0;
 	uint32_t i;
 
 	if (to == TO_REDIRECT) {
@@ -817,9 +823,12 @@ static void fk_take(struct fk_msg *m, uint32_t n, int to, uint64_t cookie, int i
 				violation("relay: a delivery begins inside a frame");
 			relay = 1;
 		} else {
-			for (i = 0; i < fh.nup; i++)
-				if (fh.up[i].cookie == cookie)
+			for (i = 0; i < fh.nup; i++) {
+				if (fh.up[i].cookie == cookie) {
 					si = (int)fh.up[i].env;
+					up = (int)i + 1;
+				}
+			}
 			if (!si)
 				violation("a redirect to unknown socket %#llx", (unsigned long long)cookie);
 			if (ingress)
@@ -836,7 +845,7 @@ static void fk_take(struct fk_msg *m, uint32_t n, int to, uint64_t cookie, int i
 			int32_t t = e->t[k];
 
 			if (to == TO_OWN || (to == TO_REDIRECT && !relay)) {
-				fk_stream_put(si, b, t);
+				fk_stream_put(si, b, t, up);
 			} else if (relay) {
 				fk_relay_byte(b, t);
 			} else if (t >= 0) {
@@ -1166,8 +1175,10 @@ static void fk_bind(uint32_t env)
 	struct fk_upstream *u;
 	unsigned i;
 
+	struct es_rsp rsp = { 0 };
+
 	for (i = 0; i < fh.nup; i++)
-		if (fh.up[i].env == env && fh.up[i].alive)
+		if (fh.up[i].env == env && fh.up[i].alive && !fh.up[i].fin)
 			return;
 	if (fh.nup == sizeof(fh.up) / sizeof(fh.up[0]))
 		return;
@@ -1176,6 +1187,7 @@ static void fk_bind(uint32_t env)
 	u->env = env;
 	u->alive = 1;
 	b.upstream = u->cookie;
+	CHECK(!bpf_map_update_elem(&es_rsp, &u->cookie, &rsp, BPF_ANY));
 	CHECK(!bpf_map_update_elem(&es_binds, &k, &b, BPF_ANY));
 	trace("agent: upstream %#llx bound for environment %u\n", (unsigned long long)u->cookie, env);
 }
@@ -1195,13 +1207,26 @@ static void fk_agent(uint8_t what)
 			if (fd.frames_env[e])
 				fk_bind(e);
 	if (what & AG_KILL) {
+		/* an upstream's server closes it (FIN: es_rsp.fin), or, once it
+		 * has, the upstream is gone from es_sockhash */
 		for (i = 0; i < fh.nup; i++) {
-			if (fh.up[i].alive) {
-				fh.up[i].alive = 0;
-				fh.killed = 1;
-				trace("upstream %#llx closed\n", (unsigned long long)fh.up[i].cookie);
-				break;
+			struct fk_upstream *u = &fh.up[i];
+
+			if (!u->alive)
+				continue;
+			fh.killed = 1;
+			if (!u->fin) {
+				struct es_rsp *r = bpf_map_lookup_elem(&es_rsp, &u->cookie);
+
+				CHECK(r);
+				r->fin = 1;
+				u->fin = 1;
+				trace("upstream %#llx: its server closed it\n", (unsigned long long)u->cookie);
+			} else {
+				u->alive = 0;
+				trace("upstream %#llx closed\n", (unsigned long long)u->cookie);
 			}
+			break;
 		}
 	}
 }
@@ -1880,6 +1905,30 @@ static void check_requests(void)
 	}
 }
 
+/* es_rsp.reqs of an upstream: the request heads that reached it in the kernel (what
+ * it owes the client, for the agent when it closes). */
+static void check_upstream_counts(void)
+{
+	uint64_t heads[sizeof(fh.up) / sizeof(fh.up[0])] = { 0 };
+	uint32_t i;
+
+	for (i = 0; i < nseg; i++) {
+		const struct seg *s = &segs[i];
+
+		if (s->he >= 0 && fd.st[s->he] == ST_SET && fd.up[s->he])
+			heads[fd.up[s->he] - 1]++;
+	}
+	for (i = 0; i < fh.nup; i++) {
+		const struct es_rsp *r = bpf_map_lookup_elem(&es_rsp, &fh.up[i].cookie);
+
+		CHECK(r);
+		if (r->reqs != heads[i])
+			violation("upstream %#llx counts %llu requests sent in the kernel; %llu heads reached it",
+				  (unsigned long long)fh.up[i].cookie, (unsigned long long)r->reqs,
+				  (unsigned long long)heads[i]);
+	}
+}
+
 /* Mainstream clients under good conditions: nothing fails, nothing is lost. */
 static void check_liveness(void)
 {
@@ -1959,6 +2008,7 @@ static void fk_reset(void)
 	}
 	free(fd.st);
 	free(fd.dest);
+	free(fd.up);
 	free(fd.push);
 	memset(&fd, 0, sizeof(fd));
 	for (k = 0; k < nsends; k++)
@@ -2078,8 +2128,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	fd.st = calloc(s.n, 1);
 	fd.dest = calloc(s.n, 1);
+	fd.up = calloc(s.n, 1);
 	segof = calloc(s.n, sizeof(int));
-	CHECK(fd.st && fd.dest && segof);
+	CHECK(fd.st && fd.dest && fd.up && segof);
 
 	/* the sends: what is left of the input, two bytes each; then the rest in one */
 	off = 0;
@@ -2123,6 +2174,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_streams();
 	check_requests();
 	check_inserts();
+	check_upstream_counts();
 	check_liveness();
 
 	free(s.p);

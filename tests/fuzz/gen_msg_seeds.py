@@ -21,7 +21,8 @@ mean "the rest in one send"):
   2 bytes per send: size (bits 0-1 class: 1+v, (v+1)*97, a boundary size, the rest;
     v = bits 2-7), plan (bits 0-2 element sizes: one, 1, random, 512, 1000, 1024, 1100,
     4096; at most 8 elements, the last takes the rest; bit 3 coalesce with the held message, bit 4 first element not readable in
-    place, bits 5-7 the agent afterwards: catch up, bind upstreams, close an upstream)
+    place, bits 5-7 the agent afterwards: catch up, bind upstreams (again for one whose server
+    closed it), an upstream's server closes it (es_rsp.fin) or, once it has, it is gone)
 
 Backends exist for dev, dev.proj1 and (c1 bit 5) dev.proj2; dev is the default env.
 """
