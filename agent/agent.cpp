@@ -554,30 +554,24 @@ std::string Agent::not_ready_reason() {
 // settings apply where no flag was given.
 void Agent::adopt_virtual_env(const sources::KubeConfig& cfg) {
   sources::KubeClient c(cfg);
-  auto r = c.get("/apis/env.alibaba.com/v1alpha2/virtualenvironments?limit=1", std::chrono::seconds(10));
+  auto r = c.get("/apis/env.alibaba.com/v1alpha2/virtualenvironments", std::chrono::seconds(10));
   if (r.status != 200) return;
   auto j = nlohmann::json::parse(r.body, nullptr, false);
-  if (!j.is_object() || !j.contains("items") || !j["items"].is_array() || j["items"].empty()) return;
-  const auto& obj = j["items"][0];
-  auto sub = [](const nlohmann::json& o, const char* k) {
-    return o.is_object() && o.contains(k) && o[k].is_object() ? o[k] : nlohmann::json::object();
+  const nlohmann::json* obj = j.is_object() && j.contains("items") ? k8s::pick_virtual_env(j["items"]) : nullptr;
+  if (!obj) return;
+  auto ve = k8s::decode_virtual_env(*obj);
+  auto take = [&](const char* flag, const std::string& value, std::string& into) {
+    if (s_.explicit_flags.count(flag) || value.empty()) return;
+    into = value;
+    spdlog::info("VirtualEnvironment {}: {} = {}", ve.name, flag, into);
   };
-  const auto spec = sub(obj, "spec");
-  const auto hdr = sub(spec, "envHeader");
-  const auto lbl = sub(spec, "envLabel");
-  auto take = [&](const char* flag, const nlohmann::json& from, const char* key, std::string& into) {
-    if (s_.explicit_flags.count(flag) || !from.contains(key) || !from[key].is_string()) return;
-    into = from[key].get<std::string>();
-    spdlog::info("VirtualEnvironment {}: {} = {}", sub(obj, "metadata").value("name", ""), flag, into);
-  };
-  take("env-header", hdr, "name", s_.env_header);
-  take("env-label", lbl, "name", s_.env_label);
-  take("default-env", lbl, "defaultSubset", s_.default_env);
+  take("env-header", ve.env_header, s_.env_header);
+  take("env-label", ve.env_label, s_.env_label);
+  take("default-env", ve.default_subset, s_.default_env);
   std::string splitter;
-  take("splitter", lbl, "splitter", splitter);
+  take("splitter", ve.splitter, splitter);
   if (splitter.size() == 1) s_.splitter = splitter[0];
-  if (!s_.explicit_flags.count("auto-inject") && hdr.contains("autoInject") && hdr["autoInject"].is_boolean())
-    s_.auto_inject = hdr["autoInject"].get<bool>();
+  if (!s_.explicit_flags.count("auto-inject") && ve.auto_inject) s_.auto_inject = *ve.auto_inject;
   validate_settings(s_);
 }
 

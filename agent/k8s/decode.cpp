@@ -606,4 +606,44 @@ json convert(const YAML::Node& node, int depth) {
 
 json yaml_to_json(const YAML::Node& node) { return convert(node, 0); }
 
+namespace {
+
+const nlohmann::json& member_object(const nlohmann::json& o, const char* k) {
+  static const nlohmann::json empty = nlohmann::json::object();
+  return o.is_object() && o.contains(k) && o[k].is_object() ? o[k] : empty;
+}
+
+std::string member_string(const nlohmann::json& o, const char* k) {
+  return o.is_object() && o.contains(k) && o[k].is_string() ? o[k].get<std::string>() : "";
+}
+
+std::string key_of(const nlohmann::json& obj) {
+  const auto& md = member_object(obj, "metadata");
+  return object_key(member_string(md, "namespace"), member_string(md, "name"));
+}
+
+}  // namespace
+
+VirtualEnvSettings decode_virtual_env(const nlohmann::json& obj) {
+  VirtualEnvSettings v;
+  v.name = key_of(obj);
+  const auto& spec = member_object(obj, "spec");
+  const auto& hdr = member_object(spec, "envHeader");
+  const auto& lbl = member_object(spec, "envLabel");
+  v.env_header = member_string(hdr, "name");
+  if (hdr.contains("autoInject") && hdr["autoInject"].is_boolean()) v.auto_inject = hdr["autoInject"].get<bool>();
+  v.env_label = member_string(lbl, "name");
+  v.splitter = member_string(lbl, "splitter");
+  v.default_subset = member_string(lbl, "defaultSubset");
+  return v;
+}
+
+const nlohmann::json* pick_virtual_env(const nlohmann::json& items) {
+  const nlohmann::json* best = nullptr;
+  if (!items.is_array()) return nullptr;
+  for (const auto& it : items)
+    if (it.is_object() && (!best || key_of(it) < key_of(*best))) best = &it;
+  return best;
+}
+
 }  // namespace envsteer::k8s

@@ -8,6 +8,7 @@
 //   Service default/web: spec.ports[1].port: must be an integer in 1..65535, got "abc"
 #pragma once
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -35,6 +36,20 @@ Service decode_service(const nlohmann::json& obj);
 Pod decode_pod(const nlohmann::json& obj);
 // EndpointSlice ports[].port may be absent (API meaning: "all ports"); it is then 0.
 EndpointSlice decode_endpoint_slice(const nlohmann::json& obj);
+
+// The prior art's VirtualEnvironment resource (env.alibaba.com/v1alpha2): the settings
+// envsteer takes from it, where no flag says otherwise. Lenient: absent or mistyped
+// fields are empty. When a cluster holds several, the agent follows the first by
+// namespace/name (pick_virtual_env), at start-up and while watching alike.
+struct VirtualEnvSettings {
+  std::string name;  // "ns/name" of the object they came from
+  std::string env_header, env_label, splitter, default_subset;
+  std::optional<bool> auto_inject;
+  bool operator==(const VirtualEnvSettings&) const = default;
+};
+VirtualEnvSettings decode_virtual_env(const nlohmann::json& obj);
+// The one of a list's items to follow (nullptr when there is none).
+const nlohmann::json* pick_virtual_env(const nlohmann::json& items);
 
 // Decodes OBJ (one object or a list of them) into OUT. Unknown kinds and a second object of
 // the same kind and namespace/name throw DecodeError. On error OUT may hold the objects

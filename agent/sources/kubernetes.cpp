@@ -329,17 +329,8 @@ std::optional<VirtualEnvSettings> KubernetesSource::virtual_env() const {
   std::lock_guard<std::mutex> g(mu_);
   for (const auto& w : watches_) {
     if (w->kind != Kind::VirtualEnv || w->objects.empty()) continue;
-    const auto& [key, obj] = *w->objects.begin();  // the first by name, deterministically
-    VirtualEnvSettings v;
-    v.name = key;
-    const json& spec = obj_at(obj, "spec");
-    const json& hdr = obj_at(spec, "envHeader");
-    const json& lbl = obj_at(spec, "envLabel");
-    v.env_header = str_at(hdr, "name");
-    if (hdr.contains("autoInject") && hdr["autoInject"].is_boolean()) v.auto_inject = hdr["autoInject"].get<bool>();
-    v.env_label = str_at(lbl, "name");
-    v.splitter = str_at(lbl, "splitter");
-    v.default_subset = str_at(lbl, "defaultSubset");
+    // the first by namespace/name (the watch keys its objects so): k8s::pick_virtual_env's rule
+    VirtualEnvSettings v = k8s::decode_virtual_env(w->objects.begin()->second);
     return v;
   }
   return std::nullopt;

@@ -17,17 +17,12 @@
 #include <vector>
 
 #include "k8s/objects.h"
+#include "k8s/decode.h"
 #include "sources/kubeclient.h"
 
 namespace envsteer::sources {
 
-// Settings of the prior art's VirtualEnvironment resource (env.alibaba.com/v1alpha2).
-struct VirtualEnvSettings {
-  std::string name;  // "ns/name" of the object they came from
-  std::string env_header, env_label, splitter, default_subset;
-  std::optional<bool> auto_inject;
-  bool operator==(const VirtualEnvSettings&) const = default;
-};
+using VirtualEnvSettings = k8s::VirtualEnvSettings;
 
 struct KubernetesOptions {
   std::string node_name;               // this node: all its pods are watched

@@ -658,3 +658,38 @@ TEST(AddObject, DuplicateObject) {
 
 }  // namespace
 }  // namespace envsteer::k8s
+
+namespace envsteer::k8s {
+namespace {
+
+// One decoder and one choice rule for the VirtualEnvironment resource, at start-up
+// (a list) and while watching (the first by namespace/name) alike.
+TEST(DecodeVirtualEnv, FieldsAndTheFirstByName) {
+  auto items = nlohmann::json::parse(R"([
+    {"metadata": {"namespace": "b", "name": "ve"},
+     "spec": {"envHeader": {"name": "X-B", "autoInject": false}, "envLabel": {"name": "lb"}}},
+    {"metadata": {"namespace": "a", "name": "ve"},
+     "spec": {"envHeader": {"name": "X-A"}, "envLabel": {"name": "la", "splitter": "-", "defaultSubset": "dev"}}},
+    "junk"
+  ])");
+  const nlohmann::json* pick = pick_virtual_env(items);
+  ASSERT_NE(pick, nullptr);
+  auto v = decode_virtual_env(*pick);
+  EXPECT_EQ(v.name, object_key("a", "ve"));
+  EXPECT_EQ(v.env_header, "X-A");
+  EXPECT_EQ(v.env_label, "la");
+  EXPECT_EQ(v.splitter, "-");
+  EXPECT_EQ(v.default_subset, "dev");
+  EXPECT_FALSE(v.auto_inject.has_value());
+  auto b = decode_virtual_env(items[0]);
+  ASSERT_TRUE(b.auto_inject.has_value());
+  EXPECT_FALSE(*b.auto_inject);
+  EXPECT_EQ(pick_virtual_env(nlohmann::json::array()), nullptr);
+  // mistyped fields are empty, not errors
+  auto odd = decode_virtual_env(nlohmann::json::parse(R"({"spec": {"envHeader": {"name": 7, "autoInject": "no"}}})"));
+  EXPECT_EQ(odd.env_header, "");
+  EXPECT_FALSE(odd.auto_inject.has_value());
+}
+
+}  // namespace
+}  // namespace envsteer::k8s
