@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
-# Fuzzes the HTTP request parser (bpf/lib/http.h) for longer than CI's 20 s:
-#   scripts/fuzz.sh [seconds]        (default 600; FUZZ_JOBS=N runs N processes)
-# Builds tests/fuzz/fuzz_http.c with clang (libFuzzer, ASan, UBSan) into $BUILD_DIR/fuzz-http/,
-# grows a corpus there from tests/fuzz/corpus (which it only reads), and leaves any crash input
-# in $BUILD_DIR/fuzz-http/artifacts/. Reproduce one with: $BUILD_DIR/fuzz-http/fuzz_http FILE
+# Runs a libFuzzer target for longer than CI's 20 s:
+#   scripts/fuzz.sh [--target http|msg] [seconds]   (default http, 600 s; FUZZ_JOBS=N runs N processes)
+#     http  the HTTP request parser (tests/fuzz/fuzz_http.c, seeds tests/fuzz/corpus)
+#     msg   the sk_msg program's logic, region by region (tests/fuzz/fuzz_msg.c, seeds
+#           tests/fuzz/corpus-msg, written by tests/fuzz/gen_msg_seeds.py)
+# Builds the target with clang (libFuzzer, ASan, UBSan) into $BUILD_DIR/fuzz-<target>/, grows a
+# corpus there from the seeds (which it only reads), and leaves any crash input in
+# $BUILD_DIR/fuzz-<target>/artifacts/. Reproduce one with: $BUILD_DIR/fuzz-<target>/fuzz_<target> FILE
+# (fuzz_msg: FUZZ_MSG_TRACE=1 prints every program run and verdict).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target=http
+if [ "${1:-}" = "--target" ]; then
+  target=${2:?--target needs http or msg}
+  shift 2
+fi
 secs=${1:-600}
 jobs=${FUZZ_JOBS:-1}
-out=${BUILD_DIR:-build}/fuzz-http
+case "$target" in
+  http) inc=(-I.); seeds=tests/fuzz/corpus; extra=() ;;
+  msg) inc=(-Itests/fuzz/shim -I.); seeds=tests/fuzz/corpus-msg; extra=(-max_len=1024) ;;
+  *) echo "scripts/fuzz.sh: unknown target $target (http or msg)" >&2; exit 2 ;;
+esac
+out=${BUILD_DIR:-build}/fuzz-$target
 clang=$(command -v clang || command -v clang-19 || command -v clang-16 || command -v clang-14) || {
   echo "scripts/fuzz.sh: clang not found (run scripts/install-deps.sh)" >&2
   exit 1
@@ -16,9 +30,9 @@ clang=$(command -v clang || command -v clang-19 || command -v clang-16 || comman
 mkdir -p "$out/corpus" "$out/artifacts"
 "$clang" -g -O1 -std=c11 -Wall -Wextra -Werror \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -I. tests/fuzz/fuzz_http.c -o "$out/fuzz_http"
+  "${inc[@]}" "tests/fuzz/fuzz_$target.c" -o "$out/fuzz_$target"
 args=(-max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
-  -artifact_prefix="$out/artifacts/")
+  -artifact_prefix="$out/artifacts/" "${extra[@]}")
 [ "$jobs" -gt 1 ] && args+=(-fork="$jobs")
-echo "scripts/fuzz.sh: fuzzing for ${secs}s, corpus $out/corpus"
-"$out/fuzz_http" "${args[@]}" "$out/corpus" tests/fuzz/corpus
+echo "scripts/fuzz.sh: fuzzing $target for ${secs}s, corpus $out/corpus"
+"$out/fuzz_$target" "${args[@]}" "$out/corpus" "$seeds"

@@ -639,7 +639,9 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 	if (c.tx->v.pend > ES_PULL)
 		c.tx->v.pend = ES_PULL;
 	c.tx->v.reqline = -1;
-	c.tx->v.req_begin = c.tx->st.phase == ES_HTTP_P_IDLE && !c.tx->st.cr ? 0 : -1;
+	/* idle: the next request begins in this message (after the LF of an
+	 * empty line whose CR ended the last send, if so) */
+	c.tx->v.req_begin = c.tx->st.phase == ES_HTTP_P_IDLE ? 0 : -1;
 	covered = 0;
 	/* bounded by the message plus an insertion */
 	bpf_loop(c.tx->v.size + ES_INJECT_MAX, es_msg_byte, &c, 0);
@@ -705,8 +707,14 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 			/* a request head continues in a later send: its route is
 			 * unknown yet */
 			if (c.tx->v.req_begin > 0) {
+				/* it follows another request in this send:
+				 * pipelined, decided from its first byte like a
+				 * second head (and the held message it becomes
+				 * still names this run's redirect target in
+				 * msg->sk_redir: only the same route may use it) */
 				covered = (__u32)c.tx->v.req_begin;
 				es_http_rewind(&c.tx->st);
+				c.tx->pipelined = 1;
 			} else if (c.tx->v.size < c.cfg->window + ES_PULL) {
 				/* hold it until the next send, then parse it again */
 				es_http_rewind(&c.tx->st);
@@ -714,6 +722,17 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 				bpf_msg_apply_bytes(msg, 0);
 				bpf_msg_cork_bytes(msg, c.tx->v.size + 1);
 				return SK_PASS;
+			} else if (c.tx->pipelined && c.tx->route.kind != ES_ROUTE_PASS) {
+				/* too long to hold, and pipelined after a request
+				 * that did not go out on the connection: the
+				 * connection's own pod is another target, refused as
+				 * in es_head_done (this message may still name that
+				 * request's redirect target: it must not pass) */
+				c.tx->route.kind = ES_ROUTE_FAIL;
+				c.tx->v.route.kind = ES_ROUTE_FAIL;
+				c.tx->st.phase = ES_HTTP_P_DEAD;
+				c.tx->pipelined = 0;
+				es_count(ES_CNT_REQ_PIPELINE_REFUSED);
 			} else {
 				/* too long to hold: it goes, head and body, to the
 				 * connection's own pod (its env is not known yet) */

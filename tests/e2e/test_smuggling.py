@@ -168,3 +168,49 @@ def test_unframed_on_own_connection_stays_with_its_pod(smug, bad):
     assert r["responses"][0]["pod"] == k("s-dev"), r
     assert all(x["pod"] == k("s-dev") for x in r["responses"]), r
     assert after["req_unframed_failed"] == before["req_unframed_failed"]
+
+
+def by_path(responses):
+    """{path: response} of GET / and /next style answers; POST /echo answers under "/echo"."""
+    out = {}
+    for x in responses:
+        try:
+            out[json.loads(x["body"])["path"]] = x
+        except (ValueError, KeyError, TypeError):
+            out["/echo"] = x
+    return out
+
+
+@REQUEST_CONTEXT
+def test_request_after_an_empty_line_split_across_sends(smug):
+    """An empty line after a body whose CR ends one send and whose LF begins the next (a
+    buffered writer flushing between them; found by tests/fuzz/fuzz_msg.c): the request after
+    it is routed by its own env, not along with the request before it."""
+    first = request("dev.p1", 200, "cl") + b"\r"
+    second = b"\n" + head("GET", "/", "dev", 200, "none")
+    r = raw(smug, [first, second], 2, gap_ms=200)
+    assert r["error"] is None and r.get("send_error") is None, r
+    got = by_path(r["responses"])
+    check_answer(got["/echo"], "cl", "s-p1")
+    assert got["/"]["pod"] == k("s-dev"), r
+    assert r["extra"] == "", r
+
+
+@REQUEST_CONTEXT
+@pytest.mark.parametrize("bound", [False, True], ids=["slow-path", "upstream-bound"])
+def test_pipelined_request_cut_by_the_end_of_a_send(smug, bound):
+    """A request for dev.p1 and the first bytes of the next one (dev) in one send, the rest in
+    the next send (found by tests/fuzz/fuzz_msg.c): pipelined for another target, the second
+    request is refused (EACCES) like one whose head is complete, and never reaches s-p1. The
+    kernel keeps the first request's redirect target in the message it holds for the second
+    head (msg->sk_redir): passing that message would send it there."""
+    before = smug.counters()
+    warm = [request("dev.p1", 200, "none")] if bound else []
+    nxt = head("GET", "/next", "dev", 200, "none")
+    sends = warm + [request("dev.p1", 200, "none") + nxt[:100], nxt[100:]]
+    r = raw(smug, sends, len(sends) - 1, gap_ms=300, timeout=3)
+    after = smug.counters()
+    assert all(x["pod"] == k("s-p1") for x in r["responses"]), r
+    assert "/next" not in r["extra"], r
+    assert r.get("send_error") == "EACCES", r
+    assert after["req_pipeline_refused"] - before["req_pipeline_refused"] >= 1
