@@ -228,11 +228,18 @@ struct Easy {
   }
 };
 
-HttpResponse KubeClient::get(const std::string& path_query, std::chrono::seconds timeout) {
+namespace {
+
+// One bounded request whose whole answer is collected; body set: a JSON POST.
+HttpResponse perform(CURL* h, curl_slist*& headers, const std::string* body, std::chrono::seconds timeout) {
   HttpResponse r;
-  Easy e;
-  CURL* h = e.h = static_cast<CURL*>(prepare(path_query, &e.headers));
-  if (!h) return HttpResponse{0, "", "curl_easy_init failed"};
+  if (body) {
+    headers = curl_slist_append(headers, "Content-Type: application/json");
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h, CURLOPT_POST, 1L);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body->data());
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, static_cast<long>(body->size()));
+  }
   curl_easy_setopt(h, CURLOPT_TIMEOUT, static_cast<long>(timeout.count()));
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &r.body);
@@ -242,23 +249,20 @@ HttpResponse KubeClient::get(const std::string& path_query, std::chrono::seconds
   return r;
 }
 
-HttpResponse KubeClient::post(const std::string& path, const std::string& json_body, std::chrono::seconds timeout) {
-  HttpResponse r;
+}  // namespace
+
+HttpResponse KubeClient::get(const std::string& path_query, std::chrono::seconds timeout) {
   Easy e;
-  CURL* h = e.h = static_cast<CURL*>(prepare(path, &e.headers));
-  if (!h) return HttpResponse{0, "", "curl_easy_init failed"};
-  e.headers = curl_slist_append(e.headers, "Content-Type: application/json");
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, e.headers);
-  curl_easy_setopt(h, CURLOPT_POST, 1L);
-  curl_easy_setopt(h, CURLOPT_POSTFIELDS, json_body.data());
-  curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, static_cast<long>(json_body.size()));
-  curl_easy_setopt(h, CURLOPT_TIMEOUT, static_cast<long>(timeout.count()));
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &r.body);
-  CURLcode rc = curl_easy_perform(h);
-  if (rc != CURLE_OK) r.error = curl_easy_strerror(rc);
-  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r.status);
-  return r;
+  e.h = static_cast<CURL*>(prepare(path_query, &e.headers));
+  if (!e.h) return HttpResponse{0, "", "curl_easy_init failed"};
+  return perform(e.h, e.headers, nullptr, timeout);
+}
+
+HttpResponse KubeClient::post(const std::string& path, const std::string& json_body, std::chrono::seconds timeout) {
+  Easy e;
+  e.h = static_cast<CURL*>(prepare(path, &e.headers));
+  if (!e.h) return HttpResponse{0, "", "curl_easy_init failed"};
+  return perform(e.h, e.headers, &json_body, timeout);
 }
 
 HttpResponse KubeClient::stream(const std::string& path_query, const std::function<bool(std::string_view)>& on_line,

@@ -549,7 +549,8 @@ static __always_inline int es_verdict(struct es_msg_ctx *c, __u32 len)
 	es_count(ES_CNT_REQ_FAILED);
 	es_count_request(c->tx->v.route.svc_id, c->tx->v.route.env_id, ES_PATH_FAILED);
 	es_trace_request(c->sock, &c->tx->v.route, c->tx->v.env_req, ES_EV_REQ_FAILED);
-	/* the rest of this request fails too; the next one is routed afresh */
+	/* the rest of this request fails too (and, as the kernel keeps a drop
+	 * verdict on the socket, every later send of the connection) */
 	c->tx->route.kind = ES_ROUTE_FAIL;
 	return SK_DROP;
 }
