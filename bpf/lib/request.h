@@ -200,6 +200,10 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 		if (!rx)
 			return 1;
 		rx->pod_flags = (__u8)pod->flags;
+		/* what the parse finds serves only the thread context: in the
+		 * other pods the socket stays inert, one lookup per segment */
+		if (!(pod->flags & ES_POD_F_THREAD_CTX))
+			rx->st.phase = ES_HTTP_P_DEAD;
 	}
 	if (es_http_inert(&rx->st))
 		return 1;
