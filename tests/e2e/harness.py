@@ -384,6 +384,16 @@ atexit.register(_close_all)
 _JOIN_CGROUP = 'echo $$ > "$1" && shift && exec "$@"'
 
 
+def _get(conn, path):
+    """One GET on conn, which it closes. (status, body text)."""
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
 class Node:
     def __init__(self, name, default_env=None, env_label="virtual-env", splitter=None,
                  bin=None, manifest_style="docs", log_level="debug"):
@@ -797,23 +807,11 @@ class Node:
         if not self.admin:
             raise AgentError("agent not started")
         host, port = self.admin.rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-        try:
-            conn.request("GET", path)
-            r = conn.getresponse()
-            return r.status, r.read().decode("utf-8", "replace")
-        finally:
-            conn.close()
+        return _get(http.client.HTTPConnection(host, int(port), timeout=timeout), path)
 
     def socket_get(self, path, timeout=5.0, sock_path=None):
         """GET on the agent's admin unix socket. Returns (status, body text)."""
-        conn = UnixHTTPConnection(sock_path or self.admin_socket, timeout=timeout)
-        try:
-            conn.request("GET", path)
-            r = conn.getresponse()
-            return r.status, r.read().decode("utf-8", "replace")
-        finally:
-            conn.close()
+        return _get(UnixHTTPConnection(sock_path or self.admin_socket, timeout=timeout), path)
 
     def status_http(self):
         code, body = self.socket_get("/v1/status")
