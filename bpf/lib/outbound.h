@@ -189,6 +189,16 @@ static __always_inline __u32 es_env_id_of(const char *name, __u32 len)
 	return w.id;
 }
 
+/* The connection's own pod: out on the connection itself. */
+static __always_inline void es_own_route(const struct es_sock *s, struct es_route *r)
+{
+	r->kind = ES_ROUTE_PASS;
+	r->upstream = 0;
+	r->svc_id = s->svc_id;
+	r->env_id = s->env_id;
+	r->pad = 0;
+}
+
 /* Where a request of environment env (ES_ENV_NONE: the default) goes. Its
  * connection's own backend set serves it: out on the connection. Otherwise to
  * the upstream bound to (connection, set) once the agent has forwarded every
@@ -204,10 +214,7 @@ static __always_inline void es_route_request(const struct es_sock *s, const stru
 	__u64 cookie = s->cookie;
 	__u32 *done;
 
-	r->kind = ES_ROUTE_PASS;
-	r->upstream = 0;
-	r->svc_id = s->svc_id;
-	r->env_id = s->env_id;
+	es_own_route(s, r);
 	if (!cfg)
 		return;
 	if (env == ES_ENV_NONE)
@@ -366,11 +373,7 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 		 * requests of every environment: it stays with the connection's
 		 * own pod (the calling pod's environment), not re-routed */
 		es_count(ES_CNT_REQ_H2C_KEPT);
-		r.kind = ES_ROUTE_PASS;
-		r.upstream = 0;
-		r.svc_id = s->svc_id;
-		r.env_id = s->env_id;
-		r.pad = 0;
+		es_own_route(s, &r);
 	} else {
 		es_route_request(s, c->tx, id, &r);
 	}
@@ -567,16 +570,6 @@ static __always_inline void es_count_path(const struct es_route *r)
 		es_count(ES_CNT_REQ_SLOW);
 		es_count_request(r->svc_id, r->env_id, ES_PATH_SLOW);
 	}
-}
-
-/* The connection's own pod: out on the connection itself. */
-static __always_inline void es_own_route(const struct es_sock *s, struct es_route *r)
-{
-	r->kind = ES_ROUTE_PASS;
-	r->upstream = 0;
-	r->svc_id = s->svc_id;
-	r->env_id = s->env_id;
-	r->pad = 0;
 }
 
 /* The parser can no longer frame this connection's requests (and it is no
