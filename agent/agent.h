@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -119,6 +120,7 @@ class Agent {
   // Forgets switched-off processes that are gone (log line per new one).
   void sweep_thread_context();
   std::set<uint32_t> ctx_off_logged_;
+  mutable std::map<uint64_t, std::string> ctx_pod_cache_;  // cgroup id -> pod, under mu_
   std::shared_ptr<const NameTable> names() const;
   std::string observe_metrics();
   mutable std::mutex names_mu_;

@@ -18,6 +18,7 @@ void Agent::start_observe() {
 }
 
 void Agent::publish_names() {
+  ctx_pod_cache_.clear();
   auto t = std::make_shared<const NameTable>(build_names(model_, rec_->shadow()));
   std::lock_guard<std::mutex> g(names_mu_);
   names_ = std::move(t);
@@ -70,10 +71,16 @@ std::string Agent::observe_metrics() {
 
 namespace envsteer {
 
+// Under mu_ (every caller holds it). A container cgroup's pod is found by a
+// walk of the pods' subtrees: cached until the names change.
 std::vector<CtxOffProcess> Agent::ctx_off_processes() const {
   if (!dp_) return {};
   auto n = names();
-  return read_ctx_off(dp_->maps(), [&](uint64_t cg) { return n ? n->pod_of_cgroup(cg) : std::string(); });
+  return read_ctx_off(dp_->maps(), [&](uint64_t cg) {
+    auto it = ctx_pod_cache_.find(cg);
+    if (it == ctx_pod_cache_.end()) it = ctx_pod_cache_.emplace(cg, n ? n->pod_of_cgroup(cg) : "").first;
+    return it->second;
+  });
 }
 
 namespace {
