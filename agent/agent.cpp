@@ -296,39 +296,7 @@ std::string Agent::request_metrics() {
              paths[k.path] + "\"} " + std::to_string(sum) + "\n";
     });
   }
-  if (relay_) {
-    auto r = relay_->stats();
-    out += "# HELP envsteer_relay_upstreams Upstream connections the agent holds for re-routed requests.\n"
-           "# TYPE envsteer_relay_upstreams gauge\nenvsteer_relay_upstreams " +
-           std::to_string(r.active) + "\n";
-    out += "# TYPE envsteer_relay_frames_total counter\nenvsteer_relay_frames_total " + std::to_string(r.frames) +
-           "\n# TYPE envsteer_relay_bytes_total counter\nenvsteer_relay_bytes_total " + std::to_string(r.bytes) +
-           "\n# TYPE envsteer_relay_upstreams_opened_total counter\nenvsteer_relay_upstreams_opened_total " +
-           std::to_string(r.upstreams_opened) + "\n";
-    out += "# TYPE envsteer_relay_upstreams_closed_total counter\n";
-    out += "envsteer_relay_upstreams_closed_total{reason=\"client_gone\"} " + std::to_string(r.closed_client_gone) + "\n";
-    out += "envsteer_relay_upstreams_closed_total{reason=\"idle\"} " + std::to_string(r.closed_idle) + "\n";
-    out += "envsteer_relay_upstreams_closed_total{reason=\"by_server\"} " + std::to_string(r.closed_by_server) + "\n";
-    out += "envsteer_relay_upstreams_closed_total{reason=\"pod_gone\"} " + std::to_string(r.closed_pod_gone) + "\n";
-    out += "# TYPE envsteer_relay_errors_total counter\n";
-    out += "envsteer_relay_errors_total{kind=\"connect\"} " + std::to_string(r.connect_failures) + "\n";
-    out += "envsteer_relay_errors_total{kind=\"no_backend\"} " + std::to_string(r.no_backend) + "\n";
-    out += "envsteer_relay_errors_total{kind=\"forward\"} " + std::to_string(r.forward_failures) + "\n";
-    out += "envsteer_relay_errors_total{kind=\"protocol\"} " + std::to_string(r.protocol_errors) + "\n";
-    out += "# HELP envsteer_relay_clients_reset_total Client connections reset because their re-routed request "
-           "could not be completed.\n# TYPE envsteer_relay_clients_reset_total counter\n"
-           "envsteer_relay_clients_reset_total " +
-           std::to_string(r.clients_destroyed) + "\n";
-    out += "# HELP envsteer_relay_upstream_close_resets_total Client connections reset for what an upstream still "
-           "owed them: at its close, or a request that would overtake the answer.\n# TYPE envsteer_relay_upstream_close_resets_total counter\n";
-    for (auto [why, n] : {std::pair<const char*, uint64_t>{"request_unanswered", r.reset_request},
-                          {"response_cut", r.reset_response},
-                          {"until_close", r.reset_until_close},
-                          {"unframed", r.reset_unframed},
-                          {"reorder", r.reset_reorder}})
-      out += std::string("envsteer_relay_upstream_close_resets_total{owed=\"") + why + "\"} " + std::to_string(n) +
-             "\n";
-  }
+  if (relay_) out += relay_->metrics();
   return out;
 }
 
@@ -619,6 +587,13 @@ void Agent::start_datapath() {
   if (dp_->per_request()) {
     RelayOptions ro;
     ro.idle_timeout = std::chrono::milliseconds(s_.upstream_idle_ms);
+    ro.connect_timeout = std::chrono::milliseconds(s_.upstream_connect_timeout_ms);
+    ro.response_timeout = std::chrono::milliseconds(s_.response_timeout_ms);
+    ro.warm = s_.relay_warm;
+    ro.max_client_bytes = s_.relay_client_bytes;
+    ro.max_pod_bytes = s_.relay_pod_bytes;
+    ro.max_total_bytes = s_.relay_total_bytes;
+    ro.max_clients_per_pod = s_.relay_clients_per_pod;
     relay_ = std::make_unique<Relay>(dp_->maps(), ro);
     relay_->start();
   }

@@ -21,13 +21,43 @@
 #define ES_MAX_INSERTS 8
 #define ES_INJECT_MAX (32 + 2 + ES_ENV_NAME_MAX + 2)
 
+/* A client of the relay is closing or gone: the agent pools or closes its
+ * upstreams now rather than at its next sweep. */
+static __always_inline void es_relay_client_state(struct bpf_sock_ops *skops)
+{
+	struct es_relay_event *ev;
+	__u32 state = skops->args[1];
+	__u64 cookie;
+
+	if (state != BPF_TCP_FIN_WAIT1 && state != BPF_TCP_CLOSE && state != BPF_TCP_LAST_ACK)
+		return;
+	cookie = bpf_get_socket_cookie(skops);
+	if (!bpf_map_lookup_elem(&es_relay_clients, &cookie))
+		return;
+	ev = bpf_ringbuf_reserve(&es_relay_ev, sizeof(*ev), 0);
+	if (!ev) {
+		es_count(ES_CNT_RELAY_EV_LOST); /* the agent's sweep finds it later */
+		return;
+	}
+	ev->client = cookie;
+	ev->state = state;
+	ev->pad = 0;
+	bpf_ringbuf_submit(ev, 0);
+}
+
 static __always_inline int es_sockops(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk;
 	struct es_sock *s;
 	__u64 cookie;
 
-	if (!es_feat_per_request || skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+	if (!es_feat_per_request)
+		return 1;
+	if (skops->op == BPF_SOCK_OPS_STATE_CB) {
+		es_relay_client_state(skops);
+		return 1;
+	}
+	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 		return 1;
 	sk = skops->sk;
 	if (!sk)
@@ -38,6 +68,8 @@ static __always_inline int es_sockops(struct bpf_sock_ops *skops)
 	cookie = bpf_get_socket_cookie(skops);
 	s->cookie = cookie; /* sk_msg programs cannot ask for it */
 	bpf_sock_hash_update(skops, &es_sockhash, &cookie, BPF_ANY);
+	/* state changes of steered connections: a relay client's close */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	return 1;
 }
 
@@ -211,8 +243,8 @@ static __always_inline void es_route_request(const struct es_sock *s, const stru
 	struct es_resolution res;
 	const struct es_bind *b;
 	const struct es_rsp *rsp;
+	const struct es_relay_done *done;
 	__u64 cookie = s->cookie;
-	__u32 *done;
 
 	es_own_route(s, r);
 	if (!cfg)
@@ -237,7 +269,7 @@ static __always_inline void es_route_request(const struct es_sock *s, const stru
 		return;
 	if (tx->slow_seq) {
 		done = bpf_map_lookup_elem(&es_relay_done, &cookie);
-		if (!done || *done != tx->slow_seq)
+		if (!done || done->seq != tx->slow_seq)
 			return;
 	}
 	r->kind = ES_ROUTE_KERNEL;
@@ -447,6 +479,33 @@ static __always_inline void es_trace_request(const struct es_sock *s, const stru
 	bpf_ringbuf_submit(ev, 0);
 }
 
+/* Whether len more bytes would take the pod's clients over their share of the
+ * agent's queues (one pod cannot fill them for the others). */
+static __always_inline int es_relay_pod_full(__u64 pod, __u32 len, __u64 max)
+{
+	const struct es_relay_pod *p = bpf_map_lookup_elem(&es_relay_pods, &pod);
+	const __u64 *done = bpf_map_lookup_elem(&es_relay_pod_done, &pod);
+	__u64 framed = p ? p->framed : 0, d = done ? *done : 0;
+
+	return (framed > d ? framed - d : 0) + len > max;
+}
+
+static __always_inline void es_relay_pod_add(__u64 pod, __u32 len)
+{
+	struct es_relay_pod *p = bpf_map_lookup_elem(&es_relay_pods, &pod), np = {};
+
+	if (p) {
+		__sync_fetch_and_add(&p->framed, len);
+		return;
+	}
+	np.framed = len;
+	if (bpf_map_update_elem(&es_relay_pods, &pod, &np, BPF_NOEXIST)) {
+		p = bpf_map_lookup_elem(&es_relay_pods, &pod);
+		if (p)
+			__sync_fetch_and_add(&p->framed, len);
+	}
+}
+
 /* Frames bytes 0..len of the message for the agent and queues them on its
  * relay socket. */
 static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
@@ -454,22 +513,49 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	struct sk_msg_md *msg = c->msg;
 	const struct es_relay_cfg *rc;
 	struct es_relay_client *rcl, nc = {};
+	const struct es_relay_done *done;
+	struct es_relay_acct *acct;
 	struct es_relay_hdr *h;
-	__u64 cookie = c->sock->cookie, relay;
-	__u32 zero = 0, *done, seq;
+	__u64 cookie = c->sock->cookie, relay, done_bytes, framed;
+	__u32 zero = 0, seq;
 	void *d, *e;
 
 	rc = bpf_map_lookup_elem(&es_relay_cfg, &zero);
-	if (!rc || !rc->relay || !cookie)
+	acct = bpf_map_lookup_elem(&es_relay_acct, &zero);
+	if (!rc || !rc->relay || !cookie || !acct)
 		return -1;
 	relay = rc->relay;
 	seq = c->tx->slow_seq + 1;
 	done = bpf_map_lookup_elem(&es_relay_done, &cookie);
-	/* bounded queue at the agent: refuse rather than grow without end */
-	if (rc->max_frames && seq - (done ? *done : 0) > rc->max_frames)
+	done_bytes = done ? done->bytes : 0;
+	/* Bounded queues at the agent: refuse (the send fails, counted) rather
+	 * than grow without end. The agent reads its socket at once; what it
+	 * holds per client waits for that client's upstream only. */
+	if (rc->max_frames && seq - (done ? done->seq : 0) > rc->max_frames) {
+		es_count(ES_CNT_RELAY_FULL_FRAMES);
 		return -1;
+	}
+	/* the agent may count more done than framed (a frame it resynced) */
+	framed = acct->framed > rc->done_bytes ? acct->framed - rc->done_bytes : 0;
+	if (rc->max_total_bytes && framed + len > rc->max_total_bytes) {
+		es_count(ES_CNT_RELAY_FULL_TOTAL);
+		return -1;
+	}
+	if (rc->max_pod_bytes && es_relay_pod_full(c->sock->pod_cgroup, len, rc->max_pod_bytes)) {
+		es_count(ES_CNT_RELAY_FULL_POD);
+		return -1;
+	}
 	rcl = bpf_map_lookup_elem(&es_relay_clients, &cookie);
+	if (rcl && rc->max_client_bytes && rcl->bytes > done_bytes &&
+	    rcl->bytes - done_bytes + len > rc->max_client_bytes) {
+		es_count(ES_CNT_RELAY_FULL_CLIENT);
+		return -1;
+	}
 	if (!rcl) {
+		if (rc->max_client_bytes && len > rc->max_client_bytes) {
+			es_count(ES_CNT_RELAY_FULL_CLIENT);
+			return -1;
+		}
 		nc.family = (__u8)(msg->family == 10 ? ES_FAMILY_INET6 : ES_FAMILY_INET);
 		if (msg->family == 10) {
 			nc.laddr[0] = msg->local_ip6[0];
@@ -489,12 +575,19 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 		nc.lport = bpf_htons((__u16)msg->local_port);
 		nc.rport = (__u16)(msg->remote_port > 0xffff ? msg->remote_port >> 16 : msg->remote_port);
 		nc.sent = seq;
+		nc.bytes = len;
+		nc.pod_cgroup = c->sock->pod_cgroup;
 		if (bpf_map_update_elem(&es_relay_clients, &cookie, &nc, BPF_NOEXIST) &&
-		    !bpf_map_lookup_elem(&es_relay_clients, &cookie))
-			return -1; /* table full */
+		    !bpf_map_lookup_elem(&es_relay_clients, &cookie)) {
+			es_count(ES_CNT_RELAY_TABLE_FULL);
+			return -1;
+		}
 	} else {
 		rcl->sent = seq;
+		rcl->bytes += len;
 	}
+	__sync_fetch_and_add(&acct->framed, len);
+	es_relay_pod_add(c->sock->pod_cgroup, len);
 	if (bpf_msg_push_data(msg, 0, ES_RELAY_HDR_LEN, 0))
 		return -1;
 	if (bpf_msg_pull_data(msg, 0, ES_RELAY_HDR_LEN, 0))
@@ -511,6 +604,8 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	h->env_id = c->tx->v.route.env_id;
 	h->seq = seq;
 	h->flags = 0;
+	h->pod = c->sock->pod_cgroup;
+	h->key = rc->key;
 	bpf_msg_apply_bytes(msg, len + ES_RELAY_HDR_LEN == msg->size ? 0 : len + ES_RELAY_HDR_LEN);
 	if (bpf_msg_redirect_hash(msg, &es_sockhash, &relay, BPF_F_INGRESS) != SK_PASS)
 		return -1;

@@ -73,7 +73,10 @@ def request(env, size, framing):
     return head("POST", "/echo", env, size, framing) + body
 
 
-def raw(node, sends, responses, gap_ms=30, timeout=10):
+# The sends are gap_ms apart: a request sent before the answer to a re-routed one has arrived
+# is HTTP pipelining across sends, whose answers can come out of order (README, limits); the
+# gap leaves the answer time to come, also on a loaded machine.
+def raw(node, sends, responses, gap_ms=200, timeout=10):
     argv = [harness.PYTHON, RAWCLIENT, "--to", TO, "--responses", str(responses),
             "--gap-ms", str(gap_ms), "--timeout", str(timeout)]
     for s in sends:
