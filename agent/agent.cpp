@@ -502,6 +502,10 @@ void Agent::discover_local_cgroups(const k8s::ClusterState& cs) {
   discovered_ = std::move(found);
 }
 
+void Agent::on_pod_cgroup_events(const std::vector<podcgroup::PodCgroupWatcher::Event>& events, const char* why) {
+  if (!events.empty()) apply_kube(why);
+}
+
 bool Agent::apply_kube(const char* why) {
   if (!kube_->synced()) return false;
   // VirtualEnvironment settings shape the watches and the loaded programs:
@@ -657,7 +661,7 @@ bool Agent::handle_signals(int sfd, bool manifests) {
 // safety net); exited processes leave the thread-context table.
 void Agent::periodic() {
   if (pod_cgroups_) {
-    if (++rescan_ticks_ % 15 == 0 && !pod_cgroups_->rescan().empty()) apply_kube("pod cgroup rescan");
+    if (++rescan_ticks_ % 15 == 0) on_pod_cgroup_events(pod_cgroups_->rescan(), "pod cgroup rescan");
   } else if (cluster_ && !model_.missing_cgroups.empty()) {
     // the last good state again, for cgroups that appeared since: it clears no
     // error (a broken source, or a latest state that does not apply, stays
@@ -694,12 +698,7 @@ int Agent::loop(int sfd, sources::ManifestWatcher* watcher) {
     }
     if (pod_cgroups_ && fds[2].revents & POLLIN) {
       // a pod's cgroup appeared or went away (kubelet creates it after the pod object)
-      auto events = pod_cgroups_->drain();
-      bool pods_changed = std::any_of(events.begin(), events.end(), [](const podcgroup::PodCgroupWatcher::Event& e) {
-        using K = podcgroup::PodCgroupWatcher::Event::Kind;
-        return e.kind == K::Appeared || e.kind == K::Disappeared;
-      });
-      if (pods_changed) apply_kube("pod cgroup change");
+      on_pod_cgroup_events(pod_cgroups_->drain(), "pod cgroup change");
     }
     if (std::chrono::steady_clock::now() >= next_tick) {
       periodic();
