@@ -344,47 +344,63 @@ std::string Agent::request_metrics() {
 //
 // open_admin() binds the listeners before the agent touches the kernel (an address or socket
 // in use stops it first); start_admin() serves them once the state is built.
-void Agent::open_admin() {
-  // A client that went away makes the next write fail with EPIPE: never a signal.
-  signal(SIGPIPE, SIG_IGN);
-  admin_ = std::make_unique<Admin>();
-  auto healthz = [](const admin::Request&) {
+namespace {
+
+// The handlers of the admin routes; open_admin() says which listener serves which.
+struct AdminHandlers {
+  admin::Handler healthz, readyz, metrics, status, explain;
+};
+
+AdminHandlers admin_handlers(Agent& a) {
+  AdminHandlers h;
+  h.healthz = [](const admin::Request&) {
     admin::Response r;
     r.body = "ok\n";
     return r;
   };
-  auto readyz = [this](const admin::Request&) {
+  h.readyz = [&a](const admin::Request&) {
     admin::Response r;
-    std::string why = not_ready_reason();
+    std::string why = a.not_ready_reason();
     r.status = why.empty() ? 200 : 503;
     r.body = why.empty() ? "ready\n" : "not ready: " + why + "\n";
     return r;
   };
-  auto metrics = [this](const admin::Request&) {
+  h.metrics = [&a](const admin::Request&) {
     admin::Response r;
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    r.body = metrics_text();
+    r.body = a.metrics_text();
     return r;
   };
-  auto status = [this](const admin::Request&) {
+  h.status = [&a](const admin::Request&) {
     admin::Response r;
     r.content_type = "application/json";
-    r.body = status_json().dump(2) + "\n";
+    r.body = a.status_json().dump(2) + "\n";
     return r;
   };
-  auto explain = [this](const admin::Request& q) {
+  h.explain = [&a](const admin::Request& q) {
     admin::Response r;
     r.content_type = "application/json";
     try {
       std::optional<std::string> env;
       if (q.has_param("env")) env = q.param("env");
-      r.body = explain_json(q.param("from"), q.param("to"), env).dump(2) + "\n";
+      r.body = a.explain_json(q.param("from"), q.param("to"), env).dump(2) + "\n";
     } catch (const std::exception& e) {
       r.status = 400;
       r.body = nlohmann::json{{"error", e.what()}}.dump() + "\n";
     }
     return r;
   };
+  return h;
+}
+
+}  // namespace
+
+void Agent::open_admin() {
+  // A client that went away makes the next write fail with EPIPE: never a signal.
+  signal(SIGPIPE, SIG_IGN);
+  admin_ = std::make_unique<Admin>();
+  const AdminHandlers h = admin_handlers(*this);
+  const auto& [healthz, readyz, metrics, status, explain] = h;
   if (!s_.admin.empty()) {
     auto srv = std::make_unique<admin::Server>("tcp");
     srv->inline_route("/healthz", healthz);
