@@ -312,47 +312,63 @@ std::string Agent::request_metrics() {
 //
 // open_admin() binds the listeners before the agent touches the kernel (an address or socket
 // in use stops it first); start_admin() serves them once the state is built.
-void Agent::open_admin() {
-  // A client that went away makes the next write fail with EPIPE: never a signal.
-  signal(SIGPIPE, SIG_IGN);
-  admin_ = std::make_unique<Admin>();
-  auto healthz = [](const admin::Request&) {
+namespace {
+
+// The handlers of the admin routes; open_admin() says which listener serves which.
+struct AdminHandlers {
+  admin::Handler healthz, readyz, metrics, status, explain;
+};
+
+AdminHandlers admin_handlers(Agent& a) {
+  AdminHandlers h;
+  h.healthz = [](const admin::Request&) {
     admin::Response r;
     r.body = "ok\n";
     return r;
   };
-  auto readyz = [this](const admin::Request&) {
+  h.readyz = [&a](const admin::Request&) {
     admin::Response r;
-    std::string why = not_ready_reason();
+    std::string why = a.not_ready_reason();
     r.status = why.empty() ? 200 : 503;
     r.body = why.empty() ? "ready\n" : "not ready: " + why + "\n";
     return r;
   };
-  auto metrics = [this](const admin::Request&) {
+  h.metrics = [&a](const admin::Request&) {
     admin::Response r;
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    r.body = metrics_text();
+    r.body = a.metrics_text();
     return r;
   };
-  auto status = [this](const admin::Request&) {
+  h.status = [&a](const admin::Request&) {
     admin::Response r;
     r.content_type = "application/json";
-    r.body = status_json().dump(2) + "\n";
+    r.body = a.status_json().dump(2) + "\n";
     return r;
   };
-  auto explain = [this](const admin::Request& q) {
+  h.explain = [&a](const admin::Request& q) {
     admin::Response r;
     r.content_type = "application/json";
     try {
       std::optional<std::string> env;
       if (q.has_param("env")) env = q.param("env");
-      r.body = explain_json(q.param("from"), q.param("to"), env).dump(2) + "\n";
+      r.body = a.explain_json(q.param("from"), q.param("to"), env).dump(2) + "\n";
     } catch (const std::exception& e) {
       r.status = 400;
       r.body = nlohmann::json{{"error", e.what()}}.dump() + "\n";
     }
     return r;
   };
+  return h;
+}
+
+}  // namespace
+
+void Agent::open_admin() {
+  // A client that went away makes the next write fail with EPIPE: never a signal.
+  signal(SIGPIPE, SIG_IGN);
+  admin_ = std::make_unique<Admin>();
+  const AdminHandlers h = admin_handlers(*this);
+  const auto& [healthz, readyz, metrics, status, explain] = h;
   if (!s_.admin.empty()) {
     auto srv = std::make_unique<admin::Server>("tcp");
     srv->inline_route("/healthz", healthz);
@@ -468,6 +484,10 @@ void Agent::discover_local_cgroups(const k8s::ClusterState& cs) {
     if (!seen.count(uid)) pod_cgroups_->unwatch(uid);
   watched_uids_ = std::move(seen);
   discovered_ = std::move(found);
+}
+
+void Agent::on_pod_cgroup_events(const std::vector<podcgroup::PodCgroupWatcher::Event>& events, const char* why) {
+  if (!events.empty()) apply_kube(why);
 }
 
 bool Agent::apply_kube(const char* why) {
@@ -632,7 +652,7 @@ bool Agent::handle_signals(int sfd, bool manifests) {
 // safety net); exited processes leave the thread-context table.
 void Agent::periodic() {
   if (pod_cgroups_) {
-    if (++rescan_ticks_ % 15 == 0 && !pod_cgroups_->rescan().empty()) apply_kube("pod cgroup rescan");
+    if (++rescan_ticks_ % 15 == 0) on_pod_cgroup_events(pod_cgroups_->rescan(), "pod cgroup rescan");
   } else if (cluster_ && !model_.missing_cgroups.empty()) {
     // the last good state again, for cgroups that appeared since: it clears no
     // error (a broken source, or a latest state that does not apply, stays
@@ -669,12 +689,7 @@ int Agent::loop(int sfd, sources::ManifestWatcher* watcher) {
     }
     if (pod_cgroups_ && fds[2].revents & POLLIN) {
       // a pod's cgroup appeared or went away (kubelet creates it after the pod object)
-      auto events = pod_cgroups_->drain();
-      bool pods_changed = std::any_of(events.begin(), events.end(), [](const podcgroup::PodCgroupWatcher::Event& e) {
-        using K = podcgroup::PodCgroupWatcher::Event::Kind;
-        return e.kind == K::Appeared || e.kind == K::Disappeared;
-      });
-      if (pods_changed) apply_kube("pod cgroup change");
+      on_pod_cgroup_events(pod_cgroups_->drain(), "pod cgroup change");
     }
     if (std::chrono::steady_clock::now() >= next_tick) {
       periodic();
