@@ -42,7 +42,7 @@ import fakeapi
 import harness
 import kube2podman
 from harness import wait_until
-from test_kubernetes import KubeNode, NODE, NS
+from test_kubernetes import KubeNode, NODE, NS, VIP
 from test_thread_context import read_response, tagged
 
 REPO = harness.REPO
@@ -50,7 +50,6 @@ DAEMONSET_DIR = os.path.join(REPO, "daemonset")
 HERE = os.path.dirname(os.path.abspath(__file__))
 KASERVER = os.path.join(HERE, "kaserver.py")
 KALOAD = os.path.join(HERE, "kaload.py")
-VIP = "127.96.31.1"                      # test_kubernetes' service a (KubeNode.slice)
 B_VIP = "127.96.31.2"
 IL = "127.1.31.21"
 POD = "envsteer-e2e-%d" % os.getpid()    # the agent's pod (container names start with it)
@@ -288,14 +287,7 @@ def cluster(image, tmp_path_factory):
         os.rmdir(node.pin_dir)  # the harness' own pin dir: the pins are in the node's bpffs
         node.pin_dir = bpf + "/envsteer"
 
-        api.create(fakeapi.make_service(NS, "a", VIP, [("http", 80, 8080)], selector={"app": "a"}))
-        node.kube_pod("a-dev", "127.1.31.1", env="dev", app="a")
-        node.kube_pod("a-proj1", "127.1.31.2", env="dev.proj1", app="a", qos="Burstable")
-        node.kube_pod("c-dev", "127.1.31.11", env="dev", app="c")
-        node.kube_pod("c-proj1", "127.1.31.12", env="dev.proj1", app="c", qos="Guaranteed")
-        node.slice([("a-dev", True), ("a-proj1", True)])
-        for p in ("a-dev", "a-proj1"):
-            node.start_server(k(p), script=KASERVER)
+        node.populate(server_script=KASERVER)  # keep-alive servers: requests re-routed on one connection
         # service b (pods that close their connections), and il: a pod that says it is a
         # thread-per-request server calling b, and is not one (it reads two requests, then
         # serves both)
