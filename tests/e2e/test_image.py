@@ -9,9 +9,13 @@ context, capabilities, volumes, args, env and resources. What stands in for the 
 - its bpffs: a directory of the test (a shared bind mount, so that the init container's
   Bidirectional mount reaches it) mapped to the hostPath /sys/fs/bpf: the init container
   mounts a fresh bpffs there, the pins of this test live in it and nowhere else;
-- its cgroup2 hierarchy: the harness node's cgroup subtree, bind-mounted and mapped to the
-  hostPath /sys/fs/cgroup, with the pods in kubelet's systemd layout
-  (kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid>.slice) as a real node's root;
+- its cgroups: the hostPath /sys/fs/cgroup is this machine's, as it is (read-only in the
+  container), and the pods are in kubelet's systemd layout
+  (kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid>.slice) below the harness
+  node's subtree, which the test's overlay names as cgroupRoot (a real node's kubepods.slice
+  is at the root: the overlay's one setting besides the image). Not a bind mount of the
+  subtree as the root: the agent counts cgroup levels from its mount and the kernel from the
+  hierarchy's root, which differ there (daemonset/README.md: nodes that are containers);
 - the pod network: one network namespace made by the test, holding the loopback pods, the
   agent's pod (hostNetwork: false) and the fake API server on 127.0.0.1 (the service account
   token and CA mounted where the kubelet mounts them, KUBERNETES_SERVICE_HOST/PORT set).
