@@ -223,7 +223,8 @@ mib() { python3 -c "print('%.1f MiB' % ($1 / 1048576))"; }
   echo "  size:        $(mib "$size_raw") uncompressed, $(mib "$size_gz") compressed (gzip layers, as pushed)"
   echo "  layers (newest first):"
   podman history --format '    {{.Size}}\t{{.CreatedBy}}' "$TAG" | cut -c1-150
-} | tee /dev/stderr > "/tmp/envsteer-image-summary.$$"
+} > "/tmp/envsteer-image-summary.$$"
+cat "/tmp/envsteer-image-summary.$$" >&2
 if [ -n "$REPORT" ]; then
   {
     echo "# Container image build ($(date -u +%Y-%m-%d), \`scripts/image.sh\`)"
