@@ -31,6 +31,7 @@ ENVSTEER_IMAGE_REPORT=FILE to keep its report (sizes, layers, timings).
 """
 import contextlib
 import ctypes
+import fcntl
 import http.client
 import json
 import os
@@ -115,19 +116,28 @@ def image(e2e_prerequisites, tmp_path_factory):
     if os.environ.get("ENVSTEER_IMAGE"):
         tag = os.environ["ENVSTEER_IMAGE"]
         podman("image", "exists", tag)
-        return tag, None
-    report = os.environ.get("ENVSTEER_IMAGE_REPORT") or str(tmp_path_factory.mktemp("image") / "report.md")
-    t = time.monotonic()
-    r = subprocess.run([os.path.join(REPO, "scripts", "image.sh"), "--binary", harness.agent_bin(),
-                        "--tag", TEST_TAG, "--report", report],
-                       capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
-    assert r.returncode == 0, "scripts/image.sh failed:\n%s" % r.stderr[-4000:]
-    with open(report) as f:
-        text = f.read()
-    m = re.search(r"^image (\S+) ", text, re.M)
-    assert m, text
-    print("scripts/image.sh: %.0f s\n%s" % (time.monotonic() - t, text))
-    return m.group(1), text
+        yield tag, None
+        return
+    # one run of this module at a time on a machine (TEST_TAG is shared)
+    cache = os.environ.get("ENVSTEER_IMAGE_CACHE", "/var/cache/envsteer-image")
+    os.makedirs(cache, exist_ok=True)
+    lock = open(os.path.join(cache, "test_image.lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        report = os.environ.get("ENVSTEER_IMAGE_REPORT") or str(tmp_path_factory.mktemp("image") / "report.md")
+        t = time.monotonic()
+        r = subprocess.run([os.path.join(REPO, "scripts", "image.sh"), "--binary", harness.agent_bin(),
+                            "--tag", TEST_TAG, "--report", report],
+                           capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, "scripts/image.sh failed:\n%s" % r.stderr[-4000:]
+        with open(report) as f:
+            text = f.read()
+        m = re.search(r"^image (\S+) ", text, re.M)
+        assert m, text
+        print("scripts/image.sh: %.0f s\n%s" % (time.monotonic() - t, text))
+        yield m.group(1), text
+    finally:
+        lock.close()
 
 
 def overlay(d, image, cgroup_root):
