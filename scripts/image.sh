@@ -147,7 +147,7 @@ if [ "$REFRESH" = 1 ] || [ ! -f "$BASE_TAR" ]; then
   make_base "$work/root"
   rm -rf "$work"
   trap - EXIT
-  podman untag "$BASE_IMAGE" >/dev/null 2>&1 || true   # images built on it keep their layers
+  podman untag "$BASE_IMAGE" "$BASE_IMAGE" >/dev/null 2>&1 || true   # images built on it keep their layers
 fi
 if ! podman image exists "$BASE_IMAGE"; then
   [ "$BASE_FROM" = cache ] && BASE_FROM="cache (imported)"

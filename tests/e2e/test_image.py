@@ -524,4 +524,4 @@ def test_rolling_update_keeps_steering(cluster, pod, tmp_path):
         res = sequence(node, "c-dev", ["dev.proj1", "-"])
         assert [a["pod"] for a in res["answers"]] == [k("a-proj1"), k("a-dev")], res
     finally:
-        podman("untag", new_tag, check=False)
+        podman("untag", new_tag, new_tag, check=False)  # that name only (no name: all of them)
