@@ -44,6 +44,7 @@ import pytest
 import yaml
 
 import fakeapi
+import fixtures
 import harness
 import kube2podman
 from harness import wait_until
@@ -65,8 +66,7 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def k(name):
-    return "%s/%s" % (NS, name)
+k = fixtures.keyer(NS)
 
 
 @contextlib.contextmanager
