@@ -86,7 +86,6 @@ struct RelayOptions {
   X(binds, "upstreams_opened", "", "")                                               \
   X(connects, "connects", "", "")                                                    \
   X(pool_taken, "pool_taken", "", "")                                                \
-  X(pool_returned, "pool_returned", "", "")                                          \
   X(closed_client_gone, "closed", "reason", "client_gone")                           \
   X(closed_idle, "closed", "reason", "idle")                                         \
   X(closed_by_server, "closed", "reason", "by_server")                               \

@@ -228,31 +228,14 @@ void Relay::warm_up(const SetKey& k) {
     if (!start_connect(k.first, k.second, 0)) break;
 }
 
-// The client is gone: its upstream goes back to its set's pool when it owes
-// nothing and its pod still serves the set, else it is closed.
+// The client is gone: its upstream is closed. It is not handed to another
+// client, even when it owes nothing: a server that answered "Connection:
+// close" (or an HTTP/1.0 request) closes it right after the answer, and a
+// request of the next client could cross that close and be reset (seen in
+// bench/run.sh --smoke). Only fresh, never used upstreams are pooled.
 void Relay::release(Upstream& u, RelayCounter why) {
   if (u.state != UpState::Bound) return;
-  unbind(u);
-  Snapshot s = owed(u);
-  SetKey key{u.svc_id, u.env_id};
-  auto& q = pool_[key];
-  size_t pooled_total = 0;
-  for (const auto& [k, pq] : pool_) pooled_total += pq.size();
-  if (s.owed != Owed::Nothing || s.fin || q.size() >= o_.pool_per_set || pooled_total >= o_.pool_total ||
-      !backend_in_set(u)) {
-    close_upstream(u.cookie, why);
-    return;
-  }
-  es_rsp rz{};
-  bpf_map_delete_elem(upstreams_, &u.cookie);  // from now on its data stays on it: spoiled
-  bpf_map_update_elem(rsp_, &u.cookie, &rz, BPF_ANY);
-  if (auto it = clients_.find(u.client); it != clients_.end()) std::erase(it->second.ups, u.cookie);
-  u.client = 0;
-  u.state = UpState::Pooled;
-  u.since = std::chrono::steady_clock::now();
-  set_events(u, EPOLLIN | EPOLLRDHUP);
-  q.push_back(u.cookie);
-  count(RelayCounter::pool_returned);
+  close_upstream(u.cookie, why);
 }
 
 void Relay::close_upstream(uint64_t cookie, RelayCounter why) {

@@ -180,15 +180,17 @@ def test_one_pod_cannot_take_the_relay_table(make_node):
 
 
 def test_connection_per_request_reuses_warm_upstreams(make_node):
-    """One connection per re-routed request: after the first, each request takes a pooled
-    upstream (pre-connected, or handed back by the previous client); every answer from its own
-    environment; pooled upstreams close when unused and when their pod leaves."""
+    """One connection per re-routed request: after the first, each request takes a pooled,
+    pre-connected upstream (the pool refills as they are taken); every answer from its own
+    environment; a used upstream is never handed to another client; pooled upstreams close when
+    unused and when their pod leaves."""
     node = build(make_node, "pool")
     secs = victim(node, 40)
     assert len(secs) == 40
     st = relay(node)
     assert st["pool_taken"] >= 30, st
     assert st["upstreams_opened"] == 40, st  # a bind per client
+    assert st["connects"] >= 40, st  # a fresh upstream each
     harness.wait_until(lambda: relay(node)["upstreams_pooled"] == 0, timeout=10,
                        what="the pooled upstreams closed when unused")
     assert relay(node)["closed"]["pool_idle"] >= 1
