@@ -19,7 +19,7 @@ void Agent::start_observe() {
 
 void Agent::publish_names() {
   ctx_pod_cache_.clear();
-  auto t = std::make_shared<const NameTable>(build_names(model_, rec_->shadow()));
+  auto t = std::make_shared<const NameTable>(build_names(*model_, rec_->shadow()));
   std::lock_guard<std::mutex> g(names_mu_);
   names_ = std::move(t);
 }
@@ -61,7 +61,7 @@ std::string Agent::observe_metrics() {
     for (const Failure* f : {&source_failure_, &apply_failure_})
       if (!f->reason.empty()) in.failing_reasons.insert(f->reason);
     for (const auto& sk : skipped_) in.skipped[{sk.kind, sk.reason}]++;
-    in.missing_cgroups = model_.missing_cgroups.size();
+    in.missing_cgroups = model_->missing_cgroups.size();
   }
   auto n = names();
   return render_observability(in, n ? *n : NameTable{});
