@@ -91,6 +91,7 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
   auto t0 = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> g(mu_);
   if (!inc_) return false;
+  auto t_model = t0, t_maps = t0;
   ApplyStats st;
   std::string error;
   const char* reason = "invalid_input";
@@ -109,6 +110,7 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
     const DesiredState& want = inc_->state();
     if (latest) note_skipped(want);
     ModelDelta d = inc_->take_delta();
+    t_model = std::chrono::steady_clock::now();
     try {
       st = need_full_ ? rec_->apply(want) : rec_->apply(want, d);
     } catch (...) {
@@ -118,6 +120,7 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
       model_ = &inc_->state();
       throw;
     }
+    t_maps = std::chrono::steady_clock::now();
     need_full_ = false;
     if (latest) pending_.clear();
     model_ = &want;
@@ -128,15 +131,7 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
     map_updates_ += st.updates;
     map_deletes_ += st.deletes;
     if (latest) apply_failure_ = {};  // the source's latest state is applied (a read error stays)
-    // the names of ids for trace and metrics: a full walk of the model, so at
-    // most every 200 ms (the loop publishes what is left)
-    if (std::chrono::steady_clock::now() - names_at_ > std::chrono::milliseconds(200)) {
-      publish_names();
-      names_at_ = std::chrono::steady_clock::now();
-      names_pending_ = false;
-    } else {
-      names_pending_ = true;
-    }
+    publish_names();
   } catch (const std::exception& e) {
     reason = dynamic_cast<const CapacityError*>(&e) ? "map_full"
              : dynamic_cast<const ApplyError*>(&e)  ? "map_write"
@@ -148,12 +143,13 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
     record_failure("not applied", why, error, reason);
     return false;
   }
-  auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+  auto us = [](auto a, auto b) { return std::chrono::duration_cast<std::chrono::microseconds>(b - a).count(); };
   if (st.changed() || std::string(why) != "rescan")
     spdlog::info("applied {} ({}): {} services addresses, {} envs, {} backend sets, {} local pods, "
-                 "{} skipped object(s); {} map updates, {} deletes in {} us",
+                 "{} skipped object(s); {} map updates, {} deletes in {} us (model {} us, maps {} us)",
                  why, st.changed() ? "changed" : "no change", model_->frontends.size(), model_->envs.size(),
-                 model_->sets.size(), model_->pods.size(), model_->skipped.size(), st.updates, st.deletes, us);
+                 model_->sets.size(), model_->pods.size(), model_->skipped.size(), st.updates, st.deletes,
+                 us(t0, t_maps), us(t0, t_model), us(t_model, t_maps));
   return true;
 }
 
@@ -225,6 +221,7 @@ bool Agent::sync(const char* why, const std::set<std::string>& names) {
     if (names.empty()) all = reader_->read_all();
     else changes = reader_->read_changed(names);
   };
+  auto t0 = std::chrono::steady_clock::now();
   try {
     try {
       read();
@@ -241,6 +238,9 @@ bool Agent::sync(const char* why, const std::set<std::string>& names) {
     std::lock_guard<std::mutex> g(mu_);
     source_failure_ = {};  // read: what remains is whether it applies
   }
+  spdlog::info("read {}: {} in {} us", names.empty() ? std::string("every file") : *names.begin(),
+                all ? std::to_string(all->size()) + " object(s)" : std::to_string(changes.size()) + " change(s)",
+                std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
   if (all) return apply_cluster(std::move(*all), why);
   return apply_changes(std::move(changes), why);
 }
@@ -806,7 +806,7 @@ int Agent::loop(int sfd, sources::ManifestWatcher* watcher) {
     pollfd fds[3] = {{sfd, POLLIN, 0},
                      {watcher ? watcher->fd() : kube_->fd(), POLLIN, 0},
                      {pod_cgroups_ ? pod_cgroups_->fd() : -1, POLLIN, 0}};
-    int n = poll(fds, 3, names_pending_ ? 100 : 1000);
+    int n = poll(fds, 3, 1000);
     if (n < 0 && errno != EINTR) {
       spdlog::error("poll: {}", strerror(errno));
       return 1;
@@ -822,12 +822,7 @@ int Agent::loop(int sfd, sources::ManifestWatcher* watcher) {
       // a pod's cgroup appeared or went away (kubelet creates it after the pod object)
       pod_cgroups_changed(pod_cgroups_->drain(), "pod cgroup change");
     }
-    if (names_pending_ && std::chrono::steady_clock::now() - names_at_ > std::chrono::milliseconds(200)) {
-      std::lock_guard<std::mutex> g(mu_);
-      publish_names();
-      names_at_ = std::chrono::steady_clock::now();
-      names_pending_ = false;
-    }
+
     if (std::chrono::steady_clock::now() >= next_tick) {
       periodic();
       next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(2);

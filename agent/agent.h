@@ -72,8 +72,7 @@ class Agent {
   std::unique_ptr<sources::ManifestReader> reader_;
   std::map<std::string, std::string> uid_pod_;  // --kubernetes: this node's pods by uid
   std::optional<std::string> discover_pod(const k8s::Pod& pod);
-  bool names_pending_ = false;
-  std::chrono::steady_clock::time_point names_at_{};
+
   // reason: source, invalid_input, map_full, map_write (a label of envsteer_sync_failures_total)
   void record_failure(const char* what, const char* why, const std::string& msg, const char* reason = "source");
   // Takes the skipped objects of a model built from the source's latest state:
@@ -141,10 +140,12 @@ class Agent {
   void sweep_thread_context();
   std::set<uint32_t> ctx_off_logged_;
   mutable std::map<uint64_t, std::string> ctx_pod_cache_;  // cgroup id -> pod, under mu_
-  std::shared_ptr<const NameTable> names() const;
+  std::shared_ptr<const NameTable> names() const;         // takes mu_
+  std::shared_ptr<const NameTable> names_locked() const;  // under mu_
   std::string observe_metrics();
   mutable std::mutex names_mu_;
-  std::shared_ptr<const NameTable> names_;
+  mutable std::shared_ptr<const NameTable> names_;
+  mutable bool names_stale_ = true;  // under names_mu_
   std::unique_ptr<TraceHub> trace_;
   std::map<std::string, uint64_t> failures_by_reason_;
 

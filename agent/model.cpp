@@ -205,6 +205,24 @@ void settle_claims(const std::vector<const Claim*>& claims, std::map<uint64_t, L
   }
 }
 
+// Of the pods of ns (by_ns) and of its pods by (ns, label, value) (by_label),
+// the smallest list that holds every pod selector may match; nullptr: none.
+template <class ByNs, class ByLabel>
+const typename ByNs::mapped_type* smallest_candidates(const ByNs& by_ns, const ByLabel& by_label,
+                                                      const std::string& ns, const k8s::Labels& selector) {
+  if (selector.empty()) {
+    auto it = by_ns.find(ns);
+    return it == by_ns.end() ? nullptr : &it->second;
+  }
+  const typename ByNs::mapped_type* best = nullptr;
+  for (const auto& [k, v] : selector) {
+    auto it = by_label.find({ns, k, v});
+    if (it == by_label.end()) return nullptr;
+    if (!best || it->second.size() < best->size()) best = &it->second;
+  }
+  return best;
+}
+
 // What the service rule needs to know about the rest of the cluster.
 class Lookup {
  public:
@@ -441,17 +459,7 @@ class Builder : public Lookup {
   }
   void for_each_candidate(const std::string& ns, const k8s::Labels& selector,
                           const std::function<void(const k8s::Pod&)>& fn) const override {
-    const std::vector<const k8s::Pod*>* best = nullptr;
-    if (selector.empty()) {
-      auto it = pods_by_ns_.find(ns);
-      best = it == pods_by_ns_.end() ? nullptr : &it->second;
-    }
-    for (const auto& [k, v] : selector) {
-      auto it = pods_by_label_.find(LabelKey{ns, k, v});
-      if (it == pods_by_label_.end()) return;
-      if (!best || it->second.size() < best->size()) best = &it->second;
-    }
-    if (best)
+    if (const auto* best = smallest_candidates(pods_by_ns_, pods_by_label_, ns, selector))
       for (const auto* p : *best) fn(*p);
   }
   bool pod_skipped(const std::string& pod) const override { return skipped_pods_.count(pod) > 0; }
@@ -541,17 +549,7 @@ struct IncrementalModel::Impl : public Lookup {
   }
   void for_each_candidate(const std::string& ns, const k8s::Labels& selector,
                           const std::function<void(const k8s::Pod&)>& fn) const override {
-    const std::set<std::string>* best = nullptr;
-    if (selector.empty()) {
-      auto it = pods_by_ns.find(ns);
-      best = it == pods_by_ns.end() ? nullptr : &it->second;
-    }
-    for (const auto& [k, v] : selector) {
-      auto it = pods_by_label.find(LabelKey{ns, k, v});
-      if (it == pods_by_label.end()) return;
-      if (!best || it->second.size() < best->size()) best = &it->second;
-    }
-    if (best)
+    if (const auto* best = smallest_candidates(pods_by_ns, pods_by_label, ns, selector))
       for (const auto& k : *best) fn(c.pods.at(k));
   }
   bool pod_skipped(const std::string& pod) const override { return skipped_pods.count(pod) > 0; }
