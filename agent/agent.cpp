@@ -385,39 +385,7 @@ std::string Agent::request_metrics() {
              paths[k.path] + "\"} " + std::to_string(sum) + "\n";
     });
   }
-  if (relay_) {
-    auto r = relay_->stats();
-    out += "# HELP envsteer_relay_upstreams Upstream connections the agent holds for re-routed requests.\n"
-           "# TYPE envsteer_relay_upstreams gauge\nenvsteer_relay_upstreams " +
-           std::to_string(r.active) + "\n";
-    out += "# TYPE envsteer_relay_frames_total counter\nenvsteer_relay_frames_total " + std::to_string(r.frames) +
-           "\n# TYPE envsteer_relay_bytes_total counter\nenvsteer_relay_bytes_total " + std::to_string(r.bytes) +
-           "\n# TYPE envsteer_relay_upstreams_opened_total counter\nenvsteer_relay_upstreams_opened_total " +
-           std::to_string(r.upstreams_opened) + "\n";
-    out += "# TYPE envsteer_relay_upstreams_closed_total counter\n";
-    out += "envsteer_relay_upstreams_closed_total{reason=\"client_gone\"} " + std::to_string(r.closed_client_gone) + "\n";
-    out += "envsteer_relay_upstreams_closed_total{reason=\"idle\"} " + std::to_string(r.closed_idle) + "\n";
-    out += "envsteer_relay_upstreams_closed_total{reason=\"by_server\"} " + std::to_string(r.closed_by_server) + "\n";
-    out += "envsteer_relay_upstreams_closed_total{reason=\"pod_gone\"} " + std::to_string(r.closed_pod_gone) + "\n";
-    out += "# TYPE envsteer_relay_errors_total counter\n";
-    out += "envsteer_relay_errors_total{kind=\"connect\"} " + std::to_string(r.connect_failures) + "\n";
-    out += "envsteer_relay_errors_total{kind=\"no_backend\"} " + std::to_string(r.no_backend) + "\n";
-    out += "envsteer_relay_errors_total{kind=\"forward\"} " + std::to_string(r.forward_failures) + "\n";
-    out += "envsteer_relay_errors_total{kind=\"protocol\"} " + std::to_string(r.protocol_errors) + "\n";
-    out += "# HELP envsteer_relay_clients_reset_total Client connections reset because their re-routed request "
-           "could not be completed.\n# TYPE envsteer_relay_clients_reset_total counter\n"
-           "envsteer_relay_clients_reset_total " +
-           std::to_string(r.clients_destroyed) + "\n";
-    out += "# HELP envsteer_relay_upstream_close_resets_total Client connections reset for what an upstream still "
-           "owed them: at its close, or a request that would overtake the answer.\n# TYPE envsteer_relay_upstream_close_resets_total counter\n";
-    for (auto [why, n] : {std::pair<const char*, uint64_t>{"request_unanswered", r.reset_request},
-                          {"response_cut", r.reset_response},
-                          {"until_close", r.reset_until_close},
-                          {"unframed", r.reset_unframed},
-                          {"reorder", r.reset_reorder}})
-      out += std::string("envsteer_relay_upstream_close_resets_total{owed=\"") + why + "\"} " + std::to_string(n) +
-             "\n";
-  }
+  if (relay_) out += relay_->metrics();
   return out;
 }
 
@@ -433,47 +401,63 @@ std::string Agent::request_metrics() {
 //
 // open_admin() binds the listeners before the agent touches the kernel (an address or socket
 // in use stops it first); start_admin() serves them once the state is built.
-void Agent::open_admin() {
-  // A client that went away makes the next write fail with EPIPE: never a signal.
-  signal(SIGPIPE, SIG_IGN);
-  admin_ = std::make_unique<Admin>();
-  auto healthz = [](const admin::Request&) {
+namespace {
+
+// The handlers of the admin routes; open_admin() says which listener serves which.
+struct AdminHandlers {
+  admin::Handler healthz, readyz, metrics, status, explain;
+};
+
+AdminHandlers admin_handlers(Agent& a) {
+  AdminHandlers h;
+  h.healthz = [](const admin::Request&) {
     admin::Response r;
     r.body = "ok\n";
     return r;
   };
-  auto readyz = [this](const admin::Request&) {
+  h.readyz = [&a](const admin::Request&) {
     admin::Response r;
-    std::string why = not_ready_reason();
+    std::string why = a.not_ready_reason();
     r.status = why.empty() ? 200 : 503;
     r.body = why.empty() ? "ready\n" : "not ready: " + why + "\n";
     return r;
   };
-  auto metrics = [this](const admin::Request&) {
+  h.metrics = [&a](const admin::Request&) {
     admin::Response r;
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    r.body = metrics_text();
+    r.body = a.metrics_text();
     return r;
   };
-  auto status = [this](const admin::Request&) {
+  h.status = [&a](const admin::Request&) {
     admin::Response r;
     r.content_type = "application/json";
-    r.body = status_json().dump(2) + "\n";
+    r.body = a.status_json().dump(2) + "\n";
     return r;
   };
-  auto explain = [this](const admin::Request& q) {
+  h.explain = [&a](const admin::Request& q) {
     admin::Response r;
     r.content_type = "application/json";
     try {
       std::optional<std::string> env;
       if (q.has_param("env")) env = q.param("env");
-      r.body = explain_json(q.param("from"), q.param("to"), env).dump(2) + "\n";
+      r.body = a.explain_json(q.param("from"), q.param("to"), env).dump(2) + "\n";
     } catch (const std::exception& e) {
       r.status = 400;
       r.body = nlohmann::json{{"error", e.what()}}.dump() + "\n";
     }
     return r;
   };
+  return h;
+}
+
+}  // namespace
+
+void Agent::open_admin() {
+  // A client that went away makes the next write fail with EPIPE: never a signal.
+  signal(SIGPIPE, SIG_IGN);
+  admin_ = std::make_unique<Admin>();
+  const AdminHandlers h = admin_handlers(*this);
+  const auto& [healthz, readyz, metrics, status, explain] = h;
   if (!s_.admin.empty()) {
     auto srv = std::make_unique<admin::Server>("tcp");
     srv->inline_route("/healthz", healthz);
@@ -598,13 +582,12 @@ void Agent::discover_local_cgroups(const k8s::ClusterState& cs) {
   discovered_ = std::move(found);
 }
 
-// A pod's cgroup appeared or went away (kubelet creates it after the pod object).
-void Agent::pod_cgroups_changed(const std::vector<podcgroup::PodCgroupWatcher::Event>& events, const char* why) {
-  using K = podcgroup::PodCgroupWatcher::Event::Kind;
+// A pod's cgroup appeared or went away (kubelet creates it after the pod
+// object): the pods it is for are discovered again.
+void Agent::on_pod_cgroup_events(const std::vector<podcgroup::PodCgroupWatcher::Event>& events, const char* why) {
   if (!inc_) return;
   Discovered disc;
   for (const auto& e : events) {
-    if (e.kind != K::Appeared && e.kind != K::Disappeared) continue;
     auto it = uid_pod_.find(e.uid);
     if (it == uid_pod_.end()) continue;
     auto pod = inc_->cluster().pods.find(it->second);
@@ -750,6 +733,13 @@ void Agent::start_datapath() {
   if (dp_->per_request()) {
     RelayOptions ro;
     ro.idle_timeout = std::chrono::milliseconds(s_.upstream_idle_ms);
+    ro.connect_timeout = std::chrono::milliseconds(s_.upstream_connect_timeout_ms);
+    ro.response_timeout = std::chrono::milliseconds(s_.response_timeout_ms);
+    ro.warm = s_.relay_warm;
+    ro.max_client_bytes = s_.relay_client_bytes;
+    ro.max_pod_bytes = s_.relay_pod_bytes;
+    ro.max_total_bytes = s_.relay_total_bytes;
+    ro.max_clients_per_pod = s_.relay_clients_per_pod;
     relay_ = std::make_unique<Relay>(dp_->maps(), ro);
     relay_->start();
   }
@@ -788,7 +778,7 @@ bool Agent::handle_signals(int sfd, bool manifests) {
 // safety net); exited processes leave the thread-context table.
 void Agent::periodic() {
   if (pod_cgroups_) {
-    if (++rescan_ticks_ % 15 == 0) pod_cgroups_changed(pod_cgroups_->rescan(), "pod cgroup rescan");
+    if (++rescan_ticks_ % 15 == 0) on_pod_cgroup_events(pod_cgroups_->rescan(), "pod cgroup rescan");
   } else if (inc_ && !model_->missing_cgroups.empty()) {
     // the last good state again, for cgroups that appeared since: it clears no
     // error (a broken source, or a latest state that does not apply, stays
@@ -820,7 +810,7 @@ int Agent::loop(int sfd, sources::ManifestWatcher* watcher) {
     }
     if (pod_cgroups_ && fds[2].revents & POLLIN) {
       // a pod's cgroup appeared or went away (kubelet creates it after the pod object)
-      pod_cgroups_changed(pod_cgroups_->drain(), "pod cgroup change");
+      on_pod_cgroup_events(pod_cgroups_->drain(), "pod cgroup change");
     }
 
     if (std::chrono::steady_clock::now() >= next_tick) {

@@ -97,10 +97,12 @@ class Agent {
   // This node's pods get their cgroup from kubelet's layout, and only from there
   // (ModelOptions::discovered_cgroups; the annotation is ignored).
   void discover_local_cgroups(const k8s::ClusterState& cs);
+  // The one rule for the watcher's events, from drain() and rescan() alike:
+  // any event (a local pod's cgroup appeared or went) re-applies the state.
+  void on_pod_cgroup_events(const std::vector<podcgroup::PodCgroupWatcher::Event>& events, const char* why);
   std::map<std::string, std::string> discovered_;  // "ns/name" -> pod cgroup ("" = not found yet)
   std::unique_ptr<sources::EventRecorder> events_;  // Events for skipped objects (--kubernetes)
   bool apply_kube(const char* why);
-  void pod_cgroups_changed(const std::vector<podcgroup::PodCgroupWatcher::Event>& events, const char* why);
   void adopt_virtual_env(const sources::KubeConfig& cfg);
   std::unique_ptr<Reconciler> rec_;
   std::unique_ptr<Relay> relay_;  // per-request steering's slow path (with the request context)

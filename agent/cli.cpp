@@ -266,9 +266,29 @@ struct RunCmd {
                       "none (default on; --no-auto-inject switches it off)"),
         "auto-inject");
     cmd->add_option("--upstream-idle-ms", s.upstream_idle_ms,
-                    "close an upstream of re-routed requests after this much idle time")
-        ->capture_default_str()
-        ->check(CLI::Range(100u, 86400000u));
+                    "close an upstream of re-routed requests that owes nothing after this much idle time")
+        ->capture_default_str();
+    cmd->add_option("--upstream-connect-timeout-ms", s.upstream_connect_timeout_ms,
+                    "give up connecting an upstream of re-routed requests after this long (the client is reset)")
+        ->capture_default_str();
+    cmd->add_option("--response-timeout-ms", s.response_timeout_ms,
+                    "reset the client of an upstream that owes it a response and has been silent this long")
+        ->capture_default_str();
+    cmd->add_option("--relay-warm", s.relay_warm,
+                    "pre-connected upstreams kept per backend set in recent use (0: none)")
+        ->capture_default_str();
+    cmd->add_option("--relay-client-bytes", s.relay_client_bytes,
+                    "bytes one client connection may have queued at the relay (beyond: its send fails)")
+        ->capture_default_str();
+    cmd->add_option("--relay-pod-bytes", s.relay_pod_bytes,
+                    "bytes the client connections of one pod together may have queued at the relay")
+        ->capture_default_str();
+    cmd->add_option("--relay-total-bytes", s.relay_total_bytes,
+                    "bytes all client connections together may have queued at the relay")
+        ->capture_default_str();
+    cmd->add_option("--relay-clients-per-pod", s.relay_clients_per_pod,
+                    "client connections of one pod the relay serves at once (beyond: reset)")
+        ->capture_default_str();
     cmd->add_flag("--no-header-context", no_header_context,
                   "do not learn request environments from HTTP headers (connect-time by pod only)");
     o_split = cmd->add_option("--splitter", splitter, "separator of environment segments")->capture_default_str();

@@ -59,13 +59,17 @@ uint32_t live_count(const maps::MapBackend& live, uint32_t svc, uint32_t env) {
   return live.lookup(maps::MapId::Sets, &k, &s) ? s.count : 0;
 }
 
-}  // namespace
+// An environment's id as the kernel knows it.
+uint32_t env_id_of(const maps::MapBackend& live, const EnvName& e) {
+  if (e.empty()) return ES_ENV_BASE;
+  es_env_name k = maps::make_env_name(e);
+  uint32_t id = 0;
+  return live.lookup(maps::MapId::EnvNames, &k, &id) ? id : ES_ENV_NONE;
+}
 
-nlohmann::json explain(const ExplainRequest& req, const DesiredState& model, const maps::MapBackend& live,
-                       char splitter) {
-  using nlohmann::json;
-  json out;
-  out["from"] = req.from;
+// The environment explained (the flag, else the calling pod's), with where it
+// came from in out["env_source"].
+EnvName requested_env(const ExplainRequest& req, const DesiredState& model, char splitter, nlohmann::json& out) {
   EnvName env;
   if (req.env) {
     if (!req.env->empty() && !env_valid(*req.env, splitter))
@@ -78,7 +82,81 @@ nlohmann::json explain(const ExplainRequest& req, const DesiredState& model, con
     env = it->second;
     out["env_source"] = model.labelled_pods.count(req.from) ? "pod-label" : "default";
   }
-  if (env.empty()) env = model.default_env;
+  return env.empty() ? model.default_env : env;
+}
+
+// What every frontend's walk shares: the chain of the environment and where
+// the kernel starts on it.
+struct Walk {
+  const maps::MapBackend& live;
+  const DesiredState& model;
+  std::vector<EnvName> chain;
+  uint32_t start = ES_ENV_NONE;  // the first level of the chain the kernel knows
+  uint32_t skipped = 0;          // levels before it (unknown names fall back segment by segment)
+  es_config cfg{};
+  std::map<std::string, std::string> pod_of;  // backend -> pod, from the model
+};
+
+Walk walk_of(const maps::MapBackend& live, const DesiredState& model, const EnvName& env, char splitter) {
+  Walk w{live, model, env.empty() ? std::vector<EnvName>{""} : env_chain(env, splitter)};
+  uint32_t zero = 0;
+  live.lookup(maps::MapId::Config, &zero, &w.cfg);
+  for (const auto& level : w.chain) {
+    if ((w.start = env_id_of(live, level)) != ES_ENV_NONE) break;
+    w.skipped++;
+  }
+  if (w.start == ES_ENV_NONE) w.start = w.cfg.default_env_id;
+  for (const auto& [name, bes] : model.sets)
+    for (const auto& b : bes) w.pod_of[maps::format_backend(b.backend)] = b.pod;
+  return w;
+}
+
+// The kernel's walk for one loaded frontend: each level of the chain, the
+// default, the outcome and the backends it picks from.
+nlohmann::json explain_frontend(const Walk& w, const es_frontend& fe, nlohmann::json f) {
+  using nlohmann::json;
+  json walk = json::array();
+  for (const auto& level : w.chain) {
+    uint32_t id = env_id_of(w.live, level);
+    walk.push_back({{"env", env_display(level)}, {"known", id != ES_ENV_NONE},
+                    {"ready", id ? live_count(w.live, fe.svc_id, id) : 0}});
+  }
+  LiveCtx ctx{&w.live, {}, {}};
+  es_resolution res{};
+  es_resolve(&ctx, fe.svc_id, w.start, w.cfg.default_env_id, &res);
+  if (w.skipped && res.outcome == ES_OUT_OWN) res.outcome = ES_OUT_FALLBACK;  // as the kernel counts it
+  if (res.outcome == ES_OUT_DEFAULT || (res.outcome == ES_OUT_NONE && w.cfg.default_env_id != w.start))
+    walk.push_back({{"env", env_display(w.model.default_env)}, {"known", true}, {"default", true},
+                    {"ready", live_count(w.live, fe.svc_id, w.cfg.default_env_id)}});
+  f["walk"] = walk;
+  f["outcome"] = outcome_name(res.outcome);
+  json backends = json::array();
+  if (res.outcome != ES_OUT_NONE) {
+    es_env e{};
+    f["resolved_env"] = res.env_id == ES_ENV_BASE                                  ? "<base>"
+                        : w.live.lookup(maps::MapId::Envs, &res.env_id, &e) ? maps::env_name_of(e)
+                                                                              : "?";
+    for (uint32_t i = 0; i < res.count; i++) {
+      es_slot_key sk{fe.svc_id, res.env_id, i};
+      es_backend b{};
+      if (!w.live.lookup(maps::MapId::Slots, &sk, &b)) continue;
+      auto addr = maps::format_backend(b);
+      auto pod = w.pod_of.find(addr);
+      backends.push_back({{"address", addr}, {"pod", pod != w.pod_of.end() ? pod->second : ""}});
+    }
+  }
+  f["backends"] = backends;
+  return f;
+}
+
+}  // namespace
+
+nlohmann::json explain(const ExplainRequest& req, const DesiredState& model, const maps::MapBackend& live,
+                       char splitter) {
+  using nlohmann::json;
+  json out;
+  out["from"] = req.from;
+  EnvName env = requested_env(req, model, splitter, out);
   out["env"] = env_display(env);
 
   std::string svc = req.to, port;
@@ -88,31 +166,7 @@ nlohmann::json explain(const ExplainRequest& req, const DesiredState& model, con
   }
   out["service"] = svc;
 
-  // Environment ids as the kernel knows them.
-  auto env_id_of = [&](const EnvName& e) -> uint32_t {
-    if (e.empty()) return ES_ENV_BASE;
-    es_env_name k = maps::make_env_name(e);
-    uint32_t id = 0;
-    return live.lookup(maps::MapId::EnvNames, &k, &id) ? id : ES_ENV_NONE;
-  };
-  uint32_t zero = 0;
-  es_config cfg{};
-  live.lookup(maps::MapId::Config, &zero, &cfg);
-
-  // Start at the first level of the chain the kernel knows (unknown names
-  // fall back segment by segment).
-  std::vector<EnvName> chain = env.empty() ? std::vector<EnvName>{""} : env_chain(env, splitter);
-  uint32_t start = ES_ENV_NONE, skipped = 0;
-  for (const auto& level : chain) {
-    if ((start = env_id_of(level)) != ES_ENV_NONE) break;
-    skipped++;
-  }
-  if (start == ES_ENV_NONE) start = cfg.default_env_id;
-
-  std::map<std::string, std::string> pod_of;  // backend -> pod, from the model
-  for (const auto& [name, bes] : model.sets)
-    for (const auto& b : bes) pod_of[maps::format_backend(b.backend)] = b.pod;
-
+  const Walk w = walk_of(live, model, env, splitter);
   json fes = json::array();
   for (const auto& [key, spec] : model.frontends) {
     if (spec.service != svc) continue;
@@ -121,42 +175,13 @@ nlohmann::json explain(const ExplainRequest& req, const DesiredState& model, con
     f["address"] = maps::format_frontend(key);
     f["port_name"] = spec.port_name;
     es_frontend fe{};
-    if (!live.lookup(maps::MapId::Frontends, &key, &fe)) {
-      f["outcome"] = "not-loaded";
-      f["walk"] = json::array();
-      f["backends"] = json::array();
-      fes.push_back(f);
+    if (live.lookup(maps::MapId::Frontends, &key, &fe)) {
+      fes.push_back(explain_frontend(w, fe, std::move(f)));
       continue;
     }
-    json walk = json::array();
-    for (const auto& level : chain) {
-      uint32_t id = env_id_of(level);
-      walk.push_back({{"env", env_display(level)}, {"known", id != ES_ENV_NONE},
-                      {"ready", id ? live_count(live, fe.svc_id, id) : 0}});
-    }
-    LiveCtx ctx{&live, {}, {}};
-    es_resolution res{};
-    es_resolve(&ctx, fe.svc_id, start, cfg.default_env_id, &res);
-    if (skipped && res.outcome == ES_OUT_OWN) res.outcome = ES_OUT_FALLBACK;  // as the kernel counts it
-    if (res.outcome == ES_OUT_DEFAULT || (res.outcome == ES_OUT_NONE && cfg.default_env_id != start))
-      walk.push_back({{"env", env_display(model.default_env)}, {"known", true}, {"default", true},
-                      {"ready", live_count(live, fe.svc_id, cfg.default_env_id)}});
-    f["walk"] = walk;
-    f["outcome"] = outcome_name(res.outcome);
-    json backends = json::array();
-    if (res.outcome != ES_OUT_NONE) {
-      es_env e{};
-      f["resolved_env"] = res.env_id == ES_ENV_BASE ? "<base>"
-                          : live.lookup(maps::MapId::Envs, &res.env_id, &e) ? maps::env_name_of(e) : "?";
-      for (uint32_t i = 0; i < res.count; i++) {
-        es_slot_key sk{fe.svc_id, res.env_id, i};
-        es_backend b{};
-        if (!live.lookup(maps::MapId::Slots, &sk, &b)) continue;
-        auto addr = maps::format_backend(b);
-        backends.push_back({{"address", addr}, {"pod", pod_of.count(addr) ? pod_of[addr] : ""}});
-      }
-    }
-    f["backends"] = backends;
+    f["outcome"] = "not-loaded";
+    f["walk"] = json::array();
+    f["backends"] = json::array();
     fes.push_back(f);
   }
   if (fes.empty())

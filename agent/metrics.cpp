@@ -50,14 +50,20 @@ std::string num(double v) {
 
 uint64_t cnt(const ObserveInput& in, uint32_t i) { return i < in.counters.size() ? in.counters[i] : 0; }
 
-}  // namespace
-
-std::string render_observability(const ObserveInput& in, const NameTable& names) {
+// Renders the metric families in parts (data path, maps, sync, trace) into one text.
+struct Families {
   std::string o;
-  auto family = [&](const char* name, const char* type, const char* help) {
+  void family(const char* name, const char* type, const char* help) {
     o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
-  };
+  }
+  void data_path(const ObserveInput& in, const NameTable& names);
+  void maps(const ObserveInput& in);
+  void sync(const ObserveInput& in);
+  void trace(const ObserveInput& in);
+};
 
+// connect() decisions, inbound header parsing, insertions, pooled-connection mismatches.
+void Families::data_path(const ObserveInput& in, const NameTable& names) {
   family("envsteer_steering_decisions_total", "counter",
          "connect() decisions by service, environment (resolved; requested for refusals), outcome "
          "(steered, fallback, default, refused) and fallback depth.");
@@ -87,14 +93,19 @@ std::string render_observability(const ObserveInput& in, const NameTable& names)
   }
   for (const auto& [svc, v] : mm)
     o += "envsteer_pooled_connection_mismatches_total{service=\"" + prom_label(svc) + "\"} " + std::to_string(v) + "\n";
+}
 
+void Families::maps(const ObserveInput& in) {
   family("envsteer_map_entries", "gauge", "Entries in each BPF map the agent fills.");
   for (const auto& m : in.maps)
     o += "envsteer_map_entries{map=\"" + m.map + "\"} " + std::to_string(m.entries) + "\n";
   family("envsteer_map_capacity", "gauge", "max_entries of each BPF map the agent fills.");
   for (const auto& m : in.maps)
     o += "envsteer_map_capacity{map=\"" + m.map + "\"} " + std::to_string(m.capacity) + "\n";
+}
 
+// Readiness, sync age and failures, skipped objects, missing pod cgroups.
+void Families::sync(const ObserveInput& in) {
   family("envsteer_ready", "gauge", "1 when the agent is ready (synced, last sync applied, API reachable).");
   o += std::string("envsteer_ready ") + (in.ready ? "1" : "0") + "\n";
   family("envsteer_last_sync_success_timestamp_seconds", "gauge",
@@ -133,7 +144,9 @@ std::string render_observability(const ObserveInput& in, const NameTable& names)
   family("envsteer_pod_cgroups_missing", "gauge",
          "Local pods whose cgroup does not exist (yet): not steered until it appears (not an error).");
   o += "envsteer_pod_cgroups_missing " + std::to_string(in.missing_cgroups) + "\n";
+}
 
+void Families::trace(const ObserveInput& in) {
   family("envsteer_trace_clients", "gauge", "Attached `envsteer trace` clients (tracing is on while > 0).");
   o += "envsteer_trace_clients " + std::to_string(in.trace_clients) + "\n";
   family("envsteer_trace_events_total", "counter", "Decision events: emitted, dropped by the rate limit, lost.");
@@ -141,7 +154,17 @@ std::string render_observability(const ObserveInput& in, const NameTable& names)
   o += "envsteer_trace_events_total{result=\"rate_limited\"} " + std::to_string(cnt(in, ES_CNT_TRACE_RATE_LIMITED)) +
        "\n";
   o += "envsteer_trace_events_total{result=\"lost\"} " + std::to_string(cnt(in, ES_CNT_TRACE_LOST)) + "\n";
-  return o;
+}
+
+}  // namespace
+
+std::string render_observability(const ObserveInput& in, const NameTable& names) {
+  Families f;
+  f.data_path(in, names);
+  f.maps(in);
+  f.sync(in);
+  f.trace(in);
+  return f.o;
 }
 
 std::vector<DecisionSample> read_decisions(const maps::BpfMapBackend& m) {

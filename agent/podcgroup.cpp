@@ -157,16 +157,6 @@ bool uid_chars_ok(const std::string& s) {
   return true;
 }
 
-std::optional<ContainerCgroup> parse_id(const std::string& id, Runtime rt) {
-  if (id.empty()) return std::nullopt;
-  for (unsigned char c : id)
-    if (!std::isalnum(c)) return std::nullopt;
-  ContainerCgroup c;
-  c.id = id;
-  c.runtime = rt;
-  return c;
-}
-
 }  // namespace
 
 std::string normalize_qos(const std::string& qos_class) {
@@ -233,50 +223,16 @@ std::optional<fs::path> find_pod_cgroup(const fs::path& cgroup2_mount, const std
   return found;
 }
 
-const char* runtime_name(Runtime r) {
-  switch (r) {
-    case Runtime::Containerd: return "containerd";
-    case Runtime::Crio: return "crio";
-    case Runtime::CrioConmon: return "crio-conmon";
-    case Runtime::Docker: return "docker";
-    case Runtime::Unknown: break;
-  }
-  return "unknown";
-}
-
-std::optional<ContainerCgroup> parse_container_dirname(const std::string& name) {
-  const bool scope = ends_with(name, ".scope");
-  const std::string base = scope ? name.substr(0, name.size() - 6) : name;
-  if (starts_with(base, "cri-containerd-"))
-    return scope ? parse_id(base.substr(15), Runtime::Containerd) : std::nullopt;
-  if (starts_with(base, "crio-conmon-")) return parse_id(base.substr(12), Runtime::CrioConmon);
-  if (starts_with(base, "crio-")) return parse_id(base.substr(5), Runtime::Crio);
-  if (starts_with(base, "docker-"))
-    return scope ? parse_id(base.substr(7), Runtime::Docker) : std::nullopt;
-  if (!scope && base.size() == 64 &&
-      std::all_of(base.begin(), base.end(), [](unsigned char c) { return std::isdigit(c) || (c >= 'a' && c <= 'f'); }))
-    return parse_id(base, Runtime::Unknown);
-  return std::nullopt;
-}
-
-std::vector<ContainerCgroup> list_containers(const fs::path& pod_dir) {
-  std::vector<ContainerCgroup> out;
-  const fs::path dir = absolute_mount(pod_dir);
-  for (const auto& name : list_subdirs(dir)) {
-    if (auto c = parse_container_dirname(name)) {
-      c->path = dir / name;
-      out.push_back(std::move(*c));
-    }
-  }
-  return out;  // list_subdirs is sorted, so is this
-}
-
 // ---------------------------------------------------------------------------
 // PodCgroupWatcher
 
 namespace {
-constexpr uint32_t kWatchMask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF |
-                                IN_MOVE_SELF | IN_ONLYDIR;
+// Pod parents: pod cgroups created, removed, moved in or out; the parent itself going.
+constexpr uint32_t kParentMask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF |
+                                 IN_MOVE_SELF | IN_ONLYDIR;
+// A pod's own cgroup: only its removal or move (what happens inside it, containers
+// starting and stopping, changes nothing the agent acts on).
+constexpr uint32_t kPodMask = IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
 }
 
 PodCgroupWatcher::PodCgroupWatcher(fs::path cgroup2_mount, SearchLimits limits)
@@ -346,7 +302,7 @@ void PodCgroupWatcher::arm() {
 }
 
 int PodCgroupWatcher::add_watch(const fs::path& dir, Role role, const std::string& uid) {
-  int wd = ::inotify_add_watch(fd_, dir.c_str(), kWatchMask);
+  int wd = ::inotify_add_watch(fd_, dir.c_str(), role == Role::Parent ? kParentMask : kPodMask);
   if (wd < 0) return -1;  // gone meanwhile (the parent's event follows), or out of watches
   auto it = by_wd_.find(wd);
   if (it != by_wd_.end() && it->second.dir != dir) {
@@ -386,52 +342,30 @@ std::map<std::string, fs::path> PodCgroupWatcher::scan_parents() const {
   return found;
 }
 
-void PodCgroupWatcher::sync_containers(const std::string& uid, Pod& pod, std::vector<Event>* out) {
-  std::map<fs::path, ContainerCgroup> now;
-  if (pod.path)
-    for (auto& c : list_containers(*pod.path)) now.emplace(c.path, std::move(c));
-  if (out) {
-    for (const auto& [p, c] : pod.containers)
-      if (!now.count(p)) out->push_back(Event{uid, p, Event::Kind::ContainerDisappeared, c});
-    for (const auto& [p, c] : now)
-      if (!pod.containers.count(p)) out->push_back(Event{uid, p, Event::Kind::ContainerAppeared, c});
-  }
-  pod.containers = std::move(now);
-}
-
 void PodCgroupWatcher::set_pod_path(const std::string& uid, Pod& pod,
                                     const std::optional<fs::path>& path, std::vector<Event>& out) {
   if (pod.path && pod.path != path) {
-    for (const auto& [p, c] : pod.containers)
-      out.push_back(Event{uid, p, Event::Kind::ContainerDisappeared, c});
-    pod.containers.clear();
     if (pod.wd >= 0) remove_watch(pod.wd);
     pod.wd = -1;
-    out.push_back(Event{uid, *pod.path, Event::Kind::Disappeared, std::nullopt});
+    out.push_back(Event{uid, *pod.path, Event::Kind::Disappeared});
     pod.path.reset();
   }
   if (!path) return;
   if (!pod.path) {
     pod.path = path;
-    out.push_back(Event{uid, *path, Event::Kind::Appeared, std::nullopt});
+    out.push_back(Event{uid, *path, Event::Kind::Appeared});
   }
-  if (pod.wd < 0) {
-    // Watch before listing, so a container created in between is not missed.
-    pod.wd = add_watch(*path, Role::Pod, uid);
-    sync_containers(uid, pod, &out);
-  }
+  if (pod.wd < 0) pod.wd = add_watch(*path, Role::Pod, uid);
 }
 
-void PodCgroupWatcher::refresh(bool relist_containers, std::vector<Event>& out) {
+void PodCgroupWatcher::refresh(std::vector<Event>& out) {
   arm();
   auto found = scan_parents();
   for (auto& [uid, pod] : pods_) {
     auto it = found.find(uid);
     std::optional<fs::path> now;
     if (it != found.end()) now = it->second;
-    bool had_watch = pod.wd >= 0;
     set_pod_path(uid, pod, now, out);
-    if (relist_containers && pod.path && had_watch) sync_containers(uid, pod, &out);
   }
 }
 
@@ -462,7 +396,6 @@ std::optional<fs::path> PodCgroupWatcher::watch(const std::string& pod_uid,
   if (path) {
     pod.path = path;
     pod.wd = add_watch(*path, Role::Pod, uid);
-    sync_containers(uid, pod, nullptr);
   }
   return pod.path;
 }
@@ -478,14 +411,6 @@ std::optional<fs::path> PodCgroupWatcher::path_of(const std::string& pod_uid) co
   auto it = pods_.find(canonical_uid(pod_uid));
   if (it == pods_.end()) return std::nullopt;
   return it->second.path;
-}
-
-std::vector<ContainerCgroup> PodCgroupWatcher::containers_of(const std::string& pod_uid) const {
-  std::vector<ContainerCgroup> out;
-  auto it = pods_.find(canonical_uid(pod_uid));
-  if (it == pods_.end()) return out;
-  for (const auto& [p, c] : it->second.containers) out.push_back(c);
-  return out;
 }
 
 std::vector<PodCgroupWatcher::Event> PodCgroupWatcher::drain() {
@@ -528,37 +453,19 @@ std::vector<PodCgroupWatcher::Event> PodCgroupWatcher::drain() {
         dirty = true;
         continue;
       }
-      if (!(ev->mask & IN_ISDIR) || ev->len == 0) continue;
-      if (w.role == Role::Parent) {
-        dirty = true;
-        continue;
-      }
-      // A container cgroup below a watched pod.
-      auto pod = pods_.find(w.uid);
-      if (pod == pods_.end() || pod->second.wd != ev->wd) continue;
-      const std::string name = ev->name;
-      auto c = parse_container_dirname(name);
-      if (!c) continue;
-      c->path = w.dir / name;
-      auto& known = pod->second.containers;
-      if (ev->mask & (IN_CREATE | IN_MOVED_TO)) {
-        if (known.emplace(c->path, *c).second)
-          out.push_back(Event{w.uid, c->path, Event::Kind::ContainerAppeared, *c});
-      } else if (ev->mask & (IN_DELETE | IN_MOVED_FROM)) {
-        if (known.erase(c->path))
-          out.push_back(Event{w.uid, c->path, Event::Kind::ContainerDisappeared, *c});
-      }
+      // a directory created, removed or moved below a pod parent
+      if (w.role == Role::Parent && ev->mask & IN_ISDIR && ev->len > 0) dirty = true;
     }
   }
   if (overflow) discover();
-  if (overflow || dirty) refresh(overflow, out);
+  if (overflow || dirty) refresh(out);
   return out;
 }
 
 std::vector<PodCgroupWatcher::Event> PodCgroupWatcher::rescan() {
   std::vector<Event> out = drain();
   discover();
-  refresh(true, out);
+  refresh(out);
   bool more = false;
   for (const auto& [uid, pod] : pods_) {
     if (pod.path) continue;
@@ -567,7 +474,7 @@ std::vector<PodCgroupWatcher::Event> PodCgroupWatcher::rescan() {
       more = true;
     }
   }
-  if (more) refresh(false, out);
+  if (more) refresh(out);
   return out;
 }
 

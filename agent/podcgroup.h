@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Pod cgroup discovery (issue 4, "Pod cgroup discovery"): from a pod's UID and
-// QoS class to its pod-level cgroup v2 directory, the container cgroups below
-// it, and an inotify watcher that reports pod cgroups appearing and
-// disappearing (and containers starting or stopping inside them).
+// QoS class to its pod-level cgroup v2 directory, and an inotify watcher that
+// reports pod cgroups appearing and disappearing. The container cgroups below a
+// pod's need no tracking: every process in the pod's subtree belongs to it.
 //
 // Layouts the kubelet creates (<uid_> is the UID with '-' replaced by '_',
 // because systemd uses '-' as the slice hierarchy separator):
@@ -75,29 +75,6 @@ std::optional<std::filesystem::path> find_pod_cgroup(const std::filesystem::path
                                                      const std::string& qos_class,
                                                      const SearchLimits& limits = {});
 
-enum class Runtime { Containerd, Crio, CrioConmon, Docker, Unknown };
-// "containerd", "crio", "crio-conmon", "docker", "unknown".
-const char* runtime_name(Runtime r);
-
-struct ContainerCgroup {
-  std::string id;  // the runtime's container id
-  Runtime runtime = Runtime::Unknown;
-  std::filesystem::path path;  // absolute
-  bool operator==(const ContainerCgroup&) const = default;
-};
-
-// Parses a container cgroup directory name:
-//   cri-containerd-<id>.scope (containerd, systemd driver)
-//   crio-<id>.scope, crio-<id> (CRI-O; container), crio-conmon-<id>[.scope] (its monitor)
-//   docker-<id>.scope (docker / cri-dockerd, systemd driver)
-//   <64 hex digits> (cgroupfs driver with containerd or cri-dockerd: Unknown)
-// The pod sandbox (pause) container is listed like any other container.
-std::optional<ContainerCgroup> parse_container_dirname(const std::string& name);
-
-// The container cgroups directly below a pod cgroup, sorted by path; empty
-// when the directory does not exist. Other subdirectories are ignored.
-std::vector<ContainerCgroup> list_containers(const std::filesystem::path& pod_dir);
-
 // Follows pod cgroups with inotify: no polling. Not thread-safe; meant for the
 // agent's event loop: poll() fd() for POLLIN, then call drain().
 //
@@ -109,19 +86,20 @@ std::vector<ContainerCgroup> list_containers(const std::filesystem::path& pod_di
 //    arms everything below it);
 //  - unusual pod parents found by the bounded walk (a directory that already
 //    holds pod cgroups outside a kubepods root);
-//  - each watched pod's own cgroup (containers appearing and disappearing).
+//  - each watched pod's own cgroup (its removal or move, nothing inside it).
 // Roots in an unusual place that appear only after construction are picked up
 // by rescan(), which the agent should call on a slow timer (tens of seconds)
 // as a safety net; it also catches anything lost to an inotify queue overflow
 // (drain() rescans by itself on IN_Q_OVERFLOW).
 class PodCgroupWatcher {
  public:
+  // Every event is a pod cgroup of a watched pod appearing or disappearing:
+  // each one changes which local pods are steered.
   struct Event {
-    enum class Kind { Appeared, Disappeared, ContainerAppeared, ContainerDisappeared };
+    enum class Kind { Appeared, Disappeared };
     std::string uid;  // canonical
-    std::filesystem::path path;  // the pod cgroup, or the container cgroup
+    std::filesystem::path path;  // the pod cgroup
     Kind kind = Kind::Appeared;
-    std::optional<ContainerCgroup> container;  // for the Container* kinds
   };
 
   // Discovers kubepods roots with a bounded walk of the mount. Throws
@@ -144,15 +122,11 @@ class PodCgroupWatcher {
   void unwatch(const std::string& pod_uid);
   // Last known pod cgroup of a watched pod.
   std::optional<std::filesystem::path> path_of(const std::string& pod_uid) const;
-  // Last known containers of a watched pod (sorted by path).
-  std::vector<ContainerCgroup> containers_of(const std::string& pod_uid) const;
-
   // Reads the pending inotify events (never blocks) and returns what changed
-  // for watched pods, in order: a pod's containers disappear before the pod
-  // does, and appear after it.
+  // for watched pods, in order.
   std::vector<Event> drain();
-  // drain(), plus a bounded rediscovery of roots, a bounded search for every
-  // watched pod not found yet, and a re-read of every known pod's containers.
+  // drain(), plus a bounded rediscovery of roots and a bounded search for
+  // every watched pod not found yet. The same kind of events as drain().
   std::vector<Event> rescan();
 
   // Number of inotify watches held (for status and tests).
@@ -163,7 +137,6 @@ class PodCgroupWatcher {
     std::string qos;
     std::optional<std::filesystem::path> path;
     int wd = -1;  // on path
-    std::map<std::filesystem::path, ContainerCgroup> containers;
   };
   enum class Role { Parent, Pod };
   struct Watch {
@@ -177,10 +150,9 @@ class PodCgroupWatcher {
   int add_watch(const std::filesystem::path& dir, Role role, const std::string& uid);
   void remove_watch(int wd);
   std::map<std::string, std::filesystem::path> scan_parents() const;
-  void refresh(bool relist_containers, std::vector<Event>& out);
+  void refresh(std::vector<Event>& out);
   void set_pod_path(const std::string& uid, Pod& pod,
                     const std::optional<std::filesystem::path>& path, std::vector<Event>& out);
-  void sync_containers(const std::string& uid, Pod& pod, std::vector<Event>* out);
 
   std::filesystem::path mount_;
   SearchLimits limits_;

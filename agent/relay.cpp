@@ -1,18 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
-// The relay: its socket, the frames the kernel queues on it, its thread and its
-// status. Upstreams: relay_upstream.cpp; sweep and timeouts: relay_sweep.cpp;
+// The relay: its socket, the frames the kernel queues on it, the clients'
+// queues, the thread and its status. Upstreams and their pool:
+// relay_upstream.cpp; clients gone, sweep and timeouts: relay_sweep.cpp;
 // client resets: relay_diag.cpp.
 #include "relay.h"
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <fcntl.h>
-#include <linux/inet_diag.h>
-#include <linux/netlink.h>
-#include <linux/sock_diag.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -20,13 +17,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <set>
 #include <stdexcept>
 
-#include "maps/abi.h"
-
+#include "metrics.h"
 #include "relay_internal.h"
 
 namespace envsteer {
@@ -37,85 +34,92 @@ Relay::Relay(const maps::BpfMapBackend& m, RelayOptions o) : m_(m), o_(o) {
   using maps::MapId;
   binds_ = m.fd(MapId::Binds);
   upstreams_ = m.fd(MapId::Upstreams);
-  clients_ = m.fd(MapId::RelayClients);
+  clients_map_ = m.fd(MapId::RelayClients);
   done_ = m.fd(MapId::RelayDone);
   cfg_ = m.fd(MapId::RelayCfg);
+  acct_ = m.fd(MapId::RelayAcct);
+  pods_ = m.fd(MapId::RelayPods);
+  pod_done_map_ = m.fd(MapId::RelayPodDone);
   sockhash_ = m.fd(MapId::Sockhash);
   sets_ = m.fd(MapId::Sets);
   slots_ = m.fd(MapId::Slots);
   rsp_ = m.fd(MapId::Rsp);
   es_http_cfg_init(&http_cfg_, '.', 0);
-  epoll_ = epoll_create1(EPOLL_CLOEXEC);
-  wake_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (epoll_ < 0 || wake_ < 0) throw std::runtime_error("per-request steering: epoll/eventfd: " + errstr(errno));
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = 1;
-  epoll_ctl(epoll_, EPOLL_CTL_ADD, wake_, &ev);
+  epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
+  wake_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!epoll_ || !wake_) throw std::runtime_error("per-request steering: epoll/eventfd: " + errstr(errno));
+  add_epoll(epoll_.get(), wake_.get(), EPOLLIN, kTagWake);
+  events_ = ring_buffer__new(
+      m.fd(MapId::RelayEv),
+      [](void* ctx, void* data, size_t len) -> int {
+        auto* self = static_cast<Relay*>(ctx);
+        if (len >= sizeof(es_relay_event)) self->gone_.push_back(static_cast<const es_relay_event*>(data)->client);
+        return 0;
+      },
+      this, nullptr);
+  if (!events_) throw std::runtime_error("per-request steering: reading es_relay_ev: " + errstr(errno));
+  add_epoll(epoll_.get(), ring_buffer__epoll_fd(events_), EPOLLIN, kTagEvents);
 }
 
 Relay::~Relay() {
   stop();
-  for (int fd : {epoll_, wake_})  // the map fds are the Datapath's
-    if (fd >= 0) close(fd);
+  if (events_) ring_buffer__free(events_);
 }
 
 // A connected loopback pair; the listener is closed before anything else can
 // connect to it, and the accepted end must be our own connecting socket.
 void Relay::reset_relay_socket() {
-  if (relay_ >= 0) {
-    epoll_ctl(epoll_, EPOLL_CTL_DEL, relay_, nullptr);
-    close(relay_);
-  }
-  if (relay_peer_ >= 0) close(relay_peer_);
-  relay_ = relay_peer_ = -1;
+  if (relay_) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, relay_.get(), nullptr);
+  relay_.reset();
+  relay_peer_.reset();
   buf_.clear();
-  int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  UniqueFd l(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t al = sizeof(a);
-  if (l < 0 || bind(l, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || listen(l, 1) != 0 ||
-      getsockname(l, reinterpret_cast<sockaddr*>(&a), &al) != 0) {
-    int e = errno;
-    if (l >= 0) close(l);
-    throw std::runtime_error("per-request steering: relay socket: " + errstr(e));
-  }
-  int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (c < 0 || connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    int e = errno;
-    close(l);
-    if (c >= 0) close(c);
-    throw std::runtime_error("per-request steering: relay connect: " + errstr(e));
-  }
+  if (!l || bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || listen(l.get(), 1) != 0 ||
+      getsockname(l.get(), reinterpret_cast<sockaddr*>(&a), &al) != 0)
+    throw std::runtime_error("per-request steering: relay socket: " + errstr(errno));
+  UniqueFd c(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!c || connect(c.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0)
+    throw std::runtime_error("per-request steering: relay connect: " + errstr(errno));
   sockaddr_in mine{}, peer{};
   socklen_t ml = sizeof(mine), pl = sizeof(peer);
-  getsockname(c, reinterpret_cast<sockaddr*>(&mine), &ml);
-  int s = accept4(l, reinterpret_cast<sockaddr*>(&peer), &pl, SOCK_CLOEXEC);
-  close(l);
-  if (s < 0 || peer.sin_port != mine.sin_port || peer.sin_addr.s_addr != mine.sin_addr.s_addr) {
-    if (s >= 0) close(s);
-    close(c);
+  getsockname(c.get(), reinterpret_cast<sockaddr*>(&mine), &ml);
+  UniqueFd s(accept4(l.get(), reinterpret_cast<sockaddr*>(&peer), &pl, SOCK_CLOEXEC | SOCK_NONBLOCK));
+  l.reset();
+  if (!s || peer.sin_port != mine.sin_port || peer.sin_addr.s_addr != mine.sin_addr.s_addr)
     throw std::runtime_error("per-request steering: relay socket accepted a stranger");
-  }
-  relay_ = s;
-  relay_peer_ = c;
-  int fl = fcntl(relay_, F_GETFL);
-  fcntl(relay_, F_SETFL, fl | O_NONBLOCK);
-  relay_cookie_ = socket_cookie(relay_);
-  uint64_t fdv = static_cast<uint64_t>(relay_);
+  relay_ = std::move(s);
+  relay_peer_ = std::move(c);
+  relay_cookie_ = socket_cookie(relay_.get());
+  uint64_t fdv = static_cast<uint64_t>(relay_.get());
   if (!relay_cookie_ || bpf_map_update_elem(sockhash_, &relay_cookie_, &fdv, BPF_ANY) != 0)
     throw std::runtime_error("per-request steering: adding the relay socket to es_sockhash: " + errstr(errno));
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = 0;
-  epoll_ctl(epoll_, EPOLL_CTL_ADD, relay_, &ev);
+  add_epoll(epoll_.get(), relay_.get(), EPOLLIN, kTagRelay);
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  key_ = rng() | 1;
+  done_total_published_ = ~0ull;
+  publish_done_total();
+}
+
+// Writes the relay settings with the bytes done so far (the kernel compares
+// them with what it framed: the total bound).
+void Relay::publish_done_total() {
+  if (done_total_ == done_total_published_) return;
   es_relay_cfg rc{};
   rc.relay = relay_cookie_;
   rc.max_frames = o_.max_frames;
+  rc.max_client_bytes = o_.max_client_bytes;
+  rc.max_pod_bytes = o_.max_pod_bytes;
+  rc.max_total_bytes = o_.max_total_bytes;
+  rc.done_bytes = done_total_;
+  rc.key = key_;
   uint32_t zero = 0;
   if (bpf_map_update_elem(cfg_, &zero, &rc, BPF_ANY) != 0)
     throw std::runtime_error("per-request steering: writing es_relay_cfg: " + errstr(errno));
+  done_total_published_ = done_total_;
 }
 
 void Relay::cleanup_previous() {
@@ -126,10 +130,10 @@ void Relay::cleanup_previous() {
   for (const auto& k : m_.keys<es_bind_key>(maps::MapId::Binds)) victims.insert(k.client);
   for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
     es_relay_client rc{};
-    uint32_t done = 0;
-    if (bpf_map_lookup_elem(clients_, &c, &rc) != 0) continue;
+    es_relay_done done{};
+    if (bpf_map_lookup_elem(clients_map_, &c, &rc) != 0) continue;
     bpf_map_lookup_elem(done_, &c, &done);
-    if (rc.sent != done) victims.insert(c);
+    if (rc.sent != done.seq) victims.insert(c);
   }
   size_t destroyed = 0;
   for (uint64_t c : victims)
@@ -137,9 +141,17 @@ void Relay::cleanup_previous() {
   size_t stale = 0;
   for (const auto& k : m_.keys<es_bind_key>(maps::MapId::Binds)) stale += bpf_map_delete_elem(binds_, &k) == 0;
   for (uint64_t k : m_.keys<uint64_t>(maps::MapId::Upstreams)) stale += bpf_map_delete_elem(upstreams_, &k) == 0;
-  for (uint64_t k : m_.keys<uint64_t>(maps::MapId::RelayClients)) stale += bpf_map_delete_elem(clients_, &k) == 0;
+  for (uint64_t k : m_.keys<uint64_t>(maps::MapId::RelayClients))
+    stale += bpf_map_delete_elem(clients_map_, &k) == 0;
   for (uint64_t k : m_.keys<uint64_t>(maps::MapId::RelayDone)) stale += bpf_map_delete_elem(done_, &k) == 0;
   for (uint64_t k : m_.keys<uint64_t>(maps::MapId::Rsp)) stale += bpf_map_delete_elem(rsp_, &k) == 0;
+  for (uint64_t k : m_.keys<uint64_t>(maps::MapId::RelayPods)) bpf_map_delete_elem(pods_, &k);
+  for (uint64_t k : m_.keys<uint64_t>(maps::MapId::RelayPodDone)) bpf_map_delete_elem(pod_done_map_, &k);
+  // Whatever the previous agent had not read is gone: nothing is queued here.
+  uint32_t zero = 0;
+  es_relay_acct acct{};
+  bpf_map_lookup_elem(acct_, &zero, &acct);
+  done_total_ = acct.framed;
   if (stale || destroyed)
     spdlog::info("per-request steering: removed {} entries of the previous agent; {} client connection(s) "
                  "with re-routed requests in flight reset",
@@ -151,14 +163,18 @@ void Relay::start() {
   reset_relay_socket();
   running_ = true;
   thread_ = std::thread([this] { loop(); });
-  spdlog::info("per-request steering: relay socket ready (cookie {}), idle timeout {} ms, {} frames per client",
-               relay_cookie_, o_.idle_timeout.count(), o_.max_frames);
+  spdlog::info("per-request steering: relay socket ready (cookie {}); per client {} frames, {} bytes; {} bytes "
+               "in all; {} clients per pod; timeouts: connect {} ms, response {} ms, idle {} ms; pool: {} warm, "
+               "{} per set, closed after {} ms unused",
+               relay_cookie_, o_.max_frames, o_.max_client_bytes, o_.max_total_bytes, o_.max_clients_per_pod,
+               o_.connect_timeout.count(), o_.response_timeout.count(), o_.idle_timeout.count(), o_.warm,
+               o_.pool_per_set, o_.pool_idle.count());
 }
 
 void Relay::stop() {
   if (!running_.exchange(false)) return;
   uint64_t one = 1;
-  if (write(wake_, &one, sizeof(one)) < 0) { /* the thread also wakes on its timeout */
+  if (write(wake_.get(), &one, sizeof(one)) < 0) { /* the thread also wakes on its timeout */
   }
   if (thread_.joinable()) thread_.join();
   uint32_t zero = 0;
@@ -166,73 +182,146 @@ void Relay::stop() {
   bpf_map_update_elem(cfg_, &zero, &rc, BPF_ANY);
   std::vector<uint64_t> cookies;
   for (auto& [c, u] : ups_) cookies.push_back(c);
-  for (uint64_t c : cookies) close_upstream(c, false, "agent stopping");
-  if (relay_ >= 0) close(relay_);
-  if (relay_peer_ >= 0) close(relay_peer_);
-  relay_ = relay_peer_ = -1;
+  for (uint64_t c : cookies) close_upstream(c, RelayCounter::kCount);
+  relay_.reset();
+  relay_peer_.reset();
+}
+
+void Relay::count(RelayCounter c, uint64_t n) {
+  counters_[static_cast<size_t>(c)].fetch_add(n, std::memory_order_relaxed);
+}
+
+void Relay::update_gauges() {
+  uint64_t active = 0, pooled = 0, connecting = 0;
+  for (const auto& [c, u] : ups_) {
+    if (u.state == UpState::Bound) active++;
+    else if (u.state == UpState::Pooled) pooled++;
+    else connecting++;
+  }
+  g_active_ = active;
+  g_pooled_ = pooled;
+  g_connecting_ = connecting;
+  g_clients_ = clients_.size();
+  g_queued_ = queued_bytes_;
+  g_done_ = done_total_;
 }
 
 RelayStats Relay::stats() const {
-  std::lock_guard<std::mutex> g(mu_);
-  return stats_;
+  RelayStats s;
+  for (size_t i = 0; i < s.n.size(); i++) s.n[i] = counters_[i].load(std::memory_order_relaxed);
+  s.active = g_active_;
+  s.pooled = g_pooled_;
+  s.connecting = g_connecting_;
+  s.clients = g_clients_;
+  s.queued_bytes = g_queued_;
+  uint32_t zero = 0;
+  es_relay_acct acct{};
+  if (bpf_map_lookup_elem(acct_, &zero, &acct) == 0 && acct.framed > g_done_) s.inflight_bytes = acct.framed - g_done_;
+  return s;
 }
 
 nlohmann::json Relay::status_json() const {
   RelayStats s = stats();
-  return {{"relay_cookie", relay_cookie_},
-          {"upstreams_active", s.active},
-          {"frames", s.frames},
-          {"bytes", s.bytes},
-          {"upstreams_opened", s.upstreams_opened},
-          {"connect_failures", s.connect_failures},
-          {"no_backend", s.no_backend},
-          {"closed", {{"client_gone", s.closed_client_gone},
-                      {"idle", s.closed_idle},
-                      {"by_server", s.closed_by_server},
-                      {"pod_gone", s.closed_pod_gone}}},
-          {"clients_destroyed", s.clients_destroyed},
-          {"client_resets", {{"request_unanswered", s.reset_request},
-                             {"response_cut", s.reset_response},
-                             {"until_close", s.reset_until_close},
-                             {"unframed", s.reset_unframed},
-                             {"reorder", s.reset_reorder}}},
-          {"protocol_errors", s.protocol_errors},
-          {"forward_failures", s.forward_failures}};
+  nlohmann::json j = {{"relay_cookie", relay_cookie_},
+                      {"upstreams_active", s.active},
+                      {"upstreams_pooled", s.pooled},
+                      {"upstreams_connecting", s.connecting},
+                      {"clients", s.clients},
+                      {"queued_bytes", s.queued_bytes},
+                      {"inflight_bytes", s.inflight_bytes},
+                      {"bounds",
+                       {{"frames_per_client", o_.max_frames},
+                        {"bytes_per_client", o_.max_client_bytes},
+                        {"bytes_per_pod", o_.max_pod_bytes},
+                        {"bytes_total", o_.max_total_bytes},
+                        {"clients_per_pod", o_.max_clients_per_pod}}},
+                      {"timeouts_ms",
+                       {{"connect", o_.connect_timeout.count()},
+                        {"response", o_.response_timeout.count()},
+                        {"idle", o_.idle_timeout.count()},
+                        {"pool_idle", o_.pool_idle.count()}}}};
+  size_t i = 0;
+#define ES_RC_JSON(id, name, label, value)          \
+  if (std::string(label).empty())                   \
+    j[name] = s.n[i];                               \
+  else                                              \
+    j[name][value] = s.n[i];                        \
+  i++;
+  ES_RELAY_COUNTERS(ES_RC_JSON)
+#undef ES_RC_JSON
+  return j;
+}
+
+std::string Relay::metrics() const {
+  RelayStats s = stats();
+  std::string out;
+  auto gauge = [&](const char* name, const char* help, uint64_t v) {
+    out += std::string("# HELP envsteer_relay_") + name + " " + help + "\n# TYPE envsteer_relay_" + name +
+           " gauge\nenvsteer_relay_" + name + " " + std::to_string(v) + "\n";
+  };
+  gauge("upstreams", "Upstream connections bound to a client for re-routed requests.", s.active);
+  gauge("upstreams_pooled", "Connected upstreams waiting for a client (warm or reused).", s.pooled);
+  gauge("upstreams_connecting", "Upstream connects under way.", s.connecting);
+  gauge("clients", "Client connections with frames or upstreams at the relay.", s.clients);
+  gauge("queued_bytes", "Frame bytes waiting for their client's upstream.", s.queued_bytes);
+  gauge("inflight_bytes", "Bytes framed for the relay and not yet forwarded or dropped (bounded in all).",
+        s.inflight_bytes);
+  std::string last;
+  size_t i = 0;
+#define ES_RC_PROM(id, name, label, value)                                                                  \
+  {                                                                                                           \
+    std::string fam = std::string("envsteer_relay_") + name + "_total";                                       \
+    if (fam != last) out += "# TYPE " + fam + " counter\n";                                                   \
+    last = fam;                                                                                               \
+    out += fam;                                                                                               \
+    if (!std::string(label).empty()) out += std::string("{") + label + "=\"" + prom_label(value) + "\"}";     \
+    out += " " + std::to_string(s.n[i++]) + "\n";                                                             \
+  }
+  ES_RELAY_COUNTERS(ES_RC_PROM)
+#undef ES_RC_PROM
+  return out;
 }
 
 void Relay::loop() {
   auto next_sweep = std::chrono::steady_clock::now();
   while (running_) {
-    epoll_event evs[32];
-    int n = epoll_wait(epoll_, evs, 32, 200);
+    epoll_event evs[64];
+    int n = epoll_wait(epoll_.get(), evs, 64, 100);
+    bool relay_ready = false, events_ready = false;
     for (int i = 0; i < n; i++) {
       uint64_t tag = evs[i].data.u64;
-      if (tag == 1) {
+      if (tag == kTagWake) {
         uint64_t v;
-        while (read(wake_, &v, sizeof(v)) > 0) {
+        while (read(wake_.get(), &v, sizeof(v)) > 0) {
         }
-      } else if (tag == 0) {
-        on_relay_readable();
-      } else if (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-        on_upstream_closed(tag);
+      } else if (tag == kTagRelay) {
+        relay_ready = true;
+      } else if (tag == kTagEvents) {
+        events_ready = true;
+      } else {
+        on_upstream_event(tag, evs[i].events);
       }
     }
+    if (relay_ready) on_relay_readable();
+    if (events_ready) on_client_events();
     if (std::chrono::steady_clock::now() >= next_sweep) {
       sweep();
       next_sweep = std::chrono::steady_clock::now() + std::chrono::milliseconds(250);
     }
+    reap_clients();
+    publish_done_total();
+    publish_pods();
+    update_gauges();
   }
 }
 
 void Relay::on_relay_readable() {
   uint8_t tmp[65536];
   for (int round = 0; round < 64; round++) {
-    ssize_t r = recv(relay_, tmp, sizeof(tmp), 0);
+    ssize_t r = recv(relay_.get(), tmp, sizeof(tmp), 0);
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
     if (r <= 0) {
-      spdlog::error("per-request steering: relay socket {}: re-creating it",
-                    r == 0 ? "closed" : errstr(errno));
-      reset_relay_socket();
+      on_bad_stream(r == 0 ? "closed" : "failed");
       return;
     }
     buf_.insert(buf_.end(), tmp, tmp + r);
@@ -240,18 +329,18 @@ void Relay::on_relay_readable() {
     while (buf_.size() - off >= sizeof(es_relay_hdr)) {
       es_relay_hdr h{};
       std::memcpy(&h, buf_.data() + off, sizeof(h));
-      if (h.magic != ES_RELAY_MAGIC || h.len > o_.max_frame_bytes) {
-        // Only the kernel writes here; a broken stream means a bug: start over.
-        spdlog::error("per-request steering: bad frame on the relay socket (magic {:#x}, len {}): re-creating it",
-                      h.magic, h.len);
-        {
-          std::lock_guard<std::mutex> g(mu_);
-          stats_.protocol_errors++;
-        }
-        reset_relay_socket();
+      if (h.magic != ES_RELAY_MAGIC || h.key != key_ || h.len > o_.max_frame_bytes) {
+        // Only the kernel writes here, and whole frames; bytes out of step
+        // (a frame the kernel delivered in part) are never trusted: start over.
+        spdlog::error("per-request steering: bad frame on the relay socket (magic {:#x}, len {}; after a frame "
+                      "of client {} seq {} len {}; {} bytes buffered, at {})",
+                      h.magic, h.len, last_hdr_.client, last_hdr_.seq, last_hdr_.len, buf_.size(), off);
+        count(RelayCounter::protocol_errors);
+        on_bad_stream("out of step");
         return;
       }
       if (buf_.size() - off < sizeof(h) + h.len) break;
+      last_hdr_ = h;
       handle_frame(h, buf_.data() + off + sizeof(h), h.len);
       off += sizeof(h) + h.len;
     }
@@ -259,78 +348,157 @@ void Relay::on_relay_readable() {
   }
 }
 
+// The relay socket's stream cannot be followed (or it closed): every frame
+// in it is lost. The clients that had frames on their way are reset (they
+// would wait for ever), then a new socket takes over.
+void Relay::on_bad_stream(const char* what) {
+  spdlog::error("per-request steering: relay socket {}: clients with frames under way are reset, socket "
+                "re-created", what);
+  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
+    es_relay_client rc{};
+    es_relay_done d{};
+    if (bpf_map_lookup_elem(clients_map_, &c, &rc) != 0) continue;
+    if (auto it = clients_.find(c); it != clients_.end()) d = it->second.done;
+    else bpf_map_lookup_elem(done_, &c, &d);
+    if (rc.sent == d.seq) continue;
+    if (auto it = clients_.find(c); it != clients_.end()) {
+      fail_client(it->second, RelayCounter::reset_relay_stream);
+    } else {
+      count(RelayCounter::reset_relay_stream);
+      if (client_alive(c)) destroy_client(c);
+      forget_client(c);
+    }
+  }
+  reap_clients();
+  reset_relay_socket();
+}
+
 void Relay::handle_frame(const es_relay_hdr& h, const uint8_t* payload, size_t n) {
-  {
-    std::lock_guard<std::mutex> g(mu_);
-    stats_.frames++;
-    stats_.bytes += n;
+  count(RelayCounter::frames);
+  count(RelayCounter::bytes, n);
+  Client* c = client_for(h.client);
+  if (!c) {  // refused (its pod's share), or gone: the frame is done with
+    bytes_done(h.pod, n);
+    return;
   }
-  auto same = [&](const Upstream& u) { return u.client == h.client && u.svc_id == h.svc_id && u.env_id == h.env_id; };
-  Upstream* up = nullptr;
-  for (auto& [c, u] : ups_)
-    if (same(u) && !u.unbound) {
-      up = &u;
-      break;
-    }
-  if (up) {
-    // Closed by its server before this request came (its FIN not handled yet):
-    // settled first, the request then goes to a new upstream.
-    pollfd p{up->fd, POLLRDHUP, 0};
-    if (poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
-      on_upstream_closed(up->cookie);
-      up = nullptr;
-    }
+  c->pod = h.pod;
+  Frame f;
+  f.seq = h.seq;
+  f.svc_id = h.svc_id;
+  f.env_id = h.env_id;
+  f.data.assign(payload, payload + n);
+  c->q.push_back(std::move(f));
+  c->q_bytes += n;
+  queued_bytes_ += n;
+  pump(*c);
+}
+
+// The client's state here, made at its first frame. Every client of a pod
+// holds an entry of the node's es_relay_clients table: beyond its share the
+// client is reset (counted) so that one pod cannot take the node's table.
+Relay::Client* Relay::client_for(uint64_t cookie) {
+  if (auto it = clients_.find(cookie); it != clients_.end()) return &it->second;
+  es_relay_client rc{};
+  if (bpf_map_lookup_elem(clients_map_, &cookie, &rc) != 0 || !client_alive(cookie)) {
+    forget_client(cookie);
+    return nullptr;
   }
-  bool refused = false;
-  if (!up && client_alive(h.client))
-    for (auto& [c, u] : ups_)
-      if (same(u) && owed(u).owed != Owed::Nothing) {
-        // The target's previous upstream still owes this client a response (a
-        // pipelined request, or framing the kernel could not follow): on a new
-        // upstream the answers could overtake each other. Refused, visibly.
-        spdlog::warn("per-request steering: client {} sent a request for a target whose previous upstream {} "
-                     "still owes it a response: the client connection is reset",
-                     h.client, u.backend);
-        std::lock_guard<std::mutex> g(mu_);
-        stats_.reset_reorder++;
-        refused = true;
-        break;
-      }
-  if (!up && !refused && client_alive(h.client)) up = open_upstream(h.client, h.svc_id, h.env_id);
-  bool ok = false;
-  if (up) {
+  uint32_t& share = pod_clients_[rc.pod_cgroup];
+  if (o_.max_clients_per_pod && share >= o_.max_clients_per_pod) {
+    spdlog::warn("per-request steering: pod (cgroup {}) has {} clients at the relay, its share: client {} reset",
+                 rc.pod_cgroup, share, cookie);
+    count(RelayCounter::reset_pod_share);
+    destroy_client(cookie);
+    forget_client(cookie);
+    if (share == 0) pod_clients_.erase(rc.pod_cgroup);
+    return nullptr;
+  }
+  share++;
+  Client& c = clients_[cookie];
+  c.cookie = cookie;
+  c.pod = rc.pod_cgroup;
+  return &c;
+}
+
+// Forwards the client's frames in order, as far as its upstreams take them.
+void Relay::pump(Client& c) {
+  while (!c.q.empty()) {
+    Upstream* u = upstream_for(c, c.q.front());
+    if (!u) return;  // the client was failed (and may be gone)
+    if (u->state != UpState::Bound) return;  // connecting: resumed when it is up
+    if (!write_front(c, *u)) return;  // the upstream is full (resumed on EPOLLOUT) or the client failed
+    frame_done(c);
+  }
+}
+
+// Writes what is left of the front frame; true when all of it is out.
+bool Relay::write_front(Client& c, Upstream& u) {
+  Frame& f = c.q.front();
+  if (!f.counted) {
     // Count the request heads before they go: the response may come at once.
-    for (size_t off = 0; off < n && !up->req_unframed;) {
+    f.counted = true;
+    for (size_t off = 0; off < f.data.size() && !u.req_unframed;) {
       __u32 used = 0;
-      int ev = es_http_feed_buf(&up->req, &http_cfg_, payload + off, static_cast<__u32>(n - off),
+      int ev = es_http_feed_buf(&u.req, &http_cfg_, f.data.data() + off, static_cast<__u32>(f.data.size() - off),
                                 ES_HTTP_EV_HEADERS, &used);
       off += used;
-      if (ev & ES_HTTP_EV_HEADERS) up->slow_reqs++;
-      if ((ev & ES_HTTP_EV_NOT_HTTP) && up->req.err != ES_HTTP_ERR_TUNNEL) up->req_unframed = true;
+      if (ev & ES_HTTP_EV_HEADERS) u.slow_reqs++;
+      if ((ev & ES_HTTP_EV_NOT_HTTP) && u.req.err != ES_HTTP_ERR_TUNNEL) u.req_unframed = true;
       if (used == 0 || (ev & ES_HTTP_EV_NOT_HTTP)) break;
     }
-    size_t sent = 0;
-    while (sent < n) {
-      ssize_t w = send(up->fd, payload + sent, n - sent, MSG_NOSIGNAL);
-      if (w <= 0) break;
-      sent += static_cast<size_t>(w);
-    }
-    ok = sent == n;
-    if (!ok) {
-      spdlog::warn("per-request steering: forwarding to {} failed: {}", up->backend, errstr(errno));
-      std::lock_guard<std::mutex> g(mu_);
-      stats_.forward_failures++;
-    }
   }
-  // The frame is done either way: later requests of this client must not wait for it.
-  uint32_t seq = h.seq;
-  bpf_map_update_elem(done_, &h.client, &seq, BPF_ANY);
-  if (!ok && client_alive(h.client)) {
-    // The request cannot reach a pod of its environment: fail the client's
-    // connection visibly, as a refused or reset direct connection would.
-    if (up) close_upstream(up->cookie, false, "forward failed");
-    destroy_client(h.client);
+  while (f.off < f.data.size()) {
+    ssize_t w = send(u.fd.get(), f.data.data() + f.off, f.data.size() - f.off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w > 0) {
+      f.off += static_cast<size_t>(w);
+      continue;
+    }
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      set_events(u, EPOLLRDHUP | EPOLLOUT);
+      return false;
+    }
+    spdlog::warn("per-request steering: forwarding to {} for client {} failed: {}", u.backend, c.cookie,
+                 errstr(errno));
+    count(RelayCounter::forward_failures);
+    fail_client(c, RelayCounter::reset_forward);
+    return false;
   }
+  if (u.want_out) set_events(u, EPOLLRDHUP);
+  return true;
+}
+
+// The front frame is out: the kernel may send the client's next requests to
+// the upstream itself once every frame it sent is done.
+void Relay::frame_done(Client& c) {
+  Frame& f = c.q.front();
+  c.done.seq = f.seq;
+  c.done.bytes += f.data.size();
+  bytes_done(c.pod, f.data.size());
+  c.q_bytes -= f.data.size();
+  queued_bytes_ -= f.data.size();
+  c.q.pop_front();
+  bpf_map_update_elem(done_, &c.cookie, &c.done, BPF_ANY);
+}
+
+}  // namespace envsteer
+
+namespace envsteer {
+
+// Bytes of a pod's client forwarded or dropped: its share and the total free up.
+void Relay::bytes_done(uint64_t pod, uint64_t n) {
+  done_total_ += n;
+  uint64_t& d = pod_done_[pod];
+  if (d == 0 || n) pod_dirty_.push_back(pod);
+  d += n;
+}
+
+void Relay::publish_pods() {
+  std::sort(pod_dirty_.begin(), pod_dirty_.end());
+  pod_dirty_.erase(std::unique(pod_dirty_.begin(), pod_dirty_.end()), pod_dirty_.end());
+  for (uint64_t pod : pod_dirty_)
+    if (auto it = pod_done_.find(pod); it != pod_done_.end())
+      bpf_map_update_elem(pod_done_map_, &pod, &it->second, BPF_ANY);
+  pod_dirty_.clear();
 }
 
 }  // namespace envsteer

@@ -6,11 +6,21 @@
 // (client connection, set), it frames the bytes (struct es_relay_hdr) and
 // queues them on the relay socket, a loopback TCP socket of this agent whose
 // listener is closed at once (nothing outside the kernel can write to it). The
-// relay thread reads the frames, opens an upstream connection to a pod of the
-// set, registers it (es_upstreams, es_sockhash, es_binds), forwards the bytes
-// and records the frame as done (es_relay_done). Later requests of the client
-// for that set go to the upstream in the kernel; responses come back into the
-// client's socket through the sk_skb verdict program.
+// relay thread reads the frames into a queue per client, gives the client an
+// upstream connection to a pod of the set (a warm one from the set's pool, or a
+// new one), registers it (es_upstreams, es_sockhash, es_binds), forwards the
+// bytes and records the frame as done (es_relay_done). Later requests of the
+// client for that set go to the upstream in the kernel; responses come back
+// into the client's socket through the sk_skb verdict program.
+//
+// Nothing blocks the relay thread: the relay socket is read at once, every
+// upstream is non-blocking (connects too), and a client's frames wait only for
+// that client's upstream. Bounds (README "Per-request steering"): frames and
+// bytes a client may have queued at the agent, bytes of all clients together
+// (the kernel refuses the send beyond them, counted), clients per pod (beyond
+// it the client is reset, counted). Timeouts: connect; a response (an upstream
+// that owes its client something and saw no traffic either way); idle (an
+// upstream that owes nothing); a pooled upstream unused.
 //
 // Closes are decided from what the upstream owes its client, never from
 // timing. The kernel counts the requests it sends to an upstream and follows
@@ -21,8 +31,9 @@
 // socket lock, so a send that found the binding has counted its request);
 // then:
 //   - nothing owed (every request has its complete final response, none under
-//     way): the upstream is closed, the client is untouched, and its next
-//     request for that target binds a new upstream through the relay;
+//     way): the upstream is pooled for the next client of its set, or closed;
+//     the client is untouched, and its next request for that target binds
+//     another upstream through the relay;
 //   - a request unanswered, a response cut short or framed by the close (or
 //     after an upgrade), framing the kernel could not follow: the client
 //     connection is reset (SOCK_DESTROY, counted), as the application would
@@ -31,41 +42,92 @@
 // it owes nothing, or when the server or the client closes.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <filesystem>
+#include <deque>
 #include <map>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "bpf/lib/response.h"
+#include "fd.h"
 #include "maps/abi.h"
 #include "maps/bpf_maps.h"
+
+struct ring_buffer;
 
 namespace envsteer {
 
 struct RelayOptions {
   std::chrono::milliseconds connect_timeout{2000};
-  std::chrono::milliseconds send_timeout{5000};
-  std::chrono::milliseconds idle_timeout{60000};  // an upstream with no traffic is closed
-  uint32_t max_frames = 64;                       // frames a client may have queued here
-  uint32_t max_frame_bytes = 1u << 20;            // larger frames are a protocol error
+  std::chrono::milliseconds idle_timeout{60000};       // an upstream owing nothing, no traffic: closed
+  std::chrono::milliseconds response_timeout{300000};  // owing a response, no traffic: the client is reset
+  std::chrono::milliseconds pool_idle{2000};           // a pooled upstream unused this long: closed
+  uint32_t warm = 2;                // pre-connected upstreams kept per set in recent use (0: none)
+  uint32_t pool_per_set = 32;       // pooled upstreams per set at most
+  uint32_t pool_total = 1024;       // pooled upstreams in all at most
+  uint32_t max_frames = 64;         // frames a client may have queued here
+  uint32_t max_frame_bytes = 1u << 20;  // larger frames are a protocol error
+  uint64_t max_client_bytes = 1u << 20;  // bytes a client may have queued here
+  uint64_t max_pod_bytes = 8u << 20;     // the same, all clients of one pod
+  uint64_t max_total_bytes = 64u << 20;  // the same, all clients
+  uint32_t max_clients_per_pod = 1024;   // relay clients of one pod at once (the node table is shared)
+};
+
+// The relay's counters: one list names them for the status, the metrics and the code.
+#define ES_RELAY_COUNTERS(X)                                                          \
+  X(frames, "frames", "", "")                                                        \
+  X(bytes, "bytes", "", "")                                                          \
+  X(binds, "upstreams_opened", "", "")                                               \
+  X(connects, "connects", "", "")                                                    \
+  X(pool_taken, "pool_taken", "", "")                                                \
+  X(pool_returned, "pool_returned", "", "")                                          \
+  X(closed_client_gone, "closed", "reason", "client_gone")                           \
+  X(closed_idle, "closed", "reason", "idle")                                         \
+  X(closed_by_server, "closed", "reason", "by_server")                               \
+  X(closed_pod_gone, "closed", "reason", "pod_gone")                                 \
+  X(closed_pool_idle, "closed", "reason", "pool_idle")                               \
+  X(closed_spoiled, "closed", "reason", "pool_spoiled")                              \
+  X(connect_failures, "errors", "kind", "connect")                                   \
+  X(connect_timeouts, "errors", "kind", "connect_timeout")                           \
+  X(no_backend, "errors", "kind", "no_backend")                                      \
+  X(forward_failures, "errors", "kind", "forward")                                   \
+  X(protocol_errors, "errors", "kind", "protocol")                                   \
+  X(destroy_failures, "errors", "kind", "reset_failed")                              \
+  X(clients_destroyed, "clients_destroyed", "", "")                                  \
+  X(reset_request, "client_resets", "reason", "request_unanswered")                  \
+  X(reset_response, "client_resets", "reason", "response_cut")                       \
+  X(reset_until_close, "client_resets", "reason", "until_close")                     \
+  X(reset_unframed, "client_resets", "reason", "unframed")                           \
+  X(reset_reorder, "client_resets", "reason", "reorder")                             \
+  X(reset_response_timeout, "client_resets", "reason", "response_timeout")           \
+  X(reset_pod_share, "client_resets", "reason", "pod_share")                         \
+  X(reset_no_upstream, "client_resets", "reason", "no_upstream")                     \
+  X(reset_forward, "client_resets", "reason", "forward_failed")                      \
+  X(reset_relay_stream, "client_resets", "reason", "relay_stream_lost")              \
+  X(client_events, "client_events", "", "")
+
+enum class RelayCounter {
+#define ES_RC_ENUM(id, name, label, value) id,
+  ES_RELAY_COUNTERS(ES_RC_ENUM)
+#undef ES_RC_ENUM
+      kCount
 };
 
 struct RelayStats {
-  uint64_t frames = 0, bytes = 0;
-  uint64_t upstreams_opened = 0, connect_failures = 0, no_backend = 0;
-  uint64_t closed_client_gone = 0, closed_idle = 0, closed_by_server = 0, closed_pod_gone = 0;
-  uint64_t clients_destroyed = 0, destroy_failures = 0, protocol_errors = 0, forward_failures = 0;
-  // why a client was reset when an upstream of its closed: what the upstream still owed it
-  uint64_t reset_request = 0, reset_response = 0, reset_until_close = 0, reset_unframed = 0;
-  // a request for a target whose previous upstream still owed a response: refused (reset)
-  uint64_t reset_reorder = 0;
-  uint64_t active = 0;
+  std::array<uint64_t, static_cast<size_t>(RelayCounter::kCount)> n{};
+  uint64_t operator[](RelayCounter c) const { return n[static_cast<size_t>(c)]; }
+  uint64_t active = 0;      // upstreams bound to a client
+  uint64_t pooled = 0;      // connected, waiting for a client
+  uint64_t connecting = 0;  // connects under way
+  uint64_t clients = 0;     // clients with frames or upstreams here
+  uint64_t queued_bytes = 0;  // frame bytes waiting for an upstream
+  uint64_t inflight_bytes = 0;  // framed by the kernel, not yet forwarded or dropped (socket + queues)
 };
 
 class Relay {
@@ -80,62 +142,132 @@ class Relay {
   // Cleans what a previous agent left (its upstreams died with it: their
   // clients are destroyed), registers the relay socket, starts the thread.
   void start();
-  // Unregisters the relay socket and closes every upstream.
+  // Unregisters the relay socket and closes every upstream; returns within a
+  // few hundred milliseconds whatever clients and servers do.
   void stop();
 
   RelayStats stats() const;
   nlohmann::json status_json() const;
+  // Prometheus text of the relay's counters and gauges.
+  std::string metrics() const;
 
  private:
+  struct Frame {
+    uint32_t seq = 0, svc_id = 0, env_id = 0;
+    std::vector<uint8_t> data;
+    size_t off = 0;        // bytes written to the upstream
+    bool counted = false;  // request heads counted (before the first byte goes)
+  };
+  struct Client {
+    uint64_t cookie = 0, pod = 0;
+    std::deque<Frame> q;  // in order; the front one is being forwarded
+    uint64_t q_bytes = 0;
+    es_relay_done done{};
+    std::vector<uint64_t> ups;  // upstream cookies
+    bool failed = false;        // reset or gone: removed at the end of the loop's turn
+  };
+  enum class UpState { Connecting, Pooled, Bound };
   struct Upstream {
-    int fd = -1;
-    uint64_t cookie = 0, client = 0;
+    UniqueFd fd;
+    uint64_t cookie = 0, client = 0;  // client 0: for the pool
+    UpState state = UpState::Connecting;
     uint32_t svc_id = 0, env_id = 0;
+    es_backend be{};
     std::string backend;  // "addr:port"
-    uint64_t slow_reqs = 0;  // request heads the relay forwarded (the kernel counts its own)
-    es_http_state req{};     // the relay's parse of the bytes it forwarded
+    std::chrono::steady_clock::time_point since;  // connect started / pooled
+    uint64_t slow_reqs = 0;     // request heads the relay forwarded (the kernel counts its own)
+    es_http_state req{};        // the relay's parse of the bytes it forwarded
     bool req_unframed = false;  // they were not HTTP/1.x requests: the counts cannot be trusted
     bool unbound = false;       // binding removed and client fenced: closed once it owes nothing
+    bool want_out = false;      // EPOLLOUT registered (a write is pending)
   };
+  using SetKey = std::pair<uint32_t, uint32_t>;  // (svc_id, env_id)
 
   // What an upstream still owes its client.
   enum class Owed { Nothing, Request, Response, UntilClose, Unframed };
   struct Snapshot {
     Owed owed = Owed::Unframed;
     uint64_t reqs = 0, done = 0;
-    unsigned phase = 0, status = 0;
+    bool fin = false;  // the server closed its side
   };
 
+  // relay.cpp: the socket, frames, the loop
   void loop();
-  void on_relay_readable();
-  void handle_frame(const es_relay_hdr& h, const uint8_t* payload, size_t n);
-  Upstream* open_upstream(uint64_t client, uint32_t svc_id, uint32_t env_id);
-  void close_upstream(uint64_t cookie, bool destroy_client, const char* why);
-  void on_upstream_closed(uint64_t cookie);
-  void settle(Upstream& u);
-  Snapshot owed(const Upstream& u) const;
-  bool client_alive(uint64_t client) const;
-  void sweep();
-  void unbind(const Upstream& u);
-  void forget_client(uint64_t client);
-  int client_diag(uint64_t client, uint16_t type, uint8_t ext) const;
-  bool destroy_client(uint64_t client);
   void reset_relay_socket();
   void cleanup_previous();
+  void on_bad_stream(const char* what);
+  void on_relay_readable();
+  void handle_frame(const es_relay_hdr& h, const uint8_t* payload, size_t n);
+  Client* client_for(uint64_t cookie);
+  void bytes_done(uint64_t pod, uint64_t n);
+  void publish_pods();
+  void pump(Client& c);
+  bool write_front(Client& c, Upstream& u);
+  void frame_done(Client& c);
+  void publish_done_total();
+  void count(RelayCounter c, uint64_t n = 1);
+  void update_gauges();
+  // relay_upstream.cpp: the upstreams and their pool
+  Upstream* upstream_for(Client& c, const Frame& f);
+  Upstream* start_connect(uint32_t svc_id, uint32_t env_id, uint64_t client);
+  void on_upstream_event(uint64_t cookie, uint32_t events);
+  void finish_connect(Upstream& u);
+  bool register_upstream(Upstream& u);
+  void bind_upstream(Upstream& u, Client& c);
+  Upstream* take_pooled(const SetKey& k);
+  void release(Upstream& u, RelayCounter why);
+  void close_upstream(uint64_t cookie, RelayCounter why);
+  void on_upstream_closed(Upstream& u);
+  void settle(Upstream& u);
+  Snapshot owed(const Upstream& u) const;
+  void set_events(Upstream& u, uint32_t events);
+  void warm_up(const SetKey& k);
+  // relay_sweep.cpp: clients gone, timeouts, pods gone, pool upkeep
+  void on_client_events();
+  void on_client_gone(uint64_t client);
+  bool client_alive(uint64_t client) const;
+  void sweep();
+  void sweep_upstream(Upstream& u);
+  void reap_clients();
+  bool backend_in_set(const Upstream& u);
+  void fail_client(Client& c, RelayCounter why);
+  void forget_client(uint64_t client);
+  void resync_total();
+  // relay_diag.cpp: client resets and fences through sock_diag
+  int client_diag(uint64_t client, uint16_t type, uint8_t ext) const;
+  bool destroy_client(uint64_t client);
+  void unbind(const Upstream& u);
 
   const maps::BpfMapBackend& m_;  // the Datapath's maps; it outlives the relay
   RelayOptions o_;
-  int binds_ = -1, upstreams_ = -1, clients_ = -1, done_ = -1, cfg_ = -1, sockhash_ = -1, sets_ = -1,
-      slots_ = -1, rsp_ = -1;
-  int relay_ = -1, relay_peer_ = -1, epoll_ = -1, wake_ = -1;
+  int binds_ = -1, upstreams_ = -1, clients_map_ = -1, done_ = -1, cfg_ = -1, sockhash_ = -1, sets_ = -1,
+      slots_ = -1, rsp_ = -1, acct_ = -1, pods_ = -1, pod_done_map_ = -1;
+  UniqueFd relay_, relay_peer_, epoll_, wake_;
+  ring_buffer* events_ = nullptr;  // es_relay_ev
   uint64_t relay_cookie_ = 0;
+  uint64_t key_ = 0;  // es_relay_cfg.key of the current relay socket
   std::vector<uint8_t> buf_;
+  es_relay_hdr last_hdr_{};  // the last good frame header (for a bad one's report)
   es_http_cfg http_cfg_{};  // for counting request heads: no env names needed
   std::map<uint64_t, Upstream> ups_;  // by upstream cookie
+  std::unordered_map<uint64_t, Client> clients_;
+  std::unordered_map<uint64_t, uint32_t> pod_clients_;  // pod cgroup -> clients here
+  std::map<SetKey, std::deque<uint64_t>> pool_;         // pooled upstream cookies, oldest first
+  std::map<SetKey, std::chrono::steady_clock::time_point> wanted_;  // sets that recently needed one
+  std::map<SetKey, std::vector<es_backend>> set_cache_;  // a sweep's view of the sets
+  std::map<SetKey, uint32_t> warming_;  // connects under way for the pool
+  std::map<SetKey, uint32_t> demand_, rate_;  // binds this sweep period, and the last
+  std::vector<uint64_t> gone_;        // client cookies reported closing by the kernel
+  std::vector<uint64_t> dead_;        // clients failed or gone, removed by reap_clients()
+  uint64_t done_total_ = 0, done_total_published_ = 0;
+  std::unordered_map<uint64_t, uint64_t> pod_done_;  // pod cgroup -> bytes forwarded or dropped
+  std::vector<uint64_t> pod_dirty_;                  // pods whose pod_done_ is not yet in the map
+  std::chrono::steady_clock::time_point next_resync_{};
+  uint64_t queued_bytes_ = 0;
   std::thread thread_;
   std::atomic<bool> running_{false};
-  mutable std::mutex mu_;  // guards stats_
-  RelayStats stats_;
+  std::array<std::atomic<uint64_t>, static_cast<size_t>(RelayCounter::kCount)> counters_{};
+  std::atomic<uint64_t> g_active_{0}, g_pooled_{0}, g_connecting_{0}, g_clients_{0}, g_queued_{0}, g_done_{0};
 };
 
 }  // namespace envsteer

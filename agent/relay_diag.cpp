@@ -2,26 +2,17 @@
 // Client resets and fences through sock_diag (SOCK_DESTROY, locked queries).
 #include "relay.h"
 
-#include <arpa/inet.h>
 #include <bpf/bpf.h>
-#include <fcntl.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <random>
-#include <set>
-#include <stdexcept>
 
 #include "maps/abi.h"
 
@@ -36,9 +27,9 @@ using namespace relay_detail;
 // INET_DIAG_INFO takes the socket's lock). 0 or an errno.
 int Relay::client_diag(uint64_t client, uint16_t type, uint8_t ext) const {
   es_relay_client rc{};
-  if (bpf_map_lookup_elem(clients_, &client, &rc) != 0) return ENOENT;
-  int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-  if (nl < 0) return errno;
+  if (bpf_map_lookup_elem(clients_map_, &client, &rc) != 0) return ENOENT;
+  UniqueFd nl(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+  if (!nl) return errno;
   struct {
     nlmsghdr nlh;
     inet_diag_req_v2 r;
@@ -60,11 +51,11 @@ int Relay::client_diag(uint64_t client, uint16_t type, uint8_t ext) const {
   sa.nl_family = AF_NETLINK;
   int err = EIO;
   // The kernel answers within sendto(); the reply is read to learn the outcome.
-  if (sendto(nl, &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == sizeof(req)) {
+  if (sendto(nl.get(), &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == sizeof(req)) {
     alignas(nlmsghdr) char ack[4096];
-    pollfd p{nl, POLLIN, 0};
+    pollfd p{nl.get(), POLLIN, 0};
     if (poll(&p, 1, 1000) == 1) {
-      ssize_t r = recv(nl, ack, sizeof(ack), 0);
+      ssize_t r = recv(nl.get(), ack, sizeof(ack), 0);
       auto* h = reinterpret_cast<nlmsghdr*>(ack);
       if (r >= static_cast<ssize_t>(sizeof(nlmsghdr) + sizeof(nlmsgerr)) && h->nlmsg_type == NLMSG_ERROR)
         err = -reinterpret_cast<nlmsgerr*>(NLMSG_DATA(h))->error;
@@ -74,20 +65,18 @@ int Relay::client_diag(uint64_t client, uint16_t type, uint8_t ext) const {
   } else {
     err = errno;
   }
-  close(nl);
   return err;
 }
 
 bool Relay::destroy_client(uint64_t client) {
   es_relay_client rc{};
-  if (bpf_map_lookup_elem(clients_, &client, &rc) != 0) return false;
+  if (bpf_map_lookup_elem(clients_map_, &client, &rc) != 0) return false;
   int err = client_diag(client, SOCK_DESTROY, 0);
-  std::lock_guard<std::mutex> g(mu_);
   if (err == 0) {
-    stats_.clients_destroyed++;
+    count(RelayCounter::clients_destroyed);
     spdlog::info("per-request steering: client connection {} reset", client);
   } else {
-    stats_.destroy_failures++;
+    count(RelayCounter::destroy_failures);
     spdlog::warn("per-request steering: could not reset client connection {}: {}", client, errstr(err));
   }
   return err == 0;

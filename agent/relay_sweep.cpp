@@ -1,30 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
-// The relay's sweep: clients gone, idle upstreams, pods that left their set.
-#include "relay.h"
-
-#include <arpa/inet.h>
+// The relay's upkeep: clients gone (signalled by the kernel, and swept),
+// timeouts, pods that left their set, the pool, the byte accounts.
 #include <bpf/bpf.h>
-#include <fcntl.h>
-#include <linux/inet_diag.h>
-#include <linux/netlink.h>
-#include <linux/sock_diag.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
+#include <bpf/libbpf.h>
 #include <spdlog/spdlog.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
-#include <random>
-#include <set>
-#include <stdexcept>
-
-#include "maps/abi.h"
-
+#include "relay.h"
 #include "relay_internal.h"
 
 namespace envsteer {
@@ -33,56 +14,239 @@ using namespace relay_detail;
 
 bool Relay::client_alive(uint64_t client) const {
   uint64_t v = 0;
-  return bpf_map_lookup_elem(sockhash_, &client, &v) == 0;
+  return client && bpf_map_lookup_elem(sockhash_, &client, &v) == 0;
+}
+
+// Relay clients that closed (sockops, es_relay_ev).
+void Relay::on_client_events() {
+  ring_buffer__consume(events_);
+  std::vector<uint64_t> gone;
+  gone.swap(gone_);
+  count(RelayCounter::client_events, gone.size());
+  for (uint64_t c : gone) on_client_gone(c);
+  reap_clients();
+}
+
+void Relay::on_client_gone(uint64_t cookie) {
+  if (client_alive(cookie)) return;  // half-closed: it may still read answers
+  auto it = clients_.find(cookie);
+  if (it == clients_.end()) {
+    forget_client(cookie);
+    return;
+  }
+  Client& c = it->second;
+  for (uint64_t k : std::vector<uint64_t>(c.ups)) {
+    auto u = ups_.find(k);
+    if (u == ups_.end()) continue;
+    if (u->second.state == UpState::Connecting) {
+      u->second.client = 0;  // finishes into the pool
+      warming_[{u->second.svc_id, u->second.env_id}]++;
+    } else if (u->second.state == UpState::Bound && !u->second.unbound) {
+      release(u->second, RelayCounter::closed_client_gone);
+    } else {
+      close_upstream(k, RelayCounter::closed_client_gone);
+    }
+  }
+  c.ups.clear();
+  c.failed = true;
+  dead_.push_back(cookie);
+}
+
+// A client's connection cannot be served: reset it (counted by why), close
+// its upstreams, drop what it had queued.
+void Relay::fail_client(Client& c, RelayCounter why) {
+  if (c.failed) return;
+  c.failed = true;
+  count(why);
+  if (client_alive(c.cookie)) destroy_client(c.cookie);
+  for (uint64_t k : std::vector<uint64_t>(c.ups)) close_upstream(k, RelayCounter::kCount);
+  c.ups.clear();
+  dead_.push_back(c.cookie);
+}
+
+// Clients failed or gone: their queued bytes count as done, their kernel
+// entries are removed, their pod's share freed.
+void Relay::reap_clients() {
+  for (uint64_t cookie : dead_) {
+    auto it = clients_.find(cookie);
+    if (it == clients_.end()) continue;
+    Client& c = it->second;
+    bytes_done(c.pod, c.q_bytes);
+    queued_bytes_ -= c.q_bytes;
+    if (auto p = pod_clients_.find(c.pod); p != pod_clients_.end() && --p->second == 0) pod_clients_.erase(p);
+    for (uint64_t k : c.ups) close_upstream(k, RelayCounter::kCount);
+    clients_.erase(it);
+    forget_client(cookie);
+  }
+  dead_.clear();
+}
+
+void Relay::forget_client(uint64_t client) {
+  bpf_map_delete_elem(clients_map_, &client);
+  bpf_map_delete_elem(done_, &client);
+}
+
+// Whether u's pod still serves its set (a sweep reads each set once).
+bool Relay::backend_in_set(const Upstream& u) {
+  SetKey k{u.svc_id, u.env_id};
+  auto it = set_cache_.find(k);
+  if (it == set_cache_.end()) {
+    std::vector<es_backend> bes;
+    es_set_key sk{u.svc_id, u.env_id};
+    es_set set{};
+    if (bpf_map_lookup_elem(sets_, &sk, &set) == 0)
+      for (uint32_t i = 0; i < set.count && i < 4096; i++) {
+        es_slot_key slk{u.svc_id, u.env_id, i};
+        es_backend be{};
+        if (bpf_map_lookup_elem(slots_, &slk, &be) == 0) bes.push_back(be);
+      }
+    it = set_cache_.emplace(k, std::move(bes)).first;
+  }
+  for (const auto& be : it->second)
+    if (maps::bytes_equal(be, u.be)) return true;
+  return false;
 }
 
 void Relay::sweep() {
-  std::vector<std::pair<uint64_t, int>> to_close;  // cookie, reason
-  for (auto& [cookie, u] : ups_) {
-    if (!client_alive(u.client)) {
-      to_close.emplace_back(cookie, 0);
+  set_cache_.clear();
+  std::vector<uint64_t> cookies;
+  cookies.reserve(ups_.size());
+  for (const auto& [c, u] : ups_) cookies.push_back(c);
+  for (uint64_t c : cookies)
+    if (auto it = ups_.find(c); it != ups_.end()) sweep_upstream(it->second);
+  // clients gone without a signal (the ring buffer was full)
+  for (auto& [cookie, c] : clients_)
+    if (!c.failed && !client_alive(cookie)) on_client_gone(cookie);
+  reap_clients();
+  // the pool: rates of the last period, warm sets still in use
+  auto now = std::chrono::steady_clock::now();
+  rate_ = demand_;
+  demand_.clear();
+  for (auto it = wanted_.begin(); it != wanted_.end();) {
+    if (now - it->second > o_.pool_idle) {
+      it = wanted_.erase(it);
       continue;
     }
-    if (!u.unbound) {
-      bool pod_gone = true;
-      es_set_key sk{u.svc_id, u.env_id};
-      es_set set{};
-      if (bpf_map_lookup_elem(sets_, &sk, &set) == 0)
-        for (uint32_t i = 0; i < set.count && i < 4096; i++) {
-          es_slot_key k{u.svc_id, u.env_id, i};
-          es_backend be{};
-          if (bpf_map_lookup_elem(slots_, &k, &be) == 0 && maps::format_backend(be) == u.backend) {
-            pod_gone = false;
-            break;
-          }
-        }
-      bool idle = idle_ms(u.fd) >= static_cast<uint64_t>(o_.idle_timeout.count());
-      if (!pod_gone && !idle) continue;
-      // Unbind first: new requests take the slow path to a fresh upstream;
-      // this one closes once it owes the client nothing.
-      settle(u);
-      std::lock_guard<std::mutex> g(mu_);
-      (pod_gone ? stats_.closed_pod_gone : stats_.closed_idle)++;
-      spdlog::info("per-request steering: upstream {} of client {} unbound: {}", u.backend, u.client,
-                   pod_gone ? "its pod left the set" : "idle");
-    }
-    if (owed(u).owed == Owed::Nothing) to_close.emplace_back(cookie, 1);
+    warm_up(it->first);
+    ++it;
   }
-  for (auto [cookie, why] : to_close) {
-    if (why == 0) {
-      std::lock_guard<std::mutex> g(mu_);
-      stats_.closed_client_gone++;
-    }
-    close_upstream(cookie, false, why == 0 ? "client closed" : "unbound, nothing owed");
-  }
-  // Clients gone: forget their relay entries (bounded work per sweep).
+  // kernel entries of clients this relay never kept (refused frames), gone
   size_t checked = 0;
   for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
     if (++checked > 4096) break;
-    if (client_alive(c)) continue;
-    bool has_upstream = false;
-    for (auto& [k, u] : ups_) has_upstream |= u.client == c;
-    if (!has_upstream) forget_client(c);
+    if (!clients_.count(c) && !client_alive(c)) forget_client(c);
+  }
+  resync_total();
+}
+
+void Relay::sweep_upstream(Upstream& u) {
+  auto now = std::chrono::steady_clock::now();
+  switch (u.state) {
+    case UpState::Connecting:
+      if (now - u.since < o_.connect_timeout) return;
+      count(RelayCounter::connect_timeouts);
+      spdlog::warn("per-request steering: connecting to {}: no answer in {} ms", u.backend,
+                   o_.connect_timeout.count());
+      if (auto c = clients_.find(u.client); c != clients_.end() && !c->second.failed) {
+        close_upstream(u.cookie, RelayCounter::kCount);
+        fail_client(c->second, RelayCounter::reset_no_upstream);
+      } else {
+        close_upstream(u.cookie, RelayCounter::kCount);
+      }
+      return;
+    case UpState::Pooled:
+      if (now - u.since >= o_.pool_idle) close_upstream(u.cookie, RelayCounter::closed_pool_idle);
+      else if (!backend_in_set(u)) close_upstream(u.cookie, RelayCounter::closed_pod_gone);
+      return;
+    case UpState::Bound:
+      break;
+  }
+  if (!client_alive(u.client)) {
+    if (u.unbound) close_upstream(u.cookie, RelayCounter::closed_client_gone);
+    else release(u, RelayCounter::closed_client_gone);
+    return;
+  }
+  Snapshot s = owed(u);
+  if (u.unbound) {
+    if (s.owed == Owed::Nothing) close_upstream(u.cookie, RelayCounter::kCount);
+    return;
+  }
+  uint64_t quiet = idle_ms(u.fd.get());
+  if (s.owed != Owed::Nothing) {
+    // Owing a response: never idle; but a server silent for the response
+    // timeout fails its client visibly instead of leaving it to hang.
+    if (quiet >= static_cast<uint64_t>(o_.response_timeout.count())) {
+      spdlog::warn("per-request steering: upstream {} of client {}: no traffic for {} ms with a response owed: "
+                   "the client connection is reset",
+                   u.backend, u.client, quiet);
+      auto c = clients_.find(u.client);
+      uint64_t cookie = u.cookie;
+      if (c != clients_.end()) {
+        fail_client(c->second, RelayCounter::reset_response_timeout);
+      } else {
+        count(RelayCounter::reset_response_timeout);
+        destroy_client(u.client);
+      }
+      close_upstream(cookie, RelayCounter::kCount);
+      return;
+    }
+    if (!backend_in_set(u)) settle(u);  // closed once it owes nothing
+    return;
+  }
+  bool pod_gone = !backend_in_set(u);
+  if (!pod_gone && quiet < static_cast<uint64_t>(o_.idle_timeout.count())) return;
+  // Unbind first: new requests take the slow path to another upstream; this
+  // one closes once it owes the client nothing.
+  settle(u);
+  spdlog::info("per-request steering: upstream {} of client {} unbound: {}", u.backend, u.client,
+               pod_gone ? "its pod left the set" : "idle");
+  if (owed(u).owed == Owed::Nothing)
+    close_upstream(u.cookie, pod_gone ? RelayCounter::closed_pod_gone : RelayCounter::closed_idle);
+  else
+    count(pod_gone ? RelayCounter::closed_pod_gone : RelayCounter::closed_idle);
+}
+
+// The programs add every frame's bytes to es_relay_acct and es_relay_pods; a
+// frame they counted but could not deliver (a failed redirect) would hold the
+// bounds for ever. When every client's frames are done, the accounts are
+// exact: take them, and drop the entries of pods that have no client here.
+// Checked when the total is off, else every 10 s (a walk of es_relay_clients).
+void Relay::resync_total() {
+  if (queued_bytes_ != 0) return;
+  uint32_t zero = 0;
+  es_relay_acct acct{};
+  if (bpf_map_lookup_elem(acct_, &zero, &acct) != 0) return;
+  auto now = std::chrono::steady_clock::now();
+  if (acct.framed == done_total_ && now < next_resync_) return;
+  std::vector<std::pair<uint64_t, es_relay_pod>> pods;
+  for (uint64_t p : m_.keys<uint64_t>(maps::MapId::RelayPods)) {
+    es_relay_pod v{};
+    if (bpf_map_lookup_elem(pods_, &p, &v) == 0) pods.emplace_back(p, v);
+  }
+  size_t checked = 0;
+  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
+    es_relay_client rc{};
+    es_relay_done d{};
+    if (++checked > 16384) return;
+    if (bpf_map_lookup_elem(clients_map_, &c, &rc) != 0) continue;
+    bpf_map_lookup_elem(done_, &c, &d);
+    if (rc.sent != d.seq) return;  // a frame on its way
+  }
+  next_resync_ = now + std::chrono::seconds(10);
+  if (acct.framed > done_total_)
+    spdlog::debug("per-request steering: {} framed bytes never reached the relay", acct.framed - done_total_);
+  done_total_ = acct.framed;
+  std::unordered_map<uint64_t, bool> has_client;
+  for (const auto& [cookie, c] : clients_) has_client[c.pod] = true;
+  for (const auto& [pod, v] : pods) {
+    if (has_client.count(pod)) {
+      pod_done_[pod] = v.framed;
+      pod_dirty_.push_back(pod);
+    } else {
+      bpf_map_delete_elem(pods_, &pod);
+      bpf_map_delete_elem(pod_done_map_, &pod);
+      pod_done_.erase(pod);
+    }
   }
 }
 

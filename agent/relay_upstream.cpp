@@ -1,43 +1,97 @@
 // SPDX-License-Identifier: Apache-2.0
-// The relay's upstream pool: open, bind, settle and close upstreams, and what
-// each still owes its client.
-#include "relay.h"
-
+// The relay's upstreams: connect (non-blocking), bind to a client, pool and
+// reuse, settle and close, and what each still owes its client.
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
-#include <fcntl.h>
 #include <linux/inet_diag.h>
-#include <linux/netlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <random>
-#include <set>
-#include <stdexcept>
 
-#include "maps/abi.h"
-
+#include "relay.h"
 #include "relay_internal.h"
 
 namespace envsteer {
 
 using namespace relay_detail;
 
-Relay::Upstream* Relay::open_upstream(uint64_t client, uint32_t svc_id, uint32_t env_id) {
+namespace {
+
+bool peer_closed(int fd) {
+  pollfd p{fd, POLLRDHUP | POLLIN, 0};
+  return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLIN));
+}
+
+}  // namespace
+
+// The upstream the client's front frame goes to: its bound one for the target,
+// else a pooled one, else a new connect. nullptr: the client was failed.
+Relay::Upstream* Relay::upstream_for(Client& c, const Frame& f) {
+  if (c.failed) return nullptr;
+  Upstream* bound = nullptr;
+  for (uint64_t k : c.ups) {
+    auto it = ups_.find(k);
+    if (it != ups_.end() && it->second.svc_id == f.svc_id && it->second.env_id == f.env_id && !it->second.unbound) {
+      bound = &it->second;
+      break;
+    }
+  }
+  if (bound && bound->state == UpState::Bound && !f.counted && peer_closed(bound->fd.get())) {
+    // Closed by its server before this request came (its FIN not handled
+    // yet): settled first, the request then goes to another upstream.
+    on_upstream_closed(*bound);
+    if (c.failed) return nullptr;
+    bound = nullptr;
+  }
+  if (bound) return bound;
+  for (uint64_t k : c.ups) {
+    auto it = ups_.find(k);
+    if (it == ups_.end() || it->second.svc_id != f.svc_id || it->second.env_id != f.env_id) continue;
+    if (owed(it->second).owed != Owed::Nothing) {
+      // The target's previous upstream still owes this client a response (a
+      // pipelined request, or framing the kernel could not follow): on another
+      // upstream the answers could overtake each other. Refused, visibly.
+      spdlog::warn("per-request steering: client {} sent a request for a target whose previous upstream {} "
+                   "still owes it a response: the client connection is reset",
+                   c.cookie, it->second.backend);
+      fail_client(c, RelayCounter::reset_reorder);
+      return nullptr;
+    }
+  }
+  SetKey key{f.svc_id, f.env_id};
+  wanted_[key] = std::chrono::steady_clock::now();
+  demand_[key]++;
+  Upstream* u = take_pooled(key);
+  if (u) {
+    bind_upstream(*u, c);
+  } else {
+    u = start_connect(f.svc_id, f.env_id, c.cookie);
+    if (u) c.ups.push_back(u->cookie);
+  }
+  if (!u || c.failed) {
+    if (!c.failed) fail_client(c, RelayCounter::reset_no_upstream);
+    return nullptr;
+  }
+  warm_up(key);
+  return u;
+}
+
+// A non-blocking connect to a pod of the set; finished by finish_connect().
+// client 0: for the set's pool.
+Relay::Upstream* Relay::start_connect(uint32_t svc_id, uint32_t env_id, uint64_t client) {
   es_set_key sk{svc_id, env_id};
   es_set set{};
   if (bpf_map_lookup_elem(sets_, &sk, &set) != 0 || set.count == 0) {
-    std::lock_guard<std::mutex> g(mu_);
-    stats_.no_backend++;
+    count(RelayCounter::no_backend);
     spdlog::warn("per-request steering: no ready pod in set (svc {}, env {}) for client {}", svc_id, env_id, client);
     return nullptr;
   }
@@ -45,115 +99,212 @@ Relay::Upstream* Relay::open_upstream(uint64_t client, uint32_t svc_id, uint32_t
   es_slot_key slk{svc_id, env_id, static_cast<uint32_t>(rng() % set.count)};
   es_backend be{};
   if (bpf_map_lookup_elem(slots_, &slk, &be) != 0) {
-    slk.slot = 0;
+    slk.slot = 0;  // the set shrank under us; slot 0 stays filled while it exists
     if (bpf_map_lookup_elem(slots_, &slk, &be) != 0) return nullptr;
   }
   sockaddr_storage ss{};
-  socklen_t sl;
-  int fam;
-  if (be.family == ES_FAMILY_INET6) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-    a->sin6_family = AF_INET6;
-    std::memcpy(&a->sin6_addr, be.addr, 16);
-    a->sin6_port = be.port;
-    sl = sizeof(*a);
-    fam = AF_INET6;
-  } else {
-    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-    a->sin_family = AF_INET;
-    a->sin_addr.s_addr = be.addr[0];
-    a->sin_port = be.port;
-    sl = sizeof(*a);
-    fam = AF_INET;
-  }
-  std::string where = maps::format_backend(be);
-  int fd = socket(fam, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return nullptr;
+  socklen_t sl = backend_sockaddr(be, &ss);
+  UniqueFd fd(socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return nullptr;
   int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  int rc = connect(fd, reinterpret_cast<sockaddr*>(&ss), sl);
-  if (rc != 0 && errno == EINPROGRESS) {
-    pollfd p{fd, POLLOUT, 0};
-    rc = poll(&p, 1, static_cast<int>(o_.connect_timeout.count())) == 1 ? 0 : -1;
-    int err = rc == 0 ? 0 : ETIMEDOUT;
-    socklen_t l = sizeof(err);
-    if (rc == 0) getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
-    if (err) {
-      errno = err;
-      rc = -1;
-    }
-  }
-  if (rc != 0) {
-    int e = errno;
-    close(fd);
-    std::lock_guard<std::mutex> g(mu_);
-    stats_.connect_failures++;
-    spdlog::warn("per-request steering: connecting to {} for client {}: {}", where, client, errstr(e));
+  setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  std::string where = maps::format_backend(be);
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), sl) != 0 && errno != EINPROGRESS) {
+    count(RelayCounter::connect_failures);
+    spdlog::warn("per-request steering: connecting to {} for client {}: {}", where, client, errstr(errno));
     return nullptr;
   }
-  // Blocking from here, with a send timeout: the relay thread writes frames.
-  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-  timeval tv{static_cast<time_t>(o_.send_timeout.count() / 1000),
-             static_cast<suseconds_t>((o_.send_timeout.count() % 1000) * 1000)};
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  Upstream u;
-  u.fd = fd;
-  u.cookie = socket_cookie(fd);
+  uint64_t cookie = socket_cookie(fd.get());
+  if (!cookie) return nullptr;
+  count(RelayCounter::connects);
+  Upstream& u = ups_[cookie];
+  u.fd = std::move(fd);
+  u.cookie = cookie;
   u.client = client;
   u.svc_id = svc_id;
   u.env_id = env_id;
+  u.be = be;
   u.backend = where;
-  // Responses must find their client before the request leaves: the framing
-  // tracker, the upstream entry, then the socket in the sockhash, then the
-  // binding.
-  es_rsp rz{};
-  es_upstream ue{client, svc_id, env_id};
-  uint64_t fdv = static_cast<uint64_t>(fd);
-  es_bind_key bk{client, svc_id, env_id};
-  es_bind b{u.cookie, static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count())};
-  if (!u.cookie || bpf_map_update_elem(rsp_, &u.cookie, &rz, BPF_ANY) != 0 ||
-      bpf_map_update_elem(upstreams_, &u.cookie, &ue, BPF_ANY) != 0 ||
-      bpf_map_update_elem(sockhash_, &u.cookie, &fdv, BPF_ANY) != 0 ||
-      bpf_map_update_elem(binds_, &bk, &b, BPF_ANY) != 0) {
-    int e = errno;
-    bpf_map_delete_elem(upstreams_, &u.cookie);
-    bpf_map_delete_elem(rsp_, &u.cookie);
-    close(fd);
-    std::lock_guard<std::mutex> g(mu_);
-    stats_.connect_failures++;
-    spdlog::warn("per-request steering: registering the upstream to {}: {}", where, errstr(e));
-    return nullptr;
-  }
-  epoll_event ev{};
-  ev.events = EPOLLRDHUP;
-  ev.data.u64 = u.cookie;
-  epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &ev);
-  {
-    std::lock_guard<std::mutex> g(mu_);
-    stats_.upstreams_opened++;
-    stats_.active = ups_.size() + 1;
-  }
-  spdlog::debug("per-request steering: client {} -> {} (svc {}, env {}) bound", client, where, svc_id, env_id);
-  auto [it, _] = ups_.emplace(u.cookie, u);
-  return &it->second;
+  u.since = std::chrono::steady_clock::now();
+  add_epoll(epoll_.get(), u.fd.get(), EPOLLOUT | EPOLLRDHUP, cookie);
+  u.want_out = true;
+  if (!client) warming_[{svc_id, env_id}]++;
+  return &u;
 }
 
-void Relay::close_upstream(uint64_t cookie, bool destroy, const char* why) {
+void Relay::finish_connect(Upstream& u) {
+  SetKey key{u.svc_id, u.env_id};
+  if (!u.client) warming_[key]--;
+  int err = 0;
+  socklen_t l = sizeof(err);
+  getsockopt(u.fd.get(), SOL_SOCKET, SO_ERROR, &err, &l);
+  auto it = clients_.find(u.client);
+  Client* c = it != clients_.end() && !it->second.failed ? &it->second : nullptr;
+  if (err || !register_upstream(u)) {
+    count(RelayCounter::connect_failures);
+    spdlog::warn("per-request steering: connecting to {}{}: {}", u.backend,
+                 c ? " for client " + std::to_string(c->cookie) : std::string(" (pool)"), errstr(err ? err : errno));
+    close_upstream(u.cookie, RelayCounter::kCount);
+    if (c) fail_client(*c, RelayCounter::reset_no_upstream);
+    return;
+  }
+  if (c) {
+    bind_upstream(u, *c);
+    pump(*c);
+    return;
+  }
+  // for the pool (or its client went away while it connected)
+  u.client = 0;
+  u.state = UpState::Pooled;
+  u.since = std::chrono::steady_clock::now();
+  set_events(u, EPOLLIN | EPOLLRDHUP);
+  pool_[key].push_back(u.cookie);
+}
+
+// The framing tracker, then the socket in the sockhash: without an
+// es_upstreams entry the verdict program leaves its data to the socket itself
+// (a pooled upstream that receives anything is spoiled).
+bool Relay::register_upstream(Upstream& u) {
+  es_rsp rz{};
+  uint64_t fdv = static_cast<uint64_t>(u.fd.get());
+  return bpf_map_update_elem(rsp_, &u.cookie, &rz, BPF_ANY) == 0 &&
+         bpf_map_update_elem(sockhash_, &u.cookie, &fdv, BPF_ANY) == 0;
+}
+
+// Responses must find their client before the request leaves: the upstream
+// entry, then the binding (the kernel uses it once every frame is done).
+void Relay::bind_upstream(Upstream& u, Client& c) {
+  es_upstream ue{c.cookie, u.svc_id, u.env_id};
+  es_bind_key bk{c.cookie, u.svc_id, u.env_id};
+  es_bind b{u.cookie, static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count())};
+  u.client = c.cookie;
+  u.state = UpState::Bound;
+  u.slow_reqs = 0;
+  u.req = {};
+  u.req_unframed = false;
+  u.unbound = false;
+  if (std::find(c.ups.begin(), c.ups.end(), u.cookie) == c.ups.end()) c.ups.push_back(u.cookie);
+  if (bpf_map_update_elem(upstreams_, &u.cookie, &ue, BPF_ANY) != 0 ||
+      bpf_map_update_elem(binds_, &bk, &b, BPF_ANY) != 0) {
+    spdlog::warn("per-request steering: binding the upstream to {} for client {}: {}", u.backend, c.cookie,
+                 errstr(errno));
+    close_upstream(u.cookie, RelayCounter::kCount);
+    fail_client(c, RelayCounter::reset_no_upstream);
+    return;
+  }
+  set_events(u, EPOLLRDHUP);
+  count(RelayCounter::binds);
+  spdlog::debug("per-request steering: client {} -> {} (svc {}, env {}) bound", c.cookie, u.backend, u.svc_id,
+                u.env_id);
+}
+
+// The most recently pooled upstream of the set that is still quiet.
+Relay::Upstream* Relay::take_pooled(const SetKey& k) {
+  auto pit = pool_.find(k);
+  while (pit != pool_.end() && !pit->second.empty()) {
+    uint64_t cookie = pit->second.back();
+    pit->second.pop_back();
+    auto it = ups_.find(cookie);
+    if (it == ups_.end()) continue;
+    if (peer_closed(it->second.fd.get())) {
+      close_upstream(cookie, RelayCounter::closed_spoiled);
+      continue;
+    }
+    count(RelayCounter::pool_taken);
+    return &it->second;
+  }
+  return nullptr;
+}
+
+// Pre-connects upstreams for a set in recent use, up to its target: the warm
+// count, more when it binds many (a burst of new clients).
+void Relay::warm_up(const SetKey& k) {
+  if (!o_.warm || !running_) return;
+  uint32_t target = std::max(o_.warm, std::min(o_.pool_per_set, rate_[k] / 16));
+  size_t have = pool_[k].size() + warming_[k];
+  size_t pooled_total = 0;
+  for (const auto& [key, q] : pool_) pooled_total += q.size();
+  for (; have < target && pooled_total + have < o_.pool_total; have++)
+    if (!start_connect(k.first, k.second, 0)) break;
+}
+
+// The client is gone: its upstream goes back to its set's pool when it owes
+// nothing and its pod still serves the set, else it is closed.
+void Relay::release(Upstream& u, RelayCounter why) {
+  if (u.state != UpState::Bound) return;
+  unbind(u);
+  Snapshot s = owed(u);
+  SetKey key{u.svc_id, u.env_id};
+  auto& q = pool_[key];
+  size_t pooled_total = 0;
+  for (const auto& [k, pq] : pool_) pooled_total += pq.size();
+  if (s.owed != Owed::Nothing || s.fin || q.size() >= o_.pool_per_set || pooled_total >= o_.pool_total ||
+      !backend_in_set(u)) {
+    close_upstream(u.cookie, why);
+    return;
+  }
+  es_rsp rz{};
+  bpf_map_delete_elem(upstreams_, &u.cookie);  // from now on its data stays on it: spoiled
+  bpf_map_update_elem(rsp_, &u.cookie, &rz, BPF_ANY);
+  if (auto it = clients_.find(u.client); it != clients_.end()) std::erase(it->second.ups, u.cookie);
+  u.client = 0;
+  u.state = UpState::Pooled;
+  u.since = std::chrono::steady_clock::now();
+  set_events(u, EPOLLIN | EPOLLRDHUP);
+  q.push_back(u.cookie);
+  count(RelayCounter::pool_returned);
+}
+
+void Relay::close_upstream(uint64_t cookie, RelayCounter why) {
   auto it = ups_.find(cookie);
   if (it == ups_.end()) return;
-  Upstream u = it->second;
-  ups_.erase(it);
-  unbind(u);
+  Upstream& u = it->second;
+  SetKey key{u.svc_id, u.env_id};
+  if (u.state == UpState::Bound) unbind(u);
+  if (u.state == UpState::Connecting && !u.client) warming_[key]--;
+  if (u.state == UpState::Pooled) std::erase(pool_[key], cookie);
+  if (u.client)
+    if (auto c = clients_.find(u.client); c != clients_.end()) std::erase(c->second.ups, cookie);
   bpf_map_delete_elem(upstreams_, &cookie);
-  epoll_ctl(epoll_, EPOLL_CTL_DEL, u.fd, nullptr);
-  close(u.fd);
+  epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, u.fd.get(), nullptr);
   bpf_map_delete_elem(rsp_, &cookie);
-  {
-    std::lock_guard<std::mutex> g(mu_);
-    stats_.active = ups_.size();
+  if (why != RelayCounter::kCount) count(why);
+  spdlog::debug("per-request steering: upstream {} of client {} closed", u.backend, u.client);
+  ups_.erase(it);  // closes the socket (and takes it out of the sockhash)
+}
+
+void Relay::set_events(Upstream& u, uint32_t events) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = u.cookie;
+  epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, u.fd.get(), &ev);
+  u.want_out = events & EPOLLOUT;
+}
+
+void Relay::on_upstream_event(uint64_t cookie, uint32_t events) {
+  auto it = ups_.find(cookie);
+  if (it == ups_.end()) return;
+  Upstream& u = it->second;
+  switch (u.state) {
+    case UpState::Connecting:
+      finish_connect(u);
+      return;
+    case UpState::Pooled:
+      // a pooled upstream must stay quiet: data or a close spoil it
+      close_upstream(cookie, (events & EPOLLIN) && !(events & (EPOLLRDHUP | EPOLLHUP))
+                                 ? RelayCounter::closed_spoiled
+                                 : RelayCounter::closed_by_server);
+      return;
+    case UpState::Bound:
+      if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        on_upstream_closed(u);
+      } else if (events & EPOLLOUT) {
+        auto c = clients_.find(u.client);
+        if (c != clients_.end() && !c->second.failed) pump(c->second);
+        else set_events(u, EPOLLRDHUP);
+      }
+      return;
   }
-  spdlog::debug("per-request steering: upstream {} of client {} closed: {}", u.backend, u.client, why);
-  if (destroy && client_alive(u.client)) destroy_client(u.client);
 }
 
 // Removes the binding of u's (client, set) when it still names this upstream:
@@ -169,7 +320,7 @@ void Relay::unbind(const Upstream& u) {
 // found the binding, so once a query that takes that lock has returned, every
 // request that could still reach u is in the count, and no later one reaches it.
 void Relay::settle(Upstream& u) {
-  if (u.unbound) return;
+  if (u.unbound || u.state != UpState::Bound) return;
   unbind(u);
   u.unbound = true;
   if (client_alive(u.client)) client_diag(u.client, SOCK_DIAG_BY_FAMILY, 1u << (INET_DIAG_INFO - 1));
@@ -181,13 +332,12 @@ Relay::Snapshot Relay::owed(const Upstream& u) const {
   // before its close has been through the verdict program.
   tcp_info ti{};
   socklen_t tl = sizeof(ti);
-  getsockopt(u.fd, IPPROTO_TCP, TCP_INFO, &ti, &tl);
+  getsockopt(u.fd.get(), IPPROTO_TCP, TCP_INFO, &ti, &tl);
   es_rsp r{};
   if (bpf_map_lookup_elem(rsp_, &u.cookie, &r) != 0) return s;
   s.reqs = r.reqs + u.slow_reqs;
   s.done = r.done;
-  s.phase = r.phase;
-  s.status = r.status;
+  s.fin = r.fin;
   if (u.req_unframed || r.phase == ES_RSP_P_DEAD || s.reqs < r.done)
     s.owed = Owed::Unframed;
   else if (r.phase == ES_RSP_P_UNTIL_CLOSE)
@@ -215,42 +365,33 @@ const char* owed_str(int o) {
 
 // The server closed or reset the upstream. Decided from what it owes the
 // client, whichever of this and the sweep came first.
-void Relay::on_upstream_closed(uint64_t cookie) {
-  auto it = ups_.find(cookie);
-  if (it == ups_.end()) return;
-  Upstream& u = it->second;
-  epoll_ctl(epoll_, EPOLL_CTL_DEL, u.fd, nullptr);
+void Relay::on_upstream_closed(Upstream& u) {
   int err = 0;
   socklen_t l = sizeof(err);
-  getsockopt(u.fd, SOL_SOCKET, SO_ERROR, &err, &l);
+  getsockopt(u.fd.get(), SOL_SOCKET, SO_ERROR, &err, &l);
   settle(u);
   Snapshot s = owed(u);
-  bool alive = client_alive(u.client);
+  uint64_t client = u.client;
+  bool alive = client_alive(client);
   bool reset = alive && s.owed != Owed::Nothing;
-  {
-    std::lock_guard<std::mutex> g(mu_);
-    stats_.closed_by_server++;
-    if (reset) {
-      switch (s.owed) {
-        case Owed::Request: stats_.reset_request++; break;
-        case Owed::Response: stats_.reset_response++; break;
-        case Owed::UntilClose: stats_.reset_until_close++; break;
-        default: stats_.reset_unframed++; break;
-      }
-    }
-  }
   spdlog::info("per-request steering: upstream {} of client {} {} by the server with {} ({} requests, {} answered): {}",
-               u.backend, u.client, err ? "reset (" + errstr(err) + ")" : std::string("closed"),
+               u.backend, client, err ? "reset (" + errstr(err) + ")" : std::string("closed"),
                owed_str(static_cast<int>(s.owed)), s.reqs, s.done,
                !alive  ? "the client is gone"
                : reset ? "the client connection is reset"
-                       : "the client's next request for it binds a new upstream");
-  close_upstream(cookie, reset, "closed by the server");
-}
-
-void Relay::forget_client(uint64_t client) {
-  bpf_map_delete_elem(clients_, &client);
-  bpf_map_delete_elem(done_, &client);
+                       : "the client's next request for it binds another upstream");
+  close_upstream(u.cookie, RelayCounter::closed_by_server);
+  if (!reset) return;
+  RelayCounter why = s.owed == Owed::Request      ? RelayCounter::reset_request
+                     : s.owed == Owed::Response   ? RelayCounter::reset_response
+                     : s.owed == Owed::UntilClose ? RelayCounter::reset_until_close
+                                                  : RelayCounter::reset_unframed;
+  if (auto it = clients_.find(client); it != clients_.end()) {
+    fail_client(it->second, why);
+  } else {
+    count(why);
+    destroy_client(client);
+  }
 }
 
 }  // namespace envsteer

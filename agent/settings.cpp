@@ -62,6 +62,13 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   read(root, "headerContext", out.header_context);
   read(root, "autoInject", out.auto_inject);
   read(root, "upstreamIdleMs", out.upstream_idle_ms);
+  read(root, "upstreamConnectTimeoutMs", out.upstream_connect_timeout_ms);
+  read(root, "responseTimeoutMs", out.response_timeout_ms);
+  read(root, "relayWarm", out.relay_warm);
+  read(root, "relayClientBytes", out.relay_client_bytes);
+  read(root, "relayPodBytes", out.relay_pod_bytes);
+  read(root, "relayTotalBytes", out.relay_total_bytes);
+  read(root, "relayClientsPerPod", out.relay_clients_per_pod);
   std::string sp;
   read(root, "splitter", sp);
   if (root["splitter"]) {
@@ -124,6 +131,20 @@ void validate_settings(const Settings& s) {
   if (!s.admin_socket.empty() && (s.admin_socket[0] != '/' || s.admin_socket.size() > 107))
     throw std::invalid_argument("--admin-socket: must be an absolute path of at most 107 bytes, got \"" +
                                 s.admin_socket + "\"");
+  auto range = [](uint64_t v, uint64_t lo, uint64_t hi, const char* flag) {
+    if (v < lo || v > hi)
+      throw std::invalid_argument(std::string(flag) + ": must be " + std::to_string(lo) + ".." + std::to_string(hi) +
+                                  ", got " + std::to_string(v));
+  };
+  range(s.upstream_idle_ms, 100, 86400000, "--upstream-idle-ms");
+  range(s.upstream_connect_timeout_ms, 10, 600000, "--upstream-connect-timeout-ms");
+  range(s.response_timeout_ms, 100, 86400000, "--response-timeout-ms");
+  range(s.relay_warm, 0, 32, "--relay-warm");
+  // a frame is one send's piece of at most a few hundred KiB: a client must fit one
+  range(s.relay_client_bytes, 1u << 20, 1ull << 30, "--relay-client-bytes");
+  range(s.relay_pod_bytes, s.relay_client_bytes, 1ull << 34, "--relay-pod-bytes");
+  range(s.relay_total_bytes, s.relay_pod_bytes, 1ull << 34, "--relay-total-bytes");
+  range(s.relay_clients_per_pod, 1, 16384, "--relay-clients-per-pod");
   auto& l = s.limits;
   if (!l.frontends || !l.sets || !l.slots || !l.envs || !l.pods)
     throw std::invalid_argument("limits: every limit must be at least 1");

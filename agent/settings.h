@@ -34,7 +34,15 @@ struct Settings {
   uint32_t http_window = 4096;                 // header bytes of a request parsed
   bool header_context = true;                  // learn request environments in the kernel
   bool auto_inject = true;                     // a labelled pod's requests carry its env unless they carry one
-  uint32_t upstream_idle_ms = 60000;           // re-routing upstreams idle this long are closed
+  // The relay of re-routed requests (README "Per-request steering": bounds and timeouts).
+  uint32_t upstream_idle_ms = 60000;            // an upstream owing nothing, no traffic this long: closed
+  uint32_t upstream_connect_timeout_ms = 2000;  // connecting an upstream
+  uint32_t response_timeout_ms = 300000;        // owing a response, no traffic this long: client reset
+  uint32_t relay_warm = 2;                      // pre-connected upstreams per set in recent use
+  uint64_t relay_client_bytes = 1u << 20;       // bytes one client may have queued at the relay
+  uint64_t relay_pod_bytes = 8u << 20;          // the same, all clients of one pod
+  uint64_t relay_total_bytes = 64u << 20;       // the same, all clients together
+  uint32_t relay_clients_per_pod = 1024;        // relay clients one pod may have at once
   char splitter = '.';
   std::string default_env;                  // "" = unlabelled pods form the unnamed base
   // The admin surface (README "Security"): health and metrics over TCP, on loopback by

@@ -14,7 +14,7 @@
 #include <linux/types.h>
 #endif
 
-#define ES_ABI_VERSION 3
+#define ES_ABI_VERSION 4
 
 /* An environment name: a Kubernetes label value, at most 63 bytes. */
 #define ES_ENV_NAME_MAX 64
@@ -120,6 +120,7 @@ struct es_sock {
 	__u32 pod_env_id; /* the calling pod's own environment (the default when unlabelled) */
 	__u32 pod_flags;  /* ES_POD_F_* of the calling pod at connect() */
 	__u64 cookie;     /* socket cookie (set once established): es_sockhash key */
+	__u64 pod_cgroup; /* cgroup id of the calling pod (its es_pods key): the relay's fair share */
 };
 
 /* UDP reverse translation: replies from a backend appear to come from the VIP. */
@@ -187,6 +188,12 @@ enum es_counter {
 	ES_CNT_CTX_OFF_MAP_FULL,   /* a process to switch off did not fit in es_ctx_off */
 	ES_CNT_REQ_H2C_KEPT,       /* an h2c upgrade request stayed on its connection's own pod */
 	ES_CNT_REQ_UNFRAMED_FAILED, /* bytes the parser cannot frame after a re-routed request: failed */
+	ES_CNT_RELAY_FULL_FRAMES,   /* a client had max_frames frames queued at the agent: refused */
+	ES_CNT_RELAY_FULL_CLIENT,   /* a client had max_client_bytes queued at the agent: refused */
+	ES_CNT_RELAY_FULL_TOTAL,    /* all clients had max_total_bytes queued at the agent: refused */
+	ES_CNT_RELAY_FULL_POD,      /* a pod's clients had max_pod_bytes queued at the agent: refused */
+	ES_CNT_RELAY_TABLE_FULL,    /* es_relay_clients full: refused */
+	ES_CNT_RELAY_EV_LOST,       /* a relay client's close not signalled (ring buffer full) */
 	ES_CNT_MAX
 };
 
@@ -203,7 +210,10 @@ enum es_counter {
 	  "trace_emitted", "trace_rate_limited", "trace_lost", "decision_map_full",     \
 	  "thread_ctx_switched_off", "thread_ctx_off_ignored", "thread_ctx_ambiguous",  \
 	  "thread_ctx_closed", "thread_ctx_not_for_connect", "thread_ctx_off_map_full", \
-	  "req_h2c_upgrade_kept", "req_unframed_failed" }
+	  "req_h2c_upgrade_kept", "req_unframed_failed", "relay_refused_frames",       \
+	  "relay_refused_client_bytes", "relay_refused_total_bytes",                    \
+	  "relay_refused_pod_bytes",                                                     \
+	  "relay_refused_table_full", "relay_close_events_lost" }
 
 /* Outbound header insertion settings (single-entry array). */
 struct es_inject_cfg {
@@ -279,6 +289,39 @@ struct es_relay_client {
 	__u8 pad[3];
 	__u32 sent;     /* frames sent (the last frame's seq) */
 	__u32 pad2;
+	__u64 bytes;      /* payload bytes framed for the agent, in all */
+	__u64 pod_cgroup; /* the client's pod (es_sock.pod_cgroup) */
+};
+
+/* What the agent has done with a client's frames (agent-written): the last
+ * frame forwarded (or dropped with its client), and the payload bytes of all
+ * of them. The programs frame more only while sent - seq <= max_frames and
+ * bytes framed - bytes done stays within max_client_bytes. */
+struct es_relay_done {
+	__u32 seq;
+	__u32 pad;
+	__u64 bytes;
+};
+
+/* Bytes framed for the agent by the programs, all clients (single-entry
+ * array, added to atomically; compared with es_relay_cfg.done_bytes). */
+struct es_relay_acct {
+	__u64 framed;
+};
+
+/* Bytes framed for the agent by the clients of one pod (hash by the pod's
+ * cgroup id, es_relay_pods, added to atomically by the programs); the agent
+ * writes what it has forwarded or dropped of them into es_relay_pod_done. */
+struct es_relay_pod {
+	__u64 framed;
+};
+
+/* A client of the relay changed TCP state (sockops, ring buffer es_relay_ev):
+ * the agent frees or pools its upstreams at once instead of at its sweep. */
+struct es_relay_event {
+	__u64 client;
+	__u32 state; /* BPF_TCP_* */
+	__u32 pad;
 };
 
 /* Relay settings (single-entry array, agent-written). */
@@ -286,10 +329,15 @@ struct es_relay_cfg {
 	__u64 relay;      /* cookie of the agent's relay socket; 0: no agent */
 	__u32 max_frames; /* frames a client may have queued at the agent */
 	__u32 flags;
+	__u64 max_client_bytes; /* payload bytes a client may have queued at the agent */
+	__u64 max_pod_bytes;    /* the same, all clients of one pod together */
+	__u64 max_total_bytes;  /* the same, all clients together */
+	__u64 done_bytes;       /* bytes of all clients the agent forwarded or dropped */
+	__u64 key;              /* random, per relay socket: copied into every frame header */
 };
 
 #define ES_RELAY_MAGIC 0x45535231 /* "ESR1" */
-#define ES_RELAY_HDR_LEN 32
+#define ES_RELAY_HDR_LEN 48
 
 /* Header of a frame on the relay socket; len payload bytes follow. */
 struct es_relay_hdr {
@@ -300,6 +348,8 @@ struct es_relay_hdr {
 	__u32 env_id;
 	__u32 seq;
 	__u32 flags;
+	__u64 pod; /* the client's pod (es_sock.pod_cgroup): whose share the bytes are */
+	__u64 key; /* es_relay_cfg.key: a header the agent reads is one the programs wrote */
 };
 
 /* Requests by frontend, resolved environment and path (per-CPU hash). */
@@ -467,6 +517,10 @@ struct es_rsp {
 #define ES_MAP_RELAY_CLIENTS "es_relay_clients"
 #define ES_MAP_RELAY_DONE "es_relay_done"
 #define ES_MAP_RELAY_CFG "es_relay_cfg"
+#define ES_MAP_RELAY_ACCT "es_relay_acct"
+#define ES_MAP_RELAY_EV "es_relay_ev"
+#define ES_MAP_RELAY_PODS "es_relay_pods"
+#define ES_MAP_RELAY_POD_DONE "es_relay_pod_done"
 #define ES_MAP_REQ_STATS "es_req_stats"
 #define ES_MAP_CTX_OFF "es_ctx_off"
 #define ES_MAP_RSP "es_rsp"

@@ -28,6 +28,10 @@ const char* map_name(MapId id) {
     case MapId::RelayClients: return ES_MAP_RELAY_CLIENTS;
     case MapId::RelayDone: return ES_MAP_RELAY_DONE;
     case MapId::RelayCfg: return ES_MAP_RELAY_CFG;
+    case MapId::RelayAcct: return ES_MAP_RELAY_ACCT;
+    case MapId::RelayEv: return ES_MAP_RELAY_EV;
+    case MapId::RelayPods: return ES_MAP_RELAY_PODS;
+    case MapId::RelayPodDone: return ES_MAP_RELAY_POD_DONE;
     case MapId::ReqStats: return ES_MAP_REQ_STATS;
     case MapId::Rsp: return ES_MAP_RSP;
     case MapId::Decisions: return ES_MAP_DECISIONS;
@@ -62,6 +66,10 @@ size_t key_size(MapId id) {
     case MapId::RelayClients: return sizeof(__u64);
     case MapId::RelayDone: return sizeof(__u64);
     case MapId::RelayCfg: return sizeof(__u32);
+    case MapId::RelayAcct: return sizeof(__u32);
+    case MapId::RelayEv: return 0;
+    case MapId::RelayPods: return sizeof(__u64);
+    case MapId::RelayPodDone: return sizeof(__u64);
     case MapId::ReqStats: return sizeof(es_req_key);
     case MapId::Rsp: return sizeof(__u64);
     case MapId::Decisions: return sizeof(es_decision_key);
@@ -90,8 +98,12 @@ size_t value_size(MapId id) {
     case MapId::Binds: return sizeof(es_bind);
     case MapId::Upstreams: return sizeof(es_upstream);
     case MapId::RelayClients: return sizeof(es_relay_client);
-    case MapId::RelayDone: return sizeof(__u32);
+    case MapId::RelayDone: return sizeof(es_relay_done);
     case MapId::RelayCfg: return sizeof(es_relay_cfg);
+    case MapId::RelayAcct: return sizeof(es_relay_acct);
+    case MapId::RelayEv: return 0;
+    case MapId::RelayPods: return sizeof(es_relay_pod);
+    case MapId::RelayPodDone: return sizeof(__u64);
     case MapId::ReqStats: return sizeof(__u64);
     case MapId::Rsp: return sizeof(es_rsp);
     case MapId::Decisions: return sizeof(__u64);

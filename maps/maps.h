@@ -22,7 +22,7 @@ namespace envsteer::maps {
 enum class MapId {
   Frontends, Sets, Slots, Envs, EnvNames, Pods, Config, Counters, HttpCfg, Inject, Mismatch, CtxOff,
   // per-request steering (the relay)
-  Sockhash, Binds, Upstreams, RelayClients, RelayDone, RelayCfg, ReqStats, Rsp,
+  Sockhash, Binds, Upstreams, RelayClients, RelayDone, RelayCfg, RelayAcct, RelayEv, RelayPods, RelayPodDone, ReqStats, Rsp,
   // observability
   Decisions, TraceCfg, TraceRb,
   kCount

@@ -294,6 +294,21 @@ ES_INLINE int es_http_dead(struct es_http_state *st, __u8 why)
 	return ES_HTTP_EV_NOT_HTTP;
 }
 
+/* Back to the boundary before a request whose bytes are looked at again
+ * later: the parser is idle there (es_http_begin resets the rest at the
+ * request's first byte). */
+ES_INLINE void es_http_rewind(struct es_http_state *st)
+{
+	st->phase = ES_HTTP_P_IDLE;
+	st->cr = 0;
+}
+
+/* No more parsing on this connection (inert), its error left as it is. */
+ES_INLINE void es_http_halt(struct es_http_state *st)
+{
+	st->phase = ES_HTTP_P_DEAD;
+}
+
 /* Body bytes that may be consumed in bulk with es_http_skip (0 outside a body). */
 ES_INLINE __u64 es_http_skippable(const struct es_http_state *st)
 {

@@ -218,7 +218,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, __u64);
-	__type(value, __u32); /* the last frame seq the agent has forwarded */
+	__type(value, struct es_relay_done);
 } es_relay_done SEC(".maps");
 
 struct {
@@ -228,6 +228,39 @@ struct {
 	__type(key, __u32);
 	__type(value, struct es_relay_cfg);
 } es_relay_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct es_relay_acct);
+} es_relay_acct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u64);
+	__type(value, struct es_relay_pod);
+} es_relay_pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u64);
+	__type(value, __u64);
+} es_relay_pod_done SEC(".maps");
+
+/* Relay clients closing (struct es_relay_event), read by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} es_relay_ev SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -276,7 +309,10 @@ static __always_inline const struct es_config *es_get_config(void)
  * NULL. A pod's processes usually sit in container cgroups below the pod's
  * cgroup, so after the exact match try its ancestors, deepest first. skb is a
  * constant at every call site, so each program keeps only its own helpers. */
-static __always_inline const struct es_pod *es_pod_of(struct __sk_buff *skb, const struct es_config *cfg)
+/* The managed pod of skb's socket, or of the current task (skb NULL); *id_out
+ * (if given) gets its cgroup id, the es_pods key. */
+static __always_inline const struct es_pod *es_pod_of_id(struct __sk_buff *skb, const struct es_config *cfg,
+							 __u64 *id_out)
 {
 	const struct es_pod *pod;
 	__u64 id = skb ? bpf_skb_cgroup_id(skb) : bpf_get_current_cgroup_id();
@@ -284,7 +320,7 @@ static __always_inline const struct es_pod *es_pod_of(struct __sk_buff *skb, con
 
 	pod = bpf_map_lookup_elem(&es_pods, &id);
 	if (pod)
-		return pod;
+		goto found;
 	for (i = 0; i < ES_MAX_CGROUP_LEVEL; i++) {
 		int level = (int)cfg->max_pod_level - i;
 
@@ -295,9 +331,18 @@ static __always_inline const struct es_pod *es_pod_of(struct __sk_buff *skb, con
 			continue;
 		pod = bpf_map_lookup_elem(&es_pods, &id);
 		if (pod)
-			return pod;
+			goto found;
 	}
 	return NULL;
+found:
+	if (id_out)
+		*id_out = id;
+	return pod;
+}
+
+static __always_inline const struct es_pod *es_pod_of(struct __sk_buff *skb, const struct es_config *cfg)
+{
+	return es_pod_of_id(skb, cfg, NULL);
 }
 
 #define ES_LOOKUP_SET(ctx, key) ((const struct es_set *)bpf_map_lookup_elem(&es_sets, (key)))

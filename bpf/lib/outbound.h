@@ -10,16 +10,38 @@
 #ifndef ENVSTEER_OUTBOUND_H
 #define ENVSTEER_OUTBOUND_H
 
+#include "msgplan.h"
 #include "request.h"
 #include "resolve.h"
 #include "trace.h"
 
-/* Sends are looked at in pieces of this size (bpf_msg_pull_data copies when a
- * piece spans pages). */
-#define ES_PULL 1024
 /* Requests with a header inserted per send (pipelining). */
 #define ES_MAX_INSERTS 8
 #define ES_INJECT_MAX (32 + 2 + ES_ENV_NAME_MAX + 2)
+
+/* A client of the relay is closing or gone: the agent pools or closes its
+ * upstreams now rather than at its next sweep. */
+static __always_inline void es_relay_client_state(struct bpf_sock_ops *skops)
+{
+	struct es_relay_event *ev;
+	__u32 state = skops->args[1];
+	__u64 cookie;
+
+	if (state != BPF_TCP_FIN_WAIT1 && state != BPF_TCP_CLOSE && state != BPF_TCP_LAST_ACK)
+		return;
+	cookie = bpf_get_socket_cookie(skops);
+	if (!bpf_map_lookup_elem(&es_relay_clients, &cookie))
+		return;
+	ev = bpf_ringbuf_reserve(&es_relay_ev, sizeof(*ev), 0);
+	if (!ev) {
+		es_count(ES_CNT_RELAY_EV_LOST); /* the agent's sweep finds it later */
+		return;
+	}
+	ev->client = cookie;
+	ev->state = state;
+	ev->pad = 0;
+	bpf_ringbuf_submit(ev, 0);
+}
 
 static __always_inline int es_sockops(struct bpf_sock_ops *skops)
 {
@@ -27,7 +49,13 @@ static __always_inline int es_sockops(struct bpf_sock_ops *skops)
 	struct es_sock *s;
 	__u64 cookie;
 
-	if (!es_feat_per_request || skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+	if (!es_feat_per_request)
+		return 1;
+	if (skops->op == BPF_SOCK_OPS_STATE_CB) {
+		es_relay_client_state(skops);
+		return 1;
+	}
+	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 		return 1;
 	sk = skops->sk;
 	if (!sk)
@@ -38,6 +66,8 @@ static __always_inline int es_sockops(struct bpf_sock_ops *skops)
 	cookie = bpf_get_socket_cookie(skops);
 	s->cookie = cookie; /* sk_msg programs cannot ask for it */
 	bpf_sock_hash_update(skops, &es_sockhash, &cookie, BPF_ANY);
+	/* state changes of steered connections: a relay client's close */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	return 1;
 }
 
@@ -211,8 +241,8 @@ static __always_inline void es_route_request(const struct es_sock *s, const stru
 	struct es_resolution res;
 	const struct es_bind *b;
 	const struct es_rsp *rsp;
+	const struct es_relay_done *done;
 	__u64 cookie = s->cookie;
-	__u32 *done;
 
 	es_own_route(s, r);
 	if (!cfg)
@@ -237,7 +267,7 @@ static __always_inline void es_route_request(const struct es_sock *s, const stru
 		return;
 	if (tx->slow_seq) {
 		done = bpf_map_lookup_elem(&es_relay_done, &cookie);
-		if (!done || *done != tx->slow_seq)
+		if (!done || done->seq != tx->slow_seq)
 			return;
 	}
 	r->kind = ES_ROUTE_KERNEL;
@@ -377,7 +407,7 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	} else {
 		es_route_request(s, c->tx, id, &r);
 	}
-	if ((c->tx->v.req_begin > 0 || c->tx->pipelined) && !es_same_route(&r, &c->tx->v.route))
+	if (es_msg_refuses_head(c->tx->v.req_begin, c->tx->pipelined, es_same_route(&r, &c->tx->v.route)))
 		return 1;
 	c->tx->pipelined = 0;
 	if (c->tx->v.req_begin == 0)
@@ -447,6 +477,33 @@ static __always_inline void es_trace_request(const struct es_sock *s, const stru
 	bpf_ringbuf_submit(ev, 0);
 }
 
+/* Whether len more bytes would take the pod's clients over their share of the
+ * agent's queues (one pod cannot fill them for the others). */
+static __always_inline int es_relay_pod_full(__u64 pod, __u32 len, __u64 max)
+{
+	const struct es_relay_pod *p = bpf_map_lookup_elem(&es_relay_pods, &pod);
+	const __u64 *done = bpf_map_lookup_elem(&es_relay_pod_done, &pod);
+	__u64 framed = p ? p->framed : 0, d = done ? *done : 0;
+
+	return (framed > d ? framed - d : 0) + len > max;
+}
+
+static __always_inline void es_relay_pod_add(__u64 pod, __u32 len)
+{
+	struct es_relay_pod *p = bpf_map_lookup_elem(&es_relay_pods, &pod), np = {};
+
+	if (p) {
+		__sync_fetch_and_add(&p->framed, len);
+		return;
+	}
+	np.framed = len;
+	if (bpf_map_update_elem(&es_relay_pods, &pod, &np, BPF_NOEXIST)) {
+		p = bpf_map_lookup_elem(&es_relay_pods, &pod);
+		if (p)
+			__sync_fetch_and_add(&p->framed, len);
+	}
+}
+
 /* Frames bytes 0..len of the message for the agent and queues them on its
  * relay socket. */
 static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
@@ -454,22 +511,49 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	struct sk_msg_md *msg = c->msg;
 	const struct es_relay_cfg *rc;
 	struct es_relay_client *rcl, nc = {};
+	const struct es_relay_done *done;
+	struct es_relay_acct *acct;
 	struct es_relay_hdr *h;
-	__u64 cookie = c->sock->cookie, relay;
-	__u32 zero = 0, *done, seq;
+	__u64 cookie = c->sock->cookie, relay, done_bytes, framed;
+	__u32 zero = 0, seq;
 	void *d, *e;
 
 	rc = bpf_map_lookup_elem(&es_relay_cfg, &zero);
-	if (!rc || !rc->relay || !cookie)
+	acct = bpf_map_lookup_elem(&es_relay_acct, &zero);
+	if (!rc || !rc->relay || !cookie || !acct)
 		return -1;
 	relay = rc->relay;
 	seq = c->tx->slow_seq + 1;
 	done = bpf_map_lookup_elem(&es_relay_done, &cookie);
-	/* bounded queue at the agent: refuse rather than grow without end */
-	if (rc->max_frames && seq - (done ? *done : 0) > rc->max_frames)
+	done_bytes = done ? done->bytes : 0;
+	/* Bounded queues at the agent: refuse (the send fails, counted) rather
+	 * than grow without end. The agent reads its socket at once; what it
+	 * holds per client waits for that client's upstream only. */
+	if (rc->max_frames && seq - (done ? done->seq : 0) > rc->max_frames) {
+		es_count(ES_CNT_RELAY_FULL_FRAMES);
 		return -1;
+	}
+	/* the agent may count more done than framed (a frame it resynced) */
+	framed = acct->framed > rc->done_bytes ? acct->framed - rc->done_bytes : 0;
+	if (rc->max_total_bytes && framed + len > rc->max_total_bytes) {
+		es_count(ES_CNT_RELAY_FULL_TOTAL);
+		return -1;
+	}
+	if (rc->max_pod_bytes && es_relay_pod_full(c->sock->pod_cgroup, len, rc->max_pod_bytes)) {
+		es_count(ES_CNT_RELAY_FULL_POD);
+		return -1;
+	}
 	rcl = bpf_map_lookup_elem(&es_relay_clients, &cookie);
+	if (rcl && rc->max_client_bytes && rcl->bytes > done_bytes &&
+	    rcl->bytes - done_bytes + len > rc->max_client_bytes) {
+		es_count(ES_CNT_RELAY_FULL_CLIENT);
+		return -1;
+	}
 	if (!rcl) {
+		if (rc->max_client_bytes && len > rc->max_client_bytes) {
+			es_count(ES_CNT_RELAY_FULL_CLIENT);
+			return -1;
+		}
 		nc.family = (__u8)(msg->family == 10 ? ES_FAMILY_INET6 : ES_FAMILY_INET);
 		if (msg->family == 10) {
 			nc.laddr[0] = msg->local_ip6[0];
@@ -489,12 +573,19 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 		nc.lport = bpf_htons((__u16)msg->local_port);
 		nc.rport = (__u16)(msg->remote_port > 0xffff ? msg->remote_port >> 16 : msg->remote_port);
 		nc.sent = seq;
+		nc.bytes = len;
+		nc.pod_cgroup = c->sock->pod_cgroup;
 		if (bpf_map_update_elem(&es_relay_clients, &cookie, &nc, BPF_NOEXIST) &&
-		    !bpf_map_lookup_elem(&es_relay_clients, &cookie))
-			return -1; /* table full */
+		    !bpf_map_lookup_elem(&es_relay_clients, &cookie)) {
+			es_count(ES_CNT_RELAY_TABLE_FULL);
+			return -1;
+		}
 	} else {
 		rcl->sent = seq;
+		rcl->bytes += len;
 	}
+	__sync_fetch_and_add(&acct->framed, len);
+	es_relay_pod_add(c->sock->pod_cgroup, len);
 	if (bpf_msg_push_data(msg, 0, ES_RELAY_HDR_LEN, 0))
 		return -1;
 	if (bpf_msg_pull_data(msg, 0, ES_RELAY_HDR_LEN, 0))
@@ -511,6 +602,8 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	h->env_id = c->tx->v.route.env_id;
 	h->seq = seq;
 	h->flags = 0;
+	h->pod = c->sock->pod_cgroup;
+	h->key = rc->key;
 	bpf_msg_apply_bytes(msg, len + ES_RELAY_HDR_LEN == msg->size ? 0 : len + ES_RELAY_HDR_LEN);
 	if (bpf_msg_redirect_hash(msg, &es_sockhash, &relay, BPF_F_INGRESS) != SK_PASS)
 		return -1;
@@ -572,36 +665,106 @@ static __always_inline void es_count_path(const struct es_route *r)
 	}
 }
 
-/* The parser can no longer frame this connection's requests (and it is no
- * tunnel of an Upgrade or CONNECT): no later byte may go to another pod than
- * the connection's own. Bytes that would follow a re-routed request fail
- * instead (the send gets EACCES, counted). */
-static __always_inline void es_unframed(struct es_msg_ctx *c)
+/* The plan's changes (msgplan.h, in the order listed there), then the
+ * verdict for its bytes; a held message gets none. */
+static __always_inline int es_msg_apply(struct es_msg_ctx *c, const struct es_msg_plan *p)
 {
-	if (c->tx->st.err == ES_HTTP_ERR_TUNNEL || c->tx->upgrade)
-		return;
-	if (c->tx->route.kind == ES_ROUTE_PASS || c->tx->route.kind == ES_ROUTE_FAIL) {
-		c->tx->v.route = c->tx->route;
-		return;
+	struct es_tx *tx = c->tx;
+	__u32 act = p->act;
+
+	if (act & ES_MSG_A_REWIND)
+		es_http_rewind(&tx->st);
+	if (act & ES_MSG_A_PIPELINED)
+		tx->pipelined = 1;
+	if (act & ES_MSG_A_REFUSE) {
+		tx->route.kind = ES_ROUTE_FAIL;
+		es_http_halt(&tx->st);
+		tx->pipelined = 0;
+		es_count(ES_CNT_REQ_PIPELINE_REFUSED);
 	}
-	es_count(ES_CNT_REQ_UNFRAMED_FAILED);
-	c->tx->route.kind = ES_ROUTE_FAIL;
-	c->tx->v.route.kind = ES_ROUTE_FAIL;
+	if (act & ES_MSG_A_FAIL_MSG)
+		tx->v.route.kind = ES_ROUTE_FAIL;
+	if (act & ES_MSG_A_FOLLOW)
+		tx->v.route = tx->route;
+	if (act & ES_MSG_A_UNFRAMED_FAIL) {
+		es_count(ES_CNT_REQ_UNFRAMED_FAILED);
+		tx->route.kind = ES_ROUTE_FAIL;
+		tx->v.route.kind = ES_ROUTE_FAIL;
+	}
+	if (act & ES_MSG_A_UNROUTABLE) {
+		es_count(ES_CNT_REQ_UNROUTABLE);
+		es_own_route(c->sock, &tx->route);
+		tx->v.route = tx->route;
+		tx->unroutable = 1;
+	}
+	if (act & ES_MSG_A_CORK) {
+		es_count(ES_CNT_REQ_CORKED);
+		bpf_msg_apply_bytes(c->msg, 0);
+		bpf_msg_cork_bytes(c->msg, tx->v.size + 1);
+		return SK_PASS;
+	}
+	return es_verdict(c, p->covered);
 }
 
-/* Back to the boundary before a request whose bytes are looked at again in a
- * later program run: the parser is idle there (es_http_begin resets the rest
- * at the request's first byte). */
-static __always_inline void es_http_rewind(struct es_http_state *st)
+/* What the plan is decided from, after the byte loops (refused: es_head_done
+ * refused the first head). */
+static __always_inline void es_msg_state_of(const struct es_msg_ctx *c, __u8 refused, struct es_msg_state *s)
 {
-	st->phase = ES_HTTP_P_IDLE;
-	st->cr = 0;
+	const struct es_tx *tx = c->tx;
+
+	s->off = tx->v.off;
+	s->size = tx->v.size;
+	s->req_begin = tx->v.req_begin;
+	s->window = c->cfg ? c->cfg->window : 0;
+	s->phase = tx->st.phase;
+	s->tunnel = tx->st.err == ES_HTTP_ERR_TUNNEL;
+	s->upgrade = tx->upgrade;
+	s->pipelined = tx->pipelined;
+	s->route_kind = (__u8)tx->route.kind;
+	s->refused = refused;
+	s->second_head = !refused && tx->v.head;
+}
+
+/* The byte loops over a send: up to the first request head, which is decided
+ * (route, header, counted and traced), then on to the next head or the end.
+ * Returns 1 when that head was refused (es_head_done). */
+static __always_inline __u8 es_msg_parse(struct es_msg_ctx *c)
+{
+	struct es_tx *tx = c->tx;
+	struct sk_msg_md *msg = c->msg;
+
+	/* the first readable region, but never more than one pull: the byte
+	 * loop indexes at most ES_PULL bytes from pstart */
+	tx->v.pend = (__u32)((long)msg->data_end - (long)msg->data);
+	if (tx->v.pend > ES_PULL)
+		tx->v.pend = ES_PULL;
+	/* bounded by the message plus an insertion */
+	bpf_loop(tx->v.size + ES_INJECT_MAX, es_msg_byte, c, 0);
+	if (!tx->v.head)
+		return 0;
+	if (es_head_done(c))
+		return 1;
+	es_count_path(&tx->route);
+	c->head = 1;
+	es_trace_request(c->sock, &tx->route, tx->v.env_req,
+			 tx->route.kind == ES_ROUTE_PASS     ? ES_EV_REQ_PASS
+			 : tx->route.kind == ES_ROUTE_KERNEL ? ES_EV_REQ_REDIRECT
+							     : ES_EV_REQ_SLOW);
+	tx->prev = '\n';
+	tx->v.reqline = -1;
+	if (tx->v.done)
+		tx->v.req_begin = (__s32)tx->v.off;
+	tx->v.head = 0;
+	bpf_loop(tx->v.size + ES_INJECT_MAX, es_msg_byte, c, 0);
+	return 0;
 }
 
 static __always_inline int es_msg(struct sk_msg_md *msg)
 {
 	struct es_msg_ctx c = {};
-	__u32 covered;
+	struct es_msg_state s = {};
+	struct es_msg_plan plan;
+	__u8 refused = 0;
 
 	if (!es_feat_per_request)
 		return SK_PASS;
@@ -620,127 +783,21 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 	c.tx->v.done = 0;
 	c.tx->v.size = msg->size;
 	c.tx->v.route = c.tx->route;
-	if (es_http_inert(&c.tx->st)) { /* not HTTP, or upgraded: follows its request */
-		es_unframed(&c);
-		return es_verdict(&c, c.tx->v.size);
-	}
-	c.cfg = bpf_map_lookup_elem(&es_http_cfg, &(__u32){0});
-	if (!c.cfg)
-		return es_verdict(&c, c.tx->v.size);
-	/* the first readable region, but never more than one pull: the byte
-	 * loop indexes at most ES_PULL bytes from pstart */
-	c.tx->v.pend = (__u32)((long)msg->data_end - (long)msg->data);
-	if (c.tx->v.pend > ES_PULL)
-		c.tx->v.pend = ES_PULL;
 	c.tx->v.reqline = -1;
 	/* idle: the next request begins in this message (after the LF of an
 	 * empty line whose CR ended the last send, if so) */
 	c.tx->v.req_begin = c.tx->st.phase == ES_HTTP_P_IDLE ? 0 : -1;
-	covered = 0;
-	/* bounded by the message plus an insertion */
-	bpf_loop(c.tx->v.size + ES_INJECT_MAX, es_msg_byte, &c, 0);
-	if (c.tx->v.head) {
-		if (es_head_done(&c)) {
-			/* A pipelined request for another target than the
-			 * request before it: its response could overtake the
-			 * earlier one's. The bytes before it go out; the rest
-			 * of the connection is refused (EACCES on send), never
-			 * answered out of order. */
-			c.tx->route.kind = ES_ROUTE_FAIL;
-			c.tx->st.phase = ES_HTTP_P_DEAD;
-			c.tx->pipelined = 0;
-			es_count(ES_CNT_REQ_PIPELINE_REFUSED);
-			if (c.tx->v.req_begin > 0) {
-				covered = (__u32)c.tx->v.req_begin;
-			} else {
-				c.tx->v.route.kind = ES_ROUTE_FAIL;
-				covered = c.tx->v.size;
-			}
-			goto verdict;
-		}
-		es_count_path(&c.tx->route);
-		c.head = 1;
-		es_trace_request(c.sock, &c.tx->route, c.tx->v.env_req,
-				 c.tx->route.kind == ES_ROUTE_PASS     ? ES_EV_REQ_PASS
-				 : c.tx->route.kind == ES_ROUTE_KERNEL ? ES_EV_REQ_REDIRECT
-								       : ES_EV_REQ_SLOW);
-		c.tx->prev = '\n';
-		c.tx->v.reqline = -1;
-		if (c.tx->v.done)
-			c.tx->v.req_begin = (__s32)c.tx->v.off;
-		c.tx->v.head = 0;
-		bpf_loop(c.tx->v.size + ES_INJECT_MAX, es_msg_byte, &c, 0);
-		if (c.tx->v.head) {
-			/* a second request head (pipelining): decided in a run
-			 * of its own, from its first byte */
-			if (c.tx->v.req_begin > 0) {
-				covered = (__u32)c.tx->v.req_begin;
-				es_http_rewind(&c.tx->st);
-				c.tx->pipelined = 1;
-			} else {
-				covered = c.tx->v.off;
-			}
-			goto verdict;
-		}
+	/* inert (not HTTP, or upgraded): nothing to parse, the plan says where
+	 * the bytes go (they follow their request, or fail) */
+	if (!es_http_inert(&c.tx->st)) {
+		c.cfg = bpf_map_lookup_elem(&es_http_cfg, &(__u32){0});
+		if (!c.cfg)
+			return es_verdict(&c, c.tx->v.size);
+		refused = es_msg_parse(&c);
 	}
-	if (!covered && es_http_inert(&c.tx->st) && c.tx->st.err != ES_HTTP_ERR_TUNNEL && !c.tx->upgrade &&
-	    c.tx->v.req_begin > 0) {
-		/* the parser gave up on a request that began in this message:
-		 * the bytes before it go their way, it is decided next run */
-		covered = (__u32)c.tx->v.req_begin;
-	} else if (!covered && es_http_inert(&c.tx->st)) {
-		es_unframed(&c);
-	}
-	if (!covered) {
-		__u8 ph = c.tx->st.phase;
-
-		if (c.tx->v.off < c.tx->v.size && !es_http_inert(&c.tx->st)) {
-			/* more heads than one run decides: the rest next run */
-			covered = c.tx->v.off;
-		} else if (ph >= ES_HTTP_P_METHOD && ph <= ES_HTTP_P_VALUE && c.tx->v.req_begin >= 0) {
-			/* a request head continues in a later send: its route is
-			 * unknown yet */
-			if (c.tx->v.req_begin > 0) {
-				/* it follows another request in this send:
-				 * pipelined, decided from its first byte like a
-				 * second head (and the held message it becomes
-				 * still names this run's redirect target in
-				 * msg->sk_redir: only the same route may use it) */
-				covered = (__u32)c.tx->v.req_begin;
-				es_http_rewind(&c.tx->st);
-				c.tx->pipelined = 1;
-			} else if (c.tx->v.size < c.cfg->window + ES_PULL) {
-				/* hold it until the next send, then parse it again */
-				es_http_rewind(&c.tx->st);
-				es_count(ES_CNT_REQ_CORKED);
-				bpf_msg_apply_bytes(msg, 0);
-				bpf_msg_cork_bytes(msg, c.tx->v.size + 1);
-				return SK_PASS;
-			} else if (c.tx->pipelined && c.tx->route.kind != ES_ROUTE_PASS) {
-				/* too long to hold, and pipelined after a request
-				 * that did not go out on the connection: the
-				 * connection's own pod is another target, refused as
-				 * in es_head_done (this message may still name that
-				 * request's redirect target: it must not pass) */
-				c.tx->route.kind = ES_ROUTE_FAIL;
-				c.tx->v.route.kind = ES_ROUTE_FAIL;
-				c.tx->st.phase = ES_HTTP_P_DEAD;
-				c.tx->pipelined = 0;
-				es_count(ES_CNT_REQ_PIPELINE_REFUSED);
-			} else {
-				/* too long to hold: it goes, head and body, to the
-				 * connection's own pod (its env is not known yet) */
-				es_count(ES_CNT_REQ_UNROUTABLE);
-				es_own_route(c.sock, &c.tx->route);
-				c.tx->v.route = c.tx->route;
-				c.tx->unroutable = 1;
-			}
-		}
-	}
-verdict:
-	if (!covered || covered > c.tx->v.size)
-		covered = c.tx->v.size;
-	return es_verdict(&c, covered);
+	es_msg_state_of(&c, refused, &s);
+	es_msg_decide(&s, &plan);
+	return es_msg_apply(&c, &plan);
 }
 
 /* Response bytes of an upstream through its framing tracker (response.h):

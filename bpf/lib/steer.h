@@ -23,9 +23,9 @@ enum es_hook {
 };
 
 /* The managed pod the current task belongs to, or NULL for host processes. */
-static __always_inline const struct es_pod *es_current_pod(const struct es_config *cfg)
+static __always_inline const struct es_pod *es_current_pod(const struct es_config *cfg, __u64 *pod_cg)
 {
-	return es_pod_of(NULL, cfg);
+	return es_pod_of_id(NULL, cfg, pod_cg);
 }
 
 /* connect()/sendmsg() fails with ECONNREFUSED (EPERM on kernels before 5.19,
@@ -58,7 +58,8 @@ static __always_inline const struct es_backend *es_pick(__u32 svc_id, __u32 env_
  * translation of replies (recvmsg). */
 static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct es_frontend_key *fe,
 					const struct es_frontend *f, const struct es_backend *be,
-					const struct es_resolution *res, __u32 pod_env, __u32 pod_flags, int hook)
+					const struct es_resolution *res, __u32 pod_env, __u32 pod_flags, __u64 pod_cg,
+					int hook)
 {
 	if (hook == ES_HOOK_CONNECT) {
 		struct es_sock *s = bpf_sk_storage_get(&es_socks, ctx->sk, 0,
@@ -76,6 +77,7 @@ static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct 
 			s->level = res->level;
 			s->pod_env_id = pod_env;
 			s->pod_flags = pod_flags;
+			s->pod_cgroup = pod_cg;
 		}
 	}
 	if (fe->proto == IPPROTO_UDP) {
@@ -103,7 +105,7 @@ static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct 
  * not to be touched (*verdict = 1) or must be refused (*verdict = 0). */
 static __always_inline const struct es_backend *
 es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
-	 struct es_resolution *res, __u32 *pod_env, __u32 *pod_flags, int *verdict)
+	 struct es_resolution *res, __u32 *pod_env, __u32 *pod_flags, __u64 *pod_cg, int *verdict)
 {
 	const struct es_thread *th;
 	const struct es_frontend *fe;
@@ -119,7 +121,7 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 	cfg = es_get_config();
 	if (!cfg)
 		return NULL;
-	pod = es_current_pod(cfg);
+	pod = es_current_pod(cfg, pod_cg);
 	if (!pod) {
 		es_count(ES_CNT_UNMANAGED);
 		return NULL;
@@ -184,18 +186,19 @@ static __always_inline int es_sock_addr4(struct bpf_sock_addr *ctx, int hook)
 	const struct es_backend *be;
 	struct es_resolution res;
 	__u32 pod_env = 0, pod_flags = 0;
+	__u64 pod_cg = 0;
 	int verdict;
 
 	key.addr[0] = ctx->user_ip4;
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
 	key.family = ES_FAMILY_INET;
-	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &verdict);
+	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &pod_cg, &verdict);
 	if (!be || !fe || be->family != ES_FAMILY_INET)
 		return verdict;
 	ctx->user_ip4 = be->addr[0];
 	ctx->user_port = be->port;
-	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, hook);
+	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, pod_cg, hook);
 	return 1;
 }
 
@@ -208,6 +211,7 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 	const struct es_backend *be;
 	struct es_resolution res;
 	__u32 pod_env = 0, pod_flags = 0;
+	__u64 pod_cg = 0;
 	int verdict, mapped;
 
 	key.addr[0] = ctx->user_ip6[0];
@@ -225,7 +229,7 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 	}
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
-	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &verdict);
+	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &pod_cg, &verdict);
 	if (!be || !fe || be->family != key.family)
 		return verdict;
 	if (mapped) {
@@ -240,7 +244,7 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 		ctx->user_ip6[3] = be->addr[3];
 	}
 	ctx->user_port = be->port;
-	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, hook);
+	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, pod_cg, hook);
 	return 1;
 }
 

@@ -10,6 +10,9 @@
   GET  /chunked     -> the GET / answer in two chunks (Transfer-Encoding: chunked)
   GET  /hang        -> the request is read, then the server closes without an answer
   GET  /cut?n=N     -> Content-Length: N, then N/2 bytes and the server closes
+  GET  /delay?s=S   -> the GET / answer after S seconds
+  GET  /silent      -> the request is read and never answered; the connection stays open
+  POST /slowpost    -> the body is read 2 KB every 2 s (a slow reader), never answered
   ...?close=1       -> (/, /chunked) after the answer the server closes without saying so
                        (no "Connection: close": as an idle timeout or a pod going away would)
   Expect: 100-continue is answered with "100 Continue" before the body is read.
@@ -26,6 +29,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 POD = "?"
 CONN = itertools.count(1)
@@ -87,8 +91,13 @@ def serve(sock):
             for l in lines[1:]:
                 k, _, v = l.partition(":")
                 headers[k.strip().lower()] = v.strip()
-            body = read_body(f, headers, sock)
             path, _, query = target.partition("?")
+            if path == "/slowpost":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                while f.read(2048):
+                    time.sleep(2)
+                return
+            body = read_body(f, headers, sock)
             q = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
             if path == "/big":
                 answer(sock, 200, pattern(POD, int(q.get("n", "0"))), "application/octet-stream")
@@ -106,6 +115,14 @@ def serve(sock):
                 return
             elif path == "/hang":
                 return
+            elif path == "/silent":
+                while sock.recv(65536):
+                    pass
+                return
+            elif path == "/delay":
+                time.sleep(float(q.get("s", "1")))
+                answer(sock, 200, json.dumps({"pod": POD, "got_header": headers.get("x-virtual-env"),
+                                              "conn": conn, "method": method, "path": path}).encode())
             elif path == "/cut":
                 n = int(q.get("n", "0"))
                 sock.sendall(("HTTP/1.1 200 OK\r\nX-Pod: %s\r\nContent-Length: %d\r\n\r\n" % (POD, n)).encode()

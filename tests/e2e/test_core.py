@@ -17,6 +17,7 @@ that of the pod making the call.
 """
 import pytest
 
+import fixtures
 import harness
 from harness import backend_pods, chain_hops, frontend
 
@@ -71,8 +72,7 @@ DIRECT_D = {
 }
 
 
-def k(name):
-    return "%s/%s" % (NS, name)
+k = fixtures.keyer(NS)
 
 
 def svc_addr(s):

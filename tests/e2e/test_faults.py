@@ -32,6 +32,7 @@ import time
 
 import pytest
 
+import fixtures
 import harness
 from harness import frontend, wait_until
 import fakeapi
@@ -42,18 +43,10 @@ S = "%s:%d" % (VIP, PORT)
 RESOURCES = ("services", "endpointslices", "pods (labelled)", "pods (this node)")
 
 
-def k(name):
-    return "%s/%s" % (NS, name)
+k = fixtures.keyer(NS)
 
 
-def metric(node, name, labels=None):
-    code, body = node.admin_get("/metrics")
-    assert code == 200, body
-    want = name + ("{" + ",".join('%s="%s"' % kv for kv in labels.items()) + "}" if labels else "")
-    for line in body.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    return None
+metric = fixtures.metric
 
 
 def readyz(node):
@@ -69,15 +62,12 @@ def check_loop(res, count, allowed):
 
 
 def populate(node, base):
-    node.add_service(NS, "s", VIP, PORT, TP)
-    node.add_pod(NS, "s-dev", base + ".1", app="s", env="dev", port=TP)
-    node.add_pod(NS, "s-proj1", base + ".2", app="s", env="dev.proj1", port=TP)
-    node.add_pod(NS, "c-dev", base + ".101", app="client", env="dev", port=TP)
-    node.add_pod(NS, "c-proj1", base + ".102", app="client", env="dev.proj1", port=TP)
-    node.add_pod(NS, "c-proj2", base + ".103", app="client", env="dev.proj2", port=TP)
-    node.write_manifests()
-    node.start_server(k("s-dev"))
-    node.start_server(k("s-proj1"))
+    fixtures.populate(node, NS, services=[("s", VIP, {"port": PORT, "target_port": TP})],
+                      pods=[("s-dev", base + ".1", "s", "dev"), ("s-proj1", base + ".2", "s", "dev.proj1"),
+                            ("c-dev", base + ".101", "client", "dev"),
+                            ("c-proj1", base + ".102", "client", "dev.proj1"),
+                            ("c-proj2", base + ".103", "client", "dev.proj2")],
+                      servers=("s-dev", "s-proj1"), port=TP)
 
 
 def resolved(node, frm, env, pods, timeout=10.0):

@@ -36,6 +36,7 @@ import re
 
 import pytest
 
+import fixtures
 import harness
 from harness import http_request as req
 
@@ -72,8 +73,7 @@ THREAD_CTX = {"envsteer.io/thread-context": "on"}
 
 
 
-def k(name):
-    return "%s/%s" % (NS, name)
+k = fixtures.keyer(NS)
 
 
 def vip(s):
@@ -116,13 +116,13 @@ def small_node(name, agent_args, net):
     """gwn (unlabelled entry, forwards nothing) + a-dev / a-proj1, on 127.1.<net>.x."""
     node = harness.Node(name, default_env="dev")
     try:
-        node.add_service(NS, "a", "127.96.%d.1" % net, PORT, TP, protocols=("TCP",))
-        node.add_pod(NS, "a-dev", "127.1.%d.1" % net, app="a", env="dev", port=TP)
-        node.add_pod(NS, "a-proj1", "127.1.%d.2" % net, app="a", env="dev.proj1", port=TP)
-        node.add_pod(NS, "gwn", "127.1.%d.101" % net, app="gw", port=TP, annotations=THREAD_CTX)
-        node.write_manifests()
-        for p in ("a-dev", "a-proj1", "gwn"):
-            node.start_server(k(p))
+        fixtures.populate(node, NS,
+                          services=[("a", "127.96.%d.1" % net, {"port": PORT, "target_port": TP,
+                                                                "protocols": ("TCP",)})],
+                          pods=[("a-dev", "127.1.%d.1" % net, "a", "dev"),
+                                ("a-proj1", "127.1.%d.2" % net, "a", "dev.proj1"),
+                                ("gwn", "127.1.%d.101" % net, "gw", None, {"annotations": THREAD_CTX})],
+                          servers=("a-dev", "a-proj1", "gwn"), port=TP)
         node.start_agent(agent_args)
     except Exception:
         node.close()

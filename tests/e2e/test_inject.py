@@ -6,6 +6,7 @@ servers; client pods c-proj1 (dev.proj1) and c-dev (dev). Clients are not servin
 request, so their threads have no request environment."""
 import pytest
 
+import fixtures
 import harness
 from harness import http_request
 
@@ -13,20 +14,15 @@ NS = "inj"
 VIP = "127.96.23.1"
 
 
-def k(name):
-    return "%s/%s" % (NS, name)
+k = fixtures.keyer(NS)
 
 
 def build(make_node, name, extra_args=()):
     node = make_node(name, default_env="dev")
-    node.add_service(NS, "s", VIP, 80, 8080)
-    node.add_pod(NS, "s-dev", "127.1.23.1", app="s", env="dev")
-    node.add_pod(NS, "s-proj1", "127.1.23.2", app="s", env="dev.proj1")
-    node.add_pod(NS, "c-proj1", "127.1.23.11", app="c", env="dev.proj1")
-    node.add_pod(NS, "c-dev", "127.1.23.12", app="c", env="dev")
-    node.write_manifests()
-    for p in ("s-dev", "s-proj1"):
-        node.start_server(k(p), args=["--keepalive"])
+    fixtures.populate(node, NS, services=[("s", VIP)],
+                      pods=[("s-dev", "127.1.23.1", "s", "dev"), ("s-proj1", "127.1.23.2", "s", "dev.proj1"),
+                            ("c-proj1", "127.1.23.11", "c", "dev.proj1"), ("c-dev", "127.1.23.12", "c", "dev")],
+                      servers=("s-dev", "s-proj1"), server_args=["--keepalive"])
     node.start_agent(list(extra_args))
     return node
 

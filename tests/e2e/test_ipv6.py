@@ -8,6 +8,7 @@ servers and clients run inside it and inside their cgroups. The service address
 """
 import pytest
 
+import fixtures
 import harness
 from harness import backend_pods, frontend
 
@@ -18,8 +19,7 @@ TP = 8080
 S = "[fd00:96::1]:80"
 
 
-def k(name):
-    return "%s/%s" % (NS, name)
+k = fixtures.keyer(NS)
 
 
 @pytest.fixture(scope="module")

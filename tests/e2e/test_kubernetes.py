@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+import fixtures
 import harness
 from harness import wait_until
 import fakeapi
@@ -19,8 +20,7 @@ NODE = "node-1"
 VIP = "127.96.31.1"
 
 
-def k(name):
-    return "%s/%s" % (NS, name)
+k = fixtures.keyer(NS)
 
 
 class KubeNode(harness.Node):
@@ -92,14 +92,7 @@ def kube(e2e_prerequisites, tmp_path_factory):
         api.stop()
 
 
-def metric(node, name, labels=None):
-    code, body = node.admin_get("/metrics", timeout=5)
-    assert code == 200, body
-    want = name + ("{" + ",".join('%s="%s"' % kv for kv in labels.items()) + "}" if labels else "")
-    for line in body.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    return None
+metric = fixtures.metric
 
 
 def answer(node, client):

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import fixtures
 import harness
 from harness import backend_pods, frontend, wait_until
 
@@ -23,19 +24,15 @@ TP = 8080
 S = "127.96.2.1:80"
 
 
-def k(name):
-    return "%s/%s" % (NS, name)
+k = fixtures.keyer(NS)
 
 
 def populate(node, base="127.1.2"):
-    node.add_service(NS, "s", VIP, PORT, TP)
-    node.add_pod(NS, "s-dev", base + ".1", app="s", env="dev", port=TP)
-    node.add_pod(NS, "s-proj1", base + ".2", app="s", env="dev.proj1", port=TP)
-    node.add_pod(NS, "c-dev", base + ".101", app="client", env="dev", port=TP)
-    node.add_pod(NS, "c-proj1", base + ".102", app="client", env="dev.proj1", port=TP)
-    node.write_manifests()
-    node.start_server(k("s-dev"))
-    node.start_server(k("s-proj1"))
+    fixtures.populate(node, NS, services=[("s", VIP, {"port": PORT, "target_port": TP})],
+                      pods=[("s-dev", base + ".1", "s", "dev"), ("s-proj1", base + ".2", "s", "dev.proj1"),
+                            ("c-dev", base + ".101", "client", "dev"),
+                            ("c-proj1", base + ".102", "client", "dev.proj1")],
+                      servers=("s-dev", "s-proj1"), port=TP)
 
 
 @pytest.fixture(scope="module")
@@ -389,17 +386,15 @@ def test_env_label_and_splitter_flags(make_node):
 
 def test_without_default_env_unlabelled_pods_are_the_base(make_node):
     node = make_node("nodefault")  # no --default-env
-    node.add_service(NS, "s", VIP, PORT, TP)
-    node.add_service(NS, "t", "127.96.7.2", PORT, TP)
-    node.add_pod(NS, "s-base", "127.1.7.1", app="s", port=TP)  # no env label
-    node.add_pod(NS, "s-dev", "127.1.7.2", app="s", env="dev", port=TP)
-    node.add_pod(NS, "t-dev", "127.1.7.3", app="t", env="dev", port=TP)
-    node.add_pod(NS, "c-base", "127.1.7.101", app="client", port=TP)
-    node.add_pod(NS, "c-devx", "127.1.7.102", app="client", env="dev.x", port=TP)
-    node.add_pod(NS, "c-prod", "127.1.7.103", app="client", env="prod", port=TP)
-    node.write_manifests()
-    for p in ("s-base", "s-dev", "t-dev"):
-        node.start_server(k(p))
+    fixtures.populate(node, NS,
+                      services=[("s", VIP, {"port": PORT, "target_port": TP}),
+                                ("t", "127.96.7.2", {"port": PORT, "target_port": TP})],
+                      pods=[("s-base", "127.1.7.1", "s", None),  # no env label
+                            ("s-dev", "127.1.7.2", "s", "dev"), ("t-dev", "127.1.7.3", "t", "dev"),
+                            ("c-base", "127.1.7.101", "client", None),
+                            ("c-devx", "127.1.7.102", "client", "dev.x"),
+                            ("c-prod", "127.1.7.103", "client", "prod")],
+                      servers=("s-base", "s-dev", "t-dev"), port=TP)
     node.start_agent()
     assert_steered(node, "c-base", "s-base", n=1)
     assert_steered(node, "c-devx", "s-dev", n=1)

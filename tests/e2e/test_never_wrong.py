@@ -68,6 +68,7 @@ import subprocess
 
 import pytest
 
+import fixtures
 import harness
 
 NS = "nw"
@@ -110,8 +111,7 @@ H_PODS = [("h-dev", "127.1.70.41", "dev"), ("h-proj1", "127.1.70.42", "dev.proj1
 CL_IP, CL_DEV_IP = "127.1.70.100", "127.1.70.101"
 
 
-def k(name):
-    return "%s/%s" % (NS, name)
+k = fixtures.keyer(NS)
 
 
 # --------------------------------------------------------------------------- runtimes

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+import fixtures
 import harness
 from harness import http_request
 
@@ -39,8 +40,7 @@ MIDDLE = {  # name: (ip, script, args, annotations)
 }
 
 
-def k(name):
-    return "%s/%s" % (NS, name)
+k = fixtures.keyer(NS)
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,13 @@ Module node "trc" (--default-env dev):
     callers c-dev (dev), c-proj1 (dev.proj1), c-alice (dev.proj1.alice: falls back to dev.proj1)
     m  (dev) calls other services itself: the request-env (thread) case
 """
-import json
 import os
 import re
-import subprocess
 import time
 
 import pytest
 
+import fixtures
 import harness
 from harness import http_request, wait_until
 
@@ -21,8 +20,7 @@ NS = "trc"
 S_VIP, T_VIP, PORT, TP = "127.96.40.1", "127.96.40.2", 80, 8080
 
 
-def k(name):
-    return "%s/%s" % (NS, name)
+k = fixtures.keyer(NS)
 
 
 @pytest.fixture(scope="module")
@@ -31,72 +29,29 @@ def trc(e2e_prerequisites):
     try:
         # s promises one request per connection, so a connect() from m's thread takes the
         # request's env (m is thread-per-request: it opts into the thread context)
-        node.add_service(NS, "s", S_VIP, PORT, TP,
-                         annotations={"envsteer.io/connection-per-request": "true"})
-        node.add_service(NS, "t", T_VIP, PORT, TP)
-        node.add_pod(NS, "s-dev", "127.1.40.1", app="s", env="dev", port=TP)
-        node.add_pod(NS, "s-proj1", "127.1.40.2", app="s", env="dev.proj1", port=TP)
-        node.add_pod(NS, "t-off", "127.1.40.3", app="t", env="dev", port=TP, ready=False)
-        node.add_pod(NS, "m", "127.1.40.4", app="m", env="dev", port=TP,
-                     annotations={"envsteer.io/thread-context": "on"})
-        node.add_pod(NS, "c-dev", "127.1.40.101", app="client", env="dev", port=TP)
-        node.add_pod(NS, "c-proj1", "127.1.40.102", app="client", env="dev.proj1", port=TP)
-        node.add_pod(NS, "c-alice", "127.1.40.103", app="client", env="dev.proj1.alice", port=TP)
-        node.write_manifests()
-        for p in ("s-dev", "s-proj1", "m"):
-            node.start_server(k(p))
+        fixtures.populate(
+            node, NS,
+            services=[("s", S_VIP, {"port": PORT, "target_port": TP,
+                                    "annotations": {"envsteer.io/connection-per-request": "true"}}),
+                      ("t", T_VIP, {"port": PORT, "target_port": TP})],
+            pods=[("s-dev", "127.1.40.1", "s", "dev"), ("s-proj1", "127.1.40.2", "s", "dev.proj1"),
+                  ("t-off", "127.1.40.3", "t", "dev", {"ready": False}),
+                  ("m", "127.1.40.4", "m", "dev", {"annotations": {"envsteer.io/thread-context": "on"}}),
+                  ("c-dev", "127.1.40.101", "client", "dev"), ("c-proj1", "127.1.40.102", "client", "dev.proj1"),
+                  ("c-alice", "127.1.40.103", "client", "dev.proj1.alice")],
+            servers=("s-dev", "s-proj1", "m"), port=TP)
         node.start_agent()
         yield node
     finally:
         node.close()
 
 
-class Trace:
-    """`envsteer trace` running against the node's agent; output collected at the end."""
-
-    def __init__(self, node, *args):
-        self.node = node
-        self.out_path = os.path.join(node.tmp, "trace-%d.out" % time.monotonic_ns())
-        self.out = open(self.out_path, "w")
-        self.err = open(self.out_path + ".err", "w")
-        # one client at a time here: the previous one detaches within a couple of heartbeats
-        wait_until(lambda: metric(node, "envsteer_trace_clients") == 0, 10, what="no trace client")
-        self.proc = subprocess.Popen([node.bin, "trace", "--admin-socket", node.admin_socket] + list(args),
-                                     stdout=self.out, stderr=self.err, stdin=subprocess.DEVNULL)
-        wait_until(lambda: metric(node, "envsteer_trace_clients") == 1 or self.proc.poll() is not None,
-                   10, what="trace client attached")
-        assert self.proc.poll() is None, self.text(err=True)
-
-    def text(self, err=False):
-        with open(self.out_path + (".err" if err else "")) as f:
-            return f.read()
-
-    def finish(self, timeout=20):
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise AssertionError("envsteer trace did not stop by itself:\n" + self.text())
-        finally:
-            self.out.close()
-            self.err.close()
-        assert rc == 0, (rc, self.text(), self.text(err=True))
-        return self.text()
-
-    def events(self, timeout=20):
-        return [json.loads(l) for l in self.finish(timeout).splitlines() if l.strip()]
+Trace = fixtures.Trace
 
 
 def metric(node, name, labels=None):
     """Value of one sample of /metrics (0 when absent)."""
-    code, body = node.admin_get("/metrics")
-    assert code == 200, body
-    want = name + ("{" + ",".join('%s="%s"' % kv for kv in labels.items()) + "}" if labels else "")
-    for line in body.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    return 0
+    return fixtures.metric(node, name, labels, default=0)
 
 
 def request_ok(node, caller, vip, pod):

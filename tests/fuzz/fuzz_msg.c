@@ -169,6 +169,9 @@ static void fk_maps_init(void)
 	FK_MAP(es_relay_clients);
 	FK_MAP(es_relay_done);
 	FK_MAP(es_relay_cfg);
+	FK_MAP(es_relay_acct);
+	FK_MAP(es_relay_pods);
+	FK_MAP(es_relay_pod_done);
 	FK_MAP(es_req_stats);
 	FK_MAP(es_hdrbuf);
 	FK_MAP(es_scratch);
@@ -341,6 +344,11 @@ static __u64 bpf_get_socket_cookie(void *ctx)
 }
 
 static long bpf_sock_hash_update(struct bpf_sock_ops *skops, void *map, void *key, __u64 flags)
+{
+	return 0;
+}
+
+static long bpf_sock_ops_cb_flags_set(struct bpf_sock_ops *skops, int flags)
 {
 	return 0;
 }
@@ -1199,7 +1207,9 @@ static void fk_agent(uint8_t what)
 	unsigned i;
 
 	if ((what & AG_CATCH_UP) && fd.seq) {
-		CHECK(!bpf_map_update_elem(&es_relay_done, &cookie, &fd.seq, BPF_ANY));
+		struct es_relay_done d = { .seq = fd.seq };
+
+		CHECK(!bpf_map_update_elem(&es_relay_done, &cookie, &d, BPF_ANY));
 		trace("agent: forwarded frames up to %u\n", fd.seq);
 	}
 	if (what & AG_BIND)

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "fixtures.h"
 #include "k8s/decode.h"
 
 namespace envsteer::k8s {
@@ -37,12 +38,7 @@ const json& fixture(const std::string& kind, const std::string& name) {
 
 template <class F>
 std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const DecodeError& e) {
-    return e.what();
-  }
-  return "<no DecodeError>";
+  return testutil::error_of<DecodeError>(f);
 }
 
 const char* kService = R"(

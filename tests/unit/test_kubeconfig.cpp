@@ -6,9 +6,11 @@
 #include <filesystem>
 #include <fstream>
 
+#include "fixtures.h"
 #include "sources/kubeclient.h"
 
 namespace fs = std::filesystem;
+namespace testutil = envsteer::testutil;
 using envsteer::sources::KubeConfigError;
 using envsteer::sources::load_kubeconfig;
 using ::testing::HasSubstr;
@@ -17,25 +19,12 @@ namespace {
 
 class KubeConfigFile : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/envsteer-kubeconfig-XXXXXX";
-    dir_ = mkdtemp(tmpl);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  fs::path write(const std::string& text) {
-    auto p = dir_ / "config";
-    std::ofstream(p) << text;
-    return p;
-  }
+  fs::path write(const std::string& text) { return tmp_.write("config", text); }
   std::string error_of(const std::string& text, const std::string& ctx = "") {
-    try {
-      load_kubeconfig(write(text), ctx);
-    } catch (const KubeConfigError& e) {
-      return e.what();
-    }
-    return "<no error>";
+    return testutil::error_of<KubeConfigError>([&] { load_kubeconfig(write(text), ctx); });
   }
-  fs::path dir_;
+  testutil::TempDir tmp_{"envsteer-kubeconfig"};
+  const fs::path dir_ = tmp_.path();
 };
 
 // "PEM" and "secret" in base64

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <string>
 
+#include "fixtures.h"
 #include "sources/manifest.h"
 
 namespace envsteer::sources {
@@ -30,33 +31,18 @@ spec:
   - port: 80
 )";
 
-void write(const fs::path& file, const std::string& text) {
-  std::ofstream out(file, std::ios::binary | std::ios::trunc);
-  out << text;
-  ASSERT_TRUE(out.good()) << file;
-}
+void write(const fs::path& file, const std::string& text) { testutil::write_file(file, text); }
 
 // A fresh temporary directory per test, removed afterwards.
 class ManifestFiles : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "envsteer-manifest-XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  fs::path dir_;
+  testutil::TempDir tmp_{"envsteer-manifest"};
+  const fs::path dir_ = tmp_.path();
 };
 
 template <class F>
 std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const ManifestError& e) {
-    return e.what();
-  }
-  return "<no ManifestError>";
+  return testutil::error_of<ManifestError>(f);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <string>
 
+#include "fixtures.h"
 #include "sources/manifest.h"
 
 namespace envsteer::sources {
@@ -25,21 +26,12 @@ std::string pod(const std::string& name, const std::string& env) {
 
 class ManifestReuse : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "envsteer-reuse-XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  void write(const std::string& name, const std::string& text) {
-    std::ofstream out(dir_ / name, std::ios::binary | std::ios::trunc);
-    out << text;
-    ASSERT_TRUE(out.good());
-  }
+  void write(const std::string& name, const std::string& text) { tmp_.write(name, text); }
   std::string env(const k8s::ClusterState& s, const std::string& key) {
     return s.pods.at(key).labels.at("virtual-env");
   }
-  fs::path dir_;
+  testutil::TempDir tmp_{"envsteer-reuse"};
+  const fs::path dir_ = tmp_.path();
 };
 
 TEST_F(ManifestReuse, ChangedFileIsReparsedOthersKept) {

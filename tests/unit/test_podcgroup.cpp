@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cgroup.h"
+#include "fixtures.h"
 #include "podcgroup.h"
 
 namespace fs = std::filesystem;
@@ -34,25 +35,10 @@ const std::string kOther_ = "11111111_2222_3333_4444_555555555555";
 const std::string kCid(64, 'a');
 const std::string kCid2 = std::string(63, 'b') + "0";
 
-class TempTree {
- public:
-  TempTree() {
-    std::string tmpl = (fs::temp_directory_path() / "podcg-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp");
-    root_ = tmpl;
-  }
-  ~TempTree() {
-    std::error_code ec;
-    fs::remove_all(root_, ec);
-  }
-  const fs::path& root() const { return root_; }
-  fs::path mk(const std::string& rel) const {
-    fs::create_directories(root_ / rel);
-    return root_ / rel;
-  }
-
- private:
-  fs::path root_;
+// A directory tree standing in for a cgroup2 mount.
+struct TempTree : testutil::TempDir {
+  TempTree() : TempDir("podcg") {}
+  const fs::path& root() const { return path(); }
 };
 
 // --- names ------------------------------------------------------------------
@@ -279,74 +265,10 @@ TEST(PodCgroupFind, BigTreeStaysFastAndBounded) {
   EXPECT_LT(ms.count(), 1000);
 }
 
-// --- containers -------------------------------------------------------------
-
-std::vector<std::string> ids(const std::vector<ContainerCgroup>& cs) {
-  std::vector<std::string> out;
-  for (const auto& c : cs) out.push_back(std::string(runtime_name(c.runtime)) + ":" + c.id);
-  return out;
-}
-
-TEST(PodCgroupContainers, ParseNames) {
-  auto c = parse_container_dirname("cri-containerd-" + kCid + ".scope");
-  ASSERT_TRUE(c);
-  EXPECT_EQ(c->id, kCid);
-  EXPECT_EQ(c->runtime, Runtime::Containerd);
-  EXPECT_EQ(parse_container_dirname("crio-" + kCid + ".scope")->runtime, Runtime::Crio);
-  EXPECT_EQ(parse_container_dirname("crio-" + kCid)->runtime, Runtime::Crio);
-  EXPECT_EQ(parse_container_dirname("crio-conmon-" + kCid + ".scope")->runtime, Runtime::CrioConmon);
-  EXPECT_EQ(parse_container_dirname("crio-conmon-" + kCid)->id, kCid);
-  EXPECT_EQ(parse_container_dirname("docker-" + kCid + ".scope")->runtime, Runtime::Docker);
-  EXPECT_EQ(parse_container_dirname(kCid)->runtime, Runtime::Unknown);
-  for (const std::string& bad : {std::string("init.scope"), std::string("cri-containerd-.scope"),
-                                std::string("crio-"), kCid.substr(1), kCid + ".scope",
-                                std::string("cri-containerd-x/y.scope"), std::string("pod") + kUid}) {
-    EXPECT_EQ(parse_container_dirname(bad), std::nullopt) << bad;
-  }
-  EXPECT_STREQ(runtime_name(Runtime::Containerd), "containerd");
-  EXPECT_STREQ(runtime_name(Runtime::CrioConmon), "crio-conmon");
-  EXPECT_STREQ(runtime_name(Runtime::Unknown), "unknown");
-}
-
-TEST(PodCgroupContainers, Containerd) {
-  TempTree t;
-  auto pod = t.mk("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + kUid_ + ".slice");
-  t.mk(pod.lexically_relative(t.root()).string() + "/cri-containerd-" + kCid + ".scope");
-  t.mk(pod.lexically_relative(t.root()).string() + "/cri-containerd-" + kCid2 + ".scope");
-  std::ofstream(pod / "cgroup.procs") << "";  // files are ignored
-  auto cs = list_containers(pod);
-  EXPECT_THAT(ids(cs), ElementsAre("containerd:" + kCid, "containerd:" + kCid2));
-  EXPECT_EQ(cs[1].path, pod / ("cri-containerd-" + kCid2 + ".scope"));
-}
-
-TEST(PodCgroupContainers, CrioDockerAndCgroupfs) {
-  TempTree t;
-  auto crio = t.mk("crio");
-  t.mk("crio/crio-" + kCid + ".scope");
-  t.mk("crio/crio-conmon-" + kCid + ".scope");
-  t.mk("crio/crio-" + kCid + ".scope/container");  // crun's inner cgroup: not listed
-  EXPECT_THAT(ids(list_containers(crio)), ElementsAre("crio:" + kCid, "crio-conmon:" + kCid));
-
-  auto docker = t.mk("docker");
-  t.mk("docker/docker-" + kCid + ".scope");
-  EXPECT_THAT(ids(list_containers(docker)), ElementsAre("docker:" + kCid));
-
-  auto cgroupfs = t.mk("kubepods/burstable/pod" + kUid);
-  t.mk("kubepods/burstable/pod" + kUid + "/" + kCid);
-  t.mk("kubepods/burstable/pod" + kUid + "/crio-" + kCid2);
-  t.mk("kubepods/burstable/pod" + kUid + "/something-else");
-  EXPECT_THAT(ids(list_containers(cgroupfs)), ElementsAre("unknown:" + kCid, "crio:" + kCid2));
-
-  EXPECT_THAT(list_containers(t.root() / "missing"), IsEmpty());
-}
-
 // --- the watcher ------------------------------------------------------------
 
 std::string show(const PodCgroupWatcher::Event& e) {
-  const char* k = e.kind == Kind::Appeared              ? "appeared"
-                  : e.kind == Kind::Disappeared         ? "disappeared"
-                  : e.kind == Kind::ContainerAppeared   ? "container-appeared"
-                                                        : "container-disappeared";
+  const char* k = e.kind == Kind::Appeared ? "appeared" : "disappeared";
   return std::string(k) + " " + e.uid + " " + e.path.filename().string();
 }
 
@@ -377,7 +299,6 @@ TEST(PodCgroupWatcher, ExistingPodIsReturnedWithoutEvent) {
   PodCgroupWatcher w(t.root());
   EXPECT_EQ(w.watch(kUid, "BestEffort"), pod);
   EXPECT_EQ(w.path_of(kUid_), pod);
-  EXPECT_THAT(ids(w.containers_of(kUid)), ElementsAre("containerd:" + kCid));
   EXPECT_TRUE(quiet(w));
   EXPECT_THROW(w.watch("../x", ""), std::invalid_argument);
 }
@@ -396,21 +317,18 @@ TEST(PodCgroupWatcher, PodAppearsLaterThenDisappears) {
   EXPECT_EQ(w.path_of(kUid), pod);
   EXPECT_EQ(w.path_of(kOther), std::nullopt);
 
-  // Containers start (and restart) inside it.
+  // Containers start (and restart) inside it: nothing changes for the pod.
   const std::string c1 = "cri-containerd-" + kCid + ".scope";
   const std::string c2 = "cri-containerd-" + kCid2 + ".scope";
   fs::create_directory(pod / c1);
-  EXPECT_THAT(wait_events(w, 1), ElementsAre("container-appeared " + kUid + " " + c1));
   fs::remove(pod / c1);
   fs::create_directory(pod / c2);
-  EXPECT_THAT(wait_events(w, 2), ElementsAre("container-disappeared " + kUid + " " + c1,
-                                             "container-appeared " + kUid + " " + c2));
+  EXPECT_TRUE(quiet(w));
 
-  // Removed: its containers first, then the pod.
+  // Removed.
   fs::remove(pod / c2);
   fs::remove(pod);
-  EXPECT_THAT(wait_events(w, 2), ElementsAre("container-disappeared " + kUid + " " + c2,
-                                             "disappeared " + kUid + " " + name));
+  EXPECT_THAT(wait_events(w, 1), ElementsAre("disappeared " + kUid + " " + name));
   EXPECT_EQ(w.path_of(kUid), std::nullopt);
   EXPECT_TRUE(quiet(w));
 }
@@ -435,9 +353,7 @@ TEST(PodCgroupWatcher, WholeTreeCreatedAtOnce) {
   EXPECT_EQ(w.watch(kOther, "Guaranteed"), std::nullopt);
   const std::string name = "kubepods-burstable-pod" + kUid_ + ".slice";
   t.mk("kubepods.slice/kubepods-burstable.slice/" + name + "/cri-containerd-" + kCid + ".scope");
-  EXPECT_THAT(wait_events(w, 2), ElementsAre("appeared " + kUid + " " + name,
-                                             "container-appeared " + kUid + " cri-containerd-" + kCid +
-                                                 ".scope"));
+  EXPECT_THAT(wait_events(w, 1), ElementsAre("appeared " + kUid + " " + name));
   // A guaranteed pod directly in the root, now watched.
   t.mk("kubepods.slice/kubepods-pod" + kOther_ + ".slice");
   EXPECT_THAT(wait_events(w, 1), ElementsAre("appeared " + kOther + " kubepods-pod" + kOther_ + ".slice"));
@@ -452,8 +368,7 @@ TEST(PodCgroupWatcher, CgroupfsDriver) {
   t.mk("kubepods/burstable/pod" + kUid);
   EXPECT_THAT(wait_events(w, 1), ElementsAre("appeared " + kUid + " pod" + kUid));
   t.mk("kubepods/pod" + kOther + "/" + kCid);
-  EXPECT_THAT(wait_events(w, 2), ElementsAre("appeared " + kOther + " pod" + kOther,
-                                             "container-appeared " + kOther + " " + kCid));
+  EXPECT_THAT(wait_events(w, 1), ElementsAre("appeared " + kOther + " pod" + kOther));
   fs::remove_all(t.root() / "kubepods/burstable");  // the QoS directory goes too
   EXPECT_THAT(wait_events(w, 1), ElementsAre("disappeared " + kUid + " pod" + kUid));
   t.mk("kubepods/burstable/pod" + kUid);  // re-armed on the new QoS directory
@@ -492,8 +407,7 @@ TEST(PodCgroupWatcher, RescanFindsWhatInotifyCannotSee) {
   EXPECT_TRUE(quiet(w));
   std::vector<std::string> got;
   for (const auto& e : w.rescan()) got.push_back(show(e));
-  EXPECT_THAT(got, ElementsAre("appeared " + kUid + " " + name,
-                               "container-appeared " + kUid + " cri-containerd-" + kCid + ".scope"));
+  EXPECT_THAT(got, ElementsAre("appeared " + kUid + " " + name));
   // From now on its parent is watched.
   const std::string other = "kubepods-besteffort-pod" + kOther_ + ".slice";
   w.watch(kOther, "BestEffort");
@@ -501,6 +415,43 @@ TEST(PodCgroupWatcher, RescanFindsWhatInotifyCannotSee) {
   EXPECT_THAT(wait_events(w, 1), ElementsAre("appeared " + kOther + " " + other));
   // A rescan with nothing new reports nothing.
   EXPECT_THAT(w.rescan(), IsEmpty());
+}
+
+// The agent acts on every event from drain() and rescan() alike (Agent::on_pod_cgroup_events):
+// both report only a watched pod's cgroup appearing or disappearing, never what happens inside
+// it or beside it.
+TEST(PodCgroupWatcher, DrainAndRescanReportOnlyPodsComingAndGoing) {
+  TempTree t;
+  const std::string qos = "kubepods.slice/kubepods-burstable.slice/";
+  const std::string name = "kubepods-burstable-pod" + kUid_ + ".slice";
+  auto pod = t.mk(qos + name);
+  PodCgroupWatcher w(t.root());
+  ASSERT_EQ(w.watch(kUid, "Burstable"), pod);
+  auto churn = [&] {
+    fs::create_directories(pod / ("cri-containerd-" + kCid + ".scope") / "inner");
+    fs::create_directory(pod / ("crio-" + kCid2));
+    fs::remove_all(pod / ("cri-containerd-" + kCid + ".scope"));
+    t.mk(qos + "kubepods-burstable-pod" + kOther_ + ".slice");  // a pod nobody watches
+    t.mk(qos + "not-a-pod");
+  };
+  churn();
+  EXPECT_TRUE(quiet(w));
+  EXPECT_THAT(w.rescan(), IsEmpty());
+  fs::remove_all(pod / ("crio-" + kCid2));
+  EXPECT_THAT(w.rescan(), IsEmpty());  // rescan drains the pending events first
+
+  // The pod goes, and comes back: drain and rescan report the same events.
+  fs::remove(pod);
+  EXPECT_THAT(wait_events(w, 1), ElementsAre("disappeared " + kUid + " " + name));
+  t.mk(qos + name);
+  std::vector<std::string> got;
+  for (const auto& e : w.rescan()) got.push_back(show(e));
+  EXPECT_THAT(got, ElementsAre("appeared " + kUid + " " + name));
+  fs::remove(pod);
+  got.clear();
+  for (const auto& e : w.rescan()) got.push_back(show(e));
+  EXPECT_THAT(got, ElementsAre("disappeared " + kUid + " " + name));
+  EXPECT_TRUE(quiet(w));
 }
 
 TEST(PodCgroupWatcher, WatchCountStaysSmall) {
@@ -566,7 +517,7 @@ TEST(PodCgroupReal, FindsAPodInTheRealCgroup2Mount) {
     EXPECT_THAT(wait_events(w, 1), ElementsAre("appeared " + kUid + " " + pod.filename().string()));
     ASSERT_TRUE(fs::create_directory(ctr));
     made.push_back(ctr);
-    EXPECT_THAT(wait_events(w, 1), ElementsAre("container-appeared " + kUid + " " + ctr.filename().string()));
+    EXPECT_TRUE(quiet(w));  // a container: nothing to report
 
     EXPECT_EQ(find_pod_cgroup(top, kUid, "Burstable"), pod);
     EXPECT_EQ(find_pod_cgroup(top, kUid, ""), pod);
@@ -575,14 +526,12 @@ TEST(PodCgroupReal, FindsAPodInTheRealCgroup2Mount) {
     EXPECT_NE(*id, 0u);
     EXPECT_EQ(cgroup::path_of_id(top, *id), pod);
     EXPECT_EQ(cgroup::cgroup_level(mount, pod), 4);
-    EXPECT_THAT(ids(list_containers(pod)), ElementsAre("containerd:" + kCid));
 
     ASSERT_EQ(::rmdir(ctr.c_str()), 0);
     made.pop_back();
     ASSERT_EQ(::rmdir(pod.c_str()), 0);
     made.pop_back();
-    EXPECT_THAT(wait_events(w, 2), ElementsAre("container-disappeared " + kUid + " " + ctr.filename().string(),
-                                               "disappeared " + kUid + " " + pod.filename().string()));
+    EXPECT_THAT(wait_events(w, 1), ElementsAre("disappeared " + kUid + " " + pod.filename().string()));
   }
   EXPECT_FALSE(fs::exists(top));
 }

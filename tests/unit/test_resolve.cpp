@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <optional>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #include "maps/abi.h"
 
@@ -81,161 +84,115 @@ Result resolve(Table& t, __u32 env, __u32 default_env, __u32 svc = kSvc) {
   return r;
 }
 
-TEST(ResolveWalk, OwnEnvironment) {
-  Table t = envs();
-  t.set(kSvc, kAlice, 2).set(kSvc, kProj, 5).set(kSvc, kBase, 1);
-  auto r = resolve(t, kAlice, kBase);
-  EXPECT_EQ(r.found, 1);
-  EXPECT_EQ(r.res.env_id, kAlice);
-  EXPECT_EQ(r.res.level, 0u);
-  EXPECT_EQ(r.res.count, 2u);
-  EXPECT_EQ(r.res.outcome, ES_OUT_OWN);
-}
+// One walk over the envs() table: the sets (service, env, ready count) there are, the
+// environment asked for and the default, and what is expected of the result (a field left
+// out is not checked).
+struct WalkCase {
+  const char* name;
+  std::vector<std::tuple<__u32, __u32, __u32>> sets;
+  __u32 env;
+  __u32 default_env;
+  int found;
+  std::optional<__u32> env_id = {};
+  std::optional<__u32> level = {};
+  std::optional<__u32> count = {};
+  std::optional<__u32> outcome = {};
+  std::optional<int> set_lookups = {};
+};
 
-TEST(ResolveWalk, FallbackOneLevel) {
-  Table t = envs();
-  t.set(kSvc, kProj, 5).set(kSvc, kDev, 3).set(kSvc, kBase, 1);
-  auto r = resolve(t, kAlice, kBase);
-  EXPECT_EQ(r.found, 1);
-  EXPECT_EQ(r.res.env_id, kProj);
-  EXPECT_EQ(r.res.level, 1u);
-  EXPECT_EQ(r.res.count, 5u);
-  EXPECT_EQ(r.res.outcome, ES_OUT_FALLBACK);
-}
+const WalkCase kWalks[] = {
+    {.name = "own environment",
+     .sets = {{kSvc, kAlice, 2}, {kSvc, kProj, 5}, {kSvc, kBase, 1}},
+     .env = kAlice, .default_env = kBase, .found = 1,
+     .env_id = kAlice, .level = 0, .count = 2, .outcome = ES_OUT_OWN},
+    {.name = "fallback one level",
+     .sets = {{kSvc, kProj, 5}, {kSvc, kDev, 3}, {kSvc, kBase, 1}},
+     .env = kAlice, .default_env = kBase, .found = 1,
+     .env_id = kProj, .level = 1, .count = 5, .outcome = ES_OUT_FALLBACK},
+    {.name = "fallback two levels",
+     .sets = {{kSvc, kDev, 3}, {kSvc, kBase, 1}},
+     .env = kAlice, .default_env = kBase, .found = 1,
+     .env_id = kDev, .level = 2, .count = 3, .outcome = ES_OUT_FALLBACK},
+    {.name = "other services' sets do not count",
+     .sets = {{kOther, kAlice, 4}, {kOther, kProj, 4}, {kSvc, kDev, 3}},
+     .env = kAlice, .default_env = ES_ENV_NONE, .found = 1,
+     .env_id = kDev, .level = 2},
+    {.name = "siblings are not on the chain",
+     .sets = {{kSvc, kQa, 2}},
+     .env = kAlice, .default_env = ES_ENV_NONE, .found = 0,
+     .outcome = ES_OUT_NONE},
+    {.name = "default env when the chain has no ready set",
+     .sets = {{kSvc, kQa, 2}},
+     .env = kAlice, .default_env = kQa, .found = 1,
+     .env_id = kQa, .count = 2, .outcome = ES_OUT_DEFAULT},
+    {.name = "default is the base when no default env is configured",
+     .sets = {{kSvc, kBase, 4}},
+     .env = kProj, .default_env = kBase, .found = 1,
+     .env_id = kBase, .count = 4, .outcome = ES_OUT_DEFAULT},
+    // default env "dev" is an ancestor of dev.proj1.alice: found by the walk.
+    {.name = "default env on the chain is a fallback",
+     .sets = {{kSvc, kDev, 3}},
+     .env = kAlice, .default_env = kDev, .found = 1,
+     .env_id = kDev, .outcome = ES_OUT_FALLBACK},
+    // an unlabelled caller, no default-env
+    {.name = "requested env is the default",
+     .sets = {{kSvc, kBase, 1}},
+     .env = kBase, .default_env = kBase, .found = 1,
+     .env_id = kBase, .level = 0, .outcome = ES_OUT_OWN},
+    {.name = "unknown env id falls to the default",
+     .sets = {{kSvc, kDev, 3}, {kSvc, kBase, 1}},
+     .env = 99, .default_env = kBase, .found = 1,
+     .env_id = kBase, .count = 1, .outcome = ES_OUT_DEFAULT},
+    {.name = "unknown env id without a default is refused",
+     .sets = {{kSvc, kDev, 3}},
+     .env = 99, .default_env = kBase, .found = 0,
+     .outcome = ES_OUT_NONE},
+    // no set lookup for env 0 itself
+    {.name = "none as the requested env goes straight to the default",
+     .sets = {{kSvc, kDev, 3}},
+     .env = ES_ENV_NONE, .default_env = kDev, .found = 1,
+     .env_id = kDev, .outcome = ES_OUT_DEFAULT, .set_lookups = 1},
+    {.name = "count zero is empty",
+     .sets = {{kSvc, kAlice, 0}, {kSvc, kProj, 0}, {kSvc, kDev, 2}},
+     .env = kAlice, .default_env = kBase, .found = 1,
+     .env_id = kDev, .level = 2, .outcome = ES_OUT_FALLBACK},
+    {.name = "default with count zero is refused",
+     .sets = {{kSvc, kAlice, 0}, {kSvc, kBase, 0}},
+     .env = kAlice, .default_env = kBase, .found = 0,
+     .env_id = ES_ENV_NONE, .count = 0, .outcome = ES_OUT_NONE},
+    {.name = "no ready pod anywhere is refused",
+     .sets = {},
+     .env = kAlice, .default_env = kBase, .found = 0,
+     .env_id = ES_ENV_NONE, .level = 0, .count = 0, .outcome = ES_OUT_NONE},
+    {.name = "default env none refuses even if the base has pods",
+     .sets = {{kSvc, kBase, 3}},
+     .env = kAlice, .default_env = ES_ENV_NONE, .found = 0,
+     .outcome = ES_OUT_NONE},
+};
 
-TEST(ResolveWalk, FallbackTwoLevels) {
-  Table t = envs();
-  t.set(kSvc, kDev, 3).set(kSvc, kBase, 1);
-  auto r = resolve(t, kAlice, kBase);
-  EXPECT_EQ(r.found, 1);
-  EXPECT_EQ(r.res.env_id, kDev);
-  EXPECT_EQ(r.res.level, 2u);
-  EXPECT_EQ(r.res.count, 3u);
-  EXPECT_EQ(r.res.outcome, ES_OUT_FALLBACK);
-}
-
-TEST(ResolveWalk, OtherServicesSetsDoNotCount) {
-  Table t = envs();
-  t.set(kOther, kAlice, 4).set(kOther, kProj, 4).set(kSvc, kDev, 3);
-  auto r = resolve(t, kAlice, ES_ENV_NONE);
-  EXPECT_EQ(r.found, 1);
-  EXPECT_EQ(r.res.env_id, kDev);
-  EXPECT_EQ(r.res.level, 2u);
-}
-
-TEST(ResolveWalk, SiblingsAreNotOnTheChain) {
-  Table t = envs();
-  t.set(kSvc, kQa, 2);
-  auto r = resolve(t, kAlice, ES_ENV_NONE);
-  EXPECT_EQ(r.found, 0);
-  EXPECT_EQ(r.res.outcome, ES_OUT_NONE);
-}
-
-TEST(ResolveWalk, DefaultEnvWhenChainHasNoReadySet) {
-  Table t = envs();
-  t.set(kSvc, kQa, 2);
-  auto r = resolve(t, kAlice, kQa);
-  EXPECT_EQ(r.found, 1);
-  EXPECT_EQ(r.res.env_id, kQa);
-  EXPECT_EQ(r.res.count, 2u);
-  EXPECT_EQ(r.res.outcome, ES_OUT_DEFAULT);
-}
-
-TEST(ResolveWalk, DefaultIsTheBaseWhenNoDefaultEnvConfigured) {
-  Table t = envs();
-  t.set(kSvc, kBase, 4);
-  auto r = resolve(t, kProj, kBase);
-  EXPECT_EQ(r.found, 1);
-  EXPECT_EQ(r.res.env_id, kBase);
-  EXPECT_EQ(r.res.count, 4u);
-  EXPECT_EQ(r.res.outcome, ES_OUT_DEFAULT);
-}
-
-TEST(ResolveWalk, DefaultEnvOnTheChainIsAFallback) {
-  // default env "dev" is an ancestor of dev.proj1.alice: found by the walk.
-  Table t = envs();
-  t.set(kSvc, kDev, 3);
-  auto r = resolve(t, kAlice, kDev);
-  EXPECT_EQ(r.found, 1);
-  EXPECT_EQ(r.res.env_id, kDev);
-  EXPECT_EQ(r.res.outcome, ES_OUT_FALLBACK);
-}
-
-TEST(ResolveWalk, RequestedEnvIsTheDefault) {
-  Table t = envs();
-  t.set(kSvc, kBase, 1);
-  auto r = resolve(t, kBase, kBase);  // an unlabelled caller, no default-env
-  EXPECT_EQ(r.found, 1);
-  EXPECT_EQ(r.res.env_id, kBase);
-  EXPECT_EQ(r.res.level, 0u);
-  EXPECT_EQ(r.res.outcome, ES_OUT_OWN);
-}
-
-TEST(ResolveWalk, UnknownEnvIdFallsToDefault) {
-  Table t = envs();
-  t.set(kSvc, kDev, 3).set(kSvc, kBase, 1);
-  auto r = resolve(t, 99, kBase);
-  EXPECT_EQ(r.found, 1);
-  EXPECT_EQ(r.res.env_id, kBase);
-  EXPECT_EQ(r.res.count, 1u);
-  EXPECT_EQ(r.res.outcome, ES_OUT_DEFAULT);
-}
-
-TEST(ResolveWalk, UnknownEnvIdWithoutDefaultIsRefused) {
-  Table t = envs();
-  t.set(kSvc, kDev, 3);
-  auto r = resolve(t, 99, kBase);
-  EXPECT_EQ(r.found, 0);
-  EXPECT_EQ(r.res.outcome, ES_OUT_NONE);
-}
-
-TEST(ResolveWalk, NoneAsRequestedEnvGoesStraightToDefault) {
-  Table t = envs();
-  t.set(kSvc, kDev, 3);
-  auto r = resolve(t, ES_ENV_NONE, kDev);
-  EXPECT_EQ(r.found, 1);
-  EXPECT_EQ(r.res.env_id, kDev);
-  EXPECT_EQ(r.res.outcome, ES_OUT_DEFAULT);
-  // no set lookup for env 0 itself
-  EXPECT_EQ(t.set_lookups, 1);
-}
-
-TEST(ResolveWalk, CountZeroIsEmpty) {
-  Table t = envs();
-  t.set(kSvc, kAlice, 0).set(kSvc, kProj, 0).set(kSvc, kDev, 2);
-  auto r = resolve(t, kAlice, kBase);
-  EXPECT_EQ(r.found, 1);
-  EXPECT_EQ(r.res.env_id, kDev);
-  EXPECT_EQ(r.res.level, 2u);
-  EXPECT_EQ(r.res.outcome, ES_OUT_FALLBACK);
-}
-
-TEST(ResolveWalk, DefaultWithCountZeroIsRefused) {
-  Table t = envs();
-  t.set(kSvc, kAlice, 0).set(kSvc, kBase, 0);
-  auto r = resolve(t, kAlice, kBase);
-  EXPECT_EQ(r.found, 0);
-  EXPECT_EQ(r.res.env_id, static_cast<__u32>(ES_ENV_NONE));
-  EXPECT_EQ(r.res.count, 0u);
-  EXPECT_EQ(r.res.outcome, ES_OUT_NONE);
-}
-
-TEST(ResolveWalk, NoReadyAnywhereIsRefused) {
-  Table t = envs();
-  auto r = resolve(t, kAlice, kBase);
-  EXPECT_EQ(r.found, 0);
-  EXPECT_EQ(r.res.env_id, static_cast<__u32>(ES_ENV_NONE));
-  EXPECT_EQ(r.res.level, 0u);
-  EXPECT_EQ(r.res.count, 0u);
-  EXPECT_EQ(r.res.outcome, ES_OUT_NONE);
-}
-
-TEST(ResolveWalk, DefaultEnvNoneRefusesEvenIfBaseHasPods) {
-  Table t = envs();
-  t.set(kSvc, kBase, 3);
-  auto r = resolve(t, kAlice, ES_ENV_NONE);
-  EXPECT_EQ(r.found, 0);
-  EXPECT_EQ(r.res.outcome, ES_OUT_NONE);
+TEST(ResolveWalk, Table) {
+  for (const WalkCase& c : kWalks) {
+    SCOPED_TRACE(c.name);
+    Table t = envs();
+    for (const auto& [svc, env, count] : c.sets) t.set(svc, env, count);
+    auto r = resolve(t, c.env, c.default_env);
+    EXPECT_EQ(r.found, c.found);
+    if (c.env_id) {
+      EXPECT_EQ(r.res.env_id, *c.env_id);
+    }
+    if (c.level) {
+      EXPECT_EQ(r.res.level, *c.level);
+    }
+    if (c.count) {
+      EXPECT_EQ(r.res.count, *c.count);
+    }
+    if (c.outcome) {
+      EXPECT_EQ(r.res.outcome, *c.outcome);
+    }
+    if (c.set_lookups) {
+      EXPECT_EQ(t.set_lookups, *c.set_lookups);
+    }
+  }
 }
 
 TEST(ResolveWalk, ParentCycleTerminates) {

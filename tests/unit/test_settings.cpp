@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "fixtures.h"
 #include "settings.h"
 
 namespace envsteer::settings_test {
@@ -22,42 +23,23 @@ using ::testing::HasSubstr;
 // A config file in a private temp dir, removed with the fixture.
 class SettingsFile : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           ("envsteer-settings-" + std::to_string(getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   fs::path write(const std::string& content, const std::string& name = "config.yaml") {
-    fs::path p = dir_ / name;
-    std::ofstream(p) << content;
-    return p;
+    return tmp_.write(name, content);
   }
 
   // The runtime_error message of loading `content`, or "<no error>".
   std::string load_error(const std::string& content) {
     Settings s;
     auto p = write(content);
-    try {
-      load_settings_file(p, s);
-    } catch (const std::runtime_error& e) {
-      return e.what();
-    }
-    return "<no error>";
+    return testutil::error_of<std::runtime_error>([&] { load_settings_file(p, s); });
   }
 
-  fs::path dir_;
+  testutil::TempDir tmp_{"envsteer-settings"};
+  const fs::path dir_ = tmp_.path();
 };
 
 std::string validate_error(const Settings& s) {
-  try {
-    validate_settings(s);
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "<no error>";
+  return testutil::error_of<std::invalid_argument>([&] { validate_settings(s); });
 }
 
 TEST_F(SettingsFile, AllKeys) {

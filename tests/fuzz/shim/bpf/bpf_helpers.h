@@ -37,6 +37,7 @@ static void *bpf_task_storage_get(void *map, struct task_struct *task, void *val
 static struct task_struct *bpf_get_current_task_btf(void);
 static __u64 bpf_get_socket_cookie(void *ctx);
 static long bpf_sock_hash_update(struct bpf_sock_ops *skops, void *map, void *key, __u64 flags);
+static long bpf_sock_ops_cb_flags_set(struct bpf_sock_ops *skops, int flags);
 static long bpf_loop(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags);
 static long bpf_msg_pull_data(struct sk_msg_md *msg, __u32 start, __u32 end, __u64 flags);
 static long bpf_msg_push_data(struct sk_msg_md *msg, __u32 start, __u32 len, __u64 flags);
