@@ -713,8 +713,9 @@ def write_json_manifest(node, filename, objs):
     return len(text)
 
 
-def wait_sync(node, since_ok, pred, timeout, what):
-    """Poll /v1/status (2 ms) until a sync after since_ok succeeded and pred(status) holds."""
+def wait_sync(node, since_ok, pred, timeout, what, poll=0.002):
+    """Poll /v1/status (every `poll` s, 2 ms) until a sync after since_ok succeeded and
+    pred(status) holds."""
     def probe():
         try:
             st = node.status_http()
@@ -725,7 +726,7 @@ def wait_sync(node, since_ok, pred, timeout, what):
         if st["sync"]["failed"] and st["sync"]["last_error"]:
             raise BenchError("%s: agent reports %s" % (what, st["sync"]["last_error"]))
         return None
-    return harness.wait_until(probe, timeout, 0.002, what)
+    return harness.wait_until(probe, timeout, poll, what)
 
 
 def suite_scale(b):
@@ -982,7 +983,7 @@ def suite_control(b):
             t_write = time.time()
             os.rename(staged, os.path.join(cpn.manifest_dir, nsn + ".json"))
             st1 = wait_sync(cpn, st0["sync"]["ok"], lambda s: True, 120,
-                            "pod label change %d" % e)
+                            "pod label change %d" % e, poll=a.cp_poll_ms / 1000.0)
             if st1["sync"]["map_updates"] + st1["sync"]["map_deletes"] == \
                     st0["sync"]["map_updates"] + st0["sync"]["map_deletes"]:
                 raise BenchError("pod label change %d: the agent wrote no map entry" % e)
@@ -1210,6 +1211,9 @@ def main():
     ap.add_argument("--cp-envs", type=int, help="control plane: environments (default 1000)")
     ap.add_argument("--cp-namespaces", type=int, default=100,
                     help="control plane: namespaces, one manifest file each")
+    ap.add_argument("--cp-poll-ms", type=float, default=2.0,
+                    help="control plane: /v1/status poll interval while an event is applied "
+                    "(the polling takes CPU from the agent on a 2-CPU machine)")
     ap.add_argument("--cp-events", type=int, help="control plane: pod label changes "
                     "(default 20: each one re-reads every manifest, seconds at full size)")
     ap.add_argument("--lo-up", action="store_true", help="bring lo up first (run.sh starts "
