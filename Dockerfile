@@ -10,9 +10,10 @@ ARG DEBIAN_IMAGE=debian:bookworm-slim
 # ---- build -------------------------------------------------------------------------------
 FROM ${DEBIAN_IMAGE} AS build
 WORKDIR /src
-# Dependencies first, so that this layer is reused while only the sources change.
+# Dependencies first, so that this layer is reused while only the sources change. --build:
+# only what compiles the agent (no test tools).
 COPY scripts/install-deps.sh scripts/install-deps.sh
-RUN bash scripts/install-deps.sh && rm -rf /var/lib/apt/lists/*
+RUN bash scripts/install-deps.sh --build && rm -rf /var/lib/apt/lists/*
 COPY . .
 # Same build type as the tested build (RelWithDebInfo), stripped on install; no tests.
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENVSTEER_BUILD_TESTS=OFF \

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
+#include <sstream>
 
 #include "agent.h"
 
@@ -99,16 +101,26 @@ std::vector<CtxOffProcess> Agent::ctx_off_processes() const {
 
 namespace {
 
-// Whether this agent sees the host's processes (its pid namespace is the
-// initial one: NSpid lists one pid). Without that a missing /proc entry says
-// nothing about a process, so nothing is swept.
+// Whether this agent sees the host's processes: its pid namespace is the
+// initial one, whose pids the BPF programs record. Only that namespace holds
+// kernel threads: kthreadd is its pid 2 (PF_KTHREAD in /proc/2/stat's flags,
+// which no user process can set). Without that a missing /proc entry says
+// nothing about a process, so nothing is swept. (NSpid cannot tell: it lists
+// pids from the namespace that mounted /proc down, one in a container with its
+// own /proc: the DaemonSet's pod, hostPID: false, forgot every switched-off
+// process within 2 s.)
 bool host_pids_visible() {
   static const bool visible = [] {
-    std::ifstream f("/proc/self/status");
-    std::string line;
-    while (std::getline(f, line))
-      if (line.rfind("NSpid:", 0) == 0) return std::count(line.begin(), line.end(), '\t') <= 1;
-    return false;
+    std::ifstream f("/proc/2/stat");
+    std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    auto p = stat.rfind(')');
+    if (p == std::string::npos) return false;
+    std::istringstream fields(stat.substr(p + 1));
+    std::string v;
+    for (int i = 0; i <= 6; ++i)  // state ppid pgrp session tty_nr tpgid flags
+      if (!(fields >> v)) return false;
+    constexpr unsigned long PF_KTHREAD = 0x00200000;
+    return (std::stoul(v) & PF_KTHREAD) != 0;
   }();
   return visible;
 }

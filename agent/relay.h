@@ -234,7 +234,7 @@ class Relay {
   void forget_client(uint64_t client);
   void resync_total();
   // relay_diag.cpp: client resets and fences through sock_diag
-  int client_diag(uint64_t client, uint16_t type, uint8_t ext) const;
+  int client_diag(uint64_t client, uint16_t type, uint8_t ext);
   bool destroy_client(uint64_t client);
   void unbind(const Upstream& u);
 
@@ -243,6 +243,8 @@ class Relay {
   int binds_ = -1, upstreams_ = -1, clients_map_ = -1, done_ = -1, cfg_ = -1, sockhash_ = -1, sets_ = -1,
       slots_ = -1, rsp_ = -1, acct_ = -1, pods_ = -1, pod_done_map_ = -1;
   UniqueFd relay_, relay_peer_, epoll_, wake_;
+  UniqueFd diag_;          // NETLINK_SOCK_DIAG, for client resets and fences
+  uint32_t diag_seq_ = 0;
   ring_buffer* events_ = nullptr;  // es_relay_ev
   uint64_t relay_cookie_ = 0;
   uint64_t key_ = 0;  // es_relay_cfg.key of the current relay socket

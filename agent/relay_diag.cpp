@@ -25,11 +25,13 @@ using namespace relay_detail;
 // A sock_diag request for the client connection (its exact socket: addresses
 // and cookie): SOCK_DESTROY, or SOCK_DIAG_BY_FAMILY with ext (a query whose
 // INET_DIAG_INFO takes the socket's lock). 0 or an errno.
-int Relay::client_diag(uint64_t client, uint16_t type, uint8_t ext) const {
+// One netlink socket, kept: every request is answered within sendto(), and
+// its answers (a diag message, then the acknowledgement) are read at once.
+int Relay::client_diag(uint64_t client, uint16_t type, uint8_t ext) {
   es_relay_client rc{};
   if (bpf_map_lookup_elem(clients_map_, &client, &rc) != 0) return ENOENT;
-  UniqueFd nl(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
-  if (!nl) return errno;
+  if (!diag_) diag_.reset(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_SOCK_DIAG));
+  if (!diag_) return errno;
   struct {
     nlmsghdr nlh;
     inet_diag_req_v2 r;
@@ -37,6 +39,7 @@ int Relay::client_diag(uint64_t client, uint16_t type, uint8_t ext) const {
   req.nlh.nlmsg_len = sizeof(req);
   req.nlh.nlmsg_type = type;
   req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+  req.nlh.nlmsg_seq = ++diag_seq_;
   req.r.sdiag_family = rc.family == ES_FAMILY_INET6 ? AF_INET6 : AF_INET;
   req.r.sdiag_protocol = IPPROTO_TCP;
   req.r.idiag_ext = ext;
@@ -49,21 +52,22 @@ int Relay::client_diag(uint64_t client, uint16_t type, uint8_t ext) const {
   req.r.id.idiag_cookie[1] = static_cast<uint32_t>(client >> 32);
   sockaddr_nl sa{};
   sa.nl_family = AF_NETLINK;
+  if (sendto(diag_.get(), &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != sizeof(req)) {
+    int e = errno;
+    diag_.reset();
+    return e;
+  }
   int err = EIO;
-  // The kernel answers within sendto(); the reply is read to learn the outcome.
-  if (sendto(nl.get(), &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == sizeof(req)) {
-    alignas(nlmsghdr) char ack[4096];
-    pollfd p{nl.get(), POLLIN, 0};
-    if (poll(&p, 1, 1000) == 1) {
-      ssize_t r = recv(nl.get(), ack, sizeof(ack), 0);
-      auto* h = reinterpret_cast<nlmsghdr*>(ack);
-      if (r >= static_cast<ssize_t>(sizeof(nlmsghdr) + sizeof(nlmsgerr)) && h->nlmsg_type == NLMSG_ERROR)
-        err = -reinterpret_cast<nlmsgerr*>(NLMSG_DATA(h))->error;
-      else if (r >= static_cast<ssize_t>(sizeof(nlmsghdr)) && h->nlmsg_type == type)
-        err = 0;
+  alignas(nlmsghdr) char buf[8192];
+  for (int i = 0; i < 8; i++) {  // the answers are queued already; stale ones (older seq) are skipped
+    ssize_t r = recv(diag_.get(), buf, sizeof(buf), MSG_DONTWAIT);
+    if (r <= 0) break;
+    for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, static_cast<unsigned>(r)); h = NLMSG_NEXT(h, r)) {
+      if (h->nlmsg_seq != diag_seq_) continue;
+      if (h->nlmsg_type == NLMSG_ERROR && h->nlmsg_len >= NLMSG_LENGTH(sizeof(nlmsgerr)))
+        return -reinterpret_cast<nlmsgerr*>(NLMSG_DATA(h))->error;  // the acknowledgement ends it
+      if (h->nlmsg_type == type) err = 0;
     }
-  } else {
-    err = errno;
   }
   return err;
 }

@@ -374,12 +374,15 @@ void Relay::on_upstream_closed(Upstream& u) {
   uint64_t client = u.client;
   bool alive = client_alive(client);
   bool reset = alive && s.owed != Owed::Nothing;
-  spdlog::info("per-request steering: upstream {} of client {} {} by the server with {} ({} requests, {} answered): {}",
-               u.backend, client, err ? "reset (" + errstr(err) + ")" : std::string("closed"),
-               owed_str(static_cast<int>(s.owed)), s.reqs, s.done,
-               !alive  ? "the client is gone"
-               : reset ? "the client connection is reset"
-                       : "the client's next request for it binds another upstream");
+  // A close with nothing owed is the normal end of an upstream (a server's
+  // keep-alive timeout, "Connection: close"): logged at debug, not per request.
+  spdlog::log(reset ? spdlog::level::info : spdlog::level::debug,
+              "per-request steering: upstream {} of client {} {} by the server with {} ({} requests, {} answered): {}",
+              u.backend, client, err ? "reset (" + errstr(err) + ")" : std::string("closed"),
+              owed_str(static_cast<int>(s.owed)), s.reqs, s.done,
+              !alive  ? "the client is gone"
+              : reset ? "the client connection is reset"
+                      : "the client's next request for it binds another upstream");
   close_upstream(u.cookie, RelayCounter::closed_by_server);
   if (!reset) return;
   RelayCounter why = s.owed == Owed::Request      ? RelayCounter::reset_request

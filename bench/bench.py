@@ -1020,6 +1020,11 @@ def suite_control(b):
     return [], raw
 
 
+# Issue 14's targets for one connection per request (every request through the relay).
+REROUTE_TARGETS = {"reroute_close_rps": (">=", 0.8), "reroute_close_p50_us": ("<=", 1.5),
+                   "reroute_close_p99_us": ("<=", 3.0)}
+
+
 def suite_reroute(b):
     """Issue 6: the cost of a request re-routed per request. The client pod is dev.proj1, so
     its connections go to web-proj1 at connect(). A: requests tagged dev (they belong on
@@ -1037,7 +1042,7 @@ def suite_reroute(b):
             k = "reroute_%s_%s" % (v, q)
             rows[k] = Row(k, "HTTP %s, %s" % (label, q.replace("_us", "")), unit,
                           "re-routed (tagged dev)", "own connection (tagged dev.proj1)", better,
-                          None, fmt="%.0f")
+                          REROUTE_TARGETS.get(k), fmt="%.0f")
     b.wrk(url, False, 1, "warm-reroute", env="dev")
     raw = []
     for i in range(a.rounds):

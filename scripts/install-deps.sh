@@ -1,31 +1,48 @@
 #!/usr/bin/env bash
 # Installs envsteer's build and test dependencies from Debian packages (Debian 12).
 # Idempotent: does nothing when everything is present. Needs root.
+#
+#   install-deps.sh           what scripts/build.sh and scripts/test.sh need (build, tests,
+#                             the container image's tools)
+#   install-deps.sh --build   only what compiles the agent (the Dockerfile's build stage)
 set -euo pipefail
 
+BUILD_ONLY=0
+[ "${1:-}" = "--build" ] && BUILD_ONLY=1
+
+# the agent: compiler, BPF toolchain, the libraries it links
 PKGS=(
-  build-essential cmake ninja-build pkg-config git
+  build-essential cmake ninja-build pkg-config
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev
   libspdlog-dev libfmt-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
   libcpp-httplib-dev libcurl4-openssl-dev libssl-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libclang-rt-14-dev
-  python3 python3-pytest curl iproute2 procps wrk
-  # e2e middle tiers in real runtimes (tests/e2e/test_never_wrong.py)
-  golang-go python3-aiohttp python3-grpcio python3-h2
 )
-
-# kubectl checks the install manifests offline; Debian's is kubernetes-client (another
-# kubectl may already be installed: don't clash with it)
-command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)
-# Node, npm and a JDK for the e2e tiers: Debian's, unless one is already installed (e.g.
-# NodeSource's nodejs, which bundles npm and conflicts with Debian's npm package)
-command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
-command -v npm >/dev/null 2>&1 || PKGS+=(npm)
-command -v javac >/dev/null 2>&1 || PKGS+=(default-jdk-headless)
+if [ "$BUILD_ONLY" = 0 ]; then
+  PKGS+=(
+    git
+    libgtest-dev libgmock-dev libbenchmark-dev libclang-rt-14-dev
+    python3 python3-pytest curl iproute2 procps wrk
+    # e2e middle tiers in real runtimes (tests/e2e/test_never_wrong.py)
+    golang-go python3-aiohttp python3-grpcio python3-h2
+    # the container image (scripts/image.sh, tests/e2e/test_image.py): a base made with
+    # debootstrap from this machine's Debian mirror, built and run with podman and runc;
+    # python3-yaml reads the rendered manifests (tests/e2e/kube2podman.py)
+    podman runc debootstrap python3-yaml
+  )
+  # kubectl checks the install manifests offline; Debian's is kubernetes-client (another
+  # kubectl may already be installed: don't clash with it)
+  command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)
+  # Node, npm and a JDK for the e2e tiers: Debian's, unless one is already installed (e.g.
+  # NodeSource's nodejs, which bundles npm and conflicts with Debian's npm package)
+  command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
+  command -v npm >/dev/null 2>&1 || PKGS+=(npm)
+  command -v javac >/dev/null 2>&1 || PKGS+=(default-jdk-headless)
+fi
 
 # the npm packages of the e2e tiers (test only; a failure is reported, not fatal: the e2e
 # test that needs them says what to run)
 npm_deps() {
+  [ "$BUILD_ONLY" = 1 ] && return 0
   "$(dirname "$0")/npm-deps.sh" || echo "install-deps: scripts/npm-deps.sh failed (needed by tests/e2e/test_never_wrong.py only)" >&2
 }
 

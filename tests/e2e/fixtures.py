@@ -3,6 +3,7 @@ them): object keys, a node's services, pods and servers, /metrics samples, `envs
 import json
 import os
 import subprocess
+import threading
 import time
 
 from harness import wait_until
@@ -84,3 +85,17 @@ class Trace:
 
     def events(self, timeout=20):
         return [json.loads(l) for l in self.finish(timeout).splitlines() if l.strip()]
+
+
+def in_background(fn):
+    """Runs fn() in a thread; returns (thread, box): box["result"] or box["error"] once joined."""
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except Exception as e:  # noqa: BLE001
+            box["error"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    return t, box

@@ -59,6 +59,18 @@ class KubeNode(harness.Node):
         self.api.create(fakeapi.make_pod(NS, name, ip, labels, NODE, ready=ready, uid=uid, qos=qos))
         return pod
 
+    def populate(self, server_script=None):
+        """Service a with a-dev and a-proj1 serving, clients c-dev and c-proj1: pods of every
+        QoS class layout."""
+        self.api.create(fakeapi.make_service(NS, "a", VIP, [("http", 80, 8080)], selector={"app": "a"}))
+        self.kube_pod("a-dev", "127.1.31.1", env="dev", app="a")
+        self.kube_pod("a-proj1", "127.1.31.2", env="dev.proj1", app="a", qos="Burstable")
+        self.kube_pod("c-dev", "127.1.31.11", env="dev", app="c")
+        self.kube_pod("c-proj1", "127.1.31.12", env="dev.proj1", app="c", qos="Guaranteed")
+        self.slice([("a-dev", True), ("a-proj1", True)])
+        for p in ("a-dev", "a-proj1"):
+            self.start_server(k(p), script=server_script)
+
     def slice(self, endpoints):
         """(Re)writes the EndpointSlice of service a: endpoints = [(pod name, ready)]."""
         eps = [(self.pods[k(n)].ips[0], r, n, NODE, self.uids.get(n)) for n, r in endpoints]
@@ -77,14 +89,7 @@ def kube(e2e_prerequisites, tmp_path_factory):
     kubeconfig = api.write_kubeconfig(str(d / "kubeconfig"), auth="token-file")
     node = KubeNode("kube", api, kubeconfig, default_env="dev")
     try:
-        api.create(fakeapi.make_service(NS, "a", VIP, [("http", 80, 8080)], selector={"app": "a"}))
-        node.kube_pod("a-dev", "127.1.31.1", env="dev", app="a")
-        node.kube_pod("a-proj1", "127.1.31.2", env="dev.proj1", app="a", qos="Burstable")
-        node.kube_pod("c-dev", "127.1.31.11", env="dev", app="c")
-        node.kube_pod("c-proj1", "127.1.31.12", env="dev.proj1", app="c", qos="Guaranteed")
-        node.slice([("a-dev", True), ("a-proj1", True)])
-        for p in ("a-dev", "a-proj1"):
-            node.start_server(k(p))
+        node.populate()
         node.start_agent()
         yield node
     finally:

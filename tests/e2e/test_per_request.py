@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 
 import pytest
@@ -197,19 +196,6 @@ def test_200_concurrent_keepalive_clients_random_envs(make_node):
                        what="upstreams closed after the clients")
 
 
-def _in_background(fn):
-    box = {}
-
-    def run():
-        try:
-            box["result"] = fn()
-        except Exception as e:  # noqa: BLE001
-            box["error"] = e
-    t = threading.Thread(target=run)
-    t.start()
-    return t, box
-
-
 def test_client_closes_mid_response(make_node):
     node = build(make_node, "midclose")
     prog = ("import socket,sys\n"
@@ -259,7 +245,7 @@ def _sequence_with_waits(node, pod, entries, on_wait, timeout=10.0):
             out.append("@wait:" + flags[-1])
         else:
             out.append(e)
-    t, box = _in_background(lambda: sequence(node, pod, out, timeout=timeout))
+    t, box = fixtures.in_background(lambda: sequence(node, pod, out, timeout=timeout))
     for i, f in enumerate(flags):
         harness.wait_until(lambda: os.path.exists(f + ".reached") or not t.is_alive(), timeout=30,
                            what="the client at wait %d" % i)
@@ -313,7 +299,7 @@ def test_server_closes_while_owing_the_client(make_node):
 def test_pod_removed_while_bound(make_node):
     node = build(make_node, "podgone")
     flag = os.path.join(node.tmp, "go")
-    t, box = _in_background(lambda: sequence(
+    t, box = fixtures.in_background(lambda: sequence(
         node, "c-dev", ["dev.proj1", "dev.proj1", "@wait:" + flag, "dev.proj1", "dev.proj1", "dev"]))
     # both answers are in (the client waits): the upstream owes the client nothing
     harness.wait_until(lambda: os.path.exists(flag + ".reached") or not t.is_alive(), timeout=30,
@@ -343,7 +329,7 @@ def test_pod_removed_while_bound(make_node):
 def test_agent_restart_while_bound(make_node):
     node = build(make_node, "restart")
     flag = os.path.join(node.tmp, "go")
-    t, box = _in_background(lambda: sequence(
+    t, box = fixtures.in_background(lambda: sequence(
         node, "c-dev", ["dev.proj1", "@wait:" + flag, "dev.proj1", "dev.proj1", "dev.proj2"], timeout=8))
     # the first answer is in (the client waits), its upstream still bound
     harness.wait_until(lambda: os.path.exists(flag + ".reached") or not t.is_alive(), timeout=30,

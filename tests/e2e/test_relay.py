@@ -8,9 +8,9 @@ what the victim sees and on the bounds."""
 import json
 import os
 import signal
-import threading
 import time
 
+import fixtures
 import harness
 
 NS = "rl"
@@ -22,8 +22,7 @@ KALOAD = os.path.join(HERE, "kaload.py")
 RELAYLOAD = os.path.join(HERE, "relayload.py")
 
 
-def k(name):
-    return "%s/%s" % (NS, name)
+k = fixtures.keyer(NS)
 
 
 def build(make_node, name, extra_args=()):
@@ -69,19 +68,6 @@ def p99(xs):
     return xs[min(len(xs) - 1, int(len(xs) * 0.99))]
 
 
-def background(fn):
-    box = {}
-
-    def run():
-        try:
-            box["result"] = fn()
-        except Exception as e:  # noqa: BLE001
-            box["error"] = e
-    t = threading.Thread(target=run)
-    t.start()
-    return t, box
-
-
 def rss_kib(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -101,7 +87,7 @@ def test_slow_server_on_one_client_does_not_delay_another(make_node):
     unloaded = victim(node)
     rss0 = rss_kib(node.agent.pid)
     seconds = 20
-    t, box = background(lambda: run_json(
+    t, box = fixtures.in_background(lambda: run_json(
         node, "c-att", [harness.PYTHON, RELAYLOAD, "--to", TO, "--env", "dev.proj1", "--attack", "12",
                         "--seconds", str(seconds)], timeout=seconds + 40))
     time.sleep(3)  # the attackers' queues fill
@@ -180,7 +166,7 @@ def test_one_pod_cannot_take_the_relay_table(make_node):
     """A pod holding many connections, each with a re-routed request, gets its share of the
     relay; beyond it its connections are reset (counted). Another pod is still served."""
     node = build(make_node, "share", ["--relay-clients-per-pod", "4"])
-    t, box = background(lambda: run_json(
+    t, box = fixtures.in_background(lambda: run_json(
         node, "c-att", [harness.PYTHON, RELAYLOAD, "--to", TO, "--env", "dev.proj1", "--hold", "10",
                         "--seconds", "6"], timeout=60))
     harness.wait_until(lambda: relay(node)["client_resets"]["pod_share"] >= 6, timeout=20,
