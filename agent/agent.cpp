@@ -61,41 +61,115 @@ ModelOptions Agent::model_options() const {
   return o;
 }
 
-bool Agent::apply_cluster(const k8s::ClusterState& cluster, const char* why, bool latest) {
+const DesiredState Agent::kNoModel{};
+
+// A whole state (start-up, SIGHUP, a re-read of every file, the first sync
+// with the API): the first one loads the model and writes everything; later
+// ones go in as the objects that differ from the model's.
+bool Agent::apply_cluster(k8s::ClusterState cluster, const char* why, bool latest) {
+  if (inc_) return apply_changes(cluster_changes(inc_->cluster(), std::move(cluster)), why, latest);
   auto t0 = std::chrono::steady_clock::now();
+  auto inc = std::make_unique<IncrementalModel>(model_options());
+  inc->reset(std::move(cluster));
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    inc_ = std::move(inc);
+    need_full_ = true;
+    next_check_ = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+  }
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  spdlog::info("model of {} object(s) built in {} ms", inc_->cluster().size(), ms);
+  if (apply_changes({}, why, latest)) return true;
+  std::lock_guard<std::mutex> g(mu_);
+  inc_.reset();  // nothing of a first state stays unless it applies
+  model_ = &kNoModel;
+  return false;
+}
+
+bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bool latest,
+                          const Discovered& discovered) {
+  auto t0 = std::chrono::steady_clock::now();
+  std::unique_lock<std::mutex> g(mu_);
+  if (!inc_) return false;
+  auto t_model = t0, t_maps = t0;
+  ApplyStats st;
+  std::string error;
+  const char* reason = "invalid_input";
   try {
-    // Bad objects are left out one by one (want.skipped); the rest applies.
-    DesiredState want = build_model(cluster, model_options());
+    const std::vector<std::string> old_warnings = model_->warnings;
+    // Applied now: the changes waiting since a failure, then these; a rescan
+    // (latest = false) adds only what the model found itself.
+    if (latest)
+      for (auto& c : changes) pending_[{static_cast<int>(c.kind), c.key}] = std::move(c);
+    std::vector<ObjectChange> undo;
+    if (latest)
+      for (const auto& [k, c] : pending_)
+        if (auto u = inc_->apply(c)) undo.push_back(std::move(*u));
+    for (const auto& [pod, path] : discovered) inc_->set_discovered_cgroup(pod, path);
+    if (std::string(why) == "rescan") inc_->recheck_missing_cgroups();
+    const DesiredState& want = inc_->state();
     if (latest) note_skipped(want);
-    ApplyStats st;
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      st = rec_->apply(want);
-      for (const auto& w : want.warnings)
-        if (std::find(model_.warnings.begin(), model_.warnings.end(), w) == model_.warnings.end())
-          spdlog::warn("{}", w);
-      model_ = std::move(want);
-      last_sync_ = std::chrono::system_clock::now();
-      syncs_ok_++;
-      map_updates_ += st.updates;
-      map_deletes_ += st.deletes;
-      if (latest) apply_failure_ = {};  // the source's latest state is applied (a read error stays)
-      publish_names();
+    ModelDelta d = inc_->take_delta();
+    t_model = std::chrono::steady_clock::now();
+    try {
+      st = need_full_ ? rec_->apply(want) : rec_->apply(want, d);
+    } catch (...) {
+      for (auto it = undo.rbegin(); it != undo.rend(); ++it) inc_->apply(std::move(*it));
+      inc_->take_delta();
+      need_full_ = true;  // the shadow is exact; the next apply compares everything
+      model_ = &inc_->state();
+      throw;
     }
-    auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
-    if (st.changed() || std::string(why) != "rescan")
-      spdlog::info("applied {} ({}): {} services addresses, {} envs, {} backend sets, {} local pods, "
-                   "{} skipped object(s); {} map updates, {} deletes in {} us",
-                   why, st.changed() ? "changed" : "no change", model_.frontends.size(), model_.envs.size(),
-                   model_.sets.size(), model_.pods.size(), model_.skipped.size(), st.updates, st.deletes, us);
-    return true;
+    t_maps = std::chrono::steady_clock::now();
+    need_full_ = false;
+    if (latest) pending_.clear();
+    model_ = &want;
+    for (const auto& w : want.warnings)
+      if (std::find(old_warnings.begin(), old_warnings.end(), w) == old_warnings.end()) spdlog::warn("{}", w);
+    last_sync_ = std::chrono::system_clock::now();
+    syncs_ok_++;
+    map_updates_ += st.updates;
+    map_deletes_ += st.deletes;
+    if (latest) apply_failure_ = {};  // the source's latest state is applied (a read error stays)
+    publish_names();
   } catch (const std::exception& e) {
-    const char* reason = dynamic_cast<const CapacityError*>(&e) ? "map_full"
-                         : dynamic_cast<const ApplyError*>(&e) ? "map_write"
-                                                                : "invalid_input";
-    record_failure("not applied", why, e.what(), reason);
+    reason = dynamic_cast<const CapacityError*>(&e) ? "map_full"
+             : dynamic_cast<const ApplyError*>(&e)  ? "map_write"
+                                                     : "invalid_input";
+    error = e.what();
+  }
+  g.unlock();
+  if (!error.empty()) {
+    record_failure("not applied", why, error, reason);
     return false;
   }
+  auto us = [](auto a, auto b) { return std::chrono::duration_cast<std::chrono::microseconds>(b - a).count(); };
+  if (st.changed() || std::string(why) != "rescan")
+    spdlog::info("applied {} ({}): {} services addresses, {} envs, {} backend sets, {} local pods, "
+                 "{} skipped object(s); {} map updates, {} deletes in {} us (model {} us, maps {} us)",
+                 why, st.changed() ? "changed" : "no change", model_->frontends.size(), model_->envs.size(),
+                 model_->sets.size(), model_->pods.size(), model_->skipped.size(), st.updates, st.deletes,
+                 us(t0, t_maps), us(t0, t_model), us(t_model, t_maps));
+  return true;
+}
+
+void Agent::check_consistency() {
+  if (!inc_ || std::chrono::steady_clock::now() < next_check_) return;
+  next_check_ = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+  std::unique_lock<std::mutex> g(mu_);
+  if (!pending_.empty()) return;  // a failed state waits: checked once it applies
+  DesiredState full = build_model(inc_->cluster(), inc_->options());
+  std::string diff = model_difference(inc_->state(), full);
+  if (diff.empty()) return;
+  spdlog::error("consistency check: the incremental model differs from a full build ({}); rebuilding it", diff);
+  k8s::ClusterState cs = inc_->cluster();
+  auto opts = inc_->options();
+  inc_ = std::make_unique<IncrementalModel>(opts);
+  inc_->reset(std::move(cs));
+  model_ = &inc_->state();
+  need_full_ = true;
+  g.unlock();
+  apply_changes({}, "consistency repair", false);
 }
 
 namespace {
@@ -107,7 +181,6 @@ bool same_skip(const Skipped& a, const Skipped& b) {
 }  // namespace
 
 void Agent::note_skipped(const DesiredState& want) {
-  std::lock_guard<std::mutex> g(mu_);
   for (const auto& s : want.skipped) {
     if (std::any_of(skipped_.begin(), skipped_.end(), [&](const Skipped& o) { return same_skip(o, s); })) continue;
     spdlog::warn("skipped: {}", s.message);
@@ -139,10 +212,24 @@ void Agent::record_failure(const char* what, const char* why, const std::string&
   spdlog::error("{} ({}): {}; keeping the last good state", what, why, msg);
 }
 
-bool Agent::sync(const char* why) {
-  k8s::ClusterState cluster;
+bool Agent::sync(const char* why, const std::set<std::string>& names) {
+  if (!reader_) reader_ = std::make_unique<sources::ManifestReader>(s_.manifests);
+  std::vector<ObjectChange> changes;
+  std::optional<k8s::ClusterState> all;
+  auto read = [&] {
+    // only the files the events named; every file when they did not say
+    if (names.empty()) all = reader_->read_all();
+    else changes = reader_->read_changed(names);
+  };
+  auto t0 = std::chrono::steady_clock::now();
   try {
-    cluster = sources::load_manifests(s_.manifests);
+    try {
+      read();
+    } catch (const sources::ManifestError&) {
+      // a writer may not be done (editors and `kubectl get > file` write in pieces)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      read();
+    }
   } catch (const std::exception& e) {
     record_failure("manifests not applied", why, e.what());
     return false;
@@ -151,9 +238,11 @@ bool Agent::sync(const char* why) {
     std::lock_guard<std::mutex> g(mu_);
     source_failure_ = {};  // read: what remains is whether it applies
   }
-  if (!apply_cluster(cluster, why)) return false;
-  cluster_ = std::move(cluster);
-  return true;
+  spdlog::info("read {}: {} in {} us", names.empty() ? std::string("every file") : *names.begin(),
+                all ? std::to_string(all->size()) + " object(s)" : std::to_string(changes.size()) + " change(s)",
+                std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+  if (all) return apply_cluster(std::move(*all), why);
+  return apply_changes(std::move(changes), why);
 }
 
 nlohmann::json Agent::status_json() {
@@ -194,10 +283,10 @@ nlohmann::json Agent::status_json() {
                {"last_error_unix", err.empty() ? 0.0 : ts(last_error_time_)},
                {"map_updates", map_updates_}, {"map_deletes", map_deletes_}};
   nlohmann::json missing = nlohmann::json::array();
-  for (const auto& m : model_.missing_cgroups) missing.push_back({{"pod", m.pod}, {"cgroup", m.cgroup}});
-  j["model"] = {{"frontends", model_.frontends.size()}, {"envs", model_.envs.size()},
-                {"sets", model_.sets.size()}, {"local_pods", model_.pods.size()},
-                {"warnings", model_.warnings}, {"missing_cgroups", missing}};
+  for (const auto& m : model_->missing_cgroups) missing.push_back({{"pod", m.pod}, {"cgroup", m.cgroup}});
+  j["model"] = {{"frontends", model_->frontends.size()}, {"envs", model_->envs.size()},
+                {"sets", model_->sets.size()}, {"local_pods", model_->pods.size()},
+                {"warnings", model_->warnings}, {"missing_cgroups", missing}};
   // Left out of the state (of the source's latest state); everything else is applied.
   nlohmann::json skipped = nlohmann::json::array();
   for (const auto& sk : skipped_)
@@ -209,18 +298,18 @@ nlohmann::json Agent::status_json() {
     j["source"]["api"]["events"] = {{"posted", es.posted}, {"exists", es.exists}, {"failed", es.failed},
                                     {"dropped", es.dropped}};
   }
-  if (dp_) j["pods"] = thread_context_json(model_, ctx_off_processes());
+  if (dp_) j["pods"] = thread_context_json(*model_, ctx_off_processes());
   return j;
 }
 
 nlohmann::json Agent::explain_json(const std::string& from, const std::string& to,
                                    const std::optional<std::string>& env) {
   std::lock_guard<std::mutex> g(mu_);
-  if (!model_.pod_envs.count(from))
+  if (!model_->pod_envs.count(from))
     for (const auto& sk : skipped_)
       if (sk.kind == "Pod" && sk.key == from) throw std::invalid_argument(sk.message);
-  auto j = explain(ExplainRequest{from, to, env}, model_, dp_->maps(), s_.splitter);
-  for (const auto& [cg, pod] : model_.pods)
+  auto j = explain(ExplainRequest{from, to, env}, *model_, dp_->maps(), s_.splitter);
+  for (const auto& [cg, pod] : model_->pods)
     if (pod.pod == from) j["thread_context"] = thread_context_state(pod, ctx_off_processes());
   return j;
 }
@@ -236,7 +325,7 @@ std::string Agent::metrics_text() {
            std::to_string(dp_->maps().counter(i)) + "\n";
   std::lock_guard<std::mutex> g(mu_);
   out += request_metrics();
-  out += thread_context_metrics(model_, ctx_off_processes());
+  out += thread_context_metrics(*model_, ctx_off_processes());
   out += "# TYPE envsteer_syncs_total counter\n";
   out += "envsteer_syncs_total{result=\"ok\"} " + std::to_string(syncs_ok_) + "\n";
   out += "envsteer_syncs_total{result=\"failed\"} " + std::to_string(syncs_failed_) + "\n";
@@ -278,11 +367,11 @@ std::string Agent::request_metrics() {
   std::string out;
   if (relay_) {
     std::map<uint32_t, std::string> svc, env;
-    for (const auto& [k, f] : model_.frontends)
+    for (const auto& [k, f] : model_->frontends)
       if (auto id = rec_->svc_id(k)) svc[*id] = f.service + ":" + std::to_string(ntohs(k.port));
-    for (const auto& e : model_.envs)
+    for (const auto& e : model_->envs)
       if (auto id = rec_->env_id(e)) env[*id] = e;
-    if (auto id = rec_->env_id(model_.default_env)) env.emplace(*id, model_.default_env);
+    if (auto id = rec_->env_id(model_->default_env)) env.emplace(*id, model_->default_env);
     static const char* paths[] = {"passed", "kernel", "slow", "failed"};
     out += "# HELP envsteer_requests_total HTTP requests on steered connections by service address, resolved "
            "environment and path (passed: out on the connection; kernel: re-routed to a bound upstream; slow: "
@@ -465,29 +554,46 @@ void Agent::write_http_config() {
     throw std::runtime_error(std::string("writing the header insertion settings failed: ") + strerror(-err));
 }
 
+// This node's pod: the cgroup found for it in kubelet's layout ("" = not yet);
+// nullopt: not this node's (or no uid).
+std::optional<std::string> Agent::discover_pod(const k8s::Pod& pod) {
+  if (!pod_cgroups_ || pod.node_name != s_.node_name || pod.uid.empty()) return std::nullopt;
+  try {
+    auto path = pod_cgroups_->watch(pod.uid, pod.qos_class);
+    watched_uids_.insert(pod.uid);
+    uid_pod_[pod.uid] = k8s::object_key(pod.ns, pod.name);
+    // a finished pod's cgroup is gone for good: not "missing"
+    if (path || (pod.phase != "Succeeded" && pod.phase != "Failed")) return path ? path->string() : "";
+  } catch (const std::invalid_argument& e) {
+    spdlog::warn("Pod {}: metadata.uid: {}; not managed", k8s::object_key(pod.ns, pod.name), e.what());
+  }
+  return std::nullopt;
+}
+
 void Agent::discover_local_cgroups(const k8s::ClusterState& cs) {
   if (!pod_cgroups_) return;
-  std::set<std::string> seen;
+  std::set<std::string> before = std::move(watched_uids_);
+  watched_uids_.clear();
   std::map<std::string, std::string> found;
-  for (const auto& [key, pod] : cs.pods) {
-    if (pod.node_name != s_.node_name || pod.uid.empty()) continue;
-    try {
-      auto path = pod_cgroups_->watch(pod.uid, pod.qos_class);
-      seen.insert(pod.uid);
-      // a finished pod's cgroup is gone for good: not "missing"
-      if (path || (pod.phase != "Succeeded" && pod.phase != "Failed")) found[key] = path ? path->string() : "";
-    } catch (const std::invalid_argument& e) {
-      spdlog::warn("Pod {}: metadata.uid: {}; not managed", key, e.what());
-    }
-  }
-  for (const auto& uid : watched_uids_)
-    if (!seen.count(uid)) pod_cgroups_->unwatch(uid);
-  watched_uids_ = std::move(seen);
+  for (const auto& [key, pod] : cs.pods)
+    if (auto path = discover_pod(pod)) found[key] = *path;
+  for (const auto& uid : before)
+    if (!watched_uids_.count(uid)) pod_cgroups_->unwatch(uid), uid_pod_.erase(uid);
   discovered_ = std::move(found);
 }
 
+// A pod's cgroup appeared or went away (kubelet creates it after the pod
+// object): the pods it is for are discovered again.
 void Agent::on_pod_cgroup_events(const std::vector<podcgroup::PodCgroupWatcher::Event>& events, const char* why) {
-  if (!events.empty()) apply_kube(why);
+  if (!inc_) return;
+  Discovered disc;
+  for (const auto& e : events) {
+    auto it = uid_pod_.find(e.uid);
+    if (it == uid_pod_.end()) continue;
+    auto pod = inc_->cluster().pods.find(it->second);
+    if (pod != inc_->cluster().pods.end()) disc.push_back({it->second, discover_pod(pod->second)});
+  }
+  if (!disc.empty()) apply_changes({}, why, apply_failure_.message.empty(), disc);
 }
 
 bool Agent::apply_kube(const char* why) {
@@ -505,14 +611,31 @@ bool Agent::apply_kube(const char* why) {
     restart_requested_ = true;
     return false;
   }
-  k8s::ClusterState cs = kube_->snapshot();
-  discover_local_cgroups(cs);
-  if (!apply_cluster(cs, why)) return false;
-  cluster_ = std::move(cs);
+  if (!inc_) {
+    k8s::ClusterState cs = kube_->snapshot();
+    discover_local_cgroups(cs);
+    if (!apply_cluster(std::move(cs), why)) return false;
+  } else {
+    // the objects that changed; this node's pods' cgroups with them
+    std::vector<ObjectChange> changes = kube_->take_changes();
+    Discovered disc;
+    for (const auto& c : changes) {
+      if (c.kind != ObjectChange::Kind::Pod) continue;
+      const auto* pod = std::get_if<k8s::Pod>(&c.object);
+      std::optional<std::string> path = pod ? discover_pod(*pod) : std::nullopt;
+      if (!path && inc_->cluster().pods.count(c.key)) {
+        const auto& old = inc_->cluster().pods.at(c.key);
+        if (!old.uid.empty() && (!pod || pod->uid != old.uid) && watched_uids_.erase(old.uid))
+          pod_cgroups_->unwatch(old.uid), uid_pod_.erase(old.uid);
+      }
+      disc.push_back({c.key, path});
+    }
+    if (!apply_changes(std::move(changes), why, true, disc)) return false;
+  }
   if (!ready_) {
     ready_ = true;
-    spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_.frontends.size(),
-                 model_.pods.size());
+    spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_->frontends.size(),
+                 model_->pods.size());
   }
   return true;
 }
@@ -572,7 +695,10 @@ std::optional<k8s::ClusterState> Agent::open_source() {
   cg_mount_ = cgroup::find_cgroup2_mount();
   cg_root_ = s_.cgroup_root.empty() ? cg_mount_ : cgroup::resolve_in_mount(cg_mount_, s_.cgroup_root);
   if (!cgroup::cgroup_id(cg_root_)) throw std::runtime_error("--cgroup-root: " + cg_root_.string() + " does not exist");
-  if (!s_.kubernetes) return sources::load_manifests(s_.manifests);  // bad objects are skipped later, reported
+  if (!s_.kubernetes) {  // bad objects are skipped later, reported
+    reader_ = std::make_unique<sources::ManifestReader>(s_.manifests);
+    return reader_->read_all();
+  }
   sources::KubeConfig kc = s_.kubeconfig.empty() ? sources::in_cluster_config()
                                                  : sources::load_kubeconfig(s_.kubeconfig, s_.kube_context);
   if (s_.node_name.empty())
@@ -634,7 +760,7 @@ bool Agent::handle_signals(int sfd, bool manifests) {
     if (si.ssi_signo == SIGHUP) {
       if (manifests) {
         spdlog::info("SIGHUP: re-reading {}", s_.manifests);
-        sync("SIGHUP");
+        sync("SIGHUP", {});
       } else {
         spdlog::info("SIGHUP: re-applying the Kubernetes state");
         apply_kube("SIGHUP");
@@ -653,12 +779,13 @@ bool Agent::handle_signals(int sfd, bool manifests) {
 void Agent::periodic() {
   if (pod_cgroups_) {
     if (++rescan_ticks_ % 15 == 0) on_pod_cgroup_events(pod_cgroups_->rescan(), "pod cgroup rescan");
-  } else if (cluster_ && !model_.missing_cgroups.empty()) {
+  } else if (inc_ && !model_->missing_cgroups.empty()) {
     // the last good state again, for cgroups that appeared since: it clears no
     // error (a broken source, or a latest state that does not apply, stays
     // reported until fixed)
-    apply_cluster(*cluster_, "rescan", apply_failure_.message.empty());
+    apply_changes({}, "rescan", false);
   }
+  check_consistency();
   sweep_thread_context();
 }
 
@@ -675,14 +802,8 @@ int Agent::loop(int sfd, sources::ManifestWatcher* watcher) {
       return 1;
     }
     if ((fds[0].revents & POLLIN) && !handle_signals(sfd, watcher != nullptr)) return 0;
-    if (watcher && fds[1].revents & POLLIN && watcher->drain()) {
-      // Let a writer finish (editors and `kubectl get > file` write in pieces).
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      watcher->drain();
-      sync("manifest change");
-    }
+    if (watcher && fds[1].revents & POLLIN && watcher->drain()) sync("manifest change", watcher->take_names());
     if (kube_ && fds[1].revents & POLLIN) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // batch a burst of events
       kube_->drain();
       apply_kube(ready_ ? "kubernetes event" : "first sync");
       if (restart_requested_) return 0;
@@ -691,6 +812,7 @@ int Agent::loop(int sfd, sources::ManifestWatcher* watcher) {
       // a pod's cgroup appeared or went away (kubelet creates it after the pod object)
       on_pod_cgroup_events(pod_cgroups_->drain(), "pod cgroup change");
     }
+
     if (std::chrono::steady_clock::now() >= next_tick) {
       periodic();
       next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(2);
@@ -733,15 +855,14 @@ int Agent::run() {
   start_datapath();
   std::unique_ptr<sources::ManifestWatcher> watcher;
   if (initial) {
-    if (!apply_cluster(*initial, "start-up")) {
+    if (!apply_cluster(std::move(*initial), "start-up")) {
       close(sfd);
       return 1;
     }
-    cluster_ = std::move(initial);
     watcher = std::make_unique<sources::ManifestWatcher>(s_.manifests);
     ready_ = true;
-    spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_.frontends.size(),
-                 model_.pods.size());
+    spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_->frontends.size(),
+                 model_->pods.size());
   } else {
     // Nothing is applied before the first full sync: the adopted (pinned)
     // state keeps steering meanwhile, never an empty one.

@@ -50,16 +50,34 @@ class Agent {
   ModelOptions model_options() const;
   // Reads the source, builds the model and applies it. On bad input keeps the
   // last good state. Returns false on error (message logged and kept).
-  bool sync(const char* why);
+  bool sync(const char* why, const std::set<std::string>& names);
   // latest: cluster is the source's latest state (its skips are reported and
   // applying it clears an apply error); false for a rescan of the last good
   // state while the latest one is not applied.
-  bool apply_cluster(const k8s::ClusterState& cluster, const char* why, bool latest = true);
+  bool apply_cluster(k8s::ClusterState cluster, const char* why, bool latest = true);
+  // The incremental path: the objects that changed (and, with --kubernetes,
+  // cgroups found for this node's pods) go into the model, and only the map
+  // entries they touch are written. A change that does not apply is taken
+  // back (the model stays the last good state) and tried again with the next.
+  using Discovered = std::vector<std::pair<std::string, std::optional<std::string>>>;
+  bool apply_changes(std::vector<ObjectChange> changes, const char* why, bool latest = true,
+                     const Discovered& discovered = {});
+  // Now and then: the incremental model against a full build of its objects
+  // (logged and repaired when they differ).
+  void check_consistency();
+  std::unique_ptr<IncrementalModel> inc_;  // the objects and the model as last applied (under mu_)
+  std::map<std::pair<int, std::string>, ObjectChange> pending_;  // changes not applied yet, latest per object
+  bool need_full_ = true;                  // the next apply compares everything (after a failure)
+  std::chrono::steady_clock::time_point next_check_{};
+  std::unique_ptr<sources::ManifestReader> reader_;
+  std::map<std::string, std::string> uid_pod_;  // --kubernetes: this node's pods by uid
+  std::optional<std::string> discover_pod(const k8s::Pod& pod);
+
   // reason: source, invalid_input, map_full, map_write (a label of envsteer_sync_failures_total)
   void record_failure(const char* what, const char* why, const std::string& msg, const char* reason = "source");
   // Takes the skipped objects of a model built from the source's latest state:
   // one log line (and a Kubernetes Event) per newly skipped object.
-  void note_skipped(const DesiredState& want);
+  void note_skipped(const DesiredState& want);  // under mu_
   void open_admin();
   void start_admin();
   void stop_admin();
@@ -89,8 +107,8 @@ class Agent {
   std::unique_ptr<Reconciler> rec_;
   std::unique_ptr<Relay> relay_;  // per-request steering's slow path (with the request context)
   std::string request_metrics();
-  std::optional<k8s::ClusterState> cluster_;  // last good source state
-  DesiredState model_;                        // last applied model (its missing_cgroups are rescanned)
+  static const DesiredState kNoModel;
+  const DesiredState* model_ = &kNoModel;     // inc_->state(): the last applied model
   std::vector<Skipped> skipped_;              // of the source's latest state, applied or not
 
   mutable std::mutex mu_;  // guards model_, rec_ state, status fields
@@ -124,10 +142,12 @@ class Agent {
   void sweep_thread_context();
   std::set<uint32_t> ctx_off_logged_;
   mutable std::map<uint64_t, std::string> ctx_pod_cache_;  // cgroup id -> pod, under mu_
-  std::shared_ptr<const NameTable> names() const;
+  std::shared_ptr<const NameTable> names() const;         // takes mu_
+  std::shared_ptr<const NameTable> names_locked() const;  // under mu_
   std::string observe_metrics();
   mutable std::mutex names_mu_;
-  std::shared_ptr<const NameTable> names_;
+  mutable std::shared_ptr<const NameTable> names_;
+  mutable bool names_stale_ = true;  // under names_mu_
   std::unique_ptr<TraceHub> trace_;
   std::map<std::string, uint64_t> failures_by_reason_;
 

@@ -19,16 +19,29 @@ void Agent::start_observe() {
   publish_names();
 }
 
+// The names change with every apply, but are read only by trace clients,
+// metrics and status: built when read (a walk of the whole model), not when written.
 void Agent::publish_names() {
   ctx_pod_cache_.clear();
-  auto t = std::make_shared<const NameTable>(build_names(model_, rec_->shadow()));
+  std::lock_guard<std::mutex> g(names_mu_);
+  names_stale_ = true;
+}
+
+std::shared_ptr<const NameTable> Agent::names_locked() const {
+  {
+    std::lock_guard<std::mutex> g(names_mu_);
+    if (!names_stale_ || !rec_) return names_;
+  }
+  auto t = std::make_shared<const NameTable>(build_names(*model_, rec_->shadow()));
   std::lock_guard<std::mutex> g(names_mu_);
   names_ = std::move(t);
+  names_stale_ = false;
+  return names_;
 }
 
 std::shared_ptr<const NameTable> Agent::names() const {
-  std::lock_guard<std::mutex> g(names_mu_);
-  return names_;
+  std::lock_guard<std::mutex> g(mu_);
+  return names_locked();
 }
 
 std::string Agent::observe_metrics() {
@@ -63,7 +76,7 @@ std::string Agent::observe_metrics() {
     for (const Failure* f : {&source_failure_, &apply_failure_})
       if (!f->reason.empty()) in.failing_reasons.insert(f->reason);
     for (const auto& sk : skipped_) in.skipped[{sk.kind, sk.reason}]++;
-    in.missing_cgroups = model_.missing_cgroups.size();
+    in.missing_cgroups = model_->missing_cgroups.size();
   }
   auto n = names();
   return render_observability(in, n ? *n : NameTable{});
@@ -77,9 +90,10 @@ namespace envsteer {
 // walk of the pods' subtrees: cached until the names change.
 std::vector<CtxOffProcess> Agent::ctx_off_processes() const {
   if (!dp_) return {};
-  auto n = names();
+  std::shared_ptr<const NameTable> n;  // only for a process not seen yet (a rebuild may walk the model)
   return read_ctx_off(dp_->maps(), [&](uint64_t cg) {
     auto it = ctx_pod_cache_.find(cg);
+    if (it == ctx_pod_cache_.end() && !n) n = names_locked();
     if (it == ctx_pod_cache_.end()) it = ctx_pod_cache_.emplace(cg, n ? n->pod_of_cgroup(cg) : "").first;
     return it->second;
   });

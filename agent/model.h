@@ -6,10 +6,12 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "k8s/objects.h"
@@ -71,6 +73,9 @@ struct FrontendSpec {
   std::string service;    // "ns/name"
   std::string port_name;  // service port name
   uint32_t flags = 0;     // ES_FE_F_*
+  bool operator==(const FrontendSpec& o) const {
+    return maps::bytes_equal(key, o.key) && service == o.service && port_name == o.port_name && flags == o.flags;
+  }
 };
 
 // Opt-ins, as annotations. On a Pod: its threads serve one request each
@@ -87,6 +92,7 @@ struct SetName {
     int c = std::memcmp(&frontend, &o.frontend, sizeof(frontend));
     return c != 0 ? c < 0 : env < o.env;
   }
+  bool operator==(const SetName& o) const { return maps::bytes_equal(frontend, o.frontend) && env == o.env; }
 };
 
 struct LocalPod {
@@ -100,6 +106,7 @@ struct LocalPod {
   uint32_t flags() const {
     return (labelled ? ES_POD_F_LABELLED : 0u) | (thread_ctx ? ES_POD_F_THREAD_CTX : 0u);
   }
+  bool operator==(const LocalPod&) const = default;
 };
 
 // Where a pod's cgroup is, as the host sees it.
@@ -151,5 +158,81 @@ struct DesiredState {
 // Pure. Bad objects never fail the whole model: each one is left out and
 // listed in DesiredState::skipped, and everything else is built.
 DesiredState build_model(const k8s::ClusterState& cluster, const ModelOptions& opt);
+
+// What may have changed in a DesiredState since the last take_delta(): the
+// reconciler writes only these keys (and compares the few local pods whole).
+struct ModelDelta {
+  bool all = false;  // anything may have changed: a full apply
+  std::set<es_frontend_key, maps::BytesLess<es_frontend_key>> frontends;
+  std::set<SetName> sets;
+  std::set<EnvName> envs;  // added or removed
+  bool pods = false;       // local pods or the config (pod levels)
+  bool empty() const { return !all && frontends.empty() && sets.empty() && envs.empty() && !pods; }
+  void merge(ModelDelta&& o);
+};
+
+// "" when a and b say the same (every field of DesiredState), else the first
+// difference, for the periodic consistency check and the tests.
+std::string model_difference(const DesiredState& a, const DesiredState& b);
+
+// One object as a source now has it: decoded, undecodable, or deleted.
+struct ObjectChange {
+  enum class Kind { Service, Pod, EndpointSlice };
+  Kind kind = Kind::Pod;
+  std::string key;  // "ns/name"
+  std::variant<std::monostate, k8s::Service, k8s::Pod, k8s::EndpointSlice, k8s::InvalidObject> object;  // monostate: deleted
+};
+
+// The changes that turn cluster `from` into `to` (every object that differs).
+std::vector<ObjectChange> cluster_changes(const k8s::ClusterState& from, k8s::ClusterState&& to);
+
+// The model kept up to date object by object. It holds the one copy of the
+// cluster's objects the agent keeps, with indexes from each object to what
+// depends on it, so that an event recomputes only the Services it touches
+// (their frontends and backend sets), the Pod's own entries, and the
+// environments whose use starts or ends. It applies the same rules as
+// build_model() (shared code): after any sequence of events state() equals
+// build_model(cluster(), options) — tested, and checked by the agent now and
+// then.
+class IncrementalModel {
+ public:
+  explicit IncrementalModel(ModelOptions opt);
+  ~IncrementalModel();
+  IncrementalModel(const IncrementalModel&) = delete;
+  IncrementalModel& operator=(const IncrementalModel&) = delete;
+
+  // Replaces everything (start-up, a re-list, a consistency repair); the next
+  // delta is `all`.
+  void reset(k8s::ClusterState cluster);
+
+  // One object added, changed or deleted. An upsert of an equal object is a
+  // no-op. An object the source could not decode is set_invalid (it replaces
+  // a decoded one of the same kind and key, and the other way round).
+  void upsert(k8s::Service s);
+  void upsert(k8s::Pod p);
+  void upsert(k8s::EndpointSlice s);
+  void remove_service(const std::string& key);
+  void remove_pod(const std::string& key);
+  void remove_slice(const std::string& key);
+  void set_invalid(k8s::InvalidObject o);
+  // Any of the above; returns the change that undoes it (nullopt: nothing changed).
+  std::optional<ObjectChange> apply(ObjectChange c);
+
+  // --kubernetes: the cgroup found for this node's pod ("" = not yet);
+  // nullopt: not this node's pod.
+  void set_discovered_cgroup(const std::string& pod, const std::optional<std::string>& path);
+  // Resolves again the cgroups of pods whose cgroup was missing (they may
+  // have appeared since).
+  void recheck_missing_cgroups();
+
+  const DesiredState& state();
+  const k8s::ClusterState& cluster() const;
+  const ModelOptions& options() const;
+  ModelDelta take_delta();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> p_;
+};
 
 }  // namespace envsteer

@@ -20,6 +20,14 @@ struct Reconciler::Target {
   std::map<uint64_t, es_pod> pods;
   es_config config{};
   size_t slots = 0;
+  // A delta (plan_delta): the maps above hold only what may have changed, the
+  // removals are listed, and the counts are of the whole state afterwards.
+  bool partial = false;
+  std::vector<es_frontend_key> drop_frontends;
+  std::vector<es_set_key> drop_sets;
+  std::vector<EnvName> drop_env_names;
+  std::vector<uint32_t> drop_envs;
+  size_t n_frontends = 0, n_sets = 0, n_envs = 0, n_env_names = 0;  // partial only
 };
 
 std::vector<es_backend> SetShadow::live() const {
@@ -60,6 +68,7 @@ std::optional<uint32_t> Reconciler::svc_id(const es_frontend_key& k) const {
 
 size_t Reconciler::adopt() {
   shadow_ = Shadow{};
+  slot_entries_ = 0;
   size_t n = 0;
   maps_.for_each(MapId::Frontends, [&](const void* k, const void* v) {
     shadow_.frontends[*static_cast<const es_frontend_key*>(k)] = *static_cast<const es_frontend*>(v);
@@ -85,6 +94,7 @@ size_t Reconciler::adopt() {
     auto& set = shadow_.sets[es_set_key{sk.svc_id, sk.env_id}];
     if (sk.slot >= set.slots.size()) set.slots.resize(sk.slot + 1);
     set.slots[sk.slot] = *static_cast<const es_backend*>(v);
+    slot_entries_++;
     n++;
   });
   maps_.for_each(MapId::Pods, [&](const void* k, const void* v) {
@@ -149,6 +159,17 @@ Reconciler::Target Reconciler::plan(const DesiredState& want) const {
     for (const auto& b : backends) v.push_back(b.backend);
     t.slots += v.size();
   }
+  plan_pods(want, t);
+  return t;
+}
+
+// Local pods (few) and the config, always whole; env ids from t, else the shadow.
+void Reconciler::plan_pods(const DesiredState& want, Target& t) const {
+  auto id_of = [&](const EnvName& e) {
+    if (e.empty()) return uint32_t{ES_ENV_BASE};
+    auto it = t.env_ids.find(e);
+    return it != t.env_ids.end() ? it->second : shadow_.env_names.at(e);
+  };
   uint32_t min_level = ES_MAX_CGROUP_LEVEL, max_level = 0;
   for (const auto& [cg, pod] : want.pods) {
     t.pods[cg] = es_pod{id_of(pod.env), pod.flags()};
@@ -160,6 +181,108 @@ Reconciler::Target Reconciler::plan(const DesiredState& want) const {
   t.config.default_env_id = id_of(want.default_env);
   t.config.min_pod_level = min_level;
   t.config.max_pod_level = max_level;
+}
+
+// Only the keys a delta names. New ids are allocated like plan() does (the
+// ids in use are collected only when a new name needs one).
+Reconciler::Target Reconciler::plan_delta(const DesiredState& want, const ModelDelta& d) const {
+  Target t;
+  t.partial = true;
+  std::vector<EnvName> added;
+  for (const auto& e : d.envs) {
+    bool wanted = want.envs.count(e) > 0;
+    auto have = shadow_.env_names.find(e);
+    if (wanted && have == shadow_.env_names.end()) {
+      added.push_back(e);
+    } else if (!wanted && have != shadow_.env_names.end()) {
+      t.drop_env_names.push_back(e);
+      t.drop_envs.push_back(have->second);
+    }
+  }
+  if (!added.empty()) {
+    std::set<uint32_t> used{ES_ENV_NONE, ES_ENV_BASE}, taken;
+    for (const auto& [id, e] : shadow_.envs) used.insert(id);
+    for (const auto& [k, set] : shadow_.sets) used.insert(k.env_id);
+    for (const auto& [cg, pod] : shadow_.pods) used.insert(pod.env_id);
+    uint32_t next = 0;
+    std::sort(added.begin(), added.end(),
+              [](const auto& a, const auto& b) { return a.size() != b.size() ? a.size() < b.size() : a < b; });
+    for (const auto& name : added) t.env_ids[name] = alloc_id(used, taken, 2, next);
+  }
+  auto id_of = [&](const EnvName& e) -> std::optional<uint32_t> {
+    if (e.empty()) return ES_ENV_BASE;
+    if (auto it = t.env_ids.find(e); it != t.env_ids.end()) return it->second;
+    if (auto it = shadow_.env_names.find(e); it != shadow_.env_names.end()) return it->second;
+    return std::nullopt;
+  };
+  for (const auto& name : added) {
+    es_env e{};
+    EnvName parent = env_parent(name, splitter_);
+    e.parent_id = parent.empty() ? ES_ENV_NONE : id_of(parent).value();
+    e.depth = static_cast<uint16_t>(es_env_depth(name.data(), static_cast<int>(name.size()), splitter_));
+    e.len = static_cast<uint16_t>(std::min(name.size(), sizeof(e.name) - 1));
+    std::memcpy(e.name, name.data(), std::min(name.size(), sizeof(e.name) - 1));
+    t.envs[t.env_ids.at(name)] = e;
+  }
+
+  std::optional<std::set<uint32_t>> used_svc;
+  std::set<uint32_t> svc_taken;
+  uint32_t next_svc = 0;
+  for (const auto& key : d.frontends) {
+    auto want_it = want.frontends.find(key);
+    auto have = shadow_.frontends.find(key);
+    if (want_it == want.frontends.end()) {
+      if (have != shadow_.frontends.end()) t.drop_frontends.push_back(key);
+      continue;
+    }
+    es_frontend f{};
+    if (have != shadow_.frontends.end()) {
+      f.svc_id = have->second.svc_id;
+    } else {
+      if (!used_svc) {
+        used_svc.emplace(std::set<uint32_t>{0});
+        for (const auto& [k, fe] : shadow_.frontends) used_svc->insert(fe.svc_id);
+        for (const auto& [k, set] : shadow_.sets) used_svc->insert(k.svc_id);
+      }
+      f.svc_id = alloc_id(*used_svc, svc_taken, 1, next_svc);
+    }
+    f.flags = want_it->second.flags;
+    t.frontends[key] = f;
+  }
+  for (const auto& name : d.sets) {
+    std::optional<uint32_t> svc;
+    if (auto it = t.frontends.find(name.frontend); it != t.frontends.end()) svc = it->second.svc_id;
+    else if (auto it = shadow_.frontends.find(name.frontend); it != shadow_.frontends.end()) svc = it->second.svc_id;
+    auto env = id_of(name.env);
+    if (!svc || !env) continue;  // never written (its frontend or env is gone too)
+    es_set_key k{*svc, *env};
+    auto want_it = want.sets.find(name);
+    if (want_it != want.sets.end()) {
+      auto& v = t.sets[k];
+      for (const auto& b : want_it->second) v.push_back(b.backend);
+    } else if (shadow_.sets.count(k)) {
+      t.drop_sets.push_back(k);
+    }
+  }
+  plan_pods(want, t);
+  // the counts of the whole state afterwards, for the capacity checks
+  t.n_frontends = shadow_.frontends.size() - t.drop_frontends.size();
+  for (const auto& [k, f] : t.frontends) t.n_frontends += !shadow_.frontends.count(k);
+  t.n_sets = shadow_.sets.size() - t.drop_sets.size();
+  t.slots = slot_entries_;
+  for (const auto& k : t.drop_sets) {
+    for (const auto& sl : shadow_.sets.at(k).slots) t.slots -= sl.has_value();
+  }
+  for (const auto& [k, bes] : t.sets) {
+    auto it = shadow_.sets.find(k);
+    size_t have = 0;
+    if (it != shadow_.sets.end())
+      for (const auto& sl : it->second.slots) have += sl.has_value();
+    t.n_sets += it == shadow_.sets.end();
+    t.slots = t.slots - have + bes.size();
+  }
+  t.n_envs = shadow_.envs.size() + t.envs.size() - t.drop_envs.size();
+  t.n_env_names = shadow_.env_names.size() + t.env_ids.size() - t.drop_env_names.size();
   return t;
 }
 
@@ -170,11 +293,11 @@ void Reconciler::check_capacity(const Target& t) const {
       throw CapacityError(std::to_string(n) + " " + what + " do not fit in map " + maps::map_name(m) +
                           " (" + std::to_string(cap) + " entries; raise limits." + limit + ")");
   };
-  check(MapId::Frontends, t.frontends.size(), "service addresses", "frontends");
-  check(MapId::Sets, t.sets.size(), "(service address, environment) backend sets", "sets");
+  check(MapId::Frontends, t.partial ? t.n_frontends : t.frontends.size(), "service addresses", "frontends");
+  check(MapId::Sets, t.partial ? t.n_sets : t.sets.size(), "(service address, environment) backend sets", "sets");
   check(MapId::Slots, t.slots, "backends", "slots");
-  check(MapId::Envs, t.envs.size(), "environments", "envs");
-  check(MapId::EnvNames, t.env_ids.size(), "environment names", "envs");
+  check(MapId::Envs, t.partial ? t.n_envs : t.envs.size(), "environments", "envs");
+  check(MapId::EnvNames, t.partial ? t.n_env_names : t.env_ids.size(), "environment names", "envs");
   check(MapId::Pods, t.pods.size(), "local pods", "pods");
 }
 
@@ -230,6 +353,7 @@ void Reconciler::write_set(const es_set_key& key, const std::vector<es_backend>&
     es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(i)};
     put(MapId::Slots, &sk, &*next[i], st);
     if (i >= cur.slots.size()) cur.slots.resize(i + 1);
+    slot_entries_ += !cur.slots[i];
     cur.slots[i] = *next[i];
   }
   if (!cur.published || cur.count != next.size()) {
@@ -242,6 +366,7 @@ void Reconciler::write_set(const es_set_key& key, const std::vector<es_backend>&
     if (cur.slots[i]) {
       es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(i)};
       del(MapId::Slots, &sk, st);
+      slot_entries_--;
     }
     cur.slots.pop_back();
   }
@@ -260,6 +385,7 @@ void Reconciler::delete_set(const es_set_key& key, ApplyStats& st) {
     if (cur.slots.back()) {
       es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(cur.slots.size() - 1)};
       del(MapId::Slots, &sk, st);
+      slot_entries_--;
     }
     cur.slots.pop_back();
   }
@@ -267,7 +393,7 @@ void Reconciler::delete_set(const es_set_key& key, ApplyStats& st) {
 }
 
 // Additions and changes, dependencies first.
-void Reconciler::add_phase(const Target& t, ApplyStats& st) {
+void Reconciler::add_phase(const Target& t, ApplyStats& st, bool defer) {
   std::vector<std::pair<uint32_t, const es_env*>> envs;
   for (const auto& [id, e] : t.envs) envs.emplace_back(id, &e);
   std::sort(envs.begin(), envs.end(), [](auto& a, auto& b) { return a.second->depth < b.second->depth; });
@@ -295,12 +421,18 @@ void Reconciler::add_phase(const Target& t, ApplyStats& st) {
     }
     write_set(key, backends, st);
   }
-  for (const auto& [key, f] : t.frontends) {
-    auto it = shadow_.frontends.find(key);
-    if (it != shadow_.frontends.end() && maps::bytes_equal(it->second, f)) continue;
-    put(MapId::Frontends, &key, &f, st);
-    shadow_.frontends[key] = f;
+  // A frontend that changes (its flags) while sets of it go away is written
+  // after they are gone (write_frontends): when it is written it routes
+  // exactly as `t` says.
+  std::set<uint32_t> losing_sets;
+  if (defer) {
+    if (t.partial)
+      for (const auto& k : t.drop_sets) losing_sets.insert(k.svc_id);
+    else
+      for (const auto& [k, set] : shadow_.sets)
+        if (!t.sets.count(k)) losing_sets.insert(k.svc_id);
   }
+  write_frontends(t, losing_sets, st);
   for (const auto& [cg, pod] : t.pods) {
     auto it = shadow_.pods.find(cg);
     if (it != shadow_.pods.end() && maps::bytes_equal(it->second, pod)) continue;
@@ -314,12 +446,43 @@ void Reconciler::add_phase(const Target& t, ApplyStats& st) {
   }
 }
 
+void Reconciler::write_frontends(const Target& t, const std::set<uint32_t>& later, ApplyStats& st) {
+  for (const auto& [key, f] : t.frontends) {
+    auto it = shadow_.frontends.find(key);
+    if (it != shadow_.frontends.end() && maps::bytes_equal(it->second, f)) continue;
+    if (it != shadow_.frontends.end() && later.count(f.svc_id)) continue;
+    put(MapId::Frontends, &key, &f, st);
+    shadow_.frontends[key] = f;
+  }
+}
+
 // Removals, dependents first.
 void Reconciler::remove_phase(const Target& t, ApplyStats& st) {
   for (auto it = shadow_.pods.begin(); it != shadow_.pods.end();) {
     if (t.pods.count(it->first)) { ++it; continue; }
     del(MapId::Pods, &it->first, st);
     it = shadow_.pods.erase(it);
+  }
+  if (t.partial) {
+    for (const auto& key : t.drop_frontends) {
+      del(MapId::Frontends, &key, st);
+      shadow_.frontends.erase(key);
+    }
+    for (const auto& key : t.drop_sets) delete_set(key, st);
+    for (const auto& name : t.drop_env_names) {
+      es_env_name k = maps::make_env_name(name);
+      del(MapId::EnvNames, &k, st);
+      shadow_.env_names.erase(name);
+    }
+    std::vector<std::pair<uint32_t, uint32_t>> stale;  // (depth, id), deepest first
+    for (uint32_t id : t.drop_envs)
+      if (auto it = shadow_.envs.find(id); it != shadow_.envs.end()) stale.emplace_back(uint32_t{it->second.depth}, id);
+    std::sort(stale.rbegin(), stale.rend());
+    for (const auto& [depth, id] : stale) {
+      del(MapId::Envs, &id, st);
+      shadow_.envs.erase(id);
+    }
+    return;
   }
   for (auto it = shadow_.frontends.begin(); it != shadow_.frontends.end();) {
     auto want = t.frontends.find(it->first);
@@ -357,9 +520,14 @@ bool Reconciler::needs_room(const Target& t) const {
   size_t frontends = shadow_.frontends.size(), sets = 0, slots = 0, envs = shadow_.envs.size(),
          names = shadow_.env_names.size(), pods = shadow_.pods.size();
   for (const auto& [k, f] : t.frontends) frontends += !shadow_.frontends.count(k);
-  for (const auto& [k, s] : shadow_.sets) {
-    sets += s.published;
-    for (const auto& sl : s.slots) slots += sl.has_value();
+  if (t.partial) {
+    sets = shadow_.sets.size();  // at most: unpublished ones counted too
+    slots = slot_entries_;
+  } else {
+    for (const auto& [k, s] : shadow_.sets) {
+      sets += s.published;
+      for (const auto& sl : s.slots) slots += sl.has_value();
+    }
   }
   for (const auto& [k, bes] : t.sets) {
     auto it = shadow_.sets.find(k);
@@ -374,18 +542,25 @@ bool Reconciler::needs_room(const Target& t) const {
          over(MapId::Envs, envs) || over(MapId::EnvNames, names) || over(MapId::Pods, pods);
 }
 
-ApplyStats Reconciler::apply(const DesiredState& want) {
-  Target t = plan(want);
+ApplyStats Reconciler::apply(const DesiredState& want) { return write(plan(want)); }
+
+ApplyStats Reconciler::apply(const DesiredState& want, const ModelDelta& changed) {
+  if (changed.all) return apply(want);
+  return write(plan_delta(want, changed));
+}
+
+ApplyStats Reconciler::write(const Target& t) {
   check_capacity(t);
   ApplyStats st;
   if (needs_room(t)) {
     // The new state fits, but not beside the old one: make room first. What
     // goes away goes away a moment earlier; nothing half-made is ever visible.
     remove_phase(t, st);
-    add_phase(t, st);
+    add_phase(t, st, false);
   } else {
-    add_phase(t, st);
+    add_phase(t, st, true);
     remove_phase(t, st);
+    write_frontends(t, {}, st);  // the ones deferred
   }
   return st;
 }

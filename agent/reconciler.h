@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <vector>
 
@@ -69,6 +70,13 @@ class Reconciler {
   // written) or ApplyError (partly written, shadow accurate).
   ApplyStats apply(const DesiredState& want);
 
+  // The same for a `want` that differs from the last one applied only where
+  // `changed` says (IncrementalModel::take_delta()): only those keys are
+  // planned and compared, in the same order as apply() (a delta with `all`
+  // is apply()). After an exception the next call must be a full apply():
+  // the shadow is accurate, but the delta's unwritten part is not kept.
+  ApplyStats apply(const DesiredState& want, const ModelDelta& changed);
+
   const Shadow& shadow() const { return shadow_; }
   std::optional<uint32_t> env_id(const EnvName& e) const;
   std::optional<uint32_t> svc_id(const es_frontend_key& k) const;
@@ -76,10 +84,14 @@ class Reconciler {
  private:
   struct Target;
   Target plan(const DesiredState& want) const;
+  Target plan_delta(const DesiredState& want, const ModelDelta& d) const;
+  void plan_pods(const DesiredState& want, Target& t) const;
+  ApplyStats write(const Target& t);
   void check_capacity(const Target& t) const;
   void put(maps::MapId m, const void* k, const void* v, ApplyStats& st);
   void del(maps::MapId m, const void* k, ApplyStats& st);
-  void add_phase(const Target& t, ApplyStats& st);
+  void add_phase(const Target& t, ApplyStats& st, bool defer);
+  void write_frontends(const Target& t, const std::set<uint32_t>& later, ApplyStats& st);
   void remove_phase(const Target& t, ApplyStats& st);
   bool needs_room(const Target& t) const;
   void write_set(const es_set_key& key, const std::vector<es_backend>& want, ApplyStats& st);
@@ -88,6 +100,7 @@ class Reconciler {
   maps::MapBackend& maps_;
   char splitter_;
   Shadow shadow_;
+  size_t slot_entries_ = 0;  // es_slots entries the shadow holds (capacity checks of a delta)
 };
 
 }  // namespace envsteer

@@ -22,6 +22,7 @@ struct ServicePort {
   std::string protocol;    // "TCP", "UDP" or "SCTP" (default "TCP")
   int32_t target_port = 0; // numeric targetPort; 0 when named or absent
   std::string target_port_name;  // named targetPort, resolved per pod
+  bool operator==(const ServicePort&) const = default;
 };
 
 struct Service {
@@ -32,12 +33,14 @@ struct Service {
   Labels annotations;                    // metadata.annotations (envsteer.io/...)
   bool has_selector = false;             // spec.selector present and non-empty
   std::string type;                      // ClusterIP, NodePort, ... (informational)
+  bool operator==(const Service&) const = default;
 };
 
 struct ContainerPort {
   std::string name;
   int32_t port = 0;
   std::string protocol;  // default "TCP"
+  bool operator==(const ContainerPort&) const = default;
 };
 
 struct Pod {
@@ -51,16 +54,19 @@ struct Pod {
   std::string qos_class;             // status.qosClass: Guaranteed, Burstable, BestEffort
   std::string node_name;
   std::vector<ContainerPort> ports;  // spec.containers[].ports[]
+  bool operator==(const Pod&) const = default;
 };
 
 struct EndpointPort {
   std::string name;
   int32_t port = 0;
   std::string protocol;  // default "TCP"
+  bool operator==(const EndpointPort&) const = default;
 };
 
 struct ObjectRef {
   std::string kind, ns, name, uid;
+  bool operator==(const ObjectRef&) const = default;
 };
 
 struct Endpoint {
@@ -68,6 +74,7 @@ struct Endpoint {
   bool ready = true;  // conditions.ready; absent means ready (API semantics)
   std::optional<ObjectRef> target;  // targetRef
   std::string node_name;
+  bool operator==(const Endpoint&) const = default;
 };
 
 struct EndpointSlice {
@@ -76,6 +83,7 @@ struct EndpointSlice {
   std::string address_type;  // IPv4, IPv6, FQDN
   std::vector<Endpoint> endpoints;
   std::vector<EndpointPort> ports;
+  bool operator==(const EndpointSlice&) const = default;
 };
 
 // An object a source has but could not decode (the Kubernetes source skips it
@@ -85,6 +93,7 @@ struct InvalidObject {
   std::string key;   // "namespace/name"
   std::string uid;
   std::string message;
+  bool operator==(const InvalidObject&) const = default;
 };
 
 // Everything a source knows, keyed by "namespace/name".

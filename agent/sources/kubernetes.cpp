@@ -153,6 +153,8 @@ bool KubernetesSource::list(Watch& w, std::string* rv, std::string* err) {
   }
   {
     std::lock_guard<std::mutex> g(mu_);
+    for (const auto& [key, obj] : w.objects) note_change(w, key);  // a re-list: old and new may differ
+    for (const auto& [key, obj] : fresh) note_change(w, key);
     w.objects = std::move(fresh);
     w.listed = true;
     w.absent = false;
@@ -168,8 +170,10 @@ bool KubernetesSource::list(Watch& w, std::string* rv, std::string* err) {
 void KubernetesSource::apply_event(Watch& w, const std::string& type, const json& obj) {
   {
     std::lock_guard<std::mutex> g(mu_);
-    if (type == "DELETED") w.objects.erase(key_of(obj));
-    else w.objects[key_of(obj)] = obj;
+    const std::string key = key_of(obj);
+    if (type == "DELETED") w.objects.erase(key);
+    else w.objects[key] = obj;
+    note_change(w, key);
     w.events++;
     w.last_ok = std::chrono::system_clock::now();
   }
@@ -294,9 +298,48 @@ bool KubernetesSource::synced() const {
   return true;
 }
 
-k8s::ClusterState KubernetesSource::snapshot() const {
+void KubernetesSource::note_change(const Watch& w, const std::string& key) {
+  if (w.kind != Kind::VirtualEnv) changed_.insert({static_cast<int>(w.kind), key});
+}
+
+// One object as the watches have it now (the two pod watches overlap: the
+// last one that has it, as in snapshot()).
+ObjectChange KubernetesSource::current(int kind, const std::string& key) const {
+  using K = ObjectChange::Kind;
+  const Kind k = static_cast<Kind>(kind);
+  ObjectChange c{k == Kind::Service ? K::Service : k == Kind::Slice ? K::EndpointSlice : K::Pod, key, {}};
+  const json* obj = nullptr;
+  for (const auto& w : watches_) {
+    if (w->kind != k) continue;
+    if (auto it = w->objects.find(key); it != w->objects.end()) obj = &it->second;
+  }
+  if (!obj) return c;
+  try {
+    switch (k) {
+      case Kind::Service: c.object = k8s::decode_service(*obj); break;
+      case Kind::Slice: c.object = k8s::decode_endpoint_slice(*obj); break;
+      default: c.object = k8s::decode_pod(*obj); break;
+    }
+  } catch (const std::exception& e) {
+    const char* kn = k == Kind::Service ? "Service" : k == Kind::Slice ? "EndpointSlice" : "Pod";
+    c.object = k8s::InvalidObject{kn, key, str_at(obj_at(*obj, "metadata"), "uid"), e.what()};
+  }
+  return c;
+}
+
+std::vector<ObjectChange> KubernetesSource::take_changes() {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<ObjectChange> out;
+  out.reserve(changed_.size());
+  for (const auto& [kind, key] : changed_) out.push_back(current(kind, key));
+  changed_.clear();
+  return out;
+}
+
+k8s::ClusterState KubernetesSource::snapshot() {
   k8s::ClusterState cs;
   std::lock_guard<std::mutex> g(mu_);
+  changed_.clear();
   for (const auto& w : watches_) {
     for (const auto& [key, obj] : w->objects) {
       try {

@@ -12,12 +12,14 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "k8s/objects.h"
 #include "k8s/decode.h"
+#include "model.h"
 #include "sources/kubeclient.h"
 
 namespace envsteer::sources {
@@ -46,7 +48,12 @@ class KubernetesSource {
 
   // true once every resource was listed at least once.
   bool synced() const;
-  k8s::ClusterState snapshot() const;
+  // Everything, decoded; the changes noted so far are then taken (a full
+  // state includes them).
+  k8s::ClusterState snapshot();
+  // The objects that changed (were added, modified, deleted, re-listed)
+  // since the last snapshot() or take_changes(), each as it is now.
+  std::vector<ObjectChange> take_changes();
   std::optional<VirtualEnvSettings> virtual_env() const;
   nlohmann::json status() const;
 
@@ -58,6 +65,9 @@ class KubernetesSource {
   WatchEnd watch(Watch& w, std::string* rv, std::string* err);
   void apply_event(Watch& w, const std::string& type, const nlohmann::json& obj);
   void notify();
+  void note_change(const Watch& w, const std::string& key);  // under mu_
+  ObjectChange current(int kind, const std::string& key) const;  // under mu_
+  std::set<std::pair<int, std::string>> changed_;  // (Kind, key), under mu_
 
   KubeConfig cfg_;
   KubernetesOptions opt_;

@@ -196,7 +196,170 @@ k8s::ClusterState load_manifests(const fs::path& path) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// ManifestReader
+
+namespace {
+
+using Key = std::pair<int, std::string>;
+
+template <class T>
+void note_objects(const std::map<std::string, T>& objs, ObjectChange::Kind kind, std::set<Key>& into) {
+  for (const auto& [key, o] : objs) into.insert({static_cast<int>(kind), key});
+}
+
+std::set<Key> objects_of(const k8s::ClusterState& cs) {
+  std::set<Key> out;
+  note_objects(cs.services, ObjectChange::Kind::Service, out);
+  note_objects(cs.pods, ObjectChange::Kind::Pod, out);
+  note_objects(cs.slices, ObjectChange::Kind::EndpointSlice, out);
+  return out;
+}
+
+const char* kind_name(int k) {
+  switch (static_cast<ObjectChange::Kind>(k)) {
+    case ObjectChange::Kind::Service: return "Service";
+    case ObjectChange::Kind::Pod: return "Pod";
+    default: return "EndpointSlice";
+  }
+}
+
+}  // namespace
+
+fs::path ManifestReader::file_of(const std::string& name) const {
+  std::error_code ec;
+  return fs::is_directory(path_, ec) ? path_ / name : path_;
+}
+
+k8s::ClusterState ManifestReader::read_all() {
+  std::error_code ec;
+  fs::file_status st = fs::status(path_, ec);
+  if (st.type() == fs::file_type::not_found) throw ManifestError(path_.string() + ": no such file or directory");
+  if (ec) throw ManifestError(path_.string() + ": " + ec.message());
+  std::vector<fs::path> files;
+  if (fs::is_directory(st)) files = manifest_files(path_);
+  else if (fs::is_regular_file(st)) files = {path_};
+  else throw ManifestError(path_.string() + ": not a regular file or directory");
+  k8s::ClusterState state;
+  std::map<std::string, FileInfo> infos;
+  for (const fs::path& file : files) {
+    std::string text = read_file(file);
+    FileInfo fi;
+    fi.size = text.size();
+    fi.hash = std::hash<std::string>{}(text);
+    k8s::ClusterState one;
+    parse_file(file, text, one);
+    fi.objects = objects_of(one);
+    auto move_into = [](auto& into, auto& from) {
+      bool ok = true;
+      for (auto& [key, obj] : from) ok = into.emplace(key, std::move(obj)).second && ok;
+      return ok;
+    };
+    bool ok = move_into(state.services, one.services);
+    ok = move_into(state.pods, one.pods) && ok;
+    ok = move_into(state.slices, one.slices) && ok;
+    if (!ok) {  // a name defined twice: the usual error, for the later file
+      k8s::ClusterState plain;
+      for (const fs::path& f : files) load_file(f, plain);
+    }
+    infos[file.filename().string()] = std::move(fi);
+  }
+  files_ = std::move(infos);
+  owner_.clear();
+  for (const auto& [name, fi] : files_)
+    for (const auto& k : fi.objects) owner_[k] = name;
+  broken_.clear();
+  return state;
+}
+
+std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::string>& asked) {
+  std::set<std::string> names = asked;
+  names.insert(broken_.begin(), broken_.end());
+  std::error_code ec;
+  const bool dir = fs::is_directory(path_, ec);
+  std::vector<ObjectChange> out;
+  std::map<std::string, std::optional<FileInfo>> next;  // nullopt: the file is gone
+  std::map<Key, std::string> claimed;                    // objects the files read now hold
+  for (const std::string& name : names) {
+    if (dir && !is_manifest_file_name(name)) continue;
+    if (!dir && name != path_.filename().string()) continue;
+    fs::path file = file_of(name);
+    if (!fs::is_regular_file(file, ec)) {  // deleted or renamed away
+      if (!dir) throw ManifestError(path_.string() + ": no such file or directory");
+      next[name] = std::nullopt;
+      continue;
+    }
+    std::string text;
+    try {
+      text = read_file(file);
+    } catch (const ManifestError&) {
+      broken_.insert(name);
+      throw;
+    }
+    size_t hash = std::hash<std::string>{}(text);
+    auto old = files_.find(name);
+    if (old != files_.end() && old->second.size == text.size() && old->second.hash == hash) continue;
+    k8s::ClusterState objs;
+    try {
+      parse_file(file, text, objs);
+    } catch (const ManifestError&) {
+      broken_.insert(name);
+      throw;
+    }
+    FileInfo fi{text.size(), hash, objects_of(objs)};
+    for (const auto& k : fi.objects)
+      if (auto [it, fresh] = claimed.emplace(k, name); !fresh) {
+        broken_.insert(name);
+        throw ManifestError(file.string() + ": " + kind_name(k.first) + " " + k.second +
+                            ": metadata.name: duplicate: another " + kind_name(k.first) +
+                            " with this namespace/name was already defined (in " + it->second + ")");
+      }
+    for (auto& [key, o] : objs.services) out.push_back({ObjectChange::Kind::Service, key, std::move(o)});
+    for (auto& [key, o] : objs.pods) out.push_back({ObjectChange::Kind::Pod, key, std::move(o)});
+    for (auto& [key, o] : objs.slices) out.push_back({ObjectChange::Kind::EndpointSlice, key, std::move(o)});
+    next[name] = std::move(fi);
+  }
+  // A name defined in two files: an error, as read_all() says it.
+  for (const auto& [k, name] : claimed) {
+    auto it = owner_.find(k);
+    if (it == owner_.end() || it->second == name || next.count(it->second)) continue;
+    broken_.insert(name);
+    throw ManifestError(file_of(std::max(name, it->second)).string() + ": " + kind_name(k.first) + " " + k.second +
+                        ": metadata.name: duplicate: another " + kind_name(k.first) +
+                        " with this namespace/name was already defined (in " + std::min(name, it->second) + ")");
+  }
+  // Objects the files read now no longer hold: deleted (unless another file read now has them).
+  for (const auto& [name, fi] : next) {
+    auto old = files_.find(name);
+    if (old == files_.end()) continue;
+    for (const auto& k : old->second.objects)
+      if (!claimed.count(k)) out.push_back({static_cast<ObjectChange::Kind>(k.first), k.second, std::monostate{}});
+  }
+  // commit
+  for (auto& [name, fi] : next) {
+    if (auto old = files_.find(name); old != files_.end()) {
+      for (const auto& k : old->second.objects)
+        if (auto o = owner_.find(k); o != owner_.end() && o->second == name) owner_.erase(o);
+      files_.erase(old);
+    }
+    if (fi) {
+      for (const auto& k : fi->objects) owner_[k] = name;
+      files_[name] = std::move(*fi);
+    }
+  }
+  broken_.clear();
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
 // ManifestWatcher
+
+std::set<std::string> ManifestWatcher::take_names() {
+  std::set<std::string> out;
+  if (!everything_) out.swap(names_);
+  names_.clear();
+  everything_ = false;
+  return out;
+}
 
 ManifestWatcher::ManifestWatcher(const fs::path& path) {
   std::error_code ec;
@@ -253,7 +416,11 @@ bool ManifestWatcher::drain() {
     for (char* p = buf; p < buf + n;) {
       const auto* ev = reinterpret_cast<const inotify_event*>(p);
       std::string name = ev->len > 0 ? std::string(ev->name) : std::string();
-      if (relevant(ev->mask, name)) changed = true;
+      if (relevant(ev->mask, name)) {
+        changed = true;
+        if (name.empty() || name == kConfigMapDataLink || (ev->mask & IN_Q_OVERFLOW)) everything_ = true;
+        else names_.insert(name);
+      }
       p += sizeof(inotify_event) + ev->len;
     }
   }

@@ -6,9 +6,13 @@
 #include <cstdint>
 #include <filesystem>
 #include <stdexcept>
+#include <map>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "k8s/objects.h"
+#include "model.h"
 
 namespace envsteer::sources {
 
@@ -27,6 +31,36 @@ k8s::ClusterState load_manifests(const std::filesystem::path& path);
 
 // True for names load_manifests() reads from a directory.
 bool is_manifest_file_name(const std::string& name);
+
+// The objects of PATH (as load_manifests() reads it) file by file, so that a
+// change is read again only in the files that changed. It keeps no objects:
+// per file its text's size and hash and the names of its objects.
+class ManifestReader {
+ public:
+  explicit ManifestReader(std::filesystem::path path) : path_(std::move(path)) {}
+
+  // Every file (start-up, SIGHUP, lost events). Throws ManifestError; then
+  // nothing of this read is kept.
+  k8s::ClusterState read_all();
+
+  // The objects of the files named (names inside the directory, or the
+  // file's own name), each as it is now, and deletions of the objects they no
+  // longer hold. A file whose text did not change gives nothing. Files that
+  // failed to read are read again with them: the state is all or nothing, as
+  // with read_all(). Throws ManifestError; then nothing of this read is kept.
+  std::vector<ObjectChange> read_changed(const std::set<std::string>& names);
+
+ private:
+  struct FileInfo {
+    size_t size = 0, hash = 0;
+    std::set<std::pair<int, std::string>> objects;  // (ObjectChange::Kind, key)
+  };
+  std::filesystem::path file_of(const std::string& name) const;
+  std::filesystem::path path_;
+  std::map<std::string, FileInfo> files_;                  // by name
+  std::map<std::pair<int, std::string>, std::string> owner_;  // object -> file name
+  std::set<std::string> broken_;                            // names whose last read failed
+};
 
 // Watches PATH with inotify. For a directory, its entries are watched; for a file, its parent
 // directory is watched and events are filtered by name, so that in-place writes (`kubectl get
@@ -47,6 +81,9 @@ class ManifestWatcher {
   // returns. Also true when the watched directory itself was deleted or moved, or events were
   // lost (queue overflow).
   bool drain();
+  // The file names the events since the last call named; empty when anything may have
+  // changed (the directory itself, lost events, a ConfigMap's ..data swap).
+  std::set<std::string> take_names();
 
  private:
   bool relevant(uint32_t mask, const std::string& name) const;
@@ -54,6 +91,8 @@ class ManifestWatcher {
   std::filesystem::path dir_;  // the watched directory
   std::string file_name_;      // for a file PATH: its name inside dir_; empty for a directory
   int fd_ = -1;
+  std::set<std::string> names_;  // named by events since take_names()
+  bool everything_ = false;
 };
 
 }  // namespace envsteer::sources

@@ -26,7 +26,8 @@ ROWS = ["connect_ns", "connect_mean_ns", "connect_cpu_ns", "connect_podip_ns"] +
     "reroute_%s_%s" % (v, q) for v in ("ka", "close") for q in ("rps", "p50_us", "p99_us")]
 # control plane: a table of single quantities (| row | measurement | value | n | target | met |)
 METRICS = ["cp_full_sync_s", "cp_apply_s", "cp_resync_s", "cp_event_p50_ms", "cp_event_p99_ms",
-           "cp_event_apply_ms", "cp_rss_mib", "cp_map_mib"]
+           "cp_event_apply_ms", "cp_rss_mib", "cp_rss_ready_mib", "cp_rss_resync_mib",
+           "cp_rss_events_mib", "cp_map_mib"]
 
 NUM = r"[0-9]+(?:\.[0-9]+)?"
 CELL = re.compile(r"^(%s) \[(%s)-(%s)\]$" % (NUM, NUM, NUM))

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster_events.h"
 #include "envname.h"
 #include "fake_maps.h"
 #include "reconciler.h"
@@ -224,13 +225,14 @@ std::string check_replay(MapState before, const std::vector<Op>& ops, size_t fro
 
 // apply() with the every-op check. `prev` is the desired state the maps held
 // before (for the no-leak check).
-ApplyStats apply_checked(Reconciler& r, FakeMaps& fm, const DesiredState& want, const DesiredState& prev) {
+ApplyStats apply_checked(Reconciler& r, FakeMaps& fm, const DesiredState& want, const DesiredState& prev,
+                         const ModelDelta* delta = nullptr) {
   MapState before = fm.state;
   size_t from = fm.ops.size();
   ApplyStats st;
   std::string err;
   try {
-    st = r.apply(want);
+    st = delta ? r.apply(want, *delta) : r.apply(want);
   } catch (...) {
     err = check_replay(before, fm.ops, from, merge(fake::semantics(prev).routing, fake::semantics(want).routing),
                        fake::semantics(want).routing);
@@ -1237,6 +1239,61 @@ TEST(ReconcilerProperty, RandomSequencesConvergeWithSafeIntermediateStates) {
   EXPECT_GT(rewrites, 10u);  // slots refilled in place / holes closed
   for (auto m : {MapId::Frontends, MapId::Sets, MapId::Slots, MapId::Envs, MapId::EnvNames, MapId::Pods})
     EXPECT_GT(removes[static_cast<size_t>(m)], 5u) << maps::map_name(m);
+}
+
+// The incremental path: random cluster events through IncrementalModel, each
+// delta applied with apply(want, delta) and every op of it checked like
+// above; the maps then mean what a fresh reconciler writes for a full build
+// of the same objects, with no more entries. Agent restarts now and then (a
+// new model and reconciler adopting the maps: nothing to write).
+TEST(ReconcilerProperty, IncrementalDeltasEqualAFullBuildWithSafeIntermediateStates) {
+  for (uint32_t seed : {7u, 8u, 9u}) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    events_test::FakeCgroups cg;
+    events_test::RandomCluster world(seed, cg);
+    const bool kube = seed == 9;
+    auto m = std::make_unique<IncrementalModel>(world.options(!kube, "dev", kube));
+    FakeMaps fm;
+    auto r = std::make_unique<Reconciler>(fm, '.');
+    r->apply(m->state(), m->take_delta());
+    DesiredState prev = m->state();
+    size_t delta_ops = 0, restarts = 0;
+    for (int i = 0; i < 400; i++) {
+      events_test::Event ev = world.next();
+      SCOPED_TRACE("event " + std::to_string(i) + ": " + ev.what);
+      ev.apply(*m);
+      const DesiredState& want = m->state();
+      ModelDelta d = m->take_delta();
+      size_t from = fm.ops.size();
+      apply_checked(*r, fm, want, prev, &d);
+      if (::testing::Test::HasFailure()) return;
+      delta_ops += fm.ops.size() - from;
+      FakeMaps fresh;
+      Reconciler fr(fresh, '.');
+      fr.apply(build_model(m->cluster(), m->options()));
+      EXPECT_EQ(fake::to_string(fake::semantics(fm.state)), fake::to_string(fake::semantics(fresh.state)));
+      expect_converged(fm, want);
+      EXPECT_EQ(shadow_diff(*r, fm), "");
+      for (size_t k = 0; k < maps::kMapCount; k++) EXPECT_EQ(fm.state[k].size(), fresh.state[k].size()) << k;
+      if (i % 53 == 52) {
+        DesiredState held = want;  // `want` is the old model's
+        auto opts = m->options();
+        k8s::ClusterState cs = m->cluster();
+        m = std::make_unique<IncrementalModel>(opts);
+        m->reset(std::move(cs));
+        r = std::make_unique<Reconciler>(fm, '.');
+        r->adopt();
+        ModelDelta all = m->take_delta();
+        EXPECT_TRUE(all.all);
+        EXPECT_FALSE(apply_checked(*r, fm, m->state(), held, &all).changed());
+        restarts++;
+      }
+      if (::testing::Test::HasFailure()) return;
+      prev = m->state();
+    }
+    EXPECT_GT(delta_ops, 100u);
+    EXPECT_GT(restarts, 5u);
+  }
 }
 
 }  // namespace
