@@ -183,11 +183,28 @@ void Reconciler::plan_pods(const DesiredState& want, Target& t) const {
   t.config.max_pod_level = max_level;
 }
 
+// The id of env in a delta's target: allocated by it, or already written.
+std::optional<uint32_t> Reconciler::delta_env_id(const Target& t, const EnvName& e) const {
+  if (e.empty()) return ES_ENV_BASE;
+  if (auto it = t.env_ids.find(e); it != t.env_ids.end()) return it->second;
+  if (auto it = shadow_.env_names.find(e); it != shadow_.env_names.end()) return it->second;
+  return std::nullopt;
+}
+
 // Only the keys a delta names. New ids are allocated like plan() does (the
 // ids in use are collected only when a new name needs one).
 Reconciler::Target Reconciler::plan_delta(const DesiredState& want, const ModelDelta& d) const {
   Target t;
   t.partial = true;
+  plan_delta_envs(want, d, t);
+  plan_delta_frontends(want, d, t);
+  plan_delta_sets(want, d, t);
+  plan_pods(want, t);
+  count_after_delta(t);
+  return t;
+}
+
+void Reconciler::plan_delta_envs(const DesiredState& want, const ModelDelta& d, Target& t) const {
   std::vector<EnvName> added;
   for (const auto& e : d.envs) {
     bool wanted = want.envs.count(e) > 0;
@@ -199,32 +216,27 @@ Reconciler::Target Reconciler::plan_delta(const DesiredState& want, const ModelD
       t.drop_envs.push_back(have->second);
     }
   }
-  if (!added.empty()) {
-    std::set<uint32_t> used{ES_ENV_NONE, ES_ENV_BASE}, taken;
-    for (const auto& [id, e] : shadow_.envs) used.insert(id);
-    for (const auto& [k, set] : shadow_.sets) used.insert(k.env_id);
-    for (const auto& [cg, pod] : shadow_.pods) used.insert(pod.env_id);
-    uint32_t next = 0;
-    std::sort(added.begin(), added.end(),
-              [](const auto& a, const auto& b) { return a.size() != b.size() ? a.size() < b.size() : a < b; });
-    for (const auto& name : added) t.env_ids[name] = alloc_id(used, taken, 2, next);
-  }
-  auto id_of = [&](const EnvName& e) -> std::optional<uint32_t> {
-    if (e.empty()) return ES_ENV_BASE;
-    if (auto it = t.env_ids.find(e); it != t.env_ids.end()) return it->second;
-    if (auto it = shadow_.env_names.find(e); it != shadow_.env_names.end()) return it->second;
-    return std::nullopt;
-  };
+  if (added.empty()) return;
+  std::set<uint32_t> used{ES_ENV_NONE, ES_ENV_BASE}, taken;
+  for (const auto& [id, e] : shadow_.envs) used.insert(id);
+  for (const auto& [k, set] : shadow_.sets) used.insert(k.env_id);
+  for (const auto& [cg, pod] : shadow_.pods) used.insert(pod.env_id);
+  uint32_t next = 0;
+  std::sort(added.begin(), added.end(),
+            [](const auto& a, const auto& b) { return a.size() != b.size() ? a.size() < b.size() : a < b; });
+  for (const auto& name : added) t.env_ids[name] = alloc_id(used, taken, 2, next);
   for (const auto& name : added) {
     es_env e{};
     EnvName parent = env_parent(name, splitter_);
-    e.parent_id = parent.empty() ? ES_ENV_NONE : id_of(parent).value();
+    e.parent_id = parent.empty() ? ES_ENV_NONE : delta_env_id(t, parent).value();
     e.depth = static_cast<uint16_t>(es_env_depth(name.data(), static_cast<int>(name.size()), splitter_));
     e.len = static_cast<uint16_t>(std::min(name.size(), sizeof(e.name) - 1));
     std::memcpy(e.name, name.data(), std::min(name.size(), sizeof(e.name) - 1));
     t.envs[t.env_ids.at(name)] = e;
   }
+}
 
+void Reconciler::plan_delta_frontends(const DesiredState& want, const ModelDelta& d, Target& t) const {
   std::optional<std::set<uint32_t>> used_svc;
   std::set<uint32_t> svc_taken;
   uint32_t next_svc = 0;
@@ -249,11 +261,14 @@ Reconciler::Target Reconciler::plan_delta(const DesiredState& want, const ModelD
     f.flags = want_it->second.flags;
     t.frontends[key] = f;
   }
+}
+
+void Reconciler::plan_delta_sets(const DesiredState& want, const ModelDelta& d, Target& t) const {
   for (const auto& name : d.sets) {
     std::optional<uint32_t> svc;
     if (auto it = t.frontends.find(name.frontend); it != t.frontends.end()) svc = it->second.svc_id;
     else if (auto it = shadow_.frontends.find(name.frontend); it != shadow_.frontends.end()) svc = it->second.svc_id;
-    auto env = id_of(name.env);
+    auto env = delta_env_id(t, name.env);
     if (!svc || !env) continue;  // never written (its frontend or env is gone too)
     es_set_key k{*svc, *env};
     auto want_it = want.sets.find(name);
@@ -264,8 +279,10 @@ Reconciler::Target Reconciler::plan_delta(const DesiredState& want, const ModelD
       t.drop_sets.push_back(k);
     }
   }
-  plan_pods(want, t);
-  // the counts of the whole state afterwards, for the capacity checks
+}
+
+// The counts of the whole state after a delta, for the capacity checks.
+void Reconciler::count_after_delta(Target& t) const {
   t.n_frontends = shadow_.frontends.size() - t.drop_frontends.size();
   for (const auto& [k, f] : t.frontends) t.n_frontends += !shadow_.frontends.count(k);
   t.n_sets = shadow_.sets.size() - t.drop_sets.size();
@@ -283,7 +300,6 @@ Reconciler::Target Reconciler::plan_delta(const DesiredState& want, const ModelD
   }
   t.n_envs = shadow_.envs.size() + t.envs.size() - t.drop_envs.size();
   t.n_env_names = shadow_.env_names.size() + t.env_ids.size() - t.drop_env_names.size();
-  return t;
 }
 
 void Reconciler::check_capacity(const Target& t) const {

@@ -85,6 +85,11 @@ class Reconciler {
   struct Target;
   Target plan(const DesiredState& want) const;
   Target plan_delta(const DesiredState& want, const ModelDelta& d) const;
+  void plan_delta_envs(const DesiredState& want, const ModelDelta& d, Target& t) const;
+  void plan_delta_frontends(const DesiredState& want, const ModelDelta& d, Target& t) const;
+  void plan_delta_sets(const DesiredState& want, const ModelDelta& d, Target& t) const;
+  void count_after_delta(Target& t) const;
+  std::optional<uint32_t> delta_env_id(const Target& t, const EnvName& e) const;
   void plan_pods(const DesiredState& want, Target& t) const;
   ApplyStats write(const Target& t);
   void check_capacity(const Target& t) const;

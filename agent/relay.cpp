@@ -315,6 +315,43 @@ void Relay::loop() {
   }
 }
 
+// Where the next frame header written by the programs begins in buf_[from,
+// to): its magic and this socket's key (a 64-bit secret: bytes a client sent
+// cannot pass for one). buf_.size() when none; a header cut by the end of the
+// buffer counts as found unless whole (it is completed by the next read).
+size_t Relay::next_header(size_t from, size_t to, bool whole) const {
+  static constexpr uint32_t magic = ES_RELAY_MAGIC;
+  for (size_t i = from; i + sizeof(magic) <= to; i++) {
+    const void* p = memchr(buf_.data() + i, static_cast<uint8_t>(magic & 0xff), to - i);
+    if (!p) break;
+    i = static_cast<const uint8_t*>(p) - buf_.data();
+    if (i + sizeof(magic) > to || std::memcmp(buf_.data() + i, &magic, sizeof(magic)) != 0) continue;
+    if (i + sizeof(es_relay_hdr) > buf_.size()) {
+      if (whole) continue;
+      return i;
+    }
+    es_relay_hdr h{};
+    std::memcpy(&h, buf_.data() + i, sizeof(h));
+    if (h.key == key_) return i;
+  }
+  return buf_.size();
+}
+
+// The kernel now and then delivers part of a frame out of step (README,
+// limits): the client whose bytes are lost or in doubt is reset, the others'
+// frames are found again by their keyed headers and go on.
+void Relay::frame_lost(uint64_t client, const char* what) {
+  count(RelayCounter::protocol_errors);
+  spdlog::warn("per-request steering: relay stream: {} (client {}): the client connection is reset", what, client);
+  if (auto it = clients_.find(client); it != clients_.end()) {
+    fail_client(it->second, RelayCounter::reset_relay_stream);
+  } else if (client) {
+    count(RelayCounter::reset_relay_stream);
+    if (client_alive(client)) destroy_client(client);
+    forget_client(client);
+  }
+}
+
 void Relay::on_relay_readable() {
   uint8_t tmp[65536];
   for (int round = 0; round < 64; round++) {
@@ -330,21 +367,26 @@ void Relay::on_relay_readable() {
       es_relay_hdr h{};
       std::memcpy(&h, buf_.data() + off, sizeof(h));
       if (h.magic != ES_RELAY_MAGIC || h.key != key_ || h.len > o_.max_frame_bytes) {
-        // Only the kernel writes here, and whole frames; bytes out of step
-        // (a frame the kernel delivered in part) are never trusted: start over.
-        spdlog::error("per-request steering: bad frame on the relay socket (magic {:#x}, len {}; after a frame "
-                      "of client {} seq {} len {}; {} bytes buffered, at {})",
-                      h.magic, h.len, last_hdr_.client, last_hdr_.seq, last_hdr_.len, buf_.size(), off);
-        count(RelayCounter::protocol_errors);
-        on_bad_stream("out of step");
-        return;
+        // Bytes without a header: the rest of the frame before (the kernel
+        // delivered it in two). Its client's stream is broken.
+        frame_lost(last_hdr_.client, "bytes out of step after a frame");
+        last_hdr_ = {};
+        off = next_header(off + 1, buf_.size(), false);
+        continue;
       }
       if (buf_.size() - off < sizeof(h) + h.len) break;
+      // A header inside the payload: this frame came in part.
+      size_t inner = next_header(off + sizeof(h), off + sizeof(h) + h.len, true);
+      if (inner < off + sizeof(h) + h.len) {
+        frame_lost(h.client, "a frame cut short");
+        off = inner;
+        continue;
+      }
       last_hdr_ = h;
       handle_frame(h, buf_.data() + off + sizeof(h), h.len);
       off += sizeof(h) + h.len;
     }
-    buf_.erase(buf_.begin(), buf_.begin() + static_cast<long>(off));
+    buf_.erase(buf_.begin(), buf_.begin() + static_cast<long>(std::min(off, buf_.size())));
   }
 }
 

@@ -195,6 +195,8 @@ class Relay {
   void reset_relay_socket();
   void cleanup_previous();
   void on_bad_stream(const char* what);
+  size_t next_header(size_t from, size_t to, bool whole) const;
+  void frame_lost(uint64_t client, const char* what);
   void on_relay_readable();
   void handle_frame(const es_relay_hdr& h, const uint8_t* payload, size_t n);
   Client* client_for(uint64_t cookie);
@@ -232,6 +234,7 @@ class Relay {
   void fail_client(Client& c, RelayCounter why);
   void forget_client(uint64_t client);
   void resync_total();
+  void find_lost_frames();
   // relay_diag.cpp: client resets and fences through sock_diag
   int client_diag(uint64_t client, uint16_t type, uint8_t ext);
   bool destroy_client(uint64_t client);
@@ -263,7 +266,8 @@ class Relay {
   uint64_t done_total_ = 0, done_total_published_ = 0;
   std::unordered_map<uint64_t, uint64_t> pod_done_;  // pod cgroup -> bytes forwarded or dropped
   std::vector<uint64_t> pod_dirty_;                  // pods whose pod_done_ is not yet in the map
-  std::chrono::steady_clock::time_point next_resync_{};
+  std::chrono::steady_clock::time_point next_resync_{}, next_lost_check_{};
+  std::unordered_map<uint64_t, uint32_t> lost_suspects_;  // client -> frames sent, seen missing once
   uint64_t queued_bytes_ = 0;
   std::thread thread_;
   std::atomic<bool> running_{false};

@@ -136,7 +136,40 @@ void Relay::sweep() {
     if (++checked > 4096) break;
     if (!clients_.count(c) && !client_alive(c)) forget_client(c);
   }
+  find_lost_frames();
   resync_total();
+}
+
+// A client whose last frame never reached the relay (the kernel delivered it
+// out of step, or into a socket that was being replaced) would wait for ever:
+// the kernel says it sent more frames than the relay has, the relay holds none
+// of its bytes, and that stays so for a second. Reset it (counted).
+void Relay::find_lost_frames() {
+  auto now = std::chrono::steady_clock::now();
+  if (now < next_lost_check_) return;
+  next_lost_check_ = now + std::chrono::seconds(1);
+  std::unordered_map<uint64_t, uint32_t> suspects;
+  size_t checked = 0;
+  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
+    if (++checked > 16384) break;
+    es_relay_client rc{};
+    es_relay_done d{};
+    if (bpf_map_lookup_elem(clients_map_, &c, &rc) != 0) continue;
+    auto it = clients_.find(c);
+    if (it != clients_.end()) {
+      if (it->second.failed || !it->second.q.empty()) continue;
+      d = it->second.done;
+    } else {
+      bpf_map_lookup_elem(done_, &c, &d);
+    }
+    if (rc.sent == d.seq || !buf_.empty()) continue;
+    if (auto was = lost_suspects_.find(c); was != lost_suspects_.end() && was->second == rc.sent)
+      frame_lost(c, "a frame never reached the relay");
+    else
+      suspects[c] = rc.sent;
+  }
+  lost_suspects_.swap(suspects);
+  reap_clients();
 }
 
 void Relay::sweep_upstream(Upstream& u) {

@@ -102,11 +102,11 @@ def test_slow_server_on_one_client_does_not_delay_another(make_node):
     rss1 = rss_kib(node.agent.pid)
     st = relay(node)
     counters = node.counters()
-    # Known kernel issue (README "Per-request steering", limits): under such streams the
-    # kernel now and then delivers the continuation of a frame without its header; the relay
-    # detects it (keyed headers), resets the clients that had frames under way at that
-    # instant (counted: relay_stream_lost) and goes on with a new socket. A victim request
-    # caught by it fails at once with a reset: never a hang, never a wrong answer.
+    # Known kernel issue (README, limits): under such streams the kernel now and then delivers
+    # the rest of a frame without its header; the relay resets the client it belongs to
+    # (counted: relay_stream_lost) and finds the next frame by its keyed header. Should a
+    # victim's frame be the one, the victim sees a reset at once: never a hang, never a wrong
+    # answer.
     lost = st["client_resets"]["relay_stream_lost"]
     assert all("timed out" not in e and "after 0.0" in e for e in victim_errors), victim_errors
     assert len(victim_errors) <= lost, (victim_errors, lost)
