@@ -234,28 +234,27 @@ void Server::listen_tcp(const std::string& host_port) {
   std::string h = host;
   int rc = getaddrinfo(h.c_str(), std::to_string(port).c_str(), &hints, &res);
   if (rc != 0) throw std::runtime_error(name_ + ": cannot resolve " + host_port + ": " + gai_strerror(rc));
-  int fd = -1;
+  UniqueFd fd;
   std::string err = "no address";
   for (addrinfo* a = res; a; a = a->ai_next) {
-    fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
+    fd.reset(socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd) {
       err = errstr(errno);
       continue;
     }
     int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 128) == 0) break;
+    setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd.get(), a->ai_addr, a->ai_addrlen) == 0 && listen(fd.get(), 128) == 0) break;
     err = errstr(errno);
-    close(fd);
-    fd = -1;
+    fd.reset();
   }
   freeaddrinfo(res);
-  if (fd < 0) throw std::runtime_error(name_ + ": cannot listen on " + host_port + ": " + err);
-  listen_fd_ = fd;
+  if (!fd) throw std::runtime_error(name_ + ": cannot listen on " + host_port + ": " + err);
+  listen_fd_ = std::move(fd);
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);
   char hb[NI_MAXHOST] = "?", pb[NI_MAXSERV] = "?";
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0)
+  if (getsockname(listen_fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len) == 0)
     getnameinfo(reinterpret_cast<sockaddr*>(&ss), len, hb, sizeof(hb), pb, sizeof(pb), NI_NUMERICHOST | NI_NUMERICSERV);
   address_ = std::string("http://") + (ss.ss_family == AF_INET6 ? "[" + std::string(hb) + "]" : std::string(hb)) +
              ":" + pb;
@@ -277,27 +276,27 @@ void Server::listen_unix(const fs::path& path) {
   struct stat st{};
   if (lstat(p.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) throw std::runtime_error(name_ + ": " + p + " exists and is not a socket");
-    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    bool live = probe >= 0 && connect(probe, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0;
-    if (probe >= 0) close(probe);
+    UniqueFd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    bool live = probe && connect(probe.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0;
+    probe.reset();
     if (live) throw std::runtime_error(name_ + ": another process serves " + p + " (another agent?)");
     unlink(p.c_str());  // stale: its agent is gone
   }
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw std::runtime_error(name_ + ": socket: " + errstr(errno));
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) throw std::runtime_error(name_ + ": socket: " + errstr(errno));
   // Nobody can connect before listen(): the mode is 0600 by then.
-  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
     int e = errno;
-    close(fd);
+    fd.reset();
     throw std::runtime_error(name_ + ": cannot bind " + p + ": " + errstr(e));
   }
-  if (chmod(p.c_str(), 0600) != 0 || lstat(p.c_str(), &st) != 0 || listen(fd, 128) != 0) {
+  if (chmod(p.c_str(), 0600) != 0 || lstat(p.c_str(), &st) != 0 || listen(fd.get(), 128) != 0) {
     int e = errno;
-    close(fd);
+    fd.reset();
     unlink(p.c_str());
     throw std::runtime_error(name_ + ": cannot set up " + p + ": " + errstr(e));
   }
-  listen_fd_ = fd;
+  listen_fd_ = std::move(fd);
   unix_ = true;
   unix_path_ = path;
   unix_dev_ = st.st_dev;
@@ -306,15 +305,15 @@ void Server::listen_unix(const fs::path& path) {
 }
 
 void Server::start() {
-  if (listen_fd_ < 0) throw std::logic_error(name_ + ": start() before listen");
-  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
-  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (epoll_fd_ < 0 || wake_fd_ < 0) throw std::runtime_error(name_ + ": epoll/eventfd: " + errstr(errno));
-  for (int fd : {listen_fd_, wake_fd_}) {
+  if (!listen_fd_) throw std::logic_error(name_ + ": start() before listen");
+  epoll_fd_.reset(epoll_create1(EPOLL_CLOEXEC));
+  wake_fd_.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!epoll_fd_ || !wake_fd_) throw std::runtime_error(name_ + ": epoll/eventfd: " + errstr(errno));
+  for (int fd : {listen_fd_.get(), wake_fd_.get()}) {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
-    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0)
+    if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
       throw std::runtime_error(name_ + ": epoll_ctl: " + errstr(errno));
   }
   loop_thread_ = std::thread([this] { loop(); });
@@ -329,26 +328,21 @@ void Server::stop() {
     stopping_ = true;
   }
   cv_.notify_all();
-  if (wake_fd_ >= 0) {
+  if (wake_fd_) {
     uint64_t one = 1;
-    (void)!write(wake_fd_, &one, sizeof(one));
+    (void)!write(wake_fd_.get(), &one, sizeof(one));
   }
   if (loop_thread_.joinable()) loop_thread_.join();
   for (auto& w : workers_)
     if (w.joinable()) w.join();
   {
     std::lock_guard<std::mutex> g(mu_);
-    for (auto& j : jobs_) close(j.fd);
-    jobs_.clear();
+    jobs_.clear();  // closes their connections
   }
   for (auto& s : streams_threads_)
     if (s.thread.joinable()) s.thread.join();
   streams_threads_.clear();
-  for (int* fd : {&listen_fd_, &epoll_fd_, &wake_fd_})
-    if (*fd >= 0) {
-      close(*fd);
-      *fd = -1;
-    }
+  for (UniqueFd* fd : {&listen_fd_, &epoll_fd_, &wake_fd_}) fd->reset();
   if (unix_) {
     struct stat st{};
     // only our socket: a successor may have replaced it already
@@ -366,7 +360,7 @@ void Server::loop() {
       auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(pending_.front().deadline - Clock::now()).count();
       timeout = ms < 0 ? 0 : static_cast<int>(ms) + 1;
     }
-    int n = epoll_wait(epoll_fd_, evs, 64, timeout);
+    int n = epoll_wait(epoll_fd_.get(), evs, 64, timeout);
     if (n < 0) {
       if (errno != EINTR) {
         spdlog::error("admin {}: epoll_wait: {}", name_, errstr(errno));
@@ -376,9 +370,9 @@ void Server::loop() {
     }
     for (int i = 0; i < n; i++) {
       int fd = evs[i].data.fd;
-      if (fd == wake_fd_) {
+      if (fd == wake_fd_.get()) {
         uint64_t v;
-        (void)!read(wake_fd_, &v, sizeof(v));
+        (void)!read(wake_fd_.get(), &v, sizeof(v));
         bool stop;
         {
           std::lock_guard<std::mutex> g(mu_);
@@ -388,7 +382,7 @@ void Server::loop() {
           while (!pending_.empty()) close_pending(pending_.begin());
           return;
         }
-      } else if (fd == listen_fd_) {
+      } else if (fd == listen_fd_.get()) {
         accept_all();
       } else {
         on_readable(fd);
@@ -401,20 +395,21 @@ void Server::loop() {
         stats_.dropped_timeout++;
       }
       auto it = pending_.begin();
-      int fd = it->fd;
-      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-      by_fd_.erase(fd);
+      UniqueFd fd = std::move(it->fd);
+      epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd.get(), nullptr);
+      by_fd_.erase(fd.get());
       pending_.erase(it);
-      answer_now(fd, 408, "the request head must arrive within " +
+      answer_now(std::move(fd), 408, "the request head must arrive within " +
                               std::to_string(limits_.head_timeout.count()) + " ms");
     }
   }
 }
 
 void Server::close_pending(std::list<Pending>::iterator it) {
-  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, it->fd, nullptr);
-  close(it->fd);
-  by_fd_.erase(it->fd);
+  int fd = it->fd.get();
+  epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+  it->fd.reset();
+  by_fd_.erase(fd);
   pending_.erase(it);
 }
 
@@ -429,8 +424,8 @@ void Server::drop_oldest() {
 
 void Server::accept_all() {
   for (int i = 0; i < 256; i++) {
-    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
+    UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if ((errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) && !pending_.empty()) {
         drop_oldest();
@@ -449,25 +444,23 @@ void Server::accept_all() {
     if (unix_) {
       ucred cred{};
       socklen_t len = sizeof(cred);
-      if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != geteuid()) {
+      if (getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != geteuid()) {
         {
           std::lock_guard<std::mutex> g(mu_);
           stats_.refused_peer++;
         }
-        answer_now(fd, 403, "only uid " + std::to_string(geteuid()) + " is served here");
+        answer_now(std::move(fd), 403, "only uid " + std::to_string(geteuid()) + " is served here");
         continue;
       }
     }
     if (pending_.size() >= std::max<size_t>(limits_.max_pending, 1)) drop_oldest();
     epoll_event ev{};
     ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
-      close(fd);
-      continue;
-    }
-    pending_.push_back(Pending{fd, {}, Clock::now() + limits_.head_timeout});
-    by_fd_[fd] = std::prev(pending_.end());
+    ev.data.fd = fd.get();
+    if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd.get(), &ev) != 0) continue;  // fd closes here
+    int raw = fd.get();
+    pending_.push_back(Pending{std::move(fd), {}, Clock::now() + limits_.head_timeout});
+    by_fd_[raw] = std::prev(pending_.end());
   }
 }
 
@@ -493,7 +486,8 @@ void Server::on_readable(int fd) {
   bool too_big = it->buf.size() > limits_.max_head_bytes ||
                  static_cast<size_t>(std::count(it->buf.begin(), it->buf.end(), '\n')) > limits_.max_headers + 1;
   if (too_big) {
-    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+    UniqueFd owned = std::move(it->fd);
+    epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
     by_fd_.erase(fd);
     pending_.erase(it);
     {
@@ -501,16 +495,16 @@ void Server::on_readable(int fd) {
       stats_.requests++;
       stats_.bad_requests++;
     }
-    answer_now(fd, 431, "at most " + std::to_string(limits_.max_head_bytes) + " bytes and " +
+    answer_now(std::move(owned), 431, "at most " + std::to_string(limits_.max_head_bytes) + " bytes and " +
                             std::to_string(limits_.max_headers) + " header lines");
   }
 }
 
 void Server::dispatch(std::list<Pending>::iterator it, size_t head_len) {
-  int fd = it->fd;
+  UniqueFd fd = std::move(it->fd);
   Parsed p = parse_head(std::string_view(it->buf).substr(0, head_len), limits_);
-  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-  by_fd_.erase(fd);
+  epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd.get(), nullptr);
+  by_fd_.erase(fd.get());
   pending_.erase(it);
   {
     std::lock_guard<std::mutex> g(mu_);
@@ -518,7 +512,7 @@ void Server::dispatch(std::list<Pending>::iterator it, size_t head_len) {
     if (p.status) stats_.bad_requests++;
   }
   if (p.status) {
-    answer_now(fd, p.status, p.why);
+    answer_now(std::move(fd), p.status, p.why);
     return;
   }
   bool head_only = p.req.method == "HEAD";
@@ -530,34 +524,34 @@ void Server::dispatch(std::list<Pending>::iterator it, size_t head_len) {
       resp = Response{500, "text/plain; charset=utf-8", std::string(e.what()) + "\n", {}, {}, {}};
     }
     // one non-blocking send: inline answers are small and the socket is new
-    respond(fd, resp, head_only, /*wait=*/false);
-    close(fd);
+    respond(fd.get(), resp, head_only, /*wait=*/false);
+    fd.reset();
     return;
   }
   auto r = routes_.find(p.req.path);
   if (r == routes_.end()) {
-    answer_now(fd, 404, "");
+    answer_now(std::move(fd), 404, "");
     return;
   }
   {
     std::lock_guard<std::mutex> g(mu_);
     if (jobs_.size() < std::max<size_t>(limits_.max_queued, 1)) {
-      jobs_.push_back(Job{fd, std::move(p.req), &r->second});
+      jobs_.push_back(Job{std::move(fd), std::move(p.req), &r->second});
       cv_.notify_one();
       return;
     }
     stats_.refused_busy++;
   }
-  answer_now(fd, 503, "busy");
+  answer_now(std::move(fd), 503, "busy");
 }
 
-void Server::answer_now(int fd, int status, const std::string& why) {
+void Server::answer_now(UniqueFd fd, int status, const std::string& why) {
   Response r;
   r.status = status;
   r.body = reason_phrase(status) + (why.empty() ? "" : ": " + why) + "\n";
   if (status == 405) r.headers.emplace_back("Allow", "GET, HEAD");
-  respond(fd, r, false, /*wait=*/false);
-  close(fd);
+  respond(fd.get(), r, false, /*wait=*/false);
+  fd.reset();
 }
 
 std::string Server::head_of(const Response& r, bool chunked) {
@@ -620,8 +614,8 @@ void Server::worker() {
     }
     bool head_only = j.req.method == "HEAD";
     if (!r.next) {
-      respond(j.fd, r, head_only, /*wait=*/true);
-      close(j.fd);
+      respond(j.fd.get(), r, head_only, /*wait=*/true);
+      j.fd.reset();
       continue;
     }
     std::lock_guard<std::mutex> g(mu_);
@@ -637,21 +631,22 @@ void Server::worker() {
       Response busy;
       busy.status = 503;
       busy.body = "too many streams\n";
-      respond(j.fd, busy, head_only, /*wait=*/false);
-      close(j.fd);
+      respond(j.fd.get(), busy, head_only, /*wait=*/false);
+      j.fd.reset();
       continue;
     }
     auto finished = std::make_shared<std::atomic<bool>>(false);
     streams_threads_.push_back(StreamThread{
-        std::thread([this, fd = j.fd, r = std::move(r), head_only, finished]() mutable {
-          stream(fd, std::move(r), head_only);
+        std::thread([this, fd = std::move(j.fd), r = std::move(r), head_only, finished]() mutable {
+          stream(std::move(fd), std::move(r), head_only);
           finished->store(true);
         }),
         finished});
   }
 }
 
-void Server::stream(int fd, Response r, bool head_only) {
+void Server::stream(UniqueFd owned, Response r, bool head_only) {
+  const int fd = owned.get();
   bool ok = send_all(fd, head_of(r, true));
   while (ok && !head_only) {
     {
@@ -678,7 +673,7 @@ void Server::stream(int fd, Response r, bool head_only) {
     }
   }
   if (r.done) r.done();
-  close(fd);
+  owned.reset();
 }
 
 }  // namespace envsteer::admin

@@ -37,6 +37,8 @@
 #include <utility>
 #include <vector>
 
+#include "fd.h"
+
 namespace envsteer::admin {
 
 struct Request {
@@ -123,12 +125,12 @@ class Server {
 
  private:
   struct Pending {
-    int fd;
+    UniqueFd fd;
     std::string buf;
     std::chrono::steady_clock::time_point deadline;
   };
   struct Job {
-    int fd;
+    UniqueFd fd;
     Request req;
     const Handler* handler;
   };
@@ -139,19 +141,19 @@ class Server {
   void dispatch(std::list<Pending>::iterator it, size_t head_len);
   void close_pending(std::list<Pending>::iterator it);
   void worker();
-  void stream(int fd, Response r, bool head_only);
+  void stream(UniqueFd fd, Response r, bool head_only);
   // Within write_timeout; false when the client is gone or too slow.
   bool send_all(int fd, std::string_view data) const;
   static std::string head_of(const Response& r, bool chunked);
   // wait=false: one non-blocking send (a small answer on a new socket fits).
   void respond(int fd, const Response& r, bool head_only, bool wait) const;
   // A small error answer written without waiting, then the connection is closed.
-  void answer_now(int fd, int status, const std::string& why);
+  void answer_now(UniqueFd fd, int status, const std::string& why);
 
   std::string name_;
   Limits limits_;
   std::map<std::string, Handler, std::less<>> inline_routes_, routes_;
-  int listen_fd_ = -1, epoll_fd_ = -1, wake_fd_ = -1;
+  UniqueFd listen_fd_, epoll_fd_, wake_fd_;
   bool unix_ = false;
   std::string address_;
   std::filesystem::path unix_path_;

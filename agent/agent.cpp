@@ -17,6 +17,7 @@
 #include "admin_server.h"
 #include "cgroup.h"
 #include "explain.h"
+#include "fd.h"
 #include "sources/manifest.h"
 
 extern "C" {
@@ -850,15 +851,12 @@ int Agent::run() {
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
-  int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+  UniqueFd sfd(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
 
   start_datapath();
   std::unique_ptr<sources::ManifestWatcher> watcher;
   if (initial) {
-    if (!apply_cluster(std::move(*initial), "start-up")) {
-      close(sfd);
-      return 1;
-    }
+    if (!apply_cluster(std::move(*initial), "start-up")) return 1;  // sfd closes here
     watcher = std::make_unique<sources::ManifestWatcher>(s_.manifests);
     ready_ = true;
     spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_->frontends.size(),
@@ -870,8 +868,8 @@ int Agent::run() {
   }
   start_admin();
 
-  int exit_code = loop(sfd, watcher.get());
-  close(sfd);
+  int exit_code = loop(sfd.get(), watcher.get());
+  sfd.reset();
   shutdown();
   if (s_.cleanup_on_exit) {
     dp_.reset();

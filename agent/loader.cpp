@@ -51,10 +51,8 @@ bool probe_set_retval() {
   insns[2].imm = 1;
   insns[3].code = BPF_JMP | BPF_EXIT;
   LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = BPF_CGROUP_INET4_CONNECT);
-  int fd = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "es_probe", "GPL", insns, 4, &opts);
-  if (fd < 0) return false;
-  close(fd);
-  return true;
+  UniqueFd fd(bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "es_probe", "GPL", insns, 4, &opts));
+  return static_cast<bool>(fd);
 }
 
 const char* attach_type_name(uint32_t t) {
@@ -103,26 +101,21 @@ Features probe_features() {
 }
 
 PinLock::PinLock(const fs::path& pin_dir) {
-  fd_ = open(pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd_ < 0) throw std::runtime_error("cannot open pin directory " + pin_dir.string() + ": " + errstr(errno));
-  if (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-    close(fd_);
-    fd_ = -1;
+  fd_.reset(open(pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd_) throw std::runtime_error("cannot open pin directory " + pin_dir.string() + ": " + errstr(errno));
+  if (flock(fd_.get(), LOCK_EX | LOCK_NB) != 0) {
+    fd_.reset();
     throw std::runtime_error("another envsteer agent is running on pin directory " + pin_dir.string() +
                              " (it holds the lock); stop it first, or give this one its own --bpffs");
   }
 }
 
-PinLock::~PinLock() {
-  if (fd_ >= 0) close(fd_);
-}
+PinLock::~PinLock() = default;
 
 bool PinLock::held(const fs::path& pin_dir) {
-  int fd = open(pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return false;
-  bool busy = flock(fd, LOCK_EX | LOCK_NB) != 0;
-  close(fd);
-  return busy;
+  UniqueFd fd(open(pin_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) return false;
+  return flock(fd.get(), LOCK_EX | LOCK_NB) != 0;
 }
 
 Datapath::~Datapath() {
@@ -139,15 +132,15 @@ void check_pinned_maps(envsteer_bpf* skel, const fs::path& map_dir, const Settin
   bpf_object__for_each_map(map, skel->obj) {
     if (!bpf_map__pin_path(map)) continue;  // internal maps (.rodata) are not pinned
     fs::path p = map_dir / bpf_map__name(map);
-    int fd = bpf_obj_get(p.c_str());
-    if (fd < 0) {
+    UniqueFd fd(bpf_obj_get(p.c_str()));
+    if (!fd) {
       rep.maps_created++;
       continue;
     }
     bpf_map_info info{};
     __u32 len = sizeof(info);
-    int err = bpf_obj_get_info_by_fd(fd, &info, &len);
-    close(fd);
+    int err = bpf_obj_get_info_by_fd(fd.get(), &info, &len);
+    fd.reset();
     if (err || info.key_size != bpf_map__key_size(map) || info.value_size != bpf_map__value_size(map) ||
         info.type != bpf_map__type(map))
       throw std::runtime_error("pinned map " + p.string() +
@@ -234,31 +227,25 @@ void attach_cgroup(bpf_program* prog, int cg_fd, uint64_t root_id, const fs::pat
 // Every loaded program, attached where it belongs; returns the link pin names.
 std::vector<std::string> attach_all(envsteer_bpf* skel, const fs::path& cgroup_root, const fs::path& link_dir,
                                     AttachReport& rep) {
-  int cg_fd = open(cgroup_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (cg_fd < 0) throw std::runtime_error("cannot open cgroup " + cgroup_root.string() + ": " + errstr(errno));
+  UniqueFd cg_fd(open(cgroup_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!cg_fd) throw std::runtime_error("cannot open cgroup " + cgroup_root.string() + ": " + errstr(errno));
   auto root_id = cgroup::cgroup_id(cgroup_root).value_or(0);
   std::vector<std::string> linked;
-  try {
-    bpf_program* prog;
-    bpf_object__for_each_program(prog, skel->obj) {
-      if (!bpf_program__autoload(prog)) continue;
-      const std::string name = bpf_program__name(prog);
-      auto type = bpf_program__type(prog);
-      if (type == BPF_PROG_TYPE_SK_MSG || type == BPF_PROG_TYPE_SK_SKB) {
-        attach_to_sockhash(skel, prog, rep);
-        continue;
-      }
-      linked.push_back(name);
-      if (type == BPF_PROG_TYPE_TRACING)
-        attach_tracing(prog, link_dir / name, rep);
-      else
-        attach_cgroup(prog, cg_fd, root_id, cgroup_root, link_dir / name, rep);
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, skel->obj) {
+    if (!bpf_program__autoload(prog)) continue;
+    const std::string name = bpf_program__name(prog);
+    auto type = bpf_program__type(prog);
+    if (type == BPF_PROG_TYPE_SK_MSG || type == BPF_PROG_TYPE_SK_SKB) {
+      attach_to_sockhash(skel, prog, rep);
+      continue;
     }
-  } catch (...) {
-    close(cg_fd);
-    throw;
+    linked.push_back(name);
+    if (type == BPF_PROG_TYPE_TRACING)
+      attach_tracing(prog, link_dir / name, rep);
+    else
+      attach_cgroup(prog, cg_fd.get(), root_id, cgroup_root, link_dir / name, rep);
   }
-  close(cg_fd);
   return linked;
 }
 
@@ -379,13 +366,13 @@ std::vector<LinkStatus> pinned_links(const fs::path& pin_dir) {
   for (const auto& e : fs::directory_iterator(pin_dir / "links")) {
     LinkStatus st;
     st.name = e.path().filename().string();
-    int fd = bpf_obj_get(e.path().c_str());
-    if (fd < 0) {
+    UniqueFd fd(bpf_obj_get(e.path().c_str()));
+    if (!fd) {
       out.push_back(st);
       continue;
     }
-    auto li = link_info(fd);
-    close(fd);
+    auto li = link_info(fd.get());
+    fd.reset();
     if (li.ok) {
       st.link_id = li.info.id;
       st.prog_id = li.info.prog_id;
@@ -393,16 +380,15 @@ std::vector<LinkStatus> pinned_links(const fs::path& pin_dir) {
         st.cgroup_id = li.info.cgroup.cgroup_id;
         st.attach_type = attach_type_name(li.info.cgroup.attach_type);
       }
-      int pfd = bpf_prog_get_fd_by_id(st.prog_id);
-      if (pfd >= 0) {
+      UniqueFd pfd(bpf_prog_get_fd_by_id(st.prog_id));
+      if (pfd) {
         bpf_prog_info pi{};
         __u32 len = sizeof(pi);
-        if (bpf_obj_get_info_by_fd(pfd, &pi, &len) == 0) {
+        if (bpf_obj_get_info_by_fd(pfd.get(), &pi, &len) == 0) {
           st.prog_name = pi.name;
           st.run_cnt = pi.run_cnt;
           st.run_time_ns = pi.run_time_ns;
         }
-        close(pfd);
       }
     }
     out.push_back(st);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "fd.h"
 #include "maps/bpf_maps.h"
 #include "settings.h"
 
@@ -42,7 +43,7 @@ class PinLock {
   static bool held(const std::filesystem::path& pin_dir);
 
  private:
-  int fd_ = -1;
+  UniqueFd fd_;
 };
 
 struct AttachReport {

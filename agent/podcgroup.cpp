@@ -237,15 +237,13 @@ constexpr uint32_t kPodMask = IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
 
 PodCgroupWatcher::PodCgroupWatcher(fs::path cgroup2_mount, SearchLimits limits)
     : mount_(absolute_mount(cgroup2_mount)), limits_(limits) {
-  fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "inotify_init1");
+  fd_.reset(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+  if (!fd_) throw std::system_error(errno, std::generic_category(), "inotify_init1");
   discover();
   arm();
 }
 
-PodCgroupWatcher::~PodCgroupWatcher() {
-  if (fd_ >= 0) ::close(fd_);
-}
+PodCgroupWatcher::~PodCgroupWatcher() = default;
 
 void PodCgroupWatcher::discover() {
   for (auto& r : default_roots(mount_)) roots_.insert(r);
@@ -302,7 +300,7 @@ void PodCgroupWatcher::arm() {
 }
 
 int PodCgroupWatcher::add_watch(const fs::path& dir, Role role, const std::string& uid) {
-  int wd = ::inotify_add_watch(fd_, dir.c_str(), role == Role::Parent ? kParentMask : kPodMask);
+  int wd = ::inotify_add_watch(fd_.get(), dir.c_str(), role == Role::Parent ? kParentMask : kPodMask);
   if (wd < 0) return -1;  // gone meanwhile (the parent's event follows), or out of watches
   auto it = by_wd_.find(wd);
   if (it != by_wd_.end() && it->second.dir != dir) {
@@ -317,7 +315,7 @@ int PodCgroupWatcher::add_watch(const fs::path& dir, Role role, const std::strin
 void PodCgroupWatcher::remove_watch(int wd) {
   auto it = by_wd_.find(wd);
   if (it == by_wd_.end()) return;
-  ::inotify_rm_watch(fd_, wd);  // EINVAL when the kernel already dropped it
+  ::inotify_rm_watch(fd_.get(), wd);  // EINVAL when the kernel already dropped it
   if (it->second.role == Role::Parent) {
     auto p = parent_wd_.find(it->second.dir);
     if (p != parent_wd_.end() && p->second == wd) parent_wd_.erase(p);
@@ -418,7 +416,7 @@ std::vector<PodCgroupWatcher::Event> PodCgroupWatcher::drain() {
   bool dirty = false, overflow = false;
   alignas(struct inotify_event) std::array<char, 64 * 1024> buf;
   for (;;) {
-    ssize_t n = ::read(fd_, buf.data(), buf.size());
+    ssize_t n = ::read(fd_.get(), buf.data(), buf.size());
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;  // EAGAIN: nothing more
     for (ssize_t off = 0; off < n;) {

@@ -32,6 +32,8 @@
 #include <string>
 #include <vector>
 
+#include "fd.h"
+
 namespace envsteer::podcgroup {
 
 // Bounds of the fallback search (see find_pod_cgroup).
@@ -110,7 +112,7 @@ class PodCgroupWatcher {
   PodCgroupWatcher& operator=(const PodCgroupWatcher&) = delete;
 
   // Nonblocking inotify descriptor, readable when drain() has work.
-  int fd() const { return fd_; }
+  int fd() const { return fd_.get(); }
 
   // Registers interest in a pod (again: updates its QoS class) and returns
   // where its cgroup is now. No event is queued for the state at this moment;
@@ -156,7 +158,7 @@ class PodCgroupWatcher {
 
   std::filesystem::path mount_;
   SearchLimits limits_;
-  int fd_ = -1;
+  UniqueFd fd_;
   std::set<std::filesystem::path> roots_;         // kubepods roots (existing or not)
   std::set<std::filesystem::path> pod_parents_;   // unusual places holding pod cgroups
   std::map<std::string, Pod> pods_;               // by canonical uid
