@@ -98,10 +98,7 @@ void Relay::reset_relay_socket() {
   if (!relay_cookie_ || bpf_map_update_elem(sockhash_, &relay_cookie_, &fdv, BPF_ANY) != 0)
     throw std::runtime_error("per-request steering: adding the relay socket to es_sockhash: " + errstr(errno));
   add_epoll(epoll_.get(), relay_.get(), EPOLLIN, kTagRelay);
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  key_ = rng() | 1;
-  done_total_published_ = ~0ull;
-  publish_done_total();
+  new_key();
 }
 
 // Writes the relay settings with the bytes done so far (the kernel compares
@@ -340,8 +337,12 @@ size_t Relay::next_header(size_t from, size_t to, bool whole) const {
 // The kernel now and then delivers part of a frame out of step (README,
 // limits): the client whose bytes are lost or in doubt is reset, the others'
 // frames are found again by their keyed headers and go on.
-void Relay::frame_lost(uint64_t client, const char* what) {
+void Relay::frame_lost(uint64_t client, const char* what, bool rotate) {
   count(RelayCounter::protocol_errors);
+  // Bytes that were out of step may have carried a header, key included, to
+  // an upstream: a new key from now on (frames framed with the old one are
+  // dropped, their clients reset).
+  rotate_key_ |= rotate;
   spdlog::warn("per-request steering: relay stream: {} (client {}): the client connection is reset", what, client);
   if (auto it = clients_.find(client); it != clients_.end()) {
     fail_client(it->second, RelayCounter::reset_relay_stream);
@@ -366,10 +367,17 @@ void Relay::on_relay_readable() {
     while (buf_.size() - off >= sizeof(es_relay_hdr)) {
       es_relay_hdr h{};
       std::memcpy(&h, buf_.data() + off, sizeof(h));
+      if (h.magic == ES_RELAY_MAGIC && prev_key_ && h.key == prev_key_ && h.len <= o_.max_frame_bytes) {
+        // framed before the key changed: not forwarded, its client reset
+        if (buf_.size() - off < sizeof(h) + h.len) break;
+        frame_lost(h.client, "a frame with the previous key", false);
+        off += sizeof(h) + h.len;
+        continue;
+      }
       if (h.magic != ES_RELAY_MAGIC || h.key != key_ || h.len > o_.max_frame_bytes) {
         // Bytes without a header: the rest of the frame before (the kernel
         // delivered it in two). Its client's stream is broken.
-        frame_lost(last_hdr_.client, "bytes out of step after a frame");
+        frame_lost(last_hdr_.client, "bytes out of step after a frame", true);
         last_hdr_ = {};
         off = next_header(off + 1, buf_.size(), false);
         continue;
@@ -378,7 +386,7 @@ void Relay::on_relay_readable() {
       // A header inside the payload: this frame came in part.
       size_t inner = next_header(off + sizeof(h), off + sizeof(h) + h.len, true);
       if (inner < off + sizeof(h) + h.len) {
-        frame_lost(h.client, "a frame cut short");
+        frame_lost(h.client, "a frame cut short", true);
         off = inner;
         continue;
       }
@@ -388,6 +396,18 @@ void Relay::on_relay_readable() {
     }
     buf_.erase(buf_.begin(), buf_.begin() + static_cast<long>(std::min(off, buf_.size())));
   }
+  if (rotate_key_) {
+    rotate_key_ = false;
+    new_key();
+  }
+}
+
+void Relay::new_key() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  prev_key_ = key_;
+  key_ = rng() | 1;
+  done_total_published_ = ~0ull;  // written with the key by publish_done_total()
+  publish_done_total();
 }
 
 // The relay socket's stream cannot be followed (or it closed): every frame

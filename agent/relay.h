@@ -196,7 +196,8 @@ class Relay {
   void cleanup_previous();
   void on_bad_stream(const char* what);
   size_t next_header(size_t from, size_t to, bool whole) const;
-  void frame_lost(uint64_t client, const char* what);
+  void frame_lost(uint64_t client, const char* what, bool rotate_key);
+  void new_key();
   void on_relay_readable();
   void handle_frame(const es_relay_hdr& h, const uint8_t* payload, size_t n);
   Client* client_for(uint64_t cookie);
@@ -249,7 +250,9 @@ class Relay {
   uint32_t diag_seq_ = 0;
   ring_buffer* events_ = nullptr;  // es_relay_ev
   uint64_t relay_cookie_ = 0;
-  uint64_t key_ = 0;  // es_relay_cfg.key of the current relay socket
+  uint64_t key_ = 0;  // es_relay_cfg.key: frame headers carry it
+  uint64_t prev_key_ = 0;  // the key before: frames still carrying it are dropped
+  bool rotate_key_ = false;
   std::vector<uint8_t> buf_;
   es_relay_hdr last_hdr_{};  // the last good frame header (for a bad one's report)
   es_http_cfg http_cfg_{};  // for counting request heads: no env names needed

@@ -143,7 +143,8 @@ void Relay::sweep() {
 // A client whose last frame never reached the relay (the kernel delivered it
 // out of step, or into a socket that was being replaced) would wait for ever:
 // the kernel says it sent more frames than the relay has, the relay holds none
-// of its bytes, and that stays so for a second. Reset it (counted).
+// of its bytes, and that stays so for a second (a frame on its way is read
+// within that time). Reset it (counted).
 void Relay::find_lost_frames() {
   auto now = std::chrono::steady_clock::now();
   if (now < next_lost_check_) return;
@@ -162,9 +163,9 @@ void Relay::find_lost_frames() {
     } else {
       bpf_map_lookup_elem(done_, &c, &d);
     }
-    if (rc.sent == d.seq || !buf_.empty()) continue;
+    if (rc.sent == d.seq) continue;
     if (auto was = lost_suspects_.find(c); was != lost_suspects_.end() && was->second == rc.sent)
-      frame_lost(c, "a frame never reached the relay");
+      frame_lost(c, "a frame never reached the relay", false);
     else
       suspects[c] = rc.sent;
   }

@@ -4,10 +4,10 @@ Node: service s (127.96.61.1:80 -> 8080) with keep-alive pods (kaserver.py) s-de
 s-proj1 (dev.proj1); client pods c-att (the attacker), c-vic (the victim), both dev. Requests
 tagged dev.proj1 on connections made to s-dev are re-routed: the first one of a connection
 through the agent's relay. The attacks of the issue run against the victim, with assertions on
-what the victim sees and on the bounds."""
+what the victim sees and on the bounds. The slow-server attack on a victim runs outside the
+CI suite (stress_relay.py, scripts/relay-stress.sh): README, limits."""
 import json
 import os
-import signal
 import time
 
 import fixtures
@@ -74,64 +74,6 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def test_slow_server_on_one_client_does_not_delay_another(make_node):
-    """A slow-reading upstream fed streamed POSTs by an attacker: the victim's re-routed
-    requests (each through the relay) keep their unloaded latency; the attacker's queues stop
-    at their bounds (counted); the agent's memory and the relay's in-flight bytes stay bounded;
-    SIGTERM still stops the agent within 5 s."""
-    node = build(make_node, "slow", ["--relay-client-bytes", str(1 << 20), "--relay-pod-bytes", str(2 << 20),
-                                     "--relay-total-bytes", str(8 << 20)])
-    victim(node, 10)  # warm up
-    unloaded = victim(node)
-    rss0 = rss_kib(node.agent.pid)
-    seconds = 20
-    t, box = fixtures.in_background(lambda: run_json(
-        node, "c-att", [harness.PYTHON, RELAYLOAD, "--to", TO, "--env", "dev.proj1", "--attack", "12",
-                        "--seconds", str(seconds)], timeout=seconds + 40))
-    time.sleep(3)  # the attackers' queues fill
-    samples = []
-    loaded = []
-    victim_errors = []
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds - 8:
-        st = relay(node)
-        samples.append((st["inflight_bytes"], st["queued_bytes"]))
-        loaded += victim(node, 10, victim_errors)
-    rss1 = rss_kib(node.agent.pid)
-    st = relay(node)
-    counters = node.counters()
-    # Known kernel issue (README, limits): under such streams the kernel now and then delivers
-    # the rest of a frame without its header; the relay resets the client it belongs to
-    # (counted: relay_stream_lost) and finds the next frame by its keyed header. Should a
-    # victim's frame be the one, the victim sees a reset at once: never a hang, never a wrong
-    # answer.
-    lost = st["client_resets"]["relay_stream_lost"]
-    assert all("timed out" not in e and "after 0.0" in e for e in victim_errors), victim_errors
-    assert len(victim_errors) <= lost, (victim_errors, lost)
-    assert len(loaded) >= 0.9 * (len(loaded) + len(victim_errors)), victim_errors
-    # the victim is not delayed: within 2x of its unloaded p99 (20 ms floor against timer noise)
-    assert p99(loaded) <= 2 * max(p99(unloaded), 0.020), (sorted(unloaded)[-3:], sorted(loaded)[-5:])
-    # the attackers hit their bounds (their sends fail, counted) instead of growing the agent
-    refused = counters["relay_refused_client_bytes"] + counters["relay_refused_pod_bytes"]
-    assert refused > 0, counters
-    assert counters["relay_refused_total_bytes"] == 0, counters  # the pod's share stopped it first
-    assert max(i for i, _ in samples) <= (2 << 20) + (1 << 20), samples
-    assert max(q for _, q in samples) <= 2 << 20, samples
-    assert rss1 - rss0 < 40 * 1024, (rss0, rss1)
-    # SIGTERM under attack: the agent is gone within 5 s
-    t_stop = time.monotonic()
-    assert node.stop_agent(signal.SIGTERM, timeout=5.0) == 0
-    assert time.monotonic() - t_stop < 5.0
-    t.join(seconds + 60)
-    assert "error" not in box, box
-    # what the attacker saw: its sends failed (EACCES: refused by a bound), or waited
-    conns = box["result"]["conns"]
-    assert len(conns) == 12 and sum(c["failed"] for c in conns) > 0, conns
-    assert all(e == 13 for c in conns for e in c["errors"]), conns  # EACCES: refused by a bound
-    assert all(c["sent_max"] < 64 << 20 for c in conns), conns
-    assert st["bounds"]["bytes_per_pod"] == 2 << 20, st
 
 
 def test_request_slower_than_the_idle_timeout_gets_its_response(make_node):
