@@ -382,9 +382,10 @@ void Relay::on_relay_readable() {
         off = next_header(off + 1, buf_.size(), false);
         continue;
       }
-      if (buf_.size() - off < sizeof(h) + h.len) break;
-      // A header inside the payload: this frame came in part.
-      size_t inner = next_header(off + sizeof(h), off + sizeof(h) + h.len, true);
+      // A header inside the payload: this frame came in part. Looked for also
+      // while the frame is incomplete, so frames behind a cut one do not wait.
+      size_t inner = next_header(off + sizeof(h), std::min(buf_.size(), off + sizeof(h) + h.len), true);
+      if (inner >= buf_.size() && buf_.size() - off < sizeof(h) + h.len) break;
       if (inner < off + sizeof(h) + h.len) {
         frame_lost(h.client, "a frame cut short", true);
         off = inner;
