@@ -125,13 +125,9 @@ void Relay::cleanup_previous() {
   // applications see a reset and reconnect) rather than left waiting.
   std::set<uint64_t> victims;
   for (const auto& k : m_.keys<es_bind_key>(maps::MapId::Binds)) victims.insert(k.client);
-  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
-    es_relay_client rc{};
-    es_relay_done done{};
-    if (bpf_map_lookup_elem(clients_map_, &c, &rc) != 0) continue;
-    bpf_map_lookup_elem(done_, &c, &done);
-    if (rc.sent != done.seq) victims.insert(c);
-  }
+  std::vector<Unfinished> unfinished;
+  unfinished_clients(unfinished, SIZE_MAX);
+  for (const auto& u : unfinished) victims.insert(u.client);
   size_t destroyed = 0;
   for (uint64_t c : victims)
     if (client_alive(c) && destroy_client(c)) destroyed++;
@@ -417,13 +413,9 @@ void Relay::new_key() {
 void Relay::on_bad_stream(const char* what) {
   spdlog::error("per-request steering: relay socket {}: clients with frames under way are reset, socket "
                 "re-created", what);
-  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
-    es_relay_client rc{};
-    es_relay_done d{};
-    if (bpf_map_lookup_elem(clients_map_, &c, &rc) != 0) continue;
-    if (auto it = clients_.find(c); it != clients_.end()) d = it->second.done;
-    else bpf_map_lookup_elem(done_, &c, &d);
-    if (rc.sent == d.seq) continue;
+  std::vector<Unfinished> unfinished;
+  unfinished_clients(unfinished, SIZE_MAX);
+  for (const auto& [c, sent] : unfinished) {
     if (auto it = clients_.find(c); it != clients_.end()) {
       fail_client(it->second, RelayCounter::reset_relay_stream);
     } else {

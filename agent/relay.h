@@ -217,7 +217,6 @@ class Relay {
   bool register_upstream(Upstream& u);
   void bind_upstream(Upstream& u, Client& c);
   Upstream* take_pooled(const SetKey& k);
-  void release(Upstream& u, RelayCounter why);
   void close_upstream(uint64_t cookie, RelayCounter why);
   void on_upstream_closed(Upstream& u);
   void settle(Upstream& u);
@@ -236,6 +235,11 @@ class Relay {
   void forget_client(uint64_t client);
   void resync_total();
   void find_lost_frames();
+  struct Unfinished {
+    uint64_t client;
+    uint32_t sent;  // frames the kernel sent
+  };
+  bool unfinished_clients(std::vector<Unfinished>& out, size_t cap) const;
   // relay_diag.cpp: client resets and fences through sock_diag
   int client_diag(uint64_t client, uint16_t type, uint8_t ext);
   bool destroy_client(uint64_t client);
@@ -263,6 +267,7 @@ class Relay {
   std::map<SetKey, std::chrono::steady_clock::time_point> wanted_;  // sets that recently needed one
   std::map<SetKey, std::vector<es_backend>> set_cache_;  // a sweep's view of the sets
   std::map<SetKey, uint32_t> warming_;  // connects under way for the pool
+  size_t pool_size_ = 0;                // upstreams in pool_, all sets
   std::map<SetKey, uint32_t> demand_, rate_;  // binds this sweep period, and the last
   std::vector<uint64_t> gone_;        // client cookies reported closing by the kernel
   std::vector<uint64_t> dead_;        // clients failed or gone, removed by reap_clients()

@@ -159,6 +159,7 @@ void Relay::finish_connect(Upstream& u) {
   u.since = std::chrono::steady_clock::now();
   set_events(u, EPOLLIN | EPOLLRDHUP);
   pool_[key].push_back(u.cookie);
+  pool_size_++;
 }
 
 // The framing tracker, then the socket in the sockhash: without an
@@ -204,6 +205,7 @@ Relay::Upstream* Relay::take_pooled(const SetKey& k) {
   while (pit != pool_.end() && !pit->second.empty()) {
     uint64_t cookie = pit->second.back();
     pit->second.pop_back();
+    pool_size_--;
     auto it = ups_.find(cookie);
     if (it == ups_.end()) continue;
     if (peer_closed(it->second.fd.get())) {
@@ -222,20 +224,8 @@ void Relay::warm_up(const SetKey& k) {
   if (!o_.warm || !running_) return;
   uint32_t target = std::max(o_.warm, std::min(o_.pool_per_set, rate_[k] / 16));
   size_t have = pool_[k].size() + warming_[k];
-  size_t pooled_total = 0;
-  for (const auto& [key, q] : pool_) pooled_total += q.size();
-  for (; have < target && pooled_total + have < o_.pool_total; have++)
+  for (; have < target && pool_size_ + have < o_.pool_total; have++)
     if (!start_connect(k.first, k.second, 0)) break;
-}
-
-// The client is gone: its upstream is closed. It is not handed to another
-// client, even when it owes nothing: a server that answered "Connection:
-// close" (or an HTTP/1.0 request) closes it right after the answer, and a
-// request of the next client could cross that close and be reset (seen in
-// bench/run.sh --smoke). Only fresh, never used upstreams are pooled.
-void Relay::release(Upstream& u, RelayCounter why) {
-  if (u.state != UpState::Bound) return;
-  close_upstream(u.cookie, why);
 }
 
 void Relay::close_upstream(uint64_t cookie, RelayCounter why) {
@@ -245,7 +235,7 @@ void Relay::close_upstream(uint64_t cookie, RelayCounter why) {
   SetKey key{u.svc_id, u.env_id};
   if (u.state == UpState::Bound) unbind(u);
   if (u.state == UpState::Connecting && !u.client) warming_[key]--;
-  if (u.state == UpState::Pooled) std::erase(pool_[key], cookie);
+  if (u.state == UpState::Pooled) pool_size_ -= std::erase(pool_[key], cookie);
   if (u.client)
     if (auto c = clients_.find(u.client); c != clients_.end()) std::erase(c->second.ups, cookie);
   bpf_map_delete_elem(upstreams_, &cookie);
