@@ -482,7 +482,7 @@ void Relay::pump(Client& c) {
     if (!u) return;  // the client was failed (and may be gone)
     if (u->state != UpState::Bound) return;  // connecting: resumed when it is up
     if (!write_front(c, *u)) return;  // the upstream is full (resumed on EPOLLOUT) or the client failed
-    frame_done(c);
+    frame_done(c, u->cookie);
   }
 }
 
@@ -524,9 +524,10 @@ bool Relay::write_front(Client& c, Upstream& u) {
 
 // The front frame is out: the kernel may send the client's next requests to
 // the upstream itself once every frame it sent is done.
-void Relay::frame_done(Client& c) {
+void Relay::frame_done(Client& c, uint64_t upstream) {
   Frame& f = c.q.front();
   c.done.seq = f.seq;
+  c.done.upstream = upstream;
   c.done.bytes += f.data.size();
   bytes_done(c.pod, f.data.size());
   c.q_bytes -= f.data.size();

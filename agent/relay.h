@@ -205,7 +205,7 @@ class Relay {
   void publish_pods();
   void pump(Client& c);
   bool write_front(Client& c, Upstream& u);
-  void frame_done(Client& c);
+  void frame_done(Client& c, uint64_t upstream);
   void publish_done_total();
   void count(RelayCounter c, uint64_t n = 1);
   void update_gauges();
