@@ -30,7 +30,7 @@ namespace envsteer {
 
 using namespace relay_detail;
 
-Relay::Relay(const maps::BpfMapBackend& m, RelayOptions o) : m_(m), o_(o) {
+Relay::Relay(const maps::BpfMapBackend& m, RelayOptions o) : m_(m), o_(o), nets_(o_.pod_dir) {
   using maps::MapId;
   binds_ = m.fd(MapId::Binds);
   upstreams_ = m.fd(MapId::Upstreams);
@@ -201,6 +201,7 @@ void Relay::update_gauges() {
   g_clients_ = clients_.size();
   g_queued_ = queued_bytes_;
   g_done_ = done_total_;
+  g_netns_ = nets_.held();
 }
 
 RelayStats Relay::stats() const {
@@ -211,6 +212,7 @@ RelayStats Relay::stats() const {
   s.connecting = g_connecting_;
   s.clients = g_clients_;
   s.queued_bytes = g_queued_;
+  s.netns = g_netns_;
   uint32_t zero = 0;
   es_relay_acct acct{};
   if (bpf_map_lookup_elem(acct_, &zero, &acct) == 0 && acct.framed > g_done_) s.inflight_bytes = acct.framed - g_done_;
@@ -226,6 +228,7 @@ nlohmann::json Relay::status_json() const {
                       {"clients", s.clients},
                       {"queued_bytes", s.queued_bytes},
                       {"inflight_bytes", s.inflight_bytes},
+                      {"pod_netns", s.netns},
                       {"bounds",
                        {{"frames_per_client", o_.max_frames},
                         {"bytes_per_client", o_.max_client_bytes},
@@ -263,6 +266,8 @@ std::string Relay::metrics() const {
   gauge("queued_bytes", "Frame bytes waiting for their client's upstream.", s.queued_bytes);
   gauge("inflight_bytes", "Bytes framed for the relay and not yet forwarded or dropped (bounded in all).",
         s.inflight_bytes);
+  gauge("pod_netns", "Pods' network namespaces the relay holds a handle of (upstreams and resets are made there).",
+        s.netns);
   std::string last;
   size_t i = 0;
 #define ES_RC_PROM(id, name, label, value)                                                                  \
@@ -480,6 +485,7 @@ Relay::Client* Relay::client_for(uint64_t cookie) {
   Client& c = clients_[cookie];
   c.cookie = cookie;
   c.pod = rc.pod_cgroup;
+  c.ns = client_ns(cookie, rc.pod_cgroup);
   return &c;
 }
 

@@ -40,7 +40,7 @@ void Relay::on_client_gone(uint64_t cookie) {
     if (u == ups_.end()) continue;
     if (u->second.state == UpState::Connecting) {
       u->second.client = 0;  // finishes into the pool
-      warming_[{u->second.svc_id, u->second.env_id}]++;
+      warming_[pool_key(u->second)]++;
     } else if (u->second.state == UpState::Bound && !u->second.unbound) {
       release(u->second, RelayCounter::closed_client_gone);
     } else {
@@ -123,7 +123,7 @@ void Relay::sweep() {
   rate_ = demand_;
   demand_.clear();
   for (auto it = wanted_.begin(); it != wanted_.end();) {
-    if (now - it->second > o_.pool_idle) {
+    if (now - it->second.last > o_.pool_idle) {
       it = wanted_.erase(it);
       continue;
     }
@@ -138,6 +138,7 @@ void Relay::sweep() {
   }
   find_lost_frames();
   resync_total();
+  drop_pod_nets();
 }
 
 // A client whose last frame never reached the relay (the kernel delivered it
