@@ -313,6 +313,10 @@ s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Virtual-Env: dev.proj1\r\n\r\n")
 buf = b""
 while b"\r\n\r\n" not in buf:
     buf += s.recv(65536)
+head, _, body = buf.partition(b"\r\n\r\n")
+n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+while len(body) < n:
+    body += s.recv(65536)
 print("answered", flush=True)
 s.settimeout(30)
 try:
