@@ -355,3 +355,28 @@ def test_agent_restart_resets_bound_clients_in_pod_namespace(topo):
     r, got = session(topo, "cl2", S4, ["dev", "dev.proj1"])
     assert r["ok"] and [p for p, _ in got] == [k("s-dev"), k("s-proj1")], r
     assert {peer for _, peer in got} == {topo.ips(k("cl2"))[0]}, got
+
+
+# ------------------------------------------------------------------------- without the privileges
+
+def test_without_sys_ptrace_the_relay_falls_back_and_counts(e2e_prerequisites):
+    """An agent that cannot enter a pod's namespace (here: no CAP_SYS_PTRACE, and a pod of
+    another user) still routes every request right; its upstreams then come from its own
+    namespace, and it says so (errors.pod_netns, a log line)."""
+    caps = [c for c in topology.daemonset_caps() if c != "SYS_PTRACE"]
+    t = topology.Topology("tq", nodes=1, agent_netns={1: "own"}, agent_caps={1: caps})
+    try:
+        t.add_service(NS, "s", 1)
+        t.add_pod(1, NS, "s-dev", app="s", env="dev", server_args=["--keepalive"])
+        t.add_pod(1, NS, "s-proj1", app="s", env="dev.proj1", server_args=["--keepalive"])
+        t.add_pod(1, NS, "c", app="client", env="dev", run_as=65534)
+        t.start(servers=[k("s-dev"), k("s-proj1")])
+        r, got = session(t, "c", S4, ["dev", "dev.proj1"])
+        assert r["ok"] and [p for p, _ in got] == [k("s-dev"), k("s-proj1")], r
+        assert got[0][1] == t.ips(k("c"))[0], got  # connect time: the pod's own address
+        assert got[1][1] != t.ips(k("c"))[0], got  # the relay's: not the pod's
+        n = t.node(1)
+        assert relay(n)["errors"]["pod_netns"] >= 1
+        assert "network namespace of client" in n.agent_log_text(), n.agent_log_text(3000)
+    finally:
+        t.close()
