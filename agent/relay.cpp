@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <algorithm>
 #include <cstring>
 #include <random>
@@ -155,7 +157,34 @@ void Relay::cleanup_previous() {
                  stale, destroyed);
 }
 
+namespace {
+
+// Effective capabilities of this process (/proc/self/status CapEff); 0 when unreadable.
+uint64_t effective_caps() {
+  FILE* f = std::fopen("/proc/self/status", "re");
+  if (!f) return 0;
+  char line[256];
+  uint64_t caps = 0;
+  while (std::fgets(line, sizeof(line), f))
+    if (std::strncmp(line, "CapEff:", 7) == 0) caps = std::strtoull(line + 7, nullptr, 16);
+  std::fclose(f);
+  return caps;
+}
+
+}  // namespace
+
 void Relay::start() {
+  if (o_.pod_dir) {
+    constexpr uint64_t kSysPtrace = 1ull << 19, kSysAdmin = 1ull << 21;
+    uint64_t caps = effective_caps();
+    std::string missing =
+        std::string(caps & kSysAdmin ? "" : " CAP_SYS_ADMIN") + (caps & kSysPtrace ? "" : " CAP_SYS_PTRACE");
+    if (!missing.empty())
+      spdlog::warn("degraded: per-request steering: without{} the relay may not enter pods' network namespaces: "
+                   "upstreams of re-routed requests of such pods then come from the agent's address, and their "
+                   "connections cannot be reset (counted: errors.pod_netns)",
+                   missing);
+  }
   cleanup_previous();
   reset_relay_socket();
   running_ = true;

@@ -377,6 +377,8 @@ def test_without_sys_ptrace_the_relay_falls_back_and_counts(e2e_prerequisites):
         assert got[1][1] != t.ips(k("c"))[0], got  # the relay's: not the pod's
         n = t.node(1)
         assert relay(n)["errors"]["pod_netns"] >= 1
-        assert "network namespace of client" in n.agent_log_text(), n.agent_log_text(3000)
+        log = n.agent_log_text()
+        assert "degraded: per-request steering: without CAP_SYS_PTRACE the relay" in log, log[:3000]
+        assert "network namespace of client" in log, log[:3000]
     finally:
         t.close()
