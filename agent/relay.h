@@ -8,7 +8,8 @@
 // listener is closed at once (nothing outside the kernel can write to it). The
 // relay thread reads the frames into a queue per client, gives the client an
 // upstream connection to a pod of the set (a warm one from the set's pool, or a
-// new one), registers it (es_upstreams, es_sockhash, es_binds), forwards the
+// new one; made inside the client's pod's network namespace, so that the server
+// sees that pod's address, agent/podnet.h), registers it (es_upstreams, es_sockhash, es_binds), forwards the
 // bytes and records the frame as done (es_relay_done). Later requests of the
 // client for that set go to the upstream in the kernel; responses come back
 // into the client's socket through the sk_skb verdict program.

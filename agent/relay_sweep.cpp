@@ -130,6 +130,10 @@ void Relay::sweep() {
     warm_up(it->first);
     ++it;
   }
+  // pools are per calling pod's namespace too: forget the empty ones nobody wants (pods come
+  // and go)
+  std::erase_if(pool_, [&](const auto& e) { return e.second.empty() && !wanted_.count(e.first); });
+  std::erase_if(warming_, [&](const auto& e) { return e.second == 0 && !wanted_.count(e.first); });
   // kernel entries of clients this relay never kept (refused frames), gone
   size_t checked = 0;
   for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
