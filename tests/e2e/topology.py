@@ -3,7 +3,7 @@
     node n1: netns <prefix>-n1-host                      node n2: netns <prefix>-n2-host
     agent 1 (--cgroup-root, --bpffs of n1)                agent 2 (its own cgroup subtree, pins)
     br0 198.18.1.1/24  fd00:18:1::1/64                    br0 198.18.2.1/24  fd00:18:2::1/64
-     |     l0 198.18.255.1/30 fd00:18:ff::1  <== veth ==>  l0 198.18.255.2/30 fd00:18:ff::2   |
+     |     l2 198.18.255.1/30 fd00:18:ff::1  <== veth ==>  l1 198.18.255.2/30 fd00:18:ff::2   |
      |        route 198.18.2.0/24, fd00:18:2::/64 via n2     route 198.18.1.0/24, ... via n1  |
      +-- veth p<N> == eth0 of pod netns <prefix>-n1-p<N>    +-- veth == eth0 of pod netns ...
            198.18.1.<N>/24  fd00:18:1::<N>/64                    198.18.2.<N>/24  fd00:18:2::<N>/64
@@ -161,8 +161,8 @@ class Topology:
             raise
 
     def _link(self, a, b):
-        # one /30 per pair: 198.18.255.(4k+1, 4k+2)
-        k = (a.idx - 1) * 8 + (b.idx - 1)
+        # one /30 per pair (a < b): 198.18.255.(4k+1, 4k+2), k = 0 for nodes 1 and 2
+        k = (a.idx - 1) * 8 + (b.idx - 2)
         ia, ib = 4 * k + 1, 4 * k + 2
         dev_a, dev_b = "l%d" % b.idx, "l%d" % a.idx
         a.host.ip("link", "add", dev_a, "type", "veth", "peer", "name", dev_b, "netns", b.host.name)
