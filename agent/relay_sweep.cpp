@@ -59,7 +59,7 @@ void Relay::on_client_gone(uint64_t cookie) {
     if (u == ups_.end()) continue;
     if (u->second.state == UpState::Connecting) {
       u->second.client = 0;  // finishes into the pool
-      warming_[{u->second.svc_id, u->second.env_id}]++;
+      warming_[pool_key(u->second)]++;
     } else {
       close_upstream(k, RelayCounter::closed_client_gone);
     }
@@ -140,13 +140,17 @@ void Relay::sweep() {
   rate_ = demand_;
   demand_.clear();
   for (auto it = wanted_.begin(); it != wanted_.end();) {
-    if (now - it->second > o_.pool_idle) {
+    if (now - it->second.last > o_.pool_idle) {
       it = wanted_.erase(it);
       continue;
     }
     warm_up(it->first);
     ++it;
   }
+  // pools are per calling pod's namespace too: forget the empty ones nobody wants (pods come
+  // and go)
+  std::erase_if(pool_, [&](const auto& e) { return e.second.empty() && !wanted_.count(e.first); });
+  std::erase_if(warming_, [&](const auto& e) { return e.second == 0 && !wanted_.count(e.first); });
   // kernel entries of clients this relay never kept (refused frames), gone
   size_t checked = 0;
   for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
@@ -155,6 +159,7 @@ void Relay::sweep() {
   }
   find_lost_frames();
   resync_total();
+  drop_pod_nets();
 }
 
 // A client whose last frame never reached the relay (the kernel delivered it
