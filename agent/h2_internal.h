@@ -69,7 +69,12 @@ struct Stream {
   bool grpc = false;
   bool failed = false;       // answered by the endpoint itself
   bool in_up_session = false;  // submitted to the upstream session (its data provider may run)
+  size_t hdr_bytes = 0;        // header and trailer bytes kept, both directions (bounded)
 };
+
+// Header bytes one stream may carry (request and response heads and trailers
+// together): beyond, the stream is reset.
+constexpr size_t kMaxStreamHeaderBytes = 256 * 1024;
 
 enum class Kind { Listener, Wake, Client, Upstream };
 

@@ -79,6 +79,8 @@ int on_header(nghttp2_session* s, const nghttp2_frame* f, const uint8_t* name, s
   if (f->hd.type != NGHTTP2_HEADERS) return 0;
   auto* st = static_cast<Stream*>(nghttp2_session_get_stream_user_data(s, f->hd.stream_id));
   if (!st) return 0;
+  st->hdr_bytes += namelen + valuelen + 32;
+  if (st->hdr_bytes > kMaxStreamHeaderBytes) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // the stream is reset
   auto& to = f->headers.cat == NGHTTP2_HCAT_REQUEST ? st->req_hdrs : st->req_trailers;
   to.emplace_back(std::string(reinterpret_cast<const char*>(name), namelen),
                   std::string(reinterpret_cast<const char*>(value), valuelen));

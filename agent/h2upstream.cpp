@@ -62,6 +62,8 @@ int up_header(nghttp2_session* s, const nghttp2_frame* f, const uint8_t* name, s
   if (f->hd.type != NGHTTP2_HEADERS) return 0;
   Stream* st = stream_of(s, f->hd.stream_id);
   if (!st) return 0;
+  st->hdr_bytes += namelen + valuelen + 32;
+  if (st->hdr_bytes > kMaxStreamHeaderBytes) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // the stream is reset
   auto& to = st->rsp_started ? st->rsp_trailers : st->rsp_hdrs;
   to.emplace_back(std::string(reinterpret_cast<const char*>(name), namelen),
                   std::string(reinterpret_cast<const char*>(value), valuelen));

@@ -12,7 +12,8 @@ connection) per run; prints one JSON object. Every call has a deadline.
       a slow server stream with env A (FILE is written when its first message arrived: the
       test then kills A's pod) while Echo calls with env B go on on the same channel
   grpcclient.py --to VIP:PORT loop --env E --seconds S
-      Echo calls one after the other for S seconds (deadline 2 s each): each one's outcome
+      Echo calls one after the other for S seconds (deadline 2 s each, waiting for the channel
+      to be ready within it): each one's outcome
 """
 import argparse
 import concurrent.futures
@@ -39,9 +40,12 @@ def parse_head(b):
 
 
 def channel(to):
+    # reconnect backoff at most 1 s (default 120 s): a test waits for a reconnection
     return grpc.insecure_channel(to, options=[("grpc.max_receive_message_length", BIG),
                                               ("grpc.max_send_message_length", BIG),
-                                              ("grpc.enable_retries", 0)])
+                                              ("grpc.enable_retries", 0),
+                                              ("grpc.initial_reconnect_backoff_ms", 200),
+                                              ("grpc.max_reconnect_backoff_ms", 1000)])
 
 
 def m(ch, kind, name):
@@ -168,7 +172,7 @@ def loop(ch, a):
     while time.monotonic() < t_end:
         t0 = time.monotonic()
         try:
-            h, _ = parse_head(echo(b"x", metadata=md(a.env), timeout=2.0))
+            h, _ = parse_head(echo(b"x", metadata=md(a.env), timeout=2.0, wait_for_ready=True))
             res.append({"t": round(t0, 3), "pod": h["pod"], "took": round(time.monotonic() - t0, 3)})
         except grpc.RpcError as e:
             res.append({"t": round(t0, 3), "error": err(e), "took": round(time.monotonic() - t0, 3)})
