@@ -660,7 +660,11 @@ void H2Proxy::Impl::close_client(Client& c) {
   count(kH2_closed);
 }
 
+// Frees what was closed in this turn of the loop: first everything dead is
+// marked (a closed client's upstreams too) and dropped from `dirty`, then freed.
 void H2Proxy::Impl::reap() {
+  for (auto& [raw, c] : clients)
+    if (c->dead) close_client(*c);  // marks its upstreams dead
   dirty.erase(std::remove_if(dirty.begin(), dirty.end(), [](Conn* c) { return c->dead; }), dirty.end());
   for (auto it = ups.begin(); it != ups.end();) {
     Upstream& u = *it->second;
@@ -678,23 +682,12 @@ void H2Proxy::Impl::reap() {
     it = ups.erase(it);
   }
   for (auto it = clients.begin(); it != clients.end();) {
-    Client& c = *it->second;
-    if (!c.dead) {
+    if (!it->second->dead) {
       ++it;
       continue;
     }
-    close_client(c);
-    epoll_ctl(epoll.get(), EPOLL_CTL_DEL, c.fd.get(), nullptr);
+    epoll_ctl(epoll.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
     it = clients.erase(it);
-  }
-  // upstreams of clients just closed
-  for (auto it = ups.begin(); it != ups.end();) {
-    if (it->second->dead) {
-      epoll_ctl(epoll.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
-      it = ups.erase(it);
-    } else {
-      ++it;
-    }
   }
   g_clients = clients.size();
   g_ups = ups.size();

@@ -93,7 +93,8 @@ static __always_inline void es_h2_preface(struct sk_msg_md *msg, const struct es
 	struct es_trace_event *ev;
 	__u8 *p = msg->data;
 
-	if ((void *)(p + 8) > msg->data_end)
+	/* the length first: no pointer arithmetic on an empty region (fuzz_msg) */
+	if ((long)msg->data_end - (long)msg->data < 8 || (void *)(p + 8) > msg->data_end)
 		return;
 	if (p[0] != 'P' || p[1] != 'R' || p[2] != 'I' || p[3] != ' ' || p[4] != '*' || p[5] != ' ' ||
 	    p[6] != 'H' || p[7] != 'T')
