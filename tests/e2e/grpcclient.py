@@ -60,7 +60,7 @@ def err(e):
 def mix(ch, a):
     envs = a.envs.split(",")
     rnd = random.Random(a.seed)
-    echo = m(ch, "uu", "Echo")
+    echo = m(ch, "uu", a.method)
     jobs = []
     for i in range(a.calls):
         env = envs[i % len(envs)]
@@ -70,6 +70,9 @@ def mix(ch, a):
         env, payload = job
         try:
             r = echo(payload, metadata=md(env), timeout=a.timeout)
+            if a.method == "Fwd":
+                j = json.loads(r)
+                return {"env": env, "tier": j["tier"], "pod": j["next"]["pod"], "seen": j["next"]["env"]}
             h, rest = parse_head(r)
             return {"env": env, "pod": h["pod"], "seen": h["env"], "exact": rest == payload}
         except grpc.RpcError as e:
@@ -192,6 +195,7 @@ def main():
     s.add_argument("--concurrency", type=int, default=8)
     s.add_argument("--max-size", type=int, default=32768)
     s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--method", default="Echo", help="Echo, or Fwd (through a middle tier)")
     s = sub.add_parser("semantics")
     s.add_argument("--env", required=True)
     s = sub.add_parser("kill")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """gRPC server for the HTTP/2 per-stream tests (python3-grpcio, generic handlers, raw bytes).
 
-  grpcserver.py IP PORT POD
+  grpcserver.py IP PORT POD [NEXT]
 
 Every answer names the pod. Methods of service envsteer.H2 (requests/answers are bytes):
   Echo      unary: answer = JSON head line {"pod","env"(x-virtual-env metadata)} + "\\n" + request
@@ -13,6 +13,9 @@ Every answer names the pod. Methods of service envsteer.H2 (requests/answers are
             trailing metadata x-detail: <message>
   Sleep     unary: sleeps up to JSON {"ms"} (checking for cancellation); answers {"pod","slept"}
   Stats     unary: {"pod", "cancelled": calls of Sleep that saw their cancellation}
+  Fwd       unary (with NEXT, a VIP:PORT): a middle tier; calls NEXT's Echo over ONE channel
+            opened at start (one HTTP/2 connection for every caller), forwarding the caller's
+            x-virtual-env metadata; answers {"tier": POD, "env", "next": <NEXT's head line>}
 """
 import hashlib
 import json
@@ -92,11 +95,22 @@ def stats(request, context):
         return json.dumps({"pod": POD, "cancelled": CANCELLED[0]}).encode()
 
 
+NEXT = [None]
+
+
+def fwd(request, context):
+    env = env_of(context)
+    r = NEXT[0](request, metadata=(("x-virtual-env", env),) if env else None, timeout=10)
+    return json.dumps({"tier": POD, "env": env, "next": json.loads(r.partition(b"\n")[0])}).encode()
+
+
 def main():
     global POD
-    if len(sys.argv) != 4:
-        sys.exit("usage: grpcserver.py IP PORT POD")
+    if len(sys.argv) not in (4, 5):
+        sys.exit("usage: grpcserver.py IP PORT POD [NEXT]")
     ip, port, POD = sys.argv[1:4]
+    if len(sys.argv) == 5:
+        NEXT[0] = grpc.insecure_channel(sys.argv[4]).unary_unary("/envsteer.H2/Echo")
     h = grpc.method_handlers_generic_handler("envsteer.H2", {
         "Echo": grpc.unary_unary_rpc_method_handler(echo),
         "Down": grpc.unary_stream_rpc_method_handler(down),
@@ -105,6 +119,7 @@ def main():
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
         "Stats": grpc.unary_unary_rpc_method_handler(stats),
+        "Fwd": grpc.unary_unary_rpc_method_handler(fwd),
     })
     big = 64 * 1024 * 1024
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), handlers=[h],

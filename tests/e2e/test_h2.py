@@ -9,6 +9,7 @@ test's own node uses 127.96.81.x / 127.1.81.x):
     nodef 127.96.80.3  :50051 "grpc" -> n-proj1 (dev.proj1), n-proj2 (dev.proj2): no pod of the
                        default env
     u     127.96.80.4  :81 (port "tcp-81", not declared HTTP/2) -> the g pods' h2server.py
+    mid   127.96.80.5  :50051 "grpc" -> mid-dev (dev): a middle tier calling g over one channel
     clients: c-plain (unlabelled: the default env dev), c-p1 (dev.proj1)
 Connections from the clients to a multi-set service's declared HTTP/2 port go to the agent's
 endpoint, which routes each stream by its own x-virtual-env (else the caller's own env)."""
@@ -61,7 +62,7 @@ def build(node, net):
     """The node of the module docstring, on pod addresses 127.1.NET.x and service addresses
     127.96.NET.x (the shared node and a test's own node exist side by side)."""
     ip = lambda n: "127.1.%d.%d" % (net, n)  # noqa: E731
-    node.vip = {name: "127.96.%d.%d" % (net, n) for name, n in (("g", 1), ("one", 2), ("nodef", 3), ("u", 4))}
+    node.vip = {name: "127.96.%d.%d" % (net, n) for name, n in (("g", 1), ("one", 2), ("nodef", 3), ("u", 4), ("mid", 5))}
     fixtures.populate(
         node, NS,
         services=[("g", node.vip["g"], dict(protocols=(), extra_ports=[
@@ -69,16 +70,20 @@ def build(node, net):
                                     "app_protocol": "kubernetes.io/h2c"}])),
                   ("one", node.vip["one"], dict(protocols=(), extra_ports=[grpc_port()])),
                   ("nodef", node.vip["nodef"], dict(protocols=(), extra_ports=[grpc_port()])),
-                  ("u", node.vip["u"], dict(protocols=("TCP",), port=81, target_port=8080, selector={"app": "g"}))],
+                  ("u", node.vip["u"], dict(protocols=("TCP",), port=81, target_port=8080, selector={"app": "g"})),
+                  ("mid", node.vip["mid"], dict(protocols=(), extra_ports=[grpc_port()]))],
         pods=[("g-dev", ip(1), "g", "dev"), ("g-proj1", ip(2), "g", "dev.proj1"),
               ("g-proj2", ip(3), "g", "dev.proj2"), ("o-dev", ip(4), "one", "dev"),
               ("n-proj1", ip(5), "nodef", "dev.proj1"), ("n-proj2", ip(6), "nodef", "dev.proj2"),
+              ("mid-dev", ip(7), "mid", "dev"),
               ("c-plain", ip(11), "c", None), ("c-p1", ip(12), "c", "dev.proj1")])
     node.servers = {}
     for name, n in [("g-dev", 1), ("g-proj1", 2), ("g-proj2", 3), ("o-dev", 4), ("n-proj1", 5), ("n-proj2", 6)]:
         node.servers[name] = start_pod_server(node, name, [SYS_PY, GRPCSERVER, ip(n), str(GP), k(name)], ip(n), GP)
     for name, n in [("g-dev", 1), ("g-proj1", 2), ("g-proj2", 3)]:
         start_pod_server(node, name, [SYS_PY, H2SERVER, ip(n), "8080", k(name)], ip(n), 8080)
+    start_pod_server(node, "mid-dev", [SYS_PY, GRPCSERVER, ip(7), str(GP), k("mid-dev"),
+                                       "%s:%d" % (node.vip["g"], GP)], ip(7), GP)
     node.start_agent(["--h2-listen", "127.0.0.1:0"])
     return node
 
@@ -404,3 +409,24 @@ def test_undeclared_port_preface_is_counted(shared):
     r = node.run_in_pod(k("c-plain"), ["curl", "-sS", "--http2-prior-knowledge", "-H", "X-Virtual-Env: dev.proj1",
                                        "http://%s:81/" % shared.vip["u"]], timeout=30)
     assert r.returncode == 0 and json.loads(r.stdout)["pod"] == k("g-dev"), r  # the caller's env
+
+
+def test_shared_middle_tier_one_channel(shared):
+    """A shared middle tier (mid-dev, dev) calls g over ONE long-lived channel and forwards the
+    caller's metadata; 12 concurrent callers of mixed environments: each call reaches its own
+    environment's g pod through it (mid has one backend set: the callers' connections to it are
+    not diverted; its channel to g is)."""
+    node = shared
+    mm = Metrics(node)
+    mid = node.vip["mid"]
+    envs = ["dev.proj1", "dev.proj2", "dev", "dev.proj1.alice", "-", "dev.proj2"]
+    res = grpc_client(node, "c-plain", "%s:%d" % (mid, GP), "mix", "--method", "Fwd", "--envs=" + ",".join(envs),
+                      "--calls", "48", "--concurrency", "12")
+    ans = res["answers"]
+    assert all("error" not in a and a["tier"] == k("mid-dev") for a in ans), ans
+    wrong = [a for a in ans if a["pod"] != EXPECT[a["env"]]]
+    assert not wrong, wrong
+    # the tier forwards what it got; an untagged call carries none, and mid-dev is labelled
+    # dev: its own env is inserted (auto-inject)
+    assert all(a["seen"] == ("dev" if a["env"] == "-" else a["env"]) for a in ans), ans
+    assert mm.delta("envsteer_h2_connections_total", {"event": "accepted"}) == 1  # the tier's one channel
