@@ -142,8 +142,15 @@ int on_stream_close(nghttp2_session* s, int32_t id, uint32_t code, void* ud) {
                               code != NGHTTP2_NO_ERROR ? code : static_cast<uint32_t>(NGHTTP2_CANCEL));
     p.mark(*st->up);
   }
-  if (code == NGHTTP2_REFUSED_STREAM && !st->up) p.count(kH2_streams_refused);
   p.maybe_free(*st);
+  return 0;
+}
+
+// Streams refused by the concurrency bound never open: counted as their
+// RST_STREAM (REFUSED_STREAM) goes out.
+int on_frame_send(nghttp2_session*, const nghttp2_frame* f, void* ud) {
+  if (f->hd.type == NGHTTP2_RST_STREAM && f->rst_stream.error_code == NGHTTP2_REFUSED_STREAM)
+    impl_of(ud).count(kH2_streams_refused);
   return 0;
 }
 
@@ -182,6 +189,7 @@ nghttp2_session_callbacks* server_callbacks() {
   nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
   return cb;
 }
 

@@ -370,6 +370,7 @@ def test_bounds_streams_and_a_client_that_never_reads(h2node):
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["peer_max_streams"] == 128, res
     assert res["refused"] >= 200 - 128, res
+    assert metric(node, "envsteer_h2_errors_total", {"kind": "max_streams"}) == res["refused"], res
     # 3 backend sets in use: 3 upstream connection windows (2 MiB each) at most, plus one
     # stream window toward the client; measured, not assumed
     held = metric(node, "envsteer_h2_max_buffered_bytes_per_client")
