@@ -267,6 +267,7 @@ nlohmann::json Agent::status_json() {
   j["request_context"] = dp_ && dp_->request_context();
   j["per_request_steering"] = dp_ && dp_->per_request();
   if (relay_) j["per_request"] = relay_->status_json();
+  j["h2"] = h2_ ? h2_->status_json() : nlohmann::json{{"enabled", false}};
   j["settings"]["env_header_aliases"] = s_.env_header_aliases;
   j["settings"]["baggage_key"] = s_.baggage_key;
   j["settings"]["http_window"] = s_.http_window;
@@ -387,6 +388,16 @@ std::string Agent::request_metrics() {
     });
   }
   if (relay_) out += relay_->metrics();
+  if (h2_) {
+    std::map<uint32_t, std::string> svc, env;
+    for (const auto& [k, f] : model_->frontends)
+      if (auto id = rec_->svc_id(k)) svc[*id] = f.service + ":" + std::to_string(ntohs(k.port));
+    for (const auto& e : model_->envs)
+      if (auto id = rec_->env_id(e)) env[*id] = e;
+    if (auto id = rec_->env_id(model_->default_env)) env.emplace(*id, model_->default_env);
+    out += h2_->metrics([&](uint32_t id) { return svc.count(id) ? svc[id] : "svc#" + std::to_string(id); },
+                        [&](uint32_t id) { return env.count(id) ? env[id] : "env#" + std::to_string(id); });
+  }
   return out;
 }
 
@@ -752,6 +763,49 @@ void Agent::start_datapath() {
                cg_root_.string(), rep.created.size(), rep.replaced.size(), s_.bpffs, rep.maps_reused, adopted,
                rep.maps_created);
   start_observe();
+  start_h2();
+}
+
+// HTTP/2 per stream (README "HTTP/2 and gRPC"): needs the sockops program of
+// per-request steering, which records the diverted connections.
+void Agent::start_h2() {
+  if (s_.h2_listen.empty() || !dp_->per_request()) {
+    // a previous agent's endpoint is gone: nothing is to be sent to it
+    es_h2_cfg none{};
+    uint32_t zero = 0;
+    dp_->maps().update(maps::MapId::H2Cfg, &zero, &none);
+  }
+  if (s_.h2_listen.empty()) {
+    spdlog::info("HTTP/2 per stream: off (--h2-listen not set): HTTP/2 connections are steered at connect by the "
+                 "caller's environment");
+    return;
+  }
+  if (!dp_->per_request()) {
+    spdlog::warn("HTTP/2 per stream: unavailable without per-request steering (see above); --h2-listen ignored");
+    return;
+  }
+  H2Options o;
+  o.listen = s_.h2_listen;
+  o.route.names.push_back(s_.env_header);
+  for (const auto& a : s_.env_header_aliases) o.route.names.push_back(a);
+  for (auto& n : o.route.names)
+    for (auto& ch : n) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  o.route.baggage_key = s_.baggage_key;
+  o.route.splitter = s_.splitter;
+  o.route.auto_inject = s_.auto_inject;
+  o.inject_name = o.route.names[0];
+  o.max_clients = s_.h2_max_clients;
+  o.max_streams = s_.h2_max_streams;
+  o.max_upstreams = s_.h2_max_upstreams;
+  o.window = s_.h2_window;
+  o.conn_window = s_.h2_window * 2;
+  o.connect_timeout = std::chrono::milliseconds(s_.upstream_connect_timeout_ms);
+  o.upstream_idle = std::chrono::milliseconds(s_.upstream_idle_ms);
+  TraceHub* hub = trace_.get();
+  h2_ = std::make_unique<H2Proxy>(dp_->maps(), o, [hub](const es_trace_event& ev) {
+    if (hub) hub->publish(ev);
+  });
+  h2_->start();
 }
 
 // One signalfd read: false when the agent is to stop.
@@ -826,6 +880,7 @@ int Agent::loop(int sfd, sources::ManifestWatcher* watcher) {
 // exception. Idempotent.
 void Agent::shutdown() {
   ready_ = false;
+  if (h2_) h2_->stop();
   if (relay_) relay_->stop();
   if (kube_) kube_->stop();
   events_.reset();

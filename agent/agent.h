@@ -19,6 +19,7 @@
 #include "model.h"
 #include "reconciler.h"
 #include "relay.h"
+#include "h2proxy.h"
 #include "settings.h"
 #include "podcgroup.h"
 #include "sources/kubeevents.h"
@@ -106,6 +107,8 @@ class Agent {
   void adopt_virtual_env(const sources::KubeConfig& cfg);
   std::unique_ptr<Reconciler> rec_;
   std::unique_ptr<Relay> relay_;  // per-request steering's slow path (with the request context)
+  std::unique_ptr<H2Proxy> h2_;   // HTTP/2 per stream (--h2-listen)
+  void start_h2();
   std::string request_metrics();
   static const DesiredState kNoModel;
   const DesiredState* model_ = &kNoModel;     // inc_->state(): the last applied model

@@ -153,6 +153,14 @@ void print_status(const json& j) {
         for (const auto& sk : a["skipped"])
           std::cout << "    [" << sk["reason"].get<std::string>() << "] " << sk["message"].get<std::string>() << "\n";
       }
+      if (a.contains("h2") && a["h2"].contains("listen")) {
+        const auto& h = a["h2"];
+        std::cout << "  HTTP/2 endpoint " << h["listen"].get<std::string>() << ": " << h["clients"]
+                  << " client connection(s), " << h["upstreams"] << " upstream(s), " << h["streams"]
+                  << " stream(s), " << h["buffered_bytes"] << " bytes buffered\n    streams:";
+        for (const auto& [k, v] : h["streams_by_outcome"].items()) std::cout << " " << k << " " << v;
+        std::cout << "\n";
+      }
       if (a.contains("pods")) {
         std::cout << "  local pods (thread context):\n";
         for (const auto& p : a["pods"]) {
@@ -288,6 +296,21 @@ struct RunCmd {
         ->capture_default_str();
     cmd->add_option("--relay-clients-per-pod", s.relay_clients_per_pod,
                     "client connections of one pod the relay serves at once (beyond: reset)")
+        ->capture_default_str();
+    cmd->add_option("--h2-listen", s.h2_listen,
+                    "ADDR:PORT of the HTTP/2 endpoint that routes each stream of declared HTTP/2 ports of "
+                    "services with several backend sets by its own environment; must be reachable from the pods "
+                    "(\"\": off)")
+        ->capture_default_str();
+    cmd->add_option("--h2-max-clients", s.h2_max_clients, "HTTP/2 client connections at once (beyond: closed)")
+        ->capture_default_str();
+    cmd->add_option("--h2-max-streams", s.h2_max_streams, "concurrent streams per HTTP/2 client connection")
+        ->capture_default_str();
+    cmd->add_option("--h2-max-upstreams", s.h2_max_upstreams,
+                    "upstream connections per HTTP/2 client connection (one per backend set in use)")
+        ->capture_default_str();
+    cmd->add_option("--h2-window", s.h2_window,
+                    "HTTP/2 flow-control window per stream, both directions (bytes; the connection's is twice it)")
         ->capture_default_str();
     cmd->add_flag("--no-header-context", no_header_context,
                   "do not learn request environments from HTTP headers (connect-time by pod only)");

@@ -301,6 +301,21 @@ std::vector<Endpoint> endpoints(const k8s::Service& svc, const k8s::ServicePort&
   return eps;
 }
 
+// A port declared HTTP/2: appProtocol kubernetes.io/h2c, h2c, http2 or grpc, or
+// (as Istio reads them) a port name grpc, http2, h2c or one of them and "-...".
+bool http2_port(const k8s::ServicePort& sp) {
+  std::string ap = sp.app_protocol;
+  for (auto& c : ap) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (ap == "kubernetes.io/h2c" || ap == "h2c" || ap == "http2" || ap == "grpc") return true;
+  if (!ap.empty()) return false;  // declared something else (grpc-web, http, ...)
+  for (const char* p : {"grpc", "http2", "h2c"}) {
+    const std::string n = p;
+    if (sp.name == n || (sp.name.size() > n.size() && sp.name.compare(0, n.size(), n) == 0 && sp.name[n.size()] == '-'))
+      return true;
+  }
+  return false;
+}
+
 // A Service is skipped whole when one of its addresses is invalid or taken by
 // a Service before it in key order (or twice by itself): never half of it.
 ServiceResult service_rule(const k8s::Service& svc, const ModelOptions& o, const Lookup& look) {
@@ -382,6 +397,17 @@ ServiceResult service_rule(const k8s::Service& svc, const ModelOptions& o, const
       if (pos == set.end() || !(*pos == ref_be)) set.insert(pos, ref_be);
     }
   }
+  // HTTP/2 per stream (README "HTTP/2 and gRPC"): a declared HTTP/2 port of a
+  // frontend with ready pods in more than one backend set goes to the agent's
+  // HTTP/2 endpoint; every other connection is left alone.
+  for (auto& f : out.frontends) {
+    size_t sets = 0;
+    for (auto it = out.sets.lower_bound(SetName{f.key, ""}); it != out.sets.end() && maps::bytes_equal(it->first.frontend, f.key); ++it)
+      sets += !it->second.empty();
+    if (sets > 1) f.flags |= ES_FE_F_MULTI_SET;
+  }
+  for (size_t i = 0; i < out.frontends.size(); i++)
+    if (http2_port(svc.ports[addrs[i].port_index])) out.frontends[i].flags |= ES_FE_F_H2;
   return out;
 }
 

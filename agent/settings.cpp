@@ -69,6 +69,11 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   read(root, "relayPodBytes", out.relay_pod_bytes);
   read(root, "relayTotalBytes", out.relay_total_bytes);
   read(root, "relayClientsPerPod", out.relay_clients_per_pod);
+  read(root, "h2Listen", out.h2_listen);
+  read(root, "h2MaxClients", out.h2_max_clients);
+  read(root, "h2MaxStreams", out.h2_max_streams);
+  read(root, "h2MaxUpstreams", out.h2_max_upstreams);
+  read(root, "h2Window", out.h2_window);
   std::string sp;
   read(root, "splitter", sp);
   if (root["splitter"]) {
@@ -145,6 +150,10 @@ void validate_settings(const Settings& s) {
   range(s.relay_pod_bytes, s.relay_client_bytes, 1ull << 34, "--relay-pod-bytes");
   range(s.relay_total_bytes, s.relay_pod_bytes, 1ull << 34, "--relay-total-bytes");
   range(s.relay_clients_per_pod, 1, 16384, "--relay-clients-per-pod");
+  range(s.h2_max_clients, 1, 65536, "--h2-max-clients");
+  range(s.h2_max_streams, 1, 4096, "--h2-max-streams");
+  range(s.h2_max_upstreams, 1, 256, "--h2-max-upstreams");
+  range(s.h2_window, 65535, 1u << 30, "--h2-window");
   auto& l = s.limits;
   if (!l.frontends || !l.sets || !l.slots || !l.envs || !l.pods)
     throw std::invalid_argument("limits: every limit must be at least 1");

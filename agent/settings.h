@@ -43,6 +43,12 @@ struct Settings {
   uint64_t relay_pod_bytes = 8u << 20;          // the same, all clients of one pod
   uint64_t relay_total_bytes = 64u << 20;       // the same, all clients together
   uint32_t relay_clients_per_pod = 1024;        // relay clients one pod may have at once
+  // HTTP/2 per stream (README "HTTP/2 and gRPC"): the agent's HTTP/2 endpoint and its bounds.
+  std::string h2_listen;                        // ADDR:PORT reachable from the pods; "" = off
+  uint32_t h2_max_clients = 1024;               // client connections at once
+  uint32_t h2_max_streams = 128;                // concurrent streams per client connection
+  uint32_t h2_max_upstreams = 8;                // upstream connections per client connection
+  uint32_t h2_window = 1u << 20;                // flow-control window per stream, both directions
   char splitter = '.';
   std::string default_env;                  // "" = unlabelled pods form the unnamed base
   // The admin surface (README "Security"): health and metrics over TCP, on loopback by

@@ -94,6 +94,9 @@ std::string event_kind_name(uint32_t kind) {
     case ES_EV_REQ_REDIRECT: return "request-redirect";
     case ES_EV_REQ_SLOW: return "request-slow";
     case ES_EV_REQ_FAILED: return "request-failed";
+    case ES_EV_H2_UNROUTED: return "h2-unrouted";
+    case ES_EV_STREAM: return "stream";
+    case ES_EV_STREAM_FAILED: return "stream-failed";
     default: return "kind-" + std::to_string(kind);
   }
 }
@@ -166,6 +169,7 @@ json decode_event(const es_trace_event& ev, const NameTable& names, int64_t mono
   }
   j["backend"] = be;
   j["backend_pod"] = be.empty() ? "" : names.backend_pod(be);
+  if (ev.kind == ES_EV_STREAM || ev.kind == ES_EV_STREAM_FAILED) j["stream"] = ev.flags;
   return j;
 }
 
@@ -184,6 +188,16 @@ std::string format_event(const json& ev) {
   out += "]";
   if (kind == "refused") {
     out += " -> no ready pod: ECONNREFUSED";
+    return out;
+  }
+  if (ev.contains("stream")) out += " stream " + std::to_string(ev.value("stream", 0u));
+  if (kind == "stream-failed" && str_or(ev, "backend", "").empty()) {
+    out += " -> " + str_or(ev, "env_resolved") + " -> failed (UNAVAILABLE)";
+    return out;
+  }
+  if (kind == "h2-unrouted") {
+    out += " -> HTTP/2 on an undeclared port: every stream stays on " + str_or(ev, "env_resolved") +
+           " (declare appProtocol: kubernetes.io/h2c or grpc)";
     return out;
   }
   out += " -> " + str_or(ev, "env_resolved") + " level " + std::to_string(ev.value("level", 0u)) + " -> " +
@@ -229,6 +243,7 @@ void TraceHub::write_switch() {
     c.rate = rate;
     c.burst = std::max<uint32_t>(rate, 1);
   }
+  active_ = c.enabled != 0;
   uint32_t zero = 0;
   if (bpf_map_update_elem(cfg_fd_, &zero, &c, BPF_ANY) != 0)
     spdlog::warn("trace: cannot write {}: {}", ES_MAP_TRACE_CFG, std::strerror(errno));
@@ -299,6 +314,27 @@ int TraceHub::on_event(void* ctx, void* data, size_t size) {
   }
   self->deliver(j);
   return 0;
+}
+
+void TraceHub::publish(const es_trace_event& ev) {
+  if (!active_.load(std::memory_order_relaxed)) return;
+  auto names = names_();
+  if (!names) names = std::make_shared<NameTable>();
+  json j = decode_event(ev, *names, mono_to_real_offset());
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    // the kernel's rate limit, for the whole endpoint: the lowest client rate per second
+    auto now = std::chrono::steady_clock::now();
+    if (now - user_window_ >= std::chrono::seconds(1)) {
+      user_window_ = now;
+      user_sent_ = 0;
+    }
+    uint32_t rate = kMaxRate;
+    for (const auto& cl : clients_) rate = std::min(rate, cl->rate);
+    if (user_sent_ >= rate) return;
+    user_sent_++;
+  }
+  deliver(j);
 }
 
 void TraceHub::deliver(const json& j) {

@@ -10,6 +10,7 @@
 // filters, and no two readers ever fight over the ring buffer or the switch.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -104,6 +105,9 @@ class TraceHub {
   // Waits up to `wait` for events of c. nullopt once the hub is closed.
   std::optional<std::vector<nlohmann::json>> take(Client& c, std::chrono::milliseconds wait);
   size_t clients() const;
+  // An event decided in user space (the HTTP/2 endpoint's streams): delivered
+  // like the kernel's while a client is attached, within the lowest client rate.
+  void publish(const es_trace_event& ev);
   // Stops the reader, releases every client, turns tracing off.
   void close();
 
@@ -123,6 +127,9 @@ class TraceHub {
   std::condition_variable cv_;
   std::vector<std::shared_ptr<Client>> clients_;
   bool closed_ = false;
+  std::atomic<bool> active_{false};  // a client is attached (write_switch)
+  std::chrono::steady_clock::time_point user_window_{};
+  uint32_t user_sent_ = 0;  // publish()ed events in the current second
   std::thread reader_;
 };
 

@@ -51,6 +51,11 @@ struct es_frontend {
  * pod's own environment, because a pooled connection outlives the request that
  * opened it (HTTP/1.x requests are re-routed one by one anyway). */
 #define ES_FE_F_CONN_PER_REQUEST 0x1
+/* The port is declared HTTP/2 (appProtocol kubernetes.io/h2c or grpc, or a port
+ * name grpc, grpc-*, http2, h2c): its streams can be routed one by one. */
+#define ES_FE_F_H2 0x2
+/* The frontend has ready pods in more than one backend set (environment). */
+#define ES_FE_F_MULTI_SET 0x4
 
 /* Ready backends of one frontend in one environment. */
 struct es_set_key {
@@ -196,6 +201,10 @@ enum es_counter {
 	ES_CNT_RELAY_EV_LOST,       /* a relay client's close not signalled (ring buffer full) */
 	ES_CNT_REQ_ORDER_REFUSED,   /* a request for another target before the responses of the
 				     * re-routed run before it were in: connection refused */
+	ES_CNT_H2_DIVERTED,         /* HTTP/2 connection to a multi-set service: to the agent's endpoint */
+	ES_CNT_H2_NO_ENDPOINT,      /* ... but no endpoint (agent down, other family): steered at connect */
+	ES_CNT_H2_CONN_LOST,        /* ... its (address, port) could not be recorded for the agent */
+	ES_CNT_H2_UNROUTED,         /* HTTP/2 preface on an undeclared port of a multi-set service */
 	ES_CNT_MAX
 };
 
@@ -215,7 +224,8 @@ enum es_counter {
 	  "req_h2c_upgrade_kept", "req_unframed_failed", "relay_refused_frames",       \
 	  "relay_refused_client_bytes", "relay_refused_total_bytes",                    \
 	  "relay_refused_pod_bytes",                                                     \
-	  "relay_refused_table_full", "relay_close_events_lost", "req_order_refused" }
+	  "relay_refused_table_full", "relay_close_events_lost", "req_order_refused",  \
+	  "h2_diverted", "h2_no_endpoint", "h2_conn_lost", "h2_unrouted" }
 
 /* Outbound header insertion settings (single-entry array). */
 struct es_inject_cfg {
@@ -508,6 +518,45 @@ struct es_rsp {
 	__u8 pad[7];
 };
 
+/*
+ * HTTP/2 per stream (agent/h2*.cpp). A connection from a managed pod to a
+ * frontend with ES_FE_F_H2 | ES_FE_F_MULTI_SET is made to the agent's HTTP/2
+ * endpoint instead (connect4/6; es_sock.steered = ES_STEER_H2). Once it is
+ * established, sockops records what the agent needs under the client's own
+ * address (the peer address of the connection the agent accepts).
+ */
+#define ES_STEER_POD 1 /* es_sock.steered: connected to a pod */
+#define ES_STEER_H2 2  /* connected to the agent's HTTP/2 endpoint */
+
+/* The agent's HTTP/2 endpoint (single-entry array, agent-written). */
+struct es_h2_cfg {
+	__u32 addr[4]; /* IPv4 in addr[0] */
+	__u16 port;    /* network order; 0: no endpoint (nothing is diverted) */
+	__u8 family;   /* ES_FAMILY_INET or ES_FAMILY_INET6 */
+	__u8 pad;
+	__u32 pad2;
+};
+
+/* es_h2_conns key: the client connection's own address (IPv4-mapped IPv6 as IPv4). */
+struct es_h2_conn_key {
+	__u32 addr[4];
+	__u16 port; /* network order */
+	__u8 family;
+	__u8 pad;
+};
+
+struct es_h2_conn {
+	__u32 orig_addr[4]; /* the service address the app asked for */
+	__u16 orig_port;
+	__u8 family;
+	__u8 pad;
+	__u32 svc_id;
+	__u32 pod_env_id;   /* the calling pod's own environment (the default when unlabelled) */
+	__u32 pod_flags;    /* ES_POD_F_* */
+	__u64 pod_cgroup;   /* the calling pod (es_pods key) */
+	__u64 cookie;       /* the client socket's cookie */
+};
+
 /* Names of the pinned maps below the pin directory (".../maps/<name>"). */
 #define ES_MAP_FRONTENDS "es_frontends"
 #define ES_MAP_SETS "es_sets"
@@ -537,6 +586,8 @@ struct es_rsp {
 #define ES_MAP_REQ_STATS "es_req_stats"
 #define ES_MAP_CTX_OFF "es_ctx_off"
 #define ES_MAP_RSP "es_rsp"
+#define ES_MAP_H2_CFG "es_h2_cfg"
+#define ES_MAP_H2_CONNS "es_h2_conns"
 
 /* ------------------------------------------------------------------------
  * Observability: decision events (trace ring buffer) and per-service
@@ -556,6 +607,10 @@ enum es_event_kind {
 	ES_EV_REQ_REDIRECT = 17, /* request re-routed to an upstream connection */
 	ES_EV_REQ_SLOW = 18,     /* request waits for an upstream connection (agent) */
 	ES_EV_REQ_FAILED = 19,   /* request could not be routed */
+	/* HTTP/2 */
+	ES_EV_H2_UNROUTED = 20,  /* HTTP/2 preface on an undeclared port of a multi-set service (kernel) */
+	ES_EV_STREAM = 24,       /* an HTTP/2 stream routed by the agent (flags: its stream id) */
+	ES_EV_STREAM_FAILED = 25, /* an HTTP/2 stream the agent could not route or serve */
 	ES_EV_KIND_MAX = 32,
 };
 

@@ -15,7 +15,7 @@ PKGS=(
   build-essential cmake ninja-build pkg-config
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev
   libspdlog-dev libfmt-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
-  libcpp-httplib-dev libcurl4-openssl-dev libssl-dev
+  libcpp-httplib-dev libcurl4-openssl-dev libssl-dev libnghttp2-dev
 )
 if [ "$BUILD_ONLY" = 0 ]; then
   PKGS+=(
@@ -24,6 +24,8 @@ if [ "$BUILD_ONLY" = 0 ]; then
     python3 python3-pytest curl iproute2 procps wrk
     # e2e middle tiers in real runtimes (tests/e2e/test_never_wrong.py)
     golang-go python3-aiohttp python3-grpcio python3-h2
+    # HTTP/2 tests and bench: h2load, nghttp (tests/e2e/test_h2.py)
+    nghttp2-client
     # the container image (scripts/image.sh, tests/e2e/test_image.py): a base made with
     # debootstrap from this machine's Debian mirror, built and run with podman and runc;
     # python3-yaml reads the rendered manifests (tests/e2e/kube2podman.py)

@@ -239,6 +239,7 @@ ServicePort read_service_port(const Ctx& ctx, const json& p, const std::string& 
   out.port = require_port(ctx, p, path, "port");
   out.protocol = get_protocol(ctx, p, path);
   read_target_port(ctx, p, path, out);
+  out.app_protocol = get_string(ctx, p, path, "appProtocol");
   return out;
 }
 

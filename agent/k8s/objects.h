@@ -22,6 +22,7 @@ struct ServicePort {
   std::string protocol;    // "TCP", "UDP" or "SCTP" (default "TCP")
   int32_t target_port = 0; // numeric targetPort; 0 when named or absent
   std::string target_port_name;  // named targetPort, resolved per pod
+  std::string app_protocol;      // spec.ports[].appProtocol ("" when absent)
   bool operator==(const ServicePort&) const = default;
 };
 

@@ -353,4 +353,22 @@ static __always_inline void *es_lookup_env_id(__u32 id)
 	return bpf_map_lookup_elem(&es_envs, &id);
 }
 
+/* HTTP/2 per stream: the agent's endpoint, and the diverted connections it
+ * has not accepted yet (LRU: a connection never accepted ages out). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct es_h2_cfg);
+} es_h2_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct es_h2_conn_key);
+	__type(value, struct es_h2_conn);
+} es_h2_conns SEC(".maps");
+
 #endif

@@ -44,6 +44,95 @@ static __always_inline void es_relay_client_state(struct bpf_sock_ops *skops)
 	bpf_ringbuf_submit(ev, 0);
 }
 
+/* A connection made to the agent's HTTP/2 endpoint: what the agent needs,
+ * under the client's own address (its peer address there). */
+static __always_inline void es_h2_record(struct bpf_sock_ops *skops, const struct es_sock *s, __u64 cookie)
+{
+	struct es_h2_conn_key k = {};
+	struct es_h2_conn v = {};
+
+	if (skops->family == 2 /* AF_INET */) {
+		k.addr[0] = skops->local_ip4;
+		k.family = ES_FAMILY_INET;
+	} else {
+		k.addr[0] = skops->local_ip6[0];
+		k.addr[1] = skops->local_ip6[1];
+		k.addr[2] = skops->local_ip6[2];
+		k.addr[3] = skops->local_ip6[3];
+		k.family = ES_FAMILY_INET6;
+		if (k.addr[0] == 0 && k.addr[1] == 0 && k.addr[2] == bpf_htonl(0x0000ffff)) {
+			k.addr[0] = k.addr[3];
+			k.addr[2] = 0;
+			k.addr[3] = 0;
+			k.family = ES_FAMILY_INET;
+		}
+	}
+	k.port = bpf_htons((__u16)skops->local_port);
+	v.orig_addr[0] = s->orig_addr[0];
+	v.orig_addr[1] = s->orig_addr[1];
+	v.orig_addr[2] = s->orig_addr[2];
+	v.orig_addr[3] = s->orig_addr[3];
+	v.orig_port = s->orig_port;
+	v.family = s->family;
+	v.svc_id = s->svc_id;
+	v.pod_env_id = s->pod_env_id;
+	v.pod_flags = s->pod_flags;
+	v.pod_cgroup = s->pod_cgroup;
+	v.cookie = cookie;
+	if (bpf_map_update_elem(&es_h2_conns, &k, &v, BPF_ANY))
+		es_count(ES_CNT_H2_CONN_LOST);
+}
+
+/* An HTTP/2 connection preface on a connection to a service with more than one
+ * backend set whose port is not declared HTTP/2: its streams all go to the pod
+ * of its connection (the caller's environment). Counted and traced, so that the
+ * port can be declared (README "HTTP/2 and gRPC"). */
+static __always_inline void es_h2_preface(struct sk_msg_md *msg, const struct es_sock *s)
+{
+	struct es_frontend_key fk = {};
+	const struct es_frontend *fe;
+	struct es_trace_event *ev;
+	__u8 *p = msg->data;
+
+	/* the length first: no pointer arithmetic on an empty region (fuzz_msg) */
+	if ((long)msg->data_end - (long)msg->data < 8 || (void *)(p + 8) > msg->data_end)
+		return;
+	if (p[0] != 'P' || p[1] != 'R' || p[2] != 'I' || p[3] != ' ' || p[4] != '*' || p[5] != ' ' ||
+	    p[6] != 'H' || p[7] != 'T')
+		return;
+	fk.addr[0] = s->orig_addr[0];
+	fk.addr[1] = s->orig_addr[1];
+	fk.addr[2] = s->orig_addr[2];
+	fk.addr[3] = s->orig_addr[3];
+	fk.port = s->orig_port;
+	fk.proto = IPPROTO_TCP;
+	fk.family = s->family;
+	fe = bpf_map_lookup_elem(&es_frontends, &fk);
+	if (!fe || !(fe->flags & ES_FE_F_MULTI_SET))
+		return;
+	es_count(ES_CNT_H2_UNROUTED);
+	ev = es_trace_reserve(ES_EV_H2_UNROUTED);
+	if (!ev)
+		return;
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->pod_cgroup_id = s->pod_cgroup;
+	ev->pid = (__u32)(bpf_get_current_pid_tgid() >> 32);
+	ev->svc_id = s->svc_id;
+	ev->env_req = s->env_id;
+	ev->env_res = s->env_id;
+	ev->pod_env = s->pod_env_id;
+	ev->level = s->level;
+	ev->source = ES_SRC_POD;
+	ev->fe_addr[0] = s->orig_addr[0];
+	ev->fe_addr[1] = s->orig_addr[1];
+	ev->fe_addr[2] = s->orig_addr[2];
+	ev->fe_addr[3] = s->orig_addr[3];
+	ev->fe_port = s->orig_port;
+	ev->family = s->family;
+	ev->proto = IPPROTO_TCP;
+	bpf_ringbuf_submit(ev, 0);
+}
+
 static __always_inline int es_sockops(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk;
@@ -66,6 +155,10 @@ static __always_inline int es_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	cookie = bpf_get_socket_cookie(skops);
 	s->cookie = cookie; /* sk_msg programs cannot ask for it */
+	if (s->steered == ES_STEER_H2) {
+		es_h2_record(skops, s, cookie);
+		return 1; /* the agent's endpoint speaks HTTP/2: nothing to parse here */
+	}
 	bpf_sock_hash_update(skops, &es_sockhash, &cookie, BPF_ANY);
 	/* state changes of steered connections: a relay client's close */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -855,7 +948,11 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 	c.sock = bpf_sk_storage_get(&es_socks, msg->sk, 0, 0);
 	if (!c.sock || !c.sock->steered)
 		return SK_PASS;
-	c.tx = bpf_sk_storage_get(&es_tx, msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	c.tx = bpf_sk_storage_get(&es_tx, msg->sk, 0, 0);
+	if (!c.tx) { /* the connection's first send */
+		es_h2_preface(msg, c.sock);
+		c.tx = bpf_sk_storage_get(&es_tx, msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	}
 	if (!c.tx)
 		return SK_PASS;
 	c.msg = msg;

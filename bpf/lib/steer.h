@@ -59,7 +59,7 @@ static __always_inline const struct es_backend *es_pick(__u32 svc_id, __u32 env_
 static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct es_frontend_key *fe,
 					const struct es_frontend *f, const struct es_backend *be,
 					const struct es_resolution *res, __u32 pod_env, __u32 pod_flags, __u64 pod_cg,
-					int hook)
+					int hook, __u8 steered)
 {
 	if (hook == ES_HOOK_CONNECT) {
 		struct es_sock *s = bpf_sk_storage_get(&es_socks, ctx->sk, 0,
@@ -71,7 +71,7 @@ static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct 
 			s->orig_addr[3] = fe->addr[3];
 			s->orig_port = fe->port;
 			s->family = fe->family;
-			s->steered = 1;
+			s->steered = steered;
 			s->svc_id = f->svc_id;
 			s->env_id = res->env_id;
 			s->level = res->level;
@@ -80,7 +80,7 @@ static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct 
 			s->pod_cgroup = pod_cg;
 		}
 	}
-	if (fe->proto == IPPROTO_UDP) {
+	if (fe->proto == IPPROTO_UDP && be) {
 		struct es_revnat_key rk = {};
 		struct es_revnat rv = {};
 
@@ -101,11 +101,34 @@ static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct 
 	}
 }
 
+/* HTTP/2 to a service with more than one backend set: the connection is made
+ * to the agent's HTTP/2 endpoint, which routes each stream by its own
+ * environment (agent/h2proxy.cpp). Connections to other services are not
+ * touched. Without an endpoint (no agent, another address family) the
+ * connection is steered at connect time as any other, and counted. */
+static __always_inline const struct es_h2_cfg *es_h2_endpoint(const struct es_frontend_key *key,
+							      const struct es_frontend *fe, int hook)
+{
+	const struct es_h2_cfg *h;
+
+	if (hook != ES_HOOK_CONNECT || key->proto != IPPROTO_TCP ||
+	    (fe->flags & (ES_FE_F_H2 | ES_FE_F_MULTI_SET)) != (ES_FE_F_H2 | ES_FE_F_MULTI_SET))
+		return NULL;
+	h = bpf_map_lookup_elem(&es_h2_cfg, &(__u32){0});
+	if (!h || !h->port || h->family != key->family) {
+		es_count(ES_CNT_H2_NO_ENDPOINT);
+		return NULL;
+	}
+	es_count(ES_CNT_H2_DIVERTED);
+	return h;
+}
+
 /* Resolve a frontend for the calling pod. Returns NULL when the address is
  * not to be touched (*verdict = 1) or must be refused (*verdict = 0). */
 static __always_inline const struct es_backend *
 es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
-	 struct es_resolution *res, __u32 *pod_env, __u32 *pod_flags, __u64 *pod_cg, int *verdict)
+	 struct es_resolution *res, __u32 *pod_env, __u32 *pod_flags, __u64 *pod_cg, int *verdict,
+	 int hook, const struct es_h2_cfg **h2)
 {
 	const struct es_thread *th;
 	const struct es_frontend *fe;
@@ -164,7 +187,14 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 		}
 		be = es_pick(fe->svc_id, res->env_id, res->count);
 	}
+	/* HTTP/2 to a multi-set service goes to the agent's endpoint, whatever the
+	 * caller's own environment resolves to: each stream is routed by its own */
+	*h2 = es_h2_endpoint(key, fe, hook);
 	es_trace_connect(key, fe->svc_id, env, src, res, *pod_env, *pod_flags, be);
+	if (*h2) {
+		*fe_out = fe;
+		return be;
+	}
 	if (!be) {
 		*verdict = es_refuse();
 		return NULL;
@@ -184,6 +214,7 @@ static __always_inline int es_sock_addr4(struct bpf_sock_addr *ctx, int hook)
 	struct es_frontend_key key = {};
 	const struct es_frontend *fe = NULL;
 	const struct es_backend *be;
+	const struct es_h2_cfg *h2;
 	struct es_resolution res;
 	__u32 pod_env = 0, pod_flags = 0;
 	__u64 pod_cg = 0;
@@ -193,12 +224,17 @@ static __always_inline int es_sock_addr4(struct bpf_sock_addr *ctx, int hook)
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
 	key.family = ES_FAMILY_INET;
-	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &pod_cg, &verdict);
-	if (!be || !fe || be->family != ES_FAMILY_INET)
+	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &pod_cg, &verdict, hook, &h2);
+	if (!fe || (!h2 && (!be || be->family != ES_FAMILY_INET)))
 		return verdict;
-	ctx->user_ip4 = be->addr[0];
-	ctx->user_port = be->port;
-	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, pod_cg, hook);
+	if (h2) {
+		ctx->user_ip4 = h2->addr[0];
+		ctx->user_port = h2->port;
+	} else {
+		ctx->user_ip4 = be->addr[0];
+		ctx->user_port = be->port;
+	}
+	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, pod_cg, hook, h2 ? ES_STEER_H2 : ES_STEER_POD);
 	return 1;
 }
 
@@ -209,6 +245,8 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 	struct es_frontend_key key = {};
 	const struct es_frontend *fe = NULL;
 	const struct es_backend *be;
+	const struct es_h2_cfg *h2;
+	const __u32 *to;
 	struct es_resolution res;
 	__u32 pod_env = 0, pod_flags = 0;
 	__u64 pod_cg = 0;
@@ -229,22 +267,31 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 	}
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
-	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &pod_cg, &verdict);
-	if (!be || !fe || be->family != key.family)
+	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &pod_cg, &verdict, hook, &h2);
+	if (!fe || (!h2 && (!be || be->family != key.family)))
+		return verdict;
+	if (h2)
+		to = h2->addr;
+	else if (be)
+		to = be->addr;
+	else
 		return verdict;
 	if (mapped) {
 		ctx->user_ip6[0] = 0;
 		ctx->user_ip6[1] = 0;
 		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
-		ctx->user_ip6[3] = be->addr[0];
+		ctx->user_ip6[3] = to[0];
 	} else {
-		ctx->user_ip6[0] = be->addr[0];
-		ctx->user_ip6[1] = be->addr[1];
-		ctx->user_ip6[2] = be->addr[2];
-		ctx->user_ip6[3] = be->addr[3];
+		ctx->user_ip6[0] = to[0];
+		ctx->user_ip6[1] = to[1];
+		ctx->user_ip6[2] = to[2];
+		ctx->user_ip6[3] = to[3];
 	}
-	ctx->user_port = be->port;
-	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, pod_cg, hook);
+	if (h2)
+		ctx->user_port = h2->port;
+	else if (be)
+		ctx->user_port = be->port;
+	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, pod_cg, hook, h2 ? ES_STEER_H2 : ES_STEER_POD);
 	return 1;
 }
 

@@ -557,8 +557,10 @@ class Node:
                 "internalTrafficPolicy": "Cluster",
                 "ipFamilies": ["IPv6" if ":" in ip else "IPv4" for ip in svc.cluster_ips],
                 "ipFamilyPolicy": "SingleStack" if len(svc.cluster_ips) == 1 else "PreferDualStack",
-                "ports": [{"name": p["name"], "port": p["port"], "protocol": p["protocol"],
-                           "targetPort": p["target_port"]} for p in svc.ports],
+                "ports": [dict({"name": p["name"], "port": p["port"], "protocol": p["protocol"],
+                                "targetPort": p["target_port"]},
+                               **({"appProtocol": p["app_protocol"]} if p.get("app_protocol") else {}))
+                          for p in svc.ports],
                 "selector": dict(svc.selector),
                 "sessionAffinity": "None",
                 "type": "ClusterIP",

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""HTTP/2 cleartext server with prior knowledge (python3-h2), for curl --http2-prior-knowledge.
+
+  h2server.py IP PORT POD
+
+Every request (any path) -> 200 {"pod": POD, "got_header": <x-virtual-env or null>, "stream": id,
+"body": <bytes of request body>}. GET /big?n=N answers N bytes (for flow-control tests). One
+thread per connection; sockets time out.
+"""
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+
+import h2.config
+import h2.connection
+import h2.events
+
+POD = "?"
+
+
+def serve(sock):
+    sock.settimeout(60)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    reqs, bodies, pending = {}, {}, {}
+
+    def answer(sid):
+        h = reqs.pop(sid)
+        path = h.get(":path", "/")
+        if path.startswith("/big?n="):
+            pending[sid] = b"y" * int(path.split("=", 1)[1])
+            conn.send_headers(sid, [(":status", "200"), ("content-length", str(len(pending[sid])))])
+        else:
+            b = (json.dumps({"pod": POD, "got_header": h.get("x-virtual-env"), "stream": sid,
+                             "body": len(bodies.pop(sid, b""))}) + "\n").encode()
+            conn.send_headers(sid, [(":status", "200"), ("content-type", "application/json"),
+                                    ("content-length", str(len(b)))])
+            conn.send_data(sid, b, end_stream=True)
+
+    def push_pending():
+        for sid in list(pending):
+            data = pending[sid]
+            while data:
+                n = min(len(data), conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                if n <= 0:
+                    break
+                conn.send_data(sid, data[:n], end_stream=(n == len(data)))
+                data = data[n:]
+            if data:
+                pending[sid] = data
+            else:
+                del pending[sid]
+
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.RequestReceived):
+                reqs[ev.stream_id] = {(k.decode() if isinstance(k, bytes) else k):
+                                      (v.decode() if isinstance(v, bytes) else v) for k, v in ev.headers}
+                if ev.stream_ended:
+                    answer(ev.stream_id)
+            elif isinstance(ev, h2.events.DataReceived):
+                bodies[ev.stream_id] = bodies.get(ev.stream_id, b"") + ev.data
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if ev.stream_ended:
+                    answer(ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                if ev.stream_id in reqs:
+                    answer(ev.stream_id)
+            elif isinstance(ev, h2.events.StreamReset):
+                pending.pop(ev.stream_id, None)
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                sock.sendall(conn.data_to_send())
+                return
+        push_pending()
+        out = conn.data_to_send()
+        if out:
+            sock.sendall(out)
+
+
+def handle(sock):
+    try:
+        serve(sock)
+    except Exception as e:  # noqa: BLE001
+        sys.stderr.write("h2server: %s: %s\n" % (type(e).__name__, e))
+    finally:
+        sock.close()
+
+
+def main():
+    global POD
+    if len(sys.argv) != 4:
+        sys.exit("usage: h2server.py IP PORT POD")
+    ip, port, POD = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    ls = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((ip, port))
+    ls.listen(64)
+    signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    while True:
+        s, _ = ls.accept()
+        threading.Thread(target=handle, args=(s,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
