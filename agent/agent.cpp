@@ -6,7 +6,10 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include <malloc.h>
 #include <poll.h>
+
+#include <algorithm>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/signalfd.h>
@@ -64,6 +67,25 @@ ModelOptions Agent::model_options() const {
 
 const DesiredState Agent::kNoModel{};
 
+namespace {
+
+// resourceVersions are opaque to clients; the API server's are decimal
+// numbers, and only those are compared (for status: the newest applied).
+// Hands the heap's free pages back to the kernel (glibc keeps them otherwise):
+// after a full read the steady-state RSS is the model's, not the parse's peak.
+void release_free_memory() { malloc_trim(0); }
+
+bool newer_rv(const std::string& a, const std::string& b) {
+  auto digits = [](const std::string& s) {
+    return !s.empty() && s.size() < 20 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  if (!digits(a)) return false;
+  if (!digits(b)) return true;
+  return a.size() != b.size() ? a.size() > b.size() : a > b;
+}
+
+}  // namespace
+
 // A whole state (start-up, SIGHUP, a re-read of every file, the first sync
 // with the API): the first one loads the model and writes everything; later
 // ones go in as the objects that differ from the model's.
@@ -103,9 +125,17 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
     if (latest)
       for (auto& c : changes) pending_[{static_cast<int>(c.kind), c.key}] = std::move(c);
     std::vector<ObjectChange> undo;
+    std::string newest_rv;  // of the objects applied now (numeric, as the API server's are)
     if (latest)
-      for (const auto& [k, c] : pending_)
+      for (const auto& [k, c] : pending_) {
+        std::visit(
+            [&](const auto& o) {
+              if constexpr (requires { o.resource_version; })
+                if (newer_rv(o.resource_version, newest_rv)) newest_rv = o.resource_version;
+            },
+            c.object);
         if (auto u = inc_->apply(c)) undo.push_back(std::move(*u));
+      }
     for (const auto& [pod, path] : discovered) inc_->set_discovered_cgroup(pod, path);
     if (std::string(why) == "rescan") inc_->recheck_missing_cgroups();
     const DesiredState& want = inc_->state();
@@ -128,6 +158,7 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
     for (const auto& w : want.warnings)
       if (std::find(old_warnings.begin(), old_warnings.end(), w) == old_warnings.end()) spdlog::warn("{}", w);
     last_sync_ = std::chrono::system_clock::now();
+    if (newer_rv(newest_rv, last_applied_rv_)) last_applied_rv_ = newest_rv;
     syncs_ok_++;
     map_updates_ += st.updates;
     map_deletes_ += st.deletes;
@@ -219,7 +250,10 @@ bool Agent::sync(const char* why, const std::set<std::string>& names) {
   std::optional<k8s::ClusterState> all;
   auto read = [&] {
     // only the files the events named; every file when they did not say
-    if (names.empty()) all = reader_->read_all();
+    // (a file whose text is unchanged is not parsed again: no second copy of
+    // the cluster beside the model's)
+    if (names.empty() && !inc_) all = reader_->read_all();
+    else if (names.empty()) changes = reader_->read_every_file();
     else changes = reader_->read_changed(names);
   };
   auto t0 = std::chrono::steady_clock::now();
@@ -242,8 +276,9 @@ bool Agent::sync(const char* why, const std::set<std::string>& names) {
   spdlog::info("read {}: {} in {} us", names.empty() ? std::string("every file") : *names.begin(),
                 all ? std::to_string(all->size()) + " object(s)" : std::to_string(changes.size()) + " change(s)",
                 std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
-  if (all) return apply_cluster(std::move(*all), why);
-  return apply_changes(std::move(changes), why);
+  bool ok = all ? apply_cluster(std::move(*all), why) : apply_changes(std::move(changes), why);
+  if (names.empty()) release_free_memory();  // a read of every file: what it parsed is freed
+  return ok;
 }
 
 nlohmann::json Agent::status_json() {
@@ -282,7 +317,8 @@ nlohmann::json Agent::status_json() {
   j["sync"] = {{"ok", syncs_ok_}, {"failed", syncs_failed_}, {"last_ok_unix", ts(last_sync_)},
                {"last_error", err}, {"last_error_reasons", reasons},
                {"last_error_unix", err.empty() ? 0.0 : ts(last_error_time_)},
-               {"map_updates", map_updates_}, {"map_deletes", map_deletes_}};
+               {"map_updates", map_updates_}, {"map_deletes", map_deletes_},
+               {"last_applied_resource_version", last_applied_rv_}};
   nlohmann::json missing = nlohmann::json::array();
   for (const auto& m : model_->missing_cgroups) missing.push_back({{"pod", m.pod}, {"cgroup", m.cgroup}});
   j["model"] = {{"frontends", model_->frontends.size()}, {"envs", model_->envs.size()},
@@ -616,6 +652,7 @@ bool Agent::apply_kube(const char* why) {
     k8s::ClusterState cs = kube_->snapshot();
     discover_local_cgroups(cs);
     if (!apply_cluster(std::move(cs), why)) return false;
+    release_free_memory();  // the lists' pages and the start-up copies
   } else {
     // the objects that changed; this node's pods' cgroups with them
     std::vector<ObjectChange> changes = kube_->take_changes();
@@ -857,6 +894,8 @@ int Agent::run() {
   std::unique_ptr<sources::ManifestWatcher> watcher;
   if (initial) {
     if (!apply_cluster(std::move(*initial), "start-up")) return 1;  // sfd closes here
+    initial.reset();
+    release_free_memory();  // the parse's buffers and the start-up copies
     watcher = std::make_unique<sources::ManifestWatcher>(s_.manifests);
     ready_ = true;
     spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_->frontends.size(),

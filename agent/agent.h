@@ -123,6 +123,9 @@ class Agent {
   std::string last_error() const;  // under mu_: "" when none
   std::chrono::system_clock::time_point last_sync_{}, last_error_time_{};
   uint64_t syncs_ok_ = 0, syncs_failed_ = 0, map_updates_ = 0, map_deletes_ = 0;
+  // --kubernetes: the newest metadata.resourceVersion among the objects
+  // applied (status; the bench's event-to-map latency under churn)
+  std::string last_applied_rv_;
 
   // Observability (metrics.h, trace.h): the names the kernel's ids stand for,
   // published after every apply; the trace hub and the decision counters.

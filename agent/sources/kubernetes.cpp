@@ -55,6 +55,17 @@ std::string key_of(const json& obj) {
   return k8s::object_key(str_at(m, "namespace"), str_at(m, "name"));
 }
 
+// What the watch keeps of an object: only what the decoder reads.
+json reduced(Kind kind, const json& obj) {
+  switch (kind) {
+    case Kind::Service: return k8s::reduce_service(obj);
+    case Kind::Slice: return k8s::reduce_endpoint_slice(obj);
+    case Kind::Pod: return k8s::reduce_pod(obj);
+    case Kind::VirtualEnv: break;
+  }
+  return obj;
+}
+
 std::string status_message(const std::string& body) {
   auto j = json::parse(body, nullptr, false);
   if (j.is_object() && j.contains("message") && j["message"].is_string()) return j["message"].get<std::string>();
@@ -143,8 +154,9 @@ bool KubernetesSource::list(Watch& w, std::string* rv, std::string* err) {
     }
     if (j["items"].is_array())
       for (auto& item : j["items"]) {
-        std::string key = key_of(item);  // before the move (the right side is evaluated first)
-        fresh[key] = std::move(item);
+        std::string key = key_of(item);
+        fresh[key] = reduced(w.kind, item);
+        item = nullptr;  // the page's copy goes now
       }
     const json& m = obj_at(j, "metadata");
     *rv = str_at(m, "resourceVersion");
@@ -172,7 +184,7 @@ void KubernetesSource::apply_event(Watch& w, const std::string& type, const json
     std::lock_guard<std::mutex> g(mu_);
     const std::string key = key_of(obj);
     if (type == "DELETED") w.objects.erase(key);
-    else w.objects[key] = obj;
+    else w.objects[key] = reduced(w.kind, obj);
     note_change(w, key);
     w.events++;
     w.last_ok = std::chrono::system_clock::now();
