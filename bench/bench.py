@@ -914,11 +914,26 @@ def suite_control(b):
          "s", None, "%.2f"),
         ("cp_kube_rss_ready_mib", "Kubernetes API: agent RSS when ready (churn cluster)", "MiB",
          None, "%.1f"),
+        ("cp_kube_event_p50_ms", "pod label change through the watch (fakeapi) -> maps written, "
+         "p50, one at a time (includes the Python fake API server's delivery)", "ms", None,
+         "%.1f"),
+        ("cp_kube_event_p99_ms", "pod label change through the watch -> maps written, p99 (the "
+         "max for < 100 events)", "ms", None, "%.1f"),
+        ("cp_kube_event_agent_p50_ms", "pod label change through the watch: the agent's own "
+         "share, event received -> maps written, p50 (agent status)", "ms", ("<=", 2.0), "%.2f"),
+        ("cp_kube_event_agent_p99_ms", "pod label change through the watch: the agent's own "
+         "share, p99", "ms", ("<=", 10.0), "%.2f"),
         ("cp_churn_rate", "sustained churn: pod label changes sent per second", "1/s",
          (">=", 190.0), "%.0f"),
         ("cp_churn_p50_ms", "sustained churn: event -> maps written, p50", "ms", None, "%.1f"),
         ("cp_churn_p99_ms", "sustained churn: event -> maps written, p99", "ms", ("<=", 50.0),
          "%.1f"),
+        ("cp_churn_agent_p50_ms", "sustained churn: the agent's own share, watch event received "
+         "-> maps written, p50 (agent status)", "ms", None, "%.2f"),
+        ("cp_churn_agent_p99_ms", "sustained churn: the agent's own share, p99", "ms",
+         ("<=", 10.0), "%.2f"),
+        ("cp_churn_apply_ms", "sustained churn: the agent's work per batch of events (model + "
+         "map writes, agent log), p99", "ms", None, "%.2f"),
         ("cp_churn_backlog", "sustained churn: p50 of the last tenth of the events over the "
          "first tenth (a growing backlog grows it)", "x", ("<=", 2.0), "%.2f"),
         ("cp_churn_cpu", "sustained churn: agent CPU (utime+stime over wall time)", "cores",
@@ -966,7 +981,13 @@ def suite_control(b):
         if st["model"]["frontends"] != n_svc or st["model"]["envs"] < want_envs:
             raise BenchError("control plane: model after start-up %s, expected %d frontends "
                              "and %d envs" % (st["model"], n_svc, want_envs))
-        us = log_apply_us(cpn.agent_log_text(200000), "start-up")
+        start_log = cpn.agent_log_text(200000)
+        # where start-up time goes, as the agent logs it
+        raw["startup_log"] = [l for l in start_log.splitlines() if re.search(
+            r"start-up:|model of .* built|applied start-up|ready: steering|data path on cgroup", l)]
+        for l in raw["startup_log"]:
+            log("  agent: " + l)
+        us = log_apply_us(start_log, "start-up")
         if us is not None:
             metrics["cp_apply_s"].values.append(us / 1e6)
         pid = cpn.agent.pid
@@ -1058,6 +1079,23 @@ class KubeBenchNode(harness.Node):
                           "--node-name", "bench-node"] + cmd[i + 2:]
 
 
+def log_gaps(text, gap_s=0.2):
+    """Lines of an agent log that are not "applied" lines, and the pauses of more than
+    gap_s between consecutive lines (what the agent did, or did not log, meanwhile)."""
+    out, prev = [], None
+    for line in text.splitlines():
+        m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+) ", line)
+        if not m:
+            continue
+        t = datetime.datetime.fromisoformat(m.group(1)).timestamp()
+        if prev is not None and t - prev[0] > gap_s:
+            out.append("pause %.3f s after: %s" % (t - prev[0], prev[1][:200]))
+        if " applied " not in line:
+            out.append(line[:300])
+        prev = (t, line)
+    return out[-200:]
+
+
 def control_churn(b, metrics, raw):
     """Issue 18 item 4: the agent on the Kubernetes API (fakeapi), a cluster of
     --cp-churn-pods pods, then --cp-churn-rate pod label changes per second for
@@ -1109,6 +1147,34 @@ def control_churn(b, metrics, raw):
             raise BenchError("churn: model after start-up %s, expected %d frontends" % (
                 st["model"], n_svc))
         metrics["cp_kube_rss_ready_mib"].values.append(proc_status_kib(pid, "VmRSS") / 1024.0)
+        # single pod label changes through the watch, one at a time
+        single = []
+        for e in range(a.cp_events):
+            i = (e * 104729) % n_pod
+            svc, k = i // per_svc, i % per_svc
+            t = time.time()
+            o = api.relabel("Pod", "ns-%d" % (svc % 20), "pod-%d-%d" % (svc, k),
+                            {"virtual-env": "dev.e%d" % ((i + e + 7) % n_env)})
+            rv = int(o["metadata"]["resourceVersion"])
+            deadline = time.monotonic() + 30
+            while True:
+                s = node.status_http()["sync"]
+                if int(s["last_applied_resource_version"] or 0) >= rv:
+                    single.append((s["last_ok_unix"] - t) * 1000.0)
+                    break
+                if time.monotonic() > deadline:
+                    raise BenchError("churn: single event %d not applied in 30 s" % e)
+                time.sleep(a.cp_poll_ms / 1000.0)
+            time.sleep(0.05)
+        single.sort()
+        own = node.status_http()["sync"].get("event_latency", {})
+        metrics["cp_kube_event_p50_ms"].values.append(statistics.median(single))
+        metrics["cp_kube_event_p99_ms"].values.append(
+            single[min(len(single) - 1, int(round(0.99 * (len(single) - 1))))])
+        metrics["cp_kube_event_agent_p50_ms"].values.append(own.get("p50_ms", float("nan")))
+        metrics["cp_kube_event_agent_p99_ms"].values.append(own.get("p99_ms", float("nan")))
+        raw["kube_single_event_ms"] = single
+        raw["kube_single_event_agent"] = own
         # the poller: (last_applied_resource_version, last_ok_unix) as often as it can
         seen, stop = [], threading.Event()
 
@@ -1140,9 +1206,11 @@ def control_churn(b, metrics, raw):
         t_sent = time.monotonic() - t_start
         cpu_s = proc_cpu_s(pid) - cpu0
         wall = time.monotonic() - t_start
-        # drain: until the last event is applied (bounded)
+        # drain: until the newest event is applied (bounded); a change to the label the pod
+        # already has is no event (the API server keeps the old resourceVersion)
+        newest = max(rv for rv, t in sent)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not seen or seen[-1][0] < sent[-1][0]):
+        while time.monotonic() < deadline and (not seen or max(x[0] for x in seen[-50:]) < newest):
             time.sleep(0.05)
         stop.set()
         th.join(5)
@@ -1165,15 +1233,26 @@ def control_churn(b, metrics, raw):
         metrics["cp_churn_p50_ms"].values.append(q(lat_sorted, 0.5))
         metrics["cp_churn_p99_ms"].values.append(q(lat_sorted, 0.99))
         metrics["cp_churn_backlog"].values.append(q(last, 0.5) / max(q(first, 0.5), 0.001))
+        # the agent's work per batch of events (model + map writes, its log): how much of
+        # the latency is work and how much is waiting to run on a busy machine
+        work = sorted(int(x) / 1000.0 for x in re.findall(
+            r"applied kubernetes event \((?:changed|no change)\).* in (\d+) us",
+            node.agent_log_text(50 * 2 ** 20)))
+        metrics["cp_churn_apply_ms"].values.append(q(work, 0.99))
+        agent_lat = node.status_http()["sync"].get("event_latency", {})
+        metrics["cp_churn_agent_p50_ms"].values.append(agent_lat.get("p50_ms", float("nan")))
+        metrics["cp_churn_agent_p99_ms"].values.append(agent_lat.get("p99_ms", float("nan")))
         metrics["cp_churn_cpu"].values.append(cpu_s / wall)
         metrics["cp_kube_rss_mib"].values.append(proc_status_kib(pid, "VmHWM") / 1024.0)
         raw["churn"] = {"pods": n_pod, "services": n_svc, "envs": n_env, "events": len(sent),
                         "send_s": t_sent, "agent_cpu_s": cpu_s, "wall_s": wall,
-                        "polls": len(seen), "not_applied": missing,
+                        "polls": len(seen), "not_applied": missing, "applies": len(work),
+                        "apply_ms_percentiles": {p: q(work, p / 100.0) for p in (50, 90, 99, 100)}, "agent_event_latency": agent_lat,
                         "p50_first_tenth_ms": q(first, 0.5), "p50_last_tenth_ms": q(last, 0.5),
                         "event_ms_percentiles": {p: q(lat_sorted, p / 100.0)
                                                  for p in (50, 90, 99, 100)},
-                        "agent_log_tail": node.agent_log_text(20000)[-3000:]}
+                        "agent_log_tail": node.agent_log_text(20000)[-3000:],
+                        "agent_log_gaps": log_gaps(node.agent_log_text(50 * 2 ** 20))}
         log("churn: %d events in %.1f s, p50 %.1f ms p99 %.1f ms, agent CPU %.2f core" % (
             len(sent), t_sent, q(lat_sorted, 0.5), q(lat_sorted, 0.99), cpu_s / wall))
     finally:

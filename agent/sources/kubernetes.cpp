@@ -311,7 +311,7 @@ bool KubernetesSource::synced() const {
 }
 
 void KubernetesSource::note_change(const Watch& w, const std::string& key) {
-  if (w.kind != Kind::VirtualEnv) changed_.insert({static_cast<int>(w.kind), key});
+  if (w.kind != Kind::VirtualEnv) changed_.try_emplace({static_cast<int>(w.kind), key}, std::chrono::steady_clock::now());
 }
 
 // One object as the watches have it now (the two pod watches overlap: the
@@ -339,11 +339,14 @@ ObjectChange KubernetesSource::current(int kind, const std::string& key) const {
   return c;
 }
 
-std::vector<ObjectChange> KubernetesSource::take_changes() {
+std::vector<ObjectChange> KubernetesSource::take_changes(std::vector<std::chrono::steady_clock::time_point>* received) {
   std::lock_guard<std::mutex> g(mu_);
   std::vector<ObjectChange> out;
   out.reserve(changed_.size());
-  for (const auto& [kind, key] : changed_) out.push_back(current(kind, key));
+  for (const auto& [k, at] : changed_) {
+    out.push_back(current(k.first, k.second));
+    if (received) received->push_back(at);
+  }
   changed_.clear();
   return out;
 }

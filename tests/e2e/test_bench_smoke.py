@@ -28,7 +28,10 @@ ROWS = ["connect_ns", "connect_mean_ns", "connect_cpu_ns", "connect_podip_ns"] +
 METRICS = ["cp_full_sync_s", "cp_apply_s", "cp_resync_s", "cp_event_p50_ms", "cp_event_p99_ms",
            "cp_event_apply_ms", "cp_rss_mib", "cp_rss_ready_mib", "cp_rss_resync_mib",
            "cp_rss_events_mib", "cp_map_mib", "cp_kube_sync_s", "cp_kube_rss_ready_mib",
-           "cp_churn_rate", "cp_churn_p50_ms", "cp_churn_p99_ms", "cp_churn_backlog",
+           "cp_kube_event_p50_ms", "cp_kube_event_p99_ms", "cp_kube_event_agent_p50_ms",
+           "cp_kube_event_agent_p99_ms",
+           "cp_churn_rate", "cp_churn_p50_ms", "cp_churn_p99_ms", "cp_churn_agent_p50_ms",
+           "cp_churn_agent_p99_ms", "cp_churn_apply_ms", "cp_churn_backlog",
            "cp_churn_cpu", "cp_kube_rss_mib"]
 
 NUM = r"[0-9]+(?:\.[0-9]+)?"
