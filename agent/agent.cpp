@@ -8,13 +8,12 @@
 
 #include <malloc.h>
 #include <poll.h>
-
-#include <algorithm>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <future>
 #include <thread>
 
@@ -70,12 +69,12 @@ const DesiredState Agent::kNoModel{};
 
 namespace {
 
-// resourceVersions are opaque to clients; the API server's are decimal
-// numbers, and only those are compared (for status: the newest applied).
 // Hands the heap's free pages back to the kernel (glibc keeps them otherwise):
 // after a full read the steady-state RSS is the model's, not the parse's peak.
 void release_free_memory() { malloc_trim(0); }
 
+// resourceVersions are opaque to clients; the API server's are decimal
+// numbers, and only those are compared (for status: the newest applied).
 bool newer_rv(const std::string& a, const std::string& b) {
   auto digits = [](const std::string& s) {
     return !s.empty() && s.size() < 20 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });

@@ -894,7 +894,8 @@ def suite_control(b):
         ("cp_full_sync_s", "full sync from manifests: agent start -> ready (programs loaded, "
          "manifests parsed, model built, maps written)", "s", ("<=", 2.0), "%.2f"),
         ("cp_apply_s", "full sync: model + map writes only (agent log)", "s", None, "%.2f"),
-        ("cp_resync_s", "re-sync of the unchanged state (SIGHUP: parse + model + diff)", "s",
+        ("cp_resync_s", "re-sync of the unchanged state (SIGHUP: every file read and hashed, "
+         "changed ones parsed and compared)", "s",
          None, "%.2f"),
         ("cp_event_p50_ms", "pod label change -> maps written, p50 of the events", "ms",
          ("<=", 2.0), "%.1f"),
