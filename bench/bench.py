@@ -1148,15 +1148,23 @@ def control_churn(b, metrics, raw):
             raise BenchError("churn: model after start-up %s, expected %d frontends" % (
                 st["model"], n_svc))
         metrics["cp_kube_rss_ready_mib"].values.append(proc_status_kib(pid, "VmRSS") / 1024.0)
+        # every change moves a pod to another env (a change to the label it has is no event)
+        cur_env = {}
+
+        def relabel(i, e):
+            svc, k = i // per_svc, i % per_svc
+            cur = cur_env.get(i, i % n_env)
+            new = (cur + 1 + e % (n_env - 1)) % n_env
+            cur_env[i] = new
+            o = api.relabel("Pod", "ns-%d" % (svc % 20), "pod-%d-%d" % (svc, k),
+                            {"virtual-env": "dev.e%d" % new})
+            return int(o["metadata"]["resourceVersion"])
+
         # single pod label changes through the watch, one at a time
         single = []
         for e in range(a.cp_events):
-            i = (e * 104729) % n_pod
-            svc, k = i // per_svc, i % per_svc
             t = time.time()
-            o = api.relabel("Pod", "ns-%d" % (svc % 20), "pod-%d-%d" % (svc, k),
-                            {"virtual-env": "dev.e%d" % ((i + e + 7) % n_env)})
-            rv = int(o["metadata"]["resourceVersion"])
+            rv = relabel((e * 104729) % n_pod, e)
             deadline = time.monotonic() + 30
             while True:
                 s = node.status_http()["sync"]
@@ -1198,18 +1206,14 @@ def control_churn(b, metrics, raw):
             d = due - time.monotonic()
             if d > 0:
                 time.sleep(d)
-            i = (e * 7919) % n_pod
-            svc, k = i // per_svc, i % per_svc
             t = time.time()
-            o = api.relabel("Pod", "ns-%d" % (svc % 20), "pod-%d-%d" % (svc, k),
-                            {"virtual-env": "dev.e%d" % ((i + e + 1) % n_env)})
-            sent.append((int(o["metadata"]["resourceVersion"]), t))
+            sent.append((relabel((e * 7919) % n_pod, e), t))
         t_sent = time.monotonic() - t_start
         cpu_s = proc_cpu_s(pid) - cpu0
         wall = time.monotonic() - t_start
         # drain: until the newest event is applied (bounded); a change to the label the pod
         # already has is no event (the API server keeps the old resourceVersion)
-        newest = max(rv for rv, t in sent)
+        newest = sent[-1][0]  # every change is a new resourceVersion
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (not seen or max(x[0] for x in seen[-50:]) < newest):
             time.sleep(0.05)
