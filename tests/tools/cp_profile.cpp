@@ -5,7 +5,8 @@
 // that only count the writes. Then pod label changes: a file rewritten with one
 // pod's env label changed, read again and applied. Prints time and RSS by phase.
 //
-//   envsteer_cp_profile DIR [EVENTS]      (DIR: e.g. files made like bench/ makes them)
+//   tests/tools/cp_manifests.py DIR && envsteer_cp_profile DIR [EVENTS]
+//   (DIR: the control-plane bench's cluster as manifest files; EVENTS rewrites them)
 #include <malloc.h>
 #include <sys/resource.h>
 
