@@ -6,12 +6,15 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <future>
 #include <thread>
 
 #include "admin_server.h"
@@ -64,22 +67,51 @@ ModelOptions Agent::model_options() const {
 
 const DesiredState Agent::kNoModel{};
 
+namespace {
+
+// Hands the heap's free pages back to the kernel (glibc keeps them otherwise):
+// after a full read the steady-state RSS is the model's, not the parse's peak.
+void release_free_memory() { malloc_trim(0); }
+
+// resourceVersions are opaque to clients; the API server's are decimal
+// numbers, and only those are compared (for status: the newest applied).
+bool newer_rv(const std::string& a, const std::string& b) {
+  auto digits = [](const std::string& s) {
+    return !s.empty() && s.size() < 20 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  if (!digits(a)) return false;
+  if (!digits(b)) return true;
+  return a.size() != b.size() ? a.size() > b.size() : a > b;
+}
+
+}  // namespace
+
 // A whole state (start-up, SIGHUP, a re-read of every file, the first sync
 // with the API): the first one loads the model and writes everything; later
 // ones go in as the objects that differ from the model's.
 bool Agent::apply_cluster(k8s::ClusterState cluster, const char* why, bool latest) {
   if (inc_) return apply_changes(cluster_changes(inc_->cluster(), std::move(cluster)), why, latest);
+  return apply_model(build_first_model(std::move(cluster)), why, latest);
+}
+
+std::unique_ptr<IncrementalModel> Agent::build_first_model(k8s::ClusterState cluster) const {
   auto t0 = std::chrono::steady_clock::now();
   auto inc = std::make_unique<IncrementalModel>(model_options());
+  const size_t n = cluster.size();
   inc->reset(std::move(cluster));
+  inc->state();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  spdlog::info("model of {} object(s) built in {} ms", n, ms);
+  return inc;
+}
+
+bool Agent::apply_model(std::unique_ptr<IncrementalModel> inc, const char* why, bool latest) {
   {
     std::lock_guard<std::mutex> g(mu_);
     inc_ = std::move(inc);
     need_full_ = true;
     next_check_ = std::chrono::steady_clock::now() + std::chrono::minutes(10);
   }
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
-  spdlog::info("model of {} object(s) built in {} ms", inc_->cluster().size(), ms);
   if (apply_changes({}, why, latest)) return true;
   std::lock_guard<std::mutex> g(mu_);
   inc_.reset();  // nothing of a first state stays unless it applies
@@ -103,9 +135,17 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
     if (latest)
       for (auto& c : changes) pending_[{static_cast<int>(c.kind), c.key}] = std::move(c);
     std::vector<ObjectChange> undo;
+    std::string newest_rv;  // of the objects applied now (numeric, as the API server's are)
     if (latest)
-      for (const auto& [k, c] : pending_)
+      for (const auto& [k, c] : pending_) {
+        std::visit(
+            [&](const auto& o) {
+              if constexpr (requires { o.resource_version; })
+                if (newer_rv(o.resource_version, newest_rv)) newest_rv = o.resource_version;
+            },
+            c.object);
         if (auto u = inc_->apply(c)) undo.push_back(std::move(*u));
+      }
     for (const auto& [pod, path] : discovered) inc_->set_discovered_cgroup(pod, path);
     if (std::string(why) == "rescan") inc_->recheck_missing_cgroups();
     const DesiredState& want = inc_->state();
@@ -128,6 +168,7 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
     for (const auto& w : want.warnings)
       if (std::find(old_warnings.begin(), old_warnings.end(), w) == old_warnings.end()) spdlog::warn("{}", w);
     last_sync_ = std::chrono::system_clock::now();
+    if (newer_rv(newest_rv, last_applied_rv_)) last_applied_rv_ = newest_rv;
     syncs_ok_++;
     map_updates_ += st.updates;
     map_deletes_ += st.deletes;
@@ -219,7 +260,10 @@ bool Agent::sync(const char* why, const std::set<std::string>& names) {
   std::optional<k8s::ClusterState> all;
   auto read = [&] {
     // only the files the events named; every file when they did not say
-    if (names.empty()) all = reader_->read_all();
+    // (a file whose text is unchanged is not parsed again: no second copy of
+    // the cluster beside the model's)
+    if (names.empty() && !inc_) all = reader_->read_all();
+    else if (names.empty()) changes = reader_->read_every_file();
     else changes = reader_->read_changed(names);
   };
   auto t0 = std::chrono::steady_clock::now();
@@ -242,8 +286,9 @@ bool Agent::sync(const char* why, const std::set<std::string>& names) {
   spdlog::info("read {}: {} in {} us", names.empty() ? std::string("every file") : *names.begin(),
                 all ? std::to_string(all->size()) + " object(s)" : std::to_string(changes.size()) + " change(s)",
                 std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
-  if (all) return apply_cluster(std::move(*all), why);
-  return apply_changes(std::move(changes), why);
+  bool ok = all ? apply_cluster(std::move(*all), why) : apply_changes(std::move(changes), why);
+  if (names.empty()) release_free_memory();  // a read of every file: what it parsed is freed
+  return ok;
 }
 
 nlohmann::json Agent::status_json() {
@@ -283,7 +328,10 @@ nlohmann::json Agent::status_json() {
   j["sync"] = {{"ok", syncs_ok_}, {"failed", syncs_failed_}, {"last_ok_unix", ts(last_sync_)},
                {"last_error", err}, {"last_error_reasons", reasons},
                {"last_error_unix", err.empty() ? 0.0 : ts(last_error_time_)},
-               {"map_updates", map_updates_}, {"map_deletes", map_deletes_}};
+               {"map_updates", map_updates_}, {"map_deletes", map_deletes_},
+               {"last_applied_resource_version", last_applied_rv_}};
+  // --kubernetes: watch event received -> its map entries written, over the last events
+  if (kube_) j["sync"]["event_latency"] = event_latency_json();
   nlohmann::json missing = nlohmann::json::array();
   for (const auto& m : model_->missing_cgroups) missing.push_back({{"pod", m.pod}, {"cgroup", m.cgroup}});
   j["model"] = {{"frontends", model_->frontends.size()}, {"envs", model_->envs.size()},
@@ -627,9 +675,11 @@ bool Agent::apply_kube(const char* why) {
     k8s::ClusterState cs = kube_->snapshot();
     discover_local_cgroups(cs);
     if (!apply_cluster(std::move(cs), why)) return false;
+    release_free_memory();  // the lists' pages and the start-up copies
   } else {
     // the objects that changed; this node's pods' cgroups with them
-    std::vector<ObjectChange> changes = kube_->take_changes();
+    std::vector<std::chrono::steady_clock::time_point> received;
+    std::vector<ObjectChange> changes = kube_->take_changes(&received);
     Discovered disc;
     for (const auto& c : changes) {
       if (c.kind != ObjectChange::Kind::Pod) continue;
@@ -643,6 +693,7 @@ bool Agent::apply_kube(const char* why) {
       disc.push_back({c.key, path});
     }
     if (!apply_changes(std::move(changes), why, true, disc)) return false;
+    note_event_latency(received);
   }
   if (!ready_) {
     ready_ = true;
@@ -650,6 +701,26 @@ bool Agent::apply_kube(const char* why) {
                  model_->pods.size());
   }
   return true;
+}
+
+void Agent::note_event_latency(const std::vector<std::chrono::steady_clock::time_point>& received) {
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> g(mu_);
+  for (const auto& t : received) {
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(now - t).count();
+    uint32_t v = static_cast<uint32_t>(std::clamp<int64_t>(us, 0, UINT32_MAX));
+    if (event_us_.size() < kEventWindow) event_us_.push_back(v);
+    else event_us_[events_seen_ % kEventWindow] = v;
+    events_seen_++;
+  }
+}
+
+nlohmann::json Agent::event_latency_json() const {
+  std::vector<uint32_t> v = event_us_;
+  std::sort(v.begin(), v.end());
+  auto q = [&](double p) { return v.empty() ? 0.0 : v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)] / 1000.0; };
+  return {{"events", events_seen_}, {"window", v.size()}, {"p50_ms", q(0.5)}, {"p99_ms", q(0.99)},
+          {"max_ms", v.empty() ? 0.0 : v.back() / 1000.0}};
 }
 
 std::string Agent::not_ready_reason() {
@@ -889,7 +960,21 @@ void Agent::shutdown() {
 }
 
 int Agent::run() {
+  const auto t_start = std::chrono::steady_clock::now();
+  auto ms_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t).count();
+  };
   std::optional<k8s::ClusterState> initial = open_source();
+  // The manifests are read (a source that cannot be read stops the agent
+  // before it touches the kernel); the first model is built from them beside
+  // the loading of the programs, which does not need it.
+  std::future<std::unique_ptr<IncrementalModel>> first_model;
+  if (initial) {
+    spdlog::info("start-up: {} object(s) read from {} in {} ms", initial->size(), s_.manifests, ms_since(t_start));
+    first_model = std::async(std::launch::async, [this, cs = std::move(*initial)]() mutable {
+      return build_first_model(std::move(cs));
+    });
+  }
 
   features_ = probe_features();
   spdlog::info("envsteer {} on kernel {}: set_retval={}", ENVSTEER_VERSION, features_.kernel, features_.set_retval);
@@ -909,10 +994,19 @@ int Agent::run() {
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   UniqueFd sfd(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
 
-  start_datapath();
+  auto t_dp = std::chrono::steady_clock::now();
+  try {
+    start_datapath();
+  } catch (...) {
+    if (first_model.valid()) first_model.wait();  // it uses this object
+    throw;
+  }
+  spdlog::info("start-up: data path ready in {} ms", ms_since(t_dp));
   std::unique_ptr<sources::ManifestWatcher> watcher;
   if (initial) {
-    if (!apply_cluster(std::move(*initial), "start-up")) return 1;  // sfd closes here
+    if (!apply_model(first_model.get(), "start-up")) return 1;  // sfd closes here
+    initial.reset();
+    release_free_memory();  // the parse's buffers and the start-up copies
     watcher = std::make_unique<sources::ManifestWatcher>(s_.manifests);
     ready_ = true;
     spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_->frontends.size(),

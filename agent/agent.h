@@ -56,6 +56,10 @@ class Agent {
   // applying it clears an apply error); false for a rescan of the last good
   // state while the latest one is not applied.
   bool apply_cluster(k8s::ClusterState cluster, const char* why, bool latest = true);
+  // The first state: its model built (pure: no kernel access, so it can run
+  // beside the loading of the programs), then applied whole.
+  std::unique_ptr<IncrementalModel> build_first_model(k8s::ClusterState cluster) const;
+  bool apply_model(std::unique_ptr<IncrementalModel> inc, const char* why, bool latest = true);
   // The incremental path: the objects that changed (and, with --kubernetes,
   // cgroups found for this node's pods) go into the model, and only the map
   // entries they touch are written. A change that does not apply is taken
@@ -126,6 +130,16 @@ class Agent {
   std::string last_error() const;  // under mu_: "" when none
   std::chrono::system_clock::time_point last_sync_{}, last_error_time_{};
   uint64_t syncs_ok_ = 0, syncs_failed_ = 0, map_updates_ = 0, map_deletes_ = 0;
+  // --kubernetes: the newest metadata.resourceVersion among the objects
+  // applied (status; the bench's event-to-map latency under churn)
+  std::string last_applied_rv_;
+  // --kubernetes: watch event received -> map entries written, the last
+  // kEventWindow of them (status sync.event_latency)
+  static constexpr size_t kEventWindow = 16384;
+  std::vector<uint32_t> event_us_;
+  uint64_t events_seen_ = 0;
+  void note_event_latency(const std::vector<std::chrono::steady_clock::time_point>& received);
+  nlohmann::json event_latency_json() const;  // under mu_
 
   // Observability (metrics.h, trace.h): the names the kernel's ids stand for,
   // published after every apply; the trace hub and the decision counters.

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <set>
 #include <string>
+#include <type_traits>
 
 #include "envname.h"
 
@@ -333,11 +334,11 @@ void Reconciler::del(MapId m, const void* k, ApplyStats& st) {
 
 // Slots keep their backend where it stays, so a change writes only the slots
 // it touches: removed backends leave holes that new ones fill, and leftover
-// holes are closed by moving the last slots down. The shadow is updated after
-// every single write, so a failed write leaves it exact.
-void Reconciler::write_set(const es_set_key& key, const std::vector<es_backend>& want, ApplyStats& st) {
-  auto& cur = shadow_.sets[key];
-  const std::vector<es_backend> old = cur.live();
+// holes are closed by moving the last slots down. Returns the slots as they
+// are to be: slot i holds next[i].
+std::vector<es_backend> Reconciler::set_layout(const es_set_key& key, const std::vector<es_backend>& want) const {
+  auto found = shadow_.sets.find(key);
+  const std::vector<es_backend> old = found == shadow_.sets.end() ? std::vector<es_backend>{} : found->second.live();
   auto same = [](const es_backend& x, const es_backend& y) { return maps::bytes_equal(x, y); };
   auto in = [&](const std::vector<es_backend>& v, const es_backend& b) {
     return std::any_of(v.begin(), v.end(), [&](const es_backend& x) { return same(x, b); });
@@ -362,29 +363,79 @@ void Reconciler::write_set(const es_set_key& key, const std::vector<es_backend>&
     next[hole] = next.back();
     next.pop_back();
   }
+  std::vector<es_backend> out;
+  out.reserve(next.size());
+  for (const auto& x : next) out.push_back(*x);
+  return out;
+}
 
-  // 1. fill slots (in place and appended), 2. publish the count, 3. drop the tail
-  for (size_t i = 0; i < next.size(); i++) {
-    if (i < cur.slots.size() && cur.slots[i] && same(*cur.slots[i], *next[i])) continue;
-    es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(i)};
-    put(MapId::Slots, &sk, &*next[i], st);
-    if (i >= cur.slots.size()) cur.slots.resize(i + 1);
-    slot_entries_ += !cur.slots[i];
-    cur.slots[i] = *next[i];
-  }
-  if (!cur.published || cur.count != next.size()) {
-    es_set s{static_cast<uint32_t>(next.size()), 0};
-    put(MapId::Sets, &key, &s, st);
-    cur.published = true;
-    cur.count = s.count;
-  }
-  for (size_t i = cur.slots.size(); i-- > next.size();) {
-    if (cur.slots[i]) {
-      es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(i)};
-      del(MapId::Slots, &sk, st);
-      slot_entries_--;
+// Entries of one map written with one update_batch() (in order); commit(i)
+// brings the shadow up to date for entry i once the kernel has it, so that a
+// failed write leaves the shadow exact.
+template <class K, class V, class Commit>
+void Reconciler::put_all(MapId m, const std::vector<K>& keys, const std::vector<V>& values, ApplyStats& st,
+                         Commit commit) {
+  static_assert(std::is_trivially_copyable_v<K> && std::is_trivially_copyable_v<V>);
+  if (keys.empty()) return;
+  if (sizeof(K) != maps::key_size(m) || sizeof(V) != maps::value_size(m) || keys.size() != values.size())
+    throw ApplyError(std::string("update of map ") + maps::map_name(m) + ": entry layout mismatch");
+  uint32_t done = 0;
+  int err = maps_.update_batch(m, keys.data(), values.data(), static_cast<uint32_t>(keys.size()), &done);
+  for (uint32_t i = 0; i < done; i++) commit(i);
+  st.updates += done;
+  if (err != 0)
+    throw ApplyError(std::string("update of map ") + maps::map_name(m) + " failed: " + std::strerror(-err));
+}
+
+// The sets that change, in three steps over all of them: 1. fill slots (in
+// place and appended), 2. publish the counts, 3. drop the tails. Each set's
+// slots are written before its count grows, and its count shrinks before its
+// tail goes; steps 1 and 2 are one batch each.
+void Reconciler::write_sets(const std::vector<std::pair<es_set_key, std::vector<es_backend>>>& sets, ApplyStats& st) {
+  auto same = [](const es_backend& x, const es_backend& y) { return maps::bytes_equal(x, y); };
+  std::vector<es_slot_key> slot_keys;
+  std::vector<es_backend> slot_values;
+  for (const auto& [key, next] : sets) {
+    auto it = shadow_.sets.find(key);
+    for (size_t i = 0; i < next.size(); i++) {
+      if (it != shadow_.sets.end() && i < it->second.slots.size() && it->second.slots[i] &&
+          same(*it->second.slots[i], next[i]))
+        continue;
+      slot_keys.push_back(es_slot_key{key.svc_id, key.env_id, static_cast<uint32_t>(i)});
+      slot_values.push_back(next[i]);
     }
-    cur.slots.pop_back();
+  }
+  put_all(MapId::Slots, slot_keys, slot_values, st, [&](size_t i) {
+    const es_slot_key& sk = slot_keys[i];
+    auto& cur = shadow_.sets[es_set_key{sk.svc_id, sk.env_id}];
+    if (sk.slot >= cur.slots.size()) cur.slots.resize(sk.slot + 1);
+    slot_entries_ += !cur.slots[sk.slot];
+    cur.slots[sk.slot] = slot_values[i];
+  });
+  std::vector<es_set_key> set_keys;
+  std::vector<es_set> set_values;
+  for (const auto& [key, next] : sets) {
+    const auto& cur = shadow_.sets[key];
+    if (!cur.published || cur.count != next.size()) {
+      set_keys.push_back(key);
+      set_values.push_back(es_set{static_cast<uint32_t>(next.size()), 0});
+    }
+  }
+  put_all(MapId::Sets, set_keys, set_values, st, [&](size_t i) {
+    auto& cur = shadow_.sets[set_keys[i]];
+    cur.published = true;
+    cur.count = set_values[i].count;
+  });
+  for (const auto& [key, next] : sets) {
+    auto& cur = shadow_.sets[key];
+    for (size_t i = cur.slots.size(); i-- > next.size();) {
+      if (cur.slots[i]) {
+        es_slot_key sk{key.svc_id, key.env_id, static_cast<uint32_t>(i)};
+        del(MapId::Slots, &sk, st);
+        slot_entries_--;
+      }
+      cur.slots.pop_back();
+    }
   }
 }
 
@@ -412,20 +463,29 @@ void Reconciler::delete_set(const es_set_key& key, ApplyStats& st) {
 void Reconciler::add_phase(const Target& t, ApplyStats& st, bool defer) {
   std::vector<std::pair<uint32_t, const es_env*>> envs;
   for (const auto& [id, e] : t.envs) envs.emplace_back(id, &e);
-  std::sort(envs.begin(), envs.end(), [](auto& a, auto& b) { return a.second->depth < b.second->depth; });
+  std::stable_sort(envs.begin(), envs.end(), [](auto& a, auto& b) { return a.second->depth < b.second->depth; });
+  std::vector<uint32_t> env_keys;
+  std::vector<es_env> env_values;
   for (const auto& [id, e] : envs) {
     auto it = shadow_.envs.find(id);
     if (it != shadow_.envs.end() && maps::bytes_equal(it->second, *e)) continue;
-    put(MapId::Envs, &id, e, st);
-    shadow_.envs[id] = *e;
+    env_keys.push_back(id);
+    env_values.push_back(*e);
   }
+  put_all(MapId::Envs, env_keys, env_values, st, [&](size_t i) { shadow_.envs[env_keys[i]] = env_values[i]; });
+  std::vector<const EnvName*> names;
+  std::vector<es_env_name> name_keys;
+  std::vector<uint32_t> name_values;
   for (const auto& [name, id] : t.env_ids) {
     auto it = shadow_.env_names.find(name);
     if (it != shadow_.env_names.end() && it->second == id) continue;
-    es_env_name k = maps::make_env_name(name);
-    put(MapId::EnvNames, &k, &id, st);
-    shadow_.env_names[name] = id;
+    names.push_back(&name);
+    name_keys.push_back(maps::make_env_name(name));
+    name_values.push_back(id);
   }
+  put_all(MapId::EnvNames, name_keys, name_values, st,
+          [&](size_t i) { shadow_.env_names[*names[i]] = name_values[i]; });
+  std::vector<std::pair<es_set_key, std::vector<es_backend>>> sets;
   for (const auto& [key, backends] : t.sets) {
     auto it = shadow_.sets.find(key);
     if (it != shadow_.sets.end() && it->second.published && it->second.count == backends.size() &&
@@ -435,8 +495,10 @@ void Reconciler::add_phase(const Target& t, ApplyStats& st, bool defer) {
                               [](const es_backend& x, const es_backend& y) { return maps::bytes_equal(x, y); }))
         continue;
     }
-    write_set(key, backends, st);
+    sets.emplace_back(key, set_layout(key, backends));
   }
+  write_sets(sets, st);
+  sets.clear();
   // A frontend that changes (its flags) while sets of it go away is written
   // after they are gone (write_frontends): when it is written it routes
   // exactly as `t` says.
@@ -463,13 +525,16 @@ void Reconciler::add_phase(const Target& t, ApplyStats& st, bool defer) {
 }
 
 void Reconciler::write_frontends(const Target& t, const std::set<uint32_t>& later, ApplyStats& st) {
+  std::vector<es_frontend_key> keys;
+  std::vector<es_frontend> values;
   for (const auto& [key, f] : t.frontends) {
     auto it = shadow_.frontends.find(key);
     if (it != shadow_.frontends.end() && maps::bytes_equal(it->second, f)) continue;
     if (it != shadow_.frontends.end() && later.count(f.svc_id)) continue;
-    put(MapId::Frontends, &key, &f, st);
-    shadow_.frontends[key] = f;
+    keys.push_back(key);
+    values.push_back(f);
   }
+  put_all(MapId::Frontends, keys, values, st, [&](size_t i) { shadow_.frontends[keys[i]] = values[i]; });
 }
 
 // Removals, dependents first.

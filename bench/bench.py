@@ -894,7 +894,8 @@ def suite_control(b):
         ("cp_full_sync_s", "full sync from manifests: agent start -> ready (programs loaded, "
          "manifests parsed, model built, maps written)", "s", ("<=", 2.0), "%.2f"),
         ("cp_apply_s", "full sync: model + map writes only (agent log)", "s", None, "%.2f"),
-        ("cp_resync_s", "re-sync of the unchanged state (SIGHUP: parse + model + diff)", "s",
+        ("cp_resync_s", "re-sync of the unchanged state (SIGHUP: every file read and hashed, "
+         "changed ones parsed and compared)", "s",
          None, "%.2f"),
         ("cp_event_p50_ms", "pod label change -> maps written, p50 of the events", "ms",
          ("<=", 2.0), "%.1f"),
@@ -909,6 +910,36 @@ def suite_control(b):
         ("cp_rss_events_mib", "agent RSS after the pod label changes (steady state)", "MiB", None,
          "%.1f"),
         ("cp_map_mib", "kernel memory of the pinned maps (bpftool bytes_memlock)", "MiB",
+         None, "%.1f"),
+        ("cp_kube_sync_s", "Kubernetes API (fakeapi, churn cluster): agent start -> ready",
+         "s", None, "%.2f"),
+        ("cp_kube_rss_ready_mib", "Kubernetes API: agent RSS when ready (churn cluster)", "MiB",
+         None, "%.1f"),
+        ("cp_kube_event_p50_ms", "pod label change through the watch (fakeapi) -> maps written, "
+         "p50, one at a time (includes the Python fake API server's delivery)", "ms", None,
+         "%.1f"),
+        ("cp_kube_event_p99_ms", "pod label change through the watch -> maps written, p99 (the "
+         "max for < 100 events)", "ms", None, "%.1f"),
+        ("cp_kube_event_agent_p50_ms", "pod label change through the watch: the agent's own "
+         "share, event received -> maps written, p50 (agent status)", "ms", ("<=", 2.0), "%.2f"),
+        ("cp_kube_event_agent_p99_ms", "pod label change through the watch: the agent's own "
+         "share, p99", "ms", ("<=", 10.0), "%.2f"),
+        ("cp_churn_rate", "sustained churn: pod label changes sent per second", "1/s",
+         (">=", 190.0), "%.0f"),
+        ("cp_churn_p50_ms", "sustained churn: event -> maps written, p50", "ms", None, "%.1f"),
+        ("cp_churn_p99_ms", "sustained churn: event -> maps written, p99", "ms", ("<=", 50.0),
+         "%.1f"),
+        ("cp_churn_agent_p50_ms", "sustained churn: the agent's own share, watch event received "
+         "-> maps written, p50 (agent status)", "ms", None, "%.2f"),
+        ("cp_churn_agent_p99_ms", "sustained churn: the agent's own share, p99", "ms",
+         ("<=", 10.0), "%.2f"),
+        ("cp_churn_apply_ms", "sustained churn: the agent's work per batch of events (model + "
+         "map writes, agent log), p99", "ms", None, "%.2f"),
+        ("cp_churn_backlog", "sustained churn: events not applied yet when the last one was "
+         "sent (a growing backlog ends long; rate x 50 ms = 10)", "events", ("<=", 10.0), "%.0f"),
+        ("cp_churn_cpu", "sustained churn: agent CPU (utime+stime over wall time)", "cores",
+         ("<=", 0.5), "%.2f"),
+        ("cp_kube_rss_mib", "Kubernetes API: agent peak RSS after the churn (VmHWM)", "MiB",
          None, "%.1f"))}
     raw = {"services": n_svc, "pods": n_pod, "envs": n_env, "namespaces": n_ns,
            "local_pods": n_local}
@@ -951,7 +982,13 @@ def suite_control(b):
         if st["model"]["frontends"] != n_svc or st["model"]["envs"] < want_envs:
             raise BenchError("control plane: model after start-up %s, expected %d frontends "
                              "and %d envs" % (st["model"], n_svc, want_envs))
-        us = log_apply_us(cpn.agent_log_text(200000), "start-up")
+        start_log = cpn.agent_log_text(200000)
+        # where start-up time goes, as the agent logs it
+        raw["startup_log"] = [l for l in start_log.splitlines() if re.search(
+            r"start-up:|model of .* built|applied start-up|ready: steering|data path on cgroup", l)]
+        for l in raw["startup_log"]:
+            log("  agent: " + l)
+        us = log_apply_us(start_log, "start-up")
         if us is not None:
             metrics["cp_apply_s"].values.append(us / 1e6)
         pid = cpn.agent.pid
@@ -1012,12 +1049,227 @@ def suite_control(b):
         cpn.close()
         if cpn.cleanup_problems:
             b.notes.append("control-plane node clean-up: %s" % cpn.cleanup_problems)
+    if a.cp_churn_seconds > 0:
+        control_churn(b, metrics, raw)
     ms = list(metrics.values())
     b.extra_tables.append(("Control plane (issue 5 item 4): %d services, %d pods, %d "
                            "environments, %d events" % (n_svc, n_pod, n_env, a.cp_events),
                            render_metrics(ms)))
     b.metrics += ms
     return [], raw
+
+
+def proc_cpu_s(pid):
+    """utime + stime of a process, seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+
+
+class KubeBenchNode(harness.Node):
+    """A bench node whose agent follows a fake API server (tests/e2e/fakeapi.py)."""
+
+    def __init__(self, name, kubeconfig, **kw):
+        super().__init__(name, **kw)
+        self.kubeconfig = kubeconfig
+
+    def agent_cmd(self, extra_args=(), port=None):
+        cmd = super().agent_cmd(extra_args, port)
+        i = cmd.index("--manifests")
+        return cmd[:i] + ["--kubernetes", "--kubeconfig", self.kubeconfig,
+                          "--node-name", "bench-node"] + cmd[i + 2:]
+
+
+def log_gaps(text, gap_s=0.2):
+    """Lines of an agent log that are not "applied" lines, and the pauses of more than
+    gap_s between consecutive lines (what the agent did, or did not log, meanwhile)."""
+    out, prev = [], None
+    for line in text.splitlines():
+        m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+) ", line)
+        if not m:
+            continue
+        t = datetime.datetime.fromisoformat(m.group(1)).timestamp()
+        if prev is not None and t - prev[0] > gap_s:
+            out.append("pause %.3f s after: %s" % (t - prev[0], prev[1][:200]))
+        if " applied " not in line:
+            out.append(line[:300])
+        prev = (t, line)
+    return out[-200:]
+
+
+def control_churn(b, metrics, raw):
+    """Issue 18 item 4: the agent on the Kubernetes API (fakeapi), a cluster of
+    --cp-churn-pods pods, then --cp-churn-rate pod label changes per second for
+    --cp-churn-seconds. Event -> maps: the agent's status says the newest
+    resourceVersion it applied and when (sync.last_ok_unix, taken after the map
+    writes); a poller records both, and an event counts as applied at the first
+    poll that shows its resourceVersion (never earlier than true, at most one
+    poll interval late)."""
+    import fakeapi  # tests/e2e
+    import threading
+    a = b.args
+    n_pod, per_svc = a.cp_churn_pods, 10
+    n_svc = max(1, n_pod // per_svc)
+    n_env = max(2, a.cp_envs * n_pod // max(1, a.cp_pods))
+    api = fakeapi.FakeAPI(managed_fields=False, bookmark_interval=5.0, history_limit=100000)
+    node = None
+    try:
+        api.start()
+        log("churn: loading %d services, %d pods, %d envs into the fake API server" % (
+            n_svc, n_pod, n_env))
+        for i in range(n_svc):
+            ns = "ns-%d" % (i % 20)
+            api.create(k8s_service(ns, "svc-%d" % i, scale_addr(150, i)))
+            for k in range(per_svc):
+                ix = i * per_svc + k
+                pod = k8s_pod(ns, "pod-%d-%d" % (i, k), scale_addr(160, ix),
+                              {"app": "svc-%d" % i, "virtual-env": "dev.e%d" % (ix % n_env)})
+                pod["metadata"].pop("uid", None)
+                api.create(pod)
+            ep = [{"addresses": [scale_addr(160, i * per_svc + k)], "conditions": {"ready": True},
+                   "targetRef": {"kind": "Pod", "namespace": ns, "name": "pod-%d-%d" % (i, k)}}
+                  for k in range(per_svc)]
+            api.create({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                        "metadata": {"name": "svc-%d-1" % i, "namespace": ns,
+                                     "labels": {"kubernetes.io/service-name": "svc-%d" % i}},
+                        "addressType": "IPv4", "endpoints": ep,
+                        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
+        node = KubeBenchNode("bench-ch", os.path.join(b.node.tmp, "churn-kubeconfig"),
+                             default_env="dev", bin=a.bin, log_level="info")
+        api.write_kubeconfig(node.kubeconfig)
+        with open(os.path.join(node.tmp, "limits.yaml"), "w") as f:
+            f.write(LIMITS_YAML)
+        t0 = time.monotonic()
+        node.start_agent(["--config", os.path.join(node.tmp, "limits.yaml")], timeout=600)
+        metrics["cp_kube_sync_s"].values.append(time.monotonic() - t0)
+        pid = node.agent.pid
+        st = node.status_http()
+        if st["model"]["frontends"] != n_svc:
+            raise BenchError("churn: model after start-up %s, expected %d frontends" % (
+                st["model"], n_svc))
+        metrics["cp_kube_rss_ready_mib"].values.append(proc_status_kib(pid, "VmRSS") / 1024.0)
+        # every change moves a pod to another env (a change to the label it has is no event)
+        cur_env = {}
+
+        def relabel(i, e):
+            svc, k = i // per_svc, i % per_svc
+            cur = cur_env.get(i, i % n_env)
+            new = (cur + 1 + e % (n_env - 1)) % n_env
+            cur_env[i] = new
+            o = api.relabel("Pod", "ns-%d" % (svc % 20), "pod-%d-%d" % (svc, k),
+                            {"virtual-env": "dev.e%d" % new})
+            return int(o["metadata"]["resourceVersion"])
+
+        # single pod label changes through the watch, one at a time
+        single = []
+        for e in range(a.cp_events):
+            t = time.time()
+            rv = relabel((e * 104729) % n_pod, e)
+            deadline = time.monotonic() + 30
+            while True:
+                s = node.status_http()["sync"]
+                if int(s["last_applied_resource_version"] or 0) >= rv:
+                    single.append((s["last_ok_unix"] - t) * 1000.0)
+                    break
+                if time.monotonic() > deadline:
+                    raise BenchError("churn: single event %d not applied in 30 s" % e)
+                time.sleep(a.cp_poll_ms / 1000.0)
+            time.sleep(0.05)
+        single.sort()
+        own = node.status_http()["sync"].get("event_latency", {})
+        metrics["cp_kube_event_p50_ms"].values.append(statistics.median(single))
+        metrics["cp_kube_event_p99_ms"].values.append(
+            single[min(len(single) - 1, int(round(0.99 * (len(single) - 1))))])
+        metrics["cp_kube_event_agent_p50_ms"].values.append(own.get("p50_ms", float("nan")))
+        metrics["cp_kube_event_agent_p99_ms"].values.append(own.get("p99_ms", float("nan")))
+        raw["kube_single_event_ms"] = single
+        raw["kube_single_event_agent"] = own
+        # the poller: (last_applied_resource_version, last_ok_unix) as often as it can
+        seen, stop = [], threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                try:
+                    s = node.status_http()["sync"]
+                    seen.append((int(s["last_applied_resource_version"] or 0), s["last_ok_unix"]))
+                except (harness.HarnessError, ValueError, KeyError, OSError):
+                    pass
+                time.sleep(a.cp_poll_ms / 1000.0)
+        th = threading.Thread(target=poll, daemon=True)
+        th.start()
+        rate, dur = a.cp_churn_rate, a.cp_churn_seconds
+        sent = []  # (rv, wall time just before the API server took it)
+        cpu0, t_start = proc_cpu_s(pid), time.monotonic()
+        n = int(rate * dur)
+        for e in range(n):
+            due = t_start + e / float(rate)
+            d = due - time.monotonic()
+            if d > 0:
+                time.sleep(d)
+            t = time.time()
+            sent.append((relabel((e * 7919) % n_pod, e), t))
+        t_sent = time.monotonic() - t_start
+        cpu_s = proc_cpu_s(pid) - cpu0
+        wall = time.monotonic() - t_start
+        # drain: until the newest event is applied (bounded); a change to the label the pod
+        # already has is no event (the API server keeps the old resourceVersion)
+        newest = sent[-1][0]  # every change is a new resourceVersion
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not seen or max(x[0] for x in seen[-50:]) < newest):
+            time.sleep(0.05)
+        stop.set()
+        th.join(5)
+        lat, j = [], 0
+        obs = sorted(seen)
+        for rv, t in sent:
+            while j < len(obs) and obs[j][0] < rv:
+                j += 1
+            if j == len(obs):
+                break
+            lat.append((obs[j][1] - t) * 1000.0)
+        missing = len(sent) - len(lat)
+        if missing:
+            b.notes.append("churn: %d of %d events not seen applied within 60 s" % (missing, len(sent)))
+        lat_sorted = sorted(lat)
+        q = lambda v, p: v[min(len(v) - 1, int(round(p * (len(v) - 1))))] if v else float("nan")  # noqa: E731
+        tenth = max(1, len(lat) // 10)
+        first, last = sorted(lat[:tenth]), sorted(lat[-tenth:])
+        metrics["cp_churn_rate"].values.append(len(sent) / t_sent)
+        metrics["cp_churn_p50_ms"].values.append(q(lat_sorted, 0.5))
+        metrics["cp_churn_p99_ms"].values.append(q(lat_sorted, 0.99))
+        # backlog: events sent but not applied yet when the last one was sent (a queue that
+        # grows ends long; one that keeps up holds about rate x latency)
+        t_last = sent[-1][1]
+        pending = missing + sum(1 for (rv, t), ms in zip(sent, lat) if t + ms / 1000.0 > t_last)
+        metrics["cp_churn_backlog"].values.append(pending)
+        # the agent's work per batch of events (model + map writes, its log): how much of
+        # the latency is work and how much is waiting to run on a busy machine
+        work = sorted(int(x) / 1000.0 for x in re.findall(
+            r"applied kubernetes event \((?:changed|no change)\).* in (\d+) us",
+            node.agent_log_text(50 * 2 ** 20)))
+        metrics["cp_churn_apply_ms"].values.append(q(work, 0.99))
+        agent_lat = node.status_http()["sync"].get("event_latency", {})
+        metrics["cp_churn_agent_p50_ms"].values.append(agent_lat.get("p50_ms", float("nan")))
+        metrics["cp_churn_agent_p99_ms"].values.append(agent_lat.get("p99_ms", float("nan")))
+        metrics["cp_churn_cpu"].values.append(cpu_s / wall)
+        metrics["cp_kube_rss_mib"].values.append(proc_status_kib(pid, "VmHWM") / 1024.0)
+        raw["churn"] = {"pods": n_pod, "services": n_svc, "envs": n_env, "events": len(sent),
+                        "send_s": t_sent, "agent_cpu_s": cpu_s, "wall_s": wall,
+                        "polls": len(seen), "not_applied": missing, "applies": len(work),
+                        "apply_ms_percentiles": {p: q(work, p / 100.0) for p in (50, 90, 99, 100)}, "agent_event_latency": agent_lat,
+                        "p50_first_tenth_ms": q(first, 0.5), "p50_last_tenth_ms": q(last, 0.5),
+                        "event_ms_percentiles": {p: q(lat_sorted, p / 100.0)
+                                                 for p in (50, 90, 99, 100)},
+                        "agent_log_tail": node.agent_log_text(20000)[-3000:],
+                        "agent_log_gaps": log_gaps(node.agent_log_text(50 * 2 ** 20))}
+        log("churn: %d events in %.1f s, p50 %.1f ms p99 %.1f ms, agent CPU %.2f core" % (
+            len(sent), t_sent, q(lat_sorted, 0.5), q(lat_sorted, 0.99), cpu_s / wall))
+    finally:
+        if node is not None:
+            node.close()
+            if node.cleanup_problems:
+                b.notes.append("churn node clean-up: %s" % node.cleanup_problems)
+        api.stop()
 
 
 # Issue 14's targets for one connection per request (every request through the relay).
@@ -1221,6 +1473,13 @@ def main():
                     "(the polling takes CPU from the agent on a 2-CPU machine)")
     ap.add_argument("--cp-events", type=int, help="control plane: pod label changes "
                     "(default 20: each one re-reads every manifest, seconds at full size)")
+    ap.add_argument("--cp-churn-pods", type=int, help="control plane, sustained churn: pods "
+                    "in the fake API server (default 20000; the fake server's paged LIST is "
+                    "too slow for 100 000)")
+    ap.add_argument("--cp-churn-rate", type=float, default=200.0,
+                    help="control plane: pod label changes per second in the churn run")
+    ap.add_argument("--cp-churn-seconds", type=float, help="control plane: length of the "
+                    "churn run (default 60, smoke 3; 0: no churn run)")
     ap.add_argument("--lo-up", action="store_true", help="bring lo up first (run.sh starts "
                     "this script in a fresh network namespace)")
     ap.add_argument("--only", default=",".join(SUITES), help="suites, comma-separated: %s"
@@ -1244,6 +1503,9 @@ def main():
     args.cp_envs = args.cp_envs or cp[2]
     args.cp_events = args.cp_events or cp[3]
     args.cp_namespaces = min(args.cp_namespaces, args.cp_services)
+    args.cp_churn_pods = args.cp_churn_pods or (500 if args.smoke else 20000)
+    if args.cp_churn_seconds is None:
+        args.cp_churn_seconds = 3.0 if args.smoke else 60.0
     if not args.smoke:
         args.rounds = args.rounds or 7
         args.connects = args.connects or 20000

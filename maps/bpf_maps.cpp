@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <cerrno>
@@ -47,6 +48,42 @@ void BpfMapBackend::open_pinned(const std::filesystem::path& pin_dir) {
 
 int BpfMapBackend::update(MapId map, const void* key, const void* value) {
   return bpf_map_update_elem(fd(map), key, value, BPF_ANY) == 0 ? 0 : -errno;
+}
+
+namespace {
+constexpr int kENOTSUPP = 524;  // the kernel's ENOTSUPP (not in the uapi headers)
+}  // namespace
+
+int BpfMapBackend::update_batch(MapId map, const void* keys, const void* values, uint32_t n, uint32_t* done) {
+  *done = 0;
+  if (n == 0) return 0;
+  if (n == 1 || no_batch_) return MapBackend::update_batch(map, keys, values, n, done);
+  const auto* k = static_cast<const unsigned char*>(keys);
+  const auto* v = static_cast<const unsigned char*>(values);
+  LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = BPF_ANY, .flags = 0);
+  // The kernel writes the entries in order and says how many it wrote; a
+  // large batch goes in chunks, so that one call holds no lock for long.
+  constexpr uint32_t kChunk = 8192;
+  while (*done < n) {
+    __u32 count = std::min(kChunk, n - *done);
+    int rc = bpf_map_update_batch(fd(map), k + *done * key_size(map), v + *done * value_size(map), &count, &opts);
+    if (rc == 0) {
+      *done += count;
+      continue;
+    }
+    int err = errno;
+    if ((err == EINVAL || err == kENOTSUPP || err == EOPNOTSUPP) && count == 0) {
+      // no batch operations on this kernel (before 5.6) or this map type
+      no_batch_ = true;
+      uint32_t more = 0;
+      int r = MapBackend::update_batch(map, k + *done * key_size(map), v + *done * value_size(map), n - *done, &more);
+      *done += more;
+      return r;
+    }
+    *done += count;  // written before the failing entry
+    return -err;
+  }
+  return 0;
 }
 
 int BpfMapBackend::remove(MapId map, const void* key) {

@@ -26,6 +26,8 @@ class BpfMapBackend : public MapBackend {
 
   int update(MapId map, const void* key, const void* value) override;
   int remove(MapId map, const void* key) override;
+  // BPF_MAP_UPDATE_BATCH (kernel 5.6+); one by one where the kernel lacks it.
+  int update_batch(MapId map, const void* keys, const void* values, uint32_t n, uint32_t* done) override;
   bool lookup(MapId map, const void* key, void* value) const override;
   void for_each(MapId map,
                 const std::function<void(const void* key, const void* value)>& fn) const override;
@@ -48,6 +50,7 @@ class BpfMapBackend : public MapBackend {
 
  private:
   std::array<int, kMapCount> fds_{};
+  bool no_batch_ = false;  // the kernel said BPF_MAP_UPDATE_BATCH is not there
 };
 
 }  // namespace envsteer::maps

@@ -190,4 +190,17 @@ es_env_name make_env_name(std::string_view name) {
   return n;
 }
 
+int MapBackend::update_batch(MapId map, const void* keys, const void* values, uint32_t n, uint32_t* done) {
+  const auto* k = static_cast<const unsigned char*>(keys);
+  const auto* v = static_cast<const unsigned char*>(values);
+  for (uint32_t i = 0; i < n; i++) {
+    if (int err = update(map, k + i * key_size(map), v + i * value_size(map)); err != 0) {
+      *done = i;
+      return err;
+    }
+  }
+  *done = n;
+  return 0;
+}
+
 }  // namespace envsteer::maps

@@ -46,6 +46,11 @@ class MapBackend {
   // 0 on success, -errno on failure.
   virtual int update(MapId map, const void* key, const void* value) = 0;
   virtual int remove(MapId map, const void* key) = 0;
+  // N entries, keys and values packed (key_size() and value_size() apart),
+  // written in order. 0 on success; on failure -errno, with *done the number
+  // of entries written before it (all of them are then in the map). The
+  // default writes them one by one with update().
+  virtual int update_batch(MapId map, const void* keys, const void* values, uint32_t n, uint32_t* done);
   // true when found; value filled.
   virtual bool lookup(MapId map, const void* key, void* value) const = 0;
   virtual void for_each(MapId map,

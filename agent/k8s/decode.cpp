@@ -5,6 +5,7 @@
 
 #include <charconv>
 #include <cstdlib>
+#include <initializer_list>
 #include <optional>
 #include <regex>
 
@@ -100,7 +101,9 @@ std::string as_string(const Ctx& ctx, const json& v, const std::string& path) {
 std::string get_string(const Ctx& ctx, const json& parent, const std::string& path,
                        const char* key) {
   const json* v = member(parent, key);
-  return v ? as_string(ctx, *v, field(path, key)) : std::string();
+  if (!v) return std::string();
+  if (v->is_string()) return v->get<std::string>();  // the path is built only for the error
+  return as_string(ctx, *v, field(path, key));
 }
 
 std::string require_string(const Ctx& ctx, const json& parent, const std::string& path,
@@ -126,13 +129,14 @@ int32_t require_port(const Ctx& ctx, const json& parent, const std::string& path
                      const char* key) {
   const json* v = member(parent, key);
   if (!v) ctx.fail(field(path, key), "is required");
-  return as_port(ctx, *v, field(path, key));
+  if (is_port_number(*v)) return static_cast<int32_t>(v->get<int64_t>());
+  return as_port(ctx, *v, field(path, key));  // throws
 }
 
 std::string get_protocol(const Ctx& ctx, const json& parent, const std::string& path) {
   const json* v = member(parent, "protocol");
   if (!v) return "TCP";
-  std::string p = as_string(ctx, *v, field(path, "protocol"));
+  std::string p = v->is_string() ? v->get<std::string>() : as_string(ctx, *v, field(path, "protocol"));
   if (p != "TCP" && p != "UDP" && p != "SCTP")
     ctx.fail(field(path, "protocol"), "must be one of TCP, UDP, SCTP, got " + quote(p));
   return p;
@@ -157,8 +161,11 @@ Labels get_string_map(const Ctx& ctx, const json& parent, const std::string& pat
   const json* m = get_object(ctx, parent, path, key);
   if (!m) return out;
   for (const auto& [k, v] : m->items()) {
-    std::string p = field(path, key) + "[" + quote(k) + "]";
-    out[k] = as_string(ctx, v, p);
+    if (v.is_string()) {
+      out.emplace_hint(out.end(), k, v.get<std::string>());  // keys come sorted
+      continue;
+    }
+    as_string(ctx, v, field(path, key) + "[" + quote(k) + "]");  // throws
   }
   return out;
 }
@@ -334,10 +341,12 @@ bool read_ready_condition(const Ctx& ctx, const json& status) {
   if (!conditions) return false;
   bool ready = false;
   for (size_t i = 0; i < conditions->size(); ++i) {
+    const json& c = (*conditions)[i];
+    if (!c.is_object()) require_object(ctx, c, index("status.conditions", i));  // throws
+    const json* type = member(c, "type");
+    if (type && type->is_string() && type->get_ref<const std::string&>() != "Ready") continue;
     std::string path = index("status.conditions", i);
-    require_object(ctx, (*conditions)[i], path);
-    if (get_string(ctx, (*conditions)[i], path, "type") == "Ready")
-      ready = get_string(ctx, (*conditions)[i], path, "status") == "True";
+    if (get_string(ctx, c, path, "type") == "Ready") ready = get_string(ctx, c, path, "status") == "True";
   }
   return ready;
 }
@@ -449,6 +458,83 @@ EndpointSlice decode_endpoint_slice(const json& obj) {
       slice.ports.push_back(read_endpoint_port(ctx, (*ports)[i], index("ports", i)));
   }
   return slice;
+}
+
+// ---------------------------------------------------------------------------------------------
+// reduce_*: the fields the decoders above read, nothing else. A value of another type than
+// expected is kept as it is (the decoder reports it).
+
+namespace {
+
+// V with only KEYS when it is a mapping; anything else as it is.
+json only(const json& v, std::initializer_list<const char*> keys) {
+  if (!v.is_object()) return v;
+  json out = json::object();
+  for (const char* k : keys)
+    if (auto it = v.find(k); it != v.end()) out[k] = *it;
+  return out;
+}
+
+// only() of each item when V is a list; anything else as it is.
+json each_only(const json& v, std::initializer_list<const char*> keys) {
+  if (!v.is_array()) return v;
+  json out = json::array();
+  for (const json& item : v) out.push_back(only(item, keys));
+  return out;
+}
+
+// OBJ's kind, apiVersion and the metadata fields the decoders read; nullopt: OBJ is no mapping.
+std::optional<json> reduce_common(const json& obj) {
+  if (!obj.is_object()) return std::nullopt;
+  json out = only(obj, {"kind", "apiVersion"});
+  if (auto md = obj.find("metadata"); md != obj.end())
+    out["metadata"] = only(*md, {"name", "namespace", "uid", "resourceVersion", "labels", "annotations",
+                                 "deletionTimestamp"});
+  return out;
+}
+
+}  // namespace
+
+json reduce_service(const json& obj) {
+  auto out = reduce_common(obj);
+  if (!out) return obj;
+  if (auto spec = obj.find("spec"); spec != obj.end())
+    (*out)["spec"] = only(*spec, {"clusterIP", "clusterIPs", "ports", "selector", "type"});
+  return *out;
+}
+
+json reduce_pod(const json& obj) {
+  auto out = reduce_common(obj);
+  if (!out) return obj;
+  if (auto spec = obj.find("spec"); spec != obj.end()) {
+    json s = only(*spec, {"nodeName", "containers"});
+    if (s.is_object() && s.contains("containers")) s["containers"] = each_only(s["containers"], {"ports"});
+    (*out)["spec"] = std::move(s);
+  }
+  if (auto status = obj.find("status"); status != obj.end()) {
+    json s = only(*status, {"podIPs", "podIP", "phase", "qosClass", "conditions"});
+    if (s.is_object() && s.contains("conditions")) s["conditions"] = each_only(s["conditions"], {"type", "status"});
+    (*out)["status"] = std::move(s);
+  }
+  return *out;
+}
+
+json reduce_endpoint_slice(const json& obj) {
+  auto out = reduce_common(obj);
+  if (!out) return obj;
+  for (const char* k : {"addressType", "ports"})
+    if (auto it = obj.find(k); it != obj.end()) (*out)[k] = *it;
+  if (auto eps = obj.find("endpoints"); eps != obj.end()) {
+    json e = each_only(*eps, {"addresses", "conditions", "targetRef", "nodeName"});
+    if (e.is_array())
+      for (json& ep : e) {
+        if (!ep.is_object()) continue;
+        if (ep.contains("conditions")) ep["conditions"] = only(ep["conditions"], {"ready"});
+        if (ep.contains("targetRef")) ep["targetRef"] = only(ep["targetRef"], {"kind", "namespace", "name", "uid"});
+      }
+    (*out)["endpoints"] = std::move(e);
+  }
+  return *out;
 }
 
 // ---------------------------------------------------------------------------------------------

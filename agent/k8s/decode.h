@@ -37,6 +37,14 @@ Pod decode_pod(const nlohmann::json& obj);
 // EndpointSlice ports[].port may be absent (API meaning: "all ports"); it is then 0.
 EndpointSlice decode_endpoint_slice(const nlohmann::json& obj);
 
+// OBJ (a Service, Pod or EndpointSlice as the API server sends it) with only
+// the fields the decoder reads: decode_*(reduce_*(o)) is decode_*(o), errors
+// included. The Kubernetes source keeps its objects in this form (a real Pod
+// is mostly managedFields, volumes, tolerations and container statuses).
+nlohmann::json reduce_service(const nlohmann::json& obj);
+nlohmann::json reduce_pod(const nlohmann::json& obj);
+nlohmann::json reduce_endpoint_slice(const nlohmann::json& obj);
+
 // The prior art's VirtualEnvironment resource (env.alibaba.com/v1alpha2): the settings
 // envsteer takes from it, where no flag says otherwise. Lenient: absent or mistyped
 // fields are empty. When a cluster holds several, the agent follows the first by

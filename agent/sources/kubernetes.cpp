@@ -55,6 +55,17 @@ std::string key_of(const json& obj) {
   return k8s::object_key(str_at(m, "namespace"), str_at(m, "name"));
 }
 
+// What the watch keeps of an object: only what the decoder reads.
+json reduced(Kind kind, const json& obj) {
+  switch (kind) {
+    case Kind::Service: return k8s::reduce_service(obj);
+    case Kind::Slice: return k8s::reduce_endpoint_slice(obj);
+    case Kind::Pod: return k8s::reduce_pod(obj);
+    case Kind::VirtualEnv: break;
+  }
+  return obj;
+}
+
 std::string status_message(const std::string& body) {
   auto j = json::parse(body, nullptr, false);
   if (j.is_object() && j.contains("message") && j["message"].is_string()) return j["message"].get<std::string>();
@@ -143,8 +154,9 @@ bool KubernetesSource::list(Watch& w, std::string* rv, std::string* err) {
     }
     if (j["items"].is_array())
       for (auto& item : j["items"]) {
-        std::string key = key_of(item);  // before the move (the right side is evaluated first)
-        fresh[key] = std::move(item);
+        std::string key = key_of(item);
+        fresh[key] = reduced(w.kind, item);
+        item = nullptr;  // the page's copy goes now
       }
     const json& m = obj_at(j, "metadata");
     *rv = str_at(m, "resourceVersion");
@@ -172,7 +184,7 @@ void KubernetesSource::apply_event(Watch& w, const std::string& type, const json
     std::lock_guard<std::mutex> g(mu_);
     const std::string key = key_of(obj);
     if (type == "DELETED") w.objects.erase(key);
-    else w.objects[key] = obj;
+    else w.objects[key] = reduced(w.kind, obj);
     note_change(w, key);
     w.events++;
     w.last_ok = std::chrono::system_clock::now();
@@ -299,7 +311,7 @@ bool KubernetesSource::synced() const {
 }
 
 void KubernetesSource::note_change(const Watch& w, const std::string& key) {
-  if (w.kind != Kind::VirtualEnv) changed_.insert({static_cast<int>(w.kind), key});
+  if (w.kind != Kind::VirtualEnv) changed_.try_emplace({static_cast<int>(w.kind), key}, std::chrono::steady_clock::now());
 }
 
 // One object as the watches have it now (the two pod watches overlap: the
@@ -327,11 +339,14 @@ ObjectChange KubernetesSource::current(int kind, const std::string& key) const {
   return c;
 }
 
-std::vector<ObjectChange> KubernetesSource::take_changes() {
+std::vector<ObjectChange> KubernetesSource::take_changes(std::vector<std::chrono::steady_clock::time_point>* received) {
   std::lock_guard<std::mutex> g(mu_);
   std::vector<ObjectChange> out;
   out.reserve(changed_.size());
-  for (const auto& [kind, key] : changed_) out.push_back(current(kind, key));
+  for (const auto& [k, at] : changed_) {
+    out.push_back(current(k.first, k.second));
+    if (received) received->push_back(at);
+  }
   changed_.clear();
   return out;
 }

@@ -53,7 +53,9 @@ class KubernetesSource {
   k8s::ClusterState snapshot();
   // The objects that changed (were added, modified, deleted, re-listed)
   // since the last snapshot() or take_changes(), each as it is now.
-  std::vector<ObjectChange> take_changes();
+  // received: when the watch first had each change (steady clock), for the
+  // agent's own event -> map latency.
+  std::vector<ObjectChange> take_changes(std::vector<std::chrono::steady_clock::time_point>* received = nullptr);
   std::optional<VirtualEnvSettings> virtual_env() const;
   nlohmann::json status() const;
 
@@ -67,7 +69,8 @@ class KubernetesSource {
   void notify();
   void note_change(const Watch& w, const std::string& key);  // under mu_
   ObjectChange current(int kind, const std::string& key) const;  // under mu_
-  std::set<std::pair<int, std::string>> changed_;  // (Kind, key), under mu_
+  // (Kind, key) -> when it first changed since the last take, under mu_
+  std::map<std::pair<int, std::string>, std::chrono::steady_clock::time_point> changed_;
 
   KubeConfig cfg_;
   KubernetesOptions opt_;

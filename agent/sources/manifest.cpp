@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <regex>
 #include <sstream>
 #include <vector>
@@ -73,8 +74,15 @@ std::string json_error(const fs::path& file, const json::parse_error& e) {
   return file.string() + ": " + e.what();
 }
 
-void load_json(const fs::path& file, const std::string& text, k8s::ClusterState& out) {
-  if (text.find_first_not_of(" \t\r\n") == std::string::npos) return;  // empty file
+bool is_list_kind(const json& doc) {
+  auto k = doc.is_object() ? doc.find("kind") : doc.end();
+  if (k == doc.end() || !k->is_string()) return false;
+  const auto& s = k->get_ref<const std::string&>();
+  return s.size() >= 4 && s.compare(s.size() - 4, 4, "List") == 0;
+}
+
+// The whole document as one DOM, decoded after the parse.
+void load_json_dom(const fs::path& file, const std::string& text, k8s::ClusterState& out) {
   json doc;
   try {
     doc = json::parse(text);
@@ -82,6 +90,64 @@ void load_json(const fs::path& file, const std::string& text, k8s::ClusterState&
     throw ManifestError(json_error(file, e));
   }
   add_document(file, 1, doc, out);
+}
+
+// A list (`kind: List`, a typed list) is decoded item by item while it is
+// parsed: each item of the top-level `items` that names its kind is decoded
+// as soon as it is complete and dropped, so only one item's DOM exists at a
+// time (a 46 MB file of 100 000 pods would be ~10x that as one DOM). Items
+// without a kind (typed lists) stay for the list's own decoding. Same result
+// and errors as the whole-DOM path: a decode error is kept until the parse
+// ends (a syntax error anywhere is reported first, as before); a top level
+// that turns out not to be a list is decoded again the plain way.
+void load_json(const fs::path& file, const std::string& text, k8s::ClusterState& out) {
+  if (text.find_first_not_of(" \t\r\n") == std::string::npos) return;  // empty file
+  k8s::ClusterState items;
+  std::optional<ManifestError> decode_error;
+  bool streamed = false, in_items = false, items_key = false;
+  json::parser_callback_t cb = [&](int depth, json::parse_event_t ev, json& parsed) {
+    if (depth == 1 && ev == json::parse_event_t::key) {
+      items_key = parsed.is_string() && parsed.get_ref<const std::string&>() == "items";
+    } else if (depth == 1 && ev == json::parse_event_t::array_start) {
+      in_items = items_key;
+    } else if (depth == 1 && ev == json::parse_event_t::array_end) {
+      in_items = false;
+    } else if (in_items && depth == 2 && ev == json::parse_event_t::object_end && parsed.is_object() &&
+               parsed.contains("kind")) {
+      streamed = true;
+      if (!decode_error) {
+        try {
+          k8s::add_object(parsed, items);
+        } catch (const k8s::DecodeError& e) {
+          decode_error.emplace(file.string() + ": document 1: " + e.what());
+        }
+      }
+      return false;  // decoded: not kept in the DOM
+    }
+    return true;
+  };
+  json doc;
+  try {
+    doc = json::parse(text, cb);
+  } catch (const json::parse_error& e) {
+    throw ManifestError(json_error(file, e));
+  }
+  if (streamed && !is_list_kind(doc)) {  // "items" of something else: the plain way
+    load_json_dom(file, text, out);
+    return;
+  }
+  if (decode_error) throw *decode_error;
+  add_document(file, 1, doc, items);  // the list's remaining items (typed lists) and its checks
+  auto move_into = [&](auto& into, auto& from, const char* kind) {
+    for (auto& [key, obj] : from)
+      if (!into.emplace(key, std::move(obj)).second)
+        throw ManifestError(file.string() + ": document 1: " + kind + " " + key +
+                            ": metadata.name: duplicate: another " + kind +
+                            " with this namespace/name was already defined");
+  };
+  move_into(out.services, items.services, "Service");
+  move_into(out.pods, items.pods, "Pod");
+  move_into(out.slices, items.slices, "EndpointSlice");
 }
 
 void parse_file(const fs::path& file, const std::string& text, k8s::ClusterState& out) {
@@ -269,6 +335,23 @@ k8s::ClusterState ManifestReader::read_all() {
     for (const auto& k : fi.objects) owner_[k] = name;
   broken_.clear();
   return state;
+}
+
+std::vector<ObjectChange> ManifestReader::read_every_file() {
+  std::error_code ec;
+  fs::file_status st = fs::status(path_, ec);
+  if (st.type() == fs::file_type::not_found) throw ManifestError(path_.string() + ": no such file or directory");
+  if (ec) throw ManifestError(path_.string() + ": " + ec.message());
+  std::set<std::string> names;
+  if (fs::is_directory(st)) {
+    for (const fs::path& f : manifest_files(path_)) names.insert(f.filename().string());
+  } else if (fs::is_regular_file(st)) {
+    names.insert(path_.filename().string());
+  } else {
+    throw ManifestError(path_.string() + ": not a regular file or directory");
+  }
+  for (const auto& [name, fi] : files_) names.insert(name);
+  return read_changed(names);
 }
 
 std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::string>& asked) {

@@ -50,6 +50,11 @@ class ManifestReader {
   // with read_all(). Throws ManifestError; then nothing of this read is kept.
   std::vector<ObjectChange> read_changed(const std::set<std::string>& names);
 
+  // read_changed() of every file there is and every file read before (SIGHUP,
+  // lost events): a file whose text did not change is hashed, not parsed, so
+  // no second copy of the cluster is made. Throws ManifestError.
+  std::vector<ObjectChange> read_every_file();
+
  private:
   struct FileInfo {
     size_t size = 0, hash = 0;

@@ -27,7 +27,12 @@ ROWS = ["connect_ns", "connect_mean_ns", "connect_cpu_ns", "connect_podip_ns"] +
 # control plane: a table of single quantities (| row | measurement | value | n | target | met |)
 METRICS = ["cp_full_sync_s", "cp_apply_s", "cp_resync_s", "cp_event_p50_ms", "cp_event_p99_ms",
            "cp_event_apply_ms", "cp_rss_mib", "cp_rss_ready_mib", "cp_rss_resync_mib",
-           "cp_rss_events_mib", "cp_map_mib"]
+           "cp_rss_events_mib", "cp_map_mib", "cp_kube_sync_s", "cp_kube_rss_ready_mib",
+           "cp_kube_event_p50_ms", "cp_kube_event_p99_ms", "cp_kube_event_agent_p50_ms",
+           "cp_kube_event_agent_p99_ms",
+           "cp_churn_rate", "cp_churn_p50_ms", "cp_churn_p99_ms", "cp_churn_agent_p50_ms",
+           "cp_churn_agent_p99_ms", "cp_churn_apply_ms", "cp_churn_backlog",
+           "cp_churn_cpu", "cp_kube_rss_mib"]
 
 NUM = r"[0-9]+(?:\.[0-9]+)?"
 CELL = re.compile(r"^(%s) \[(%s)-(%s)\]$" % (NUM, NUM, NUM))
@@ -99,7 +104,7 @@ def test_bench_smoke(tmp_path):
 
     # the sysctl the run-time part toggles is restored, and the node left nothing behind
     assert _bpf_stats() == stats_before
-    pat = re.compile(r"^%s-(\d+)-bench(-cp)?(-remote)?$" % harness.PREFIX)
+    pat = re.compile(r"^%s-(\d+)-bench(-cp|-ch)?(-remote)?$" % harness.PREFIX)
     left = [os.path.join(root, d) for root in (harness.cgroup2_mount(), "/sys/fs/bpf")
             for d in os.listdir(root)
             if pat.match(d) and not os.path.exists("/proc/" + pat.match(d).group(1))]

@@ -689,3 +689,74 @@ TEST(DecodeVirtualEnv, FieldsAndTheFirstByName) {
 
 }  // namespace
 }  // namespace envsteer::k8s
+
+namespace envsteer::k8s {
+namespace {
+
+using nlohmann::json;
+
+// The Kubernetes source keeps objects reduced to the fields the decoder reads:
+// decoding a reduced object gives the same object, or the same error.
+template <class Decode, class Reduce>
+void expect_same_after_reduce(const json& obj, Decode decode, Reduce reduce) {
+  std::string e1, e2;
+  decltype(decode(obj)) a{}, b{};
+  try {
+    a = decode(obj);
+  } catch (const DecodeError& e) {
+    e1 = e.what();
+  }
+  try {
+    b = decode(reduce(obj));
+  } catch (const DecodeError& e) {
+    e2 = e.what();
+  }
+  EXPECT_EQ(e1, e2) << obj.dump();
+  EXPECT_TRUE(a == b) << obj.dump();
+}
+
+TEST(Reduce, DecodesTheSame) {
+  auto pod = [](const json& j) { return decode_pod(j); };
+  auto svc = [](const json& j) { return decode_service(j); };
+  auto slice = [](const json& j) { return decode_endpoint_slice(j); };
+  for (const json& doc : cluster_docs()) {
+    if (!doc.is_object()) continue;
+    const std::string kind = doc.value("kind", "");
+    if (kind == "Pod") expect_same_after_reduce(doc, pod, reduce_pod);
+    if (kind == "Service") expect_same_after_reduce(doc, svc, reduce_service);
+    if (kind == "EndpointSlice") expect_same_after_reduce(doc, slice, reduce_endpoint_slice);
+  }
+  // broken fields are kept as they are, so the errors are the same
+  json p = Y(kPod);
+  p["status"]["conditions"] = json::array({7});
+  expect_same_after_reduce(p, pod, reduce_pod);
+  p = Y(kPod);
+  p["spec"]["containers"] = json::array({"x"});
+  expect_same_after_reduce(p, pod, reduce_pod);
+  p = Y(kPod);
+  p["metadata"]["labels"] = {{"a", 1}};
+  expect_same_after_reduce(p, pod, reduce_pod);
+  p = Y(kPod);
+  p["status"] = "up";
+  expect_same_after_reduce(p, pod, reduce_pod);
+  json s = Y(kService);
+  s["spec"]["ports"][0] = 80;
+  expect_same_after_reduce(s, svc, reduce_service);
+  json sl = Y(kSlice);
+  sl["endpoints"][0]["conditions"]["ready"] = "yes";
+  expect_same_after_reduce(sl, slice, reduce_endpoint_slice);
+  sl = Y(kSlice);
+  sl["endpoints"] = json::array({1});
+  expect_same_after_reduce(sl, slice, reduce_endpoint_slice);
+  expect_same_after_reduce(json("x"), pod, reduce_pod);
+  // and what is dropped is dropped
+  json full = Y(kPod);
+  full["metadata"]["managedFields"] = json::array({{{"manager", "kubelet"}}});
+  full["spec"]["tolerations"] = json::array({{{"key", "x"}}});
+  json r = reduce_pod(full);
+  EXPECT_FALSE(r["metadata"].contains("managedFields"));
+  EXPECT_FALSE(r["spec"].contains("tolerations"));
+}
+
+}  // namespace
+}  // namespace envsteer::k8s

@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: Apache-2.0
+// ManifestReader: read_every_file() (SIGHUP, lost events) gives exactly the changes
+// between the files as last read and as they are now, without parsing unchanged files;
+// JSON lists decoded item by item give what a whole-DOM decode gives.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+
+#include "fixtures.h"
+#include "k8s/decode.h"
+#include "sources/manifest.h"
+
+namespace envsteer::sources {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+std::string pod_json(const std::string& name, const std::string& env, bool with_kind = true) {
+  return std::string("{") + (with_kind ? "\"apiVersion\":\"v1\",\"kind\":\"Pod\"," : "") +
+         "\"metadata\":{\"name\":\"" + name + "\",\"namespace\":\"a\",\"labels\":{\"virtual-env\":\"" + env +
+         "\"}},\"status\":{\"podIP\":\"10.1.0.1\",\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\"}]}}";
+}
+
+std::string list(const std::string& kind, const std::string& items) {
+  return "{\"apiVersion\":\"v1\",\"items\":[" + items + "],\"kind\":\"" + kind + "\"}";
+}
+
+class ManifestReaderTest : public ::testing::Test {
+ protected:
+  void write(const std::string& name, const std::string& text) { tmp_.write(name, text); }
+  testutil::TempDir tmp_{"envsteer-reader"};
+  const fs::path dir_ = tmp_.path();
+};
+
+TEST_F(ManifestReaderTest, EveryFileGivesOnlyWhatChanged) {
+  write("1.json", list("List", pod_json("p1", "dev.a")));
+  write("2.json", list("List", pod_json("p2", "dev.b") + "," + pod_json("p3", "dev.b")));
+  ManifestReader r(dir_);
+  auto all = r.read_all();
+  ASSERT_EQ(all.pods.size(), 3u);
+  EXPECT_TRUE(r.read_every_file().empty());  // nothing changed: nothing parsed, nothing given
+  write("2.json", list("List", pod_json("p2", "dev.c")));  // p2 changed, p3 gone
+  write("3.json", list("List", pod_json("p4", "dev.d")));  // a new file
+  auto ch = r.read_every_file();
+  std::map<std::string, std::string> got;  // key -> env, "" = deleted
+  for (const auto& c : ch) {
+    const auto* p = std::get_if<k8s::Pod>(&c.object);
+    got[c.key] = p ? p->labels.at("virtual-env") : "";
+  }
+  // every object of a changed file comes again (the model drops equal ones)
+  EXPECT_EQ(got, (std::map<std::string, std::string>{{"a/p2", "dev.c"}, {"a/p3", ""}, {"a/p4", "dev.d"}}));
+  fs::remove(dir_ / "1.json");
+  ch = r.read_every_file();
+  ASSERT_EQ(ch.size(), 1u);
+  EXPECT_EQ(ch[0].key, "a/p1");
+  EXPECT_TRUE(std::holds_alternative<std::monostate>(ch[0].object));
+  EXPECT_TRUE(r.read_every_file().empty());
+}
+
+TEST_F(ManifestReaderTest, EveryFileKeepsTheAllOrNothingRule) {
+  write("1.json", list("List", pod_json("p1", "dev.a")));
+  ManifestReader r(dir_);
+  r.read_all();
+  write("2.json", list("List", pod_json("p1", "dev.b")));  // the same pod again
+  EXPECT_THROW(r.read_every_file(), ManifestError);
+  fs::remove(dir_ / "2.json");
+  EXPECT_TRUE(r.read_every_file().empty());
+}
+
+// Item-by-item decoding of a JSON list against the whole-DOM decode (k8s::add_object).
+void expect_like_dom(const fs::path& dir, const std::string& text) {
+  k8s::ClusterState dom;
+  std::string dom_error, streamed_error;
+  try {
+    k8s::add_object(nlohmann::json::parse(text), dom);
+  } catch (const std::exception& e) {
+    dom_error = e.what();
+  }
+  k8s::ClusterState streamed;
+  try {
+    streamed = load_manifests(dir);
+  } catch (const ManifestError& e) {
+    streamed_error = e.what();
+  }
+  if (dom_error.empty()) {
+    EXPECT_EQ(streamed_error, "") << text;
+    EXPECT_EQ(streamed.pods, dom.pods) << text;
+  } else {
+    EXPECT_THAT(streamed_error, HasSubstr(dom_error)) << text;
+  }
+}
+
+TEST_F(ManifestReaderTest, ListsDecodedWhileParsedLikeAWholeDocument) {
+  const std::string a = pod_json("p1", "dev.a"), b = pod_json("p2", "dev.b");
+  for (const std::string& text : {
+           list("List", a + "," + b),
+           list("PodList", pod_json("p1", "dev.a", false) + "," + b),  // typed list: items without kind
+           list("List", a + "," + a),                                   // duplicate
+           list("List", a + ",{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{}}"),  // bad item
+           list("List", ""),
+           "{\"kind\":\"Pod\",\"apiVersion\":\"v1\",\"metadata\":{\"name\":\"x\"},\"items\":[" + a + "]}",  // no list
+       }) {
+    write("m.json", text);
+    expect_like_dom(dir_, text);
+  }
+  // a syntax error is reported even after a bad item (as the whole-document parse does)
+  write("m.json", list("List", "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{}}") + "x");
+  try {
+    load_manifests(dir_);
+    ADD_FAILURE() << "no error";
+  } catch (const ManifestError& e) {
+    EXPECT_THAT(std::string(e.what()), HasSubstr("line 1 column"));
+  }
+}
+
+}  // namespace
+}  // namespace envsteer::sources
