@@ -289,6 +289,14 @@ struct RunCmd {
     cmd->add_option("--relay-clients-per-pod", s.relay_clients_per_pod,
                     "client connections of one pod the relay serves at once (beyond: reset)")
         ->capture_default_str();
+    cmd->add_option("--participation", s.participation,
+                    "which of this node's pods take part: \"selected\" (pods with the env label or matching "
+                    "--participation-selector) or \"all\"; the others run no envsteer program")
+        ->capture_default_str();
+    cmd->add_option("--participation-selector", s.participation_selector,
+                    "pod label selector (key=value, key!=value, key, !key; comma = and) of the pods that take "
+                    "part besides those with the env label (\"\": none)")
+        ->capture_default_str();
     cmd->add_flag("--no-header-context", no_header_context,
                   "do not learn request environments from HTTP headers (connect-time by pod only)");
     o_split = cmd->add_option("--splitter", splitter, "separator of environment segments")->capture_default_str();
