@@ -82,18 +82,11 @@ void PodAttacher::detach_pod(uint64_t id) {
   pods_.erase(id);
 }
 
-bool PodAttacher::attach_pod(uint64_t id, const std::string& path) {
+std::string PodAttacher::attach_pod(uint64_t id, const std::string& path) {
   UniqueFd cg(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!cg) {
-    spdlog::warn("pod cgroup {}: cannot open it: {}; its programs are attached when it is found again", path,
-                 errstr(errno));
-    return false;
-  }
+  if (!cg) return "cannot open pod cgroup " + path + ": " + errstr(errno);
   // the directory may have been made again since the model resolved it
-  if (cgroup::cgroup_id(path) != id) {
-    spdlog::warn("pod cgroup {} is no longer cgroup {}; attached on the next sync", path, id);
-    return false;
-  }
+  if (cgroup::cgroup_id(path) != id) return "pod cgroup " + path + " is no longer cgroup " + std::to_string(id);
   const fs::path d = pod_dir(id);
   std::error_code ec;
   fs::create_directories(d, ec);
@@ -103,19 +96,15 @@ bool PodAttacher::attach_pod(uint64_t id, const std::string& path) {
     const fs::path pin = d / p.name;
     if (fs::exists(pin, ec)) drop_link(pin);  // left over by a failed attempt
     UniqueFd link(bpf_link_create(p.fd, cg.get(), static_cast<bpf_attach_type>(p.attach_type), nullptr));
-    if (!link) {
-      spdlog::warn("attaching {} to pod cgroup {} failed: {}", p.name, path, errstr(errno));
-      return false;
-    }
+    if (!link) return "attaching " + p.name + " to pod cgroup " + path + " failed: " + errstr(errno);
     if (bpf_obj_pin(link.get(), pin.c_str()) != 0) {
       int err = errno;
       bpf_link_detach(link.get());
-      spdlog::warn("pinning link {} failed: {}", pin.string(), errstr(err));
-      return false;
+      return "pinning link " + pin.string() + " failed: " + errstr(err);
     }
     have.insert(p.name);
   }
-  return true;
+  return "";
 }
 
 PodAttacher::Result PodAttacher::sync(const std::map<uint64_t, std::string>& want) {
@@ -132,14 +121,16 @@ PodAttacher::Result PodAttacher::sync(const std::map<uint64_t, std::string>& wan
   for (const auto& [id, path] : want) {
     auto have = pods_.find(id);
     if (have != pods_.end() && have->second.size() == progs_.size()) continue;
-    if (attach_pod(id, path)) {
-      failing_.erase(id);
+    std::string err = attach_pod(id, path);
+    if (err.empty()) {
+      if (failing_.erase(id)) spdlog::info("pod cgroup {}: programs attached after all", path);
       r.attached++;
-    } else {
-      failing_.insert(id);
-      attach_failures_++;
-      r.failed++;
+      continue;
     }
+    // logged once per pod until it works; tried again on every sync (every 2 s)
+    if (failing_.insert(id).second) spdlog::warn("{}; tried again every 2 s", err);
+    attach_failures_++;
+    r.failed++;
   }
   return r;
 }

@@ -47,7 +47,8 @@ class PodAttacher {
  private:
   std::filesystem::path pod_dir(uint64_t id) const;
   void detach_pod(uint64_t id);
-  bool attach_pod(uint64_t id, const std::string& path);
+  // "" when every program is attached, else what failed
+  std::string attach_pod(uint64_t id, const std::string& path);
 
   std::filesystem::path dir_;
   std::vector<CgroupProgram> progs_;
