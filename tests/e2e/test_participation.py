@@ -6,9 +6,12 @@ the env label or the label envsteer.io/enabled=true. Node "part" (--default-env 
     plain  127.96.17.2:80 -> srv-plain (no label: a backend that takes no part)
     callers c-p1 (dev.proj1), c-on (envsteer.io/enabled=true), c-plain (no label)
 """
+import ctypes
 import json
+import os
 import re
 import signal
+import struct
 import subprocess
 
 import pytest
@@ -152,3 +155,58 @@ def test_removed_pod_loses_its_links_and_uninstall_removes_all(part):
     assert part.attached_programs() == {}
     assert part.pins() == []
     assert refused(part, "c-p1", WEB)
+
+
+# --- an agent older than per-pod attachment left its links at the cgroup root
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _bpf(cmd, attr):
+    buf = ctypes.create_string_buffer(attr + b"\0" * (128 - len(attr)))
+    r = _libc.syscall(321, cmd, buf, 128)  # x86-64 bpf(2)
+    if r < 0:
+        raise OSError(ctypes.get_errno(), "bpf(%d)" % cmd)
+    return r
+
+
+def pin_root_link(node, prog_id, attach_type, name):
+    """What an older agent pinned: a cgroup link of prog_id at the node's root, pinned as
+    links/<name> (BPF_PROG_GET_FD_BY_ID, BPF_LINK_CREATE, BPF_OBJ_PIN)."""
+    pfd = _bpf(13, struct.pack("<III", prog_id, 0, 0))
+    cfd = os.open(node.cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        lfd = _bpf(28, struct.pack("<IIII", pfd, cfd, attach_type, 0))
+        try:
+            path = ctypes.create_string_buffer(os.path.join(node.pin_dir, "links", name).encode())
+            _bpf(6, struct.pack("<QII", ctypes.addressof(path), lfd, 0))
+        finally:
+            os.close(lfd)
+    finally:
+        os.close(pfd)
+        os.close(cfd)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the bpf(2) syscall number is x86-64's")
+def test_root_links_of_an_older_agent_go_once_pods_have_their_own(make_node):
+    node = make_node("partup", default_env="dev", participation=None)
+    fixtures.populate(node, NS, services=[("web", WEB)],
+                      pods=[("web-p1", "127.1.18.2", "web", "dev.proj1"),
+                            ("c-p1", "127.1.18.11", "client", "dev.proj1")], servers=("web-p1",))
+    node.start_agent()
+    pin = [p for p in pod_links(node) if p.endswith("/es_connect4")][0]
+    r = subprocess.run(["bpftool", "-j", "link", "show", "pinned", os.path.join(node.pin_dir, pin)],
+                       capture_output=True, text=True, timeout=10)
+    prog_id = json.loads(r.stdout)["prog_id"]
+    assert node.stop_agent(signal.SIGTERM) == 0
+    pin_root_link(node, prog_id, 10, "es_connect4")  # BPF_CGROUP_INET4_CONNECT
+    assert [p["name"] for p in node.attached_programs()[node.cgroup_dir]] == ["es_connect4"]
+    loop = node.start_loop(k("c-p1"), WEB, 80, count=500, duration=4.0)
+    node.start_agent()
+    res = loop.result()
+    assert res["failures"] == 0 and res["pods"] == {k("web-p1"): 500}, res
+    # the pods have their own: the root link is gone, pin and attachment
+    assert node.cgroup_dir not in node.attached_programs()
+    assert not os.path.exists(os.path.join(node.pin_dir, "links", "es_connect4"))
+    assert "removed 1 cgroup link(s) at the cgroup root" in node.agent_log_text()
+    assert answer(node, "c-p1", WEB) == k("web-p1")
