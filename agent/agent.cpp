@@ -169,6 +169,11 @@ void Agent::sync_pod_programs() {
   if (r.changed() || r.failed)
     spdlog::info("pod programs: attached to {} pod cgroup(s), removed from {}, {} failed; {} pod(s) carry them",
                  r.attached, r.detached, r.failed, dp_->pods()->pods());
+  const bool ctx = std::any_of(model_->pods.begin(), model_->pods.end(),
+                               [](const auto& kv) { return kv.second.thread_ctx; });
+  if (dp_->set_thread_tracing(ctx))
+    spdlog::info("thread context programs (tp_btf sock_recv_length, sock_send_length): {}",
+                 ctx ? "attached (a pod of this node opts in)" : "detached (no pod of this node opts in)");
 }
 
 void Agent::check_consistency() {
@@ -283,6 +288,7 @@ nlohmann::json Agent::status_json() {
                  {"task_storage", features_.task_storage}, {"notes", features_.notes}};
   j["participation"] = {{"mode", s_.participation}, {"selector", s_.participation_selector},
                         {"pods_with_programs", dp_ ? dp_->pods()->pods() : 0},
+                        {"thread_context_programs", dp_ && dp_->thread_tracing()},
                         {"attach_failures", dp_ ? dp_->pods()->attach_failures() : 0}};
   j["request_context"] = dp_ && dp_->request_context();
   j["per_request_steering"] = dp_ && dp_->per_request();

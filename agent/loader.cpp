@@ -308,11 +308,41 @@ std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& c
   dp->root_links_ = detach_obsolete(link_dir, attach_all(dp->skel_, link_dir, rep, &cgroup_progs));
   dp->pods_ = std::make_unique<PodAttacher>(link_dir / "pods", std::move(cgroup_progs));
   rep.pods_adopted = dp->pods_->adopt();
+  dp->link_dir_ = link_dir;
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, dp->skel_->obj)
+    if (bpf_program__autoload(prog) && bpf_program__type(prog) == BPF_PROG_TYPE_TRACING) dp->tracing_.push_back(prog);
+  dp->tracing_on_ = !dp->tracing_.empty();  // attached by attach_all: kept until the model says
   if (!dp->root_links_.empty())
     spdlog::info("{} cgroup link(s) at {} of an agent older than per-pod attachment: removed once the pods have "
                  "their own", dp->root_links_.size(), cgroup_root.string());
   if (report) *report = rep;
   return dp;
+}
+
+bool Datapath::set_thread_tracing(bool on) {
+  if (tracing_.empty() || on == tracing_on_) return false;
+  if (on) {
+    AttachReport rep;
+    try {
+      for (bpf_program* p : tracing_) attach_tracing(p, link_dir_ / bpf_program__name(p), rep);
+    } catch (const std::exception& e) {
+      spdlog::warn("thread context programs: {}; tried again with the next change", e.what());
+      return false;
+    }
+  } else {
+    for (bpf_program* p : tracing_) {
+      const fs::path lp = link_dir_ / bpf_program__name(p);
+      if (bpf_link* l = bpf_link__open(lp.c_str())) {
+        bpf_link__detach(l);
+        bpf_link__destroy(l);
+      }
+      std::error_code ec;
+      fs::remove(lp, ec);
+    }
+  }
+  tracing_on_ = on;
+  return true;
 }
 
 PodAttacher::Result Datapath::sync_pods(const std::map<uint64_t, std::string>& want) {

@@ -18,6 +18,7 @@
 #include "settings.h"
 
 struct envsteer_bpf;
+struct bpf_program;
 
 namespace envsteer {
 
@@ -72,6 +73,12 @@ class Datapath {
   // attachment (kept until now so that steering never stops).
   PodAttacher::Result sync_pods(const std::map<uint64_t, std::string>& want);
   const PodAttacher* pods() const { return pods_.get(); }
+  // The global tracing programs (tp_btf sock_recv_length / sock_send_length)
+  // serve only the thread context: attached while some pod of the node opts in,
+  // detached otherwise (no program runs on the node's socket reads and writes).
+  // Returns true when it changed something.
+  bool set_thread_tracing(bool on);
+  bool thread_tracing() const { return tracing_on_; }
 
  private:
   Datapath() = default;
@@ -85,6 +92,9 @@ class Datapath {
   maps::BpfMapBackend maps_;
   std::unique_ptr<PodAttacher> pods_;
   std::vector<std::filesystem::path> root_links_;  // cgroup links of an older agent, at the root
+  std::vector<bpf_program*> tracing_;  // loaded tracing programs
+  std::filesystem::path link_dir_;
+  bool tracing_on_ = false;
 };
 
 // Detaches every pinned link (the pods' too) and removes the pin directory. Returns what it removed.

@@ -118,6 +118,32 @@ def test_relabel_into_and_out_of_participation(part):
     assert with_programs(part) == TAKING_PART
 
 
+def tracing_links(node):
+    return sorted(p for p in node.pins() if p in ("links/es_sock_recv_length", "links/es_sock_send_length"))
+
+
+def test_thread_context_programs_only_while_a_pod_opts_in(part):
+    """The global tp_btf programs serve only the thread context: no pod opts in, none runs."""
+    if not harness.kernel_features()["request_context"]:
+        assert tracing_links(part) == []
+        return
+    assert tracing_links(part) == []
+    assert part.status_http()["participation"]["thread_context_programs"] is False
+    pod = part.pods[k("web-p1")]
+    pod.annotations["envsteer.io/thread-context"] = "on"
+    part.write_manifests()
+    try:
+        wait_until(lambda: len(tracing_links(part)) == 2, 10, what="tracing links attached")
+        ids = part.pinned_ids()
+        assert all(ids[t][0] == "link" for t in tracing_links(part)), ids
+        assert part.status_http()["participation"]["thread_context_programs"] is True
+        assert answer(part, "c-p1", WEB) == k("web-p1")
+    finally:
+        del pod.annotations["envsteer.io/thread-context"]
+        part.write_manifests()
+    wait_until(lambda: tracing_links(part) == [], 10, what="tracing links detached")
+
+
 def pod_links(node):
     return {p: v for p, v in node.pinned_ids().items() if p.startswith("links/pods/")}
 
