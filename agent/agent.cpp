@@ -773,6 +773,7 @@ void Agent::start_datapath() {
     ro.max_pod_bytes = s_.relay_pod_bytes;
     ro.max_total_bytes = s_.relay_total_bytes;
     ro.max_clients_per_pod = s_.relay_clients_per_pod;
+    ro.pod_dir = [this](uint64_t id) { return pod_dir(id); };
     relay_ = std::make_unique<Relay>(dp_->maps(), ro);
     relay_->start();
   }

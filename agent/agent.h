@@ -144,6 +144,13 @@ class Agent {
   void sweep_thread_context();
   std::set<uint32_t> ctx_off_logged_;
   mutable std::map<uint64_t, std::string> ctx_pod_cache_;  // cgroup id -> pod, under mu_
+  // Local pods' cgroup directories by cgroup id, for the relay (which finds a
+  // pod's network namespace there); a copy under its own lock, so that the
+  // relay thread never waits for an apply.
+  mutable std::mutex pod_dirs_mu_;
+  std::map<uint64_t, std::string> pod_dirs_;  // under pod_dirs_mu_
+  bool pod_dirs_published_ = false;          // under pod_dirs_mu_
+  std::optional<std::filesystem::path> pod_dir(uint64_t cgroup_id) const;
   std::shared_ptr<const NameTable> names() const;         // takes mu_
   std::shared_ptr<const NameTable> names_locked() const;  // under mu_
   std::string observe_metrics();

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "agent.h"
+#include "cgroup.h"
 
 namespace envsteer {
 
@@ -23,8 +24,26 @@ void Agent::start_observe() {
 // metrics and status: built when read (a walk of the whole model), not when written.
 void Agent::publish_names() {
   ctx_pod_cache_.clear();
+  {
+    std::map<uint64_t, std::string> dirs;
+    for (const auto& [id, p] : model_->pods) dirs.emplace(id, p.cgroup);
+    std::lock_guard<std::mutex> g(pod_dirs_mu_);
+    pod_dirs_.swap(dirs);
+    pod_dirs_published_ = true;
+  }
   std::lock_guard<std::mutex> g(names_mu_);
   names_stale_ = true;
+}
+
+// A local pod's cgroup directory. Before the first state is applied (the relay
+// resets a previous agent's clients at start-up) the cgroup subtree is walked.
+std::optional<std::filesystem::path> Agent::pod_dir(uint64_t cgroup_id) const {
+  {
+    std::lock_guard<std::mutex> g(pod_dirs_mu_);
+    if (auto it = pod_dirs_.find(cgroup_id); it != pod_dirs_.end()) return std::filesystem::path(it->second);
+    if (pod_dirs_published_) return std::nullopt;
+  }
+  return cgroup::path_of_id(cg_root_, cgroup_id, 20000);
 }
 
 std::shared_ptr<const NameTable> Agent::names_locked() const {

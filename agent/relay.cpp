@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <algorithm>
 #include <cstring>
 #include <random>
@@ -30,7 +32,7 @@ namespace envsteer {
 
 using namespace relay_detail;
 
-Relay::Relay(const maps::BpfMapBackend& m, RelayOptions o) : m_(m), o_(o) {
+Relay::Relay(const maps::BpfMapBackend& m, RelayOptions o) : m_(m), o_(o), nets_(o_.pod_dir) {
   using maps::MapId;
   binds_ = m.fd(MapId::Binds);
   upstreams_ = m.fd(MapId::Upstreams);
@@ -125,13 +127,9 @@ void Relay::cleanup_previous() {
   // applications see a reset and reconnect) rather than left waiting.
   std::set<uint64_t> victims;
   for (const auto& k : m_.keys<es_bind_key>(maps::MapId::Binds)) victims.insert(k.client);
-  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
-    es_relay_client rc{};
-    es_relay_done done{};
-    if (bpf_map_lookup_elem(clients_map_, &c, &rc) != 0) continue;
-    bpf_map_lookup_elem(done_, &c, &done);
-    if (rc.sent != done.seq) victims.insert(c);
-  }
+  std::vector<Unfinished> unfinished;
+  unfinished_clients(unfinished, SIZE_MAX);
+  for (const auto& u : unfinished) victims.insert(u.client);
   size_t destroyed = 0;
   for (uint64_t c : victims)
     if (client_alive(c) && destroy_client(c)) destroyed++;
@@ -155,7 +153,34 @@ void Relay::cleanup_previous() {
                  stale, destroyed);
 }
 
+namespace {
+
+// Effective capabilities of this process (/proc/self/status CapEff); 0 when unreadable.
+uint64_t effective_caps() {
+  FILE* f = std::fopen("/proc/self/status", "re");
+  if (!f) return 0;
+  char line[256];
+  uint64_t caps = 0;
+  while (std::fgets(line, sizeof(line), f))
+    if (std::strncmp(line, "CapEff:", 7) == 0) caps = std::strtoull(line + 7, nullptr, 16);
+  std::fclose(f);
+  return caps;
+}
+
+}  // namespace
+
 void Relay::start() {
+  if (o_.pod_dir) {
+    constexpr uint64_t kSysPtrace = 1ull << 19, kSysAdmin = 1ull << 21;
+    uint64_t caps = effective_caps();
+    std::string missing =
+        std::string(caps & kSysAdmin ? "" : " CAP_SYS_ADMIN") + (caps & kSysPtrace ? "" : " CAP_SYS_PTRACE");
+    if (!missing.empty())
+      spdlog::warn("degraded: per-request steering: without{} the relay may not enter pods' network namespaces: "
+                   "upstreams of re-routed requests of such pods then come from the agent's address, and their "
+                   "connections cannot be reset (counted: errors.pod_netns)",
+                   missing);
+  }
   cleanup_previous();
   reset_relay_socket();
   running_ = true;
@@ -201,6 +226,7 @@ void Relay::update_gauges() {
   g_clients_ = clients_.size();
   g_queued_ = queued_bytes_;
   g_done_ = done_total_;
+  g_netns_ = nets_.held();
 }
 
 RelayStats Relay::stats() const {
@@ -211,6 +237,7 @@ RelayStats Relay::stats() const {
   s.connecting = g_connecting_;
   s.clients = g_clients_;
   s.queued_bytes = g_queued_;
+  s.netns = g_netns_;
   uint32_t zero = 0;
   es_relay_acct acct{};
   if (bpf_map_lookup_elem(acct_, &zero, &acct) == 0 && acct.framed > g_done_) s.inflight_bytes = acct.framed - g_done_;
@@ -226,6 +253,7 @@ nlohmann::json Relay::status_json() const {
                       {"clients", s.clients},
                       {"queued_bytes", s.queued_bytes},
                       {"inflight_bytes", s.inflight_bytes},
+                      {"pod_netns", s.netns},
                       {"bounds",
                        {{"frames_per_client", o_.max_frames},
                         {"bytes_per_client", o_.max_client_bytes},
@@ -263,6 +291,8 @@ std::string Relay::metrics() const {
   gauge("queued_bytes", "Frame bytes waiting for their client's upstream.", s.queued_bytes);
   gauge("inflight_bytes", "Bytes framed for the relay and not yet forwarded or dropped (bounded in all).",
         s.inflight_bytes);
+  gauge("pod_netns", "Pods' network namespaces the relay holds a handle of (upstreams and resets are made there).",
+        s.netns);
   std::string last;
   size_t i = 0;
 #define ES_RC_PROM(id, name, label, value)                                                                  \
@@ -417,13 +447,9 @@ void Relay::new_key() {
 void Relay::on_bad_stream(const char* what) {
   spdlog::error("per-request steering: relay socket {}: clients with frames under way are reset, socket "
                 "re-created", what);
-  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
-    es_relay_client rc{};
-    es_relay_done d{};
-    if (bpf_map_lookup_elem(clients_map_, &c, &rc) != 0) continue;
-    if (auto it = clients_.find(c); it != clients_.end()) d = it->second.done;
-    else bpf_map_lookup_elem(done_, &c, &d);
-    if (rc.sent == d.seq) continue;
+  std::vector<Unfinished> unfinished;
+  unfinished_clients(unfinished, SIZE_MAX);
+  for (const auto& [c, sent] : unfinished) {
     if (auto it = clients_.find(c); it != clients_.end()) {
       fail_client(it->second, RelayCounter::reset_relay_stream);
     } else {
@@ -480,6 +506,7 @@ Relay::Client* Relay::client_for(uint64_t cookie) {
   Client& c = clients_[cookie];
   c.cookie = cookie;
   c.pod = rc.pod_cgroup;
+  c.ns = client_ns(cookie, rc.pod_cgroup);
   return &c;
 }
 
@@ -490,7 +517,7 @@ void Relay::pump(Client& c) {
     if (!u) return;  // the client was failed (and may be gone)
     if (u->state != UpState::Bound) return;  // connecting: resumed when it is up
     if (!write_front(c, *u)) return;  // the upstream is full (resumed on EPOLLOUT) or the client failed
-    frame_done(c);
+    frame_done(c, u->cookie);
   }
 }
 
@@ -532,9 +559,10 @@ bool Relay::write_front(Client& c, Upstream& u) {
 
 // The front frame is out: the kernel may send the client's next requests to
 // the upstream itself once every frame it sent is done.
-void Relay::frame_done(Client& c) {
+void Relay::frame_done(Client& c, uint64_t upstream) {
   Frame& f = c.q.front();
   c.done.seq = f.seq;
+  c.done.upstream = upstream;
   c.done.bytes += f.data.size();
   bytes_done(c.pod, f.data.size());
   c.q_bytes -= f.data.size();

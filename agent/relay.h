@@ -8,7 +8,8 @@
 // listener is closed at once (nothing outside the kernel can write to it). The
 // relay thread reads the frames into a queue per client, gives the client an
 // upstream connection to a pod of the set (a warm one from the set's pool, or a
-// new one), registers it (es_upstreams, es_sockhash, es_binds), forwards the
+// new one; made inside the client's pod's network namespace, so that the server
+// sees that pod's address, agent/podnet.h), registers it (es_upstreams, es_sockhash, es_binds), forwards the
 // bytes and records the frame as done (es_relay_done). Later requests of the
 // client for that set go to the upstream in the kernel; responses come back
 // into the client's socket through the sk_skb verdict program.
@@ -48,6 +49,9 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
+#include <set>
+#include <tuple>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -58,6 +62,7 @@
 #include "fd.h"
 #include "maps/abi.h"
 #include "maps/bpf_maps.h"
+#include "podnet.h"
 
 struct ring_buffer;
 
@@ -77,6 +82,10 @@ struct RelayOptions {
   uint64_t max_pod_bytes = 8u << 20;     // the same, all clients of one pod
   uint64_t max_total_bytes = 64u << 20;  // the same, all clients
   uint32_t max_clients_per_pod = 1024;   // relay clients of one pod at once (the node table is shared)
+  // The cgroup directory of a pod cgroup id: where the relay finds the pod's
+  // network namespace (upstreams and client resets are made there). Unset:
+  // everything in the agent's own namespace.
+  podnet::PodNets::Resolver pod_dir;
 };
 
 // The relay's counters: one list names them for the status, the metrics and the code.
@@ -98,6 +107,7 @@ struct RelayOptions {
   X(forward_failures, "errors", "kind", "forward")                                   \
   X(protocol_errors, "errors", "kind", "protocol")                                   \
   X(destroy_failures, "errors", "kind", "reset_failed")                              \
+  X(netns_unknown, "errors", "kind", "pod_netns")                                    \
   X(clients_destroyed, "clients_destroyed", "", "")                                  \
   X(reset_request, "client_resets", "reason", "request_unanswered")                  \
   X(reset_response, "client_resets", "reason", "response_cut")                       \
@@ -127,6 +137,7 @@ struct RelayStats {
   uint64_t clients = 0;     // clients with frames or upstreams here
   uint64_t queued_bytes = 0;  // frame bytes waiting for an upstream
   uint64_t inflight_bytes = 0;  // framed by the kernel, not yet forwarded or dropped (socket + queues)
+  uint64_t netns = 0;       // pods' network namespaces the relay holds a handle of
 };
 
 class Relay {
@@ -159,6 +170,7 @@ class Relay {
   };
   struct Client {
     uint64_t cookie = 0, pod = 0;
+    std::shared_ptr<const podnet::NetNs> ns;  // its pod's network namespace (nullptr: the agent's)
     std::deque<Frame> q;  // in order; the front one is being forwarded
     uint64_t q_bytes = 0;
     es_relay_done done{};
@@ -171,6 +183,7 @@ class Relay {
     uint64_t cookie = 0, client = 0;  // client 0: for the pool
     UpState state = UpState::Connecting;
     uint32_t svc_id = 0, env_id = 0;
+    std::shared_ptr<const podnet::NetNs> ns;  // where it was made (nullptr: the agent's namespace)
     es_backend be{};
     std::string backend;  // "addr:port"
     std::chrono::steady_clock::time_point since;  // connect started / pooled
@@ -181,6 +194,15 @@ class Relay {
     bool want_out = false;      // EPOLLOUT registered (a write is pending)
   };
   using SetKey = std::pair<uint32_t, uint32_t>;  // (svc_id, env_id)
+  // A pool: the set, and the network namespace its upstreams come from (its
+  // inode, 0 for the agent's): an upstream made in one pod's namespace carries
+  // that pod's address and is never handed to a client of another.
+  using PoolKey = std::tuple<uint32_t, uint32_t, uint64_t>;
+  struct Want {
+    std::chrono::steady_clock::time_point last;
+    std::shared_ptr<const podnet::NetNs> ns;
+  };
+  static PoolKey pool_key(const Upstream& u) { return {u.svc_id, u.env_id, u.ns ? u.ns->ino : 0}; }
 
   // What an upstream still owes its client.
   enum class Owed { Nothing, Request, Response, UntilClose, Unframed };
@@ -205,25 +227,25 @@ class Relay {
   void publish_pods();
   void pump(Client& c);
   bool write_front(Client& c, Upstream& u);
-  void frame_done(Client& c);
+  void frame_done(Client& c, uint64_t upstream);
   void publish_done_total();
   void count(RelayCounter c, uint64_t n = 1);
   void update_gauges();
   // relay_upstream.cpp: the upstreams and their pool
   Upstream* upstream_for(Client& c, const Frame& f);
-  Upstream* start_connect(uint32_t svc_id, uint32_t env_id, uint64_t client);
+  Upstream* start_connect(uint32_t svc_id, uint32_t env_id, uint64_t client,
+                          const std::shared_ptr<const podnet::NetNs>& ns);
   void on_upstream_event(uint64_t cookie, uint32_t events);
   void finish_connect(Upstream& u);
   bool register_upstream(Upstream& u);
   void bind_upstream(Upstream& u, Client& c);
-  Upstream* take_pooled(const SetKey& k);
-  void release(Upstream& u, RelayCounter why);
+  Upstream* take_pooled(const PoolKey& k);
   void close_upstream(uint64_t cookie, RelayCounter why);
   void on_upstream_closed(Upstream& u);
   void settle(Upstream& u);
   Snapshot owed(const Upstream& u) const;
   void set_events(Upstream& u, uint32_t events);
-  void warm_up(const SetKey& k);
+  void warm_up(const PoolKey& k);
   // relay_sweep.cpp: clients gone, timeouts, pods gone, pool upkeep
   void on_client_events();
   void on_client_gone(uint64_t client);
@@ -236,9 +258,17 @@ class Relay {
   void forget_client(uint64_t client);
   void resync_total();
   void find_lost_frames();
+  struct Unfinished {
+    uint64_t client;
+    uint32_t sent;  // frames the kernel sent
+  };
+  bool unfinished_clients(std::vector<Unfinished>& out, size_t cap) const;
   // relay_diag.cpp: client resets and fences through sock_diag
   int client_diag(uint64_t client, uint16_t type, uint8_t ext);
   bool destroy_client(uint64_t client);
+  std::shared_ptr<const podnet::NetNs> client_ns(uint64_t client, uint64_t pod);
+  int diag_socket(const podnet::NetNs* ns);
+  void drop_pod_nets();
   void unbind(const Upstream& u);
 
   const maps::BpfMapBackend& m_;  // the Datapath's maps; it outlives the relay
@@ -247,6 +277,8 @@ class Relay {
       slots_ = -1, rsp_ = -1, acct_ = -1, pods_ = -1, pod_done_map_ = -1;
   UniqueFd relay_, relay_peer_, epoll_, wake_;
   UniqueFd diag_;          // NETLINK_SOCK_DIAG, for client resets and fences
+  std::map<uint64_t, UniqueFd> diags_;  // the same in pods' namespaces, by namespace inode
+  podnet::PodNets nets_;   // pods' network namespaces (relay thread; start() before it runs)
   uint32_t diag_seq_ = 0;
   ring_buffer* events_ = nullptr;  // es_relay_ev
   uint64_t relay_cookie_ = 0;
@@ -259,11 +291,12 @@ class Relay {
   std::map<uint64_t, Upstream> ups_;  // by upstream cookie
   std::unordered_map<uint64_t, Client> clients_;
   std::unordered_map<uint64_t, uint32_t> pod_clients_;  // pod cgroup -> clients here
-  std::map<SetKey, std::deque<uint64_t>> pool_;         // pooled upstream cookies, oldest first
-  std::map<SetKey, std::chrono::steady_clock::time_point> wanted_;  // sets that recently needed one
+  std::map<PoolKey, std::deque<uint64_t>> pool_;        // pooled upstream cookies, oldest first
+  std::map<PoolKey, Want> wanted_;                       // pools that recently needed one
   std::map<SetKey, std::vector<es_backend>> set_cache_;  // a sweep's view of the sets
-  std::map<SetKey, uint32_t> warming_;  // connects under way for the pool
-  std::map<SetKey, uint32_t> demand_, rate_;  // binds this sweep period, and the last
+  std::map<PoolKey, uint32_t> warming_;  // connects under way for the pool
+  size_t pool_size_ = 0;                 // upstreams in pool_, all pools
+  std::map<PoolKey, uint32_t> demand_, rate_;  // binds this sweep period, and the last
   std::vector<uint64_t> gone_;        // client cookies reported closing by the kernel
   std::vector<uint64_t> dead_;        // clients failed or gone, removed by reap_clients()
   uint64_t done_total_ = 0, done_total_published_ = 0;
@@ -275,6 +308,8 @@ class Relay {
   std::thread thread_;
   std::atomic<bool> running_{false};
   std::array<std::atomic<uint64_t>, static_cast<size_t>(RelayCounter::kCount)> counters_{};
+  std::set<uint64_t> netns_warned_;  // pods whose namespace could not be found (logged once)
+  std::atomic<uint64_t> g_netns_{0};
   std::atomic<uint64_t> g_active_{0}, g_pooled_{0}, g_connecting_{0}, g_clients_{0}, g_queued_{0}, g_done_{0};
 };
 

@@ -13,6 +13,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <set>
 
 #include "maps/abi.h"
 
@@ -27,11 +28,16 @@ using namespace relay_detail;
 // INET_DIAG_INFO takes the socket's lock). 0 or an errno.
 // One netlink socket, kept: every request is answered within sendto(), and
 // its answers (a diag message, then the acknowledgement) are read at once.
+// The request goes to the sock_diag of the client's own network namespace
+// (its pod's): a socket is found only by a netlink socket of its namespace.
 int Relay::client_diag(uint64_t client, uint16_t type, uint8_t ext) {
   es_relay_client rc{};
   if (bpf_map_lookup_elem(clients_map_, &client, &rc) != 0) return ENOENT;
-  if (!diag_) diag_.reset(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_SOCK_DIAG));
-  if (!diag_) return errno;
+  std::shared_ptr<const podnet::NetNs> ns;
+  if (auto it = clients_.find(client); it != clients_.end()) ns = it->second.ns;
+  else ns = client_ns(client, rc.pod_cgroup);
+  int fd = diag_socket(ns.get());
+  if (fd < 0) return errno;
   struct {
     nlmsghdr nlh;
     inet_diag_req_v2 r;
@@ -52,15 +58,16 @@ int Relay::client_diag(uint64_t client, uint16_t type, uint8_t ext) {
   req.r.id.idiag_cookie[1] = static_cast<uint32_t>(client >> 32);
   sockaddr_nl sa{};
   sa.nl_family = AF_NETLINK;
-  if (sendto(diag_.get(), &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != sizeof(req)) {
+  if (sendto(fd, &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != sizeof(req)) {
     int e = errno;
-    diag_.reset();
+    if (ns) diags_.erase(ns->ino);
+    else diag_.reset();
     return e;
   }
   int err = EIO;
   alignas(nlmsghdr) char buf[8192];
   for (int i = 0; i < 8; i++) {  // the answers are queued already; stale ones (older seq) are skipped
-    ssize_t r = recv(diag_.get(), buf, sizeof(buf), MSG_DONTWAIT);
+    ssize_t r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
     if (r <= 0) break;
     for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, static_cast<unsigned>(r)); h = NLMSG_NEXT(h, r)) {
       if (h->nlmsg_seq != diag_seq_) continue;
@@ -70,6 +77,57 @@ int Relay::client_diag(uint64_t client, uint16_t type, uint8_t ext) {
     }
   }
   return err;
+}
+
+// The netlink socket for sock_diag in ns (nullptr: the agent's namespace),
+// made on first use and kept while the namespace is in use here. -1: errno.
+int Relay::diag_socket(const podnet::NetNs* ns) {
+  constexpr int type = SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK;
+  if (!ns) {
+    if (!diag_) diag_.reset(socket(AF_NETLINK, type, NETLINK_SOCK_DIAG));
+    return diag_.get();
+  }
+  UniqueFd& d = diags_[ns->ino];
+  if (!d) d.reset(podnet::socket_in(ns, AF_NETLINK, type, NETLINK_SOCK_DIAG));
+  int fd = d.get();
+  if (fd < 0) {
+    int e = errno;
+    diags_.erase(ns->ino);
+    errno = e;
+  }
+  return fd;
+}
+
+// The network namespace of a client's pod (nullptr: the agent's own, or not
+// found: counted, and the relay works in its own namespace for that client).
+std::shared_ptr<const podnet::NetNs> Relay::client_ns(uint64_t client, uint64_t pod) {
+  if (!o_.pod_dir) return nullptr;
+  auto l = nets_.get(pod);
+  if (!l.found) {
+    count(RelayCounter::netns_unknown);
+    if (netns_warned_.size() > 4096) netns_warned_.clear();
+    if (netns_warned_.insert(pod).second)
+      spdlog::warn("per-request steering: the network namespace of client {}'s pod (cgroup {}) is not found ({}): "
+                   "its upstreams and resets are made in the agent's namespace",
+                   client, pod, nets_.last_error());
+  }
+  return l.ns;
+}
+
+// Handles of pods with no client here are dropped (a handle keeps its
+// namespace alive), and so are sock_diag sockets of namespaces not in use.
+void Relay::drop_pod_nets() {
+  for (uint64_t pod : nets_.pods())
+    if (!pod_clients_.count(pod)) nets_.forget(pod);
+  std::set<uint64_t> live;
+  for (const auto& [k, c] : clients_)
+    if (c.ns) live.insert(c.ns->ino);
+  for (const auto& [k, u] : ups_)
+    if (u.ns) live.insert(u.ns->ino);
+  for (auto it = diags_.begin(); it != diags_.end();) {
+    if (!live.count(it->first) && !nets_.by_ino(it->first)) it = diags_.erase(it);
+    else ++it;
+  }
 }
 
 bool Relay::destroy_client(uint64_t client) {

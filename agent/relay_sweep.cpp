@@ -12,6 +12,25 @@ namespace envsteer {
 
 using namespace relay_detail;
 
+// The clients the kernel has framed more for than the relay has done with
+// (frames on their way, queued here, or lost), with the kernel's count. Done is
+// the relay's own count for a client it holds, else what a relay published in
+// es_relay_done. Looks at `cap` entries of es_relay_clients at most: false when
+// the walk stopped there.
+bool Relay::unfinished_clients(std::vector<Unfinished>& out, size_t cap) const {
+  size_t checked = 0;
+  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
+    if (++checked > cap) return false;
+    es_relay_client rc{};
+    es_relay_done d{};
+    if (bpf_map_lookup_elem(clients_map_, &c, &rc) != 0) continue;
+    if (auto it = clients_.find(c); it != clients_.end()) d = it->second.done;
+    else bpf_map_lookup_elem(done_, &c, &d);
+    if (rc.sent != d.seq) out.push_back({c, rc.sent});
+  }
+  return true;
+}
+
 bool Relay::client_alive(uint64_t client) const {
   uint64_t v = 0;
   return client && bpf_map_lookup_elem(sockhash_, &client, &v) == 0;
@@ -40,9 +59,7 @@ void Relay::on_client_gone(uint64_t cookie) {
     if (u == ups_.end()) continue;
     if (u->second.state == UpState::Connecting) {
       u->second.client = 0;  // finishes into the pool
-      warming_[{u->second.svc_id, u->second.env_id}]++;
-    } else if (u->second.state == UpState::Bound && !u->second.unbound) {
-      release(u->second, RelayCounter::closed_client_gone);
+      warming_[pool_key(u->second)]++;
     } else {
       close_upstream(k, RelayCounter::closed_client_gone);
     }
@@ -123,13 +140,17 @@ void Relay::sweep() {
   rate_ = demand_;
   demand_.clear();
   for (auto it = wanted_.begin(); it != wanted_.end();) {
-    if (now - it->second > o_.pool_idle) {
+    if (now - it->second.last > o_.pool_idle) {
       it = wanted_.erase(it);
       continue;
     }
     warm_up(it->first);
     ++it;
   }
+  // pools are per calling pod's namespace too: forget the empty ones nobody wants (pods come
+  // and go)
+  std::erase_if(pool_, [&](const auto& e) { return e.second.empty() && !wanted_.count(e.first); });
+  std::erase_if(warming_, [&](const auto& e) { return e.second == 0 && !wanted_.count(e.first); });
   // kernel entries of clients this relay never kept (refused frames), gone
   size_t checked = 0;
   for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
@@ -138,6 +159,7 @@ void Relay::sweep() {
   }
   find_lost_frames();
   resync_total();
+  drop_pod_nets();
 }
 
 // A client whose last frame never reached the relay (the kernel delivered it
@@ -150,24 +172,15 @@ void Relay::find_lost_frames() {
   if (now < next_lost_check_) return;
   next_lost_check_ = now + std::chrono::seconds(1);
   std::unordered_map<uint64_t, uint32_t> suspects;
-  size_t checked = 0;
-  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
-    if (++checked > 16384) break;
-    es_relay_client rc{};
-    es_relay_done d{};
-    if (bpf_map_lookup_elem(clients_map_, &c, &rc) != 0) continue;
-    auto it = clients_.find(c);
-    if (it != clients_.end()) {
-      if (it->second.failed || !it->second.q.empty()) continue;
-      d = it->second.done;
-    } else {
-      bpf_map_lookup_elem(done_, &c, &d);
-    }
-    if (rc.sent == d.seq) continue;
-    if (auto was = lost_suspects_.find(c); was != lost_suspects_.end() && was->second == rc.sent)
+  std::vector<Unfinished> unfinished;
+  unfinished_clients(unfinished, 16384);
+  for (const auto& [c, sent] : unfinished) {
+    if (auto it = clients_.find(c); it != clients_.end() && (it->second.failed || !it->second.q.empty()))
+      continue;  // failing already, or its frames are here
+    if (auto was = lost_suspects_.find(c); was != lost_suspects_.end() && was->second == sent)
       frame_lost(c, "a frame never reached the relay", false);
     else
-      suspects[c] = rc.sent;
+      suspects[c] = sent;
   }
   lost_suspects_.swap(suspects);
   reap_clients();
@@ -196,8 +209,7 @@ void Relay::sweep_upstream(Upstream& u) {
       break;
   }
   if (!client_alive(u.client)) {
-    if (u.unbound) close_upstream(u.cookie, RelayCounter::closed_client_gone);
-    else release(u, RelayCounter::closed_client_gone);
+    close_upstream(u.cookie, RelayCounter::closed_client_gone);
     return;
   }
   Snapshot s = owed(u);
@@ -257,15 +269,8 @@ void Relay::resync_total() {
     es_relay_pod v{};
     if (bpf_map_lookup_elem(pods_, &p, &v) == 0) pods.emplace_back(p, v);
   }
-  size_t checked = 0;
-  for (uint64_t c : m_.keys<uint64_t>(maps::MapId::RelayClients)) {
-    es_relay_client rc{};
-    es_relay_done d{};
-    if (++checked > 16384) return;
-    if (bpf_map_lookup_elem(clients_map_, &c, &rc) != 0) continue;
-    bpf_map_lookup_elem(done_, &c, &d);
-    if (rc.sent != d.seq) return;  // a frame on its way
-  }
+  std::vector<Unfinished> unfinished;
+  if (!unfinished_clients(unfinished, 16384) || !unfinished.empty()) return;  // a frame on its way
   next_resync_ = now + std::chrono::seconds(10);
   if (acct.framed > done_total_)
     spdlog::debug("per-request steering: {} framed bytes never reached the relay", acct.framed - done_total_);

@@ -67,14 +67,14 @@ Relay::Upstream* Relay::upstream_for(Client& c, const Frame& f) {
       return nullptr;
     }
   }
-  SetKey key{f.svc_id, f.env_id};
-  wanted_[key] = std::chrono::steady_clock::now();
+  PoolKey key{f.svc_id, f.env_id, c.ns ? c.ns->ino : 0};
+  wanted_[key] = Want{std::chrono::steady_clock::now(), c.ns};
   demand_[key]++;
   Upstream* u = take_pooled(key);
   if (u) {
     bind_upstream(*u, c);
   } else {
-    u = start_connect(f.svc_id, f.env_id, c.cookie);
+    u = start_connect(f.svc_id, f.env_id, c.cookie, c.ns);
     if (u) c.ups.push_back(u->cookie);
   }
   if (!u || c.failed) {
@@ -85,9 +85,11 @@ Relay::Upstream* Relay::upstream_for(Client& c, const Frame& f) {
   return u;
 }
 
-// A non-blocking connect to a pod of the set; finished by finish_connect().
-// client 0: for the set's pool.
-Relay::Upstream* Relay::start_connect(uint32_t svc_id, uint32_t env_id, uint64_t client) {
+// A non-blocking connect to a pod of the set, from the network namespace ns
+// (the client's pod's: the server sees that pod's address); finished by
+// finish_connect(). client 0: for the pool of (set, ns).
+Relay::Upstream* Relay::start_connect(uint32_t svc_id, uint32_t env_id, uint64_t client,
+                                      const std::shared_ptr<const podnet::NetNs>& ns) {
   es_set_key sk{svc_id, env_id};
   es_set set{};
   if (bpf_map_lookup_elem(sets_, &sk, &set) != 0 || set.count == 0) {
@@ -104,8 +106,13 @@ Relay::Upstream* Relay::start_connect(uint32_t svc_id, uint32_t env_id, uint64_t
   }
   sockaddr_storage ss{};
   socklen_t sl = backend_sockaddr(be, &ss);
-  UniqueFd fd(socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd) return nullptr;
+  UniqueFd fd(podnet::socket_in(ns.get(), ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) {
+    count(RelayCounter::connect_failures);
+    spdlog::warn("per-request steering: a socket for client {}{}: {}", client,
+                 ns ? " in its pod's network namespace" : "", errstr(errno));
+    return nullptr;
+  }
   int one = 1;
   setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   std::string where = maps::format_backend(be);
@@ -123,17 +130,18 @@ Relay::Upstream* Relay::start_connect(uint32_t svc_id, uint32_t env_id, uint64_t
   u.client = client;
   u.svc_id = svc_id;
   u.env_id = env_id;
+  u.ns = ns;
   u.be = be;
   u.backend = where;
   u.since = std::chrono::steady_clock::now();
   add_epoll(epoll_.get(), u.fd.get(), EPOLLOUT | EPOLLRDHUP, cookie);
   u.want_out = true;
-  if (!client) warming_[{svc_id, env_id}]++;
+  if (!client) warming_[pool_key(u)]++;
   return &u;
 }
 
 void Relay::finish_connect(Upstream& u) {
-  SetKey key{u.svc_id, u.env_id};
+  PoolKey key = pool_key(u);
   if (!u.client) warming_[key]--;
   int err = 0;
   socklen_t l = sizeof(err);
@@ -159,6 +167,7 @@ void Relay::finish_connect(Upstream& u) {
   u.since = std::chrono::steady_clock::now();
   set_events(u, EPOLLIN | EPOLLRDHUP);
   pool_[key].push_back(u.cookie);
+  pool_size_++;
 }
 
 // The framing tracker, then the socket in the sockhash: without an
@@ -199,11 +208,12 @@ void Relay::bind_upstream(Upstream& u, Client& c) {
 }
 
 // The most recently pooled upstream of the set that is still quiet.
-Relay::Upstream* Relay::take_pooled(const SetKey& k) {
+Relay::Upstream* Relay::take_pooled(const PoolKey& k) {
   auto pit = pool_.find(k);
   while (pit != pool_.end() && !pit->second.empty()) {
     uint64_t cookie = pit->second.back();
     pit->second.pop_back();
+    pool_size_--;
     auto it = ups_.find(cookie);
     if (it == ups_.end()) continue;
     if (peer_closed(it->second.fd.get())) {
@@ -218,34 +228,24 @@ Relay::Upstream* Relay::take_pooled(const SetKey& k) {
 
 // Pre-connects upstreams for a set in recent use, up to its target: the warm
 // count, more when it binds many (a burst of new clients).
-void Relay::warm_up(const SetKey& k) {
+void Relay::warm_up(const PoolKey& k) {
   if (!o_.warm || !running_) return;
+  auto w = wanted_.find(k);
+  if (w == wanted_.end()) return;
   uint32_t target = std::max(o_.warm, std::min(o_.pool_per_set, rate_[k] / 16));
   size_t have = pool_[k].size() + warming_[k];
-  size_t pooled_total = 0;
-  for (const auto& [key, q] : pool_) pooled_total += q.size();
-  for (; have < target && pooled_total + have < o_.pool_total; have++)
-    if (!start_connect(k.first, k.second, 0)) break;
-}
-
-// The client is gone: its upstream is closed. It is not handed to another
-// client, even when it owes nothing: a server that answered "Connection:
-// close" (or an HTTP/1.0 request) closes it right after the answer, and a
-// request of the next client could cross that close and be reset (seen in
-// bench/run.sh --smoke). Only fresh, never used upstreams are pooled.
-void Relay::release(Upstream& u, RelayCounter why) {
-  if (u.state != UpState::Bound) return;
-  close_upstream(u.cookie, why);
+  for (; have < target && pool_size_ + have < o_.pool_total; have++)
+    if (!start_connect(std::get<0>(k), std::get<1>(k), 0, w->second.ns)) break;
 }
 
 void Relay::close_upstream(uint64_t cookie, RelayCounter why) {
   auto it = ups_.find(cookie);
   if (it == ups_.end()) return;
   Upstream& u = it->second;
-  SetKey key{u.svc_id, u.env_id};
+  PoolKey key = pool_key(u);
   if (u.state == UpState::Bound) unbind(u);
   if (u.state == UpState::Connecting && !u.client) warming_[key]--;
-  if (u.state == UpState::Pooled) std::erase(pool_[key], cookie);
+  if (u.state == UpState::Pooled) pool_size_ -= std::erase(pool_[key], cookie);
   if (u.client)
     if (auto c = clients_.find(u.client); c != clients_.end()) std::erase(c->second.ups, cookie);
   bpf_map_delete_elem(upstreams_, &cookie);

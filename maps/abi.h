@@ -14,7 +14,7 @@
 #include <linux/types.h>
 #endif
 
-#define ES_ABI_VERSION 4
+#define ES_ABI_VERSION 5
 
 /* An environment name: a Kubernetes label value, at most 63 bytes. */
 #define ES_ENV_NAME_MAX 64
@@ -194,6 +194,8 @@ enum es_counter {
 	ES_CNT_RELAY_FULL_POD,      /* a pod's clients had max_pod_bytes queued at the agent: refused */
 	ES_CNT_RELAY_TABLE_FULL,    /* es_relay_clients full: refused */
 	ES_CNT_RELAY_EV_LOST,       /* a relay client's close not signalled (ring buffer full) */
+	ES_CNT_REQ_ORDER_REFUSED,   /* a request for another target before the responses of the
+				     * re-routed run before it were in: connection refused */
 	ES_CNT_MAX
 };
 
@@ -213,7 +215,7 @@ enum es_counter {
 	  "req_h2c_upgrade_kept", "req_unframed_failed", "relay_refused_frames",       \
 	  "relay_refused_client_bytes", "relay_refused_total_bytes",                    \
 	  "relay_refused_pod_bytes",                                                     \
-	  "relay_refused_table_full", "relay_close_events_lost" }
+	  "relay_refused_table_full", "relay_close_events_lost", "req_order_refused" }
 
 /* Outbound header insertion settings (single-entry array). */
 struct es_inject_cfg {
@@ -301,6 +303,7 @@ struct es_relay_done {
 	__u32 seq;
 	__u32 pad;
 	__u64 bytes;
+	__u64 upstream; /* the upstream the last frame went to (its cookie) */
 };
 
 /* Bytes framed for the agent by the programs, all clients (single-entry
@@ -468,6 +471,16 @@ struct es_tx {
 				* stays on the connection's own pod, head and body */
 	__u8 upgrade;          /* the last complete request asked for an Upgrade or CONNECT:
 				* bytes the parser cannot follow after it are its tunnel */
+	/* The run: the requests in a row for one target (env_id), so that a
+	 * request for another target waits for nothing the run still owes
+	 * (outbound.h: es_run_owes). */
+	__u8 run_far;          /* the run's target is an upstream (re-routed), not the own pod */
+	__u8 pad[3];
+	__u32 run_env;
+	__u32 run_reqs;        /* request heads in the run (on run_up, or on the upstream the
+				* agent bound for its frames) */
+	__u64 run_base;        /* responses run_up had completed when the run began */
+	__u64 run_up;          /* the run's upstream when a request of it went in the kernel */
 };
 
 /* Responses on an upstream of the relay, as the verdict program follows them

@@ -11,6 +11,7 @@
 #define ENVSTEER_OUTBOUND_H
 
 #include "msgplan.h"
+#include "response.h"
 #include "request.h"
 #include "resolve.h"
 #include "trace.h"
@@ -279,6 +280,83 @@ static __always_inline int es_same_route(const struct es_route *a, const struct 
 	return a->kind == b->kind && a->upstream == b->upstream && a->env_id == b->env_id;
 }
 
+/* Frames of this client not yet forwarded by the agent. */
+static __always_inline int es_frames_pending(const struct es_msg_ctx *c, const struct es_relay_done **done)
+{
+	__u64 cookie = c->sock->cookie;
+
+	*done = bpf_map_lookup_elem(&es_relay_done, &cookie);
+	return c->tx->slow_seq && (!*done || (*done)->seq != c->tx->slow_seq);
+}
+
+/* A request for another target than the run of requests before it (in a
+ * later send: within one send es_msg_refuses_head decides) would be answered
+ * out of order if the run still waits for a response: the client would read
+ * the new request's answer as the old one's. For a run re-routed to an
+ * upstream the kernel knows (the upstream's responses are followed, es_rsp):
+ * such a request is refused. A run on the connection's own pod is not
+ * followed (README, limits). */
+static __always_inline int es_run_owes(const struct es_msg_ctx *c, const struct es_route *r)
+{
+	const struct es_tx *tx = c->tx;
+	const struct es_relay_done *done;
+	struct es_bind_key bk = {};
+	const struct es_bind *b;
+	__u64 up = tx->run_up;
+
+	if (!tx->run_far || !tx->run_reqs || tx->run_env == r->env_id)
+		return 0;
+	/* The run's upstream: the one its last request went to in the kernel,
+	 * else the one the agent bound for its frames (bound before it
+	 * forwards any), else the one its last frame went to. Frames the agent
+	 * has not marked done do not matter: an answer to every request of the
+	 * run (counted from its start) says they were forwarded. */
+	if (!up) {
+		bk.client = c->sock->cookie;
+		bk.svc_id = c->sock->svc_id;
+		bk.env_id = tx->run_env;
+		b = bpf_map_lookup_elem(&es_binds, &bk);
+		if (b)
+			up = b->upstream;
+	}
+	if (!up && !es_frames_pending(c, &done) && done)
+		up = done->upstream;
+	if (!up)
+		return 1; /* not known */
+	return es_rsp_run_owes(bpf_map_lookup_elem(&es_rsp, &up), tx->run_base, tx->run_reqs);
+}
+
+/* The run the request with route r belongs to: the one before it (same
+ * target) or a new one. A request through the agent while none of the
+ * client's frames is pending there gets a new upstream (the one bound before
+ * was closed, else the request would go in the kernel): the run starts again
+ * on it (what the old one owed, the agent settles: it resets the client). */
+static __always_inline void es_run_note(struct es_msg_ctx *c, const struct es_route *r)
+{
+	struct es_tx *tx = c->tx;
+	const struct es_relay_done *done;
+	const struct es_rsp *rsp;
+
+	if (tx->run_reqs && tx->run_env == r->env_id &&
+	    !(r->kind == ES_ROUTE_SLOW && !es_frames_pending(c, &done))) {
+		tx->run_reqs++;
+		if (r->kind == ES_ROUTE_KERNEL)
+			tx->run_up = r->upstream;
+		return;
+	}
+	tx->run_env = r->env_id;
+	tx->run_reqs = 1;
+	tx->run_far = r->kind == ES_ROUTE_SLOW || r->kind == ES_ROUTE_KERNEL;
+	tx->run_up = 0;
+	tx->run_base = 0;
+	if (r->kind == ES_ROUTE_KERNEL) {
+		tx->run_up = r->upstream;
+		rsp = bpf_map_lookup_elem(&es_rsp, &tx->run_up);
+		if (rsp)
+			tx->run_base = rsp->done;
+	}
+}
+
 struct es_hdr_ctx {
 	struct sk_msg_md *msg;
 	struct es_hdr_buf *hb;
@@ -409,6 +487,11 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	}
 	if (es_msg_refuses_head(c->tx->v.req_begin, c->tx->pipelined, es_same_route(&r, &c->tx->v.route)))
 		return 1;
+	if (es_run_owes(c, &r)) {
+		es_count(ES_CNT_REQ_ORDER_REFUSED);
+		return 1;
+	}
+	es_run_note(c, &r);
 	c->tx->pipelined = 0;
 	if (c->tx->v.req_begin == 0)
 		c->tx->v.route = r;

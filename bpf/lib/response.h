@@ -81,6 +81,18 @@ ES_INLINE int es_rsp_idle(const struct es_rsp *r, __u64 slow)
 	return r->phase == ES_RSP_P_IDLE && r->reqs + slow == r->done;
 }
 
+/* 1 when a run of `reqs` requests sent to an upstream that had completed
+ * `base` responses when the run began may still be waiting for a response:
+ * one is under way, or fewer than reqs came. r NULL: the upstream is closed
+ * (the agent resets the client of an upstream closed while it owes
+ * something, so a closed one owes nothing here). */
+ES_INLINE int es_rsp_run_owes(const struct es_rsp *r, __u64 base, __u32 reqs)
+{
+	if (!r)
+		return 0;
+	return r->phase != ES_RSP_P_IDLE || r->done < base + reqs;
+}
+
 ES_INLINE int es_rsp_dead(struct es_rsp *r, __u8 why)
 {
 	r->phase = ES_RSP_P_DEAD;

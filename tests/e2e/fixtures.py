@@ -39,6 +39,15 @@ def populate(node, ns, services=(), pods=(), servers=(), server_args=None, serve
     return node
 
 
+def run_json(node, key, argv, timeout=60.0):
+    """Runs argv in the pod `key` and returns the JSON of its last output line; a failure or no
+    output fails the test, with the agent's log."""
+    r = node.run_in_pod(key, argv, timeout=timeout)
+    lines = (r.stdout or "").strip().splitlines()
+    assert r.returncode == 0 and lines, (r.returncode, r.stdout, node.agent_log_text(4000))
+    return json.loads(lines[-1])
+
+
 def metric(node, name, labels=None, default=None):
     """The value of one sample of the node agent's /metrics, or default when it has none."""
     code, body = node.admin_get("/metrics")

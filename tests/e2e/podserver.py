@@ -124,7 +124,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         url = urlsplit(self.path)
         base = {"pod": POD, "env": ENV, "got_header": self.headers.get(ENV_HEADER),
-                "head": bytes(self.rfile.buf).decode("latin-1")}
+                "head": bytes(self.rfile.buf).decode("latin-1"),
+                "peer": podclient.fmt_addr(self.client_address)}
         self._drain_body()
         if url.path == "/":
             self._reply(200, base)
@@ -241,23 +242,31 @@ def main():
     ap.add_argument("--keepalive", action="store_true")
     ap.add_argument("--echo", action="store_true")
     ap.add_argument("--single-thread", action="store_true")
+    ap.add_argument("--also-ip", action="append", default=[],
+                    help="serve on this address too (e.g. the pod's IPv6 address)")
     args = ap.parse_args()
     POD, ENV = args.pod, args.env
     ENV_HEADER, FORWARD_HEADER, KEEPALIVE = args.env_header, args.forward_header, args.keepalive
     if KEEPALIVE:
         Handler.protocol_version = "HTTP/1.1"
 
-    if args.echo:
-        httpd = make_echo_server(args.ip, args.port)
-    else:
-        httpd = make_http_server(args.ip, args.port, args.single_thread)
-    family = socket.AF_INET6 if ":" in args.ip else socket.AF_INET
-    usock = socket.socket(family, socket.SOCK_DGRAM)
-    usock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    usock.bind((args.ip, args.port))
-    usock.settimeout(0.5)
     stop = threading.Event()
-    threading.Thread(target=udp_echo, args=(usock, stop), daemon=True).start()
+    servers = []
+    for ip in [args.ip] + args.also_ip:
+        if args.echo:
+            servers.append(make_echo_server(ip, args.port))
+        else:
+            servers.append(make_http_server(ip, args.port, args.single_thread))
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        usock = socket.socket(family, socket.SOCK_DGRAM)
+        usock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        usock.bind((ip, args.port))
+        usock.settimeout(0.5)
+        threading.Thread(target=udp_echo, args=(usock, stop), daemon=True).start()
+    httpd = servers[0]
+    for extra in servers[1:]:
+        threading.Thread(target=extra.serve_forever, kwargs={"poll_interval": 0.5},
+                         daemon=True).start()
 
     def on_term(signum, frame):
         stop.set()

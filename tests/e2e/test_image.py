@@ -437,16 +437,18 @@ def test_what_differs_from_a_host_process(cluster, pod):
     assert [ln.split()[1] for ln in r.stdout.splitlines()] == [cluster.cg_mount], r.stdout
     r = pod.exec("ls", os.path.join(cluster.cgroup_dir, "kubepods.slice"))
     assert "kubepods-besteffort.slice" in r.stdout.split(), r.stdout
-    # its own PID namespace (hostPID: false): the pods' processes are not in its /proc, and
-    # its /proc/self/status lists one pid (NSpid), as a host process' does
+    # the node's PID namespace (hostPID: true, to enter pods' network namespaces through
+    # their processes): the pods' processes are in its /proc, and its /proc/self/status lists
+    # one pid (NSpid), as a host process' does
     server = cluster.pod(k("a-dev")).server.pid
-    assert pod.exec("test", "-e", "/proc/%d/cmdline" % server).returncode != 0
+    assert pod.exec("test", "-e", "/proc/%d/cmdline" % server).returncode == 0
     r = pod.exec("grep", "^NSpid:", "/proc/self/status")
     assert len(r.stdout.split()) == 2, r.stdout
     # the DaemonSet's capabilities, no more (those this machine can give: its bounding set)
     with open("/proc/self/status") as f:
         bnd = int(re.search(r"^CapBnd:\s*(\S+)", f.read(), re.M).group(1), 16)
-    bits = {"BPF": 39, "NET_ADMIN": 12, "PERFMON": 38, "SYS_RESOURCE": 24}
+    bits = {"BPF": 39, "NET_ADMIN": 12, "PERFMON": 38, "SYS_RESOURCE": 24, "SYS_ADMIN": 21,
+            "SYS_PTRACE": 19}
     want = sum(1 << bits[c] for c in pod.caps) & bnd
     r = pod.exec("grep", "^CapEff", "/proc/self/status")
     assert int(r.stdout.split()[1], 16) == want, (r.stdout, hex(want))
@@ -468,8 +470,8 @@ def status(pod):
 def test_a_switched_off_process_stays_switched_off(cluster, pod):
     """The kernel switches the thread context off for good in a process it sees serving
     interleaved requests; the agent forgets the process only once it has exited, and only
-    when it can tell (it sees the node's processes). In the DaemonSet's pod (hostPID: false)
-    it cannot: the entry must outlive the agent's 2 s sweeps."""
+    when it can tell (it sees the node's processes, hostPID: true): the entry of a live
+    process must outlive the agent's 2 s sweeps."""
     with in_netns(cluster.podnet.path):
         c1 = socket.create_connection((IL, 8080), timeout=10)
         c2 = socket.create_connection((IL, 8080), timeout=10)

@@ -40,10 +40,7 @@ def build(make_node, name, extra_args=()):
 
 
 def run_json(node, pod, argv, timeout=60.0):
-    r = node.run_in_pod(k(pod), argv, timeout=timeout)
-    lines = (r.stdout or "").strip().splitlines()
-    assert r.returncode == 0 and lines, (r.returncode, r.stdout, node.agent_log_text(4000))
-    return json.loads(lines[-1])
+    return fixtures.run_json(node, k(pod), argv, timeout)
 
 
 def relay(node):

@@ -214,3 +214,23 @@ def test_pipelined_request_cut_by_the_end_of_a_send(smug, bound):
     assert "/next" not in r["extra"], r
     assert r.get("send_error") == "EACCES", r
     assert after["req_pipeline_refused"] - before["req_pipeline_refused"] >= 1
+
+
+@REQUEST_CONTEXT
+@pytest.mark.parametrize("bound", [False, True], ids=["slow-path", "upstream-bound"])
+def test_request_for_another_target_before_the_rerouted_answer(smug, bound):
+    """HTTP pipelining across sends: a request re-routed to s-p1 whose answer takes 0.8 s, then,
+    in a send of its own 150 ms later, a request for the connection's own pod (dev). s-dev would
+    answer first and the client would read that answer as the re-routed request's: the second
+    request is refused (EACCES, req_order_refused), the first is answered by s-p1, and nothing
+    else arrives."""
+    before = smug.counters()
+    warm = [request("dev.p1", 200, "none")] if bound else []
+    sends = warm + [head("GET", "/delay?s=0.8", "dev.p1", 200, "none"), head("GET", "/next", "dev", 200, "none")]
+    r = raw(smug, sends, len(sends) - 1, gap_ms=150, timeout=5)
+    after = smug.counters()
+    assert r.get("send_error") == "EACCES", r
+    assert r["error"] is None, r
+    assert [x["pod"] for x in r["responses"]] == [k("s-p1")] * (len(sends) - 1), r
+    assert r["extra"] == "", r
+    assert after["req_order_refused"] - before["req_order_refused"] == 1, (before, after)

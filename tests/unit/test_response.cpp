@@ -172,4 +172,21 @@ TEST(Response, LeadingBlankLinesAreIgnored) {
   EXPECT_EQ(feed(kOk + "\r\n" + kOk).done, 2u);
 }
 
+// A run of requests on an upstream owes its client something until every one has its final
+// response (counted from where the run began) and none is under way.
+TEST(Response, RunOwesUntilEveryResponseIsIn) {
+  const std::string ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  es_rsp r = feed(ok + ok);  // two answered before the run began
+  EXPECT_FALSE(es_rsp_run_owes(&r, 2, 0));
+  EXPECT_TRUE(es_rsp_run_owes(&r, 2, 1));  // the run's one request: not answered yet
+  es_rsp_feed_buf(&r, ok.data(), 10);         // its response under way
+  EXPECT_TRUE(es_rsp_run_owes(&r, 2, 1));
+  es_rsp_feed_buf(&r, ok.data() + 10, ok.size() - 10);
+  EXPECT_FALSE(es_rsp_run_owes(&r, 2, 1));
+  EXPECT_TRUE(es_rsp_run_owes(&r, 2, 2));   // a second request of the run
+  EXPECT_FALSE(es_rsp_run_owes(nullptr, 0, 3));  // closed: the agent reset the client if it owed
+  es_rsp interim = feed("HTTP/1.1 100 Continue\r\n\r\n");
+  EXPECT_TRUE(es_rsp_run_owes(&interim, 0, 1));  // an interim response answers nothing
+}
+
 }  // namespace

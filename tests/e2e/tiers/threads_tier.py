@@ -8,7 +8,7 @@ another).
 
 Same contract as go_tier.go: GET /healthz -> "ok"; GET / -> GET http://TO/ (MODE "fwd":
 forwarding the incoming X-Virtual-Env header, "plain": not), answers
-{"tier", "got_header", "backend", "backend_got_header"} (502 + "error" on failure).
+{"tier", "got_header", "backend", "backend_got_header", "backend_peer"} (502 + "error" on failure).
 """
 import http.client
 import json
@@ -86,6 +86,7 @@ def main():
             pool.put(c)
             out["backend"] = ans.get("pod")
             out["backend_got_header"] = ans.get("got_header")
+            out["backend_peer"] = ans.get("peer")  # the tier as its backend saw it
             self._reply(200, out)
 
     class Server(ThreadingHTTPServer):
