@@ -46,6 +46,8 @@ ModelOptions Agent::model_options() const {
   o.default_env = s_.default_env;
   o.cgroup_annotation = s_.cgroup_annotation;
   o.selector_fallback = !s_.kubernetes;
+  o.participation.all = s_.participation == "all";
+  o.participation.selector = LabelSelector::parse(s_.participation_selector);
   if (s_.kubernetes) {
     o.cgroup_source = CgroupSource::Discovered;
     o.discovered_cgroups = discovered_;
@@ -165,6 +167,7 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
     need_full_ = false;
     if (latest) pending_.clear();
     model_ = &want;
+    sync_pod_programs();
     for (const auto& w : want.warnings)
       if (std::find(old_warnings.begin(), old_warnings.end(), w) == old_warnings.end()) spdlog::warn("{}", w);
     last_sync_ = std::chrono::system_clock::now();
@@ -193,6 +196,25 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
                  model_->sets.size(), model_->pods.size(), model_->skipped.size(), st.updates, st.deletes,
                  us(t0, t_maps), us(t0, t_model), us(t_model, t_maps));
   return true;
+}
+
+// The cgroup programs on exactly the participating pods' cgroups (the model's
+// local pods). A pod whose programs cannot be attached now is tried again
+// every 2 s (periodic()); its es_pods entry is written anyway (harmless: no
+// program of its own reads it).
+void Agent::sync_pod_programs() {
+  if (!dp_) return;
+  std::map<uint64_t, std::string> want;
+  for (const auto& [id, pod] : model_->pods) want.emplace(id, pod.cgroup);
+  auto r = dp_->sync_pods(want);
+  if (r.changed() || r.failed)
+    spdlog::info("pod programs: attached to {} pod cgroup(s), removed from {}, {} failed; {} pod(s) carry them",
+                 r.attached, r.detached, r.failed, dp_->pods()->pods());
+  const bool ctx = std::any_of(model_->pods.begin(), model_->pods.end(),
+                               [](const auto& kv) { return kv.second.thread_ctx; });
+  if (dp_->set_thread_tracing(ctx))
+    spdlog::info("thread context programs (tp_btf sock_recv_length, sock_send_length): {}",
+                 ctx ? "attached (a pod of this node opts in)" : "detached (no pod of this node opts in)");
 }
 
 void Agent::check_consistency() {
@@ -309,6 +331,10 @@ nlohmann::json Agent::status_json() {
   j["kernel"] = {{"release", features_.kernel}, {"set_retval", features_.set_retval},
                  {"recv_tracepoint", features_.recv_tracepoint}, {"bpf_loop", features_.bpf_loop},
                  {"task_storage", features_.task_storage}, {"notes", features_.notes}};
+  j["participation"] = {{"mode", s_.participation}, {"selector", s_.participation_selector},
+                        {"pods_with_programs", dp_ ? dp_->pods()->pods() : 0},
+                        {"thread_context_programs", dp_ && dp_->thread_tracing()},
+                        {"attach_failures", dp_ ? dp_->pods()->attach_failures() : 0}};
   j["request_context"] = dp_ && dp_->request_context();
   j["per_request_steering"] = dp_ && dp_->per_request();
   if (relay_) j["per_request"] = relay_->status_json();
@@ -376,6 +402,12 @@ std::string Agent::metrics_text() {
   std::lock_guard<std::mutex> g(mu_);
   out += request_metrics();
   out += thread_context_metrics(*model_, ctx_off_processes());
+  out += "# HELP envsteer_pods_with_programs Pod cgroups carrying envsteer's cgroup programs (the pods that take "
+         "part).\n# TYPE envsteer_pods_with_programs gauge\nenvsteer_pods_with_programs " +
+         std::to_string(dp_->pods()->pods()) + "\n";
+  out += "# HELP envsteer_pod_attach_failures_total Failed attempts to attach the programs to a pod cgroup (tried "
+         "again every 2 s).\n# TYPE envsteer_pod_attach_failures_total counter\nenvsteer_pod_attach_failures_total " +
+         std::to_string(dp_->pods()->attach_failures()) + "\n";
   out += "# TYPE envsteer_syncs_total counter\n";
   out += "envsteer_syncs_total{result=\"ok\"} " + std::to_string(syncs_ok_) + "\n";
   out += "envsteer_syncs_total{result=\"failed\"} " + std::to_string(syncs_failed_) + "\n";
@@ -829,10 +861,11 @@ void Agent::start_datapath() {
   }
   rec_ = std::make_unique<Reconciler>(dp_->maps(), s_.splitter);
   size_t adopted = rec_->adopt();
-  spdlog::info("data path on cgroup {}: {} program(s) attached, {} replaced in place; maps under {}/maps: "
-               "{} reused ({} entries adopted), {} created",
-               cg_root_.string(), rep.created.size(), rep.replaced.size(), s_.bpffs, rep.maps_reused, adopted,
-               rep.maps_created);
+  spdlog::info("data path for cgroup {}: {} program(s) attached, {} replaced in place, {} pod cgroup(s) "
+               "adopted (participation: {}{}); maps under {}/maps: {} reused ({} entries adopted), {} created",
+               cg_root_.string(), rep.created.size(), rep.replaced.size(), rep.pods_adopted, s_.participation,
+               s_.participation == "all" ? "" : ", selector \"" + s_.participation_selector + "\"", s_.bpffs,
+               rep.maps_reused, adopted, rep.maps_created);
   start_observe();
   start_h2();
 }
@@ -911,6 +944,10 @@ void Agent::periodic() {
     // error (a broken source, or a latest state that does not apply, stays
     // reported until fixed)
     apply_changes({}, "rescan", false);
+  }
+  if (dp_ && dp_->pods()->has_failures()) {
+    std::lock_guard<std::mutex> g(mu_);
+    sync_pod_programs();
   }
   check_consistency();
   sweep_thread_context();

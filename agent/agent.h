@@ -70,6 +70,8 @@ class Agent {
   // Now and then: the incremental model against a full build of its objects
   // (logged and repaired when they differ).
   void check_consistency();
+  // The cgroup programs on the participating pods' cgroups (under mu_).
+  void sync_pod_programs();
   std::unique_ptr<IncrementalModel> inc_;  // the objects and the model as last applied (under mu_)
   std::map<std::pair<int, std::string>, ObjectChange> pending_;  // changes not applied yet, latest per object
   bool need_full_ = true;                  // the next apply compares everything (after a failure)

@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "agent.h"
@@ -75,10 +76,29 @@ json pinned_status(const fs::path& pin) {
   } catch (...) {
   }
   json links = json::array();
-  for (const auto& l : pinned_links(pin)) {
-    std::string cg;
-    if (!mount.empty() && l.cgroup_id)
-      if (auto p = cgroup::path_of_id(mount, l.cgroup_id)) cg = p->string();
+  auto pl = pinned_links(pin);
+  // every pod has its own links: find their cgroups in one bounded walk of the mount
+  std::map<uint64_t, std::string> cg_path;
+  for (const auto& l : pl)
+    if (l.cgroup_id) cg_path[l.cgroup_id];
+  if (!mount.empty() && !cg_path.empty()) {
+    size_t left = cg_path.size(), seen = 0;
+    std::error_code ec;
+    auto note = [&](const fs::path& d) {
+      auto id = cgroup::cgroup_id(d);
+      auto it = id ? cg_path.find(*id) : cg_path.end();
+      if (it != cg_path.end() && it->second.empty()) {
+        it->second = d.string();
+        left--;
+      }
+    };
+    note(mount);
+    for (auto it = fs::recursive_directory_iterator(mount, fs::directory_options::skip_permission_denied, ec);
+         left && !ec && it != fs::recursive_directory_iterator() && ++seen <= 100000; it.increment(ec))
+      if (it->is_directory(ec)) note(it->path());
+  }
+  for (const auto& l : pl) {
+    std::string cg = l.cgroup_id ? cg_path[l.cgroup_id] : "";
     links.push_back({{"pin", l.name}, {"link_id", l.link_id}, {"prog_id", l.prog_id}, {"program", l.prog_name},
                      {"attach_type", l.attach_type}, {"cgroup_id", l.cgroup_id}, {"cgroup", cg},
                      {"run_cnt", l.run_cnt}, {"run_time_ns", l.run_time_ns}});
@@ -147,6 +167,12 @@ void print_status(const json& j) {
       std::cout << "\n  model: " << a["model"]["frontends"] << " service addresses, " << a["model"]["envs"]
                 << " environments, " << a["model"]["sets"] << " backend sets, " << a["model"]["local_pods"]
                 << " local pods\n";
+      if (a.contains("participation"))
+        std::cout << "  participation: " << a["participation"]["mode"].get<std::string>()
+                  << (a["participation"]["mode"] == "all"
+                          ? std::string()
+                          : " (env label, or selector \"" + a["participation"]["selector"].get<std::string>() + "\")")
+                  << "; " << a["participation"]["pods_with_programs"] << " pod cgroup(s) carry the programs\n";
       for (const auto& w : a["model"]["warnings"]) std::cout << "  warning: " << w.get<std::string>() << "\n";
       if (a.contains("skipped") && !a["skipped"].empty()) {
         std::cout << "  skipped objects (" << a["skipped"].size() << "; everything else is applied):\n";
@@ -311,6 +337,14 @@ struct RunCmd {
         ->capture_default_str();
     cmd->add_option("--h2-window", s.h2_window,
                     "HTTP/2 flow-control window per stream, both directions (bytes; the connection's is twice it)")
+        ->capture_default_str();
+    cmd->add_option("--participation", s.participation,
+                    "which of this node's pods take part: \"selected\" (pods with the env label or matching "
+                    "--participation-selector) or \"all\"; the others run no envsteer program")
+        ->capture_default_str();
+    cmd->add_option("--participation-selector", s.participation_selector,
+                    "pod label selector (key=value, key!=value, key, !key; comma = and) of the pods that take "
+                    "part besides those with the env label (\"\": none)")
         ->capture_default_str();
     cmd->add_flag("--no-header-context", no_header_context,
                   "do not learn request environments from HTTP headers (connect-time by pod only)");

@@ -190,46 +190,11 @@ void attach_tracing(bpf_program* prog, const fs::path& lp, AttachReport& rep) {
   }
 }
 
-// A cgroup program: the pinned link of an earlier agent at the same place is
-// updated in place (no gap in steering); anything else is replaced.
-void attach_cgroup(bpf_program* prog, int cg_fd, uint64_t root_id, const fs::path& cgroup_root, const fs::path& lp,
-                   AttachReport& rep) {
-  const std::string name = bpf_program__name(prog);
-  if (fs::exists(lp)) {
-    if (bpf_link* old = bpf_link__open(lp.c_str())) {
-      auto li = link_info(bpf_link__fd(old));
-      bool same_place = li.ok && li.info.type == BPF_LINK_TYPE_CGROUP && li.info.cgroup.cgroup_id == root_id &&
-                        li.info.cgroup.attach_type == bpf_program__expected_attach_type(prog);
-      if (same_place && bpf_link__update_program(old, prog) == 0) {
-        bpf_link__disconnect(old);
-        bpf_link__destroy(old);
-        rep.replaced.push_back(name);
-        return;
-      }
-      // attached elsewhere (another --cgroup-root) or not updatable: replace it
-      bpf_link__detach(old);
-      bpf_link__destroy(old);
-    }
-    fs::remove(lp);
-  }
-  bpf_link* link = bpf_program__attach_cgroup(prog, cg_fd);
-  if (!link)
-    throw std::runtime_error("attaching " + name + " to cgroup " + cgroup_root.string() + " failed: " + errstr(errno));
-  if (int err = bpf_link__pin(link, lp.c_str()); err != 0) {
-    bpf_link__destroy(link);
-    throw std::runtime_error("pinning link " + lp.string() + " failed: " + errstr(err));
-  }
-  bpf_link__disconnect(link);  // keep it attached when this process exits
-  bpf_link__destroy(link);
-  rep.created.push_back(name);
-}
-
-// Every loaded program, attached where it belongs; returns the link pin names.
-std::vector<std::string> attach_all(envsteer_bpf* skel, const fs::path& cgroup_root, const fs::path& link_dir,
-                                    AttachReport& rep) {
-  UniqueFd cg_fd(open(cgroup_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!cg_fd) throw std::runtime_error("cannot open cgroup " + cgroup_root.string() + ": " + errstr(errno));
-  auto root_id = cgroup::cgroup_id(cgroup_root).value_or(0);
+// Every loaded program that is not a cgroup program, attached where it
+// belongs; returns the link pin names. The cgroup programs go to *cgroup_progs:
+// they are attached per pod (PodAttacher).
+std::vector<std::string> attach_all(envsteer_bpf* skel, const fs::path& link_dir, AttachReport& rep,
+                                    std::vector<CgroupProgram>* cgroup_progs) {
   std::vector<std::string> linked;
   bpf_program* prog;
   bpf_object__for_each_program(prog, skel->obj) {
@@ -240,20 +205,33 @@ std::vector<std::string> attach_all(envsteer_bpf* skel, const fs::path& cgroup_r
       attach_to_sockhash(skel, prog, rep);
       continue;
     }
-    linked.push_back(name);
-    if (type == BPF_PROG_TYPE_TRACING)
+    if (type == BPF_PROG_TYPE_TRACING) {
+      linked.push_back(name);
       attach_tracing(prog, link_dir / name, rep);
-    else
-      attach_cgroup(prog, cg_fd.get(), root_id, cgroup_root, link_dir / name, rep);
+      continue;
+    }
+    cgroup_progs->push_back({name, bpf_program__fd(prog), static_cast<uint32_t>(bpf_program__expected_attach_type(prog))});
   }
   return linked;
 }
 
-// Links of programs this version no longer has.
-void detach_obsolete(const fs::path& link_dir, const std::vector<std::string>& wanted) {
+// Links of programs this version no longer has. Cgroup links of an older
+// agent (attached at the cgroup root) are left attached and returned: they are
+// removed once the pods have their own (Datapath::sync_pods).
+std::vector<fs::path> detach_obsolete(const fs::path& link_dir, const std::vector<std::string>& wanted) {
+  std::vector<fs::path> root_links;
   for (const auto& e : fs::directory_iterator(link_dir)) {
     auto n = e.path().filename().string();
+    if (e.is_directory()) continue;  // pods/: PodAttacher's
     if (std::find(wanted.begin(), wanted.end(), n) != wanted.end()) continue;
+    {
+      UniqueFd fd(bpf_obj_get(e.path().c_str()));
+      auto li = fd ? link_info(fd.get()) : LinkInfo{};
+      if (li.ok && li.info.type == BPF_LINK_TYPE_CGROUP) {
+        root_links.push_back(e.path());
+        continue;
+      }
+    }
     if (bpf_link* old = bpf_link__open(e.path().c_str())) {
       bpf_link__detach(old);
       bpf_link__destroy(old);
@@ -261,6 +239,7 @@ void detach_obsolete(const fs::path& link_dir, const std::vector<std::string>& w
     fs::remove(e.path());
     spdlog::info("detached obsolete program link {}", n);
   }
+  return root_links;
 }
 
 }  // namespace
@@ -325,9 +304,62 @@ std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& c
   dp->configure(s, f);
   check_pinned_maps(dp->skel_, map_dir, s, rep);
   dp->load(s);
-  detach_obsolete(link_dir, attach_all(dp->skel_, cgroup_root, link_dir, rep));
+  std::vector<CgroupProgram> cgroup_progs;
+  dp->root_links_ = detach_obsolete(link_dir, attach_all(dp->skel_, link_dir, rep, &cgroup_progs));
+  dp->pods_ = std::make_unique<PodAttacher>(link_dir / "pods", std::move(cgroup_progs));
+  rep.pods_adopted = dp->pods_->adopt();
+  dp->link_dir_ = link_dir;
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, dp->skel_->obj)
+    if (bpf_program__autoload(prog) && bpf_program__type(prog) == BPF_PROG_TYPE_TRACING) dp->tracing_.push_back(prog);
+  dp->tracing_on_ = !dp->tracing_.empty();  // attached by attach_all: kept until the model says
+  if (!dp->root_links_.empty())
+    spdlog::info("{} cgroup link(s) at {} of an agent older than per-pod attachment: removed once the pods have "
+                 "their own", dp->root_links_.size(), cgroup_root.string());
   if (report) *report = rep;
   return dp;
+}
+
+bool Datapath::set_thread_tracing(bool on) {
+  if (tracing_.empty() || on == tracing_on_) return false;
+  if (on) {
+    AttachReport rep;
+    try {
+      for (bpf_program* p : tracing_) attach_tracing(p, link_dir_ / bpf_program__name(p), rep);
+    } catch (const std::exception& e) {
+      spdlog::warn("thread context programs: {}; tried again with the next change", e.what());
+      return false;
+    }
+  } else {
+    for (bpf_program* p : tracing_) {
+      const fs::path lp = link_dir_ / bpf_program__name(p);
+      if (bpf_link* l = bpf_link__open(lp.c_str())) {
+        bpf_link__detach(l);
+        bpf_link__destroy(l);
+      }
+      std::error_code ec;
+      fs::remove(lp, ec);
+    }
+  }
+  tracing_on_ = on;
+  return true;
+}
+
+PodAttacher::Result Datapath::sync_pods(const std::map<uint64_t, std::string>& want) {
+  auto r = pods_->sync(want);
+  if (!root_links_.empty() && !pods_->has_failures()) {
+    for (const auto& p : root_links_) {
+      if (bpf_link* l = bpf_link__open(p.c_str())) {
+        bpf_link__detach(l);
+        bpf_link__destroy(l);
+      }
+      std::error_code ec;
+      fs::remove(p, ec);
+    }
+    spdlog::info("removed {} cgroup link(s) at the cgroup root (per-pod attachment now)", root_links_.size());
+    root_links_.clear();
+  }
+  return r;
 }
 
 std::vector<std::string> uninstall(const fs::path& pin_dir) {
@@ -338,14 +370,22 @@ std::vector<std::string> uninstall(const fs::path& pin_dir) {
     return removed;
   }
   if (fs::exists(pin_dir / "links", ec)) {
-    for (const auto& e : fs::directory_iterator(pin_dir / "links")) {
-      if (bpf_link* l = bpf_link__open(e.path().c_str())) {
-        if (bpf_link__detach(l) != 0) spdlog::warn("detaching {}: {}", e.path().string(), errstr(errno));
+    std::vector<fs::path> dirs, files;
+    for (auto it = fs::recursive_directory_iterator(pin_dir / "links", ec); !ec && it != fs::recursive_directory_iterator();
+         it.increment(ec))
+      (it->is_directory(ec) ? dirs : files).push_back(it->path());
+    ec.clear();
+    for (const auto& f : files) {
+      if (bpf_link* l = bpf_link__open(f.c_str())) {
+        // a pod's link whose cgroup is gone is detached already
+        if (bpf_link__detach(l) != 0 && errno != ENOLINK && errno != EINVAL)
+          spdlog::warn("detaching {}: {}", f.string(), errstr(errno));
         bpf_link__destroy(l);
       }
-      fs::remove(e.path(), ec);
-      removed.push_back(e.path().string());
+      fs::remove(f, ec);
+      removed.push_back(f.string());
     }
+    for (auto d = dirs.rbegin(); d != dirs.rend(); ++d) fs::remove(*d, ec);  // deepest first
   }
   if (fs::exists(pin_dir / "maps", ec)) {
     for (const auto& e : fs::directory_iterator(pin_dir / "maps")) {
@@ -363,9 +403,12 @@ std::vector<LinkStatus> pinned_links(const fs::path& pin_dir) {
   std::vector<LinkStatus> out;
   std::error_code ec;
   if (!fs::exists(pin_dir / "links", ec)) return out;
-  for (const auto& e : fs::directory_iterator(pin_dir / "links")) {
+  for (auto it = fs::recursive_directory_iterator(pin_dir / "links", ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    const auto& e = *it;
+    if (e.is_directory(ec)) continue;
     LinkStatus st;
-    st.name = e.path().filename().string();
+    st.name = e.path().lexically_relative(pin_dir / "links").string();
     UniqueFd fd(bpf_obj_get(e.path().c_str()));
     if (!fd) {
       out.push_back(st);

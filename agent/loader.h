@@ -1,20 +1,24 @@
 // SPDX-License-Identifier: Apache-2.0
 // The data path: loads the BPF programs, pins maps and links under the pin
-// directory, attaches to the cgroup root, and adopts what a previous agent
+// directory, attaches the cgroup programs to each participating pod's cgroup
+// (podattach.h) and the global ones once, and adopts what a previous agent
 // pinned (links are updated in place, so traffic never sees a gap).
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "fd.h"
 #include "maps/bpf_maps.h"
+#include "podattach.h"
 #include "settings.h"
 
 struct envsteer_bpf;
+struct bpf_program;
 
 namespace envsteer {
 
@@ -51,6 +55,7 @@ struct AttachReport {
   std::vector<std::string> replaced;  // pinned links updated in place
   size_t maps_reused = 0;
   size_t maps_created = 0;
+  size_t pods_adopted = 0;  // pods whose pinned links were updated in place
 };
 
 class Datapath {
@@ -63,6 +68,17 @@ class Datapath {
   bool request_context() const { return request_ctx_; }
   // Per-request steering on steered connections (sk_msg, sk_skb, sockops).
   bool per_request() const { return per_request_; }
+  // The cgroup programs on exactly these pod cgroups (cgroup id -> directory).
+  // The first call also removes the root links of an agent older than per-pod
+  // attachment (kept until now so that steering never stops).
+  PodAttacher::Result sync_pods(const std::map<uint64_t, std::string>& want);
+  const PodAttacher* pods() const { return pods_.get(); }
+  // The global tracing programs (tp_btf sock_recv_length / sock_send_length)
+  // serve only the thread context: attached while some pod of the node opts in,
+  // detached otherwise (no program runs on the node's socket reads and writes).
+  // Returns true when it changed something.
+  bool set_thread_tracing(bool on);
+  bool thread_tracing() const { return tracing_on_; }
 
  private:
   Datapath() = default;
@@ -74,14 +90,19 @@ class Datapath {
   bool request_ctx_ = false;
   bool per_request_ = false;
   maps::BpfMapBackend maps_;
+  std::unique_ptr<PodAttacher> pods_;
+  std::vector<std::filesystem::path> root_links_;  // cgroup links of an older agent, at the root
+  std::vector<bpf_program*> tracing_;  // loaded tracing programs
+  std::filesystem::path link_dir_;
+  bool tracing_on_ = false;
 };
 
-// Detaches every pinned link and removes the pin directory. Returns what it removed.
+// Detaches every pinned link (the pods' too) and removes the pin directory. Returns what it removed.
 std::vector<std::string> uninstall(const std::filesystem::path& pin_dir);
 
 // Programs currently linked from the pin directory.
 struct LinkStatus {
-  std::string name;      // pin name
+  std::string name;      // pin name, relative to <pin>/links (pods/<cgroup id>/<program> for a pod's)
   uint32_t link_id = 0;
   uint32_t prog_id = 0;
   std::string prog_name;

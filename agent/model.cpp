@@ -121,6 +121,9 @@ PodResult pod_rule(const k8s::Pod& p, const ModelOptions& o) {
   out.labelled = has_label;
   bool thread_ctx = opt_in(p.annotations, kThreadContextAnnotation, "Pod " + ref, {"on", "true"},
                            {"off", "false"}, r);
+  // A pod that takes no part is a backend like any other, but not a local pod:
+  // no cgroup is looked for, nothing of it is steered.
+  if (!o.participation.takes_part(p, o.env_label)) return out;
 
   // Where the pod's cgroup is claimed to be, and by which field.
   std::string value, field;

@@ -16,6 +16,7 @@
 
 #include "k8s/objects.h"
 #include "maps/maps.h"
+#include "participation.h"
 
 namespace envsteer {
 
@@ -136,6 +137,9 @@ struct ModelOptions {
   // manifests; off for the Kubernetes API, where only labelled pods are
   // watched and the EndpointSlices are the truth (as for kube-proxy).
   bool selector_fallback = true;
+  // Which local pods take part (participation.h): the others get no es_pods
+  // entry (and the agent attaches no program to their cgroups).
+  Participation participation;
   // Resolves an annotation value to the cgroup; nullopt when absent on this
   // host; throws std::invalid_argument for values that can never be valid.
   // Discovered cgroups (absolute paths) go through it too.

@@ -8,6 +8,7 @@
 
 #include "admin_server.h"
 #include "envname.h"
+#include "participation.h"
 
 extern "C" {
 #include "bpf/lib/http.h"
@@ -60,6 +61,8 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   read(root, "baggageKey", out.baggage_key);
   read(root, "httpWindow", out.http_window);
   read(root, "headerContext", out.header_context);
+  read(root, "participation", out.participation);
+  read(root, "participationSelector", out.participation_selector);
   read(root, "autoInject", out.auto_inject);
   read(root, "upstreamIdleMs", out.upstream_idle_ms);
   read(root, "upstreamConnectTimeoutMs", out.upstream_connect_timeout_ms);
@@ -154,6 +157,13 @@ void validate_settings(const Settings& s) {
   range(s.h2_max_streams, 1, 4096, "--h2-max-streams");
   range(s.h2_max_upstreams, 1, 256, "--h2-max-upstreams");
   range(s.h2_window, 65535, 1u << 30, "--h2-window");
+  if (s.participation != "selected" && s.participation != "all")
+    throw std::invalid_argument("--participation: must be \"selected\" or \"all\", got \"" + s.participation + "\"");
+  try {
+    LabelSelector::parse(s.participation_selector);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("--participation-selector: ") + e.what());
+  }
   auto& l = s.limits;
   if (!l.frontends || !l.sets || !l.slots || !l.envs || !l.pods)
     throw std::invalid_argument("limits: every limit must be at least 1");

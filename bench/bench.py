@@ -23,6 +23,11 @@ Suites (issue 5 numbering; more are added to SUITES):
   control  (4) a second node whose agent syncs 10 000 services / 100 000 pods / 1 000 envs
            from manifests, then single pod-label changes: sync time, event-to-map latency,
            RSS, map memory (a table of its own, not A/B rows).
+  reroute  (issue 6) the cost of a request re-routed per request.
+  issue17  the rows of issue 17's table side by side in each round, N services loaded:
+           envsteer against direct and iptables DNAT (keep-alive, one connection per
+           request, connect p50), and pods of the steered subtree that take no part against
+           no envsteer.
 
 bench/run.sh starts this script in a private network namespace (unshare -n, --lo-up).
 Python 3 standard library only. Everything runs on 127.0.0.0/8, every run is bounded in
@@ -55,6 +60,8 @@ CLIENT_IP = "127.1.240.20"       # client pod (dev.proj1), runs the loops and wr
 PLAIN2_IP = "127.1.240.13"       # a second unmanaged server: the proxy's "dev" upstream
 PROXY_IP, PROXY_PORT = "127.1.240.30", 80   # nginx header-routing proxy (unmanaged)
 IPT_EP_IP = "127.1.240.14"       # the server behind the iptables DNAT (in the "ipt" netns)
+NP_SERVER_IP = "127.1.240.15"    # a pod in the steered subtree that takes no part (issue 17)
+NP_CLIENT_IP = "127.1.240.21"    # ... and a client pod that takes no part
 # Map sizes for every agent of the run (the scaling suite loads 100 000 services; the
 # defaults hold 65 536 frontends). Set before the first start: pinned maps keep their size.
 LIMITS_YAML = "limits:\n  frontends: 262144\n  sets: 524288\n  slots: 524288\n"
@@ -216,8 +223,9 @@ class Bench:
         stale = harness.sweep_stale(self.args.bin)
         if stale:
             log("removed leftovers of an earlier killed run: %s" % stale)
+        # the agent's default participation: the labelled pods take part, np-* do not
         n = self.node = harness.Node("bench", default_env="dev", bin=self.args.bin,
-                                     log_level="info")
+                                     log_level="info", participation=None)
         n.add_service(NS, "web", SVC_IP, port=SVC_PORT, target_port=TARGET_PORT,
                       protocols=("TCP",))
         # the servers opt into the thread context, so the header suite measures its whole
@@ -228,6 +236,9 @@ class Bench:
         n.add_pod(NS, "web-proj1", POD_P1_IP, env="dev.proj1", app="web", port=TARGET_PORT,
                   annotations=ctx)
         n.add_pod(NS, "client", CLIENT_IP, env="dev.proj1", app="client", port=TARGET_PORT)
+        # pods of the node that take no part (no env label, no envsteer.io/enabled): issue 17
+        n.add_pod(NS, "np-server", NP_SERVER_IP, app="np", port=TARGET_PORT)
+        n.add_pod(NS, "np-client", NP_CLIENT_IP, app="np-client", port=TARGET_PORT)
         n.write_manifests()
         # The "no envsteer" world: the same server and client binaries in cgroups at the same
         # depth, outside the steered subtree (the harness's sibling subtree, removed by close()).
@@ -239,6 +250,7 @@ class Bench:
             p = n.pods["%s/%s" % (NS, pod)]
             self.start_httpd(p.cgroup_dir, p.ip, pod)
         self.start_httpd(self.plain_server_cg, PLAIN_IP, "plain")
+        self.start_httpd(n.pods[NS + "/np-server"].cgroup_dir, NP_SERVER_IP, "np-server")
         self.set_agent_mode("header")
         self.check_unmanaged_has_no_programs()
 
@@ -279,7 +291,9 @@ class Bench:
         extra += ["--no-header-context"] if mode == "noheader" else []
         self.node.start_agent(extra, timeout=300)
         self.agent_mode = mode
-        links = sorted(os.listdir(os.path.join(self.node.pin_dir, "links")))
+        # global links at links/<prog>, the pods' at links/pods/<cgroup id>/<prog>
+        links = sorted({f for _, _, files in os.walk(os.path.join(self.node.pin_dir, "links"))
+                        for f in files})
         hdr_links = [l for l in links if l in ("es_http_ingress", "es_sock_recv_length",
                                                 "es_sockops_prog")]
         if mode == "header" and len(hdr_links) != 3:
@@ -1320,8 +1334,147 @@ def suite_reroute(b):
     return list(rows.values()), raw
 
 
+# --------------------------------------------------------------------------- issue 17's table
+
+ISSUE17_TARGETS = {"i17_ka_rps_vs_direct": (">=", 0.95), "i17_ka_rps_vs_iptables": (">=", 1.0),
+                   "i17_close_rps_vs_direct": (">=", 0.93),
+                   "i17_connect_p50_vs_direct": ("<=", 1.05),
+                   # "1.00: no program runs for them"; the machine's noise is a few percent
+                   "i17_nonpart_ka_rps": (">=", 0.97), "i17_nonpart_close_rps": (">=", 0.97),
+                   "i17_nonpart_connect_p50": ("<=", 1.03)}
+
+
+def np_cg(b, name):
+    return b.node.pods["%s/%s" % (NS, name)].cgroup_dir
+
+
+def suite_issue17(b):
+    """Issue 17's table, every row measured side by side in each round with N services loaded
+    (default 10 000; smoke 100): (b) envsteer, the managed client through the service address
+    (header programs on) against (a) direct between unmanaged cgroups and (d) kube-proxy-shaped
+    iptables DNAT; and pods of the steered subtree that take no part (np-client -> np-server,
+    the agent running) against (a)."""
+    a = b.args
+    b.set_agent_mode("header")
+    for name in ("np-client", "np-server"):
+        progs = b.effective_programs(np_cg(b, name))
+        b.attached["%s cgroup, takes no part (effective)" % name] = progs
+        if progs:
+            raise BenchError("%s takes no part but has programs: %s" % (name, progs))
+    ns = b.ipt_netns()
+    ipt_client_cg, ipt_server_cg = b.remote_cg("pod-ipt-client"), b.remote_cg("pod-ipt-server")
+    n = a.issue17_services
+    extra = n - 1
+    objs = []
+    for i in range(extra):
+        name = "svc-%d" % i
+        objs.append(k8s_service("scale", name, scale_addr(100, i), selector={"app": name}))
+        objs.append(k8s_pod("scale", "pod-%d" % i, scale_addr(110, i), {"app": name}))
+    base_fe = b.node.status_http()["model"]["frontends"]
+    ok0 = b.node.status_http()["sync"]["ok"]
+    write_json_manifest(b.node, "scale.json", objs)
+    wait_sync(b.node, ok0, lambda st: st["model"]["frontends"] == base_fe + extra, 900,
+              "agent applying %d services" % n)
+    svcs = [("scale/svc-%d" % i, scale_addr(100, i), 80, [(scale_addr(110, i), 8080)])
+            for i in range(extra)]
+    svcs.insert(extra // 2, ("bench/web", SVC_IP, SVC_PORT, [(IPT_EP_IP, TARGET_PORT)]))
+    b.iptables_restore(kube_proxy_rules(svcs))
+    del svcs, objs
+    b.note("issue 17 suite: %d services loaded (envsteer maps and the iptables netns)" % n)
+    env_name = "(b) envsteer: managed pod -> service address, header programs on"
+    direct = "(a) no envsteer: unmanaged cgroups, pod IP"
+    ipt = "(d) iptables DNAT, kube-proxy shape (own netns)"
+    nonpart = "pods that take no part (steered subtree, agent running), pod IP"
+    rows = {
+        "i17_ka_rps_vs_direct": Row("i17_ka_rps_vs_direct", "HTTP keep-alive, RPS", "req/s",
+                                    env_name, direct, "higher"),
+        "i17_ka_rps_vs_iptables": Row("i17_ka_rps_vs_iptables", "HTTP keep-alive, RPS", "req/s",
+                                      env_name, ipt, "higher"),
+        "i17_close_rps_vs_direct": Row("i17_close_rps_vs_direct",
+                                       "HTTP one connection per request, RPS", "req/s", env_name,
+                                       direct, "higher"),
+        "i17_connect_p50_vs_direct": Row("i17_connect_p50_vs_direct",
+                                         "connect+close p50, %d services loaded" % n, "ns",
+                                         env_name, direct, "lower"),
+        "i17_nonpart_ka_rps": Row("i17_nonpart_ka_rps", "HTTP keep-alive, RPS", "req/s", nonpart,
+                                  direct, "higher"),
+        "i17_nonpart_close_rps": Row("i17_nonpart_close_rps",
+                                     "HTTP one connection per request, RPS", "req/s", nonpart,
+                                     direct, "higher"),
+        "i17_nonpart_connect_p50": Row("i17_nonpart_connect_p50", "connect+close p50", "ns",
+                                       nonpart, direct, "lower"),
+    }
+    for k_, r in rows.items():
+        r.target = ISSUE17_TARGETS[k_]
+    svc_url = "http://%s:%d/" % (SVC_IP, SVC_PORT)
+    paths = {
+        "a": dict(url="http://%s:%d/" % (PLAIN_IP, TARGET_PORT), client_cg=b.plain_client_cg,
+                  cpu_cgs=[b.plain_client_cg, b.plain_server_cg], netns=None),
+        "b": dict(url=svc_url, client_cg=b.client_cg(), cpu_cgs=[b.client_cg(), b.server_cg()],
+                  netns=None),
+        "d": dict(url=svc_url, client_cg=ipt_client_cg, cpu_cgs=[ipt_client_cg, ipt_server_cg],
+                  netns=ns),
+        "n": dict(url="http://%s:%d/" % (NP_SERVER_IP, TARGET_PORT),
+                  client_cg=np_cg(b, "np-client"),
+                  cpu_cgs=[np_cg(b, "np-client"), np_cg(b, "np-server")], netns=None),
+    }
+    count = max(200, a.connects // 2)
+    raw = []
+    try:
+        for v, p in ([] if a.smoke else paths.items()):
+            b.wrk(p["url"], False, 1, "i17-warm-" + v, p["client_cg"], p["cpu_cgs"], p["netns"])
+        for i in range(a.rounds):
+            rec = {"round": i + 1}
+            c0 = b.counters()
+            # the variants' order turns every round, so that no variant always runs
+            # right after another (e.g. in the TIME_WAIT sockets of the one before)
+            order = list(paths)[i % len(paths):] + list(paths)[:i % len(paths)]
+            loops = {"b": (b.client_cg(), SVC_IP, SVC_PORT),
+                     "a": (b.plain_client_cg, PLAIN_IP, TARGET_PORT),
+                     "n": (np_cg(b, "np-client"), NP_SERVER_IP, TARGET_PORT)}
+            rec["connect"] = {v: b.connloop(*loops[v], count, "i17-connect-" + v)
+                              for v in order if v in loops}
+            for m, close in (("ka", False), ("close", True)):
+                rec[m] = {}
+                for v in order:
+                    p = paths[v]
+                    if close and v == "d":
+                        continue
+                    rec[m][v] = b.wrk(p["url"], close, a.duration, "i17-%s-%s" % (m, v),
+                                      p["client_cg"], p["cpu_cgs"], p["netns"])
+            c1 = b.counters()
+            steered = c1.get("steered_own_env", 0) - c0.get("steered_own_env", 0)
+            if steered < count:
+                raise BenchError("issue 17 suite: only %d connects steered" % steered)
+            cn, ka, cl = rec["connect"], rec["ka"], rec["close"]
+            rows["i17_ka_rps_vs_direct"].add(ka["b"]["rps"], ka["a"]["rps"])
+            rows["i17_ka_rps_vs_iptables"].add(ka["b"]["rps"], ka["d"]["rps"])
+            rows["i17_close_rps_vs_direct"].add(cl["b"]["rps"], cl["a"]["rps"])
+            rows["i17_connect_p50_vs_direct"].add(cn["b"]["p50_ns"], cn["a"]["p50_ns"])
+            rows["i17_nonpart_ka_rps"].add(ka["n"]["rps"], ka["a"]["rps"])
+            rows["i17_nonpart_close_rps"].add(cl["n"]["rps"], cl["a"]["rps"])
+            rows["i17_nonpart_connect_p50"].add(cn["n"]["p50_ns"], cn["a"]["p50_ns"])
+            raw.append(rec)
+            log("issue17 round %d/%d: ka rps a %.0f b %.0f d %.0f n %.0f; close rps a %.0f "
+                "b %.0f n %.0f; connect p50 ns a %d b %d n %d" % (
+                    i + 1, a.rounds, ka["a"]["rps"], ka["b"]["rps"], ka["d"]["rps"],
+                    ka["n"]["rps"], cl["a"]["rps"], cl["b"]["rps"], cl["n"]["rps"],
+                    cn["a"]["p50_ns"], cn["b"]["p50_ns"], cn["n"]["p50_ns"]))
+    finally:
+        b.node.remove_raw_manifest("scale.json")
+        try:
+            if b.node.agent_running():
+                wait_sync(b.node, b.node.status_http()["sync"]["ok"] - 1,
+                          lambda st: st["model"]["frontends"] == base_fe, 300,
+                          "agent dropping the issue 17 services")
+        except (TimeoutError, BenchError) as e:
+            b.notes.append("issue 17 clean-up: %s" % e)
+    return list(rows.values()), raw
+
+
 SUITES = {"connect": suite_connect, "header": suite_header, "http": suite_http,
-          "scale": suite_scale, "control": suite_control, "reroute": suite_reroute}
+          "scale": suite_scale, "control": suite_control, "reroute": suite_reroute,
+          "issue17": suite_issue17}
 
 
 # --------------------------------------------------------------------------- BPF run time
@@ -1463,6 +1616,8 @@ def main():
     ap.add_argument("--max-loop-seconds", type=float, default=60.0)
     ap.add_argument("--scale-sizes", help="scaling suite: numbers of services, comma-separated "
                     "(default 10,1000,10000,100000; smoke 10,100)")
+    ap.add_argument("--issue17-services", type=int, help="issue 17 suite: services loaded "
+                    "(default 10000; smoke 100)")
     ap.add_argument("--cp-services", type=int, help="control plane: services (default 10000)")
     ap.add_argument("--cp-pods", type=int, help="control plane: pods (default 100000)")
     ap.add_argument("--cp-envs", type=int, help="control plane: environments (default 1000)")
@@ -1498,6 +1653,7 @@ def main():
     else:
         sizes, cp = "10,1000,10000,100000", (10000, 100000, 1000, 20)
     args.scale_sizes = [int(x) for x in (args.scale_sizes or sizes).split(",")]
+    args.issue17_services = args.issue17_services or (100 if args.smoke else 10000)
     args.cp_services = args.cp_services or cp[0]
     args.cp_pods = args.cp_pods or cp[1]
     args.cp_envs = args.cp_envs or cp[2]

@@ -396,7 +396,7 @@ def _get(conn, path):
 
 class Node:
     def __init__(self, name, default_env=None, env_label="virtual-env", splitter=None,
-                 bin=None, manifest_style="docs", log_level="debug"):
+                 bin=None, manifest_style="docs", log_level="debug", participation="all"):
         if not re.match(r"^[a-z0-9-]{1,40}$", name):
             raise ValueError("node name must be [a-z0-9-]{1,40}")
         self.name = name
@@ -407,6 +407,10 @@ class Node:
         self.bin = bin or agent_bin()
         self.manifest_style = manifest_style
         self.log_level = log_level
+        # --participation: "all" (every local pod takes part, as the suites written before
+        # participation expect), or None for the agent's default ("selected": pods with the
+        # env label or envsteer.io/enabled=true)
+        self.participation = participation
         self.services = {}
         self.pods = {}
         self.netns = []
@@ -710,6 +714,8 @@ class Node:
             cmd += ["--splitter", self.splitter]
         if self.log_level:
             cmd += ["--log-level", self.log_level]
+        if self.participation:
+            cmd += ["--participation", self.participation]
         return cmd + list(extra_args)
 
     def _spawn_agent(self, extra_args):

@@ -23,7 +23,11 @@ ROWS = ["connect_ns", "connect_mean_ns", "connect_cpu_ns", "connect_podip_ns"] +
     for q in ("rps", "p50_us", "p99_us", "cpu_us") for o in ("direct", "proxy", "iptables")] + [
     "scale_10_connect_ns", "scale_100_connect_ns", "scale_envsteer_100_vs_10",
     "scale_iptables_100_vs_10"] + [
-    "reroute_%s_%s" % (v, q) for v in ("ka", "close") for q in ("rps", "p50_us", "p99_us")]
+    "reroute_%s_%s" % (v, q) for v in ("ka", "close") for q in ("rps", "p50_us", "p99_us")] + [
+    # issue 17's table, side by side
+    "i17_ka_rps_vs_direct", "i17_ka_rps_vs_iptables", "i17_close_rps_vs_direct",
+    "i17_connect_p50_vs_direct", "i17_nonpart_ka_rps", "i17_nonpart_close_rps",
+    "i17_nonpart_connect_p50"]
 # control plane: a table of single quantities (| row | measurement | value | n | target | met |)
 METRICS = ["cp_full_sync_s", "cp_apply_s", "cp_resync_s", "cp_event_p50_ms", "cp_event_p99_ms",
            "cp_event_apply_ms", "cp_rss_mib", "cp_rss_ready_mib", "cp_rss_resync_mib",

@@ -29,7 +29,9 @@ k = fixtures.keyer(NS)
 
 def populate(node, base="127.1.2"):
     fixtures.populate(node, NS, services=[("s", VIP, {"port": PORT, "target_port": TP})],
-                      pods=[("s-dev", base + ".1", "s", "dev"), ("s-proj1", base + ".2", "s", "dev.proj1"),
+                      # s-dev opts into the thread context: the tracing links exist only then
+                      pods=[("s-dev", base + ".1", "s", "dev", {"annotations": {"envsteer.io/thread-context": "on"}}),
+                            ("s-proj1", base + ".2", "s", "dev.proj1"),
                             ("c-dev", base + ".101", "client", "dev"),
                             ("c-proj1", base + ".102", "client", "dev.proj1")],
                       servers=("s-dev", "s-proj1"), port=TP)

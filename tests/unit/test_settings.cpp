@@ -55,6 +55,8 @@ admin: 127.0.0.1:19966
 logLevel: debug
 cleanupOnExit: true
 cgroupAnnotation: example.com/cgroup
+participation: all
+participationSelector: "team=a,!legacy"
 limits:
   frontends: 10
   sets: 20
@@ -75,6 +77,8 @@ limits:
   EXPECT_EQ(s.log_level, "debug");
   EXPECT_TRUE(s.cleanup_on_exit);
   EXPECT_EQ(s.cgroup_annotation, "example.com/cgroup");
+  EXPECT_EQ(s.participation, "all");
+  EXPECT_EQ(s.participation_selector, "team=a,!legacy");
   EXPECT_EQ(s.limits.frontends, 10u);
   EXPECT_EQ(s.limits.sets, 20u);
   EXPECT_EQ(s.limits.slots, 30u);
