@@ -903,6 +903,7 @@ void Agent::start_h2() {
   o.max_upstreams = s_.h2_max_upstreams;
   o.window = s_.h2_window;
   o.conn_window = s_.h2_window * 2;
+  o.pod_dir = [this](uint64_t id) { return pod_dir(id); };
   o.connect_timeout = std::chrono::milliseconds(s_.upstream_connect_timeout_ms);
   o.upstream_idle = std::chrono::milliseconds(s_.upstream_idle_ms);
   TraceHub* hub = trace_.get();

@@ -126,7 +126,9 @@ struct H2Proxy::Impl {
   using Conn = h2detail::Conn;
   using Clock = h2detail::Clock;
 
-  Impl(const maps::BpfMapBackend& m, H2Options o, TraceFn t) : maps(m), o(std::move(o)), trace(std::move(t)) {}
+  Impl(const maps::BpfMapBackend& m, H2Options opt, TraceFn t)
+      : maps(m), o(std::move(opt)), trace(std::move(t)), nets(o.pod_dir ? o.pod_dir : podnet::PodNets::Resolver(
+                                                                  [](uint64_t) { return std::nullopt; })) {}
 
   const maps::BpfMapBackend& maps;
   H2Options o;
@@ -141,6 +143,7 @@ struct H2Proxy::Impl {
   std::vector<Conn*> dirty;  // sessions with something to send
   nghttp2_session_callbacks *server_cbs = nullptr, *client_cbs = nullptr;
   nghttp2_option* opts = nullptr;
+  podnet::PodNets nets;  // calling pods' network namespaces (loop thread)
 
   // counters and gauges (read by other threads)
   std::array<std::atomic<uint64_t>, 32> n{};
@@ -164,6 +167,8 @@ struct H2Proxy::Impl {
   void maybe_free(Stream& st);
   void sweep();
   void shutdown_all();
+  // h2upstream.cpp
+  UniqueFd open_upstream_socket(const es_backend& be, const es_h2_conn& caller, int* err);
   void count(int i, uint64_t k = 1) { n[static_cast<size_t>(i)] += k; }
   void add_buffered(Client& c, int64_t d);
   // h2upstream.cpp
@@ -185,10 +190,5 @@ enum H2Counter {
 
 // nghttp2 name/value pairs pointing into hdrs (which must outlive the call).
 std::vector<nghttp2_nv> to_nv(const h2::Headers& hdrs);
-
-// The one place upstream sockets are created (non-blocking, connect started):
-// the relay's upstreams are to be opened inside the calling pod's network
-// namespace (agent/relay_upstream.cpp); this calls the same helper once it exists.
-UniqueFd open_upstream_socket(const es_backend& be, const es_h2_conn& caller, int* err);
 
 }  // namespace envsteer

@@ -689,14 +689,20 @@ void H2Proxy::Impl::reap() {
     epoll_ctl(epoll.get(), EPOLL_CTL_DEL, u.fd.get(), nullptr);
     it = ups.erase(it);
   }
+  std::vector<uint64_t> left;  // pods of closed clients
   for (auto it = clients.begin(); it != clients.end();) {
     if (!it->second->dead) {
       ++it;
       continue;
     }
+    left.push_back(it->second->info.pod_cgroup);
     epoll_ctl(epoll.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
     it = clients.erase(it);
   }
+  // a namespace handle keeps the namespace alive: held only while the pod has a client here
+  for (uint64_t pod : left)
+    if (std::none_of(clients.begin(), clients.end(), [pod](const auto& c) { return c.second->info.pod_cgroup == pod; }))
+      nets.forget(pod);
   g_clients = clients.size();
   g_ups = ups.size();
 }

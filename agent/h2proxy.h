@@ -34,6 +34,7 @@
 #include "h2route.h"
 #include "maps/abi.h"
 #include "maps/bpf_maps.h"
+#include "podnet.h"
 
 namespace envsteer {
 
@@ -48,6 +49,9 @@ struct H2Options {
   uint32_t conn_window = 2u << 20;      // per-connection window, both directions
   std::chrono::milliseconds connect_timeout{2000};
   std::chrono::milliseconds upstream_idle{60000};  // an upstream without streams this long: closed
+  // The cgroup directory of a pod: upstreams are opened in the calling pod's
+  // network namespace (podnet.h), so servers see the pod's own address.
+  podnet::PodNets::Resolver pod_dir;
 };
 
 // The endpoint's counters: one list names them for the status, the metrics and the code.
@@ -65,6 +69,7 @@ struct H2Options {
   X(protocol_errors, "errors_total", "kind", "protocol")                  \
   X(max_upstreams, "errors_total", "kind", "max_upstreams")               \
   X(streams_refused, "errors_total", "kind", "max_streams")               \
+  X(pod_netns, "errors_total", "kind", "pod_netns")                       \
   X(injected, "headers_inserted_total", "", "")
 
 class H2Proxy {

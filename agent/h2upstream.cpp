@@ -18,11 +18,19 @@ namespace envsteer {
 
 using namespace h2detail;
 
-UniqueFd open_upstream_socket(const es_backend& be, const es_h2_conn& caller, int* err) {
-  (void)caller;  // the calling pod: whose network namespace the socket is to be opened in (not yet)
+// The socket is made in the calling pod's network namespace (the server sees
+// the pod's address); a pod whose namespace cannot be found is connected from
+// the agent's own (counted: errors pod_netns).
+UniqueFd H2Proxy::Impl::open_upstream_socket(const es_backend& be, const es_h2_conn& caller, int* err) {
   sockaddr_storage ss{};
   socklen_t sl = relay_detail::backend_sockaddr(be, &ss);
-  UniqueFd fd(socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  auto ns = nets.get(caller.pod_cgroup);
+  if (!ns.found) {
+    count(kH2_pod_netns);
+    spdlog::debug("HTTP/2 per stream: pod {}: {}; connecting from the agent's namespace", caller.pod_cgroup,
+                  nets.last_error());
+  }
+  UniqueFd fd(podnet::socket_in(ns.ns.get(), ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) {
     *err = errno;
     return fd;

@@ -74,7 +74,7 @@ def mix(ch, a):
                 j = json.loads(r)
                 return {"env": env, "tier": j["tier"], "pod": j["next"]["pod"], "seen": j["next"]["env"]}
             h, rest = parse_head(r)
-            return {"env": env, "pod": h["pod"], "seen": h["env"], "exact": rest == payload}
+            return {"env": env, "pod": h["pod"], "seen": h["env"], "exact": rest == payload, "peer": h.get("peer")}
         except grpc.RpcError as e:
             return {"env": env, "error": err(e)}
     with concurrent.futures.ThreadPoolExecutor(a.concurrency) as ex:

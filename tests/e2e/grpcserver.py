@@ -38,7 +38,7 @@ def env_of(context):
 
 
 def head(context, **extra):
-    d = {"pod": POD, "env": env_of(context)}
+    d = {"pod": POD, "env": env_of(context), "peer": context.peer()}
     d.update(extra)
     return json.dumps(d).encode() + b"\n"
 

@@ -382,3 +382,43 @@ def test_without_sys_ptrace_the_relay_falls_back_and_counts(e2e_prerequisites):
         assert "network namespace of client" in log, log[:3000]
     finally:
         t.close()
+
+
+GRPCSERVER = os.path.join(HERE, "grpcserver.py")
+GRPCCLIENT = os.path.join(HERE, "grpcclient.py")
+SYS_PY = "/usr/bin/python3"  # Debian's python3-grpcio
+
+
+def test_h2_streams_from_a_pod_namespace(e2e_prerequisites):
+    """HTTP/2 per stream with pods in their own namespaces: one gRPC channel from an unlabelled
+    pod to a declared gRPC port, calls of dev, dev.proj1 and untagged mixed on it; every call is
+    answered by its own environment's pod, and every server sees the calling pod's own address
+    (the agent's endpoint opens its upstreams inside the caller's namespace)."""
+    topo = topology.Topology("h2tp", nodes=1, default_env="dev")
+    try:
+        topo.add_service("h2tp", "g", 1, protocols=(), extra_ports=[
+            {"name": "grpc", "port": 50051, "target_port": 50051, "protocol": "TCP"}])
+        pods = {"g-dev": topo.add_pod(1, "h2tp", "g-dev", app="g", env="dev"),
+                "g-proj1": topo.add_pod(1, "h2tp", "g-proj1", app="g", env="dev.proj1")}
+        cl = topo.add_pod(1, "h2tp", "cl", app="cl")
+        topo.write()
+        node = topo.node(1)
+        for name, pod in pods.items():
+            ip = pod.ips[0]
+            node._popen([SYS_PY, GRPCSERVER, ip, "50051", pod.key], pod.cgroup_dir, "srv-%s.log" % name, pod.netns)
+            _wait_listening(node, cl.key, ip, 50051)
+        node.start_agent(["--h2-listen", topology.GW_V4 % 1 + ":15002"])
+        r = node.run_in_pod(cl.key, [SYS_PY, GRPCCLIENT, "--to", "198.19.0.1:50051", "mix",
+                                     "--envs", "dev,dev.proj1,-", "--calls", "24", "--concurrency", "6"],
+                            timeout=90)
+        assert r.returncode == 0 and r.stdout.strip(), (r.returncode, r.stdout, node.agent_log_text(3000))
+        calls = json.loads(r.stdout.strip().splitlines()[-1])["answers"]
+        want = {"dev": pods["g-dev"].key, "dev.proj1": pods["g-proj1"].key, "-": pods["g-dev"].key}
+        assert len(calls) == 24 and all("error" not in c for c in calls), calls
+        assert all(c["pod"] == want[c["env"]] and c["exact"] for c in calls), calls
+        assert all(c["peer"].startswith("ipv4:%s:" % cl.ips[0]) for c in calls), calls
+        h2 = node.status_http()["h2"]
+        assert h2["counters"]["errors_total.pod_netns"] == 0, h2
+        assert h2["counters"]["connections_total.accepted"] >= 1, h2
+    finally:
+        topo.close()
