@@ -343,8 +343,9 @@ void Relay::loop() {
 }
 
 // Where the next frame header written by the programs begins in buf_[from,
-// to): its magic and this socket's key (a 64-bit secret: bytes a client sent
-// cannot pass for one). buf_.size() when none; a header cut by the end of the
+// to): its magic and this socket's key or the one before it (64-bit secrets:
+// bytes a client sent cannot pass for one; a frame with the previous key is
+// one too, else a resync would skip it and the frames it hides). buf_.size() when none; a header cut by the end of the
 // buffer counts as found unless whole (it is completed by the next read).
 size_t Relay::next_header(size_t from, size_t to, bool whole) const {
   static constexpr uint32_t magic = ES_RELAY_MAGIC;
@@ -359,7 +360,7 @@ size_t Relay::next_header(size_t from, size_t to, bool whole) const {
     }
     es_relay_hdr h{};
     std::memcpy(&h, buf_.data() + i, sizeof(h));
-    if (h.key == key_) return i;
+    if (h.key == key_ || (prev_key_ && h.key == prev_key_)) return i;
   }
   return buf_.size();
 }
@@ -398,10 +399,13 @@ void Relay::on_relay_readable() {
       es_relay_hdr h{};
       std::memcpy(&h, buf_.data() + off, sizeof(h));
       if (h.magic == ES_RELAY_MAGIC && prev_key_ && h.key == prev_key_ && h.len <= o_.max_frame_bytes) {
-        // framed before the key changed: not forwarded, its client reset
-        if (buf_.size() - off < sizeof(h) + h.len) break;
+        // framed before the key changed: not forwarded, its client reset. It may have come
+        // in part too: the frames behind it begin at the first header inside it.
+        size_t end = off + sizeof(h) + h.len;
+        size_t inner = next_header(off + sizeof(h), std::min(buf_.size(), end), true);
+        if (inner >= buf_.size() && buf_.size() < end) break;
         frame_lost(h.client, "a frame with the previous key", false);
-        off += sizeof(h) + h.len;
+        off = std::min(inner, end);
         continue;
       }
       if (h.magic != ES_RELAY_MAGIC || h.key != key_ || h.len > o_.max_frame_bytes) {

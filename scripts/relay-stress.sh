@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The relay under attack (tests/e2e/stress_relay.py): a slow-reading upstream fed streamed
+# The relay under attack (tests/e2e/test_relay_stress.py): a slow-reading upstream fed streamed
 # POSTs by an attacker pod while a victim pod's re-routed requests are timed; bounds, memory and
-# SIGTERM checked. Outside the CI suite (README, limits: relay frames out of step on a busy
-# machine). Root; builds the agent if ENVSTEER_BIN is not set; runs in a network namespace of
+# SIGTERM checked; in the CI suite too, this runs it RUNS times in a row. Root; builds the agent if ENVSTEER_BIN is not set; runs in a network namespace of
 # its own. Usage: scripts/relay-stress.sh [RUNS]   (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +19,7 @@ cd tests/e2e
 failed=0
 for i in $(seq 1 "$runs"); do
   echo "== run $i/$runs"
-  unshare -n -- bash -c 'ip link set lo up && exec /usr/bin/python3 -m pytest -q -p no:cacheprovider stress_relay.py' \
+  unshare -n -- bash -c 'ip link set lo up && exec /usr/bin/python3 -m pytest -q -p no:cacheprovider test_relay_stress.py' \
     || failed=$((failed + 1))
 done
 echo "relay stress: $((runs - failed)) passed, $failed failed"

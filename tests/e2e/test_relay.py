@@ -4,8 +4,8 @@ Node: service s (127.96.61.1:80 -> 8080) with keep-alive pods (kaserver.py) s-de
 s-proj1 (dev.proj1); client pods c-att (the attacker), c-vic (the victim), both dev. Requests
 tagged dev.proj1 on connections made to s-dev are re-routed: the first one of a connection
 through the agent's relay. The attacks of the issue run against the victim, with assertions on
-what the victim sees and on the bounds. The slow-server attack on a victim runs outside the
-CI suite (stress_relay.py, scripts/relay-stress.sh): README, limits."""
+what the victim sees and on the bounds. The slow-server attack on a victim is in
+test_relay_stress.py."""
 import json
 import os
 import time

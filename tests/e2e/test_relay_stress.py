@@ -1,10 +1,11 @@
-"""The relay under attack (issue 14), outside the CI suite: a slow-reading upstream fed
-streamed POSTs by an attacker pod while a victim pod's re-routed requests are timed.
+"""The relay under attack (issue 14): a slow-reading upstream fed streamed POSTs by an
+attacker pod while a victim pod's re-routed requests are timed.
 
-Not a test_*.py file on purpose: under a busy machine the kernel now and then delivers part
-of a relay frame out of step (README, limits), and a victim caught in it can fail; in the
-full CI suite that made this test fail in 3 of 4 runs while it passed alone in every run.
-Run it with scripts/relay-stress.sh (it exits non-zero when an assertion fails)."""
+The attack drives the node's TCP memory past tcp_mem[1]; the kernel then delivers relay frames
+in part (bpf_tcp_ingress: the relay socket's memory schedule fails after the header) and frames
+the rest again. Until the relay ended a cut frame with the previous key at the first header
+inside it, such a frame swallowed the frames behind it and a victim whose frame was among them
+was reset 1-2 s later (failed 3 of 4 runs). scripts/relay-stress.sh [RUNS] runs it repeatedly."""
 import signal
 import time
 
