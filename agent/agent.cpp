@@ -447,13 +447,15 @@ std::string Agent::metrics_text() {
 // relay's own counters. Called with mu_ held.
 std::string Agent::request_metrics() {
   std::string out;
+  if (!relay_ && !h2_) return out;
+  // service address and environment names by their map ids
+  std::map<uint32_t, std::string> svc, env;
+  for (const auto& [k, f] : model_->frontends)
+    if (auto id = rec_->svc_id(k)) svc[*id] = f.service + ":" + std::to_string(ntohs(k.port));
+  for (const auto& e : model_->envs)
+    if (auto id = rec_->env_id(e)) env[*id] = e;
+  if (auto id = rec_->env_id(model_->default_env)) env.emplace(*id, model_->default_env);
   if (relay_) {
-    std::map<uint32_t, std::string> svc, env;
-    for (const auto& [k, f] : model_->frontends)
-      if (auto id = rec_->svc_id(k)) svc[*id] = f.service + ":" + std::to_string(ntohs(k.port));
-    for (const auto& e : model_->envs)
-      if (auto id = rec_->env_id(e)) env[*id] = e;
-    if (auto id = rec_->env_id(model_->default_env)) env.emplace(*id, model_->default_env);
     static const char* paths[] = {"passed", "kernel", "slow", "failed"};
     out += "# HELP envsteer_requests_total HTTP requests on steered connections by service address, resolved "
            "environment and path (passed: out on the connection; kernel: re-routed to a bound upstream; slow: "
@@ -469,12 +471,6 @@ std::string Agent::request_metrics() {
   }
   if (relay_) out += relay_->metrics();
   if (h2_) {
-    std::map<uint32_t, std::string> svc, env;
-    for (const auto& [k, f] : model_->frontends)
-      if (auto id = rec_->svc_id(k)) svc[*id] = f.service + ":" + std::to_string(ntohs(k.port));
-    for (const auto& e : model_->envs)
-      if (auto id = rec_->env_id(e)) env[*id] = e;
-    if (auto id = rec_->env_id(model_->default_env)) env.emplace(*id, model_->default_env);
     out += h2_->metrics([&](uint32_t id) { return svc.count(id) ? svc[id] : "svc#" + std::to_string(id); },
                         [&](uint32_t id) { return env.count(id) ? env[id] : "env#" + std::to_string(id); });
   }

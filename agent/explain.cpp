@@ -7,36 +7,7 @@
 #include <stdexcept>
 
 #include "envname.h"
-
-namespace envsteer {
-
-namespace {
-
-// The walk reads maps through these, as the BPF programs do.
-struct LiveCtx {
-  const maps::MapBackend* live;
-  es_set set;
-  es_env env;
-};
-
-const es_set* live_set(void* ctx, const es_set_key* k) {
-  auto* c = static_cast<LiveCtx*>(ctx);
-  return c->live->lookup(maps::MapId::Sets, k, &c->set) ? &c->set : nullptr;
-}
-
-const es_env* live_env(void* ctx, __u32 id) {
-  auto* c = static_cast<LiveCtx*>(ctx);
-  return c->live->lookup(maps::MapId::Envs, &id, &c->env) ? &c->env : nullptr;
-}
-
-}  // namespace
-}  // namespace envsteer
-
-#define ES_LOOKUP_SET(ctx, key) envsteer::live_set((ctx), (key))
-#define ES_LOOKUP_ENV(ctx, id) envsteer::live_env((ctx), (id))
-extern "C" {
-#include "bpf/lib/resolve.h"
-}
+#include "livewalk.h"
 
 namespace envsteer {
 
@@ -121,9 +92,8 @@ nlohmann::json explain_frontend(const Walk& w, const es_frontend& fe, nlohmann::
     walk.push_back({{"env", env_display(level)}, {"known", id != ES_ENV_NONE},
                     {"ready", id ? live_count(w.live, fe.svc_id, id) : 0}});
   }
-  LiveCtx ctx{&w.live, {}, {}};
   es_resolution res{};
-  es_resolve(&ctx, fe.svc_id, w.start, w.cfg.default_env_id, &res);
+  resolve_live(w.live, fe.svc_id, w.start, w.cfg.default_env_id, &res);
   if (w.skipped && res.outcome == ES_OUT_OWN) res.outcome = ES_OUT_FALLBACK;  // as the kernel counts it
   if (res.outcome == ES_OUT_DEFAULT || (res.outcome == ES_OUT_NONE && w.cfg.default_env_id != w.start))
     walk.push_back({{"env", env_display(w.model.default_env)}, {"known", true}, {"default", true},

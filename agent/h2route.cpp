@@ -6,36 +6,7 @@
 #include <cstring>
 
 #include "envname.h"
-
-namespace envsteer::h2 {
-
-namespace {
-
-// The walk reads the live maps through these, as the BPF programs do (as explain.cpp).
-struct LiveCtx {
-  const maps::MapBackend* live;
-  es_set set;
-  es_env env;
-};
-
-const es_set* live_set(void* ctx, const es_set_key* k) {
-  auto* c = static_cast<LiveCtx*>(ctx);
-  return c->live->lookup(maps::MapId::Sets, k, &c->set) ? &c->set : nullptr;
-}
-
-const es_env* live_env(void* ctx, __u32 id) {
-  auto* c = static_cast<LiveCtx*>(ctx);
-  return c->live->lookup(maps::MapId::Envs, &id, &c->env) ? &c->env : nullptr;
-}
-
-}  // namespace
-}  // namespace envsteer::h2
-
-#define ES_LOOKUP_SET(ctx, key) envsteer::h2::live_set((ctx), (key))
-#define ES_LOOKUP_ENV(ctx, id) envsteer::h2::live_env((ctx), (id))
-extern "C" {
-#include "bpf/lib/resolve.h"
-}
+#include "livewalk.h"
 
 namespace envsteer::h2 {
 
@@ -129,9 +100,8 @@ Decision resolve(const maps::MapBackend& live, uint32_t svc_id, const std::strin
   }
   if (start == ES_ENV_NONE) start = cfg.default_env_id;
   d.env_req = start;
-  LiveCtx ctx{&live, {}, {}};
   es_resolution res{};
-  if (!es_resolve(&ctx, svc_id, start, cfg.default_env_id, &res)) return d;
+  if (!resolve_live(live, svc_id, start, cfg.default_env_id, &res)) return d;
   if (skipped && (res.outcome == ES_OUT_OWN || res.outcome == ES_OUT_FALLBACK)) {
     res.outcome = ES_OUT_FALLBACK;
     res.level += skipped;
