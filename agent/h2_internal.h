@@ -104,7 +104,16 @@ struct Client : Conn {
   std::map<uint32_t, Upstream*> by_set;  // the upstream new streams of a set go on
   std::vector<Upstream*> ups;            // all of them (owned by Impl::ups_)
   uint64_t buffered = 0;                 // bytes in its streams' buffers, both directions
+  // Until the first bytes say what the connection speaks (the HTTP/2 preface or
+  // an HTTP/1.1 h2c Upgrade request), they are kept here and nothing is sent.
+  bool opening = true;
+  std::string first;
+  bool close_when_flushed = false;  // an HTTP/1.x answer (505/400) goes out, then the close
 };
+
+// Bytes of an HTTP/1.x request head the endpoint waits for before it answers
+// 431 and closes.
+constexpr size_t kMaxUpgradeHead = 16 * 1024;
 
 struct Upstream : Conn {
   Upstream() : Conn(Kind::Upstream) {}
@@ -165,6 +174,8 @@ struct H2Proxy::Impl {
   void count_stream(const Stream& st, uint32_t svc, uint32_t env, StreamOutcome o);
   void emit(const Stream& st, const h2::Decision& d, uint32_t source, const es_backend* be, bool failed);
   void maybe_free(Stream& st);
+  void on_opening(Client& c, const uint8_t* data, size_t len);
+  void answer_http1(Client& c, int code, const char* reason, const std::string& why);
   void sweep();
   void shutdown_all();
   // h2upstream.cpp

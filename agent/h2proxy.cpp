@@ -428,6 +428,11 @@ void H2Proxy::Impl::on_readable(Conn& c) {
         c.dead = true;
       return;
     }
+    if (c.kind == Kind::Client && static_cast<Client&>(c).opening) {
+      on_opening(static_cast<Client&>(c), buf, static_cast<size_t>(r));
+      if (c.dead) return;
+      continue;
+    }
     ssize_t k = nghttp2_session_mem_recv(c.session, buf, static_cast<size_t>(r));
     if (k < 0) {
       count(kH2_protocol_errors);
@@ -474,6 +479,15 @@ void H2Proxy::Impl::flush(Conn& c) {
     }
     c.out.clear();
     c.out_off = 0;
+    if (c.kind == Kind::Client) {
+      auto& cl = static_cast<Client&>(c);
+      if (cl.close_when_flushed) {
+        shutdown(c.fd.get(), SHUT_WR);
+        c.dead = true;
+        return;
+      }
+      if (cl.opening) break;  // nothing goes out before the client said what it speaks
+    }
     const uint8_t* data = nullptr;
     ssize_t k = nghttp2_session_mem_send(c.session, &data);
     if (k < 0) {
@@ -494,12 +508,93 @@ void H2Proxy::Impl::flush(Conn& c) {
     epoll_ctl(epoll.get(), EPOLL_CTL_MOD, c.fd.get(), &ev);
     c.want_out = false;
   }
+  if (c.kind == Kind::Client && static_cast<Client&>(c).opening) return;
   if (!nghttp2_session_want_read(c.session) && !nghttp2_session_want_write(c.session)) {
     if (c.kind == Kind::Upstream)
       lose_upstream(static_cast<Upstream&>(c), "session ended");
     else
       c.dead = true;
   }
+}
+
+// --- the first bytes: the HTTP/2 preface, or an HTTP/1.1 request (h2c Upgrade)
+
+void H2Proxy::Impl::answer_http1(Client& c, int code, const char* reason, const std::string& why) {
+  count(kH2_http1_refused);
+  spdlog::debug("HTTP/2 endpoint: {}: {} {}: {}", c.peer, code, reason, why);
+  std::string body = "envsteer: " + why + "\n";
+  c.out = "HTTP/1.1 " + std::to_string(code) + " " + reason +
+          "\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
+          "\r\n\r\n" + body;
+  c.out_off = 0;
+  c.first.clear();
+  c.close_when_flushed = true;
+  mark(c);
+}
+
+void H2Proxy::Impl::on_opening(Client& c, const uint8_t* data, size_t len) {
+  c.first.append(reinterpret_cast<const char*>(data), len);
+  auto feed_rest = [&](size_t from) {
+    c.opening = false;
+    std::string rest = c.first.substr(from);
+    c.first.clear();
+    c.first.shrink_to_fit();
+    if (rest.empty()) return;
+    ssize_t k = nghttp2_session_mem_recv(c.session, reinterpret_cast<const uint8_t*>(rest.data()), rest.size());
+    if (k < 0) {
+      count(kH2_protocol_errors);
+      flush(c);
+      c.dead = true;
+    }
+  };
+  switch (h2::classify_opening(c.first)) {
+    case h2::Opening::Need:
+      return;
+    case h2::Opening::Preface:
+      feed_rest(0);
+      mark(c);
+      return;
+    case h2::Opening::Garbage:
+      count(kH2_protocol_errors);
+      c.dead = true;
+      return;
+    case h2::Opening::Http1:
+      break;
+  }
+  h2::Http1Request r = h2::parse_http1_request(c.first);
+  if (!r.complete) {
+    if (c.first.size() > kMaxUpgradeHead)
+      answer_http1(c, 431, "Request Header Fields Too Large", "request head over 16 KiB");
+    return;
+  }
+  if (!r.valid) return answer_http1(c, 400, "Bad Request", "not an HTTP/1.1 request");
+  if (!r.upgrade_h2c)
+    return answer_http1(c, 505, "HTTP Version Not Supported",
+                        "this port is declared HTTP/2: use prior knowledge or Upgrade: h2c");
+  // A request with a body would have to be read whole before the switch; the
+  // clients that upgrade (curl) send none on the first request.
+  if (r.has_body) return answer_http1(c, 505, "HTTP Version Not Supported", "h2c Upgrade with a request body");
+  auto st = std::make_unique<Stream>();
+  st->id = 1;
+  st->client = &c;
+  st->req_hdrs = h2::upgrade_stream_headers(r);
+  st->req_end = true;
+  st->grpc = is_grpc(st->req_hdrs);
+  int rv = nghttp2_session_upgrade2(c.session, reinterpret_cast<const uint8_t*>(r.settings.data()), r.settings.size(),
+                                    r.method == "HEAD", st.get());
+  if (rv != 0) return answer_http1(c, 400, "Bad Request", std::string("h2c Upgrade: ") + nghttp2_strerror(rv));
+  count(kH2_upgraded);
+  // the 101 first, then the session's own SETTINGS and stream 1's response
+  c.out = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+  c.out_off = 0;
+  Stream* raw = st.get();
+  c.streams[1] = std::move(st);
+  g_streams++;
+  size_t head = r.head_len;
+  feed_rest(head);  // the client's preface and frames that came with the request
+  if (c.dead) return;
+  route(*raw);
+  mark(c);
 }
 
 // --- routing

@@ -60,6 +60,8 @@ struct H2Options {
   X(unknown, "connections_total", "event", "unknown_caller")             \
   X(refused_max_clients, "connections_total", "event", "refused_max_clients") \
   X(closed, "connections_total", "event", "closed")                       \
+  X(upgraded, "connections_total", "event", "h2c_upgrade")                \
+  X(http1_refused, "connections_total", "event", "http1_refused")         \
   X(up_connects, "upstreams_total", "event", "connect")                   \
   X(up_connect_failed, "upstreams_total", "event", "connect_failed")     \
   X(up_lost, "upstreams_total", "event", "lost")                          \

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "h2route.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 
 #include "envname.h"
@@ -115,6 +117,139 @@ std::string env_name(const maps::MapBackend& live, uint32_t env_id) {
   es_env e{};
   if (env_id == ES_ENV_NONE || !live.lookup(maps::MapId::Envs, &env_id, &e)) return "";
   return std::string(e.name, strnlen(e.name, sizeof(e.name)));
+}
+
+// --- h2c Upgrade
+
+namespace {
+constexpr std::string_view kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+std::string lower(std::string_view v) {
+  std::string s(v);
+  for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return s;
+}
+
+// Whether a comma-separated header value lists token (case-insensitively).
+bool lists_token(std::string_view v, std::string_view token) {
+  while (!v.empty()) {
+    size_t comma = v.find(',');
+    if (iequal(trim(v.substr(0, comma)), token)) return true;
+    if (comma == std::string_view::npos) break;
+    v.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+bool is_tchar(char ch) {
+  return std::isalnum(static_cast<unsigned char>(ch)) || std::strchr("!#$%&'*+-.^_`|~", ch) != nullptr;
+}
+}  // namespace
+
+Opening classify_opening(std::string_view first) {
+  size_t n = std::min(first.size(), kPreface.size());
+  if (first.substr(0, n) == kPreface.substr(0, n)) return n == kPreface.size() ? Opening::Preface : Opening::Need;
+  // an HTTP/1.x request starts with a method token and a space
+  for (size_t i = 0; i < first.size(); i++) {
+    if (first[i] == ' ') return i > 0 ? Opening::Http1 : Opening::Garbage;
+    if (!is_tchar(first[i]) || i >= 32) return Opening::Garbage;
+  }
+  return Opening::Need;
+}
+
+std::optional<std::string> base64url_decode(std::string_view in) {
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char ch : in) {
+    int v;
+    if (ch >= 'A' && ch <= 'Z') v = ch - 'A';
+    else if (ch >= 'a' && ch <= 'z') v = ch - 'a' + 26;
+    else if (ch >= '0' && ch <= '9') v = ch - '0' + 52;
+    else if (ch == '-' || ch == '+') v = 62;
+    else if (ch == '_' || ch == '/') v = 63;
+    else if (ch == '=') break;
+    else return std::nullopt;
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xff));
+    }
+  }
+  return out;
+}
+
+Http1Request parse_http1_request(std::string_view bytes) {
+  Http1Request r;
+  size_t end = bytes.find("\r\n\r\n");
+  if (end == std::string_view::npos) return r;
+  r.complete = true;
+  r.head_len = end + 4;
+  std::string_view head = bytes.substr(0, end);
+  size_t eol = head.find("\r\n");
+  std::string_view line = head.substr(0, eol);
+  size_t sp1 = line.find(' ');
+  size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+  if (sp1 == std::string_view::npos || sp2 == std::string_view::npos || sp1 == 0) return r;
+  r.method = std::string(line.substr(0, sp1));
+  r.path = std::string(line.substr(sp1 + 1, sp2 - sp1 - 1));
+  r.version = std::string(line.substr(sp2 + 1));
+  if (r.path.empty() || r.version.rfind("HTTP/1.", 0) != 0) return r;
+  for (char ch : r.method)
+    if (!is_tchar(ch)) return r;
+  std::string_view rest = eol == std::string_view::npos ? std::string_view{} : head.substr(eol + 2);
+  bool conn_upgrade = false, conn_settings = false, up_h2c = false, have_settings = false;
+  std::string settings_b64;
+  while (!rest.empty()) {
+    size_t e = rest.find("\r\n");
+    std::string_view h = rest.substr(0, e);
+    rest = e == std::string_view::npos ? std::string_view{} : rest.substr(e + 2);
+    size_t colon = h.find(':');
+    if (colon == std::string_view::npos || colon == 0) return r;
+    for (size_t i = 0; i < colon; i++)
+      if (!is_tchar(h[i])) return r;  // also refuses obsolete line folding
+    std::string name = lower(h.substr(0, colon));
+    std::string_view value = trim(h.substr(colon + 1));
+    if (name == "connection") {
+      conn_upgrade |= lists_token(value, "upgrade");
+      conn_settings |= lists_token(value, "http2-settings");
+    } else if (name == "upgrade") {
+      up_h2c |= lists_token(value, "h2c");
+    } else if (name == "http2-settings") {
+      if (have_settings) return r;  // exactly one (RFC 7540 3.2.1)
+      have_settings = true;
+      settings_b64 = std::string(value);
+    } else if (name == "content-length") {
+      if (value != "0") r.has_body = true;
+    } else if (name == "transfer-encoding") {
+      r.has_body = true;
+    }
+    r.headers.emplace_back(std::move(name), std::string(value));
+  }
+  r.valid = true;
+  if (conn_upgrade && conn_settings && up_h2c && have_settings) {
+    if (auto s = base64url_decode(settings_b64); s && s->size() % 6 == 0) {
+      r.upgrade_h2c = true;
+      r.settings = std::move(*s);
+    }
+  }
+  return r;
+}
+
+Headers upgrade_stream_headers(const Http1Request& r) {
+  Headers h{{":method", r.method}, {":scheme", "http"}};
+  for (const auto& [k, v] : r.headers)
+    if (k == "host") h.emplace_back(":authority", v);
+  h.emplace_back(":path", r.path);
+  for (const auto& [k, v] : r.headers) {
+    if (k == "connection" || k == "upgrade" || k == "http2-settings" || k == "keep-alive" ||
+        k == "proxy-connection" || k == "transfer-encoding" || k == "host")
+      continue;
+    if (k == "te" && !iequal(v, "trailers")) continue;
+    h.emplace_back(k, v);
+  }
+  return h;
 }
 
 }  // namespace envsteer::h2

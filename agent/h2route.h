@@ -63,4 +63,34 @@ Decision resolve(const maps::MapBackend& live, uint32_t svc_id, const std::strin
 // The environment's name as the kernel knows it ("" when unknown).
 std::string env_name(const maps::MapBackend& live, uint32_t env_id);
 
+// --- h2c Upgrade (RFC 7540 3.2): the first bytes of a diverted connection.
+
+// What the first bytes are: the HTTP/2 preface, an HTTP/1.x request head, or
+// not known yet (a prefix of either; Need).
+enum class Opening { Need, Preface, Http1, Garbage };
+Opening classify_opening(std::string_view first);
+
+struct Http1Request {
+  bool complete = false;  // the head ended (\r\n\r\n) within the bytes given
+  bool valid = false;     // a request line and headers that parse
+  size_t head_len = 0;    // bytes of the head, the blank line included
+  std::string method, path, version;
+  Headers headers;        // names in lower case, values trimmed, in order
+  bool upgrade_h2c = false;        // Upgrade lists h2c, Connection lists Upgrade and HTTP2-Settings
+  std::string settings;            // HTTP2-Settings, base64url-decoded (upgrade_h2c only)
+  bool has_body = false;           // Content-Length > 0 or Transfer-Encoding
+};
+
+// Parses an HTTP/1.x request head from the first bytes of a connection.
+Http1Request parse_http1_request(std::string_view bytes);
+
+// The stream-1 request of an upgrade as HTTP/2 headers: pseudo-headers from
+// the request line and Host, the other headers in lower case without the
+// connection-specific ones (Connection, Upgrade, HTTP2-Settings, Keep-Alive,
+// Proxy-Connection, Transfer-Encoding, Host, TE other than "trailers").
+Headers upgrade_stream_headers(const Http1Request& r);
+
+// base64url (and plain base64), padding optional; nullopt on a bad character.
+std::optional<std::string> base64url_decode(std::string_view in);
+
 }  // namespace envsteer::h2

@@ -289,6 +289,7 @@ class Bench:
             self.node.stop_agent()
         extra = ["--config", self.config_file()]
         extra += ["--no-header-context"] if mode == "noheader" else []
+        extra += ["--h2-listen", "127.0.0.1:0"] if mode == "h2" else []
         self.node.start_agent(extra, timeout=300)
         self.agent_mode = mode
         # global links at links/<prog>, the pods' at links/pods/<cgroup id>/<prog>
@@ -1472,9 +1473,243 @@ def suite_issue17(b):
     return list(rows.values()), raw
 
 
+# --------------------------------------------------------------------------- HTTP/2, gRPC
+
+GRPC_VIP, GRPC_PORT = "127.96.240.2", 50051   # service "grpc", port named grpc (declared)
+GRPC_DEV_IP = "127.1.240.40"      # grpc-dev   (dev)
+GRPC_P1_IP = "127.1.240.41"       # grpc-proj1 (dev.proj1): where the tagged calls land
+GRPC_PLAIN_IP = "127.1.240.42"    # the same server unmanaged: direct, and nginx's dev.proj1
+GRPC_PLAIN2_IP = "127.1.240.43"   # a second unmanaged server: nginx's "dev" upstream
+GRPC_PROXY_IP = "127.1.240.44"    # nginx grpc_pass, routing on x-virtual-env (unmanaged)
+GRPCSERVER = os.path.join(REPO, "tests", "e2e", "grpcserver.py")
+
+NGINX_GRPC_CONF = """worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  map $http_x_virtual_env $grpc_upstream {{
+    default     grpc_dev;
+    dev.proj1   grpc_proj1;
+  }}
+  upstream grpc_dev   {{ server {dev}:{port}; keepalive 64; }}
+  upstream grpc_proj1 {{ server {proj1}:{port}; keepalive 64; }}
+  server {{
+    listen {ip}:{port} http2 reuseport backlog=4096;
+    http2_max_concurrent_streams 1024;
+    # nginx ends an HTTP/2 connection after 1000 requests (GOAWAY) by default, and h2load
+    # does not reconnect: a long run would measure idle clients
+    keepalive_requests 100000000;
+    location / {{
+      grpc_pass grpc://$grpc_upstream;
+    }}
+  }}
+}}
+"""
+
+
+def grpc_frame(payload):
+    """One gRPC message: uncompressed flag, 4-byte big-endian length, payload."""
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+def start_grpc_server(b, cg, ip, name):
+    py = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    proc = b.node._popen([py, GRPCSERVER, ip, str(GRPC_PORT), name], cg, "grpc-%s.log" % name)
+
+    def up():
+        if proc.poll() is not None:
+            return True
+        try:
+            socket.create_connection((ip, GRPC_PORT), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+    harness.wait_until(up, 20, what="grpc server %s" % name)
+    if proc.poll() is not None:
+        raise BenchError("grpc server %s exited: %s" % (name, harness._read_file(
+            os.path.join(b.node.log_dir, "grpc-%s.log" % name), 2000)))
+    return proc
+
+
+def start_nginx_grpc(b):
+    tmp = os.path.join(b.node.tmp, "nginx-grpc")
+    for d in ("", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        os.makedirs(os.path.join(tmp, d), exist_ok=True)
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_GRPC_CONF.format(tmp=tmp, dev=GRPC_PLAIN2_IP, proj1=GRPC_PLAIN_IP,
+                                       port=GRPC_PORT, ip=GRPC_PROXY_IP))
+    cg = b.remote_cg("pod-grpc-proxy")
+    proc = b.node._popen(["nginx", "-p", tmp, "-e", os.path.join(tmp, "nginx-error.log"),
+                          "-c", conf], cg, "nginx-grpc.log")
+
+    def up():
+        if proc.poll() is not None:
+            return True
+        try:
+            socket.create_connection((GRPC_PROXY_IP, GRPC_PORT), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+    harness.wait_until(up, 10, what="nginx grpc on %s" % GRPC_PROXY_IP)
+    if proc.poll() is not None:
+        raise BenchError("nginx (grpc) exited: %s" % harness._read_file(
+            os.path.join(tmp, "nginx-error.log"), 2000))
+    return cg
+
+
+def h2load(b, url, body_file, duration, name, client_cg, cpu_cgs, agent_pid=None):
+    """h2load with gRPC calls (POST, application/grpc, the env header) in a child of
+    client_cg: calls/s, p50/p99 from its per-request log, CPU per call of cpu_cgs (and of
+    the agent's process, for the path through its endpoint). Every call must be answered 200
+    with the pod's grpc-status in the trailers (h2load checks the :status only; the smoke
+    check of each path below checks the pod)."""
+    b._n += 1
+    logf = os.path.join(b.node.tmp, "h2load-%s-%d.log" % (name, b._n))
+    argv = ["h2load", "-c", str(b.args.h2_clients), "-m", str(b.args.h2_streams),
+            "-D", str(duration), "--warm-up-time", "1", "-d", body_file,
+            "-H", "content-type: application/grpc", "-H", "te: trailers",
+            "-H", "%s: %s" % (ENV_HEADER[0].lower(), ENV_HEADER[1]), "--log-file", logf, url]
+    u0 = sum(cpu_usec(c) for c in cpu_cgs)
+    a0 = proc_cpu_s(agent_pid) if agent_pid else 0.0
+    rc, out = b.run_in_cgroup(client_cg, argv, duration + 60, name)
+    u1 = sum(cpu_usec(c) for c in cpu_cgs)
+    a1 = proc_cpu_s(agent_pid) if agent_pid else 0.0
+    lat, bad = [], 0
+    with open(logf) as f:
+        for line in f:
+            cols = line.split("\t")
+            if len(cols) < 3:
+                continue
+            if int(cols[1]) < 100:
+                continue  # cut off by the end of the run (h2load stops its clients)
+            if cols[1] != "200":
+                bad += 1
+            lat.append(int(cols[2]))
+    os.unlink(logf)
+    if rc != 0 or not lat:
+        raise BenchError("h2load %s failed (rc %s):\n%s" % (name, rc, out))
+    if bad > len(lat) * 0.001:
+        raise BenchError("h2load %s: %d of %d calls not answered 200:\n%s" % (name, bad, len(lat), out))
+    lat.sort()
+    n = len(lat)
+    m = re.search(r"finished in [0-9.]+\w*, ([0-9.]+) req/s", out or "")
+    if not m:
+        raise BenchError("h2load %s: no req/s in its output:\n%s" % (name, out))
+    return {"calls": n, "rps": float(m.group(1)), "p50_us": lat[n // 2],
+            "p99_us": lat[min(n - 1, (n * 99) // 100)],
+            "cpu_us": ((u1 - u0) + (a1 - a0) * 1e6) / n, "agent_cpu_us": (a1 - a0) * 1e6 / n}
+
+
+def grpc_check(b, cg, to, name):
+    """One Echo call per path through grpcclient.py: the answer names the dev.proj1 pod."""
+    py = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    rc, out = b.run_in_cgroup(cg, [py, os.path.join(REPO, "tests", "e2e", "grpcclient.py"), "--to", to,
+                                   "mix", "--envs=dev.proj1", "--calls", "2"], 60, "check-" + name)
+    try:
+        ans = json.loads(out.strip().splitlines()[-1])["answers"]
+    except (ValueError, IndexError, KeyError):
+        raise BenchError("gRPC check %s: no answer (rc %s): %r" % (name, rc, out))
+    if rc != 0 or not ans or any("error" in a or "proj1" not in a.get("pod", "") for a in ans):
+        raise BenchError("gRPC check %s: %s" % (name, ans))
+
+
+def suite_h2(b):
+    """Issue 16: gRPC through the agent's HTTP/2 endpoint (every stream routed by its env
+    header) vs direct to the pod vs nginx grpc_pass routing on the same header. h2load, the
+    same tagged calls: unary Echo (a 64-byte message) and server streaming Down (one call,
+    20 messages of 256 bytes). Servers: tests/e2e/grpcserver.py (python3-grpcio) in each
+    variant, so the server's cost is the same everywhere."""
+    a = b.args
+    n = b.node
+    if NS + "/grpc-dev" not in n.pods:
+        n.add_service(NS, "grpc", GRPC_VIP, port=GRPC_PORT, target_port=GRPC_PORT, protocols=(),
+                      extra_ports=[{"name": "grpc", "port": GRPC_PORT, "target_port": GRPC_PORT,
+                                    "protocol": "TCP"}])
+        n.add_pod(NS, "grpc-dev", GRPC_DEV_IP, env="dev", app="grpc", port=GRPC_PORT)
+        n.add_pod(NS, "grpc-proj1", GRPC_P1_IP, env="dev.proj1", app="grpc", port=GRPC_PORT)
+        n.write_manifests()
+        for pod, ip in (("grpc-dev", GRPC_DEV_IP), ("grpc-proj1", GRPC_P1_IP)):
+            start_grpc_server(b, n.pods["%s/%s" % (NS, pod)].cgroup_dir, ip, "bench-" + pod)
+        plain_cg = b.remote_cg("pod-grpc-plain")
+        start_grpc_server(b, plain_cg, GRPC_PLAIN_IP, "bench-grpc-plain-proj1")
+        start_grpc_server(b, b.remote_cg("pod-grpc-plain2"), GRPC_PLAIN2_IP, "bench-grpc-plain-dev")
+        proxy_cg = start_nginx_grpc(b)
+    plain_cg = b.remote_cg("pod-grpc-plain")
+    proxy_cg = b.remote_cg("pod-grpc-proxy")
+    b.set_agent_mode("h2")
+    server_cg = n.pods[NS + "/grpc-proj1"].cgroup_dir
+    bodies = {}
+    for kind, path, payload in (("unary", "Echo", b"x" * 64),
+                                ("stream", "Down", json.dumps({"n": 20, "size": 256}).encode())):
+        f = os.path.join(n.tmp, "grpc-%s.bin" % kind)
+        with open(f, "wb") as fh:
+            fh.write(grpc_frame(payload))
+        bodies[kind] = (f, path)
+    paths = {
+        "b": dict(ip=GRPC_VIP, client_cg=b.client_cg(), cpu_cgs=[b.client_cg(), server_cg], agent=True),
+        "a": dict(ip=GRPC_PLAIN_IP, client_cg=b.plain_client_cg, cpu_cgs=[b.plain_client_cg, plain_cg],
+                  agent=False),
+        "c": dict(ip=GRPC_PROXY_IP, client_cg=b.plain_client_cg,
+                  cpu_cgs=[b.plain_client_cg, plain_cg, proxy_cg], agent=False),
+    }
+    names = {"a": "(a) direct to the pod", "b": "(b) service address, envsteer HTTP/2 endpoint",
+             "c": "(c) nginx grpc_pass, map on x-virtual-env"}
+    vs = {"a": "direct", "c": "nginx"}
+    rows = {}
+    for kind, label in (("unary", "gRPC unary"), ("stream", "gRPC server streaming (20 msgs/call)")):
+        for q, unit, better, what in (
+                ("rps", "calls/s", "higher", "calls/s"), ("p50_us", "us", "lower", "latency p50"),
+                ("p99_us", "us", "lower", "latency p99"),
+                ("cpu_us", "us", "lower", "CPU per call (client, server, proxy or agent)")):
+            for other in ("a", "c"):
+                k = "h2_%s_%s_vs_%s" % (kind, q, vs[other])
+                rows[k] = Row(k, "%s, %s" % (label, what), unit, names["b"], names[other], better,
+                              None, fmt="%.1f" if q == "cpu_us" else "%.0f")
+    # each path answers from the dev.proj1 pod (also the warm-up)
+    grpc_check(b, b.client_cg(), "%s:%d" % (GRPC_VIP, GRPC_PORT), "envsteer")
+    grpc_check(b, b.plain_client_cg, "%s:%d" % (GRPC_PLAIN_IP, GRPC_PORT), "direct")
+    grpc_check(b, b.plain_client_cg, "%s:%d" % (GRPC_PROXY_IP, GRPC_PORT), "nginx")
+    c0 = b.counters()
+    raw = []
+    for i in range(a.rounds):
+        rec = {"round": i + 1}
+        for kind, (body, method) in bodies.items():
+            res = {}
+            for v, p in paths.items():
+                res[v] = h2load(b, "http://%s:%d/envsteer.H2/%s" % (p["ip"], GRPC_PORT, method), body,
+                                a.duration, "h2-%s-%s" % (kind, v), p["client_cg"], p["cpu_cgs"],
+                                n.agent.pid if p["agent"] else None)
+            for q in ("rps", "p50_us", "p99_us", "cpu_us"):
+                for other in ("a", "c"):
+                    rows["h2_%s_%s_vs_%s" % (kind, q, vs[other])].add(res["b"][q], res[other][q])
+            rec[kind] = res
+            log("h2 round %d/%d %s: calls/s a %.0f b %.0f c %.0f; p99 us a %d b %d c %d; cpu us a %.0f "
+                "b %.0f c %.0f" % (i + 1, a.rounds, kind, res["a"]["rps"], res["b"]["rps"], res["c"]["rps"],
+                                   res["a"]["p99_us"], res["b"]["p99_us"], res["c"]["p99_us"],
+                                   res["a"]["cpu_us"], res["b"]["cpu_us"], res["c"]["cpu_us"]))
+        raw.append(rec)
+    c1 = b.counters()
+    diverted = c1.get("h2_diverted", 0) - c0.get("h2_diverted", 0)
+    if diverted < a.rounds * 2 * a.h2_clients:
+        raise BenchError("path (b): only %d connections diverted to the endpoint" % diverted)
+    b.note("h2: h2load -c %d -m %d, %d s per run; CPU of (b) includes the agent's process"
+           % (a.h2_clients, a.h2_streams, a.duration))
+    return list(rows.values()), raw
+
+
+
 SUITES = {"connect": suite_connect, "header": suite_header, "http": suite_http,
           "scale": suite_scale, "control": suite_control, "reroute": suite_reroute,
-          "issue17": suite_issue17}
+          "issue17": suite_issue17, "h2": suite_h2}
 
 
 # --------------------------------------------------------------------------- BPF run time
@@ -1613,6 +1848,8 @@ def main():
     ap.add_argument("--duration", type=int, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=16, help="wrk -c")
     ap.add_argument("--threads", type=int, default=1, help="wrk -t")
+    ap.add_argument("--h2-clients", type=int, default=4, help="h2 suite: h2load -c")
+    ap.add_argument("--h2-streams", type=int, default=8, help="h2 suite: h2load -m")
     ap.add_argument("--max-loop-seconds", type=float, default=60.0)
     ap.add_argument("--scale-sizes", help="scaling suite: numbers of services, comma-separated "
                     "(default 10,1000,10000,100000; smoke 10,100)")
@@ -1637,8 +1874,8 @@ def main():
                     "churn run (default 60, smoke 3; 0: no churn run)")
     ap.add_argument("--lo-up", action="store_true", help="bring lo up first (run.sh starts "
                     "this script in a fresh network namespace)")
-    ap.add_argument("--only", default=",".join(SUITES), help="suites, comma-separated: %s"
-                    % ", ".join(SUITES))
+    ap.add_argument("--only", default=",".join(s for s in SUITES if s != "h2"),
+                    help="suites, comma-separated: %s (h2 only when named)" % ", ".join(SUITES))
     ap.add_argument("--prog-stats", action="store_true",
                     help="also measure per-program BPF run time (bpf_stats_enabled, restored)")
     ap.add_argument("--out", help="markdown report (default bench/results/latest.md; "
@@ -1666,7 +1903,8 @@ def main():
         args.rounds = args.rounds or 7
         args.connects = args.connects or 20000
         args.duration = args.duration or 5
-        args.out = args.out or os.path.join(HERE, "results", "latest.md")
+        args.out = args.out or os.path.join(HERE, "results", "h2.md" if args.only.strip() == "h2"
+                                            else "latest.md")
     if args.out and not args.json:
         args.json = os.path.splitext(args.out)[0] + ".json"
     suites = [s.strip() for s in args.only.split(",") if s.strip()]

@@ -4,6 +4,8 @@
 #
 #   bench/run.sh [--smoke] [--rounds N] [--connects N] [--duration S]
 #                [--only connect,header,http,scale,control]
+#   bench/run.sh --only h2 [--rounds N]        gRPC through the HTTP/2 endpoint vs direct vs
+#                                             nginx grpc_pass (h2load; bench/results/h2.md)
 #                [--prog-stats] [--out FILE.md] [--json FILE.json]
 #   bench/run.sh --profile [--duration S]     perf profile of the header programs' cost
 #                                             (bench/profile.py; installs linux-perf)
@@ -32,6 +34,7 @@ done
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
 if [ ${#need[@]} -gt 0 ]; then
   echo "bench/run.sh: installing ${need[*]}" >&2

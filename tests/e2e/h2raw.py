@@ -7,6 +7,12 @@ Prints one JSON object.
       client that never reads), then counts what came: streams refused, bytes received
   h2raw.py --to IP:PORT frames --env E
       PING (its ACK), a request answered, then GOAWAY from the client: the endpoint closes
+  h2raw.py --to IP:PORT goaway --env E
+      /slow?ms=1500 and /goaway on one connection (the server's graceful GOAWAY covers both),
+      then /conn once /goaway is answered, while /slow is still in flight
+  h2raw.py --to IP:PORT push --env E
+      /push (the server sends a PUSH_PROMISE), then /conn on the same connection
+Streams are reported as {"status", "body" (JSON when it parses), "reset" (error code)}.
 """
 import argparse
 import json
@@ -120,6 +126,78 @@ def frames(a):
     return out
 
 
+class Streams:
+    """Streams of one connection: send, then wait for them to end."""
+
+    def __init__(self, to):
+        self.s, self.c = connect(to)
+        self.st = {}
+
+    def send(self, path, env):
+        sid = self.c.get_next_available_stream_id()
+        self.c.send_headers(sid, headers(path, env), end_stream=True)
+        self.s.sendall(self.c.data_to_send())
+        self.st[sid] = {"path": path, "body": b""}
+        return sid
+
+    def wait(self, sids, timeout=15):
+        t_end = time.monotonic() + timeout
+        while time.monotonic() < t_end and not all("done" in self.st[i] for i in sids):
+            try:
+                d = self.s.recv(65536)
+            except socket.timeout:
+                continue
+            if not d:
+                break
+            for ev in self.c.receive_data(d):
+                x = self.st.get(getattr(ev, "stream_id", None))
+                if isinstance(ev, h2.events.ResponseReceived) and x is not None:
+                    x["status"] = int(dict(ev.headers)[b":status"])
+                elif isinstance(ev, h2.events.DataReceived):
+                    self.c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    if x is not None:
+                        x["body"] += ev.data
+                elif isinstance(ev, h2.events.StreamEnded) and x is not None:
+                    x["done"] = time.monotonic()
+                elif isinstance(ev, h2.events.StreamReset) and x is not None:
+                    x["reset"] = int(ev.error_code)
+                    x["done"] = time.monotonic()
+            o = self.c.data_to_send()
+            if o:
+                self.s.sendall(o)
+
+    def report(self):
+        out = {}
+        for sid, x in self.st.items():
+            r = {k: v for k, v in x.items() if k not in ("body", "done")}
+            r["done"] = "done" in x
+            try:
+                r["body"] = json.loads(x["body"])
+            except ValueError:
+                r["body"] = x["body"].decode(errors="replace")
+            out[x["path"]] = r
+        order = sorted(self.st, key=lambda i: self.st[i].get("done", 1e18))
+        out["order"] = [self.st[i]["path"] for i in order]
+        return out
+
+
+def goaway(a):
+    t = Streams(a.to)
+    slow = t.send("/slow?ms=1500", a.env)
+    g = t.send("/goaway", a.env)
+    t.wait([g])
+    t.wait([t.send("/conn", a.env)])
+    t.wait([slow])
+    return t.report()
+
+
+def push(a):
+    t = Streams(a.to)
+    t.wait([t.send("/push", a.env)])
+    t.wait([t.send("/conn", a.env)])
+    return t.report()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--to", required=True)
@@ -131,8 +209,11 @@ def main():
     f.add_argument("--hold", type=float, default=3)
     f = sub.add_parser("frames")
     f.add_argument("--env", default="dev.proj1")
+    for m in ("goaway", "push"):
+        f = sub.add_parser(m)
+        f.add_argument("--env", default="dev.proj1")
     a = p.parse_args()
-    print(json.dumps({"flood": flood, "frames": frames}[a.cmd](a)))
+    print(json.dumps({"flood": flood, "frames": frames, "goaway": goaway, "push": push}[a.cmd](a)))
 
 
 if __name__ == "__main__":

@@ -4,39 +4,71 @@
   h2server.py IP PORT POD
 
 Every request (any path) -> 200 {"pod": POD, "got_header": <x-virtual-env or null>, "stream": id,
-"body": <bytes of request body>}. GET /big?n=N answers N bytes (for flow-control tests). One
-thread per connection; sockets time out.
+"body": <bytes of request body>}. GET /big?n=N answers N bytes (for flow-control tests). Paths
+for the endpoint's upstream semantics (their answers add "conn": the connection's number):
+  /conn         answered at once
+  /slow?ms=N    answered after N ms
+  /goaway       a graceful GOAWAY (NO_ERROR, last-stream-id = the highest stream seen) goes out
+                first, then the answer; the streams it covers are still answered, then the
+                connection closes
+  /push         a PUSH_PROMISE (the endpoint disabled push: a protocol error of this server),
+                then the answer
+One thread per connection; sockets time out.
 """
 import json
 import os
 import signal
 import socket
 import sys
+import itertools
 import threading
+import time
 
 import h2.config
 import h2.connection
 import h2.events
+from hyperframe.frame import GoAwayFrame, PushPromiseFrame
 
 POD = "?"
+CONNS = itertools.count(1)
 
 
 def serve(sock):
-    sock.settimeout(60)
+    sock.settimeout(0.05)
+    cid = next(CONNS)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     conn.initiate_connection()
     sock.sendall(conn.data_to_send())
-    reqs, bodies, pending = {}, {}, {}
+    reqs, bodies, pending, delayed = {}, {}, {}, {}
+    state = {"goaway": False, "open": 0, "max_sid": 0}
 
     def answer(sid):
         h = reqs.pop(sid)
         path = h.get(":path", "/")
+        if path.startswith("/slow?ms="):
+            delayed[sid] = (time.monotonic() + int(path.split("=", 1)[1]) / 1000.0, h)
+            return
+        answer_now(sid, h)
+
+    def answer_now(sid, h):
+        path = h.get(":path", "/")
+        if path == "/goaway":
+            # raw: python3-h2 sends nothing on a connection after its own GOAWAY
+            sock.sendall(conn.data_to_send() + GoAwayFrame(0, last_stream_id=state["max_sid"], error_code=0).serialize())
+            state["goaway"] = True
+        if path == "/push":
+            pp = PushPromiseFrame(sid, promised_stream_id=2, flags=["END_HEADERS"])
+            pp.data = conn.encoder.encode([(":method", "GET"), (":scheme", "http"), (":authority", "x"),
+                                          (":path", "/pushed")])
+            sock.sendall(conn.data_to_send() + pp.serialize())
         if path.startswith("/big?n="):
             pending[sid] = b"y" * int(path.split("=", 1)[1])
             conn.send_headers(sid, [(":status", "200"), ("content-length", str(len(pending[sid])))])
         else:
-            b = (json.dumps({"pod": POD, "got_header": h.get("x-virtual-env"), "stream": sid,
-                             "body": len(bodies.pop(sid, b""))}) + "\n").encode()
+            a = {"pod": POD, "got_header": h.get("x-virtual-env"), "stream": sid, "body": len(bodies.pop(sid, b""))}
+            if path.split("?")[0] in ("/conn", "/slow", "/goaway", "/push"):
+                a["conn"] = cid
+            b = (json.dumps(a) + "\n").encode()
             conn.send_headers(sid, [(":status", "200"), ("content-type", "application/json"),
                                     ("content-length", str(len(b)))])
             conn.send_data(sid, b, end_stream=True)
@@ -55,12 +87,21 @@ def serve(sock):
             else:
                 del pending[sid]
 
-    while True:
-        data = sock.recv(65536)
-        if not data:
+    idle_until = time.monotonic() + 60
+    while time.monotonic() < idle_until:
+        for sid in [d for d in delayed if delayed[d][0] <= time.monotonic()]:
+            answer_now(sid, delayed.pop(sid)[1])
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            data = None
+        if data == b"":
             return
-        for ev in conn.receive_data(data):
+        if data:
+            idle_until = time.monotonic() + 60
+        for ev in conn.receive_data(data or b""):
             if isinstance(ev, h2.events.RequestReceived):
+                state["max_sid"] = max(state["max_sid"], ev.stream_id)
                 reqs[ev.stream_id] = {(k.decode() if isinstance(k, bytes) else k):
                                       (v.decode() if isinstance(v, bytes) else v) for k, v in ev.headers}
                 if ev.stream_ended:
@@ -82,6 +123,9 @@ def serve(sock):
         out = conn.data_to_send()
         if out:
             sock.sendall(out)
+        if state["goaway"] and not reqs and not delayed and not pending:
+            time.sleep(0.2)  # the last answer on its way, then the close that follows a GOAWAY
+            return
 
 
 def handle(sock):

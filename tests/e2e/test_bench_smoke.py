@@ -116,3 +116,30 @@ def test_bench_smoke(tmp_path):
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [l for l in netns.splitlines() if re.match(r"^%s-\d+-bench-ipt" % harness.PREFIX, l)
                 and not os.path.exists("/proc/" + l.split("-")[2])], netns
+
+
+H2_ROWS = ["h2_%s_%s_vs_%s" % (kind, q, o) for kind in ("unary", "stream")
+           for q in ("rps", "p50_us", "p99_us", "cpu_us") for o in ("direct", "nginx")]
+
+
+@pytest.mark.kernel_feature("request_context")
+def test_bench_smoke_h2(tmp_path):
+    """bench/run.sh --smoke --only h2 (not in the default suites): gRPC through the agent's
+    HTTP/2 endpoint, direct, and nginx grpc_pass; every row present with numeric values."""
+    out_md, out_json = tmp_path / "h2.md", tmp_path / "h2.json"
+    env = dict(os.environ, ENVSTEER_BIN=harness.agent_bin())
+    r = subprocess.run([RUN, "--smoke", "--only", "h2", "--rounds", "1", "--out", str(out_md),
+                        "--json", str(out_json)],
+                       capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+    report = "rc %s\n--- stdout\n%s\n--- stderr\n%s" % (r.returncode, r.stdout, r.stderr[-8000:])
+    assert r.returncode == 0, report
+    lines = {_cells(l)[0]: _cells(l) for l in r.stdout.splitlines() if l.startswith("| ")}
+    for key in H2_ROWS:
+        assert key in lines, "row %s missing\n%s" % (key, report)
+        c = lines[key]
+        assert len(c) == 10, (key, c)
+        for cell in (c[3], c[5]):
+            assert CELL.match(cell), "row %s: %r\n%s" % (key, cell, report)
+        assert re.match("^%s$" % NUM, c[6]), (key, c[6])
+    data = json.loads(out_json.read_text())
+    assert sorted(x["key"] for x in data["rows"]) == sorted(H2_ROWS)

@@ -224,6 +224,81 @@ def test_curl_and_nghttp_prior_knowledge(shared):
     assert mm.delta("envsteer_h2_connections_total", {"event": "accepted"}) == 6
 
 
+def test_curl_h2c_upgrade_each_env_by_its_own_pod(shared):
+    """curl --http2 (an HTTP/1.1 request with Upgrade: h2c and HTTP2-Settings) to the declared h2c
+    port: the endpoint answers 101, the connection goes on as HTTP/2 with the request as stream 1,
+    routed by its own env header like any stream. A plain HTTP/1.1 request on the declared port is
+    answered 505 and the connection closed (counted http1_refused), never sent to a pod."""
+    mm = Metrics(shared)
+    node = shared
+    envs = ["dev.proj1", "dev", "dev.proj2", "-", "dev.proj1.alice"]
+    for e in envs:
+        argv = ["curl", "-sS", "--http2", "--max-time", "20", "-w", "\\n%{http_version}\\n"]
+        if e != "-":
+            argv += ["-H", "X-Virtual-Env: " + e]
+        r = node.run_in_pod(k("c-plain"), argv + ["http://%s/up" % shared.vip["g"]], timeout=30)
+        assert r.returncode == 0, (r, node.agent_log_text(3000))
+        body, version = [l for l in r.stdout.splitlines() if l.strip()]
+        assert json.loads(body)["pod"] == EXPECT[e] and version == "2", (e, r.stdout)
+        assert json.loads(body)["got_header"] == (None if e == "-" else e), (e, r.stdout)
+        assert json.loads(body)["stream"] == 1, (e, r.stdout)
+    # the labelled caller's untagged upgrade: its own env (dev.proj1), header inserted
+    r = node.run_in_pod(k("c-p1"), ["curl", "-sS", "--http2", "--max-time", "20", "http://%s/" % shared.vip["g"]],
+                        timeout=30)
+    assert r.returncode == 0, r
+    assert json.loads(r.stdout) == {"pod": k("g-proj1"), "got_header": "dev.proj1", "stream": 1, "body": 0}, r.stdout
+    # plain HTTP/1.1 on the declared port: 505, closed, counted; no pod saw it
+    r = node.run_in_pod(k("c-plain"), ["curl", "-sS", "--http1.1", "--max-time", "20", "-H", "X-Virtual-Env: dev.proj2",
+                                       "-w", "\\n%{http_code}\\n", "http://%s/" % shared.vip["g"]], timeout=30)
+    assert r.returncode == 0, r
+    assert r.stdout.strip().splitlines()[-1] == "505", r.stdout
+    assert mm.delta("envsteer_h2_connections_total", {"event": "h2c_upgrade"}) == len(envs) + 1
+    assert mm.delta("envsteer_h2_connections_total", {"event": "http1_refused"}) == 1
+    assert mm.delta("envsteer_h2_connections_total", {"event": "accepted"}) == len(envs) + 2
+    assert mm.delta("envsteer_h2_streams_total",
+                    {"service": "h2/g:80", "env": "dev.proj1", "outcome": "header"}) == 2
+    assert mm.delta("envsteer_h2_streams_total",
+                    {"service": "h2/g:80", "env": "dev.proj1", "outcome": "caller"}) == 1
+
+def h2raw(node, pod, mode, env):
+    r = node.run_in_pod(k(pod), [SYS_PY, os.path.join(HERE, "h2raw.py"), "--to", "%s:80" % node.vip["g"], mode,
+                                 "--env", env], timeout=40)
+    assert r.returncode == 0, (r, node.agent_log_text(3000))
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_server_goaway_graceful(shared):
+    """The server sends a graceful GOAWAY covering both streams it has: both are answered on the old
+    upstream connection; a stream opened after it goes on a new upstream connection (answered while
+    the old connection still finishes its slow stream)."""
+    mm = Metrics(shared)
+    res = h2raw(shared, "c-plain", "goaway", "dev.proj2")
+    slow, ga, new = res["/slow?ms=1500"], res["/goaway"], res["/conn"]
+    for x in (slow, ga, new):
+        assert x["done"] and x.get("status") == 200 and "reset" not in x, res
+        assert x["body"]["pod"] == k("g-proj2") and x["body"]["got_header"] == "dev.proj2", res
+    assert slow["body"]["conn"] == ga["body"]["conn"] != new["body"]["conn"], res
+    assert res["order"] == ["/goaway", "/conn", "/slow?ms=1500"], res
+    assert mm.delta("envsteer_h2_upstreams_total", {"event": "goaway"}) == 1
+    assert mm.delta("envsteer_h2_upstreams_total", {"event": "connect"}) == 2
+
+
+def test_server_push_is_a_protocol_error_of_that_upstream(shared):
+    """Upstreams get SETTINGS_ENABLE_PUSH 0: a server that pushes anyway commits a connection error
+    (PROTOCOL_ERROR). Its upstream connection is dropped: the stream it was answering fails (503
+    from the endpoint, before any response began), the client's connection goes on: the next stream
+    of the same env goes on a new upstream connection and is answered. Nothing pushed reaches the
+    client."""
+    mm = Metrics(shared)
+    res = h2raw(shared, "c-plain", "push", "dev.proj1")
+    p, nxt = res["/push"], res["/conn"]
+    assert p["done"] and p.get("status") == 503 and "envsteer" in str(p["body"]), res
+    assert nxt["done"] and nxt.get("status") == 200 and nxt["body"]["pod"] == k("g-proj1"), res
+    assert mm.delta("envsteer_h2_upstreams_total", {"event": "lost"}) == 1
+    assert mm.delta("envsteer_h2_upstreams_total", {"event": "connect"}) == 2
+    assert mm.delta("envsteer_h2_streams_total",
+                    {"service": "h2/g:80", "env": "dev.proj1", "outcome": "upstream_failed"}) == 1
+
 NODE_CLIENT = r"""
 const grpc = require('@grpc/grpc-js');
 const crypto = require('crypto');

@@ -206,5 +206,75 @@ TEST(H2Model, DeclaredPortsAndMultiSetFlags) {
   EXPECT_EQ(flags(inc.state(), "10.96.0.1", 50051), both);
 }
 
+TEST(H2Upgrade, ClassifiesTheFirstBytes) {
+  EXPECT_EQ(h2::classify_opening(""), h2::Opening::Need);
+  EXPECT_EQ(h2::classify_opening("PRI * HTTP/2.0\r\n"), h2::Opening::Need);
+  EXPECT_EQ(h2::classify_opening("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00"), h2::Opening::Preface);
+  EXPECT_EQ(h2::classify_opening("PRI"), h2::Opening::Need);
+  EXPECT_EQ(h2::classify_opening("GET"), h2::Opening::Need);
+  EXPECT_EQ(h2::classify_opening("GET / HTTP/1.1\r\n"), h2::Opening::Http1);
+  EXPECT_EQ(h2::classify_opening("PRIX / HTTP/1.1"), h2::Opening::Http1);
+  EXPECT_EQ(h2::classify_opening(" GET"), h2::Opening::Garbage);
+  EXPECT_EQ(h2::classify_opening(std::string("\x16\x03\x01", 3)), h2::Opening::Garbage);  // TLS
+  EXPECT_EQ(h2::classify_opening(std::string(40, 'A')), h2::Opening::Garbage);
+}
+
+TEST(H2Upgrade, Base64url) {
+  EXPECT_EQ(*h2::base64url_decode("AAMAAABkAAQCAAAAAAIAAAAA"),
+            std::string("\x00\x03\x00\x00\x00\x64\x00\x04\x02\x00\x00\x00\x00\x02\x00\x00\x00\x00", 18));
+  EXPECT_EQ(*h2::base64url_decode("-_8"), std::string("\xfb\xff", 2));
+  EXPECT_EQ(*h2::base64url_decode(""), "");
+  EXPECT_FALSE(h2::base64url_decode("AA AA"));
+}
+
+TEST(H2Upgrade, ParsesTheUpgradeRequest) {
+  // what curl --http2 sends
+  std::string req =
+      "GET /x?y=1 HTTP/1.1\r\nHost: 10.96.0.1\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n"
+      "X-Virtual-Env: dev.proj1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+      "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\nPRI * HTTP/2.0";
+  auto r = h2::parse_http1_request(req);
+  ASSERT_TRUE(r.complete && r.valid);
+  EXPECT_TRUE(r.upgrade_h2c);
+  EXPECT_EQ(r.settings.size(), 18u);
+  EXPECT_FALSE(r.has_body);
+  EXPECT_EQ(r.head_len, req.find("PRI"));
+  auto h = h2::upgrade_stream_headers(r);
+  h2::Headers want{{":method", "GET"},        {":scheme", "http"},          {":authority", "10.96.0.1"},
+                   {":path", "/x?y=1"},       {"user-agent", "curl/7.88.1"}, {"accept", "*/*"},
+                   {"x-virtual-env", "dev.proj1"}};
+  EXPECT_EQ(h, want);
+  auto e = h2::stream_env(h, cfg());
+  EXPECT_EQ(e.env, "dev.proj1");
+}
+
+TEST(H2Upgrade, WhatIsNotAnUpgrade) {
+  auto r = h2::parse_http1_request("GET / HTTP/1.1\r\nHost: a\r\n");
+  EXPECT_FALSE(r.complete);
+  r = h2::parse_http1_request("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+  EXPECT_TRUE(r.valid);
+  EXPECT_FALSE(r.upgrade_h2c);
+  // Connection must list HTTP2-Settings, and the settings must be there exactly once
+  r = h2::parse_http1_request("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: \r\n\r\n");
+  EXPECT_FALSE(r.upgrade_h2c);
+  r = h2::parse_http1_request(
+      "GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n"
+      "HTTP2-Settings: AAMAAABk\r\n\r\n");
+  EXPECT_FALSE(r.valid);
+  r = h2::parse_http1_request("GET / HTTP/1.1\r\nConnection: upgrade,http2-settings\r\nupgrade: websocket, h2c\r\n"
+                              "http2-settings: \r\nContent-Length: 3\r\n\r\n");
+  EXPECT_TRUE(r.upgrade_h2c);  // empty settings: allowed
+  EXPECT_TRUE(r.has_body);
+  r = h2::parse_http1_request("GET / HTTP/2.0\r\n\r\n");
+  EXPECT_FALSE(r.valid);
+  r = h2::parse_http1_request("GET / HTTP/1.1\r\n folded\r\n\r\n");
+  EXPECT_FALSE(r.valid);
+  // TE other than trailers is connection-specific in HTTP/2
+  r = h2::parse_http1_request("POST /a HTTP/1.1\r\nTE: trailers\r\n\r\n");
+  EXPECT_EQ(h2::upgrade_stream_headers(r).back(), (std::pair<std::string, std::string>{"te", "trailers"}));
+  r = h2::parse_http1_request("POST /a HTTP/1.1\r\nTE: gzip\r\n\r\n");
+  EXPECT_EQ(h2::upgrade_stream_headers(r).size(), 3u);
+}
+
 }  // namespace
 }  // namespace envsteer
