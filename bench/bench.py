@@ -507,7 +507,8 @@ def suite_header(b):
 
 # --------------------------------------------------------------------------- item 2: hops
 
-NGINX_CONF = """worker_processes 1;
+# what every nginx of the benchmarks starts with (its files in the run's temp dir)
+NGINX_HEAD = """worker_processes 1;
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
@@ -519,7 +520,9 @@ http {{
   fastcgi_temp_path {tmp}/fastcgi;
   uwsgi_temp_path {tmp}/uwsgi;
   scgi_temp_path {tmp}/scgi;
-  # route on the environment header, as a sidecar or node proxy would
+"""
+
+NGINX_CONF = NGINX_HEAD + """  # route on the environment header, as a sidecar or node proxy would
   map $http_x_virtual_env $env_upstream {{
     default     env_dev;
     dev.proj1   env_proj1;
@@ -1483,19 +1486,7 @@ GRPC_PLAIN2_IP = "127.1.240.43"   # a second unmanaged server: nginx's "dev" ups
 GRPC_PROXY_IP = "127.1.240.44"    # nginx grpc_pass, routing on x-virtual-env (unmanaged)
 GRPCSERVER = os.path.join(REPO, "tests", "e2e", "grpcserver.py")
 
-NGINX_GRPC_CONF = """worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-  map $http_x_virtual_env $grpc_upstream {{
+NGINX_GRPC_CONF = NGINX_HEAD + """  map $http_x_virtual_env $grpc_upstream {{
     default     grpc_dev;
     dev.proj1   grpc_proj1;
   }}
