@@ -190,7 +190,7 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 	/* HTTP/2 to a multi-set service goes to the agent's endpoint, whatever the
 	 * caller's own environment resolves to: each stream is routed by its own */
 	*h2 = es_h2_endpoint(key, fe, hook);
-	es_trace_connect(key, fe->svc_id, env, src, res, *pod_env, *pod_flags, be);
+	es_trace_connect(key, fe->svc_id, env, src, res, *pod_env, *pod_flags, *pod_cg, be);
 	if (*h2) {
 		*fe_out = fe;
 		return be;

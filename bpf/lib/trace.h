@@ -114,7 +114,7 @@ static __always_inline void es_trace_thread_env(struct es_trace_event *ev, __u32
  * NULL when the connect is refused. env_req is where the walk started. */
 static __always_inline void es_trace_connect(const struct es_frontend_key *fe, __u32 svc_id, __u32 env_req,
 					     __u32 source, const struct es_resolution *res, __u32 pod_env,
-					     __u32 pod_flags, const struct es_backend *be)
+					     __u32 pod_flags, __u64 pod_cg, const struct es_backend *be)
 {
 	struct es_trace_event *ev;
 	__u32 kind = ES_EV_CONNECT_REFUSED;
@@ -130,8 +130,10 @@ static __always_inline void es_trace_connect(const struct es_frontend_key *fe, _
 	ev = es_trace_reserve(kind);
 	if (!ev)
 		return;
-	/* the agent finds the pod of a container cgroup: no ancestor walk here */
+	/* the pod, as found for the decision: the task's own cgroup may be gone
+	 * by the time the agent reads the event */
 	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->pod_cgroup_id = pod_cg;
 	ev->pid = (__u32)(bpf_get_current_pid_tgid() >> 32);
 	ev->svc_id = svc_id;
 	ev->env_req = env_req;
