@@ -595,33 +595,40 @@ def scale_addr(base, i):
     return "127.%d.%d.%d" % (base + (i >> 16), (i >> 8) & 255, i & 255)
 
 
-def start_nginx(b):
-    """nginx (Debian) in an unmanaged cgroup on PROXY_IP:80, routing on X-Virtual-Env to the
-    unmanaged servers: dev.proj1 -> PLAIN_IP, anything else -> PLAIN2_IP."""
-    tmp = os.path.join(b.node.tmp, "nginx")
+def run_nginx(b, name, conf_text, cg_name, ip, port):
+    """nginx (Debian) with conf_text (its temp paths under the node's tmp/<name>) in the remote
+    cgroup cg_name, waited for on ip:port; the cgroup."""
+    tmp = os.path.join(b.node.tmp, name)
     for d in ("", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(tmp, d), exist_ok=True)
     conf = os.path.join(tmp, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(tmp=tmp, dev=PLAIN2_IP, proj1=PLAIN_IP, port=TARGET_PORT,
-                                  ip=PROXY_IP, lport=PROXY_PORT))
-    cg = b.remote_cg("pod-proxy")
+        f.write(conf_text.replace("{tmp}", tmp))
+    cg = b.remote_cg(cg_name)
     proc = b.node._popen(["nginx", "-p", tmp, "-e", os.path.join(tmp, "nginx-error.log"),
-                          "-c", conf], cg, "nginx.log")
+                          "-c", conf], cg, name + ".log")
 
     def up():
         if proc.poll() is not None:
             return True
         try:
-            socket.create_connection((PROXY_IP, PROXY_PORT), timeout=0.5).close()
+            socket.create_connection((ip, port), timeout=0.5).close()
             return True
         except OSError:
             return False
-    harness.wait_until(up, 10, what="nginx on %s:%d" % (PROXY_IP, PROXY_PORT))
+    harness.wait_until(up, 10, what="%s on %s:%d" % (name, ip, port))
     if proc.poll() is not None:
-        raise BenchError("nginx exited: %s" % harness._read_file(
-            os.path.join(tmp, "nginx-error.log"), 2000))
+        raise BenchError("%s exited: %s" % (name, harness._read_file(
+            os.path.join(tmp, "nginx-error.log"), 2000)))
     return cg
+
+
+def start_nginx(b):
+    """nginx (Debian) in an unmanaged cgroup on PROXY_IP:80, routing on X-Virtual-Env to the
+    unmanaged servers: dev.proj1 -> PLAIN_IP, anything else -> PLAIN2_IP."""
+    conf = NGINX_CONF.format(tmp="{tmp}", dev=PLAIN2_IP, proj1=PLAIN_IP, port=TARGET_PORT,
+                             ip=PROXY_IP, lport=PROXY_PORT)
+    return run_nginx(b, "nginx", conf, "pod-proxy", PROXY_IP, PROXY_PORT)
 
 
 def suite_http(b):
@@ -1531,30 +1538,9 @@ def start_grpc_server(b, cg, ip, name):
 
 
 def start_nginx_grpc(b):
-    tmp = os.path.join(b.node.tmp, "nginx-grpc")
-    for d in ("", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        os.makedirs(os.path.join(tmp, d), exist_ok=True)
-    conf = os.path.join(tmp, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_GRPC_CONF.format(tmp=tmp, dev=GRPC_PLAIN2_IP, proj1=GRPC_PLAIN_IP,
-                                       port=GRPC_PORT, ip=GRPC_PROXY_IP))
-    cg = b.remote_cg("pod-grpc-proxy")
-    proc = b.node._popen(["nginx", "-p", tmp, "-e", os.path.join(tmp, "nginx-error.log"),
-                          "-c", conf], cg, "nginx-grpc.log")
-
-    def up():
-        if proc.poll() is not None:
-            return True
-        try:
-            socket.create_connection((GRPC_PROXY_IP, GRPC_PORT), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
-    harness.wait_until(up, 10, what="nginx grpc on %s" % GRPC_PROXY_IP)
-    if proc.poll() is not None:
-        raise BenchError("nginx (grpc) exited: %s" % harness._read_file(
-            os.path.join(tmp, "nginx-error.log"), 2000))
-    return cg
+    conf = NGINX_GRPC_CONF.format(tmp="{tmp}", dev=GRPC_PLAIN2_IP, proj1=GRPC_PLAIN_IP,
+                                  port=GRPC_PORT, ip=GRPC_PROXY_IP)
+    return run_nginx(b, "nginx-grpc", conf, "pod-grpc-proxy", GRPC_PROXY_IP, GRPC_PORT)
 
 
 def h2load(b, url, body_file, duration, name, client_cg, cpu_cgs, agent_pid=None):
