@@ -16,6 +16,9 @@ cl2 on n2 runs as uid 65534 (the agent must enter a namespace of another user's 
     p  198.19.0.5 -> p-dev (n1)                     tiers/threads_tier.py: a pooled middle tier
                                                     (keep-alive pool to c, forwards nothing),
                                                     thread-context: on
+    t  198.19.0.6 -> t-evl (n1, dev)                the middle tiers in Go, Node, asyncio
+    u  198.19.0.7 -> t-thr (n1, dev)                ... in Java, Python threads; thread-context:
+                                                    on (test_never_wrong.py's tiers, to c)
     clients: cl (n1, unlabelled -> dev), cl-proj1 (n1, dev.proj1), cl2 (n2, dev, uid 65534),
              gone (n1, dev)
 
@@ -62,8 +65,9 @@ def topo(e2e_prerequisites):
     t = topology.Topology("tp", agent_netns={2: "own"}, agent_caps={2: topology.daemonset_caps()})
     try:
         t.add_service(NS, "s", 1)
-        for n in ("a", "b", "c", "p"):
-            t.add_service(NS, n, {"a": 2, "b": 3, "c": 4, "p": 5}[n], protocols=("TCP",))
+        for n in ("a", "b", "c", "p", "t", "u"):
+            t.add_service(NS, n, {"a": 2, "b": 3, "c": 4, "p": 5, "t": 6, "u": 7}[n],
+                          protocols=("TCP",))
         ka = ["--keepalive"]
         t.add_pod(1, NS, "s-dev", app="s", env="dev", server_args=ka)
         t.add_pod(2, NS, "s-proj1", app="s", env="dev.proj1", server_args=ka)
@@ -75,6 +79,8 @@ def topo(e2e_prerequisites):
         t.add_pod(1, NS, "c-dev", app="c", env="dev", server_args=ka)
         t.add_pod(2, NS, "c-proj1", app="c", env="dev.proj1", server_args=ka)
         t.add_pod(1, NS, "p-dev", app="p", env="dev", annotations=ON)
+        t.add_pod(1, NS, "t-evl", app="t", env="dev")
+        t.add_pod(1, NS, "t-thr", app="u", env="dev", annotations=ON)
         t.add_pod(1, NS, "cl", app="client")
         t.add_pod(1, NS, "cl-proj1", app="client", env="dev.proj1")
         t.add_pod(2, NS, "cl2", app="client", env="dev", run_as=65534)
@@ -422,3 +428,92 @@ def test_h2_streams_from_a_pod_namespace(e2e_prerequisites):
         assert h2["counters"]["connections_total.accepted"] >= 1, h2
     finally:
         topo.close()
+
+
+# ------------------------------------------------------------------------- explain, trace
+
+def test_explain_and_trace_name_pods_of_other_namespaces_and_nodes(topo):
+    """explain and trace on n1 for a caller in its own namespace: the walk resolves to the pod
+    on n2 (its address in n2's range), the traced decisions name the calling pod and the
+    backend pod, and a re-routed request's decision too."""
+    n1 = topo.node(1)
+    ex = n1.explain(k("cl-proj1"), k("s") + ":80")
+    fe = harness.frontend(ex, S4)
+    assert fe["resolved_env"] == "dev.proj1", ex
+    assert fe["backends"] == [{"address": topo.ips(k("s-proj1"))[0] + ":8080",
+                               "pod": k("s-proj1")}], ex
+    tr = fixtures.Trace(n1, "--json", "--pod", k("cl-proj1"), "--count", "3", "--duration", "20")
+    r, got = session(topo, "cl-proj1", S4, ["dev.proj1", "dev.proj2"])
+    assert r["ok"] and [p for p, _ in got] == [k("s-proj1"), k("s-proj2")], r
+    ev = tr.events()
+    conn = [e for e in ev if not e["kind"].startswith("request-")]
+    assert len(conn) == 1, ev
+    c = conn[0]
+    assert c["kind"] == "steered" and c["pod"] == k("cl-proj1") and c["service"] == k("s"), c
+    assert c["backend"] == topo.ips(k("s-proj1"))[0] + ":8080", c
+    assert c["backend_pod"] == k("s-proj1") and c["env_source"] == "pod", c
+    reqs = [e["kind"] for e in ev if e["kind"].startswith("request-")]
+    assert reqs[0] == "request-pass" and reqs[1] in ("request-slow", "request-redirect"), ev
+
+
+# ------------------------------------------------------------------------- a real client
+
+def test_curl_keepalive_rerouted_per_request_from_a_pod(topo):
+    """curl with several URLs on one connection (--next, its connection cache), each with
+    another env: one connect, every request answered by its own env's pod (within n1 and
+    across to n2), every server sees the curl pod's own address."""
+    envs = ["dev", "dev.proj1", "dev.proj2", "dev.proj1", "dev"]
+    argv = ["curl", "-sS", "--max-time", "10"]
+    for i, env in enumerate(envs):
+        if i:
+            argv.append("--next")
+        argv += ["-H", "X-Virtual-Env: " + env, "-w", "\\n@ %{num_connects}\\n",
+                 "http://%s/" % S4]
+    r = topo.home(k("cl")).run_in_pod(k("cl"), argv, timeout=60)
+    assert r.returncode == 0, r
+    answers = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+    connects = [l.split()[1] for l in r.stdout.splitlines() if l.startswith("@ ")]
+    assert connects == ["1", "0", "0", "0", "0"], r.stdout
+    want = {"dev": "s-dev", "dev.proj1": "s-proj1", "dev.proj2": "s-proj2"}
+    assert [a["pod"] for a in answers] == [k(want[e]) for e in envs], answers
+    assert {host(a["peer"]) for a in answers} == {topo.ips(k("cl"))[0]}, answers
+
+
+# ------------------------------------------------------------------------- real runtimes
+
+# The middle tiers of test_never_wrong.py (Go net/http, Node http, aiohttp, a Java thread
+# pool, Python threads with a shared keep-alive pool) in pods of their own namespaces on n1,
+# calling c (c-dev on n1, c-proj1 on n2) with their runtime's pooled keep-alive client; the
+# load comes from cl2 on n2 (12 keep-alive clients, random envs). The event-loop tiers forward
+# the header (so their pooled connections carry every env: re-routed per request), the
+# thread-per-request ones do not (the thread context carries it). Every answer must be the
+# env's own pod: none wrong, none fallen back, none failed.
+from test_never_wrong import LOAD, runtimes  # noqa: E402,F401  (the tiers, built once)
+
+TIER_CASES = [("go", "fwd", "t-evl", "198.19.0.6"), ("node", "fwd", "t-evl", "198.19.0.6"),
+              ("aio", "fwd", "t-evl", "198.19.0.6"), ("java", "plain", "t-thr", "198.19.0.7"),
+              ("threads", "plain", "t-thr", "198.19.0.7")]
+
+
+@pytest.mark.parametrize("tier,mode,pod,svc", TIER_CASES, ids=[c[0] + "-" + c[1] for c in TIER_CASES])
+def test_real_runtime_middle_tier_across_nodes(topo, runtimes, tier, mode, pod, svc):
+    n1, n2 = topo.node(1), topo.home(k("cl2"))
+    p = n1.pod(k(pod))
+    proc = n1._popen(runtimes[tier] + [p.ip, "8080", C, mode, k(pod)], p.cgroup_dir,
+                     "tier-%s.log" % tier, p.netns)
+    try:
+        _wait_listening(n1, k(pod), p.ip, 8080, timeout=30)
+        res = fixtures.run_json(n2, k("cl2"), [harness.PYTHON, LOAD, "--to", svc + ":80",
+                                               "--clients", "12", "--seconds", "2.5",
+                                               "--max-requests", "20000", "--timeout", "10"],
+                                timeout=70)
+    finally:
+        n1.stop_process(proc)
+    # [env, tier, backend, header the tier got, header the backend got, count]
+    count = {"correct": 0, "other": 0}
+    for env, tpod, backend, _, _, n in res["answers"]:
+        right = n2.expected(k("c"), "dev" if env == "-" else env)[2]
+        count["correct" if tpod == k(pod) and backend in right else "other"] += n
+    msg = "%s/%s: %s\n%s" % (tier, mode, count, json.dumps(res)[:4000])
+    assert res["requests"] >= 20 and res["unfinished"] == 0, msg
+    assert res["failed"] == 0 and count == {"correct": res["requests"], "other": 0}, msg
