@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """envsteer demo: one node on this machine, three services, variants in three environments.
 
-Starts the agent on a private cgroup subtree and pin directory, runs each "pod" as a process
-in its own cgroup v2 directory listening on its own loopback address (127.1.10.x; services on
-127.96.10.x), then shows from pods of each environment which variant answers each call, and
-what `envsteer explain` says. Removes everything it made on exit (also on Ctrl-C or error).
-Exits non-zero when any answer differs from what the routing rule demands.
+As on a real node (tests/e2e/topology.py): the node is a network namespace with a bridge, and
+the agent runs there on a private cgroup subtree and pin directory; each pod has a network
+namespace of its own (a veth into the bridge, 198.18.1.x and fd00:18:1::x) and its processes
+in its own cgroup v2 directory; services are 198.19.0.x (configured nowhere: only steering
+reaches them). The demo shows from pods of each environment which variant answers each call,
+and what `envsteer explain` says. Removes everything it made on exit (also on Ctrl-C or
+error). Exits non-zero when any answer differs from what the routing rule demands.
 
-  sudo scripts/demo.py [--bin build/envsteer]      (or ENVSTEER_BIN=...)
+  sudo scripts/demo.py [--bin build/envsteer] [--loopback]     (or ENVSTEER_BIN=...)
 
-Traffic goes to 127.0.0.0/8 only; every request is bounded by a timeout.
+--loopback: the older, quicker shape: every pod a process in its own cgroup on a loopback
+address of this machine's namespace (127.1.10.x; services 127.96.10.x).
+Traffic stays inside the namespaces the demo makes (or on 127.0.0.0/8 with --loopback);
+every request is bounded by a timeout.
 """
 import argparse
 import os
@@ -20,6 +25,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 import harness  # noqa: E402
+import topology  # noqa: E402
 
 NS = "shop"
 PORT, TARGET_PORT = 80, 8080
@@ -63,6 +69,9 @@ def main():
     ap.add_argument("--bin", default=None, help="envsteer binary (default: $ENVSTEER_BIN or "
                                                 "build/envsteer)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the agent/pod logs")
+    ap.add_argument("--loopback", action="store_true",
+                    help="pods as processes on loopback addresses of this namespace (quicker; "
+                         "no namespace per pod)")
     args = ap.parse_args()
     if args.bin:
         os.environ["ENVSTEER_BIN"] = os.path.abspath(args.bin)
@@ -81,37 +90,55 @@ def main():
         raise KeyboardInterrupt()
 
     signal.signal(signal.SIGTERM, on_term)
-    node = None
+    node = topo = None
     wrong = 0
     status = 0
     try:
-        node = harness.Node("demo", default_env="dev")
-        for svc, ip in SERVICES.items():
-            node.add_service(NS, svc, ip, PORT, TARGET_PORT)
+        if args.loopback:
+            node = harness.Node("demo", default_env="dev")
+            for svc, ip in SERVICES.items():
+                node.add_service(NS, svc, ip, PORT, TARGET_PORT)
+        else:
+            topo = topology.Topology("demo", nodes=1, default_env="dev")
+            node = topo.node(1)
+            for i, svc in enumerate(SERVICES, 1):
+                topo.add_service(NS, svc, i, PORT, TARGET_PORT, protocols=("TCP",))
+                SERVICES[svc] = topology.SVC_V4 % i
+
+        def add_pod(name, ip, **kw):
+            if args.loopback:
+                return node.add_pod(NS, name, ip, port=TARGET_PORT, **kw)
+            return topo.add_pod(1, NS, name, **kw)
+
         # the services' pods are thread-per-request servers: they opt into the thread context
+        ips = {}
         for svc, env, ip in VARIANTS:
-            node.add_pod(NS, pod_name(svc, env), ip, app=svc, env=env, port=TARGET_PORT,
-                         annotations={"envsteer.io/thread-context": "on"})
+            ips[pod_name(svc, env)] = add_pod(pod_name(svc, env), ip, app=svc, env=env,
+                                              annotations={"envsteer.io/thread-context": "on"}).ip
         for name, env, ip in CLIENTS:
-            node.add_pod(NS, name, ip, app="client", env=env, port=TARGET_PORT)
+            ips[name] = add_pod(name, ip, app="client", env=env).ip
         node.write_manifests()
 
         print("envsteer demo: one node on this machine (binary %s)" % binary)
+        if not args.loopback:
+            print("  node            network namespace %s (bridge br0 %s), the agent runs there"
+                  % (node.host.name, topology.GW_V4 % 1))
+            print("  pods            a network namespace each (%s-p<N>), a veth into br0, "
+                  "198.18.1.N and fd00:18:1::N" % node.host.name[:-len("-host")])
         print("  cgroup subtree  %s" % node.cgroup_dir)
         print("  pin directory   %s" % node.pin_dir)
         print("  manifests       %s" % node.manifest_dir)
         print()
         print(table(["service", "address", "variants (pod @ ip, environment)"],
                     [[s, "%s:%d" % (ip, PORT),
-                      ", ".join("%s @ %s (%s)" % (pod_name(s2, e), pip, e)
-                                for s2, e, pip in VARIANTS if s2 == s)]
+                      ", ".join("%s @ %s (%s)" % (pod_name(s2, e), ips[pod_name(s2, e)], e)
+                                for s2, e, _ in VARIANTS if s2 == s)]
                      for s, ip in SERVICES.items()]))
         print()
         for svc, env, _ in VARIANTS:
             node.start_server("%s/%s" % (NS, pod_name(svc, env)))
         node.start_agent()
-        print("agent ready (health and metrics on %s, admin socket %s); --default-env dev\n"
-              % (node.admin, node.admin_socket))
+        print("agent ready (admin socket %s); --default-env dev\n" % node.admin_socket)
 
         # 1. direct calls: each client pod calls each service
         rows = []
@@ -160,13 +187,16 @@ def main():
         # 2b. tagged requests entering at frontend's dev pod (as from an ingress); no pod
         # forwards the header: the kernel carries the request's environment across hops
         rows = []
-        entry = "127.1.10.1"
+        entry = ips["frontend-dev"]
         path = "/call?to=%s:%d&to=%s:%d" % (SERVICES["cart"], PORT, SERVICES["payment"], PORT)
         for tag in ("dev", "dev.alice", "dev.bob", "dev.bob.feature-x", None):
             req = harness.http_request(path, headers=[("X-Virtual-Env", tag)] if tag else [],
                                        keepalive=False)
-            # from this (host) process straight to the pod, as an ingress would
-            res = node.session(None, entry, [{"pieces": [req]}], port=TARGET_PORT)
+            # from the node (in no pod) straight to the pod, as an ingress would
+            if args.loopback:  # this process: in no cgroup of the node
+                res = node.session(None, entry, [{"pieces": [req]}], port=TARGET_PORT)
+            else:
+                res = node.host_session(harness.addr(entry, TARGET_PORT), [{"pieces": [req]}])
             answer = res["exchanges"][0]["responses"][0]["answer"] if res.get("ok") else {}
             cells, hop = [], answer
             for svc in ("cart", "payment"):
@@ -177,8 +207,8 @@ def main():
                 wrong += not ok
                 cells.append("%s%s" % (short(got), "" if ok else "  <-- WRONG, want %s" % pods))
             rows.append([tag or "(no header)", short(answer.get("pod"))] + cells)
-        print("Requests tagged X-Virtual-Env enter at frontend-dev; no application forwards the "
-              "header")
+        print("Requests tagged X-Virtual-Env enter at frontend-dev (%s, sent from the node); no "
+              "application\nforwards the header" % entry)
         print(table(["X-Virtual-Env", "frontend", "cart", "payment"], rows))
         print("(the kernel learns the env from the request, the handling thread's calls are "
               "steered by it,\n and the header is inserted into the outgoing request for the "
@@ -209,13 +239,13 @@ def main():
         status = 1
     finally:
         if node is not None:
-            node.close()
+            (topo or node).close()
             if node.cleanup_problems:
                 print("demo: cleanup problems: %s" % node.cleanup_problems, file=sys.stderr)
                 status = status or 1
             else:
-                print("demo: cleaned up (agent stopped, programs detached, pins, cgroups and "
-                      "processes removed)")
+                print("demo: cleaned up (agent stopped, programs detached, pins, cgroups, %s"
+                      "processes removed)" % ("" if args.loopback else "network namespaces, "))
     return status or (1 if wrong else 0)
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: builds envsteer, starts a demo node on this machine (pods are
-# processes in their own cgroups on loopback addresses), shows requests from
+# The demo: builds envsteer, starts a demo node on this machine (a network
+# namespace with a bridge; every pod in a network namespace and cgroup of its
+# own; --loopback: pods on loopback addresses instead), shows requests from
 # pods of each environment landing on the right variant, and cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -22,6 +22,8 @@ Everything (processes, cgroups, pins, namespaces, and with them the veths and br
 removed by close(), by the harness's atexit hook, and by harness.sweep_stale() after a killed
 run (the namespaces are named envsteer-e2e-<pid>-...).
 """
+import base64
+import json
 import os
 import re
 import subprocess
@@ -112,6 +114,19 @@ class TopoNode(harness.Node):
     def admin_get(self, path, timeout=5.0):
         # the TCP admin address is on the loopback of the node's namespace: use the socket
         return self.socket_get(path, timeout)
+
+    def host_session(self, target, exchanges, timeout=10.0, gap=0.05):
+        """Raw HTTP on one connection from the node's own namespace (as an ingress or a node
+        process would call a pod): podclient.py run there, in no pod's cgroup (never steered).
+        exchanges as harness.Node.session."""
+        spec = json.dumps([{"pieces": [base64.b64encode(p).decode() for p in ex["pieces"]],
+                            "responses": ex.get("responses", 1)} for ex in exchanges])
+        argv = self.host.prefix() + [harness.PYTHON, harness.PODCLIENT, "--to",
+                                     self._target(target), "--session", spec, "--gap", str(gap),
+                                     "--timeout", str(timeout)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 20,
+                           stdin=subprocess.DEVNULL)
+        return self._parse_client(r)
 
     def make_pod_netns(self, name):
         """A pod namespace with eth0 (a veth into br0) and its two addresses; returns
