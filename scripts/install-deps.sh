@@ -26,6 +26,9 @@ if [ "$BUILD_ONLY" = 0 ]; then
     golang-go python3-aiohttp python3-grpcio python3-h2
     # HTTP/2 tests and bench: h2load, nghttp (tests/e2e/test_h2.py)
     nghttp2-client
+    # bench/run.sh (its smoke run is an e2e test, in a network namespace without the
+    # network: installed here, not by bench/run.sh at test time): the proxy hop, the DNAT rows
+    nginx-light iptables
     # the container image (scripts/image.sh, tests/e2e/test_image.py): a base made with
     # debootstrap from this machine's Debian mirror, built and run with podman and runc;
     # python3-yaml reads the rendered manifests (tests/e2e/kube2podman.py)

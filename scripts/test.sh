@@ -10,4 +10,8 @@ fi
 "$PWD/scripts/build.sh"
 BUILD_DIR=${BUILD_DIR:-build}
 cd "$BUILD_DIR"
-ctest --output-on-failure --timeout 600 "$@"
+# Every end-to-end file runs in a network namespace of its own (tests/CMakeLists.txt), so the
+# files run side by side; the few that touch something machine-wide run alone (RUN_SERIAL).
+# ENVSTEER_TEST_JOBS sets how many at once (default 3: the files wait on I/O and sleeps more
+# than they compute); a -j given to this script wins.
+ctest --output-on-failure --timeout 600 -j "${ENVSTEER_TEST_JOBS:-3}" "$@"
