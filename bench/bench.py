@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """envsteer benchmark driver (started by bench/run.sh, which builds the tools first).
 
-One node made with the e2e harness (tests/e2e/harness.py): a cgroup v2 subtree steered by
-one agent (--default-env dev), pods in cgroups on 127.1.240.x, one service on 127.96.240.1.
+One node made with the e2e topology (tests/e2e/topology.py): a network namespace with a bridge
+where one agent runs (--default-env dev) on a cgroup v2 subtree; every pod, managed or not
+(the unmanaged servers and clients of the "no envsteer" paths, nginx, the iptables client and
+server), has a network namespace of its own with a veth into the bridge (198.18.1.x) and its
+processes in a cgroup of its own; services are 198.19.0.x. So every path measured crosses the
+same veths and bridge a pod's traffic crosses on a node. --loopback: the older shape, pods in
+cgroups on loopback addresses of one namespace (127.1.240.x, one service on 127.96.240.1).
 Every suite measures two variants side by side, interleaving rounds A B A B ..., and reports
 per row the median and min-max over the rounds of each variant and the ratio A/B.
 
@@ -17,7 +22,9 @@ Suites (issue 5 numbering; more are added to SUITES):
   http     (2) the same tagged HTTP load over four paths: (a) unmanaged client -> unmanaged
            server, (b) managed client -> service address with envsteer, (c) unmanaged client ->
            nginx routing on the env header -> unmanaged server, (d) in a netns of its own,
-           client -> service address through kube-proxy-shaped iptables DNAT; b against each.
+           client -> service address through kube-proxy-shaped iptables DNAT (rules in the
+           client's namespace; with --loopback client and server share that netns); b against
+           each.
   scale    (3) connect cost with N services (10 .. 100 000) loaded into envsteer through the
            agent, and as kube-proxy-shaped iptables rules in the netns.
   control  (4) a second node whose agent syncs 10 000 services / 100 000 pods / 1 000 envs
@@ -29,9 +36,11 @@ Suites (issue 5 numbering; more are added to SUITES):
            request, connect p50), and pods of the steered subtree that take no part against
            no envsteer.
 
-bench/run.sh starts this script in a private network namespace (unshare -n, --lo-up).
-Python 3 standard library only. Everything runs on 127.0.0.0/8, every run is bounded in
-time, and the node's close() stops every process by PID and removes cgroups and pins.
+bench/run.sh starts this script in a private network namespace (unshare -n, --lo-up); with
+the topology the script itself then works from the node's namespace (setns), as a node process
+would. Python 3 standard library only. Traffic stays inside the namespaces the run makes
+(198.18.0.0/15, 198.19.0.0/16, 127.0.0.0/8 of its own namespaces), every run is bounded in
+time, and close() stops every process by PID and removes cgroups, pins and namespaces.
 """
 import argparse
 import datetime
@@ -50,6 +59,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 import harness  # noqa: E402
+import topology  # noqa: E402
 
 NS = "bench"
 SVC_IP, SVC_PORT, TARGET_PORT = "127.96.240.1", 80, 8080
@@ -180,6 +190,36 @@ class Bench:
         self._ipt = None
         self.extra_tables = []   # (title, markdown table) of suites that are not A/B rows
         self.metrics = []        # Metric rows of those tables (for the JSON)
+        self.topo = None         # the topology (None: --loopback)
+        self.cg_ip = {}          # cgroup dir -> the IPv4 address of its pod (topology)
+        self.cg_ns = {}          # cgroup dir -> the network namespace of its pod (topology)
+
+    def netns_of(self, cg):
+        """The network namespace the processes of cgroup cg (a pod's) run in; None: this
+        script's (--loopback)."""
+        return self.cg_ns.get(cg)
+
+    def managed_pod(self, name, ip, **kw):
+        """A managed pod of the node (add_pod kwargs); returns its IPv4 address: ip with
+        --loopback, else the address of its own namespace."""
+        if self.topo is None:
+            return self.node.add_pod(NS, name, ip, **kw).ip
+        kw.setdefault("port", TARGET_PORT)
+        pod = self.topo.add_pod(1, NS, name, **kw)
+        self.cg_ns[pod.cgroup_dir] = pod.netns
+        return pod.ip
+
+    def plain_pod(self, cg_name):
+        """An unmanaged pod: a cgroup outside the steered subtree and (topology) a network
+        namespace of its own on the bridge. Returns (cgroup dir, IPv4 address or None)."""
+        cg = self.remote_cg(cg_name)
+        if self.topo is None:
+            return cg, None
+        if cg not in self.cg_ns:
+            ns, v4, _ = self.node.make_pod_netns(cg_name)
+            self.cg_ns[cg] = ns
+            self.cg_ip[cg] = v4
+        return cg, self.cg_ip[cg]
 
     # -- processes in cgroups (the harness's way: sh writes its pid to cgroup.procs, execs)
 
@@ -190,6 +230,7 @@ class Bench:
         self._n += 1
         d = os.path.join(parent_cg, "client-b%d" % self._n)
         os.mkdir(d)
+        netns = netns or self.netns_of(parent_cg)
         try:
             proc = self.node._popen(argv, d, "bench-%s.log" % name, netns,
                                     stdout=subprocess.PIPE)
@@ -210,7 +251,8 @@ class Bench:
         ready = os.path.join(self.node.tmp, "ready-%s" % name)
         argv = [os.path.join(self.tools, "httpd"), ip, str(TARGET_PORT), "--ready-file", ready,
                 "--max-seconds", "3600"]
-        proc = self.node._popen(argv, cgroup_dir, "httpd-%s.log" % name, netns)
+        proc = self.node._popen(argv, cgroup_dir, "httpd-%s.log" % name,
+                                netns or self.netns_of(cgroup_dir))
         harness.wait_until(lambda: os.path.exists(ready) or proc.poll() is not None, 10,
                            what="httpd %s" % name)
         if proc.poll() is not None:
@@ -224,28 +266,52 @@ class Bench:
         if stale:
             log("removed leftovers of an earlier killed run: %s" % stale)
         # the agent's default participation: the labelled pods take part, np-* do not
-        n = self.node = harness.Node("bench", default_env="dev", bin=self.args.bin,
-                                     log_level="info", participation=None)
-        n.add_service(NS, "web", SVC_IP, port=SVC_PORT, target_port=TARGET_PORT,
-                      protocols=("TCP",))
+        kw = dict(default_env="dev", bin=self.args.bin, log_level="info", participation=None)
+        if self.args.loopback:
+            n = self.node = harness.Node("bench", **kw)
+            n.add_service(NS, "web", SVC_IP, port=SVC_PORT, target_port=TARGET_PORT,
+                          protocols=("TCP",))
+        else:
+            self.topo = topology.Topology("bench", nodes=1, **kw)
+            n = self.node = self.topo.node(1)
+            self.topo.add_service(NS, "web", 1, port=SVC_PORT, target_port=TARGET_PORT,
+                                  protocols=("TCP",))
         # the servers opt into the thread context, so the header suite measures its whole
         # cost (adopting a request's env on read, ending it on the response write)
         ctx = {"envsteer.io/thread-context": "on"}
-        n.add_pod(NS, "web-dev", POD_DEV_IP, env="dev", app="web", port=TARGET_PORT,
-                  annotations=ctx)
-        n.add_pod(NS, "web-proj1", POD_P1_IP, env="dev.proj1", app="web", port=TARGET_PORT,
-                  annotations=ctx)
-        n.add_pod(NS, "client", CLIENT_IP, env="dev.proj1", app="client", port=TARGET_PORT)
+        ips = {"SVC_IP": SVC_IP if self.topo is None else topology.SVC_V4 % 1}
+        ips["POD_DEV_IP"] = self.managed_pod("web-dev", POD_DEV_IP, env="dev", app="web",
+                                             port=TARGET_PORT, annotations=ctx)
+        ips["POD_P1_IP"] = self.managed_pod("web-proj1", POD_P1_IP, env="dev.proj1", app="web",
+                                            port=TARGET_PORT, annotations=ctx)
+        ips["CLIENT_IP"] = self.managed_pod("client", CLIENT_IP, env="dev.proj1", app="client",
+                                            port=TARGET_PORT)
         # pods of the node that take no part (no env label, no envsteer.io/enabled): issue 17
-        n.add_pod(NS, "np-server", NP_SERVER_IP, app="np", port=TARGET_PORT)
-        n.add_pod(NS, "np-client", NP_CLIENT_IP, app="np-client", port=TARGET_PORT)
+        ips["NP_SERVER_IP"] = self.managed_pod("np-server", NP_SERVER_IP, app="np",
+                                               port=TARGET_PORT)
+        ips["NP_CLIENT_IP"] = self.managed_pod("np-client", NP_CLIENT_IP, app="np-client",
+                                               port=TARGET_PORT)
         n.write_manifests()
         # The "no envsteer" world: the same server and client binaries in cgroups at the same
-        # depth, outside the steered subtree (the harness's sibling subtree, removed by close()).
-        self.plain_server_cg = os.path.join(n.remote_cgroup_dir, "pod-plain-server")
-        self.plain_client_cg = os.path.join(n.remote_cgroup_dir, "pod-plain-client")
-        os.mkdir(self.plain_server_cg)
-        os.mkdir(self.plain_client_cg)
+        # depth, outside the steered subtree (the harness's sibling subtree, removed by close()),
+        # in pod namespaces of their own on the same bridge (topology).
+        self.plain_server_cg, ip = self.plain_pod("pod-plain-server")
+        ips["PLAIN_IP"] = ip or PLAIN_IP
+        self.plain_client_cg, _ = self.plain_pod("pod-plain-client")
+        if self.topo is not None:
+            for cg_name, var in (("pod-plain-server2", "PLAIN2_IP"), ("pod-proxy", "PROXY_IP"),
+                                 ("pod-ipt-client", None), ("pod-ipt-server", "IPT_EP_IP"),
+                                 ("pod-grpc-plain", "GRPC_PLAIN_IP"),
+                                 ("pod-grpc-plain2", "GRPC_PLAIN2_IP"),
+                                 ("pod-grpc-proxy", "GRPC_PROXY_IP")):
+                _, ip = self.plain_pod(cg_name)
+                if var:
+                    ips[var] = ip
+            ips["GRPC_VIP"] = topology.SVC_V4 % 2
+            # this script works from the node's namespace, as a node process would (its probes
+            # of the servers go over the bridge); the threads it starts later inherit it
+            enter_netns(n.host.path)
+        globals().update(ips)
         for pod in ("web-dev", "web-proj1"):
             p = n.pods["%s/%s" % (NS, pod)]
             self.start_httpd(p.cgroup_dir, p.ip, pod)
@@ -289,7 +355,9 @@ class Bench:
             self.node.stop_agent()
         extra = ["--config", self.config_file()]
         extra += ["--no-header-context"] if mode == "noheader" else []
-        extra += ["--h2-listen", "127.0.0.1:0"] if mode == "h2" else []
+        # the HTTP/2 endpoint: where the pods reach the node (the bridge), or loopback
+        h2 = "127.0.0.1:0" if self.topo is None else topology.GW_V4 % 1 + ":0"
+        extra += ["--h2-listen", h2] if mode == "h2" else []
         self.node.start_agent(extra, timeout=300)
         self.agent_mode = mode
         # global links at links/<prog>, the pods' at links/pods/<cgroup id>/<prog>
@@ -325,11 +393,17 @@ class Bench:
 
     def ipt_netns(self):
         """The network namespace of the iptables variant: its own netfilter tables, so the
-        host's are never touched and conntrack/NAT hooks exist only there. Created on first
-        use (ip netns add envsteer-e2e-<pid>-bench-ipt, lo up), deleted by close()."""
+        host's are never touched and conntrack/NAT hooks exist only there. Topology: the ipt
+        client's pod namespace (the rules DNAT its connects, OUTPUT chain; the server is a pod
+        of its own on the bridge); --loopback: a namespace of its own (ip netns add
+        envsteer-e2e-<pid>-bench-ipt, lo up) holding both. Deleted by close()."""
         if self._ipt is None:
-            self._ipt = self.node.add_netns("bench-ipt")
-            self.start_httpd(self.remote_cg("pod-ipt-server"), IPT_EP_IP, "ipt", self._ipt)
+            if self.topo is not None:
+                self._ipt = self.netns_of(self.remote_cg("pod-ipt-client"))
+                self.start_httpd(self.remote_cg("pod-ipt-server"), IPT_EP_IP, "ipt")
+            else:
+                self._ipt = self.node.add_netns("bench-ipt")
+                self.start_httpd(self.remote_cg("pod-ipt-server"), IPT_EP_IP, "ipt", self._ipt)
         return self._ipt
 
     def iptables_restore(self, rules):
@@ -350,7 +424,7 @@ class Bench:
 
     def close(self):
         if self.node is not None:
-            self.node.close()
+            (self.topo or self.node).close()
             if self.node.cleanup_problems:
                 log("cleanup problems: %s" % self.node.cleanup_problems)
             self.node = None
@@ -606,7 +680,7 @@ def run_nginx(b, name, conf_text, cg_name, ip, port):
         f.write(conf_text.replace("{tmp}", tmp))
     cg = b.remote_cg(cg_name)
     proc = b.node._popen(["nginx", "-p", tmp, "-e", os.path.join(tmp, "nginx-error.log"),
-                          "-c", conf], cg, name + ".log")
+                          "-c", conf], cg, name + ".log", b.netns_of(cg))
 
     def up():
         if proc.poll() is not None:
@@ -1520,7 +1594,8 @@ def grpc_frame(payload):
 
 def start_grpc_server(b, cg, ip, name):
     py = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
-    proc = b.node._popen([py, GRPCSERVER, ip, str(GRPC_PORT), name], cg, "grpc-%s.log" % name)
+    proc = b.node._popen([py, GRPCSERVER, ip, str(GRPC_PORT), name], cg, "grpc-%s.log" % name,
+                         b.netns_of(cg))
 
     def up():
         if proc.poll() is not None:
@@ -1608,11 +1683,18 @@ def suite_h2(b):
     a = b.args
     n = b.node
     if NS + "/grpc-dev" not in n.pods:
-        n.add_service(NS, "grpc", GRPC_VIP, port=GRPC_PORT, target_port=GRPC_PORT, protocols=(),
-                      extra_ports=[{"name": "grpc", "port": GRPC_PORT, "target_port": GRPC_PORT,
-                                    "protocol": "TCP"}])
-        n.add_pod(NS, "grpc-dev", GRPC_DEV_IP, env="dev", app="grpc", port=GRPC_PORT)
-        n.add_pod(NS, "grpc-proj1", GRPC_P1_IP, env="dev.proj1", app="grpc", port=GRPC_PORT)
+        svc = dict(port=GRPC_PORT, target_port=GRPC_PORT, protocols=(),
+                   extra_ports=[{"name": "grpc", "port": GRPC_PORT, "target_port": GRPC_PORT,
+                                 "protocol": "TCP"}])
+        if b.topo is None:
+            n.add_service(NS, "grpc", GRPC_VIP, **svc)
+        else:
+            b.topo.add_service(NS, "grpc", 2, **svc)
+        ips = {"GRPC_DEV_IP": b.managed_pod("grpc-dev", GRPC_DEV_IP, env="dev", app="grpc",
+                                            port=GRPC_PORT),
+               "GRPC_P1_IP": b.managed_pod("grpc-proj1", GRPC_P1_IP, env="dev.proj1", app="grpc",
+                                           port=GRPC_PORT)}
+        globals().update(ips)
         n.write_manifests()
         for pod, ip in (("grpc-dev", GRPC_DEV_IP), ("grpc-proj1", GRPC_P1_IP)):
             start_grpc_server(b, n.pods["%s/%s" % (NS, pod)].cgroup_dir, ip, "bench-" + pod)
@@ -1815,6 +1897,19 @@ def markdown(m, args, rows, attached, notes, stats, extra_tables=()):
     return "\n".join(p) + "\n"
 
 
+def enter_netns(path):
+    """Moves this (single-threaded) process into the network namespace at path (setns)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            e = ctypes.get_errno()
+            raise BenchError("setns %s: %s" % (path, os.strerror(e)))
+    finally:
+        os.close(fd)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tools", required=True, help="directory with the compiled httpd, connloop")
@@ -1851,6 +1946,9 @@ def main():
                     "churn run (default 60, smoke 3; 0: no churn run)")
     ap.add_argument("--lo-up", action="store_true", help="bring lo up first (run.sh starts "
                     "this script in a fresh network namespace)")
+    ap.add_argument("--loopback", action="store_true", help="pods as processes in cgroups on "
+                    "loopback addresses of this namespace, instead of pods in network namespaces "
+                    "of their own on a node's bridge (the default)")
     ap.add_argument("--only", default=",".join(s for s in SUITES if s != "h2"),
                     help="suites, comma-separated: %s (h2 only when named)" % ", ".join(SUITES))
     ap.add_argument("--prog-stats", action="store_true",

@@ -3,7 +3,7 @@
 # interleaved, one table at the end; bench/results/latest.md for full runs).
 #
 #   bench/run.sh [--smoke] [--rounds N] [--connects N] [--duration S]
-#                [--only connect,header,http,scale,control]
+#                [--only connect,header,http,scale,control] [--loopback]
 #   bench/run.sh --only h2 [--rounds N]        gRPC through the HTTP/2 endpoint vs direct vs
 #                                             nginx grpc_pass (h2load; bench/results/h2.md)
 #                [--prog-stats] [--out FILE.md] [--json FILE.json]
@@ -11,8 +11,10 @@
 #                                             (bench/profile.py; installs linux-perf)
 #
 # ENVSTEER_BIN: the agent binary to use (default: build it with scripts/build.sh envsteer).
-# BENCH_TIMEOUT: overall limit in seconds (default 1800; 170 with --smoke).
-# Root only. Traffic stays on 127.0.0.0/8.
+# BENCH_TIMEOUT: overall limit in seconds (default 1800; 300 with --smoke).
+# Pods run in network namespaces of their own on a node's bridge (tests/e2e/topology.py);
+# --loopback: pods on loopback addresses of one namespace (the older shape).
+# Root only. Traffic stays inside the namespaces the run makes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -67,7 +69,7 @@ fi
 
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=$(command -v python3)
-limit=${BENCH_TIMEOUT:-$([ $smoke = 1 ] && echo 170 || echo 1800)}
+limit=${BENCH_TIMEOUT:-$([ $smoke = 1 ] && echo 300 || echo 1800)}
 script=bench.py
 if [ $profile = 1 ]; then
   script=profile.py
@@ -77,7 +79,8 @@ if [ $profile = 1 ]; then
 fi
 # bench.py cleans up on SIGTERM (node.close(): processes by PID, cgroups, pins, netns).
 # It runs in a network namespace of its own (unshare -n; lo brought up by --lo-up), so its
-# fixed 127.x addresses never meet another run's; the iptables variant gets a second netns
-# (ip netns add), so no netfilter rule is ever loaded into the host's tables.
+# addresses never meet another run's; the node and every pod get namespaces of their own
+# (ip netns add), the iptables rules live in the iptables client's, so no netfilter rule is
+# ever loaded into the host's tables.
 timeout --signal=TERM --kill-after=30 "$limit" \
   unshare -n "$PY" "$REPO/bench/$script" --lo-up --tools "$TOOLS" --bin "$ENVSTEER_BIN" "$@"

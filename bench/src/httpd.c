@@ -8,7 +8,8 @@
  * (the connect loop closes with RST) are simply closed. It exists so that the cost of the
  * server does not hide the per-request cost of the BPF programs (python http.server would).
  * Exits by itself after --max-seconds (default 3600) as a safety net; the benchmark stops
- * it by PID long before. Listens only on the address given (the benchmark uses 127.1.x.y). */
+ * it by PID long before. Listens only on the address given (the benchmark uses a pod address
+ * of its own namespaces, 198.18.0.0/15, or with --loopback 127.1.x.y). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -153,8 +154,10 @@ int main(int argc, char **argv) {
 	}
 	signal(SIGPIPE, SIG_IGN);
 	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[2]))};
-	if (inet_pton(AF_INET, argv[1], &sa.sin_addr) != 1 || (ntohl(sa.sin_addr.s_addr) >> 24) != 127) {
-		fprintf(stderr, "need a 127.0.0.0/8 IPv4 address, got %s\n", argv[1]);
+	uint32_t a = 0;
+	if (inet_pton(AF_INET, argv[1], &sa.sin_addr) != 1 ||
+	    ((a = ntohl(sa.sin_addr.s_addr)) >> 24 != 127 && (a & 0xfffe0000u) != 0xc6120000u)) {
+		fprintf(stderr, "need a 127.0.0.0/8 or 198.18.0.0/15 IPv4 address, got %s\n", argv[1]);
 		return 2;
 	}
 	int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

@@ -61,7 +61,7 @@ def test_bench_smoke(tmp_path):
     env = dict(os.environ, ENVSTEER_BIN=harness.agent_bin())
     r = subprocess.run([RUN, "--smoke", "--prog-stats", "--out", str(out_md),
                         "--json", str(out_json)],
-                       capture_output=True, text=True, timeout=300, env=env,
+                       capture_output=True, text=True, timeout=420, env=env,
                        stdin=subprocess.DEVNULL)
     report = "rc %s\n--- stdout\n%s\n--- stderr\n%s" % (r.returncode, r.stdout,
                                                          r.stderr[-8000:])
@@ -108,13 +108,13 @@ def test_bench_smoke(tmp_path):
 
     # the sysctl the run-time part toggles is restored, and the node left nothing behind
     assert _bpf_stats() == stats_before
-    pat = re.compile(r"^%s-(\d+)-bench(-cp|-ch)?(-remote)?$" % harness.PREFIX)
+    pat = re.compile(r"^%s-(\d+)-bench(-n1)?(-cp|-ch)?(-remote)?$" % harness.PREFIX)
     left = [os.path.join(root, d) for root in (harness.cgroup2_mount(), "/sys/fs/bpf")
             for d in os.listdir(root)
             if pat.match(d) and not os.path.exists("/proc/" + pat.match(d).group(1))]
     assert not left, left
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not [l for l in netns.splitlines() if re.match(r"^%s-\d+-bench-ipt" % harness.PREFIX, l)
+    assert not [l for l in netns.splitlines() if re.match(r"^%s-\d+-bench-" % harness.PREFIX, l)
                 and not os.path.exists("/proc/" + l.split("-")[2])], netns
 
 
