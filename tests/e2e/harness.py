@@ -20,6 +20,7 @@ Only the standard library is used (pytest is used by the tests, not here).
 import atexit
 import base64
 import errno
+import fcntl
 import http.client
 import itertools
 import json
@@ -101,11 +102,17 @@ def bpffs_mounted(path="/sys/fs/bpf"):
 
 
 def ensure_bpffs(path="/sys/fs/bpf"):
-    """Mount bpffs at path when it is not mounted there yet."""
+    """Mount bpffs at path when it is not mounted there yet. Test files run side by side
+    (ctest -j): the check and the mount hold a lock, so that two of them never stack a second
+    bpffs over pins the first one already made."""
     if bpffs_mounted(path):
         return
     os.makedirs(path, exist_ok=True)
-    subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, timeout=10)
+    with open("/run/%s-bpffs.lock" % PREFIX, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if bpffs_mounted(path):
+            return
+        subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True, timeout=10)
     if not bpffs_mounted(path):
         raise HarnessError("could not mount bpffs at " + path)
 
