@@ -69,7 +69,26 @@ fi
 
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages installed here are tools of the tests and the bench, never services of this
+# machine: nginx (the bench's proxy hop, started by bench/run.sh in a pod namespace) must not
+# start listening on the host's port 80. A policy-rc.d (the Debian way) keeps every package's
+# service from starting during this install, unless the machine has its own policy.
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\n# envsteer install-deps: no service starts while tools are installed\nexit 101\n' >"$policy"
+  chmod 755 "$policy"
+  own_policy=1
+  trap '[ "$own_policy" = 1 ] && rm -f "$policy"' EXIT
+fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ "$own_policy" = 1 ]; then rm -f "$policy"; own_policy=0; fi
+# nor at the next boot (only a service this run installed)
+for p in "${missing[@]}"; do
+  case "$p" in
+    nginx-light) command -v systemctl >/dev/null 2>&1 && systemctl disable nginx >/dev/null 2>&1 || true ;;
+  esac
+done
 echo "install-deps: done"
 npm_deps
