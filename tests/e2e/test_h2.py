@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 
 import pytest
@@ -400,6 +401,55 @@ def test_silent_clients_time_out_and_one_pod_cannot_take_every_slot(h2node):
         assert r["closed"] and r["got"] == "" and 5.5 <= r["after"] < 40, r
     assert mm.delta("envsteer_h2_connections_total", {"event": "opening_timeout"}) == 3
     harness.wait_until(lambda: metric(node, "envsteer_h2_clients") == 0, 10, what="all closed")
+
+
+def _listening_in(netns, ip, port):
+    code = "import socket; socket.create_connection((%r, %d), 1).close()" % (ip, port)
+    return subprocess.run(netns.prefix() + [harness.PYTHON, "-c", code], capture_output=True,
+                          timeout=20).returncode == 0
+
+
+def test_endpoint_on_the_agent_pods_own_address(e2e_prerequisites):
+    """The DaemonSet's shape: the agent in a network namespace of its own (hostNetwork: false)
+    under exactly the DaemonSet's capabilities, --h2-listen on that namespace's own address (what
+    $(POD_IP) gives it), pods in namespaces of their own behind a bridge. One gRPC channel from
+    an unlabelled pod: every call answered by its own env's pod, every server sees the calling
+    pod's address. The pod dialling the endpoint itself is closed unread (unknown_caller)."""
+    import topology
+    topo = topology.Topology("h2own", nodes=1, default_env="dev", agent_netns={1: "own"},
+                             agent_caps={1: topology.daemonset_caps()})
+    try:
+        topo.add_service("h2own", "g", 1, protocols=(), extra_ports=[grpc_port()])
+        pods = {"g-dev": topo.add_pod(1, "h2own", "g-dev", app="g", env="dev"),
+                "g-proj1": topo.add_pod(1, "h2own", "g-proj1", app="g", env="dev.proj1")}
+        cl = topo.add_pod(1, "h2own", "cl", app="cl")
+        topo.write()
+        node = topo.node(1)
+        for name, pod in pods.items():
+            node._popen([SYS_PY, GRPCSERVER, pod.ips[0], str(GP), pod.key], pod.cgroup_dir, "srv-%s.log" % name,
+                        pod.netns)
+            harness.wait_until(lambda: _listening_in(cl.netns, pod.ips[0], GP), 20, 0.2, "%s listening" % name)
+        agent_ip = topology.POD_V4 % (1, 10)  # the agent's namespace: the node's first pod address
+        node.start_agent(["--h2-listen", "%s:15002" % agent_ip])
+        assert node.status_http()["h2"]["listen"] == "%s:15002" % agent_ip
+        r = node.run_in_pod(cl.key, [SYS_PY, GRPCCLIENT, "--to", "%s:%d" % (topology.SVC_V4 % 1, GP), "mix",
+                                     "--envs", "dev.proj1,-", "--calls", "12", "--concurrency", "4"], timeout=90)
+        assert r.returncode == 0 and r.stdout.strip(), (r.returncode, r.stdout, node.agent_log_text(3000))
+        calls = json.loads(r.stdout.strip().splitlines()[-1])["answers"]
+        want = {"dev.proj1": pods["g-proj1"].key, "-": pods["g-dev"].key}
+        assert len(calls) == 12 and all("error" not in c and c["pod"] == want[c["env"]] and c["exact"]
+                                        for c in calls), calls
+        assert all(c["peer"].startswith("ipv4:%s:" % cl.ips[0]) for c in calls), calls
+        r = node.run_in_pod(cl.key, [SYS_PY, os.path.join(HERE, "h2raw.py"), "--to", "%s:15002" % agent_ip, "silent",
+                                     "--hold", "10", "--send", "PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n"],
+                            timeout=30)
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["closed"] and res["got"] == "", res
+        h2 = node.status_http()["h2"]
+        assert h2["counters"]["connections_total.unknown_caller"] == 1, h2
+        assert h2["counters"]["errors_total.pod_netns"] == 0, h2
+    finally:
+        topo.close()
 
 
 NODE_CLIENT = r"""
