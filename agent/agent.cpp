@@ -339,6 +339,23 @@ nlohmann::json Agent::status_json() {
   j["per_request_steering"] = dp_ && dp_->per_request();
   if (relay_) j["per_request"] = relay_->status_json();
   j["h2"] = h2_ ? h2_->status_json() : nlohmann::json{{"enabled", false}};
+  {
+    // what the operator can do about HTTP/2 that was not routed per stream
+    nlohmann::json hints = nlohmann::json::array();
+    const uint64_t unrouted = dp_ ? dp_->maps().counter(ES_CNT_H2_UNROUTED) : 0;
+    const uint64_t no_endpoint = dp_ ? dp_->maps().counter(ES_CNT_H2_NO_ENDPOINT) : 0;
+    if (unrouted)
+      hints.push_back(std::to_string(unrouted) +
+                      " HTTP/2 connection(s) on ports not declared HTTP/2 of services with several backend sets went "
+                      "by the caller's environment, not per stream: declare those ports (appProtocol: "
+                      "kubernetes.io/h2c or grpc, or a port name grpc*, http2*, h2c*); `envsteer trace` shows them "
+                      "(h2-unrouted, with the service), `envsteer explain` says it per port");
+    if (no_endpoint)
+      hints.push_back(std::to_string(no_endpoint) +
+                      " connection(s) to declared HTTP/2 ports of services with several backend sets while no HTTP/2 "
+                      "endpoint was published went by the caller's environment: run the agent with --h2-listen");
+    j["h2"]["hints"] = hints;
+  }
   j["settings"]["env_header_aliases"] = s_.env_header_aliases;
   j["settings"]["baggage_key"] = s_.baggage_key;
   j["settings"]["http_window"] = s_.http_window;
@@ -899,6 +916,8 @@ void Agent::start_h2() {
   o.max_upstreams = s_.h2_max_upstreams;
   o.window = s_.h2_window;
   o.conn_window = s_.h2_window * 2;
+  o.max_clients_per_pod = s_.h2_max_clients_per_pod;
+  o.opening_timeout = std::chrono::milliseconds(s_.h2_opening_timeout_ms);
   o.pod_dir = [this](uint64_t id) { return pod_dir(id); };
   o.connect_timeout = std::chrono::milliseconds(s_.upstream_connect_timeout_ms);
   o.upstream_idle = std::chrono::milliseconds(s_.upstream_idle_ms);

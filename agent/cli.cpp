@@ -187,6 +187,8 @@ void print_status(const json& j) {
         for (const auto& [k, v] : h["streams_by_outcome"].items()) std::cout << " " << k << " " << v;
         std::cout << "\n";
       }
+      if (a.contains("h2") && a["h2"].contains("hints"))
+        for (const auto& hint : a["h2"]["hints"]) std::cout << "  HTTP/2: " << hint.get<std::string>() << "\n";
       if (a.contains("pods")) {
         std::cout << "  local pods (thread context):\n";
         for (const auto& p : a["pods"]) {
@@ -337,6 +339,13 @@ struct RunCmd {
         ->capture_default_str();
     cmd->add_option("--h2-window", s.h2_window,
                     "HTTP/2 flow-control window per stream, both directions (bytes; the connection's is twice it)")
+        ->capture_default_str();
+    cmd->add_option("--h2-max-clients-per-pod", s.h2_max_clients_per_pod,
+                    "HTTP/2 client connections one pod may have at the endpoint at once (beyond: closed)")
+        ->capture_default_str();
+    cmd->add_option("--h2-opening-timeout-ms", s.h2_opening_timeout_ms,
+                    "an HTTP/2 client connection whose first bytes (preface or h2c Upgrade request) do not arrive "
+                    "within this is closed")
         ->capture_default_str();
     cmd->add_option("--participation", s.participation,
                     "which of this node's pods take part: \"selected\" (pods with the env label or matching "

@@ -116,6 +116,20 @@ nlohmann::json explain_frontend(const Walk& w, const es_frontend& fe, nlohmann::
     }
   }
   f["backends"] = backends;
+  // HTTP/2 (gRPC, h2c): per stream only on declared ports of multi-set services
+  // with the endpoint on; elsewhere a connection's streams all go where it went.
+  if (fe.flags & ES_FE_F_MULTI_SET) {
+    es_h2_cfg hc{};
+    uint32_t zero = 0;
+    const bool endpoint = w.live.lookup(maps::MapId::H2Cfg, &zero, &hc) && hc.port != 0;
+    if (!(fe.flags & ES_FE_F_H2))
+      f["http2"] = "per connection: HTTP/2 here is not routed per stream (this port is not declared HTTP/2; "
+                   "declare it with appProtocol: kubernetes.io/h2c or grpc, or a port name grpc*, http2*, h2c*)";
+    else if (!endpoint)
+      f["http2"] = "per connection: declared HTTP/2, but no HTTP/2 endpoint runs on this node (--h2-listen)";
+    else
+      f["http2"] = "per stream: connections go to the agent's HTTP/2 endpoint, each stream by its own environment";
+  }
   return f;
 }
 
@@ -176,6 +190,7 @@ std::string render_explain(const nlohmann::json& j) {
     for (const auto& b : f["backends"])
       o << "       " << b.value("address", "") << "  " << b.value("pod", "") << "\n";
     if (f.value("outcome", "") == "refused") o << "    -> connect() fails with ECONNREFUSED\n";
+    if (f.contains("http2")) o << "    HTTP/2: " << f.value("http2", "") << "\n";
   }
   return o.str();
 }

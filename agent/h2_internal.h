@@ -70,7 +70,30 @@ struct Stream {
   bool failed = false;       // answered by the endpoint itself
   bool in_up_session = false;  // submitted to the upstream session (its data provider may run)
   size_t hdr_bytes = 0;        // header and trailer bytes kept, both directions (bounded)
+  // A stream its server refused unprocessed (above a GOAWAY's last-stream-id, or
+  // RST_STREAM REFUSED_STREAM; RFC 9113 6.8, 8.7) is sent again on another
+  // upstream connection: until its response begins, the request bytes already
+  // sent are kept (at most kRetryKeep; beyond, the stream is not retried).
+  bool retry_ok = true;
+  uint32_t retries = 0;
+  Buf sent;
+  // Bytes at the front of `req` whose flow-control window was given back
+  // already (kept for a retry, or an h2c Upgrade request's body): not given
+  // back again when they go on.
+  size_t req_free = 0;
 };
+
+// Of n request bytes taken from the front of st.req, those whose window is to
+// be given back to the client (the others were given back before).
+inline size_t take_owed(Stream& st, size_t n) {
+  size_t f = std::min(n, st.req_free);
+  st.req_free -= f;
+  return n - f;
+}
+
+// Request bytes kept per stream for a retry, and the retries of one stream.
+constexpr size_t kRetryKeep = 16 * 1024;
+constexpr uint32_t kMaxRetries = 2;
 
 // Header bytes one stream may carry (request and response heads and trailers
 // together): beyond, the stream is reset.
@@ -109,11 +132,24 @@ struct Client : Conn {
   bool opening = true;
   std::string first;
   bool close_when_flushed = false;  // an HTTP/1.x answer (505/400) goes out, then the close
+  Clock::time_point accepted{};     // the first bytes are due within opening_timeout of it
+  // After an HTTP/1.x answer: the write side is shut, what the client still
+  // sends is read and dropped (at most kLingerBytes, until linger_until), so
+  // that the close does not reset the answer away (RFC 9112 9.6).
+  bool lingering = false;
+  size_t lingered = 0;
+  Clock::time_point linger_until{};
 };
+
+constexpr size_t kLingerBytes = 1 << 20;
+constexpr std::chrono::milliseconds kLinger{2000};
 
 // Bytes of an HTTP/1.x request head the endpoint waits for before it answers
 // 431 and closes.
 constexpr size_t kMaxUpgradeHead = 16 * 1024;
+// Body bytes of an h2c Upgrade request (Content-Length) the endpoint reads
+// before the switch; a larger or chunked body is answered 413.
+constexpr size_t kMaxUpgradeBody = 64 * 1024;
 
 struct Upstream : Conn {
   Upstream() : Conn(Kind::Upstream) {}
@@ -149,6 +185,7 @@ struct H2Proxy::Impl {
   std::atomic<bool> running{false};
   std::map<Client*, std::unique_ptr<Client>> clients;
   std::map<Upstream*, std::unique_ptr<Upstream>> ups;
+  std::map<uint64_t, uint32_t> pod_clients;  // client connections per calling pod (its cgroup)
   std::vector<Conn*> dirty;  // sessions with something to send
   nghttp2_session_callbacks *server_cbs = nullptr, *client_cbs = nullptr;
   nghttp2_option* opts = nullptr;
@@ -189,6 +226,8 @@ struct H2Proxy::Impl {
   void on_connected(Upstream& u);
   void lose_upstream(Upstream& u, const std::string& why);
   void submit_upstream(Stream& st, Upstream& u);
+  bool retry_refused(Stream& st, Upstream& old);
+  void drop_sent(Stream& st);
 };
 
 // Counter indexes (ES_H2_COUNTERS order).

@@ -133,10 +133,11 @@ int on_stream_close(nghttp2_session* s, int32_t id, uint32_t code, void* ud) {
   st->client_closed = true;
   // bytes it sent that nobody will take: the connection's window back
   if (st->req.size()) {
-    nghttp2_session_consume_connection(s, st->req.size());
+    if (size_t owed = h2detail::take_owed(*st, st->req.size())) nghttp2_session_consume_connection(s, owed);
     p.add_buffered(*st->client, -static_cast<int64_t>(st->req.size()));
     st->req = {};
   }
+  p.drop_sent(*st);
   if (st->up && !st->up_closed && (code != NGHTTP2_NO_ERROR || !st->rsp_end)) {
     nghttp2_submit_rst_stream(st->up->session, NGHTTP2_FLAG_NONE, st->up_id,
                               code != NGHTTP2_NO_ERROR ? code : static_cast<uint32_t>(NGHTTP2_CANCEL));
@@ -210,7 +211,14 @@ H2Proxy::H2Proxy(const maps::BpfMapBackend& maps, H2Options o, TraceFn trace)
 H2Proxy::~H2Proxy() { stop(); }
 
 void H2Proxy::Impl::bind_listener() {
-  auto [host, port] = admin::parse_host_port(o.listen, "--h2-listen");
+  h2::ListenAddr la;
+  try {
+    la = h2::parse_listen(o.listen);
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(e.what());
+  }
+  const std::string& host = la.host;
+  const uint16_t port = la.port;
   sockaddr_storage ss{};
   socklen_t sl = 0;
   cfg = {};
@@ -297,6 +305,13 @@ void H2Proxy::stop() {
 
 void H2Proxy::Impl::mark(Conn& c) {
   if (!c.dead) dirty.push_back(&c);
+}
+
+void H2Proxy::Impl::drop_sent(Stream& st) {
+  st.retry_ok = false;
+  if (!st.sent.size()) return;
+  add_buffered(*st.client, -static_cast<int64_t>(st.sent.size()));
+  st.sent = {};
 }
 
 void H2Proxy::Impl::add_buffered(Client& c, int64_t d) {
@@ -390,6 +405,12 @@ void H2Proxy::Impl::on_accept() {
       spdlog::warn("HTTP/2 endpoint: {} client connections already: {} closed", clients.size(), peer);
       continue;
     }
+    if (uint32_t& mine = pod_clients[info.pod_cgroup]; mine >= o.max_clients_per_pod) {
+      count(kH2_refused_pod_share);
+      spdlog::warn("HTTP/2 endpoint: pod cgroup {} has {} client connections already: {} closed", info.pod_cgroup,
+                   mine, peer);
+      continue;
+    }
     int one = 1;
     setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     auto c = std::make_unique<Client>();
@@ -397,8 +418,9 @@ void H2Proxy::Impl::on_accept() {
     c->info = info;
     c->peer = peer;
     c->owner = this;
-    c->last = Clock::now();
+    c->last = c->accepted = Clock::now();
     if (nghttp2_session_server_new2(&c->session, server_cbs, static_cast<Conn*>(c.get()), opts) != 0) continue;
+    pod_clients[info.pod_cgroup]++;
     nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, o.max_streams},
                                    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, o.window},
                                    {NGHTTP2_SETTINGS_ENABLE_PUSH, 0}};
@@ -428,7 +450,17 @@ void H2Proxy::Impl::on_readable(Conn& c) {
         c.dead = true;
       return;
     }
+    if (c.kind == Kind::Client && static_cast<Client&>(c).lingering) {
+      auto& cl = static_cast<Client&>(c);
+      cl.lingered += static_cast<size_t>(r);  // dropped: the answer went out already
+      if (cl.lingered > kLingerBytes) {
+        c.dead = true;
+        return;
+      }
+      continue;
+    }
     if (c.kind == Kind::Client && static_cast<Client&>(c).opening) {
+      if (static_cast<Client&>(c).close_when_flushed) continue;  // answered: the rest is dropped
       on_opening(static_cast<Client&>(c), buf, static_cast<size_t>(r));
       if (c.dead) return;
       continue;
@@ -483,9 +515,19 @@ void H2Proxy::Impl::flush(Conn& c) {
       auto& cl = static_cast<Client&>(c);
       if (cl.close_when_flushed) {
         shutdown(c.fd.get(), SHUT_WR);
-        c.dead = true;
+        cl.close_when_flushed = false;
+        cl.lingering = true;
+        cl.linger_until = Clock::now() + kLinger;
+        if (c.want_out) {
+          epoll_event ev{};
+          ev.events = EPOLLIN | EPOLLRDHUP;
+          ev.data.ptr = &c;
+          epoll_ctl(epoll.get(), EPOLL_CTL_MOD, c.fd.get(), &ev);
+          c.want_out = false;
+        }
         return;
       }
+      if (cl.lingering) return;
       if (cl.opening) break;  // nothing goes out before the client said what it speaks
     }
     const uint8_t* data = nullptr;
@@ -571,15 +613,29 @@ void H2Proxy::Impl::on_opening(Client& c, const uint8_t* data, size_t len) {
   if (!r.upgrade_h2c)
     return answer_http1(c, 505, "HTTP Version Not Supported",
                         "this port is declared HTTP/2: use prior knowledge or Upgrade: h2c");
-  // A request with a body would have to be read whole before the switch; the
-  // clients that upgrade (curl) send none on the first request.
-  if (r.has_body) return answer_http1(c, 505, "HTTP Version Not Supported", "h2c Upgrade with a request body");
+  // A body is read whole before the switch (it is the request of stream 1), so
+  // it must have a length, and a small one: the endpoint holds it.
+  if (r.chunked)
+    return answer_http1(c, 411, "Length Required",
+                        "h2c Upgrade with a chunked body: send Content-Length (at most 64 KiB) or use prior knowledge");
+  if (r.content_length == -2) return answer_http1(c, 400, "Bad Request", "h2c Upgrade: invalid Content-Length");
+  size_t body_len = r.content_length > 0 ? static_cast<size_t>(r.content_length) : 0;
+  if (body_len > kMaxUpgradeBody)
+    return answer_http1(c, 413, "Content Too Large",
+                        "h2c Upgrade with a body over 64 KiB: use prior knowledge, or upgrade with a smaller request");
+  if (c.first.size() < r.head_len + body_len) return;  // the rest of the body (opening timeout)
   auto st = std::make_unique<Stream>();
   st->id = 1;
   st->client = &c;
   st->req_hdrs = h2::upgrade_stream_headers(r);
   st->req_end = true;
   st->grpc = is_grpc(st->req_hdrs);
+  if (body_len) {
+    // not under the session's flow control: never given back to it
+    st->req.append(reinterpret_cast<const uint8_t*>(c.first.data() + r.head_len), body_len);
+    st->req_free = body_len;
+    add_buffered(c, static_cast<int64_t>(body_len));
+  }
   int rv = nghttp2_session_upgrade2(c.session, reinterpret_cast<const uint8_t*>(r.settings.data()), r.settings.size(),
                                     r.method == "HEAD", st.get());
   if (rv != 0) return answer_http1(c, 400, "Bad Request", std::string("h2c Upgrade: ") + nghttp2_strerror(rv));
@@ -590,7 +646,7 @@ void H2Proxy::Impl::on_opening(Client& c, const uint8_t* data, size_t len) {
   Stream* raw = st.get();
   c.streams[1] = std::move(st);
   g_streams++;
-  size_t head = r.head_len;
+  size_t head = r.head_len + body_len;
   feed_rest(head);  // the client's preface and frames that came with the request
   if (c.dead) return;
   route(*raw);
@@ -693,8 +749,9 @@ void H2Proxy::Impl::fail_stream(Stream& st, StreamOutcome why, const std::string
     st.up = nullptr;
     st.up_closed = true;
   }
+  drop_sent(st);
   if (st.req.size()) {  // request bytes nobody will take: the client's window back
-    nghttp2_session_consume(c.session, st.id, st.req.size());
+    if (size_t owed = h2detail::take_owed(st, st.req.size())) nghttp2_session_consume(c.session, st.id, owed);
     add_buffered(c, -static_cast<int64_t>(st.req.size()));
     st.req = {};
   }
@@ -739,6 +796,7 @@ void H2Proxy::Impl::maybe_free(Stream& st) {
   if (st.up && !st.up_closed) return;  // its upstream stream closes first
   Client& c = *st.client;
   if (st.up) st.up->streams.erase(st.up_id);
+  drop_sent(st);
   add_buffered(c, -static_cast<int64_t>(st.req.size() + st.rsp.size()));
   if (st.rsp.size() && st.up && !st.up->dead) nghttp2_session_consume_connection(st.up->session, st.rsp.size());
   auto it = c.streams.find(st.id);
@@ -757,7 +815,8 @@ void H2Proxy::Impl::close_client(Client& c) {
   }
   c.ups.clear();
   c.by_set.clear();
-  for (auto& [id, st] : c.streams) add_buffered(c, -static_cast<int64_t>(st->req.size() + st->rsp.size()));
+  for (auto& [id, st] : c.streams)
+    add_buffered(c, -static_cast<int64_t>(st->req.size() + st->rsp.size() + st->sent.size()));
   g_streams -= c.streams.size();
   c.streams.clear();
   count(kH2_closed);
@@ -791,6 +850,8 @@ void H2Proxy::Impl::reap() {
       continue;
     }
     left.push_back(it->second->info.pod_cgroup);
+    if (auto pc = pod_clients.find(it->second->info.pod_cgroup); pc != pod_clients.end() && --pc->second == 0)
+      pod_clients.erase(pc);
     epoll_ctl(epoll.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
     it = clients.erase(it);
   }
@@ -804,6 +865,18 @@ void H2Proxy::Impl::reap() {
 
 void H2Proxy::Impl::sweep() {
   auto now = Clock::now();
+  // a connection that has not said what it speaks holds a slot of its pod and of
+  // the endpoint: it has opening_timeout to do so
+  for (auto& [raw, c] : clients) {
+    if (!c->dead && c->lingering && now > c->linger_until) c->dead = true;
+    if (!c->dead && c->opening && !c->lingering && !c->close_when_flushed &&
+        now - c->accepted > o.opening_timeout) {
+      count(kH2_opening_timeout);
+      spdlog::debug("HTTP/2 endpoint: {}: no preface or complete request within {} ms: closed", c->peer,
+                    o.opening_timeout.count());
+      c->dead = true;
+    }
+  }
   for (auto& [raw, u] : ups) {
     if (u->dead) continue;
     if (u->connecting && now - u->last > o.connect_timeout) {
@@ -829,6 +902,7 @@ void H2Proxy::Impl::shutdown_all() {
   }
   for (auto& [raw, c] : clients) close_client(*c);
   clients.clear();
+  pod_clients.clear();
   ups.clear();
   g_clients = 0;
   g_ups = 0;
@@ -847,7 +921,8 @@ nlohmann::json H2Proxy::status_json() const {
   j["streams"] = p.g_streams.load();
   j["buffered_bytes"] = p.g_buffered.load();
   j["max_buffered_bytes_per_client"] = p.g_max_buffered.load();
-  j["limits"] = {{"max_clients", p.o.max_clients},   {"max_streams", p.o.max_streams},
+  j["limits"] = {{"max_clients", p.o.max_clients},   {"max_clients_per_pod", p.o.max_clients_per_pod},
+                 {"opening_timeout_ms", p.o.opening_timeout.count()}, {"max_streams", p.o.max_streams},
                  {"max_upstreams", p.o.max_upstreams}, {"window", p.o.window},
                  {"conn_window", p.o.conn_window}};
   nlohmann::json cnt;

@@ -43,11 +43,15 @@ struct H2Options {
   h2::RouteConfig route;
   std::string inject_name = "x-virtual-env";  // header added by auto-inject (lower case)
   uint32_t max_clients = 1024;          // client connections at once (beyond: closed at accept, counted)
+  uint32_t max_clients_per_pod = 256;   // the same, of one calling pod (one pod cannot take them all)
   uint32_t max_streams = 128;           // concurrent streams per client connection
   uint32_t max_upstreams = 8;           // upstream connections per client connection
   uint32_t window = 1u << 20;           // per-stream flow-control window, both directions
   uint32_t conn_window = 2u << 20;      // per-connection window, both directions
   std::chrono::milliseconds connect_timeout{2000};
+  // A client connection whose first bytes (the preface, or an h2c Upgrade
+  // request with its body) have not arrived this long after accept: closed.
+  std::chrono::milliseconds opening_timeout{30000};
   std::chrono::milliseconds upstream_idle{60000};  // an upstream without streams this long: closed
   // The cgroup directory of a pod: upstreams are opened in the calling pod's
   // network namespace (podnet.h), so servers see the pod's own address.
@@ -59,6 +63,8 @@ struct H2Options {
   X(accepted, "connections_total", "event", "accepted")                   \
   X(unknown, "connections_total", "event", "unknown_caller")             \
   X(refused_max_clients, "connections_total", "event", "refused_max_clients") \
+  X(refused_pod_share, "connections_total", "event", "refused_max_clients_per_pod") \
+  X(opening_timeout, "connections_total", "event", "opening_timeout")     \
   X(closed, "connections_total", "event", "closed")                       \
   X(upgraded, "connections_total", "event", "h2c_upgrade")                \
   X(http1_refused, "connections_total", "event", "http1_refused")         \
@@ -68,6 +74,8 @@ struct H2Options {
   X(up_goaway, "upstreams_total", "event", "goaway")                      \
   X(up_idle, "upstreams_total", "event", "idle_closed")                   \
   X(up_moved, "upstreams_total", "event", "pod_left_set")                 \
+  X(retried, "retries_total", "event", "retried")                         \
+  X(retry_gave_up, "retries_total", "event", "gave_up")                   \
   X(protocol_errors, "errors_total", "kind", "protocol")                  \
   X(max_upstreams, "errors_total", "kind", "max_upstreams")               \
   X(streams_refused, "errors_total", "kind", "max_streams")               \

@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "h2route.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <stdexcept>
 
+#include "admin_server.h"
 #include "envname.h"
 #include "livewalk.h"
 
@@ -222,8 +226,17 @@ Http1Request parse_http1_request(std::string_view bytes) {
       settings_b64 = std::string(value);
     } else if (name == "content-length") {
       if (value != "0") r.has_body = true;
+      int64_t n = 0;
+      bool ok = !value.empty() && value.size() <= 15;
+      for (char ch : value) {
+        if (ch < '0' || ch > '9') ok = false;
+        n = n * 10 + (ch - '0');
+      }
+      if (!ok || (r.content_length >= 0 && r.content_length != n)) r.content_length = -2;
+      else if (r.content_length != -2) r.content_length = n;
     } else if (name == "transfer-encoding") {
       r.has_body = true;
+      r.chunked = true;
     }
     r.headers.emplace_back(std::move(name), std::string(value));
   }
@@ -250,6 +263,28 @@ Headers upgrade_stream_headers(const Http1Request& r) {
     h.emplace_back(k, v);
   }
   return h;
+}
+
+ListenAddr parse_listen(const std::string& s) {
+  std::string where = s;
+  if (where.find('[') == std::string::npos && std::count(where.begin(), where.end(), ':') > 1) {
+    size_t colon = where.rfind(':');
+    where = "[" + where.substr(0, colon) + "]" + where.substr(colon);
+  }
+  auto [host, port] = admin::parse_host_port(where, "--h2-listen");
+  ListenAddr out;
+  out.host = host;
+  out.port = port;
+  in_addr a4{};
+  in6_addr a6{};
+  if (inet_pton(AF_INET, host.c_str(), &a4) == 1)
+    out.family = AF_INET;
+  else if (inet_pton(AF_INET6, host.c_str(), &a6) == 1)
+    out.family = AF_INET6;
+  else
+    throw std::invalid_argument("--h2-listen: \"" + s + "\": \"" + host +
+                                "\" is no IP address (the programs divert connections to an address)");
+  return out;
 }
 
 }  // namespace envsteer::h2

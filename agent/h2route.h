@@ -63,6 +63,16 @@ Decision resolve(const maps::MapBackend& live, uint32_t svc_id, const std::strin
 // The environment's name as the kernel knows it ("" when unknown).
 std::string env_name(const maps::MapBackend& live, uint32_t env_id);
 
+// --h2-listen: an IP address (IPv6 with or without brackets: the last colon is
+// the port's, so `$(POD_IP):PORT` serves either family) and a port. Throws
+// std::invalid_argument with what is wrong.
+struct ListenAddr {
+  int family = 0;  // AF_INET or AF_INET6
+  std::string host;
+  uint16_t port = 0;
+};
+ListenAddr parse_listen(const std::string& s);
+
 // --- h2c Upgrade (RFC 7540 3.2): the first bytes of a diverted connection.
 
 // What the first bytes are: the HTTP/2 preface, an HTTP/1.x request head, or
@@ -79,6 +89,9 @@ struct Http1Request {
   bool upgrade_h2c = false;        // Upgrade lists h2c, Connection lists Upgrade and HTTP2-Settings
   std::string settings;            // HTTP2-Settings, base64url-decoded (upgrade_h2c only)
   bool has_body = false;           // Content-Length > 0 or Transfer-Encoding
+  bool chunked = false;            // Transfer-Encoding present (no length known before the body)
+  // Content-Length: -1 none, -2 not a number or two different values
+  int64_t content_length = -1;
 };
 
 // Parses an HTTP/1.x request head from the first bytes of a connection.

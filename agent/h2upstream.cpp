@@ -103,6 +103,7 @@ int up_frame_recv(nghttp2_session* s, const nghttp2_frame* f, void* ud) {
     }
     st->rsp_started = true;
     st->rsp_end = end;
+    p.drop_sent(*st);  // the server is processing it: never retried
     auto nv = to_nv(st->rsp_hdrs);
     nghttp2_data_provider prd{};
     prd.source.ptr = st;
@@ -142,10 +143,14 @@ int up_stream_close(nghttp2_session* s, int32_t id, uint32_t code, void* ud) {
   Stream* st = stream_of(s, id);
   if (!st) return 0;
   st->up_closed = true;
+  // not processed by the server (RFC 9113 8.7): sent again on another upstream connection
+  if (code == NGHTTP2_REFUSED_STREAM && p.retry_refused(*st, u)) return 0;
   // request bytes the upstream will not take: the client's window back
   if (st->req.size() && st->client && st->client->session) {
-    nghttp2_session_consume_connection(st->client->session, st->req.size());
-    if (!st->client_closed) nghttp2_session_consume_stream(st->client->session, st->id, st->req.size());
+    if (size_t owed = take_owed(*st, st->req.size())) {
+      nghttp2_session_consume_connection(st->client->session, owed);
+      if (!st->client_closed) nghttp2_session_consume_stream(st->client->session, st->id, owed);
+    }
     p.add_buffered(*st->client, -static_cast<int64_t>(st->req.size()));
     st->req = {};
     p.mark(*st->client);
@@ -169,9 +174,19 @@ ssize_t req_read(nghttp2_session* s, int32_t, uint8_t* buf, size_t len, uint32_t
   size_t n = st->req.take(buf, len);
   if (n && st->client && st->client->session) {
     p.add_buffered(*st->client, -static_cast<int64_t>(n));
-    nghttp2_session_consume_connection(st->client->session, n);
-    if (!st->client_closed) nghttp2_session_consume_stream(st->client->session, st->id, n);
+    if (size_t owed = take_owed(*st, n)) {
+      nghttp2_session_consume_connection(st->client->session, owed);
+      if (!st->client_closed) nghttp2_session_consume_stream(st->client->session, st->id, owed);
+    }
     p.mark(*st->client);
+    if (st->retry_ok) {  // kept until the response begins, for a retry
+      if (st->sent.size() + n <= kRetryKeep) {
+        st->sent.append(buf, n);
+        p.add_buffered(*st->client, static_cast<int64_t>(n));
+      } else {
+        p.drop_sent(*st);
+      }
+    }
   }
   if (st->req.size() == 0 && st->req_end) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -344,7 +359,8 @@ void H2Proxy::Impl::submit_upstream(Stream& st, Upstream& u) {
   nghttp2_data_provider prd{};
   prd.source.ptr = &st;
   prd.read_callback = req_read;
-  int32_t id = nghttp2_submit_request(u.session, nullptr, nv.data(), nv.size(), st.req_end ? nullptr : &prd, &st);
+  bool headers_only = st.req_end && st.req.size() == 0 && st.req_trailers.empty();
+  int32_t id = nghttp2_submit_request(u.session, nullptr, nv.data(), nv.size(), headers_only ? nullptr : &prd, &st);
   if (id < 0) {
     count_stream(st, u.svc_id, u.env_id, StreamOutcome::UpstreamFailed);
     fail_stream(st, StreamOutcome::UpstreamFailed, std::string("envsteer: ") + nghttp2_strerror(id));
@@ -356,6 +372,49 @@ void H2Proxy::Impl::submit_upstream(Stream& st, Upstream& u) {
   u.streams[id] = &st;
   u.last = Clock::now();
   mark(u);
+}
+
+// A stream its server refused unprocessed: above the last-stream-id of its
+// GOAWAY, or reset with REFUSED_STREAM (RFC 9113 6.8, 8.7). While its response
+// has not begun and the request bytes sent are all kept, it is submitted again,
+// with what was sent, on an upstream connection of the same backend set (a new
+// one after a GOAWAY: the old one drains); at most kMaxRetries times, counted.
+// Called from the old session's stream-close callback. False: not retried (the
+// caller fails the stream as before).
+bool H2Proxy::Impl::retry_refused(Stream& st, Upstream& old) {
+  if (!st.client || st.client_closed || st.failed || st.rsp_started || !st.retry_ok) return false;
+  if (st.retries >= kMaxRetries) {
+    count(kH2_retry_gave_up);
+    spdlog::info("HTTP/2 endpoint: {}: stream {} refused by {} again after {} retries: failed", st.client->peer, st.id,
+                 old.backend, st.retries);
+    return false;
+  }
+  old.streams.erase(st.up_id);
+  st.up = nullptr;
+  st.up_id = -1;
+  st.in_up_session = false;
+  st.up_closed = false;
+  // what was sent goes first again; its window was given back already
+  Buf again;
+  again.append(reinterpret_cast<const uint8_t*>(st.sent.data.data() + st.sent.off), st.sent.size());
+  again.append(reinterpret_cast<const uint8_t*>(st.req.data.data() + st.req.off), st.req.size());
+  st.req_free += st.sent.size();
+  st.req = std::move(again);  // bytes held are unchanged: sent moved into req
+  st.sent = {};
+  st.retries++;
+  count(kH2_retried);
+  std::string err;
+  Upstream* u = upstream_for(*st.client, old.svc_id, old.env_id, &err);
+  if (!u) {
+    bool limit = err.rfind("limit", 0) == 0;
+    count_stream(st, old.svc_id, old.env_id, limit ? StreamOutcome::Limit : StreamOutcome::UpstreamFailed);
+    fail_stream(st, limit ? StreamOutcome::Limit : StreamOutcome::UpstreamFailed, "envsteer: " + err);
+    return true;
+  }
+  spdlog::debug("HTTP/2 endpoint: {}: stream {} refused by {}: sent again to {}", st.client->peer, st.id, old.backend,
+                u->backend);
+  submit_upstream(st, *u);
+  return true;
 }
 
 }  // namespace envsteer

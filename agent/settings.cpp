@@ -8,6 +8,7 @@
 
 #include "admin_server.h"
 #include "envname.h"
+#include "h2route.h"
 #include "participation.h"
 
 extern "C" {
@@ -77,6 +78,8 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   read(root, "h2MaxStreams", out.h2_max_streams);
   read(root, "h2MaxUpstreams", out.h2_max_upstreams);
   read(root, "h2Window", out.h2_window);
+  read(root, "h2MaxClientsPerPod", out.h2_max_clients_per_pod);
+  read(root, "h2OpeningTimeoutMs", out.h2_opening_timeout_ms);
   std::string sp;
   read(root, "splitter", sp);
   if (root["splitter"]) {
@@ -153,10 +156,13 @@ void validate_settings(const Settings& s) {
   range(s.relay_pod_bytes, s.relay_client_bytes, 1ull << 34, "--relay-pod-bytes");
   range(s.relay_total_bytes, s.relay_pod_bytes, 1ull << 34, "--relay-total-bytes");
   range(s.relay_clients_per_pod, 1, 16384, "--relay-clients-per-pod");
+  if (!s.h2_listen.empty()) h2::parse_listen(s.h2_listen);  // throws what is wrong
   range(s.h2_max_clients, 1, 65536, "--h2-max-clients");
   range(s.h2_max_streams, 1, 4096, "--h2-max-streams");
   range(s.h2_max_upstreams, 1, 256, "--h2-max-upstreams");
   range(s.h2_window, 65535, 1u << 30, "--h2-window");
+  range(s.h2_max_clients_per_pod, 1, 65536, "--h2-max-clients-per-pod");
+  range(s.h2_opening_timeout_ms, 100, 3600000, "--h2-opening-timeout-ms");
   if (s.participation != "selected" && s.participation != "all")
     throw std::invalid_argument("--participation: must be \"selected\" or \"all\", got \"" + s.participation + "\"");
   try {

@@ -53,6 +53,8 @@ struct Settings {
   uint32_t h2_max_streams = 128;                // concurrent streams per client connection
   uint32_t h2_max_upstreams = 8;                // upstream connections per client connection
   uint32_t h2_window = 1u << 20;                // flow-control window per stream, both directions
+  uint32_t h2_max_clients_per_pod = 256;        // client connections of one pod at once
+  uint32_t h2_opening_timeout_ms = 30000;       // ms for a connection's first bytes (preface, upgrade)
   char splitter = '.';
   std::string default_env;                  // "" = unlabelled pods form the unnamed base
   // The admin surface (README "Security"): health and metrics over TCP, on loopback by

@@ -12,6 +12,16 @@ Prints one JSON object.
       then /conn once /goaway is answered, while /slow is still in flight
   h2raw.py --to IP:PORT push --env E
       /push (the server sends a PUSH_PROMISE), then /conn on the same connection
+  h2raw.py --to IP:PORT refuse --env E --key K
+      /slow?ms=1000, then POST /refuse-once?k=K with a 12000-byte body (the server's GOAWAY
+      leaves it unprocessed: the endpoint sends it again), then POST /refuse-always (refused
+      every time: the endpoint gives up)
+  h2raw.py --to IP:PORT silent --hold S [--send TEXT]
+      connects, sends TEXT (default nothing: a silent client), then waits up to S seconds;
+      reports whether and when the endpoint closed, and what it sent
+  h2raw.py --to IP:PORT upgrade --env E --body N [--chunked]
+      an HTTP/1.1 POST with Upgrade: h2c and a body of N bytes (Content-Length, or chunked);
+      after a 101, the HTTP/2 preface: stream 1 is the answer to the POST
 Streams are reported as {"status", "body" (JSON when it parses), "reset" (error code)}.
 """
 import argparse
@@ -133,9 +143,15 @@ class Streams:
         self.s, self.c = connect(to)
         self.st = {}
 
-    def send(self, path, env):
+    def send(self, path, env, body=b""):
         sid = self.c.get_next_available_stream_id()
-        self.c.send_headers(sid, headers(path, env), end_stream=True)
+        h = headers(path, env)
+        if body:
+            h[0] = (":method", "POST")
+            h.append(("content-length", str(len(body))))
+        self.c.send_headers(sid, h, end_stream=not body)
+        if body:
+            self.c.send_data(sid, body, end_stream=True)
         self.s.sendall(self.c.data_to_send())
         self.st[sid] = {"path": path, "body": b""}
         return sid
@@ -198,6 +214,116 @@ def push(a):
     return t.report()
 
 
+def refuse(a):
+    t = Streams(a.to)
+    slow = t.send("/slow?ms=1000", a.env)
+    once = t.send("/refuse-once?k=" + a.key, a.env, body=b"r" * 12000)
+    t.wait([once, slow])
+    t.wait([t.send("/refuse-always", a.env, body=b"a" * 100)])
+    return t.report()
+
+
+def silent(a):
+    host, port = a.to.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), 5)
+    t0 = time.monotonic()
+    got, closed = b"", False
+    if a.send:
+        try:
+            s.sendall(a.send.encode().decode("unicode_escape").encode("latin-1"))
+        except OSError:  # closed under it already
+            pass
+    while time.monotonic() - t0 < a.hold:
+        s.settimeout(max(0.01, a.hold - (time.monotonic() - t0)))
+        try:
+            d = s.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            closed = True
+            break
+        if not d:
+            closed = True
+            break
+        got += d
+    out = {"closed": closed, "after": round(time.monotonic() - t0, 3), "got": got.decode(errors="replace")}
+    s.close()
+    return out
+
+
+def upgrade(a):
+    import base64
+    host, port = a.to.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), 5)
+    s.settimeout(10)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    settings = c.initiate_upgrade_connection()
+    if isinstance(settings, bytes):
+        settings = settings.decode()
+    body = bytes((i * 7) % 251 for i in range(a.body))
+    head = ["POST /up HTTP/1.1", "Host: %s" % a.to, "Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c",
+            "HTTP2-Settings: %s" % settings]
+    if a.env != "-":
+        head.append("X-Virtual-Env: %s" % a.env)
+    if a.chunked:
+        head.append("Transfer-Encoding: chunked")
+        payload = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    else:
+        head.append("Content-Length: %d" % len(body))
+        payload = body
+    s.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    first, _, rest = buf.partition(b"\r\n\r\n")
+    status = int(first.split(b" ", 2)[1]) if first.startswith(b"HTTP/1.1 ") else 0
+    out = {"http1_status": status}
+    if status != 101:
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                rest += d
+        except OSError:
+            pass
+        out["http1_body"] = rest.decode(errors="replace")
+        return out
+    s.sendall(c.data_to_send())
+    data = rest
+    rbody = b""
+    t_end = time.monotonic() + 10
+    while time.monotonic() < t_end and "done" not in out:
+        for ev in c.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == 1:
+                out["status"] = int(dict(ev.headers)[b":status"])
+            elif isinstance(ev, h2.events.DataReceived):
+                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                rbody += ev.data
+            elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == 1:
+                out["done"] = True
+            elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == 1:
+                out["reset"] = int(ev.error_code)
+                out["done"] = True
+        o = c.data_to_send()
+        if o:
+            s.sendall(o)
+        if "done" in out:
+            break
+        data = s.recv(65536)
+        if not data:
+            break
+    try:
+        out["body"] = json.loads(rbody)
+    except ValueError:
+        out["body"] = rbody.decode(errors="replace")
+    s.close()
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--to", required=True)
@@ -209,11 +335,21 @@ def main():
     f.add_argument("--hold", type=float, default=3)
     f = sub.add_parser("frames")
     f.add_argument("--env", default="dev.proj1")
-    for m in ("goaway", "push"):
+    for m in ("goaway", "push", "refuse"):
         f = sub.add_parser(m)
         f.add_argument("--env", default="dev.proj1")
+        if m == "refuse":
+            f.add_argument("--key", required=True)
+    f = sub.add_parser("silent")
+    f.add_argument("--hold", type=float, default=10)
+    f.add_argument("--send", default="")
+    f = sub.add_parser("upgrade")
+    f.add_argument("--env", default="dev.proj1")
+    f.add_argument("--body", type=int, default=1000)
+    f.add_argument("--chunked", action="store_true")
     a = p.parse_args()
-    print(json.dumps({"flood": flood, "frames": frames, "goaway": goaway, "push": push}[a.cmd](a)))
+    print(json.dumps({"flood": flood, "frames": frames, "goaway": goaway, "push": push, "refuse": refuse,
+                      "silent": silent, "upgrade": upgrade}[a.cmd](a)))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ for the endpoint's upstream semantics (their answers add "conn": the connection'
                 connection closes
   /push         a PUSH_PROMISE (the endpoint disabled push: a protocol error of this server),
                 then the answer
+  /refuse-once?k=KEY   the first request of KEY in this server's life: a GOAWAY whose
+                last-stream-id is below this stream (not processed: RFC 9113 6.8), and no
+                answer; later ones of KEY are answered (the earlier streams of that connection
+                are still answered, then it closes)
+  /refuse-always       every time as the first time above
 One thread per connection; sockets time out.
 """
 import json
@@ -20,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+import hashlib
 import itertools
 import threading
 import time
@@ -31,6 +37,20 @@ from hyperframe.frame import GoAwayFrame, PushPromiseFrame
 
 POD = "?"
 CONNS = itertools.count(1)
+REFUSED = set()
+REFUSED_LOCK = threading.Lock()
+
+
+def refuses(path):
+    if path.startswith("/refuse-always"):
+        return True
+    if not path.startswith("/refuse-once"):
+        return False
+    with REFUSED_LOCK:
+        if path in REFUSED:
+            return False
+        REFUSED.add(path)
+        return True
 
 
 def serve(sock):
@@ -65,8 +85,10 @@ def serve(sock):
             pending[sid] = b"y" * int(path.split("=", 1)[1])
             conn.send_headers(sid, [(":status", "200"), ("content-length", str(len(pending[sid])))])
         else:
-            a = {"pod": POD, "got_header": h.get("x-virtual-env"), "stream": sid, "body": len(bodies.pop(sid, b""))}
-            if path.split("?")[0] in ("/conn", "/slow", "/goaway", "/push"):
+            body = bodies.pop(sid, b"")
+            a = {"pod": POD, "got_header": h.get("x-virtual-env"), "stream": sid, "body": len(body),
+                 "sha": hashlib.sha256(body).hexdigest()}
+            if path.split("?")[0] in ("/conn", "/slow", "/goaway", "/push", "/refuse-once"):
                 a["conn"] = cid
             b = (json.dumps(a) + "\n").encode()
             conn.send_headers(sid, [(":status", "200"), ("content-type", "application/json"),
@@ -101,15 +123,22 @@ def serve(sock):
             idle_until = time.monotonic() + 60
         for ev in conn.receive_data(data or b""):
             if isinstance(ev, h2.events.RequestReceived):
+                h = {(k.decode() if isinstance(k, bytes) else k):
+                     (v.decode() if isinstance(v, bytes) else v) for k, v in ev.headers}
+                if refuses(h.get(":path", "/")):
+                    # raw, as for /goaway; this stream is above the last-stream-id: never answered
+                    sock.sendall(conn.data_to_send() + GoAwayFrame(
+                        0, last_stream_id=max(0, ev.stream_id - 2), error_code=0).serialize())
+                    state["goaway"] = True
+                    continue
                 state["max_sid"] = max(state["max_sid"], ev.stream_id)
-                reqs[ev.stream_id] = {(k.decode() if isinstance(k, bytes) else k):
-                                      (v.decode() if isinstance(v, bytes) else v) for k, v in ev.headers}
+                reqs[ev.stream_id] = h
                 if ev.stream_ended:
                     answer(ev.stream_id)
             elif isinstance(ev, h2.events.DataReceived):
                 bodies[ev.stream_id] = bodies.get(ev.stream_id, b"") + ev.data
                 conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                if ev.stream_ended:
+                if ev.stream_ended and ev.stream_id in reqs:
                     answer(ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded):
                 if ev.stream_id in reqs:

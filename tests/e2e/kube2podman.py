@@ -52,7 +52,7 @@ NOT_SIMULATED = {
     "tolerations": "scheduling: no taints here",
     "priorityClassName": "scheduling/eviction priority: nothing competes here",
     "serviceAccountName": "which token the kubelet mounts: the caller's --sa-dir is that token",
-    "ports": "names the metrics port for the NetworkPolicy; no port is published (pod IP only)",
+    "ports": "names the metrics and h2 ports for the NetworkPolicies; no port is published (pod IP only)",
 }
 KNOWN_POD = {"serviceAccountName", "priorityClassName", "terminationGracePeriodSeconds",
              "hostNetwork", "hostPID", "hostIPC", "nodeSelector", "tolerations",

@@ -13,10 +13,12 @@ test's own node uses 127.96.81.x / 127.1.81.x):
     clients: c-plain (unlabelled: the default env dev), c-p1 (dev.proj1)
 Connections from the clients to a multi-set service's declared HTTP/2 port go to the agent's
 endpoint, which routes each stream by its own x-virtual-env (else the caller's own env)."""
+import hashlib
 import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 
 import pytest
@@ -246,7 +248,9 @@ def test_curl_h2c_upgrade_each_env_by_its_own_pod(shared):
     r = node.run_in_pod(k("c-p1"), ["curl", "-sS", "--http2", "--max-time", "20", "http://%s/" % shared.vip["g"]],
                         timeout=30)
     assert r.returncode == 0, r
-    assert json.loads(r.stdout) == {"pod": k("g-proj1"), "got_header": "dev.proj1", "stream": 1, "body": 0}, r.stdout
+    got = json.loads(r.stdout)
+    assert {x: got.get(x) for x in ("pod", "got_header", "stream", "body")} == \
+        {"pod": k("g-proj1"), "got_header": "dev.proj1", "stream": 1, "body": 0}, r.stdout
     # plain HTTP/1.1 on the declared port: 505, closed, counted; no pod saw it
     r = node.run_in_pod(k("c-plain"), ["curl", "-sS", "--http1.1", "--max-time", "20", "-H", "X-Virtual-Env: dev.proj2",
                                        "-w", "\\n%{http_code}\\n", "http://%s/" % shared.vip["g"]], timeout=30)
@@ -298,6 +302,155 @@ def test_server_push_is_a_protocol_error_of_that_upstream(shared):
     assert mm.delta("envsteer_h2_upstreams_total", {"event": "connect"}) == 2
     assert mm.delta("envsteer_h2_streams_total",
                     {"service": "h2/g:80", "env": "dev.proj1", "outcome": "upstream_failed"}) == 1
+
+def test_h2c_upgrade_with_a_small_body(shared):
+    """An h2c Upgrade request with a body (Content-Length, at most 64 KiB): the endpoint reads it
+    whole, answers 101, and stream 1 carries the request with its body byte for byte to the pod of
+    its env. A larger body is answered 413, a chunked one 411 (each says why), nothing reaches a pod."""
+    mm = Metrics(shared)
+    to = "%s:80" % shared.vip["g"]
+    for n, env in ((1000, "dev.proj2"), (64 * 1024, "dev.proj1")):
+        r = shared.run_in_pod(k("c-plain"), [SYS_PY, os.path.join(HERE, "h2raw.py"), "--to", to, "upgrade",
+                                             "--env", env, "--body", str(n)], timeout=40)
+        assert r.returncode == 0, (r, shared.agent_log_text(3000))
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        want = hashlib.sha256(bytes((i * 7) % 251 for i in range(n))).hexdigest()
+        assert res["http1_status"] == 101 and res.get("status") == 200, res
+        assert res["body"]["pod"] == EXPECT[env] and res["body"]["stream"] == 1, res
+        assert res["body"]["body"] == n and res["body"]["sha"] == want, res
+    for extra, code, why in ((["--body", str(64 * 1024 + 1)], 413, "over 64 KiB"),
+                             (["--body", "10", "--chunked"], 411, "chunked")):
+        r = shared.run_in_pod(k("c-plain"), [SYS_PY, os.path.join(HERE, "h2raw.py"), "--to", to, "upgrade",
+                                             "--env", "dev.proj1"] + extra, timeout=40)
+        assert r.returncode == 0, r
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["http1_status"] == code and why in res["http1_body"], res
+    assert mm.delta("envsteer_h2_connections_total", {"event": "h2c_upgrade"}) == 2
+    assert mm.delta("envsteer_h2_connections_total", {"event": "http1_refused"}) == 2
+
+
+def test_streams_refused_by_a_goaway_are_retried(shared):
+    """RFC 9113 6.8: streams above a GOAWAY's last-stream-id were not processed. The server
+    (python3-h2) answers a POST with a GOAWAY below it: the endpoint sends the stream again,
+    body and all, on a new upstream connection (the covered slow stream still finishes on the
+    old one). A server that refuses every time: 2 retries, then 503, counted."""
+    mm = Metrics(shared)
+    key = "%d-%d" % (os.getpid(), time.monotonic_ns())
+    r = shared.run_in_pod(k("c-plain"), [SYS_PY, os.path.join(HERE, "h2raw.py"), "--to", "%s:80" % shared.vip["g"],
+                                         "refuse", "--env", "dev.proj2", "--key", key], timeout=60)
+    assert r.returncode == 0, (r, shared.agent_log_text(3000))
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    slow, once, always = res["/slow?ms=1000"], res["/refuse-once?k=" + key], res["/refuse-always"]
+    assert slow["done"] and slow.get("status") == 200 and slow["body"]["pod"] == k("g-proj2"), res
+    assert once["done"] and once.get("status") == 200 and once["body"]["pod"] == k("g-proj2"), res
+    assert once["body"]["body"] == 12000 and once["body"]["sha"] == hashlib.sha256(b"r" * 12000).hexdigest(), res
+    assert once["body"]["conn"] != slow["body"]["conn"], res
+    assert always["done"] and always.get("status") == 503 and "envsteer" in str(always["body"]), res
+    assert mm.delta("envsteer_h2_retries_total", {"event": "retried"}) == 3
+    assert mm.delta("envsteer_h2_retries_total", {"event": "gave_up"}) == 1
+    assert mm.delta("envsteer_h2_upstreams_total", {"event": "connect"}) == 4
+    assert mm.delta("envsteer_h2_streams_total",
+                    {"service": "h2/g:80", "env": "dev.proj2", "outcome": "upstream_failed"}) == 1
+
+
+def test_endpoint_serves_nothing_to_undiverted_connections(shared):
+    """A connection to the endpoint that no managed pod's connect() sent there (no record in
+    es_h2_conns) is closed before a byte is read or sent, whatever it sends: counted."""
+    mm = Metrics(shared)
+    ep = shared.status_http()["h2"]["listen"]
+    for send in ("", "PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n", "GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"):
+        r = shared.run_in_pod(k("c-plain"), [SYS_PY, os.path.join(HERE, "h2raw.py"), "--to", ep, "silent",
+                                             "--hold", "10", "--send", send], timeout=30)
+        assert r.returncode == 0, r
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["closed"] and res["got"] == "", (send, res)
+    assert mm.delta("envsteer_h2_connections_total", {"event": "unknown_caller"}) == 3
+    assert mm.delta("envsteer_h2_connections_total", {"event": "accepted"}) == 0
+
+
+def silent_client(node, pod, hold):
+    r = node.run_in_pod(k(pod), [SYS_PY, os.path.join(HERE, "h2raw.py"), "--to", "%s:80" % node.vip["g"], "silent",
+                                 "--hold", str(hold)], timeout=hold + 30)
+    assert r.returncode == 0, r
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_silent_clients_time_out_and_one_pod_cannot_take_every_slot(h2node):
+    """Diverted connections that never send their first bytes: each pod may hold at most
+    --h2-max-clients-per-pod of them (beyond: closed at accept, counted), and each is closed
+    after --h2-opening-timeout-ms (counted). Meanwhile another pod's gRPC calls are served."""
+    node = h2node
+    node.stop_agent()
+    node.start_agent(["--h2-listen", "127.0.0.1:0", "--h2-opening-timeout-ms", "6000",
+                      "--h2-max-clients-per-pod", "3"])
+    mm = Metrics(node)
+    held = [fixtures.in_background(lambda: silent_client(node, "c-plain", 40)) for _ in range(3)]
+    harness.wait_until(lambda: metric(node, "envsteer_h2_clients") == 3, 20, what="3 silent clients accepted")
+    extra = silent_client(node, "c-plain", 5)
+    assert extra["closed"] and extra["got"] == "", extra
+    assert mm.delta("envsteer_h2_connections_total", {"event": "refused_max_clients_per_pod"}) == 1
+    # another pod is not held up by them
+    res = grpc_client(node, "c-p1", "%s:%d" % (node.vip["g"], GP), "mix", "--envs=dev.proj2,-", "--calls", "4")
+    exp = {"-": k("g-proj1"), "dev.proj2": k("g-proj2")}
+    assert all("error" not in a and a["pod"] == exp[a["env"]] for a in res["answers"]), res
+    for t, box in held:
+        t.join(60)
+        assert not t.is_alive() and "error" not in box, box
+        r = box["result"]
+        # closed by the endpoint, not before the timeout (measured from before the accept)
+        assert r["closed"] and r["got"] == "" and 5.5 <= r["after"] < 40, r
+    assert mm.delta("envsteer_h2_connections_total", {"event": "opening_timeout"}) == 3
+    harness.wait_until(lambda: metric(node, "envsteer_h2_clients") == 0, 10, what="all closed")
+
+
+def _listening_in(netns, ip, port):
+    code = "import socket; socket.create_connection((%r, %d), 1).close()" % (ip, port)
+    return subprocess.run(netns.prefix() + [harness.PYTHON, "-c", code], capture_output=True,
+                          timeout=20).returncode == 0
+
+
+def test_endpoint_on_the_agent_pods_own_address(e2e_prerequisites):
+    """The DaemonSet's shape: the agent in a network namespace of its own (hostNetwork: false)
+    under exactly the DaemonSet's capabilities, --h2-listen on that namespace's own address (what
+    $(POD_IP) gives it), pods in namespaces of their own behind a bridge. One gRPC channel from
+    an unlabelled pod: every call answered by its own env's pod, every server sees the calling
+    pod's address. The pod dialling the endpoint itself is closed unread (unknown_caller)."""
+    import topology
+    topo = topology.Topology("h2own", nodes=1, default_env="dev", agent_netns={1: "own"},
+                             agent_caps={1: topology.daemonset_caps()})
+    try:
+        topo.add_service("h2own", "g", 1, protocols=(), extra_ports=[grpc_port()])
+        pods = {"g-dev": topo.add_pod(1, "h2own", "g-dev", app="g", env="dev"),
+                "g-proj1": topo.add_pod(1, "h2own", "g-proj1", app="g", env="dev.proj1")}
+        cl = topo.add_pod(1, "h2own", "cl", app="cl")
+        topo.write()
+        node = topo.node(1)
+        for name, pod in pods.items():
+            node._popen([SYS_PY, GRPCSERVER, pod.ips[0], str(GP), pod.key], pod.cgroup_dir, "srv-%s.log" % name,
+                        pod.netns)
+            harness.wait_until(lambda: _listening_in(cl.netns, pod.ips[0], GP), 20, 0.2, "%s listening" % name)
+        agent_ip = topology.POD_V4 % (1, 10)  # the agent's namespace: the node's first pod address
+        node.start_agent(["--h2-listen", "%s:15002" % agent_ip])
+        assert node.status_http()["h2"]["listen"] == "%s:15002" % agent_ip
+        r = node.run_in_pod(cl.key, [SYS_PY, GRPCCLIENT, "--to", "%s:%d" % (topology.SVC_V4 % 1, GP), "mix",
+                                     "--envs", "dev.proj1,-", "--calls", "12", "--concurrency", "4"], timeout=90)
+        assert r.returncode == 0 and r.stdout.strip(), (r.returncode, r.stdout, node.agent_log_text(3000))
+        calls = json.loads(r.stdout.strip().splitlines()[-1])["answers"]
+        want = {"dev.proj1": pods["g-proj1"].key, "-": pods["g-dev"].key}
+        assert len(calls) == 12 and all("error" not in c and c["pod"] == want[c["env"]] and c["exact"]
+                                        for c in calls), calls
+        assert all(c["peer"].startswith("ipv4:%s:" % cl.ips[0]) for c in calls), calls
+        r = node.run_in_pod(cl.key, [SYS_PY, os.path.join(HERE, "h2raw.py"), "--to", "%s:15002" % agent_ip, "silent",
+                                     "--hold", "10", "--send", "PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n"],
+                            timeout=30)
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["closed"] and res["got"] == "", res
+        h2 = node.status_http()["h2"]
+        assert h2["counters"]["connections_total.unknown_caller"] == 1, h2
+        assert h2["counters"]["errors_total.pod_netns"] == 0, h2
+    finally:
+        topo.close()
+
 
 NODE_CLIENT = r"""
 const grpc = require('@grpc/grpc-js');
@@ -485,6 +638,15 @@ def test_undeclared_port_preface_is_counted(shared):
     r = node.run_in_pod(k("c-plain"), ["curl", "-sS", "--http2-prior-knowledge", "-H", "X-Virtual-Env: dev.proj1",
                                        "http://%s:81/" % shared.vip["u"]], timeout=30)
     assert r.returncode == 0 and json.loads(r.stdout)["pod"] == k("g-dev"), r  # the caller's env
+    # the operator is told what to declare: status (with the count) and explain (per port)
+    hints = node.status_http()["h2"]["hints"]
+    assert any("not declared HTTP/2" in h and "appProtocol" in h for h in hints), hints
+    ex = node.explain(k("c-plain"), k("u"))
+    assert all("per connection" in f["http2"] and "appProtocol" in f["http2"] for f in ex["frontends"]), ex
+    ex = node.explain(k("c-plain"), k("g"))
+    assert all(f["http2"].startswith("per stream") for f in ex["frontends"]), ex
+    ex = node.explain(k("c-plain"), k("one"))
+    assert all("http2" not in f for f in ex["frontends"]), ex  # one backend set: nothing to route per stream
 
 
 def test_shared_middle_tier_one_channel(shared):

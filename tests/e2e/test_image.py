@@ -21,7 +21,8 @@ context, capabilities, volumes, args, env and resources. What stands in for the 
   token and CA mounted where the kubelet mounts them, KUBERNETES_SERVICE_HOST/PORT set).
 
 Then: the probes (exec, as the kubelet runs them), /healthz, /readyz and /metrics, steering by
-the pod's environment and by a request's header (through the agent's relay), `envsteer
+the pod's environment and by a request's header (through the agent's relay), the HTTP/2
+endpoint on the pod IP routing one gRPC channel's calls per stream, `envsteer
 status` in the container, what differs from a real node (checked here, listed in
 daemonset/README.md), and a rolling update (old pod stopped, new pod from a new image tag on
 the same pins) under a bounded connect loop with no failed connect.
@@ -58,6 +59,11 @@ KASERVER = os.path.join(HERE, "kaserver.py")
 KALOAD = os.path.join(HERE, "kaload.py")
 B_VIP = "127.96.31.2"
 IL = "127.1.31.21"
+# service g: gRPC (port named "grpc": declared HTTP/2) with a dev and a dev.proj1 pod
+G_VIP = "127.96.31.3"
+GP = 50051
+G_PODS = (("g-dev", "127.1.31.31", "dev"), ("g-proj1", "127.1.31.32", "dev.proj1"))
+SYS_PY = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else harness.PYTHON
 POD = "envsteer-e2e-%d" % os.getpid()    # the agent's pod (container names start with it)
 TARGET_GZ_MIB = 60
 # the image of the agent under test: not the tag scripts/image.sh builds for users
@@ -317,6 +323,15 @@ def cluster(image, tmp_path_factory):
             {"envsteer.io/thread-context": "on"}))
         node.start_server(k("il"), script=os.path.join(HERE, "ctxserver.py"),
                           args=["--mode", "interleave", "--to", B_VIP + ":80"])
+        # service g: gRPC servers, for the HTTP/2 endpoint the DaemonSet turns on
+        api.create(fakeapi.make_service(NS, "g", G_VIP, [("grpc", GP, GP)], selector={"app": "g"}))
+        eps = []
+        for name, ip, e in G_PODS:
+            pod_ = node.kube_pod(name, ip, env=e, app="g")
+            node._popen([SYS_PY, os.path.join(HERE, "grpcserver.py"), ip, str(GP), k(name)],
+                        pod_.cgroup_dir, "grpc-%s.log" % name, pod_.netns)  # stopped with the node
+            eps.append((ip, True, name, NODE, node.uids[name]))
+        api.create(fakeapi.make_endpointslice(NS, "g-abcde", "g", eps, [("grpc", GP)]))
 
         node.knode = kube2podman.Node(NODE, podnet.path, sa, env["KUBERNETES_SERVICE_HOST"],
                                       env["KUBERNETES_SERVICE_PORT"],
@@ -410,6 +425,54 @@ def test_steers_by_pod_env_and_by_request_header(cluster, pod):
     assert [a["pod"] for a in res["answers"]] == [want[e] for e in envs], (res, pod.logs())
 
 
+def test_h2_endpoint_on_the_pod_ip_routes_grpc_per_stream(cluster, pod):
+    """The DaemonSet turns the HTTP/2 endpoint on at $(POD_IP):15002 (here the pod network's
+    127.0.0.1): one gRPC channel from c-dev (dev) to service g carries calls of dev.proj1 and
+    untagged ones, each answered by its own env's pod through the containerized agent; a
+    connection to the port that no pod's connect() was diverted for is closed unread."""
+    h2 = status(pod)["agent"]["h2"]
+    assert h2["listen"] == "%s:15002" % cluster.knode.pod_ip, h2
+    for name, ip, _ in G_PODS:
+        try:
+            wait_until(lambda: _tcp_ok(cluster, ip, GP), 20, 0.2, "grpc server %s" % ip)
+        except TimeoutError:
+            raise AssertionError(harness._read_file(os.path.join(cluster.log_dir, "grpc-%s.log" % name), 3000))
+    r = cluster.run_in_pod(k("c-dev"), [SYS_PY, os.path.join(HERE, "grpcclient.py"), "--to", "%s:%d" % (G_VIP, GP),
+                                        "mix", "--envs=dev.proj1,-", "--calls", "8"], timeout=90)
+    lines = (r.stdout or "").strip().splitlines()
+    assert r.returncode == 0 and lines, (r, pod.logs())
+    ans = json.loads(lines[-1])["answers"]
+    want = {"dev.proj1": k("g-proj1"), "-": k("g-dev")}
+    assert len(ans) == 8 and all("error" not in a and a["pod"] == want[a["env"]] and a["exact"] for a in ans), ans
+    h2 = status(pod)["agent"]["h2"]
+    assert h2["counters"]["connections_total.accepted"] >= 1, h2
+    assert h2["streams_by_outcome"].get("header", 0) >= 4 and h2["streams_by_outcome"].get("caller", 0) >= 4, h2
+    # straight to the endpoint, not through a diverted connect(): closed, nothing served
+    with in_netns(cluster.podnet.path):  # a socket belongs to the namespace it is made in
+        s = socket.create_connection((cluster.knode.pod_ip, 15002), 10)
+    try:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    except OSError:
+        pass
+    try:
+        got = s.recv(4096)
+    except ConnectionResetError:
+        got = b""
+    s.close()
+    assert got == b"", got
+    wait_until(lambda: status(pod)["agent"]["h2"]["counters"]["connections_total.unknown_caller"] >= 1, 10, 0.2,
+               "unknown_caller counted")
+
+
+def _tcp_ok(node, ip, port):
+    try:
+        with in_netns(node.podnet.path):  # a socket belongs to the namespace it is made in
+            socket.create_connection((ip, port), 1).close()
+        return True
+    except OSError:
+        return False
+
+
 def test_envsteer_status_inside_the_container(cluster, pod):
     r = pod.exec("envsteer", "status")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -457,7 +520,7 @@ def test_what_differs_from_a_host_process(cluster, pod):
     assert pod.exec("test", "-S", "/run/envsteer/admin.sock").returncode == 0
     # the pods were found by UID in kubelet's layout, as seen from inside the container
     model = status(pod)["agent"]["model"]
-    assert model["missing_cgroups"] == [] and model["local_pods"] == 7, model
+    assert model["missing_cgroups"] == [] and model["local_pods"] == 9, model
 
 
 def status(pod):

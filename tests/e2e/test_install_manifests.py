@@ -11,8 +11,8 @@ that would need a cluster or a manifest file, which comes before it touches the 
   tolerations, rolling updates) and only the capabilities BPF needs.
 - The admin surface (README "Security"): health and metrics on the pod's loopback, the API on
   a unix socket in an emptyDir, probes that exec `envsteer health` on that socket, only
-  /metrics on the pod IP, and a NetworkPolicy that admits only that port and only from
-  named sources.
+  /metrics and the HTTP/2 endpoint on the pod IP, and NetworkPolicies that admit the metrics
+  port only from named sources and the HTTP/2 port only from participating pods.
 - The agent accepts the DaemonSet's args with the ConfigMap's file, and the packaged config.
 - The systemd unit passes `systemd-analyze verify` as installed by `cmake --install`.
 - The Dockerfile's runtime stage installs the package of every library the binary links.
@@ -24,6 +24,7 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
 import harness
 
@@ -38,6 +39,7 @@ EXPECTED_KINDS = sorted([
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
     ("v1", "ConfigMap"),
     ("apps/v1", "DaemonSet"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
 ])
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
@@ -340,6 +342,12 @@ def admin_surface(c):
             flags.get("--metrics-bind", ""))
 
 
+def h2_port(c):
+    """The HTTP/2 endpoint's port (--h2-listen), or None when it is off."""
+    listen = parse_flags(c["args"]).get("--h2-listen", "")
+    return int(listen.rsplit(":", 1)[1]) if listen else None
+
+
 def test_daemonset_admin_tcp_is_loopback_only(ds):
     c = agent_container(ds)
     admin, _, metrics_bind = admin_surface(c)
@@ -347,16 +355,36 @@ def test_daemonset_admin_tcp_is_loopback_only(ds):
         host, _ = admin.rsplit(":", 1)
         assert host in LOOPBACK_HOSTS, "--admin %s: health and metrics stay on the pod's loopback" % admin
     ports = c.get("ports", [])
+    # on the pod IP: the metrics port (with --metrics-bind) and the HTTP/2 endpoint (with
+    # --h2-listen), each declared and named for the NetworkPolicies; nothing else
+    want = set()
+    if metrics_bind:
+        want.add(int(metrics_bind.rsplit(":", 1)[1]))
+    if h2_port(c) is not None:
+        want.add(h2_port(c))
+    assert sorted((p["containerPort"], p.get("protocol", "TCP")) for p in ports) == \
+        sorted((p, "TCP") for p in want), ports
+    assert all(p.get("name") for p in ports), ports
     if not metrics_bind:
-        assert not ports, "nothing listens on the pod IP without --metrics-bind: %s" % ports
         return
     _, port = metrics_bind.rsplit(":", 1)
-    # the only port on the pod IP is the metrics one, and it is named for the NetworkPolicy
-    assert [(p["containerPort"], p.get("protocol", "TCP")) for p in ports] == [(int(port), "TCP")], ports
-    assert ports[0].get("name"), ports
     ann = ds["spec"]["template"]["metadata"].get("annotations", {})
     if "prometheus.io/port" in ann:
         assert ann["prometheus.io/port"] == port, ann
+
+
+def test_daemonset_h2_endpoint_listens_on_the_pod_ip(ds):
+    """The HTTP/2 endpoint is on: on the pod's own IP from the downward API (the programs divert
+    pods' connections to that address; the agent does not use the host network), on the
+    declared port named h2."""
+    c = agent_container(ds)
+    assert ds["spec"]["template"]["spec"].get("hostNetwork") is not True
+    listen = parse_flags(c["args"]).get("--h2-listen", "")
+    m = re.fullmatch(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\):(\d+)", listen)
+    assert m, "--h2-listen must be $(POD_IP):PORT, got %r" % listen
+    env = {e["name"]: e for e in c.get("env", [])}
+    assert env[m.group(1)]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP", env.get(m.group(1))
+    assert resolve_port(c, "h2") == int(m.group(2))
 
 
 def test_daemonset_admin_socket_is_private_to_the_container(ds):
@@ -413,32 +441,57 @@ def test_daemonset_probe_commands_are_accepted_by_the_cli(ds, mtmp):
         assert rc == 1 and "agent not reachable at " + absent in out, (probe, cmd, out)
 
 
-def test_networkpolicy_admits_only_the_metrics_port_from_named_sources(objs, ds):
+def participation_selectors(cm_config):
+    """The labels that make a pod take part (configmap.yaml): the env label (any value) and the
+    participation selector (KEY=VALUE), as NetworkPolicy podSelectors."""
+    cfg = yaml.safe_load(cm_config[2]) or {}
+    assert cfg.get("participation", "selected") == "selected", \
+        "participation: all - the HTTP/2 policy must then admit every pod"
+    key, _, value = cfg.get("participationSelector", "envsteer.io/enabled=true").partition("=")
+    return [{"matchExpressions": [{"key": cfg.get("envLabel", "virtual-env"), "operator": "Exists"}]},
+            {"matchLabels": {key.strip(): value.strip()}}]
+
+
+def test_networkpolicies_admit_metrics_from_named_sources_and_h2_from_participating_pods(objs, ds, cm_config):
     c = agent_container(ds)
     _, _, metrics_bind = admin_surface(c)
+    metrics_port = int(metrics_bind.rsplit(":", 1)[1]) if metrics_bind else None
+    h2 = h2_port(c)
     pols = [o for o in objs if o["kind"] == "NetworkPolicy"]
     tmpl_labels = ds["spec"]["template"]["metadata"]["labels"]
     mine = [p for p in pols if all(tmpl_labels.get(k) == v
                                    for k, v in p["spec"]["podSelector"].get("matchLabels", {}).items())
             and p["spec"]["podSelector"].get("matchLabels")]
     assert mine, "no NetworkPolicy selects the agent's pods"
+    admitted = set()
     for p in mine:
         spec = p["spec"]
         assert "Ingress" in spec.get("policyTypes", []), spec
-        metrics_port = None
-        if metrics_bind:
-            metrics_port = int(metrics_bind.rsplit(":", 1)[1])
         for rule in spec.get("ingress", []):
-            assert metrics_port is not None, "an ingress rule while nothing is exposed: %s" % rule
             # never "from anywhere": every rule names its sources
             assert rule.get("from"), "ingress rule without from: %s" % rule
-            for src in rule["from"]:
-                assert "ipBlock" not in src or src["ipBlock"].get("cidr") not in ("0.0.0.0/0", "::/0"), src
-                assert src.get("namespaceSelector", {"x": 1}) != {}, "every namespace: %s" % src
             assert rule.get("ports"), "ingress rule for every port: %s" % rule
+            ports = set()
             for port in rule["ports"]:
                 assert port.get("protocol", "TCP") == "TCP"
-                assert resolve_port(c, port["port"]) == metrics_port, port
+                ports.add(resolve_port(c, port["port"]))
+            assert ports <= {metrics_port, h2} - {None}, "a rule for a port nothing serves: %s" % rule
+            assert len(ports) == 1, "one rule per port (their sources differ): %s" % rule
+            admitted |= ports
+            for src in rule["from"]:
+                assert "ipBlock" not in src or src["ipBlock"].get("cidr") not in ("0.0.0.0/0", "::/0"), src
+                if ports == {h2}:
+                    # pods of every namespace, but only those that take part: the ones whose
+                    # connections the programs divert there
+                    assert "podSelector" in src and "ipBlock" not in src, src
+                    assert src["podSelector"] in participation_selectors(cm_config), src
+                else:
+                    assert src.get("namespaceSelector", {"x": 1}) != {}, "every namespace: %s" % src
+    assert admitted == {metrics_port, h2} - {None}, admitted
+    # every participating pod is admitted to the HTTP/2 port
+    h2_sources = [src["podSelector"] for p in mine for rule in p["spec"].get("ingress", [])
+                  for src in rule["from"] if {resolve_port(c, x["port"]) for x in rule["ports"]} == {h2}]
+    assert all(sel in h2_sources for sel in participation_selectors(cm_config)), h2_sources
 
 
 def test_daemonset_host_mounts(ds, cm_config):
@@ -674,8 +727,9 @@ def test_daemonset_args_are_accepted_by_the_agent(ds, cm_config, mtmp):
                     f.write(cm_config[0]["data"][it["key"]])
             mapping[m["mountPath"].rstrip("/") + "/"] = d + "/"
     env = {}
+    downward = {"spec.nodeName": NODE, "status.podIP": "198.18.0.10"}
     for e in c.get("env", []):
-        env[e["name"]] = e.get("value", NODE if "fieldRef" in e.get("valueFrom", {}) else "x")
+        env[e["name"]] = e.get("value", downward.get(e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath"), "x"))
     args = []
     for a in c["args"]:
         a = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda mm: env.get(mm.group(1), mm.group(0)), a)

@@ -3,7 +3,10 @@
 // headers, and the kernel's walk over (fake) live maps.
 #include <gtest/gtest.h>
 
+#include <sys/socket.h>
+
 #include <cstring>
+#include <stdexcept>
 
 #include "fake_maps.h"
 #include "h2route.h"
@@ -248,6 +251,23 @@ TEST(H2Upgrade, ParsesTheUpgradeRequest) {
   EXPECT_EQ(e.env, "dev.proj1");
 }
 
+TEST(H2Upgrade, TheBodyLength) {
+  auto r = h2::parse_http1_request("POST / HTTP/1.1\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n");
+  EXPECT_EQ(r.content_length, 12);
+  r = h2::parse_http1_request("POST / HTTP/1.1\r\nContent-Length: 12\r\nContent-Length: 13\r\n\r\n");
+  EXPECT_EQ(r.content_length, -2);  // two lengths: not trusted
+  r = h2::parse_http1_request("POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n");
+  EXPECT_EQ(r.content_length, -2);
+  r = h2::parse_http1_request("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n");
+  EXPECT_EQ(r.content_length, -2);
+  r = h2::parse_http1_request("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+  EXPECT_TRUE(r.chunked && r.has_body);
+  EXPECT_EQ(r.content_length, -1);
+  r = h2::parse_http1_request("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+  EXPECT_EQ(r.content_length, 0);
+  EXPECT_FALSE(r.has_body);
+}
+
 TEST(H2Upgrade, WhatIsNotAnUpgrade) {
   auto r = h2::parse_http1_request("GET / HTTP/1.1\r\nHost: a\r\n");
   EXPECT_FALSE(r.complete);
@@ -265,6 +285,8 @@ TEST(H2Upgrade, WhatIsNotAnUpgrade) {
                               "http2-settings: \r\nContent-Length: 3\r\n\r\n");
   EXPECT_TRUE(r.upgrade_h2c);  // empty settings: allowed
   EXPECT_TRUE(r.has_body);
+  EXPECT_EQ(r.content_length, 3);
+  EXPECT_FALSE(r.chunked);
   r = h2::parse_http1_request("GET / HTTP/2.0\r\n\r\n");
   EXPECT_FALSE(r.valid);
   r = h2::parse_http1_request("GET / HTTP/1.1\r\n folded\r\n\r\n");
@@ -274,6 +296,26 @@ TEST(H2Upgrade, WhatIsNotAnUpgrade) {
   EXPECT_EQ(h2::upgrade_stream_headers(r).back(), (std::pair<std::string, std::string>{"te", "trailers"}));
   r = h2::parse_http1_request("POST /a HTTP/1.1\r\nTE: gzip\r\n\r\n");
   EXPECT_EQ(h2::upgrade_stream_headers(r).size(), 3u);
+}
+
+TEST(H2Listen, AddressesOfEitherFamily) {
+  auto a = h2::parse_listen("198.18.0.7:15002");
+  EXPECT_EQ(a.family, AF_INET);
+  EXPECT_EQ(a.host, "198.18.0.7");
+  EXPECT_EQ(a.port, 15002);
+  a = h2::parse_listen("[fd00::7]:15002");
+  EXPECT_EQ(a.family, AF_INET6);
+  EXPECT_EQ(a.host, "fd00::7");
+  // $(POD_IP):PORT in an IPv6 cluster: no brackets, the last colon is the port's
+  a = h2::parse_listen("fd00:18:0::7:15002");
+  EXPECT_EQ(a.family, AF_INET6);
+  EXPECT_EQ(a.host, "fd00:18:0::7");
+  EXPECT_EQ(a.port, 15002);
+  EXPECT_EQ(h2::parse_listen("127.0.0.1:0").port, 0);
+  EXPECT_THROW(h2::parse_listen("node-a:15002"), std::invalid_argument);  // no IP address
+  EXPECT_THROW(h2::parse_listen("10.0.0.1"), std::invalid_argument);
+  EXPECT_THROW(h2::parse_listen(":15002"), std::invalid_argument);
+  EXPECT_THROW(h2::parse_listen("10.0.0.1:70000"), std::invalid_argument);
 }
 
 }  // namespace
