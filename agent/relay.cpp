@@ -104,9 +104,12 @@ void Relay::reset_relay_socket() {
 }
 
 // Writes the relay settings with the bytes done so far (the kernel compares
-// them with what it framed: the total bound).
-void Relay::publish_done_total() {
+// them with what it framed: the total bound). Not all: only once a sixteenth of
+// the bound is done since the last write (the kernel's view lags by less; the
+// sweep writes the rest every 250 ms): one map write less per request.
+void Relay::publish_done_total(bool all) {
   if (done_total_ == done_total_published_) return;
+  if (!all && done_total_ - done_total_published_ < o_.max_total_bytes / 16) return;
   es_relay_cfg rc{};
   rc.relay = relay_cookie_;
   rc.max_frames = o_.max_frames;
@@ -331,13 +334,16 @@ void Relay::loop() {
     }
     if (relay_ready) on_relay_readable();
     if (events_ready) on_client_events();
+    bool swept = false;
     if (std::chrono::steady_clock::now() >= next_sweep) {
       sweep();
+      swept = true;
       next_sweep = std::chrono::steady_clock::now() + std::chrono::milliseconds(250);
     }
     reap_clients();
-    publish_done_total();
-    publish_pods();
+    flush_forgotten();
+    publish_done_total(swept);
+    publish_pods(swept);
     update_gauges();
   }
 }
@@ -394,6 +400,9 @@ void Relay::on_relay_readable() {
       return;
     }
     buf_.insert(buf_.end(), tmp, tmp + r);
+    // a short read drained the socket (epoll is level-triggered for it: more data wakes the loop
+    // again), so no recv that only says EAGAIN
+    bool drained = static_cast<size_t>(r) < sizeof(tmp);
     size_t off = 0;
     while (buf_.size() - off >= sizeof(es_relay_hdr)) {
       es_relay_hdr h{};
@@ -430,6 +439,7 @@ void Relay::on_relay_readable() {
       off += sizeof(h) + h.len;
     }
     buf_.erase(buf_.begin(), buf_.begin() + static_cast<long>(std::min(off, buf_.size())));
+    if (drained) break;
   }
   if (rotate_key_) {
     rotate_key_ = false;
@@ -472,9 +482,26 @@ void Relay::handle_frame(const es_relay_hdr& h, const uint8_t* payload, size_t n
   Client* c = client_for(h.client);
   if (!c) {  // refused (its pod's share), or gone: the frame is done with
     bytes_done(h.pod, n);
+    if (auto t = forgotten_.find(h.client); t != forgotten_.end())
+      t->second.pending -= std::min<uint64_t>(t->second.pending, n);
     return;
   }
   c->pod = h.pod;
+  // Frames the kernel counted before this one and the relay never read (a redirect refused
+  // for memory, a frame cut short or dropped here): their bytes are done with now, so that they
+  // do not hold the client's, its pod's and the total bounds.
+  uint32_t gap = h.before - static_cast<uint32_t>(c->seen);
+  if (gap && gap < (1u << 31)) {
+    c->seen += gap;
+    c->done.bytes += gap;
+    bytes_done(c->pod, gap);
+    count(RelayCounter::bytes_lost, gap);
+    spdlog::debug("per-request steering: client {}: {} bytes framed before frame {} never arrived", c->cookie, gap,
+                  h.seq);
+  } else if (gap) {
+    c->seen -= static_cast<uint32_t>(0u - gap);  // the kernel counted less than read (not expected)
+  }
+  c->seen += n;
   Frame f;
   f.seq = h.seq;
   f.svc_id = h.svc_id;
@@ -510,7 +537,9 @@ Relay::Client* Relay::client_for(uint64_t cookie) {
   Client& c = clients_[cookie];
   c.cookie = cookie;
   c.pod = rc.pod_cgroup;
+  c.rc = rc;
   c.ns = client_ns(cookie, rc.pod_cgroup);
+  if (!c.ns) pod_seen_[rc.pod_cgroup] = std::chrono::steady_clock::now();
   return &c;
 }
 
@@ -547,17 +576,14 @@ bool Relay::write_front(Client& c, Upstream& u) {
       f.off += static_cast<size_t>(w);
       continue;
     }
-    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      set_events(u, EPOLLRDHUP | EPOLLOUT);
-      return false;
-    }
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return false;  // resumed by the upstream's next EPOLLOUT edge (registered once, edge-triggered)
     spdlog::warn("per-request steering: forwarding to {} for client {} failed: {}", u.backend, c.cookie,
                  errstr(errno));
     count(RelayCounter::forward_failures);
     fail_client(c, RelayCounter::reset_forward);
     return false;
   }
-  if (u.want_out) set_events(u, EPOLLRDHUP);
   return true;
 }
 
@@ -587,13 +613,25 @@ void Relay::bytes_done(uint64_t pod, uint64_t n) {
   d += n;
 }
 
-void Relay::publish_pods() {
+// The same per pod: a pod's done bytes are written once a sixteenth of its
+// bound is done since the last write, or by the sweep.
+void Relay::publish_pods(bool all) {
+  if (pod_dirty_.empty()) return;
   std::sort(pod_dirty_.begin(), pod_dirty_.end());
   pod_dirty_.erase(std::unique(pod_dirty_.begin(), pod_dirty_.end()), pod_dirty_.end());
-  for (uint64_t pod : pod_dirty_)
-    if (auto it = pod_done_.find(pod); it != pod_done_.end())
-      bpf_map_update_elem(pod_done_map_, &pod, &it->second, BPF_ANY);
-  pod_dirty_.clear();
+  size_t keep = 0;
+  for (uint64_t pod : pod_dirty_) {
+    auto it = pod_done_.find(pod);
+    if (it == pod_done_.end()) continue;
+    auto pub = pod_published_.find(pod);
+    if (!all && pub != pod_published_.end() && it->second - pub->second < o_.max_pod_bytes / 16) {
+      pod_dirty_[keep++] = pod;
+      continue;
+    }
+    bpf_map_update_elem(pod_done_map_, &pod, &it->second, BPF_ANY);
+    pod_published_[pod] = it->second;
+  }
+  pod_dirty_.resize(keep);
 }
 
 }  // namespace envsteer

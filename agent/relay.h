@@ -92,6 +92,7 @@ struct RelayOptions {
 #define ES_RELAY_COUNTERS(X)                                                          \
   X(frames, "frames", "", "")                                                        \
   X(bytes, "bytes", "", "")                                                          \
+  X(bytes_lost, "bytes_lost", "", "")                                                \
   X(binds, "upstreams_opened", "", "")                                               \
   X(connects, "connects", "", "")                                                    \
   X(pool_taken, "pool_taken", "", "")                                                \
@@ -170,9 +171,13 @@ class Relay {
   };
   struct Client {
     uint64_t cookie = 0, pod = 0;
+    es_relay_client rc{};  // the kernel's entry when the client came (its addresses, for sock_diag)
     std::shared_ptr<const podnet::NetNs> ns;  // its pod's network namespace (nullptr: the agent's)
     std::deque<Frame> q;  // in order; the front one is being forwarded
     uint64_t q_bytes = 0;
+    // The kernel's count of the client's payload bytes (es_relay_client.bytes) accounted here:
+    // frames read, and frames counted that never arrived (a frame header's `before` says so).
+    uint64_t seen = 0;
     es_relay_done done{};
     std::vector<uint64_t> ups;  // upstream cookies
     bool failed = false;        // reset or gone: removed at the end of the loop's turn
@@ -191,7 +196,6 @@ class Relay {
     es_http_state req{};        // the relay's parse of the bytes it forwarded
     bool req_unframed = false;  // they were not HTTP/1.x requests: the counts cannot be trusted
     bool unbound = false;       // binding removed and client fenced: closed once it owes nothing
-    bool want_out = false;      // EPOLLOUT registered (a write is pending)
   };
   using SetKey = std::pair<uint32_t, uint32_t>;  // (svc_id, env_id)
   // A pool: the set, and the network namespace its upstreams come from (its
@@ -224,11 +228,11 @@ class Relay {
   void handle_frame(const es_relay_hdr& h, const uint8_t* payload, size_t n);
   Client* client_for(uint64_t cookie);
   void bytes_done(uint64_t pod, uint64_t n);
-  void publish_pods();
+  void publish_pods(bool all = true);
   void pump(Client& c);
   bool write_front(Client& c, Upstream& u);
   void frame_done(Client& c, uint64_t upstream);
-  void publish_done_total();
+  void publish_done_total(bool all = true);
   void count(RelayCounter c, uint64_t n = 1);
   void update_gauges();
   // relay_upstream.cpp: the upstreams and their pool
@@ -242,9 +246,8 @@ class Relay {
   Upstream* take_pooled(const PoolKey& k);
   void close_upstream(uint64_t cookie, RelayCounter why);
   void on_upstream_closed(Upstream& u);
-  void settle(Upstream& u);
+  bool settle(Upstream& u);  // true: the client is alive
   Snapshot owed(const Upstream& u) const;
-  void set_events(Upstream& u, uint32_t events);
   void warm_up(const PoolKey& k);
   // relay_sweep.cpp: clients gone, timeouts, pods gone, pool upkeep
   void on_client_events();
@@ -255,7 +258,11 @@ class Relay {
   void reap_clients();
   bool backend_in_set(const Upstream& u);
   void fail_client(Client& c, RelayCounter why);
-  void forget_client(uint64_t client);
+  // Removes the client's kernel entries. Bytes the kernel counted for it that the relay has not
+  // read (seen: those it has) are done with a second later, less what arrives meanwhile.
+  void forget_client(uint64_t client, uint64_t seen = 0);
+  void credit_forgotten();
+  void flush_forgotten();
   void resync_total();
   void find_lost_frames();
   struct Unfinished {
@@ -291,6 +298,8 @@ class Relay {
   std::map<uint64_t, Upstream> ups_;  // by upstream cookie
   std::unordered_map<uint64_t, Client> clients_;
   std::unordered_map<uint64_t, uint32_t> pod_clients_;  // pod cgroup -> clients here
+  // pod in the agent's own namespace -> its last new client
+  std::unordered_map<uint64_t, std::chrono::steady_clock::time_point> pod_seen_;
   std::map<PoolKey, std::deque<uint64_t>> pool_;        // pooled upstream cookies, oldest first
   std::map<PoolKey, Want> wanted_;                       // pools that recently needed one
   std::map<SetKey, std::vector<es_backend>> set_cache_;  // a sweep's view of the sets
@@ -302,8 +311,17 @@ class Relay {
   uint64_t done_total_ = 0, done_total_published_ = 0;
   std::unordered_map<uint64_t, uint64_t> pod_done_;  // pod cgroup -> bytes forwarded or dropped
   std::vector<uint64_t> pod_dirty_;                  // pods whose pod_done_ is not yet in the map
+  std::unordered_map<uint64_t, uint64_t> pod_published_;  // pod cgroup -> its pod_done_ last written
   std::chrono::steady_clock::time_point next_resync_{}, next_lost_check_{};
   std::unordered_map<uint64_t, uint32_t> lost_suspects_;  // client -> frames sent, seen missing once
+  // Clients forgotten with bytes counted by the kernel and not read here: their frames on the
+  // way are subtracted as they come; the rest never arrives and is done with a second later.
+  struct Forgotten {
+    uint64_t pod = 0, pending = 0;
+    std::chrono::steady_clock::time_point at;
+  };
+  std::unordered_map<uint64_t, Forgotten> forgotten_;
+  std::vector<uint64_t> done_stale_;  // es_relay_done entries to delete (one batch per loop turn)
   uint64_t queued_bytes_ = 0;
   std::thread thread_;
   std::atomic<bool> running_{false};

@@ -25,17 +25,22 @@ using namespace relay_detail;
 
 // A sock_diag request for the client connection (its exact socket: addresses
 // and cookie): SOCK_DESTROY, or SOCK_DIAG_BY_FAMILY with ext (a query whose
-// INET_DIAG_INFO takes the socket's lock). 0 or an errno.
+// INET_DIAG_INFO takes the socket's lock). 0 or an errno; -1: not a client the
+// relay holds or the kernel has an es_relay_clients entry of.
 // One netlink socket, kept: every request is answered within sendto(), and
 // its answers (a diag message, then the acknowledgement) are read at once.
 // The request goes to the sock_diag of the client's own network namespace
 // (its pod's): a socket is found only by a netlink socket of its namespace.
 int Relay::client_diag(uint64_t client, uint16_t type, uint8_t ext) {
   es_relay_client rc{};
-  if (bpf_map_lookup_elem(clients_map_, &client, &rc) != 0) return ENOENT;
   std::shared_ptr<const podnet::NetNs> ns;
-  if (auto it = clients_.find(client); it != clients_.end()) ns = it->second.ns;
-  else ns = client_ns(client, rc.pod_cgroup);
+  if (auto it = clients_.find(client); it != clients_.end()) {
+    rc = it->second.rc;  // its addresses do not change
+    ns = it->second.ns;
+  } else {
+    if (bpf_map_lookup_elem(clients_map_, &client, &rc) != 0) return -1;
+    ns = client_ns(client, rc.pod_cgroup);
+  }
   int fd = diag_socket(ns.get());
   if (fd < 0) return errno;
   struct {
@@ -115,10 +120,20 @@ std::shared_ptr<const podnet::NetNs> Relay::client_ns(uint64_t client, uint64_t 
 }
 
 // Handles of pods with no client here are dropped (a handle keeps its
-// namespace alive), and so are sock_diag sockets of namespaces not in use.
+// namespace alive), and so are sock_diag sockets of namespaces not in use. A
+// pod in the agent's own namespace (no namespace handle, only its process's
+// pidfd) keeps its entry for two seconds after its last new client, so that a
+// pod whose clients come one after another is not looked up again for each.
 void Relay::drop_pod_nets() {
-  for (uint64_t pod : nets_.pods())
-    if (!pod_clients_.count(pod)) nets_.forget(pod);
+  auto now = std::chrono::steady_clock::now();
+  for (uint64_t pod : nets_.pods()) {
+    if (pod_clients_.count(pod)) continue;
+    auto seen = pod_seen_.find(pod);
+    if (seen != pod_seen_.end() && now - seen->second < std::chrono::seconds(2)) continue;
+    nets_.forget(pod);
+    if (seen != pod_seen_.end()) pod_seen_.erase(seen);
+  }
+  std::erase_if(pod_seen_, [&](const auto& e) { return now - e.second >= std::chrono::seconds(2); });
   std::set<uint64_t> live;
   for (const auto& [k, c] : clients_)
     if (c.ns) live.insert(c.ns->ino);
@@ -131,9 +146,8 @@ void Relay::drop_pod_nets() {
 }
 
 bool Relay::destroy_client(uint64_t client) {
-  es_relay_client rc{};
-  if (bpf_map_lookup_elem(clients_map_, &client, &rc) != 0) return false;
   int err = client_diag(client, SOCK_DESTROY, 0);
+  if (err == -1) return false;  // not a client the kernel framed for
   if (err == 0) {
     count(RelayCounter::clients_destroyed);
     spdlog::info("per-request steering: client connection {} reset", client);

@@ -42,6 +42,9 @@ void Relay::on_client_events() {
   std::vector<uint64_t> gone;
   gone.swap(gone_);
   count(RelayCounter::client_events, gone.size());
+  // a closing client signals FIN_WAIT1 and CLOSE, usually read together: handled once
+  std::sort(gone.begin(), gone.end());
+  gone.erase(std::unique(gone.begin(), gone.end()), gone.end());
   for (uint64_t c : gone) on_client_gone(c);
   reap_clients();
 }
@@ -92,15 +95,65 @@ void Relay::reap_clients() {
     queued_bytes_ -= c.q_bytes;
     if (auto p = pod_clients_.find(c.pod); p != pod_clients_.end() && --p->second == 0) pod_clients_.erase(p);
     for (uint64_t k : c.ups) close_upstream(k, RelayCounter::kCount);
+    uint64_t seen = c.seen;
     clients_.erase(it);
-    forget_client(cookie);
+    forget_client(cookie, seen);
   }
   dead_.clear();
 }
 
-void Relay::forget_client(uint64_t client) {
-  bpf_map_delete_elem(clients_map_, &client);
-  bpf_map_delete_elem(done_, &client);
+void Relay::forget_client(uint64_t client, uint64_t seen) {
+  es_relay_client rc{};
+  int r = bpf_map_lookup_and_delete_elem(clients_map_, &client, &rc);
+  if (r != 0 && r != -ENOENT) {  // a hash map's lookup-and-delete needs Linux 5.14
+    r = bpf_map_lookup_elem(clients_map_, &client, &rc);
+    bpf_map_delete_elem(clients_map_, &client);
+  }
+  done_stale_.push_back(client);
+  if (r == 0 && rc.bytes > seen) {
+    Forgotten& f = forgotten_[client];
+    f.pod = rc.pod_cgroup;
+    f.pending = rc.bytes - seen;
+    f.at = std::chrono::steady_clock::now();
+  }
+}
+
+// es_relay_done entries of forgotten clients, in batches (a hash map's batch delete stops at a
+// key it does not have: that one is skipped).
+void Relay::flush_forgotten() {
+  for (size_t i = 0; i < done_stale_.size();) {
+    __u32 want = static_cast<__u32>(std::min<size_t>(done_stale_.size() - i, 1024)), n = want;
+    LIBBPF_OPTS(bpf_map_batch_opts, opts);
+    int r = bpf_map_delete_batch(done_, done_stale_.data() + i, &n, &opts);
+    if (r == 0) {
+      i += want;
+    } else if (r == -ENOENT && n < want) {
+      i += n + 1;  // n deleted, then one it does not have
+    } else {  // no batch operations (Linux < 5.6): one by one
+      for (; i < done_stale_.size(); i++) bpf_map_delete_elem(done_, &done_stale_[i]);
+    }
+  }
+  done_stale_.clear();
+}
+
+// Bytes of forgotten clients that have not arrived a second later never will: done with,
+// counted. (A frame is queued on the relay socket within its sender's send(); the lost-frame
+// check relies on the same second.)
+void Relay::credit_forgotten() {
+  auto now = std::chrono::steady_clock::now();
+  for (auto it = forgotten_.begin(); it != forgotten_.end();) {
+    if (now - it->second.at < std::chrono::seconds(1)) {
+      ++it;
+      continue;
+    }
+    if (it->second.pending) {
+      bytes_done(it->second.pod, it->second.pending);
+      count(RelayCounter::bytes_lost, it->second.pending);
+      spdlog::debug("per-request steering: client {}: {} framed bytes never reached the relay", it->first,
+                    it->second.pending);
+    }
+    it = forgotten_.erase(it);
+  }
 }
 
 // Whether u's pod still serves its set (a sweep reads each set once).
@@ -158,6 +211,7 @@ void Relay::sweep() {
     if (!clients_.count(c) && !client_alive(c)) forget_client(c);
   }
   find_lost_frames();
+  credit_forgotten();
   resync_total();
   drop_pod_nets();
 }
@@ -253,12 +307,16 @@ void Relay::sweep_upstream(Upstream& u) {
 }
 
 // The programs add every frame's bytes to es_relay_acct and es_relay_pods; a
-// frame they counted but could not deliver (a failed redirect) would hold the
-// bounds for ever. When every client's frames are done, the accounts are
-// exact: take them, and drop the entries of pods that have no client here.
-// Checked when the total is off, else every 10 s (a walk of es_relay_clients).
+// frame they counted but could not deliver (a failed redirect) is done with by
+// handle_frame() or credit_forgotten(). A safety net besides: when the relay
+// holds no client and every frame is done, the accounts are exact: take them,
+// and drop the pods' entries. Checked when the total is off, else every 10 s
+// (a walk of es_relay_clients).
 void Relay::resync_total() {
-  if (queued_bytes_ != 0) return;
+  // Only with no client held here and none forgotten with bytes pending: the bytes of frames
+  // that never arrived are done with by handle_frame() (a gap before a client's next frame) and
+  // credit_forgotten(); a resync while one of them is under way would count them twice.
+  if (queued_bytes_ != 0 || !forgotten_.empty() || !clients_.empty()) return;
   uint32_t zero = 0;
   es_relay_acct acct{};
   if (bpf_map_lookup_elem(acct_, &zero, &acct) != 0) return;
@@ -285,6 +343,7 @@ void Relay::resync_total() {
       bpf_map_delete_elem(pods_, &pod);
       bpf_map_delete_elem(pod_done_map_, &pod);
       pod_done_.erase(pod);
+      pod_published_.erase(pod);
     }
   }
 }

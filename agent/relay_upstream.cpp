@@ -134,8 +134,11 @@ Relay::Upstream* Relay::start_connect(uint32_t svc_id, uint32_t env_id, uint64_t
   u.be = be;
   u.backend = where;
   u.since = std::chrono::steady_clock::now();
-  add_epoll(epoll_.get(), u.fd.get(), EPOLLOUT | EPOLLRDHUP, cookie);
-  u.want_out = true;
+  // Registered once for the upstream's life, edge-triggered: EPOLLOUT when the connect is done
+  // and again only after a send found the socket full; EPOLLRDHUP when the server closes. No
+  // epoll_ctl per state change (pooled, bound, writing). A pooled upstream's unexpected data is
+  // found when it is taken (peer_closed) or by the pool's idle close.
+  add_epoll(epoll_.get(), u.fd.get(), EPOLLOUT | EPOLLRDHUP | EPOLLET, cookie);
   if (!client) warming_[pool_key(u)]++;
   return &u;
 }
@@ -165,7 +168,6 @@ void Relay::finish_connect(Upstream& u) {
   u.client = 0;
   u.state = UpState::Pooled;
   u.since = std::chrono::steady_clock::now();
-  set_events(u, EPOLLIN | EPOLLRDHUP);
   pool_[key].push_back(u.cookie);
   pool_size_++;
 }
@@ -176,8 +178,12 @@ void Relay::finish_connect(Upstream& u) {
 bool Relay::register_upstream(Upstream& u) {
   es_rsp rz{};
   uint64_t fdv = static_cast<uint64_t>(u.fd.get());
-  return bpf_map_update_elem(rsp_, &u.cookie, &rz, BPF_ANY) == 0 &&
-         bpf_map_update_elem(sockhash_, &u.cookie, &fdv, BPF_ANY) == 0;
+  if (bpf_map_update_elem(rsp_, &u.cookie, &rz, BPF_ANY) != 0) return false;
+  if (bpf_map_update_elem(sockhash_, &u.cookie, &fdv, BPF_ANY) == 0) return true;
+  int e = errno;
+  bpf_map_delete_elem(rsp_, &u.cookie);  // close_upstream() of a connecting upstream leaves es_rsp alone
+  errno = e;
+  return false;
 }
 
 // Responses must find their client before the request leaves: the upstream
@@ -201,7 +207,6 @@ void Relay::bind_upstream(Upstream& u, Client& c) {
     fail_client(c, RelayCounter::reset_no_upstream);
     return;
   }
-  set_events(u, EPOLLRDHUP);
   count(RelayCounter::binds);
   spdlog::debug("per-request steering: client {} -> {} (svc {}, env {}) bound", c.cookie, u.backend, u.svc_id,
                 u.env_id);
@@ -243,25 +248,17 @@ void Relay::close_upstream(uint64_t cookie, RelayCounter why) {
   if (it == ups_.end()) return;
   Upstream& u = it->second;
   PoolKey key = pool_key(u);
-  if (u.state == UpState::Bound) unbind(u);
+  if (u.state == UpState::Bound && !u.unbound) unbind(u);
   if (u.state == UpState::Connecting && !u.client) warming_[key]--;
   if (u.state == UpState::Pooled) pool_size_ -= std::erase(pool_[key], cookie);
   if (u.client)
     if (auto c = clients_.find(u.client); c != clients_.end()) std::erase(c->second.ups, cookie);
-  bpf_map_delete_elem(upstreams_, &cookie);
-  epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, u.fd.get(), nullptr);
-  bpf_map_delete_elem(rsp_, &cookie);
+  if (u.state == UpState::Bound) bpf_map_delete_elem(upstreams_, &cookie);  // only a bind writes it
+  if (u.state != UpState::Connecting) bpf_map_delete_elem(rsp_, &cookie);  // written when connected
+  // (the close below takes the socket out of the epoll set and the sockhash)
   if (why != RelayCounter::kCount) count(why);
   spdlog::debug("per-request steering: upstream {} of client {} closed", u.backend, u.client);
   ups_.erase(it);  // closes the socket (and takes it out of the sockhash)
-}
-
-void Relay::set_events(Upstream& u, uint32_t events) {
-  epoll_event ev{};
-  ev.events = events;
-  ev.data.u64 = u.cookie;
-  epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, u.fd.get(), &ev);
-  u.want_out = events & EPOLLOUT;
 }
 
 void Relay::on_upstream_event(uint64_t cookie, uint32_t events) {
@@ -273,10 +270,8 @@ void Relay::on_upstream_event(uint64_t cookie, uint32_t events) {
       finish_connect(u);
       return;
     case UpState::Pooled:
-      // a pooled upstream must stay quiet: data or a close spoil it
-      close_upstream(cookie, (events & EPOLLIN) && !(events & (EPOLLRDHUP | EPOLLHUP))
-                                 ? RelayCounter::closed_spoiled
-                                 : RelayCounter::closed_by_server);
+      // a pooled upstream must stay quiet: a close spoils it (data is found when it is taken)
+      if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) close_upstream(cookie, RelayCounter::closed_by_server);
       return;
     case UpState::Bound:
       if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
@@ -284,29 +279,32 @@ void Relay::on_upstream_event(uint64_t cookie, uint32_t events) {
       } else if (events & EPOLLOUT) {
         auto c = clients_.find(u.client);
         if (c != clients_.end() && !c->second.failed) pump(c->second);
-        else set_events(u, EPOLLRDHUP);
       }
       return;
   }
 }
 
-// Removes the binding of u's (client, set) when it still names this upstream:
-// new requests of the client for that set then take the slow path.
+// Removes the binding of u's (client, set): new requests of the client for
+// that set then take the slow path. Called once per bound upstream (settle(),
+// or close_upstream() of one not yet settled); while u is bound and not
+// settled, the binding names u (a client's next upstream for the set is bound
+// only after this one is settled).
 void Relay::unbind(const Upstream& u) {
   es_bind_key bk{u.client, u.svc_id, u.env_id};
-  es_bind b{};
-  if (bpf_map_lookup_elem(binds_, &bk, &b) == 0 && b.upstream == u.cookie) bpf_map_delete_elem(binds_, &bk);
+  bpf_map_delete_elem(binds_, &bk);
 }
 
 // Unbinds u, then fences its client: the sk_msg program runs under the client
 // socket's lock and counts a kernel-path request (es_rsp.reqs) in the run that
 // found the binding, so once a query that takes that lock has returned, every
 // request that could still reach u is in the count, and no later one reaches it.
-void Relay::settle(Upstream& u) {
-  if (u.unbound || u.state != UpState::Bound) return;
+bool Relay::settle(Upstream& u) {
+  bool alive = client_alive(u.client);
+  if (u.unbound || u.state != UpState::Bound) return alive;
   unbind(u);
   u.unbound = true;
-  if (client_alive(u.client)) client_diag(u.client, SOCK_DIAG_BY_FAMILY, 1u << (INET_DIAG_INFO - 1));
+  if (alive) client_diag(u.client, SOCK_DIAG_BY_FAMILY, 1u << (INET_DIAG_INFO - 1));
+  return alive;
 }
 
 Relay::Snapshot Relay::owed(const Upstream& u) const {
@@ -349,17 +347,19 @@ const char* owed_str(int o) {
 // The server closed or reset the upstream. Decided from what it owes the
 // client, whichever of this and the sweep came first.
 void Relay::on_upstream_closed(Upstream& u) {
-  int err = 0;
-  socklen_t l = sizeof(err);
-  getsockopt(u.fd.get(), SOL_SOCKET, SO_ERROR, &err, &l);
-  settle(u);
+  bool alive = settle(u);
   Snapshot s = owed(u);
   uint64_t client = u.client;
-  bool alive = client_alive(client);
   bool reset = alive && s.owed != Owed::Nothing;
   // A close with nothing owed is the normal end of an upstream (a server's
   // keep-alive timeout, "Connection: close"): logged at debug, not per request.
-  spdlog::log(reset ? spdlog::level::info : spdlog::level::debug,
+  auto level = reset ? spdlog::level::info : spdlog::level::debug;
+  int err = 0;
+  if (spdlog::should_log(level)) {
+    socklen_t l = sizeof(err);
+    getsockopt(u.fd.get(), SOL_SOCKET, SO_ERROR, &err, &l);
+  }
+  spdlog::log(level,
               "per-request steering: upstream {} of client {} {} by the server with {} ({} requests, {} answered): {}",
               u.backend, client, err ? "reset (" + errstr(err) + ")" : std::string("closed"),
               owed_str(static_cast<int>(s.owed)), s.reqs, s.done,

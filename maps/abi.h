@@ -360,7 +360,11 @@ struct es_relay_hdr {
 	__u32 svc_id;
 	__u32 env_id;
 	__u32 seq;
-	__u32 flags;
+	/* Low 32 bits of the client's payload bytes framed before this frame
+	 * (es_relay_client.bytes): more than the agent has read of the client
+	 * says frames were counted that never arrived (a redirect refused for
+	 * memory): their bytes are done with at once, not held in the bounds. */
+	__u32 before;
 	__u64 pod; /* the client's pod (es_sock.pod_cgroup): whose share the bytes are */
 	__u64 key; /* es_relay_cfg.key: a header the agent reads is one the programs wrote */
 };

@@ -690,7 +690,7 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	const struct es_relay_done *done;
 	struct es_relay_acct *acct;
 	struct es_relay_hdr *h;
-	__u64 cookie = c->sock->cookie, relay, done_bytes, framed;
+	__u64 cookie = c->sock->cookie, relay, done_bytes, framed, before = 0;
 	__u32 zero = 0, seq;
 	void *d, *e;
 
@@ -757,6 +757,7 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 			return -1;
 		}
 	} else {
+		before = rcl->bytes;
 		rcl->sent = seq;
 		rcl->bytes += len;
 	}
@@ -777,7 +778,7 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	h->svc_id = c->tx->v.route.svc_id;
 	h->env_id = c->tx->v.route.env_id;
 	h->seq = seq;
-	h->flags = 0;
+	h->before = (__u32)before;
 	h->pod = c->sock->pod_cgroup;
 	h->key = rc->key;
 	bpf_msg_apply_bytes(msg, len + ES_RELAY_HDR_LEN == msg->size ? 0 : len + ES_RELAY_HDR_LEN);

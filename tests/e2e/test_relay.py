@@ -8,6 +8,8 @@ what the victim sees and on the bounds. The slow-server attack on a victim is in
 test_relay_stress.py."""
 import json
 import os
+import struct
+import subprocess
 import time
 
 import fixtures
@@ -25,15 +27,19 @@ RELAYLOAD = os.path.join(HERE, "relayload.py")
 k = fixtures.keyer(NS)
 
 
-def build(make_node, name, extra_args=()):
+def build(make_node, name, extra_args=(), proj2=False):
     node = make_node(name, default_env="dev")
     node.add_service(NS, "s", VIP, 80, 8080)
     node.add_pod(NS, "s-dev", "127.1.61.1", app="s", env="dev")
     node.add_pod(NS, "s-proj1", "127.1.61.2", app="s", env="dev.proj1")
+    servers = ["s-dev", "s-proj1"]
+    if proj2:
+        node.add_pod(NS, "s-proj2", "127.1.61.3", app="s", env="dev.proj2")
+        servers.append("s-proj2")
     node.add_pod(NS, "c-att", "127.1.61.11", app="c", env="dev")
     node.add_pod(NS, "c-vic", "127.1.61.12", app="c", env="dev")
     node.write_manifests()
-    for p in ("s-dev", "s-proj1"):
+    for p in servers:
         node.start_server(k(p), script=KASERVER)
     node.start_agent(list(extra_args))
     return node
@@ -139,3 +145,89 @@ def test_connection_per_request_reuses_warm_upstreams(make_node):
     node.remove_pod(k("s-proj1"))
     harness.wait_until(lambda: relay(node)["upstreams_pooled"] == 0, timeout=10,
                        what="the pooled upstreams of the removed pod closed")
+
+
+# ------------------------------------------------------------------ the programs' byte accounts
+
+
+def _map(node, name):
+    return os.path.join(node.pin_dir, "maps", name)
+
+
+def map_dump(node, name):
+    """{key bytes: value bytes} of a pinned map (bpftool)."""
+    r = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", _map(node, name)], capture_output=True,
+                       text=True, timeout=30, check=True)
+    out = {}
+    for e in json.loads(r.stdout):
+        out[bytes(int(x, 16) for x in e["key"])] = bytes(int(x, 16) for x in e["value"])
+    return out
+
+
+def map_update(node, name, key, value):
+    subprocess.run(["bpftool", "map", "update", "pinned", _map(node, name), "key", "hex"] +
+                   ["%02x" % b for b in key] + ["value", "hex"] + ["%02x" % b for b in value],
+                   check=True, capture_output=True, timeout=30)
+
+
+def lose_frame(node, client_key, nbytes, sent=0):
+    """What a frame refused by the relay socket (ENOMEM under TCP memory pressure) leaves behind:
+    the programs counted its bytes for the client (es_relay_clients, `sent` frames more), its pod
+    (es_relay_pods) and in all (es_relay_acct), and it never arrives."""
+    rc = bytearray(map_dump(node, "es_relay_clients")[client_key])
+    s, b, pod = struct.unpack_from("<I4xQQ", rc, 40)
+    struct.pack_into("<I4xQ", rc, 40, s + sent, b + nbytes)
+    map_update(node, "es_relay_clients", client_key, bytes(rc))
+    zero = struct.pack("<I", 0)
+    framed = struct.unpack("<Q", map_dump(node, "es_relay_acct")[zero])[0]
+    map_update(node, "es_relay_acct", zero, struct.pack("<Q", framed + nbytes))
+    pk = struct.pack("<Q", pod)
+    framed = struct.unpack("<Q", map_dump(node, "es_relay_pods")[pk])[0]
+    map_update(node, "es_relay_pods", pk, struct.pack("<Q", framed + nbytes))
+    return pod
+
+
+def accounts_even(node, pod):
+    """The bytes framed for the relay, in all and for the pod, are all done with."""
+    pk = struct.pack("<Q", pod)
+    framed = struct.unpack("<Q", map_dump(node, "es_relay_pods").get(pk, bytes(8)))[0]
+    done = struct.unpack("<Q", map_dump(node, "es_relay_pod_done").get(pk, bytes(8)))[0]
+    return relay(node)["inflight_bytes"] == 0 and framed == done
+
+
+def test_frames_counted_but_never_delivered_do_not_hold_the_bounds(make_node):
+    """Issue 14: a frame the programs counted that never reaches the relay (its redirect refused
+    for memory) must not hold the byte bounds of its client, its pod and the node. Its bytes are
+    done with when the client's next frame arrives (its header says how many bytes the kernel had
+    framed before it), or, when none comes, a second after the client is given up (the relay's
+    lost-frame check resets it). Both shapes are made by hand in the programs' maps."""
+    node = build(make_node, "phantom", proj2=True)
+    go1, go2 = os.path.join(node.tmp, "go1"), os.path.join(node.tmp, "go2")
+    t, box = fixtures.in_background(lambda: run_json(
+        node, "c-vic", [harness.PYTHON, KALOAD, "--to", TO, "--sequence",
+                        ",".join(["dev.proj1", "@wait:" + go1, "dev.proj2", "@wait:" + go2]),
+                        "--timeout", "10"], timeout=90))
+    harness.wait_until(lambda: os.path.exists(go1 + ".reached") or not t.is_alive(), timeout=30,
+                       what="the client's first answer")
+    clients = map_dump(node, "es_relay_clients")
+    assert len(clients) == 1, clients
+    key = next(iter(clients))
+    # a lost frame, then the client's next re-routed request: the gap is done with at once
+    pod = lose_frame(node, key, 40000)
+    open(go1, "w").close()
+    harness.wait_until(lambda: os.path.exists(go2 + ".reached") or not t.is_alive(), timeout=30,
+                       what="the client's second answer")
+    st = relay(node)
+    assert st["bytes_lost"] == 40000 and st["client_resets"]["relay_stream_lost"] == 0, st
+    harness.wait_until(lambda: accounts_even(node, pod), timeout=5, what="the lost frame's bytes done with")
+    # a lost last frame: nothing follows it; the client is reset, its bytes done with
+    lose_frame(node, key, 30000, sent=1)
+    harness.wait_until(lambda: relay(node)["bytes_lost"] == 70000, timeout=10,
+                       what="the lost last frame's bytes done with")
+    assert relay(node)["client_resets"]["relay_stream_lost"] == 1, relay(node)
+    harness.wait_until(lambda: accounts_even(node, pod), timeout=5, what="the accounts even")
+    open(go2, "w").close()
+    t.join(60)
+    assert "error" not in box, box
+    a = box["result"]["answers"]
+    assert [x.get("pod") for x in a] == ["rl/s-proj1", "rl/s-proj2"] and box["result"]["connects"] == 1, box

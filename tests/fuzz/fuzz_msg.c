@@ -793,9 +793,9 @@ static void fk_relay_byte(uint8_t b, int32_t t)
 		if (fd.hpos < ES_RELAY_HDR_LEN)
 			return;
 		memcpy(&h, fd.hdr, sizeof(h));
-		if (h.magic != ES_RELAY_MAGIC || h.client != FK_CONN_COOKIE || h.svc_id != FK_SVC || h.flags)
-			violation("relay: bad frame header (magic %#x client %#llx svc %u flags %u)", h.magic,
-				  (unsigned long long)h.client, h.svc_id, h.flags);
+		if (h.magic != ES_RELAY_MAGIC || h.client != FK_CONN_COOKIE || h.svc_id != FK_SVC)
+			violation("relay: bad frame header (magic %#x client %#llx svc %u)", h.magic,
+				  (unsigned long long)h.client, h.svc_id);
 		if (h.seq != fd.seq + 1)
 			violation("relay: frame seq %u after %u", h.seq, fd.seq);
 		if (!h.env_id || h.env_id > FK_MAX_ENV || h.env_id == fk.sock.env_id)
