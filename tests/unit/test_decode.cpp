@@ -598,8 +598,8 @@ TEST(AddObject, UnknownKind) {
                          st);
             }),
             "Deployment shop/web: kind: unknown kind \"Deployment\" with apiVersion \"apps/v1\" "
-            "(supported: v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice, and lists of "
-            "them)");
+            "(supported: v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice, v1 Namespace, "
+            "and lists of them)");
   // Right kind, wrong version.
   EXPECT_THAT(error_of([&] {
                 add_object(Y("{apiVersion: discovery.k8s.io/v1beta1, kind: EndpointSlice, "
