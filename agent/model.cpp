@@ -557,8 +557,16 @@ struct IncrementalModel::Impl : public Lookup {
 
   // indexes from an object to what depends on it
   std::map<NsName, std::set<std::string>> slices_by_svc;  // slice keys
-  std::map<std::string, std::set<std::string>> pods_by_ns, services_by_ns;
-  std::map<LabelKey, std::set<std::string>> pods_by_label;  // only with selector_fallback
+  // Pods are indexed by their entries in c.pods (stable while they are there;
+  // ordered by key): a pointer per index entry, not a copy of the name.
+  using PodEntry = const std::pair<const std::string, k8s::Pod>*;
+  struct ByKey {
+    bool operator()(PodEntry a, PodEntry b) const { return a->first < b->first; }
+  };
+  using PodSet = std::set<PodEntry, ByKey>;
+  std::map<std::string, PodSet> pods_by_ns;
+  std::map<std::string, std::set<std::string>> services_by_ns;
+  std::map<LabelKey, PodSet> pods_by_label;  // only with selector_fallback
   std::map<es_frontend_key, std::set<std::string>, maps::BytesLess<es_frontend_key>> claimants;
   std::map<std::string, SvcInfo> svcs;
   std::map<std::string, std::set<std::string>> svc_by_pod;
@@ -585,7 +593,7 @@ struct IncrementalModel::Impl : public Lookup {
   void for_each_candidate(const std::string& ns, const k8s::Labels& selector,
                           const std::function<void(const k8s::Pod&)>& fn) const override {
     if (const auto* best = smallest_candidates(pods_by_ns, pods_by_label, ns, selector))
-      for (const auto& k : *best) fn(c.pods.at(k));
+      for (PodEntry e : *best) fn(e->second);
   }
   bool pod_skipped(const std::string& pod) const override { return skipped_pods.count(pod) > 0; }
   const EnvName* pod_env(const std::string& pod) const override {
@@ -725,8 +733,10 @@ struct IncrementalModel::Impl : public Lookup {
     }
   }
 
-  void index_pod(const k8s::Pod& p, const std::string& key, bool add) {
-    auto upd = [&](std::set<std::string>& s) { add ? (void)s.insert(key) : (void)s.erase(key); };
+  // Index (or unindex) pod entry `e` of c.pods, with the labels it has now.
+  void index_pod(const std::pair<const std::string, k8s::Pod>& e, bool add) {
+    const k8s::Pod& p = e.second;
+    auto upd = [&](PodSet& s) { add ? (void)s.insert(&e) : (void)s.erase(&e); };
     upd(pods_by_ns[p.ns]);
     if (o.selector_fallback)
       for (const auto& [k, v] : p.labels) {
@@ -762,11 +772,9 @@ struct IncrementalModel::Impl : public Lookup {
     auto it = pods_by_ns.find(name);
     if (it == pods_by_ns.end()) return;
     std::set<std::string> work;
-    for (const auto& key : it->second)
-      if (recompute_pod(key)) {  // participation never changes what Services read; kept exact anyway
-        const k8s::Pod& p = c.pods.at(key);
-        services_of_pod(key, &p, &p, work);
-      }
+    for (PodEntry e : it->second)
+      if (recompute_pod(e->first))  // participation never changes what Services read; kept exact anyway
+        services_of_pod(e->first, &e->second, &e->second, work);
     settle();
     run(work);
   }
@@ -902,9 +910,9 @@ struct IncrementalModel::Impl : public Lookup {
       record("I:" + bad.kind + "/" + bad.key, r, svc_warnings);
       if (bad.kind == "Pod") invalid_pods.insert(bad.key), skipped_pods.insert(bad.key);
     }
-    for (const auto& [key, p] : c.pods) {
-      index_pod(p, key, true);
-      recompute_pod(key);
+    for (const auto& e : c.pods) {
+      index_pod(e, true);
+      recompute_pod(e.first);
     }
     settle();
     for (const auto& [key, sl] : c.slices) index_slice(sl, key, true);
@@ -962,11 +970,13 @@ void IncrementalModel::upsert(k8s::Pod pod) {
   if (it != c.pods.end() && it->second == pod && !was_invalid) return;
   std::optional<k8s::Pod> before;
   if (it != c.pods.end()) {
-    p_->index_pod(it->second, key, false);
+    p_->index_pod(*it, false);
     before = std::move(it->second);
+    it->second = std::move(pod);
+  } else {
+    it = c.pods.emplace(key, std::move(pod)).first;
   }
-  p_->index_pod(pod, key, true);
-  c.pods[key] = std::move(pod);
+  p_->index_pod(*it, true);
   p_->pod_changed(key, std::move(before));
 }
 
@@ -978,7 +988,7 @@ void IncrementalModel::remove_pod(const std::string& key) {
   if (it == c.pods.end() && !was_invalid) return;
   std::optional<k8s::Pod> before;
   if (it != c.pods.end()) {
-    p_->index_pod(it->second, key, false);
+    p_->index_pod(*it, false);
     before = std::move(it->second);
     c.pods.erase(it);
   }
