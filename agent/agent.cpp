@@ -48,6 +48,7 @@ ModelOptions Agent::model_options() const {
   o.selector_fallback = !s_.kubernetes;
   o.participation.all = s_.participation == "all";
   o.participation.selector = LabelSelector::parse(s_.participation_selector);
+  o.participation.namespace_selector = LabelSelector::parse(s_.participation_namespace_selector);
   if (s_.kubernetes) {
     o.cgroup_source = CgroupSource::Discovered;
     o.discovered_cgroups = discovered_;
@@ -332,6 +333,7 @@ nlohmann::json Agent::status_json() {
                  {"recv_tracepoint", features_.recv_tracepoint}, {"bpf_loop", features_.bpf_loop},
                  {"task_storage", features_.task_storage}, {"notes", features_.notes}};
   j["participation"] = {{"mode", s_.participation}, {"selector", s_.participation_selector},
+                        {"namespace_selector", s_.participation_namespace_selector},
                         {"pods_with_programs", dp_ ? dp_->pods()->pods() : 0},
                         {"thread_context_programs", dp_ && dp_->thread_tracing()},
                         {"attach_failures", dp_ ? dp_->pods()->attach_failures() : 0}};
@@ -835,6 +837,7 @@ std::optional<k8s::ClusterState> Agent::open_source() {
   sources::KubernetesOptions ko;
   ko.node_name = s_.node_name;
   ko.env_label = s_.env_label;
+  ko.watch_namespaces = s_.participation != "all" && !s_.participation_namespace_selector.empty();
   kube_ = std::make_unique<sources::KubernetesSource>(kc, ko);
   sources::EventRecorder::Options eo;
   eo.node = s_.node_name;
@@ -877,7 +880,10 @@ void Agent::start_datapath() {
   spdlog::info("data path for cgroup {}: {} program(s) attached, {} replaced in place, {} pod cgroup(s) "
                "adopted (participation: {}{}); maps under {}/maps: {} reused ({} entries adopted), {} created",
                cg_root_.string(), rep.created.size(), rep.replaced.size(), rep.pods_adopted, s_.participation,
-               s_.participation == "all" ? "" : ", selector \"" + s_.participation_selector + "\"", s_.bpffs,
+               s_.participation == "all" ? ""
+                                         : ", selector \"" + s_.participation_selector + "\", namespace selector \"" +
+                                               s_.participation_namespace_selector + "\"",
+               s_.bpffs,
                rep.maps_reused, adopted, rep.maps_created);
   start_observe();
   start_h2();

@@ -171,7 +171,9 @@ void print_status(const json& j) {
         std::cout << "  participation: " << a["participation"]["mode"].get<std::string>()
                   << (a["participation"]["mode"] == "all"
                           ? std::string()
-                          : " (env label, or selector \"" + a["participation"]["selector"].get<std::string>() + "\")")
+                          : " (env label, or selector \"" + a["participation"]["selector"].get<std::string>() +
+                                "\", or namespace selector \"" +
+                                a["participation"].value("namespace_selector", std::string()) + "\")")
                   << "; " << a["participation"]["pods_with_programs"] << " pod cgroup(s) carry the programs\n";
       for (const auto& w : a["model"]["warnings"]) std::cout << "  warning: " << w.get<std::string>() << "\n";
       if (a.contains("skipped") && !a["skipped"].empty()) {
@@ -348,12 +350,17 @@ struct RunCmd {
                     "within this is closed")
         ->capture_default_str();
     cmd->add_option("--participation", s.participation,
-                    "which of this node's pods take part: \"selected\" (pods with the env label or matching "
-                    "--participation-selector) or \"all\"; the others run no envsteer program")
+                    "which of this node's pods take part: \"selected\" (pods with the env label, matching "
+                    "--participation-selector, or in a Namespace matching --participation-namespace-selector) "
+                    "or \"all\"; the others run no envsteer program")
         ->capture_default_str();
     cmd->add_option("--participation-selector", s.participation_selector,
                     "pod label selector (key=value, key!=value, key, !key; comma = and) of the pods that take "
                     "part besides those with the env label (\"\": none)")
+        ->capture_default_str();
+    cmd->add_option("--participation-namespace-selector", s.participation_namespace_selector,
+                    "Namespace label selector: every pod of a matching Namespace takes part (\"\": none; "
+                    "with --kubernetes the agent then lists and watches Namespaces)")
         ->capture_default_str();
     cmd->add_flag("--no-header-context", no_header_context,
                   "do not learn request environments from HTTP headers (connect-time by pod only)");

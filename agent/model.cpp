@@ -98,7 +98,13 @@ struct PodResult {
   Report report;
 };
 
-PodResult pod_rule(const k8s::Pod& p, const ModelOptions& o) {
+// The labels of Namespace ns, nullptr when it is not known.
+const k8s::Labels* namespace_labels(const k8s::ClusterState& c, const std::string& ns) {
+  auto it = c.namespaces.find(ns);
+  return it == c.namespaces.end() ? nullptr : &it->second.labels;
+}
+
+PodResult pod_rule(const k8s::Pod& p, const ModelOptions& o, const k8s::Labels* ns_labels) {
   PodResult out;
   Report& r = out.report;
   const std::string ref = pod_ref(p);
@@ -123,7 +129,7 @@ PodResult pod_rule(const k8s::Pod& p, const ModelOptions& o) {
                            {"off", "false"}, r);
   // A pod that takes no part is a backend like any other, but not a local pod:
   // no cgroup is looked for, nothing of it is steered.
-  if (!o.participation.takes_part(p, o.env_label)) return out;
+  if (!o.participation.takes_part(p, o.env_label, ns_labels)) return out;
 
   // Where the pod's cgroup is claimed to be, and by which field.
   std::string value, field;
@@ -434,7 +440,7 @@ class Builder : public Lookup {
     std::vector<Claim> claims;
     for (const auto& [key, pod] : c_.pods) {
       if (skipped_pods_.count(key)) continue;  // the source could not decode it
-      PodResult pr = pod_rule(pod, o_);
+      PodResult pr = pod_rule(pod, o_, namespace_labels(c_, pod.ns));
       take(pr.report);
       if (!pr.valid) {
         skipped_pods_.insert(key);
@@ -551,8 +557,16 @@ struct IncrementalModel::Impl : public Lookup {
 
   // indexes from an object to what depends on it
   std::map<NsName, std::set<std::string>> slices_by_svc;  // slice keys
-  std::map<std::string, std::set<std::string>> pods_by_ns, services_by_ns;
-  std::map<LabelKey, std::set<std::string>> pods_by_label;  // only with selector_fallback
+  // Pods are indexed by their entries in c.pods (stable while they are there;
+  // ordered by key): a pointer per index entry, not a copy of the name.
+  using PodEntry = const std::pair<const std::string, k8s::Pod>*;
+  struct ByKey {
+    bool operator()(PodEntry a, PodEntry b) const { return a->first < b->first; }
+  };
+  using PodSet = std::set<PodEntry, ByKey>;
+  std::map<std::string, PodSet> pods_by_ns;
+  std::map<std::string, std::set<std::string>> services_by_ns;
+  std::map<LabelKey, PodSet> pods_by_label;  // only with selector_fallback
   std::map<es_frontend_key, std::set<std::string>, maps::BytesLess<es_frontend_key>> claimants;
   std::map<std::string, SvcInfo> svcs;
   std::map<std::string, std::set<std::string>> svc_by_pod;
@@ -579,7 +593,7 @@ struct IncrementalModel::Impl : public Lookup {
   void for_each_candidate(const std::string& ns, const k8s::Labels& selector,
                           const std::function<void(const k8s::Pod&)>& fn) const override {
     if (const auto* best = smallest_candidates(pods_by_ns, pods_by_label, ns, selector))
-      for (const auto& k : *best) fn(c.pods.at(k));
+      for (PodEntry e : *best) fn(e->second);
   }
   bool pod_skipped(const std::string& pod) const override { return skipped_pods.count(pod) > 0; }
   const EnvName* pod_env(const std::string& pod) const override {
@@ -681,7 +695,7 @@ struct IncrementalModel::Impl : public Lookup {
     if (invalid_pods.count(key)) {
       skipped_pods.insert(key);
     } else if (pit != c.pods.end()) {
-      PodResult pr = pod_rule(pit->second, o);
+      PodResult pr = pod_rule(pit->second, o, namespace_labels(c, pit->second.ns));
       record(who, pr.report, pod_warnings);
       if (!pr.valid) {
         skipped_pods.insert(key);
@@ -719,8 +733,10 @@ struct IncrementalModel::Impl : public Lookup {
     }
   }
 
-  void index_pod(const k8s::Pod& p, const std::string& key, bool add) {
-    auto upd = [&](std::set<std::string>& s) { add ? (void)s.insert(key) : (void)s.erase(key); };
+  // Index (or unindex) pod entry `e` of c.pods, with the labels it has now.
+  void index_pod(const std::pair<const std::string, k8s::Pod>& e, bool add) {
+    const k8s::Pod& p = e.second;
+    auto upd = [&](PodSet& s) { add ? (void)s.insert(&e) : (void)s.erase(&e); };
     upd(pods_by_ns[p.ns]);
     if (o.selector_fallback)
       for (const auto& [k, v] : p.labels) {
@@ -745,6 +761,22 @@ struct IncrementalModel::Impl : public Lookup {
         if (svc.has_selector && selector_matches(svc.selector, p->labels)) work.insert(sk);
       }
     }
+  }
+
+  // Namespace `name` had labels `before` (nullptr: unknown); its pods are
+  // recomputed when that changes whether they take part.
+  void namespace_changed(const std::string& name, const k8s::Labels* before) {
+    const bool was = o.participation.namespace_takes_part(before);
+    const bool now = o.participation.namespace_takes_part(namespace_labels(c, name));
+    if (was == now) return;
+    auto it = pods_by_ns.find(name);
+    if (it == pods_by_ns.end()) return;
+    std::set<std::string> work;
+    for (PodEntry e : it->second)
+      if (recompute_pod(e->first))  // participation never changes what Services read; kept exact anyway
+        services_of_pod(e->first, &e->second, &e->second, work);
+    settle();
+    run(work);
   }
 
   void pod_changed(const std::string& key, std::optional<k8s::Pod> before) {
@@ -878,9 +910,9 @@ struct IncrementalModel::Impl : public Lookup {
       record("I:" + bad.kind + "/" + bad.key, r, svc_warnings);
       if (bad.kind == "Pod") invalid_pods.insert(bad.key), skipped_pods.insert(bad.key);
     }
-    for (const auto& [key, p] : c.pods) {
-      index_pod(p, key, true);
-      recompute_pod(key);
+    for (const auto& e : c.pods) {
+      index_pod(e, true);
+      recompute_pod(e.first);
     }
     settle();
     for (const auto& [key, sl] : c.slices) index_slice(sl, key, true);
@@ -938,11 +970,13 @@ void IncrementalModel::upsert(k8s::Pod pod) {
   if (it != c.pods.end() && it->second == pod && !was_invalid) return;
   std::optional<k8s::Pod> before;
   if (it != c.pods.end()) {
-    p_->index_pod(it->second, key, false);
+    p_->index_pod(*it, false);
     before = std::move(it->second);
+    it->second = std::move(pod);
+  } else {
+    it = c.pods.emplace(key, std::move(pod)).first;
   }
-  p_->index_pod(pod, key, true);
-  c.pods[key] = std::move(pod);
+  p_->index_pod(*it, true);
   p_->pod_changed(key, std::move(before));
 }
 
@@ -954,7 +988,7 @@ void IncrementalModel::remove_pod(const std::string& key) {
   if (it == c.pods.end() && !was_invalid) return;
   std::optional<k8s::Pod> before;
   if (it != c.pods.end()) {
-    p_->index_pod(it->second, key, false);
+    p_->index_pod(*it, false);
     before = std::move(it->second);
     c.pods.erase(it);
   }
@@ -990,10 +1024,33 @@ void IncrementalModel::remove_slice(const std::string& key) {
   p_->run(work);
 }
 
+void IncrementalModel::upsert(k8s::Namespace n) {
+  const std::string name = n.name;
+  auto& c = p_->c;
+  p_->clear_invalid("Namespace", name);
+  auto it = c.namespaces.find(name);
+  if (it != c.namespaces.end() && it->second == n) return;
+  std::optional<k8s::Labels> before;
+  if (it != c.namespaces.end()) before = std::move(it->second.labels);
+  c.namespaces[name] = std::move(n);
+  p_->namespace_changed(name, before ? &*before : nullptr);
+}
+
+void IncrementalModel::remove_namespace(const std::string& name) {
+  auto& c = p_->c;
+  p_->clear_invalid("Namespace", name);
+  auto it = c.namespaces.find(name);
+  if (it == c.namespaces.end()) return;
+  k8s::Labels before = std::move(it->second.labels);
+  c.namespaces.erase(it);
+  p_->namespace_changed(name, &before);
+}
+
 void IncrementalModel::set_invalid(k8s::InvalidObject bad) {
   if (bad.kind == "Service") remove_service(bad.key);
   else if (bad.kind == "EndpointSlice") remove_slice(bad.key);
   else if (bad.kind == "Pod") remove_pod(bad.key);
+  else if (bad.kind == "Namespace") remove_namespace(bad.key);
   auto& inv = p_->c.invalid;
   const std::string key = bad.key, kind = bad.kind;
   Report r;
@@ -1028,7 +1085,10 @@ void IncrementalModel::recheck_missing_cgroups() {
 
 std::optional<ObjectChange> IncrementalModel::apply(ObjectChange ch) {
   using K = ObjectChange::Kind;
-  const char* kind = ch.kind == K::Service ? "Service" : ch.kind == K::Pod ? "Pod" : "EndpointSlice";
+  const char* kind = ch.kind == K::Service     ? "Service"
+                     : ch.kind == K::Pod       ? "Pod"
+                     : ch.kind == K::Namespace ? "Namespace"
+                                               : "EndpointSlice";
   const auto& c = p_->c;
   ObjectChange undo{ch.kind, ch.key, {}};
   auto inv = std::find_if(c.invalid.begin(), c.invalid.end(),
@@ -1039,6 +1099,8 @@ std::optional<ObjectChange> IncrementalModel::apply(ObjectChange ch) {
     if (auto it = c.services.find(ch.key); it != c.services.end()) undo.object = it->second;
   } else if (ch.kind == K::Pod) {
     if (auto it = c.pods.find(ch.key); it != c.pods.end()) undo.object = it->second;
+  } else if (ch.kind == K::Namespace) {
+    if (auto it = c.namespaces.find(ch.key); it != c.namespaces.end()) undo.object = it->second;
   } else if (auto it = c.slices.find(ch.key); it != c.slices.end()) {
     undo.object = it->second;
   }
@@ -1047,8 +1109,10 @@ std::optional<ObjectChange> IncrementalModel::apply(ObjectChange ch) {
   else if (auto* s = std::get_if<k8s::Service>(&ch.object)) upsert(std::move(*s));
   else if (auto* pod = std::get_if<k8s::Pod>(&ch.object)) upsert(std::move(*pod));
   else if (auto* sl = std::get_if<k8s::EndpointSlice>(&ch.object)) upsert(std::move(*sl));
+  else if (auto* ns = std::get_if<k8s::Namespace>(&ch.object)) upsert(std::move(*ns));
   else if (ch.kind == K::Service) remove_service(ch.key);
   else if (ch.kind == K::Pod) remove_pod(ch.key);
+  else if (ch.kind == K::Namespace) remove_namespace(ch.key);
   else remove_slice(ch.key);
   return undo;
 }
@@ -1071,7 +1135,9 @@ void diff_kind(const std::map<std::string, T>& from, std::map<std::string, T>& t
 std::vector<ObjectChange> cluster_changes(const k8s::ClusterState& from, k8s::ClusterState&& to) {
   using K = ObjectChange::Kind;
   std::vector<ObjectChange> out;
-  auto kind_of = [](const std::string& k) { return k == "Service" ? K::Service : k == "Pod" ? K::Pod : K::EndpointSlice; };
+  auto kind_of = [](const std::string& k) {
+    return k == "Service" ? K::Service : k == "Pod" ? K::Pod : k == "Namespace" ? K::Namespace : K::EndpointSlice;
+  };
   // undecodable objects first: a decoded one of the same key is then not deleted after it
   std::set<std::pair<K, std::string>> bad;
   for (auto& b : to.invalid) {
@@ -1080,14 +1146,16 @@ std::vector<ObjectChange> cluster_changes(const k8s::ClusterState& from, k8s::Cl
     if (it == from.invalid.end()) out.push_back({kind_of(b.kind), b.key, b});
   }
   for (const auto& b : from.invalid)
-    if (!bad.count({kind_of(b.kind), b.key}) && !(b.kind == "Service" ? to.services.count(b.key)
-                                                  : b.kind == "Pod"   ? to.pods.count(b.key)
-                                                                      : to.slices.count(b.key)))
+    if (!bad.count({kind_of(b.kind), b.key}) && !(b.kind == "Service"     ? to.services.count(b.key)
+                                                  : b.kind == "Pod"       ? to.pods.count(b.key)
+                                                  : b.kind == "Namespace" ? to.namespaces.count(b.key)
+                                                                          : to.slices.count(b.key)))
       out.push_back({kind_of(b.kind), b.key, std::monostate{}});
   std::vector<ObjectChange> objs;
   diff_kind(from.services, to.services, K::Service, objs);
   diff_kind(from.pods, to.pods, K::Pod, objs);
   diff_kind(from.slices, to.slices, K::EndpointSlice, objs);
+  diff_kind(from.namespaces, to.namespaces, K::Namespace, objs);
   for (auto& c : objs)
     if (!(std::holds_alternative<std::monostate>(c.object) && bad.count({c.kind, c.key}))) out.push_back(std::move(c));
   return out;

@@ -181,10 +181,11 @@ std::string model_difference(const DesiredState& a, const DesiredState& b);
 
 // One object as a source now has it: decoded, undecodable, or deleted.
 struct ObjectChange {
-  enum class Kind { Service, Pod, EndpointSlice };
+  enum class Kind { Service, Pod, EndpointSlice, Namespace };
   Kind kind = Kind::Pod;
-  std::string key;  // "ns/name"
-  std::variant<std::monostate, k8s::Service, k8s::Pod, k8s::EndpointSlice, k8s::InvalidObject> object;  // monostate: deleted
+  std::string key;  // "ns/name" ("name" for a Namespace)
+  std::variant<std::monostate, k8s::Service, k8s::Pod, k8s::EndpointSlice, k8s::InvalidObject, k8s::Namespace>
+      object;  // monostate: deleted
 };
 
 // The changes that turn cluster `from` into `to` (every object that differs).
@@ -215,9 +216,12 @@ class IncrementalModel {
   void upsert(k8s::Service s);
   void upsert(k8s::Pod p);
   void upsert(k8s::EndpointSlice s);
+  // A Namespace's labels decide participation of its pods (participation.h).
+  void upsert(k8s::Namespace n);
   void remove_service(const std::string& key);
   void remove_pod(const std::string& key);
   void remove_slice(const std::string& key);
+  void remove_namespace(const std::string& name);
   void set_invalid(k8s::InvalidObject o);
   // Any of the above; returns the change that undoes it (nullopt: nothing changed).
   std::optional<ObjectChange> apply(ObjectChange c);

@@ -90,11 +90,11 @@ bool LabelSelector::matches(const k8s::Labels& labels) const {
   return true;
 }
 
-bool Participation::takes_part(const k8s::Pod& p, const std::string& env_label) const {
+bool Participation::takes_part(const k8s::Pod& p, const std::string& env_label, const k8s::Labels* ns_labels) const {
   if (all) return true;
   auto it = p.labels.find(env_label);
   if (it != p.labels.end() && !it->second.empty()) return true;
-  return selector.matches(p.labels);
+  return selector.matches(p.labels) || namespace_takes_part(ns_labels);
 }
 
 }  // namespace envsteer

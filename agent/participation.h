@@ -6,6 +6,8 @@
 //   - the agent runs with --participation all, or
 //   - it carries the env label (it is in an environment), or
 //   - its labels match the participation selector (default
+//     `envsteer.io/enabled=true`), or
+//   - the labels of its Namespace match the namespace selector (default
 //     `envsteer.io/enabled=true`).
 // Services are steered for every caller that takes part, whatever their pods.
 #pragma once
@@ -18,6 +20,7 @@
 namespace envsteer {
 
 inline constexpr const char* kDefaultParticipationSelector = "envsteer.io/enabled=true";
+inline constexpr const char* kDefaultParticipationNamespaceSelector = "envsteer.io/enabled=true";
 
 // An equality-based label selector, as `kubectl -l` takes it: terms joined by
 // ',' (all must hold), each `key=value`, `key==value`, `key!=value`, `key`
@@ -45,9 +48,15 @@ class LabelSelector {
 
 struct Participation {
   bool all = true;  // every local pod (the model's default; the agent's is "selected")
-  LabelSelector selector;
-  // Whether pod p takes part, given the env label's name.
-  bool takes_part(const k8s::Pod& p, const std::string& env_label) const;
+  LabelSelector selector;            // on the pod's labels
+  LabelSelector namespace_selector;  // on its Namespace's labels ("" matches none)
+  // Whether pod p takes part, given the env label's name and its Namespace's
+  // labels (nullptr: the Namespace is not known).
+  bool takes_part(const k8s::Pod& p, const std::string& env_label, const k8s::Labels* ns_labels) const;
+  // Whether a Namespace with these labels makes all its pods take part.
+  bool namespace_takes_part(const k8s::Labels* ns_labels) const {
+    return !all && ns_labels && namespace_selector.matches(*ns_labels);
+  }
 };
 
 }  // namespace envsteer

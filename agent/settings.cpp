@@ -64,6 +64,7 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   read(root, "headerContext", out.header_context);
   read(root, "participation", out.participation);
   read(root, "participationSelector", out.participation_selector);
+  read(root, "participationNamespaceSelector", out.participation_namespace_selector);
   read(root, "autoInject", out.auto_inject);
   read(root, "upstreamIdleMs", out.upstream_idle_ms);
   read(root, "upstreamConnectTimeoutMs", out.upstream_connect_timeout_ms);
@@ -169,6 +170,11 @@ void validate_settings(const Settings& s) {
     LabelSelector::parse(s.participation_selector);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(std::string("--participation-selector: ") + e.what());
+  }
+  try {
+    LabelSelector::parse(s.participation_namespace_selector);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("--participation-namespace-selector: ") + e.what());
   }
   auto& l = s.limits;
   if (!l.frontends || !l.sets || !l.slots || !l.envs || !l.pods)

@@ -34,9 +34,11 @@ struct Settings {
   uint32_t http_window = 4096;                 // header bytes of a request parsed
   bool header_context = true;                  // learn request environments in the kernel
   // Which of this node's pods take part (participation.h): "selected" (pods with
-  // the env label or matching participation_selector) or "all".
+  // the env label, matching participation_selector, or in a Namespace matching
+  // participation_namespace_selector) or "all".
   std::string participation = "selected";
   std::string participation_selector = "envsteer.io/enabled=true";
+  std::string participation_namespace_selector = "envsteer.io/enabled=true";
   bool auto_inject = true;                     // a labelled pod's requests carry its env unless they carry one
   // The relay of re-routed requests (README "Per-request steering": bounds and timeouts).
   uint32_t upstream_idle_ms = 60000;            // an upstream owing nothing, no traffic this long: closed

@@ -376,6 +376,26 @@ Pod decode_pod(const json& obj) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Namespace
+
+Namespace decode_namespace(const json& obj) {
+  Ctx ctx{"Namespace"};
+  if (!obj.is_object()) ctx.fail("", "must be a mapping, got " + show(obj));
+  const json* md = get_object(ctx, obj, "", "metadata");
+  if (!md) ctx.fail("metadata", "is required");
+  Namespace out;
+  out.name = require_string(ctx, *md, "metadata", "name");
+  ctx.object = "Namespace " + out.name;
+  out.uid = get_string(ctx, *md, "metadata", "uid");
+  if (const json* rv = member(*md, "resourceVersion"); rv && rv->is_number_integer())
+    out.resource_version = std::to_string(rv->get<int64_t>());
+  else
+    out.resource_version = get_string(ctx, *md, "metadata", "resourceVersion");
+  out.labels = get_string_map(ctx, *md, "metadata", "labels");
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
 // EndpointSlice
 
 namespace {
@@ -519,6 +539,11 @@ json reduce_pod(const json& obj) {
   return *out;
 }
 
+json reduce_namespace(const json& obj) {
+  auto out = reduce_common(obj);
+  return out ? *out : obj;
+}
+
 json reduce_endpoint_slice(const json& obj) {
   auto out = reduce_common(obj);
   if (!out) return obj;
@@ -603,10 +628,18 @@ void add_object(const json& obj, ClusterState& out) {
   if (api == "v1" && kind == "Pod") return insert_unique(out.pods, decode_pod(obj), kind);
   if (api == "discovery.k8s.io/v1" && kind == "EndpointSlice")
     return insert_unique(out.slices, decode_endpoint_slice(obj), kind);
+  if (api == "v1" && kind == "Namespace") {
+    Namespace n = decode_namespace(obj);
+    std::string name = n.name;
+    if (!out.namespaces.emplace(name, std::move(n)).second)
+      throw DecodeError("Namespace " + name, "metadata.name",
+                        "duplicate: another Namespace with this name was already defined");
+    return;
+  }
 
   ctx.fail("kind", "unknown kind " + quote(kind) + " with apiVersion " + quote(api) +
                        " (supported: v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice, "
-                       "and lists of them)");
+                       "v1 Namespace, and lists of them)");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 // Decoding of Kubernetes objects (as `kubectl get -o yaml/json` prints them, or as the API
 // server returns them) into the reduced structs of objects.h, with validation.
 //
-// Accepted: v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice, and lists of them
+// Accepted: v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice, v1 Namespace, and lists of them
 // (`kind: List`, or typed lists such as `ServiceList`, whose items may omit apiVersion/kind).
 // Unknown extra fields are ignored. Every error names the object and the JSON field path:
 //   Service default/web: spec.ports[1].port: must be an integer in 1..65535, got "abc"
@@ -36,6 +36,8 @@ Service decode_service(const nlohmann::json& obj);
 Pod decode_pod(const nlohmann::json& obj);
 // EndpointSlice ports[].port may be absent (API meaning: "all ports"); it is then 0.
 EndpointSlice decode_endpoint_slice(const nlohmann::json& obj);
+// v1 Namespace: name, uid, resourceVersion, labels (metadata.namespace is ignored).
+Namespace decode_namespace(const nlohmann::json& obj);
 
 // OBJ (a Service, Pod or EndpointSlice as the API server sends it) with only
 // the fields the decoder reads: decode_*(reduce_*(o)) is decode_*(o), errors
@@ -44,6 +46,7 @@ EndpointSlice decode_endpoint_slice(const nlohmann::json& obj);
 nlohmann::json reduce_service(const nlohmann::json& obj);
 nlohmann::json reduce_pod(const nlohmann::json& obj);
 nlohmann::json reduce_endpoint_slice(const nlohmann::json& obj);
+nlohmann::json reduce_namespace(const nlohmann::json& obj);
 
 // The prior art's VirtualEnvironment resource (env.alibaba.com/v1alpha2): the settings
 // envsteer takes from it, where no flag says otherwise. Lenient: absent or mistyped

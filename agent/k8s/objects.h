@@ -87,11 +87,19 @@ struct EndpointSlice {
   bool operator==(const EndpointSlice&) const = default;
 };
 
+// A Namespace (cluster-scoped): only its labels matter (participation by
+// namespace label, participation.h). Keyed by its name.
+struct Namespace {
+  std::string name, uid, resource_version;
+  Labels labels;
+  bool operator==(const Namespace&) const = default;
+};
+
 // An object a source has but could not decode (the Kubernetes source skips it
 // and the model reports it; the manifest source rejects the whole file).
 struct InvalidObject {
-  std::string kind;  // "Service", "Pod", "EndpointSlice"
-  std::string key;   // "namespace/name"
+  std::string kind;  // "Service", "Pod", "EndpointSlice", "Namespace"
+  std::string key;   // "namespace/name" ("name" for a Namespace)
   std::string uid;
   std::string message;
   bool operator==(const InvalidObject&) const = default;
@@ -102,9 +110,10 @@ struct ClusterState {
   std::map<std::string, Service> services;
   std::map<std::string, Pod> pods;
   std::map<std::string, EndpointSlice> slices;
+  std::map<std::string, Namespace> namespaces;  // by name
   std::vector<InvalidObject> invalid;  // sorted by (kind, key)
 
-  size_t size() const { return services.size() + pods.size() + slices.size(); }
+  size_t size() const { return services.size() + pods.size() + slices.size() + namespaces.size(); }
 };
 
 }  // namespace envsteer::k8s

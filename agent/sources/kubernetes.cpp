@@ -7,7 +7,10 @@
 
 #include <algorithm>
 #include <random>
+#include <optional>
 #include <tuple>
+#include <type_traits>
+#include <variant>
 
 #include "k8s/decode.h"
 
@@ -15,7 +18,12 @@ using nlohmann::json;
 
 namespace envsteer::sources {
 
-enum class Kind { Service, Slice, Pod, VirtualEnv };
+enum class Kind { Service, Slice, Pod, VirtualEnv, Namespace };
+
+// An object as a watch keeps it: decoded when it arrives (compact: only the
+// fields envsteer uses; the JSON goes at once), or why it could not be; the
+// VirtualEnvironment as JSON (few, read by decode_virtual_env).
+using Stored = std::variant<k8s::Service, k8s::Pod, k8s::EndpointSlice, k8s::Namespace, k8s::InvalidObject, json>;
 
 struct KubernetesSource::Watch {
   std::string name;   // for logs and status
@@ -26,7 +34,7 @@ struct KubernetesSource::Watch {
   std::unique_ptr<KubeClient> client;
   std::thread thread;
   // state, under mu_
-  std::map<std::string, json> objects;  // "ns/name" -> object
+  std::map<std::string, Stored> objects;  // "ns/name" -> object (a Namespace: "name")
   bool listed = false;
   bool absent = false;
   std::string rv, last_error;
@@ -50,20 +58,46 @@ std::string str_at(const json& j, const char* k) {
   return it != j.end() && it->is_string() ? it->get<std::string>() : "";
 }
 
-std::string key_of(const json& obj) {
+// "ns/name"; a Namespace (cluster-scoped) by its name.
+std::string key_of(Kind kind, const json& obj) {
   const json& m = obj_at(obj, "metadata");
+  if (kind == Kind::Namespace) return str_at(m, "name");
   return k8s::object_key(str_at(m, "namespace"), str_at(m, "name"));
 }
 
-// What the watch keeps of an object: only what the decoder reads.
-json reduced(Kind kind, const json& obj) {
-  switch (kind) {
-    case Kind::Service: return k8s::reduce_service(obj);
-    case Kind::Slice: return k8s::reduce_endpoint_slice(obj);
-    case Kind::Pod: return k8s::reduce_pod(obj);
-    case Kind::VirtualEnv: break;
+ObjectChange::Kind change_kind(Kind k) {
+  switch (k) {
+    case Kind::Service: return ObjectChange::Kind::Service;
+    case Kind::Slice: return ObjectChange::Kind::EndpointSlice;
+    case Kind::Namespace: return ObjectChange::Kind::Namespace;
+    default: return ObjectChange::Kind::Pod;
   }
-  return obj;
+}
+
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::Service: return "Service";
+    case Kind::Slice: return "EndpointSlice";
+    case Kind::Namespace: return "Namespace";
+    default: return "Pod";
+  }
+}
+
+// What the watch keeps of an object: it decoded, or why it could not be.
+Stored decoded(Kind kind, const std::string& key, const json& obj) {
+  try {
+    switch (kind) {
+      case Kind::Service: return k8s::decode_service(obj);
+      case Kind::Slice: return k8s::decode_endpoint_slice(obj);
+      case Kind::Pod: return k8s::decode_pod(obj);
+      case Kind::Namespace: return k8s::decode_namespace(obj);
+      case Kind::VirtualEnv: return Stored(std::in_place_type<json>, obj);
+    }
+  } catch (const std::exception& e) {
+    // reported by the model (status, metrics, one log line while it lasts)
+    return k8s::InvalidObject{kind_name(kind), key, str_at(obj_at(obj, "metadata"), "uid"), e.what()};
+  }
+  return Stored(std::in_place_type<json>, obj);
 }
 
 std::string status_message(const std::string& body) {
@@ -93,6 +127,7 @@ KubernetesSource::KubernetesSource(KubeConfig cfg, KubernetesOptions opt) : cfg_
   // ... and every pod of this node, for its cgroup.
   if (!opt_.node_name.empty())
     add("pods (this node)", Kind::Pod, "/api/v1/pods", "fieldSelector=" + url_escape("spec.nodeName=" + opt_.node_name));
+  if (opt_.watch_namespaces) add("namespaces", Kind::Namespace, "/api/v1/namespaces", "");
   add("virtualenvironments", Kind::VirtualEnv, "/apis/env.alibaba.com/v1alpha2/virtualenvironments", "", true);
 }
 
@@ -123,7 +158,7 @@ void KubernetesSource::drain() {
 }
 
 bool KubernetesSource::list(Watch& w, std::string* rv, std::string* err) {
-  std::map<std::string, json> fresh;
+  std::map<std::string, Stored> fresh;
   std::string cont;
   for (int page = 0; page < 100000; page++) {
     std::string q = "?limit=" + std::to_string(opt_.page_size);
@@ -154,8 +189,8 @@ bool KubernetesSource::list(Watch& w, std::string* rv, std::string* err) {
     }
     if (j["items"].is_array())
       for (auto& item : j["items"]) {
-        std::string key = key_of(item);
-        fresh[key] = reduced(w.kind, item);
+        std::string key = key_of(w.kind, item);
+        fresh.insert_or_assign(key, decoded(w.kind, key, item));
         item = nullptr;  // the page's copy goes now
       }
     const json& m = obj_at(j, "metadata");
@@ -180,11 +215,13 @@ bool KubernetesSource::list(Watch& w, std::string* rv, std::string* err) {
 }
 
 void KubernetesSource::apply_event(Watch& w, const std::string& type, const json& obj) {
+  const std::string key = key_of(w.kind, obj);
+  std::optional<Stored> now;
+  if (type != "DELETED") now = decoded(w.kind, key, obj);  // outside the lock
   {
     std::lock_guard<std::mutex> g(mu_);
-    const std::string key = key_of(obj);
-    if (type == "DELETED") w.objects.erase(key);
-    else w.objects[key] = reduced(w.kind, obj);
+    if (!now) w.objects.erase(key);
+    else w.objects.insert_or_assign(key, std::move(*now));
     note_change(w, key);
     w.events++;
     w.last_ok = std::chrono::system_clock::now();
@@ -317,25 +354,19 @@ void KubernetesSource::note_change(const Watch& w, const std::string& key) {
 // One object as the watches have it now (the two pod watches overlap: the
 // last one that has it, as in snapshot()).
 ObjectChange KubernetesSource::current(int kind, const std::string& key) const {
-  using K = ObjectChange::Kind;
   const Kind k = static_cast<Kind>(kind);
-  ObjectChange c{k == Kind::Service ? K::Service : k == Kind::Slice ? K::EndpointSlice : K::Pod, key, {}};
-  const json* obj = nullptr;
+  ObjectChange c{change_kind(k), key, {}};
+  const Stored* obj = nullptr;
   for (const auto& w : watches_) {
     if (w->kind != k) continue;
     if (auto it = w->objects.find(key); it != w->objects.end()) obj = &it->second;
   }
   if (!obj) return c;
-  try {
-    switch (k) {
-      case Kind::Service: c.object = k8s::decode_service(*obj); break;
-      case Kind::Slice: c.object = k8s::decode_endpoint_slice(*obj); break;
-      default: c.object = k8s::decode_pod(*obj); break;
-    }
-  } catch (const std::exception& e) {
-    const char* kn = k == Kind::Service ? "Service" : k == Kind::Slice ? "EndpointSlice" : "Pod";
-    c.object = k8s::InvalidObject{kn, key, str_at(obj_at(*obj, "metadata"), "uid"), e.what()};
-  }
+  std::visit(
+      [&](const auto& o) {
+        if constexpr (!std::is_same_v<std::decay_t<decltype(o)>, json>) c.object = o;
+      },
+      *obj);
   return c;
 }
 
@@ -357,18 +388,12 @@ k8s::ClusterState KubernetesSource::snapshot() {
   changed_.clear();
   for (const auto& w : watches_) {
     for (const auto& [key, obj] : w->objects) {
-      try {
-        switch (w->kind) {
-          case Kind::Service: cs.services[key] = k8s::decode_service(obj); break;
-          case Kind::Slice: cs.slices[key] = k8s::decode_endpoint_slice(obj); break;
-          case Kind::Pod: cs.pods[key] = k8s::decode_pod(obj); break;  // the two pod watches overlap
-          case Kind::VirtualEnv: break;
-        }
-      } catch (const std::exception& e) {
-        // reported by the model (status, metrics, one log line while it lasts)
-        const char* kind = w->kind == Kind::Service ? "Service" : w->kind == Kind::Slice ? "EndpointSlice" : "Pod";
-        cs.invalid.push_back({kind, key, str_at(obj_at(obj, "metadata"), "uid"), e.what()});
-      }
+      // the two pod watches overlap: the later one's copy, as in current()
+      if (const auto* o = std::get_if<k8s::Service>(&obj)) cs.services[key] = *o;
+      else if (const auto* o = std::get_if<k8s::EndpointSlice>(&obj)) cs.slices[key] = *o;
+      else if (const auto* o = std::get_if<k8s::Pod>(&obj)) cs.pods[key] = *o;
+      else if (const auto* o = std::get_if<k8s::Namespace>(&obj)) cs.namespaces[key] = *o;
+      else if (const auto* o = std::get_if<k8s::InvalidObject>(&obj)) cs.invalid.push_back(*o);
     }
   }
   // the two pod watches overlap: one entry per object
@@ -388,7 +413,9 @@ std::optional<VirtualEnvSettings> KubernetesSource::virtual_env() const {
   for (const auto& w : watches_) {
     if (w->kind != Kind::VirtualEnv || w->objects.empty()) continue;
     // the first by namespace/name (the watch keys its objects so): k8s::pick_virtual_env's rule
-    VirtualEnvSettings v = k8s::decode_virtual_env(w->objects.begin()->second);
+    const auto* obj = std::get_if<json>(&w->objects.begin()->second);
+    if (!obj) continue;
+    VirtualEnvSettings v = k8s::decode_virtual_env(*obj);
     return v;
   }
   return std::nullopt;

@@ -32,6 +32,8 @@ struct KubernetesOptions {
   std::chrono::milliseconds backoff_min{500}, backoff_max{30000};
   int watch_timeout_seconds = 300;     // server-side watch timeout (re-watch after)
   int page_size = 500;
+  // Namespaces (list+watch, cluster-wide) for participation by namespace label.
+  bool watch_namespaces = false;
 };
 
 class KubernetesSource {

@@ -56,10 +56,28 @@ class ManifestReader {
   std::vector<ObjectChange> read_every_file();
 
  private:
+  using Key = std::pair<int, std::string>;  // (ObjectChange::Kind, key)
   struct FileInfo {
+    FileInfo() = default;
+    FileInfo(FileInfo&&) = default;  // `items` point into `objects`: moved, never copied
+    FileInfo& operator=(FileInfo&&) = default;
+    FileInfo(const FileInfo&) = delete;
+    FileInfo& operator=(const FileInfo&) = delete;
     size_t size = 0, hash = 0;
-    std::set<std::pair<int, std::string>> objects;  // (ObjectChange::Kind, key)
+    std::set<Key> objects;
+    // A JSON list file read item by item (else items is empty): the hash of
+    // its text around the items, and per item the hash of its text and the
+    // object it holds (into `objects`), sorted by hash. A change of one item
+    // is then parsed alone.
+    size_t frame_hash = 0;
+    std::vector<std::pair<size_t, const Key*>> items;
   };
+  // One file's text into OBJS and FI (size, hash, objects, items). A JSON
+  // list whose frame is the one OLD read is read item by item, and only the
+  // items whose text changed are parsed: OBJS then holds only their objects
+  // (FI all the file's); else OBJS holds every object of the file.
+  void parse_tracked(const std::filesystem::path& file, const std::string& text, const FileInfo* old,
+                     k8s::ClusterState& objs, FileInfo& fi);
   std::filesystem::path file_of(const std::string& name) const;
   std::filesystem::path path_;
   std::map<std::string, FileInfo> files_;                  // by name

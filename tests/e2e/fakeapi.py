@@ -39,7 +39,8 @@ from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
     "FakeAPI", "Resource", "RESOURCES", "LabelSelector", "FieldSelector", "SelectorError",
-    "make_service", "make_pod", "make_endpointslice", "make_virtualenv", "status_object",
+    "make_service", "make_pod", "make_endpointslice", "make_virtualenv", "make_namespace",
+    "status_object",
     "encode_continue", "decode_continue",
 ]
 
@@ -55,7 +56,7 @@ class Resource:
     """One served resource: plural/singular/kind, API group and version, selectable fields."""
 
     def __init__(self, plural, singular, kind, group, version, builtin, fields, short=(),
-                 categories=()):
+                 categories=(), namespaced=True):
         self.plural = plural
         self.singular = singular
         self.kind = kind
@@ -65,7 +66,7 @@ class Resource:
         self.fields = tuple(fields)     # field selectors the real server supports
         self.short = tuple(short)
         self.categories = tuple(categories)
-        self.namespaced = True
+        self.namespaced = namespaced   # False: cluster-scoped (Namespace), keyed by name
 
     @property
     def api_version(self):
@@ -95,6 +96,8 @@ RESOURCES = (
              _META_FIELDS),
     Resource("virtualenvironments", "virtualenvironment", "VirtualEnvironment",
              "env.alibaba.com", "v1alpha2", False, _META_FIELDS),
+    Resource("namespaces", "namespace", "Namespace", "", "v1", True,
+             ("metadata.name", "status.phase"), ("ns",), namespaced=False),
 )
 
 
@@ -452,6 +455,19 @@ def make_endpointslice(ns, name, service, endpoints, ports, address_type=None,
         address_type = _ip_family(first_ip) if first_ip else "IPv4"
     return {"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1", "metadata": md,
             "addressType": address_type, "endpoints": eps or None, "ports": pl}
+
+
+def make_namespace(name, labels=None, annotations=None, uid=None):
+    """A v1 Namespace (cluster-scoped) as the apiserver stores it."""
+    md = {"name": name, "uid": uid or str(uuid.uuid4()), "resourceVersion": "",
+          "creationTimestamp": _now()}
+    lb = {"kubernetes.io/metadata.name": name}
+    lb.update(labels or {})
+    md["labels"] = lb
+    if annotations:
+        md["annotations"] = dict(annotations)
+    return {"kind": "Namespace", "apiVersion": "v1", "metadata": md,
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
 
 
 def make_virtualenv(ns, name, header="X-Virtual-Env", auto_inject=None, label="virtual-env",
@@ -1344,7 +1360,13 @@ class FakeAPI:
     @staticmethod
     def _key(obj):
         md = obj["metadata"]
+        if "namespace" not in md:  # cluster-scoped
+            return md["name"]
         return "%s/%s" % (md["namespace"], md["name"])
+
+    @staticmethod
+    def _store_key(r, ns, name):
+        return "%s/%s" % (ns, name) if r.namespaced else name
 
     def _commit(self, r, etype, obj, prev):
         self._rv += 1
@@ -1369,7 +1391,10 @@ class FakeAPI:
         r = self._res_of(obj)
         obj = copy.deepcopy(obj)
         md = obj.setdefault("metadata", {})
-        md.setdefault("namespace", "default")
+        if r.namespaced:
+            md.setdefault("namespace", "default")
+        else:
+            md.pop("namespace", None)
         if not md.get("name"):
             raise ValueError("metadata.name is required")
         if not md.get("uid"):
@@ -1403,7 +1428,10 @@ class FakeAPI:
         r = self._res_of(obj)
         obj = copy.deepcopy(obj)
         md = obj["metadata"]
-        md.setdefault("namespace", "default")
+        if r.namespaced:
+            md.setdefault("namespace", "default")
+        else:
+            md.pop("namespace", None)
         with self._cond:
             cur = self._objs[r.plural].get(self._key(obj))
             if cur is None:
@@ -1425,7 +1453,7 @@ class FakeAPI:
         """Remove an object (DELETED event carrying its last state at the delete's RV)."""
         r = self._resource(kind)
         with self._cond:
-            cur = self._objs[r.plural].get("%s/%s" % (ns, name))
+            cur = self._objs[r.plural].get(self._store_key(r, ns, name))
             if cur is None:
                 raise KeyError('%s "%s" not found' % (r.qualified, name))
             return self._commit(r, DELETED, cur, cur)
@@ -1433,14 +1461,14 @@ class FakeAPI:
     def get(self, kind, ns, name):
         r = self._resource(kind)
         with self._lock:
-            o = self._objs[r.plural].get("%s/%s" % (ns, name))
+            o = self._objs[r.plural].get(self._store_key(r, ns, name))
             return copy.deepcopy(o) if o is not None else None
 
     def objects(self, kind, ns=None):
         r = self._resource(kind)
         with self._lock:
             return [copy.deepcopy(o) for k, o in sorted(self._objs[r.plural].items())
-                    if ns is None or o["metadata"]["namespace"] == ns]
+                    if ns is None or o["metadata"].get("namespace") == ns]
 
     def apply(self, obj):
         """create() or update(), whichever applies."""
@@ -1889,7 +1917,7 @@ class FakeAPI:
                 q["fieldSelector"] = ("metadata.name=%s" % name) + ("," + fs if fs else "")
             self._serve_watch(h, entry, r, ns, q)
         elif name:
-            if ns is None:
+            if ns is None and r.namespaced:
                 self._send_status(h, entry, 404, "NotFound",
                                   "the server could not find the requested resource", {})
                 return
@@ -1976,7 +2004,7 @@ class FakeAPI:
             out = []
             for r in res:
                 if r.group == group and r.version == version:
-                    d = {"name": r.plural, "singularName": r.singular, "namespaced": True,
+                    d = {"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
                          "kind": r.kind,
                          "verbs": ["delete", "deletecollection", "get", "list", "patch",
                                    "create", "update", "watch"]}
@@ -2232,7 +2260,7 @@ class FakeAPI:
 
         def flt(o):
             md = o["metadata"]
-            return ((ns is None or md["namespace"] == ns) and lsel.matches(md.get("labels"))
+            return ((ns is None or md.get("namespace") == ns) and lsel.matches(md.get("labels"))
                     and fsel.matches(o))
 
         too_old = None

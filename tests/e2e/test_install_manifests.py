@@ -47,6 +47,7 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 EXPECTED_RBAC = {
     ("", "services"),
     ("", "pods"),
+    ("", "namespaces"),
     ("discovery.k8s.io", "endpointslices"),
     ("env.alibaba.com", "virtualenvironments"),
 }

@@ -460,3 +460,51 @@ def test_cgroup_annotation_is_ignored_in_kubernetes_mode(kube):
         for name in ("c-evil", "r-evil"):
             if api.get("pods", NS, name) is not None:
                 api.delete("pods", NS, name)
+
+
+def test_namespace_label_makes_its_pods_take_part(e2e_prerequisites, tmp_path):
+    """Default participation ("selected"): a pod without the env label takes part once its
+    Namespace carries envsteer.io/enabled=true (the agent lists and watches Namespaces),
+    and no longer when the label goes or the Namespace is deleted."""
+    api = fakeapi.FakeAPI(bookmark_interval=1.0)
+    api.start()
+    kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"), auth="token-file")
+    node = KubeNode("kubens", api, kubeconfig, default_env="dev", participation=None)
+    vip = "127.96.32.1"
+    enabled = "envsteer.io/enabled"
+
+    def plain():
+        r = node.request(k("c-plain"), vip, 80)
+        return r["answer"]["pod"] if r.get("ok") else r.get("errno")
+
+    def with_programs():
+        return node.status_http()["participation"]["pods_with_programs"]
+
+    try:
+        api.create(fakeapi.make_namespace(NS, {"team": "shop"}))
+        api.create(fakeapi.make_service(NS, "a", vip, [("http", 80, 8080)], selector={"app": "a"}))
+        node.kube_pod("a-dev", "127.1.32.1", env="dev", app="a")
+        node.kube_pod("c-plain", "127.1.32.11", app="c")
+        eps = [(node.pods[k("a-dev")].ips[0], True, "a-dev", NODE, node.uids["a-dev"])]
+        api.create(fakeapi.make_endpointslice(NS, "a-abcde", "a", eps, [("http", 8080)]))
+        node.start_server(k("a-dev"))
+        node.start_agent()
+        st = node.status_http()["participation"]
+        assert st["mode"] == "selected" and st["namespace_selector"] == "envsteer.io/enabled=true", st
+        assert api.lists("namespaces"), "Namespaces are listed"
+        assert plain() == "ECONNREFUSED"  # takes no part: not steered (nothing listens on the VIP)
+        assert with_programs() == 1  # a-dev, by its env label
+        api.relabel("namespaces", None, NS, {enabled: "true"})
+        wait_until(lambda: plain() == k("a-dev"), 10, what="c-plain steered by its Namespace's label")
+        assert with_programs() == 2
+        api.relabel("namespaces", None, NS, {enabled: "false"})
+        wait_until(lambda: plain() == "ECONNREFUSED", 10, what="c-plain no longer steered")
+        assert with_programs() == 1
+        api.relabel("namespaces", None, NS, {enabled: "true"})
+        wait_until(lambda: plain() == k("a-dev"), 10, what="c-plain steered again")
+        api.delete("namespaces", None, NS)
+        wait_until(lambda: plain() == "ECONNREFUSED", 10, what="c-plain not steered without its Namespace")
+        assert with_programs() == 1
+    finally:
+        node.close()
+        api.stop()

@@ -118,6 +118,38 @@ def test_relabel_into_and_out_of_participation(part):
     assert with_programs(part) == TAKING_PART
 
 
+NAMESPACE_DOC = """apiVersion: v1
+kind: Namespace
+metadata:
+  name: part
+  labels: {%s}
+"""
+
+
+def test_namespace_label_makes_all_its_pods_take_part(part):
+    """A v1 Namespace in the manifests with envsteer.io/enabled=true: every pod of it takes
+    part (--participation-namespace-selector's default); without the label, or without the
+    Namespace, only the pods that take part by their own labels."""
+    everyone = {p.name for p in part.pods.values()}
+    assert everyone > TAKING_PART
+    part.write_raw_manifest("namespace.yaml", NAMESPACE_DOC % ('"%s": "true"' % ENABLED))
+    try:
+        wait_until(lambda: with_programs(part) == everyone, 10, what="programs on every pod of the Namespace")
+        wait_until(lambda: not refused(part, "c-plain", WEB), 10, what="c-plain steered")
+        assert answer(part, "c-plain", WEB) == k("web-dev")  # unlabelled: the default env
+        assert answer(part, "c-p1", WEB) == k("web-p1")
+        part.write_raw_manifest("namespace.yaml", NAMESPACE_DOC % "team: shop")
+        wait_until(lambda: with_programs(part) == TAKING_PART, 10, what="programs only on the pods' own choice")
+        assert refused(part, "c-plain", WEB)
+        part.write_raw_manifest("namespace.yaml", NAMESPACE_DOC % ('"%s": "true"' % ENABLED))
+        wait_until(lambda: with_programs(part) == everyone, 10, what="programs on every pod again")
+    finally:
+        part.remove_raw_manifest("namespace.yaml")
+    wait_until(lambda: with_programs(part) == TAKING_PART, 10, what="the Namespace's file removed")
+    assert effective(part.pods[k("c-plain")].cgroup_dir) == []
+    assert refused(part, "c-plain", WEB)
+
+
 def tracing_links(node):
     return sorted(p for p in node.pins() if p in ("links/es_sock_recv_length", "links/es_sock_send_length"))
 

@@ -45,7 +45,10 @@ struct Event {
 
 class RandomCluster {
  public:
-  RandomCluster(uint32_t seed, FakeCgroups& cg) : rng_(seed), cg_(cg) {}
+  // participation: pods take part by the env label, a pod label or their
+  // Namespace's label (else every pod does), and Namespaces come and go.
+  RandomCluster(uint32_t seed, FakeCgroups& cg, bool participation = false)
+      : rng_(seed), cg_(cg), participation_(participation) {}
 
   Event next() {
     int roll = pick(100);
@@ -55,6 +58,7 @@ class RandomCluster {
     if (roll < 78) return invalid_event();
     if (roll < 86) return cgroup_event();
     if (roll < 93) return discovered_event();
+    if (participation_ && roll < 97) return namespace_event();
     return pod_event();
   }
 
@@ -65,6 +69,11 @@ class RandomCluster {
     o.cgroup_source = discovered ? CgroupSource::Discovered : CgroupSource::Annotation;
     const FakeCgroups* cg = &cg_;
     o.resolve_cgroup = [cg](const std::string& v) { return cg->resolve(v); };
+    if (participation_) {
+      o.participation.all = false;
+      o.participation.selector = LabelSelector::parse(kDefaultParticipationSelector);
+      o.participation.namespace_selector = LabelSelector::parse(kDefaultParticipationNamespaceSelector);
+    }
     return o;
   }
 
@@ -105,6 +114,7 @@ class RandomCluster {
     if (chance(20)) p.ports.push_back({"dns", 53, "UDP"});
     if (chance(20)) p.annotations[kThreadContextAnnotation] = chance(50) ? "on" : "maybe";
     if (chance(45)) p.annotations["envsteer.io/cgroup"] = any(cg_.pool());
+    if (participation_ && chance(15)) p.labels["envsteer.io/enabled"] = "true";
     return {"upsert pod " + n + "/" + name, [p](IncrementalModel& m) { m.upsert(p); }};
   }
 
@@ -170,6 +180,23 @@ class RandomCluster {
     return {"invalid " + bad.kind + " " + bad.key, [bad](IncrementalModel& m) { m.set_invalid(bad); }};
   }
 
+  Event namespace_event() {
+    std::string n = ns();
+    int r = pick(10);
+    if (r == 0) return {"remove namespace " + n, [n](IncrementalModel& m) { m.remove_namespace(n); }};
+    if (r == 1) {
+      k8s::InvalidObject bad{"Namespace", n, "uid-bad", "metadata.labels: cannot decode"};
+      return {"invalid namespace " + n, [bad](IncrementalModel& m) { m.set_invalid(bad); }};
+    }
+    k8s::Namespace o;
+    o.name = n;
+    o.uid = "uid-ns-" + n;
+    if (chance(50)) o.labels["envsteer.io/enabled"] = chance(80) ? "true" : "false";
+    if (chance(30)) o.labels["team"] = any(apps_);
+    return {"upsert namespace " + n + " (" + std::to_string(o.labels.size()) + " labels)",
+            [o](IncrementalModel& m) { m.upsert(o); }};
+  }
+
   Event cgroup_event() {
     std::string path = any(std::vector<std::string>{"/cg/p3", "/cg/p4", "/cg/p3/x"});
     return {"cgroup " + path + " appears", [this, path](IncrementalModel& m) {
@@ -190,6 +217,7 @@ class RandomCluster {
 
   std::mt19937 rng_;
   FakeCgroups& cg_;
+  bool participation_ = false;
 };
 
 }  // namespace envsteer::events_test

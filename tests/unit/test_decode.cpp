@@ -598,8 +598,8 @@ TEST(AddObject, UnknownKind) {
                          st);
             }),
             "Deployment shop/web: kind: unknown kind \"Deployment\" with apiVersion \"apps/v1\" "
-            "(supported: v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice, and lists of "
-            "them)");
+            "(supported: v1 Service, v1 Pod, discovery.k8s.io/v1 EndpointSlice, v1 Namespace, "
+            "and lists of them)");
   // Right kind, wrong version.
   EXPECT_THAT(error_of([&] {
                 add_object(Y("{apiVersion: discovery.k8s.io/v1beta1, kind: EndpointSlice, "
@@ -713,6 +713,36 @@ void expect_same_after_reduce(const json& obj, Decode decode, Reduce reduce) {
   }
   EXPECT_EQ(e1, e2) << obj.dump();
   EXPECT_TRUE(a == b) << obj.dump();
+}
+
+// v1 Namespace (participation by namespace label): name, uid, resourceVersion,
+// labels; keyed by name; a duplicate and a non-string label are errors.
+TEST(DecodeNamespace, NameLabelsAndErrors) {
+  json n = json::parse(R"({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"shop","uid":"u1",
+      "resourceVersion":"7","labels":{"envsteer.io/enabled":"true"}},"spec":{"finalizers":["kubernetes"]}})");
+  Namespace got = decode_namespace(n);
+  EXPECT_EQ(got.name, "shop");
+  EXPECT_EQ(got.uid, "u1");
+  EXPECT_EQ(got.resource_version, "7");
+  EXPECT_EQ(got.labels, (Labels{{"envsteer.io/enabled", "true"}}));
+  EXPECT_TRUE(decode_namespace(reduce_namespace(n)) == got);
+  ClusterState st;
+  add_object(n, st);
+  ASSERT_EQ(st.namespaces.count("shop"), 1u);
+  EXPECT_EQ(st.size(), 1u);
+  try {
+    add_object(n, st);
+    ADD_FAILURE() << "duplicate accepted";
+  } catch (const DecodeError& e) {
+    EXPECT_THAT(std::string(e.what()), ::testing::HasSubstr("Namespace shop: metadata.name: duplicate"));
+  }
+  n["metadata"]["labels"]["bad"] = 1;
+  try {
+    decode_namespace(n);
+    ADD_FAILURE() << "a non-string label accepted";
+  } catch (const DecodeError& e) {
+    EXPECT_THAT(std::string(e.what()), ::testing::HasSubstr("Namespace shop: metadata.labels"));
+  }
 }
 
 TEST(Reduce, DecodesTheSame) {

@@ -57,11 +57,12 @@ struct Variant {
   bool selector_fallback;
   const char* default_env;
   bool discovered;
+  bool participation = false;  // selected pods, by pod or Namespace label; Namespace events
 };
 
 void run_sequence(uint32_t seed, const Variant& v, int events) {
   FakeCgroups cg;
-  RandomCluster world(seed, cg);
+  RandomCluster world(seed, cg, v.participation);
   IncrementalModel m(world.options(v.selector_fallback, v.default_env, v.discovered));
   size_t skipped_seen = 0, sets_seen = 0, restarts = 0, conflicts = 0;
   DesiredState before = m.state();
@@ -114,6 +115,11 @@ TEST(IncrementalModel, EqualsAFullBuildAfterEveryEventKubernetes) {
 
 TEST(IncrementalModel, EqualsAFullBuildAfterEveryEventWithoutDefaultEnv) {
   for (uint32_t seed = 21; seed <= 24; seed++) run_sequence(seed, {true, "", false}, 400);
+}
+
+TEST(IncrementalModel, EqualsAFullBuildAfterEveryEventParticipationByNamespace) {
+  for (uint32_t seed = 31; seed <= 34; seed++) run_sequence(seed, {true, "dev", false, true}, 400);
+  for (uint32_t seed = 41; seed <= 43; seed++) run_sequence(seed, {false, "dev", true, true}, 400);
 }
 
 TEST(IncrementalModel, ResetEqualsAFullBuild) {

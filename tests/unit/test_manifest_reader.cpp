@@ -28,6 +28,15 @@ std::string list(const std::string& kind, const std::string& items) {
   return "{\"apiVersion\":\"v1\",\"items\":[" + items + "],\"kind\":\"" + kind + "\"}";
 }
 
+std::string error_of(ManifestReader& r, const std::string& name) {
+  try {
+    r.read_changed({name});
+  } catch (const ManifestError& e) {
+    return e.what();
+  }
+  return "";
+}
+
 class ManifestReaderTest : public ::testing::Test {
  protected:
   void write(const std::string& name, const std::string& text) { tmp_.write(name, text); }
@@ -50,7 +59,7 @@ TEST_F(ManifestReaderTest, EveryFileGivesOnlyWhatChanged) {
     const auto* p = std::get_if<k8s::Pod>(&c.object);
     got[c.key] = p ? p->labels.at("virtual-env") : "";
   }
-  // every object of a changed file comes again (the model drops equal ones)
+  // the changed items of a changed file (a JSON list is read item by item)
   EXPECT_EQ(got, (std::map<std::string, std::string>{{"a/p2", "dev.c"}, {"a/p3", ""}, {"a/p4", "dev.d"}}));
   fs::remove(dir_ / "1.json");
   ch = r.read_every_file();
@@ -114,6 +123,90 @@ TEST_F(ManifestReaderTest, ListsDecodedWhileParsedLikeAWholeDocument) {
   } catch (const ManifestError& e) {
     EXPECT_THAT(std::string(e.what()), HasSubstr("line 1 column"));
   }
+}
+
+// ManifestReader reads JSON lists item by item: the same objects and errors as
+// the whole read (load_manifests), for lists, typed lists, duplicates, bad items,
+// syntax errors, escaped keys and odd spacing.
+TEST_F(ManifestReaderTest, ItemByItemReadsLikeTheWholeFile) {
+  const std::string a = pod_json("p1", "dev.a"), b = pod_json("p2", "dev.b");
+  const std::string svc = "{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{\"name\":\"s\",\"namespace\":\"a\"},"
+                          "\"spec\":{\"clusterIP\":\"10.96.0.1\",\"ports\":[{\"port\":80}]}}";
+  const std::string ns = "{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{\"name\":\"a\",\"labels\":{\"x\":\"y\"}}}";
+  for (const std::string& text : {
+           list("List", a + "," + b + "," + svc + "," + ns),
+           " {\n \"apiVersion\" : \"v1\" , \"items\" : [ " + a + " ,\n\t" + b + " ] , \"kind\":\"List\" } \n",
+           list("PodList", pod_json("p1", "dev.a", false) + "," + b),
+           list("List", a + "," + a),
+           list("List", a + "," + pod_json("p1", "dev.b")),  // one name twice, texts differ
+           list("List", a + ",{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{}}"),
+           list("List", a + "," + list("List", b)),  // a list inside
+           list("List", ""),
+           list("List", a) + "x",
+           list("List", a + ",") ,
+           "{\"apiVersion\":\"v1\",\"it\\u0065ms\":[" + a + "],\"kind\":\"List\"}",  // an escaped key
+           "{\"apiVersion\":\"v1\",\"items\":[" + a + "],\"items\":[" + b + "],\"kind\":\"List\"}",
+           "{\"kind\":\"Pod\",\"apiVersion\":\"v1\",\"metadata\":{\"name\":\"x\"},\"items\":[" + a + "]}",
+           list("List", "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"q\\\"]}\",\"namespace\":\"a\"}}"),
+       }) {
+    write("m.json", text);
+    std::string whole_error, reader_error;
+    k8s::ClusterState whole, got;
+    try {
+      whole = load_manifests(dir_);
+    } catch (const ManifestError& e) {
+      whole_error = e.what();
+    }
+    ManifestReader r(dir_);
+    try {
+      got = r.read_all();
+    } catch (const ManifestError& e) {
+      reader_error = e.what();
+    }
+    EXPECT_EQ(reader_error, whole_error) << text;
+    EXPECT_EQ(got.pods, whole.pods) << text;
+    EXPECT_EQ(got.services, whole.services) << text;
+    EXPECT_EQ(got.namespaces, whole.namespaces) << text;
+  }
+}
+
+// One item of a JSON list changed: only it is given (parsed); an item gone is a
+// deletion, a new one an object; a change of the text around the items reads all.
+TEST_F(ManifestReaderTest, OneChangedItemIsTheOnlyChange) {
+  auto items = [](std::initializer_list<std::pair<const char*, const char*>> pods) {
+    std::string out;
+    for (const auto& [name, env] : pods) out += (out.empty() ? "" : ",") + pod_json(name, env);
+    return out;
+  };
+  write("1.json", list("List", items({{"p1", "dev.a"}, {"p2", "dev.a"}, {"p3", "dev.a"}})));
+  ManifestReader r(dir_);
+  ASSERT_EQ(r.read_all().pods.size(), 3u);
+  auto got = [&](const std::vector<ObjectChange>& ch) {
+    std::map<std::string, std::string> out;  // key -> env, "" = deleted
+    for (const auto& c : ch) {
+      const auto* p = std::get_if<k8s::Pod>(&c.object);
+      out[c.key] = p ? p->labels.at("virtual-env") : "";
+    }
+    return out;
+  };
+  write("1.json", list("List", items({{"p1", "dev.a"}, {"p2", "dev.b"}, {"p3", "dev.a"}})));
+  EXPECT_EQ(got(r.read_changed({"1.json"})), (std::map<std::string, std::string>{{"a/p2", "dev.b"}}));
+  write("1.json", list("List", items({{"p1", "dev.a"}, {"p2", "dev.b"}})));  // p3 gone
+  EXPECT_EQ(got(r.read_changed({"1.json"})), (std::map<std::string, std::string>{{"a/p3", ""}}));
+  write("1.json", list("List", items({{"p4", "dev.c"}, {"p1", "dev.a"}, {"p2", "dev.b"}})));  // p4 new, order moved
+  EXPECT_EQ(got(r.read_changed({"1.json"})), (std::map<std::string, std::string>{{"a/p4", "dev.c"}}));
+  // an item renamed to the name of another: the whole read's duplicate error, nothing kept
+  write("1.json", list("List", items({{"p4", "dev.c"}, {"p1", "dev.a"}, {"p1", "dev.b"}})));
+  EXPECT_THAT(error_of(r, "1.json"), HasSubstr("duplicate"));
+  write("1.json", list("List", items({{"p4", "dev.c"}, {"p1", "dev.a"}, {"p2", "dev.b"}})));
+  EXPECT_TRUE(r.read_changed({"1.json"}).empty());  // back as it was read last
+  // a syntax error in a changed item: the whole read's message (line and column of the file)
+  write("1.json", list("List", items({{"p4", "dev.c"}, {"p1", "dev.a"}})) + ",");
+  EXPECT_THAT(error_of(r, "1.json"), HasSubstr("line 1 column"));
+  // the frame changed (a typed list now): everything again, as before
+  write("1.json", "{\"apiVersion\":\"v1\",\"kind\":\"PodList\",\"items\":[" + items({{"p4", "dev.c"}, {"p1", "dev.d"}}) + "]}");
+  EXPECT_EQ(got(r.read_changed({"1.json"})),
+            (std::map<std::string, std::string>{{"a/p1", "dev.d"}, {"a/p2", ""}, {"a/p4", "dev.c"}}));
 }
 
 }  // namespace

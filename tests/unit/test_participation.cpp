@@ -142,6 +142,79 @@ TEST(Participation, RelabelIntoAndOutOfParticipationIncrementally) {
   EXPECT_EQ(model_difference(m.state(), build_model(m.cluster(), f.o)), "");
 }
 
+k8s::Namespace ns(const std::string& name, k8s::Labels labels) {
+  k8s::Namespace n;
+  n.name = name;
+  n.uid = "uid-" + name;
+  n.labels = std::move(labels);
+  return n;
+}
+
+// A Namespace with the label makes every pod in it take part; the pod's own
+// labels still count, and an unknown Namespace makes nobody take part.
+TEST(Participation, NamespaceLabelMakesItsPodsTakePart) {
+  Fixture f;
+  f.o.participation.namespace_selector = LabelSelector::parse(kDefaultParticipationNamespaceSelector);
+  f.cs.namespaces["a"] = ns("a", {{"envsteer.io/enabled", "true"}});
+  EXPECT_EQ(local_pods(build_model(f.cs, f.o)).size(), 4u);
+  f.cs.namespaces["a"] = ns("a", {{"envsteer.io/enabled", "false"}});
+  EXPECT_EQ(local_pods(build_model(f.cs, f.o)), (std::set<std::string>{"a/labelled", "a/enabled"}));
+  f.cs.namespaces.clear();
+  EXPECT_EQ(local_pods(build_model(f.cs, f.o)), (std::set<std::string>{"a/labelled", "a/enabled"}));
+  // another Namespace's label says nothing about these pods
+  f.cs.namespaces["b"] = ns("b", {{"envsteer.io/enabled", "true"}});
+  EXPECT_EQ(local_pods(build_model(f.cs, f.o)), (std::set<std::string>{"a/labelled", "a/enabled"}));
+  // "" matches no Namespace
+  f.cs.namespaces["a"] = ns("a", {{"envsteer.io/enabled", "true"}});
+  f.o.participation.namespace_selector = LabelSelector::parse("");
+  EXPECT_EQ(local_pods(build_model(f.cs, f.o)), (std::set<std::string>{"a/labelled", "a/enabled"}));
+}
+
+// A Namespace gaining, changing and losing its label (and being deleted): the
+// incremental model recomputes its pods, names the local pods as changed, and
+// equals a full build after each step; a change that keeps the match is no change.
+TEST(Participation, NamespaceRelabelIncrementally) {
+  Fixture f;
+  f.o.participation.namespace_selector = LabelSelector::parse(kDefaultParticipationNamespaceSelector);
+  f.cs.namespaces["a"] = ns("a", {{"team", "x"}});
+  IncrementalModel m(f.o);
+  m.reset(f.cs);
+  m.take_delta();
+  auto check = [&](const std::set<std::string>& want, bool changed) {
+    EXPECT_EQ(m.take_delta().pods, changed);
+    EXPECT_EQ(local_pods(m.state()), want);
+    EXPECT_EQ(model_difference(m.state(), build_model(m.cluster(), f.o)), "");
+  };
+  const std::set<std::string> own{"a/labelled", "a/enabled"};
+  const std::set<std::string> every{"a/labelled", "a/enabled", "a/plain", "a/disabled"};
+  m.upsert(ns("a", {{"team", "x"}, {"envsteer.io/enabled", "true"}}));
+  check(every, true);
+  m.upsert(ns("a", {{"team", "y"}, {"envsteer.io/enabled", "true"}}));  // still matches
+  check(every, false);
+  m.upsert(ns("a", {{"team", "y"}}));
+  check(own, true);
+  m.upsert(ns("a", {{"envsteer.io/enabled", "true"}}));
+  check(every, true);
+  m.remove_namespace("a");
+  check(own, true);
+  // through apply() (as the sources deliver it), with its undo
+  auto undo = m.apply(ObjectChange{ObjectChange::Kind::Namespace, "a", ns("a", {{"envsteer.io/enabled", "true"}})});
+  ASSERT_TRUE(undo.has_value());
+  check(every, true);
+  m.apply(std::move(*undo));
+  check(own, true);
+  // a pod created later in a labelled Namespace takes part at once
+  m.upsert(ns("a", {{"envsteer.io/enabled", "true"}}));
+  m.take_delta();
+  m.upsert(pod("late", {{"app", "web"}}, "pods/late"));
+  EXPECT_TRUE(local_pods(m.state()).count("a/late"));
+  EXPECT_EQ(model_difference(m.state(), build_model(m.cluster(), f.o)), "");
+  // an undecodable Namespace is no Namespace (its pods take part by their own labels)
+  m.set_invalid(k8s::InvalidObject{"Namespace", "a", "uid-a", "metadata.labels[\"x\"]: must be a string"});
+  EXPECT_EQ(local_pods(m.state()), own);
+  EXPECT_EQ(model_difference(m.state(), build_model(m.cluster(), f.o)), "");
+}
+
 TEST(ParticipationSettings, DefaultsAndValidation) {
   Settings s;
   EXPECT_EQ(s.participation, "selected");
@@ -160,6 +233,16 @@ TEST(ParticipationSettings, DefaultsAndValidation) {
     EXPECT_THAT(e.what(), ::testing::HasSubstr("--participation-selector"));
   }
   s.participation_selector = "";
+  EXPECT_NO_THROW(validate_settings(s));
+  EXPECT_EQ(s.participation_namespace_selector, kDefaultParticipationNamespaceSelector);
+  s.participation_namespace_selector = "a b";
+  try {
+    validate_settings(s);
+    ADD_FAILURE() << "bad namespace selector accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("--participation-namespace-selector"));
+  }
+  s.participation_namespace_selector = "";
   EXPECT_NO_THROW(validate_settings(s));
 }
 

@@ -57,6 +57,7 @@ cleanupOnExit: true
 cgroupAnnotation: example.com/cgroup
 participation: all
 participationSelector: "team=a,!legacy"
+participationNamespaceSelector: "mesh=envsteer"
 limits:
   frontends: 10
   sets: 20
@@ -79,6 +80,7 @@ limits:
   EXPECT_EQ(s.cgroup_annotation, "example.com/cgroup");
   EXPECT_EQ(s.participation, "all");
   EXPECT_EQ(s.participation_selector, "team=a,!legacy");
+  EXPECT_EQ(s.participation_namespace_selector, "mesh=envsteer");
   EXPECT_EQ(s.limits.frontends, 10u);
   EXPECT_EQ(s.limits.sets, 20u);
   EXPECT_EQ(s.limits.slots, 30u);
