@@ -176,6 +176,9 @@ struct es_msg_ctx {
 	__u8 head; /* a request head was routed in this run (es_count_path) */
 };
 
+/* Bytes of a run (http.h) taken in one step of the byte loop, at most. */
+#define ES_MSG_RUN 16
+
 static long es_msg_byte(__u32 i, void *data)
 {
 	struct es_msg_ctx *c = data;
@@ -183,7 +186,7 @@ static long es_msg_byte(__u32 i, void *data)
 	__u64 skip;
 	__u32 idx;
 	__u8 *p, b;
-	int ev;
+	int ev, kind;
 
 	if (c->tx->v.off >= c->tx->v.size)
 		return 1;
@@ -215,6 +218,26 @@ static long es_msg_byte(__u32 i, void *data)
 	p = (__u8 *)(long)msg->data + idx;
 	if ((void *)(p + 1) > (void *)(long)msg->data_end)
 		return 1;
+	kind = es_http_run_kind(&c->tx->st);
+	if (kind && es_http_run_byte(kind, *p)) {
+		/* a run (http.h): up to the byte that ends it, the pulled
+		 * region's end or the header window, without the state machine */
+		__u32 max = es_http_run_max(&c->tx->st, c->cfg), lim = c->tx->v.pend - c->tx->v.off, k;
+		__u8 last = *p;
+
+		for (k = 1; k < ES_MSG_RUN; k++) {
+			if (k >= lim || k >= max || (void *)(p + k + 1) > (void *)(long)msg->data_end ||
+			    !es_http_run_byte(kind, p[k]))
+				break;
+			last = p[k];
+		}
+		if (max) {
+			es_http_run_take(&c->tx->st, kind, k);
+			c->tx->v.off += k;
+			c->tx->prev = last;
+			return 0;
+		}
+	}
 	b = *p;
 	c->tx->v.off++;
 	ev = es_http_feed(&c->tx->st, c->cfg, b);
