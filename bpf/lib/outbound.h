@@ -287,17 +287,6 @@ struct es_walk {
 	__u32 id;
 };
 
-static long es_pad_cb(__u32 i, void *data)
-{
-	struct es_walk *w = data;
-	__u32 idx = w->pos + i;
-
-	if (idx >= ES_ENV_NAME_MAX)
-		return 1;
-	w->key->name[idx & (ES_ENV_NAME_MAX - 1)] = 0;
-	return 0;
-}
-
 static long es_walk_cb(__u32 i, void *data)
 {
 	struct es_walk *w = data;
@@ -328,9 +317,11 @@ static __always_inline __u32 es_env_id_of(const char *name, __u32 len)
 	w.key = bpf_map_lookup_elem(&es_scratch, &zero);
 	if (!w.key || len == 0 || len >= ES_ENV_NAME_MAX)
 		return ES_ENV_NONE;
-	__builtin_memcpy(w.key->name, name, ES_ENV_NAME_MAX);
-	w.pos = len;
-	bpf_loop(ES_ENV_NAME_MAX, es_pad_cb, &w, 0);
+	/* the key NUL-padded: zeroed, then the name's len bytes (one helper
+	 * call, not a loop step per padding byte) */
+	__builtin_memset(w.key->name, 0, ES_ENV_NAME_MAX);
+	if (bpf_probe_read_kernel(w.key->name, len & (ES_ENV_NAME_MAX - 1), name))
+		return ES_ENV_NONE;
 	w.pos = len;
 	bpf_loop(ES_ENV_NAME_MAX, es_walk_cb, &w, 0);
 	return w.id;
