@@ -1024,13 +1024,15 @@ static long es_rsp_step(__u32 i, void *data)
 		return 0;
 	}
 	if (c->off < c->wstart || c->off >= c->wstart + c->wlen) {
-		n = c->len - c->off;
+		n = c->len - c->off; /* at least 1: off < len */
 		if (n > ES_RSP_WIN)
 			n = ES_RSP_WIN;
-		/* the verifier needs the bound on the register passed */
+		/* the verifier needs the bounds 1..ES_RSP_WIN on the register
+		 * passed, in a form every verifier follows (6.1 learns no n != 0
+		 * from a test) */
 		__asm__ __volatile__("" : "+r"(n));
-		n &= 2 * ES_RSP_WIN - 1;
-		if (n == 0 || n > ES_RSP_WIN || bpf_skb_load_bytes(c->skb, c->off, c->win, n)) {
+		n = ((n - 1) & (ES_RSP_WIN - 1)) + 1;
+		if (bpf_skb_load_bytes(c->skb, c->off, c->win, n)) {
 			es_rsp_dead(c->r, ES_RSP_ERR_NONE);
 			return 1;
 		}

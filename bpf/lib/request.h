@@ -114,14 +114,16 @@ static long es_feed_byte(__u32 i, void *data)
 		return 0;
 	}
 	if (c->off < c->w->start || c->off >= c->w->start + c->w->len) {
-		__u32 n = c->end - c->off;
+		__u32 n = c->end - c->off; /* at least 1: off < end */
 
 		if (n > ES_RX_WIN)
 			n = ES_RX_WIN;
-		/* the verifier needs the bound on the register passed */
+		/* the verifier needs the bounds 1..ES_RX_WIN on the register
+		 * passed, in a form every verifier follows (6.1 learns no n != 0
+		 * from a test) */
 		__asm__ __volatile__("" : "+r"(n));
-		n &= 2 * ES_RX_WIN - 1;
-		if (n == 0 || n > ES_RX_WIN || bpf_skb_load_bytes(c->skb, c->off, c->w->b, n))
+		n = ((n - 1) & (ES_RX_WIN - 1)) + 1;
+		if (bpf_skb_load_bytes(c->skb, c->off, c->w->b, n))
 			return 1;
 		c->w->start = c->off;
 		c->w->len = n;
