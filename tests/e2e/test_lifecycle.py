@@ -86,7 +86,9 @@ def test_restart_under_connect_loop_loses_nothing(running, sig):
     before = attach_types(node)
     assert before, "no program attached in %s" % node.cgroup_dir
     pinned_before = node.pinned_ids()
-    loop = node.start_loop(k("c-proj1"), VIP, PORT, count=3000, duration=4.0)
+    # paced over 6 s: the loop must outlast the agent's stop and start (program load and
+    # verification, which takes longer on a loaded machine)
+    loop = node.start_loop(k("c-proj1"), VIP, PORT, count=3000, duration=6.0)
     time.sleep(1.0)
     rc = node.stop_agent(sig)
     if sig == signal.SIGTERM:
