@@ -206,8 +206,12 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
 void Agent::sync_pod_programs() {
   if (!dp_) return;
   std::map<uint64_t, std::string> want;
-  for (const auto& [id, pod] : model_->pods) want.emplace(id, pod.cgroup);
-  auto r = dp_->sync_pods(want);
+  std::set<uint64_t> thread_ctx;  // pods whose requests are parsed on arrival
+  for (const auto& [id, pod] : model_->pods) {
+    want.emplace(id, pod.cgroup);
+    if (pod.thread_ctx) thread_ctx.insert(id);
+  }
+  auto r = dp_->sync_pods(want, thread_ctx);
   if (r.changed() || r.failed)
     spdlog::info("pod programs: attached to {} pod cgroup(s), removed from {}, {} failed; {} pod(s) carry them",
                  r.attached, r.detached, r.failed, dp_->pods()->pods());

@@ -210,7 +210,9 @@ std::vector<std::string> attach_all(envsteer_bpf* skel, const fs::path& link_dir
       attach_tracing(prog, link_dir / name, rep);
       continue;
     }
-    cgroup_progs->push_back({name, bpf_program__fd(prog), static_cast<uint32_t>(bpf_program__expected_attach_type(prog))});
+    // cgroup_skb ingress parses requests for the thread context only
+    cgroup_progs->push_back({name, bpf_program__fd(prog), static_cast<uint32_t>(bpf_program__expected_attach_type(prog)),
+                             prog == skel->progs.es_http_ingress});
   }
   return linked;
 }
@@ -345,8 +347,9 @@ bool Datapath::set_thread_tracing(bool on) {
   return true;
 }
 
-PodAttacher::Result Datapath::sync_pods(const std::map<uint64_t, std::string>& want) {
-  auto r = pods_->sync(want);
+PodAttacher::Result Datapath::sync_pods(const std::map<uint64_t, std::string>& want,
+                                        const std::set<uint64_t>& thread_ctx) {
+  auto r = pods_->sync(want, thread_ctx);
   if (!root_links_.empty() && !pods_->has_failures()) {
     for (const auto& p : root_links_) {
       if (bpf_link* l = bpf_link__open(p.c_str())) {

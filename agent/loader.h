@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -71,7 +72,7 @@ class Datapath {
   // The cgroup programs on exactly these pod cgroups (cgroup id -> directory).
   // The first call also removes the root links of an agent older than per-pod
   // attachment (kept until now so that steering never stops).
-  PodAttacher::Result sync_pods(const std::map<uint64_t, std::string>& want);
+  PodAttacher::Result sync_pods(const std::map<uint64_t, std::string>& want, const std::set<uint64_t>& thread_ctx);
   const PodAttacher* pods() const { return pods_.get(); }
   // The global tracing programs (tp_btf sock_recv_length / sock_send_length)
   // serve only the thread context: attached while some pod of the node opts in,

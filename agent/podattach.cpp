@@ -82,7 +82,15 @@ void PodAttacher::detach_pod(uint64_t id) {
   pods_.erase(id);
 }
 
-std::string PodAttacher::attach_pod(uint64_t id, const std::string& path) {
+bool PodAttacher::complete(uint64_t id, bool thread_ctx) const {
+  auto have = pods_.find(id);
+  if (have == pods_.end()) return false;
+  for (const auto& p : progs_)
+    if ((!p.thread_ctx_only || thread_ctx) && !have->second.count(p.name)) return false;
+  return true;
+}
+
+std::string PodAttacher::attach_pod(uint64_t id, const std::string& path, bool thread_ctx) {
   UniqueFd cg(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!cg) return "cannot open pod cgroup " + path + ": " + errstr(errno);
   // the directory may have been made again since the model resolved it
@@ -92,7 +100,7 @@ std::string PodAttacher::attach_pod(uint64_t id, const std::string& path) {
   fs::create_directories(d, ec);
   auto& have = pods_[id];
   for (const auto& p : progs_) {
-    if (have.count(p.name)) continue;
+    if (have.count(p.name) || (p.thread_ctx_only && !thread_ctx)) continue;
     const fs::path pin = d / p.name;
     if (fs::exists(pin, ec)) drop_link(pin);  // left over by a failed attempt
     UniqueFd link(bpf_link_create(p.fd, cg.get(), static_cast<bpf_attach_type>(p.attach_type), nullptr));
@@ -107,7 +115,8 @@ std::string PodAttacher::attach_pod(uint64_t id, const std::string& path) {
   return "";
 }
 
-PodAttacher::Result PodAttacher::sync(const std::map<uint64_t, std::string>& want) {
+PodAttacher::Result PodAttacher::sync(const std::map<uint64_t, std::string>& want,
+                                      const std::set<uint64_t>& thread_ctx) {
   Result r;
   std::vector<uint64_t> gone;
   for (const auto& [id, _] : pods_)
@@ -119,9 +128,9 @@ PodAttacher::Result PodAttacher::sync(const std::map<uint64_t, std::string>& wan
   }
   for (auto it = failing_.begin(); it != failing_.end();) it = want.count(*it) ? std::next(it) : failing_.erase(it);
   for (const auto& [id, path] : want) {
-    auto have = pods_.find(id);
-    if (have != pods_.end() && have->second.size() == progs_.size()) continue;
-    std::string err = attach_pod(id, path);
+    const bool ctx = thread_ctx.count(id) != 0;
+    if (complete(id, ctx)) continue;
+    std::string err = attach_pod(id, path, ctx);
     if (err.empty()) {
       if (failing_.erase(id)) spdlog::info("pod cgroup {}: programs attached after all", path);
       r.attached++;

@@ -18,6 +18,11 @@ struct CgroupProgram {
   std::string name;
   int fd = -1;               // the loaded program (owned by the skeleton)
   uint32_t attach_type = 0;  // enum bpf_attach_type
+  // Serves only the thread context (cgroup_skb ingress: the request headers a
+  // reading thread adopts): attached only to pods that opt into it, and kept
+  // once attached while the pod takes part (the sockets' state it keeps must
+  // not go stale under a thread that reads: request.h).
+  bool thread_ctx_only = false;
 };
 
 class PodAttacher {
@@ -36,8 +41,10 @@ class PodAttacher {
     bool changed() const { return attached || detached; }
   };
   // Makes the attachments what want says (cgroup id -> its directory): pods
-  // not in it lose their programs, the others get every program. Never throws.
-  Result sync(const std::map<uint64_t, std::string>& want);
+  // not in it lose their programs, the others get every program (those marked
+  // thread_ctx_only when the pod is in thread_ctx, or had them already).
+  // Never throws.
+  Result sync(const std::map<uint64_t, std::string>& want, const std::set<uint64_t>& thread_ctx);
   // Pods whose last sync failed are tried again.
   bool has_failures() const { return !failing_.empty(); }
 
@@ -48,7 +55,9 @@ class PodAttacher {
   std::filesystem::path pod_dir(uint64_t id) const;
   void detach_pod(uint64_t id);
   // "" when every program is attached, else what failed
-  std::string attach_pod(uint64_t id, const std::string& path);
+  std::string attach_pod(uint64_t id, const std::string& path, bool thread_ctx);
+  // whether the pod has every program it should have
+  bool complete(uint64_t id, bool thread_ctx) const;
 
   std::filesystem::path dir_;
   std::vector<CgroupProgram> progs_;

@@ -45,7 +45,7 @@ REPO=$PWD
 # API server and the packaging, which do not depend on the kernel).
 DEFAULT_TESTS="test_core.py test_ipv6.py test_sockhash.py test_header.py test_inject.py test_lifecycle.py"
 # Not a kernel difference: these need a connect rate that emulation does not reach
-# (3000 connects paced over 4 s, bounded at 36 s; TCG manages about 22 a second).
+# (3000 connects paced over 6 s, bounded at 36 s; TCG manages about 22 a second).
 SLOW_UNDER_EMULATION="test_lifecycle.py::test_restart_under_connect_loop_loses_nothing"
 tests=()
 all=0 probe_only=0 keep=0 deselect=1

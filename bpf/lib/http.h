@@ -357,6 +357,10 @@ ES_INLINE void es_http_name_byte(struct es_http_state *st, const struct es_http_
 
 	if (st->npos < 255)
 		st->npos++;
+	/* no name is left to match: nothing to compare (es_http_run takes such
+	 * names in bulk) */
+	if (!st->match)
+		return;
 	c = es_http_lower(c);
 	for (k = 0; k < ES_HTTP_MAX_NAMES; k++) {
 		if (i < cfg->name_len[k] && (__u8)cfg->names[k][i & (ES_HTTP_NAME_MAX - 1)] == c)
@@ -842,6 +846,73 @@ ES_INLINE int es_http_step(struct es_http_state *st, const struct es_http_cfg *c
 }
 
 /*
+ * Runs: bytes that change nothing in the state but the position. Parsers take
+ * them in bulk (a scan for the byte that ends the run, no state machine per
+ * byte), with exactly the state that feeding them one by one leaves (the
+ * fuzzer compares the two):
+ *  - ES_HTTP_RUN_VALUE: the value of a header nothing is read from: every
+ *    byte but CR and LF;
+ *  - ES_HTTP_RUN_NAME: a header name no configured or built-in name can still
+ *    match (decided by its first byte or the few after it): tchar bytes;
+ *  - ES_HTTP_RUN_TARGET: the request target: bytes above ' ' but DEL.
+ * A run never crosses the window (the byte that does raises an event).
+ */
+enum {
+	ES_HTTP_RUN_NONE = 0,
+	ES_HTTP_RUN_VALUE,
+	ES_HTTP_RUN_NAME,
+	ES_HTTP_RUN_TARGET,
+};
+
+/* The kind of run the next bytes may be taken in (ES_HTTP_RUN_NONE: feed them). */
+ES_INLINE int es_http_run_kind(const struct es_http_state *st)
+{
+	if (st->cr)
+		return ES_HTTP_RUN_NONE;
+	if (st->phase == ES_HTTP_P_VALUE)
+		return st->hdr == ES_HTTP_H_NONE ? ES_HTTP_RUN_VALUE : ES_HTTP_RUN_NONE;
+	if (st->phase == ES_HTTP_P_NAME)
+		return st->match ? ES_HTTP_RUN_NONE : ES_HTTP_RUN_NAME;
+	if (st->phase == ES_HTTP_P_TARGET)
+		return ES_HTTP_RUN_TARGET;
+	return ES_HTTP_RUN_NONE;
+}
+
+/* 1 when byte c continues a run of that kind. */
+ES_INLINE int es_http_run_byte(int kind, __u8 c)
+{
+	if (kind == ES_HTTP_RUN_VALUE)
+		return c != '\r' && c != '\n';
+	if (kind == ES_HTTP_RUN_NAME)
+		return es_http_tchar(c);
+	return c > ' ' && c != 0x7f;
+}
+
+/* The longest run allowed now: the byte past the window is fed on its own. */
+ES_INLINE __u32 es_http_run_max(const struct es_http_state *st, const struct es_http_cfg *cfg)
+{
+	if (!cfg->window || (st->flags & ES_HTTP_F_WINDOW))
+		return 0xffffffffU;
+	return st->pos < cfg->window ? cfg->window - st->pos : 0;
+}
+
+/* Takes n bytes of a run of that kind (n within es_http_run_max). */
+ES_INLINE void es_http_run_take(struct es_http_state *st, int kind, __u32 n)
+{
+	__u64 p = (__u64)st->pos + n;
+	__u32 t;
+
+	st->pos = p > 0xffffffffULL ? 0xffffffffU : (__u32)p;
+	if (kind == ES_HTTP_RUN_NAME) {
+		t = (__u32)st->npos + n;
+		st->npos = t > 255 ? 255 : (__u8)t;
+	} else if (kind == ES_HTTP_RUN_TARGET) {
+		st->npos = 1;
+	}
+	st->ev = 0;
+}
+
+/*
  * In BPF the verifier must see every field of the state as an unknown value
  * loaded from memory: a value the compiler kept in a register from the last
  * byte (the phase, the events) would be an exact constant, each path would
@@ -864,7 +935,7 @@ ES_INLINE int es_http_feed(struct es_http_state *st, const struct es_http_cfg *c
 
 /*
  * Feeds buf[0..len) (user space; BPF callers loop over es_http_feed), taking
- * body bytes in bulk. Stops after the first byte whose events meet stop, or
+ * body bytes and runs in bulk. Stops after the first byte whose events meet stop, or
  * after NOT_HTTP. Returns the OR of the events; *used (if set) gets the bytes
  * consumed.
  */
@@ -872,17 +943,24 @@ ES_INLINE int es_http_feed_buf(struct es_http_state *st, const struct es_http_cf
 			       const void *buf, __u32 len, int stop, __u32 *used)
 {
 	const __u8 *p = (const __u8 *)buf;
-	__u32 i = 0;
+	__u32 i = 0, k, max;
 	__u64 n;
-	int ev, all = 0;
+	int ev, kind, all = 0;
 
 	while (i < len) {
 		n = es_http_skippable(st);
+		kind = es_http_run_kind(st);
 		if (n > 1) {
 			if (n > len - i)
 				n = len - i;
 			ev = es_http_skip(st, n);
 			i += (__u32)n;
+		} else if (kind && (max = es_http_run_max(st, cfg)) > 0 && es_http_run_byte(kind, p[i])) {
+			for (k = 1; k < len - i && k < max && es_http_run_byte(kind, p[i + k]); k++)
+				;
+			es_http_run_take(st, kind, k);
+			i += k;
+			continue;
 		} else {
 			ev = es_http_feed(st, cfg, p[i]);
 			i++;

@@ -282,6 +282,24 @@ struct {
 	__type(value, struct es_hdr_buf);
 } es_hdrbuf SEC(".maps");
 
+/* Per-CPU window of payload bytes for the ingress parse (request.h). Only
+ * cgroup_skb ingress uses it, which does not nest with itself on a CPU. In a
+ * map value, not on the stack, so the verifier does not follow the window's
+ * bounds through the byte loop. */
+#define ES_RX_WIN 64 /* a power of two */
+
+struct es_rx_win {
+	__u32 start, len; /* the payload at [start, start + len) */
+	__u8 b[ES_RX_WIN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct es_rx_win);
+} es_rxwin SEC(".maps");
+
 /* Per-CPU scratch for an environment name being walked by prefix. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

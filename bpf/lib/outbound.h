@@ -176,6 +176,9 @@ struct es_msg_ctx {
 	__u8 head; /* a request head was routed in this run (es_count_path) */
 };
 
+/* Bytes of a run (http.h) taken in one step of the byte loop, at most. */
+#define ES_MSG_RUN 16
+
 static long es_msg_byte(__u32 i, void *data)
 {
 	struct es_msg_ctx *c = data;
@@ -183,7 +186,7 @@ static long es_msg_byte(__u32 i, void *data)
 	__u64 skip;
 	__u32 idx;
 	__u8 *p, b;
-	int ev;
+	int ev, kind;
 
 	if (c->tx->v.off >= c->tx->v.size)
 		return 1;
@@ -215,6 +218,26 @@ static long es_msg_byte(__u32 i, void *data)
 	p = (__u8 *)(long)msg->data + idx;
 	if ((void *)(p + 1) > (void *)(long)msg->data_end)
 		return 1;
+	kind = es_http_run_kind(&c->tx->st);
+	if (kind && es_http_run_byte(kind, *p)) {
+		/* a run (http.h): up to the byte that ends it, the pulled
+		 * region's end or the header window, without the state machine */
+		__u32 max = es_http_run_max(&c->tx->st, c->cfg), lim = c->tx->v.pend - c->tx->v.off, k;
+		__u8 last = *p;
+
+		for (k = 1; k < ES_MSG_RUN; k++) {
+			if (k >= lim || k >= max || (void *)(p + k + 1) > (void *)(long)msg->data_end ||
+			    !es_http_run_byte(kind, p[k]))
+				break;
+			last = p[k];
+		}
+		if (max) {
+			es_http_run_take(&c->tx->st, kind, k);
+			c->tx->v.off += k;
+			c->tx->prev = last;
+			return 0;
+		}
+	}
 	b = *p;
 	c->tx->v.off++;
 	ev = es_http_feed(&c->tx->st, c->cfg, b);
@@ -264,17 +287,6 @@ struct es_walk {
 	__u32 id;
 };
 
-static long es_pad_cb(__u32 i, void *data)
-{
-	struct es_walk *w = data;
-	__u32 idx = w->pos + i;
-
-	if (idx >= ES_ENV_NAME_MAX)
-		return 1;
-	w->key->name[idx & (ES_ENV_NAME_MAX - 1)] = 0;
-	return 0;
-}
-
 static long es_walk_cb(__u32 i, void *data)
 {
 	struct es_walk *w = data;
@@ -305,9 +317,11 @@ static __always_inline __u32 es_env_id_of(const char *name, __u32 len)
 	w.key = bpf_map_lookup_elem(&es_scratch, &zero);
 	if (!w.key || len == 0 || len >= ES_ENV_NAME_MAX)
 		return ES_ENV_NONE;
-	__builtin_memcpy(w.key->name, name, ES_ENV_NAME_MAX);
-	w.pos = len;
-	bpf_loop(ES_ENV_NAME_MAX, es_pad_cb, &w, 0);
+	/* the key NUL-padded: zeroed, then the name's len bytes (one helper
+	 * call, not a loop step per padding byte) */
+	__builtin_memset(w.key->name, 0, ES_ENV_NAME_MAX);
+	if (bpf_probe_read_kernel(w.key->name, len & (ES_ENV_NAME_MAX - 1), name))
+		return ES_ENV_NONE;
 	w.pos = len;
 	bpf_loop(ES_ENV_NAME_MAX, es_walk_cb, &w, 0);
 	return w.id;
@@ -1011,13 +1025,15 @@ static long es_rsp_step(__u32 i, void *data)
 		return 0;
 	}
 	if (c->off < c->wstart || c->off >= c->wstart + c->wlen) {
-		n = c->len - c->off;
+		n = c->len - c->off; /* at least 1: off < len */
 		if (n > ES_RSP_WIN)
 			n = ES_RSP_WIN;
-		/* the verifier needs the bound on the register passed */
+		/* the verifier needs the bounds 1..ES_RSP_WIN on the register
+		 * passed, in a form every verifier follows (6.1 learns no n != 0
+		 * from a test) */
 		__asm__ __volatile__("" : "+r"(n));
-		n &= 2 * ES_RSP_WIN - 1;
-		if (n == 0 || n > ES_RSP_WIN || bpf_skb_load_bytes(c->skb, c->off, c->win, n)) {
+		n = ((n - 1) & (ES_RSP_WIN - 1)) + 1;
+		if (bpf_skb_load_bytes(c->skb, c->off, c->win, n)) {
 			es_rsp_dead(c->r, ES_RSP_ERR_NONE);
 			return 1;
 		}

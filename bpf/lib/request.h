@@ -42,6 +42,11 @@ const volatile char es_splitter = '.';
 
 struct sock;
 
+/* Payload bytes are loaded ES_RX_WIN (maps.h) at a time into es_rxwin: one
+ * helper call, not one per byte. Bytes of a run (http.h) taken in one step of
+ * the byte loop, at most: */
+#define ES_RX_RUN 16
+
 struct es_feed_ctx {
 	struct __sk_buff *skb;
 	struct es_rx *rx;
@@ -49,6 +54,7 @@ struct es_feed_ctx {
 	__u32 off;
 	__u32 end;
 	__u32 seq_base; /* the byte at offset off has sequence number seq_base + off */
+	struct es_rx_win *w;
 };
 
 /* A request head is complete: record its environment on the socket. A
@@ -90,8 +96,9 @@ static long es_feed_byte(__u32 i, void *data)
 {
 	struct es_feed_ctx *c = data;
 	__u64 skip;
+	__u32 idx;
 	__u8 b;
-	int ev, idle;
+	int ev, idle, kind;
 
 	if (c->off >= c->end)
 		return 1;
@@ -106,8 +113,47 @@ static long es_feed_byte(__u32 i, void *data)
 		c->off += (__u32)skip;
 		return 0;
 	}
-	if (bpf_skb_load_bytes(c->skb, c->off, &b, 1))
+	if (c->off < c->w->start || c->off >= c->w->start + c->w->len) {
+		__u32 n = c->end - c->off; /* at least 1: off < end */
+
+		if (n > ES_RX_WIN)
+			n = ES_RX_WIN;
+		/* the verifier needs the bounds 1..ES_RX_WIN on the register
+		 * passed, in a form every verifier follows (6.1 learns no n != 0
+		 * from a test) */
+		__asm__ __volatile__("" : "+r"(n));
+		n = ((n - 1) & (ES_RX_WIN - 1)) + 1;
+		if (bpf_skb_load_bytes(c->skb, c->off, c->w->b, n))
+			return 1;
+		c->w->start = c->off;
+		c->w->len = n;
+	}
+	idx = c->off - c->w->start;
+	if (idx >= ES_RX_WIN)
 		return 1;
+	/* keep the bound on the register that indexes the window (clang drops
+	 * the mask after the check above) */
+	__asm__ __volatile__("" : "+r"(idx));
+	idx &= ES_RX_WIN - 1;
+	kind = es_http_run_kind(&c->rx->st);
+	if (kind && es_http_run_byte(kind, c->w->b[idx])) {
+		/* a run (http.h): up to the byte that ends it, the window's end or
+		 * the header window, without the state machine */
+		__u32 max = es_http_run_max(&c->rx->st, c->cfg), lim = c->w->len - idx, k;
+
+		if (lim > max)
+			lim = max;
+		for (k = 1; k < ES_RX_RUN; k++) {
+			if (k >= lim || !es_http_run_byte(kind, c->w->b[(idx + k) & (ES_RX_WIN - 1)]))
+				break;
+		}
+		if (max) {
+			es_http_run_take(&c->rx->st, kind, k);
+			c->off += k;
+			return 0;
+		}
+	}
+	b = c->w->b[idx];
 	idle = c->rx->st.phase == ES_HTTP_P_IDLE;
 	c->off++;
 	ev = es_http_feed(&c->rx->st, c->cfg, b);
@@ -179,7 +225,8 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 	if (!sk)
 		return 1;
 	sk = bpf_sk_fullsock(sk);
-	if (!sk || sk->protocol != IPPROTO_TCP)
+	/* a listener: data that completes a handshake is the child's */
+	if (!sk || sk->protocol != IPPROTO_TCP || sk->state == BPF_TCP_LISTEN)
 		return 1;
 	/* most segments of a connection carry no payload (SYN, ACK, FIN, RST):
 	 * leave before touching socket storage */
@@ -201,9 +248,25 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 			return 1;
 		rx->pod_flags = (__u8)pod->flags;
 		/* what the parse finds serves only the thread context: in the
-		 * other pods the socket stays inert, one lookup per segment */
-		if (!(pod->flags & ES_POD_F_THREAD_CTX))
+		 * other pods the socket stays inert, one lookup per segment (the
+		 * agent attaches this program only to pods that opt in) */
+		if (!(pod->flags & ES_POD_F_THREAD_CTX)) {
 			rx->st.phase = ES_HTTP_P_DEAD;
+		} else {
+			/* only a stream seen from its first byte is parsed: on a
+			 * connection older than the program (an agent start, a pod
+			 * that opts in later) this segment may be in the middle of
+			 * a request or a body, where no request boundary is known.
+			 * Such a socket stays inert: its readers get no context
+			 * (counted as a gap). */
+			struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
+
+			if (!tp || tp->bytes_received != 0 || tp->rcv_nxt != seq) {
+				rx->st.phase = ES_HTTP_P_DEAD;
+				es_count(ES_CNT_RX_GAP);
+				return 1;
+			}
+		}
 	}
 	if (es_http_inert(&rx->st))
 		return 1;
@@ -235,6 +298,11 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 	hcfg = bpf_map_lookup_elem(&es_http_cfg, &(__u32){0});
 	if (!hcfg)
 		return 1;
+	fc.w = bpf_map_lookup_elem(&es_rxwin, &(__u32){0});
+	if (!fc.w)
+		return 1;
+	fc.w->start = 0;
+	fc.w->len = 0;
 	fc.skb = skb;
 	fc.rx = rx;
 	fc.cfg = hcfg;

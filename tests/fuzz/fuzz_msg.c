@@ -429,6 +429,11 @@ static struct bpf_sock *bpf_sk_fullsock(struct bpf_sock *sk)
 	violation("bpf_sk_fullsock called on the sk_msg path");
 }
 
+static struct bpf_tcp_sock *bpf_tcp_sock(struct bpf_sock *sk)
+{
+	violation("bpf_tcp_sock called on the sk_msg path");
+}
+
 static __u64 bpf_skb_cgroup_id(struct __sk_buff *skb)
 {
 	violation("bpf_skb_cgroup_id called on the sk_msg path");

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <random>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -555,6 +556,78 @@ TEST(HttpPipeline, BulkSkipAndStop) {
             ES_HTTP_EV_HEADERS);
   EXPECT_EQ(used, two.size() / 2);
   EXPECT_EQ(std::string(es_http_env(&st2), es_http_env_len(&st2)), "dev.a");
+}
+
+// Runs (http.h): bytes that change only the position are taken in bulk by
+// es_http_feed_buf; the state must be the one byte-by-byte feeding leaves, at
+// every cut, also where a run meets the window.
+TEST(HttpRuns, SameStateAsByteByByte) {
+  const std::string long_value(300, 'a');
+  const std::vector<std::string> streams = {
+      Get("User-Agent: curl/8.0\r\nAccept: */*\r\nX-Virtual-Env: dev.a\r\n"),
+      Get("Hxst: x\r\nHTTP2-Settingx: y\r\nContent-Lengtx: 5\r\nX-Virtual-Envy: dev.b\r\n"),
+      Get("Zzzz: " + long_value + "\r\nX-Virtual-Env: dev.c\r\n", "/" + long_value),
+      Get("Bad Name: x\r\n"),
+      Get("Xyz: a\rb\r\n"),
+      Get("Xyz:\r\n\r\n"),
+      "GET /p\x7fq HTTP/1.1\r\n\r\n",
+      Get("Zz: v\r\n") + "POST / HTTP/1.1\r\nContent-Length: 3\r\nQq: 1\r\n\r\nabc" + Env("dev.d"),
+  };
+  for (uint16_t window : {0, 20, 40, 64, 333, 4096}) {
+    auto cfg = Cfg({"X-Virtual-Env", "x-env"}, "virtual-env", '.', window);
+    for (const auto& s : streams) {
+      struct es_http_state a = {};
+      Trace ta;
+      for (size_t i = 0; i < s.size(); i++)
+        Record(ta, a, es_http_feed(&a, &cfg, static_cast<__u8>(s[i])), i + 1);
+      for (size_t piece : {size_t(1), size_t(2), size_t(7), size_t(64), s.size()}) {
+        std::vector<size_t> cuts;
+        for (size_t c = piece; c < s.size(); c += piece) cuts.push_back(c);
+        struct es_http_state b = {};
+        Trace tb;
+        size_t start = 0;
+        cuts.push_back(s.size());
+        for (size_t end : cuts) {
+          size_t off = start;
+          while (off < end && !tb.not_http) {
+            __u32 used = 0;
+            int ev = es_http_feed_buf(&b, &cfg, s.data() + off, end - off, 0xff, &used);
+            ASSERT_GT(used, 0u);
+            off += used;
+            Record(tb, b, ev, off);
+          }
+          start = end;
+        }
+        EXPECT_EQ(ta, tb) << "window " << window << " piece " << piece << ": " << s;
+        a.ev = b.ev = 0;
+        EXPECT_EQ(memcmp(&a, &b, sizeof(a)), 0) << "window " << window << " piece " << piece << ": " << s;
+      }
+    }
+  }
+}
+
+TEST(HttpRuns, Kinds) {
+  auto cfg = Cfg();
+  struct es_http_state st = {};
+  std::string head = "GET /abc HTTP/1.1\r\nHost: x\r\n";
+  es_http_feed(&st, &cfg, 'G');
+  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_NONE);  // the method
+  for (char c : std::string("ET /")) es_http_feed(&st, &cfg, static_cast<__u8>(c));
+  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_TARGET);
+  for (char c : std::string("abc HTTP/1.1\r\nH")) es_http_feed(&st, &cfg, static_cast<__u8>(c));
+  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_NONE);  // "h" may still be http2-settings
+  es_http_feed(&st, &cfg, 'o');
+  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_NAME);  // no name starts with "ho"
+  for (char c : std::string("st:")) es_http_feed(&st, &cfg, static_cast<__u8>(c));
+  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_VALUE);
+  es_http_feed(&st, &cfg, '\r');
+  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_NONE);  // a CR wants its LF
+  for (char c : std::string("\nX-Virtual-Env:")) es_http_feed(&st, &cfg, static_cast<__u8>(c));
+  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_NONE);  // the env value is read
+  EXPECT_TRUE(es_http_run_byte(ES_HTTP_RUN_VALUE, ' '));
+  EXPECT_FALSE(es_http_run_byte(ES_HTTP_RUN_VALUE, '\n'));
+  EXPECT_FALSE(es_http_run_byte(ES_HTTP_RUN_NAME, ':'));
+  EXPECT_FALSE(es_http_run_byte(ES_HTTP_RUN_TARGET, ' '));
 }
 
 // ---- framing errors ----

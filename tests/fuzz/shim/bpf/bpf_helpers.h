@@ -55,6 +55,7 @@ static void *bpf_ringbuf_reserve(void *ringbuf, __u64 size, __u64 flags);
 static void bpf_ringbuf_submit(void *data, __u64 flags);
 static long bpf_skb_load_bytes(const void *skb, __u32 offset, void *to, __u32 len);
 static struct bpf_sock *bpf_sk_fullsock(struct bpf_sock *sk);
+static struct bpf_tcp_sock *bpf_tcp_sock(struct bpf_sock *sk);
 static __u64 bpf_skb_cgroup_id(struct __sk_buff *skb);
 static __u64 bpf_skb_ancestor_cgroup_id(struct __sk_buff *skb, int ancestor_level);
 
