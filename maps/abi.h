@@ -508,8 +508,7 @@ struct es_tx {
 
 /* es_tx.own: responses on the connection itself, from its own pod. */
 #define ES_OWN_NONE 0      /* no request went to the own pod yet */
-#define ES_OWN_TRACKED 1   /* es_own_rsp follows them (the service has more than one backend
-			    * set, and the pod has had requests re-routed: es_rerouting_pods) */
+#define ES_OWN_TRACKED 1   /* es_own_rsp follows them (the service has more than one backend set) */
 #define ES_OWN_UNTRACKED 2 /* requests went there unfollowed: their answers cannot be proven */
 
 /* Responses on an upstream of the relay, as the verdict program follows them
@@ -606,7 +605,6 @@ struct es_h2_conn {
 #define ES_MAP_CTX_OFF "es_ctx_off"
 #define ES_MAP_RSP "es_rsp"
 #define ES_MAP_OWN_RSP "es_own_rsp"
-#define ES_MAP_REROUTING_PODS "es_rerouting_pods"
 #define ES_MAP_H2_CFG "es_h2_cfg"
 #define ES_MAP_H2_CONNS "es_h2_conns"
 

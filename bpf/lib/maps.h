@@ -218,18 +218,6 @@ struct {
 	__type(value, struct es_rsp);
 } es_own_rsp SEC(".maps");
 
-/* Pods (es_sock.pod_cgroup) that have had a request re-routed: only their
- * connections get their own pod's responses followed (es_own_rsp). Written by
- * sk_msg at a pod's first re-routed request; least recently used first out
- * (a pod that loses its entry gets it back with its next re-routed request). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__type(key, __u64);
-	__type(value, __u64);
-} es_rerouting_pods SEC(".maps");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);

@@ -317,18 +317,6 @@ static __always_inline __u32 es_env_id_of(const char *name, __u32 len)
 	return w.id;
 }
 
-/* The pod has a request re-routed: from now on its connections' own pods'
- * responses are followed (es_own_note). */
-static __always_inline void es_pod_reroutes(__u64 pod)
-{
-	__u64 now;
-
-	if (bpf_map_lookup_elem(&es_rerouting_pods, &pod))
-		return;
-	now = bpf_ktime_get_ns();
-	bpf_map_update_elem(&es_rerouting_pods, &pod, &now, BPF_ANY);
-}
-
 /* The connection's own pod: out on the connection itself. */
 static __always_inline void es_own_route(const struct es_sock *s, struct es_route *r)
 {
@@ -363,7 +351,6 @@ static __always_inline void es_route_request(const struct es_sock *s, const stru
 	if (!es_resolve(NULL, s->svc_id, env, cfg->default_env_id, &res) || res.env_id == s->env_id)
 		return;
 	es_count_mismatch(s->svc_id);
-	es_pod_reroutes(s->pod_cgroup);
 	r->env_id = res.env_id;
 	r->kind = ES_ROUTE_SLOW;
 	bk.client = cookie;
@@ -498,16 +485,14 @@ static __always_inline int es_multi_set(const struct es_sock *s)
 /* A request head goes to the connection's own pod. Its responses on the
  * connection are followed (es_own_rsp, by the verdict program) from the first
  * such request on, when the service has more than one backend set then (a
- * request can be re-routed only there) and the connection may carry requests
- * of other environments: that first request named its environment itself (the
- * header the app sent, or the thread's request context: `named`), or the
- * calling pod has had a request re-routed before (es_rerouting_pods). Each
- * request is counted before its bytes go. A connection whose first request to
- * its own pod went unfollowed stays so (its answers can never be proven:
- * es_run_owes refuses a request for another target after them; the client
- * reconnects, and the pod is known to re-route by then). Pods whose requests
- * only ever carry their own environment (inserted) never pay for the parse. */
-static __always_inline void es_own_note(struct es_msg_ctx *c, int named)
+ * request can be re-routed only there; which connection will carry a request
+ * for another target is not known before it does, and the answers before it
+ * can only be proven when followed from the start). Each request is counted
+ * before its bytes go. A connection whose first request to its own pod went
+ * unfollowed (the service had one backend set) stays so: es_run_owes refuses
+ * a request for another target after them; the client reconnects.
+ * Connections to single-set services never pay for the parse. */
+static __always_inline void es_own_note(struct es_msg_ctx *c)
 {
 	struct es_tx *tx = c->tx;
 	struct es_rsp *o, z = {};
@@ -517,8 +502,8 @@ static __always_inline void es_own_note(struct es_msg_ctx *c, int named)
 		return;
 	if (tx->own == ES_OWN_NONE) {
 		tx->own = ES_OWN_UNTRACKED;
-		if (!cookie || (!named && !bpf_map_lookup_elem(&es_rerouting_pods, &c->sock->pod_cgroup)) ||
-		    !es_multi_set(c->sock) || bpf_map_update_elem(&es_own_rsp, &cookie, &z, BPF_NOEXIST))
+		if (!cookie || !es_multi_set(c->sock) ||
+		    bpf_map_update_elem(&es_own_rsp, &cookie, &z, BPF_NOEXIST))
 			return;
 		tx->own = ES_OWN_TRACKED;
 	}
@@ -607,12 +592,10 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	struct es_route r;
 	const char *env = NULL, *name = NULL;
 	__u32 zero = 0, env_len = 0, name_len = 0, at, added, id = ES_ENV_NONE;
-	__u8 named = 0; /* the request names its environment (header, thread context) */
 	__s32 line;
 
 	es_count(ES_CNT_TX_REQUEST);
 	if (c->tx->st.flags & ES_HTTP_F_ENV_SEEN) {
-		named = 1;
 		es_count(ES_CNT_TX_HAS_HEADER);
 		if (es_http_env_outcome(&c->tx->st) == ES_HTTP_ENV_FOUND) {
 			name = es_http_env(&c->tx->st);
@@ -625,7 +608,6 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 		th = es_current_thread(s->pod_flags, 1);
 		ic = bpf_map_lookup_elem(&es_inject, &zero);
 		if (th) {
-			named = 1;
 			env = th->env;
 			env_len = th->len;
 		} else if (ic && ic->auto_inject && (s->pod_flags & ES_POD_F_LABELLED) &&
@@ -669,7 +651,7 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	}
 	es_run_note(c, &r);
 	if (r.kind == ES_ROUTE_PASS)
-		es_own_note(c, named);
+		es_own_note(c);
 	c->tx->pipelined = 0;
 	if (c->tx->v.req_begin == 0)
 		c->tx->v.route = r;

@@ -167,7 +167,6 @@ static void fk_maps_init(void)
 	FK_MAP(es_upstreams);
 	FK_MAP(es_rsp);
 	FK_MAP(es_own_rsp);
-	FK_MAP(es_rerouting_pods);
 	FK_MAP(es_relay_clients);
 	FK_MAP(es_relay_done);
 	FK_MAP(es_relay_cfg);
