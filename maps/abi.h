@@ -14,7 +14,7 @@
 #include <linux/types.h>
 #endif
 
-#define ES_ABI_VERSION 5
+#define ES_ABI_VERSION 6
 
 /* An environment name: a Kubernetes label value, at most 63 bytes. */
 #define ES_ENV_NAME_MAX 64
@@ -205,6 +205,11 @@ enum es_counter {
 	ES_CNT_H2_NO_ENDPOINT,      /* ... but no endpoint (agent down, other family): steered at connect */
 	ES_CNT_H2_CONN_LOST,        /* ... its (address, port) could not be recorded for the agent */
 	ES_CNT_H2_UNROUTED,         /* HTTP/2 preface on an undeclared port of a multi-set service */
+	ES_CNT_REQ_ORDER_UNTRACKED, /* a request for another target after requests on the connection's
+				     * own pod whose responses are not followed (es_own_rsp): refused
+				     * (also counted in req_order_refused) */
+	ES_CNT_REQ_PARTLY_DELIVERED, /* the kernel ran the program again over a send it had delivered in
+				      * part (the relay's receive memory): the connection fails */
 	ES_CNT_MAX
 };
 
@@ -225,7 +230,8 @@ enum es_counter {
 	  "relay_refused_client_bytes", "relay_refused_total_bytes",                    \
 	  "relay_refused_pod_bytes",                                                     \
 	  "relay_refused_table_full", "relay_close_events_lost", "req_order_refused",  \
-	  "h2_diverted", "h2_no_endpoint", "h2_conn_lost", "h2_unrouted" }
+	  "h2_diverted", "h2_no_endpoint", "h2_conn_lost", "h2_unrouted",              \
+	  "req_order_untracked", "req_partly_delivered" }
 
 /* Outbound header insertion settings (single-entry array). */
 struct es_inject_cfg {
@@ -489,13 +495,25 @@ struct es_tx {
 	 * request for another target waits for nothing the run still owes
 	 * (outbound.h: es_run_owes). */
 	__u8 run_far;          /* the run's target is an upstream (re-routed), not the own pod */
-	__u8 pad[3];
+	__u8 own;              /* ES_OWN_*: are the own pod's responses followed (es_own_rsp)? */
+	__u8 carry;            /* the next run's first `carry` bytes were parsed already: they
+				* continue the relay frame cut before them (outbound.h) */
+	__u8 held;             /* the last run held its message (cork): a redirect of it frees
+				* what it does not cover, no run follows */
 	__u32 run_env;
 	__u32 run_reqs;        /* request heads in the run (on run_up, or on the upstream the
 				* agent bound for its frames) */
 	__u64 run_base;        /* responses run_up had completed when the run began */
 	__u64 run_up;          /* the run's upstream when a request of it went in the kernel */
+	__u32 rest;            /* bytes the kernel gives the next run of this send (the ones the
+				* last verdict did not cover); 0: no run expected */
+	__u32 pad2;
 };
+
+/* es_tx.own: responses on the connection itself, from its own pod. */
+#define ES_OWN_NONE 0      /* no request went to the own pod yet */
+#define ES_OWN_TRACKED 1   /* es_own_rsp follows them (the service has more than one backend set) */
+#define ES_OWN_UNTRACKED 2 /* requests went there unfollowed: their answers cannot be proven */
 
 /* Responses on an upstream of the relay, as the verdict program follows them
  * (bpf/lib/response.h). */
@@ -590,6 +608,7 @@ struct es_h2_conn {
 #define ES_MAP_REQ_STATS "es_req_stats"
 #define ES_MAP_CTX_OFF "es_ctx_off"
 #define ES_MAP_RSP "es_rsp"
+#define ES_MAP_OWN_RSP "es_own_rsp"
 #define ES_MAP_H2_CFG "es_h2_cfg"
 #define ES_MAP_H2_CONNS "es_h2_conns"
 

@@ -203,6 +203,21 @@ struct {
 	__type(value, struct es_rsp);
 } es_rsp SEC(".maps");
 
+/* Client socket cookie -> the framing of the responses its own pod sends on
+ * it (response.h), for connections to services with more than one backend set:
+ * created by sk_msg at the connection's first request to its own pod, which
+ * counts those requests (reqs); followed by the sk_skb verdict program;
+ * deleted by sockops when the connection closes. At most one per socket of
+ * es_sockhash: the same size. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u64);
+	__type(value, struct es_rsp);
+} es_own_rsp SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);

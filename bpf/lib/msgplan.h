@@ -19,6 +19,54 @@
  * than the parse window plus this. */
 #define ES_PULL 1024
 
+/* A verdict that does not cover its whole message makes the kernel run the
+ * program again at once on the rest (es_tx.rest bytes). A redirect to the
+ * relay's receive queue can deliver less than it covers (bpf_tcp_ingress
+ * charges the relay socket's receive memory per scatterlist element: under
+ * memory pressure the charge fails after the first ones), and the kernel then
+ * runs the program on the undelivered rest too: bytes the parser has seen. A
+ * run is one of these, told apart by the size of its message. */
+enum {
+	ES_RUN_FRESH = 0, /* new bytes (no rest expected, or a new send after a failed one) */
+	ES_RUN_REST,	  /* the rest of the last verdict's message, as expected: parsed */
+	ES_RUN_CARRY,	  /* ... whose first es_tx.carry bytes are parsed already: they go
+			   * where the frame they were cut from went */
+	ES_RUN_PARTLY,	  /* more than the rest: part of what the last verdict covered came
+			   * back (delivered in part); never parsed again: the connection fails */
+};
+
+ES_INLINE int es_msg_run_kind(__u32 rest, __u8 carry, __u32 size)
+{
+	if (!rest || size < rest)
+		return ES_RUN_FRESH;
+	if (size > rest)
+		return ES_RUN_PARTLY;
+	return carry ? ES_RUN_CARRY : ES_RUN_REST;
+}
+
+/* A relay frame of one scatterlist element is delivered whole or not at all. */
+#define ES_RELAY_ONE_ELEM (4096 - ES_RELAY_HDR_LEN)
+
+/* How a frame for the relay of the message's first len bytes (of size) is
+ * cut, so that a part delivered always shows in the next run (es_msg_run_kind):
+ * a frame that leaves a rest shows it by a longer rest; one that takes the
+ * whole message is pulled into one element (*pull) when that is at most a
+ * page, else it leaves its last byte to a run of its own (*carry), whose frame
+ * is small enough to pull. Returns the payload bytes framed now. */
+ES_INLINE __u32 es_relay_frame_cut(__u32 len, __u32 size, __u8 *pull, __u8 *carry)
+{
+	*pull = 0;
+	*carry = 0;
+	if (len < size)
+		return len;
+	if (len <= ES_RELAY_ONE_ELEM) {
+		*pull = 1;
+		return len;
+	}
+	*carry = 1;
+	return len - 1;
+}
+
 /* What the program knows of a send after its byte loops. */
 struct es_msg_state {
 	__u32 off;	 /* es_msg_vars.off: the next byte not parsed */

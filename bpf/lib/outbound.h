@@ -31,6 +31,9 @@ static __always_inline void es_relay_client_state(struct bpf_sock_ops *skops)
 	if (state != BPF_TCP_FIN_WAIT1 && state != BPF_TCP_CLOSE && state != BPF_TCP_LAST_ACK)
 		return;
 	cookie = bpf_get_socket_cookie(skops);
+	/* the own pod's responses were followed while it was open (es_own_rsp) */
+	if (state == BPF_TCP_CLOSE)
+		bpf_map_delete_elem(&es_own_rsp, &cookie);
 	if (!bpf_map_lookup_elem(&es_relay_clients, &cookie))
 		return;
 	ev = bpf_ringbuf_reserve(&es_relay_ev, sizeof(*ev), 0);
@@ -174,6 +177,7 @@ struct es_msg_ctx {
 	const struct es_sock *sock;
 	const struct es_http_cfg *cfg;
 	__u8 head; /* a request head was routed in this run (es_count_path) */
+	__u8 held; /* the message was held (corked) by the last run */
 };
 
 /* Bytes of a run (http.h) taken in one step of the byte loop, at most. */
@@ -399,10 +403,11 @@ static __always_inline int es_frames_pending(const struct es_msg_ctx *c, const s
 /* A request for another target than the run of requests before it (in a
  * later send: within one send es_msg_refuses_head decides) would be answered
  * out of order if the run still waits for a response: the client would read
- * the new request's answer as the old one's. For a run re-routed to an
- * upstream the kernel knows (the upstream's responses are followed, es_rsp):
- * such a request is refused. A run on the connection's own pod is not
- * followed (README, limits). */
+ * the new request's answer as the old one's. Such a request is refused. For a
+ * run re-routed to an upstream the kernel follows that upstream's responses
+ * (es_rsp); for a run on the connection's own pod, the responses on the
+ * connection itself (es_own_rsp, es_own_note) when they are followed; when
+ * they are not, nothing proves them answered. */
 static __always_inline int es_run_owes(const struct es_msg_ctx *c, const struct es_route *r)
 {
 	const struct es_tx *tx = c->tx;
@@ -411,8 +416,17 @@ static __always_inline int es_run_owes(const struct es_msg_ctx *c, const struct 
 	const struct es_bind *b;
 	__u64 up = tx->run_up;
 
-	if (!tx->run_far || !tx->run_reqs || tx->run_env == r->env_id)
+	if (!tx->run_reqs || tx->run_env == r->env_id)
 		return 0;
+	if (!tx->run_far) {
+		__u64 cookie = c->sock->cookie;
+
+		if (tx->own != ES_OWN_TRACKED) {
+			es_count(ES_CNT_REQ_ORDER_UNTRACKED);
+			return 1;
+		}
+		return es_rsp_own_owes(bpf_map_lookup_elem(&es_own_rsp, &cookie));
+	}
 	/* The run's upstream: the one its last request went to in the kernel,
 	 * else the one the agent bound for its frames (bound before it
 	 * forwards any), else the one its last frame went to. Frames the agent
@@ -462,6 +476,57 @@ static __always_inline void es_run_note(struct es_msg_ctx *c, const struct es_ro
 		if (rsp)
 			tx->run_base = rsp->done;
 	}
+}
+
+/* The service of the connection has ready pods in more than one backend set:
+ * its requests may be re-routed. */
+static __always_inline int es_multi_set(const struct es_sock *s)
+{
+	struct es_frontend_key fk = {};
+	const struct es_frontend *fe;
+
+	fk.addr[0] = s->orig_addr[0];
+	fk.addr[1] = s->orig_addr[1];
+	fk.addr[2] = s->orig_addr[2];
+	fk.addr[3] = s->orig_addr[3];
+	fk.port = s->orig_port;
+	fk.proto = IPPROTO_TCP;
+	fk.family = s->family;
+	fe = bpf_map_lookup_elem(&es_frontends, &fk);
+	return fe && (fe->flags & ES_FE_F_MULTI_SET);
+}
+
+/* A request head goes to the connection's own pod. Its responses on the
+ * connection are followed (es_own_rsp, by the verdict program) from the first
+ * such request on, when the service has more than one backend set then (a
+ * request can be re-routed only there; which connection will carry a request
+ * for another target is not known before it does, and the answers before it
+ * can only be proven when followed from the start). Each request is counted
+ * before its bytes go. A connection whose first request to its own pod went
+ * unfollowed (the service had one backend set) stays so: es_run_owes refuses
+ * a request for another target after them; the client reconnects.
+ * Connections to single-set services never pay for the parse. */
+static __always_inline void es_own_note(struct es_msg_ctx *c)
+{
+	struct es_tx *tx = c->tx;
+	struct es_rsp *o, z = {};
+	__u64 cookie = c->sock->cookie;
+
+	if (tx->own == ES_OWN_UNTRACKED)
+		return;
+	if (tx->own == ES_OWN_NONE) {
+		tx->own = ES_OWN_UNTRACKED;
+		if (!cookie || !es_multi_set(c->sock) ||
+		    bpf_map_update_elem(&es_own_rsp, &cookie, &z, BPF_NOEXIST))
+			return;
+		tx->own = ES_OWN_TRACKED;
+	}
+	o = bpf_map_lookup_elem(&es_own_rsp, &cookie);
+	if (!o) {
+		tx->own = ES_OWN_UNTRACKED;
+		return;
+	}
+	__sync_fetch_and_add(&o->reqs, 1);
 }
 
 struct es_hdr_ctx {
@@ -599,6 +664,8 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 		return 1;
 	}
 	es_run_note(c, &r);
+	if (r.kind == ES_ROUTE_PASS)
+		es_own_note(c);
 	c->tx->pipelined = 0;
 	if (c->tx->v.req_begin == 0)
 		c->tx->v.route = r;
@@ -695,7 +762,8 @@ static __always_inline void es_relay_pod_add(__u64 pod, __u32 len)
 }
 
 /* Frames bytes 0..len of the message for the agent and queues them on its
- * relay socket. */
+ * relay socket (the last byte of a large frame that takes the whole message
+ * goes in a frame of its own, next run: es_relay_frame_cut). */
 static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 {
 	struct sk_msg_md *msg = c->msg;
@@ -705,9 +773,18 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	struct es_relay_acct *acct;
 	struct es_relay_hdr *h;
 	__u64 cookie = c->sock->cookie, relay, done_bytes, framed, before = 0;
-	__u32 zero = 0, seq;
+	__u32 zero = 0, seq, size = c->tx->v.size;
+	__u8 pull, carry;
 	void *d, *e;
 
+	len = es_relay_frame_cut(len, size, &pull, &carry);
+	if (c->held) {
+		/* the kernel frees what a redirect of a held message does not
+		 * deliver: no run follows it */
+		len = len + carry;
+		pull = 0;
+		carry = 0;
+	}
 	rc = bpf_map_lookup_elem(&es_relay_cfg, &zero);
 	acct = bpf_map_lookup_elem(&es_relay_acct, &zero);
 	if (!rc || !rc->relay || !cookie || !acct)
@@ -779,7 +856,8 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	es_relay_pod_add(c->sock->pod_cgroup, len);
 	if (bpf_msg_push_data(msg, 0, ES_RELAY_HDR_LEN, 0))
 		return -1;
-	if (bpf_msg_pull_data(msg, 0, ES_RELAY_HDR_LEN, 0))
+	/* pulled whole, the frame is one element: delivered all or nothing */
+	if (bpf_msg_pull_data(msg, 0, ES_RELAY_HDR_LEN + (pull ? len : 0), 0))
 		return -1;
 	d = (void *)(long)msg->data;
 	e = (void *)(long)msg->data_end;
@@ -799,6 +877,8 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	if (bpf_msg_redirect_hash(msg, &es_sockhash, &relay, BPF_F_INGRESS) != SK_PASS)
 		return -1;
 	c->tx->slow_seq = seq;
+	c->tx->rest = c->held ? 0 : size - len;
+	c->tx->carry = carry;
 	return 0;
 }
 
@@ -811,11 +891,16 @@ static __always_inline int es_verdict(struct es_msg_ctx *c, __u32 len)
 
 	bpf_msg_cork_bytes(msg, 0);
 	bpf_msg_apply_bytes(msg, len >= c->tx->v.size ? 0 : len);
+	/* what the kernel gives the next run of this send (es_msg_run_kind) */
+	c->tx->rest = len >= c->tx->v.size ? 0 : c->tx->v.size - len;
 	if (kind == ES_ROUTE_PASS)
 		return SK_PASS;
 	if (kind == ES_ROUTE_KERNEL) {
 		if (bpf_msg_redirect_hash(msg, &es_sockhash, &up, 0) == SK_PASS) {
 			struct es_rsp *rsp = c->head ? bpf_map_lookup_elem(&es_rsp, &up) : NULL;
+
+			if (c->held)
+				c->tx->rest = 0; /* freed by the kernel */
 
 			/* one more request the upstream owes a response to,
 			 * counted before its bytes go (the agent reads it when
@@ -833,6 +918,8 @@ static __always_inline int es_verdict(struct es_msg_ctx *c, __u32 len)
 	}
 	if (kind == ES_ROUTE_SLOW && es_to_agent(c, len) == 0)
 		return SK_PASS;
+	c->tx->rest = 0;
+	c->tx->carry = 0;
 	es_count(ES_CNT_REQ_FAILED);
 	es_count_request(c->tx->v.route.svc_id, c->tx->v.route.env_id, ES_PATH_FAILED);
 	es_trace_request(c->sock, &c->tx->v.route, c->tx->v.env_req, ES_EV_REQ_FAILED);
@@ -890,6 +977,7 @@ static __always_inline int es_msg_apply(struct es_msg_ctx *c, const struct es_ms
 	}
 	if (act & ES_MSG_A_CORK) {
 		es_count(ES_CNT_REQ_CORKED);
+		tx->held = 1;
 		bpf_msg_apply_bytes(c->msg, 0);
 		bpf_msg_cork_bytes(c->msg, tx->v.size + 1);
 		return SK_PASS;
@@ -955,7 +1043,8 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 	struct es_msg_ctx c = {};
 	struct es_msg_state s = {};
 	struct es_msg_plan plan;
-	__u8 refused = 0;
+	__u8 refused = 0, carry;
+	int kind;
 
 	if (!es_feat_per_request)
 		return SK_PASS;
@@ -982,6 +1071,28 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 	/* idle: the next request begins in this message (after the LF of an
 	 * empty line whose CR ended the last send, if so) */
 	c.tx->v.req_begin = c.tx->st.phase == ES_HTTP_P_IDLE ? 0 : -1;
+	kind = es_msg_run_kind(c.tx->rest, c.tx->carry, msg->size);
+	carry = c.tx->carry;
+	c.held = c.tx->held;
+	c.tx->rest = 0;
+	c.tx->carry = 0;
+	c.tx->held = 0;
+	if (kind == ES_RUN_PARTLY) {
+		/* the parser has seen these bytes: the connection fails (the
+		 * relay resets it for the frame cut short) */
+		es_count(ES_CNT_REQ_PARTLY_DELIVERED);
+		c.tx->route.kind = ES_ROUTE_FAIL;
+		c.tx->v.route.kind = ES_ROUTE_FAIL;
+		es_http_halt(&c.tx->st);
+		return es_verdict(&c, c.tx->v.size);
+	}
+	if (kind == ES_RUN_CARRY) {
+		/* parsed already: the last byte of the frame before, to the relay
+		 * like it (a frame of its own) */
+		if (c.tx->v.route.kind != ES_ROUTE_SLOW)
+			c.tx->v.route.kind = ES_ROUTE_FAIL;
+		return es_verdict(&c, carry);
+	}
 	/* inert (not HTTP, or upgraded): nothing to parse, the plan says where
 	 * the bytes go (they follow their request, or fail) */
 	if (!es_http_inert(&c.tx->st)) {
@@ -1057,8 +1168,17 @@ static __always_inline int es_skb(struct __sk_buff *skb)
 	const struct es_upstream *u = bpf_map_lookup_elem(&es_upstreams, &cookie);
 	struct es_rsp_ctx rc = {};
 
-	if (!u)
+	if (!u) {
+		/* a client connection whose own pod's responses are followed
+		 * (es_own_note); everything else passes untouched */
+		rc.r = bpf_map_lookup_elem(&es_own_rsp, &cookie);
+		if (rc.r && skb->len) {
+			rc.skb = skb;
+			rc.len = skb->len;
+			bpf_loop(rc.len + 1, es_rsp_step, &rc, 0);
+		}
 		return SK_PASS;
+	}
 	rc.r = bpf_map_lookup_elem(&es_rsp, &cookie);
 	if (rc.r) {
 		struct bpf_sock *sk = skb->sk;

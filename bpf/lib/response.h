@@ -93,6 +93,16 @@ ES_INLINE int es_rsp_run_owes(const struct es_rsp *r, __u64 base, __u32 reqs)
 	return r->phase != ES_RSP_P_IDLE || r->done < base + reqs;
 }
 
+/* 1 when the responses to the requests sent on a connection to its own pod
+ * may not all have arrived: one is under way, or fewer than the requests
+ * counted came. r NULL: they are not followed, so nothing is proven. */
+ES_INLINE int es_rsp_own_owes(const struct es_rsp *r)
+{
+	if (!r)
+		return 1;
+	return r->phase != ES_RSP_P_IDLE || r->done < r->reqs;
+}
+
 ES_INLINE int es_rsp_dead(struct es_rsp *r, __u8 why)
 {
 	r->phase = ES_RSP_P_DEAD;

@@ -73,12 +73,12 @@ def request(env, size, framing):
 # The sends are gap_ms apart: a request sent before the answer to a re-routed one has arrived
 # is HTTP pipelining across sends, whose answers can come out of order (README, limits); the
 # gap leaves the answer time to come, also on a loaded machine.
-def raw(node, sends, responses, gap_ms=200, timeout=10):
+def raw(node, sends, responses, gap_ms=200, timeout=10, pod="c-dev"):
     argv = [harness.PYTHON, RAWCLIENT, "--to", TO, "--responses", str(responses),
             "--gap-ms", str(gap_ms), "--timeout", str(timeout)]
     for s in sends:
         argv += ["--send", base64.b64encode(s).decode()]
-    r = node.run_in_pod(k("c-dev"), argv, timeout=60)
+    r = node.run_in_pod(k(pod), argv, timeout=60)
     assert r.returncode == 0, r
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -234,3 +234,43 @@ def test_request_for_another_target_before_the_rerouted_answer(smug, bound):
     assert [x["pod"] for x in r["responses"]] == [k("s-p1")] * (len(sends) - 1), r
     assert r["extra"] == "", r
     assert after["req_order_refused"] - before["req_order_refused"] == 1, (before, after)
+
+
+@REQUEST_CONTEXT
+@pytest.mark.parametrize("bound", [False, True], ids=["slow-path", "upstream-bound"])
+def test_rerouted_request_before_the_own_pods_answer(smug, bound):
+    """The other way round: a request for the connection's own pod (s-dev) whose answer takes
+    0.8 s, then, in a send of its own 150 ms later, a request re-routed to s-p1. s-p1 would answer
+    first and the client would read that answer as the first request's: the kernel follows the
+    own pod's responses on the client's connection (the service has two backend sets), so the
+    second request is refused (EACCES, req_order_refused), the first is answered by s-dev, and
+    nothing else arrives."""
+    before = smug.counters()
+    warm = [request("dev.p1", 200, "none")] if bound else []
+    sends = warm + [head("GET", "/delay?s=0.8", "dev", 200, "none"), head("GET", "/next", "dev.p1", 200, "none")]
+    r = raw(smug, sends, len(sends) - 1, gap_ms=150, timeout=5)
+    after = smug.counters()
+    assert r.get("send_error") == "EACCES", r
+    assert r["error"] is None, r
+    assert [x["pod"] for x in r["responses"]] == [k("s-p1")] * len(warm) + [k("s-dev")], r
+    assert json.loads(r["responses"][-1]["body"])["path"] == "/delay", r
+    assert r["extra"] == "", r
+    assert after["req_order_refused"] - before["req_order_refused"] == 1, (before, after)
+    assert after["req_order_untracked"] == before["req_order_untracked"], (before, after)
+
+
+@REQUEST_CONTEXT
+def test_rerouted_request_after_the_own_pods_answer(smug):
+    """What mainstream clients do: the own pod's answer has arrived when the next request, for
+    another target, is sent on the pooled connection. It is re-routed (no refusal), and the
+    answers come in order: untagged (the kernel inserts the pod's env) and tagged."""
+    before = smug.counters()
+    sends = [head("GET", "/", None, 200, "none"), head("GET", "/next", "dev.p1", 200, "none"),
+             head("GET", "/", "dev", 200, "none"), head("GET", "/next", "dev.p1", 200, "none")]
+    r = raw(smug, sends, len(sends), gap_ms=300)
+    after = smug.counters()
+    assert r["error"] is None and r.get("send_error") is None, r
+    assert [x["pod"] for x in r["responses"]] == [k("s-dev"), k("s-p1")] * 2, r
+    assert r["extra"] == "", r
+    assert after["req_order_refused"] == before["req_order_refused"], (before, after)
+

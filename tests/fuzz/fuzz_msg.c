@@ -166,6 +166,7 @@ static void fk_maps_init(void)
 	FK_MAP(es_binds);
 	FK_MAP(es_upstreams);
 	FK_MAP(es_rsp);
+	FK_MAP(es_own_rsp);
 	FK_MAP(es_relay_clients);
 	FK_MAP(es_relay_done);
 	FK_MAP(es_relay_cfg);
@@ -718,6 +719,8 @@ static struct {
 	uint32_t frames_env[FK_MAX_ENV + 1];
 	int enospc;
 	int dropped;
+	int partial_on;   /* the relay's receive memory may cut one frame (cf.relay_partial) */
+	int cut;          /* 1: a relay delivery is cut short (memory); 2: it was */
 	size_t lost;
 } fd;
 
@@ -849,6 +852,8 @@ static void fk_take(struct fk_msg *m, uint32_t n, int to, uint64_t cookie, int i
 		}
 	}
 	CHECK(n <= m->size);
+	if (fd.cut == 2 && n && (to == TO_OWN || to == TO_REDIRECT))
+		violation("%u bytes after a relay frame delivered in part were sent on (parsed again)", n);
 	while (n) {
 		struct fk_elem *e = &m->e[0];
 		uint32_t k, c = e->len < n ? e->len : n;
@@ -882,7 +887,7 @@ static void fk_take(struct fk_msg *m, uint32_t n, int to, uint64_t cookie, int i
 		m->size -= c;
 		n -= c;
 	}
-	if (relay && fd.hpos != 0)
+	if (relay && fd.hpos != 0 && !fd.cut)
 		violation("relay: a delivery ends inside a frame (%u payload bytes missing)", fd.left);
 }
 
@@ -984,7 +989,17 @@ static int fk_send_verdict(struct fk_msg **mp)
 			}
 			trace("    %u bytes redirected to %#llx%s\n", tosend, (unsigned long long)to,
 			      cork ? " (held message: the rest is freed)" : "");
-			fk_take(m, tosend, TO_REDIRECT, to, ingress);
+			if (fd.partial_on && ingress && !cork && !fd.cut && m->n >= 2 && m->e[0].len < tosend) {
+				/* bpf_tcp_ingress under TCP memory pressure: the
+				 * relay's receive memory takes the first element
+				 * only; the kernel runs the program on the rest */
+				trace("    the relay takes %u of them (memory): the rest comes back\n", m->e[0].len);
+				fd.cut = 1;
+				fk_take(m, m->e[0].len, TO_REDIRECT, to, ingress);
+				fd.cut = 2;
+			} else {
+				fk_take(m, tosend, TO_REDIRECT, to, ingress);
+			}
 			if (cork) {
 				fk_take(m, m->size, TO_LOST, 0, 0);
 				fk_msg_clear(m);
@@ -1121,6 +1136,8 @@ static struct {
 	int prebind;
 	int tracing;
 	int align;
+	int relay_partial; /* the relay's receive memory takes one element of a frame, once */
+	int single_set;    /* the service had one backend set at the first request (not followed) */
 	struct es_http_cfg http;
 } cf;
 
@@ -1211,6 +1228,13 @@ static void fk_agent(uint8_t what)
 	uint32_t e;
 	unsigned i;
 
+	if (what & AG_CATCH_UP) {
+		/* the connection's own pod has answered what it got */
+		struct es_rsp *o = bpf_map_lookup_elem(&es_own_rsp, &cookie);
+
+		if (o)
+			o->done = o->reqs;
+	}
 	if ((what & AG_CATCH_UP) && fd.seq) {
 		struct es_relay_done d = { .seq = fd.seq };
 
@@ -1944,13 +1968,33 @@ static void check_upstream_counts(void)
 	}
 }
 
+/* es_own_rsp.reqs: at least the request heads that went out on the connection
+ * itself once it is followed (fewer would let the kernel prove answered a
+ * request whose response is still to come, and re-route the next one ahead). */
+static void check_own_counts(void)
+{
+	const __u64 cookie = FK_CONN_COOKIE;
+	const struct es_rsp *o = bpf_map_lookup_elem(&es_own_rsp, &cookie);
+	uint64_t heads = 0;
+	uint32_t i;
+
+	for (i = 0; i < nseg; i++)
+		if (segs[i].he >= 0 && fd.st[segs[i].he] == ST_OWN)
+			heads++;
+	if (cf.single_set && o)
+		violation("the own pod's responses are followed on a service with one backend set");
+	if (o && o->reqs < heads)
+		violation("the own pod got %llu request heads; %llu counted", (unsigned long long)heads,
+			  (unsigned long long)o->reqs);
+}
+
 /* Mainstream clients under good conditions: nothing fails, nothing is lost. */
 static void check_liveness(void)
 {
 	uint32_t i;
 	size_t o;
 
-	if (!cf.relay_up || cf.max_frames || fh.killed || death >= 0 || fd.enospc || fd.dropped)
+	if (!cf.relay_up || cf.max_frames || fh.killed || death >= 0 || fd.enospc || fd.dropped || fd.cut)
 		goto out_of_domain;
 	for (i = 0; i < nseg; i++)
 		if ((segs[i].flags & (ES_HTTP_F_UPGRADE | ES_HTTP_F_CONNECT | ES_HTTP_F_H2C)) ||
@@ -2063,13 +2107,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 *     has backends, bit 6 relay down, bit 7 sends aligned on requests
 	 * c2: bits 0-1 max frames at the agent, bits 2-4 the thread's env, bit 5 an
 	 *     upstream for dev.proj1 bound from the start, bit 6 IPv6
-	 * c3: reserved
+	 * c3: bit 0 the relay's receive memory takes only the first element of one
+	 *     frame (bpf_tcp_ingress under TCP memory pressure), bit 1 the service
+	 *     has one backend set in es_frontends (the own pod's responses are not
+	 *     followed)
 	 */
 	c0 = rd8(&r);
 	c1 = rd8(&r);
 	c2 = rd8(&r);
 	c3 = rd8(&r);
-	(void)c3;
+	cf.relay_partial = c3 & 1;
+	fd.partial_on = cf.relay_partial;
+	cf.single_set = (c3 >> 1) & 1;
 	cf.window = windows[c0 & 3];
 	cf.auto_inject = (c0 >> 2) & 1;
 	cf.pod_flags = ((c0 & 0x08) ? ES_POD_F_LABELLED : 0) | ((c0 & 0x10) ? ES_POD_F_THREAD_CTX : 0);
@@ -2105,6 +2154,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fk.sock.family = (c2 & 0x40) ? ES_FAMILY_INET6 : ES_FAMILY_INET;
 	fk.sock.orig_addr[0] = 0x0100600a;
 	fk.sock.orig_port = bpf_htons(80);
+	{
+		/* the service address: more than one backend set, unless not */
+		struct es_frontend_key fk_key = { .port = fk.sock.orig_port, .proto = IPPROTO_TCP,
+						  .family = fk.sock.family };
+		struct es_frontend fe = { .svc_id = FK_SVC, .flags = cf.single_set ? 0 : ES_FE_F_MULTI_SET };
+
+		fk_key.addr[0] = fk.sock.orig_addr[0];
+		CHECK(!bpf_map_update_elem(&es_frontends, &fk_key, &fe, BPF_ANY));
+	}
 	if (cf.thread_env) {
 		fk.th_on = 1;
 		fk.th.active = 1;
@@ -2190,6 +2248,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_requests();
 	check_inserts();
 	check_upstream_counts();
+	check_own_counts();
 	check_liveness();
 
 	free(s.p);

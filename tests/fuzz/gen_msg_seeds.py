@@ -15,7 +15,9 @@ mean "the rest in one send"):
     c2: bits 0-1 frames the agent may queue (0: no limit), bits 2-4 the thread's env
         (none, dev, dev.proj1, dev.proj1.alice, dev.proj2, dev.unknown.x, other, none),
         bit 5 an upstream for dev.proj1 bound from the start, bit 6 IPv6
-    c3: reserved
+    c3: bit 0 the relay's receive memory takes only the first element of one frame (the
+        kernel runs the program again on the rest: it must fail, never go anywhere), bit 1
+        the service has one backend set (the own pod's responses are not followed)
   1 byte: number of requests - 1 (modulo 16)
   6 bytes per request (gen_request() in fuzz_msg.c says what each bit means)
   2 bytes per send: size (bits 0-1 class: 1+v, (v+1)*97, a boundary size, the rest;
@@ -42,11 +44,12 @@ PLANS = {"one": 0, "bytes": 1, "random": 2, 512: 3, 1000: 4, 1024: 5, 1100: 6, 4
 
 def cfg(window=0, auto=1, labelled=1, threadctx=0, aliases=0, tracing=0, rbfull=0,
         conn=0, pod=0, proj2=1, relay_down=0, align=0, max_frames=0, thread=None,
-        prebind=0, v6=0):
+        prebind=0, v6=0, relay_partial=0, single_set=0):
     c0 = window | auto << 2 | labelled << 3 | threadctx << 4 | aliases << 5 | tracing << 6 | rbfull << 7
     c1 = conn | pod << 2 | proj2 << 5 | relay_down << 6 | align << 7
     c2 = max_frames | ENV[thread] << 2 | prebind << 5 | v6 << 6
-    return bytes([c0, c1, c2, 0])
+    c3 = relay_partial | single_set << 1
+    return bytes([c0, c1, c2, c3])
 
 
 def req(kind="get", env=None, pad=0, body=0, var=0, v10=0, lf=0, empty=0, smuggle=0,
@@ -168,6 +171,26 @@ SEEDS = {
     # sendfile-like pages (first element not readable in place), IPv6, tracing on
     "not-readable-v6-trace": seed(cfg(v6=1, tracing=1), [
         req("post", "dev.proj1", pad=1500, body=20)], [send("rest", 4096, copy=1)]),
+    # the relay takes a frame's header but not its payload (TCP memory pressure): the rest
+    # comes back in a run of its own, which must fail (small and large slow-path requests,
+    # with a body whose bytes look like a request for another env)
+    "relay-partial-small": seed(cfg(relay_partial=1, align=1), [
+        req("post", "dev.proj1", body=40, smuggle=1), req("get", "dev")],
+        [send("rest", 512), send("rest", "one")]),
+    "relay-partial-large": seed(cfg(relay_partial=1, align=1), [
+        req("post", "dev.proj1", pad=1500, body=200, smuggle=1), req("get", "dev.proj1")],
+        [send("rest", 1024, agent=1), send("rest", 1000)]),
+    "relay-partial-pipelined": seed(cfg(relay_partial=1), [
+        req("post", "dev.proj1", body=40, smuggle=1), req("get", "dev.proj1"), req("get", "dev.proj1")],
+        [send("rest", 512)]),
+    "relay-partial-carry": seed(cfg(relay_partial=1, window=2), [
+        req("post", "dev.proj1", pad=1000, body=255, smuggle=1), req("get", "dev")],
+        [send(("edge", 9000), 1000), send("rest", "one")]),
+    # an own-pod request answered, then one re-routed; on a single-set service too
+    "own-then-rerouted": seed(cfg(align=1), [req("get", "dev"), req("get", "dev.proj1")],
+        [send("rest", "one", agent=1), send("rest", "one")]),
+    "own-then-rerouted-single-set": seed(cfg(align=1, single_set=1), [req("get", "dev"), req("get", "dev.proj1")],
+        [send("rest", "one", agent=1), send("rest", "one")]),
     # window 0 (no parse window): the hold limit is 1 KiB
     "window-0": seed(cfg(window=2, align=1), [
         req("get", "dev.proj1", pad=1500), req("get", "dev")],

@@ -217,4 +217,62 @@ TEST(MsgPlan, InvariantsOverAllStates) {
           }
 }
 
+
+// A run of the program is told apart by the size of its message against the rest the last
+// verdict left (es_tx.rest): the kernel gives the next run exactly that rest, unless a redirect
+// to the relay delivered less than it covered (then more comes back: those bytes were parsed).
+TEST(MsgPlan, RunKindBySizeOfTheRest) {
+  EXPECT_EQ(es_msg_run_kind(0, 0, 100), ES_RUN_FRESH);     // no rest expected
+  EXPECT_EQ(es_msg_run_kind(0, 0, 1), ES_RUN_FRESH);
+  EXPECT_EQ(es_msg_run_kind(300, 0, 300), ES_RUN_REST);    // the rest, as expected
+  EXPECT_EQ(es_msg_run_kind(300, 0, 301), ES_RUN_PARTLY);  // one covered byte came back
+  EXPECT_EQ(es_msg_run_kind(300, 0, 348), ES_RUN_PARTLY);  // a frame header delivered, its payload not
+  EXPECT_EQ(es_msg_run_kind(300, 0, 299), ES_RUN_FRESH);   // a new send (the last one failed)
+  EXPECT_EQ(es_msg_run_kind(1, 1, 1), ES_RUN_CARRY);       // the last byte of a large frame
+  EXPECT_EQ(es_msg_run_kind(1, 1, 2), ES_RUN_PARTLY);      // ... after a part of that frame came back
+  for (uint32_t rest = 1; rest < 70; rest++)
+    for (uint32_t size = 1; size < 140; size++) {
+      int k = es_msg_run_kind(rest, 0, size);
+      ASSERT_EQ(k == ES_RUN_PARTLY, size > rest);
+      ASSERT_EQ(k == ES_RUN_REST, size == rest);
+      ASSERT_NE(k, ES_RUN_CARRY);
+    }
+}
+
+// Every frame for the relay leaves a part delivered visible in the next run: a frame that
+// leaves a rest of its message shows it by a longer rest; one that takes the whole message is
+// one scatterlist element (pulled, at most a page) or leaves its last byte to a run of its own.
+TEST(MsgPlan, RelayFrameCutShowsAPartDelivered) {
+  uint8_t pull = 9, carry = 9;
+  EXPECT_EQ(es_relay_frame_cut(100, 300, &pull, &carry), 100u);  // a rest follows: as it is
+  EXPECT_EQ(pull, 0);
+  EXPECT_EQ(carry, 0);
+  EXPECT_EQ(es_relay_frame_cut(300, 300, &pull, &carry), 300u);  // the whole message, small
+  EXPECT_EQ(pull, 1);
+  EXPECT_EQ(carry, 0);
+  EXPECT_EQ(es_relay_frame_cut(ES_RELAY_ONE_ELEM, ES_RELAY_ONE_ELEM, &pull, &carry), uint32_t{ES_RELAY_ONE_ELEM});
+  EXPECT_EQ(pull, 1);
+  EXPECT_EQ(es_relay_frame_cut(ES_RELAY_ONE_ELEM + 1, ES_RELAY_ONE_ELEM + 1, &pull, &carry),
+            uint32_t{ES_RELAY_ONE_ELEM});  // large: its last byte next run
+  EXPECT_EQ(pull, 0);
+  EXPECT_EQ(carry, 1);
+  EXPECT_LE(ES_RELAY_ONE_ELEM + ES_RELAY_HDR_LEN, 4096);  // a pulled frame fits an order-0 page
+  for (uint32_t size = 1; size < 9000; size += 7)
+    for (uint32_t len : {1u, size / 2 + 1, size}) {
+      uint32_t n = es_relay_frame_cut(len, size, &pull, &carry);
+      ASSERT_GE(n, 1u);
+      ASSERT_LE(n, len);
+      const uint32_t rest = size - n;
+      // a frame is either one element (all or nothing) or leaves a rest for the next run
+      ASSERT_TRUE(pull || rest > 0) << size << " " << len;
+      ASSERT_EQ(carry, rest > 0 && len == size);
+      if (carry) {
+        // the carried byte's own frame is pulled
+        uint8_t p2, c2;
+        ASSERT_EQ(es_relay_frame_cut(rest, rest, &p2, &c2), rest);
+        ASSERT_EQ(p2, 1);
+      }
+    }
+}
+
 }  // namespace

@@ -189,4 +189,30 @@ TEST(Response, RunOwesUntilEveryResponseIsIn) {
   EXPECT_TRUE(es_rsp_run_owes(&interim, 0, 1));  // an interim response answers nothing
 }
 
+// The requests a connection sent to its own pod (es_own_rsp.reqs, counted by sk_msg) owe the
+// client something until each has its final response and none is under way; a connection whose
+// own pod's responses are not followed (no tracker) never proves them answered.
+TEST(Response, OwnPodOwesUntilEveryResponseIsIn) {
+  const std::string ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  es_rsp r{};
+  EXPECT_FALSE(es_rsp_own_owes(&r));  // nothing sent yet
+  r.reqs = 2;                         // two pipelined requests
+  EXPECT_TRUE(es_rsp_own_owes(&r));
+  es_rsp_feed_buf(&r, ok.data(), ok.size());
+  EXPECT_TRUE(es_rsp_own_owes(&r));  // one answered
+  es_rsp_feed_buf(&r, ok.data(), ok.size() - 1);
+  EXPECT_TRUE(es_rsp_own_owes(&r));  // the second under way: its last byte missing
+  es_rsp_feed_buf(&r, ok.data() + ok.size() - 1, 1);
+  EXPECT_FALSE(es_rsp_own_owes(&r));
+  es_rsp_feed_buf(&r, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+  r.reqs = 3;
+  EXPECT_TRUE(es_rsp_own_owes(&r));  // an interim response answers nothing
+  es_rsp_feed_buf(&r, "HTTP/1.1 204 No Content\r\n\r\n", 27);
+  EXPECT_FALSE(es_rsp_own_owes(&r));
+  EXPECT_TRUE(es_rsp_own_owes(nullptr));  // not followed: never proven
+  // bytes that do not frame as responses: never answered again
+  es_rsp_feed_buf(&r, "garbage\r\n", 9);
+  EXPECT_TRUE(es_rsp_own_owes(&r));
+}
+
 }  // namespace
