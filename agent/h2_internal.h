@@ -203,6 +203,7 @@ struct H2Proxy::Impl {
   void on_accept();
   void on_readable(Conn& c);
   void flush(Conn& c);
+  void want_writable(Conn& c, bool on);
   void mark(Conn& c);
   void reap();
   void close_client(Client& c);

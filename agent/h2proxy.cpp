@@ -484,6 +484,17 @@ void H2Proxy::Impl::on_readable(Conn& c) {
   mark(c);
 }
 
+// EPOLLOUT only while bytes wait for the socket (a level-triggered EPOLLOUT on an idle
+// socket would wake the loop for nothing).
+void H2Proxy::Impl::want_writable(Conn& c, bool on) {
+  if (c.want_out == on) return;
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLRDHUP | (on ? EPOLLOUT : 0u);
+  ev.data.ptr = &c;
+  epoll_ctl(epoll.get(), EPOLL_CTL_MOD, c.fd.get(), &ev);
+  c.want_out = on;
+}
+
 void H2Proxy::Impl::flush(Conn& c) {
   if (c.dead || c.connecting || !c.session) return;
   for (;;) {
@@ -491,13 +502,7 @@ void H2Proxy::Impl::flush(Conn& c) {
       ssize_t w = send(c.fd.get(), c.out.data() + c.out_off, c.out.size() - c.out_off, MSG_NOSIGNAL);
       if (w < 0 && errno == EINTR) continue;
       if (w < 0 && errno == EAGAIN) {
-        if (!c.want_out) {
-          epoll_event ev{};
-          ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP;
-          ev.data.ptr = &c;
-          epoll_ctl(epoll.get(), EPOLL_CTL_MOD, c.fd.get(), &ev);
-          c.want_out = true;
-        }
+        want_writable(c, true);
         return;
       }
       if (w <= 0) {
@@ -518,13 +523,7 @@ void H2Proxy::Impl::flush(Conn& c) {
         cl.close_when_flushed = false;
         cl.lingering = true;
         cl.linger_until = Clock::now() + kLinger;
-        if (c.want_out) {
-          epoll_event ev{};
-          ev.events = EPOLLIN | EPOLLRDHUP;
-          ev.data.ptr = &c;
-          epoll_ctl(epoll.get(), EPOLL_CTL_MOD, c.fd.get(), &ev);
-          c.want_out = false;
-        }
+        want_writable(c, false);
         return;
       }
       if (cl.lingering) return;
@@ -543,13 +542,7 @@ void H2Proxy::Impl::flush(Conn& c) {
     if (k == 0) break;
     c.out.assign(reinterpret_cast<const char*>(data), static_cast<size_t>(k));
   }
-  if (c.want_out) {
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLRDHUP;
-    ev.data.ptr = &c;
-    epoll_ctl(epoll.get(), EPOLL_CTL_MOD, c.fd.get(), &ev);
-    c.want_out = false;
-  }
+  want_writable(c, false);
   if (c.kind == Kind::Client && static_cast<Client&>(c).opening) return;
   if (!nghttp2_session_want_read(c.session) && !nghttp2_session_want_write(c.session)) {
     if (c.kind == Kind::Upstream)

@@ -86,14 +86,30 @@ static __always_inline void es_h2_record(struct bpf_sock_ops *skops, const struc
 		es_count(ES_CNT_H2_CONN_LOST);
 }
 
+/* The service of the connection has ready pods in more than one backend set:
+ * its requests may be re-routed. */
+static __always_inline int es_multi_set(const struct es_sock *s)
+{
+	struct es_frontend_key fk = {};
+	const struct es_frontend *fe;
+
+	fk.addr[0] = s->orig_addr[0];
+	fk.addr[1] = s->orig_addr[1];
+	fk.addr[2] = s->orig_addr[2];
+	fk.addr[3] = s->orig_addr[3];
+	fk.port = s->orig_port;
+	fk.proto = IPPROTO_TCP;
+	fk.family = s->family;
+	fe = bpf_map_lookup_elem(&es_frontends, &fk);
+	return fe && (fe->flags & ES_FE_F_MULTI_SET);
+}
+
 /* An HTTP/2 connection preface on a connection to a service with more than one
  * backend set whose port is not declared HTTP/2: its streams all go to the pod
  * of its connection (the caller's environment). Counted and traced, so that the
  * port can be declared (README "HTTP/2 and gRPC"). */
 static __always_inline void es_h2_preface(struct sk_msg_md *msg, const struct es_sock *s)
 {
-	struct es_frontend_key fk = {};
-	const struct es_frontend *fe;
 	struct es_trace_event *ev;
 	__u8 *p = msg->data;
 
@@ -103,15 +119,7 @@ static __always_inline void es_h2_preface(struct sk_msg_md *msg, const struct es
 	if (p[0] != 'P' || p[1] != 'R' || p[2] != 'I' || p[3] != ' ' || p[4] != '*' || p[5] != ' ' ||
 	    p[6] != 'H' || p[7] != 'T')
 		return;
-	fk.addr[0] = s->orig_addr[0];
-	fk.addr[1] = s->orig_addr[1];
-	fk.addr[2] = s->orig_addr[2];
-	fk.addr[3] = s->orig_addr[3];
-	fk.port = s->orig_port;
-	fk.proto = IPPROTO_TCP;
-	fk.family = s->family;
-	fe = bpf_map_lookup_elem(&es_frontends, &fk);
-	if (!fe || !(fe->flags & ES_FE_F_MULTI_SET))
+	if (!es_multi_set(s))
 		return;
 	es_count(ES_CNT_H2_UNROUTED);
 	ev = es_trace_reserve(ES_EV_H2_UNROUTED);
@@ -476,24 +484,6 @@ static __always_inline void es_run_note(struct es_msg_ctx *c, const struct es_ro
 		if (rsp)
 			tx->run_base = rsp->done;
 	}
-}
-
-/* The service of the connection has ready pods in more than one backend set:
- * its requests may be re-routed. */
-static __always_inline int es_multi_set(const struct es_sock *s)
-{
-	struct es_frontend_key fk = {};
-	const struct es_frontend *fe;
-
-	fk.addr[0] = s->orig_addr[0];
-	fk.addr[1] = s->orig_addr[1];
-	fk.addr[2] = s->orig_addr[2];
-	fk.addr[3] = s->orig_addr[3];
-	fk.port = s->orig_port;
-	fk.proto = IPPROTO_TCP;
-	fk.family = s->family;
-	fe = bpf_map_lookup_elem(&es_frontends, &fk);
-	return fe && (fe->flags & ES_FE_F_MULTI_SET);
 }
 
 /* A request head goes to the connection's own pod. Its responses on the
