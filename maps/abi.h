@@ -498,8 +498,9 @@ struct es_tx {
 	__u8 own;              /* ES_OWN_*: are the own pod's responses followed (es_own_rsp)? */
 	__u8 carry;            /* the next run's first `carry` bytes were parsed already: they
 				* continue the relay frame cut before them (outbound.h) */
-	__u8 held;             /* the last run held its message (cork): a redirect of it frees
-				* what it does not cover, no run follows */
+	__u8 held;             /* a run held a message (cork) and no redirect came since: the
+				* kernel keeps its cork buffer until one, and that redirect
+				* frees what it does not cover (no run follows) */
 	__u32 run_env;
 	__u32 run_reqs;        /* request heads in the run (on run_up, or on the upstream the
 				* agent bound for its frames) */

@@ -185,7 +185,7 @@ struct es_msg_ctx {
 	const struct es_sock *sock;
 	const struct es_http_cfg *cfg;
 	__u8 head; /* a request head was routed in this run (es_count_path) */
-	__u8 held; /* the message was held (corked) by the last run */
+	__u8 held; /* es_tx.held when the run began (maps/abi.h) */
 };
 
 /* Bytes of a run (http.h) taken in one step of the byte loop, at most. */
@@ -869,6 +869,7 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	c->tx->slow_seq = seq;
 	c->tx->rest = c->held ? 0 : size - len;
 	c->tx->carry = carry;
+	c->tx->held = 0; /* the redirect ends the kernel's cork buffer */
 	return 0;
 }
 
@@ -891,6 +892,7 @@ static __always_inline int es_verdict(struct es_msg_ctx *c, __u32 len)
 
 			if (c->held)
 				c->tx->rest = 0; /* freed by the kernel */
+			c->tx->held = 0; /* the redirect ends the kernel's cork buffer */
 
 			/* one more request the upstream owes a response to,
 			 * counted before its bytes go (the agent reads it when
@@ -1063,10 +1065,12 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 	c.tx->v.req_begin = c.tx->st.phase == ES_HTTP_P_IDLE ? 0 : -1;
 	kind = es_msg_run_kind(c.tx->rest, c.tx->carry, msg->size);
 	carry = c.tx->carry;
+	/* held stays set after the held message went out on the connection:
+	 * the kernel keeps the socket's cork buffer (psock->cork) until a
+	 * redirect, which frees what it does not deliver (tcp_bpf_send_verdict) */
 	c.held = c.tx->held;
 	c.tx->rest = 0;
 	c.tx->carry = 0;
-	c.tx->held = 0;
 	if (kind == ES_RUN_PARTLY) {
 		/* the parser has seen these bytes: the connection fails (the
 		 * relay resets it for the frame cut short) */
