@@ -508,7 +508,9 @@ struct es_tx {
 	__u64 run_up;          /* the run's upstream when a request of it went in the kernel */
 	__u32 rest;            /* bytes the kernel gives the next run of this send (the ones the
 				* last verdict did not cover); 0: no run expected */
-	__u32 pad2;
+	__u8 run_head;         /* a request of the run is HEAD (ES_HTTP_F_HEAD): the upstream's
+				* answer count cannot be trusted for it (response.h) */
+	__u8 pad2[3];
 };
 
 /* es_tx.own: responses on the connection itself, from its own pod. */

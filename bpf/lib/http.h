@@ -47,6 +47,9 @@
 #define ES_HTTP_F_HTTP10 0x0100
 #define ES_HTTP_F_H2C 0x0200	     /* HTTP2-Settings: an h2c upgrade request (RFC 7540 3.2) */
 #define ES_HTTP_F_UPGRADE 0x0400     /* Upgrade: what follows a 101 is no longer HTTP/1.x */
+#define ES_HTTP_F_HEAD 0x0800	     /* a 4-byte method starting with H (HEAD): its answer may have
+				      * a Content-Length and no body, which response trackers
+				      * cannot tell */
 
 /* Why a parser went inert. */
 enum es_http_err {
@@ -745,6 +748,8 @@ ES_INLINE int es_http_step(struct es_http_state *st, const struct es_http_cfg *c
 				return ev | es_http_dead(st, ES_HTTP_ERR_NOT_HTTP);
 			if (st->kpos == st->npos && es_http_kc(ES_HTTP_K_CONNECT, 0, 0, st->npos) == c)
 				st->kpos++;
+			if (!st->npos && c == 'H')
+				st->flags |= ES_HTTP_F_HEAD;
 			st->npos++;
 			return ev;
 		}
@@ -752,6 +757,8 @@ ES_INLINE int es_http_step(struct es_http_state *st, const struct es_http_cfg *c
 			return ev | es_http_dead(st, ES_HTTP_ERR_NOT_HTTP);
 		if (st->npos == 7 && st->kpos == 7)
 			st->flags |= ES_HTTP_F_CONNECT;
+		if (st->npos != 4)
+			st->flags &= ~ES_HTTP_F_HEAD;
 		st->npos = 0;
 		st->kpos = 0;
 		st->phase = ES_HTTP_P_TARGET;

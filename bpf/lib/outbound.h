@@ -416,6 +416,13 @@ static __always_inline int es_frames_pending(const struct es_msg_ctx *c, const s
  * (es_rsp); for a run on the connection's own pod, the responses on the
  * connection itself (es_own_rsp, es_own_note) when they are followed; when
  * they are not, nothing proves them answered. */
+/* The request whose head just ended is HEAD (http.h: a 4-byte method starting
+ * with H). */
+static __always_inline __u8 es_head_method(const struct es_tx *tx)
+{
+	return (tx->st.flags & ES_HTTP_F_HEAD) ? 1 : 0;
+}
+
 static __always_inline int es_run_owes(const struct es_msg_ctx *c, const struct es_route *r)
 {
 	const struct es_tx *tx = c->tx;
@@ -426,6 +433,13 @@ static __always_inline int es_run_owes(const struct es_msg_ctx *c, const struct 
 
 	if (!tx->run_reqs || tx->run_env == r->env_id)
 		return 0;
+	if (tx->run_head) {
+		/* the answer to HEAD has no body despite its Content-Length: a
+		 * tracker counting answers is out of step after it, and a body
+		 * of a later answer could read as an answer head (never proof) */
+		es_count(ES_CNT_REQ_ORDER_UNTRACKED);
+		return 1;
+	}
 	if (!tx->run_far) {
 		__u64 cookie = c->sock->cookie;
 
@@ -469,12 +483,14 @@ static __always_inline void es_run_note(struct es_msg_ctx *c, const struct es_ro
 	if (tx->run_reqs && tx->run_env == r->env_id &&
 	    !(r->kind == ES_ROUTE_SLOW && !es_frames_pending(c, &done))) {
 		tx->run_reqs++;
+		tx->run_head |= es_head_method(tx);
 		if (r->kind == ES_ROUTE_KERNEL)
 			tx->run_up = r->upstream;
 		return;
 	}
 	tx->run_env = r->env_id;
 	tx->run_reqs = 1;
+	tx->run_head = es_head_method(tx);
 	tx->run_far = r->kind == ES_ROUTE_SLOW || r->kind == ES_ROUTE_KERNEL;
 	tx->run_up = 0;
 	tx->run_base = 0;

@@ -260,6 +260,26 @@ def test_rerouted_request_before_the_own_pods_answer(smug, bound):
 
 
 @REQUEST_CONTEXT
+def test_no_change_of_target_after_a_head_request(smug):
+    """The answer to HEAD has a Content-Length and no body: a tracker that counts answers cannot
+    follow it, and a later answer's body could read as an answer head. So after a HEAD request on
+    a connection, a request for another target on it is refused (EACCES, counted
+    req_order_untracked), even once the HEAD was answered; the client reconnects. Requests for
+    the same target go on."""
+    before = smug.counters()
+    sends = [head("HEAD", "/", "dev", 200, "none"), head("GET", "/", "dev", 200, "none"),
+             head("GET", "/next", "dev.p1", 200, "none")]
+    r = raw(smug, sends, 2, gap_ms=300)
+    after = smug.counters()
+    assert r.get("send_error") == "EACCES", r
+    assert r["error"] is None, r
+    assert [x["pod"] for x in r["responses"]] == [k("s-dev"), k("s-dev")], r
+    assert r["extra"] == "", r
+    assert after["req_order_refused"] - before["req_order_refused"] == 1, (before, after)
+    assert after["req_order_untracked"] - before["req_order_untracked"] == 1, (before, after)
+
+
+@REQUEST_CONTEXT
 def test_rerouted_request_after_the_own_pods_answer(smug):
     """What mainstream clients do: the own pod's answer has arrived when the next request, for
     another target, is sent on the pooled connection. It is re-routed (no refusal), and the

@@ -740,6 +740,24 @@ TEST(HttpNotHttp, InertUntilReset) {
   EXPECT_EQ(std::string(es_http_env(&st), es_http_env_len(&st)), "dev");
 }
 
+TEST(HttpMethod, HeadIsFlagged) {
+  // a HEAD answer has no body despite its Content-Length: response trackers
+  // cannot follow it, so the sk_msg program must know the request was HEAD
+  Trace h = Parse("HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
+  ASSERT_EQ(h.heads.size(), 1u);
+  EXPECT_TRUE(h.heads[0].flags & ES_HTTP_F_HEAD);
+  for (const char* m : {"GET", "HEADER", "HED", "POST", "OPTIONS", "PATCH"}) {
+    Trace t = Parse(std::string(m) + " / HTTP/1.1\r\nHost: a\r\n\r\n");
+    ASSERT_EQ(t.heads.size(), 1u) << m;
+    EXPECT_FALSE(t.heads[0].flags & ES_HTTP_F_HEAD) << m;
+  }
+  // per request: a GET after a HEAD on the same connection is not flagged
+  Trace two = Parse("HEAD / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+  ASSERT_EQ(two.heads.size(), 2u);
+  EXPECT_TRUE(two.heads[0].flags & ES_HTTP_F_HEAD);
+  EXPECT_FALSE(two.heads[1].flags & ES_HTTP_F_HEAD);
+}
+
 TEST(HttpNotHttp, ConnectTunnelIsOpaque) {
   std::string s = "CONNECT svc:443 HTTP/1.1\r\nHost: svc:443\r\nX-Virtual-Env: dev.t\r\n\r\n"
                   "\x16\x03\x01 anything GET / HTTP/1.1\r\n\r\n";
