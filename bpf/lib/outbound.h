@@ -408,6 +408,13 @@ static __always_inline int es_frames_pending(const struct es_msg_ctx *c, const s
 	return c->tx->slow_seq && (!*done || (*done)->seq != c->tx->slow_seq);
 }
 
+/* The request whose head just ended is HEAD (http.h: a 4-byte method starting
+ * with H). */
+static __always_inline __u8 es_head_method(const struct es_tx *tx)
+{
+	return (tx->st.flags & ES_HTTP_F_HEAD) ? 1 : 0;
+}
+
 /* A request for another target than the run of requests before it (in a
  * later send: within one send es_msg_refuses_head decides) would be answered
  * out of order if the run still waits for a response: the client would read
@@ -416,13 +423,6 @@ static __always_inline int es_frames_pending(const struct es_msg_ctx *c, const s
  * (es_rsp); for a run on the connection's own pod, the responses on the
  * connection itself (es_own_rsp, es_own_note) when they are followed; when
  * they are not, nothing proves them answered. */
-/* The request whose head just ended is HEAD (http.h: a 4-byte method starting
- * with H). */
-static __always_inline __u8 es_head_method(const struct es_tx *tx)
-{
-	return (tx->st.flags & ES_HTTP_F_HEAD) ? 1 : 0;
-}
-
 static __always_inline int es_run_owes(const struct es_msg_ctx *c, const struct es_route *r)
 {
 	const struct es_tx *tx = c->tx;
@@ -767,6 +767,16 @@ static __always_inline void es_relay_pod_add(__u64 pod, __u32 len)
 	}
 }
 
+/* After a redirect verdict: the kernel gives the next run of this send the
+ * rest bytes the verdict did not cover, unless the message was held - then the
+ * redirect frees them (no run follows) - and the redirect ends the socket's
+ * cork buffer (psock->cork, tcp_bpf_send_verdict). */
+static __always_inline void es_redirected(struct es_msg_ctx *c, __u32 rest)
+{
+	c->tx->rest = c->held ? 0 : rest;
+	c->tx->held = 0;
+}
+
 /* Frames bytes 0..len of the message for the agent and queues them on its
  * relay socket (the last byte of a large frame that takes the whole message
  * goes in a frame of its own, next run: es_relay_frame_cut). */
@@ -883,9 +893,8 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	if (bpf_msg_redirect_hash(msg, &es_sockhash, &relay, BPF_F_INGRESS) != SK_PASS)
 		return -1;
 	c->tx->slow_seq = seq;
-	c->tx->rest = c->held ? 0 : size - len;
+	es_redirected(c, size - len);
 	c->tx->carry = carry;
-	c->tx->held = 0; /* the redirect ends the kernel's cork buffer */
 	return 0;
 }
 
@@ -906,9 +915,7 @@ static __always_inline int es_verdict(struct es_msg_ctx *c, __u32 len)
 		if (bpf_msg_redirect_hash(msg, &es_sockhash, &up, 0) == SK_PASS) {
 			struct es_rsp *rsp = c->head ? bpf_map_lookup_elem(&es_rsp, &up) : NULL;
 
-			if (c->held)
-				c->tx->rest = 0; /* freed by the kernel */
-			c->tx->held = 0; /* the redirect ends the kernel's cork buffer */
+			es_redirected(c, c->tx->rest);
 
 			/* one more request the upstream owes a response to,
 			 * counted before its bytes go (the agent reads it when
