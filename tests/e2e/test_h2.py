@@ -200,22 +200,32 @@ def test_single_set_service_is_not_touched(shared):
     assert mm.delta("envsteer_h2_connections_total", {"event": "accepted"}) == 0
 
 
+def curl_each_env(node, mode, path, stream=None):
+    """One curl per env (and one untagged, "-") in HTTP/2 `mode` to service g from c-plain: each
+    answered over HTTP/2 by its own env's pod, which got the header as sent (on HTTP/2 stream
+    `stream` when given). Returns how many connections it made."""
+    envs = ["dev.proj1", "dev", "dev.proj2", "-", "dev.proj1.alice"]
+    for e in envs:
+        argv = ["curl", "-sS", mode, "--max-time", "20", "-w", "\\n%{http_version}\\n"]
+        if e != "-":
+            argv += ["-H", "X-Virtual-Env: " + e]
+        r = node.run_in_pod(k("c-plain"), argv + ["http://%s%s" % (node.vip["g"], path)], timeout=30)
+        assert r.returncode == 0, (r, node.agent_log_text(3000))
+        body, version = [l for l in r.stdout.splitlines() if l.strip()]
+        assert json.loads(body)["pod"] == EXPECT[e] and version == "2", (e, r.stdout)
+        assert json.loads(body)["got_header"] == (None if e == "-" else e), (e, r.stdout)
+        if stream is not None:
+            assert json.loads(body)["stream"] == stream, (e, r.stdout)
+    return len(envs)
+
+
 def test_curl_and_nghttp_prior_knowledge(shared):
     """curl --http2-prior-knowledge, one request per connection (Debian 12's curl 7.88 fails the
     second request on a reused prior-knowledge connection, direct to a pod too: "Error in the
     HTTP2 framing layer"), and nghttp with several streams on one connection."""
     mm = Metrics(shared)
     node = shared
-    envs = ["dev.proj1", "dev", "dev.proj2", "-", "dev.proj1.alice"]
-    for e in envs:
-        argv = ["curl", "-sS", "--http2-prior-knowledge", "--max-time", "20", "-w", "\\n%{http_version}\\n"]
-        if e != "-":
-            argv += ["-H", "X-Virtual-Env: " + e]
-        r = node.run_in_pod(k("c-plain"), argv + ["http://%s/" % shared.vip["g"]], timeout=30)
-        assert r.returncode == 0, r
-        body, version = [l for l in r.stdout.splitlines() if l.strip()]
-        assert json.loads(body)["pod"] == EXPECT[e] and version == "2", (e, r.stdout)
-        assert json.loads(body)["got_header"] == (None if e == "-" else e), (e, r.stdout)
+    curl_each_env(node, "--http2-prior-knowledge", "/")
     r = node.run_in_pod(k("c-plain"), ["nghttp", "-n", "-s", "-H", "X-Virtual-Env: dev.proj2"] +
                         ["http://%s/%d" % (shared.vip["g"], i) for i in range(4)], timeout=30)
     assert r.returncode == 0, r
@@ -233,17 +243,7 @@ def test_curl_h2c_upgrade_each_env_by_its_own_pod(shared):
     answered 505 and the connection closed (counted http1_refused), never sent to a pod."""
     mm = Metrics(shared)
     node = shared
-    envs = ["dev.proj1", "dev", "dev.proj2", "-", "dev.proj1.alice"]
-    for e in envs:
-        argv = ["curl", "-sS", "--http2", "--max-time", "20", "-w", "\\n%{http_version}\\n"]
-        if e != "-":
-            argv += ["-H", "X-Virtual-Env: " + e]
-        r = node.run_in_pod(k("c-plain"), argv + ["http://%s/up" % shared.vip["g"]], timeout=30)
-        assert r.returncode == 0, (r, node.agent_log_text(3000))
-        body, version = [l for l in r.stdout.splitlines() if l.strip()]
-        assert json.loads(body)["pod"] == EXPECT[e] and version == "2", (e, r.stdout)
-        assert json.loads(body)["got_header"] == (None if e == "-" else e), (e, r.stdout)
-        assert json.loads(body)["stream"] == 1, (e, r.stdout)
+    n = curl_each_env(node, "--http2", "/up", stream=1)
     # the labelled caller's untagged upgrade: its own env (dev.proj1), header inserted
     r = node.run_in_pod(k("c-p1"), ["curl", "-sS", "--http2", "--max-time", "20", "http://%s/" % shared.vip["g"]],
                         timeout=30)
@@ -256,9 +256,9 @@ def test_curl_h2c_upgrade_each_env_by_its_own_pod(shared):
                                        "-w", "\\n%{http_code}\\n", "http://%s/" % shared.vip["g"]], timeout=30)
     assert r.returncode == 0, r
     assert r.stdout.strip().splitlines()[-1] == "505", r.stdout
-    assert mm.delta("envsteer_h2_connections_total", {"event": "h2c_upgrade"}) == len(envs) + 1
+    assert mm.delta("envsteer_h2_connections_total", {"event": "h2c_upgrade"}) == n + 1
     assert mm.delta("envsteer_h2_connections_total", {"event": "http1_refused"}) == 1
-    assert mm.delta("envsteer_h2_connections_total", {"event": "accepted"}) == len(envs) + 2
+    assert mm.delta("envsteer_h2_connections_total", {"event": "accepted"}) == n + 2
     assert mm.delta("envsteer_h2_streams_total",
                     {"service": "h2/g:80", "env": "dev.proj1", "outcome": "header"}) == 2
     assert mm.delta("envsteer_h2_streams_total",
