@@ -669,6 +669,22 @@ def scale_addr(base, i):
     return "127.%d.%d.%d" % (base + (i >> 16), (i >> 8) & 255, i & 255)
 
 
+def wait_listening(proc, ip, port, timeout, what, log):
+    """Waits until the process started for a hop accepts on ip:port; its log in the error when
+    it exits first."""
+    def up():
+        if proc.poll() is not None:
+            return True
+        try:
+            socket.create_connection((ip, port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+    harness.wait_until(up, timeout, what=what)
+    if proc.poll() is not None:
+        raise BenchError("%s exited: %s" % (what, harness._read_file(log, 2000)))
+
+
 def run_nginx(b, name, conf_text, cg_name, ip, port):
     """nginx (Debian) with conf_text (its temp paths under the node's tmp/<name>) in the remote
     cgroup cg_name, waited for on ip:port; the cgroup."""
@@ -682,18 +698,8 @@ def run_nginx(b, name, conf_text, cg_name, ip, port):
     proc = b.node._popen(["nginx", "-p", tmp, "-e", os.path.join(tmp, "nginx-error.log"),
                           "-c", conf], cg, name + ".log", b.netns_of(cg))
 
-    def up():
-        if proc.poll() is not None:
-            return True
-        try:
-            socket.create_connection((ip, port), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
-    harness.wait_until(up, 10, what="%s on %s:%d" % (name, ip, port))
-    if proc.poll() is not None:
-        raise BenchError("%s exited: %s" % (name, harness._read_file(
-            os.path.join(tmp, "nginx-error.log"), 2000)))
+    wait_listening(proc, ip, port, 10, "%s on %s:%d" % (name, ip, port),
+                   os.path.join(tmp, "nginx-error.log"))
     return cg
 
 
@@ -1597,18 +1603,8 @@ def start_grpc_server(b, cg, ip, name):
     proc = b.node._popen([py, GRPCSERVER, ip, str(GRPC_PORT), name], cg, "grpc-%s.log" % name,
                          b.netns_of(cg))
 
-    def up():
-        if proc.poll() is not None:
-            return True
-        try:
-            socket.create_connection((ip, GRPC_PORT), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
-    harness.wait_until(up, 20, what="grpc server %s" % name)
-    if proc.poll() is not None:
-        raise BenchError("grpc server %s exited: %s" % (name, harness._read_file(
-            os.path.join(b.node.log_dir, "grpc-%s.log" % name), 2000)))
+    wait_listening(proc, ip, GRPC_PORT, 20, "grpc server %s" % name,
+                   os.path.join(b.node.log_dir, "grpc-%s.log" % name))
     return proc
 
 
