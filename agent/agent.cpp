@@ -874,6 +874,7 @@ void Agent::start_datapath() {
     ro.max_client_bytes = s_.relay_client_bytes;
     ro.max_pod_bytes = s_.relay_pod_bytes;
     ro.max_total_bytes = s_.relay_total_bytes;
+    ro.sockets = s_.relay_sockets;
     ro.max_clients_per_pod = s_.relay_clients_per_pod;
     ro.pod_dir = [this](uint64_t id) { return pod_dir(id); };
     relay_ = std::make_unique<Relay>(dp_->maps(), ro);

@@ -324,6 +324,11 @@ struct RunCmd {
     cmd->add_option("--relay-total-bytes", s.relay_total_bytes,
                     "bytes all client connections together may have queued at the relay")
         ->capture_default_str();
+    cmd->add_option("--relay-sockets", s.relay_sockets,
+                    "relay sockets the re-routed requests' frames are queued on, chosen by the client's pod (1-16); "
+                    "each holds at most max(--relay-total-bytes / N, --relay-pod-bytes): a pod that fills its "
+                    "socket delays no pod on another")
+        ->capture_default_str();
     cmd->add_option("--relay-clients-per-pod", s.relay_clients_per_pod,
                     "client connections of one pod the relay serves at once (beyond: reset)")
         ->capture_default_str();

@@ -47,6 +47,10 @@ Relay::Relay(const maps::BpfMapBackend& m, RelayOptions o) : m_(m), o_(o), nets_
   slots_ = m.fd(MapId::Slots);
   rsp_ = m.fd(MapId::Rsp);
   es_http_cfg_init(&http_cfg_, '.', 0);
+  o_.sockets = std::clamp<uint32_t>(o_.sockets, 1, ES_RELAY_SOCKETS_MAX);
+  if (!o_.max_socket_bytes) o_.max_socket_bytes = std::max(o_.max_total_bytes / o_.sockets, o_.max_pod_bytes);
+  socks_.resize(o_.sockets);
+  for (size_t i = 0; i < socks_.size(); i++) socks_[i].index = i;
   epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
   wake_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!epoll_ || !wake_) throw std::runtime_error("per-request steering: epoll/eventfd: " + errstr(errno));
@@ -69,12 +73,14 @@ Relay::~Relay() {
 }
 
 // A connected loopback pair; the listener is closed before anything else can
-// connect to it, and the accepted end must be our own connecting socket.
-void Relay::reset_relay_socket() {
-  if (relay_) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, relay_.get(), nullptr);
-  relay_.reset();
-  relay_peer_.reset();
-  buf_.clear();
+// connect to it, and the accepted end must be our own connecting socket. Its
+// new key reaches the programs with the next write_cfg().
+void Relay::reset_relay_socket(RelaySock& rs) {
+  if (rs.fd) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, rs.fd.get(), nullptr);
+  rs.fd.reset();
+  rs.peer.reset();
+  rs.buf.clear();
+  rs.last_hdr = {};
   UniqueFd l(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -93,35 +99,52 @@ void Relay::reset_relay_socket() {
   l.reset();
   if (!s || peer.sin_port != mine.sin_port || peer.sin_addr.s_addr != mine.sin_addr.s_addr)
     throw std::runtime_error("per-request steering: relay socket accepted a stranger");
-  relay_ = std::move(s);
-  relay_peer_ = std::move(c);
-  relay_cookie_ = socket_cookie(relay_.get());
-  uint64_t fdv = static_cast<uint64_t>(relay_.get());
-  if (!relay_cookie_ || bpf_map_update_elem(sockhash_, &relay_cookie_, &fdv, BPF_ANY) != 0)
+  rs.fd = std::move(s);
+  rs.peer = std::move(c);
+  rs.cookie = socket_cookie(rs.fd.get());
+  uint64_t fdv = static_cast<uint64_t>(rs.fd.get());
+  if (!rs.cookie || bpf_map_update_elem(sockhash_, &rs.cookie, &fdv, BPF_ANY) != 0)
     throw std::runtime_error("per-request steering: adding the relay socket to es_sockhash: " + errstr(errno));
-  add_epoll(epoll_.get(), relay_.get(), EPOLLIN, kTagRelay);
-  new_key();
+  g_sock_cookie_[rs.index] = rs.cookie;
+  add_epoll(epoll_.get(), rs.fd.get(), EPOLLIN, kTagRelay + rs.index);
+  new_key(rs);
 }
 
 // Writes the relay settings with the bytes done so far (the kernel compares
-// them with what it framed: the total bound). Not all: only once a sixteenth of
-// the bound is done since the last write (the kernel's view lags by less; the
-// sweep writes the rest every 250 ms): one map write less per request.
+// them with what it framed: the total and per-socket bounds). Not all: only
+// once a sixteenth of a bound is done since the last write (the kernel's view
+// lags by less; the sweep writes the rest every 250 ms): one map write less per
+// request.
 void Relay::publish_done_total(bool all) {
-  if (done_total_ == done_total_published_) return;
-  if (!all && done_total_ - done_total_published_ < o_.max_total_bytes / 16) return;
+  bool changed = done_total_ != done_total_published_, due = false;
+  if (changed && (all || done_total_ - done_total_published_ >= o_.max_total_bytes / 16)) due = true;
+  for (const auto& rs : socks_) {
+    if (rs.done == rs.done_published) continue;
+    changed = true;
+    if (all || rs.done - rs.done_published >= o_.max_socket_bytes / 16) due = true;
+  }
+  if (changed && due) write_cfg();
+}
+
+void Relay::write_cfg() {
   es_relay_cfg rc{};
-  rc.relay = relay_cookie_;
+  rc.sockets = static_cast<uint32_t>(socks_.size());
   rc.max_frames = o_.max_frames;
   rc.max_client_bytes = o_.max_client_bytes;
   rc.max_pod_bytes = o_.max_pod_bytes;
   rc.max_total_bytes = o_.max_total_bytes;
+  rc.max_socket_bytes = o_.max_socket_bytes;
   rc.done_bytes = done_total_;
-  rc.key = key_;
+  for (auto& rs : socks_) {
+    rc.relay[rs.index] = rs.cookie;
+    rc.key[rs.index] = rs.key;
+    rc.socket_done[rs.index] = rs.done;
+  }
   uint32_t zero = 0;
   if (bpf_map_update_elem(cfg_, &zero, &rc, BPF_ANY) != 0)
     throw std::runtime_error("per-request steering: writing es_relay_cfg: " + errstr(errno));
   done_total_published_ = done_total_;
+  for (auto& rs : socks_) rs.done_published = rs.done;
 }
 
 void Relay::cleanup_previous() {
@@ -150,6 +173,7 @@ void Relay::cleanup_previous() {
   es_relay_acct acct{};
   bpf_map_lookup_elem(acct_, &zero, &acct);
   done_total_ = acct.framed;
+  for (auto& rs : socks_) rs.done = acct.socket_framed[rs.index];
   if (stale || destroyed)
     spdlog::info("per-request steering: removed {} entries of the previous agent; {} client connection(s) "
                  "with re-routed requests in flight reset",
@@ -185,13 +209,15 @@ void Relay::start() {
                    missing);
   }
   cleanup_previous();
-  reset_relay_socket();
+  for (auto& rs : socks_) reset_relay_socket(rs);
+  write_cfg();
   running_ = true;
   thread_ = std::thread([this] { loop(); });
-  spdlog::info("per-request steering: relay socket ready (cookie {}); per client {} frames, {} bytes; {} bytes "
-               "in all; {} clients per pod; timeouts: connect {} ms, response {} ms, idle {} ms; pool: {} warm, "
-               "{} per set, closed after {} ms unused",
-               relay_cookie_, o_.max_frames, o_.max_client_bytes, o_.max_total_bytes, o_.max_clients_per_pod,
+  spdlog::info("per-request steering: {} relay socket(s) ready (chosen by pod); per client {} frames, {} bytes; "
+               "{} bytes per pod, {} per relay socket, {} in all; {} clients per pod; timeouts: connect {} ms, "
+               "response {} ms, idle {} ms; pool: {} warm, {} per set, closed after {} ms unused",
+               socks_.size(), o_.max_frames, o_.max_client_bytes, o_.max_pod_bytes, o_.max_socket_bytes,
+               o_.max_total_bytes, o_.max_clients_per_pod,
                o_.connect_timeout.count(), o_.response_timeout.count(), o_.idle_timeout.count(), o_.warm,
                o_.pool_per_set, o_.pool_idle.count());
 }
@@ -208,8 +234,10 @@ void Relay::stop() {
   std::vector<uint64_t> cookies;
   for (auto& [c, u] : ups_) cookies.push_back(c);
   for (uint64_t c : cookies) close_upstream(c, RelayCounter::kCount);
-  relay_.reset();
-  relay_peer_.reset();
+  for (auto& rs : socks_) {
+    rs.fd.reset();
+    rs.peer.reset();
+  }
 }
 
 void Relay::count(RelayCounter c, uint64_t n) {
@@ -230,6 +258,7 @@ void Relay::update_gauges() {
   g_queued_ = queued_bytes_;
   g_done_ = done_total_;
   g_netns_ = nets_.held();
+  for (const auto& rs : socks_) g_sock_done_[rs.index] = rs.done;
 }
 
 RelayStats Relay::stats() const {
@@ -243,13 +272,29 @@ RelayStats Relay::stats() const {
   s.netns = g_netns_;
   uint32_t zero = 0;
   es_relay_acct acct{};
-  if (bpf_map_lookup_elem(acct_, &zero, &acct) == 0 && acct.framed > g_done_) s.inflight_bytes = acct.framed - g_done_;
+  bool have = bpf_map_lookup_elem(acct_, &zero, &acct) == 0;
+  if (have && acct.framed > g_done_) s.inflight_bytes = acct.framed - g_done_;
+  for (size_t i = 0; i < o_.sockets; i++) {
+    RelayStats::Socket k;
+    k.cookie = g_sock_cookie_[i];
+    k.frames = g_sock_frames_[i].load(std::memory_order_relaxed);
+    uint64_t done = g_sock_done_[i];
+    if (have && acct.socket_framed[i] > done) k.inflight_bytes = acct.socket_framed[i] - done;
+    s.sockets.push_back(k);
+  }
   return s;
 }
 
 nlohmann::json Relay::status_json() const {
   RelayStats s = stats();
-  nlohmann::json j = {{"relay_cookie", relay_cookie_},
+  nlohmann::json socks = nlohmann::json::array();
+  for (size_t i = 0; i < s.sockets.size(); i++)
+    socks.push_back({{"socket", i},
+                     {"cookie", s.sockets[i].cookie},
+                     {"frames", s.sockets[i].frames},
+                     {"inflight_bytes", s.sockets[i].inflight_bytes}});
+  nlohmann::json j = {{"relay_cookie", s.sockets.empty() ? 0 : s.sockets[0].cookie},
+                      {"relay_sockets", socks},
                       {"upstreams_active", s.active},
                       {"upstreams_pooled", s.pooled},
                       {"upstreams_connecting", s.connecting},
@@ -261,6 +306,7 @@ nlohmann::json Relay::status_json() const {
                        {{"frames_per_client", o_.max_frames},
                         {"bytes_per_client", o_.max_client_bytes},
                         {"bytes_per_pod", o_.max_pod_bytes},
+                        {"bytes_per_socket", o_.max_socket_bytes},
                         {"bytes_total", o_.max_total_bytes},
                         {"clients_per_pod", o_.max_clients_per_pod}}},
                       {"timeouts_ms",
@@ -296,6 +342,17 @@ std::string Relay::metrics() const {
         s.inflight_bytes);
   gauge("pod_netns", "Pods' network namespaces the relay holds a handle of (upstreams and resets are made there).",
         s.netns);
+  out += "# HELP envsteer_relay_socket_inflight_bytes Bytes framed for one relay socket (the clients of the pods it "
+         "serves) and not yet forwarded or dropped (bounded per socket).\n"
+         "# TYPE envsteer_relay_socket_inflight_bytes gauge\n";
+  for (size_t i = 0; i < s.sockets.size(); i++)
+    out += "envsteer_relay_socket_inflight_bytes{socket=\"" + std::to_string(i) + "\"} " +
+           std::to_string(s.sockets[i].inflight_bytes) + "\n";
+  out += "# HELP envsteer_relay_socket_frames_total Frames read from one relay socket.\n"
+         "# TYPE envsteer_relay_socket_frames_total counter\n";
+  for (size_t i = 0; i < s.sockets.size(); i++)
+    out += "envsteer_relay_socket_frames_total{socket=\"" + std::to_string(i) + "\"} " +
+           std::to_string(s.sockets[i].frames) + "\n";
   std::string last;
   size_t i = 0;
 #define ES_RC_PROM(id, name, label, value)                                                                  \
@@ -317,22 +374,25 @@ void Relay::loop() {
   while (running_) {
     epoll_event evs[64];
     int n = epoll_wait(epoll_.get(), evs, 64, 100);
-    bool relay_ready = false, events_ready = false;
+    uint32_t relay_ready = 0;  // bit i: relay socket i
+    bool events_ready = false;
     for (int i = 0; i < n; i++) {
       uint64_t tag = evs[i].data.u64;
       if (tag == kTagWake) {
         uint64_t v;
         while (read(wake_.get(), &v, sizeof(v)) > 0) {
         }
-      } else if (tag == kTagRelay) {
-        relay_ready = true;
+      } else if (tag >= kTagRelay && tag < kTagRelay + socks_.size()) {
+        relay_ready |= 1u << (tag - kTagRelay);
       } else if (tag == kTagEvents) {
         events_ready = true;
       } else {
         on_upstream_event(tag, evs[i].events);
       }
     }
-    if (relay_ready) on_relay_readable();
+    // each a bounded share per turn: level-triggered, a socket with more wakes the next turn at once
+    for (auto& rs : socks_)
+      if (relay_ready & (1u << rs.index)) on_relay_readable(rs);
     if (events_ready) on_client_events();
     bool swept = false;
     if (std::chrono::steady_clock::now() >= next_sweep) {
@@ -348,38 +408,39 @@ void Relay::loop() {
   }
 }
 
-// Where the next frame header written by the programs begins in buf_[from,
+// Where the next frame header written by the programs begins in buf[from,
 // to): its magic and this socket's key or the one before it (64-bit secrets:
 // bytes a client sent cannot pass for one; a frame with the previous key is
-// one too, else a resync would skip it and the frames it hides). buf_.size() when none; a header cut by the end of the
+// one too, else a resync would skip it and the frames it hides). buf.size() when none; a header cut by the end of the
 // buffer counts as found unless whole (it is completed by the next read).
-size_t Relay::next_header(size_t from, size_t to, bool whole) const {
+size_t Relay::next_header(const RelaySock& rs, size_t from, size_t to, bool whole) const {
+  const std::vector<uint8_t>& buf = rs.buf;
   static constexpr uint32_t magic = ES_RELAY_MAGIC;
   for (size_t i = from; i + sizeof(magic) <= to; i++) {
-    const void* p = memchr(buf_.data() + i, static_cast<uint8_t>(magic & 0xff), to - i);
+    const void* p = memchr(buf.data() + i, static_cast<uint8_t>(magic & 0xff), to - i);
     if (!p) break;
-    i = static_cast<const uint8_t*>(p) - buf_.data();
-    if (i + sizeof(magic) > to || std::memcmp(buf_.data() + i, &magic, sizeof(magic)) != 0) continue;
-    if (i + sizeof(es_relay_hdr) > buf_.size()) {
+    i = static_cast<const uint8_t*>(p) - buf.data();
+    if (i + sizeof(magic) > to || std::memcmp(buf.data() + i, &magic, sizeof(magic)) != 0) continue;
+    if (i + sizeof(es_relay_hdr) > buf.size()) {
       if (whole) continue;
       return i;
     }
     es_relay_hdr h{};
-    std::memcpy(&h, buf_.data() + i, sizeof(h));
-    if (h.key == key_ || (prev_key_ && h.key == prev_key_)) return i;
+    std::memcpy(&h, buf.data() + i, sizeof(h));
+    if (h.key == rs.key || (rs.prev_key && h.key == rs.prev_key)) return i;
   }
-  return buf_.size();
+  return buf.size();
 }
 
 // The kernel now and then delivers part of a frame out of step (README,
 // limits): the client whose bytes are lost or in doubt is reset, the others'
 // frames are found again by their keyed headers and go on.
-void Relay::frame_lost(uint64_t client, const char* what, bool rotate) {
+void Relay::frame_lost(uint64_t client, const char* what, RelaySock* rotate) {
   count(RelayCounter::protocol_errors);
   // Bytes that were out of step may have carried a header, key included, to
   // an upstream: a new key from now on (frames framed with the old one are
   // dropped, their clients reset).
-  rotate_key_ |= rotate;
+  if (rotate) rotate->rotate_key = true;
   spdlog::warn("per-request steering: relay stream: {} (client {}): the client connection is reset", what, client);
   if (auto it = clients_.find(client); it != clients_.end()) {
     fail_client(it->second, RelayCounter::reset_relay_stream);
@@ -390,80 +451,87 @@ void Relay::frame_lost(uint64_t client, const char* what, bool rotate) {
   }
 }
 
-void Relay::on_relay_readable() {
+// Reads at most kReadsPerTurn buffers of one relay socket per turn of the loop,
+// so that a socket full of one pod's frames does not delay the others'.
+void Relay::on_relay_readable(RelaySock& rs) {
+  constexpr int kReadsPerTurn = 4;
+  std::vector<uint8_t>& buf = rs.buf;
   uint8_t tmp[65536];
-  for (int round = 0; round < 64; round++) {
-    ssize_t r = recv(relay_.get(), tmp, sizeof(tmp), 0);
+  for (int round = 0; round < kReadsPerTurn; round++) {
+    ssize_t r = recv(rs.fd.get(), tmp, sizeof(tmp), 0);
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
     if (r <= 0) {
-      on_bad_stream(r == 0 ? "closed" : "failed");
+      on_bad_stream(rs, r == 0 ? "closed" : "failed");
       return;
     }
-    buf_.insert(buf_.end(), tmp, tmp + r);
+    buf.insert(buf.end(), tmp, tmp + r);
     // a short read drained the socket (epoll is level-triggered for it: more data wakes the loop
     // again), so no recv that only says EAGAIN
     bool drained = static_cast<size_t>(r) < sizeof(tmp);
     size_t off = 0;
-    while (buf_.size() - off >= sizeof(es_relay_hdr)) {
+    while (buf.size() - off >= sizeof(es_relay_hdr)) {
       es_relay_hdr h{};
-      std::memcpy(&h, buf_.data() + off, sizeof(h));
-      if (h.magic == ES_RELAY_MAGIC && prev_key_ && h.key == prev_key_ && h.len <= o_.max_frame_bytes) {
+      std::memcpy(&h, buf.data() + off, sizeof(h));
+      if (h.magic == ES_RELAY_MAGIC && rs.prev_key && h.key == rs.prev_key && h.len <= o_.max_frame_bytes) {
         // framed before the key changed: not forwarded, its client reset. It may have come
         // in part too: the frames behind it begin at the first header inside it.
         size_t end = off + sizeof(h) + h.len;
-        size_t inner = next_header(off + sizeof(h), std::min(buf_.size(), end), true);
-        if (inner >= buf_.size() && buf_.size() < end) break;
-        frame_lost(h.client, "a frame with the previous key", false);
+        size_t inner = next_header(rs, off + sizeof(h), std::min(buf.size(), end), true);
+        if (inner >= buf.size() && buf.size() < end) break;
+        frame_lost(h.client, "a frame with the previous key", nullptr);
         off = std::min(inner, end);
         continue;
       }
-      if (h.magic != ES_RELAY_MAGIC || h.key != key_ || h.len > o_.max_frame_bytes) {
+      if (h.magic != ES_RELAY_MAGIC || h.key != rs.key || h.len > o_.max_frame_bytes) {
         // Bytes without a header: the rest of the frame before (the kernel
         // delivered it in two). Its client's stream is broken.
-        frame_lost(last_hdr_.client, "bytes out of step after a frame", true);
-        last_hdr_ = {};
-        off = next_header(off + 1, buf_.size(), false);
+        frame_lost(rs.last_hdr.client, "bytes out of step after a frame", &rs);
+        rs.last_hdr = {};
+        off = next_header(rs, off + 1, buf.size(), false);
         continue;
       }
       // A header inside the payload: this frame came in part. Looked for also
       // while the frame is incomplete, so frames behind a cut one do not wait.
-      size_t inner = next_header(off + sizeof(h), std::min(buf_.size(), off + sizeof(h) + h.len), true);
-      if (inner >= buf_.size() && buf_.size() - off < sizeof(h) + h.len) break;
+      size_t inner = next_header(rs, off + sizeof(h), std::min(buf.size(), off + sizeof(h) + h.len), true);
+      if (inner >= buf.size() && buf.size() - off < sizeof(h) + h.len) break;
       if (inner < off + sizeof(h) + h.len) {
-        frame_lost(h.client, "a frame cut short", true);
+        frame_lost(h.client, "a frame cut short", &rs);
         off = inner;
         continue;
       }
-      last_hdr_ = h;
-      handle_frame(h, buf_.data() + off + sizeof(h), h.len);
+      rs.last_hdr = h;
+      g_sock_frames_[rs.index].fetch_add(1, std::memory_order_relaxed);
+      handle_frame(h, buf.data() + off + sizeof(h), h.len);
       off += sizeof(h) + h.len;
     }
-    buf_.erase(buf_.begin(), buf_.begin() + static_cast<long>(std::min(off, buf_.size())));
+    buf.erase(buf.begin(), buf.begin() + static_cast<long>(std::min(off, buf.size())));
     if (drained) break;
   }
-  if (rotate_key_) {
-    rotate_key_ = false;
-    new_key();
+  if (rs.rotate_key) {
+    rs.rotate_key = false;
+    new_key(rs);
+    write_cfg();
   }
 }
 
-void Relay::new_key() {
+// A new key for the socket's frame headers; the programs use it from the next write_cfg().
+void Relay::new_key(RelaySock& rs) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
-  prev_key_ = key_;
-  key_ = rng() | 1;
-  done_total_published_ = ~0ull;  // written with the key by publish_done_total()
-  publish_done_total();
+  rs.prev_key = rs.key;
+  rs.key = rng() | 1;
 }
 
 // The relay socket's stream cannot be followed (or it closed): every frame
 // in it is lost. The clients that had frames on their way are reset (they
 // would wait for ever), then a new socket takes over.
-void Relay::on_bad_stream(const char* what) {
-  spdlog::error("per-request steering: relay socket {}: clients with frames under way are reset, socket "
-                "re-created", what);
+void Relay::on_bad_stream(RelaySock& rs, const char* what) {
+  spdlog::error("per-request steering: relay socket {} {}: clients with frames under way on it are reset, socket "
+                "re-created", rs.index, what);
   std::vector<Unfinished> unfinished;
   unfinished_clients(unfinished, SIZE_MAX);
-  for (const auto& [c, sent] : unfinished) {
+  for (const auto& u : unfinished) {
+    if (&sock_of(u.pod) != &rs) continue;  // another socket's: its frames go on
+    uint64_t c = u.client;
     if (auto it = clients_.find(c); it != clients_.end()) {
       fail_client(it->second, RelayCounter::reset_relay_stream);
     } else {
@@ -473,7 +541,8 @@ void Relay::on_bad_stream(const char* what) {
     }
   }
   reap_clients();
-  reset_relay_socket();
+  reset_relay_socket(rs);
+  write_cfg();
 }
 
 void Relay::handle_frame(const es_relay_hdr& h, const uint8_t* payload, size_t n) {
@@ -608,6 +677,7 @@ namespace envsteer {
 // Bytes of a pod's client forwarded or dropped: its share and the total free up.
 void Relay::bytes_done(uint64_t pod, uint64_t n) {
   done_total_ += n;
+  sock_of(pod).done += n;
   uint64_t& d = pod_done_[pod];
   if (d == 0 || n) pod_dirty_.push_back(pod);
   d += n;

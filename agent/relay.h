@@ -4,9 +4,14 @@
 // The sk_msg program re-routes a request whose environment resolves to another
 // backend set than its connection's. When no upstream is bound yet for
 // (client connection, set), it frames the bytes (struct es_relay_hdr) and
-// queues them on the relay socket, a loopback TCP socket of this agent whose
-// listener is closed at once (nothing outside the kernel can write to it). The
-// relay thread reads the frames into a queue per client, gives the client an
+// queues them on a relay socket, a loopback TCP socket of this agent whose
+// listener is closed at once (nothing outside the kernel can write to it). There
+// are a few (RelayOptions::sockets), each with its own key and byte bound; the
+// programs choose one by the client's pod (es_relay_slot), so that one pod's
+// frames fill its own socket, not the others' (law 2: the kernel's memory
+// pressure then cuts or refuses the full socket's frames, and a pod on another
+// socket goes on). The relay thread reads them all, a bounded share each per
+// turn of its loop, the frames into a queue per client, gives the client an
 // upstream connection to a pod of the set (a warm one from the set's pool, or a
 // new one; made inside the client's pod's network namespace, so that the server
 // sees that pod's address, agent/podnet.h), registers it (es_upstreams, es_sockhash, es_binds), forwards the
@@ -81,6 +86,8 @@ struct RelayOptions {
   uint64_t max_client_bytes = 1u << 20;  // bytes a client may have queued here
   uint64_t max_pod_bytes = 8u << 20;     // the same, all clients of one pod
   uint64_t max_total_bytes = 64u << 20;  // the same, all clients
+  uint32_t sockets = 4;                  // relay sockets (1..ES_RELAY_SOCKETS_MAX), chosen by the client's pod
+  uint64_t max_socket_bytes = 0;         // the same, the clients of one socket (0: max(total / sockets, per pod))
   uint32_t max_clients_per_pod = 1024;   // relay clients of one pod at once (the node table is shared)
   // The cgroup directory of a pod cgroup id: where the relay finds the pod's
   // network namespace (upstreams and client resets are made there). Unset:
@@ -139,6 +146,12 @@ struct RelayStats {
   uint64_t queued_bytes = 0;  // frame bytes waiting for an upstream
   uint64_t inflight_bytes = 0;  // framed by the kernel, not yet forwarded or dropped (socket + queues)
   uint64_t netns = 0;       // pods' network namespaces the relay holds a handle of
+  struct Socket {
+    uint64_t cookie = 0;
+    uint64_t frames = 0;          // frames read from it
+    uint64_t inflight_bytes = 0;  // framed for it by the kernel, not yet forwarded or dropped (bounded)
+  };
+  std::vector<Socket> sockets;
 };
 
 class Relay {
@@ -216,15 +229,30 @@ class Relay {
     bool fin = false;  // the server closed its side
   };
 
-  // relay.cpp: the socket, frames, the loop
+  // One relay socket: the frames of the pods es_relay_slot() gives it.
+  struct RelaySock {
+    size_t index = 0;
+    UniqueFd fd, peer;
+    uint64_t cookie = 0;
+    uint64_t key = 0;       // es_relay_cfg.key[index]: frame headers carry it
+    uint64_t prev_key = 0;  // the key before: frames still carrying it are dropped
+    bool rotate_key = false;
+    std::vector<uint8_t> buf;
+    es_relay_hdr last_hdr{};  // the last good frame header (for a bad one's report)
+    uint64_t done = 0, done_published = 0;  // bytes of its clients forwarded or dropped (es_relay_cfg.socket_done)
+  };
+
+  // relay.cpp: the sockets, frames, the loop
   void loop();
-  void reset_relay_socket();
+  void reset_relay_socket(RelaySock& s);
   void cleanup_previous();
-  void on_bad_stream(const char* what);
-  size_t next_header(size_t from, size_t to, bool whole) const;
-  void frame_lost(uint64_t client, const char* what, bool rotate_key);
-  void new_key();
-  void on_relay_readable();
+  void on_bad_stream(RelaySock& s, const char* what);
+  size_t next_header(const RelaySock& s, size_t from, size_t to, bool whole) const;
+  // rotate: the socket whose key is renewed (bytes out of step may have carried it)
+  void frame_lost(uint64_t client, const char* what, RelaySock* rotate);
+  void new_key(RelaySock& s);
+  void on_relay_readable(RelaySock& s);
+  RelaySock& sock_of(uint64_t pod) { return socks_[es_relay_slot(pod, static_cast<uint32_t>(socks_.size()))]; }
   void handle_frame(const es_relay_hdr& h, const uint8_t* payload, size_t n);
   Client* client_for(uint64_t cookie);
   void bytes_done(uint64_t pod, uint64_t n);
@@ -233,6 +261,7 @@ class Relay {
   bool write_front(Client& c, Upstream& u);
   void frame_done(Client& c, uint64_t upstream);
   void publish_done_total(bool all = true);
+  void write_cfg();  // es_relay_cfg: the sockets, their keys, the bounds and the bytes done
   void count(RelayCounter c, uint64_t n = 1);
   void update_gauges();
   // relay_upstream.cpp: the upstreams and their pool
@@ -268,6 +297,7 @@ class Relay {
   struct Unfinished {
     uint64_t client;
     uint32_t sent;  // frames the kernel sent
+    uint64_t pod;   // the client's pod: its relay socket
   };
   bool unfinished_clients(std::vector<Unfinished>& out, size_t cap) const;
   // relay_diag.cpp: client resets and fences through sock_diag
@@ -282,18 +312,13 @@ class Relay {
   RelayOptions o_;
   int binds_ = -1, upstreams_ = -1, clients_map_ = -1, done_ = -1, cfg_ = -1, sockhash_ = -1, sets_ = -1,
       slots_ = -1, rsp_ = -1, acct_ = -1, pods_ = -1, pod_done_map_ = -1;
-  UniqueFd relay_, relay_peer_, epoll_, wake_;
+  std::vector<RelaySock> socks_;  // made in start(), before the thread runs; never resized after
+  UniqueFd epoll_, wake_;
   UniqueFd diag_;          // NETLINK_SOCK_DIAG, for client resets and fences
   std::map<uint64_t, UniqueFd> diags_;  // the same in pods' namespaces, by namespace inode
   podnet::PodNets nets_;   // pods' network namespaces (relay thread; start() before it runs)
   uint32_t diag_seq_ = 0;
   ring_buffer* events_ = nullptr;  // es_relay_ev
-  uint64_t relay_cookie_ = 0;
-  uint64_t key_ = 0;  // es_relay_cfg.key: frame headers carry it
-  uint64_t prev_key_ = 0;  // the key before: frames still carrying it are dropped
-  bool rotate_key_ = false;
-  std::vector<uint8_t> buf_;
-  es_relay_hdr last_hdr_{};  // the last good frame header (for a bad one's report)
   es_http_cfg http_cfg_{};  // for counting request heads: no env names needed
   std::map<uint64_t, Upstream> ups_;  // by upstream cookie
   std::unordered_map<uint64_t, Client> clients_;
@@ -328,6 +353,8 @@ class Relay {
   std::array<std::atomic<uint64_t>, static_cast<size_t>(RelayCounter::kCount)> counters_{};
   std::set<uint64_t> netns_warned_;  // pods whose namespace could not be found (logged once)
   std::atomic<uint64_t> g_netns_{0};
+  // per relay socket, for the status: cookie, frames read, bytes done with
+  std::array<std::atomic<uint64_t>, ES_RELAY_SOCKETS_MAX> g_sock_cookie_{}, g_sock_frames_{}, g_sock_done_{};
   std::atomic<uint64_t> g_active_{0}, g_pooled_{0}, g_connecting_{0}, g_clients_{0}, g_queued_{0}, g_done_{0};
 };
 

@@ -18,9 +18,10 @@ namespace envsteer::relay_detail {
 
 inline std::string errstr(int e) { return std::strerror(e); }
 
-// epoll tags of the relay's own descriptors; every other tag is an upstream's
-// socket cookie (cookies count up from 1 and never reach these).
-constexpr uint64_t kTagWake = ~0ull, kTagRelay = ~0ull - 1, kTagEvents = ~0ull - 2;
+// epoll tags of the relay's own descriptors (relay socket i: kTagRelay + i);
+// every other tag is an upstream's socket cookie (cookies count up from 1 and
+// never reach these).
+constexpr uint64_t kTagWake = ~0ull, kTagEvents = ~0ull - 1, kTagRelay = ~0ull - 2 - ES_RELAY_SOCKETS_MAX;
 
 inline void add_epoll(int ep, int fd, uint32_t events, uint64_t tag) {
   epoll_event ev{};

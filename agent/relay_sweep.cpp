@@ -26,7 +26,7 @@ bool Relay::unfinished_clients(std::vector<Unfinished>& out, size_t cap) const {
     if (bpf_map_lookup_elem(clients_map_, &c, &rc) != 0) continue;
     if (auto it = clients_.find(c); it != clients_.end()) d = it->second.done;
     else bpf_map_lookup_elem(done_, &c, &d);
-    if (rc.sent != d.seq) out.push_back({c, rc.sent});
+    if (rc.sent != d.seq) out.push_back({c, rc.sent, rc.pod_cgroup});
   }
   return true;
 }
@@ -228,11 +228,13 @@ void Relay::find_lost_frames() {
   std::unordered_map<uint64_t, uint32_t> suspects;
   std::vector<Unfinished> unfinished;
   unfinished_clients(unfinished, 16384);
-  for (const auto& [c, sent] : unfinished) {
+  for (const auto& u : unfinished) {
+    uint64_t c = u.client;
+    uint32_t sent = u.sent;
     if (auto it = clients_.find(c); it != clients_.end() && (it->second.failed || !it->second.q.empty()))
       continue;  // failing already, or its frames are here
     if (auto was = lost_suspects_.find(c); was != lost_suspects_.end() && was->second == sent)
-      frame_lost(c, "a frame never reached the relay", false);
+      frame_lost(c, "a frame never reached the relay", nullptr);
     else
       suspects[c] = sent;
   }
@@ -333,6 +335,7 @@ void Relay::resync_total() {
   if (acct.framed > done_total_)
     spdlog::debug("per-request steering: {} framed bytes never reached the relay", acct.framed - done_total_);
   done_total_ = acct.framed;
+  for (auto& rs : socks_) rs.done = acct.socket_framed[rs.index];
   std::unordered_map<uint64_t, bool> has_client;
   for (const auto& [cookie, c] : clients_) has_client[c.pod] = true;
   for (const auto& [pod, v] : pods) {

@@ -13,6 +13,7 @@
 
 extern "C" {
 #include "bpf/lib/http.h"
+#include "maps/abi.h"
 }
 
 namespace envsteer {
@@ -73,6 +74,7 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   read(root, "relayClientBytes", out.relay_client_bytes);
   read(root, "relayPodBytes", out.relay_pod_bytes);
   read(root, "relayTotalBytes", out.relay_total_bytes);
+  read(root, "relaySockets", out.relay_sockets);
   read(root, "relayClientsPerPod", out.relay_clients_per_pod);
   read(root, "h2Listen", out.h2_listen);
   read(root, "h2MaxClients", out.h2_max_clients);
@@ -156,6 +158,7 @@ void validate_settings(const Settings& s) {
   range(s.relay_client_bytes, 1u << 20, 1ull << 30, "--relay-client-bytes");
   range(s.relay_pod_bytes, s.relay_client_bytes, 1ull << 34, "--relay-pod-bytes");
   range(s.relay_total_bytes, s.relay_pod_bytes, 1ull << 34, "--relay-total-bytes");
+  range(s.relay_sockets, 1, ES_RELAY_SOCKETS_MAX, "--relay-sockets");
   range(s.relay_clients_per_pod, 1, 16384, "--relay-clients-per-pod");
   if (!s.h2_listen.empty()) h2::parse_listen(s.h2_listen);  // throws what is wrong
   range(s.h2_max_clients, 1, 65536, "--h2-max-clients");

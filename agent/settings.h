@@ -48,6 +48,7 @@ struct Settings {
   uint64_t relay_client_bytes = 1u << 20;       // bytes one client may have queued at the relay
   uint64_t relay_pod_bytes = 8u << 20;          // the same, all clients of one pod
   uint64_t relay_total_bytes = 64u << 20;       // the same, all clients together
+  uint32_t relay_sockets = 4;                   // relay sockets, chosen by the client's pod
   uint32_t relay_clients_per_pod = 1024;        // relay clients one pod may have at once
   // HTTP/2 per stream (README "HTTP/2 and gRPC"): the agent's HTTP/2 endpoint and its bounds.
   std::string h2_listen;                        // ADDR:PORT reachable from the pods; "" = off

@@ -14,7 +14,7 @@
 #include <linux/types.h>
 #endif
 
-#define ES_ABI_VERSION 6
+#define ES_ABI_VERSION 7
 
 /* An environment name: a Kubernetes label value, at most 63 bytes. */
 #define ES_ENV_NAME_MAX 64
@@ -210,6 +210,7 @@ enum es_counter {
 				     * (also counted in req_order_refused) */
 	ES_CNT_REQ_PARTLY_DELIVERED, /* the kernel ran the program again over a send it had delivered in
 				      * part (the relay's receive memory): the connection fails */
+	ES_CNT_RELAY_FULL_SOCKET,   /* the clients of one relay socket had max_socket_bytes queued: refused */
 	ES_CNT_MAX
 };
 
@@ -231,7 +232,7 @@ enum es_counter {
 	  "relay_refused_pod_bytes",                                                     \
 	  "relay_refused_table_full", "relay_close_events_lost", "req_order_refused",  \
 	  "h2_diverted", "h2_no_endpoint", "h2_conn_lost", "h2_unrouted",              \
-	  "req_order_untracked", "req_partly_delivered" }
+	  "req_order_untracked", "req_partly_delivered", "relay_refused_socket_bytes" }
 
 /* Outbound header insertion settings (single-entry array). */
 struct es_inject_cfg {
@@ -322,10 +323,16 @@ struct es_relay_done {
 	__u64 upstream; /* the upstream the last frame went to (its cookie) */
 };
 
-/* Bytes framed for the agent by the programs, all clients (single-entry
- * array, added to atomically; compared with es_relay_cfg.done_bytes). */
+/* Relay sockets of the agent at most. The programs choose a client's socket
+ * by its pod (es_relay_slot): one pod's frames fill one socket, and a client's
+ * frames, always on one socket, stay in order. */
+#define ES_RELAY_SOCKETS_MAX 16
+
+/* Bytes framed for the agent by the programs (single-entry array, added to
+ * atomically; compared with es_relay_cfg.done_bytes and socket_done). */
 struct es_relay_acct {
-	__u64 framed;
+	__u64 framed;                             /* all clients */
+	__u64 socket_framed[ES_RELAY_SOCKETS_MAX]; /* the clients of each relay socket */
 };
 
 /* Bytes framed for the agent by the clients of one pod (hash by the pod's
@@ -345,15 +352,24 @@ struct es_relay_event {
 
 /* Relay settings (single-entry array, agent-written). */
 struct es_relay_cfg {
-	__u64 relay;      /* cookie of the agent's relay socket; 0: no agent */
+	__u32 sockets;    /* relay sockets in use, 1..ES_RELAY_SOCKETS_MAX; 0: no agent */
 	__u32 max_frames; /* frames a client may have queued at the agent */
-	__u32 flags;
 	__u64 max_client_bytes; /* payload bytes a client may have queued at the agent */
 	__u64 max_pod_bytes;    /* the same, all clients of one pod together */
 	__u64 max_total_bytes;  /* the same, all clients together */
+	__u64 max_socket_bytes; /* the same, the clients of one relay socket (its kernel memory) */
 	__u64 done_bytes;       /* bytes of all clients the agent forwarded or dropped */
-	__u64 key;              /* random, per relay socket: copied into every frame header */
+	__u64 relay[ES_RELAY_SOCKETS_MAX];       /* cookies of the agent's relay sockets */
+	__u64 key[ES_RELAY_SOCKETS_MAX];         /* random, per relay socket: copied into its frame headers */
+	__u64 socket_done[ES_RELAY_SOCKETS_MAX]; /* done_bytes of each relay socket's clients */
 };
+
+/* The relay socket of a pod's clients, of n: a hash of its cgroup id (the
+ * same in the programs and the agent). */
+static inline __u32 es_relay_slot(__u64 pod, __u32 n)
+{
+	return n ? (__u32)(((pod * 0x9E3779B97F4A7C15ull) >> 32) % n) : 0;
+}
 
 #define ES_RELAY_MAGIC 0x45535231 /* "ESR1" */
 #define ES_RELAY_HDR_LEN 48
@@ -372,7 +388,7 @@ struct es_relay_hdr {
 	 * memory): their bytes are done with at once, not held in the bounds. */
 	__u32 before;
 	__u64 pod; /* the client's pod (es_sock.pod_cgroup): whose share the bytes are */
-	__u64 key; /* es_relay_cfg.key: a header the agent reads is one the programs wrote */
+	__u64 key; /* es_relay_cfg.key of its socket: a header the agent reads is one the programs wrote */
 };
 
 /* Requests by frontend, resolved environment and path (per-CPU hash). */

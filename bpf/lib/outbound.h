@@ -788,8 +788,8 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	const struct es_relay_done *done;
 	struct es_relay_acct *acct;
 	struct es_relay_hdr *h;
-	__u64 cookie = c->sock->cookie, relay, done_bytes, framed, before = 0;
-	__u32 zero = 0, seq, size = c->tx->v.size;
+	__u64 cookie = c->sock->cookie, pod = c->sock->pod_cgroup, relay, done_bytes, framed, before = 0;
+	__u32 zero = 0, seq, size = c->tx->v.size, slot;
 	__u8 pull, carry;
 	void *d, *e;
 
@@ -803,9 +803,15 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	}
 	rc = bpf_map_lookup_elem(&es_relay_cfg, &zero);
 	acct = bpf_map_lookup_elem(&es_relay_acct, &zero);
-	if (!rc || !rc->relay || !cookie || !acct)
+	if (!rc || !rc->sockets || !cookie || !acct)
 		return -1;
-	relay = rc->relay;
+	/* by the pod: its clients' frames fill their own socket, in order */
+	slot = es_relay_slot(pod, rc->sockets);
+	if (slot >= ES_RELAY_SOCKETS_MAX)
+		return -1;
+	relay = rc->relay[slot];
+	if (!relay)
+		return -1;
 	seq = c->tx->slow_seq + 1;
 	done = bpf_map_lookup_elem(&es_relay_done, &cookie);
 	done_bytes = done ? done->bytes : 0;
@@ -822,8 +828,15 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 		es_count(ES_CNT_RELAY_FULL_TOTAL);
 		return -1;
 	}
-	if (rc->max_pod_bytes && es_relay_pod_full(c->sock->pod_cgroup, len, rc->max_pod_bytes)) {
+	if (rc->max_pod_bytes && es_relay_pod_full(pod, len, rc->max_pod_bytes)) {
 		es_count(ES_CNT_RELAY_FULL_POD);
+		return -1;
+	}
+	/* the pods of one socket together: what its kernel memory holds */
+	framed = acct->socket_framed[slot] > rc->socket_done[slot] ?
+			 acct->socket_framed[slot] - rc->socket_done[slot] : 0;
+	if (rc->max_socket_bytes && framed + len > rc->max_socket_bytes) {
+		es_count(ES_CNT_RELAY_FULL_SOCKET);
 		return -1;
 	}
 	rcl = bpf_map_lookup_elem(&es_relay_clients, &cookie);
@@ -857,7 +870,7 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 		nc.rport = (__u16)(msg->remote_port > 0xffff ? msg->remote_port >> 16 : msg->remote_port);
 		nc.sent = seq;
 		nc.bytes = len;
-		nc.pod_cgroup = c->sock->pod_cgroup;
+		nc.pod_cgroup = pod;
 		if (bpf_map_update_elem(&es_relay_clients, &cookie, &nc, BPF_NOEXIST) &&
 		    !bpf_map_lookup_elem(&es_relay_clients, &cookie)) {
 			es_count(ES_CNT_RELAY_TABLE_FULL);
@@ -869,7 +882,8 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 		rcl->bytes += len;
 	}
 	__sync_fetch_and_add(&acct->framed, len);
-	es_relay_pod_add(c->sock->pod_cgroup, len);
+	__sync_fetch_and_add(&acct->socket_framed[slot], len);
+	es_relay_pod_add(pod, len);
 	if (bpf_msg_push_data(msg, 0, ES_RELAY_HDR_LEN, 0))
 		return -1;
 	/* pulled whole, the frame is one element: delivered all or nothing */
@@ -887,8 +901,8 @@ static __always_inline int es_to_agent(struct es_msg_ctx *c, __u32 len)
 	h->env_id = c->tx->v.route.env_id;
 	h->seq = seq;
 	h->before = (__u32)before;
-	h->pod = c->sock->pod_cgroup;
-	h->key = rc->key;
+	h->pod = pod;
+	h->key = rc->key[slot];
 	bpf_msg_apply_bytes(msg, len + ES_RELAY_HDR_LEN == msg->size ? 0 : len + ES_RELAY_HDR_LEN);
 	if (bpf_msg_redirect_hash(msg, &es_sockhash, &relay, BPF_F_INGRESS) != SK_PASS)
 		return -1;

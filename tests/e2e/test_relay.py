@@ -27,7 +27,8 @@ RELAYLOAD = os.path.join(HERE, "relayload.py")
 k = fixtures.keyer(NS)
 
 
-def build(make_node, name, extra_args=(), proj2=False):
+def build(make_node, name, extra_args=(), proj2=False, extra_clients=0):
+    """extra_clients: more client pods (dev) c-v1, c-v2, ... besides c-att and c-vic."""
     node = make_node(name, default_env="dev")
     node.add_service(NS, "s", VIP, 80, 8080)
     node.add_pod(NS, "s-dev", "127.1.61.1", app="s", env="dev")
@@ -38,6 +39,8 @@ def build(make_node, name, extra_args=(), proj2=False):
         servers.append("s-proj2")
     node.add_pod(NS, "c-att", "127.1.61.11", app="c", env="dev")
     node.add_pod(NS, "c-vic", "127.1.61.12", app="c", env="dev")
+    for i in range(1, extra_clients + 1):
+        node.add_pod(NS, "c-v%d" % i, "127.1.61.%d" % (20 + i), app="c", env="dev")
     node.write_manifests()
     for p in servers:
         node.start_server(k(p), script=KASERVER)
@@ -53,10 +56,10 @@ def relay(node):
     return node.status_http()["per_request"]
 
 
-def victim(node, n=30, errors=None):
+def victim(node, n=30, errors=None, pod="c-vic"):
     """n re-routed requests, a new connection each; their latencies. Errors fail the test
     unless a list is given to collect them in."""
-    res = run_json(node, "c-vic", [harness.PYTHON, RELAYLOAD, "--to", TO, "--env", "dev.proj1",
+    res = run_json(node, pod, [harness.PYTHON, RELAYLOAD, "--to", TO, "--env", "dev.proj1",
                                    "--victim", str(n), "--seconds", "60"], timeout=90)
     if errors is None:
         assert res["errors"] == [], res
@@ -64,6 +67,16 @@ def victim(node, n=30, errors=None):
         errors += res["errors"]
     assert res["pods"] == ["rl/s-proj1"] * len(res["pods"]) and len(res["pods"]) + len(res["errors"]) == n, res
     return res["seconds"]
+
+
+def relay_slot(pod, n):
+    """es_relay_slot (maps/abi.h): the relay socket of a pod's clients, by its cgroup id."""
+    return (((pod * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 32) % n
+
+
+def cgroup_id(node, pod):
+    """A pod's cgroup id (cgroup v2: its directory's inode number)."""
+    return os.stat(node.pod(k(pod)).cgroup_dir).st_ino
 
 
 def p99(xs):
@@ -179,8 +192,11 @@ def lose_frame(node, client_key, nbytes, sent=0):
     struct.pack_into("<I4xQ", rc, 40, s + sent, b + nbytes)
     map_update(node, "es_relay_clients", client_key, bytes(rc))
     zero = struct.pack("<I", 0)
-    framed = struct.unpack("<Q", map_dump(node, "es_relay_acct")[zero])[0]
-    map_update(node, "es_relay_acct", zero, struct.pack("<Q", framed + nbytes))
+    acct = bytearray(map_dump(node, "es_relay_acct")[zero])  # framed, then socket_framed[] by slot
+    slot = relay_slot(pod, len(relay(node)["relay_sockets"]))
+    for off in (0, 8 + 8 * slot):
+        struct.pack_into("<Q", acct, off, struct.unpack_from("<Q", acct, off)[0] + nbytes)
+    map_update(node, "es_relay_acct", zero, bytes(acct))
     pk = struct.pack("<Q", pod)
     framed = struct.unpack("<Q", map_dump(node, "es_relay_pods")[pk])[0]
     map_update(node, "es_relay_pods", pk, struct.pack("<Q", framed + nbytes))
@@ -188,11 +204,14 @@ def lose_frame(node, client_key, nbytes, sent=0):
 
 
 def accounts_even(node, pod):
-    """The bytes framed for the relay, in all and for the pod, are all done with."""
+    """The bytes framed for the relay, in all, for the pod's relay socket and for the pod, are all
+    done with."""
     pk = struct.pack("<Q", pod)
     framed = struct.unpack("<Q", map_dump(node, "es_relay_pods").get(pk, bytes(8)))[0]
     done = struct.unpack("<Q", map_dump(node, "es_relay_pod_done").get(pk, bytes(8)))[0]
-    return relay(node)["inflight_bytes"] == 0 and framed == done
+    st = relay(node)
+    sock = st["relay_sockets"][relay_slot(pod, len(st["relay_sockets"]))]
+    return st["inflight_bytes"] == 0 and sock["inflight_bytes"] == 0 and framed == done
 
 
 def test_frames_counted_but_never_delivered_do_not_hold_the_bounds(make_node):

@@ -9,7 +9,8 @@ was reset 1-2 s later (failed 3 of 4 runs). scripts/relay-stress.sh [RUNS] runs 
 import signal
 import time
 
-from test_relay import (RELAYLOAD, TO, build, p99, relay, rss_kib, run_json, victim)  # noqa: F401
+from test_relay import (RELAYLOAD, TO, build, cgroup_id, p99, relay, relay_slot, rss_kib, run_json,  # noqa: F401
+                        victim)
 import fixtures
 import harness
 
@@ -70,3 +71,63 @@ def test_slow_server_on_one_client_does_not_delay_another(make_node):
     assert all(e == 13 for c in conns for e in c["errors"]), conns  # EACCES: refused by a bound
     assert all(c["sent_max"] < 64 << 20 for c in conns), conns
     assert st["bounds"]["bytes_per_pod"] == 2 << 20, st
+
+
+def test_a_pod_filling_its_relay_socket_does_not_delay_a_pod_on_another(make_node):
+    """Law 2: the programs queue a pod's frames on the relay socket of its slot (es_relay_slot of
+    its cgroup id), each socket bounded. An attacker pod fills its socket (streamed tagged bodies
+    into a slow-reading upstream); a victim pod on another socket is neither delayed (p99 within
+    2x of unloaded) nor reset, and the status shows each pod's frames and bytes on its own
+    socket."""
+    n = 4
+    node = build(make_node, "sockets", ["--relay-sockets", str(n), "--relay-client-bytes", str(1 << 20),
+                                        "--relay-pod-bytes", str(4 << 20), "--relay-total-bytes", str(16 << 20)],
+                 extra_clients=7)
+    st = relay(node)
+    assert len(st["relay_sockets"]) == n and st["bounds"]["bytes_per_socket"] == 4 << 20, st
+    assert len({s["cookie"] for s in st["relay_sockets"]}) == n and all(s["cookie"] for s in st["relay_sockets"])
+    att = relay_slot(cgroup_id(node, "c-att"), n)
+    others = [p for p in ["c-vic"] + ["c-v%d" % i for i in range(1, 8)]
+              if relay_slot(cgroup_id(node, p), n) != att]
+    assert others, "eight client pods all on the attacker's socket"
+    vic = others[0]
+    vs = relay_slot(cgroup_id(node, vic), n)
+
+    def frames():
+        return [s["frames"] for s in relay(node)["relay_sockets"]]
+
+    # the victim's frames are on its slot's socket, and only there
+    f0 = frames()
+    victim(node, 10, pod=vic)
+    f1 = frames()
+    assert f1[vs] - f0[vs] >= 10 and all(f1[i] == f0[i] for i in range(n) if i != vs), (vs, f0, f1)
+    unloaded = victim(node, pod=vic)
+    seconds = 20
+    t, box = fixtures.in_background(lambda: run_json(
+        node, "c-att", [harness.PYTHON, RELAYLOAD, "--to", TO, "--env", "dev.proj1", "--attack", "12",
+                        "--seconds", str(seconds)], timeout=seconds + 40))
+    time.sleep(3)  # the attacker's socket fills
+    samples, loaded, victim_errors = [], [], []
+    fa = frames()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds - 8:
+        socks = relay(node)["relay_sockets"]
+        samples.append((socks[att]["inflight_bytes"], socks[vs]["inflight_bytes"]))
+        loaded += victim(node, 10, victim_errors, pod=vic)
+    fb = frames()
+    st = relay(node)
+    counters = node.counters()
+    t.join(seconds + 60)
+    assert "error" not in box, box
+    # the victim: no reset, no timeout, and not delayed (20 ms floor against timer noise)
+    assert victim_errors == [], victim_errors
+    assert p99(loaded) <= 2 * max(p99(unloaded), 0.020), (sorted(unloaded)[-3:], sorted(loaded)[-5:])
+    # the attacker filled its own socket up to its bounds; the victim's held only its requests
+    assert max(a for a, _ in samples) >= 1 << 20, samples
+    assert max(a for a, _ in samples) <= 4 << 20, samples
+    assert max(v for _, v in samples) < 64 << 10, samples
+    assert fb[att] > fa[att] and fb[vs] - fa[vs] >= len(loaded), (att, vs, fa, fb, len(loaded))
+    refused = counters["relay_refused_client_bytes"] + counters["relay_refused_pod_bytes"]
+    assert refused > 0, counters
+    assert counters["relay_refused_total_bytes"] == 0, counters
+    assert st["bounds"]["bytes_per_socket"] == 4 << 20, st

@@ -1185,7 +1185,9 @@ static void fk_setup_maps(void)
 			CHECK(!bpf_map_update_elem(&es_sets, &k, &s, BPF_ANY));
 		}
 	}
-	rc.relay = cf.relay_up ? FK_RELAY_COOKIE : 0;
+	/* three relay sockets, one fake socket: the slot is chosen, the frames land alike */
+	rc.sockets = cf.relay_up ? 3 : 0;
+	rc.relay[0] = rc.relay[1] = rc.relay[2] = FK_RELAY_COOKIE;
 	rc.max_frames = cf.max_frames;
 	CHECK(!bpf_map_update_elem(&es_relay_cfg, &zero, &rc, BPF_ANY));
 	fh.relay_up = cf.relay_up;

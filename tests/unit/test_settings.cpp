@@ -11,6 +11,7 @@
 #include <string>
 
 #include "fixtures.h"
+#include "maps/abi.h"
 #include "settings.h"
 
 namespace envsteer::settings_test {
@@ -268,9 +269,6 @@ TEST(ValidateSettings, AdminAddressesAndSocket) {
   EXPECT_NO_THROW(validate_settings(s));
 }
 
-}  // namespace
-}  // namespace envsteer::settings_test
-
 namespace envsteer::settings_test {
 namespace {
 
@@ -305,6 +303,24 @@ TEST_F(SettingsFile, AutoInjectIsOnByDefault) { EXPECT_TRUE(Settings{}.auto_inje
 
 TEST_F(SettingsFile, UnknownLimitNamed) {
   EXPECT_THAT(load_error("limits:\n  frontend: 3\n"), HasSubstr("unknown setting \"limits.frontend\""));
+}
+
+}  // namespace
+}  // namespace envsteer::settings_test
+
+TEST_F(SettingsFile, RelaySocketsReadAndBounded) {
+  Settings s;
+  EXPECT_EQ(s.relay_sockets, 4u);
+  auto p = write("relaySockets: 7\n");
+  ASSERT_NO_THROW(load_settings_file(p, s));
+  EXPECT_EQ(s.relay_sockets, 7u);
+  EXPECT_NO_THROW(validate_settings(s));
+  s.relay_sockets = 0;
+  EXPECT_THAT(validate_error(s), HasSubstr("--relay-sockets"));
+  s.relay_sockets = ES_RELAY_SOCKETS_MAX + 1;
+  EXPECT_THAT(validate_error(s), HasSubstr("--relay-sockets"));
+  s.relay_sockets = ES_RELAY_SOCKETS_MAX;
+  EXPECT_NO_THROW(validate_settings(s));
 }
 
 }  // namespace
