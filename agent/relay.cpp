@@ -394,6 +394,7 @@ void Relay::loop() {
     for (auto& rs : socks_)
       if (relay_ready & (1u << rs.index)) on_relay_readable(rs);
     if (events_ready) on_client_events();
+    warm_pending();
     bool swept = false;
     if (std::chrono::steady_clock::now() >= next_sweep) {
       sweep();

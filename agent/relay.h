@@ -278,6 +278,7 @@ class Relay {
   bool settle(Upstream& u);  // true: the client is alive
   Snapshot owed(const Upstream& u) const;
   void warm_up(const PoolKey& k);
+  void warm_pending();  // warm_up() of the pools taken from in this turn of the loop
   // relay_sweep.cpp: clients gone, timeouts, pods gone, pool upkeep
   void on_client_events();
   void on_client_gone(uint64_t client);
@@ -329,6 +330,7 @@ class Relay {
   std::map<PoolKey, Want> wanted_;                       // pools that recently needed one
   std::map<SetKey, std::vector<es_backend>> set_cache_;  // a sweep's view of the sets
   std::map<PoolKey, uint32_t> warming_;  // connects under way for the pool
+  std::vector<PoolKey> warm_later_;      // pools to refill at the end of the turn, after the frames went out
   size_t pool_size_ = 0;                 // upstreams in pool_, all pools
   std::map<PoolKey, uint32_t> demand_, rate_;  // binds this sweep period, and the last
   std::vector<uint64_t> gone_;        // client cookies reported closing by the kernel

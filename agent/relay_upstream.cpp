@@ -81,7 +81,9 @@ Relay::Upstream* Relay::upstream_for(Client& c, const Frame& f) {
     if (!c.failed) fail_client(c, RelayCounter::reset_no_upstream);
     return nullptr;
   }
-  warm_up(key);
+  // refilled at the end of the loop's turn: the connects (socket in the pod's namespace, SYN) do
+  // not delay this frame on its way to the server
+  warm_later_.push_back(key);
   return u;
 }
 
@@ -241,6 +243,14 @@ void Relay::warm_up(const PoolKey& k) {
   size_t have = pool_[k].size() + warming_[k];
   for (; have < target && pool_size_ + have < o_.pool_total; have++)
     if (!start_connect(std::get<0>(k), std::get<1>(k), 0, w->second.ns)) break;
+}
+
+void Relay::warm_pending() {
+  if (warm_later_.empty()) return;
+  std::sort(warm_later_.begin(), warm_later_.end());
+  warm_later_.erase(std::unique(warm_later_.begin(), warm_later_.end()), warm_later_.end());
+  for (const PoolKey& k : warm_later_) warm_up(k);
+  warm_later_.clear();
 }
 
 void Relay::close_upstream(uint64_t cookie, RelayCounter why) {
