@@ -452,7 +452,10 @@ ES_INLINE int es_rsp_feed(struct es_rsp *r, __u8 c)
  *  - ES_RSP_RUN_NAME: a header name neither framing name can still match
  *    (Server, Date, Connection from its second byte on): tchar bytes;
  *  - ES_RSP_RUN_VERSION: the status line's "HTTP/1." after its first byte:
- *    the bytes that match it.
+ *    the bytes that match it;
+ *  - ES_RSP_RUN_CL, ES_RSP_RUN_TE: a name that still matches exactly one of
+ *    the framing names (after its first byte): the bytes that go on
+ *    matching it, case-insensitively.
  * Most head bytes of a typical response are in runs.
  */
 enum {
@@ -460,6 +463,8 @@ enum {
 	ES_RSP_RUN_LINE,
 	ES_RSP_RUN_NAME,
 	ES_RSP_RUN_VERSION,
+	ES_RSP_RUN_CL,
+	ES_RSP_RUN_TE,
 };
 
 /* The kind of run the next bytes may be taken in (ES_RSP_RUN_NONE: feed them). */
@@ -469,8 +474,15 @@ ES_INLINE int es_rsp_run_kind(const struct es_rsp *r)
 
 	if (ph == ES_RSP_P_VALUE)
 		return r->hdr == ES_RSP_H_NONE ? ES_RSP_RUN_LINE : ES_RSP_RUN_NONE;
-	if (ph == ES_RSP_P_NAME)
-		return r->hdr == 0 && r->pos ? ES_RSP_RUN_NAME : ES_RSP_RUN_NONE;
+	if (ph == ES_RSP_P_NAME) {
+		if (!r->pos)
+			return ES_RSP_RUN_NONE;
+		if (r->hdr == 0)
+			return ES_RSP_RUN_NAME;
+		if (r->hdr == ES_RSP_M_CL)
+			return ES_RSP_RUN_CL;
+		return r->hdr == ES_RSP_M_TE ? ES_RSP_RUN_TE : ES_RSP_RUN_NONE;
+	}
 	if (ph == ES_RSP_P_STATUS)
 		return r->pos >= 13 ? ES_RSP_RUN_LINE : r->pos < 7 ? ES_RSP_RUN_VERSION : ES_RSP_RUN_NONE;
 	if (ph == ES_RSP_P_CHUNK_EXT)
@@ -488,6 +500,10 @@ ES_INLINE int es_rsp_run_byte(const struct es_rsp *r, int kind, __u32 k, __u8 c)
 	if (kind == ES_RSP_RUN_NAME)
 		return es_http_tchar(c);
 	k += r->pos;
+	if (kind == ES_RSP_RUN_CL)
+		return k < 14 && es_http_lower(c) == es_http_kc(ES_HTTP_K_CL0, ES_HTTP_K_CL1, 0, k);
+	if (kind == ES_RSP_RUN_TE)
+		return k < 17 && es_http_lower(c) == es_http_kc(ES_HTTP_K_TE0, ES_HTTP_K_TE1, ES_HTTP_K_TE2, k);
 	return k < 7 && c == es_http_kc(ES_HTTP_K_VERSION, 0, 0, k);
 }
 
