@@ -1797,7 +1797,9 @@ def our_programs(pin_dir):
 
 def prog_stats(b):
     """With kernel.bpf_stats_enabled=1 (restored afterwards): run time per program, per
-    request, for one keep-alive and one per-connection wrk run and one connect loop."""
+    request, for one keep-alive and one per-connection wrk run and one connect loop; with
+    the issue 17 pods, also a keep-alive run between the pods that take no part (what the
+    global tp_btf programs cost them)."""
     a = b.args
     b.set_agent_mode("header")
     path = "/proc/sys/kernel/bpf_stats_enabled"
@@ -1807,11 +1809,17 @@ def prog_stats(b):
         with open(path, "w") as f:
             f.write("1")
         url = "http://%s:%d/" % (SVC_IP, SVC_PORT)
-        for name, fn in (
-                ("keep-alive", lambda: b.wrk(url, False, a.duration, "stats-ka")),
-                ("per-connection", lambda: b.wrk(url, True, a.duration, "stats-close")),
-                ("connect loop", lambda: b.connloop(b.client_cg(), SVC_IP, SVC_PORT,
-                                                    a.connects, "stats-vip"))):
+        workloads = [
+            ("keep-alive", lambda: b.wrk(url, False, a.duration, "stats-ka")),
+            ("per-connection", lambda: b.wrk(url, True, a.duration, "stats-close")),
+            ("connect loop", lambda: b.connloop(b.client_cg(), SVC_IP, SVC_PORT,
+                                                a.connects, "stats-vip"))]
+        if NS + "/np-client" in b.node.pods:
+            np_url = "http://%s:%d/" % (NP_SERVER_IP, TARGET_PORT)
+            workloads.append(("no part, keep-alive", lambda: b.wrk(
+                np_url, False, a.duration, "stats-np-ka", np_cg(b, "np-client"),
+                [np_cg(b, "np-client"), np_cg(b, "np-server")], None)))
+        for name, fn in workloads:
             before = our_programs(b.node.pin_dir)
             res = fn()
             after = our_programs(b.node.pin_dir)

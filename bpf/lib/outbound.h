@@ -1138,9 +1138,11 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 }
 
 /* Response bytes of an upstream through its framing tracker (response.h):
- * bodies in bulk, heads and chunk-size lines a byte at a time from a small
- * window loaded with bpf_skb_load_bytes. */
+ * bodies in bulk, runs of head bytes up to ES_RSP_RUN per loop step, the
+ * bytes that decide something one at a time, all from a small window loaded
+ * with bpf_skb_load_bytes. */
 #define ES_RSP_WIN 64
+#define ES_RSP_RUN 32
 
 struct es_rsp_ctx {
 	struct __sk_buff *skb;
@@ -1153,7 +1155,8 @@ static long es_rsp_step(__u32 i, void *data)
 {
 	struct es_rsp_ctx *c = data;
 	__u64 skip;
-	__u32 idx, n;
+	__u32 idx, n, lim, k;
+	int kind;
 
 	if (c->off >= c->len)
 		return 1;
@@ -1185,6 +1188,21 @@ static long es_rsp_step(__u32 i, void *data)
 	idx = c->off - c->wstart;
 	if (idx >= ES_RSP_WIN)
 		return 1;
+	/* keep the bound on the register that indexes the window */
+	__asm__ __volatile__("" : "+r"(idx));
+	idx &= ES_RSP_WIN - 1;
+	kind = es_rsp_run_kind(c->r);
+	if (kind && es_rsp_run_byte(c->r, kind, 0, c->win[idx])) {
+		/* a run: up to the byte that ends it or the window's end */
+		lim = c->wlen - idx;
+		for (k = 1; k < ES_RSP_RUN; k++) {
+			if (k >= lim || !es_rsp_run_byte(c->r, kind, k, c->win[(idx + k) & (ES_RSP_WIN - 1)]))
+				break;
+		}
+		es_rsp_run_take(c->r, kind, k);
+		c->off += k;
+		return 0;
+	}
 	es_rsp_feed(c->r, c->win[idx]);
 	c->off++;
 	return 0;

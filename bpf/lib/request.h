@@ -40,7 +40,18 @@ const volatile __u8 es_feat_request_ctx = 1;
 const volatile __u8 es_feat_per_request = 1;
 const volatile char es_splitter = '.';
 
+#ifdef __bpf__
+/* The one field of the kernel's struct sock read directly (CO-RE): the global
+ * tp_btf programs run for every socket of the node, and most have no socket
+ * storage at all; they leave on this load, before any helper call. */
+struct sock {
+	void *sk_bpf_storage;
+} __attribute__((preserve_access_index));
+#define ES_SK_NO_STORAGE(sk) (!(sk)->sk_bpf_storage)
+#else
 struct sock;
+#define ES_SK_NO_STORAGE(sk) 0
+#endif
 
 /* Payload bytes are loaded ES_RX_WIN (maps.h) at a time into es_rxwin: one
  * helper call, not one per byte. Bytes of a run (http.h) taken in one step of
@@ -338,7 +349,7 @@ static __always_inline int es_recv(struct sock *sk, int ret, int flags)
 	__u64 id, cookie;
 	__u32 begin;
 
-	if (!es_feat_request_ctx || ret <= 0 || (flags & ES_MSG_PEEK))
+	if (!es_feat_request_ctx || ret <= 0 || (flags & ES_MSG_PEEK) || ES_SK_NO_STORAGE(sk))
 		return 0;
 	rx = bpf_sk_storage_get(&es_rx, sk, 0, 0);
 	if (!rx)
@@ -383,7 +394,7 @@ static __always_inline int es_send(struct sock *sk, int ret)
 	struct es_rx *rx;
 	__u64 id;
 
-	if (!es_feat_request_ctx || ret <= 0)
+	if (!es_feat_request_ctx || ret <= 0 || ES_SK_NO_STORAGE(sk))
 		return 0;
 	rx = bpf_sk_storage_get(&es_rx, sk, 0, 0);
 	if (!rx || !rx->seen || !(rx->pod_flags & ES_POD_F_THREAD_CTX))

@@ -26,8 +26,9 @@
  * taken for its body) and the upstream never looks idle again: its close then
  * resets the client - a visible failure, never a hang.
  *
- * Bytes are fed one at a time in heads and chunk-size lines (es_rsp_feed);
- * bodies are taken in bulk (es_rsp_skippable / es_rsp_skip). Shared by the
+ * Bytes are fed one at a time where they decide something (es_rsp_feed);
+ * bodies are taken in bulk (es_rsp_skippable / es_rsp_skip), and so are runs
+ * of head bytes that only move the position (es_rsp_run_kind). Shared by the
  * BPF program, the agent and the unit tests.
  */
 #ifndef ENVSTEER_RESPONSE_H
@@ -318,7 +319,9 @@ ES_INLINE int es_rsp_status_byte(struct es_rsp *r, __u8 c)
 {
 	__u8 p = r->pos;
 
-	if (p < 255)
+	/* past 13 the position decides nothing: it stays there, so that the
+	 * reason phrase is a run (es_rsp_run_kind) */
+	if (p < 13)
 		r->pos = p + 1;
 	if (p < 7)
 		return c == es_http_kc(ES_HTTP_K_VERSION, 0, 0, p) ? 0 : es_rsp_dead(r, ES_RSP_ERR_STATUS);
@@ -438,21 +441,106 @@ ES_INLINE int es_rsp_feed(struct es_rsp *r, __u8 c)
 	return 0;
 }
 
+/*
+ * Runs: head bytes that change nothing but the counts, taken in bulk with
+ * exactly the state feeding them one by one leaves (unit tests and fuzz_http
+ * compare the two):
+ *  - ES_RSP_RUN_LINE: the rest of a line nothing is read from - a value of
+ *    another header than the two framing ones, the reason phrase, a chunk
+ *    extension, a trailer line after its first byte: every byte but LF (a CR
+ *    changes nothing but the count anywhere in a head);
+ *  - ES_RSP_RUN_NAME: a header name neither framing name can still match
+ *    (Server, Date, Connection from its second byte on): tchar bytes;
+ *  - ES_RSP_RUN_VERSION: the status line's "HTTP/1." after its first byte:
+ *    the bytes that match it;
+ *  - ES_RSP_RUN_CL, ES_RSP_RUN_TE: a name that still matches exactly one of
+ *    the framing names (after its first byte): the bytes that go on
+ *    matching it, case-insensitively.
+ * Most head bytes of a typical response are in runs.
+ */
+enum {
+	ES_RSP_RUN_NONE = 0,
+	ES_RSP_RUN_LINE,
+	ES_RSP_RUN_NAME,
+	ES_RSP_RUN_VERSION,
+	ES_RSP_RUN_CL,
+	ES_RSP_RUN_TE,
+};
+
+/* The kind of run the next bytes may be taken in (ES_RSP_RUN_NONE: feed them). */
+ES_INLINE int es_rsp_run_kind(const struct es_rsp *r)
+{
+	__u8 ph = r->phase;
+
+	if (ph == ES_RSP_P_VALUE)
+		return r->hdr == ES_RSP_H_NONE ? ES_RSP_RUN_LINE : ES_RSP_RUN_NONE;
+	if (ph == ES_RSP_P_NAME) {
+		if (!r->pos)
+			return ES_RSP_RUN_NONE;
+		if (r->hdr == 0)
+			return ES_RSP_RUN_NAME;
+		if (r->hdr == ES_RSP_M_CL)
+			return ES_RSP_RUN_CL;
+		return r->hdr == ES_RSP_M_TE ? ES_RSP_RUN_TE : ES_RSP_RUN_NONE;
+	}
+	if (ph == ES_RSP_P_STATUS)
+		return r->pos >= 13 ? ES_RSP_RUN_LINE : r->pos < 7 ? ES_RSP_RUN_VERSION : ES_RSP_RUN_NONE;
+	if (ph == ES_RSP_P_CHUNK_EXT)
+		return ES_RSP_RUN_LINE;
+	if (ph == ES_RSP_P_TRAILER)
+		return r->pos ? ES_RSP_RUN_LINE : ES_RSP_RUN_NONE;
+	return ES_RSP_RUN_NONE;
+}
+
+/* 1 when byte c, the k-th from here, continues a run of that kind. */
+ES_INLINE int es_rsp_run_byte(const struct es_rsp *r, int kind, __u32 k, __u8 c)
+{
+	if (kind == ES_RSP_RUN_LINE)
+		return c != '\n';
+	if (kind == ES_RSP_RUN_NAME)
+		return es_http_tchar(c);
+	k += r->pos;
+	if (kind == ES_RSP_RUN_CL)
+		return k < 14 && es_http_lower(c) == es_http_kc(ES_HTTP_K_CL0, ES_HTTP_K_CL1, 0, k);
+	if (kind == ES_RSP_RUN_TE)
+		return k < 17 && es_http_lower(c) == es_http_kc(ES_HTTP_K_TE0, ES_HTTP_K_TE1, ES_HTTP_K_TE2, k);
+	return k < 7 && c == es_http_kc(ES_HTTP_K_VERSION, 0, 0, k);
+}
+
+/* Takes n bytes of a run of that kind. */
+ES_INLINE void es_rsp_run_take(struct es_rsp *r, int kind, __u32 n)
+{
+	__u32 p;
+
+	r->bytes += n;
+	if (kind != ES_RSP_RUN_LINE) {
+		p = (__u32)r->pos + n;
+		r->pos = p > 255 ? 255 : (__u8)p;
+	}
+}
+
 #ifndef __bpf__
-/* Feeds buf[0..len) (user space; the BPF program loops over es_rsp_feed). */
+/* Feeds buf[0..len) (user space; the BPF program has its own loop over the
+ * same steps), bodies and runs in bulk. */
 ES_INLINE int es_rsp_feed_buf(struct es_rsp *r, const void *buf, __u64 len)
 {
 	const __u8 *p = (const __u8 *)buf;
-	__u64 i = 0, n;
-	int all = 0;
+	__u64 i = 0, n, k;
+	int all = 0, kind;
 
 	while (i < len) {
 		n = es_rsp_skippable(r);
+		kind = es_rsp_run_kind(r);
 		if (n) {
 			if (n > len - i)
 				n = len - i;
 			all |= es_rsp_skip(r, n);
 			i += n;
+		} else if (kind && es_rsp_run_byte(r, kind, 0, p[i])) {
+			for (k = 1; k < len - i && k < 0xffffffffULL && es_rsp_run_byte(r, kind, (__u32)k, p[i + k]); k++)
+				;
+			es_rsp_run_take(r, kind, (__u32)k);
+			i += k;
 		} else {
 			all |= es_rsp_feed(r, p[i]);
 			i++;

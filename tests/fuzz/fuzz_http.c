@@ -5,7 +5,10 @@
  * chunking, then the stream. The stream is parsed three ways (byte by byte,
  * in pseudo-random pieces with bulk body skips, in one buffer); the events,
  * the reported heads and the final state must agree, and every reported
- * environment must be one es_env_valid() accepts.
+ * environment must be one es_env_valid() accepts. The same stream also goes
+ * through the response tracker (bpf/lib/response.h) byte by byte and with
+ * bodies and runs in bulk (es_rsp_feed_buf), whole and in pieces, from a
+ * starting phase the configuration byte picks: the states must be the same.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -13,6 +16,7 @@
 #include <string.h>
 
 #include "bpf/lib/http.h"
+#include "bpf/lib/response.h"
 
 #define CHECK(cond)                                                              \
 	do {                                                                     \
@@ -146,6 +150,43 @@ static void make_cfg(struct es_http_cfg *cfg, __u8 sel)
 		CHECK(!es_http_cfg_set_baggage_key(cfg, "e", 1));
 }
 
+/* The response tracker: byte by byte (es_rsp_feed only) vs bodies and runs
+ * in bulk, in pieces and in one buffer. start: 0 idle, 1 after a status line,
+ * 2 at a chunk size, 3 in a trailer line. */
+static void check_response(const uint8_t *s, size_t n, int start, uint32_t rng)
+{
+	struct es_rsp a = { 0 }, b, c;
+	int ea = 0, eb = 0, ec;
+	size_t i, off, piece;
+
+	if (start == 1) {
+		a.phase = ES_RSP_P_NAME;
+		a.hdr = ES_RSP_M_CL | ES_RSP_M_TE;
+		a.status = 200;
+	} else if (start == 2) {
+		a.phase = ES_RSP_P_CHUNK_SIZE;
+	} else if (start == 3) {
+		a.phase = ES_RSP_P_TRAILER;
+	}
+	b = a;
+	c = a;
+	for (i = 0; i < n; i++)
+		ea |= es_rsp_feed(&a, s[i]);
+	for (off = 0; off < n; off += piece) {
+		rng = rng * 1103515245u + 12345u;
+		piece = 1 + (rng >> 16) % 13;
+		if (piece > n - off)
+			piece = n - off;
+		eb |= es_rsp_feed_buf(&b, s + off, piece);
+	}
+	ec = es_rsp_feed_buf(&c, s, n);
+	CHECK(a.phase <= ES_RSP_P_DEAD);
+	CHECK(a.bytes == n);
+	CHECK(!memcmp(&a, &b, sizeof(a)));
+	CHECK(!memcmp(&a, &c, sizeof(a)));
+	CHECK(ea == eb && ea == ec);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct es_http_cfg cfg;
@@ -203,5 +244,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	trace_free(&ta);
 	trace_free(&tb);
+	check_response(s, n, data[0] >> 6, rng);
 	return 0;
 }

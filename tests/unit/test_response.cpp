@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <random>
 #include <string>
+#include <vector>
 
 extern "C" {
 #include "bpf/lib/response.h"
@@ -213,6 +215,96 @@ TEST(Response, OwnPodOwesUntilEveryResponseIsIn) {
   // bytes that do not frame as responses: never answered again
   es_rsp_feed_buf(&r, "garbage\r\n", 9);
   EXPECT_TRUE(es_rsp_own_owes(&r));
+}
+
+// Runs (es_rsp_run_kind): feeding in bulk (bodies and runs, es_rsp_feed_buf) leaves exactly the
+// state byte-by-byte feeding (es_rsp_feed alone) leaves, whole and in pieces; also the events.
+es_rsp feed_bytes(const std::string& s, int* all = nullptr) {
+  es_rsp r{};
+  int ev = 0;
+  for (char c : s) ev |= es_rsp_feed(&r, static_cast<__u8>(c));
+  if (all) *all = ev;
+  return r;
+}
+
+void expect_runs_equivalent(const std::string& s, std::mt19937& rng) {
+  int all_bytes = 0, all_bulk = 0;
+  es_rsp want = feed_bytes(s, &all_bytes);
+  es_rsp r{};
+  all_bulk = es_rsp_feed_buf(&r, s.data(), s.size());
+  ASSERT_EQ(0, memcmp(&r, &want, sizeof(r))) << s;
+  ASSERT_EQ(all_bulk, all_bytes) << s;
+  // in pieces: a run cut anywhere is two runs
+  es_rsp p{};
+  size_t off = 0;
+  while (off < s.size()) {
+    size_t n = 1 + rng() % 9;
+    if (n > s.size() - off) n = s.size() - off;
+    es_rsp_feed_buf(&p, s.data() + off, n);
+    off += n;
+  }
+  ASSERT_EQ(0, memcmp(&p, &want, sizeof(p))) << s;
+}
+
+TEST(ResponseRuns, SameStateAsByteByByte) {
+  std::mt19937 rng(17);
+  for (const std::string& s :
+       {kOk, kChunked,
+        std::string("HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 02 Dec 2026 17:30:49 GMT\r\n"
+                    "Content-Type: text/plain\r\nContent-Length: 4\r\nConnection: keep-alive\r\n\r\nbody"),
+        std::string("HTTP/1.1 200 A reason phrase longer than two hundred and fifty five bytes ") +
+            std::string(300, 'x') + "\r\nContent-Length: 1\r\n\r\nz",
+        std::string("HTTP/1.1 200 OK\r\nX-") + std::string(300, 'n') + ": v\r\nContent-Length: 0\r\n\r\n",
+        std::string("HTTP/1.1 200 OK\r\nCon\rtent-Length: 3\r\n\r\nabc"),
+        std::string("HTTP/1.1 200 OK\r\nServer\r: x\r\n\r\n"),
+        std::string("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3;a=b;c\nabc\n0\nT: 1\nU: 2\n\n")}) {
+    expect_runs_equivalent(s, rng);
+  }
+  // random streams from the pieces responses are made of, and stray bytes
+  const std::vector<std::string> parts = {
+      "HTTP/1.1 200 OK\r\n", "HTTP/1.0 204 No Content\r\n", "HTTP/1.1 100 Continue\r\n", "HTTP/1.1 101 Up\r\n",
+      "HTTP/1.1 304\r\n", "Content-Length: 3\r\n", "content-length:0\n", "Transfer-Encoding: chunked\r\n",
+      "TRANSFER-ENCODING: gzip\r\n", "Server: x\r\n", "Date: Wed, 02 Dec 2026\r\n", "Connection: keep-alive\r\n",
+      "Content-Type: text/plain\r\n", "Content-Lengthy: 9\r\n", "X: \r\n", "\r\n", "\n", "\r", ":", " ", "\t",
+      "abc", "3\r\n", "0\r\n", "1;ext\r\n", "a\r\n", "abcdefghij", "T: x\r\n", "@", "\x80", "Cont", "Trans", "C",
+      "t", "HTTP/1.1 200 ", "ok"};
+  for (int i = 0; i < 20000; i++) {
+    std::string s;
+    int n = 1 + static_cast<int>(rng() % 24);
+    for (int k = 0; k < n; k++) s += parts[rng() % parts.size()];
+    expect_runs_equivalent(s, rng);
+  }
+}
+
+// Typical heads are mostly runs: what the BPF follower saves (one loop step per run, not per byte).
+TEST(ResponseRuns, MostHeadBytesAreRuns) {
+  const std::string s =
+      "HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 02 Dec 2026 17:30:49 GMT\r\n"
+      "Content-Type: text/plain\r\nContent-Length: 4\r\nConnection: keep-alive\r\n\r\nbody";
+  es_rsp r{};
+  size_t steps = 0, i = 0;
+  while (i < s.size()) {
+    int kind = es_rsp_run_kind(&r);
+    __u64 n = es_rsp_skippable(&r);
+    if (n) {
+      if (n > s.size() - i) n = s.size() - i;
+      es_rsp_skip(&r, n);
+      i += n;
+    } else if (kind && es_rsp_run_byte(&r, kind, 0, static_cast<__u8>(s[i]))) {
+      size_t k = 1;
+      while (i + k < s.size() && es_rsp_run_byte(&r, kind, static_cast<__u32>(k), static_cast<__u8>(s[i + k]))) k++;
+      es_rsp_run_take(&r, kind, static_cast<__u32>(k));
+      i += k;
+    } else {
+      es_rsp_feed(&r, static_cast<__u8>(s[i]));
+      i++;
+    }
+    steps++;
+  }
+  EXPECT_EQ(r.done, 1u);
+  // byte by byte: one step per head byte (147 here); with runs: 44 (the status code, the first
+  // byte of each name and line ends, Content-Length's value still go byte by byte)
+  EXPECT_LE(steps, s.size() / 3) << steps << " steps for " << s.size() << " bytes";
 }
 
 }  // namespace
