@@ -42,15 +42,17 @@ std::string read_file(const fs::path& file) {
   std::string text;
   if (fstat(fd.get(), &st) == 0 && st.st_size > 0) text.resize(static_cast<size_t>(st.st_size));
   size_t have = 0;
+  char more[4096];  // past the size fstat gave (a file that grew meanwhile): appended
   for (;;) {
-    if (have == text.size()) text.resize(std::max<size_t>(4096, text.size() * 2));  // grew meanwhile, or no size
-    ssize_t n = ::read(fd.get(), text.data() + have, text.size() - have);
+    const bool past = have == text.size();
+    ssize_t n = past ? ::read(fd.get(), more, sizeof more) : ::read(fd.get(), text.data() + have, text.size() - have);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw ManifestError(file.string() + ": read error: " + std::strerror(errno));
     if (n == 0) break;
+    if (past) text.append(more, static_cast<size_t>(n));
     have += static_cast<size_t>(n);
   }
-  text.resize(have);
+  text.resize(have);  // a file that shrank meanwhile
   return text;
 }
 
