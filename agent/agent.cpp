@@ -435,9 +435,18 @@ std::string Agent::metrics_text() {
   for (uint32_t i = 0; i < ES_CNT_MAX; i++)
     out += "envsteer_datapath_total{event=\"" + std::string(names[i]) + "\"} " +
            std::to_string(dp_->maps().counter(i)) + "\n";
+  // read before mu_ (an apply does not wait for them): the watches' status and the kernel's maps
+  const nlohmann::json kube_status = kube_ ? kube_->status() : nlohmann::json();
+  std::vector<CtxOffProcess> ctx_off = read_ctx_off_raw();
+  std::vector<std::pair<es_req_key, uint64_t>> req_stats;
+  if (relay_)
+    dp_->maps().for_each_sum(maps::MapId::ReqStats, [&](const void* key, uint64_t sum) {
+      req_stats.emplace_back(*static_cast<const es_req_key*>(key), sum);
+    });
   std::lock_guard<std::mutex> g(mu_);
-  out += request_metrics();
-  out += thread_context_metrics(*model_, ctx_off_processes());
+  out += request_metrics(req_stats);
+  name_ctx_off_pods(ctx_off);
+  out += thread_context_metrics(*model_, ctx_off);
   out += "# HELP envsteer_pods_with_programs Pod cgroups carrying envsteer's cgroup programs (the pods that take "
          "part).\n# TYPE envsteer_pods_with_programs gauge\nenvsteer_pods_with_programs " +
          std::to_string(dp_->pods()->pods()) + "\n";
@@ -452,7 +461,7 @@ std::string Agent::metrics_text() {
          "# TYPE envsteer_last_sync_failed gauge\nenvsteer_last_sync_failed " +
          std::string(last_error().empty() ? "0" : "1") + "\n";
   if (kube_) {
-    auto st = kube_->status();
+    const auto& st = kube_status;
     out += "# HELP envsteer_kubernetes_watch_ok 1 when the resource is listed and its watch works.\n"
            "# TYPE envsteer_kubernetes_watch_ok gauge\n";
     for (const auto& w : st["watches"])
@@ -480,8 +489,8 @@ std::string Agent::metrics_text() {
 }
 
 // Requests by frontend, resolved environment and path (es_req_stats), and the
-// relay's own counters. Called with mu_ held.
-std::string Agent::request_metrics() {
+// relay's own counters. Called with mu_ held; req_stats: es_req_stats read before.
+std::string Agent::request_metrics(const std::vector<std::pair<es_req_key, uint64_t>>& req_stats) {
   std::string out;
   if (!relay_ && !h2_) return out;
   // service address and environment names by their map ids
@@ -496,14 +505,13 @@ std::string Agent::request_metrics() {
     out += "# HELP envsteer_requests_total HTTP requests on steered connections by service address, resolved "
            "environment and path (passed: out on the connection; kernel: re-routed to a bound upstream; slow: "
            "re-routed through the agent; failed).\n# TYPE envsteer_requests_total counter\n";
-    dp_->maps().for_each_sum(maps::MapId::ReqStats, [&](const void* key, uint64_t sum) {
-      const auto& k = *static_cast<const es_req_key*>(key);
-      if (k.path >= ES_PATH_MAX) return;
+    for (const auto& [k, sum] : req_stats) {
+      if (k.path >= ES_PATH_MAX) continue;
       auto sn = svc.count(k.svc_id) ? svc[k.svc_id] : "svc#" + std::to_string(k.svc_id);
       auto en = env.count(k.env_id) ? env[k.env_id] : "env#" + std::to_string(k.env_id);
       out += "envsteer_requests_total{service=\"" + prom_label(sn) + "\",env=\"" + prom_label(en) + "\",path=\"" +
              paths[k.path] + "\"} " + std::to_string(sum) + "\n";
-    });
+    }
   }
   if (relay_) out += relay_->metrics();
   if (h2_) {

@@ -119,7 +119,7 @@ class Agent {
   std::unique_ptr<Relay> relay_;  // per-request steering's slow path (with the request context)
   std::unique_ptr<H2Proxy> h2_;   // HTTP/2 per stream (--h2-listen)
   void start_h2();
-  std::string request_metrics();
+  std::string request_metrics(const std::vector<std::pair<es_req_key, uint64_t>>& req_stats);
   static const DesiredState kNoModel;
   const DesiredState* model_ = &kNoModel;     // inc_->state(): the last applied model
   std::vector<Skipped> skipped_;              // of the source's latest state, applied or not
