@@ -123,9 +123,10 @@ bool Agent::apply_model(std::unique_ptr<IncrementalModel> inc, const char* why, 
 }
 
 bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bool latest,
-                          const Discovered& discovered) {
-  auto t0 = std::chrono::steady_clock::now();
+                          const Discovered& discovered, ApplyTimes* times) {
+  const auto t_called = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> g(mu_);
+  const auto t0 = std::chrono::steady_clock::now();
   if (!inc_) return false;
   auto t_model = t0, t_maps = t0;
   ApplyStats st;
@@ -189,13 +190,16 @@ bool Agent::apply_changes(std::vector<ObjectChange> changes, const char* why, bo
     record_failure("not applied", why, error, reason);
     return false;
   }
+  if (times) *times = ApplyTimes{t_called, t0, t_model, t_maps};
   auto us = [](auto a, auto b) { return std::chrono::duration_cast<std::chrono::microseconds>(b - a).count(); };
+  // the work (model, maps) and, apart, the wait for mu_ (a status or metrics read, a rescan)
   if (st.changed() || std::string(why) != "rescan")
     spdlog::info("applied {} ({}): {} services addresses, {} envs, {} backend sets, {} local pods, "
-                 "{} skipped object(s); {} map updates, {} deletes in {} us (model {} us, maps {} us)",
+                 "{} skipped object(s); {} map updates, {} deletes in {} us (model {} us, maps {} us; "
+                 "lock waited {} us)",
                  why, st.changed() ? "changed" : "no change", model_->frontends.size(), model_->envs.size(),
                  model_->sets.size(), model_->pods.size(), model_->skipped.size(), st.updates, st.deletes,
-                 us(t0, t_maps), us(t0, t_model), us(t_model, t_maps));
+                 us(t0, t_maps), us(t0, t_model), us(t_model, t_maps), us(t_called, t0));
   return true;
 }
 
@@ -318,11 +322,13 @@ bool Agent::sync(const char* why, const std::set<std::string>& names) {
   return ok;
 }
 
+// Built mostly outside mu_: what has locks of its own (the watches, the relay,
+// the HTTP/2 endpoint, the event latencies) and the kernel's maps are read
+// first, and mu_ is held only to copy the applied state's figures, so that a
+// status poll does not hold up an apply.
 nlohmann::json Agent::status_json() {
-  std::lock_guard<std::mutex> g(mu_);
   nlohmann::json j;
   j["version"] = ENVSTEER_VERSION;
-  j["ready"] = ready_.load();
   if (kube_) {
     auto api = kube_->status();
     j["source"] = {{"kind", "kubernetes"}, {"path", api.value("server", "")}, {"api", api}};
@@ -336,11 +342,6 @@ nlohmann::json Agent::status_json() {
   j["kernel"] = {{"release", features_.kernel}, {"set_retval", features_.set_retval},
                  {"recv_tracepoint", features_.recv_tracepoint}, {"bpf_loop", features_.bpf_loop},
                  {"task_storage", features_.task_storage}, {"notes", features_.notes}};
-  j["participation"] = {{"mode", s_.participation}, {"selector", s_.participation_selector},
-                        {"namespace_selector", s_.participation_namespace_selector},
-                        {"pods_with_programs", dp_ ? dp_->pods()->pods() : 0},
-                        {"thread_context_programs", dp_ && dp_->thread_tracing()},
-                        {"attach_failures", dp_ ? dp_->pods()->attach_failures() : 0}};
   j["request_context"] = dp_ && dp_->request_context();
   j["per_request_steering"] = dp_ && dp_->per_request();
   if (relay_) j["per_request"] = relay_->status_json();
@@ -366,10 +367,25 @@ nlohmann::json Agent::status_json() {
   j["settings"]["baggage_key"] = s_.baggage_key;
   j["settings"]["http_window"] = s_.http_window;
   j["settings"]["auto_inject"] = s_.auto_inject;
+  if (events_) {
+    auto es = events_->stats();
+    j["source"]["api"]["events"] = {{"posted", es.posted}, {"exists", es.exists}, {"failed", es.failed},
+                                    {"dropped", es.dropped}};
+  }
   auto ts = [](std::chrono::system_clock::time_point t) {
     return t.time_since_epoch().count() == 0 ? 0.0
            : std::chrono::duration<double>(t.time_since_epoch()).count();
   };
+  // --kubernetes: watch event received -> its map entries written, over the last events
+  nlohmann::json event_latency = kube_ ? event_latency_json() : nlohmann::json();
+  std::vector<CtxOffProcess> ctx_off = read_ctx_off_raw();
+  std::lock_guard<std::mutex> g(mu_);
+  j["ready"] = ready_.load();
+  j["participation"] = {{"mode", s_.participation}, {"selector", s_.participation_selector},
+                        {"namespace_selector", s_.participation_namespace_selector},
+                        {"pods_with_programs", dp_ ? dp_->pods()->pods() : 0},
+                        {"thread_context_programs", dp_ && dp_->thread_tracing()},
+                        {"attach_failures", dp_ ? dp_->pods()->attach_failures() : 0}};
   const std::string err = last_error();
   nlohmann::json reasons = nlohmann::json::array();
   for (const Failure* f : {&source_failure_, &apply_failure_})
@@ -379,8 +395,7 @@ nlohmann::json Agent::status_json() {
                {"last_error_unix", err.empty() ? 0.0 : ts(last_error_time_)},
                {"map_updates", map_updates_}, {"map_deletes", map_deletes_},
                {"last_applied_resource_version", last_applied_rv_}};
-  // --kubernetes: watch event received -> its map entries written, over the last events
-  if (kube_) j["sync"]["event_latency"] = event_latency_json();
+  if (kube_) j["sync"]["event_latency"] = std::move(event_latency);
   nlohmann::json missing = nlohmann::json::array();
   for (const auto& m : model_->missing_cgroups) missing.push_back({{"pod", m.pod}, {"cgroup", m.cgroup}});
   j["model"] = {{"frontends", model_->frontends.size()}, {"envs", model_->envs.size()},
@@ -392,12 +407,10 @@ nlohmann::json Agent::status_json() {
     skipped.push_back({{"kind", sk.kind}, {"key", sk.key}, {"field", sk.field}, {"reason", sk.reason},
                        {"message", sk.message}});
   j["skipped"] = skipped;
-  if (events_) {
-    auto es = events_->stats();
-    j["source"]["api"]["events"] = {{"posted", es.posted}, {"exists", es.exists}, {"failed", es.failed},
-                                    {"dropped", es.dropped}};
+  if (dp_) {
+    name_ctx_off_pods(ctx_off);
+    j["pods"] = thread_context_json(*model_, ctx_off);
   }
-  if (dp_) j["pods"] = thread_context_json(*model_, ctx_off_processes());
   return j;
 }
 
@@ -422,9 +435,18 @@ std::string Agent::metrics_text() {
   for (uint32_t i = 0; i < ES_CNT_MAX; i++)
     out += "envsteer_datapath_total{event=\"" + std::string(names[i]) + "\"} " +
            std::to_string(dp_->maps().counter(i)) + "\n";
+  // read before mu_ (an apply does not wait for them): the watches' status and the kernel's maps
+  const nlohmann::json kube_status = kube_ ? kube_->status() : nlohmann::json();
+  std::vector<CtxOffProcess> ctx_off = read_ctx_off_raw();
+  std::vector<std::pair<es_req_key, uint64_t>> req_stats;
+  if (relay_)
+    dp_->maps().for_each_sum(maps::MapId::ReqStats, [&](const void* key, uint64_t sum) {
+      req_stats.emplace_back(*static_cast<const es_req_key*>(key), sum);
+    });
   std::lock_guard<std::mutex> g(mu_);
-  out += request_metrics();
-  out += thread_context_metrics(*model_, ctx_off_processes());
+  out += request_metrics(req_stats);
+  name_ctx_off_pods(ctx_off);
+  out += thread_context_metrics(*model_, ctx_off);
   out += "# HELP envsteer_pods_with_programs Pod cgroups carrying envsteer's cgroup programs (the pods that take "
          "part).\n# TYPE envsteer_pods_with_programs gauge\nenvsteer_pods_with_programs " +
          std::to_string(dp_->pods()->pods()) + "\n";
@@ -439,7 +461,7 @@ std::string Agent::metrics_text() {
          "# TYPE envsteer_last_sync_failed gauge\nenvsteer_last_sync_failed " +
          std::string(last_error().empty() ? "0" : "1") + "\n";
   if (kube_) {
-    auto st = kube_->status();
+    const auto& st = kube_status;
     out += "# HELP envsteer_kubernetes_watch_ok 1 when the resource is listed and its watch works.\n"
            "# TYPE envsteer_kubernetes_watch_ok gauge\n";
     for (const auto& w : st["watches"])
@@ -467,8 +489,8 @@ std::string Agent::metrics_text() {
 }
 
 // Requests by frontend, resolved environment and path (es_req_stats), and the
-// relay's own counters. Called with mu_ held.
-std::string Agent::request_metrics() {
+// relay's own counters. Called with mu_ held; req_stats: es_req_stats read before.
+std::string Agent::request_metrics(const std::vector<std::pair<es_req_key, uint64_t>>& req_stats) {
   std::string out;
   if (!relay_ && !h2_) return out;
   // service address and environment names by their map ids
@@ -483,14 +505,13 @@ std::string Agent::request_metrics() {
     out += "# HELP envsteer_requests_total HTTP requests on steered connections by service address, resolved "
            "environment and path (passed: out on the connection; kernel: re-routed to a bound upstream; slow: "
            "re-routed through the agent; failed).\n# TYPE envsteer_requests_total counter\n";
-    dp_->maps().for_each_sum(maps::MapId::ReqStats, [&](const void* key, uint64_t sum) {
-      const auto& k = *static_cast<const es_req_key*>(key);
-      if (k.path >= ES_PATH_MAX) return;
+    for (const auto& [k, sum] : req_stats) {
+      if (k.path >= ES_PATH_MAX) continue;
       auto sn = svc.count(k.svc_id) ? svc[k.svc_id] : "svc#" + std::to_string(k.svc_id);
       auto en = env.count(k.env_id) ? env[k.env_id] : "env#" + std::to_string(k.env_id);
       out += "envsteer_requests_total{service=\"" + prom_label(sn) + "\",env=\"" + prom_label(en) + "\",path=\"" +
              paths[k.path] + "\"} " + std::to_string(sum) + "\n";
-    });
+    }
   }
   if (relay_) out += relay_->metrics();
   if (h2_) {
@@ -729,8 +750,9 @@ bool Agent::apply_kube(const char* why) {
     release_free_memory();  // the lists' pages and the start-up copies
   } else {
     // the objects that changed; this node's pods' cgroups with them
-    std::vector<std::chrono::steady_clock::time_point> received;
+    std::vector<sources::EventTimes> received;
     std::vector<ObjectChange> changes = kube_->take_changes(&received);
+    const auto taken = std::chrono::steady_clock::now();
     Discovered disc;
     for (const auto& c : changes) {
       if (c.kind != ObjectChange::Kind::Pod) continue;
@@ -743,8 +765,9 @@ bool Agent::apply_kube(const char* why) {
       }
       disc.push_back({c.key, path});
     }
-    if (!apply_changes(std::move(changes), why, true, disc)) return false;
-    note_event_latency(received);
+    ApplyTimes times;
+    if (!apply_changes(std::move(changes), why, true, disc, &times)) return false;
+    note_event_latency(received, taken, times);
   }
   if (!ready_) {
     ready_ = true;
@@ -754,24 +777,53 @@ bool Agent::apply_kube(const char* why) {
   return true;
 }
 
-void Agent::note_event_latency(const std::vector<std::chrono::steady_clock::time_point>& received) {
-  const auto now = std::chrono::steady_clock::now();
-  std::lock_guard<std::mutex> g(mu_);
-  for (const auto& t : received) {
-    auto us = std::chrono::duration_cast<std::chrono::microseconds>(now - t).count();
-    uint32_t v = static_cast<uint32_t>(std::clamp<int64_t>(us, 0, UINT32_MAX));
+void Agent::note_event_latency(const std::vector<sources::EventTimes>& received,
+                               std::chrono::steady_clock::time_point taken, const ApplyTimes& t) {
+  auto us = [](auto a, auto b) {
+    return static_cast<uint32_t>(
+        std::clamp<int64_t>(std::chrono::duration_cast<std::chrono::microseconds>(b - a).count(), 0, UINT32_MAX));
+  };
+  std::lock_guard<std::mutex> g(lat_mu_);
+  for (const auto& e : received) {
+    EventStages v{us(e.read, t.written), us(e.read, e.queued), us(e.queued, taken), us(taken, t.called),
+                  us(t.called, t.locked), us(t.locked, t.modelled), us(t.modelled, t.written)};
     if (event_us_.size() < kEventWindow) event_us_.push_back(v);
     else event_us_[events_seen_ % kEventWindow] = v;
     events_seen_++;
   }
 }
 
+// Percentiles of the whole (watch line read -> map entries written) and of
+// each stage on the way: decode (the line parsed and decoded on the watch's
+// thread), queue (decoded -> taken by the apply thread), prepare (cgroup
+// discovery of this node's pods), lock (waiting for mu_), model, maps.
 nlohmann::json Agent::event_latency_json() const {
-  std::vector<uint32_t> v = event_us_;
-  std::sort(v.begin(), v.end());
-  auto q = [&](double p) { return v.empty() ? 0.0 : v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)] / 1000.0; };
-  return {{"events", events_seen_}, {"window", v.size()}, {"p50_ms", q(0.5)}, {"p99_ms", q(0.99)},
-          {"max_ms", v.empty() ? 0.0 : v.back() / 1000.0}};
+  std::vector<EventStages> rows;
+  uint64_t seen;
+  {
+    std::lock_guard<std::mutex> g(lat_mu_);
+    rows = event_us_;
+    seen = events_seen_;
+  }
+  std::vector<uint32_t> v(rows.size());
+  // selected, not sorted: a status poll costs the apply thread's CPU little
+  auto stats = [&](uint32_t EventStages::*f) {
+    for (size_t i = 0; i < rows.size(); i++) v[i] = rows[i].*f;
+    if (v.empty()) return nlohmann::json{{"p50_ms", 0.0}, {"p99_ms", 0.0}, {"max_ms", 0.0}};
+    auto at = [&](double p) { return v.begin() + static_cast<ptrdiff_t>(p * static_cast<double>(v.size() - 1) + 0.5); };
+    auto p50 = at(0.5), p99 = at(0.99);
+    std::nth_element(v.begin(), p50, v.end());
+    std::nth_element(p50, p99, v.end());
+    const uint32_t max = *std::max_element(p99, v.end());
+    return nlohmann::json{{"p50_ms", *p50 / 1000.0}, {"p99_ms", *p99 / 1000.0}, {"max_ms", max / 1000.0}};
+  };
+  nlohmann::json j = stats(&EventStages::total);
+  j["events"] = seen;
+  j["window"] = rows.size();
+  j["stages"] = {{"decode", stats(&EventStages::decode)}, {"queue", stats(&EventStages::queue)},
+                 {"prepare", stats(&EventStages::prepare)}, {"lock", stats(&EventStages::lock)},
+                 {"model", stats(&EventStages::model)}, {"maps", stats(&EventStages::maps)}};
+  return j;
 }
 
 std::string Agent::not_ready_reason() {

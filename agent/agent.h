@@ -65,8 +65,12 @@ class Agent {
   // entries they touch are written. A change that does not apply is taken
   // back (the model stays the last good state) and tried again with the next.
   using Discovered = std::vector<std::pair<std::string, std::optional<std::string>>>;
+  // When an apply called, got mu_, had the model and had the maps written.
+  struct ApplyTimes {
+    std::chrono::steady_clock::time_point called, locked, modelled, written;
+  };
   bool apply_changes(std::vector<ObjectChange> changes, const char* why, bool latest = true,
-                     const Discovered& discovered = {});
+                     const Discovered& discovered = {}, ApplyTimes* times = nullptr);
   // Now and then: the incremental model against a full build of its objects
   // (logged and repaired when they differ).
   void check_consistency();
@@ -115,7 +119,7 @@ class Agent {
   std::unique_ptr<Relay> relay_;  // per-request steering's slow path (with the request context)
   std::unique_ptr<H2Proxy> h2_;   // HTTP/2 per stream (--h2-listen)
   void start_h2();
-  std::string request_metrics();
+  std::string request_metrics(const std::vector<std::pair<es_req_key, uint64_t>>& req_stats);
   static const DesiredState kNoModel;
   const DesiredState* model_ = &kNoModel;     // inc_->state(): the last applied model
   std::vector<Skipped> skipped_;              // of the source's latest state, applied or not
@@ -135,13 +139,19 @@ class Agent {
   // --kubernetes: the newest metadata.resourceVersion among the objects
   // applied (status; the bench's event-to-map latency under churn)
   std::string last_applied_rv_;
-  // --kubernetes: watch event received -> map entries written, the last
-  // kEventWindow of them (status sync.event_latency)
+  // --kubernetes: watch event read -> map entries written, by stage (us), the
+  // last kEventWindow events (status sync.event_latency), under lat_mu_: a
+  // status read never waits for an apply, nor an apply for it.
+  struct EventStages {
+    uint32_t total, decode, queue, prepare, lock, model, maps;
+  };
   static constexpr size_t kEventWindow = 16384;
-  std::vector<uint32_t> event_us_;
-  uint64_t events_seen_ = 0;
-  void note_event_latency(const std::vector<std::chrono::steady_clock::time_point>& received);
-  nlohmann::json event_latency_json() const;  // under mu_
+  mutable std::mutex lat_mu_;
+  std::vector<EventStages> event_us_;  // under lat_mu_
+  uint64_t events_seen_ = 0;           // under lat_mu_
+  void note_event_latency(const std::vector<sources::EventTimes>& received,
+                          std::chrono::steady_clock::time_point taken, const ApplyTimes& t);
+  nlohmann::json event_latency_json() const;  // takes lat_mu_ (briefly: a copy)
 
   // Observability (metrics.h, trace.h): the names the kernel's ids stand for,
   // published after every apply; the trace hub and the decision counters.
@@ -155,8 +165,11 @@ class Agent {
   void periodic();
   void shutdown();
   int rescan_ticks_ = 0;
-  // Processes whose thread context the kernel switched off, with their pods.
+  // Processes whose thread context the kernel switched off, with their pods
+  // (under mu_); in two steps: the map read (no lock), their pods named (under mu_).
   std::vector<CtxOffProcess> ctx_off_processes() const;
+  std::vector<CtxOffProcess> read_ctx_off_raw() const;
+  void name_ctx_off_pods(std::vector<CtxOffProcess>& procs) const;
   // Forgets switched-off processes that are gone (log line per new one).
   void sweep_thread_context();
   std::set<uint32_t> ctx_off_logged_;

@@ -108,14 +108,25 @@ namespace envsteer {
 // Under mu_ (every caller holds it). A container cgroup's pod is found by a
 // walk of the pods' subtrees: cached until the names change.
 std::vector<CtxOffProcess> Agent::ctx_off_processes() const {
+  auto procs = read_ctx_off_raw();
+  name_ctx_off_pods(procs);
+  return procs;
+}
+
+std::vector<CtxOffProcess> Agent::read_ctx_off_raw() const {
   if (!dp_) return {};
+  return read_ctx_off(dp_->maps(), [](uint64_t) { return std::string(); });
+}
+
+void Agent::name_ctx_off_pods(std::vector<CtxOffProcess>& procs) const {
   std::shared_ptr<const NameTable> n;  // only for a process not seen yet (a rebuild may walk the model)
-  return read_ctx_off(dp_->maps(), [&](uint64_t cg) {
+  for (auto& p : procs) {
+    const uint64_t cg = p.off.cgroup_id;
     auto it = ctx_pod_cache_.find(cg);
     if (it == ctx_pod_cache_.end() && !n) n = names_locked();
     if (it == ctx_pod_cache_.end()) it = ctx_pod_cache_.emplace(cg, n ? n->pod_of_cgroup(cg) : "").first;
-    return it->second;
-  });
+    p.pod = it->second;
+  }
 }
 
 namespace {

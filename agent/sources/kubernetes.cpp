@@ -214,7 +214,8 @@ bool KubernetesSource::list(Watch& w, std::string* rv, std::string* err) {
   return true;
 }
 
-void KubernetesSource::apply_event(Watch& w, const std::string& type, const json& obj) {
+void KubernetesSource::apply_event(Watch& w, const std::string& type, const json& obj,
+                                   std::chrono::steady_clock::time_point read) {
   const std::string key = key_of(w.kind, obj);
   std::optional<Stored> now;
   if (type != "DELETED") now = decoded(w.kind, key, obj);  // outside the lock
@@ -222,7 +223,7 @@ void KubernetesSource::apply_event(Watch& w, const std::string& type, const json
     std::lock_guard<std::mutex> g(mu_);
     if (!now) w.objects.erase(key);
     else w.objects.insert_or_assign(key, std::move(*now));
-    note_change(w, key);
+    note_change(w, key, read);
     w.events++;
     w.last_ok = std::chrono::system_clock::now();
   }
@@ -235,6 +236,7 @@ KubernetesSource::WatchEnd KubernetesSource::watch(Watch& w, std::string* rv, st
   if (!w.query.empty()) q += "&" + w.query;
   bool gone = false;
   auto r = w.client->stream(w.path + q, [&](std::string_view line) {
+    const auto read = std::chrono::steady_clock::now();
     auto ev = json::parse(line, nullptr, false);
     if (!ev.is_object() || !ev.contains("object") || !ev["object"].is_object()) return true;  // not an event
     const std::string type = str_at(ev, "type");
@@ -257,7 +259,7 @@ KubernetesSource::WatchEnd KubernetesSource::watch(Watch& w, std::string* rv, st
       w.last_ok = std::chrono::system_clock::now();
       return true;
     }
-    if (type == "ADDED" || type == "MODIFIED" || type == "DELETED") apply_event(w, type, obj);
+    if (type == "ADDED" || type == "MODIFIED" || type == "DELETED") apply_event(w, type, obj, read);
     std::lock_guard<std::mutex> g(mu_);
     w.rv = *rv;
     return true;
@@ -347,8 +349,10 @@ bool KubernetesSource::synced() const {
   return true;
 }
 
-void KubernetesSource::note_change(const Watch& w, const std::string& key) {
-  if (w.kind != Kind::VirtualEnv) changed_.try_emplace({static_cast<int>(w.kind), key}, std::chrono::steady_clock::now());
+void KubernetesSource::note_change(const Watch& w, const std::string& key, std::chrono::steady_clock::time_point read) {
+  if (w.kind == Kind::VirtualEnv) return;
+  const auto now = std::chrono::steady_clock::now();
+  changed_.try_emplace({static_cast<int>(w.kind), key}, EventTimes{read == decltype(read){} ? now : read, now});
 }
 
 // One object as the watches have it now (the two pod watches overlap: the
@@ -370,7 +374,7 @@ ObjectChange KubernetesSource::current(int kind, const std::string& key) const {
   return c;
 }
 
-std::vector<ObjectChange> KubernetesSource::take_changes(std::vector<std::chrono::steady_clock::time_point>* received) {
+std::vector<ObjectChange> KubernetesSource::take_changes(std::vector<EventTimes>* received) {
   std::lock_guard<std::mutex> g(mu_);
   std::vector<ObjectChange> out;
   out.reserve(changed_.size());

@@ -26,6 +26,12 @@ namespace envsteer::sources {
 
 using VirtualEnvSettings = k8s::VirtualEnvSettings;
 
+// When the watch had a change (steady clock): its line read from the stream,
+// and decoded into the source's state, ready to be taken.
+struct EventTimes {
+  std::chrono::steady_clock::time_point read, queued;
+};
+
 struct KubernetesOptions {
   std::string node_name;               // this node: all its pods are watched
   std::string env_label = "virtual-env";  // cluster-wide pods are watched with this label only
@@ -55,9 +61,9 @@ class KubernetesSource {
   k8s::ClusterState snapshot();
   // The objects that changed (were added, modified, deleted, re-listed)
   // since the last snapshot() or take_changes(), each as it is now.
-  // received: when the watch first had each change (steady clock), for the
-  // agent's own event -> map latency.
-  std::vector<ObjectChange> take_changes(std::vector<std::chrono::steady_clock::time_point>* received = nullptr);
+  // received: when the watch first had each change, for the agent's own
+  // event -> map latency by stage.
+  std::vector<ObjectChange> take_changes(std::vector<EventTimes>* received = nullptr);
   std::optional<VirtualEnvSettings> virtual_env() const;
   nlohmann::json status() const;
 
@@ -67,12 +73,14 @@ class KubernetesSource {
   bool list(Watch& w, std::string* rv, std::string* err);
   enum class WatchEnd { Timeout, Gone, Broken, Stopped };
   WatchEnd watch(Watch& w, std::string* rv, std::string* err);
-  void apply_event(Watch& w, const std::string& type, const nlohmann::json& obj);
+  void apply_event(Watch& w, const std::string& type, const nlohmann::json& obj,
+                   std::chrono::steady_clock::time_point read);
   void notify();
-  void note_change(const Watch& w, const std::string& key);  // under mu_
+  // under mu_; read: when its watch line was read (a list: now)
+  void note_change(const Watch& w, const std::string& key, std::chrono::steady_clock::time_point read = {});
   ObjectChange current(int kind, const std::string& key) const;  // under mu_
   // (Kind, key) -> when it first changed since the last take, under mu_
-  std::map<std::pair<int, std::string>, std::chrono::steady_clock::time_point> changed_;
+  std::map<std::pair<int, std::string>, EventTimes> changed_;
 
   KubeConfig cfg_;
   KubernetesOptions opt_;

@@ -1,25 +1,26 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "sources/manifest.h"
 
+#include <fcntl.h>
 #include <sys/inotify.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <regex>
-#include <sstream>
 #include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
+#include "fd.h"
 #include "k8s/decode.h"
 
 namespace envsteer::sources {
@@ -32,13 +33,27 @@ namespace {
 // The directory entry that Kubernetes swaps atomically when a ConfigMap volume changes.
 constexpr const char* kConfigMapDataLink = "..data";
 
+// The file's bytes in one buffer (read(2) into a string of the file's size:
+// no stream buffer and copies on the way of a changed file).
 std::string read_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw ManifestError(file.string() + ": cannot open: " + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw ManifestError(file.string() + ": read error");
-  return text.str();
+  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) throw ManifestError(file.string() + ": cannot open: " + std::strerror(errno));
+  struct stat st {};
+  std::string text;
+  if (fstat(fd.get(), &st) == 0 && st.st_size > 0) text.resize(static_cast<size_t>(st.st_size));
+  size_t have = 0;
+  char more[4096];  // past the size fstat gave (a file that grew meanwhile): appended
+  for (;;) {
+    const bool past = have == text.size();
+    ssize_t n = past ? ::read(fd.get(), more, sizeof more) : ::read(fd.get(), text.data() + have, text.size() - have);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw ManifestError(file.string() + ": read error: " + std::strerror(errno));
+    if (n == 0) break;
+    if (past) text.append(more, static_cast<size_t>(n));
+    have += static_cast<size_t>(n);
+  }
+  text.resize(have);  // a file that shrank meanwhile
+  return text;
 }
 
 void add_document(const fs::path& file, size_t n, const json& doc, k8s::ClusterState& out) {
@@ -161,17 +176,16 @@ void parse_file(const fs::path& file, const std::string& text, k8s::ClusterState
 
 void load_file(const fs::path& file, k8s::ClusterState& out) { parse_file(file, read_file(file), out); }
 
-// The objects of one file as last parsed, and what its text was (size and hash).
+// The objects of one file as last parsed, and its text then.
 struct ParsedFile {
-  size_t size = 0;
-  size_t hash = 0;
+  std::string text;
   k8s::ClusterState objects;
 };
 
 // Per manifest directory, its files' parsed objects. A watched directory of many files
 // (one per namespace, say) changes one file at a time; re-parsing all of them on every
 // change cost seconds at 100 000 pods. Files are still read in full every time (a cheap
-// part): only a file whose size and content hash are unchanged skips parsing.
+// part): only a file whose text is unchanged (compared byte by byte) skips parsing.
 std::mutex g_parsed_mu;
 std::map<std::string, std::map<std::string, ParsedFile>> g_parsed;
 
@@ -193,15 +207,13 @@ k8s::ClusterState load_directory(const fs::path& dir, const std::vector<fs::path
   try {
     for (const fs::path& file : files) {
       std::string text = read_file(file);
-      size_t hash = std::hash<std::string>{}(text);
       ParsedFile pf;
       auto it = cache.find(file.string());
-      if (it != cache.end() && it->second.size == text.size() && it->second.hash == hash) {
+      if (it != cache.end() && it->second.text == text) {
         pf = std::move(it->second);
       } else {
-        pf.size = text.size();
-        pf.hash = hash;
         parse_file(file, text, pf.objects);
+        pf.text = std::move(text);
       }
       clash = clash || !merge_unique(state.services, pf.objects.services) ||
               !merge_unique(state.pods, pf.objects.pods) || !merge_unique(state.slices, pf.objects.slices) ||
@@ -270,14 +282,7 @@ k8s::ClusterState load_manifests(const fs::path& path) {
 namespace {
 
 using Key = std::pair<int, std::string>;
-
-// A JSON object with an `items` array, cut into the text of each item and the
-// rest (the frame: the text with the array emptied). Not validated here: the
-// parser checks each item and the frame.
-struct ListSplit {
-  std::string frame;
-  std::vector<std::string_view> items;
-};
+constexpr size_t npos = std::string_view::npos;
 
 bool json_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
@@ -292,12 +297,12 @@ size_t string_end(std::string_view t, size_t i) {
     if (t[i] == '\\') i++;
     else if (t[i] == '"') return i + 1;
   }
-  return std::string_view::npos;
+  return npos;
 }
 
 // The end of the value that starts at t[i]; npos when it runs off the text.
 size_t value_end(std::string_view t, size_t i) {
-  if (i >= t.size()) return std::string_view::npos;
+  if (i >= t.size()) return npos;
   if (t[i] == '"') return string_end(t, i);
   if (t[i] == '{' || t[i] == '[') {
     int depth = 0;
@@ -305,7 +310,7 @@ size_t value_end(std::string_view t, size_t i) {
       const char c = t[i];
       if (c == '"') {
         size_t e = string_end(t, i);
-        if (e == std::string_view::npos) return e;
+        if (e == npos) return e;
         i = e - 1;
       } else if (c == '{' || c == '[') {
         depth++;
@@ -313,14 +318,58 @@ size_t value_end(std::string_view t, size_t i) {
         return i + 1;
       }
     }
-    return std::string_view::npos;
+    return npos;
   }
   while (i < t.size() && t[i] != ',' && t[i] != '}' && t[i] != ']' && !json_ws(t[i])) i++;
   return i;
 }
 
+// The values of a JSON array, from i: just after its '[' (first) or just after
+// one of its values. on_item(off, len) for each; stop(off) is asked at each
+// value's start and ends the scan there (*resume = off). Else *close is the
+// array's ']'. false: not an array of values (the parser says what is wrong).
+template <class OnItem, class Stop>
+bool scan_items(std::string_view t, size_t i, bool first, OnItem&& on_item, Stop&& stop, size_t* close, size_t* resume) {
+  *close = *resume = npos;
+  i = skip_ws(t, i);
+  if (i >= t.size()) return false;
+  if (t[i] == ']') {
+    *close = i;
+    return true;
+  }
+  if (!first) {
+    if (t[i] != ',') return false;
+    i = skip_ws(t, i + 1);  // a value must follow the comma
+    if (i >= t.size() || t[i] == ']') return false;
+  }
+  for (;;) {
+    if (stop(i)) {
+      *resume = i;
+      return true;
+    }
+    size_t e = value_end(t, i);
+    if (e == npos) return false;
+    on_item(i, e - i);
+    i = skip_ws(t, e);
+    if (i >= t.size() || (t[i] != ',' && t[i] != ']')) return false;
+    if (t[i] == ']') {
+      *close = i;
+      return true;
+    }
+    i = skip_ws(t, i + 1);
+    if (i >= t.size() || t[i] == ']') return false;
+  }
+}
+
+// A JSON object with an `items` array: where the array opens and closes and
+// its values. Not validated here: the parser checks each item and the frame
+// (the text with the array emptied).
+struct ListSplit {
+  size_t open = 0, close = 0;
+  std::vector<std::pair<size_t, size_t>> items;  // offset, length
+};
+
 std::optional<ListSplit> split_json_list(std::string_view t) {
-  constexpr size_t npos = std::string_view::npos;
   ListSplit out;
   size_t i = skip_ws(t, 0), open = npos, close = npos;
   if (i >= t.size() || t[i] != '{') return std::nullopt;
@@ -336,20 +385,12 @@ std::optional<ListSplit> split_json_list(std::string_view t) {
     if (items) {
       if (open != npos || i >= t.size() || t[i] != '[') return std::nullopt;
       open = i;
-      i = skip_ws(t, i + 1);
-      if (i < t.size() && t[i] != ']')
-        for (;;) {
-          size_t e = value_end(t, i);
-          if (e == npos) return std::nullopt;
-          out.items.push_back(t.substr(i, e - i));
-          i = skip_ws(t, e);
-          if (i >= t.size() || (t[i] != ',' && t[i] != ']')) return std::nullopt;
-          if (t[i] == ']') break;
-          i = skip_ws(t, i + 1);  // a value must follow the comma
-          if (i >= t.size() || t[i] == ']') return std::nullopt;
-        }
-      if (i >= t.size()) return std::nullopt;
-      close = i++;
+      size_t resume;
+      if (!scan_items(
+              t, i + 1, true, [&](size_t off, size_t len) { out.items.emplace_back(off, len); },
+              [](size_t) { return false; }, &close, &resume))
+        return std::nullopt;
+      i = close + 1;
     } else {
       i = value_end(t, i);
       if (i == npos) return std::nullopt;
@@ -363,9 +404,28 @@ std::optional<ListSplit> split_json_list(std::string_view t) {
     return std::nullopt;
   }
   if (open == npos) return std::nullopt;
-  out.frame.reserve(t.size() - (close - open - 1));
-  out.frame.append(t.substr(0, open + 1)).append(t.substr(close));
+  out.open = open;
+  out.close = close;
   return out;
+}
+
+// How many bytes a and b have in common at their start; at their end (at most max).
+size_t common_prefix(std::string_view a, std::string_view b) {
+  const size_t n = std::min(a.size(), b.size());
+  constexpr size_t kBlock = 256;  // memcmp per block, then the byte
+  size_t i = 0;
+  while (i + kBlock <= n && std::memcmp(a.data() + i, b.data() + i, kBlock) == 0) i += kBlock;
+  while (i < n && a[i] == b[i]) i++;
+  return i;
+}
+
+size_t common_suffix(std::string_view a, std::string_view b, size_t max) {
+  constexpr size_t kBlock = 256;
+  size_t i = 0;
+  while (i + kBlock <= max && std::memcmp(a.data() + a.size() - i - kBlock, b.data() + b.size() - i - kBlock, kBlock) == 0)
+    i += kBlock;
+  while (i < max && a[a.size() - 1 - i] == b[b.size() - 1 - i]) i++;
+  return i;
 }
 
 template <class T>
@@ -405,83 +465,230 @@ bool move_new(std::map<std::string, T>& into, std::map<std::string, T>& from) {
   return true;
 }
 
+// One list item alone, into objs; its object's name, nullopt when it is not
+// one object of a kind (the whole read then says what is wrong).
+std::optional<Key> parse_item(std::string_view item, k8s::ClusterState& objs) {
+  json doc = json::parse(item, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object() || !doc.contains("kind") || is_list_kind(doc)) return std::nullopt;
+  k8s::ClusterState one;
+  try {
+    k8s::add_object(doc, one);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  auto key = only_object(one);
+  if (!key) return std::nullopt;
+  if (!move_new(objs.services, one.services) || !move_new(objs.pods, one.pods) ||
+      !move_new(objs.slices, one.slices) || !move_new(objs.namespaces, one.namespaces))
+    return std::nullopt;
+  return key;
+}
+
 }  // namespace
 
-// A JSON list item by item. false: the file is read whole instead (not such a
-// list, an item without its kind or that is a list itself, two items alike or
-// of one name, any error: the whole read says the error as it always did).
-static bool read_items(const ListSplit& split, const std::vector<std::pair<size_t, const Key*>>* old,
-                       k8s::ClusterState& objs, std::set<Key>& objects,
-                       std::vector<std::pair<size_t, const Key*>>& table) {
-  if (!old) {  // (else the frame is the one read before, checked then)
-    json frame = json::parse(split.frame, nullptr, false);
+// What reading one file gives, kept apart from files_ until every file read
+// together is known good (all or nothing).
+struct ManifestReader::FileRead {
+  FileInfo info;           // whole: complete; else its text and items (objects: the old ones, patched at commit)
+  bool whole = true;
+  k8s::ClusterState objs;  // the objects parsed: given as changes
+  std::vector<Key> added;                  // names the file did not hold before
+  std::vector<const Key*> removed;         // names (of the old info) it holds no more, sorted
+  std::vector<std::pair<size_t, Key>> parsed;  // patch: item index -> its name (pointed to at commit)
+  bool holds(const Key& k, const FileInfo* old) const {
+    if (whole) return info.objects.count(k) > 0;
+    if (std::find(added.begin(), added.end(), k) != added.end()) return true;
+    auto it = old ? old->objects.find(k) : std::set<Key>::const_iterator{};
+    return old && it != old->objects.end() && !std::binary_search(removed.begin(), removed.end(), &*it);
+  }
+};
+
+ManifestReader::ManifestReader(fs::path path, ItemHash item_hash)
+    : path_(std::move(path)), item_hash_(item_hash ? std::move(item_hash) : ItemHash([](std::string_view s) {
+        return static_cast<uint64_t>(std::hash<std::string_view>{}(s));
+      })) {}
+
+// A JSON list item by item, every item parsed (a first read, or a frame that
+// changed). false: the file is read whole instead (not such a list, an item
+// without its kind or that is a list itself, two items of one name, any error:
+// the whole read says the error as it always did).
+bool ManifestReader::read_list(const FileInfo* old, FileRead& fr) const {
+  FileInfo& fi = fr.info;
+  const std::string_view t = fi.text;
+  auto split = split_json_list(t);
+  if (!split) return false;
+  const bool same_frame = old && old->listed && old->open == split->open &&
+                          t.substr(0, split->open) == std::string_view(old->text).substr(0, old->open) &&
+                          t.substr(split->close) == std::string_view(old->text).substr(old->close);
+  if (!same_frame) {  // (else the frame is the one read before, checked then)
+    std::string frame_text(t.substr(0, split->open + 1));
+    frame_text.append(t.substr(split->close));
+    json frame = json::parse(frame_text, nullptr, false);
     if (frame.is_discarded() || !is_list_kind(frame)) return false;
     auto it = frame.find("items");
     if (it == frame.end() || !it->is_array() || !it->empty()) return false;
     try {
-      k8s::add_object(frame, objs);  // the list's own checks
+      k8s::add_object(frame, fr.objs);  // the list's own checks
     } catch (const std::exception&) {
       return false;
     }
   }
-  std::vector<std::pair<size_t, Key>> keys;
-  keys.reserve(split.items.size());
-  for (std::string_view item : split.items) {
-    const size_t h = std::hash<std::string_view>{}(item);
-    if (old) {
-      auto it = std::lower_bound(old->begin(), old->end(), std::make_pair(h, static_cast<const Key*>(nullptr)),
-                                 [](const auto& a, const auto& b) { return a.first < b.first; });
-      if (it != old->end() && it->first == h) {
-        keys.emplace_back(h, *it->second);
-        continue;
-      }
-    }
-    json doc = json::parse(item, nullptr, false);
-    if (doc.is_discarded() || !doc.is_object() || !doc.contains("kind") || is_list_kind(doc)) return false;
-    k8s::ClusterState one;
-    try {
-      k8s::add_object(doc, one);
-    } catch (const std::exception&) {
-      return false;
-    }
-    auto key = only_object(one);
+  std::vector<Key> keys;
+  keys.reserve(split->items.size());
+  for (const auto& [off, len] : split->items) {
+    auto key = parse_item(t.substr(off, len), fr.objs);
     if (!key) return false;
-    keys.emplace_back(h, *key);
-    if (!move_new(objs.services, one.services) || !move_new(objs.pods, one.pods) ||
-        !move_new(objs.slices, one.slices) || !move_new(objs.namespaces, one.namespaces))
-      return false;
+    keys.push_back(std::move(*key));
   }
-  for (const auto& [h, key] : keys)
-    if (!objects.insert(key).second) return false;  // one name twice
-  table.reserve(keys.size());
-  for (const auto& [h, key] : keys) table.emplace_back(h, &*objects.find(key));
-  std::sort(table.begin(), table.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (size_t i = 1; i < table.size(); i++)
-    if (table[i].first == table[i - 1].first) return false;  // two items alike: one name twice
+  for (const auto& k : keys)
+    if (!fi.objects.insert(k).second) return false;  // one name twice
+  fi.items.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); i++) {
+    const auto [off, len] = split->items[i];
+    fi.items.push_back(Item{item_hash_(t.substr(off, len)), off, len, &*fi.objects.find(keys[i])});
+  }
+  fi.listed = true;
+  fi.open = split->open;
+  fi.close = split->close;
   return true;
 }
 
-void ManifestReader::parse_tracked(const fs::path& file, const std::string& text, const FileInfo* old,
-                                   k8s::ClusterState& objs, FileInfo& fi) {
-  fi.size = text.size();
-  fi.hash = std::hash<std::string>{}(text);
-  fi.objects.clear();
-  fi.items.clear();
-  if (file.extension() == ".json") {
-    if (auto split = split_json_list(text)) {
-      const size_t frame_hash = std::hash<std::string>{}(split->frame);
-      const bool reuse = old && !old->items.empty() && old->frame_hash == frame_hash;
-      if (read_items(*split, reuse ? &old->items : nullptr, objs, fi.objects, fi.items)) {
-        fi.frame_hash = frame_hash;
-        return;
+// A JSON list whose text changed only between its '[' and ']': the items
+// before the first changed byte and after the last one are the old ones (their
+// bytes are), the items between are compared with the old items of the same
+// hash byte by byte, and only those that match none are parsed. false: read it
+// another way (the frame changed, items alike or of one name, any error).
+bool ManifestReader::read_list_patch(const FileInfo& old, FileRead& fr) const {
+  FileInfo& fi = fr.info;
+  const std::string_view t = fi.text, o = old.text;
+  const size_t pre = common_prefix(o, t);
+  const size_t suf = common_suffix(o, t, std::min(o.size(), t.size()) - pre);
+  if (pre <= old.open || old.close < o.size() - suf) return false;  // the frame's bytes changed
+  const std::vector<Item>& oi = old.items;
+  // old items [0, a) lie in the common prefix: the same at the same place
+  size_t a = std::upper_bound(oi.begin(), oi.end(), pre, [](size_t p, const Item& it) { return p < it.off + it.len; }) -
+             oi.begin();
+  const ptrdiff_t shift = static_cast<ptrdiff_t>(t.size()) - static_cast<ptrdiff_t>(o.size());
+  size_t b = oi.size();  // old items [b, n) lie in the common suffix: the same, moved by shift
+  std::vector<std::pair<size_t, size_t>> mid;
+  size_t close, resume;
+  const size_t from = a ? oi[a - 1].off + oi[a - 1].len : old.open + 1;
+  bool ok = scan_items(
+      t, from, a == 0, [&](size_t off, size_t len) { mid.emplace_back(off, len); },
+      [&](size_t off) {
+        // the rest is the old text's, from an old item's start on: the scan there is the old one
+        if (off < t.size() - suf) return false;
+        const size_t old_off = static_cast<size_t>(static_cast<ptrdiff_t>(off) - shift);
+        auto it = std::lower_bound(oi.begin(), oi.end(), old_off, [](const Item& i, size_t p) { return i.off < p; });
+        if (it == oi.end() || it->off != old_off) return false;
+        b = static_cast<size_t>(it - oi.begin());
+        return true;
+      },
+      &close, &resume);
+  if (!ok) return false;
+  if (resume == npos) {  // scanned to the ']': the rest of the frame must be the old one
+    if (t.substr(close) != o.substr(old.close)) return false;
+    fi.close = close;
+  } else {
+    fi.close = static_cast<size_t>(static_cast<ptrdiff_t>(old.close) + shift);
+  }
+  fi.open = old.open;
+  fi.listed = true;
+  // the items between: an old one of the same hash and bytes, else parsed
+  std::vector<bool> used(oi.size(), false);
+  for (size_t i = 0; i < a; i++) used[i] = true;
+  for (size_t i = b; i < oi.size(); i++) used[i] = true;
+  std::vector<std::pair<uint64_t, size_t>> by_hash;  // of the old items between, when there are new ones
+  if (!mid.empty()) {
+    for (size_t i = a; i < b; i++) by_hash.emplace_back(oi[i].hash, i);
+    std::sort(by_hash.begin(), by_hash.end());
+  }
+  fi.items.reserve(a + mid.size() + (oi.size() - b));
+  fi.items.insert(fi.items.end(), oi.begin(), oi.begin() + static_cast<ptrdiff_t>(a));
+  std::vector<Key> parsed_keys;
+  for (const auto& [off, len] : mid) {
+    const std::string_view text = t.substr(off, len);
+    const uint64_t h = item_hash_(text);
+    const Item* same = nullptr;
+    for (auto it = std::lower_bound(by_hash.begin(), by_hash.end(), std::make_pair(h, size_t{0}));
+         it != by_hash.end() && it->first == h; ++it)
+      if (!used[it->second] && o.substr(oi[it->second].off, oi[it->second].len) == text) {
+        same = &oi[it->second];
+        used[it->second] = true;
+        break;
       }
-      objs = k8s::ClusterState{};
-      fi.objects.clear();
-      fi.items.clear();
+    if (same) {
+      fi.items.push_back(Item{h, off, len, same->key});
+      continue;
+    }
+    auto key = parse_item(text, fr.objs);
+    if (!key) return false;
+    fr.parsed.emplace_back(fi.items.size(), *key);
+    parsed_keys.push_back(std::move(*key));
+    fi.items.push_back(Item{h, off, len, nullptr});
+  }
+  for (size_t i = b; i < oi.size(); i++) {
+    Item it = oi[i];
+    it.off = static_cast<size_t>(static_cast<ptrdiff_t>(it.off) + shift);
+    fi.items.push_back(it);
+  }
+  // names: a parsed name held by a kept item or parsed twice is one name
+  // twice (the whole read's error); kept items are of distinct old items
+  std::sort(parsed_keys.begin(), parsed_keys.end());
+  if (std::adjacent_find(parsed_keys.begin(), parsed_keys.end()) != parsed_keys.end()) return false;
+  std::vector<const Key*> kept;
+  for (const Item& it : fi.items)
+    if (it.key) kept.push_back(it.key);
+  std::sort(kept.begin(), kept.end());
+  for (const Key& k : parsed_keys) {
+    auto it = old.objects.find(k);
+    if (it == old.objects.end()) {
+      fr.added.push_back(k);
+    } else if (std::binary_search(kept.begin(), kept.end(), &*it)) {
+      return false;
     }
   }
-  parse_file(file, text, objs);
-  fi.objects = objects_of(objs);
+  for (size_t i = 0; i < oi.size(); i++)
+    if (!used[i] && !std::binary_search(parsed_keys.begin(), parsed_keys.end(), *oi[i].key))
+      fr.removed.push_back(oi[i].key);
+  std::sort(fr.removed.begin(), fr.removed.end());
+  fr.whole = false;
+  return true;
+}
+
+namespace {
+
+// fr emptied but for the text.
+template <class FR>
+void restart(FR& fr) {
+  std::string text = std::move(fr.info.text);
+  fr = FR{};
+  fr.info.text = std::move(text);
+}
+
+}  // namespace
+
+void ManifestReader::read_file_text(const fs::path& file, std::string text, const FileInfo* old, FileRead& fr) const {
+  fr.info.text = std::move(text);
+  bool done = false;
+  if (file.extension() == ".json") {
+    // one pod's label changed: one item parsed
+    if (old && old->listed && read_list_patch(*old, fr)) return;
+    restart(fr);
+    done = read_list(old, fr);
+    if (!done) restart(fr);
+  }
+  if (!done) {
+    parse_file(file, fr.info.text, fr.objs);
+    fr.info.objects = objects_of(fr.objs);
+  }
+  // the names gained and lost
+  for (const Key& k : fr.info.objects)
+    if (!old || !old->objects.count(k)) fr.added.push_back(k);
+  if (old)
+    for (const Key& k : old->objects)
+      if (!fr.info.objects.count(k)) fr.removed.push_back(&k);
+  std::sort(fr.removed.begin(), fr.removed.end());
 }
 
 fs::path ManifestReader::file_of(const std::string& name) const {
@@ -504,15 +711,14 @@ k8s::ClusterState ManifestReader::read_all() {
   k8s::ClusterState state;
   std::map<std::string, FileInfo> infos;
   for (const fs::path& file : files) {
-    std::string text = read_file(file);
-    FileInfo fi;
-    k8s::ClusterState one;
-    parse_tracked(file, text, nullptr, one, fi);
+    FileRead fr;
+    read_file_text(file, read_file(file), nullptr, fr);
     auto move_into = [](auto& into, auto& from) {
       bool ok = true;
       for (auto& [key, obj] : from) ok = into.emplace(key, std::move(obj)).second && ok;
       return ok;
     };
+    k8s::ClusterState& one = fr.objs;
     bool ok = move_into(state.services, one.services);
     ok = move_into(state.pods, one.pods) && ok;
     ok = move_into(state.slices, one.slices) && ok;
@@ -521,7 +727,7 @@ k8s::ClusterState ManifestReader::read_all() {
       k8s::ClusterState plain;
       for (const fs::path& f : files) load_file(f, plain);
     }
-    infos[file.filename().string()] = std::move(fi);
+    infos[file.filename().string()] = std::move(fr.info);
   }
   files_ = std::move(infos);
   owner_.clear();
@@ -553,9 +759,11 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
   names.insert(broken_.begin(), broken_.end());
   std::error_code ec;
   const bool dir = fs::is_directory(path_, ec);
-  std::vector<ObjectChange> out;
-  std::map<std::string, std::optional<FileInfo>> next;  // nullopt: the file is gone
-  std::map<Key, std::string> claimed;                    // objects the files read now hold
+  std::map<std::string, std::optional<FileRead>> next;  // nullopt: the file is gone
+  auto old_info = [&](const std::string& name) -> const FileInfo* {
+    auto it = files_.find(name);
+    return it == files_.end() ? nullptr : &it->second;
+  };
   for (const std::string& name : names) {
     if (dir && !is_manifest_file_name(name)) continue;
     if (!dir && name != path_.filename().string()) continue;
@@ -565,65 +773,92 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
       next[name] = std::nullopt;
       continue;
     }
-    std::string text;
+    const FileInfo* old = old_info(name);
     try {
-      text = read_file(file);
+      std::string text = read_file(file);
+      if (old && old->text == text) continue;  // unchanged: nothing to parse
+      FileRead fr;
+      read_file_text(file, std::move(text), old, fr);
+      next.emplace(name, std::move(fr));
     } catch (const ManifestError&) {
       broken_.insert(name);
       throw;
     }
-    size_t hash = std::hash<std::string>{}(text);
-    auto old = files_.find(name);
-    if (old != files_.end() && old->second.size == text.size() && old->second.hash == hash) continue;
-    k8s::ClusterState objs;
-    FileInfo fi;
-    try {
-      // a JSON list: only the items whose text changed are parsed (one pod's label: one item)
-      parse_tracked(file, text, old != files_.end() ? &old->second : nullptr, objs, fi);
-    } catch (const ManifestError&) {
-      broken_.insert(name);
-      throw;
-    }
-    for (const auto& k : fi.objects)
+  }
+  // Names new to a file read now: held by no other file (read now or not), as
+  // read_all() says it.
+  std::map<Key, std::string> claimed;
+  for (const auto& [name, fr] : next) {
+    if (!fr) continue;
+    for (const Key& k : fr->added)
       if (auto [it, fresh] = claimed.emplace(k, name); !fresh) {
         broken_.insert(name);
-        throw ManifestError(file.string() + ": " + kind_name(k.first) + " " + k.second +
+        throw ManifestError(file_of(name).string() + ": " + kind_name(k.first) + " " + k.second +
                             ": metadata.name: duplicate: another " + kind_name(k.first) +
                             " with this namespace/name was already defined (in " + it->second + ")");
       }
-    for (auto& [key, o] : objs.services) out.push_back({ObjectChange::Kind::Service, key, std::move(o)});
-    for (auto& [key, o] : objs.pods) out.push_back({ObjectChange::Kind::Pod, key, std::move(o)});
-    for (auto& [key, o] : objs.slices) out.push_back({ObjectChange::Kind::EndpointSlice, key, std::move(o)});
-    for (auto& [key, o] : objs.namespaces) out.push_back({ObjectChange::Kind::Namespace, key, std::move(o)});
-    next[name] = std::move(fi);
   }
-  // A name defined in two files: an error, as read_all() says it.
   for (const auto& [k, name] : claimed) {
     auto it = owner_.find(k);
-    if (it == owner_.end() || it->second == name || next.count(it->second)) continue;
+    if (it == owner_.end() || it->second == name) continue;
+    auto other = next.find(it->second);
+    if (other != next.end() && !(other->second && other->second->holds(k, old_info(it->second)))) continue;
     broken_.insert(name);
     throw ManifestError(file_of(std::max(name, it->second)).string() + ": " + kind_name(k.first) + " " + k.second +
                         ": metadata.name: duplicate: another " + kind_name(k.first) +
                         " with this namespace/name was already defined (in " + std::min(name, it->second) + ")");
   }
-  // Objects the files read now no longer hold: deleted (unless another file read now has them).
-  for (const auto& [name, fi] : next) {
-    auto old = files_.find(name);
-    if (old == files_.end()) continue;
-    for (const auto& k : old->second.objects)
-      if (!claimed.count(k)) out.push_back({static_cast<ObjectChange::Kind>(k.first), k.second, std::monostate{}});
+  std::vector<ObjectChange> out;
+  for (auto& [name, fr] : next) {
+    if (!fr) continue;
+    auto& objs = fr->objs;
+    for (auto& [key, o] : objs.services) out.push_back({ObjectChange::Kind::Service, key, std::move(o)});
+    for (auto& [key, o] : objs.pods) out.push_back({ObjectChange::Kind::Pod, key, std::move(o)});
+    for (auto& [key, o] : objs.slices) out.push_back({ObjectChange::Kind::EndpointSlice, key, std::move(o)});
+    for (auto& [key, o] : objs.namespaces) out.push_back({ObjectChange::Kind::Namespace, key, std::move(o)});
   }
-  // commit
-  for (auto& [name, fi] : next) {
-    if (auto old = files_.find(name); old != files_.end()) {
-      for (const auto& k : old->second.objects)
-        if (auto o = owner_.find(k); o != owner_.end() && o->second == name) owner_.erase(o);
-      files_.erase(old);
+  // Objects the files read now no longer hold: deleted (unless another file read now has them).
+  auto gone = [&](const Key& k) {
+    if (!claimed.count(k)) out.push_back({static_cast<ObjectChange::Kind>(k.first), k.second, std::monostate{}});
+  };
+  for (const auto& [name, fr] : next) {
+    const FileInfo* old = old_info(name);
+    if (!old) continue;
+    if (!fr)
+      for (const auto& k : old->objects) gone(k);
+    else
+      for (const Key* k : fr->removed) gone(*k);
+  }
+  // commit: owner_ loses what the files read now no longer hold, then gains what they added
+  for (const auto& [name, fr] : next) {
+    const FileInfo* old = old_info(name);
+    if (!old) continue;
+    auto drop = [&, &name = name](const Key& k) {
+      if (auto o = owner_.find(k); o != owner_.end() && o->second == name) owner_.erase(o);
+    };
+    if (!fr)
+      for (const auto& k : old->objects) drop(k);
+    else
+      for (const Key* k : fr->removed) drop(*k);
+  }
+  for (const auto& [name, fr] : next)
+    if (fr)
+      for (const Key& k : fr->added) owner_[k] = name;
+  for (auto& [name, fr] : next) {
+    auto old = files_.find(name);
+    if (!fr) {
+      if (old != files_.end()) files_.erase(old);
+      continue;
     }
-    if (fi) {
-      for (const auto& k : fi->objects) owner_[k] = name;
-      files_[name] = std::move(*fi);
+    FileInfo& fi = fr->info;
+    if (!fr->whole) {
+      // the old names, patched in place: the kept items point to them
+      fi.objects = std::move(old->second.objects);
+      for (const Key* k : fr->removed) fi.objects.erase(fi.objects.find(*k));
+      for (Key& k : fr->added) fi.objects.insert(std::move(k));
+      for (auto& [idx, k] : fr->parsed) fi.items[idx].key = &*fi.objects.find(k);
     }
+    files_.insert_or_assign(name, std::move(fi));
   }
   broken_.clear();
   return out;

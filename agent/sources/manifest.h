@@ -5,10 +5,12 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <stdexcept>
 #include <map>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "k8s/objects.h"
@@ -34,10 +36,14 @@ bool is_manifest_file_name(const std::string& name);
 
 // The objects of PATH (as load_manifests() reads it) file by file, so that a
 // change is read again only in the files that changed. It keeps no objects:
-// per file its text's size and hash and the names of its objects.
+// per file its text (an unchanged file or list item is known by its bytes,
+// never by a hash alone) and the names of its objects.
 class ManifestReader {
  public:
-  explicit ManifestReader(std::filesystem::path path) : path_(std::move(path)) {}
+  // Of a JSON list item's text: finds an unchanged item that moved. A hit is
+  // compared byte by byte, so any function is exact (tests give colliding ones).
+  using ItemHash = std::function<uint64_t(std::string_view)>;
+  explicit ManifestReader(std::filesystem::path path, ItemHash item_hash = {});
 
   // Every file (start-up, SIGHUP, lost events). Throws ManifestError; then
   // nothing of this read is kept.
@@ -51,35 +57,42 @@ class ManifestReader {
   std::vector<ObjectChange> read_changed(const std::set<std::string>& names);
 
   // read_changed() of every file there is and every file read before (SIGHUP,
-  // lost events): a file whose text did not change is hashed, not parsed, so
+  // lost events): a file whose text did not change is compared, not parsed, so
   // no second copy of the cluster is made. Throws ManifestError.
   std::vector<ObjectChange> read_every_file();
 
  private:
   using Key = std::pair<int, std::string>;  // (ObjectChange::Kind, key)
+  struct Item {
+    uint64_t hash = 0;
+    size_t off = 0, len = 0;   // its text in FileInfo::text
+    const Key* key = nullptr;  // into FileInfo::objects
+  };
   struct FileInfo {
     FileInfo() = default;
     FileInfo(FileInfo&&) = default;  // `items` point into `objects`: moved, never copied
     FileInfo& operator=(FileInfo&&) = default;
     FileInfo(const FileInfo&) = delete;
     FileInfo& operator=(const FileInfo&) = delete;
-    size_t size = 0, hash = 0;
+    std::string text;  // as last read
     std::set<Key> objects;
-    // A JSON list file read item by item (else items is empty): the hash of
-    // its text around the items, and per item the hash of its text and the
-    // object it holds (into `objects`), sorted by hash. A change of one item
+    // A JSON list read item by item: where its items array opens ('[') and
+    // closes (']') in text, and its items in file order. A change of one item
     // is then parsed alone.
-    size_t frame_hash = 0;
-    std::vector<std::pair<size_t, const Key*>> items;
+    bool listed = false;
+    size_t open = 0, close = 0;
+    std::vector<Item> items;
   };
-  // One file's text into OBJS and FI (size, hash, objects, items). A JSON
-  // list whose frame is the one OLD read is read item by item, and only the
-  // items whose text changed are parsed: OBJS then holds only their objects
-  // (FI all the file's); else OBJS holds every object of the file.
-  void parse_tracked(const std::filesystem::path& file, const std::string& text, const FileInfo* old,
-                     k8s::ClusterState& objs, FileInfo& fi);
+  struct FileRead;
+  // One file's new text against OLD (null: not read before) into FR: every
+  // object of the file, or (a JSON list whose frame OLD read) only the items
+  // whose text changed, and the names the file gained and lost.
+  void read_file_text(const std::filesystem::path& file, std::string text, const FileInfo* old, FileRead& fr) const;
+  bool read_list(const FileInfo* old, FileRead& fr) const;
+  bool read_list_patch(const FileInfo& old, FileRead& fr) const;
   std::filesystem::path file_of(const std::string& name) const;
   std::filesystem::path path_;
+  ItemHash item_hash_;
   std::map<std::string, FileInfo> files_;                  // by name
   std::map<std::pair<int, std::string>, std::string> owner_;  // object -> file name
   std::set<std::string> broken_;                            // names whose last read failed

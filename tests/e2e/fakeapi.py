@@ -2357,11 +2357,18 @@ class FakeAPI:
                         if cursor < self._floor[r.plural]:
                             action = "end"        # fell out of the window: watcher terminated
                             break
-                        for ev in self._hist[r.plural]:
-                            if ev[0] > cursor:
-                                c = self._convert(ev, flt)
-                                if c is not None:
-                                    out.append(c)
+                        # the history is in resourceVersion order: only its tail is new (a scan
+                        # of all of it per wake-up, under the lock, cost the churn bench ~2 ms
+                        # per event and watch at 30 000 events of history)
+                        newer = []
+                        for ev in reversed(self._hist[r.plural]):
+                            if ev[0] <= cursor:
+                                break
+                            newer.append(ev)
+                        for ev in reversed(newer):
+                            c = self._convert(ev, flt)
+                            if c is not None:
+                                out.append(c)
                         cursor = self._rv
                         info["resourceVersion"] = str(cursor)
                         if out:

@@ -35,7 +35,7 @@ METRICS = ["cp_full_sync_s", "cp_apply_s", "cp_resync_s", "cp_event_p50_ms", "cp
            "cp_kube_event_p50_ms", "cp_kube_event_p99_ms", "cp_kube_event_agent_p50_ms",
            "cp_kube_event_agent_p99_ms",
            "cp_churn_rate", "cp_churn_p50_ms", "cp_churn_p99_ms", "cp_churn_agent_p50_ms",
-           "cp_churn_agent_p99_ms", "cp_churn_apply_ms", "cp_churn_backlog",
+           "cp_churn_agent_p99_ms", "cp_churn_agent_lock_p99_ms", "cp_churn_apply_ms", "cp_churn_backlog",
            "cp_churn_cpu", "cp_kube_rss_mib"]
 
 NUM = r"[0-9]+(?:\.[0-9]+)?"

@@ -129,6 +129,14 @@ def test_relabel_and_readiness_follow_events(kube):
     eventually(kube, "c-proj1", k("a-dev"))
     kube.slice([("a-dev", True), ("a-proj1", True)])
     eventually(kube, "c-proj1", k("a-proj1"))
+    # the agent's own share of these events, watch line read -> maps written, and by stage:
+    # each stage of an event is a part of its whole
+    lat = kube.status_http()["sync"]["event_latency"]
+    assert lat["events"] >= 4 and lat["window"] >= 4, lat
+    stages = lat["stages"]
+    assert set(stages) == {"decode", "queue", "prepare", "lock", "model", "maps"}, lat
+    for name, st in stages.items():
+        assert 0 <= st["p50_ms"] <= st["p99_ms"] <= st["max_ms"] <= lat["max_ms"], (name, lat)
 
 
 def test_service_deleted_and_recreated(kube):

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <random>
+#include <set>
 #include <string>
 
 #include "fixtures.h"
@@ -207,6 +209,140 @@ TEST_F(ManifestReaderTest, OneChangedItemIsTheOnlyChange) {
   write("1.json", "{\"apiVersion\":\"v1\",\"kind\":\"PodList\",\"items\":[" + items({{"p4", "dev.c"}, {"p1", "dev.d"}}) + "]}");
   EXPECT_EQ(got(r.read_changed({"1.json"})),
             (std::map<std::string, std::string>{{"a/p1", "dev.d"}, {"a/p2", ""}, {"a/p4", "dev.c"}}));
+}
+
+
+// The pods a reader holds after its reads: read_all() and then every change given.
+class Tracked {
+ public:
+  explicit Tracked(ManifestReader& r) : r_(r) {
+    for (const auto& [k, p] : r_.read_all().pods) pods_[k] = p;
+  }
+  // The error of a read_changed() of every name, "" when it read.
+  std::string read(const std::set<std::string>& names) {
+    try {
+      for (auto& c : r_.read_changed(names)) {
+        if (const auto* p = std::get_if<k8s::Pod>(&c.object)) pods_[c.key] = *p;
+        else pods_.erase(c.key);
+      }
+    } catch (const ManifestError& e) {
+      return e.what();
+    }
+    return "";
+  }
+  const std::map<std::string, k8s::Pod>& pods() const { return pods_; }
+
+ private:
+  ManifestReader& r_;
+  std::map<std::string, k8s::Pod> pods_;
+};
+
+// An unchanged item is known by its bytes, not by its hash: with a hash that
+// ignores the env label (every relabelled item collides with its old text) or
+// one that is the same for every item, a changed item is still parsed and given.
+TEST_F(ManifestReaderTest, AHashHitIsComparedByteByByte) {
+  const ManifestReader::ItemHash without_env = [](std::string_view s) {
+    auto at = s.find("virtual-env");
+    return static_cast<uint64_t>(std::hash<std::string_view>{}(s.substr(0, at)));
+  };
+  const ManifestReader::ItemHash constant = [](std::string_view) { return uint64_t{42}; };
+  for (const auto& hash : {without_env, constant}) {
+    write("1.json", list("List", pod_json("p1", "dev.a") + "," + pod_json("p2", "dev.a") + "," + pod_json("p3", "dev.a")));
+    ManifestReader r(dir_, hash);
+    Tracked t(r);
+    ASSERT_EQ(t.pods().size(), 3u);
+    // relabelled in place: the item's old text has its hash
+    write("1.json", list("List", pod_json("p1", "dev.a") + "," + pod_json("p2", "dev.b") + "," + pod_json("p3", "dev.a")));
+    EXPECT_EQ(t.read({"1.json"}), "");
+    EXPECT_EQ(t.pods().at("a/p2").labels.at("virtual-env"), "dev.b");
+    // moved and relabelled: every item is compared with the old ones of its hash
+    write("1.json", list("List", pod_json("p3", "dev.c") + "," + pod_json("p2", "dev.b") + "," + pod_json("p1", "dev.a")));
+    EXPECT_EQ(t.read({"1.json"}), "");
+    EXPECT_EQ(t.pods().at("a/p3").labels.at("virtual-env"), "dev.c");
+    EXPECT_EQ(t.pods().at("a/p2").labels.at("virtual-env"), "dev.b");
+    EXPECT_EQ(t.pods().at("a/p1").labels.at("virtual-env"), "dev.a");
+    EXPECT_EQ(t.pods(), load_manifests(dir_).pods);
+  }
+}
+
+// Random edits of a JSON list (relabel, insert, delete, move, duplicate an
+// item, spacing, the frame, a syntax error): after each read the reader's
+// objects are the whole read's, and its errors the whole read's; with the
+// standard hash and with one that collides often.
+TEST_F(ManifestReaderTest, RandomEditsReadLikeTheWholeFile) {
+  std::mt19937 rng(18);
+  const ManifestReader::ItemHash few = [](std::string_view s) { return static_cast<uint64_t>(s.size() % 3); };
+  for (const ManifestReader::ItemHash& hash : {ManifestReader::ItemHash{}, few}) {
+    std::vector<std::string> items;
+    for (int i = 0; i < 8; i++) items.push_back(pod_json("p" + std::to_string(i), "dev.e" + std::to_string(i % 3)));
+    std::string sep = ",", kind = "List", tail;
+    auto text = [&] {
+      std::string out;
+      for (size_t i = 0; i < items.size(); i++) out += (i ? sep : "") + items[i];
+      return list(kind, out) + tail;
+    };
+    write("1.json", text());
+    ManifestReader r(dir_, hash);
+    Tracked t(r);
+    int errors = 0, reads = 0;
+    for (int step = 0; step < 400; step++) {
+      const size_t n = items.size();
+      auto pick = [&](size_t m) { return std::uniform_int_distribution<size_t>(0, m - 1)(rng); };
+      switch (pick(9)) {
+        case 0: case 1: case 2:  // relabel one
+          if (n) items[pick(n)] = pod_json("p" + std::to_string(pick(12)), "dev.e" + std::to_string(pick(5)));
+          break;
+        case 3:  // insert
+          items.insert(items.begin() + static_cast<ptrdiff_t>(pick(n + 1)),
+                       pod_json("p" + std::to_string(pick(12)), "dev.e" + std::to_string(pick(5))));
+          break;
+        case 4:  // delete
+          if (n) items.erase(items.begin() + static_cast<ptrdiff_t>(pick(n)));
+          break;
+        case 5:  // move
+          if (n > 1) std::swap(items[pick(n)], items[pick(n)]);
+          break;
+        case 6:  // duplicate one
+          if (n) items.insert(items.begin() + static_cast<ptrdiff_t>(pick(n + 1)), items[pick(n)]);
+          break;
+        case 7:  // spacing between items
+          sep = pick(2) ? "," : " ,\n ";
+          break;
+        case 8:  // the frame, or a syntax error after the list
+          if (pick(2)) kind = pick(2) ? "List" : "PodList";
+          else tail = pick(3) == 0 ? "x" : "";
+          break;
+      }
+      // no duplicate names for most steps: drop one of a name twice now and then
+      if (pick(3)) {
+        std::set<std::string> seen;
+        std::vector<std::string> kept;
+        for (const auto& it : items) {
+          auto at = it.find("\"name\":\"");
+          if (seen.insert(it.substr(at, it.find('"', at + 8) - at)).second) kept.push_back(it);
+        }
+        items = kept;
+      }
+      write("1.json", text());
+      std::string whole_error;
+      k8s::ClusterState whole;
+      try {
+        whole = load_manifests(dir_);
+      } catch (const ManifestError& e) {
+        whole_error = e.what();
+      }
+      std::string got_error = t.read({"1.json"});
+      ASSERT_EQ(got_error, whole_error) << "step " << step << ": " << text();
+      if (whole_error.empty()) {
+        ASSERT_EQ(t.pods(), whole.pods) << "step " << step << ": " << text();
+        reads++;
+      } else {
+        errors++;
+      }
+    }
+    EXPECT_GT(reads, 100);  // the edits were mostly readable ...
+    EXPECT_GT(errors, 5);   // ... and some not
+  }
 }
 
 }  // namespace
