@@ -393,16 +393,18 @@ const char* kind_name(int k) {
 
 // The one object a decoded item gave, nullopt when it gave none or several.
 std::optional<Key> only_object(const k8s::ClusterState& one) {
-  std::set<Key> keys = objects_of(one);
-  if (keys.size() != 1 || !one.invalid.empty()) return std::nullopt;
-  return *keys.begin();
+  if (one.size() != 1 || !one.invalid.empty()) return std::nullopt;
+  using K = ObjectChange::Kind;
+  if (!one.pods.empty()) return Key{static_cast<int>(K::Pod), one.pods.begin()->first};
+  if (!one.services.empty()) return Key{static_cast<int>(K::Service), one.services.begin()->first};
+  if (!one.slices.empty()) return Key{static_cast<int>(K::EndpointSlice), one.slices.begin()->first};
+  return Key{static_cast<int>(K::Namespace), one.namespaces.begin()->first};
 }
 
 template <class T>
 bool move_new(std::map<std::string, T>& into, std::map<std::string, T>& from) {
-  for (auto& [key, obj] : from)
-    if (!into.emplace(key, std::move(obj)).second) return false;
-  return true;
+  into.merge(from);  // moves the nodes; what stays in `from` was in `into` already
+  return from.empty();
 }
 
 }  // namespace
@@ -509,9 +511,8 @@ k8s::ClusterState ManifestReader::read_all() {
     k8s::ClusterState one;
     parse_tracked(file, text, nullptr, one, fi);
     auto move_into = [](auto& into, auto& from) {
-      bool ok = true;
-      for (auto& [key, obj] : from) ok = into.emplace(key, std::move(obj)).second && ok;
-      return ok;
+      into.merge(from);  // moves the nodes; what stays in `from` was in `into` already
+      return from.empty();
     };
     bool ok = move_into(state.services, one.services);
     ok = move_into(state.pods, one.pods) && ok;
