@@ -524,10 +524,13 @@ k8s::ClusterState ManifestReader::read_all() {
     }
     infos[file.filename().string()] = std::move(fi);
   }
-  files_ = std::move(infos);
   owner_.clear();
+  files_ = std::move(infos);
   for (const auto& [name, fi] : files_)
-    for (const auto& k : fi.objects) owner_[k] = name;
+    for (const auto& k : fi.objects) {
+      owner_.erase(&k);
+      owner_.emplace(&k, &name);
+    }
   broken_.clear();
   return state;
 }
@@ -600,12 +603,13 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
   }
   // A name defined in two files: an error, as read_all() says it.
   for (const auto& [k, name] : claimed) {
-    auto it = owner_.find(k);
-    if (it == owner_.end() || it->second == name || next.count(it->second)) continue;
+    auto it = owner_.find(&k);
+    if (it == owner_.end() || *it->second == name || next.count(*it->second)) continue;
     broken_.insert(name);
-    throw ManifestError(file_of(std::max(name, it->second)).string() + ": " + kind_name(k.first) + " " + k.second +
+    const std::string& other = *it->second;
+    throw ManifestError(file_of(std::max(name, other)).string() + ": " + kind_name(k.first) + " " + k.second +
                         ": metadata.name: duplicate: another " + kind_name(k.first) +
-                        " with this namespace/name was already defined (in " + std::min(name, it->second) + ")");
+                        " with this namespace/name was already defined (in " + std::min(name, other) + ")");
   }
   // Objects the files read now no longer hold: deleted (unless another file read now has them).
   for (const auto& [name, fi] : next) {
@@ -618,12 +622,15 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
   for (auto& [name, fi] : next) {
     if (auto old = files_.find(name); old != files_.end()) {
       for (const auto& k : old->second.objects)
-        if (auto o = owner_.find(k); o != owner_.end() && o->second == name) owner_.erase(o);
+        if (auto o = owner_.find(&k); o != owner_.end() && *o->second == name) owner_.erase(o);
       files_.erase(old);
     }
     if (fi) {
-      for (const auto& k : fi->objects) owner_[k] = name;
-      files_[name] = std::move(*fi);
+      auto at = files_.emplace(name, std::move(*fi)).first;
+      for (const auto& k : at->second.objects) {
+        owner_.erase(&k);  // (another file's entry: its pointers must not stay)
+        owner_.emplace(&k, &at->first);
+      }
     }
   }
   broken_.clear();
