@@ -681,6 +681,12 @@ struct IncrementalModel::Impl : public Lookup {
     for (const auto& [key, m] : missing) st.missing_cgroups.push_back(m);
   }
 
+  // A key the next delta names; none while it is `all` (a load names 100 000s).
+  template <class Set, class K>
+  void note(Set& keys, const K& k) {
+    if (!delta.all) keys.insert(k);
+  }
+
   // --- envs
   void env_ref(const EnvName& e, int d) {
     if (e.empty()) return;
@@ -688,11 +694,11 @@ struct IncrementalModel::Impl : public Lookup {
       auto& n = env_refs[level];
       if (d > 0 && n++ == 0) {
         st.envs.insert(level);
-        delta.envs.insert(level);
+        note(delta.envs, level);
       } else if (d < 0 && --n == 0) {
         env_refs.erase(level);
         st.envs.erase(level);
-        delta.envs.insert(level);
+        note(delta.envs, level);
       }
     }
   }
@@ -819,7 +825,7 @@ struct IncrementalModel::Impl : public Lookup {
   void drop_sets_of(const es_frontend_key& fe) {
     auto lo = st.sets.lower_bound(SetName{fe, ""});
     while (lo != st.sets.end() && maps::bytes_equal(lo->first.frontend, fe)) {
-      delta.sets.insert(lo->first);
+      note(delta.sets, lo->first);
       lo = st.sets.erase(lo);
     }
   }
@@ -830,7 +836,7 @@ struct IncrementalModel::Impl : public Lookup {
       auto it = st.frontends.find(fe);
       if (it == st.frontends.end() || it->second.service != key) continue;  // a Service before it took it
       st.frontends.erase(it);
-      delta.frontends.insert(fe);
+      note(delta.frontends, fe);
       drop_sets_of(fe);
     }
     for (const auto& a : old.addrs) {
@@ -876,12 +882,12 @@ struct IncrementalModel::Impl : public Lookup {
       }
       for (auto& f : sr.frontends) {
         now.frontends.push_back(f.key);
-        delta.frontends.insert(f.key);
+        note(delta.frontends, f.key);
         drop_sets_of(f.key);  // a Service after it held the address until now
         st.frontends[f.key] = std::move(f);
       }
       for (auto& [name, set] : sr.sets) {
-        delta.sets.insert(name);
+        note(delta.sets, name);
         st.sets[name] = std::move(set);
       }
     } else if (self != svcs.end()) {
@@ -939,6 +945,8 @@ struct IncrementalModel::Impl : public Lookup {
 
   // Loads a whole cluster into a fresh Impl.
   void load(k8s::ClusterState cluster) {
+    delta = ModelDelta{};
+    delta.all = true;
     c = std::move(cluster);
     st.default_env = o.default_env;
     if (!o.default_env.empty()) env_ref(o.default_env, +1);  // for good
