@@ -31,12 +31,22 @@ uint8_t proto_number(const std::string& p) {
 }
 
 // One ready endpoint of a service port, and where its address comes from
-// (to name it when the address is bad).
+// (named only when the address is bad: most endpoints never are).
 struct Endpoint {
-  std::string ip;
+  const std::string* ip = nullptr;  // in the object below, which outlives the rule
   int32_t port = 0;
   std::string pod;  // "" if unknown
-  std::string kind, key, uid, field;  // the EndpointSlice or Pod holding the address
+  const k8s::EndpointSlice* slice = nullptr;  // holds the address, else pod_obj does
+  const k8s::Pod* pod_obj = nullptr;
+  size_t ei = 0, ai = 0;  // endpoints[ei].addresses[ai] or status.podIPs[ai]
+
+  std::string kind() const { return slice ? "EndpointSlice" : "Pod"; }
+  std::string key() const { return slice ? k8s::object_key(slice->ns, slice->name) : pod; }
+  const std::string& uid() const { return slice ? slice->uid : pod_obj->uid; }
+  std::string field() const {
+    return slice ? "endpoints[" + std::to_string(ei) + "].addresses[" + std::to_string(ai) + "]"
+                 : "status.podIPs[" + std::to_string(ai) + "]";
+  }
 };
 
 bool path_within(const std::string& inner, const std::string& outer) {
@@ -280,16 +290,16 @@ std::vector<Endpoint> endpoints(const k8s::Service& svc, const k8s::ServicePort&
       if (!pod.empty()) out.pods.insert(pod);
       if (!pod.empty() && look.pod_skipped(pod)) continue;  // never a backend of any env
       for (size_t ai = 0; ai < ep.addresses.size(); ai++)
-        eps.push_back({ep.addresses[ai], port, pod, "EndpointSlice", k8s::object_key(sl.ns, sl.name), sl.uid,
-                       "endpoints[" + std::to_string(ei) + "].addresses[" + std::to_string(ai) + "]"});
+        eps.push_back({&ep.addresses[ai], port, pod, &sl, nullptr, ei, ai});
     }
   });
   if (have_slices || !svc.has_selector || !o.selector_fallback) return eps;
 
   look.for_each_candidate(svc.ns, svc.selector, [&](const k8s::Pod& pod) {
     if (pod.ns != svc.ns || !selector_matches(svc.selector, pod.labels)) return;
-    out.pods.insert(pod_ref(pod));
-    if (!pod.ready || pod.terminating || look.pod_skipped(pod_ref(pod))) return;
+    std::string ref = pod_ref(pod);
+    out.pods.insert(ref);
+    if (!pod.ready || pod.terminating || look.pod_skipped(ref)) return;
     int32_t port = sp.target_port != 0 ? sp.target_port : 0;
     if (!sp.target_port_name.empty()) {
       for (const auto& cp : pod.ports)
@@ -299,13 +309,11 @@ std::vector<Endpoint> endpoints(const k8s::Service& svc, const k8s::ServicePort&
     }
     if (port == 0) {
       out.report.warnings.push_back("Service " + k8s::object_key(svc.ns, svc.name) + ": port \"" + sp.name +
-                                    "\": Pod " + pod_ref(pod) + " has no container port named \"" +
+                                    "\": Pod " + ref + " has no container port named \"" +
                                     sp.target_port_name + "\"; skipped");
       return;
     }
-    for (size_t ai = 0; ai < pod.pod_ips.size(); ai++)
-      eps.push_back({pod.pod_ips[ai], port, pod_ref(pod), "Pod", pod_ref(pod), pod.uid,
-                     "status.podIPs[" + std::to_string(ai) + "]"});
+    for (size_t ai = 0; ai < pod.pod_ips.size(); ai++) eps.push_back({&pod.pod_ips[ai], port, ref, nullptr, &pod, 0, ai});
   });
   return eps;
 }
@@ -392,10 +400,10 @@ ServiceResult service_rule(const k8s::Service& svc, const ModelOptions& o, const
     for (const auto& ep : eit->second) {
       es_backend be{};
       try {
-        be = maps::make_backend(ep.ip, static_cast<uint16_t>(ep.port));
+        be = maps::make_backend(*ep.ip, static_cast<uint16_t>(ep.port));
       } catch (const std::invalid_argument& e) {
-        r.skip(ep.kind, ep.key, ep.uid, ep.field, skip_reason::kInvalidAddress,
-               ep.kind + " " + ep.key + ": " + ep.field + ": " + e.what() + "; the address is no backend");
+        r.skip(ep.kind(), ep.key(), ep.uid(), ep.field(), skip_reason::kInvalidAddress,
+               ep.kind() + " " + ep.key() + ": " + ep.field() + ": " + e.what() + "; the address is no backend");
         continue;
       }
       if (be.family != a.key.family) continue;  // IPv4 frontends reach IPv4 pods only
@@ -547,7 +555,8 @@ struct IncrementalModel::Impl : public Lookup {
     bool accepted = false;
     std::vector<es_frontend_key> addrs;      // asked for (claimants_)
     std::vector<es_frontend_key> frontends;  // given
-    std::set<std::string> pods;              // read (svc_by_pod_)
+    // pods read: keys of svc_by_pod, whose entries point back at this one's key in svcs
+    std::vector<const std::string*> pods;
   };
 
   ModelOptions o;
@@ -563,13 +572,30 @@ struct IncrementalModel::Impl : public Lookup {
   struct ByKey {
     bool operator()(PodEntry a, PodEntry b) const { return a->first < b->first; }
   };
-  using PodSet = std::set<PodEntry, ByKey>;
+  // Sorted by key; a vector (8 bytes an entry) rather than a set (48): a
+  // change moves the pointers after the one added or removed.
+  struct PodSet {
+    std::vector<PodEntry> v;
+    void insert(PodEntry e) {
+      auto it = std::lower_bound(v.begin(), v.end(), e, ByKey{});
+      if (it == v.end() || *it != e) v.insert(it, e);
+    }
+    void erase(PodEntry e) {
+      auto it = std::lower_bound(v.begin(), v.end(), e, ByKey{});
+      if (it != v.end() && *it == e) v.erase(it);
+    }
+    size_t size() const { return v.size(); }
+    bool empty() const { return v.empty(); }
+    auto begin() const { return v.begin(); }
+    auto end() const { return v.end(); }
+  };
   std::map<std::string, PodSet> pods_by_ns;
   std::map<std::string, std::set<std::string>> services_by_ns;
   std::map<LabelKey, PodSet> pods_by_label;  // only with selector_fallback
   std::map<es_frontend_key, std::set<std::string>, maps::BytesLess<es_frontend_key>> claimants;
   std::map<std::string, SvcInfo> svcs;
-  std::map<std::string, std::set<std::string>> svc_by_pod;
+  // pod -> the Services that read it (keys of svcs: those nodes stay while they are listed)
+  std::map<std::string, std::vector<const std::string*>> svc_by_pod;
   std::set<std::string> invalid_pods, skipped_pods;
   std::map<EnvName, uint32_t> env_refs;
   std::map<std::string, Claim> claims;  // local pods, valid one by one
@@ -655,6 +681,12 @@ struct IncrementalModel::Impl : public Lookup {
     for (const auto& [key, m] : missing) st.missing_cgroups.push_back(m);
   }
 
+  // A key the next delta names; none while it is `all` (a load names 100 000s).
+  template <class Set, class K>
+  void note(Set& keys, const K& k) {
+    if (!delta.all) keys.insert(k);
+  }
+
   // --- envs
   void env_ref(const EnvName& e, int d) {
     if (e.empty()) return;
@@ -662,11 +694,11 @@ struct IncrementalModel::Impl : public Lookup {
       auto& n = env_refs[level];
       if (d > 0 && n++ == 0) {
         st.envs.insert(level);
-        delta.envs.insert(level);
+        note(delta.envs, level);
       } else if (d < 0 && --n == 0) {
         env_refs.erase(level);
         st.envs.erase(level);
-        delta.envs.insert(level);
+        note(delta.envs, level);
       }
     }
   }
@@ -750,7 +782,8 @@ struct IncrementalModel::Impl : public Lookup {
   // Services that read pod `key` (its env, or it as a selector match, with old or new labels).
   void services_of_pod(const std::string& key, const k8s::Pod* before, const k8s::Pod* after,
                        std::set<std::string>& work) {
-    if (auto it = svc_by_pod.find(key); it != svc_by_pod.end()) work.insert(it->second.begin(), it->second.end());
+    if (auto it = svc_by_pod.find(key); it != svc_by_pod.end())
+      for (const std::string* s : it->second) work.insert(*s);
     if (!o.selector_fallback) return;
     for (const k8s::Pod* p : {before, after}) {
       if (!p) continue;
@@ -792,17 +825,18 @@ struct IncrementalModel::Impl : public Lookup {
   void drop_sets_of(const es_frontend_key& fe) {
     auto lo = st.sets.lower_bound(SetName{fe, ""});
     while (lo != st.sets.end() && maps::bytes_equal(lo->first.frontend, fe)) {
-      delta.sets.insert(lo->first);
+      note(delta.sets, lo->first);
       lo = st.sets.erase(lo);
     }
   }
 
+  // KEY is the key of its svcs entry when old.pods is not empty.
   void take_back(const std::string& key, const SvcInfo& old) {
     for (const auto& fe : old.frontends) {
       auto it = st.frontends.find(fe);
       if (it == st.frontends.end() || it->second.service != key) continue;  // a Service before it took it
       st.frontends.erase(it);
-      delta.frontends.insert(fe);
+      note(delta.frontends, fe);
       drop_sets_of(fe);
     }
     for (const auto& a : old.addrs) {
@@ -811,11 +845,11 @@ struct IncrementalModel::Impl : public Lookup {
       it->second.erase(key);
       if (it->second.empty()) claimants.erase(it);
     }
-    for (const auto& p : old.pods) {
-      auto it = svc_by_pod.find(p);
-      if (it == svc_by_pod.end()) continue;
-      it->second.erase(key);
-      if (it->second.empty()) svc_by_pod.erase(it);
+    for (const std::string* p : old.pods) {
+      auto it = svc_by_pod.find(*p);
+      auto& list = it->second;
+      list.erase(std::find(list.begin(), list.end(), &key));
+      if (list.empty()) svc_by_pod.erase(it);
     }
     forget("S:" + key, svc_warnings);
   }
@@ -823,32 +857,41 @@ struct IncrementalModel::Impl : public Lookup {
   // Recomputes one Service; adds to `work` the Services after it whose
   // addresses it may now take or leave.
   void recompute_service(const std::string& key, std::set<std::string>& work) {
+    // The svcs entry stays (svc_by_pod points at its key) while it is recomputed,
+    // not accepted meanwhile (owner_before); it goes when the Service is gone.
     SvcInfo old;
-    if (auto it = svcs.find(key); it != svcs.end()) {
-      old = std::move(it->second);
-      svcs.erase(it);
+    auto self = svcs.find(key);
+    if (self != svcs.end()) {
+      old = std::move(self->second);
+      self->second = SvcInfo{};
+      take_back(self->first, old);
     }
-    take_back(key, old);
     SvcInfo now;
     if (auto it = c.services.find(key); it != c.services.end()) {
       ServiceResult sr = service_rule(it->second, o, *this);
       record("S:" + key, sr.report, svc_warnings);
+      if (self == svcs.end()) self = svcs.try_emplace(key).first;
       now.accepted = sr.accepted;
       now.addrs = std::move(sr.addrs);
-      now.pods = std::move(sr.pods);
       for (const auto& a : now.addrs) claimants[a].insert(key);
-      for (const auto& p : now.pods) svc_by_pod[p].insert(key);
+      now.pods.reserve(sr.pods.size());
+      for (auto& p : sr.pods) {
+        auto pit = svc_by_pod.try_emplace(std::move(p)).first;
+        pit->second.push_back(&self->first);
+        now.pods.push_back(&pit->first);
+      }
       for (auto& f : sr.frontends) {
         now.frontends.push_back(f.key);
-        delta.frontends.insert(f.key);
+        note(delta.frontends, f.key);
         drop_sets_of(f.key);  // a Service after it held the address until now
         st.frontends[f.key] = std::move(f);
       }
       for (auto& [name, set] : sr.sets) {
-        delta.sets.insert(name);
+        note(delta.sets, name);
         st.sets[name] = std::move(set);
       }
-      svcs[key] = now;
+    } else if (self != svcs.end()) {
+      svcs.erase(self);
     }
     auto same = [](const std::vector<es_frontend_key>& a, const std::vector<es_frontend_key>& b) {
       return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](const auto& x, const auto& y) {
@@ -862,6 +905,7 @@ struct IncrementalModel::Impl : public Lookup {
             for (const auto& z : it->second)
               if (z > key) work.insert(z);
     }
+    if (c.services.count(key)) self->second = std::move(now);
   }
 
   // In key order: a Service's address ownership depends only on those before it.
@@ -901,6 +945,8 @@ struct IncrementalModel::Impl : public Lookup {
 
   // Loads a whole cluster into a fresh Impl.
   void load(k8s::ClusterState cluster) {
+    delta = ModelDelta{};
+    delta.all = true;
     c = std::move(cluster);
     st.default_env = o.default_env;
     if (!o.default_env.empty()) env_ref(o.default_env, +1);  // for good

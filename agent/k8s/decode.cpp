@@ -160,6 +160,7 @@ Labels get_string_map(const Ctx& ctx, const json& parent, const std::string& pat
   Labels out;
   const json* m = get_object(ctx, parent, path, key);
   if (!m) return out;
+  out.reserve(m->size());
   for (const auto& [k, v] : m->items()) {
     if (v.is_string()) {
       out.emplace_hint(out.end(), k, v.get<std::string>());  // keys come sorted

@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -660,6 +661,33 @@ namespace {
 
 // One decoder and one choice rule for the VirtualEnvironment resource, at start-up
 // (a list) and while watching (the first by namespace/name) alike.
+// Labels is a sorted vector with std::map's behaviour for what the agent uses.
+TEST(Labels, BehavesLikeASortedMap) {
+  Labels l{{"b", "2"}, {"a", "1"}, {"b", "ignored"}};  // like std::map: the first of a key stays
+  std::map<std::string, std::string> m{{"b", "2"}, {"a", "1"}, {"b", "ignored"}};
+  ASSERT_EQ(l.size(), m.size());
+  EXPECT_TRUE(std::equal(l.begin(), l.end(), m.begin(), m.end(),
+                         [](const auto& x, const auto& y) { return x.first == y.first && x.second == y.second; }));
+  EXPECT_EQ(l.at("b"), "2");
+  EXPECT_THROW((void)l.at("c"), std::out_of_range);
+  EXPECT_FALSE(l.emplace("a", "other").second);
+  EXPECT_EQ(l.at("a"), "1");
+  l["c"] = "3";
+  l["0"] = "0";  // before every key
+  EXPECT_EQ(l.begin()->first, "0");
+  EXPECT_EQ(l.count("c"), 1u);
+  EXPECT_EQ(l.find("zz"), l.end());
+  EXPECT_EQ(l.erase("b"), 1u);
+  EXPECT_EQ(l.erase("b"), 0u);
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : l) keys.push_back(k);
+  EXPECT_THAT(keys, ElementsAre("0", "a", "c"));
+  Labels same{{"c", "3"}, {"a", "1"}, {"0", "0"}};
+  EXPECT_EQ(l, same);
+  same["a"] = "x";
+  EXPECT_NE(l, same);
+}
+
 TEST(DecodeVirtualEnv, FieldsAndTheFirstByName) {
   auto items = nlohmann::json::parse(R"([
     {"metadata": {"namespace": "b", "name": "ve"},

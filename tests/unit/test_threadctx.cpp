@@ -16,7 +16,7 @@ namespace {
 using ::testing::HasSubstr;
 
 k8s::Pod pod(const std::string& name, const std::string& ip, const std::string& cg,
-             std::map<std::string, std::string> labels, std::map<std::string, std::string> ann = {}) {
+             k8s::Labels labels, k8s::Labels ann = {}) {
   k8s::Pod p;
   p.ns = "t";
   p.name = name;
@@ -29,7 +29,7 @@ k8s::Pod pod(const std::string& name, const std::string& ip, const std::string& 
   return p;
 }
 
-k8s::Service svc(const std::string& name, const std::string& ip, std::map<std::string, std::string> ann = {}) {
+k8s::Service svc(const std::string& name, const std::string& ip, k8s::Labels ann = {}) {
   k8s::Service s;
   s.ns = "t";
   s.name = name;
