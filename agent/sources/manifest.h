@@ -94,12 +94,7 @@ class ManifestReader {
   std::filesystem::path path_;
   ItemHash item_hash_;
   std::map<std::string, FileInfo> files_;                  // by name
-  // object -> file name: an entry's key and name are those of that file in files_
-  // (set nodes and map keys stay put while the file is there)
-  struct KeyLess {
-    bool operator()(const Key* a, const Key* b) const { return *a < *b; }
-  };
-  std::map<const Key*, const std::string*, KeyLess> owner_;
+  std::map<std::pair<int, std::string>, std::string> owner_;  // object -> file name
   std::set<std::string> broken_;                            // names whose last read failed
 };
 
