@@ -48,7 +48,10 @@ Relay::Relay(const maps::BpfMapBackend& m, RelayOptions o) : m_(m), o_(o), nets_
   rsp_ = m.fd(MapId::Rsp);
   es_http_cfg_init(&http_cfg_, '.', 0);
   o_.sockets = std::clamp<uint32_t>(o_.sockets, 1, ES_RELAY_SOCKETS_MAX);
-  if (!o_.max_socket_bytes) o_.max_socket_bytes = std::max(o_.max_total_bytes / o_.sockets, o_.max_pod_bytes);
+  // Room for two full pods: a pod whose hash shares a socket with one pod at its own
+  // bound still gets its share (the total bound caps it anyway).
+  if (!o_.max_socket_bytes)
+    o_.max_socket_bytes = std::min(o_.max_total_bytes, std::max(o_.max_total_bytes / o_.sockets, 2 * o_.max_pod_bytes));
   socks_.resize(o_.sockets);
   for (size_t i = 0; i < socks_.size(); i++) socks_[i].index = i;
   epoll_.reset(epoll_create1(EPOLL_CLOEXEC));

@@ -87,7 +87,7 @@ struct RelayOptions {
   uint64_t max_pod_bytes = 8u << 20;     // the same, all clients of one pod
   uint64_t max_total_bytes = 64u << 20;  // the same, all clients
   uint32_t sockets = 4;                  // relay sockets (1..ES_RELAY_SOCKETS_MAX), chosen by the client's pod
-  uint64_t max_socket_bytes = 0;         // the same, the clients of one socket (0: max(total / sockets, per pod))
+  uint64_t max_socket_bytes = 0;         // the same, the clients of one socket (0: max(total / sockets, 2 x per pod), at most total)
   uint32_t max_clients_per_pod = 1024;   // relay clients of one pod at once (the node table is shared)
   // The cgroup directory of a pod cgroup id: where the relay finds the pod's
   // network namespace (upstreams and client resets are made there). Unset:

@@ -20,8 +20,11 @@ def test_slow_server_on_one_client_does_not_delay_another(make_node):
     requests (each through the relay) keep their unloaded latency; the attacker's queues stop
     at their bounds (counted); the agent's memory and the relay's in-flight bytes stay bounded;
     SIGTERM still stops the agent within 5 s."""
-    node = build(make_node, "slow", ["--relay-client-bytes", str(1 << 20), "--relay-pod-bytes", str(2 << 20),
-                                     "--relay-total-bytes", str(8 << 20)])
+    # One relay socket: victim and attacker always share it (with several, whether they do
+    # depends on their cgroup ids' hash; a shared socket once refused the victim when its bound
+    # was one pod's), so the pod bounds alone must keep the victim's share.
+    node = build(make_node, "slow", ["--relay-sockets", "1", "--relay-client-bytes", str(1 << 20),
+                                     "--relay-pod-bytes", str(2 << 20), "--relay-total-bytes", str(8 << 20)])
     victim(node, 10)  # warm up
     unloaded = victim(node)
     rss0 = rss_kib(node.agent.pid)
@@ -84,7 +87,8 @@ def test_a_pod_filling_its_relay_socket_does_not_delay_a_pod_on_another(make_nod
                                         "--relay-pod-bytes", str(2 << 20), "--relay-total-bytes", str(8 << 20)],
                  extra_clients=7)
     st = relay(node)
-    assert len(st["relay_sockets"]) == n and st["bounds"]["bytes_per_socket"] == 2 << 20, st
+    # a socket holds two full pods (a pod sharing the attacker's socket keeps its share), at most the total
+    assert len(st["relay_sockets"]) == n and st["bounds"]["bytes_per_socket"] == 4 << 20, st
     assert len({s["cookie"] for s in st["relay_sockets"]}) == n and all(s["cookie"] for s in st["relay_sockets"])
     att = relay_slot(cgroup_id(node, "c-att"), n)
     others = [p for p in ["c-vic"] + ["c-v%d" % i for i in range(1, 8)]
@@ -122,12 +126,14 @@ def test_a_pod_filling_its_relay_socket_does_not_delay_a_pod_on_another(make_nod
     # the victim: no reset, no timeout, and not delayed (20 ms floor against timer noise)
     assert victim_errors == [], victim_errors
     assert p99(loaded) <= 2 * max(p99(unloaded), 0.020), (sorted(unloaded)[-3:], sorted(loaded)[-5:])
-    # the attacker filled its own socket up to its bounds; the victim's held only its requests
+    # the attacker filled its own socket up to its pod's bound; the victim's held only its requests
     assert max(a for a, _ in samples) >= 1 << 20, samples
-    assert max(a for a, _ in samples) <= 2 << 20, samples
+    # (the status's in-flight figure subtracts the done bytes of the relay's last stats snapshot:
+    # it may lag the pod's bound by what was forwarded since, as in the test above)
+    assert max(a for a, _ in samples) <= (2 << 20) + (1 << 20), samples
     assert max(v for _, v in samples) < 64 << 10, samples
     assert fb[att] > fa[att] and fb[vs] - fa[vs] >= len(loaded), (att, vs, fa, fb, len(loaded))
     refused = counters["relay_refused_client_bytes"] + counters["relay_refused_pod_bytes"]
     assert refused > 0, counters
     assert counters["relay_refused_total_bytes"] == 0, counters
-    assert st["bounds"]["bytes_per_socket"] == 2 << 20, st
+    assert st["bounds"]["bytes_per_socket"] == 4 << 20, st
