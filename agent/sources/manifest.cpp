@@ -2,6 +2,7 @@
 #include "sources/manifest.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -277,6 +278,124 @@ k8s::ClusterState load_manifests(const fs::path& path) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// KeptText
+
+// One unlinked file; each text at a page boundary, so that a released text's
+// pages are punched out without touching another's.
+class TextStore {
+ public:
+  static constexpr uint64_t kPage = 4096;
+  explicit TextStore(int fd) : fd_(fd) {}
+  ~TextStore() { ::close(fd_); }
+  TextStore(const TextStore&) = delete;
+  TextStore& operator=(const TextStore&) = delete;
+
+  // nullptr when DIR cannot hold one.
+  static std::shared_ptr<TextStore> open(const fs::path& dir) {
+    int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return nullptr;
+    auto store = std::make_shared<TextStore>(fd);
+    // released texts must give their space back: a file system that cannot punch holes is not used
+    std::string page(kPage, 'x');
+    if (::pwrite(fd, page.data(), page.size(), 0) != static_cast<ssize_t>(page.size()) ||
+        ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, kPage) != 0 || ::ftruncate(fd, 0) != 0)
+      return nullptr;
+    return store;
+  }
+
+  static void keep(const std::shared_ptr<TextStore>& self, std::string text, KeptText& into) {
+    into = KeptText{};
+    into.len_ = text.size();
+    if (text.empty()) return;
+    if (self) {
+      const uint64_t off = (self->end_ + kPage - 1) / kPage * kPage;
+      size_t done = 0;
+      while (done < text.size()) {
+        ssize_t n = ::pwrite(self->fd_, text.data() + done, text.size() - done, static_cast<off_t>(off + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        done += static_cast<size_t>(n);
+      }
+      if (done == text.size()) {
+        self->end_ = off + text.size();
+        self->live_++;
+        into.store_ = self;
+        into.off_ = off;
+        return;
+      }
+      self->drop(off, done);  // no space: this one stays in memory
+    }
+    into.mem_ = std::move(text);
+  }
+
+  bool read(uint64_t off, char* buf, size_t len) const {
+    size_t done = 0;
+    while (done < len) {
+      ssize_t n = ::pread(fd_, buf + done, len - done, static_cast<off_t>(off + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      done += static_cast<size_t>(n);
+    }
+    return true;
+  }
+
+  void release(uint64_t off, size_t len) {
+    drop(off, len);
+    if (--live_ == 0 && ::ftruncate(fd_, 0) == 0) end_ = 0;  // nothing kept: start again at 0
+  }
+
+ private:
+  void drop(uint64_t off, size_t len) {
+    if (len > 0) (void)::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+                                   static_cast<off_t>(len));
+  }
+  int fd_;
+  uint64_t end_ = 0;  // past the last text written
+  size_t live_ = 0;   // texts kept
+};
+
+KeptText& KeptText::operator=(KeptText&& o) noexcept {
+  if (this == &o) return *this;
+  release();
+  store_ = std::move(o.store_);
+  off_ = o.off_;
+  len_ = o.len_;
+  mem_ = std::move(o.mem_);
+  o.store_.reset();
+  o.len_ = 0;
+  o.mem_.clear();
+  return *this;
+}
+
+KeptText::~KeptText() { release(); }
+
+void KeptText::release() {
+  if (store_) store_->release(off_, len_);
+  store_.reset();
+  len_ = 0;
+  mem_ = std::string();
+}
+
+bool KeptText::equals(std::string_view text) const {
+  if (text.size() != len_) return false;
+  if (!store_) return text == mem_;
+  constexpr size_t kChunk = 64 * 1024;  // read back a chunk at a time: no second copy of the text
+  std::vector<char> buf(std::min(kChunk, len_));
+  for (size_t at = 0; at < len_; at += kChunk) {
+    const size_t n = std::min(kChunk, len_ - at);
+    if (!store_->read(off_ + at, buf.data(), n) || std::memcmp(buf.data(), text.data() + at, n) != 0) return false;
+  }
+  return true;
+}
+
+std::optional<std::string> KeptText::load() const {
+  if (!store_) return mem_;
+  std::string out(len_, '\0');
+  if (!store_->read(off_, out.data(), len_)) return std::nullopt;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
 // ManifestReader
 
 namespace {
@@ -489,7 +608,8 @@ std::optional<Key> parse_item(std::string_view item, k8s::ClusterState& objs) {
 // What reading one file gives, kept apart from files_ until every file read
 // together is known good (all or nothing).
 struct ManifestReader::FileRead {
-  FileInfo info;           // whole: complete; else its text and items (objects: the old ones, patched at commit)
+  std::string text;        // the file's text now (kept in info.text at commit)
+  FileInfo info;           // whole: complete; else its items (objects: the old ones, patched at commit)
   bool whole = true;
   k8s::ClusterState objs;  // the objects parsed: given as changes
   std::vector<Key> added;                  // names the file did not hold before
@@ -503,23 +623,38 @@ struct ManifestReader::FileRead {
   }
 };
 
-ManifestReader::ManifestReader(fs::path path, ItemHash item_hash)
+ManifestReader::ManifestReader(fs::path path, ItemHash item_hash, std::optional<fs::path> kept_dir)
     : path_(std::move(path)), item_hash_(item_hash ? std::move(item_hash) : ItemHash([](std::string_view s) {
         return static_cast<uint64_t>(std::hash<std::string_view>{}(s));
-      })) {}
+      })) {
+  if (!kept_dir) {
+    std::error_code ec;
+    kept_dir = fs::temp_directory_path(ec);
+    if (ec) kept_dir = fs::path();
+  }
+  if (!kept_dir->empty()) store_ = TextStore::open(*kept_dir);
+}
+
+ManifestReader::~ManifestReader() = default;
+
+KeptText ManifestReader::keep(std::string text) const {
+  KeptText k;
+  TextStore::keep(store_, std::move(text), k);
+  return k;
+}
 
 // A JSON list item by item, every item parsed (a first read, or a frame that
 // changed). false: the file is read whole instead (not such a list, an item
 // without its kind or that is a list itself, two items of one name, any error:
 // the whole read says the error as it always did).
-bool ManifestReader::read_list(const FileInfo* old, FileRead& fr) const {
+bool ManifestReader::read_list(const FileInfo* old, std::string_view old_text, FileRead& fr) const {
   FileInfo& fi = fr.info;
-  const std::string_view t = fi.text;
+  const std::string_view t = fr.text;
   auto split = split_json_list(t);
   if (!split) return false;
-  const bool same_frame = old && old->listed && old->open == split->open &&
-                          t.substr(0, split->open) == std::string_view(old->text).substr(0, old->open) &&
-                          t.substr(split->close) == std::string_view(old->text).substr(old->close);
+  const bool same_frame = old && old->listed && old_text.size() == old->text.size() && old->open == split->open &&
+                          t.substr(0, split->open) == old_text.substr(0, old->open) &&
+                          t.substr(split->close) == old_text.substr(old->close);
   if (!same_frame) {  // (else the frame is the one read before, checked then)
     std::string frame_text(t.substr(0, split->open + 1));
     frame_text.append(t.substr(split->close));
@@ -558,9 +693,9 @@ bool ManifestReader::read_list(const FileInfo* old, FileRead& fr) const {
 // bytes are), the items between are compared with the old items of the same
 // hash byte by byte, and only those that match none are parsed. false: read it
 // another way (the frame changed, items alike or of one name, any error).
-bool ManifestReader::read_list_patch(const FileInfo& old, FileRead& fr) const {
+bool ManifestReader::read_list_patch(const FileInfo& old, std::string_view o, FileRead& fr) const {
   FileInfo& fi = fr.info;
-  const std::string_view t = fi.text, o = old.text;
+  const std::string_view t = fr.text;
   const size_t pre = common_prefix(o, t);
   const size_t suf = common_suffix(o, t, std::min(o.size(), t.size()) - pre);
   if (pre <= old.open || old.close < o.size() - suf) return false;  // the frame's bytes changed
@@ -661,25 +796,28 @@ namespace {
 // fr emptied but for the text.
 template <class FR>
 void restart(FR& fr) {
-  std::string text = std::move(fr.info.text);
+  std::string text = std::move(fr.text);
   fr = FR{};
-  fr.info.text = std::move(text);
+  fr.text = std::move(text);
 }
 
 }  // namespace
 
 void ManifestReader::read_file_text(const fs::path& file, std::string text, const FileInfo* old, FileRead& fr) const {
-  fr.info.text = std::move(text);
+  fr.text = std::move(text);
   bool done = false;
   if (file.extension() == ".json") {
+    // the old text read back for the compares (one file's, for this read only)
+    std::optional<std::string> old_text;
+    if (old && old->listed) old_text = old->text.load();
     // one pod's label changed: one item parsed
-    if (old && old->listed && read_list_patch(*old, fr)) return;
+    if (old_text && read_list_patch(*old, *old_text, fr)) return;
     restart(fr);
-    done = read_list(old, fr);
+    done = read_list(old_text ? old : nullptr, old_text ? std::string_view(*old_text) : std::string_view(), fr);
     if (!done) restart(fr);
   }
   if (!done) {
-    parse_file(file, fr.info.text, fr.objs);
+    parse_file(file, fr.text, fr.objs);
     fr.info.objects = objects_of(fr.objs);
   }
   // the names gained and lost
@@ -727,6 +865,7 @@ k8s::ClusterState ManifestReader::read_all() {
       k8s::ClusterState plain;
       for (const fs::path& f : files) load_file(f, plain);
     }
+    fr.info.text = keep(std::move(fr.text));  // out of the heap before the next file is read
     infos[file.filename().string()] = std::move(fr.info);
   }
   files_ = std::move(infos);
@@ -776,7 +915,7 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
     const FileInfo* old = old_info(name);
     try {
       std::string text = read_file(file);
-      if (old && old->text == text) continue;  // unchanged: nothing to parse
+      if (old && old->text.equals(text)) continue;  // unchanged: nothing to parse
       FileRead fr;
       read_file_text(file, std::move(text), old, fr);
       next.emplace(name, std::move(fr));
@@ -851,6 +990,7 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
       continue;
     }
     FileInfo& fi = fr->info;
+    fi.text = keep(std::move(fr->text));
     if (!fr->whole) {
       // the old names, patched in place: the kept items point to them
       fi.objects = std::move(old->second.objects);

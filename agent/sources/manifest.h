@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <map>
 #include <set>
@@ -34,6 +36,36 @@ k8s::ClusterState load_manifests(const std::filesystem::path& path);
 // True for names load_manifests() reads from a directory.
 bool is_manifest_file_name(const std::string& name);
 
+// Where ManifestReader keeps the texts of the files it read, for byte compares
+// only: in one unlinked file (O_TMPFILE) of a directory, read back with pread
+// when compared (page cache, not the agent's heap: 45 MiB at 100 000 pods), or
+// in memory when there is no such file.
+class TextStore;
+class KeptText {
+ public:
+  KeptText() = default;
+  KeptText(KeptText&& o) noexcept { *this = std::move(o); }
+  KeptText& operator=(KeptText&& o) noexcept;
+  KeptText(const KeptText&) = delete;
+  KeptText& operator=(const KeptText&) = delete;
+  ~KeptText();
+  size_t size() const { return len_; }
+  bool in_file() const { return store_ != nullptr; }
+  // Byte by byte; false also when the kept copy cannot be read back (then the
+  // caller reads the file as changed: never a guess).
+  bool equals(std::string_view text) const;
+  // The whole text; nullopt when it cannot be read back.
+  std::optional<std::string> load() const;
+
+ private:
+  friend class TextStore;
+  void release();
+  std::shared_ptr<TextStore> store_;  // null: in mem_
+  uint64_t off_ = 0;
+  size_t len_ = 0;
+  std::string mem_;
+};
+
 // The objects of PATH (as load_manifests() reads it) file by file, so that a
 // change is read again only in the files that changed. It keeps no objects:
 // per file its text (an unchanged file or list item is known by its bytes,
@@ -43,7 +75,14 @@ class ManifestReader {
   // Of a JSON list item's text: finds an unchanged item that moved. A hit is
   // compared byte by byte, so any function is exact (tests give colliding ones).
   using ItemHash = std::function<uint64_t(std::string_view)>;
-  explicit ManifestReader(std::filesystem::path path, ItemHash item_hash = {});
+  // kept_dir: where the files' texts are kept (KeptText): nullopt = $TMPDIR or
+  // /tmp; "" = in memory; a directory where no unlinked file can be made
+  // (O_TMPFILE unsupported, not writable, no hole punching) = in memory.
+  explicit ManifestReader(std::filesystem::path path, ItemHash item_hash = {},
+                          std::optional<std::filesystem::path> kept_dir = std::nullopt);
+  ~ManifestReader();
+  // True when the texts are kept in a file, not in memory.
+  bool texts_in_file() const { return store_ != nullptr; }
 
   // Every file (start-up, SIGHUP, lost events). Throws ManifestError; then
   // nothing of this read is kept.
@@ -74,7 +113,7 @@ class ManifestReader {
     FileInfo& operator=(FileInfo&&) = default;
     FileInfo(const FileInfo&) = delete;
     FileInfo& operator=(const FileInfo&) = delete;
-    std::string text;  // as last read
+    KeptText text;  // as last read
     std::set<Key> objects;
     // A JSON list read item by item: where its items array opens ('[') and
     // closes (']') in text, and its items in file order. A change of one item
@@ -88,11 +127,14 @@ class ManifestReader {
   // object of the file, or (a JSON list whose frame OLD read) only the items
   // whose text changed, and the names the file gained and lost.
   void read_file_text(const std::filesystem::path& file, std::string text, const FileInfo* old, FileRead& fr) const;
-  bool read_list(const FileInfo* old, FileRead& fr) const;
-  bool read_list_patch(const FileInfo& old, FileRead& fr) const;
+  // OLD_TEXT: old's text, read back (empty when there is no old or it is not listed)
+  bool read_list(const FileInfo* old, std::string_view old_text, FileRead& fr) const;
+  bool read_list_patch(const FileInfo& old, std::string_view old_text, FileRead& fr) const;
+  KeptText keep(std::string text) const;
   std::filesystem::path file_of(const std::string& name) const;
   std::filesystem::path path_;
   ItemHash item_hash_;
+  std::shared_ptr<TextStore> store_;  // null: texts in memory
   std::map<std::string, FileInfo> files_;                  // by name
   std::map<std::pair<int, std::string>, std::string> owner_;  // object -> file name
   std::set<std::string> broken_;                            // names whose last read failed

@@ -5,8 +5,9 @@
 // that only count the writes. Then pod label changes: a file rewritten with one
 // pod's env label changed, read again and applied. Prints time and RSS by phase.
 //
-//   tests/tools/cp_manifests.py DIR && envsteer_cp_profile DIR [EVENTS]
-//   (DIR: the control-plane bench's cluster as manifest files; EVENTS rewrites them)
+//   tests/tools/cp_manifests.py DIR && envsteer_cp_profile DIR [EVENTS [KEPT_DIR]]
+//   (DIR: the control-plane bench's cluster as manifest files; EVENTS rewrites them;
+//   KEPT_DIR: where the reader keeps the files' texts, "" = in memory, default $TMPDIR)
 #include <malloc.h>
 #include <sys/resource.h>
 
@@ -18,6 +19,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <optional>
 #include <string>
 
 #include "maps/maps.h"
@@ -62,7 +64,7 @@ void phase(const char* what, double ms) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: envsteer_cp_profile DIR [EVENTS]\n";
+    std::cerr << "usage: envsteer_cp_profile DIR [EVENTS [KEPT_DIR]]\n";
     return 2;
   }
   const fs::path dir = argv[1];
@@ -71,7 +73,10 @@ int main(int argc, char** argv) {
   o.default_env = "dev";
   phase("start", 0);
   auto t0 = std::chrono::steady_clock::now();
-  sources::ManifestReader reader(dir);
+  std::optional<fs::path> kept;
+  if (argc > 3) kept = fs::path(argv[3]);
+  sources::ManifestReader reader(dir, {}, kept);
+  std::printf("texts kept %s\n", reader.texts_in_file() ? "in a file" : "in memory");
   k8s::ClusterState cs = reader.read_all();
   phase("read_all (parse + decode)", ms_since(t0));
   t0 = std::chrono::steady_clock::now();

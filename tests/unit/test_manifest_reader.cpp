@@ -237,6 +237,46 @@ class Tracked {
   std::map<std::string, k8s::Pod> pods_;
 };
 
+// Where the texts are kept: in an unlinked file of /tmp (the default), in memory.
+const std::optional<fs::path> kKeptModes[] = {fs::path("/tmp"), fs::path()};
+
+// The texts kept in a file are compared byte by byte like those in memory: an
+// edit that keeps the size is seen, a file written back as it was is not read
+// again (texts released and kept again many times). Without a usable directory
+// the texts stay in memory.
+TEST_F(ManifestReaderTest, KeptTextsInAFileAreComparedByteByByte) {
+  testutil::TempDir kept_dir{"envsteer-kept"};
+  auto env_of = [](const std::vector<ObjectChange>& ch) {
+    std::map<std::string, std::string> out;  // key -> env, "" = deleted
+    for (const auto& c : ch) {
+      const auto* p = std::get_if<k8s::Pod>(&c.object);
+      out[c.key] = p ? p->labels.at("virtual-env") : "";
+    }
+    return out;
+  };
+  for (const auto& kept : {std::optional<fs::path>(kept_dir.path()), std::optional<fs::path>(dir_ / "no-such-dir")}) {
+    const bool in_file = kept == kept_dir.path();
+    write("1.json", list("List", pod_json("p1", "dev.a") + "," + pod_json("p2", "dev.a")));
+    write("2.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: n1\n");
+    ManifestReader r(dir_, {}, kept);
+    ASSERT_EQ(r.texts_in_file(), in_file);
+    ASSERT_EQ(r.read_all().pods.size(), 2u);
+    EXPECT_TRUE(r.read_every_file().empty());
+    for (int i = 0; i < 20; i++) {
+      // same size, one byte differs (dev.b <-> dev.c): parsed and given
+      const std::string env = i % 2 ? "dev.b" : "dev.c";
+      write("1.json", list("List", pod_json("p1", "dev.a") + "," + pod_json("p2", env)));
+      EXPECT_EQ(env_of(r.read_every_file()), (std::map<std::string, std::string>{{"a/p2", env}})) << i;
+      EXPECT_TRUE(r.read_changed({"1.json", "2.yaml"}).empty()) << i;  // as read last
+    }
+    write("2.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: n2\n");  // same size
+    EXPECT_EQ(r.read_every_file().size(), 2u);  // n1 gone, n2 new
+    fs::remove(dir_ / "1.json");
+    fs::remove(dir_ / "2.yaml");
+    EXPECT_EQ(env_of(r.read_every_file()), (std::map<std::string, std::string>{{"a/p1", ""}, {"a/p2", ""}, {"n2", ""}}));
+  }
+}
+
 // An unchanged item is known by its bytes, not by its hash: with a hash that
 // ignores the env label (every relabelled item collides with its old text) or
 // one that is the same for every item, a changed item is still parsed and given.
@@ -246,9 +286,11 @@ TEST_F(ManifestReaderTest, AHashHitIsComparedByteByByte) {
     return static_cast<uint64_t>(std::hash<std::string_view>{}(s.substr(0, at)));
   };
   const ManifestReader::ItemHash constant = [](std::string_view) { return uint64_t{42}; };
+  for (const auto& kept : kKeptModes)
   for (const auto& hash : {without_env, constant}) {
     write("1.json", list("List", pod_json("p1", "dev.a") + "," + pod_json("p2", "dev.a") + "," + pod_json("p3", "dev.a")));
-    ManifestReader r(dir_, hash);
+    ManifestReader r(dir_, hash, kept);
+    ASSERT_EQ(r.texts_in_file(), !kept->empty());
     Tracked t(r);
     ASSERT_EQ(t.pods().size(), 3u);
     // relabelled in place: the item's old text has its hash
@@ -272,6 +314,7 @@ TEST_F(ManifestReaderTest, AHashHitIsComparedByteByByte) {
 TEST_F(ManifestReaderTest, RandomEditsReadLikeTheWholeFile) {
   std::mt19937 rng(18);
   const ManifestReader::ItemHash few = [](std::string_view s) { return static_cast<uint64_t>(s.size() % 3); };
+  for (const auto& kept : kKeptModes)
   for (const ManifestReader::ItemHash& hash : {ManifestReader::ItemHash{}, few}) {
     std::vector<std::string> items;
     for (int i = 0; i < 8; i++) items.push_back(pod_json("p" + std::to_string(i), "dev.e" + std::to_string(i % 3)));
@@ -282,7 +325,8 @@ TEST_F(ManifestReaderTest, RandomEditsReadLikeTheWholeFile) {
       return list(kind, out) + tail;
     };
     write("1.json", text());
-    ManifestReader r(dir_, hash);
+    ManifestReader r(dir_, hash, kept);
+    ASSERT_EQ(r.texts_in_file(), !kept->empty());
     Tracked t(r);
     int errors = 0, reads = 0;
     for (int step = 0; step < 400; step++) {
