@@ -868,12 +868,21 @@ k8s::ClusterState ManifestReader::read_all() {
     fr.info.text = keep(std::move(fr.text));  // out of the heap before the next file is read
     infos[file.filename().string()] = std::move(fr.info);
   }
-  files_ = std::move(infos);
   owner_.clear();
+  files_ = std::move(infos);
   for (const auto& [name, fi] : files_)
-    for (const auto& k : fi.objects) owner_[k] = name;
+    for (const auto& k : fi.objects) own(k, name);
   broken_.clear();
   return state;
+}
+
+void ManifestReader::own(const Key& k, const std::string& file) {
+  auto [it, fresh] = owner_.try_emplace(&k, &file);
+  if (fresh) return;
+  auto node = owner_.extract(it);  // held by a name of another node: point at this one
+  node.key() = &k;
+  node.mapped() = &file;
+  owner_.insert(std::move(node));
 }
 
 std::vector<ObjectChange> ManifestReader::read_every_file() {
@@ -920,7 +929,7 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
       read_file_text(file, std::move(text), old, fr);
       next.emplace(name, std::move(fr));
     } catch (const ManifestError&) {
-      broken_.insert(name);
+      broken_.insert(names.begin(), names.end());
       throw;
     }
   }
@@ -931,7 +940,7 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
     if (!fr) continue;
     for (const Key& k : fr->added)
       if (auto [it, fresh] = claimed.emplace(k, name); !fresh) {
-        broken_.insert(name);
+        broken_.insert(names.begin(), names.end());
         throw ManifestError(file_of(name).string() + ": " + kind_name(k.first) + " " + k.second +
                             ": metadata.name: duplicate: another " + kind_name(k.first) +
                             " with this namespace/name was already defined (in " + it->second + ")");
@@ -939,13 +948,14 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
   }
   for (const auto& [k, name] : claimed) {
     auto it = owner_.find(k);
-    if (it == owner_.end() || it->second == name) continue;
-    auto other = next.find(it->second);
-    if (other != next.end() && !(other->second && other->second->holds(k, old_info(it->second)))) continue;
-    broken_.insert(name);
-    throw ManifestError(file_of(std::max(name, it->second)).string() + ": " + kind_name(k.first) + " " + k.second +
+    if (it == owner_.end() || *it->second == name) continue;
+    const std::string& holder = *it->second;
+    auto other = next.find(holder);
+    if (other != next.end() && !(other->second && other->second->holds(k, old_info(holder)))) continue;
+    broken_.insert(names.begin(), names.end());
+    throw ManifestError(file_of(std::max(name, holder)).string() + ": " + kind_name(k.first) + " " + k.second +
                         ": metadata.name: duplicate: another " + kind_name(k.first) +
-                        " with this namespace/name was already defined (in " + std::min(name, it->second) + ")");
+                        " with this namespace/name was already defined (in " + std::min(name, holder) + ")");
   }
   std::vector<ObjectChange> out;
   for (auto& [name, fr] : next) {
@@ -968,21 +978,20 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
     else
       for (const Key* k : fr->removed) gone(*k);
   }
-  // commit: owner_ loses what the files read now no longer hold, then gains what they added
+  // commit: owner_ loses what the files read now no longer hold (a file read
+  // whole: all it held, its names are new nodes), then gains what they hold
+  // now, pointing at the names in files_
   for (const auto& [name, fr] : next) {
     const FileInfo* old = old_info(name);
     if (!old) continue;
     auto drop = [&, &name = name](const Key& k) {
-      if (auto o = owner_.find(k); o != owner_.end() && o->second == name) owner_.erase(o);
+      if (auto o = owner_.find(k); o != owner_.end() && *o->second == name) owner_.erase(o);
     };
-    if (!fr)
+    if (!fr || fr->whole)
       for (const auto& k : old->objects) drop(k);
     else
       for (const Key* k : fr->removed) drop(*k);
   }
-  for (const auto& [name, fr] : next)
-    if (fr)
-      for (const Key& k : fr->added) owner_[k] = name;
   for (auto& [name, fr] : next) {
     auto old = files_.find(name);
     if (!fr) {
@@ -991,14 +1000,19 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
     }
     FileInfo& fi = fr->info;
     fi.text = keep(std::move(fr->text));
+    std::vector<const Key*> added;
     if (!fr->whole) {
-      // the old names, patched in place: the kept items point to them
+      // the old names, patched in place: the kept items (and owner_) point to them
       fi.objects = std::move(old->second.objects);
       for (const Key* k : fr->removed) fi.objects.erase(fi.objects.find(*k));
-      for (Key& k : fr->added) fi.objects.insert(std::move(k));
+      for (Key& k : fr->added) added.push_back(&*fi.objects.insert(std::move(k)).first);
       for (auto& [idx, k] : fr->parsed) fi.items[idx].key = &*fi.objects.find(k);
     }
-    files_.insert_or_assign(name, std::move(fi));
+    auto it = files_.insert_or_assign(name, std::move(fi)).first;  // the set's nodes move with it
+    if (fr->whole)
+      for (const Key& k : it->second.objects) own(k, it->first);
+    else
+      for (const Key* k : added) own(*k, it->first);
   }
   broken_.clear();
   return out;

@@ -307,6 +307,91 @@ TEST_F(ManifestReaderTest, AHashHitIsComparedByteByByte) {
   }
 }
 
+// Random moves of pods between files (relabelled or not, a file removed or
+// new, a name in two files now and then), read file by file as events name
+// them or all at once: after each read the reader's objects are the whole
+// directory's, and it fails when the whole read fails (which file holds a name
+// is kept per name, pointing at the files' own copies of the names).
+TEST_F(ManifestReaderTest, RandomMovesBetweenFilesReadLikeTheWholeDirectory) {
+  std::mt19937 rng(181);
+  auto pick = [&](size_t m) { return std::uniform_int_distribution<size_t>(0, m - 1)(rng); };
+  const std::vector<std::string> names = {"a.json", "b.json", "c.json"};
+  std::map<std::string, std::vector<std::string>> files;  // file -> its items; absent: no file
+  auto write_file = [&](const std::string& f) {
+    std::string items;
+    for (const auto& it : files[f]) items += (items.empty() ? "" : ",") + it;
+    write(f, list("List", items));
+  };
+  for (int i = 0; i < 6; i++) files[names[i % 3]].push_back(pod_json("p" + std::to_string(i), "dev.e0"));
+  for (const auto& f : names) write_file(f);
+  ManifestReader r(dir_);
+  Tracked t(r);
+  int errors = 0, reads = 0;
+  for (int step = 0; step < 300; step++) {
+    std::set<std::string> touched;
+    for (size_t n = 1 + pick(2); n > 0; n--) {
+      const std::string& from = names[pick(3)];
+      const std::string& to = names[pick(3)];
+      switch (pick(6)) {
+        case 0: case 1: case 2: {  // move one pod (maybe relabelled) to another file, or within one
+          if (!files.count(from) || files[from].empty()) break;
+          auto& src = files[from];
+          size_t i = pick(src.size());
+          std::string item = src[i];
+          if (pick(2)) {
+            auto at = item.find("dev.e");
+            item.replace(at, 6, "dev.e" + std::to_string(pick(10)));
+          }
+          src.erase(src.begin() + static_cast<ptrdiff_t>(i));
+          auto& dst = files[to];
+          dst.insert(dst.begin() + static_cast<ptrdiff_t>(pick(dst.size() + 1)), item);
+          touched.insert(from);
+          touched.insert(to);
+          break;
+        }
+        case 3:  // a new pod, or a name another file may hold
+          files[to].push_back(pod_json("p" + std::to_string(pick(9)), "dev.e" + std::to_string(pick(10))));
+          touched.insert(to);
+          break;
+        case 4:  // a file removed (its pods with it)
+          if (files.erase(from)) {
+            fs::remove(dir_ / from);
+            touched.insert(from);
+          }
+          break;
+        case 5:  // relabel in place
+          if (files.count(from) && !files[from].empty()) {
+            auto& it = files[from][pick(files[from].size())];
+            it.replace(it.find("dev.e"), 6, "dev.e" + std::to_string(pick(10)));
+            touched.insert(from);
+          }
+          break;
+      }
+    }
+    for (const auto& f : touched)
+      if (files.count(f)) write_file(f);
+    std::string whole_error;
+    k8s::ClusterState whole;
+    try {
+      whole = load_manifests(dir_);
+    } catch (const ManifestError& e) {
+      whole_error = e.what();
+    }
+    std::set<std::string> asked = touched;
+    if (pick(4) == 0) asked.insert(names.begin(), names.end());  // as for lost events
+    const std::string got_error = t.read(asked);
+    ASSERT_EQ(got_error.empty(), whole_error.empty()) << "step " << step << ": " << got_error << " / " << whole_error;
+    if (whole_error.empty()) {
+      ASSERT_EQ(t.pods(), whole.pods) << "step " << step;
+      reads++;
+    } else {
+      errors++;
+    }
+  }
+  EXPECT_GT(reads, 100);
+  EXPECT_GT(errors, 5);
+}
+
 // Random edits of a JSON list (relabel, insert, delete, move, duplicate an
 // item, spacing, the frame, a syntax error): after each read the reader's
 // objects are the whole read's, and its errors the whole read's; with the
