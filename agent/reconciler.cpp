@@ -387,10 +387,10 @@ void Reconciler::put_all(MapId m, const std::vector<K>& keys, const std::vector<
     throw ApplyError(std::string("update of map ") + maps::map_name(m) + " failed: " + std::strerror(-err));
 }
 
-// The sets that change, in three steps over all of them: 1. fill slots (in
-// place and appended), 2. publish the counts, 3. drop the tails. Each set's
-// slots are written before its count grows, and its count shrinks before its
-// tail goes; steps 1 and 2 are one batch each.
+// The sets that change (a round of them), in three steps over all of them: 1.
+// fill slots (in place and appended), 2. publish the counts, 3. drop the
+// tails. Each set's slots are written before its count grows, and its count
+// shrinks before its tail goes; steps 1 and 2 are one batch each.
 void Reconciler::write_sets(const std::vector<std::pair<es_set_key, std::vector<es_backend>>>& sets, ApplyStats& st) {
   auto same = [](const es_backend& x, const es_backend& y) { return maps::bytes_equal(x, y); };
   std::vector<es_slot_key> slot_keys;
@@ -485,6 +485,7 @@ void Reconciler::add_phase(const Target& t, ApplyStats& st, bool defer) {
   }
   put_all(MapId::EnvNames, name_keys, name_values, st,
           [&](size_t i) { shadow_.env_names[*names[i]] = name_values[i]; });
+  // set_chunk_ sets at a time, each whole in one round (its own order holds)
   std::vector<std::pair<es_set_key, std::vector<es_backend>>> sets;
   for (const auto& [key, backends] : t.sets) {
     auto it = shadow_.sets.find(key);
@@ -496,6 +497,10 @@ void Reconciler::add_phase(const Target& t, ApplyStats& st, bool defer) {
         continue;
     }
     sets.emplace_back(key, set_layout(key, backends));
+    if (sets.size() >= set_chunk_) {
+      write_sets(sets, st);
+      sets.clear();
+    }
   }
   write_sets(sets, st);
   sets.clear();

@@ -78,6 +78,10 @@ class Reconciler {
   ApplyStats apply(const DesiredState& want, const ModelDelta& changed);
 
   const Shadow& shadow() const { return shadow_; }
+  // Sets an apply writes per round (their slots, then their counts, then
+  // their tails; each set whole in one round): the layouts of 100 000 sets at
+  // once were ~10 MiB of a full apply's peak. Tests make it small.
+  void set_chunk(size_t n) { set_chunk_ = n > 0 ? n : 1; }
   std::optional<uint32_t> env_id(const EnvName& e) const;
   std::optional<uint32_t> svc_id(const es_frontend_key& k) const;
 
@@ -110,6 +114,7 @@ class Reconciler {
   char splitter_;
   Shadow shadow_;
   size_t slot_entries_ = 0;  // es_slots entries the shadow holds (capacity checks of a delta)
+  size_t set_chunk_ = 4096;
 };
 
 }  // namespace envsteer
