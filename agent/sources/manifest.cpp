@@ -19,6 +19,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 #include <yaml-cpp/yaml.h>
 
 #include "fd.h"
@@ -633,6 +634,13 @@ ManifestReader::ManifestReader(fs::path path, ItemHash item_hash, std::optional<
     if (ec) kept_dir = fs::path();
   }
   if (!kept_dir->empty()) store_ = TextStore::open(*kept_dir);
+  // Where the last-read texts live (compared byte by byte before an item is reused): an
+  // unlinked file costs page cache, not the agent's heap; tmpfs would cost the same memory.
+  if (store_)
+    spdlog::info("manifests: last-read texts kept in an unlinked file in {}", kept_dir->string());
+  else
+    spdlog::info("manifests: last-read texts kept in memory ({} cannot hold an unlinked file; set TMPDIR)",
+                 kept_dir->empty() ? std::string("no temporary directory") : kept_dir->string());
 }
 
 ManifestReader::~ManifestReader() = default;
