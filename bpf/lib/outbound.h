@@ -195,6 +195,7 @@ static long es_msg_byte(__u32 i, void *data)
 {
 	struct es_msg_ctx *c = data;
 	struct sk_msg_md *msg = c->msg;
+	struct es_http_run run;
 	__u64 skip;
 	__u32 idx;
 	__u8 *p, b;
@@ -230,8 +231,8 @@ static long es_msg_byte(__u32 i, void *data)
 	p = (__u8 *)(long)msg->data + idx;
 	if ((void *)(p + 1) > (void *)(long)msg->data_end)
 		return 1;
-	kind = es_http_run_kind(&c->tx->st);
-	if (kind && es_http_run_byte(kind, *p)) {
+	kind = es_http_run_start(&c->tx->st, c->cfg, &run);
+	if (kind && es_http_run_byte(&run, 0, *p)) {
 		/* a run (http.h): up to the byte that ends it, the pulled
 		 * region's end or the header window, without the state machine */
 		__u32 max = es_http_run_max(&c->tx->st, c->cfg), lim = c->tx->v.pend - c->tx->v.off, k;
@@ -239,7 +240,7 @@ static long es_msg_byte(__u32 i, void *data)
 
 		for (k = 1; k < ES_MSG_RUN; k++) {
 			if (k >= lim || k >= max || (void *)(p + k + 1) > (void *)(long)msg->data_end ||
-			    !es_http_run_byte(kind, p[k]))
+			    !es_http_run_byte(&run, k, p[k]))
 				break;
 			last = p[k];
 		}
