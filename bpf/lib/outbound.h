@@ -171,7 +171,15 @@ static __always_inline int es_sockops(struct bpf_sock_ops *skops)
 		return 1; /* the agent's endpoint speaks HTTP/2: nothing to parse here */
 	}
 	bpf_sock_hash_update(skops, &es_sockhash, &cookie, BPF_ANY);
-	/* state changes of steered connections: a relay client's close */
+	/* State changes matter only where a request can leave the connection's
+	 * own pod (a service with more than one backend set): a relay client's
+	 * close, the end of the own pod's follower (es_own_rsp). Elsewhere they
+	 * would be 1-3 more runs per connection for nothing. A connection made
+	 * while its service had one set is never followed (es_own_note); if it
+	 * becomes a relay client later, the relay's sweep finds its close. */
+	if (!es_multi_set(s))
+		return 1;
+	s->steered |= ES_STEER_F_STATE;
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	return 1;
 }
@@ -510,7 +518,8 @@ static __always_inline void es_run_note(struct es_msg_ctx *c, const struct es_ro
  * for another target is not known before it does, and the answers before it
  * can only be proven when followed from the start). Each request is counted
  * before its bytes go. A connection whose first request to its own pod went
- * unfollowed (the service had one backend set) stays so: es_run_owes refuses
+ * unfollowed (the service had one backend set then, or when the connection
+ * was made) stays so: es_run_owes refuses
  * a request for another target after them; the client reconnects.
  * Connections to single-set services never pay for the parse. */
 static __always_inline void es_own_note(struct es_msg_ctx *c)
@@ -523,7 +532,8 @@ static __always_inline void es_own_note(struct es_msg_ctx *c)
 		return;
 	if (tx->own == ES_OWN_NONE) {
 		tx->own = ES_OWN_UNTRACKED;
-		if (!cookie || !es_multi_set(c->sock) ||
+		/* followed only where sockops deletes the entry at the close */
+		if (!cookie || !(c->sock->steered & ES_STEER_F_STATE) || !es_multi_set(c->sock) ||
 		    bpf_map_update_elem(&es_own_rsp, &cookie, &z, BPF_NOEXIST))
 			return;
 		tx->own = ES_OWN_TRACKED;
