@@ -1910,9 +1910,13 @@ def prog_stats(b):
                         "total_ns_per_op": sum(x["ns_per_op"] for x in progs)})
         # what the verifier went through for each program (the limit is 1 000 000)
         ids = sorted(our_programs(b.node.pin_dir))
-        r = subprocess.run([os.path.join(b.tools, "proginfo")] + [str(i) for i in ids],
-                           capture_output=True, text=True, timeout=20)
-        insns = sorted(line.split()[1:] for line in r.stdout.splitlines() if line.count(" ") == 2)
+        tool = os.path.join(b.tools, "proginfo")
+        insns = []
+        if os.path.exists(tool):
+            r = subprocess.run([tool] + [str(i) for i in ids], capture_output=True, text=True,
+                               timeout=20)
+            insns = sorted(line.split()[1:] for line in r.stdout.splitlines()
+                           if line.count(" ") == 2)
         if insns:
             b.note("verifier, instructions processed: " +
                    ", ".join("%s %s" % (n, i) for n, i in insns))
