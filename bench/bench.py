@@ -1487,6 +1487,13 @@ ISSUE17_TARGETS = {"i17_ka_rps_vs_direct": (">=", 0.95), "i17_ka_rps_vs_iptables
                    "i17_nonpart_connect_p50": ("<=", 1.03)}
 
 
+def tcp_time_wait(netns):
+    """TCP sockets in TIME_WAIT in netns (None: this script's namespace); -1 if ss failed."""
+    argv = (netns.prefix() if netns is not None else []) + ["ss", "-Htan", "state", "time-wait"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return len(r.stdout.splitlines()) if r.returncode == 0 else -1
+
+
 def np_cg(b, name):
     return b.node.pods["%s/%s" % (NS, name)].cgroup_dir
 
@@ -1562,6 +1569,17 @@ def suite_issue17(b):
                   cpu_cgs=[np_cg(b, "np-client"), np_cg(b, "np-server")], netns=None),
     }
     count = max(200, a.connects // 2)
+    # One connection per request over the veths: ~30 000 connections per 5 s run. The client
+    # end of a connection the client closes first stays in TIME_WAIT for 60 s, and without
+    # reuse (tcp_tw_reuse 2 is loopback only, the default of every new namespace) connect()'s
+    # port search goes through them in every later run (the reroute suite's finding). Reuse
+    # in every compared client's namespace, so that no variant pays for an earlier one's.
+    client_ns = {v: p["netns"] or b.netns_of(p["client_cg"]) for v, p in paths.items()}
+    server_ns = {"a": b.netns_of(b.plain_server_cg), "b": b.netns_of(b.server_cg()),
+                 "n": b.netns_of(np_cg(b, "np-server"))}
+    for v, cns in client_ns.items():
+        if cns is not None and a.issue17_tw_reuse:
+            topology._sysctl(cns, "net.ipv4.tcp_tw_reuse=1")
     raw = []
     try:
         for v, p in ([] if a.smoke else paths.items()):
@@ -1585,6 +1603,10 @@ def suite_issue17(b):
                         continue
                     rec[m][v] = b.wrk(p["url"], close, a.duration, "i17-%s-%s" % (m, v),
                                       p["client_cg"], p["cpu_cgs"], p["netns"])
+                    if close:
+                        # what a run leaves behind for the next one
+                        rec[m][v]["time_wait"] = {"client": tcp_time_wait(client_ns[v]),
+                                                  "server": tcp_time_wait(server_ns[v])}
             c1 = b.counters()
             steered = c1.get("steered_own_env", 0) - c0.get("steered_own_env", 0)
             if steered < count:
@@ -1603,6 +1625,10 @@ def suite_issue17(b):
                     i + 1, a.rounds, ka["a"]["rps"], ka["b"]["rps"], ka["d"]["rps"],
                     ka["n"]["rps"], cl["a"]["rps"], cl["b"]["rps"], cl["n"]["rps"],
                     cn["a"]["p50_ns"], cn["b"]["p50_ns"], cn["n"]["p50_ns"]))
+            log("issue17 round %d/%d: per-connection runs: connections, TIME_WAIT after the run "
+                "(client/server): %s" % (i + 1, a.rounds, ", ".join(
+                    "%s %d %s/%s" % (v, cl[v]["requests"], cl[v]["time_wait"]["client"],
+                                     cl[v]["time_wait"]["server"]) for v in cl)))
     finally:
         b.node.remove_raw_manifest("scale.json")
         try:
@@ -1882,6 +1908,18 @@ def prog_stats(b):
             progs.sort(key=lambda x: -x["ns_per_op"])
             out.append({"workload": name, "ops": ops, "programs": progs,
                         "total_ns_per_op": sum(x["ns_per_op"] for x in progs)})
+        # what the verifier went through for each program (the limit is 1 000 000)
+        ids = sorted(our_programs(b.node.pin_dir))
+        tool = os.path.join(b.tools, "proginfo")
+        insns = []
+        if os.path.exists(tool):
+            r = subprocess.run([tool] + [str(i) for i in ids], capture_output=True, text=True,
+                               timeout=20)
+            insns = sorted(line.split()[1:] for line in r.stdout.splitlines()
+                           if line.count(" ") == 2)
+        if insns:
+            b.note("verifier, instructions processed: " +
+                   ", ".join("%s %s" % (n, i) for n, i in insns))
     finally:
         with open(path, "w") as f:
             f.write(old)
@@ -1983,6 +2021,9 @@ def main():
                     "(default 10,1000,10000,100000; smoke 10,100)")
     ap.add_argument("--issue17-services", type=int, help="issue 17 suite: services loaded "
                     "(default 10000; smoke 100)")
+    ap.add_argument("--issue17-tw-reuse", type=int, default=1, choices=(0, 1),
+                    help="issue 17 suite: tcp_tw_reuse=1 in the clients' namespaces (0: the "
+                    "namespace default, to see what TIME_WAIT does to the per-connection rows)")
     ap.add_argument("--cp-services", type=int, help="control plane: services (default 10000)")
     ap.add_argument("--cp-pods", type=int, help="control plane: pods (default 100000)")
     ap.add_argument("--cp-envs", type=int, help="control plane: environments (default 1000)")

@@ -58,6 +58,8 @@ def main():
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lo-up", action="store_true", help="bring lo up first (fresh netns)")
+    ap.add_argument("--loopback", action="store_true", help="pods on loopback addresses of one "
+                    "namespace (bench.py's older shape)")
     args = ap.parse_args()
     args.max_loop_seconds = 60
     if args.lo_up:
@@ -70,25 +72,29 @@ def main():
     try:
         b.setup()
         url = "http://%s:%d/" % (bench.SVC_IP, bench.SVC_PORT)
-        for mode in ("header", "noheader"):
+        # keep-alive in both modes, and one connection per request with the header programs
+        for mode, close in (("header", False), ("noheader", False), ("header", True)):
             b.set_agent_mode(mode)
             res = {}
             t = threading.Thread(target=lambda: res.update(
-                b.wrk(url, False, args.duration, "perf-" + mode)))
+                b.wrk(url, close, args.duration, "perf-" + mode)))
             t.start()
             time.sleep(1)
-            data = os.path.join(out, "perf-%s.data" % mode)
+            key = mode + ("-close" if close else "")
+            data = os.path.join(out, "perf-%s.data" % key)
             subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-a", "-o", data, "--",
                             "sleep", str(max(1, args.duration - 2))],
                            capture_output=True, timeout=args.duration + 60)
             t.join(args.duration + 60)
-            results[mode] = (res, breakdown(data, ["wrk", "httpd"]))
+            results[key] = (res, breakdown(data, ["wrk", "httpd"]))
     finally:
         b.close()
-    for mode, (res, (total, groups, top)) in results.items():
+    for key, (res, (total, groups, top)) in results.items():
+        what = {"header": "agent default (header programs on), keep-alive",
+                "noheader": "--no-header-context, keep-alive",
+                "header-close": "agent default, one connection per request"}[key]
         print("== %s: %.0f req/s, %.1f us CPU per request (client+server cgroups)"
-              % ("agent default (header programs on)" if mode == "header"
-                 else "--no-header-context", res.get("rps", 0), res.get("cpu_us", 0)))
+              % (what, res.get("rps", 0), res.get("cpu_us", 0)))
         print("   samples in wrk + httpd: %.1f%% of all" % total)
         for g, pct in groups.items():
             print("   %-36s %5.2f%% of all samples" % (g, pct))

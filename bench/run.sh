@@ -61,6 +61,7 @@ TOOLS=$(mktemp -d /tmp/envsteer-bench-tools.XXXXXX)
 trap 'rm -rf "$TOOLS"' EXIT
 cc -O2 -Wall -Wextra -o "$TOOLS/connloop" "$REPO/bench/src/connloop.c"
 cc -O2 -Wall -Wextra -o "$TOOLS/httpd" "$REPO/bench/src/httpd.c"
+cc -O2 -Wall -Wextra -o "$TOOLS/proginfo" "$REPO/bench/src/proginfo.c"
 
 if [ $profile = 1 ] && ! command -v perf >/dev/null 2>&1; then
   echo "bench/run.sh: installing linux-perf" >&2

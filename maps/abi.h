@@ -568,6 +568,8 @@ struct es_rsp {
  */
 #define ES_STEER_POD 1 /* es_sock.steered: connected to a pod */
 #define ES_STEER_H2 2  /* connected to the agent's HTTP/2 endpoint */
+#define ES_STEER_F_STATE 0x80 /* es_sock.steered, with ES_STEER_POD: its state changes reach
+			       * sockops (set once established, outbound.h es_sockops) */
 
 /* The agent's HTTP/2 endpoint (single-entry array, agent-written). */
 struct es_h2_cfg {

@@ -856,12 +856,18 @@ ES_INLINE int es_http_step(struct es_http_state *st, const struct es_http_cfg *c
  * Runs: bytes that change nothing in the state but the position. Parsers take
  * them in bulk (a scan for the byte that ends the run, no state machine per
  * byte), with exactly the state that feeding them one by one leaves (the
- * fuzzer compares the two):
+ * unit tests and the fuzzer compare the two):
  *  - ES_HTTP_RUN_VALUE: the value of a header nothing is read from: every
  *    byte but CR and LF;
  *  - ES_HTTP_RUN_NAME: a header name no configured or built-in name can still
  *    match (decided by its first byte or the few after it): tchar bytes;
- *  - ES_HTTP_RUN_TARGET: the request target: bytes above ' ' but DEL.
+ *  - ES_HTTP_RUN_TARGET: the request target: bytes above ' ' but DEL;
+ *  - ES_HTTP_RUN_METHOD: the method after its first byte, once it is no
+ *    longer a prefix of CONNECT: the method's characters, up to its limit;
+ *  - ES_HTTP_RUN_VERSION: the request line's "HTTP/1.": the bytes that match;
+ *  - ES_HTTP_RUN_LIT_NAME: a header name that still matches exactly one
+ *    configured or built-in name: the bytes that go on matching that name,
+ *    case-insensitively (the env header's name after its first byte).
  * A run never crosses the window (the byte that does raises an event).
  */
 enum {
@@ -869,30 +875,144 @@ enum {
 	ES_HTTP_RUN_VALUE,
 	ES_HTTP_RUN_NAME,
 	ES_HTTP_RUN_TARGET,
+	ES_HTTP_RUN_METHOD,
+	ES_HTTP_RUN_VERSION,
+	ES_HTTP_RUN_LIT_NAME,
 };
 
-/* The kind of run the next bytes may be taken in (ES_HTTP_RUN_NONE: feed them). */
-ES_INLINE int es_http_run_kind(const struct es_http_state *st)
+/* A run about to be taken: its kind, and for VERSION and LIT_NAME the
+ * literal its bytes must match (packed like ES_HTTP_PACK, 0 past its end),
+ * loaded once per run instead of once per byte. */
+struct es_http_run {
+	__u64 lit[4];
+	__u32 at;  /* index in the literal of the run's first byte */
+	__u32 end; /* the literal's length */
+	int kind;
+};
+
+/* Byte i of a literal; 0 past its end. */
+ES_INLINE __u8 es_http_lit(const __u64 *lit, __u32 i)
 {
-	if (st->cr)
-		return ES_HTTP_RUN_NONE;
-	if (st->phase == ES_HTTP_P_VALUE)
-		return st->hdr == ES_HTTP_H_NONE ? ES_HTTP_RUN_VALUE : ES_HTTP_RUN_NONE;
-	if (st->phase == ES_HTTP_P_NAME)
-		return st->match ? ES_HTTP_RUN_NONE : ES_HTTP_RUN_NAME;
-	if (st->phase == ES_HTTP_P_TARGET)
-		return ES_HTTP_RUN_TARGET;
-	return ES_HTTP_RUN_NONE;
+	if (i < 8)
+		return (__u8)(lit[0] >> (i * 8));
+	if (i < 16)
+		return (__u8)(lit[1] >> ((i - 8) * 8));
+	if (i < 24)
+		return (__u8)(lit[2] >> ((i - 16) * 8));
+	if (i < 32)
+		return (__u8)(lit[3] >> ((i - 24) * 8));
+	return 0;
 }
 
-/* 1 when byte c continues a run of that kind. */
-ES_INLINE int es_http_run_byte(int kind, __u8 c)
+/* A configured name (lower case, zero-padded) as a literal: packed
+ * little-endian, as the BPF target and x86 store it (test_http.cpp pins the
+ * layout this needs). */
+ES_INLINE void es_http_lit_load(__u64 *lit, const char *name)
 {
-	if (kind == ES_HTTP_RUN_VALUE)
+#ifdef __bpf__
+	/* names[] begins the map value: 8-byte aligned, four words per name
+	 * (a byte-wise copy would be 32 loads) */
+	const __u64 *w = (const __u64 *)(const void *)name;
+
+	lit[0] = w[0];
+	lit[1] = w[1];
+	lit[2] = w[2];
+	lit[3] = w[3];
+#else
+	__builtin_memcpy(lit, name, ES_HTTP_NAME_MAX);
+#endif
+}
+
+/* The kind of run the next bytes may be taken in (ES_HTTP_RUN_NONE: feed
+ * them); fills run. */
+ES_INLINE int es_http_run_start(const struct es_http_state *st, const struct es_http_cfg *cfg,
+				struct es_http_run *run)
+{
+	__u16 m = st->match;
+	int kind = ES_HTTP_RUN_NONE, k;
+
+	run->lit[0] = run->lit[1] = run->lit[2] = run->lit[3] = 0;
+	run->at = st->npos;
+	run->end = 0;
+	if (st->cr) {
+		kind = ES_HTTP_RUN_NONE;
+	} else if (st->phase == ES_HTTP_P_VALUE) {
+		kind = st->hdr == ES_HTTP_H_NONE ? ES_HTTP_RUN_VALUE : ES_HTTP_RUN_NONE;
+	} else if (st->phase == ES_HTTP_P_NAME) {
+		if (!m) {
+			kind = ES_HTTP_RUN_NAME;
+		} else if (!(m & (m - 1))) {
+			/* one name left: the rest of it is a literal */
+			kind = ES_HTTP_RUN_LIT_NAME;
+			if (m & ((1U << ES_HTTP_MAX_NAMES) - 1)) {
+				for (k = 0; k < ES_HTTP_MAX_NAMES - 1 && !(m & (1U << k)); k++)
+					;
+				es_http_lit_load(run->lit, cfg->names[k]);
+				run->end = cfg->name_len[k];
+			} else {
+				run->end = ES_HTTP_NAME_MAX; /* a built-in: ends at its 0 */
+			}
+			if (m == ES_HTTP_M_CL) {
+				run->lit[0] = ES_HTTP_K_CL0;
+				run->lit[1] = ES_HTTP_K_CL1;
+			} else if (m == ES_HTTP_M_TE) {
+				run->lit[0] = ES_HTTP_K_TE0;
+				run->lit[1] = ES_HTTP_K_TE1;
+				run->lit[2] = ES_HTTP_K_TE2;
+			} else if (m == ES_HTTP_M_BAGGAGE) {
+				run->lit[0] = ES_HTTP_K_BAGGAGE;
+			} else if (m == ES_HTTP_M_H2C) {
+				run->lit[0] = ES_HTTP_K_H2S0;
+				run->lit[1] = ES_HTTP_K_H2S1;
+			} else if (m == ES_HTTP_M_UPGRADE) {
+				run->lit[0] = ES_HTTP_K_UPGRADE;
+			}
+		}
+	} else if (st->phase == ES_HTTP_P_TARGET) {
+		kind = ES_HTTP_RUN_TARGET;
+	} else if (st->phase == ES_HTTP_P_METHOD) {
+		/* the first byte was fed (it began the request); CONNECT is
+		 * followed byte by byte */
+		kind = st->kpos != st->npos ? ES_HTTP_RUN_METHOD : ES_HTTP_RUN_NONE;
+	} else if (st->phase == ES_HTTP_P_VERSION && st->npos < 7) {
+		kind = ES_HTTP_RUN_VERSION;
+		run->lit[0] = ES_HTTP_K_VERSION;
+		run->end = 7;
+	}
+	run->kind = kind;
+	return kind;
+}
+
+/* The kind of run the next bytes may be taken in (ES_HTTP_RUN_NONE: feed them). */
+ES_INLINE int es_http_run_kind(const struct es_http_state *st, const struct es_http_cfg *cfg)
+{
+	struct es_http_run run;
+
+	return es_http_run_start(st, cfg, &run);
+}
+
+/* 1 when byte c, the k-th from the run's start, continues it. */
+ES_INLINE int es_http_run_byte(const struct es_http_run *run, __u32 k, __u8 c)
+{
+	__u8 e;
+
+	switch (run->kind) {
+	case ES_HTTP_RUN_VALUE:
 		return c != '\r' && c != '\n';
-	if (kind == ES_HTTP_RUN_NAME)
+	case ES_HTTP_RUN_NAME:
 		return es_http_tchar(c);
-	return c > ' ' && c != 0x7f;
+	case ES_HTTP_RUN_TARGET:
+		return c > ' ' && c != 0x7f;
+	case ES_HTTP_RUN_METHOD:
+		return ((c >= 'A' && c <= 'Z') || c == '-' || c == '_') &&
+		       run->at + k < ES_HTTP_METHOD_MAX;
+	case ES_HTTP_RUN_VERSION:
+		e = es_http_lit(run->lit, run->at + k);
+		return run->at + k < run->end && c == e;
+	default: /* ES_HTTP_RUN_LIT_NAME: names have no byte 0 */
+		e = es_http_lit(run->lit, run->at + k);
+		return run->at + k < run->end && e && es_http_lower(c) == e;
+	}
 }
 
 /* The longest run allowed now: the byte past the window is fed on its own. */
@@ -910,11 +1030,12 @@ ES_INLINE void es_http_run_take(struct es_http_state *st, int kind, __u32 n)
 	__u32 t;
 
 	st->pos = p > 0xffffffffULL ? 0xffffffffU : (__u32)p;
-	if (kind == ES_HTTP_RUN_NAME) {
+	if (kind == ES_HTTP_RUN_TARGET) {
+		st->npos = 1;
+	} else if (kind != ES_HTTP_RUN_VALUE) {
+		/* the name, method or version position */
 		t = (__u32)st->npos + n;
 		st->npos = t > 255 ? 255 : (__u8)t;
-	} else if (kind == ES_HTTP_RUN_TARGET) {
-		st->npos = 1;
 	}
 	st->ev = 0;
 }
@@ -950,20 +1071,21 @@ ES_INLINE int es_http_feed_buf(struct es_http_state *st, const struct es_http_cf
 			       const void *buf, __u32 len, int stop, __u32 *used)
 {
 	const __u8 *p = (const __u8 *)buf;
+	struct es_http_run run;
 	__u32 i = 0, k, max;
 	__u64 n;
 	int ev, kind, all = 0;
 
 	while (i < len) {
 		n = es_http_skippable(st);
-		kind = es_http_run_kind(st);
+		kind = es_http_run_start(st, cfg, &run);
 		if (n > 1) {
 			if (n > len - i)
 				n = len - i;
 			ev = es_http_skip(st, n);
 			i += (__u32)n;
-		} else if (kind && (max = es_http_run_max(st, cfg)) > 0 && es_http_run_byte(kind, p[i])) {
-			for (k = 1; k < len - i && k < max && es_http_run_byte(kind, p[i + k]); k++)
+		} else if (kind && (max = es_http_run_max(st, cfg)) > 0 && es_http_run_byte(&run, 0, p[i])) {
+			for (k = 1; k < len - i && k < max && es_http_run_byte(&run, k, p[i + k]); k++)
 				;
 			es_http_run_take(st, kind, k);
 			i += k;

@@ -171,7 +171,15 @@ static __always_inline int es_sockops(struct bpf_sock_ops *skops)
 		return 1; /* the agent's endpoint speaks HTTP/2: nothing to parse here */
 	}
 	bpf_sock_hash_update(skops, &es_sockhash, &cookie, BPF_ANY);
-	/* state changes of steered connections: a relay client's close */
+	/* State changes matter only where a request can leave the connection's
+	 * own pod (a service with more than one backend set): a relay client's
+	 * close, the end of the own pod's follower (es_own_rsp). Elsewhere they
+	 * would be 1-3 more runs per connection for nothing. A connection made
+	 * while its service had one set is never followed (es_own_note); if it
+	 * becomes a relay client later, the relay's sweep finds its close. */
+	if (!es_multi_set(s))
+		return 1;
+	s->steered |= ES_STEER_F_STATE;
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	return 1;
 }
@@ -195,6 +203,7 @@ static long es_msg_byte(__u32 i, void *data)
 {
 	struct es_msg_ctx *c = data;
 	struct sk_msg_md *msg = c->msg;
+	struct es_http_run run;
 	__u64 skip;
 	__u32 idx;
 	__u8 *p, b;
@@ -230,8 +239,8 @@ static long es_msg_byte(__u32 i, void *data)
 	p = (__u8 *)(long)msg->data + idx;
 	if ((void *)(p + 1) > (void *)(long)msg->data_end)
 		return 1;
-	kind = es_http_run_kind(&c->tx->st);
-	if (kind && es_http_run_byte(kind, *p)) {
+	kind = es_http_run_start(&c->tx->st, c->cfg, &run);
+	if (kind && es_http_run_byte(&run, 0, *p)) {
 		/* a run (http.h): up to the byte that ends it, the pulled
 		 * region's end or the header window, without the state machine */
 		__u32 max = es_http_run_max(&c->tx->st, c->cfg), lim = c->tx->v.pend - c->tx->v.off, k;
@@ -239,7 +248,7 @@ static long es_msg_byte(__u32 i, void *data)
 
 		for (k = 1; k < ES_MSG_RUN; k++) {
 			if (k >= lim || k >= max || (void *)(p + k + 1) > (void *)(long)msg->data_end ||
-			    !es_http_run_byte(kind, p[k]))
+			    !es_http_run_byte(&run, k, p[k]))
 				break;
 			last = p[k];
 		}
@@ -509,7 +518,8 @@ static __always_inline void es_run_note(struct es_msg_ctx *c, const struct es_ro
  * for another target is not known before it does, and the answers before it
  * can only be proven when followed from the start). Each request is counted
  * before its bytes go. A connection whose first request to its own pod went
- * unfollowed (the service had one backend set) stays so: es_run_owes refuses
+ * unfollowed (the service had one backend set then, or when the connection
+ * was made) stays so: es_run_owes refuses
  * a request for another target after them; the client reconnects.
  * Connections to single-set services never pay for the parse. */
 static __always_inline void es_own_note(struct es_msg_ctx *c)
@@ -522,7 +532,8 @@ static __always_inline void es_own_note(struct es_msg_ctx *c)
 		return;
 	if (tx->own == ES_OWN_NONE) {
 		tx->own = ES_OWN_UNTRACKED;
-		if (!cookie || !es_multi_set(c->sock) ||
+		/* followed only where sockops deletes the entry at the close */
+		if (!cookie || !(c->sock->steered & ES_STEER_F_STATE) || !es_multi_set(c->sock) ||
 		    bpf_map_update_elem(&es_own_rsp, &cookie, &z, BPF_NOEXIST))
 			return;
 		tx->own = ES_OWN_TRACKED;

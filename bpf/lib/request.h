@@ -106,6 +106,7 @@ static __always_inline void es_rx_headers_done(struct es_rx *rx)
 static long es_feed_byte(__u32 i, void *data)
 {
 	struct es_feed_ctx *c = data;
+	struct es_http_run run;
 	__u64 skip;
 	__u32 idx;
 	__u8 b;
@@ -146,8 +147,8 @@ static long es_feed_byte(__u32 i, void *data)
 	 * the mask after the check above) */
 	__asm__ __volatile__("" : "+r"(idx));
 	idx &= ES_RX_WIN - 1;
-	kind = es_http_run_kind(&c->rx->st);
-	if (kind && es_http_run_byte(kind, c->w->b[idx])) {
+	kind = es_http_run_start(&c->rx->st, c->cfg, &run);
+	if (kind && es_http_run_byte(&run, 0, c->w->b[idx])) {
 		/* a run (http.h): up to the byte that ends it, the window's end or
 		 * the header window, without the state machine */
 		__u32 max = es_http_run_max(&c->rx->st, c->cfg), lim = c->w->len - idx, k;
@@ -155,7 +156,7 @@ static long es_feed_byte(__u32 i, void *data)
 		if (lim > max)
 			lim = max;
 		for (k = 1; k < ES_RX_RUN; k++) {
-			if (k >= lim || !es_http_run_byte(kind, c->w->b[(idx + k) & (ES_RX_WIN - 1)]))
+			if (k >= lim || !es_http_run_byte(&run, k, c->w->b[(idx + k) & (ES_RX_WIN - 1)]))
 				break;
 		}
 		if (max) {

@@ -2147,7 +2147,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	fk_setup_maps();
 
-	fk.sock.steered = 1;
+	/* as sockops leaves it once established (outbound.h es_sockops) */
+	fk.sock.steered = ES_STEER_POD | (cf.single_set ? 0 : ES_STEER_F_STATE);
 	fk.sock.svc_id = FK_SVC;
 	fk.sock.env_id = cf.conn_env;
 	fk.sock.pod_env_id = cf.pod_env;

@@ -18,6 +18,9 @@ extern "C" {
 namespace {
 
 static_assert(sizeof(struct es_http_state) <= 200, "parser state lives in socket storage");
+// es_http_lit_load (BPF) loads a configured name as four aligned words
+static_assert(ES_HTTP_NAME_MAX == 4 * sizeof(__u64) && offsetof(struct es_http_cfg, names) == 0,
+              "a name is four words at the start of the map value");
 
 // What a finished header section said.
 struct Head {
@@ -572,6 +575,27 @@ TEST(HttpRuns, SameStateAsByteByByte) {
       Get("Xyz:\r\n\r\n"),
       "GET /p\x7fq HTTP/1.1\r\n\r\n",
       Get("Zz: v\r\n") + "POST / HTTP/1.1\r\nContent-Length: 3\r\nQq: 1\r\n\r\nabc" + Env("dev.d"),
+      // the literal runs: methods, the version, names matching one name only
+      "CONNECT h:1 HTTP/1.1\r\n\r\n",
+      "CONNECTS / HTTP/1.1\r\n\r\n",
+      "COPY / HTTP/1.1\r\n\r\n",
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZ / HTTP/1.1\r\n\r\n",
+      "ABCDEFGHIJKLMNOPQRSTUVW / HTTP/1.1\r\n\r\n",
+      "HEAD / HTTP/1.0\r\n\r\n",
+      "GET / HTTP/1.2\r\n\r\n",
+      "GET / HTTP/2.0\r\n\r\n",
+      "GET / http/1.1\r\n\r\n",
+      "GET / HTTP/1\r\n\r\n",
+      "G-_T / HTTP/1.1\r\n\r\n",
+      "GEt / HTTP/1.1\r\n\r\n",
+      Get("X-VIRTUAL-ENV: dev.e\r\nx-virtual-envx: dev.f\r\nX-Virtual-En: dev.g\r\n"),
+      Get("X-Env: dev.h\r\nx-e: 1\r\nX-Virtual-Env\r\n"),
+      Get("CONTENT-LENGTH: 0\r\nContent-Lengthy: 1\r\ncontent-len: 2\r\n"),
+      Get("Transfer-Encoding: chunked\r\n") + "0\r\n\r\n",
+      Get("transfer-encodinG: gzip\r\nTransfer-Encodings: x\r\n"),
+      Get("Baggage: virtual-env=dev.i\r\nbaggagex: 1\r\nUpgrade: h2c\r\nHTTP2-Settings: AA\r\n"),
+      Get("Upgrad: x\r\nupgradee: y\r\nHttp2-Setting: z\r\n"),
+      Get("X-Virtual-Env" + std::string("\0", 1) + ": dev.j\r\n"),
   };
   for (uint16_t window : {0, 20, 40, 64, 333, 4096}) {
     auto cfg = Cfg({"X-Virtual-Env", "x-env"}, "virtual-env", '.', window);
@@ -609,25 +633,129 @@ TEST(HttpRuns, SameStateAsByteByByte) {
 TEST(HttpRuns, Kinds) {
   auto cfg = Cfg();
   struct es_http_state st = {};
-  std::string head = "GET /abc HTTP/1.1\r\nHost: x\r\n";
-  es_http_feed(&st, &cfg, 'G');
-  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_NONE);  // the method
-  for (char c : std::string("ET /")) es_http_feed(&st, &cfg, static_cast<__u8>(c));
-  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_TARGET);
-  for (char c : std::string("abc HTTP/1.1\r\nH")) es_http_feed(&st, &cfg, static_cast<__u8>(c));
-  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_NONE);  // "h" may still be http2-settings
-  es_http_feed(&st, &cfg, 'o');
-  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_NAME);  // no name starts with "ho"
-  for (char c : std::string("st:")) es_http_feed(&st, &cfg, static_cast<__u8>(c));
-  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_VALUE);
-  es_http_feed(&st, &cfg, '\r');
-  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_NONE);  // a CR wants its LF
-  for (char c : std::string("\nX-Virtual-Env:")) es_http_feed(&st, &cfg, static_cast<__u8>(c));
-  EXPECT_EQ(es_http_run_kind(&st), ES_HTTP_RUN_NONE);  // the env value is read
-  EXPECT_TRUE(es_http_run_byte(ES_HTTP_RUN_VALUE, ' '));
-  EXPECT_FALSE(es_http_run_byte(ES_HTTP_RUN_VALUE, '\n'));
-  EXPECT_FALSE(es_http_run_byte(ES_HTTP_RUN_NAME, ':'));
-  EXPECT_FALSE(es_http_run_byte(ES_HTTP_RUN_TARGET, ' '));
+  auto feed = [&](const std::string& s) {
+    for (char c : s) es_http_feed(&st, &cfg, static_cast<__u8>(c));
+  };
+  feed("G");
+  EXPECT_EQ(es_http_run_kind(&st, &cfg), ES_HTTP_RUN_METHOD);  // no longer CONNECT
+  feed("ET /");
+  EXPECT_EQ(es_http_run_kind(&st, &cfg), ES_HTTP_RUN_TARGET);
+  feed("abc ");
+  EXPECT_EQ(es_http_run_kind(&st, &cfg), ES_HTTP_RUN_VERSION);
+  feed("HTTP/1.");
+  EXPECT_EQ(es_http_run_kind(&st, &cfg), ES_HTTP_RUN_NONE);  // the minor version is read
+  feed("1\r\nH");
+  // "h" may still be http2-settings, and only that: the rest of it is a literal
+  EXPECT_EQ(es_http_run_kind(&st, &cfg), ES_HTTP_RUN_LIT_NAME);
+  feed("o");
+  EXPECT_EQ(es_http_run_kind(&st, &cfg), ES_HTTP_RUN_NAME);  // no name starts with "ho"
+  feed("st:");
+  EXPECT_EQ(es_http_run_kind(&st, &cfg), ES_HTTP_RUN_VALUE);
+  feed("\r");
+  EXPECT_EQ(es_http_run_kind(&st, &cfg), ES_HTTP_RUN_NONE);  // a CR wants its LF
+  feed("\nX");
+  EXPECT_EQ(es_http_run_kind(&st, &cfg), ES_HTTP_RUN_LIT_NAME);  // x-virtual-env only
+  feed("-Virtual-Env:");
+  EXPECT_EQ(es_http_run_kind(&st, &cfg), ES_HTTP_RUN_NONE);  // the env value is read
+
+  struct es_http_state m = {};
+  struct es_http_run run;
+  for (char c : std::string("CONN")) es_http_feed(&m, &cfg, static_cast<__u8>(c));
+  EXPECT_EQ(es_http_run_start(&m, &cfg, &run), ES_HTTP_RUN_NONE);  // may be CONNECT
+  es_http_feed(&m, &cfg, 'X');
+  EXPECT_EQ(es_http_run_start(&m, &cfg, &run), ES_HTTP_RUN_METHOD);
+  EXPECT_TRUE(es_http_run_byte(&run, 0, 'A'));
+  EXPECT_TRUE(es_http_run_byte(&run, ES_HTTP_METHOD_MAX - 6, '_'));
+  EXPECT_FALSE(es_http_run_byte(&run, ES_HTTP_METHOD_MAX - 5, 'A'));  // the method's limit
+  EXPECT_FALSE(es_http_run_byte(&run, 0, 'a'));
+  EXPECT_FALSE(es_http_run_byte(&run, 0, ' '));
+
+  struct es_http_state v = {};
+  for (char c : std::string("GET / HT")) es_http_feed(&v, &cfg, static_cast<__u8>(c));
+  EXPECT_EQ(es_http_run_start(&v, &cfg, &run), ES_HTTP_RUN_VERSION);
+  EXPECT_TRUE(es_http_run_byte(&run, 0, 'T'));
+  EXPECT_TRUE(es_http_run_byte(&run, 4, '.'));
+  EXPECT_FALSE(es_http_run_byte(&run, 0, 't'));  // the version is case-sensitive
+  EXPECT_FALSE(es_http_run_byte(&run, 5, '1'));  // the minor version is fed
+
+  struct es_http_state n = {};
+  for (char c : std::string("GET / HTTP/1.1\r\nTransfer-E")) es_http_feed(&n, &cfg, static_cast<__u8>(c));
+  EXPECT_EQ(es_http_run_start(&n, &cfg, &run), ES_HTTP_RUN_LIT_NAME);
+  EXPECT_TRUE(es_http_run_byte(&run, 0, 'N'));
+  EXPECT_TRUE(es_http_run_byte(&run, 6, 'g'));
+  EXPECT_FALSE(es_http_run_byte(&run, 7, 's'));  // past the name
+  EXPECT_FALSE(es_http_run_byte(&run, 0, ':'));
+
+  EXPECT_EQ(es_http_run_start(&st, &cfg, &run), ES_HTTP_RUN_NONE);
+  run.kind = ES_HTTP_RUN_VALUE;
+  EXPECT_TRUE(es_http_run_byte(&run, 0, ' '));
+  EXPECT_FALSE(es_http_run_byte(&run, 0, '\n'));
+  run.kind = ES_HTTP_RUN_NAME;
+  EXPECT_FALSE(es_http_run_byte(&run, 0, ':'));
+  run.kind = ES_HTTP_RUN_TARGET;
+  EXPECT_FALSE(es_http_run_byte(&run, 0, ' '));
+}
+
+// Random streams of request pieces and stray bytes: the state es_http_feed_buf leaves (runs
+// and bodies in bulk, whole and in random pieces) is the one byte-by-byte feeding leaves.
+TEST(HttpRuns, RandomStreamsSameStateAsByteByByte) {
+  std::mt19937 rng(17);
+  const std::vector<std::string> parts = {
+      "GET ", "POST ", "CONNECT ", "CONNEC", "HEAD ", "PUT ", "OPTIONS ", "/ ", "/a?b=c ", "* ",
+      "HTTP/1.1\r\n", "HTTP/1.0\r\n", "HTTP/1.", "HTTP/", "HTtP/1.1\r\n", "Host: x\r\n",
+      "X-Virtual-Env: dev.a\r\n", "x-virtual-env:dev.b\n", "X-Virtual-En", "X-Env: dev.c\r\n",
+      "Content-Length: 3\r\n", "content-length", "Transfer-Encoding: chunked\r\n", "Transfer-",
+      "baggage: virtual-env=dev.d\r\n", "Upgrade: h2c\r\n", "HTTP2-Settings: x\r\n", "H",
+      "\r\n", "\n", "\r", ":", " ", "\t", "abc", "3\r\nabc\r\n0\r\n\r\n", std::string("\0", 1),
+      "\x7f", "x"};
+  for (uint16_t window : {0, 9, 30, 4096}) {
+    auto cfg = Cfg({"X-Virtual-Env", "x-env"}, "virtual-env", '.', window);
+    for (int i = 0; i < 5000; i++) {
+      std::string s;
+      int n = 1 + static_cast<int>(rng() % 24);
+      for (int k = 0; k < n; k++) s += parts[rng() % parts.size()];
+      struct es_http_state a = {}, b = {}, c = {};
+      for (char ch : s) es_http_feed(&a, &cfg, static_cast<__u8>(ch));
+      es_http_parse_buf(&b, &cfg, s.data(), static_cast<__u32>(s.size()));
+      size_t off = 0;
+      while (off < s.size()) {
+        size_t len = 1 + rng() % 9;
+        if (len > s.size() - off) len = s.size() - off;
+        es_http_parse_buf(&c, &cfg, s.data() + off, static_cast<__u32>(len));
+        off += len;
+      }
+      a.ev = b.ev = c.ev = 0;
+      ASSERT_EQ(memcmp(&a, &b, sizeof(a)), 0) << "window " << window << ": " << s;
+      ASSERT_EQ(memcmp(&a, &c, sizeof(a)), 0) << "window " << window << ": " << s;
+    }
+  }
+}
+
+// A typical request head is mostly runs: the steps the BPF byte loops save (one per run).
+TEST(HttpRuns, MostHeadBytesAreRuns) {
+  auto cfg = Cfg();
+  const std::string s = "GET / HTTP/1.1\r\nHost: 198.19.0.1\r\nX-Virtual-Env: dev.proj1\r\n\r\n";
+  struct es_http_state st = {};
+  struct es_http_run run;
+  size_t steps = 0, i = 0;
+  while (i < s.size()) {
+    int kind = es_http_run_start(&st, &cfg, &run);
+    if (kind && es_http_run_byte(&run, 0, static_cast<__u8>(s[i]))) {
+      size_t k = 1;
+      while (i + k < s.size() && es_http_run_byte(&run, static_cast<__u32>(k), static_cast<__u8>(s[i + k]))) k++;
+      es_http_run_take(&st, kind, static_cast<__u32>(k));
+      i += k;
+    } else {
+      es_http_feed(&st, &cfg, static_cast<__u8>(s[i]));
+      i++;
+    }
+    steps++;
+  }
+  EXPECT_EQ(std::string(es_http_env(&st), es_http_env_len(&st)), "dev.proj1");
+  // byte by byte: one step per byte (62); with the runs of value, name and target only: 51;
+  // with those of method, version and a name matching one name (the env header's): 33
+  EXPECT_EQ(s.size(), 62u);
+  EXPECT_EQ(steps, 33u);
 }
 
 // ---- framing errors ----
