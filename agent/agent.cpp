@@ -76,6 +76,26 @@ namespace {
 // after a full read the steady-state RSS is the model's, not the parse's peak.
 void release_free_memory() { malloc_trim(0); }
 
+// A field of /proc/self/status in MiB ("VmRSS", "VmHWM"); 0 if unreadable.
+double proc_status_mib(const char* field) {
+  FILE* f = fopen("/proc/self/status", "re");
+  if (!f) return 0;
+  char line[256];
+  const size_t n = strlen(field);
+  double kib = 0;
+  while (fgets(line, sizeof(line), f))
+    if (strncmp(line, field, n) == 0 && line[n] == ':') {
+      kib = strtod(line + n + 1, nullptr);
+      break;
+    }
+  fclose(f);
+  return kib / 1024.0;
+}
+
+double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
 // resourceVersions are opaque to clients; the API server's are decimal
 // numbers, and only those are compared (for status: the newest applied).
 bool newer_rv(const std::string& a, const std::string& b) {
@@ -396,6 +416,9 @@ nlohmann::json Agent::status_json() {
                {"map_updates", map_updates_}, {"map_deletes", map_deletes_},
                {"last_applied_resource_version", last_applied_rv_}};
   if (kube_) j["sync"]["event_latency"] = std::move(event_latency);
+  nlohmann::json phases = nlohmann::json::array();
+  for (const auto& p : startup_) phases.push_back({{"phase", p.name}, {"ms", p.ms}, {"rss_mib", p.rss_mib}});
+  j["startup"] = {{"phases", std::move(phases)}, {"peak_rss_mib", startup_peak_mib_}};
   nlohmann::json missing = nlohmann::json::array();
   for (const auto& m : model_->missing_cgroups) missing.push_back({{"pod", m.pod}, {"cgroup", m.cgroup}});
   j["model"] = {{"frontends", model_->frontends.size()}, {"envs", model_->envs.size()},
@@ -869,10 +892,11 @@ void Agent::adopt_virtual_env(const sources::KubeConfig& cfg) {
   validate_settings(s_);
 }
 
-// The source is opened (and, for manifests, read) before anything touches the
-// kernel: an unreadable source at start-up exits here. Returns the manifests'
-// first state; nullopt with --kubernetes (its first sync comes from the watches).
-std::optional<k8s::ClusterState> Agent::open_source() {
+// The source is opened before anything touches the kernel: bad settings, a
+// manifest path that does not exist or (--kubernetes) an API that cannot be
+// configured exit here. The manifests are read by run(), beside the loading of
+// the programs.
+void Agent::open_source() {
   validate_settings(s_);
   if (s_.kubernetes && !s_.manifests.empty())
     throw std::invalid_argument("--manifests and --kubernetes: give one source, not both");
@@ -882,8 +906,10 @@ std::optional<k8s::ClusterState> Agent::open_source() {
   cg_root_ = s_.cgroup_root.empty() ? cg_mount_ : cgroup::resolve_in_mount(cg_mount_, s_.cgroup_root);
   if (!cgroup::cgroup_id(cg_root_)) throw std::runtime_error("--cgroup-root: " + cg_root_.string() + " does not exist");
   if (!s_.kubernetes) {  // bad objects are skipped later, reported
+    std::error_code ec;
+    if (!fs::exists(s_.manifests, ec)) throw sources::ManifestError(s_.manifests + ": no such file or directory");
     reader_ = std::make_unique<sources::ManifestReader>(s_.manifests);
-    return reader_->read_all();
+    return;
   }
   sources::KubeConfig kc = s_.kubeconfig.empty() ? sources::in_cluster_config()
                                                  : sources::load_kubeconfig(s_.kubeconfig, s_.kube_context);
@@ -900,14 +926,15 @@ std::optional<k8s::ClusterState> Agent::open_source() {
   events_ = std::make_unique<sources::EventRecorder>(kc, eo);
   pod_cgroups_ = std::make_unique<podcgroup::PodCgroupWatcher>(cg_root_);
   spdlog::info("source: Kubernetes API {} ({})", kc.server, kc.source);
-  return std::nullopt;
 }
 
-// Programs and maps in the kernel (adopting a previous agent's pins), the relay,
-// the reconciler's shadow of what the maps hold, the observability readers.
-void Agent::start_datapath() {
+// The loaded programs attached and their new maps pinned (a previous agent's
+// are adopted), the relay, the reconciler's shadow of what the maps hold, the
+// observability readers.
+void Agent::start_datapath(std::unique_ptr<Datapath> loaded) {
   AttachReport rep;
-  dp_ = Datapath::install(s_, cg_root_, features_, &rep);
+  loaded->attach(cg_root_, &rep);
+  dp_ = std::move(loaded);
   write_http_config();
   spdlog::info("request context (env header -> thread -> connect): {}",
                dp_->request_context() ? "on"
@@ -1075,31 +1102,65 @@ void Agent::shutdown() {
   stop_admin();
 }
 
+void Agent::note_phase(const char* name, double ms, const std::string& detail) {
+  const double rss = proc_status_mib("VmRSS");
+  spdlog::info("start-up: {} {:.0f} ms, RSS {:.0f} MiB{}", name, ms, rss, detail);
+  std::lock_guard<std::mutex> g(mu_);
+  startup_.push_back({name, ms, rss});
+}
+
 int Agent::run() {
-  const auto t_start = std::chrono::steady_clock::now();
-  auto ms_since = [](std::chrono::steady_clock::time_point t) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t).count();
-  };
-  std::optional<k8s::ClusterState> initial = open_source();
-  // The manifests are read (a source that cannot be read stops the agent
-  // before it touches the kernel); the first model is built from them beside
-  // the loading of the programs, which does not need it.
-  std::future<std::unique_ptr<IncrementalModel>> first_model;
-  if (initial) {
-    spdlog::info("start-up: {} object(s) read from {} in {} ms", initial->size(), s_.manifests, ms_since(t_start));
-    first_model = std::async(std::launch::async, [this, cs = std::move(*initial)]() mutable {
-      return build_first_model(std::move(cs));
-    });
-  }
+  using clock = std::chrono::steady_clock;
+  const auto t_start = clock::now();
+  open_source();
 
   features_ = probe_features();
   spdlog::info("envsteer {} on kernel {}: set_retval={}", ENVSTEER_VERSION, features_.kernel, features_.set_retval);
   for (const auto& n : features_.notes) spdlog::warn("degraded: {}", n);
 
   cgroup::ensure_bpffs(s_.bpffs);
+  std::error_code ec;
+  const bool new_pin_dir = !fs::exists(s_.bpffs, ec);
   fs::create_directories(s_.bpffs);
   lock_ = std::make_unique<PinLock>(s_.bpffs);
   open_admin();
+
+  // The programs load (the verifier) on their own thread while the manifests
+  // are read and the first model is built. The load pins, writes and attaches
+  // nothing, so a source that cannot be read still stops the agent before it
+  // changes anything in the kernel or under the pin directory.
+  auto t_load = clock::now();
+  note_phase("open", ms_between(t_start, t_load));
+  auto loading = std::async(std::launch::async, [this, t_load] {
+    auto dp = Datapath::load(s_, features_, nullptr);
+    return std::make_pair(std::move(dp), ms_between(t_load, clock::now()));
+  });
+  std::unique_ptr<IncrementalModel> first_model;
+  if (reader_) {
+    try {
+      auto t_read = clock::now();
+      k8s::ClusterState cs = reader_->read_all();
+      const size_t n = cs.size();
+      auto t_model = clock::now();
+      note_phase("read", ms_between(t_read, t_model), " (" + std::to_string(n) + " object(s) from " + s_.manifests + ")");
+      first_model = build_first_model(std::move(cs));
+      note_phase("model", ms_between(t_model, clock::now()));
+    } catch (...) {
+      // the loaded programs and the maps they created (none pinned) go with it
+      try {
+        loading.get();
+      } catch (const std::exception& e) {
+        spdlog::debug("the program load beside the read failed too: {}", e.what());
+      }
+      lock_.reset();
+      if (new_pin_dir) fs::remove(s_.bpffs, ec);  // only while empty
+      throw;
+    }
+  }
+  auto t_wait = clock::now();
+  auto [loaded, load_ms] = loading.get();
+  note_phase("program_load", load_ms, " (on its own thread, beside the read and the model)");
+  note_phase("load_wait", ms_between(t_wait, clock::now()));
 
   // Signals are read from a signalfd in the loop; block them before threads start.
   sigset_t mask;
@@ -1110,21 +1171,23 @@ int Agent::run() {
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   UniqueFd sfd(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
 
-  auto t_dp = std::chrono::steady_clock::now();
-  try {
-    start_datapath();
-  } catch (...) {
-    if (first_model.valid()) first_model.wait();  // it uses this object
-    throw;
-  }
-  spdlog::info("start-up: data path ready in {} ms", ms_since(t_dp));
+  auto t_dp = clock::now();
+  start_datapath(std::move(loaded));
+  note_phase("attach", ms_between(t_dp, clock::now()));
   std::unique_ptr<sources::ManifestWatcher> watcher;
-  if (initial) {
-    if (!apply_model(first_model.get(), "start-up")) return 1;  // sfd closes here
-    initial.reset();
+  if (first_model) {
+    auto t_apply = clock::now();
+    if (!apply_model(std::move(first_model), "start-up")) return 1;  // sfd closes here
+    note_phase("maps", ms_between(t_apply, clock::now()));
     release_free_memory();  // the parse's buffers and the start-up copies
     watcher = std::make_unique<sources::ManifestWatcher>(s_.manifests);
     ready_ = true;
+    const double total = ms_between(t_start, clock::now());
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      startup_peak_mib_ = proc_status_mib("VmHWM");
+    }
+    note_phase("ready", total, " (agent start -> ready)");
     spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_->frontends.size(),
                  model_->pods.size());
   } else {

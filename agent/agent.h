@@ -158,8 +158,16 @@ class Agent {
   void start_observe();
   void publish_names();  // under mu_
   // run() in steps
-  std::optional<k8s::ClusterState> open_source();
-  void start_datapath();
+  void open_source();
+  void start_datapath(std::unique_ptr<Datapath> loaded);
+  // Start-up phases (status "startup"): how long each took, the RSS after it.
+  struct Phase {
+    std::string name;
+    double ms = 0, rss_mib = 0;
+  };
+  std::vector<Phase> startup_;  // under mu_
+  double startup_peak_mib_ = 0;  // VmHWM when ready, under mu_
+  void note_phase(const char* name, double ms, const std::string& detail = "");
   int loop(int sfd, sources::ManifestWatcher* watcher);
   bool handle_signals(int sfd, bool manifests);
   void periodic();

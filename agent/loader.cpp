@@ -126,14 +126,20 @@ Datapath::~Datapath() {
 namespace {
 
 // Checks every pinned map of an earlier agent against this object's layout, and
-// keeps the pinned size where it differs from the configured one.
-void check_pinned_maps(envsteer_bpf* skel, const fs::path& map_dir, const Settings& s, AttachReport& rep) {
+// keeps the pinned size where it differs from the configured one. The maps not
+// pinned yet go to *created, unpinned: the load creates them, and they are
+// pinned only once the agent goes on to attach (Datapath::attach).
+void check_pinned_maps(envsteer_bpf* skel, const fs::path& map_dir, const Settings& s, AttachReport& rep,
+                       std::vector<bpf_map*>* created) {
   bpf_map* map;
   bpf_object__for_each_map(map, skel->obj) {
     if (!bpf_map__pin_path(map)) continue;  // internal maps (.rodata) are not pinned
     fs::path p = map_dir / bpf_map__name(map);
     UniqueFd fd(bpf_obj_get(p.c_str()));
     if (!fd) {
+      if (int err = bpf_map__set_pin_path(map, nullptr); err != 0)
+        throw std::runtime_error(std::string("map ") + bpf_map__name(map) + ": " + errstr(err));
+      created->push_back(map);
       rep.maps_created++;
       continue;
     }
@@ -272,7 +278,7 @@ void Datapath::configure(const Settings& s, const Features& f) {
   }
 }
 
-void Datapath::load(const Settings& s) {
+void Datapath::load_programs(const Settings& s) {
   if (int err = envsteer_bpf__load(skel_); err != 0)
     throw std::runtime_error("loading the BPF programs failed: " + errstr(err) +
                              " (run with --log-level debug for the verifier log)");
@@ -290,35 +296,53 @@ void Datapath::load(const Settings& s) {
                              std::to_string(ES_ABI_VERSION) + "; run `envsteer uninstall` first");
 }
 
-std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& cgroup_root,
-                                            const Features& f, AttachReport* report) {
-  const fs::path pin = s.bpffs, map_dir = pin / "maps", link_dir = pin / "links";
-  fs::create_directories(map_dir);
-  fs::create_directories(link_dir);
-
+std::unique_ptr<Datapath> Datapath::load(const Settings& s, const Features& f, AttachReport* report) {
+  const fs::path pin = s.bpffs, map_dir = pin / "maps";
   std::unique_ptr<Datapath> dp(new Datapath());
+  dp->pin_dir_ = pin;
   const std::string map_root = map_dir.string();
   LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = map_root.c_str());
   dp->skel_ = envsteer_bpf__open_opts(&opts);
   if (!dp->skel_) throw std::runtime_error("cannot open the BPF object: " + errstr(errno));
 
-  AttachReport rep;
   dp->configure(s, f);
-  check_pinned_maps(dp->skel_, map_dir, s, rep);
-  dp->load(s);
+  check_pinned_maps(dp->skel_, map_dir, s, dp->loaded_, &dp->unpinned_);
+  dp->load_programs(s);
+  if (report) *report = dp->loaded_;
+  return dp;
+}
+
+void Datapath::attach(const fs::path& cgroup_root, AttachReport* report) {
+  const fs::path map_dir = pin_dir_ / "maps", link_dir = pin_dir_ / "links";
+  fs::create_directories(map_dir);
+  fs::create_directories(link_dir);
+  AttachReport rep = loaded_;
+  // the maps this agent created, before any program that uses them is attached
+  for (bpf_map* m : unpinned_) {
+    const fs::path p = map_dir / bpf_map__name(m);
+    if (int err = bpf_map__pin(m, p.c_str()); err != 0)
+      throw std::runtime_error("pinning map " + p.string() + " failed: " + errstr(err));
+  }
+  unpinned_.clear();
   std::vector<CgroupProgram> cgroup_progs;
-  dp->root_links_ = detach_obsolete(link_dir, attach_all(dp->skel_, link_dir, rep, &cgroup_progs));
-  dp->pods_ = std::make_unique<PodAttacher>(link_dir / "pods", std::move(cgroup_progs));
-  rep.pods_adopted = dp->pods_->adopt();
-  dp->link_dir_ = link_dir;
+  root_links_ = detach_obsolete(link_dir, attach_all(skel_, link_dir, rep, &cgroup_progs));
+  pods_ = std::make_unique<PodAttacher>(link_dir / "pods", std::move(cgroup_progs));
+  rep.pods_adopted = pods_->adopt();
+  link_dir_ = link_dir;
   bpf_program* prog;
-  bpf_object__for_each_program(prog, dp->skel_->obj)
-    if (bpf_program__autoload(prog) && bpf_program__type(prog) == BPF_PROG_TYPE_TRACING) dp->tracing_.push_back(prog);
-  dp->tracing_on_ = !dp->tracing_.empty();  // attached by attach_all: kept until the model says
-  if (!dp->root_links_.empty())
+  bpf_object__for_each_program(prog, skel_->obj)
+    if (bpf_program__autoload(prog) && bpf_program__type(prog) == BPF_PROG_TYPE_TRACING) tracing_.push_back(prog);
+  tracing_on_ = !tracing_.empty();  // attached by attach_all: kept until the model says
+  if (!root_links_.empty())
     spdlog::info("{} cgroup link(s) at {} of an agent older than per-pod attachment: removed once the pods have "
-                 "their own", dp->root_links_.size(), cgroup_root.string());
+                 "their own", root_links_.size(), cgroup_root.string());
   if (report) *report = rep;
+}
+
+std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& cgroup_root,
+                                            const Features& f, AttachReport* report) {
+  auto dp = load(s, f, nullptr);
+  dp->attach(cgroup_root, report);
   return dp;
 }
 

@@ -19,6 +19,7 @@
 #include "settings.h"
 
 struct envsteer_bpf;
+struct bpf_map;
 struct bpf_program;
 
 namespace envsteer {
@@ -62,7 +63,18 @@ struct AttachReport {
 class Datapath {
  public:
   ~Datapath();
-  // Throws std::runtime_error with a message an operator can act on.
+  // Start-up in two steps, so that the programs load (the verifier: most of
+  // the time) while the source is read. Both throw std::runtime_error with a
+  // message an operator can act on; the caller holds the PinLock.
+  // 1. Opens the object, checks the maps a previous agent pinned (reused, not
+  //    written) and loads the programs. It pins and attaches nothing: dropping
+  //    the result (the source could not be read) leaves the kernel and the pin
+  //    directory as they were.
+  static std::unique_ptr<Datapath> load(const Settings& s, const Features& f, AttachReport* report);
+  // 2. Pins the maps step 1 created and attaches the global programs (the
+  //    cgroup ones go per pod with sync_pods, after the maps are written).
+  void attach(const std::filesystem::path& cgroup_root, AttachReport* report);
+  // Both steps.
   static std::unique_ptr<Datapath> install(const Settings& s, const std::filesystem::path& cgroup_root,
                                            const Features& f, AttachReport* report);
   maps::BpfMapBackend& maps() { return maps_; }
@@ -86,8 +98,11 @@ class Datapath {
   // Map sizes, feature switches (rodata) and which programs load.
   void configure(const Settings& s, const Features& f);
   // Loads the programs (adopting pinned maps) and checks the pinned ABI.
-  void load(const Settings& s);
+  void load_programs(const Settings& s);
   envsteer_bpf* skel_ = nullptr;
+  std::filesystem::path pin_dir_;
+  std::vector<bpf_map*> unpinned_;  // created by load(), pinned by attach()
+  AttachReport loaded_;             // load()'s part of the report
   bool request_ctx_ = false;
   bool per_request_ = false;
   maps::BpfMapBackend maps_;

@@ -7,8 +7,10 @@ Tests that need a pristine agent (uninstall, --cleanup-on-exit, start-up errors,
 their own node.
 """
 import collections
+import os
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -321,6 +323,65 @@ def test_bad_manifest_at_startup_exits_nonzero_naming_object_and_field(make_node
     assert rc != 0, log
     for p in patterns:
         assert re.search(p, log), "start-up error does not match %r:\n%s" % (p, log)
+
+
+def test_bad_manifest_at_startup_pins_and_attaches_nothing(make_node):
+    """The programs load while the manifests are read; a file that cannot be read still
+    stops the agent before it pins, writes or attaches anything."""
+    node = make_node("badnopin", default_env="dev")
+    node.add_service(NS, "s", "127.96.3.1", PORT, TP)
+    node.add_pod(NS, "s-dev", "127.1.3.1", app="s", env="dev", port=TP)
+    node.extra_docs = [STARTUP_CASES[-1][1]]  # malformed YAML
+    node.write_manifests()
+    assert node.pins() == []
+    rc, log = node.run_agent_expect_exit()
+    assert rc != 0, log
+    assert re.search(r"(?i)yaml|parse", log), log
+    assert node.pins() == [], "a failed start-up left pins: %s\n%s" % (node.pins(), log)
+    assert node.attached_programs() == {}, log
+
+
+def test_bad_manifest_at_restart_keeps_the_pinned_state(make_node):
+    """A restart with a manifest that cannot be read: the new agent exits and the
+    previous agent's maps and links (same kernel objects) keep steering."""
+    node = make_node("badrestart", default_env="dev")
+    populate(node, base="127.1.8")
+    node.start_agent()
+    assert_steered(node, "c-proj1", "s-proj1", n=1)
+    assert node.stop_agent(signal.SIGTERM) == 0
+    before = node.pinned_ids()
+    assert any(kind == "map" for kind, _ in before.values()) and \
+        any(kind == "link" for kind, _ in before.values()), before
+    node.extra_docs = [STARTUP_CASES[-1][1]]
+    node.write_manifests()
+    rc, log = node.run_agent_expect_exit()
+    assert rc != 0, log
+    assert node.pinned_ids() == before, log
+    assert_steered(node, "c-proj1", "s-proj1")
+    node.extra_docs = []
+    node.write_manifests()
+    node.start_agent()
+    assert_steered(node, "c-proj1", "s-proj1")
+
+
+def test_failed_program_load_at_startup_exits_and_changes_nothing(make_node):
+    """The program load (on its own thread, beside the read) fails: here a pinned map of
+    another layout. The agent exits naming it, pins and attaches nothing else."""
+    node = make_node("badload", default_env="dev")
+    node.add_service(NS, "s", "127.96.3.1", PORT, TP)
+    node.add_pod(NS, "s-dev", "127.1.3.1", app="s", env="dev", port=TP)
+    node.write_manifests()
+    bogus = os.path.join(node.pin_dir, "maps", "es_frontends")
+    os.makedirs(os.path.dirname(bogus))
+    subprocess.run(["bpftool", "map", "create", bogus, "type", "hash", "key", "4", "value", "4",
+                    "entries", "8", "name", "es_frontends"], check=True, timeout=10)
+    before = node.pinned_ids()
+    assert list(before) == ["maps/es_frontends"], before
+    rc, log = node.run_agent_expect_exit()
+    assert rc != 0, log
+    assert "incompatible envsteer version" in log and bogus in log, log
+    assert node.pinned_ids() == before, log
+    assert node.attached_programs() == {}, log
 
 
 def test_second_agent_on_the_same_pin_directory_refuses(running):
