@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <thread>
@@ -141,7 +142,10 @@ class AdminServer : public ::testing::Test {
     }
     timeval tv{3, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    fds_.push_back(fd);
+    {
+      std::lock_guard<std::mutex> g(fds_mu_);  // exchange() runs on several threads at once
+      fds_.push_back(fd);
+    }
     return fd;
   }
 
@@ -162,6 +166,7 @@ class AdminServer : public ::testing::Test {
 
   fs::path dir_, path_;
   std::unique_ptr<Server> srv_;
+  std::mutex fds_mu_;
   std::vector<int> fds_;
   std::atomic<int> busy_{0}, streams_done_{0};
 };
