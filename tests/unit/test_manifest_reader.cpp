@@ -43,6 +43,16 @@ std::string error_of(ManifestReader& r, const std::string& name) {
   return "";
 }
 
+// The whole-directory read (the reference): its error ("" when none) and state.
+std::string whole_read(const fs::path& dir, k8s::ClusterState& whole) {
+  try {
+    whole = load_manifests(dir);
+  } catch (const ManifestError& e) {
+    return e.what();
+  }
+  return "";
+}
+
 class ManifestReaderTest : public ::testing::Test {
  protected:
   void write(const std::string& name, const std::string& text) { tmp_.write(name, text); }
@@ -156,13 +166,9 @@ TEST_F(ManifestReaderTest, ItemByItemReadsLikeTheWholeFile) {
            list("List", "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"q\\\"]}\",\"namespace\":\"a\"}}"),
        }) {
     write("m.json", text);
-    std::string whole_error, reader_error;
+    std::string reader_error;
     k8s::ClusterState whole, got;
-    try {
-      whole = load_manifests(dir_);
-    } catch (const ManifestError& e) {
-      whole_error = e.what();
-    }
+    const std::string whole_error = whole_read(dir_, whole);
     ManifestReader r(dir_);
     try {
       got = r.read_all();
@@ -386,13 +392,8 @@ TEST_F(ManifestReaderTest, RandomMovesBetweenFilesReadLikeTheWholeDirectory) {
     }
     for (const auto& f : touched)
       if (files.count(f)) write_file(f);
-    std::string whole_error;
     k8s::ClusterState whole;
-    try {
-      whole = load_manifests(dir_);
-    } catch (const ManifestError& e) {
-      whole_error = e.what();
-    }
+    const std::string whole_error = whole_read(dir_, whole);
     std::set<std::string> asked = touched;
     if (pick(4) == 0) asked.insert(names.begin(), names.end());  // as for lost events
     const std::string got_error = t.read(asked);
@@ -469,13 +470,8 @@ TEST_F(ManifestReaderTest, RandomEditsReadLikeTheWholeFile) {
         items = kept;
       }
       write("1.json", text());
-      std::string whole_error;
       k8s::ClusterState whole;
-      try {
-        whole = load_manifests(dir_);
-      } catch (const ManifestError& e) {
-        whole_error = e.what();
-      }
+      const std::string whole_error = whole_read(dir_, whole);
       std::string got_error = t.read({"1.json"});
       ASSERT_EQ(got_error, whole_error) << "step " << step << ": " << text();
       if (whole_error.empty()) {
