@@ -1132,7 +1132,7 @@ int Agent::run() {
   auto t_load = clock::now();
   note_phase("open", ms_between(t_start, t_load));
   auto loading = std::async(std::launch::async, [this, t_load] {
-    auto dp = Datapath::load(s_, features_, nullptr);
+    auto dp = Datapath::load(s_, features_);
     return std::make_pair(std::move(dp), ms_between(t_load, clock::now()));
   });
   std::unique_ptr<IncrementalModel> first_model;

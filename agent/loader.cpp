@@ -296,7 +296,7 @@ void Datapath::load_programs(const Settings& s) {
                              std::to_string(ES_ABI_VERSION) + "; run `envsteer uninstall` first");
 }
 
-std::unique_ptr<Datapath> Datapath::load(const Settings& s, const Features& f, AttachReport* report) {
+std::unique_ptr<Datapath> Datapath::load(const Settings& s, const Features& f) {
   const fs::path pin = s.bpffs, map_dir = pin / "maps";
   std::unique_ptr<Datapath> dp(new Datapath());
   dp->pin_dir_ = pin;
@@ -308,7 +308,6 @@ std::unique_ptr<Datapath> Datapath::load(const Settings& s, const Features& f, A
   dp->configure(s, f);
   check_pinned_maps(dp->skel_, map_dir, s, dp->loaded_, &dp->unpinned_);
   dp->load_programs(s);
-  if (report) *report = dp->loaded_;
   return dp;
 }
 
@@ -337,13 +336,6 @@ void Datapath::attach(const fs::path& cgroup_root, AttachReport* report) {
     spdlog::info("{} cgroup link(s) at {} of an agent older than per-pod attachment: removed once the pods have "
                  "their own", root_links_.size(), cgroup_root.string());
   if (report) *report = rep;
-}
-
-std::unique_ptr<Datapath> Datapath::install(const Settings& s, const fs::path& cgroup_root,
-                                            const Features& f, AttachReport* report) {
-  auto dp = load(s, f, nullptr);
-  dp->attach(cgroup_root, report);
-  return dp;
 }
 
 bool Datapath::set_thread_tracing(bool on) {

@@ -70,13 +70,11 @@ class Datapath {
   //    written) and loads the programs. It pins and attaches nothing: dropping
   //    the result (the source could not be read) leaves the kernel and the pin
   //    directory as they were.
-  static std::unique_ptr<Datapath> load(const Settings& s, const Features& f, AttachReport* report);
+  static std::unique_ptr<Datapath> load(const Settings& s, const Features& f);
   // 2. Pins the maps step 1 created and attaches the global programs (the
   //    cgroup ones go per pod with sync_pods, after the maps are written).
+  //    The report covers both steps.
   void attach(const std::filesystem::path& cgroup_root, AttachReport* report);
-  // Both steps.
-  static std::unique_ptr<Datapath> install(const Settings& s, const std::filesystem::path& cgroup_root,
-                                           const Features& f, AttachReport* report);
   maps::BpfMapBackend& maps() { return maps_; }
   bool request_context() const { return request_ctx_; }
   // Per-request steering on steered connections (sk_msg, sk_skb, sockops).
