@@ -21,6 +21,7 @@
 #include "cgroup.h"
 #include "explain.h"
 #include "fd.h"
+#include "procstatus.h"
 #include "sources/manifest.h"
 
 extern "C" {
@@ -75,22 +76,6 @@ namespace {
 // Hands the heap's free pages back to the kernel (glibc keeps them otherwise):
 // after a full read the steady-state RSS is the model's, not the parse's peak.
 void release_free_memory() { malloc_trim(0); }
-
-// A field of /proc/self/status in MiB ("VmRSS", "VmHWM"); 0 if unreadable.
-double proc_status_mib(const char* field) {
-  FILE* f = fopen("/proc/self/status", "re");
-  if (!f) return 0;
-  char line[256];
-  const size_t n = strlen(field);
-  double kib = 0;
-  while (fgets(line, sizeof(line), f))
-    if (strncmp(line, field, n) == 0 && line[n] == ':') {
-      kib = strtod(line + n + 1, nullptr);
-      break;
-    }
-  fclose(f);
-  return kib / 1024.0;
-}
 
 double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
@@ -1103,7 +1088,7 @@ void Agent::shutdown() {
 }
 
 void Agent::note_phase(const char* name, double ms, const std::string& detail) {
-  const double rss = proc_status_mib("VmRSS");
+  const double rss = proc_self_status_mib("VmRSS");
   spdlog::info("start-up: {} {:.0f} ms, RSS {:.0f} MiB{}", name, ms, rss, detail);
   std::lock_guard<std::mutex> g(mu_);
   startup_.push_back({name, ms, rss});
@@ -1185,7 +1170,7 @@ int Agent::run() {
     const double total = ms_between(t_start, clock::now());
     {
       std::lock_guard<std::mutex> g(mu_);
-      startup_peak_mib_ = proc_status_mib("VmHWM");
+      startup_peak_mib_ = proc_self_status_mib("VmHWM");
     }
     note_phase("ready", total, " (agent start -> ready)");
     spdlog::info("ready: steering {} service address(es) for {} local pod(s)", model_->frontends.size(),

@@ -26,6 +26,7 @@
 #include <stdexcept>
 
 #include "metrics.h"
+#include "procstatus.h"
 #include "relay_internal.h"
 
 namespace envsteer {
@@ -187,14 +188,8 @@ namespace {
 
 // Effective capabilities of this process (/proc/self/status CapEff); 0 when unreadable.
 uint64_t effective_caps() {
-  FILE* f = std::fopen("/proc/self/status", "re");
-  if (!f) return 0;
-  char line[256];
-  uint64_t caps = 0;
-  while (std::fgets(line, sizeof(line), f))
-    if (std::strncmp(line, "CapEff:", 7) == 0) caps = std::strtoull(line + 7, nullptr, 16);
-  std::fclose(f);
-  return caps;
+  auto v = proc_self_status("CapEff");
+  return v ? std::strtoull(v->c_str(), nullptr, 16) : 0;
 }
 
 }  // namespace

@@ -24,6 +24,7 @@
 
 #include "maps/maps.h"
 #include "model.h"
+#include "procstatus.h"
 #include "reconciler.h"
 #include "sources/manifest.h"
 
@@ -42,21 +43,13 @@ class CountingMaps : public maps::MapBackend {
   uint32_t capacity(maps::MapId) const override { return 0; }
 };
 
-long status_kib(const char* field) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind(field, 0) == 0) return std::stol(line.substr(std::strlen(field) + 1));
-  return -1;
-}
-
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void phase(const char* what, double ms) {
-  std::printf("%-28s %9.1f ms   RSS %6.1f MiB  peak %6.1f MiB\n", what, ms, status_kib("VmRSS:") / 1024.0,
-              status_kib("VmHWM:") / 1024.0);
+  std::printf("%-28s %9.1f ms   RSS %6.1f MiB  peak %6.1f MiB\n", what, ms, proc_self_status_mib("VmRSS"),
+              proc_self_status_mib("VmHWM"));
   std::fflush(stdout);
 }
 
