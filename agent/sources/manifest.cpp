@@ -286,22 +286,19 @@ k8s::ClusterState load_manifests(const fs::path& path) {
 class TextStore {
  public:
   static constexpr uint64_t kPage = 4096;
-  explicit TextStore(int fd) : fd_(fd) {}
-  ~TextStore() { ::close(fd_); }
-  TextStore(const TextStore&) = delete;
-  TextStore& operator=(const TextStore&) = delete;
+  explicit TextStore(UniqueFd fd) : fd_(std::move(fd)) {}
 
   // nullptr when DIR cannot hold one.
   static std::shared_ptr<TextStore> open(const fs::path& dir) {
-    int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0) return nullptr;
-    auto store = std::make_shared<TextStore>(fd);
+    UniqueFd fd(::open(dir.c_str(), O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600));
+    if (!fd) return nullptr;
     // released texts must give their space back: a file system that cannot punch holes is not used
     std::string page(kPage, 'x');
-    if (::pwrite(fd, page.data(), page.size(), 0) != static_cast<ssize_t>(page.size()) ||
-        ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, kPage) != 0 || ::ftruncate(fd, 0) != 0)
+    if (::pwrite(fd.get(), page.data(), page.size(), 0) != static_cast<ssize_t>(page.size()) ||
+        ::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, kPage) != 0 ||
+        ::ftruncate(fd.get(), 0) != 0)
       return nullptr;
-    return store;
+    return std::make_shared<TextStore>(std::move(fd));
   }
 
   static void keep(const std::shared_ptr<TextStore>& self, std::string text, KeptText& into) {
@@ -312,7 +309,7 @@ class TextStore {
       const uint64_t off = (self->end_ + kPage - 1) / kPage * kPage;
       size_t done = 0;
       while (done < text.size()) {
-        ssize_t n = ::pwrite(self->fd_, text.data() + done, text.size() - done, static_cast<off_t>(off + done));
+        ssize_t n = ::pwrite(self->fd_.get(), text.data() + done, text.size() - done, static_cast<off_t>(off + done));
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) break;
         done += static_cast<size_t>(n);
@@ -332,7 +329,7 @@ class TextStore {
   bool read(uint64_t off, char* buf, size_t len) const {
     size_t done = 0;
     while (done < len) {
-      ssize_t n = ::pread(fd_, buf + done, len - done, static_cast<off_t>(off + done));
+      ssize_t n = ::pread(fd_.get(), buf + done, len - done, static_cast<off_t>(off + done));
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return false;
       done += static_cast<size_t>(n);
@@ -342,15 +339,15 @@ class TextStore {
 
   void release(uint64_t off, size_t len) {
     drop(off, len);
-    if (--live_ == 0 && ::ftruncate(fd_, 0) == 0) end_ = 0;  // nothing kept: start again at 0
+    if (--live_ == 0 && ::ftruncate(fd_.get(), 0) == 0) end_ = 0;  // nothing kept: start again at 0
   }
 
  private:
   void drop(uint64_t off, size_t len) {
-    if (len > 0) (void)::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+    if (len > 0) (void)::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
                                    static_cast<off_t>(len));
   }
-  int fd_;
+  UniqueFd fd_;
   uint64_t end_ = 0;  // past the last text written
   size_t live_ = 0;   // texts kept
 };
