@@ -890,18 +890,12 @@ struct es_http_run {
 	int kind;
 };
 
-/* Byte i of a literal; 0 past its end. */
+/* Byte i of a literal; 0 past its end (es_http_kc, with a fourth word). */
 ES_INLINE __u8 es_http_lit(const __u64 *lit, __u32 i)
 {
-	if (i < 8)
-		return (__u8)(lit[0] >> (i * 8));
-	if (i < 16)
-		return (__u8)(lit[1] >> ((i - 8) * 8));
 	if (i < 24)
-		return (__u8)(lit[2] >> ((i - 16) * 8));
-	if (i < 32)
-		return (__u8)(lit[3] >> ((i - 24) * 8));
-	return 0;
+		return es_http_kc(lit[0], lit[1], lit[2], i);
+	return i < 32 ? (__u8)(lit[3] >> ((i - 24) * 8)) : 0;
 }
 
 /* A configured name (lower case, zero-padded) as a literal: packed
@@ -981,14 +975,6 @@ ES_INLINE int es_http_run_start(const struct es_http_state *st, const struct es_
 	}
 	run->kind = kind;
 	return kind;
-}
-
-/* The kind of run the next bytes may be taken in (ES_HTTP_RUN_NONE: feed them). */
-ES_INLINE int es_http_run_kind(const struct es_http_state *st, const struct es_http_cfg *cfg)
-{
-	struct es_http_run run;
-
-	return es_http_run_start(st, cfg, &run);
 }
 
 /* 1 when byte c, the k-th from the run's start, continues it. */

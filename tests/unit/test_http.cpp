@@ -630,6 +630,12 @@ TEST(HttpRuns, SameStateAsByteByByte) {
   }
 }
 
+// The kind of run the next bytes may be taken in (ES_HTTP_RUN_NONE: feed them).
+int es_http_run_kind(const struct es_http_state* st, const struct es_http_cfg* cfg) {
+  struct es_http_run run;
+  return es_http_run_start(st, cfg, &run);
+}
+
 TEST(HttpRuns, Kinds) {
   auto cfg = Cfg();
   struct es_http_state st = {};
