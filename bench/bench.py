@@ -989,6 +989,36 @@ def render_metrics(ms):
     return "\n".join(lines)
 
 
+def write_control_cluster(cpn, n_svc, per_svc, n_env, n_ns, n_local):
+    """The control suite's cluster as manifests of node CPN: one JSON file per namespace;
+    pod k of service i is in env dev.e<(i*per_svc+k) % n_env>; the first pod of the first
+    N_LOCAL services is local (a cgroup under the node's root). Returns (files by namespace,
+    pods, bytes written)."""
+    files, pod_ix = {}, 0
+    local_left = n_local
+    for i in range(n_svc):
+        nsn = "ns-%d" % (i % n_ns)
+        name = "svc-%d" % i
+        objs = files.setdefault(nsn, [])
+        objs.append(k8s_service(nsn, name, scale_addr(130, i), selector={"app": name}))
+        for k in range(per_svc):
+            labels = {"app": name, "virtual-env": "dev.e%d" % (pod_ix % n_env)}
+            cg = None
+            if local_left and k == 0:  # some local pods (cgroups under the cp root)
+                local_left -= 1
+                rel = cpn.cgroup_rel + "/pod-%d" % i
+                os.mkdir(os.path.join(cpn.cg_mount, rel))
+                cg = rel
+            objs.append(k8s_pod(nsn, "pod-%d-%d" % (i, k), scale_addr(140, pod_ix),
+                                labels, cg, node=cpn.uid if cg else "other"))
+            pod_ix += 1
+    total = 0
+    for nsn, objs in files.items():
+        total += write_json_manifest(cpn, nsn + ".json", objs)
+    cpn.write_raw_manifest("cluster.yaml", "")  # the harness's file: empty
+    return files, pod_ix, total
+
+
 def suite_control(b):
     """Issue 5 item 4: a second node whose agent starts on generated manifests (services,
     pods, environments; selector-based membership), then single pod-label changes."""
@@ -1053,30 +1083,8 @@ def suite_control(b):
     try:
         with open(os.path.join(cpn.tmp, "limits.yaml"), "w") as f:
             f.write(LIMITS_YAML)
-        # one JSON file per namespace; pod k of service i is in env dev.e<(i*10+k) % n_env>
         per_svc = max(1, n_pod // n_svc)
-        files, pod_ix = {}, 0
-        local_left = n_local
-        for i in range(n_svc):
-            nsn = "ns-%d" % (i % n_ns)
-            name = "svc-%d" % i
-            objs = files.setdefault(nsn, [])
-            objs.append(k8s_service(nsn, name, scale_addr(130, i), selector={"app": name}))
-            for k in range(per_svc):
-                labels = {"app": name, "virtual-env": "dev.e%d" % (pod_ix % n_env)}
-                cg = None
-                if local_left and k == 0:  # some local pods (cgroups under the cp root)
-                    local_left -= 1
-                    rel = cpn.cgroup_rel + "/pod-%d" % i
-                    os.mkdir(os.path.join(cpn.cg_mount, rel))
-                    cg = rel
-                objs.append(k8s_pod(nsn, "pod-%d-%d" % (i, k), scale_addr(140, pod_ix),
-                                    labels, cg, node=cpn.uid if cg else "other"))
-                pod_ix += 1
-        total = 0
-        for nsn, objs in files.items():
-            total += write_json_manifest(cpn, nsn + ".json", objs)
-        cpn.write_raw_manifest("cluster.yaml", "")  # the harness's file: empty
+        files, pod_ix, total = write_control_cluster(cpn, n_svc, per_svc, n_env, n_ns, n_local)
         raw["manifest_bytes"] = total
         log("control plane: %d services, %d pods, %d envs in %d files (%.0f MB); starting "
             "the agent" % (n_svc, pod_ix, n_env, len(files), total / 1e6))

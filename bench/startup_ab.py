@@ -22,25 +22,7 @@ res = {b: [] for b in bins}
 try:
     with open(os.path.join(cpn.tmp, "limits.yaml"), "w") as f:
         f.write(bench.LIMITS_YAML)
-    per_svc = n_pod // n_svc
-    files, pod_ix, local_left = {}, 0, n_local
-    for i in range(n_svc):
-        nsn = "ns-%d" % (i % n_ns)
-        objs = files.setdefault(nsn, [])
-        objs.append(bench.k8s_service(nsn, "svc-%d" % i, bench.scale_addr(130, i), selector={"app": "svc-%d" % i}))
-        for k in range(per_svc):
-            labels = {"app": "svc-%d" % i, "virtual-env": "dev.e%d" % (pod_ix % n_env)}
-            cg = None
-            if local_left and k == 0:
-                local_left -= 1
-                cg = cpn.cgroup_rel + "/pod-%d" % i
-                os.mkdir(os.path.join(cpn.cg_mount, cg))
-            objs.append(bench.k8s_pod(nsn, "pod-%d-%d" % (i, k), bench.scale_addr(140, pod_ix), labels, cg,
-                                      node=cpn.uid if cg else "other"))
-            pod_ix += 1
-    for nsn, objs in files.items():
-        bench.write_json_manifest(cpn, nsn + ".json", objs)
-    cpn.write_raw_manifest("cluster.yaml", "")
+    bench.write_control_cluster(cpn, n_svc, max(1, n_pod // n_svc), n_env, n_ns, n_local)
     for r in range(rounds):
         for b in (bins if r % 2 == 0 else bins[::-1]):
             cpn.bin = b
