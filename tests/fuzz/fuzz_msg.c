@@ -1138,6 +1138,8 @@ static struct {
 	int align;
 	int relay_partial; /* the relay's receive memory takes one element of a frame, once */
 	int single_set;    /* the service had one backend set at the first request (not followed) */
+	int connected_single; /* the connection was made while the service had one set (no state
+			       * callback, so never followed); the service has two now */
 	struct es_http_cfg http;
 } cf;
 
@@ -1985,6 +1987,9 @@ static void check_own_counts(void)
 			heads++;
 	if (cf.single_set && o)
 		violation("the own pod's responses are followed on a service with one backend set");
+	if (cf.connected_single && o)
+		violation("the own pod's responses are followed on a connection without the state callback "
+			  "(its es_own_rsp entry would outlive it)");
 	if (o && o->reqs < heads)
 		violation("the own pod got %llu request heads; %llu counted", (unsigned long long)heads,
 			  (unsigned long long)o->reqs);
@@ -2112,7 +2117,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * c3: bit 0 the relay's receive memory takes only the first element of one
 	 *     frame (bpf_tcp_ingress under TCP memory pressure), bit 1 the service
 	 *     has one backend set in es_frontends (the own pod's responses are not
-	 *     followed)
+	 *     followed), bit 2 the connection was made while it had one (sockops
+	 *     left it without the state callback: never followed either)
 	 */
 	c0 = rd8(&r);
 	c1 = rd8(&r);
@@ -2121,6 +2127,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	cf.relay_partial = c3 & 1;
 	fd.partial_on = cf.relay_partial;
 	cf.single_set = (c3 >> 1) & 1;
+	cf.connected_single = (c3 >> 2) & 1;
 	cf.window = windows[c0 & 3];
 	cf.auto_inject = (c0 >> 2) & 1;
 	cf.pod_flags = ((c0 & 0x08) ? ES_POD_F_LABELLED : 0) | ((c0 & 0x10) ? ES_POD_F_THREAD_CTX : 0);
@@ -2148,7 +2155,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fk_setup_maps();
 
 	/* as sockops leaves it once established (outbound.h es_sockops) */
-	fk.sock.steered = ES_STEER_POD | (cf.single_set ? 0 : ES_STEER_F_STATE);
+	fk.sock.steered = ES_STEER_POD | (cf.single_set || cf.connected_single ? 0 : ES_STEER_F_STATE);
 	fk.sock.svc_id = FK_SVC;
 	fk.sock.env_id = cf.conn_env;
 	fk.sock.pod_env_id = cf.pod_env;
