@@ -916,7 +916,7 @@ void Agent::open_source() {
 // The loaded programs attached and their new maps pinned (a previous agent's
 // are adopted), the relay, the reconciler's shadow of what the maps hold, the
 // observability readers.
-void Agent::start_datapath(std::unique_ptr<Datapath> loaded) {
+void Agent::start_datapath(std::unique_ptr<Datapath> loaded, size_t adopted) {
   AttachReport rep;
   loaded->attach(cg_root_, &rep);
   dp_ = std::move(loaded);
@@ -944,8 +944,6 @@ void Agent::start_datapath(std::unique_ptr<Datapath> loaded) {
     relay_ = std::make_unique<Relay>(dp_->maps(), ro);
     relay_->start();
   }
-  rec_ = std::make_unique<Reconciler>(dp_->maps(), s_.splitter);
-  size_t adopted = rec_->adopt();
   spdlog::info("data path for cgroup {}: {} program(s) attached, {} replaced in place, {} pod cgroup(s) "
                "adopted (participation: {}{}); maps under {}/maps: {} reused ({} entries adopted), {} created",
                cg_root_.string(), rep.created.size(), rep.replaced.size(), rep.pods_adopted, s_.participation,
@@ -1097,6 +1095,12 @@ void Agent::note_phase(const char* name, double ms, const std::string& detail) {
 int Agent::run() {
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
+  // One malloc arena for every thread: the program load's threads hold the
+  // kernel's parsed BTF (~10 MiB each) while the first model is built; in
+  // arenas of their own, the memory they free would stay out of the model's
+  // reach and add to the peak. (Small allocations go through each thread's
+  // cache first, so the threads seldom wait for the arena's lock.)
+  mallopt(M_ARENA_MAX, 1);
   open_source();
 
   features_ = probe_features();
@@ -1110,17 +1114,37 @@ int Agent::run() {
   lock_ = std::make_unique<PinLock>(s_.bpffs);
   open_admin();
 
-  // The programs load (the verifier) on their own thread while the manifests
-  // are read and the first model is built. The load pins, writes and attaches
-  // nothing, so a source that cannot be read still stops the agent before it
-  // changes anything in the kernel or under the pin directory.
+  // The maps come first (a tenth of a second); then the programs load (the
+  // verifier, seconds) on their own thread while the manifests are read, the
+  // first model is built and written to the maps. Nothing is pinned or
+  // attached before the load is done, so a source that cannot be read (or a
+  // program the kernel refuses) stops the agent before it changes anything
+  // under the pin directory; only maps a previous agent pinned (same ABI) get
+  // the first sync's writes early, and they say what the cluster says.
+  auto t_maps_open = clock::now();
+  note_phase("open", ms_between(t_start, t_maps_open));
+  std::unique_ptr<Datapath> dp = Datapath::open(s_, features_);
+  rec_ = std::make_unique<Reconciler>(dp->maps(), s_.splitter);
+  const size_t adopted = rec_->adopt();
   auto t_load = clock::now();
-  note_phase("open", ms_between(t_start, t_load));
-  auto loading = std::async(std::launch::async, [this, t_load] {
-    auto dp = Datapath::load(s_, features_);
-    return std::make_pair(std::move(dp), ms_between(t_load, clock::now()));
+  note_phase("maps_open", ms_between(t_maps_open, t_load));
+  auto loading = std::async(std::launch::async, [this, d = dp.get(), t_load] {
+    d->load(s_);
+    return ms_between(t_load, clock::now());
   });
+  // Before any return or throw below: the load thread is joined (the future
+  // goes first) and nothing keeps the maps' backend.
+  auto drop_datapath = [&] {
+    try {
+      loading.get();
+    } catch (const std::exception& e) {
+      spdlog::debug("the program load beside the read failed too: {}", e.what());
+    }
+    rec_.reset();
+    dp.reset();
+  };
   std::unique_ptr<IncrementalModel> first_model;
+  bool applied = false;
   if (reader_) {
     try {
       auto t_read = clock::now();
@@ -1131,20 +1155,30 @@ int Agent::run() {
       first_model = build_first_model(std::move(cs));
       note_phase("model", ms_between(t_model, clock::now()));
     } catch (...) {
-      // the loaded programs and the maps they created (none pinned) go with it
-      try {
-        loading.get();
-      } catch (const std::exception& e) {
-        spdlog::debug("the program load beside the read failed too: {}", e.what());
-      }
+      // the maps (none pinned) and the loaded programs go with it
+      drop_datapath();
       lock_.reset();
       if (new_pin_dir) fs::remove(s_.bpffs, ec);  // only while empty
       throw;
     }
+    // the first sync's map writes, beside the verifier (sync_pod_programs waits for the programs)
+    auto t_apply = clock::now();
+    if (!apply_model(std::move(first_model), "start-up")) {
+      drop_datapath();
+      return 1;
+    }
+    applied = true;
+    note_phase("maps", ms_between(t_apply, clock::now()));
   }
   auto t_wait = clock::now();
-  auto [loaded, load_ms] = loading.get();
-  note_phase("program_load", load_ms, " (on its own thread, beside the read and the model)");
+  double load_ms = 0;
+  try {
+    load_ms = loading.get();
+  } catch (...) {
+    rec_.reset();
+    throw;
+  }
+  note_phase("program_load", load_ms, " (on its own thread, beside the read, the model and the map writes)");
   note_phase("load_wait", ms_between(t_wait, clock::now()));
 
   // Signals are read from a signalfd in the loop; block them before threads start.
@@ -1157,13 +1191,11 @@ int Agent::run() {
   UniqueFd sfd(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
 
   auto t_dp = clock::now();
-  start_datapath(std::move(loaded));
+  start_datapath(std::move(dp), adopted);
+  if (applied) sync_pod_programs();  // the first sync's pods get their programs
   note_phase("attach", ms_between(t_dp, clock::now()));
   std::unique_ptr<sources::ManifestWatcher> watcher;
-  if (first_model) {
-    auto t_apply = clock::now();
-    if (!apply_model(std::move(first_model), "start-up")) return 1;  // sfd closes here
-    note_phase("maps", ms_between(t_apply, clock::now()));
+  if (applied) {
     release_free_memory();  // the parse's buffers and the start-up copies
     watcher = std::make_unique<sources::ManifestWatcher>(s_.manifests);
     ready_ = true;

@@ -159,7 +159,7 @@ class Agent {
   void publish_names();  // under mu_
   // run() in steps
   void open_source();
-  void start_datapath(std::unique_ptr<Datapath> loaded);
+  void start_datapath(std::unique_ptr<Datapath> loaded, size_t adopted);
   // Start-up phases (status "startup"): how long each took, the RSS after it.
   struct Phase {
     std::string name;

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdarg>
 #include <cstring>
+#include <thread>
 #include <stdexcept>
 
 #include "cgroup.h"
@@ -119,11 +120,17 @@ bool PinLock::held(const fs::path& pin_dir) {
 }
 
 Datapath::~Datapath() {
-  // Links are pinned: destroying the skeleton leaves them attached.
-  if (skel_) envsteer_bpf__destroy(skel_);
+  // Links are pinned: destroying the skeletons leaves them attached.
+  for (envsteer_bpf* skel : lanes_) envsteer_bpf__destroy(skel);
+  if (maps_skel_) envsteer_bpf__destroy(maps_skel_);
 }
 
 namespace {
+
+// The request parser of the thread context (cgroup_skb ingress). The verifier
+// takes longest with it (about half of the load): it loads in an instance of
+// the object of its own, on a thread of its own, beside the rest.
+bool is_http_ingress(const bpf_program* prog) { return std::strcmp(bpf_program__name(prog), "es_http_ingress") == 0; }
 
 // Checks every pinned map of an earlier agent against this object's layout, and
 // keeps the pinned size where it differs from the configured one. The maps not
@@ -199,8 +206,8 @@ void attach_tracing(bpf_program* prog, const fs::path& lp, AttachReport& rep) {
 // Every loaded program that is not a cgroup program, attached where it
 // belongs; returns the link pin names. The cgroup programs go to *cgroup_progs:
 // they are attached per pod (PodAttacher).
-std::vector<std::string> attach_all(envsteer_bpf* skel, const fs::path& link_dir, AttachReport& rep,
-                                    std::vector<CgroupProgram>* cgroup_progs) {
+std::vector<std::string> attach_all(envsteer_bpf* skel, envsteer_bpf* maps, const fs::path& link_dir,
+                                    AttachReport& rep, std::vector<CgroupProgram>* cgroup_progs) {
   std::vector<std::string> linked;
   bpf_program* prog;
   bpf_object__for_each_program(prog, skel->obj) {
@@ -208,7 +215,7 @@ std::vector<std::string> attach_all(envsteer_bpf* skel, const fs::path& link_dir
     const std::string name = bpf_program__name(prog);
     auto type = bpf_program__type(prog);
     if (type == BPF_PROG_TYPE_SK_MSG || type == BPF_PROG_TYPE_SK_SKB) {
-      attach_to_sockhash(skel, prog, rep);
+      attach_to_sockhash(maps, prog, rep);
       continue;
     }
     if (type == BPF_PROG_TYPE_TRACING) {
@@ -218,7 +225,7 @@ std::vector<std::string> attach_all(envsteer_bpf* skel, const fs::path& link_dir
     }
     // cgroup_skb ingress parses requests for the thread context only
     cgroup_progs->push_back({name, bpf_program__fd(prog), static_cast<uint32_t>(bpf_program__expected_attach_type(prog)),
-                             prog == skel->progs.es_http_ingress});
+                             is_http_ingress(prog)});
   }
   return linked;
 }
@@ -252,8 +259,7 @@ std::vector<fs::path> detach_obsolete(const fs::path& link_dir, const std::vecto
 
 }  // namespace
 
-void Datapath::configure(const Settings& s, const Features& f) {
-  auto* skel = skel_;
+void Datapath::configure(envsteer_bpf* skel, const Settings& s, const Features& f) {
   const std::pair<bpf_map*, uint32_t> sized[] = {
       {skel->maps.es_frontends, s.limits.frontends}, {skel->maps.es_sets, s.limits.sets},
       {skel->maps.es_slots, s.limits.slots},         {skel->maps.es_envs, s.limits.envs},
@@ -278,37 +284,85 @@ void Datapath::configure(const Settings& s, const Features& f) {
   }
 }
 
-void Datapath::load_programs(const Settings& s) {
-  if (int err = envsteer_bpf__load(skel_); err != 0)
-    throw std::runtime_error("loading the BPF programs failed: " + errstr(err) +
-                             " (run with --log-level debug for the verifier log)");
-  for (size_t i = 0; i < maps::kMapCount; i++) {
-    auto id = static_cast<maps::MapId>(i);
-    bpf_map* m = bpf_object__find_map_by_name(skel_->obj, maps::map_name(id));
-    if (!m) throw std::runtime_error(std::string("BPF object has no map ") + maps::map_name(id));
-    maps_.set_fd(id, bpf_map__fd(m));
-  }
-  uint32_t zero = 0;
-  es_config cfg{};
-  if (maps_.lookup(maps::MapId::Config, &zero, &cfg) && cfg.abi_version != 0 && cfg.abi_version != ES_ABI_VERSION)
-    throw std::runtime_error("pinned maps under " + s.bpffs + " use ABI version " +
-                             std::to_string(cfg.abi_version) + ", this agent " +
-                             std::to_string(ES_ABI_VERSION) + "; run `envsteer uninstall` first");
-}
-
-std::unique_ptr<Datapath> Datapath::load(const Settings& s, const Features& f) {
+std::unique_ptr<Datapath> Datapath::open(const Settings& s, const Features& f) {
   const fs::path pin = s.bpffs, map_dir = pin / "maps";
   std::unique_ptr<Datapath> dp(new Datapath());
   dp->pin_dir_ = pin;
+  dp->features_ = f;
+  // The maps come from a first instance of the object that loads no program:
+  // libbpf creates (or reuses the pinned) maps in a tenth of a second, and
+  // the verifier's seconds go to the second instance, which load() fills with
+  // these same maps (bpf_map__reuse_fd).
   const std::string map_root = map_dir.string();
   LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = map_root.c_str());
-  dp->skel_ = envsteer_bpf__open_opts(&opts);
-  if (!dp->skel_) throw std::runtime_error("cannot open the BPF object: " + errstr(errno));
-
-  dp->configure(s, f);
-  check_pinned_maps(dp->skel_, map_dir, s, dp->loaded_, &dp->unpinned_);
-  dp->load_programs(s);
+  dp->maps_skel_ = envsteer_bpf__open_opts(&opts);
+  if (!dp->maps_skel_) throw std::runtime_error("cannot open the BPF object: " + errstr(errno));
+  dp->configure(dp->maps_skel_, s, f);
+  check_pinned_maps(dp->maps_skel_, map_dir, s, dp->loaded_, &dp->unpinned_);
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, dp->maps_skel_->obj) bpf_program__set_autoload(prog, false);
+  if (int err = envsteer_bpf__load(dp->maps_skel_); err != 0)
+    throw std::runtime_error("creating the BPF maps failed: " + errstr(err));
+  for (size_t i = 0; i < maps::kMapCount; i++) {
+    auto id = static_cast<maps::MapId>(i);
+    bpf_map* m = bpf_object__find_map_by_name(dp->maps_skel_->obj, maps::map_name(id));
+    if (!m) throw std::runtime_error(std::string("BPF object has no map ") + maps::map_name(id));
+    dp->maps_.set_fd(id, bpf_map__fd(m));
+  }
+  uint32_t zero = 0;
+  es_config cfg{};
+  if (dp->maps_.lookup(maps::MapId::Config, &zero, &cfg) && cfg.abi_version != 0 && cfg.abi_version != ES_ABI_VERSION)
+    throw std::runtime_error("pinned maps under " + s.bpffs + " use ABI version " +
+                             std::to_string(cfg.abi_version) + ", this agent " +
+                             std::to_string(ES_ABI_VERSION) + "; run `envsteer uninstall` first");
   return dp;
+}
+
+envsteer_bpf* Datapath::open_lane(const Settings& s, bool first) {
+  envsteer_bpf* skel = envsteer_bpf__open();
+  if (!skel) throw std::runtime_error("cannot open the BPF object: " + errstr(errno));
+  lanes_.push_back(skel);  // owned from here (the destructor)
+  configure(skel, s, features_);
+  bool any = false;
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, skel->obj) {
+    if (is_http_ingress(prog) != first) bpf_program__set_autoload(prog, false);
+    any |= bpf_program__autoload(prog);
+  }
+  if (!any) {  // nothing of this lane is loaded with these settings
+    lanes_.pop_back();
+    envsteer_bpf__destroy(skel);
+    return nullptr;
+  }
+  // Every map of the instance is one open() made or reused.
+  bpf_map* m;
+  bpf_object__for_each_map(m, maps_skel_->obj) {
+    if (bpf_map__is_internal(m)) continue;  // .rodata: each instance its own, with the same values
+    bpf_map* mine = bpf_object__find_map_by_name(skel->obj, bpf_map__name(m));
+    if (!mine) throw std::runtime_error(std::string("BPF object has no map ") + bpf_map__name(m));
+    // not pinned by this instance (nor looked up under libbpf's default /sys/fs/bpf)
+    if (int err = bpf_map__set_pin_path(mine, nullptr); err != 0)
+      throw std::runtime_error(std::string("map ") + bpf_map__name(m) + ": " + errstr(err));
+    if (int err = bpf_map__reuse_fd(mine, bpf_map__fd(m)); err != 0)
+      throw std::runtime_error(std::string("map ") + bpf_map__name(m) + ": " + errstr(err));
+  }
+  return skel;
+}
+
+void Datapath::load(const Settings& s) {
+  envsteer_bpf* first = open_lane(s, true);
+  envsteer_bpf* rest = open_lane(s, false);
+  auto load_lane = [](envsteer_bpf* skel) {
+    return skel ? envsteer_bpf__load(skel) : 0;
+  };
+  int err_first = 0;
+  std::thread t([&] { err_first = load_lane(first); });
+  int err = load_lane(rest);
+  t.join();
+  if (err == 0) err = err_first;
+  if (err != 0)
+    throw std::runtime_error("loading the BPF programs failed: " + errstr(err) +
+                             " (run with --log-level debug for the verifier log)");
 }
 
 void Datapath::attach(const fs::path& cgroup_root, AttachReport* report) {
@@ -324,13 +378,19 @@ void Datapath::attach(const fs::path& cgroup_root, AttachReport* report) {
   }
   unpinned_.clear();
   std::vector<CgroupProgram> cgroup_progs;
-  root_links_ = detach_obsolete(link_dir, attach_all(skel_, link_dir, rep, &cgroup_progs));
+  std::vector<std::string> linked;
+  for (envsteer_bpf* skel : lanes_) {
+    auto l = attach_all(skel, maps_skel_, link_dir, rep, &cgroup_progs);
+    linked.insert(linked.end(), l.begin(), l.end());
+  }
+  root_links_ = detach_obsolete(link_dir, linked);
   pods_ = std::make_unique<PodAttacher>(link_dir / "pods", std::move(cgroup_progs));
   rep.pods_adopted = pods_->adopt();
   link_dir_ = link_dir;
   bpf_program* prog;
-  bpf_object__for_each_program(prog, skel_->obj)
-    if (bpf_program__autoload(prog) && bpf_program__type(prog) == BPF_PROG_TYPE_TRACING) tracing_.push_back(prog);
+  for (envsteer_bpf* skel : lanes_)
+    bpf_object__for_each_program(prog, skel->obj)
+      if (bpf_program__autoload(prog) && bpf_program__type(prog) == BPF_PROG_TYPE_TRACING) tracing_.push_back(prog);
   tracing_on_ = !tracing_.empty();  // attached by attach_all: kept until the model says
   if (!root_links_.empty())
     spdlog::info("{} cgroup link(s) at {} of an agent older than per-pod attachment: removed once the pods have "

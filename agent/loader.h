@@ -63,17 +63,23 @@ struct AttachReport {
 class Datapath {
  public:
   ~Datapath();
-  // Start-up in two steps, so that the programs load (the verifier: most of
-  // the time) while the source is read. Both throw std::runtime_error with a
-  // message an operator can act on; the caller holds the PinLock.
-  // 1. Opens the object, checks the maps a previous agent pinned (reused, not
-  //    written) and loads the programs. It pins and attaches nothing: dropping
-  //    the result (the source could not be read) leaves the kernel and the pin
-  //    directory as they were.
-  static std::unique_ptr<Datapath> load(const Settings& s, const Features& f);
-  // 2. Pins the maps step 1 created and attaches the global programs (the
+  // Start-up in three steps, so that the map writes of the first sync and
+  // the read of the source happen while the programs load (the verifier: most
+  // of the time). Each throws std::runtime_error with a message an operator
+  // can act on; the caller holds the PinLock.
+  // 1. Creates the maps (or reuses those a previous agent pinned, after
+  //    checking their layout and ABI version) and loads no program: maps() can
+  //    be written right away. Pins nothing: dropping the result (the source
+  //    could not be read) leaves the pin directory as it was.
+  static std::unique_ptr<Datapath> open(const Settings& s, const Features& f);
+  // 2. Loads the programs on step 1's maps, in two instances of the object on
+  //    two threads (the verifier's longest program beside the others); may run
+  //    on another thread while maps() is written (it touches only its own
+  //    instances of the object).
+  void load(const Settings& s);
+  // 3. Pins the maps step 1 created and attaches the global programs (the
   //    cgroup ones go per pod with sync_pods, after the maps are written).
-  //    The report covers both steps.
+  //    The report covers all steps.
   void attach(const std::filesystem::path& cgroup_root, AttachReport* report);
   maps::BpfMapBackend& maps() { return maps_; }
   bool request_context() const { return request_ctx_; }
@@ -94,13 +100,16 @@ class Datapath {
  private:
   Datapath() = default;
   // Map sizes, feature switches (rodata) and which programs load.
-  void configure(const Settings& s, const Features& f);
-  // Loads the programs (adopting pinned maps) and checks the pinned ABI.
-  void load_programs(const Settings& s);
-  envsteer_bpf* skel_ = nullptr;
+  void configure(envsteer_bpf* skel, const Settings& s, const Features& f);
+  // An instance of the object with the programs of one lane, on maps_skel_'s
+  // maps; nullptr when these settings load none of them.
+  envsteer_bpf* open_lane(const Settings& s, bool first);
+  envsteer_bpf* maps_skel_ = nullptr;  // owns the maps (step 1); loads no program
+  std::vector<envsteer_bpf*> lanes_;   // the programs (step 2), loaded side by side
+  Features features_;
   std::filesystem::path pin_dir_;
-  std::vector<bpf_map*> unpinned_;  // created by load(), pinned by attach()
-  AttachReport loaded_;             // load()'s part of the report
+  std::vector<bpf_map*> unpinned_;  // created by open(), pinned by attach()
+  AttachReport loaded_;             // open()'s part of the report
   bool request_ctx_ = false;
   bool per_request_ = false;
   maps::BpfMapBackend maps_;
