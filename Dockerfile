@@ -24,12 +24,12 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DENVSTEER_B
 # ---- runtime -----------------------------------------------------------------------------
 FROM ${DEBIAN_IMAGE}
 # The packages of the libraries the binary links (readelf -d: libbpf, libspdlog, libfmt,
-# libyaml-cpp, libcpp-httplib, libcurl, libnghttp2, libstdc++, libgcc_s, libc) and the ones those pull in
+# libyaml-cpp, libsimdjson, libcpp-httplib, libcurl, libnghttp2, libstdc++, libgcc_s, libc) and the ones those pull in
 # (libelf, zlib, libssl, libbrotli), all from Debian 12.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libbpf1 libelf1 zlib1g \
-      libspdlog1.10 libfmt9 libyaml-cpp0.7 \
+      libspdlog1.10 libfmt9 libyaml-cpp0.7 libsimdjson14 \
       libcpp-httplib0.11 libssl3 libbrotli1 \
       libcurl4 libnghttp2-14 ca-certificates \
       libstdc++6 libgcc-s1 \

@@ -14,7 +14,7 @@ BUILD_ONLY=0
 PKGS=(
   build-essential cmake ninja-build pkg-config
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev
-  libspdlog-dev libfmt-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
+  libspdlog-dev libfmt-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libsimdjson-dev
   libcpp-httplib-dev libcurl4-openssl-dev libssl-dev libnghttp2-dev
 )
 if [ "$BUILD_ONLY" = 0 ]; then

@@ -16,6 +16,7 @@
 #include <optional>
 #include <regex>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -24,6 +25,7 @@
 
 #include "fd.h"
 #include "k8s/decode.h"
+#include "k8s/fastdecode.h"
 
 namespace envsteer::sources {
 
@@ -585,6 +587,19 @@ bool move_new(std::map<std::string, T>& into, std::map<std::string, T>& from) {
 // One list item alone, into objs; its object's name, nullopt when it is not
 // one object of a kind (the whole read then says what is wrong).
 std::optional<Key> parse_item(std::string_view item, k8s::ClusterState& objs) {
+  // The common items, a v1 Pod or Service, without nlohmann's DOM (issue 18); it declines
+  // anything else, and anything unusual, which then goes the way below.
+  k8s::FastObject fast = k8s::fast_decode(item);
+  if (auto* pod = std::get_if<k8s::Pod>(&fast)) {
+    std::string key = k8s::object_key(pod->ns, pod->name);
+    if (!objs.pods.emplace(key, std::move(*pod)).second) return std::nullopt;
+    return Key{static_cast<int>(ObjectChange::Kind::Pod), std::move(key)};
+  }
+  if (auto* svc = std::get_if<k8s::Service>(&fast)) {
+    std::string key = k8s::object_key(svc->ns, svc->name);
+    if (!objs.services.emplace(key, std::move(*svc)).second) return std::nullopt;
+    return Key{static_cast<int>(ObjectChange::Kind::Service), std::move(key)};
+  }
   json doc = json::parse(item, nullptr, false);
   if (doc.is_discarded() || !doc.is_object() || !doc.contains("kind") || is_list_kind(doc)) return std::nullopt;
   k8s::ClusterState one;
