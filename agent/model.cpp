@@ -456,8 +456,7 @@ class Builder : public Lookup {
       }
       if (!pr.env.empty())
         for (auto& level : env_chain(pr.env, o_.splitter)) out_.envs.insert(level);
-      out_.pod_envs[key] = pr.env;
-      if (pr.labelled) out_.labelled_pods.insert(key);
+      out_.pod_envs[key] = PodEnv{pr.env, pr.labelled};
       if (pr.claim) claims.push_back(std::move(*pr.claim));
       if (pr.missing) out_.missing_cgroups.push_back(std::move(*pr.missing));
     }
@@ -508,7 +507,7 @@ class Builder : public Lookup {
   bool pod_skipped(const std::string& pod) const override { return skipped_pods_.count(pod) > 0; }
   const EnvName* pod_env(const std::string& pod) const override {
     auto it = out_.pod_envs.find(pod);
-    return it == out_.pod_envs.end() ? nullptr : &it->second;
+    return it == out_.pod_envs.end() ? nullptr : &it->second.env;
   }
   const std::string* owner_before(const es_frontend_key& k, const std::string&) const override {
     auto it = owner_.find(k);  // only Services before this one are in it yet
@@ -624,7 +623,7 @@ struct IncrementalModel::Impl : public Lookup {
   bool pod_skipped(const std::string& pod) const override { return skipped_pods.count(pod) > 0; }
   const EnvName* pod_env(const std::string& pod) const override {
     auto it = st.pod_envs.find(pod);
-    return it == st.pod_envs.end() ? nullptr : &it->second;
+    return it == st.pod_envs.end() ? nullptr : &it->second.env;
   }
   const std::string* owner_before(const es_frontend_key& k, const std::string& svc) const override {
     auto it = claimants.find(k);
@@ -709,12 +708,11 @@ struct IncrementalModel::Impl : public Lookup {
     const std::string who = "P:" + key;
     std::optional<EnvName> old_env;
     if (auto it = st.pod_envs.find(key); it != st.pod_envs.end()) {
-      old_env = it->second;
-      env_ref(it->second, -1);
+      old_env = it->second.env;
+      env_ref(it->second.env, -1);
       st.pod_envs.erase(it);
     }
     const bool was_skipped = skipped_pods.erase(key) > 0;
-    st.labelled_pods.erase(key);
     forget(who, pod_warnings);
     if (missing.erase(key)) reports_dirty = true;
     std::optional<Claim> old_claim;
@@ -733,8 +731,7 @@ struct IncrementalModel::Impl : public Lookup {
         skipped_pods.insert(key);
       } else {
         env_ref(pr.env, +1);
-        st.pod_envs[key] = pr.env;
-        if (pr.labelled) st.labelled_pods.insert(key);
+        st.pod_envs[key] = PodEnv{pr.env, pr.labelled};
         if (pr.claim) new_claim = std::move(pr.claim);
         if (pr.missing) {
           missing[key] = std::move(*pr.missing);
@@ -745,7 +742,7 @@ struct IncrementalModel::Impl : public Lookup {
     if (new_claim) claims[key] = *new_claim;
     if (old_claim != new_claim) claims_dirty = true;
     std::optional<EnvName> new_env;
-    if (auto it = st.pod_envs.find(key); it != st.pod_envs.end()) new_env = it->second;
+    if (auto it = st.pod_envs.find(key); it != st.pod_envs.end()) new_env = it->second.env;
     return old_env != new_env || was_skipped != (skipped_pods.count(key) > 0);
   }
 
@@ -1245,7 +1242,6 @@ std::string model_difference(const DesiredState& a, const DesiredState& b) {
        {first_difference("envs", a.envs, b.envs), first_difference("local pods", a.pods, b.pods),
         first_difference("default env", a.default_env, b.default_env),
         first_difference("pod envs", a.pod_envs, b.pod_envs),
-        first_difference("labelled pods", a.labelled_pods, b.labelled_pods),
         first_difference("warnings", a.warnings, b.warnings), first_difference("skipped", a.skipped, b.skipped),
         first_difference("missing cgroups", a.missing_cgroups, b.missing_cgroups)})
     if (!d.empty()) return d;

@@ -88,7 +88,7 @@ TEST(Participation, OnlyPodsThatTakePartAreLocal) {
   EXPECT_EQ(local_pods(d), (std::set<std::string>{"a/labelled", "a/enabled"}));
   // the others are backends like before (of the default environment: unlabelled)
   EXPECT_EQ(d.pod_envs.size(), 4u);
-  EXPECT_EQ(d.pod_envs.at("a/plain"), "");
+  EXPECT_EQ(d.pod_envs.at("a/plain").env, "");
   EXPECT_TRUE(d.missing_cgroups.empty());
   EXPECT_TRUE(d.skipped.empty());
 }
