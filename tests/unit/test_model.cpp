@@ -36,7 +36,7 @@ struct PodB {
     p.name = name;
     p.pod_ips = {ip};
     p.ready = true;
-    p.phase = "Running";
+    p.phase = k8s::PodPhase::Running;
   }
   PodB& label(const std::string& k, const std::string& v) { p.labels[k] = v; return *this; }
   PodB& app(const std::string& v) { return label("app", v); }

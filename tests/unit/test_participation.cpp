@@ -22,7 +22,7 @@ k8s::Pod pod(const std::string& name, k8s::Labels labels, const std::string& cgr
   p.labels = std::move(labels);
   p.pod_ips = {"10.1.0." + std::to_string(name.size())};
   p.ready = true;
-  p.phase = "Running";
+  p.phase = k8s::PodPhase::Running;
   p.annotations["envsteer.io/cgroup"] = cgroup;
   return p;
 }
