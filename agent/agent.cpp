@@ -699,11 +699,12 @@ void Agent::write_http_config() {
 std::optional<std::string> Agent::discover_pod(const k8s::Pod& pod) {
   if (!pod_cgroups_ || pod.node_name != s_.node_name || pod.uid.empty()) return std::nullopt;
   try {
-    auto path = pod_cgroups_->watch(pod.uid, pod.qos_class);
+    auto path = pod_cgroups_->watch(pod.uid, k8s::qos_class_name(pod.qos_class));
     watched_uids_.insert(pod.uid);
     uid_pod_[pod.uid] = k8s::object_key(pod.ns, pod.name);
     // a finished pod's cgroup is gone for good: not "missing"
-    if (path || (pod.phase != "Succeeded" && pod.phase != "Failed")) return path ? path->string() : "";
+    if (path || (pod.phase != k8s::PodPhase::Succeeded && pod.phase != k8s::PodPhase::Failed))
+      return path ? path->string() : "";
   } catch (const std::invalid_argument& e) {
     spdlog::warn("Pod {}: metadata.uid: {}; not managed", k8s::object_key(pod.ns, pod.name), e.what());
   }

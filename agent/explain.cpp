@@ -50,8 +50,8 @@ EnvName requested_env(const ExplainRequest& req, const DesiredState& model, char
   } else {
     auto it = model.pod_envs.find(req.from);
     if (it == model.pod_envs.end()) throw std::invalid_argument("unknown pod \"" + req.from + "\"");
-    env = it->second;
-    out["env_source"] = model.labelled_pods.count(req.from) ? "pod-label" : "default";
+    env = it->second.env;
+    out["env_source"] = it->second.labelled ? "pod-label" : "default";
   }
   return env.empty() ? model.default_env : env;
 }

@@ -17,7 +17,24 @@ struct Reconciler::Target {
   std::map<EnvName, uint32_t> env_ids;  // named envs
   std::map<uint32_t, es_env> envs;
   std::map<es_frontend_key, es_frontend, maps::BytesLess<es_frontend_key>> frontends;
-  std::map<es_set_key, std::vector<es_backend>, maps::BytesLess<es_set_key>> sets;
+  // Backend sets, sorted by key (BytesLess): the model's lists, not copies
+  // (100 000 sets copied as maps of es_backend vectors were ~9 MiB of a full
+  // apply's peak). A Target lives only while the DesiredState it reads does.
+  struct SetRef {
+    es_set_key key;
+    const std::vector<BackendRef>* backends;
+  };
+  std::vector<SetRef> sets;
+  bool has_set(const es_set_key& k) const {
+    auto it = std::lower_bound(sets.begin(), sets.end(), k, [](const SetRef& r, const es_set_key& x) {
+      return maps::BytesLess<es_set_key>{}(r.key, x);
+    });
+    return it != sets.end() && maps::bytes_equal(it->key, k);
+  }
+  void sort_sets() {
+    std::sort(sets.begin(), sets.end(),
+              [](const SetRef& a, const SetRef& b) { return maps::BytesLess<es_set_key>{}(a.key, b.key); });
+  }
   std::map<uint64_t, es_pod> pods;
   es_config config{};
   size_t slots = 0;
@@ -156,10 +173,10 @@ Reconciler::Target Reconciler::plan(const DesiredState& want) const {
   }
   for (const auto& [name, backends] : want.sets) {
     es_set_key k{t.frontends.at(name.frontend).svc_id, id_of(name.env)};
-    auto& v = t.sets[k];
-    for (const auto& b : backends) v.push_back(b.backend);
-    t.slots += v.size();
+    t.sets.push_back({k, &backends});
+    t.slots += backends.size();
   }
+  t.sort_sets();
   plan_pods(want, t);
   return t;
 }
@@ -274,12 +291,12 @@ void Reconciler::plan_delta_sets(const DesiredState& want, const ModelDelta& d, 
     es_set_key k{*svc, *env};
     auto want_it = want.sets.find(name);
     if (want_it != want.sets.end()) {
-      auto& v = t.sets[k];
-      for (const auto& b : want_it->second) v.push_back(b.backend);
+      t.sets.push_back({k, &want_it->second});
     } else if (shadow_.sets.count(k)) {
       t.drop_sets.push_back(k);
     }
   }
+  t.sort_sets();
 }
 
 // The counts of the whole state after a delta, for the capacity checks.
@@ -297,7 +314,7 @@ void Reconciler::count_after_delta(Target& t) const {
     if (it != shadow_.sets.end())
       for (const auto& sl : it->second.slots) have += sl.has_value();
     t.n_sets += it == shadow_.sets.end();
-    t.slots = t.slots - have + bes.size();
+    t.slots = t.slots - have + bes->size();
   }
   t.n_envs = shadow_.envs.size() + t.envs.size() - t.drop_envs.size();
   t.n_env_names = shadow_.env_names.size() + t.env_ids.size() - t.drop_env_names.size();
@@ -336,12 +353,12 @@ void Reconciler::del(MapId m, const void* k, ApplyStats& st) {
 // it touches: removed backends leave holes that new ones fill, and leftover
 // holes are closed by moving the last slots down. Returns the slots as they
 // are to be: slot i holds next[i].
-std::vector<es_backend> Reconciler::set_layout(const es_set_key& key, const std::vector<es_backend>& want) const {
+std::vector<es_backend> Reconciler::set_layout(const es_set_key& key, const std::vector<BackendRef>& want) const {
   auto found = shadow_.sets.find(key);
   const std::vector<es_backend> old = found == shadow_.sets.end() ? std::vector<es_backend>{} : found->second.live();
   auto same = [](const es_backend& x, const es_backend& y) { return maps::bytes_equal(x, y); };
-  auto in = [&](const std::vector<es_backend>& v, const es_backend& b) {
-    return std::any_of(v.begin(), v.end(), [&](const es_backend& x) { return same(x, b); });
+  auto in = [&](const std::vector<BackendRef>& v, const es_backend& b) {
+    return std::any_of(v.begin(), v.end(), [&](const BackendRef& x) { return same(x.backend, b); });
   };
   std::vector<std::optional<es_backend>> next;
   for (size_t i = 0; i < old.size(); i++) {
@@ -350,8 +367,9 @@ std::vector<es_backend> Reconciler::set_layout(const es_set_key& key, const std:
     next.push_back(keep ? std::optional(old[i]) : std::nullopt);
   }
   std::vector<es_backend> adds;
-  for (const auto& b : want)
-    if (std::none_of(next.begin(), next.end(), [&](const auto& x) { return x && same(*x, b); })) adds.push_back(b);
+  for (const auto& r : want)
+    if (std::none_of(next.begin(), next.end(), [&](const auto& x) { return x && same(*x, r.backend); }))
+      adds.push_back(r.backend);
   size_t a = 0;
   for (auto& slot : next)
     if (!slot && a < adds.size()) slot = adds[a++];
@@ -489,14 +507,17 @@ void Reconciler::add_phase(const Target& t, ApplyStats& st, bool defer) {
   std::vector<std::pair<es_set_key, std::vector<es_backend>>> sets;
   for (const auto& [key, backends] : t.sets) {
     auto it = shadow_.sets.find(key);
-    if (it != shadow_.sets.end() && it->second.published && it->second.count == backends.size() &&
-        it->second.slots.size() == backends.size()) {
+    if (it != shadow_.sets.end() && it->second.published && it->second.count == backends->size() &&
+        it->second.slots.size() == backends->size()) {
       auto live = it->second.live();
-      if (std::is_permutation(live.begin(), live.end(), backends.begin(),
+      std::vector<es_backend> want;
+      want.reserve(backends->size());
+      for (const auto& r : *backends) want.push_back(r.backend);
+      if (std::is_permutation(live.begin(), live.end(), want.begin(),
                               [](const es_backend& x, const es_backend& y) { return maps::bytes_equal(x, y); }))
         continue;
     }
-    sets.emplace_back(key, set_layout(key, backends));
+    sets.emplace_back(key, set_layout(key, *backends));
     if (sets.size() >= set_chunk_) {
       write_sets(sets, st);
       sets.clear();
@@ -513,7 +534,7 @@ void Reconciler::add_phase(const Target& t, ApplyStats& st, bool defer) {
       for (const auto& k : t.drop_sets) losing_sets.insert(k.svc_id);
     else
       for (const auto& [k, set] : shadow_.sets)
-        if (!t.sets.count(k)) losing_sets.insert(k.svc_id);
+        if (!t.has_set(k)) losing_sets.insert(k.svc_id);
   }
   write_frontends(t, losing_sets, st);
   for (const auto& [cg, pod] : t.pods) {
@@ -579,7 +600,7 @@ void Reconciler::remove_phase(const Target& t, ApplyStats& st) {
   }
   std::vector<es_set_key> gone;
   for (const auto& [key, v] : shadow_.sets)
-    if (!t.sets.count(key)) gone.push_back(key);
+    if (!t.has_set(key)) gone.push_back(key);
   for (const auto& key : gone) delete_set(key, st);
   for (auto it = shadow_.env_names.begin(); it != shadow_.env_names.end();) {
     if (t.env_ids.count(it->first)) { ++it; continue; }
@@ -619,7 +640,7 @@ bool Reconciler::needs_room(const Target& t) const {
     auto it = shadow_.sets.find(k);
     sets += it == shadow_.sets.end() || !it->second.published;
     size_t have = it == shadow_.sets.end() ? 0 : it->second.slots.size();
-    slots += bes.size() > have ? bes.size() - have : 0;
+    slots += bes->size() > have ? bes->size() - have : 0;
   }
   for (const auto& [id, e] : t.envs) envs += !shadow_.envs.count(id);
   for (const auto& [n, id] : t.env_ids) names += !shadow_.env_names.count(n);

@@ -103,7 +103,7 @@ class Reconciler {
   void write_frontends(const Target& t, const std::set<uint32_t>& later, ApplyStats& st);
   void remove_phase(const Target& t, ApplyStats& st);
   bool needs_room(const Target& t) const;
-  std::vector<es_backend> set_layout(const es_set_key& key, const std::vector<es_backend>& want) const;
+  std::vector<es_backend> set_layout(const es_set_key& key, const std::vector<BackendRef>& want) const;
   void write_sets(const std::vector<std::pair<es_set_key, std::vector<es_backend>>>& sets, ApplyStats& st);
   template <class K, class V, class Commit>
   void put_all(maps::MapId m, const std::vector<K>& keys, const std::vector<V>& values, ApplyStats& st,

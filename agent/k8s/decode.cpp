@@ -369,8 +369,8 @@ Pod decode_pod(const json& obj) {
   }
   if (const json* status = get_object(ctx, obj, "", "status")) {
     pod.pod_ips = read_pod_ips(ctx, *status);
-    pod.phase = get_string(ctx, *status, "status", "phase");
-    pod.qos_class = get_string(ctx, *status, "status", "qosClass");
+    pod.phase = pod_phase_of(get_string(ctx, *status, "status", "phase"));
+    pod.qos_class = qos_class_of(get_string(ctx, *status, "status", "qosClass"));
     pod.ready = read_ready_condition(ctx, *status);
   }
   return pod;

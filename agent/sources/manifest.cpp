@@ -888,21 +888,15 @@ k8s::ClusterState ManifestReader::read_all() {
     fr.info.text = keep(std::move(fr.text));  // out of the heap before the next file is read
     infos[file.filename().string()] = std::move(fr.info);
   }
-  owner_.clear();
   files_ = std::move(infos);
-  for (const auto& [name, fi] : files_)
-    for (const auto& k : fi.objects) own(k, name);
   broken_.clear();
   return state;
 }
 
-void ManifestReader::own(const Key& k, const std::string& file) {
-  auto [it, fresh] = owner_.try_emplace(&k, &file);
-  if (fresh) return;
-  auto node = owner_.extract(it);  // held by a name of another node: point at this one
-  node.key() = &k;
-  node.mapped() = &file;
-  owner_.insert(std::move(node));
+const std::string* ManifestReader::holder_of(const Key& k) const {
+  for (const auto& [name, fi] : files_)
+    if (fi.objects.count(k)) return &name;
+  return nullptr;
 }
 
 std::vector<ObjectChange> ManifestReader::read_every_file() {
@@ -967,9 +961,9 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
       }
   }
   for (const auto& [k, name] : claimed) {
-    auto it = owner_.find(k);
-    if (it == owner_.end() || *it->second == name) continue;
-    const std::string& holder = *it->second;
+    const std::string* held = holder_of(k);
+    if (!held || *held == name) continue;
+    const std::string& holder = *held;
     auto other = next.find(holder);
     if (other != next.end() && !(other->second && other->second->holds(k, old_info(holder)))) continue;
     broken_.insert(names.begin(), names.end());
@@ -998,20 +992,7 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
     else
       for (const Key* k : fr->removed) gone(*k);
   }
-  // commit: owner_ loses what the files read now no longer hold (a file read
-  // whole: all it held, its names are new nodes), then gains what they hold
-  // now, pointing at the names in files_
-  for (const auto& [name, fr] : next) {
-    const FileInfo* old = old_info(name);
-    if (!old) continue;
-    auto drop = [&, &name = name](const Key& k) {
-      if (auto o = owner_.find(k); o != owner_.end() && *o->second == name) owner_.erase(o);
-    };
-    if (!fr || fr->whole)
-      for (const auto& k : old->objects) drop(k);
-    else
-      for (const Key* k : fr->removed) drop(*k);
-  }
+  // commit
   for (auto& [name, fr] : next) {
     auto old = files_.find(name);
     if (!fr) {
@@ -1020,19 +1001,14 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
     }
     FileInfo& fi = fr->info;
     fi.text = keep(std::move(fr->text));
-    std::vector<const Key*> added;
     if (!fr->whole) {
-      // the old names, patched in place: the kept items (and owner_) point to them
+      // the old names, patched in place: the kept items point to them
       fi.objects = std::move(old->second.objects);
       for (const Key* k : fr->removed) fi.objects.erase(fi.objects.find(*k));
-      for (Key& k : fr->added) added.push_back(&*fi.objects.insert(std::move(k)).first);
+      for (Key& k : fr->added) fi.objects.insert(std::move(k));
       for (auto& [idx, k] : fr->parsed) fi.items[idx].key = &*fi.objects.find(k);
     }
-    auto it = files_.insert_or_assign(name, std::move(fi)).first;  // the set's nodes move with it
-    if (fr->whole)
-      for (const Key& k : it->second.objects) own(k, it->first);
-    else
-      for (const Key* k : added) own(*k, it->first);
+    files_.insert_or_assign(name, std::move(fi));  // the set's nodes move with it
   }
   broken_.clear();
   return out;

@@ -108,7 +108,7 @@ class RandomCluster {
     if (chance(15)) p.pod_ips.push_back(any(pod_ips_));
     p.ready = chance(80);
     p.terminating = chance(5);
-    p.phase = "Running";
+    p.phase = k8s::PodPhase::Running;
     p.node_name = chance(50) ? "this" : "other";
     if (chance(60)) p.ports.push_back({"http", 8080 + pick(2), "TCP"});
     if (chance(20)) p.ports.push_back({"dns", 53, "UDP"});

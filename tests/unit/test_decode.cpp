@@ -6,6 +6,8 @@
 
 #include <map>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "fixtures.h"
@@ -358,7 +360,7 @@ TEST(DecodePod, RealKubectlOutput) {
   EXPECT_THAT(p.pod_ips, ElementsAre("10.244.1.17", "fd00:10:244:1::17"));
   EXPECT_TRUE(p.ready);
   EXPECT_FALSE(p.terminating);
-  EXPECT_EQ(p.phase, "Running");
+  EXPECT_EQ(p.phase, PodPhase::Running);
   EXPECT_EQ(p.node_name, "node-a");
   ASSERT_EQ(p.ports.size(), 3u);
   EXPECT_EQ(p.ports[0].name, "http");
@@ -394,6 +396,36 @@ TEST(DecodePod, MinimalAndStates) {
   EXPECT_TRUE(p.pod_ips.empty());
   EXPECT_FALSE(p.ready);
   EXPECT_TRUE(p.ports.empty());
+}
+
+// status.phase and status.qosClass are kept as one byte each: the values the
+// agent tells apart, the rest Other; a non-string is still an error.
+TEST(DecodePod, PhaseAndQosClass) {
+  json j = Y(kPod);
+  Pod p = decode_pod(j);
+  EXPECT_EQ(p.qos_class, QosClass::None);
+  for (const auto& [text, phase] : std::vector<std::pair<std::string, PodPhase>>{
+           {"Pending", PodPhase::Pending}, {"Running", PodPhase::Running}, {"Succeeded", PodPhase::Succeeded},
+           {"Failed", PodPhase::Failed}, {"Unknown", PodPhase::Unknown}, {"", PodPhase::None},
+           {"succeeded", PodPhase::Other}, {"Evicted", PodPhase::Other}}) {
+    j["status"]["phase"] = text;
+    EXPECT_EQ(decode_pod(j).phase, phase) << text;
+  }
+  for (const auto& [text, qos, name] : std::vector<std::tuple<std::string, QosClass, std::string>>{
+           {"Guaranteed", QosClass::Guaranteed, "Guaranteed"}, {"Burstable", QosClass::Burstable, "Burstable"},
+           {"BestEffort", QosClass::BestEffort, "BestEffort"}, {"besteffort", QosClass::BestEffort, "BestEffort"},
+           {"GUARANTEED", QosClass::Guaranteed, "Guaranteed"}, {"", QosClass::None, ""},
+           {"Burstable2", QosClass::Other, ""}}) {
+    j["status"]["qosClass"] = text;
+    p = decode_pod(j);
+    EXPECT_EQ(p.qos_class, qos) << text;
+    EXPECT_EQ(qos_class_name(p.qos_class), name) << text;
+  }
+  j["status"]["phase"] = 3;
+  EXPECT_THAT(error_of([&] { decode_pod(j); }), HasSubstr("status.phase"));
+  j["status"]["phase"] = "Running";
+  j["status"]["qosClass"] = Y("[a]");
+  EXPECT_THAT(error_of([&] { decode_pod(j); }), HasSubstr("status.qosClass"));
 }
 
 TEST(DecodePod, BadPodIP) {

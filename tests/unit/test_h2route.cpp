@@ -142,7 +142,7 @@ k8s::Pod pod(const std::string& name, const std::string& ip, const std::string& 
   p.name = name;
   p.pod_ips = {ip};
   p.ready = true;
-  p.phase = "Running";
+  p.phase = k8s::PodPhase::Running;
   p.labels = {{"app", app}};
   if (!env.empty()) p.labels["virtual-env"] = env;
   return p;

@@ -206,7 +206,7 @@ TEST(IncrementalModelScale, DISABLED_PodLabelChangeAtScale) {
       p.pod_ips = {"11." + std::to_string(pod_ix / 65536) + "." + std::to_string(pod_ix / 256 % 256) + "." +
                    std::to_string(pod_ix % 256)};
       p.ready = true;
-      p.phase = "Running";
+      p.phase = k8s::PodPhase::Running;
       cs.pods[k8s::object_key(p.ns, p.name)] = std::move(p);
     }
     cs.services[k8s::object_key(s.ns, s.name)] = std::move(s);

@@ -36,7 +36,7 @@ struct PodB {
     p.name = name;
     p.pod_ips = {ip};
     p.ready = true;
-    p.phase = "Running";
+    p.phase = k8s::PodPhase::Running;
   }
   PodB& label(const std::string& k, const std::string& v) { p.labels[k] = v; return *this; }
   PodB& app(const std::string& v) { return label("app", v); }
@@ -375,9 +375,9 @@ TEST(BuildModelEnvs, PodsGroupedByEnvLabel) {
   EXPECT_THAT(r["dev"], UnorderedElementsAre("10.1.0.2:8080"));
   EXPECT_THAT(r["dev.proj1"], UnorderedElementsAre("10.1.0.3:8080", "10.1.0.4:8080"));
   EXPECT_EQ(d.default_env, "");
-  EXPECT_EQ(d.pod_envs.at("a/base"), "");
-  EXPECT_EQ(d.pod_envs.at("a/empty-label"), "");
-  EXPECT_EQ(d.pod_envs.at("a/proj1-b"), "dev.proj1");
+  EXPECT_EQ(d.pod_envs.at("a/base"), (PodEnv{"", false}));
+  EXPECT_EQ(d.pod_envs.at("a/empty-label"), (PodEnv{"", false}));  // an empty label is no label
+  EXPECT_EQ(d.pod_envs.at("a/proj1-b"), (PodEnv{"dev.proj1", true}));
   EXPECT_EQ(d.pod_envs.size(), 5u);
 }
 
@@ -393,7 +393,8 @@ TEST(BuildModelEnvs, UnlabelledPodsJoinTheDefaultEnv) {
   EXPECT_EQ(r.size(), 1u);
   EXPECT_THAT(r["dev"], UnorderedElementsAre("10.1.0.1:8080", "10.1.0.2:8080"));
   EXPECT_EQ(d.default_env, "dev");
-  EXPECT_EQ(d.pod_envs.at("a/base"), "dev");
+  EXPECT_EQ(d.pod_envs.at("a/base"), (PodEnv{"dev", false}));
+  EXPECT_EQ(d.pod_envs.at("a/dev"), (PodEnv{"dev", true}));
 }
 
 TEST(BuildModelEnvs, EnvsIncludeAncestorsAndTheDefaultEnv) {
@@ -446,7 +447,6 @@ TEST(BuildModelEnvs, InvalidEnvLabelSkipsThePodOnly) {
     EXPECT_EQ(routes(d, "10.96.0.1:80/TCP"), only_good) << bad;  // by selector
     EXPECT_EQ(routes(d, "10.96.0.2:80/TCP"), only_good) << bad;  // by EndpointSlice
     EXPECT_EQ(d.pod_envs.count("a/bad"), 0u);
-    EXPECT_EQ(d.labelled_pods.count("a/bad"), 0u);
     ASSERT_EQ(d.pods.size(), 1u);
     EXPECT_EQ(d.pods.begin()->second.pod, "a/good");
     const auto& s = only_skip(d);
@@ -593,7 +593,7 @@ TEST(BuildModelLocalPods, MissingCgroupIsAStructuredWarning) {
   ASSERT_EQ(d.warnings.size(), 2u);
   EXPECT_THAT(d.warnings, Contains(AllOf(HasSubstr("a/later"), HasSubstr("pods/later"))));
   EXPECT_THAT(d.skipped, IsEmpty());
-  EXPECT_EQ(d.pod_envs.at("a/later"), "dev");  // still a pod of the cluster
+  EXPECT_EQ(d.pod_envs.at("a/later").env, "dev");  // still a pod of the cluster
   cg.add("pods/later", 1001, 2);
   d = build(c, cg.options());
   EXPECT_THAT(d.missing_cgroups, ElementsAre(MissingCgroup{"a/early", "pods/early"}));

@@ -22,7 +22,7 @@ k8s::Pod pod(const std::string& name, k8s::Labels labels, const std::string& cgr
   p.labels = std::move(labels);
   p.pod_ips = {"10.1.0." + std::to_string(name.size())};
   p.ready = true;
-  p.phase = "Running";
+  p.phase = k8s::PodPhase::Running;
   p.annotations["envsteer.io/cgroup"] = cgroup;
   return p;
 }
@@ -88,7 +88,7 @@ TEST(Participation, OnlyPodsThatTakePartAreLocal) {
   EXPECT_EQ(local_pods(d), (std::set<std::string>{"a/labelled", "a/enabled"}));
   // the others are backends like before (of the default environment: unlabelled)
   EXPECT_EQ(d.pod_envs.size(), 4u);
-  EXPECT_EQ(d.pod_envs.at("a/plain"), "");
+  EXPECT_EQ(d.pod_envs.at("a/plain").env, "");
   EXPECT_TRUE(d.missing_cgroups.empty());
   EXPECT_TRUE(d.skipped.empty());
 }

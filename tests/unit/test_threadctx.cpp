@@ -22,7 +22,7 @@ k8s::Pod pod(const std::string& name, const std::string& ip, const std::string& 
   p.name = name;
   p.pod_ips = {ip};
   p.ready = true;
-  p.phase = "Running";
+  p.phase = k8s::PodPhase::Running;
   p.labels = std::move(labels);
   p.annotations = std::move(ann);
   p.annotations["envsteer.io/cgroup"] = cg;
