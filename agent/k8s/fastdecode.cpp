@@ -72,8 +72,8 @@ Pod make_pod(const PodView& v) {
     pod.ports.push_back(ContainerPort{std::string(p.name), p.port, std::string(p.protocol)});
   pod.pod_ips.reserve(v.pod_ips.size());
   for (std::string_view ip : v.pod_ips) pod.pod_ips.emplace_back(ip);
-  pod.phase = std::string(v.phase);
-  pod.qos_class = std::string(v.qos_class);
+  pod.phase = pod_phase_of(v.phase);
+  pod.qos_class = qos_class_of(v.qos_class);
   pod.ready = v.ready;
   return pod;
 }
