@@ -638,15 +638,17 @@ void Server::worker() {
     auto finished = std::make_shared<std::atomic<bool>>(false);
     streams_threads_.push_back(StreamThread{
         std::thread([this, fd = std::move(j.fd), r = std::move(r), head_only, finished]() mutable {
-          stream(std::move(fd), std::move(r), head_only);
+          stream(fd.get(), std::move(r), head_only);
+          // the slot is free before the client sees the end (the close), so a
+          // client that asks again right after is not refused for its own stream
           finished->store(true);
+          fd.reset();
         }),
         finished});
   }
 }
 
-void Server::stream(UniqueFd owned, Response r, bool head_only) {
-  const int fd = owned.get();
+void Server::stream(int fd, Response r, bool head_only) {
   bool ok = send_all(fd, head_of(r, true));
   while (ok && !head_only) {
     {
@@ -673,7 +675,6 @@ void Server::stream(UniqueFd owned, Response r, bool head_only) {
     }
   }
   if (r.done) r.done();
-  owned.reset();
 }
 
 }  // namespace envsteer::admin

@@ -141,7 +141,7 @@ class Server {
   void dispatch(std::list<Pending>::iterator it, size_t head_len);
   void close_pending(std::list<Pending>::iterator it);
   void worker();
-  void stream(UniqueFd fd, Response r, bool head_only);
+  void stream(int fd, Response r, bool head_only);  // the caller closes fd
   // Within write_timeout; false when the client is gone or too slow.
   bool send_all(int fd, std::string_view data) const;
   static std::string head_of(const Response& r, bool chunked);
