@@ -26,7 +26,7 @@ using nlohmann::json;
 // What the manifest reader's nlohmann path makes of one list item: the Pod, or the error.
 template <class T>
 struct Slow_ {
-  std::optional<T> pod;  // (or Service)
+  std::optional<T> obj;  // the Pod or Service
   std::string error;     // "" when it decoded one
 };
 using Slow = Slow_<Pod>;
@@ -58,27 +58,52 @@ Slow_<T> slow_decode_as(const std::string& text) {
     out.error = pod ? "not one Pod" : "not one Service";
     return out;
   }
-  out.pod = objs.begin()->second;
+  out.obj = objs.begin()->second;
   if constexpr (pod)
-    EXPECT_EQ(*out.pod, decode_pod(doc)) << text;
+    EXPECT_EQ(*out.obj, decode_pod(doc)) << text;
   else
-    EXPECT_EQ(*out.pod, decode_service(doc)) << text;
+    EXPECT_EQ(*out.obj, decode_service(doc)) << text;
   return out;
 }
 
 Slow slow_decode(const std::string& text) { return slow_decode_as<Pod>(text); }
 
-// The law: a Pod from the fast path is the slow path's. Returns whether fast took it.
-bool check(const std::string& text) {
-  std::optional<Pod> fast = fast_decode_pod(text);
+// The fast path for kind T.
+template <typename T>
+std::optional<T> fast_decode_as(const std::string& text) {
+  if constexpr (std::is_same_v<T, Pod>)
+    return fast_decode_pod(text);
+  else
+    return fast_decode_service(text);
+}
+
+// The law: an object from the fast path is the slow path's. Returns whether fast took it.
+template <typename T>
+bool check_as(const std::string& text) {
+  if constexpr (!std::is_same_v<T, Pod>) {
+    EXPECT_FALSE(fast_decode_pod(text).has_value());
+  }
+  std::optional<T> fast = fast_decode_as<T>(text);
   if (!fast) return false;
-  Slow slow = slow_decode(text);
-  EXPECT_TRUE(slow.pod.has_value()) << "fast accepted what the slow path rejects (" << slow.error << "): " << text;
-  if (slow.pod) {
-    EXPECT_EQ(*fast, *slow.pod) << text;
+  Slow_<T> slow = slow_decode_as<T>(text);
+  EXPECT_TRUE(slow.obj.has_value()) << "fast accepted what the slow path rejects (" << slow.error << "): " << text;
+  if (slow.obj) {
+    EXPECT_EQ(*fast, *slow.obj) << text;
   }
   return true;
 }
+
+// Declines, and the slow path rejects it with an error containing WHAT.
+template <typename T>
+void expect_rejected_as(const std::string& text, const std::string& what) {
+  SCOPED_TRACE(text);
+  EXPECT_FALSE(fast_decode_as<T>(text).has_value());
+  Slow_<T> slow = slow_decode_as<T>(text);
+  EXPECT_FALSE(slow.obj.has_value());
+  EXPECT_NE(slow.error.find(what), std::string::npos) << slow.error;
+}
+
+bool check(const std::string& text) { return check_as<Pod>(text); }
 
 // Takes it and gives what the slow path gives.
 void expect_fast(const std::string& text) {
@@ -86,20 +111,13 @@ void expect_fast(const std::string& text) {
   EXPECT_TRUE(check(text)) << "fast declined";
 }
 
-// Declines, and the slow path rejects it with an error containing WHAT.
-void expect_rejected(const std::string& text, const std::string& what) {
-  SCOPED_TRACE(text);
-  EXPECT_FALSE(fast_decode_pod(text).has_value());
-  Slow slow = slow_decode(text);
-  EXPECT_FALSE(slow.pod.has_value());
-  EXPECT_NE(slow.error.find(what), std::string::npos) << slow.error;
-}
+void expect_rejected(const std::string& text, const std::string& what) { expect_rejected_as<Pod>(text, what); }
 
 // Declines something the slow path decodes (the unusual: the slow path does it).
 void expect_declined_valid(const std::string& text) {
   SCOPED_TRACE(text);
   EXPECT_FALSE(fast_decode_pod(text).has_value());
-  EXPECT_TRUE(slow_decode(text).pod.has_value());
+  EXPECT_TRUE(slow_decode(text).obj.has_value());
 }
 
 const std::string kTypical =
@@ -299,7 +317,7 @@ TEST(FastDecode, RejectedBySlowPathDeclined) {
 TEST(FastDecode, DuplicateKeysDeclined) {
   // nlohmann keeps the last value: the fast path must not give the first
   expect_declined_valid(R"({"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","name":"b"}})");
-  EXPECT_EQ(slow_decode(R"({"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","name":"b"}})").pod->name, "b");
+  EXPECT_EQ(slow_decode(R"({"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","name":"b"}})").obj->name, "b");
   expect_declined_valid(R"({"kind":"Pod","apiVersion":"v1","metadata":{"name":"a"},"metadata":{"name":"b"}})");
   expect_declined_valid(R"({"kind":"Pod","kind":"Pod","apiVersion":"v1","metadata":{"name":"a"}})");
   expect_declined_valid(R"({"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","labels":{"x":"1","x":"2"}}})");
@@ -608,17 +626,7 @@ class Gen {
 
 Slow_<Service> slow_service(const std::string& text) { return slow_decode_as<Service>(text); }
 
-bool check_service(const std::string& text) {
-  std::optional<Service> fast = fast_decode_service(text);
-  EXPECT_FALSE(fast_decode_pod(text).has_value());
-  if (!fast) return false;
-  Slow_<Service> slow = slow_service(text);
-  EXPECT_TRUE(slow.pod.has_value()) << "fast accepted what the slow path rejects (" << slow.error << "): " << text;
-  if (slow.pod) {
-    EXPECT_EQ(*fast, *slow.pod) << text;
-  }
-  return true;
-}
+bool check_service(const std::string& text) { return check_as<Service>(text); }
 
 void expect_fast_service(const std::string& text) {
   SCOPED_TRACE(text);
@@ -626,11 +634,7 @@ void expect_fast_service(const std::string& text) {
 }
 
 void expect_rejected_service(const std::string& text, const std::string& what) {
-  SCOPED_TRACE(text);
-  EXPECT_FALSE(fast_decode_service(text).has_value());
-  Slow_<Service> slow = slow_service(text);
-  EXPECT_FALSE(slow.pod.has_value());
-  EXPECT_NE(slow.error.find(what), std::string::npos) << slow.error;
+  expect_rejected_as<Service>(text, what);
 }
 
 const std::string kService =
@@ -710,7 +714,7 @@ TEST(FastDecode, Services) {
   for (const char* spec : {R"({"type":"A","type":"B"})", R"({"selector":{"a":"1","a":"2"}})",
                            R"({"ports":[{"port":80,"port":81}]})", R"({"ports":[],"ports":[{"port":80}]})"}) {
     EXPECT_FALSE(fast_decode_service(svc_spec(spec)).has_value()) << spec;
-    EXPECT_TRUE(slow_service(svc_spec(spec)).pod.has_value()) << spec;
+    EXPECT_TRUE(slow_service(svc_spec(spec)).obj.has_value()) << spec;
   }
 }
 
