@@ -1097,7 +1097,7 @@ int Agent::run() {
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
   // One malloc arena for every thread: the program load's threads hold the
-  // kernel's parsed BTF (~10 MiB each) while the first model is built; in
+  // kernel's parsed BTF (~12 MiB each) while the first model is built; in
   // arenas of their own, the memory they free would stay out of the model's
   // reach and add to the peak. (Small allocations go through each thread's
   // cache first, so the threads seldom wait for the arena's lock.)

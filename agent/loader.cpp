@@ -259,16 +259,14 @@ std::vector<fs::path> detach_obsolete(const fs::path& link_dir, const std::vecto
 
 }  // namespace
 
-void Datapath::configure(envsteer_bpf* skel, const Settings& s, const Features& f) {
+void Datapath::configure(envsteer_bpf* skel, const Settings& s) const {
   const std::pair<bpf_map*, uint32_t> sized[] = {
       {skel->maps.es_frontends, s.limits.frontends}, {skel->maps.es_sets, s.limits.sets},
       {skel->maps.es_slots, s.limits.slots},         {skel->maps.es_envs, s.limits.envs},
       {skel->maps.es_env_names, s.limits.envs},      {skel->maps.es_pods, s.limits.pods}};
   for (auto [map, limit] : sized) bpf_map__set_max_entries(map, limit);
 
-  request_ctx_ = s.header_context && f.request_context();
-  per_request_ = s.header_context && f.bpf_loop;
-  skel->rodata->es_feat_set_retval = f.set_retval ? 1 : 0;
+  skel->rodata->es_feat_set_retval = features_.set_retval ? 1 : 0;
   skel->rodata->es_feat_request_ctx = request_ctx_ ? 1 : 0;
   skel->rodata->es_feat_per_request = per_request_ ? 1 : 0;
   skel->rodata->es_splitter = s.splitter;
@@ -289,6 +287,8 @@ std::unique_ptr<Datapath> Datapath::open(const Settings& s, const Features& f) {
   std::unique_ptr<Datapath> dp(new Datapath());
   dp->pin_dir_ = pin;
   dp->features_ = f;
+  dp->request_ctx_ = s.header_context && f.request_context();
+  dp->per_request_ = s.header_context && f.bpf_loop;
   // The maps come from a first instance of the object that loads no program:
   // libbpf creates (or reuses the pinned) maps in a tenth of a second, and
   // the verifier's seconds go to the second instance, which load() fills with
@@ -297,7 +297,7 @@ std::unique_ptr<Datapath> Datapath::open(const Settings& s, const Features& f) {
   LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = map_root.c_str());
   dp->maps_skel_ = envsteer_bpf__open_opts(&opts);
   if (!dp->maps_skel_) throw std::runtime_error("cannot open the BPF object: " + errstr(errno));
-  dp->configure(dp->maps_skel_, s, f);
+  dp->configure(dp->maps_skel_, s);
   check_pinned_maps(dp->maps_skel_, map_dir, s, dp->loaded_, &dp->unpinned_);
   bpf_program* prog;
   bpf_object__for_each_program(prog, dp->maps_skel_->obj) bpf_program__set_autoload(prog, false);
@@ -322,7 +322,7 @@ envsteer_bpf* Datapath::open_lane(const Settings& s, bool first) {
   envsteer_bpf* skel = envsteer_bpf__open();
   if (!skel) throw std::runtime_error("cannot open the BPF object: " + errstr(errno));
   lanes_.push_back(skel);  // owned from here (the destructor)
-  configure(skel, s, features_);
+  configure(skel, s);
   bool any = false;
   bpf_program* prog;
   bpf_object__for_each_program(prog, skel->obj) {

@@ -99,8 +99,9 @@ class Datapath {
 
  private:
   Datapath() = default;
-  // Map sizes, feature switches (rodata) and which programs load.
-  void configure(envsteer_bpf* skel, const Settings& s, const Features& f);
+  // Map sizes, feature switches (rodata) and which programs load, the same
+  // for every instance of the object (the switches are decided once, in open()).
+  void configure(envsteer_bpf* skel, const Settings& s) const;
   // An instance of the object with the programs of one lane, on maps_skel_'s
   // maps; nullptr when these settings load none of them.
   envsteer_bpf* open_lane(const Settings& s, bool first);
