@@ -71,6 +71,36 @@ ES_INLINE int es_env_depth(const char *s, int len, char splitter)
 	return n;
 }
 
+/*
+ * A name eight bytes at a time (BPF: 8 verifier steps instead of 64 for a
+ * copy). Words are loaded little-endian: byte i of the word is bits 8i..8i+7.
+ */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "es_env_word_*: little-endian words only"
+#endif
+
+/* w, the word at byte offset at of a name of n bytes, with the bytes at n and
+ * beyond set to NUL. */
+ES_INLINE __u64 es_env_word_pad(__u64 w, __u32 at, __u32 n)
+{
+	if (at >= n)
+		return 0;
+	if (n - at < 8)
+		w &= (1ULL << ((n - at) * 8)) - 1;
+	return w;
+}
+
+/* How many bytes of w are c. Byte-exact (no borrow crosses bytes): y has a
+ * zero byte exactly where w has c, and t the high bit of exactly those bytes. */
+ES_INLINE __u32 es_env_word_count(__u64 w, char c)
+{
+	const __u64 ones = 0x0101010101010101ULL, low7 = 0x7f7f7f7f7f7f7f7fULL;
+	__u64 y = w ^ (ones * (__u8)c);
+	__u64 t = ~(((y & low7) + low7) | y | low7);
+
+	return (__u32)(((t >> 7) * ones) >> 56);
+}
+
 /* The splitter must be a label character that cannot start a name. */
 ES_INLINE int es_splitter_valid(char c)
 {

@@ -68,6 +68,10 @@ struct es_feed_ctx {
 	struct es_rx_win *w;
 };
 
+_Static_assert(__builtin_offsetof(struct es_rx, env) % 8 == 0 && __builtin_offsetof(struct es_rx, st) % 8 == 0 &&
+		       __builtin_offsetof(struct es_http_state, val) % 8 == 0 && ES_ENV_NAME_MAX % 8 == 0,
+	       "es_rx_headers_done copies env names in aligned words");
+
 /* A request head is complete: record its environment on the socket. A
  * request without a (valid) header clears it, so no environment outlives the
  * request that carried it on a keep-alive connection. */
@@ -77,20 +81,28 @@ static __always_inline void es_rx_headers_done(struct es_rx *rx)
 	const char *v = es_http_env(&rx->st);
 	__u32 n = (__u32)es_http_env_len(&rx->st);
 
-	__u8 depth = 0;
+	__u32 depth = 0, at;
+	__u64 w;
 	int i;
 
 	rx->seen = 1;
 	if (outcome == ES_HTTP_ENV_FOUND && v && n > 0 && n < ES_ENV_NAME_MAX) {
-		/* NUL-padded: es_request_env_id() walks it by truncation */
-		for (i = 0; i < ES_ENV_NAME_MAX; i++) {
-			char ch = (__u32)i < n ? v[i] : 0;
-
-			rx->env[i] = ch;
-			depth += ch == es_splitter;
+		/*
+		 * NUL-padded: es_request_env_id() walks it by truncation. Eight
+		 * bytes a step (both buffers are 8-aligned in their map values): a
+		 * byte loop here was 45% of the verifier's work on this program
+		 * (64 steps on every path that completes a head: 533k -> 301k
+		 * instructions processed).
+		 */
+		for (i = 0; i < ES_ENV_NAME_MAX / 8; i++) {
+			at = (__u32)i * 8;
+			__builtin_memcpy(&w, __builtin_assume_aligned(v + at, 8), 8);
+			w = es_env_word_pad(w, at, n);
+			__builtin_memcpy(__builtin_assume_aligned(&rx->env[at], 8), &w, 8);
+			depth += es_env_word_count(w, es_splitter);
 		}
 		rx->env_len = (__u8)n;
-		rx->env_depth = depth;
+		rx->env_depth = (__u8)depth;
 		es_count(ES_CNT_HDR_FOUND);
 		return;
 	}

@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -157,3 +159,47 @@ TEST(EnvNameSplitter, OnlyNonLeadingLabelCharacters) {
 
 }  // namespace
 }  // namespace envsteer
+
+// es_rx_headers_done (bpf/lib/request.h) copies a request's env name eight bytes
+// at a time: the padded words and the splitter count must be the byte loop's
+// (NUL past the length, every splitter below it), for any bytes in the buffer,
+// including NULs, splitters and bytes >= 0x80 past the name.
+TEST(EnvNameWords, SameAsTheByteLoop) {
+  std::mt19937_64 rng(20261203);
+  const char alphabet[] = {'a', 'Z', '0', '.', '-', '_', '\0', '\x80', '\xff', '\x7f', '\x01', '.'};
+  for (int round = 0; round < 20000; round++) {
+    unsigned char buf[ES_ENV_NAME_MAX];
+    for (auto& b : buf)
+      b = static_cast<unsigned char>(round % 3 == 0 ? rng() & 0xff : alphabet[rng() % sizeof(alphabet)]);
+    const __u32 n = 1 + static_cast<__u32>(rng() % (ES_ENV_NAME_MAX - 1));
+    const char splitter = "._-"[round % 3];
+    unsigned char want[ES_ENV_NAME_MAX], got[ES_ENV_NAME_MAX];
+    __u32 want_depth = 0, got_depth = 0;
+    for (__u32 i = 0; i < ES_ENV_NAME_MAX; i++) {
+      want[i] = i < n ? buf[i] : 0;
+      want_depth += want[i] == static_cast<unsigned char>(splitter);
+    }
+    for (__u32 at = 0; at < ES_ENV_NAME_MAX; at += 8) {
+      __u64 w;
+      std::memcpy(&w, buf + at, 8);
+      w = es_env_word_pad(w, at, n);
+      std::memcpy(got + at, &w, 8);
+      got_depth += es_env_word_count(w, splitter);
+    }
+    ASSERT_EQ(0, std::memcmp(want, got, sizeof want)) << "round " << round << " n " << n;
+    ASSERT_EQ(want_depth, got_depth) << "round " << round << " n " << n;
+  }
+}
+
+TEST(EnvNameWords, CountsEveryByteOfAWord) {
+  __u64 w;
+  std::memcpy(&w, "........", 8);
+  EXPECT_EQ(es_env_word_count(w, '.'), 8u);
+  std::memcpy(&w, ".a.b.c.d", 8);
+  EXPECT_EQ(es_env_word_count(w, '.'), 4u);
+  EXPECT_EQ(es_env_word_count(w, '-'), 0u);
+  EXPECT_EQ(es_env_word_count(0, '.'), 0u);
+  EXPECT_EQ(es_env_word_pad(w, 0, 3), 0x612eULL | (0x2eULL << 16));  // ".a." then NULs
+  EXPECT_EQ(es_env_word_pad(w, 8, 8), 0u);
+  EXPECT_EQ(es_env_word_pad(w, 8, 16), w);
+}
