@@ -133,13 +133,13 @@ int32_t require_port(const Ctx& ctx, const json& parent, const std::string& path
   return as_port(ctx, *v, field(path, key));  // throws
 }
 
-std::string get_protocol(const Ctx& ctx, const json& parent, const std::string& path) {
+Protocol get_protocol(const Ctx& ctx, const json& parent, const std::string& path) {
   const json* v = member(parent, "protocol");
-  if (!v) return "TCP";
+  if (!v) return Protocol::TCP;
   std::string p = v->is_string() ? v->get<std::string>() : as_string(ctx, *v, field(path, "protocol"));
-  if (p != "TCP" && p != "UDP" && p != "SCTP")
-    ctx.fail(field(path, "protocol"), "must be one of TCP, UDP, SCTP, got " + quote(p));
-  return p;
+  std::optional<Protocol> proto = protocol_of(p);
+  if (!proto) ctx.fail(field(path, "protocol"), "must be one of TCP, UDP, SCTP, got " + quote(p));
+  return *proto;
 }
 
 bool parses_as(int family, const std::string& s) {

@@ -36,7 +36,7 @@ struct Decline {};
 struct PortView {
   std::string_view name;
   int32_t port = 0;
-  std::string_view protocol;  // "TCP" when absent
+  Protocol protocol = Protocol::TCP;
 };
 
 struct PodView {
@@ -69,7 +69,7 @@ Pod make_pod(const PodView& v) {
   pod.node_name = std::string(v.node_name);
   pod.ports.reserve(v.ports.size());
   for (const PortView& p : v.ports)
-    pod.ports.push_back(ContainerPort{std::string(p.name), p.port, std::string(p.protocol)});
+    pod.ports.push_back(ContainerPort{std::string(p.name), p.port, p.protocol});
   pod.pod_ips.reserve(v.pod_ips.size());
   for (std::string_view ip : v.pod_ips) pod.pod_ips.emplace_back(ip);
   pod.phase = pod_phase_of(v.phase);
@@ -81,7 +81,7 @@ Pod make_pod(const PodView& v) {
 struct ServicePortView {
   std::string_view name;
   int32_t port = 0;
-  std::string_view protocol;  // "TCP" when absent
+  Protocol protocol = Protocol::TCP;
   int32_t target_port = 0;
   std::string_view target_port_name;
   std::string_view app_protocol;
@@ -111,7 +111,7 @@ Service make_service(const ServiceView& v) {
   for (std::string_view ip : v.cluster_ips) s.cluster_ips.emplace_back(ip);
   s.ports.reserve(v.ports.size());
   for (const ServicePortView& p : v.ports)
-    s.ports.push_back(ServicePort{std::string(p.name), p.port, std::string(p.protocol), p.target_port,
+    s.ports.push_back(ServicePort{std::string(p.name), p.port, p.protocol, p.target_port,
                                   std::string(p.target_port_name), std::string(p.app_protocol)});
   s.selector.reserve(v.selector.size());
   for (const auto& [k, val] : v.selector) s.selector.emplace_hint(s.selector.end(), std::string(k), std::string(val));
@@ -179,12 +179,12 @@ int32_t port_number(const element* e) {
   return static_cast<int32_t>(v);
 }
 
-// get_protocol(): absent or null -> "TCP", else one of TCP, UDP, SCTP.
-std::string_view protocol(const element* e) {
-  if (!e || is_null(*e)) return "TCP";
-  std::string_view p = opt_string(e);
-  if (p != "TCP" && p != "UDP" && p != "SCTP") decline();
-  return p;
+// get_protocol(): absent or null -> TCP, else one of TCP, UDP, SCTP.
+Protocol protocol(const element* e) {
+  if (!e || is_null(*e)) return Protocol::TCP;
+  std::optional<Protocol> p = protocol_of(opt_string(e));
+  if (!p) decline();
+  return *p;
 }
 
 // as_ip(): a string inet_pton reads as IPv4 or IPv6 (up to a NUL, as decode.cpp's c_str()).

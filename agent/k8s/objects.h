@@ -90,10 +90,30 @@ class Labels {
 // "namespace/name"
 std::string object_key(const std::string& ns, const std::string& name);
 
+// spec.ports[].protocol and the like: one byte, not a string (100 000 pods'
+// container ports were 72 B each with two strings, issue 18). The decoders
+// accept exactly these three names; absent means TCP.
+enum class Protocol : uint8_t { TCP, UDP, SCTP };
+// "TCP" -> TCP, ...; nullopt for anything else (exact names, as the API writes them).
+inline std::optional<Protocol> protocol_of(std::string_view s) {
+  if (s == "TCP") return Protocol::TCP;
+  if (s == "UDP") return Protocol::UDP;
+  if (s == "SCTP") return Protocol::SCTP;
+  return std::nullopt;
+}
+inline const char* protocol_name(Protocol p) {
+  switch (p) {
+    case Protocol::TCP: return "TCP";
+    case Protocol::UDP: return "UDP";
+    case Protocol::SCTP: return "SCTP";
+  }
+  return "?";
+}
+
 struct ServicePort {
   std::string name;        // may be empty for a single-port service
   int32_t port = 0;        // 1..65535
-  std::string protocol;    // "TCP", "UDP" or "SCTP" (default "TCP")
+  Protocol protocol = Protocol::TCP;
   int32_t target_port = 0; // numeric targetPort; 0 when named or absent
   std::string target_port_name;  // named targetPort, resolved per pod
   std::string app_protocol;      // spec.ports[].appProtocol ("" when absent)
@@ -154,7 +174,7 @@ inline const char* qos_class_name(QosClass q) {
 struct ContainerPort {
   std::string name;
   int32_t port = 0;
-  std::string protocol;  // default "TCP"
+  Protocol protocol = Protocol::TCP;
   bool operator==(const ContainerPort&) const = default;
 };
 
@@ -175,7 +195,7 @@ struct Pod {
 struct EndpointPort {
   std::string name;
   int32_t port = 0;
-  std::string protocol;  // default "TCP"
+  Protocol protocol = Protocol::TCP;
   bool operator==(const EndpointPort&) const = default;
 };
 

@@ -110,8 +110,8 @@ class RandomCluster {
     p.terminating = chance(5);
     p.phase = k8s::PodPhase::Running;
     p.node_name = chance(50) ? "this" : "other";
-    if (chance(60)) p.ports.push_back({"http", 8080 + pick(2), "TCP"});
-    if (chance(20)) p.ports.push_back({"dns", 53, "UDP"});
+    if (chance(60)) p.ports.push_back({"http", 8080 + pick(2), k8s::Protocol::TCP});
+    if (chance(20)) p.ports.push_back({"dns", 53, k8s::Protocol::UDP});
     if (chance(20)) p.annotations[kThreadContextAnnotation] = chance(50) ? "on" : "maybe";
     if (chance(45)) p.annotations["envsteer.io/cgroup"] = any(cg_.pool());
     if (participation_ && chance(15)) p.labels["envsteer.io/enabled"] = "true";
@@ -130,10 +130,10 @@ class RandomCluster {
     s.type = "ClusterIP";
     s.cluster_ips = {any(vips_)};
     if (chance(15)) s.cluster_ips.push_back(any(vips_));
-    s.ports.push_back({"http", 80, "TCP", chance(70) ? 8080 : 0, ""});
-    if (chance(30)) s.ports.push_back({"named", 81, "TCP", 0, "http"});
-    if (chance(20)) s.ports.push_back({"dns", 53, chance(80) ? "UDP" : "SCTP", 0, ""});
-    if (chance(5)) s.ports.push_back({"dup", 80, "TCP", 0, ""});
+    s.ports.push_back({"http", 80, k8s::Protocol::TCP, chance(70) ? 8080 : 0, ""});
+    if (chance(30)) s.ports.push_back({"named", 81, k8s::Protocol::TCP, 0, "http"});
+    if (chance(20)) s.ports.push_back({"dns", 53, chance(80) ? k8s::Protocol::UDP : k8s::Protocol::SCTP, 0, ""});
+    if (chance(5)) s.ports.push_back({"dup", 80, k8s::Protocol::TCP, 0, ""});
     if (chance(85)) {
       s.selector["app"] = any(apps_);
       if (chance(15)) s.selector["tier"] = "x";
@@ -154,9 +154,9 @@ class RandomCluster {
     sl.uid = "uid-" + n + "-" + name;
     sl.service_name = "svc" + std::to_string(pick(6));
     sl.address_type = chance(90) ? "IPv4" : "FQDN";
-    sl.ports.push_back({"http", 8080, "TCP"});
-    if (chance(30)) sl.ports.push_back({"named", 9090, "TCP"});
-    if (chance(20)) sl.ports.push_back({"dns", 53, "UDP"});
+    sl.ports.push_back({"http", 8080, k8s::Protocol::TCP});
+    if (chance(30)) sl.ports.push_back({"named", 9090, k8s::Protocol::TCP});
+    if (chance(20)) sl.ports.push_back({"dns", 53, k8s::Protocol::UDP});
     int eps = pick(4);
     for (int i = 0; i < eps; i++) {
       k8s::Endpoint e;

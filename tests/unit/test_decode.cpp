@@ -182,7 +182,7 @@ TEST(DecodeService, RealKubectlOutput) {
   // Named targetPort.
   EXPECT_EQ(s.ports[0].name, "http");
   EXPECT_EQ(s.ports[0].port, 80);
-  EXPECT_EQ(s.ports[0].protocol, "TCP");
+  EXPECT_EQ(s.ports[0].protocol, Protocol::TCP);
   EXPECT_EQ(s.ports[0].target_port, 0);
   EXPECT_EQ(s.ports[0].target_port_name, "http");
   // Numeric targetPort.
@@ -191,11 +191,11 @@ TEST(DecodeService, RealKubectlOutput) {
   EXPECT_EQ(s.ports[1].target_port, 9091);
   EXPECT_EQ(s.ports[1].target_port_name, "");
   // A quoted all-digit targetPort is a number; UDP.
-  EXPECT_EQ(s.ports[2].protocol, "UDP");
+  EXPECT_EQ(s.ports[2].protocol, Protocol::UDP);
   EXPECT_EQ(s.ports[2].target_port, 5353);
   EXPECT_EQ(s.ports[2].target_port_name, "");
   // No protocol -> TCP; no targetPort -> port.
-  EXPECT_EQ(s.ports[3].protocol, "TCP");
+  EXPECT_EQ(s.ports[3].protocol, Protocol::TCP);
   EXPECT_EQ(s.ports[3].target_port, 8080);
 }
 
@@ -280,6 +280,21 @@ TEST(DecodeService, BadProtocol) {
             "\"HTTP\"");
   j["spec"]["ports"][0]["protocol"] = "tcp";
   EXPECT_THAT(error_of([&] { decode_service(j); }), HasSubstr("got \"tcp\""));
+  j["spec"]["ports"][0]["protocol"] = std::string("TCP\0", 4);  // not TCP: the whole string counts
+  EXPECT_THAT(error_of([&] { decode_service(j); }), HasSubstr("must be one of TCP, UDP, SCTP"));
+}
+
+// The one-byte protocol: exactly the three names the API writes, and back.
+TEST(Protocol, NamesBothWays) {
+  for (Protocol p : {Protocol::TCP, Protocol::UDP, Protocol::SCTP}) EXPECT_EQ(protocol_of(protocol_name(p)), p);
+  EXPECT_STREQ(protocol_name(Protocol::UDP), "UDP");
+  EXPECT_EQ(Protocol{}, Protocol::TCP);  // the default, as for an absent field
+  EXPECT_EQ(ContainerPort{}.protocol, Protocol::TCP);
+  EXPECT_EQ(ServicePort{}.protocol, Protocol::TCP);
+  EXPECT_EQ(EndpointPort{}.protocol, Protocol::TCP);
+  for (std::string_view bad : {"", "tcp", "Tcp", "TCP ", "ICMP", "SCTP2"}) EXPECT_EQ(protocol_of(bad), std::nullopt) << bad;
+  EXPECT_EQ(protocol_of(std::string_view("UDP\0", 4)), std::nullopt);
+  EXPECT_EQ(sizeof(Protocol), 1u);
 }
 
 TEST(DecodeService, BadClusterIP) {
@@ -365,12 +380,12 @@ TEST(DecodePod, RealKubectlOutput) {
   ASSERT_EQ(p.ports.size(), 3u);
   EXPECT_EQ(p.ports[0].name, "http");
   EXPECT_EQ(p.ports[0].port, 8080);
-  EXPECT_EQ(p.ports[0].protocol, "TCP");
+  EXPECT_EQ(p.ports[0].protocol, Protocol::TCP);
   EXPECT_EQ(p.ports[1].name, "metrics");
   EXPECT_EQ(p.ports[1].port, 9091);
   EXPECT_EQ(p.ports[2].name, "dns");  // second container
   EXPECT_EQ(p.ports[2].port, 5353);
-  EXPECT_EQ(p.ports[2].protocol, "UDP");
+  EXPECT_EQ(p.ports[2].protocol, Protocol::UDP);
 }
 
 TEST(DecodePod, MinimalAndStates) {
@@ -378,7 +393,7 @@ TEST(DecodePod, MinimalAndStates) {
   Pod p = decode_pod(j);
   EXPECT_THAT(p.pod_ips, ElementsAre("10.244.0.5"));  // podIP only
   EXPECT_FALSE(p.ready);                               // no conditions
-  EXPECT_EQ(p.ports.at(0).protocol, "TCP");
+  EXPECT_EQ(p.ports.at(0).protocol, Protocol::TCP);
   EXPECT_EQ(p.ports.at(0).name, "");
 
   j["metadata"]["deletionTimestamp"] = "2024-05-02T10:00:00Z";
@@ -499,8 +514,8 @@ TEST(DecodeEndpointSlice, RealKubectlOutput) {
   ASSERT_EQ(s.ports.size(), 3u);
   EXPECT_EQ(s.ports[0].name, "http");
   EXPECT_EQ(s.ports[0].port, 8080);
-  EXPECT_EQ(s.ports[1].protocol, "TCP");  // default
-  EXPECT_EQ(s.ports[2].protocol, "UDP");
+  EXPECT_EQ(s.ports[1].protocol, Protocol::TCP);  // default
+  EXPECT_EQ(s.ports[2].protocol, Protocol::UDP);
 }
 
 TEST(DecodeEndpointSlice, ReadinessAbsentNullFalseTrue) {

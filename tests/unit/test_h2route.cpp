@@ -161,7 +161,7 @@ k8s::Service svc(const std::string& name, const std::string& ip, std::vector<k8s
 }
 
 k8s::ServicePort port(const std::string& name, int32_t p, const std::string& app_protocol = "") {
-  k8s::ServicePort sp{name, p, "TCP", p, ""};
+  k8s::ServicePort sp{name, p, k8s::Protocol::TCP, p, ""};
   sp.app_protocol = app_protocol;
   return sp;
 }

@@ -143,7 +143,7 @@ TEST(IncrementalModel, OnePodLabelChangeNamesOnlyItsServiceKeys) {
     s.ns = "ns";
     s.name = "svc" + std::to_string(i);
     s.cluster_ips = {"10.96.0." + std::to_string(i + 1)};
-    s.ports.push_back({"http", 80, "TCP", 8080, ""});
+    s.ports.push_back({"http", 80, k8s::Protocol::TCP, 8080, ""});
     s.selector["app"] = s.name;
     s.has_selector = true;
     cs.services[k8s::object_key(s.ns, s.name)] = s;
@@ -195,7 +195,7 @@ TEST(IncrementalModelScale, DISABLED_PodLabelChangeAtScale) {
     s.name = "svc-" + std::to_string(i);
     s.cluster_ips = {"10." + std::to_string(96 + i / 65536) + "." + std::to_string(i / 256 % 256) + "." +
                      std::to_string(i % 256)};
-    s.ports.push_back({"http", 80, "TCP", 8080, ""});
+    s.ports.push_back({"http", 80, k8s::Protocol::TCP, 8080, ""});
     s.selector["app"] = s.name;
     s.has_selector = true;
     for (int k = 0; k < 10; k++, pod_ix++) {

@@ -37,7 +37,7 @@ k8s::Service svc(const std::string& name, const std::string& ip, k8s::Labels ann
   s.type = "ClusterIP";
   s.selector = {{"app", name}};
   s.has_selector = true;
-  s.ports.push_back({"http", 80, "TCP", 8080, ""});
+  s.ports.push_back({"http", 80, k8s::Protocol::TCP, 8080, ""});
   s.annotations = std::move(ann);
   return s;
 }
