@@ -86,7 +86,7 @@ bool opt_in(const k8s::Labels& annotations, const char* key, const std::string& 
     if (it->second == v) return true;
   for (const char* v : off)
     if (it->second == v) return false;
-  r.warnings.push_back(who + ": metadata.annotations." + key + ": \"" + it->second + "\" is not \"" + *on.begin() +
+  r.warnings.push_back(who + ": metadata.annotations." + key + ": \"" + std::string(it->second) + "\" is not \"" + *on.begin() +
                        "\" or \"" + *off.begin() + "\"; taken as \"" + *off.begin() + "\"");
   return false;
 }
@@ -125,7 +125,7 @@ PodResult pod_rule(const k8s::Pod& p, const ModelOptions& o, const k8s::Labels* 
   } else if (!env_valid(it->second, o.splitter)) {
     const std::string field = "metadata.labels." + o.env_label;
     r.skip("Pod", ref, p.uid, field, skip_reason::kInvalidEnv,
-           "Pod " + ref + ": " + field + ": \"" + it->second +
+           "Pod " + ref + ": " + field + ": \"" + std::string(it->second) +
                "\" is not a valid environment name (a label value of at most 63 characters whose segments "
                "split by '" + std::string(1, o.splitter) +
                "' are non-empty); the pod is skipped: no backend, its processes not steered");
@@ -235,7 +235,7 @@ const typename ByNs::mapped_type* smallest_candidates(const ByNs& by_ns, const B
   }
   const typename ByNs::mapped_type* best = nullptr;
   for (const auto& [k, v] : selector) {
-    auto it = by_label.find({ns, k, v});
+    auto it = by_label.find(typename ByLabel::key_type{ns, k, v});
     if (it == by_label.end()) return nullptr;
     if (!best || it->second.size() < best->size()) best = &it->second;
   }

@@ -157,18 +157,18 @@ std::string as_ip(const Ctx& ctx, const json& v, const std::string& path) {
 // A mapping of strings to strings (labels, annotations, selector).
 Labels get_string_map(const Ctx& ctx, const json& parent, const std::string& path,
                       const char* key) {
-  Labels out;
   const json* m = get_object(ctx, parent, path, key);
-  if (!m) return out;
-  out.reserve(m->size());
-  for (const auto& [k, v] : m->items()) {
-    if (v.is_string()) {
-      out.emplace_hint(out.end(), k, v.get<std::string>());  // keys come sorted
+  if (!m) return {};
+  std::vector<Labels::value_type> entries;  // views into M
+  entries.reserve(m->size());
+  for (auto it = m->begin(); it != m->end(); ++it) {
+    if (it->is_string()) {
+      entries.emplace_back(it.key(), it->get_ref<const std::string&>());  // keys come sorted
       continue;
     }
-    as_string(ctx, v, field(path, key) + "[" + quote(k) + "]");  // throws
+    as_string(ctx, *it, field(path, key) + "[" + quote(it.key()) + "]");  // throws
   }
-  return out;
+  return Labels(entries);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -59,12 +59,8 @@ Pod make_pod(const PodView& v) {
   pod.name = std::string(v.name);
   pod.uid = std::string(v.uid);
   pod.resource_version = v.rv_is_number ? v.resource_version_number : std::string(v.resource_version);
-  auto fill = [](Labels& out, const std::vector<std::pair<std::string_view, std::string_view>>& in) {
-    out.reserve(in.size());
-    for (const auto& [k, val] : in) out.emplace_hint(out.end(), std::string(k), std::string(val));
-  };
-  fill(pod.labels, v.labels);
-  fill(pod.annotations, v.annotations);
+  pod.labels = Labels(v.labels);
+  pod.annotations = Labels(v.annotations);
   pod.terminating = v.terminating;
   pod.node_name = std::string(v.node_name);
   pod.ports.reserve(v.ports.size());
@@ -105,16 +101,14 @@ Service make_service(const ServiceView& v) {
   s.uid = std::string(v.uid);
   s.resource_version = v.rv_is_number ? v.resource_version_number : std::string(v.resource_version);
   s.type = v.type.empty() ? std::string("ClusterIP") : std::string(v.type);
-  s.annotations.reserve(v.annotations.size());
-  for (const auto& [k, val] : v.annotations) s.annotations.emplace_hint(s.annotations.end(), std::string(k), std::string(val));
+  s.annotations = Labels(v.annotations);
   s.cluster_ips.reserve(v.cluster_ips.size());
   for (std::string_view ip : v.cluster_ips) s.cluster_ips.emplace_back(ip);
   s.ports.reserve(v.ports.size());
   for (const ServicePortView& p : v.ports)
     s.ports.push_back(ServicePort{std::string(p.name), p.port, p.protocol, p.target_port,
                                   std::string(p.target_port_name), std::string(p.app_protocol)});
-  s.selector.reserve(v.selector.size());
-  for (const auto& [k, val] : v.selector) s.selector.emplace_hint(s.selector.end(), std::string(k), std::string(val));
+  s.selector = Labels(v.selector);
   s.has_selector = !s.selector.empty();
   return s;
 }

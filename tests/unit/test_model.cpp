@@ -38,7 +38,10 @@ struct PodB {
     p.ready = true;
     p.phase = k8s::PodPhase::Running;
   }
-  PodB& label(const std::string& k, const std::string& v) { p.labels[k] = v; return *this; }
+  PodB& label(const std::string& k, const std::string& v) {
+    p.labels.insert_or_assign(k, v);
+    return *this;
+  }
   PodB& app(const std::string& v) { return label("app", v); }
   PodB& env(const std::string& v) { return label("virtual-env", v); }
   PodB& ips(std::vector<std::string> v) { p.pod_ips = std::move(v); return *this; }
@@ -49,7 +52,7 @@ struct PodB {
     return *this;
   }
   PodB& cgroup(const std::string& v, const std::string& ann = "envsteer.io/cgroup") {
-    p.annotations[ann] = v;
+    p.annotations.insert_or_assign(ann, v);
     return *this;
   }
 };
@@ -63,7 +66,7 @@ struct SvcB {
     s.type = "ClusterIP";
   }
   SvcB& select(const std::string& k, const std::string& v) {
-    s.selector[k] = v;
+    s.selector.insert_or_assign(k, v);
     s.has_selector = true;
     return *this;
   }
