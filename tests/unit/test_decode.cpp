@@ -910,6 +910,57 @@ TEST(Labels, RandomOperationsLikeStdMap) {
   }
 }
 
+// IpList (a pod's addresses, one held in place) behaves like std::vector<std::string>.
+TEST(IpList, BehavesLikeAVectorOfStrings) {
+  IpList l;
+  EXPECT_TRUE(l.empty());
+  EXPECT_EQ(l.begin(), l.end());
+  EXPECT_EQ(l, std::vector<std::string>{});
+  l.push_back("10.0.0.1");
+  EXPECT_EQ(l.size(), 1u);
+  EXPECT_EQ(l[0], "10.0.0.1");
+  EXPECT_EQ(l, std::vector<std::string>{"10.0.0.1"});
+  const std::string* first = &l[0];
+  EXPECT_EQ(first, &*l.begin());  // the element itself, not a copy
+  l.emplace_back(std::string_view("fd00::1"));
+  EXPECT_EQ(l, (std::vector<std::string>{"10.0.0.1", "fd00::1"}));
+  EXPECT_EQ(l.end() - l.begin(), 2);
+  EXPECT_EQ(l.begin()[1], "fd00::1");
+  std::vector<std::string> seen(l.begin(), l.end());
+  EXPECT_THAT(seen, ElementsAre("10.0.0.1", "fd00::1"));
+  IpList copy = l;
+  EXPECT_EQ(copy, l);
+  copy.push_back("10.0.0.2");
+  EXPECT_NE(copy, l);  // a copy owns its addresses
+  EXPECT_EQ(l.size(), 2u);
+  IpList moved = std::move(copy);
+  EXPECT_EQ(moved.size(), 3u);
+  l.clear();
+  EXPECT_TRUE(l.empty());
+  EXPECT_EQ(l, IpList{});
+  // An empty string is an element (the decoders never give one, objects built by hand may).
+  IpList e{""};
+  EXPECT_EQ(e.size(), 1u);
+  EXPECT_EQ(e[0], "");
+  EXPECT_NE(e, IpList{});
+  e.push_back("x");
+  EXPECT_EQ(e, (std::vector<std::string>{"", "x"}));
+  IpList one_then_empty{"a", ""};
+  EXPECT_EQ(one_then_empty, (std::vector<std::string>{"a", ""}));
+  // From a vector, as the decoder gives it; equal by content whatever the holding.
+  for (const std::vector<std::string>& v :
+       {std::vector<std::string>{}, {"10.1.0.1"}, {""}, {"10.1.0.1", "fd00::2"}, {"a", "b", "c"}}) {
+    IpList from(v);
+    IpList pushed;
+    for (const auto& ip : v) pushed.push_back(ip);
+    EXPECT_EQ(from, v);
+    EXPECT_EQ(from, pushed);
+    EXPECT_EQ(from.size(), v.size());
+  }
+  EXPECT_NE((IpList{"a", "b"}), (IpList{"a"}));
+  EXPECT_NE((IpList{"a"}), (IpList{"b"}));
+}
+
 TEST(DecodeVirtualEnv, FieldsAndTheFirstByName) {
   auto items = nlohmann::json::parse(R"([
     {"metadata": {"namespace": "b", "name": "ve"},
