@@ -24,10 +24,10 @@ bool selector_matches(const k8s::Labels& selector, const k8s::Labels& labels) {
   return true;
 }
 
-uint8_t proto_number(const std::string& p) {
-  if (p.empty() || p == "TCP") return IPPROTO_TCP;
-  if (p == "UDP") return IPPROTO_UDP;
-  return 0;  // SCTP and others are not steered
+uint8_t proto_number(k8s::Protocol p) {
+  if (p == k8s::Protocol::TCP) return IPPROTO_TCP;
+  if (p == k8s::Protocol::UDP) return IPPROTO_UDP;
+  return 0;  // SCTP is not steered
 }
 
 // One ready endpoint of a service port, and where its address comes from
@@ -86,7 +86,7 @@ bool opt_in(const k8s::Labels& annotations, const char* key, const std::string& 
     if (it->second == v) return true;
   for (const char* v : off)
     if (it->second == v) return false;
-  r.warnings.push_back(who + ": metadata.annotations." + key + ": \"" + it->second + "\" is not \"" + *on.begin() +
+  r.warnings.push_back(who + ": metadata.annotations." + key + ": \"" + std::string(it->second) + "\" is not \"" + *on.begin() +
                        "\" or \"" + *off.begin() + "\"; taken as \"" + *off.begin() + "\"");
   return false;
 }
@@ -125,7 +125,7 @@ PodResult pod_rule(const k8s::Pod& p, const ModelOptions& o, const k8s::Labels* 
   } else if (!env_valid(it->second, o.splitter)) {
     const std::string field = "metadata.labels." + o.env_label;
     r.skip("Pod", ref, p.uid, field, skip_reason::kInvalidEnv,
-           "Pod " + ref + ": " + field + ": \"" + it->second +
+           "Pod " + ref + ": " + field + ": \"" + std::string(it->second) +
                "\" is not a valid environment name (a label value of at most 63 characters whose segments "
                "split by '" + std::string(1, o.splitter) +
                "' are non-empty); the pod is skipped: no backend, its processes not steered");
@@ -235,7 +235,7 @@ const typename ByNs::mapped_type* smallest_candidates(const ByNs& by_ns, const B
   }
   const typename ByNs::mapped_type* best = nullptr;
   for (const auto& [k, v] : selector) {
-    auto it = by_label.find({ns, k, v});
+    auto it = by_label.find(typename ByLabel::key_type{ns, k, v});
     if (it == by_label.end()) return nullptr;
     if (!best || it->second.size() < best->size()) best = &it->second;
   }
@@ -283,7 +283,7 @@ std::vector<Endpoint> endpoints(const k8s::Service& svc, const k8s::ServicePort&
     if (sl.address_type == "FQDN") return;
     int32_t port = 0;
     for (const auto& p : sl.ports)
-      if (p.name == sp.name && proto_number(p.protocol) == proto_number(sp.protocol)) port = p.port;
+      if (p.name == sp.name && p.protocol == sp.protocol) port = p.port;
     if (port == 0) return;
     for (size_t ei = 0; ei < sl.endpoints.size(); ei++) {
       const auto& ep = sl.endpoints[ei];
@@ -306,7 +306,7 @@ std::vector<Endpoint> endpoints(const k8s::Service& svc, const k8s::ServicePort&
     int32_t port = sp.target_port != 0 ? sp.target_port : 0;
     if (!sp.target_port_name.empty()) {
       for (const auto& cp : pod.ports)
-        if (cp.name == sp.target_port_name && proto_number(cp.protocol) == proto_number(sp.protocol)) port = cp.port;
+        if (cp.name == sp.target_port_name && cp.protocol == sp.protocol) port = cp.port;
     } else if (port == 0) {
       port = sp.port;
     }
@@ -363,7 +363,7 @@ ServiceResult service_rule(const k8s::Service& svc, const ModelOptions& o, const
     const auto& sp = svc.ports[pi];
     if (proto_number(sp.protocol) == 0) {
       port_warnings.push_back("Service " + ref + ": spec.ports[" + std::to_string(pi) + "]: protocol " +
-                              sp.protocol + " is not steered");
+                              k8s::protocol_name(sp.protocol) + " is not steered");
       continue;
     }
     for (const auto& ip : svc.cluster_ips) {

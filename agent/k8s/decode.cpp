@@ -133,13 +133,13 @@ int32_t require_port(const Ctx& ctx, const json& parent, const std::string& path
   return as_port(ctx, *v, field(path, key));  // throws
 }
 
-std::string get_protocol(const Ctx& ctx, const json& parent, const std::string& path) {
+Protocol get_protocol(const Ctx& ctx, const json& parent, const std::string& path) {
   const json* v = member(parent, "protocol");
-  if (!v) return "TCP";
+  if (!v) return Protocol::TCP;
   std::string p = v->is_string() ? v->get<std::string>() : as_string(ctx, *v, field(path, "protocol"));
-  if (p != "TCP" && p != "UDP" && p != "SCTP")
-    ctx.fail(field(path, "protocol"), "must be one of TCP, UDP, SCTP, got " + quote(p));
-  return p;
+  std::optional<Protocol> proto = protocol_of(p);
+  if (!proto) ctx.fail(field(path, "protocol"), "must be one of TCP, UDP, SCTP, got " + quote(p));
+  return *proto;
 }
 
 bool parses_as(int family, const std::string& s) {
@@ -157,18 +157,18 @@ std::string as_ip(const Ctx& ctx, const json& v, const std::string& path) {
 // A mapping of strings to strings (labels, annotations, selector).
 Labels get_string_map(const Ctx& ctx, const json& parent, const std::string& path,
                       const char* key) {
-  Labels out;
   const json* m = get_object(ctx, parent, path, key);
-  if (!m) return out;
-  out.reserve(m->size());
-  for (const auto& [k, v] : m->items()) {
-    if (v.is_string()) {
-      out.emplace_hint(out.end(), k, v.get<std::string>());  // keys come sorted
+  if (!m) return {};
+  std::vector<Labels::value_type> entries;  // views into M
+  entries.reserve(m->size());
+  for (auto it = m->begin(); it != m->end(); ++it) {
+    if (it->is_string()) {
+      entries.emplace_back(it.key(), it->get_ref<const std::string&>());  // keys come sorted
       continue;
     }
-    as_string(ctx, v, field(path, key) + "[" + quote(k) + "]");  // throws
+    as_string(ctx, *it, field(path, key) + "[" + quote(it.key()) + "]");  // throws
   }
-  return out;
+  return Labels(entries);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ struct Decline {};
 struct PortView {
   std::string_view name;
   int32_t port = 0;
-  std::string_view protocol;  // "TCP" when absent
+  Protocol protocol = Protocol::TCP;
 };
 
 struct PodView {
@@ -59,17 +59,13 @@ Pod make_pod(const PodView& v) {
   pod.name = std::string(v.name);
   pod.uid = std::string(v.uid);
   pod.resource_version = v.rv_is_number ? v.resource_version_number : std::string(v.resource_version);
-  auto fill = [](Labels& out, const std::vector<std::pair<std::string_view, std::string_view>>& in) {
-    out.reserve(in.size());
-    for (const auto& [k, val] : in) out.emplace_hint(out.end(), std::string(k), std::string(val));
-  };
-  fill(pod.labels, v.labels);
-  fill(pod.annotations, v.annotations);
+  pod.labels = Labels(v.labels);
+  pod.annotations = Labels(v.annotations);
   pod.terminating = v.terminating;
   pod.node_name = std::string(v.node_name);
   pod.ports.reserve(v.ports.size());
   for (const PortView& p : v.ports)
-    pod.ports.push_back(ContainerPort{std::string(p.name), p.port, std::string(p.protocol)});
+    pod.ports.push_back(ContainerPort{std::string(p.name), p.port, p.protocol});
   pod.pod_ips.reserve(v.pod_ips.size());
   for (std::string_view ip : v.pod_ips) pod.pod_ips.emplace_back(ip);
   pod.phase = pod_phase_of(v.phase);
@@ -81,7 +77,7 @@ Pod make_pod(const PodView& v) {
 struct ServicePortView {
   std::string_view name;
   int32_t port = 0;
-  std::string_view protocol;  // "TCP" when absent
+  Protocol protocol = Protocol::TCP;
   int32_t target_port = 0;
   std::string_view target_port_name;
   std::string_view app_protocol;
@@ -105,16 +101,14 @@ Service make_service(const ServiceView& v) {
   s.uid = std::string(v.uid);
   s.resource_version = v.rv_is_number ? v.resource_version_number : std::string(v.resource_version);
   s.type = v.type.empty() ? std::string("ClusterIP") : std::string(v.type);
-  s.annotations.reserve(v.annotations.size());
-  for (const auto& [k, val] : v.annotations) s.annotations.emplace_hint(s.annotations.end(), std::string(k), std::string(val));
+  s.annotations = Labels(v.annotations);
   s.cluster_ips.reserve(v.cluster_ips.size());
   for (std::string_view ip : v.cluster_ips) s.cluster_ips.emplace_back(ip);
   s.ports.reserve(v.ports.size());
   for (const ServicePortView& p : v.ports)
-    s.ports.push_back(ServicePort{std::string(p.name), p.port, std::string(p.protocol), p.target_port,
+    s.ports.push_back(ServicePort{std::string(p.name), p.port, p.protocol, p.target_port,
                                   std::string(p.target_port_name), std::string(p.app_protocol)});
-  s.selector.reserve(v.selector.size());
-  for (const auto& [k, val] : v.selector) s.selector.emplace_hint(s.selector.end(), std::string(k), std::string(val));
+  s.selector = Labels(v.selector);
   s.has_selector = !s.selector.empty();
   return s;
 }
@@ -179,12 +173,12 @@ int32_t port_number(const element* e) {
   return static_cast<int32_t>(v);
 }
 
-// get_protocol(): absent or null -> "TCP", else one of TCP, UDP, SCTP.
-std::string_view protocol(const element* e) {
-  if (!e || is_null(*e)) return "TCP";
-  std::string_view p = opt_string(e);
-  if (p != "TCP" && p != "UDP" && p != "SCTP") decline();
-  return p;
+// get_protocol(): absent or null -> TCP, else one of TCP, UDP, SCTP.
+Protocol protocol(const element* e) {
+  if (!e || is_null(*e)) return Protocol::TCP;
+  std::optional<Protocol> p = protocol_of(opt_string(e));
+  if (!p) decline();
+  return *p;
 }
 
 // as_ip(): a string inet_pton reads as IPv4 or IPv6 (up to a NUL, as decode.cpp's c_str()).

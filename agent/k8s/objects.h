@@ -4,10 +4,16 @@
 #pragma once
 
 #include <algorithm>
+#include <compare>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <iterator>
 #include <initializer_list>
 #include <map>
+#include <memory>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -17,83 +23,226 @@
 namespace envsteer::k8s {
 
 // Labels, annotations, a selector: string -> string, sorted by key, with the
-// part of std::map's interface the agent uses. One vector rather than a node
-// per entry: objects hold a handful of them, and 100 000 pods' labels as map
-// nodes were a tenth of the agent's memory (issue 18).
+// part of std::map's interface the agent uses, as string_views. One heap block
+// per object holds every key and value (no block at all when empty):
+//   uint32 n | uint32 ends[2n] | bytes
+// where the bytes are key 0, value 0, key 1, ... and ends[2i] (ends[2i+1]) is
+// the end offset of key (value) i in them. 100 000 pods' labels as a vector of
+// string pairs were 64 B an entry plus a heap block per long string; as one
+// block they are their bytes and 8 B an entry (issue 18). Labels are small:
+// a change builds the block anew (the decoders build each one once).
 class Labels {
  public:
-  using value_type = std::pair<std::string, std::string>;
-  using iterator = std::vector<value_type>::iterator;
-  using const_iterator = std::vector<value_type>::const_iterator;
+  using value_type = std::pair<std::string_view, std::string_view>;
+
+  class const_iterator {
+   public:
+    using iterator_concept = std::random_access_iterator_tag;
+    using iterator_category = std::input_iterator_tag;  // operator* gives a value, not a reference
+    using value_type = Labels::value_type;
+    using difference_type = std::ptrdiff_t;
+    using reference = value_type;
+    using pointer = void;
+    struct arrow {  // it->first, it->second
+      value_type v;
+      const value_type* operator->() const { return &v; }
+    };
+
+    const_iterator() = default;
+    value_type operator*() const { return Labels::entry(b_, i_); }
+    arrow operator->() const { return {**this}; }
+    value_type operator[](difference_type n) const { return *(*this + n); }
+    const_iterator& operator++() { ++i_; return *this; }
+    const_iterator operator++(int) { const_iterator t = *this; ++i_; return t; }
+    const_iterator& operator--() { --i_; return *this; }
+    const_iterator operator--(int) { const_iterator t = *this; --i_; return t; }
+    const_iterator& operator+=(difference_type n) { i_ = static_cast<uint32_t>(i_ + n); return *this; }
+    const_iterator& operator-=(difference_type n) { i_ = static_cast<uint32_t>(i_ - n); return *this; }
+    friend const_iterator operator+(const_iterator it, difference_type n) { return it += n; }
+    friend const_iterator operator+(difference_type n, const_iterator it) { return it += n; }
+    friend const_iterator operator-(const_iterator it, difference_type n) { return it -= n; }
+    friend difference_type operator-(const const_iterator& a, const const_iterator& b) {
+      return static_cast<difference_type>(a.i_) - static_cast<difference_type>(b.i_);
+    }
+    bool operator==(const const_iterator& o) const { return b_ == o.b_ && i_ == o.i_; }
+    auto operator<=>(const const_iterator& o) const { return i_ <=> o.i_; }
+
+   private:
+    friend class Labels;
+    const_iterator(const char* b, uint32_t i) : b_(b), i_(i) {}
+    const char* b_ = nullptr;
+    uint32_t i_ = 0;
+  };
+  using iterator = const_iterator;
 
   Labels() = default;
-  Labels(std::initializer_list<value_type> init) {
-    for (const auto& e : init) emplace(e.first, e.second);
+  Labels(std::initializer_list<value_type> init) : Labels(std::span<const value_type>(init.begin(), init.size())) {}
+  // ENTRIES in any order; of a key given twice the first stays (as emplacing them one by one).
+  explicit Labels(std::span<const value_type> entries) {
+    bool sorted = true;
+    for (size_t i = 1; i < entries.size() && sorted; i++) sorted = entries[i - 1].first < entries[i].first;
+    if (sorted) {
+      b_ = build(entries.data(), entries.size());
+      return;
+    }
+    std::vector<value_type> e(entries.begin(), entries.end());
+    std::stable_sort(e.begin(), e.end(), [](const value_type& a, const value_type& b) { return a.first < b.first; });
+    e.erase(std::unique(e.begin(), e.end(), [](const value_type& a, const value_type& b) { return a.first == b.first; }),
+            e.end());
+    b_ = build(e.data(), e.size());
   }
+  Labels(const Labels& o) : b_(copy(o.b_.get())) {}
+  Labels(Labels&&) noexcept = default;
+  Labels& operator=(const Labels& o) {
+    if (this != &o) b_ = copy(o.b_.get());
+    return *this;
+  }
+  Labels& operator=(Labels&&) noexcept = default;
 
-  const_iterator begin() const { return v_.begin(); }
-  const_iterator end() const { return v_.end(); }
-  iterator begin() { return v_.begin(); }
-  iterator end() { return v_.end(); }
-  size_t size() const { return v_.size(); }
-  bool empty() const { return v_.empty(); }
-  void clear() { v_.clear(); }
+  const_iterator begin() const { return {b_.get(), 0}; }
+  const_iterator end() const { return {b_.get(), static_cast<uint32_t>(size())}; }
+  size_t size() const { return b_ ? u32(b_.get()) : 0; }
+  bool empty() const { return !b_; }
+  void clear() { b_.reset(); }
 
   const_iterator find(std::string_view k) const {
-    auto it = lower(k);
-    return it != v_.end() && it->first == k ? it : v_.end();
-  }
-  iterator find(std::string_view k) {
-    auto it = lower(k);
-    return it != v_.end() && it->first == k ? it : v_.end();
+    const_iterator it = lower(k);
+    return it != end() && it->first == k ? it : end();
   }
   size_t count(std::string_view k) const { return find(k) != end() ? 1 : 0; }
   bool contains(std::string_view k) const { return find(k) != end(); }
-  const std::string& at(std::string_view k) const {
-    auto it = find(k);
+  std::string_view at(std::string_view k) const {
+    const_iterator it = find(k);
     if (it == end()) throw std::out_of_range("Labels::at: no key " + std::string(k));
     return it->second;
   }
-  std::string& operator[](std::string_view k) { return emplace(std::string(k), std::string()).first->second; }
   // Like std::map: an existing key keeps its value.
-  std::pair<iterator, bool> emplace(std::string k, std::string v) {
-    if (v_.empty() || v_.back().first < k) {  // decoders add keys in order
-      v_.emplace_back(std::move(k), std::move(v));
-      return {v_.end() - 1, true};
-    }
-    auto it = lower(k);
-    if (it != v_.end() && it->first == k) return {it, false};
-    return {v_.emplace(it, std::move(k), std::move(v)), true};
+  std::pair<const_iterator, bool> emplace(std::string_view k, std::string_view v) {
+    const_iterator it = lower(k);
+    if (it != end() && it->first == k) return {it, false};
+    return {put(it.i_, k, v, false), true};
   }
-  iterator emplace_hint(const_iterator, std::string k, std::string v) {
-    return emplace(std::move(k), std::move(v)).first;
+  // Like std::map: the value of K is V from now on; true when K is new.
+  std::pair<const_iterator, bool> insert_or_assign(std::string_view k, std::string_view v) {
+    const_iterator it = lower(k);
+    const bool found = it != end() && it->first == k;
+    if (found && it->second == v) return {it, false};
+    return {put(it.i_, k, v, found), !found};
   }
   size_t erase(std::string_view k) {
-    auto it = find(k);
+    const_iterator it = find(k);
     if (it == end()) return 0;
-    v_.erase(it);
+    std::vector<value_type> e(begin(), end());
+    e.erase(e.begin() + it.i_);
+    b_ = build(e.data(), e.size());  // (from the views into the old block, freed after)
     return 1;
   }
-  void reserve(size_t n) { v_.reserve(n); }
-  bool operator==(const Labels&) const = default;
+  // By content: the block of equal Labels is the same bytes.
+  bool operator==(const Labels& o) const {
+    const size_t n = bytes(b_.get());
+    return n == bytes(o.b_.get()) && (n == 0 || std::memcmp(b_.get(), o.b_.get(), n) == 0);
+  }
 
  private:
+  static uint32_t u32(const char* p) {
+    uint32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static value_type entry(const char* b, uint32_t i) {
+    const char* ends = b + 4;
+    const char* data = ends + 8 * static_cast<size_t>(u32(b));
+    const uint32_t kb = i == 0 ? 0 : u32(ends + 8 * static_cast<size_t>(i) - 4);
+    const uint32_t ke = u32(ends + 8 * static_cast<size_t>(i));
+    const uint32_t ve = u32(ends + 8 * static_cast<size_t>(i) + 4);
+    return {{data + kb, ke - kb}, {data + ke, ve - ke}};
+  }
+  // The size of block B (0 for none).
+  static size_t bytes(const char* b) {
+    if (!b) return 0;
+    const size_t n = u32(b);
+    return 4 + 8 * n + u32(b + 4 + 8 * n - 4);
+  }
+  static std::unique_ptr<char[]> copy(const char* b) {
+    if (!b) return nullptr;
+    const size_t n = bytes(b);
+    std::unique_ptr<char[]> c(new char[n]);
+    std::memcpy(c.get(), b, n);
+    return c;
+  }
+  // The block of N entries E, sorted by key, no key twice; none when N is 0.
+  static std::unique_ptr<char[]> build(const value_type* e, size_t n) {
+    if (n == 0) return nullptr;
+    size_t data = 0;
+    for (size_t i = 0; i < n; i++) data += e[i].first.size() + e[i].second.size();
+    const size_t head = 4 + 8 * n;
+    if (n > UINT32_MAX / 8 || data > UINT32_MAX - head) throw std::length_error("Labels: too large");
+    std::unique_ptr<char[]> b(new char[head + data]);
+    auto put32 = [&](size_t at, size_t v) {
+      const uint32_t x = static_cast<uint32_t>(v);
+      std::memcpy(b.get() + at, &x, sizeof x);
+    };
+    put32(0, n);
+    char* out = b.get() + head;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+      if (!e[i].first.empty()) std::memcpy(out + off, e[i].first.data(), e[i].first.size());
+      off += e[i].first.size();
+      put32(4 + 8 * i, off);
+      if (!e[i].second.empty()) std::memcpy(out + off, e[i].second.data(), e[i].second.size());
+      off += e[i].second.size();
+      put32(8 + 8 * i, off);
+    }
+    return b;
+  }
+  // Entry (K, V) at index I, in place of the entry there when REPLACE; the block is built anew.
+  const_iterator put(uint32_t i, std::string_view k, std::string_view v, bool replace) {
+    std::vector<value_type> e(begin(), end());
+    if (replace) e[i].second = v;
+    else e.insert(e.begin() + i, value_type{k, v});
+    b_ = build(e.data(), e.size());  // K and V may be views into the old block: freed only now
+    return {b_.get(), i};
+  }
   const_iterator lower(std::string_view k) const {
-    return std::lower_bound(v_.begin(), v_.end(), k, [](const value_type& e, std::string_view x) { return e.first < x; });
+    uint32_t lo = 0, hi = static_cast<uint32_t>(size());
+    while (lo < hi) {
+      const uint32_t mid = lo + (hi - lo) / 2;
+      if (entry(b_.get(), mid).first < k) lo = mid + 1;
+      else hi = mid;
+    }
+    return {b_.get(), lo};
   }
-  iterator lower(std::string_view k) {
-    return std::lower_bound(v_.begin(), v_.end(), k, [](const value_type& e, std::string_view x) { return e.first < x; });
-  }
-  std::vector<value_type> v_;
+
+  std::unique_ptr<char[]> b_;
 };
 
 // "namespace/name"
 std::string object_key(const std::string& ns, const std::string& name);
 
+// spec.ports[].protocol and the like: one byte, not a string (100 000 pods'
+// container ports were 72 B each with two strings, issue 18). The decoders
+// accept exactly these three names; absent means TCP.
+enum class Protocol : uint8_t { TCP, UDP, SCTP };
+// "TCP" -> TCP, ...; nullopt for anything else (exact names, as the API writes them).
+inline std::optional<Protocol> protocol_of(std::string_view s) {
+  if (s == "TCP") return Protocol::TCP;
+  if (s == "UDP") return Protocol::UDP;
+  if (s == "SCTP") return Protocol::SCTP;
+  return std::nullopt;
+}
+inline const char* protocol_name(Protocol p) {
+  switch (p) {
+    case Protocol::TCP: return "TCP";
+    case Protocol::UDP: return "UDP";
+    case Protocol::SCTP: return "SCTP";
+  }
+  return "?";
+}
+
 struct ServicePort {
   std::string name;        // may be empty for a single-port service
   int32_t port = 0;        // 1..65535
-  std::string protocol;    // "TCP", "UDP" or "SCTP" (default "TCP")
+  Protocol protocol = Protocol::TCP;
   int32_t target_port = 0; // numeric targetPort; 0 when named or absent
   std::string target_port_name;  // named targetPort, resolved per pod
   std::string app_protocol;      // spec.ports[].appProtocol ("" when absent)
@@ -151,10 +300,103 @@ inline const char* qos_class_name(QosClass q) {
   }
 }
 
+// A pod's addresses (status.podIPs): nearly always one, two when dual-stack.
+// One address is held in place, more (or one empty string) in a vector of
+// their own: 100 000 pods' one-string vectors were a 32-byte heap block each,
+// 3.2 MiB (issue 18). The part of std::vector's interface the agent uses; an
+// element's address is stable while the IpList is neither changed nor moved.
+class IpList {
+ public:
+  using value_type = std::string;
+  class const_iterator {
+   public:
+    using iterator_category = std::random_access_iterator_tag;
+    using value_type = std::string;
+    using difference_type = std::ptrdiff_t;
+    using reference = const std::string&;
+    using pointer = const std::string*;
+
+    const_iterator() = default;
+    reference operator*() const { return (*l_)[i_]; }
+    pointer operator->() const { return &(*l_)[i_]; }
+    reference operator[](difference_type n) const { return (*l_)[i_ + static_cast<size_t>(n)]; }
+    const_iterator& operator++() { ++i_; return *this; }
+    const_iterator operator++(int) { const_iterator t = *this; ++i_; return t; }
+    const_iterator& operator--() { --i_; return *this; }
+    const_iterator operator--(int) { const_iterator t = *this; --i_; return t; }
+    const_iterator& operator+=(difference_type n) { i_ += static_cast<size_t>(n); return *this; }
+    const_iterator& operator-=(difference_type n) { i_ -= static_cast<size_t>(n); return *this; }
+    friend const_iterator operator+(const_iterator it, difference_type n) { return it += n; }
+    friend const_iterator operator+(difference_type n, const_iterator it) { return it += n; }
+    friend const_iterator operator-(const_iterator it, difference_type n) { return it -= n; }
+    friend difference_type operator-(const const_iterator& a, const const_iterator& b) {
+      return static_cast<difference_type>(a.i_) - static_cast<difference_type>(b.i_);
+    }
+    bool operator==(const const_iterator& o) const { return l_ == o.l_ && i_ == o.i_; }
+    auto operator<=>(const const_iterator& o) const { return i_ <=> o.i_; }
+
+   private:
+    friend class IpList;
+    const_iterator(const IpList* l, size_t i) : l_(l), i_(i) {}
+    const IpList* l_ = nullptr;
+    size_t i_ = 0;
+  };
+  using iterator = const_iterator;
+
+  IpList() = default;
+  IpList(std::initializer_list<std::string> init) {
+    for (const std::string& ip : init) push_back(ip);
+  }
+  IpList(std::vector<std::string> v) {  // NOLINT: as a vector converts
+    if (v.size() == 1 && !v[0].empty()) one_ = std::move(v[0]);
+    else if (!v.empty()) more_ = std::make_unique<std::vector<std::string>>(std::move(v));
+  }
+  IpList(const IpList& o) : one_(o.one_), more_(o.more_ ? std::make_unique<std::vector<std::string>>(*o.more_) : nullptr) {}
+  IpList(IpList&&) noexcept = default;
+  IpList& operator=(const IpList& o) {
+    if (this != &o) *this = IpList(o);
+    return *this;
+  }
+  IpList& operator=(IpList&&) noexcept = default;
+
+  size_t size() const { return more_ ? more_->size() : one_.empty() ? 0 : 1; }
+  bool empty() const { return size() == 0; }
+  const std::string& operator[](size_t i) const { return more_ ? (*more_)[i] : one_; }
+  const_iterator begin() const { return {this, 0}; }
+  const_iterator end() const { return {this, size()}; }
+  void clear() {
+    one_.clear();
+    more_.reset();
+  }
+  void reserve(size_t) {}  // (one is held in place; more are few)
+  void push_back(std::string ip) {
+    if (!more_ && one_.empty() && !ip.empty()) {
+      one_ = std::move(ip);
+      return;
+    }
+    if (!more_) {
+      more_ = std::make_unique<std::vector<std::string>>();
+      if (!one_.empty()) more_->push_back(std::move(one_));
+      one_.clear();
+    }
+    more_->push_back(std::move(ip));
+  }
+  template <class S>
+  void emplace_back(S&& ip) {
+    push_back(std::string(std::forward<S>(ip)));
+  }
+  bool operator==(const IpList& o) const { return std::equal(begin(), end(), o.begin(), o.end()); }
+  bool operator==(const std::vector<std::string>& v) const { return std::equal(begin(), end(), v.begin(), v.end()); }
+
+ private:
+  std::string one_;                                  // the one address, when there is one (non-empty)
+  std::unique_ptr<std::vector<std::string>> more_;   // every address, when not (then one_ is "")
+};
+
 struct ContainerPort {
   std::string name;
   int32_t port = 0;
-  std::string protocol;  // default "TCP"
+  Protocol protocol = Protocol::TCP;
   bool operator==(const ContainerPort&) const = default;
 };
 
@@ -162,7 +404,7 @@ struct Pod {
   std::string ns, name, uid, resource_version;
   Labels labels;
   Labels annotations;
-  std::vector<std::string> pod_ips;  // status.podIPs, else [status.podIP]
+  IpList pod_ips;                    // status.podIPs, else [status.podIP]
   bool ready = false;                // status.conditions[type=Ready].status == "True"
   bool terminating = false;          // metadata.deletionTimestamp set
   PodPhase phase = PodPhase::None;   // status.phase (pod_phase_of)
@@ -175,7 +417,7 @@ struct Pod {
 struct EndpointPort {
   std::string name;
   int32_t port = 0;
-  std::string protocol;  // default "TCP"
+  Protocol protocol = Protocol::TCP;
   bool operator==(const EndpointPort&) const = default;
 };
 

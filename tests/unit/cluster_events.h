@@ -101,20 +101,20 @@ class RandomCluster {
     p.ns = n;
     p.name = name;
     p.uid = "uid-" + n + "-" + name;
-    p.labels["app"] = any(apps_);
-    if (chance(80)) p.labels["virtual-env"] = any(envs_);
-    if (chance(20)) p.labels["tier"] = "x";
+    p.labels.insert_or_assign("app", any(apps_));
+    if (chance(80)) p.labels.insert_or_assign("virtual-env", any(envs_));
+    if (chance(20)) p.labels.insert_or_assign("tier", "x");
     p.pod_ips = {any(pod_ips_)};
     if (chance(15)) p.pod_ips.push_back(any(pod_ips_));
     p.ready = chance(80);
     p.terminating = chance(5);
     p.phase = k8s::PodPhase::Running;
     p.node_name = chance(50) ? "this" : "other";
-    if (chance(60)) p.ports.push_back({"http", 8080 + pick(2), "TCP"});
-    if (chance(20)) p.ports.push_back({"dns", 53, "UDP"});
-    if (chance(20)) p.annotations[kThreadContextAnnotation] = chance(50) ? "on" : "maybe";
-    if (chance(45)) p.annotations["envsteer.io/cgroup"] = any(cg_.pool());
-    if (participation_ && chance(15)) p.labels["envsteer.io/enabled"] = "true";
+    if (chance(60)) p.ports.push_back({"http", 8080 + pick(2), k8s::Protocol::TCP});
+    if (chance(20)) p.ports.push_back({"dns", 53, k8s::Protocol::UDP});
+    if (chance(20)) p.annotations.insert_or_assign(kThreadContextAnnotation, chance(50) ? "on" : "maybe");
+    if (chance(45)) p.annotations.insert_or_assign("envsteer.io/cgroup", any(cg_.pool()));
+    if (participation_ && chance(15)) p.labels.insert_or_assign("envsteer.io/enabled", "true");
     return {"upsert pod " + n + "/" + name, [p](IncrementalModel& m) { m.upsert(p); }};
   }
 
@@ -130,16 +130,16 @@ class RandomCluster {
     s.type = "ClusterIP";
     s.cluster_ips = {any(vips_)};
     if (chance(15)) s.cluster_ips.push_back(any(vips_));
-    s.ports.push_back({"http", 80, "TCP", chance(70) ? 8080 : 0, ""});
-    if (chance(30)) s.ports.push_back({"named", 81, "TCP", 0, "http"});
-    if (chance(20)) s.ports.push_back({"dns", 53, chance(80) ? "UDP" : "SCTP", 0, ""});
-    if (chance(5)) s.ports.push_back({"dup", 80, "TCP", 0, ""});
+    s.ports.push_back({"http", 80, k8s::Protocol::TCP, chance(70) ? 8080 : 0, ""});
+    if (chance(30)) s.ports.push_back({"named", 81, k8s::Protocol::TCP, 0, "http"});
+    if (chance(20)) s.ports.push_back({"dns", 53, chance(80) ? k8s::Protocol::UDP : k8s::Protocol::SCTP, 0, ""});
+    if (chance(5)) s.ports.push_back({"dup", 80, k8s::Protocol::TCP, 0, ""});
     if (chance(85)) {
-      s.selector["app"] = any(apps_);
-      if (chance(15)) s.selector["tier"] = "x";
+      s.selector.insert_or_assign("app", any(apps_));
+      if (chance(15)) s.selector.insert_or_assign("tier", "x");
       s.has_selector = true;
     }
-    if (chance(20)) s.annotations[kConnPerRequestAnnotation] = chance(70) ? "true" : "yes";
+    if (chance(20)) s.annotations.insert_or_assign(kConnPerRequestAnnotation, chance(70) ? "true" : "yes");
     return {"upsert service " + n + "/" + name, [s](IncrementalModel& m) { m.upsert(s); }};
   }
 
@@ -154,9 +154,9 @@ class RandomCluster {
     sl.uid = "uid-" + n + "-" + name;
     sl.service_name = "svc" + std::to_string(pick(6));
     sl.address_type = chance(90) ? "IPv4" : "FQDN";
-    sl.ports.push_back({"http", 8080, "TCP"});
-    if (chance(30)) sl.ports.push_back({"named", 9090, "TCP"});
-    if (chance(20)) sl.ports.push_back({"dns", 53, "UDP"});
+    sl.ports.push_back({"http", 8080, k8s::Protocol::TCP});
+    if (chance(30)) sl.ports.push_back({"named", 9090, k8s::Protocol::TCP});
+    if (chance(20)) sl.ports.push_back({"dns", 53, k8s::Protocol::UDP});
     int eps = pick(4);
     for (int i = 0; i < eps; i++) {
       k8s::Endpoint e;
@@ -191,8 +191,8 @@ class RandomCluster {
     k8s::Namespace o;
     o.name = n;
     o.uid = "uid-ns-" + n;
-    if (chance(50)) o.labels["envsteer.io/enabled"] = chance(80) ? "true" : "false";
-    if (chance(30)) o.labels["team"] = any(apps_);
+    if (chance(50)) o.labels.insert_or_assign("envsteer.io/enabled", chance(80) ? "true" : "false");
+    if (chance(30)) o.labels.insert_or_assign("team", any(apps_));
     return {"upsert namespace " + n + " (" + std::to_string(o.labels.size()) + " labels)",
             [o](IncrementalModel& m) { m.upsert(o); }};
   }

@@ -4,7 +4,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <iterator>
 #include <map>
+#include <random>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -182,7 +184,7 @@ TEST(DecodeService, RealKubectlOutput) {
   // Named targetPort.
   EXPECT_EQ(s.ports[0].name, "http");
   EXPECT_EQ(s.ports[0].port, 80);
-  EXPECT_EQ(s.ports[0].protocol, "TCP");
+  EXPECT_EQ(s.ports[0].protocol, Protocol::TCP);
   EXPECT_EQ(s.ports[0].target_port, 0);
   EXPECT_EQ(s.ports[0].target_port_name, "http");
   // Numeric targetPort.
@@ -191,11 +193,11 @@ TEST(DecodeService, RealKubectlOutput) {
   EXPECT_EQ(s.ports[1].target_port, 9091);
   EXPECT_EQ(s.ports[1].target_port_name, "");
   // A quoted all-digit targetPort is a number; UDP.
-  EXPECT_EQ(s.ports[2].protocol, "UDP");
+  EXPECT_EQ(s.ports[2].protocol, Protocol::UDP);
   EXPECT_EQ(s.ports[2].target_port, 5353);
   EXPECT_EQ(s.ports[2].target_port_name, "");
   // No protocol -> TCP; no targetPort -> port.
-  EXPECT_EQ(s.ports[3].protocol, "TCP");
+  EXPECT_EQ(s.ports[3].protocol, Protocol::TCP);
   EXPECT_EQ(s.ports[3].target_port, 8080);
 }
 
@@ -280,6 +282,21 @@ TEST(DecodeService, BadProtocol) {
             "\"HTTP\"");
   j["spec"]["ports"][0]["protocol"] = "tcp";
   EXPECT_THAT(error_of([&] { decode_service(j); }), HasSubstr("got \"tcp\""));
+  j["spec"]["ports"][0]["protocol"] = std::string("TCP\0", 4);  // not TCP: the whole string counts
+  EXPECT_THAT(error_of([&] { decode_service(j); }), HasSubstr("must be one of TCP, UDP, SCTP"));
+}
+
+// The one-byte protocol: exactly the three names the API writes, and back.
+TEST(Protocol, NamesBothWays) {
+  for (Protocol p : {Protocol::TCP, Protocol::UDP, Protocol::SCTP}) EXPECT_EQ(protocol_of(protocol_name(p)), p);
+  EXPECT_STREQ(protocol_name(Protocol::UDP), "UDP");
+  EXPECT_EQ(Protocol{}, Protocol::TCP);  // the default, as for an absent field
+  EXPECT_EQ(ContainerPort{}.protocol, Protocol::TCP);
+  EXPECT_EQ(ServicePort{}.protocol, Protocol::TCP);
+  EXPECT_EQ(EndpointPort{}.protocol, Protocol::TCP);
+  for (std::string_view bad : {"", "tcp", "Tcp", "TCP ", "ICMP", "SCTP2"}) EXPECT_EQ(protocol_of(bad), std::nullopt) << bad;
+  EXPECT_EQ(protocol_of(std::string_view("UDP\0", 4)), std::nullopt);
+  EXPECT_EQ(sizeof(Protocol), 1u);
 }
 
 TEST(DecodeService, BadClusterIP) {
@@ -365,12 +382,12 @@ TEST(DecodePod, RealKubectlOutput) {
   ASSERT_EQ(p.ports.size(), 3u);
   EXPECT_EQ(p.ports[0].name, "http");
   EXPECT_EQ(p.ports[0].port, 8080);
-  EXPECT_EQ(p.ports[0].protocol, "TCP");
+  EXPECT_EQ(p.ports[0].protocol, Protocol::TCP);
   EXPECT_EQ(p.ports[1].name, "metrics");
   EXPECT_EQ(p.ports[1].port, 9091);
   EXPECT_EQ(p.ports[2].name, "dns");  // second container
   EXPECT_EQ(p.ports[2].port, 5353);
-  EXPECT_EQ(p.ports[2].protocol, "UDP");
+  EXPECT_EQ(p.ports[2].protocol, Protocol::UDP);
 }
 
 TEST(DecodePod, MinimalAndStates) {
@@ -378,7 +395,7 @@ TEST(DecodePod, MinimalAndStates) {
   Pod p = decode_pod(j);
   EXPECT_THAT(p.pod_ips, ElementsAre("10.244.0.5"));  // podIP only
   EXPECT_FALSE(p.ready);                               // no conditions
-  EXPECT_EQ(p.ports.at(0).protocol, "TCP");
+  EXPECT_EQ(p.ports.at(0).protocol, Protocol::TCP);
   EXPECT_EQ(p.ports.at(0).name, "");
 
   j["metadata"]["deletionTimestamp"] = "2024-05-02T10:00:00Z";
@@ -499,8 +516,8 @@ TEST(DecodeEndpointSlice, RealKubectlOutput) {
   ASSERT_EQ(s.ports.size(), 3u);
   EXPECT_EQ(s.ports[0].name, "http");
   EXPECT_EQ(s.ports[0].port, 8080);
-  EXPECT_EQ(s.ports[1].protocol, "TCP");  // default
-  EXPECT_EQ(s.ports[2].protocol, "UDP");
+  EXPECT_EQ(s.ports[1].protocol, Protocol::TCP);  // default
+  EXPECT_EQ(s.ports[2].protocol, Protocol::UDP);
 }
 
 TEST(DecodeEndpointSlice, ReadinessAbsentNullFalseTrue) {
@@ -693,31 +710,255 @@ namespace {
 
 // One decoder and one choice rule for the VirtualEnvironment resource, at start-up
 // (a list) and while watching (the first by namespace/name) alike.
-// Labels is a sorted vector with std::map's behaviour for what the agent uses.
+// Labels (one heap block of string_views) behaves like std::map<std::string, std::string>
+// for what the agent uses.
+std::map<std::string, std::string> as_map(const Labels& l) {
+  std::map<std::string, std::string> m;
+  for (const auto& [k, v] : l) m.emplace(k, v);
+  return m;
+}
+
+// L holds exactly M's entries, in M's order, and finds each of them.
+void expect_same(const Labels& l, const std::map<std::string, std::string>& m) {
+  ASSERT_EQ(l.size(), m.size());
+  EXPECT_EQ(l.empty(), m.empty());
+  EXPECT_EQ(static_cast<size_t>(std::distance(l.begin(), l.end())), m.size());
+  EXPECT_TRUE(std::equal(l.begin(), l.end(), m.begin(), m.end(),
+                         [](const auto& x, const auto& y) { return x.first == y.first && x.second == y.second; }));
+  for (const auto& [k, v] : m) {
+    auto it = l.find(k);
+    ASSERT_NE(it, l.end()) << k;
+    EXPECT_EQ(it->first, k);
+    EXPECT_EQ(it->second, v);
+    EXPECT_EQ(l.at(k), v);
+    EXPECT_TRUE(l.contains(k));
+    EXPECT_EQ(l.count(k), 1u);
+  }
+}
+
 TEST(Labels, BehavesLikeASortedMap) {
   Labels l{{"b", "2"}, {"a", "1"}, {"b", "ignored"}};  // like std::map: the first of a key stays
   std::map<std::string, std::string> m{{"b", "2"}, {"a", "1"}, {"b", "ignored"}};
-  ASSERT_EQ(l.size(), m.size());
-  EXPECT_TRUE(std::equal(l.begin(), l.end(), m.begin(), m.end(),
-                         [](const auto& x, const auto& y) { return x.first == y.first && x.second == y.second; }));
+  expect_same(l, m);
   EXPECT_EQ(l.at("b"), "2");
   EXPECT_THROW((void)l.at("c"), std::out_of_range);
   EXPECT_FALSE(l.emplace("a", "other").second);
   EXPECT_EQ(l.at("a"), "1");
-  l["c"] = "3";
-  l["0"] = "0";  // before every key
+  auto [it, added] = l.emplace("c", "3");
+  EXPECT_TRUE(added);
+  EXPECT_EQ(it->first, "c");
+  EXPECT_EQ(it->second, "3");
+  EXPECT_TRUE(l.insert_or_assign("0", "0").second);  // before every key
   EXPECT_EQ(l.begin()->first, "0");
   EXPECT_EQ(l.count("c"), 1u);
   EXPECT_EQ(l.find("zz"), l.end());
+  EXPECT_EQ(l.find("a0"), l.end());  // between keys
   EXPECT_EQ(l.erase("b"), 1u);
   EXPECT_EQ(l.erase("b"), 0u);
   std::vector<std::string> keys;
-  for (const auto& [k, v] : l) keys.push_back(k);
+  for (const auto& [k, v] : l) keys.emplace_back(k);
   EXPECT_THAT(keys, ElementsAre("0", "a", "c"));
   Labels same{{"c", "3"}, {"a", "1"}, {"0", "0"}};
   EXPECT_EQ(l, same);
-  same["a"] = "x";
+  auto [at, fresh] = same.insert_or_assign("a", "x");  // like std::map::insert_or_assign
+  EXPECT_FALSE(fresh);
+  EXPECT_EQ(at->second, "x");
+  EXPECT_EQ(same.at("a"), "x");
   EXPECT_NE(l, same);
+  EXPECT_FALSE(same.insert_or_assign("a", "1").second);
+  EXPECT_EQ(l, same);
+}
+
+TEST(Labels, Empty) {
+  Labels l;
+  EXPECT_TRUE(l.empty());
+  EXPECT_EQ(l.size(), 0u);
+  EXPECT_EQ(l.begin(), l.end());
+  EXPECT_EQ(l.find(""), l.end());
+  EXPECT_FALSE(l.contains(""));
+  EXPECT_THROW((void)l.at(""), std::out_of_range);
+  EXPECT_EQ(l.erase("a"), 0u);
+  EXPECT_EQ(l, Labels{});
+  EXPECT_EQ(l, Labels(std::vector<Labels::value_type>{}));
+  Labels c = l;
+  EXPECT_TRUE(c.empty());
+  EXPECT_EQ(sizeof(Labels), sizeof(void*));  // one pointer; no block when empty
+  // Emptied by erase or clear: equal to the default.
+  Labels one{{"k", "v"}};
+  EXPECT_EQ(one.size(), 1u);
+  EXPECT_NE(one, l);
+  EXPECT_EQ(one.erase("k"), 1u);
+  EXPECT_TRUE(one.empty());
+  EXPECT_EQ(one, l);
+  one.emplace("k", "v");
+  one.clear();
+  EXPECT_EQ(one, l);
+}
+
+TEST(Labels, OneEntryAndEmptyKeysOrValues) {
+  Labels l{{"", ""}};
+  ASSERT_EQ(l.size(), 1u);
+  EXPECT_TRUE(l.contains(""));
+  EXPECT_EQ(l.at(""), "");
+  EXPECT_NE(l, Labels{});  // an empty key is a key
+  l.emplace("a", "");
+  l.emplace("b", "value");
+  expect_same(l, {{"", ""}, {"a", ""}, {"b", "value"}});
+  // The same bytes split otherwise are other labels.
+  EXPECT_NE((Labels{{"ab", ""}}), (Labels{{"a", "b"}}));
+  EXPECT_NE((Labels{{"a", "b"}, {"c", ""}}), (Labels{{"a", ""}, {"bc", ""}}));
+  EXPECT_NE((Labels{{"a", "b"}}), (Labels{{"a", "b"}, {"b", ""}}));
+}
+
+TEST(Labels, LongKeysAndValuesAndNulBytes) {
+  const std::string long_key(300, 'k'), long_value(70000, 'v');  // beyond 16 bits of offset
+  const std::string nul_a("a\0b", 3), nul_b("\0", 1), nul_v("x\0y\0", 4);
+  Labels l{{long_key, long_value}, {nul_a, nul_v}, {"a", "1"}, {nul_b, ""}, {"ab", long_key}};
+  std::map<std::string, std::string> m{{long_key, long_value}, {nul_a, nul_v}, {"a", "1"}, {nul_b, ""}, {"ab", long_key}};
+  expect_same(l, m);
+  // Sorted as std::string sorts: "\0" < "a" < "a\0b" < "ab" < "kkk..."
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : l) keys.emplace_back(k);
+  EXPECT_THAT(keys, ElementsAre(nul_b, "a", nul_a, "ab", long_key));
+  EXPECT_EQ(l.at(nul_a).size(), 4u);
+  EXPECT_EQ(l.find(std::string_view("a\0", 2)), l.end());  // a prefix of "a\0b" is another key
+  EXPECT_EQ(l.erase(nul_a), 1u);
+  m.erase(nul_a);
+  expect_same(l, m);
+  EXPECT_EQ(as_map(l), m);
+}
+
+TEST(Labels, CopiesMovesAndViewsOfItself) {
+  Labels a{{"app", "web"}, {"virtual-env", "dev.a-rather-long-environment-name"}};
+  Labels b = a;
+  EXPECT_EQ(a, b);
+  b.insert_or_assign("app", "api");
+  EXPECT_EQ(a.at("app"), "web");  // a copy owns its bytes
+  Labels c = std::move(b);
+  EXPECT_EQ(c.at("app"), "api");
+  b = c;
+  EXPECT_EQ(b, c);
+  const Labels& self = b;
+  b = self;  // self-assignment keeps it
+  EXPECT_EQ(b, c);
+  // Arguments that are views into the labels themselves (the block is rebuilt).
+  b.insert_or_assign(b.begin()->first, b.at("virtual-env"));
+  EXPECT_EQ(b.at("app"), "dev.a-rather-long-environment-name");
+  b.emplace(b.at("app"), b.begin()->first);
+  EXPECT_EQ(b.at("dev.a-rather-long-environment-name"), "app");
+  // Iterators are random access over the entries.
+  auto it = b.begin();
+  EXPECT_EQ((it + 2)->first, "virtual-env");
+  EXPECT_EQ(it[1].first, "dev.a-rather-long-environment-name");
+  EXPECT_EQ(b.end() - b.begin(), 3);
+  EXPECT_EQ((--b.end())->first, "virtual-env");
+  EXPECT_LT(b.begin(), b.end());
+}
+
+// Random operations on Labels and on a std::map: the same entries after each one.
+TEST(Labels, RandomOperationsLikeStdMap) {
+  std::mt19937 rng(18);
+  auto pick = [&]() -> std::string {
+    static const std::vector<std::string> pool{"", "a", "b", "ab", std::string("a\0", 2), "app", "virtual-env",
+                                               "envsteer.io/cgroup", std::string(40, 'x'), "z"};
+    return pool[rng() % pool.size()];
+  };
+  Labels l;
+  std::map<std::string, std::string> m;
+  for (int i = 0; i < 3000; i++) {
+    const std::string k = pick(), v = pick() + std::to_string(rng() % 3);
+    switch (rng() % 5) {
+      case 0: {
+        bool added = l.emplace(k, v).second;
+        EXPECT_EQ(added, m.emplace(k, v).second);
+        break;
+      }
+      case 1: {
+        bool added = l.insert_or_assign(k, v).second;
+        EXPECT_EQ(added, m.insert_or_assign(k, v).second);
+        break;
+      }
+      case 2:
+        EXPECT_EQ(l.erase(k), m.erase(k));
+        break;
+      case 3: {  // built at once, in any order, a key maybe twice
+        std::vector<Labels::value_type> e;
+        std::vector<std::string> store;
+        store.reserve(8);
+        std::map<std::string, std::string> fresh;
+        for (size_t n = rng() % 5; n > 0; n--) {
+          store.push_back(pick());
+          e.emplace_back(store.back(), k);
+          fresh.emplace(store.back(), k);
+        }
+        l = Labels(e);
+        m = fresh;
+        break;
+      }
+      default:
+        if (rng() % 20 == 0) {
+          l.clear();
+          m.clear();
+        }
+        break;
+    }
+    expect_same(l, m);
+    if (HasFailure()) FAIL() << "after operation " << i;
+    Labels rebuilt;
+    for (const auto& [mk, mv] : m) rebuilt.emplace(mk, mv);
+    EXPECT_EQ(l, rebuilt);
+  }
+}
+
+// IpList (a pod's addresses, one held in place) behaves like std::vector<std::string>.
+TEST(IpList, BehavesLikeAVectorOfStrings) {
+  IpList l;
+  EXPECT_TRUE(l.empty());
+  EXPECT_EQ(l.begin(), l.end());
+  EXPECT_EQ(l, std::vector<std::string>{});
+  l.push_back("10.0.0.1");
+  EXPECT_EQ(l.size(), 1u);
+  EXPECT_EQ(l[0], "10.0.0.1");
+  EXPECT_EQ(l, std::vector<std::string>{"10.0.0.1"});
+  const std::string* first = &l[0];
+  EXPECT_EQ(first, &*l.begin());  // the element itself, not a copy
+  l.emplace_back(std::string_view("fd00::1"));
+  EXPECT_EQ(l, (std::vector<std::string>{"10.0.0.1", "fd00::1"}));
+  EXPECT_EQ(l.end() - l.begin(), 2);
+  EXPECT_EQ(l.begin()[1], "fd00::1");
+  std::vector<std::string> seen(l.begin(), l.end());
+  EXPECT_THAT(seen, ElementsAre("10.0.0.1", "fd00::1"));
+  IpList copy = l;
+  EXPECT_EQ(copy, l);
+  copy.push_back("10.0.0.2");
+  EXPECT_NE(copy, l);  // a copy owns its addresses
+  EXPECT_EQ(l.size(), 2u);
+  IpList moved = std::move(copy);
+  EXPECT_EQ(moved.size(), 3u);
+  l.clear();
+  EXPECT_TRUE(l.empty());
+  EXPECT_EQ(l, IpList{});
+  // An empty string is an element (the decoders never give one, objects built by hand may).
+  IpList e{""};
+  EXPECT_EQ(e.size(), 1u);
+  EXPECT_EQ(e[0], "");
+  EXPECT_NE(e, IpList{});
+  e.push_back("x");
+  EXPECT_EQ(e, (std::vector<std::string>{"", "x"}));
+  IpList one_then_empty{"a", ""};
+  EXPECT_EQ(one_then_empty, (std::vector<std::string>{"a", ""}));
+  // From a vector, as the decoder gives it; equal by content whatever the holding.
+  for (const std::vector<std::string>& v :
+       {std::vector<std::string>{}, {"10.1.0.1"}, {""}, {"10.1.0.1", "fd00::2"}, {"a", "b", "c"}}) {
+    IpList from(v);
+    IpList pushed;
+    for (const auto& ip : v) pushed.push_back(ip);
+    EXPECT_EQ(from, v);
+    EXPECT_EQ(from, pushed);
+    EXPECT_EQ(from.size(), v.size());
+  }
+  EXPECT_NE((IpList{"a", "b"}), (IpList{"a"}));
+  EXPECT_NE((IpList{"a"}), (IpList{"b"}));
 }
 
 TEST(DecodeVirtualEnv, FieldsAndTheFirstByName) {

@@ -180,9 +180,9 @@ TEST(FastDecode, EveryOptionalField) {
   EXPECT_TRUE(p.ready);  // the last Ready condition
   EXPECT_EQ(p.pod_ips, (std::vector<std::string>{"10.0.0.1", "fd00::1"}));
   ASSERT_EQ(p.ports.size(), 3u);
-  EXPECT_EQ(p.ports[0].protocol, "TCP");
+  EXPECT_EQ(p.ports[0].protocol, Protocol::TCP);
   EXPECT_EQ(p.ports[1].name, "dns");
-  EXPECT_EQ(p.ports[2].protocol, "SCTP");
+  EXPECT_EQ(p.ports[2].protocol, Protocol::SCTP);
   EXPECT_EQ(p.labels.begin()->first, "a");  // sorted
   // deletionTimestamp of any non-null value is a deletion; null is none
   expect_fast(with("metadata", R"("deletionTimestamp":5)"));
@@ -244,7 +244,7 @@ TEST(FastDecode, SeveralContainersAndNamedPorts) {
   Pod p = *fast_decode_pod(t);
   ASSERT_EQ(p.ports.size(), 4u);
   EXPECT_EQ(p.ports[2].name, "grpc");
-  EXPECT_EQ(p.ports[3].protocol, "UDP");
+  EXPECT_EQ(p.ports[3].protocol, Protocol::UDP);
 }
 
 TEST(FastDecode, RejectedBySlowPathDeclined) {

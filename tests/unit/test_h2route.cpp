@@ -144,7 +144,7 @@ k8s::Pod pod(const std::string& name, const std::string& ip, const std::string& 
   p.ready = true;
   p.phase = k8s::PodPhase::Running;
   p.labels = {{"app", app}};
-  if (!env.empty()) p.labels["virtual-env"] = env;
+  if (!env.empty()) p.labels.insert_or_assign("virtual-env", env);
   return p;
 }
 
@@ -161,7 +161,7 @@ k8s::Service svc(const std::string& name, const std::string& ip, std::vector<k8s
 }
 
 k8s::ServicePort port(const std::string& name, int32_t p, const std::string& app_protocol = "") {
-  k8s::ServicePort sp{name, p, "TCP", p, ""};
+  k8s::ServicePort sp{name, p, k8s::Protocol::TCP, p, ""};
   sp.app_protocol = app_protocol;
   return sp;
 }
@@ -199,12 +199,12 @@ TEST(H2Model, DeclaredPortsAndMultiSetFlags) {
   inc.reset(cs);
   EXPECT_EQ(flags(inc.state(), "10.96.0.1", 50051), both);
   auto p1 = cs.pods.at("t/g-p1");
-  p1.labels["virtual-env"] = "dev";  // now one set only
+  p1.labels.insert_or_assign("virtual-env", "dev");  // now one set only
   inc.upsert(p1);
   EXPECT_EQ(flags(inc.state(), "10.96.0.1", 50051), uint32_t{ES_FE_F_H2});
   auto delta = inc.take_delta();
   EXPECT_TRUE(delta.all || delta.frontends.count(maps::make_frontend_key("10.96.0.1", 50051, 6)));
-  p1.labels["virtual-env"] = "dev.proj2";
+  p1.labels.insert_or_assign("virtual-env", "dev.proj2");
   inc.upsert(p1);
   EXPECT_EQ(flags(inc.state(), "10.96.0.1", 50051), both);
 }

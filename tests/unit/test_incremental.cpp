@@ -143,8 +143,8 @@ TEST(IncrementalModel, OnePodLabelChangeNamesOnlyItsServiceKeys) {
     s.ns = "ns";
     s.name = "svc" + std::to_string(i);
     s.cluster_ips = {"10.96.0." + std::to_string(i + 1)};
-    s.ports.push_back({"http", 80, "TCP", 8080, ""});
-    s.selector["app"] = s.name;
+    s.ports.push_back({"http", 80, k8s::Protocol::TCP, 8080, ""});
+    s.selector.insert_or_assign("app", s.name);
     s.has_selector = true;
     cs.services[k8s::object_key(s.ns, s.name)] = s;
     for (int k = 0; k < 3; k++) {
@@ -160,7 +160,7 @@ TEST(IncrementalModel, OnePodLabelChangeNamesOnlyItsServiceKeys) {
   m.reset(cs);
   m.take_delta();
   k8s::Pod p = m.cluster().pods.at("ns/svc7-1");
-  p.labels["virtual-env"] = "dev.e2";
+  p.labels.insert_or_assign("virtual-env", "dev.e2");
   m.upsert(p);
   ModelDelta d = m.take_delta();
   EXPECT_EQ(d.frontends.size(), 1u);
@@ -195,8 +195,8 @@ TEST(IncrementalModelScale, DISABLED_PodLabelChangeAtScale) {
     s.name = "svc-" + std::to_string(i);
     s.cluster_ips = {"10." + std::to_string(96 + i / 65536) + "." + std::to_string(i / 256 % 256) + "." +
                      std::to_string(i % 256)};
-    s.ports.push_back({"http", 80, "TCP", 8080, ""});
-    s.selector["app"] = s.name;
+    s.ports.push_back({"http", 80, k8s::Protocol::TCP, 8080, ""});
+    s.selector.insert_or_assign("app", s.name);
     s.has_selector = true;
     for (int k = 0; k < 10; k++, pod_ix++) {
       k8s::Pod p;
@@ -225,7 +225,7 @@ TEST(IncrementalModelScale, DISABLED_PodLabelChangeAtScale) {
   for (int e = 0; e < 200; e++) {
     int i = (e * 7919) % 10000;
     k8s::Pod p = m.cluster().pods.at("ns-" + std::to_string(i % 100) + "/pod-" + std::to_string(i) + "-1");
-    p.labels["virtual-env"] = "dev.e" + std::to_string((e * 31 + 7) % 1000);
+    p.labels.insert_or_assign("virtual-env", "dev.e" + std::to_string((e * 31 + 7) % 1000));
     auto a = clock::now();
     m.upsert(std::move(p));
     ApplyStats st = r.apply(m.state(), m.take_delta());

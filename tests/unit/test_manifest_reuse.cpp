@@ -28,7 +28,7 @@ class ManifestReuse : public ::testing::Test {
  protected:
   void write(const std::string& name, const std::string& text) { tmp_.write(name, text); }
   std::string env(const k8s::ClusterState& s, const std::string& key) {
-    return s.pods.at(key).labels.at("virtual-env");
+    return std::string(s.pods.at(key).labels.at("virtual-env"));
   }
   testutil::TempDir tmp_{"envsteer-reuse"};
   const fs::path dir_ = tmp_.path();

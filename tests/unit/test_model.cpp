@@ -38,18 +38,21 @@ struct PodB {
     p.ready = true;
     p.phase = k8s::PodPhase::Running;
   }
-  PodB& label(const std::string& k, const std::string& v) { p.labels[k] = v; return *this; }
+  PodB& label(const std::string& k, const std::string& v) {
+    p.labels.insert_or_assign(k, v);
+    return *this;
+  }
   PodB& app(const std::string& v) { return label("app", v); }
   PodB& env(const std::string& v) { return label("virtual-env", v); }
   PodB& ips(std::vector<std::string> v) { p.pod_ips = std::move(v); return *this; }
   PodB& ready(bool r) { p.ready = r; return *this; }
   PodB& terminating() { p.terminating = true; return *this; }
-  PodB& port(const std::string& name, int32_t port, const std::string& proto = "TCP") {
+  PodB& port(const std::string& name, int32_t port, k8s::Protocol proto = k8s::Protocol::TCP) {
     p.ports.push_back({name, port, proto});
     return *this;
   }
   PodB& cgroup(const std::string& v, const std::string& ann = "envsteer.io/cgroup") {
-    p.annotations[ann] = v;
+    p.annotations.insert_or_assign(ann, v);
     return *this;
   }
 };
@@ -63,16 +66,16 @@ struct SvcB {
     s.type = "ClusterIP";
   }
   SvcB& select(const std::string& k, const std::string& v) {
-    s.selector[k] = v;
+    s.selector.insert_or_assign(k, v);
     s.has_selector = true;
     return *this;
   }
-  SvcB& port(int32_t port, int32_t target = 0, const std::string& name = "", const std::string& proto = "TCP") {
+  SvcB& port(int32_t port, int32_t target = 0, const std::string& name = "", k8s::Protocol proto = k8s::Protocol::TCP) {
     s.ports.push_back({name, port, proto, target, ""});
     return *this;
   }
   SvcB& named_port(int32_t port, const std::string& target_name, const std::string& name = "",
-                   const std::string& proto = "TCP") {
+                   k8s::Protocol proto = k8s::Protocol::TCP) {
     s.ports.push_back({name, port, proto, 0, target_name});
     return *this;
   }
@@ -87,7 +90,7 @@ struct SliceB {
     sl.service_name = service;
     sl.address_type = type;
   }
-  SliceB& port(const std::string& name, int32_t port, const std::string& proto = "TCP") {
+  SliceB& port(const std::string& name, int32_t port, k8s::Protocol proto = k8s::Protocol::TCP) {
     sl.ports.push_back({name, port, proto});
     return *this;
   }
@@ -241,9 +244,9 @@ TEST(BuildModelPorts, NamedTargetPortResolvedPerPod) {
 
 TEST(BuildModelPorts, NamedTargetPortMustMatchTheProtocol) {
   Cluster c;
-  c.add(SvcB("a", "dns", {"10.96.0.10"}).select("app", "dns").named_port(53, "dns", "dns", "UDP"))
-      .add(PodB("a", "udp", "10.1.0.1").app("dns").port("dns", 5353, "UDP"))
-      .add(PodB("a", "tcp-only", "10.1.0.2").app("dns").port("dns", 5354, "TCP"));
+  c.add(SvcB("a", "dns", {"10.96.0.10"}).select("app", "dns").named_port(53, "dns", "dns", k8s::Protocol::UDP))
+      .add(PodB("a", "udp", "10.1.0.1").app("dns").port("dns", 5353, k8s::Protocol::UDP))
+      .add(PodB("a", "tcp-only", "10.1.0.2").app("dns").port("dns", 5354, k8s::Protocol::TCP));
   auto d = build(c);
   EXPECT_THAT(backends(d, "10.96.0.10:53/UDP", ""), ElementsAre("10.1.0.1:5353"));
   EXPECT_THAT(d.warnings, Contains(HasSubstr("a/tcp-only")));
@@ -262,7 +265,7 @@ TEST(BuildModelPorts, NumericAndAbsentTargetPort) {
 
 TEST(BuildModelPorts, UdpPort) {
   Cluster c;
-  c.add(SvcB("a", "dns", {"10.96.0.10"}).select("app", "dns").port(53, 5353, "dns", "UDP").port(53, 5353, "dns-tcp"))
+  c.add(SvcB("a", "dns", {"10.96.0.10"}).select("app", "dns").port(53, 5353, "dns", k8s::Protocol::UDP).port(53, 5353, "dns-tcp"))
       .add(PodB("a", "p1", "10.1.0.1").app("dns"));
   auto d = build(c);
   EXPECT_THAT(frontends(d), UnorderedElementsAre("10.96.0.10:53/UDP", "10.96.0.10:53/TCP"));
@@ -275,7 +278,7 @@ TEST(BuildModelPorts, UdpPort) {
 
 TEST(BuildModelPorts, SctpSkippedWithWarning) {
   Cluster c;
-  c.add(SvcB("a", "mix", {"10.96.0.1"}).select("app", "x").port(80, 8080, "http").port(9, 9, "sig", "SCTP"))
+  c.add(SvcB("a", "mix", {"10.96.0.1"}).select("app", "x").port(80, 8080, "http").port(9, 9, "sig", k8s::Protocol::SCTP))
       .add(PodB("a", "p1", "10.1.0.1").app("x"));
   auto d = build(c);
   EXPECT_THAT(frontends(d), ElementsAre("10.96.0.1:80/TCP"));
@@ -330,7 +333,7 @@ TEST(BuildModelPorts, SameAddressOtherPortOrProtocolIsFine) {
   Cluster c;
   c.add(SvcB("a", "one", {"10.96.0.1"}).port(80, 8080))
       .add(SvcB("a", "two", {"10.96.0.1"}).port(81, 8080))
-      .add(SvcB("a", "three", {"10.96.0.1"}).port(80, 8080, "", "UDP"));
+      .add(SvcB("a", "three", {"10.96.0.1"}).port(80, 8080, "", k8s::Protocol::UDP));
   auto d = build(c);
   EXPECT_EQ(d.frontends.size(), 3u);
 }
@@ -522,8 +525,8 @@ TEST(BuildModelSlices, TargetRefNamespaceDefaultsToTheSlices) {
 
 TEST(BuildModelSlices, PortMatchedByNameAndProtocol) {
   Cluster c;
-  c.add(SvcB("a", "web", {"10.96.0.1"}).port(80, 8080, "http").port(53, 53, "dns", "UDP").port(81, 81, "nomatch"))
-      .add(SliceB("a", "web-abc", "web").port("http", 8443).port("dns", 5353, "UDP").ep("10.1.0.9"));
+  c.add(SvcB("a", "web", {"10.96.0.1"}).port(80, 8080, "http").port(53, 53, "dns", k8s::Protocol::UDP).port(81, 81, "nomatch"))
+      .add(SliceB("a", "web-abc", "web").port("http", 8443).port("dns", 5353, k8s::Protocol::UDP).ep("10.1.0.9"));
   auto d = build(c);
   EXPECT_THAT(backends(d, "10.96.0.1:80/TCP", ""), ElementsAre("10.1.0.9:8443"));
   EXPECT_THAT(backends(d, "10.96.0.1:53/UDP", ""), ElementsAre("10.1.0.9:5353"));

@@ -23,7 +23,7 @@ k8s::Pod pod(const std::string& name, k8s::Labels labels, const std::string& cgr
   p.pod_ips = {"10.1.0." + std::to_string(name.size())};
   p.ready = true;
   p.phase = k8s::PodPhase::Running;
-  p.annotations["envsteer.io/cgroup"] = cgroup;
+  p.annotations.insert_or_assign("envsteer.io/cgroup", cgroup);
   return p;
 }
 
@@ -129,7 +129,7 @@ TEST(Participation, RelabelIntoAndOutOfParticipationIncrementally) {
   m.reset(f.cs);
   m.take_delta();
   k8s::Pod p = m.cluster().pods.at("a/plain");
-  p.labels["envsteer.io/enabled"] = "true";
+  p.labels.insert_or_assign("envsteer.io/enabled", "true");
   m.upsert(p);
   EXPECT_TRUE(m.take_delta().pods);
   EXPECT_EQ(local_pods(m.state()), (std::set<std::string>{"a/labelled", "a/enabled", "a/plain"}));

@@ -25,7 +25,7 @@ k8s::Pod pod(const std::string& name, const std::string& ip, const std::string& 
   p.phase = k8s::PodPhase::Running;
   p.labels = std::move(labels);
   p.annotations = std::move(ann);
-  p.annotations["envsteer.io/cgroup"] = cg;
+  p.annotations.insert_or_assign("envsteer.io/cgroup", cg);
   return p;
 }
 
@@ -37,7 +37,7 @@ k8s::Service svc(const std::string& name, const std::string& ip, k8s::Labels ann
   s.type = "ClusterIP";
   s.selector = {{"app", name}};
   s.has_selector = true;
-  s.ports.push_back({"http", 80, "TCP", 8080, ""});
+  s.ports.push_back({"http", 80, k8s::Protocol::TCP, 8080, ""});
   s.annotations = std::move(ann);
   return s;
 }
@@ -55,7 +55,7 @@ struct Fixture {
     };
   }
   void add(const k8s::Pod& p, uint64_t id) {
-    ids[p.annotations.at("envsteer.io/cgroup")] = id;
+    ids[std::string(p.annotations.at("envsteer.io/cgroup"))] = id;
     cs.pods[k8s::object_key(p.ns, p.name)] = p;
   }
   void add(const k8s::Service& s) { cs.services[k8s::object_key(s.ns, s.name)] = s; }
