@@ -691,14 +691,15 @@ struct IncrementalModel::Impl : public Lookup {
   }
 
   // --- envs
+  // D uses of env E (and its ancestors) begin (d > 0) or end (d < 0).
   void env_ref(const EnvName& e, int d) {
     if (e.empty()) return;
     for (auto& level : env_chain(e, o.splitter)) {
       auto& n = env_refs[level];
-      if (d > 0 && n++ == 0) {
+      if (d > 0 && (n += static_cast<uint32_t>(d)) == static_cast<uint32_t>(d)) {
         st.envs.insert(level);
         note(delta.envs, level);
-      } else if (d < 0 && --n == 0) {
+      } else if (d < 0 && (n -= static_cast<uint32_t>(-d)) == 0) {
         env_refs.erase(level);
         st.envs.erase(level);
         note(delta.envs, level);
@@ -945,6 +946,73 @@ struct IncrementalModel::Impl : public Lookup {
     if (kind == "Pod") invalid_pods.erase(key);
   }
 
+  // --- load: every object is new. Each index is built at once in key order
+  // and each object computed once, without what an event needs (taking back
+  // an object's old entries, a work set, the keys a delta names); the result
+  // is the one recompute_pod() and run() give (the equivalence tests).
+
+  // index_pod(e, true) of a pod after every pod indexed so far (key order).
+  void index_new_pod(const std::pair<const std::string, k8s::Pod>& e) {
+    const k8s::Pod& p = e.second;
+    pods_by_ns[p.ns].v.push_back(&e);
+    if (o.selector_fallback)
+      for (const auto& [k, v] : p.labels) pods_by_label[LabelKey{p.ns, k, v}].v.push_back(&e);
+  }
+
+  // recompute_pod() of a pod new to the model, after the pods before it in
+  // key order; its env's uses are counted into env_uses (env_ref() once per env).
+  void load_pod(const std::pair<const std::string, k8s::Pod>& e, std::map<EnvName, int>& env_uses) {
+    const std::string& key = e.first;
+    if (!invalid_pods.empty() && invalid_pods.count(key)) {
+      skipped_pods.insert(key);
+      return;
+    }
+    PodResult pr = pod_rule(e.second, o, namespace_labels(c, e.second.ns));
+    if (!pr.report.skips.empty() || !pr.report.warnings.empty()) record("P:" + key, pr.report, pod_warnings);
+    if (!pr.valid) {
+      skipped_pods.emplace_hint(skipped_pods.end(), key);
+      return;
+    }
+    if (!pr.env.empty()) env_uses[pr.env]++;
+    st.pod_envs.emplace_hint(st.pod_envs.end(), key, PodEnv{std::move(pr.env), pr.labelled});
+    if (pr.claim) {
+      claims.emplace_hint(claims.end(), key, std::move(*pr.claim));
+      claims_dirty = true;
+    }
+    if (pr.missing) {
+      missing.emplace_hint(missing.end(), key, std::move(*pr.missing));
+      reports_dirty = true;
+    }
+  }
+
+  // recompute_service() of a Service new to the model, after the Services
+  // before it in key order and before those after it: no Service after it can
+  // hold its addresses yet, so none is recomputed for it.
+  void load_service(const std::string& key, const k8s::Service& s) {
+    ServiceResult sr = service_rule(s, o, *this);
+    if (!sr.report.skips.empty() || !sr.report.warnings.empty()) record("S:" + key, sr.report, svc_warnings);
+    auto self = svcs.emplace_hint(svcs.end(), key, SvcInfo{});
+    SvcInfo& now = self->second;
+    now.accepted = sr.accepted;
+    now.addrs = std::move(sr.addrs);
+    for (const auto& a : now.addrs) {
+      auto& by = claimants[a];
+      by.emplace_hint(by.end(), key);
+    }
+    now.pods.reserve(sr.pods.size());
+    for (auto& p : sr.pods) {
+      auto pit = svc_by_pod.try_emplace(std::move(p)).first;
+      pit->second.push_back(&self->first);
+      now.pods.push_back(&pit->first);
+    }
+    now.frontends.reserve(sr.frontends.size());
+    for (auto& f : sr.frontends) {
+      now.frontends.push_back(f.key);
+      st.frontends.insert_or_assign(f.key, std::move(f));
+    }
+    for (auto& [name, set] : sr.sets) st.sets.insert_or_assign(name, std::move(set));
+  }
+
   // Loads a whole cluster into a fresh Impl.
   void load(k8s::ClusterState cluster) {
     delta = ModelDelta{};
@@ -958,21 +1026,20 @@ struct IncrementalModel::Impl : public Lookup {
       record("I:" + bad.kind + "/" + bad.key, r, svc_warnings);
       if (bad.kind == "Pod") invalid_pods.insert(bad.key), skipped_pods.insert(bad.key);
     }
-    for (const auto& e : c.pods) {
-      index_pod(e, true);
-      recompute_pod(e.first);
-    }
+    for (const auto& e : c.pods) index_new_pod(e);
     // grown by doubling: up to half of 300 000 pointers unused at 100 000 pods
     for (auto& [k, s] : pods_by_ns) s.v.shrink_to_fit();
     for (auto& [k, s] : pods_by_label) s.v.shrink_to_fit();
+    std::map<EnvName, int> env_uses;
+    for (const auto& e : c.pods) load_pod(e, env_uses);
+    for (const auto& [env, n] : env_uses) env_ref(env, n);
     settle();
     for (const auto& [key, sl] : c.slices) index_slice(sl, key, true);
-    std::set<std::string> work;
     for (const auto& [key, s] : c.services) {
-      index_service(s, key, true);
-      work.insert(key);
+      auto& in_ns = services_by_ns[s.ns];
+      in_ns.emplace_hint(in_ns.end(), key);
     }
-    run(work);
+    for (const auto& [key, s] : c.services) load_service(key, s);
     delta = ModelDelta{};
     delta.all = true;
   }

@@ -548,12 +548,17 @@ size_t common_suffix(std::string_view a, std::string_view b, size_t max) {
 }
 
 template <class T>
-void note_objects(const std::map<std::string, T>& objs, ObjectChange::Kind kind, std::set<Key>& into) {
-  for (const auto& [key, o] : objs) into.insert({static_cast<int>(kind), key});
+void note_objects(const std::map<std::string, T>& objs, ObjectChange::Kind kind, std::vector<Key>& into) {
+  for (const auto& [key, o] : objs) into.emplace_back(static_cast<int>(kind), key);
 }
 
-std::set<Key> objects_of(const k8s::ClusterState& cs) {
-  std::set<Key> out;
+// Sorted: by kind (the order below), then by key (each map's order).
+std::vector<Key> objects_of(const k8s::ClusterState& cs) {
+  static_assert(static_cast<int>(ObjectChange::Kind::Service) < static_cast<int>(ObjectChange::Kind::Pod) &&
+                static_cast<int>(ObjectChange::Kind::Pod) < static_cast<int>(ObjectChange::Kind::EndpointSlice) &&
+                static_cast<int>(ObjectChange::Kind::EndpointSlice) < static_cast<int>(ObjectChange::Kind::Namespace));
+  std::vector<Key> out;
+  out.reserve(cs.services.size() + cs.pods.size() + cs.slices.size() + cs.namespaces.size());
   note_objects(cs.services, ObjectChange::Kind::Service, out);
   note_objects(cs.pods, ObjectChange::Kind::Pod, out);
   note_objects(cs.slices, ObjectChange::Kind::EndpointSlice, out);
@@ -572,9 +577,9 @@ const char* kind_name(int k) {
 
 // The one object a decoded item gave, nullopt when it gave none or several.
 std::optional<Key> only_object(const k8s::ClusterState& one) {
-  std::set<Key> keys = objects_of(one);
+  std::vector<Key> keys = objects_of(one);
   if (keys.size() != 1 || !one.invalid.empty()) return std::nullopt;
-  return *keys.begin();
+  return std::move(keys.front());
 }
 
 template <class T>
@@ -625,14 +630,21 @@ struct ManifestReader::FileRead {
   FileInfo info;           // whole: complete; else its items (objects: the old ones, patched at commit)
   bool whole = true;
   k8s::ClusterState objs;  // the objects parsed: given as changes
-  std::vector<Key> added;                  // names the file did not hold before
-  std::vector<const Key*> removed;         // names (of the old info) it holds no more, sorted
-  std::vector<std::pair<size_t, Key>> parsed;  // patch: item index -> its name (pointed to at commit)
+  // names the file did not hold before, sorted; with no old info (a file new
+  // to the reader) not listed: every name of info.objects is (added_names())
+  std::vector<Key> added;
+  std::vector<uint32_t> removed;  // names it holds no more: indexes into the old info's objects, sorted
+  // patch: item index -> its name (the item's index into the objects at commit);
+  // the kept items hold their indexes into the old objects until then
+  std::vector<std::pair<size_t, Key>> parsed;
+  const std::vector<Key>& added_names(const FileInfo* old) const { return old ? added : info.objects; }
   bool holds(const Key& k, const FileInfo* old) const {
-    if (whole) return info.objects.count(k) > 0;
-    if (std::find(added.begin(), added.end(), k) != added.end()) return true;
-    auto it = old ? old->objects.find(k) : std::set<Key>::const_iterator{};
-    return old && it != old->objects.end() && !std::binary_search(removed.begin(), removed.end(), &*it);
+    if (whole) return std::binary_search(info.objects.begin(), info.objects.end(), k);
+    if (std::binary_search(added.begin(), added.end(), k)) return true;
+    if (!old) return false;
+    auto it = std::lower_bound(old->objects.begin(), old->objects.end(), k);
+    return it != old->objects.end() && *it == k &&
+           !std::binary_search(removed.begin(), removed.end(), static_cast<uint32_t>(it - old->objects.begin()));
   }
 };
 
@@ -670,6 +682,7 @@ KeptText ManifestReader::keep(std::string text) const {
 bool ManifestReader::read_list(const FileInfo* old, std::string_view old_text, FileRead& fr) const {
   FileInfo& fi = fr.info;
   const std::string_view t = fr.text;
+  if (t.size() > kMaxListedText) return false;
   auto split = split_json_list(t);
   if (!split) return false;
   const bool same_frame = old && old->listed && old_text.size() == old->text.size() && old->open == split->open &&
@@ -695,12 +708,18 @@ bool ManifestReader::read_list(const FileInfo* old, std::string_view old_text, F
     if (!key) return false;
     keys.push_back(std::move(*key));
   }
-  for (const auto& k : keys)
-    if (!fi.objects.insert(k).second) return false;  // one name twice
-  fi.items.reserve(keys.size());
-  for (size_t i = 0; i < keys.size(); i++) {
-    const auto [off, len] = split->items[i];
-    fi.items.push_back(Item{item_hash_(t.substr(off, len)), off, len, &*fi.objects.find(keys[i])});
+  // the names sorted; each item's name by its index among them
+  std::vector<uint32_t> order(keys.size());
+  for (uint32_t i = 0; i < order.size(); i++) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](uint32_t x, uint32_t y) { return keys[x] < keys[y]; });
+  for (size_t j = 1; j < order.size(); j++)
+    if (keys[order[j - 1]] == keys[order[j]]) return false;  // one name twice
+  fi.items.resize(keys.size());
+  fi.objects.reserve(keys.size());
+  for (uint32_t j = 0; j < order.size(); j++) {
+    const uint32_t i = order[j];
+    fi.items[i] = Item{static_cast<uint32_t>(split->items[i].first), static_cast<uint32_t>(split->items[i].second), j};
+    fi.objects.push_back(std::move(keys[i]));
   }
   fi.listed = true;
   fi.open = split->open;
@@ -716,18 +735,19 @@ bool ManifestReader::read_list(const FileInfo* old, std::string_view old_text, F
 bool ManifestReader::read_list_patch(const FileInfo& old, std::string_view o, FileRead& fr) const {
   FileInfo& fi = fr.info;
   const std::string_view t = fr.text;
+  if (t.size() > kMaxListedText) return false;
   const size_t pre = common_prefix(o, t);
   const size_t suf = common_suffix(o, t, std::min(o.size(), t.size()) - pre);
   if (pre <= old.open || old.close < o.size() - suf) return false;  // the frame's bytes changed
   const std::vector<Item>& oi = old.items;
   // old items [0, a) lie in the common prefix: the same at the same place
-  size_t a = std::upper_bound(oi.begin(), oi.end(), pre, [](size_t p, const Item& it) { return p < it.off + it.len; }) -
+  size_t a = std::upper_bound(oi.begin(), oi.end(), pre, [](size_t p, const Item& it) { return p < size_t{it.off} + it.len; }) -
              oi.begin();
   const ptrdiff_t shift = static_cast<ptrdiff_t>(t.size()) - static_cast<ptrdiff_t>(o.size());
   size_t b = oi.size();  // old items [b, n) lie in the common suffix: the same, moved by shift
   std::vector<std::pair<size_t, size_t>> mid;
   size_t close, resume;
-  const size_t from = a ? oi[a - 1].off + oi[a - 1].len : old.open + 1;
+  const size_t from = a ? size_t{oi[a - 1].off} + oi[a - 1].len : old.open + 1;
   bool ok = scan_items(
       t, from, a == 0, [&](size_t off, size_t len) { mid.emplace_back(off, len); },
       [&](size_t off) {
@@ -750,12 +770,13 @@ bool ManifestReader::read_list_patch(const FileInfo& old, std::string_view o, Fi
   fi.open = old.open;
   fi.listed = true;
   // the items between: an old one of the same hash and bytes, else parsed
+  // (hashed here, of the old text and the new: no hash is kept)
   std::vector<bool> used(oi.size(), false);
   for (size_t i = 0; i < a; i++) used[i] = true;
   for (size_t i = b; i < oi.size(); i++) used[i] = true;
   std::vector<std::pair<uint64_t, size_t>> by_hash;  // of the old items between, when there are new ones
   if (!mid.empty()) {
-    for (size_t i = a; i < b; i++) by_hash.emplace_back(oi[i].hash, i);
+    for (size_t i = a; i < b; i++) by_hash.emplace_back(item_hash_(o.substr(oi[i].off, oi[i].len)), i);
     std::sort(by_hash.begin(), by_hash.end());
   }
   fi.items.reserve(a + mid.size() + (oi.size() - b));
@@ -763,48 +784,51 @@ bool ManifestReader::read_list_patch(const FileInfo& old, std::string_view o, Fi
   std::vector<Key> parsed_keys;
   for (const auto& [off, len] : mid) {
     const std::string_view text = t.substr(off, len);
-    const uint64_t h = item_hash_(text);
     const Item* same = nullptr;
-    for (auto it = std::lower_bound(by_hash.begin(), by_hash.end(), std::make_pair(h, size_t{0}));
-         it != by_hash.end() && it->first == h; ++it)
-      if (!used[it->second] && o.substr(oi[it->second].off, oi[it->second].len) == text) {
-        same = &oi[it->second];
-        used[it->second] = true;
-        break;
-      }
+    if (b > a) {
+      const uint64_t h = item_hash_(text);
+      for (auto it = std::lower_bound(by_hash.begin(), by_hash.end(), std::make_pair(h, size_t{0}));
+           it != by_hash.end() && it->first == h; ++it)
+        if (!used[it->second] && o.substr(oi[it->second].off, oi[it->second].len) == text) {
+          same = &oi[it->second];
+          used[it->second] = true;
+          break;
+        }
+    }
     if (same) {
-      fi.items.push_back(Item{h, off, len, same->key});
+      fi.items.push_back(Item{static_cast<uint32_t>(off), static_cast<uint32_t>(len), same->key});
       continue;
     }
     auto key = parse_item(text, fr.objs);
     if (!key) return false;
     fr.parsed.emplace_back(fi.items.size(), *key);
     parsed_keys.push_back(std::move(*key));
-    fi.items.push_back(Item{h, off, len, nullptr});
+    fi.items.push_back(Item{static_cast<uint32_t>(off), static_cast<uint32_t>(len), kNoKey});
   }
   for (size_t i = b; i < oi.size(); i++) {
     Item it = oi[i];
-    it.off = static_cast<size_t>(static_cast<ptrdiff_t>(it.off) + shift);
+    it.off = static_cast<uint32_t>(static_cast<ptrdiff_t>(it.off) + shift);
     fi.items.push_back(it);
   }
   // names: a parsed name held by a kept item or parsed twice is one name
   // twice (the whole read's error); kept items are of distinct old items
   std::sort(parsed_keys.begin(), parsed_keys.end());
   if (std::adjacent_find(parsed_keys.begin(), parsed_keys.end()) != parsed_keys.end()) return false;
-  std::vector<const Key*> kept;
-  for (const Item& it : fi.items)
-    if (it.key) kept.push_back(it.key);
-  std::sort(kept.begin(), kept.end());
-  for (const Key& k : parsed_keys) {
-    auto it = old.objects.find(k);
-    if (it == old.objects.end()) {
-      fr.added.push_back(k);
-    } else if (std::binary_search(kept.begin(), kept.end(), &*it)) {
-      return false;
+  if (!parsed_keys.empty()) {
+    std::vector<bool> kept(old.objects.size(), false);  // by index into old.objects
+    for (const Item& it : fi.items)
+      if (it.key != kNoKey) kept[it.key] = true;
+    for (const Key& k : parsed_keys) {
+      auto it = std::lower_bound(old.objects.begin(), old.objects.end(), k);
+      if (it == old.objects.end() || *it != k) {
+        fr.added.push_back(k);
+      } else if (kept[static_cast<size_t>(it - old.objects.begin())]) {
+        return false;
+      }
     }
   }
   for (size_t i = 0; i < oi.size(); i++)
-    if (!used[i] && !std::binary_search(parsed_keys.begin(), parsed_keys.end(), *oi[i].key))
+    if (!used[i] && !std::binary_search(parsed_keys.begin(), parsed_keys.end(), old.objects[oi[i].key]))
       fr.removed.push_back(oi[i].key);
   std::sort(fr.removed.begin(), fr.removed.end());
   fr.whole = false;
@@ -840,13 +864,20 @@ void ManifestReader::read_file_text(const fs::path& file, std::string text, cons
     parse_file(file, fr.text, fr.objs);
     fr.info.objects = objects_of(fr.objs);
   }
-  // the names gained and lost
-  for (const Key& k : fr.info.objects)
-    if (!old || !old->objects.count(k)) fr.added.push_back(k);
-  if (old)
-    for (const Key& k : old->objects)
-      if (!fr.info.objects.count(k)) fr.removed.push_back(&k);
-  std::sort(fr.removed.begin(), fr.removed.end());
+  if (!old) return;  // every name is new (FileRead::added_names)
+  // the names gained and lost (both lists sorted)
+  const std::vector<Key>& now = fr.info.objects;
+  const std::vector<Key>& was = old->objects;
+  size_t i = 0, j = 0;
+  while (i < now.size() || j < was.size()) {
+    if (j == was.size() || (i < now.size() && now[i] < was[j])) {
+      fr.added.push_back(now[i++]);
+    } else if (i == now.size() || was[j] < now[i]) {
+      fr.removed.push_back(static_cast<uint32_t>(j++));
+    } else {
+      i++, j++;
+    }
+  }
 }
 
 fs::path ManifestReader::file_of(const std::string& name) const {
@@ -872,9 +903,8 @@ k8s::ClusterState ManifestReader::read_all() {
     FileRead fr;
     read_file_text(file, read_file(file), nullptr, fr);
     auto move_into = [](auto& into, auto& from) {
-      bool ok = true;
-      for (auto& [key, obj] : from) ok = into.emplace(key, std::move(obj)).second && ok;
-      return ok;
+      into.merge(from);  // the nodes move; those of names `into` has stay in `from`
+      return from.empty();
     };
     k8s::ClusterState& one = fr.objs;
     bool ok = move_into(state.services, one.services);
@@ -895,7 +925,7 @@ k8s::ClusterState ManifestReader::read_all() {
 
 const std::string* ManifestReader::holder_of(const Key& k) const {
   for (const auto& [name, fi] : files_)
-    if (fi.objects.count(k)) return &name;
+    if (std::binary_search(fi.objects.begin(), fi.objects.end(), k)) return &name;
   return nullptr;
 }
 
@@ -952,7 +982,7 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
   std::map<Key, std::string> claimed;
   for (const auto& [name, fr] : next) {
     if (!fr) continue;
-    for (const Key& k : fr->added)
+    for (const Key& k : fr->added_names(old_info(name)))
       if (auto [it, fresh] = claimed.emplace(k, name); !fresh) {
         broken_.insert(names.begin(), names.end());
         throw ManifestError(file_of(name).string() + ": " + kind_name(k.first) + " " + k.second +
@@ -990,7 +1020,7 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
     if (!fr)
       for (const auto& k : old->objects) gone(k);
     else
-      for (const Key* k : fr->removed) gone(*k);
+      for (uint32_t k : fr->removed) gone(old->objects[k]);
   }
   // commit
   for (auto& [name, fr] : next) {
@@ -1002,11 +1032,31 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
     FileInfo& fi = fr->info;
     fi.text = keep(std::move(fr->text));
     if (!fr->whole) {
-      // the old names, patched in place: the kept items point to them
-      fi.objects = std::move(old->second.objects);
-      for (const Key* k : fr->removed) fi.objects.erase(fi.objects.find(*k));
-      for (Key& k : fr->added) fi.objects.insert(std::move(k));
-      for (auto& [idx, k] : fr->parsed) fi.items[idx].key = &*fi.objects.find(k);
+      // the old names but those removed, and those added (both sorted): the
+      // kept items' indexes renumbered, the parsed items' found
+      std::vector<Key>& was = old->second.objects;
+      if (fr->removed.empty() && fr->added.empty()) {
+        fi.objects = std::move(was);  // the same names (items relabelled, moved): the same indexes
+      } else {
+        std::vector<uint32_t> renumbered(was.size(), kNoKey);
+        fi.objects.reserve(was.size() - fr->removed.size() + fr->added.size());
+        size_t i = 0, j = 0, r = 0;
+        while (i < was.size() || j < fr->added.size()) {
+          if (i < was.size() && r < fr->removed.size() && fr->removed[r] == i) {
+            i++, r++;
+          } else if (j == fr->added.size() || (i < was.size() && was[i] < fr->added[j])) {
+            renumbered[i] = static_cast<uint32_t>(fi.objects.size());
+            fi.objects.push_back(std::move(was[i++]));
+          } else {
+            fi.objects.push_back(std::move(fr->added[j++]));
+          }
+        }
+        for (Item& it : fi.items)
+          if (it.key != kNoKey) it.key = renumbered[it.key];
+      }
+      for (auto& [idx, k] : fr->parsed)
+        fi.items[idx].key =
+            static_cast<uint32_t>(std::lower_bound(fi.objects.begin(), fi.objects.end(), k) - fi.objects.begin());
     }
     files_.insert_or_assign(name, std::move(fi));  // the set's nodes move with it
   }

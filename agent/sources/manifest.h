@@ -74,6 +74,7 @@ class ManifestReader {
  public:
   // Of a JSON list item's text: finds an unchanged item that moved. A hit is
   // compared byte by byte, so any function is exact (tests give colliding ones).
+  // Only the items of a change are hashed, when they are compared (none are kept).
   using ItemHash = std::function<uint64_t(std::string_view)>;
   // kept_dir: where the files' texts are kept (KeptText): nullopt = $TMPDIR or
   // /tmp; "" = in memory; a directory where no unlinked file can be made
@@ -103,19 +104,17 @@ class ManifestReader {
 
  private:
   using Key = std::pair<int, std::string>;  // (ObjectChange::Kind, key)
+  // Offsets into a file's text are 32-bit: a file of 4 GiB or more is not
+  // read item by item (kMaxListedText), but whole, as any other.
+  static constexpr size_t kMaxListedText = UINT32_MAX;
+  static constexpr uint32_t kNoKey = UINT32_MAX;  // an Item's name while it is not known
   struct Item {
-    uint64_t hash = 0;
-    size_t off = 0, len = 0;   // its text in FileInfo::text
-    const Key* key = nullptr;  // into FileInfo::objects
+    uint32_t off = 0, len = 0;  // its text in FileInfo::text
+    uint32_t key = 0;           // its name: an index into FileInfo::objects
   };
   struct FileInfo {
-    FileInfo() = default;
-    FileInfo(FileInfo&&) = default;  // `items` point into `objects`: moved, never copied
-    FileInfo& operator=(FileInfo&&) = default;
-    FileInfo(const FileInfo&) = delete;
-    FileInfo& operator=(const FileInfo&) = delete;
     KeptText text;  // as last read
-    std::set<Key> objects;
+    std::vector<Key> objects;  // the names of its objects, sorted, each once
     // A JSON list read item by item: where its items array opens ('[') and
     // closes (']') in text, and its items in file order. A change of one item
     // is then parsed alone.

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -130,6 +131,50 @@ TEST(IncrementalModel, ResetEqualsAFullBuild) {
   IncrementalModel fresh(m.options());
   fresh.reset(m.cluster());
   EXPECT_EQ(model_difference(fresh.state(), build_model(m.cluster(), m.options())), "");
+}
+
+// A model loaded whole (reset() builds every index at once) goes on like the
+// one the events built: after the events that follow a reset, it still equals
+// the full build, and its deltas name every key that changed.
+void run_after_resets(uint32_t seed, const Variant& v) {
+  FakeCgroups cg;
+  RandomCluster world(seed, cg, v.participation);
+  auto m = std::make_unique<IncrementalModel>(world.options(v.selector_fallback, v.default_env, v.discovered));
+  size_t sets_seen = 0;
+  for (int round = 0; round < 4; round++) {
+    for (int i = 0; i < 120; i++) world.next().apply(*m);
+    auto loaded = std::make_unique<IncrementalModel>(m->options());
+    loaded->reset(m->cluster());
+    ASSERT_EQ(model_difference(loaded->state(), m->state()), "") << "seed " << seed << " round " << round;
+    ASSERT_TRUE(loaded->take_delta().all);
+    m = std::move(loaded);
+    DesiredState before = m->state();
+    for (int i = 0; i < 80; i++) {
+      Event ev = world.next();
+      SCOPED_TRACE("seed " + std::to_string(seed) + " round " + std::to_string(round) + " event " +
+                   std::to_string(i) + ": " + ev.what);
+      ev.apply(*m);
+      const DesiredState& now = m->state();
+      ASSERT_EQ(model_difference(now, build_model(m->cluster(), m->options())), "");
+      ModelDelta d = m->take_delta();
+      ModelDelta need = changed_keys(before, now);
+      for (const auto& k : need.frontends) ASSERT_TRUE(d.frontends.count(k)) << maps::format_frontend(k);
+      for (const auto& n : need.sets) ASSERT_TRUE(d.sets.count(n)) << maps::format_frontend(n.frontend) << " " << n.env;
+      for (const auto& e : need.envs) ASSERT_TRUE(d.envs.count(e)) << e;
+      if (need.pods) {
+        ASSERT_TRUE(d.pods);
+      }
+      sets_seen += now.sets.size();
+      before = now;
+    }
+  }
+  EXPECT_GT(sets_seen, 0u);
+}
+
+TEST(IncrementalModel, EventsAfterAResetEqualAFullBuild) {
+  for (uint32_t seed = 51; seed <= 53; seed++) run_after_resets(seed, {true, "dev", false});
+  for (uint32_t seed = 54; seed <= 55; seed++) run_after_resets(seed, {false, "dev", true});
+  for (uint32_t seed = 56; seed <= 57; seed++) run_after_resets(seed, {true, "", false, true});
 }
 
 // A pod label change touches only the Services that read the pod.

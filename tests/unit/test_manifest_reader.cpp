@@ -329,6 +329,64 @@ TEST_F(ManifestReaderTest, AHashHitIsComparedByteByByte) {
   }
 }
 
+// A file read item by item keeps its names sorted and each item by its name's
+// index: a change that adds or removes names sorting before the kept items
+// renumbers them, and the changes after it still name the right objects (a
+// deletion, a move, a duplicate, a name moved between two files).
+TEST_F(ManifestReaderTest, ItemNamesStayRightWhenNamesBeforeThemComeAndGo) {
+  using Items = std::vector<std::pair<std::string, std::string>>;  // name, env
+  auto text = [](const Items& items) {
+    std::string out;
+    for (const auto& [name, env] : items) out += (out.empty() ? "" : ",") + pod_json(name, env);
+    return list("List", out);
+  };
+  auto envs = [](const std::vector<ObjectChange>& ch) {
+    std::map<std::string, std::string> out;  // key -> env, "" = deleted
+    for (const auto& c : ch) {
+      const auto* p = std::get_if<k8s::Pod>(&c.object);
+      out[c.key] = p ? p->labels.at("virtual-env") : "";
+    }
+    return out;
+  };
+  using Got = std::map<std::string, std::string>;
+  for (const auto& kept : kKeptModes) {
+    write("1.json", text({{"p4", "e"}, {"p6", "e"}, {"p8", "e"}}));
+    fs::remove(dir_ / "2.json");
+    ManifestReader r(dir_, {}, kept);
+    ASSERT_EQ(r.read_all().pods.size(), 3u);
+    const std::vector<std::pair<Items, Got>> steps = {
+        {{{"p2", "e"}, {"p4", "e"}, {"p6", "e"}, {"p8", "e"}}, {{"a/p2", "e"}}},  // a name before all
+        {{{"p2", "e"}, {"p6", "e"}, {"p8", "e"}}, {{"a/p4", ""}}},                // one between gone
+        {{{"p2", "e"}, {"p6", "e"}, {"p8", "f"}}, {{"a/p8", "f"}}},               // the last relabelled
+        {{{"p1", "e"}, {"p6", "e"}, {"p8", "f"}}, {{"a/p1", "e"}, {"a/p2", ""}}},  // the first renamed
+        {{{"p6", "e"}, {"p8", "f"}, {"p1", "e"}}, {}},                            // moved: the same items
+        {{{"p6", "e"}, {"p1", "e"}}, {{"a/p8", ""}}},                             // after the move: p8 gone
+        {{{"p0", "g"}, {"p6", "e"}, {"p1", "e"}}, {{"a/p0", "g"}}},               // a name before all again
+        {{{"p0", "g"}, {"p1", "f"}}, {{"a/p1", "f"}, {"a/p6", ""}}},             // both kinds at once
+    };
+    for (size_t i = 0; i < steps.size(); i++) {
+      write("1.json", text(steps[i].first));
+      EXPECT_EQ(envs(r.read_changed({"1.json"})), steps[i].second) << "step " << i;
+    }
+    // an item duplicated: the whole read's error; nothing kept, the file as read last again gives nothing
+    write("1.json", text({{"p0", "g"}, {"p1", "f"}, {"p1", "f"}}));
+    EXPECT_THAT(error_of(r, "1.json"), HasSubstr("duplicate"));
+    write("1.json", text({{"p0", "g"}, {"p1", "f"}}));
+    EXPECT_TRUE(r.read_changed({"1.json"}).empty());
+    // a name moved to another file in one read: given, not deleted; then a
+    // name of the first file before the moved one's place is deleted by name
+    write("1.json", text({{"p0", "g"}}));
+    write("2.json", text({{"p1", "f"}, {"p9", "e"}}));
+    EXPECT_EQ(envs(r.read_changed({"1.json", "2.json"})), (Got{{"a/p1", "f"}, {"a/p9", "e"}}));
+    write("1.json", text({}));
+    EXPECT_EQ(envs(r.read_changed({"1.json"})), (Got{{"a/p0", ""}}));
+    write("2.json", text({{"p9", "e"}}));
+    EXPECT_EQ(envs(r.read_changed({"2.json"})), (Got{{"a/p1", ""}}));
+    EXPECT_EQ(load_manifests(dir_).pods.size(), 1u);
+    EXPECT_TRUE(r.read_every_file().empty());
+  }
+}
+
 // Random moves of pods between files (relabelled or not, a file removed or
 // new, a name in two files now and then), read file by file as events name
 // them or all at once: after each read the reader's objects are the whole
