@@ -299,6 +299,7 @@ namespace {
 void read_container_ports(const Ctx& ctx, const json& spec, Pod& pod) {
   const json* containers = get_array(ctx, spec, "spec", "containers");
   if (!containers) return;
+  std::vector<ContainerPort> all;
   for (size_t c = 0; c < containers->size(); ++c) {
     const json& container = (*containers)[c];
     std::string cpath = index("spec.containers", c);
@@ -313,9 +314,11 @@ void read_container_ports(const Ctx& ctx, const json& spec, Pod& pod) {
       cp.name = get_string(ctx, p, ppath, "name");
       cp.port = require_port(ctx, p, ppath, "containerPort");
       cp.protocol = get_protocol(ctx, p, ppath);
-      pod.ports.push_back(cp);
+      all.push_back(std::move(cp));
     }
   }
+  std::vector<ContainerPortView> views(all.begin(), all.end());
+  pod.ports = ContainerPorts(views);
 }
 
 // status.podIPs[].ip when present and non-empty, else status.podIP.

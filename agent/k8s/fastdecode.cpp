@@ -33,11 +33,7 @@ struct Decline {};
 // ---------------------------------------------------------------------------------------------
 // What the item says, as views into the parser's document (valid until its next parse).
 
-struct PortView {
-  std::string_view name;
-  int32_t port = 0;
-  Protocol protocol = Protocol::TCP;
-};
+using PortView = ContainerPortView;
 
 struct PodView {
   std::string_view name, ns, uid, resource_version;
@@ -63,9 +59,7 @@ Pod make_pod(const PodView& v) {
   pod.annotations = Labels(v.annotations);
   pod.terminating = v.terminating;
   pod.node_name = std::string(v.node_name);
-  pod.ports.reserve(v.ports.size());
-  for (const PortView& p : v.ports)
-    pod.ports.push_back(ContainerPort{std::string(p.name), p.port, p.protocol});
+  pod.ports = ContainerPorts(v.ports);
   pod.pod_ips.reserve(v.pod_ips.size());
   for (std::string_view ip : v.pod_ips) pod.pod_ips.emplace_back(ip);
   pod.phase = pod_phase_of(v.phase);

@@ -400,6 +400,148 @@ struct ContainerPort {
   bool operator==(const ContainerPort&) const = default;
 };
 
+// One container port as ContainerPorts gives it: NAME is a view into them.
+struct ContainerPortView {
+  std::string_view name;
+  int32_t port = 0;
+  Protocol protocol = Protocol::TCP;
+  ContainerPortView() = default;
+  ContainerPortView(std::string_view n, int32_t p, Protocol pr = Protocol::TCP) : name(n), port(p), protocol(pr) {}
+  ContainerPortView(const ContainerPort& c) : name(c.name), port(c.port), protocol(c.protocol) {}  // NOLINT
+  bool operator==(const ContainerPortView&) const = default;
+};
+
+// A pod's container ports (spec.containers[].ports[]) in one heap block (none
+// when there are none): uint32 n | int32 port[n] | uint32 name end[n] |
+// uint8 protocol[n] | the names. A vector of ContainerPort was a 24-byte
+// vector in the Pod and 40 B a port (issue 18). Read-only but for push_back,
+// which builds the block anew (the decoders build it once).
+class ContainerPorts {
+ public:
+  using value_type = ContainerPortView;
+  class const_iterator {
+   public:
+    using iterator_concept = std::random_access_iterator_tag;
+    using iterator_category = std::input_iterator_tag;  // operator* gives a value
+    using value_type = ContainerPortView;
+    using difference_type = std::ptrdiff_t;
+    using reference = value_type;
+    using pointer = void;
+    struct arrow {
+      value_type v;
+      const value_type* operator->() const { return &v; }
+    };
+    const_iterator() = default;
+    value_type operator*() const { return ContainerPorts::entry(b_, i_); }
+    arrow operator->() const { return {**this}; }
+    value_type operator[](difference_type n) const { return *(*this + n); }
+    const_iterator& operator++() { ++i_; return *this; }
+    const_iterator operator++(int) { const_iterator t = *this; ++i_; return t; }
+    const_iterator& operator--() { --i_; return *this; }
+    const_iterator operator--(int) { const_iterator t = *this; --i_; return t; }
+    const_iterator& operator+=(difference_type n) { i_ = static_cast<uint32_t>(i_ + n); return *this; }
+    const_iterator& operator-=(difference_type n) { i_ = static_cast<uint32_t>(i_ - n); return *this; }
+    friend const_iterator operator+(const_iterator it, difference_type n) { return it += n; }
+    friend const_iterator operator+(difference_type n, const_iterator it) { return it += n; }
+    friend const_iterator operator-(const_iterator it, difference_type n) { return it -= n; }
+    friend difference_type operator-(const const_iterator& a, const const_iterator& b) {
+      return static_cast<difference_type>(a.i_) - static_cast<difference_type>(b.i_);
+    }
+    bool operator==(const const_iterator& o) const { return b_ == o.b_ && i_ == o.i_; }
+    auto operator<=>(const const_iterator& o) const { return i_ <=> o.i_; }
+
+   private:
+    friend class ContainerPorts;
+    const_iterator(const char* b, uint32_t i) : b_(b), i_(i) {}
+    const char* b_ = nullptr;
+    uint32_t i_ = 0;
+  };
+  using iterator = const_iterator;
+
+  ContainerPorts() = default;
+  ContainerPorts(std::initializer_list<ContainerPortView> init)
+      : ContainerPorts(std::span<const ContainerPortView>(init.begin(), init.size())) {}
+  explicit ContainerPorts(std::span<const ContainerPortView> ports) : b_(build(ports)) {}
+  ContainerPorts(const ContainerPorts& o) : b_(copy(o.b_.get())) {}
+  ContainerPorts(ContainerPorts&&) noexcept = default;
+  ContainerPorts& operator=(const ContainerPorts& o) {
+    if (this != &o) b_ = copy(o.b_.get());
+    return *this;
+  }
+  ContainerPorts& operator=(ContainerPorts&&) noexcept = default;
+
+  size_t size() const { return b_ ? u32(b_.get()) : 0; }
+  bool empty() const { return !b_; }
+  const_iterator begin() const { return {b_.get(), 0}; }
+  const_iterator end() const { return {b_.get(), static_cast<uint32_t>(size())}; }
+  ContainerPortView operator[](size_t i) const { return entry(b_.get(), static_cast<uint32_t>(i)); }
+  ContainerPortView at(size_t i) const {
+    if (i >= size()) throw std::out_of_range("ContainerPorts::at");
+    return (*this)[i];
+  }
+  void clear() { b_.reset(); }
+  void push_back(ContainerPortView p) {
+    std::vector<ContainerPortView> all(begin(), end());
+    all.push_back(p);
+    b_ = build(all);  // (P's name may be a view into the old block: freed only now)
+  }
+  bool operator==(const ContainerPorts& o) const {
+    const size_t n = bytes(b_.get());
+    return n == bytes(o.b_.get()) && (n == 0 || std::memcmp(b_.get(), o.b_.get(), n) == 0);
+  }
+
+ private:
+  static uint32_t u32(const char* p) {
+    uint32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static ContainerPortView entry(const char* b, uint32_t i) {
+    const size_t n = u32(b);
+    int32_t port;
+    std::memcpy(&port, b + 4 + 4 * static_cast<size_t>(i), sizeof port);
+    const uint32_t nb = i == 0 ? 0 : u32(b + 4 + 4 * n + 4 * (static_cast<size_t>(i) - 1));
+    const uint32_t ne = u32(b + 4 + 4 * n + 4 * static_cast<size_t>(i));
+    const char* names = b + 4 + 9 * n;
+    return {std::string_view(names + nb, ne - nb), port, static_cast<Protocol>(static_cast<uint8_t>(b[4 + 8 * n + i]))};
+  }
+  static size_t bytes(const char* b) {
+    if (!b) return 0;
+    const size_t n = u32(b);
+    return 4 + 9 * n + u32(b + 4 + 4 * n + 4 * (n - 1));
+  }
+  static std::unique_ptr<char[]> copy(const char* b) {
+    if (!b) return nullptr;
+    const size_t n = bytes(b);
+    std::unique_ptr<char[]> c(new char[n]);
+    std::memcpy(c.get(), b, n);
+    return c;
+  }
+  static std::unique_ptr<char[]> build(std::span<const ContainerPortView> p) {
+    const size_t n = p.size();
+    if (n == 0) return nullptr;
+    size_t names = 0;
+    for (const auto& e : p) names += e.name.size();
+    const size_t head = 4 + 9 * n;
+    if (n > UINT32_MAX / 9 || names > UINT32_MAX - head) throw std::length_error("ContainerPorts: too large");
+    std::unique_ptr<char[]> b(new char[head + names]);
+    const uint32_t n32 = static_cast<uint32_t>(n);
+    std::memcpy(b.get(), &n32, 4);
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+      std::memcpy(b.get() + 4 + 4 * i, &p[i].port, 4);
+      if (!p[i].name.empty()) std::memcpy(b.get() + head + off, p[i].name.data(), p[i].name.size());
+      off += p[i].name.size();
+      const uint32_t end = static_cast<uint32_t>(off);
+      std::memcpy(b.get() + 4 + 4 * n + 4 * i, &end, 4);
+      b[4 + 8 * n + i] = static_cast<char>(static_cast<uint8_t>(p[i].protocol));
+    }
+    return b;
+  }
+
+  std::unique_ptr<char[]> b_;
+};
+
 struct Pod {
   std::string ns, name, uid, resource_version;
   Labels labels;
@@ -410,7 +552,7 @@ struct Pod {
   PodPhase phase = PodPhase::None;   // status.phase (pod_phase_of)
   QosClass qos_class = QosClass::None;  // status.qosClass (qos_class_of)
   std::string node_name;
-  std::vector<ContainerPort> ports;  // spec.containers[].ports[]
+  ContainerPorts ports;              // spec.containers[].ports[]
   bool operator==(const Pod&) const = default;
 };
 

@@ -961,6 +961,58 @@ TEST(IpList, BehavesLikeAVectorOfStrings) {
   EXPECT_NE((IpList{"a"}), (IpList{"b"}));
 }
 
+// ContainerPorts (one heap block) gives back the ports it was given, in order.
+TEST(ContainerPorts, HoldsThePortsInOrder) {
+  ContainerPorts none;
+  EXPECT_TRUE(none.empty());
+  EXPECT_EQ(none.size(), 0u);
+  EXPECT_EQ(none.begin(), none.end());
+  EXPECT_THROW((void)none.at(0), std::out_of_range);
+  EXPECT_EQ(none, ContainerPorts{});
+  EXPECT_EQ(sizeof(ContainerPorts), sizeof(void*));
+  const std::string long_name(300, 'n'), nul_name("a\0b", 3);
+  std::vector<ContainerPort> given{{"http", 8080, Protocol::TCP}, {"", 1, Protocol::SCTP}, {nul_name, 65535, Protocol::UDP},
+                                   {long_name, 53, Protocol::UDP}, {"http", 8080, Protocol::TCP}};
+  ContainerPorts pushed;
+  for (const auto& g : given) pushed.push_back(g);
+  std::vector<ContainerPortView> views(given.begin(), given.end());
+  ContainerPorts built(views);
+  EXPECT_EQ(pushed, built);
+  for (const ContainerPorts* c : {&pushed, &built}) {
+    ASSERT_EQ(c->size(), given.size());
+    size_t i = 0;
+    for (const auto& p : *c) {  // as model.cpp reads them
+      EXPECT_EQ(p.name, given[i].name) << i;
+      EXPECT_EQ(p.port, given[i].port) << i;
+      EXPECT_EQ(p.protocol, given[i].protocol) << i;
+      EXPECT_EQ((*c)[i], ContainerPortView(given[i]));
+      EXPECT_EQ(c->at(i), ContainerPortView(given[i]));
+      i++;
+    }
+    EXPECT_EQ(i, given.size());
+    EXPECT_EQ(c->begin()->name, "http");
+    EXPECT_EQ((c->begin() + 2)->name.size(), 3u);
+    EXPECT_EQ(c->end() - c->begin(), 5);
+  }
+  ContainerPorts copy = built;
+  EXPECT_EQ(copy, built);
+  copy.push_back(copy[3]);  // a view into itself
+  EXPECT_EQ(copy.size(), 6u);
+  EXPECT_EQ(copy[5].name, long_name);
+  EXPECT_NE(copy, built);
+  EXPECT_EQ(built.size(), 5u);  // a copy owns its block
+  ContainerPorts moved = std::move(copy);
+  EXPECT_EQ(moved.size(), 6u);
+  moved.clear();
+  EXPECT_EQ(moved, none);
+  // Any field differing makes them differ.
+  EXPECT_NE((ContainerPorts{{"a", 1, Protocol::TCP}}), (ContainerPorts{{"a", 1, Protocol::UDP}}));
+  EXPECT_NE((ContainerPorts{{"a", 1, Protocol::TCP}}), (ContainerPorts{{"a", 2, Protocol::TCP}}));
+  EXPECT_NE((ContainerPorts{{"a", 1, Protocol::TCP}}), (ContainerPorts{{"b", 1, Protocol::TCP}}));
+  EXPECT_NE((ContainerPorts{{"ab", 1, Protocol::TCP}, {"", 1, Protocol::TCP}}),
+            (ContainerPorts{{"a", 1, Protocol::TCP}, {"b", 1, Protocol::TCP}}));
+}
+
 TEST(DecodeVirtualEnv, FieldsAndTheFirstByName) {
   auto items = nlohmann::json::parse(R"([
     {"metadata": {"namespace": "b", "name": "ve"},
