@@ -951,12 +951,46 @@ struct IncrementalModel::Impl : public Lookup {
   // an object's old entries, a work set, the keys a delta names); the result
   // is the one recompute_pod() and run() give (the equivalence tests).
 
+  // A label of the pod indexed last, and its pods_by_label list.
+  struct LastLabel {
+    std::string_view key, value;  // in the pod (c.pods)
+    PodSet* pods;
+  };
+  // The pod indexed last: its namespace's list and its labels' (index_new_pod).
+  struct LastPod {
+    const std::string* ns = nullptr;
+    PodSet* in_ns = nullptr;
+    std::vector<LastLabel> labels, next;
+  };
+
   // index_pod(e, true) of a pod after every pod indexed so far (key order).
-  void index_new_pod(const std::pair<const std::string, k8s::Pod>& e) {
+  // Pods next to each other in key order (a Deployment's, a Service's) share
+  // their namespace and most labels: those lists are the last pod's, not
+  // looked up again (a LabelKey of three strings per label).
+  void index_new_pod(const std::pair<const std::string, k8s::Pod>& e, LastPod& last) {
     const k8s::Pod& p = e.second;
-    pods_by_ns[p.ns].v.push_back(&e);
-    if (o.selector_fallback)
-      for (const auto& [k, v] : p.labels) pods_by_label[LabelKey{p.ns, k, v}].v.push_back(&e);
+    if (!last.ns || *last.ns != p.ns) {
+      last.ns = &p.ns;
+      last.in_ns = &pods_by_ns[p.ns];
+      last.labels.clear();
+    }
+    last.in_ns->v.push_back(&e);
+    if (!o.selector_fallback) return;
+    last.next.clear();
+    for (const auto& [k, v] : p.labels) {
+      PodSet* pods = nullptr;
+      const size_t i = last.next.size();  // the same place first: labels in the same order
+      if (i < last.labels.size() && last.labels[i].key == k && last.labels[i].value == v) {
+        pods = last.labels[i].pods;
+      } else {
+        for (const auto& l : last.labels)
+          if (l.key == k && l.value == v) pods = l.pods;
+      }
+      if (!pods) pods = &pods_by_label[LabelKey{p.ns, k, v}];
+      pods->v.push_back(&e);
+      last.next.push_back({k, v, pods});
+    }
+    std::swap(last.labels, last.next);
   }
 
   // recompute_pod() of a pod new to the model, after the pods before it in
@@ -1010,7 +1044,19 @@ struct IncrementalModel::Impl : public Lookup {
       now.frontends.push_back(f.key);
       st.frontends.insert_or_assign(f.key, std::move(f));
     }
-    for (auto& [name, set] : sr.sets) st.sets.insert_or_assign(name, std::move(set));
+    // Its sets come sorted, those of one frontend together, and no other
+    // Service has sets of that frontend: one search per frontend, then each
+    // set goes just before the same place (a hinted insert, not a search
+    // among the 100 000 sets for each).
+    auto place = st.sets.end();
+    const es_frontend_key* placed = nullptr;
+    for (auto& [name, set] : sr.sets) {
+      if (!placed || !maps::bytes_equal(*placed, name.frontend)) {
+        place = st.sets.lower_bound(name);
+        placed = &name.frontend;
+      }
+      st.sets.insert_or_assign(place, name, std::move(set));
+    }
   }
 
   // Loads a whole cluster into a fresh Impl.
@@ -1026,7 +1072,8 @@ struct IncrementalModel::Impl : public Lookup {
       record("I:" + bad.kind + "/" + bad.key, r, svc_warnings);
       if (bad.kind == "Pod") invalid_pods.insert(bad.key), skipped_pods.insert(bad.key);
     }
-    for (const auto& e : c.pods) index_new_pod(e);
+    LastPod last;
+    for (const auto& e : c.pods) index_new_pod(e, last);
     // grown by doubling: up to half of 300 000 pointers unused at 100 000 pods
     for (auto& [k, s] : pods_by_ns) s.v.shrink_to_fit();
     for (auto& [k, s] : pods_by_label) s.v.shrink_to_fit();
