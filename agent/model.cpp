@@ -77,8 +77,9 @@ Skipped invalid_object_skip(const k8s::InvalidObject& bad) {
 }
 
 // An on/off annotation: absent is off; a value that is neither is off and
-// warned about (a typo must not switch a guess on).
-bool opt_in(const k8s::Labels& annotations, const char* key, const std::string& who,
+// warned about (a typo must not switch a guess on). KIND and REF name the
+// object in the warning (built only then: most objects have no such annotation).
+bool opt_in(const k8s::Labels& annotations, const char* key, const char* kind, const std::string& ref,
             std::initializer_list<const char*> on, std::initializer_list<const char*> off, Report& r) {
   auto it = annotations.find(key);
   if (it == annotations.end()) return false;
@@ -86,8 +87,8 @@ bool opt_in(const k8s::Labels& annotations, const char* key, const std::string& 
     if (it->second == v) return true;
   for (const char* v : off)
     if (it->second == v) return false;
-  r.warnings.push_back(who + ": metadata.annotations." + key + ": \"" + it->second + "\" is not \"" + *on.begin() +
-                       "\" or \"" + *off.begin() + "\"; taken as \"" + *off.begin() + "\"");
+  r.warnings.push_back(std::string(kind) + " " + ref + ": metadata.annotations." + key + ": \"" + it->second +
+                       "\" is not \"" + *on.begin() + "\" or \"" + *off.begin() + "\"; taken as \"" + *off.begin() + "\"");
   return false;
 }
 
@@ -135,7 +136,7 @@ PodResult pod_rule(const k8s::Pod& p, const ModelOptions& o, const k8s::Labels* 
   }
   out.valid = true;
   out.labelled = has_label;
-  bool thread_ctx = opt_in(p.annotations, kThreadContextAnnotation, "Pod " + ref, {"on", "true"},
+  bool thread_ctx = opt_in(p.annotations, kThreadContextAnnotation, "Pod", ref, {"on", "true"},
                            {"off", "false"}, r);
   // A pod that takes no part is a backend like any other, but not a local pod:
   // no cgroup is looked for, nothing of it is steered.
@@ -165,7 +166,7 @@ PodResult pod_rule(const k8s::Pod& p, const ModelOptions& o, const k8s::Labels* 
     field = "metadata.annotations." + o.cgroup_annotation;
   }
   if (!o.resolve_cgroup) return out;
-  const std::string not_steered = "; the pod stays a backend, its processes are not steered";
+  const char* const not_steered = "; the pod stays a backend, its processes are not steered";
   std::optional<CgroupInfo> cg;
   try {
     cg = o.resolve_cgroup(value);
@@ -351,7 +352,7 @@ ServiceResult service_rule(const k8s::Service& svc, const ModelOptions& o, const
       }
     }
   }
-  const std::string skipped = "; the Service is skipped: none of its addresses is steered";
+  const char* const skipped = "; the Service is skipped: none of its addresses is steered";
   struct Addr {
     size_t port_index;
     es_frontend_key key;
@@ -393,7 +394,7 @@ ServiceResult service_rule(const k8s::Service& svc, const ModelOptions& o, const
   }
   out.accepted = true;
   for (auto& w : port_warnings) r.warnings.push_back(std::move(w));
-  const bool per_request = opt_in(svc.annotations, kConnPerRequestAnnotation, "Service " + ref, {"true"}, {"false"}, r);
+  const bool per_request = opt_in(svc.annotations, kConnPerRequestAnnotation, "Service", ref, {"true"}, {"false"}, r);
   std::map<size_t, std::vector<Endpoint>> eps_of_port;
   for (const auto& a : addrs) {
     const auto& sp = svc.ports[a.port_index];
