@@ -77,8 +77,9 @@ Skipped invalid_object_skip(const k8s::InvalidObject& bad) {
 }
 
 // An on/off annotation: absent is off; a value that is neither is off and
-// warned about (a typo must not switch a guess on).
-bool opt_in(const k8s::Labels& annotations, const char* key, const std::string& who,
+// warned about (a typo must not switch a guess on). KIND and REF name the
+// object in the warning (built only then: most objects have no such annotation).
+bool opt_in(const k8s::Labels& annotations, const char* key, const char* kind, const std::string& ref,
             std::initializer_list<const char*> on, std::initializer_list<const char*> off, Report& r) {
   auto it = annotations.find(key);
   if (it == annotations.end()) return false;
@@ -86,8 +87,8 @@ bool opt_in(const k8s::Labels& annotations, const char* key, const std::string& 
     if (it->second == v) return true;
   for (const char* v : off)
     if (it->second == v) return false;
-  r.warnings.push_back(who + ": metadata.annotations." + key + ": \"" + std::string(it->second) + "\" is not \"" + *on.begin() +
-                       "\" or \"" + *off.begin() + "\"; taken as \"" + *off.begin() + "\"");
+  r.warnings.push_back(std::string(kind) + " " + ref + ": metadata.annotations." + key + ": \"" + std::string(it->second) +
+                       "\" is not \"" + *on.begin() + "\" or \"" + *off.begin() + "\"; taken as \"" + *off.begin() + "\"");
   return false;
 }
 
@@ -135,7 +136,7 @@ PodResult pod_rule(const k8s::Pod& p, const ModelOptions& o, const k8s::Labels* 
   }
   out.valid = true;
   out.labelled = has_label;
-  bool thread_ctx = opt_in(p.annotations, kThreadContextAnnotation, "Pod " + ref, {"on", "true"},
+  bool thread_ctx = opt_in(p.annotations, kThreadContextAnnotation, "Pod", ref, {"on", "true"},
                            {"off", "false"}, r);
   // A pod that takes no part is a backend like any other, but not a local pod:
   // no cgroup is looked for, nothing of it is steered.
@@ -165,7 +166,7 @@ PodResult pod_rule(const k8s::Pod& p, const ModelOptions& o, const k8s::Labels* 
     field = "metadata.annotations." + o.cgroup_annotation;
   }
   if (!o.resolve_cgroup) return out;
-  const std::string not_steered = "; the pod stays a backend, its processes are not steered";
+  const char* const not_steered = "; the pod stays a backend, its processes are not steered";
   std::optional<CgroupInfo> cg;
   try {
     cg = o.resolve_cgroup(value);
@@ -351,7 +352,7 @@ ServiceResult service_rule(const k8s::Service& svc, const ModelOptions& o, const
       }
     }
   }
-  const std::string skipped = "; the Service is skipped: none of its addresses is steered";
+  const char* const skipped = "; the Service is skipped: none of its addresses is steered";
   struct Addr {
     size_t port_index;
     es_frontend_key key;
@@ -393,7 +394,7 @@ ServiceResult service_rule(const k8s::Service& svc, const ModelOptions& o, const
   }
   out.accepted = true;
   for (auto& w : port_warnings) r.warnings.push_back(std::move(w));
-  const bool per_request = opt_in(svc.annotations, kConnPerRequestAnnotation, "Service " + ref, {"true"}, {"false"}, r);
+  const bool per_request = opt_in(svc.annotations, kConnPerRequestAnnotation, "Service", ref, {"true"}, {"false"}, r);
   std::map<size_t, std::vector<Endpoint>> eps_of_port;
   for (const auto& a : addrs) {
     const auto& sp = svc.ports[a.port_index];
@@ -951,12 +952,46 @@ struct IncrementalModel::Impl : public Lookup {
   // an object's old entries, a work set, the keys a delta names); the result
   // is the one recompute_pod() and run() give (the equivalence tests).
 
+  // A label of the pod indexed last, and its pods_by_label list.
+  struct LastLabel {
+    std::string_view key, value;  // in the pod (c.pods)
+    PodSet* pods;
+  };
+  // The pod indexed last: its namespace's list and its labels' (index_new_pod).
+  struct LastPod {
+    const std::string* ns = nullptr;
+    PodSet* in_ns = nullptr;
+    std::vector<LastLabel> labels, next;
+  };
+
   // index_pod(e, true) of a pod after every pod indexed so far (key order).
-  void index_new_pod(const std::pair<const std::string, k8s::Pod>& e) {
+  // Pods next to each other in key order (a Deployment's, a Service's) share
+  // their namespace and most labels: those lists are the last pod's, not
+  // looked up again (a LabelKey of three strings per label).
+  void index_new_pod(const std::pair<const std::string, k8s::Pod>& e, LastPod& last) {
     const k8s::Pod& p = e.second;
-    pods_by_ns[p.ns].v.push_back(&e);
-    if (o.selector_fallback)
-      for (const auto& [k, v] : p.labels) pods_by_label[LabelKey{p.ns, k, v}].v.push_back(&e);
+    if (!last.ns || *last.ns != p.ns) {
+      last.ns = &p.ns;
+      last.in_ns = &pods_by_ns[p.ns];
+      last.labels.clear();
+    }
+    last.in_ns->v.push_back(&e);
+    if (!o.selector_fallback) return;
+    last.next.clear();
+    for (const auto& [k, v] : p.labels) {
+      PodSet* pods = nullptr;
+      const size_t i = last.next.size();  // the same place first: labels in the same order
+      if (i < last.labels.size() && last.labels[i].key == k && last.labels[i].value == v) {
+        pods = last.labels[i].pods;
+      } else {
+        for (const auto& l : last.labels)
+          if (l.key == k && l.value == v) pods = l.pods;
+      }
+      if (!pods) pods = &pods_by_label[LabelKey{p.ns, k, v}];
+      pods->v.push_back(&e);
+      last.next.push_back({k, v, pods});
+    }
+    std::swap(last.labels, last.next);
   }
 
   // recompute_pod() of a pod new to the model, after the pods before it in
@@ -1010,7 +1045,19 @@ struct IncrementalModel::Impl : public Lookup {
       now.frontends.push_back(f.key);
       st.frontends.insert_or_assign(f.key, std::move(f));
     }
-    for (auto& [name, set] : sr.sets) st.sets.insert_or_assign(name, std::move(set));
+    // Its sets come sorted, those of one frontend together, and no other
+    // Service has sets of that frontend: one search per frontend, then each
+    // set goes just before the same place (a hinted insert, not a search
+    // among the 100 000 sets for each).
+    auto place = st.sets.end();
+    const es_frontend_key* placed = nullptr;
+    for (auto& [name, set] : sr.sets) {
+      if (!placed || !maps::bytes_equal(*placed, name.frontend)) {
+        place = st.sets.lower_bound(name);
+        placed = &name.frontend;
+      }
+      st.sets.insert_or_assign(place, name, std::move(set));
+    }
   }
 
   // Loads a whole cluster into a fresh Impl.
@@ -1026,7 +1073,8 @@ struct IncrementalModel::Impl : public Lookup {
       record("I:" + bad.kind + "/" + bad.key, r, svc_warnings);
       if (bad.kind == "Pod") invalid_pods.insert(bad.key), skipped_pods.insert(bad.key);
     }
-    for (const auto& e : c.pods) index_new_pod(e);
+    LastPod last;
+    for (const auto& e : c.pods) index_new_pod(e, last);
     // grown by doubling: up to half of 300 000 pointers unused at 100 000 pods
     for (auto& [k, s] : pods_by_ns) s.v.shrink_to_fit();
     for (auto& [k, s] : pods_by_label) s.v.shrink_to_fit();
