@@ -31,25 +31,30 @@ namespace envsteer::k8s {
 // string pairs were 64 B an entry plus a heap block per long string; as one
 // block they are their bytes and 8 B an entry (issue 18). Labels are small:
 // a change builds the block anew (the decoders build each one once).
-class Labels {
+// The storage of Labels and ContainerPorts: entries in one heap block (none
+// when there are none) that starts with a uint32 entry count; copied and
+// compared as bytes. OWNER gives `static VALUE entry(const char* b, uint32_t i)`
+// (a view of entry i) and `static size_t bytes(const char* b)` (the block's size).
+template <class Owner, class Value>
+class EntryBlock {
  public:
-  using value_type = std::pair<std::string_view, std::string_view>;
-
+  // Random access over the entries; operator* builds the view, so it gives a
+  // value, not a reference.
   class const_iterator {
    public:
     using iterator_concept = std::random_access_iterator_tag;
-    using iterator_category = std::input_iterator_tag;  // operator* gives a value, not a reference
-    using value_type = Labels::value_type;
+    using iterator_category = std::input_iterator_tag;
+    using value_type = Value;
     using difference_type = std::ptrdiff_t;
     using reference = value_type;
     using pointer = void;
-    struct arrow {  // it->first, it->second
+    struct arrow {  // it->first, it->name, ...
       value_type v;
       const value_type* operator->() const { return &v; }
     };
 
     const_iterator() = default;
-    value_type operator*() const { return Labels::entry(b_, i_); }
+    value_type operator*() const { return Owner::entry(b_, i_); }
     arrow operator->() const { return {**this}; }
     value_type operator[](difference_type n) const { return *(*this + n); }
     const_iterator& operator++() { ++i_; return *this; }
@@ -68,12 +73,53 @@ class Labels {
     auto operator<=>(const const_iterator& o) const { return i_ <=> o.i_; }
 
    private:
-    friend class Labels;
+    friend class EntryBlock;
+    friend Owner;
     const_iterator(const char* b, uint32_t i) : b_(b), i_(i) {}
     const char* b_ = nullptr;
     uint32_t i_ = 0;
   };
   using iterator = const_iterator;
+
+  EntryBlock() = default;
+  EntryBlock(const EntryBlock& o) : b_(copy(o.b_.get())) {}
+  EntryBlock(EntryBlock&&) noexcept = default;
+  EntryBlock& operator=(const EntryBlock& o) {
+    if (this != &o) b_ = copy(o.b_.get());
+    return *this;
+  }
+  EntryBlock& operator=(EntryBlock&&) noexcept = default;
+
+  size_t size() const { return b_ ? u32(b_.get()) : 0; }
+  bool empty() const { return !b_; }
+  void clear() { b_.reset(); }
+  const_iterator begin() const { return {b_.get(), 0}; }
+  const_iterator end() const { return {b_.get(), static_cast<uint32_t>(size())}; }
+  // By content: equal entries are the same bytes.
+  bool operator==(const EntryBlock& o) const {
+    const size_t n = Owner::bytes(b_.get());
+    return n == Owner::bytes(o.b_.get()) && (n == 0 || std::memcmp(b_.get(), o.b_.get(), n) == 0);
+  }
+
+ protected:
+  static uint32_t u32(const char* p) {
+    uint32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static std::unique_ptr<char[]> copy(const char* b) {
+    if (!b) return nullptr;
+    const size_t n = Owner::bytes(b);
+    std::unique_ptr<char[]> c(new char[n]);
+    std::memcpy(c.get(), b, n);
+    return c;
+  }
+  std::unique_ptr<char[]> b_;
+};
+
+class Labels : public EntryBlock<Labels, std::pair<std::string_view, std::string_view>> {
+ public:
+  using value_type = std::pair<std::string_view, std::string_view>;
 
   Labels() = default;
   Labels(std::initializer_list<value_type> init) : Labels(std::span<const value_type>(init.begin(), init.size())) {}
@@ -91,19 +137,6 @@ class Labels {
             e.end());
     b_ = build(e.data(), e.size());
   }
-  Labels(const Labels& o) : b_(copy(o.b_.get())) {}
-  Labels(Labels&&) noexcept = default;
-  Labels& operator=(const Labels& o) {
-    if (this != &o) b_ = copy(o.b_.get());
-    return *this;
-  }
-  Labels& operator=(Labels&&) noexcept = default;
-
-  const_iterator begin() const { return {b_.get(), 0}; }
-  const_iterator end() const { return {b_.get(), static_cast<uint32_t>(size())}; }
-  size_t size() const { return b_ ? u32(b_.get()) : 0; }
-  bool empty() const { return !b_; }
-  void clear() { b_.reset(); }
 
   const_iterator find(std::string_view k) const {
     const_iterator it = lower(k);
@@ -137,18 +170,8 @@ class Labels {
     b_ = build(e.data(), e.size());  // (from the views into the old block, freed after)
     return 1;
   }
-  // By content: the block of equal Labels is the same bytes.
-  bool operator==(const Labels& o) const {
-    const size_t n = bytes(b_.get());
-    return n == bytes(o.b_.get()) && (n == 0 || std::memcmp(b_.get(), o.b_.get(), n) == 0);
-  }
-
  private:
-  static uint32_t u32(const char* p) {
-    uint32_t v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
+  friend EntryBlock;
   static value_type entry(const char* b, uint32_t i) {
     const char* ends = b + 4;
     const char* data = ends + 8 * static_cast<size_t>(u32(b));
@@ -162,13 +185,6 @@ class Labels {
     if (!b) return 0;
     const size_t n = u32(b);
     return 4 + 8 * n + u32(b + 4 + 8 * n - 4);
-  }
-  static std::unique_ptr<char[]> copy(const char* b) {
-    if (!b) return nullptr;
-    const size_t n = bytes(b);
-    std::unique_ptr<char[]> c(new char[n]);
-    std::memcpy(c.get(), b, n);
-    return c;
   }
   // The block of N entries E, sorted by key, no key twice; none when N is 0.
   static std::unique_ptr<char[]> build(const value_type* e, size_t n) {
@@ -212,8 +228,6 @@ class Labels {
     }
     return {b_.get(), lo};
   }
-
-  std::unique_ptr<char[]> b_;
 };
 
 // "namespace/name"
@@ -416,86 +430,28 @@ struct ContainerPortView {
 // uint8 protocol[n] | the names. A vector of ContainerPort was a 24-byte
 // vector in the Pod and 40 B a port (issue 18). Read-only but for push_back,
 // which builds the block anew (the decoders build it once).
-class ContainerPorts {
+class ContainerPorts : public EntryBlock<ContainerPorts, ContainerPortView> {
  public:
   using value_type = ContainerPortView;
-  class const_iterator {
-   public:
-    using iterator_concept = std::random_access_iterator_tag;
-    using iterator_category = std::input_iterator_tag;  // operator* gives a value
-    using value_type = ContainerPortView;
-    using difference_type = std::ptrdiff_t;
-    using reference = value_type;
-    using pointer = void;
-    struct arrow {
-      value_type v;
-      const value_type* operator->() const { return &v; }
-    };
-    const_iterator() = default;
-    value_type operator*() const { return ContainerPorts::entry(b_, i_); }
-    arrow operator->() const { return {**this}; }
-    value_type operator[](difference_type n) const { return *(*this + n); }
-    const_iterator& operator++() { ++i_; return *this; }
-    const_iterator operator++(int) { const_iterator t = *this; ++i_; return t; }
-    const_iterator& operator--() { --i_; return *this; }
-    const_iterator operator--(int) { const_iterator t = *this; --i_; return t; }
-    const_iterator& operator+=(difference_type n) { i_ = static_cast<uint32_t>(i_ + n); return *this; }
-    const_iterator& operator-=(difference_type n) { i_ = static_cast<uint32_t>(i_ - n); return *this; }
-    friend const_iterator operator+(const_iterator it, difference_type n) { return it += n; }
-    friend const_iterator operator+(difference_type n, const_iterator it) { return it += n; }
-    friend const_iterator operator-(const_iterator it, difference_type n) { return it -= n; }
-    friend difference_type operator-(const const_iterator& a, const const_iterator& b) {
-      return static_cast<difference_type>(a.i_) - static_cast<difference_type>(b.i_);
-    }
-    bool operator==(const const_iterator& o) const { return b_ == o.b_ && i_ == o.i_; }
-    auto operator<=>(const const_iterator& o) const { return i_ <=> o.i_; }
-
-   private:
-    friend class ContainerPorts;
-    const_iterator(const char* b, uint32_t i) : b_(b), i_(i) {}
-    const char* b_ = nullptr;
-    uint32_t i_ = 0;
-  };
-  using iterator = const_iterator;
 
   ContainerPorts() = default;
   ContainerPorts(std::initializer_list<ContainerPortView> init)
       : ContainerPorts(std::span<const ContainerPortView>(init.begin(), init.size())) {}
-  explicit ContainerPorts(std::span<const ContainerPortView> ports) : b_(build(ports)) {}
-  ContainerPorts(const ContainerPorts& o) : b_(copy(o.b_.get())) {}
-  ContainerPorts(ContainerPorts&&) noexcept = default;
-  ContainerPorts& operator=(const ContainerPorts& o) {
-    if (this != &o) b_ = copy(o.b_.get());
-    return *this;
-  }
-  ContainerPorts& operator=(ContainerPorts&&) noexcept = default;
+  explicit ContainerPorts(std::span<const ContainerPortView> ports) { b_ = build(ports); }
 
-  size_t size() const { return b_ ? u32(b_.get()) : 0; }
-  bool empty() const { return !b_; }
-  const_iterator begin() const { return {b_.get(), 0}; }
-  const_iterator end() const { return {b_.get(), static_cast<uint32_t>(size())}; }
   ContainerPortView operator[](size_t i) const { return entry(b_.get(), static_cast<uint32_t>(i)); }
   ContainerPortView at(size_t i) const {
     if (i >= size()) throw std::out_of_range("ContainerPorts::at");
     return (*this)[i];
   }
-  void clear() { b_.reset(); }
   void push_back(ContainerPortView p) {
     std::vector<ContainerPortView> all(begin(), end());
     all.push_back(p);
     b_ = build(all);  // (P's name may be a view into the old block: freed only now)
   }
-  bool operator==(const ContainerPorts& o) const {
-    const size_t n = bytes(b_.get());
-    return n == bytes(o.b_.get()) && (n == 0 || std::memcmp(b_.get(), o.b_.get(), n) == 0);
-  }
 
  private:
-  static uint32_t u32(const char* p) {
-    uint32_t v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
+  friend EntryBlock;
   static ContainerPortView entry(const char* b, uint32_t i) {
     const size_t n = u32(b);
     int32_t port;
@@ -509,13 +465,6 @@ class ContainerPorts {
     if (!b) return 0;
     const size_t n = u32(b);
     return 4 + 9 * n + u32(b + 4 + 4 * n + 4 * (n - 1));
-  }
-  static std::unique_ptr<char[]> copy(const char* b) {
-    if (!b) return nullptr;
-    const size_t n = bytes(b);
-    std::unique_ptr<char[]> c(new char[n]);
-    std::memcpy(c.get(), b, n);
-    return c;
   }
   static std::unique_ptr<char[]> build(std::span<const ContainerPortView> p) {
     const size_t n = p.size();
@@ -538,8 +487,6 @@ class ContainerPorts {
     }
     return b;
   }
-
-  std::unique_ptr<char[]> b_;
 };
 
 struct Pod {

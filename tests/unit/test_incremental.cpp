@@ -43,6 +43,16 @@ ModelDelta changed_keys(const DesiredState& a, const DesiredState& b) {
   return d;
 }
 
+// Every key that changed (NEED) is in the delta D; it may name more.
+void check_delta_covers(const ModelDelta& d, const ModelDelta& need) {
+  for (const auto& k : need.frontends) ASSERT_TRUE(d.frontends.count(k)) << maps::format_frontend(k);
+  for (const auto& n : need.sets) ASSERT_TRUE(d.sets.count(n)) << maps::format_frontend(n.frontend) << " " << n.env;
+  for (const auto& e : need.envs) ASSERT_TRUE(d.envs.count(e)) << e;
+  if (need.pods) {
+    ASSERT_TRUE(d.pods);
+  }
+}
+
 std::string dump(const DesiredState& d) {
   std::string out;
   for (const auto& [n, set] : d.sets) {
@@ -76,15 +86,8 @@ void run_sequence(uint32_t seed, const Variant& v, int events) {
     DesiredState full = build_model(m.cluster(), m.options());
     ASSERT_EQ(model_difference(now, full), "") << ::testing::PrintToString(now.warnings) << "\n"
                                                << ::testing::PrintToString(full.warnings);
-    // every changed key is in the delta (it may name more)
     ModelDelta d = m.take_delta();
-    ModelDelta need = changed_keys(before, now);
-    for (const auto& k : need.frontends) ASSERT_TRUE(d.frontends.count(k)) << maps::format_frontend(k);
-    for (const auto& n : need.sets) ASSERT_TRUE(d.sets.count(n)) << maps::format_frontend(n.frontend) << " " << n.env;
-    for (const auto& e : need.envs) ASSERT_TRUE(d.envs.count(e)) << e;
-    if (need.pods) {
-      ASSERT_TRUE(d.pods);
-    }
+    ASSERT_NO_FATAL_FAILURE(check_delta_covers(d, changed_keys(before, now)));
     ASSERT_FALSE(d.all);
     skipped_seen += now.skipped.size();
     sets_seen += now.sets.size();
@@ -156,14 +159,7 @@ void run_after_resets(uint32_t seed, const Variant& v) {
       ev.apply(*m);
       const DesiredState& now = m->state();
       ASSERT_EQ(model_difference(now, build_model(m->cluster(), m->options())), "");
-      ModelDelta d = m->take_delta();
-      ModelDelta need = changed_keys(before, now);
-      for (const auto& k : need.frontends) ASSERT_TRUE(d.frontends.count(k)) << maps::format_frontend(k);
-      for (const auto& n : need.sets) ASSERT_TRUE(d.sets.count(n)) << maps::format_frontend(n.frontend) << " " << n.env;
-      for (const auto& e : need.envs) ASSERT_TRUE(d.envs.count(e)) << e;
-      if (need.pods) {
-        ASSERT_TRUE(d.pods);
-      }
+      ASSERT_NO_FATAL_FAILURE(check_delta_covers(m->take_delta(), changed_keys(before, now)));
       sets_seen += now.sets.size();
       before = now;
     }
