@@ -73,7 +73,7 @@ class Datapath {
   //    could not be read) leaves the pin directory as it was.
   static std::unique_ptr<Datapath> open(const Settings& s, const Features& f);
   // 2. Loads the programs on step 1's maps, in two instances of the object on
-  //    two threads (the verifier's longest program beside the others); may run
+  //    two threads (split by the verifier's work: in_first_lane); may run
   //    on another thread while maps() is written (it touches only its own
   //    instances of the object).
   void load(const Settings& s);

@@ -22,15 +22,6 @@
 
 namespace envsteer::k8s {
 
-// Labels, annotations, a selector: string -> string, sorted by key, with the
-// part of std::map's interface the agent uses, as string_views. One heap block
-// per object holds every key and value (no block at all when empty):
-//   uint32 n | uint32 ends[2n] | bytes
-// where the bytes are key 0, value 0, key 1, ... and ends[2i] (ends[2i+1]) is
-// the end offset of key (value) i in them. 100 000 pods' labels as a vector of
-// string pairs were 64 B an entry plus a heap block per long string; as one
-// block they are their bytes and 8 B an entry (issue 18). Labels are small:
-// a change builds the block anew (the decoders build each one once).
 // The storage of Labels and ContainerPorts: entries in one heap block (none
 // when there are none) that starts with a uint32 entry count; copied and
 // compared as bytes. OWNER gives `static VALUE entry(const char* b, uint32_t i)`
@@ -117,6 +108,15 @@ class EntryBlock {
   std::unique_ptr<char[]> b_;
 };
 
+// Labels, annotations, a selector: string -> string, sorted by key, with the
+// part of std::map's interface the agent uses, as string_views. One heap block
+// per object holds every key and value (no block at all when empty):
+//   uint32 n | uint32 ends[2n] | bytes
+// where the bytes are key 0, value 0, key 1, ... and ends[2i] (ends[2i+1]) is
+// the end offset of key (value) i in them. 100 000 pods' labels as a vector of
+// string pairs were 64 B an entry plus a heap block per long string; as one
+// block they are their bytes and 8 B an entry (issue 18). Labels are small:
+// a change builds the block anew (the decoders build each one once).
 class Labels : public EntryBlock<Labels, std::pair<std::string_view, std::string_view>> {
  public:
   using value_type = std::pair<std::string_view, std::string_view>;
@@ -322,39 +322,7 @@ inline const char* qos_class_name(QosClass q) {
 class IpList {
  public:
   using value_type = std::string;
-  class const_iterator {
-   public:
-    using iterator_category = std::random_access_iterator_tag;
-    using value_type = std::string;
-    using difference_type = std::ptrdiff_t;
-    using reference = const std::string&;
-    using pointer = const std::string*;
-
-    const_iterator() = default;
-    reference operator*() const { return (*l_)[i_]; }
-    pointer operator->() const { return &(*l_)[i_]; }
-    reference operator[](difference_type n) const { return (*l_)[i_ + static_cast<size_t>(n)]; }
-    const_iterator& operator++() { ++i_; return *this; }
-    const_iterator operator++(int) { const_iterator t = *this; ++i_; return t; }
-    const_iterator& operator--() { --i_; return *this; }
-    const_iterator operator--(int) { const_iterator t = *this; --i_; return t; }
-    const_iterator& operator+=(difference_type n) { i_ += static_cast<size_t>(n); return *this; }
-    const_iterator& operator-=(difference_type n) { i_ -= static_cast<size_t>(n); return *this; }
-    friend const_iterator operator+(const_iterator it, difference_type n) { return it += n; }
-    friend const_iterator operator+(difference_type n, const_iterator it) { return it += n; }
-    friend const_iterator operator-(const_iterator it, difference_type n) { return it -= n; }
-    friend difference_type operator-(const const_iterator& a, const const_iterator& b) {
-      return static_cast<difference_type>(a.i_) - static_cast<difference_type>(b.i_);
-    }
-    bool operator==(const const_iterator& o) const { return l_ == o.l_ && i_ == o.i_; }
-    auto operator<=>(const const_iterator& o) const { return i_ <=> o.i_; }
-
-   private:
-    friend class IpList;
-    const_iterator(const IpList* l, size_t i) : l_(l), i_(i) {}
-    const IpList* l_ = nullptr;
-    size_t i_ = 0;
-  };
+  using const_iterator = const std::string*;  // the one in place, or the vector's
   using iterator = const_iterator;
 
   IpList() = default;
@@ -376,8 +344,8 @@ class IpList {
   size_t size() const { return more_ ? more_->size() : one_.empty() ? 0 : 1; }
   bool empty() const { return size() == 0; }
   const std::string& operator[](size_t i) const { return more_ ? (*more_)[i] : one_; }
-  const_iterator begin() const { return {this, 0}; }
-  const_iterator end() const { return {this, size()}; }
+  const_iterator begin() const { return more_ ? more_->data() : &one_; }
+  const_iterator end() const { return begin() + size(); }
   void clear() {
     one_.clear();
     more_.reset();

@@ -1058,7 +1058,7 @@ std::vector<ObjectChange> ManifestReader::read_changed(const std::set<std::strin
         fi.items[idx].key =
             static_cast<uint32_t>(std::lower_bound(fi.objects.begin(), fi.objects.end(), k) - fi.objects.begin());
     }
-    files_.insert_or_assign(name, std::move(fi));  // the set's nodes move with it
+    files_.insert_or_assign(name, std::move(fi));
   }
   broken_.clear();
   return out;
