@@ -53,6 +53,16 @@ std::string whole_read(const fs::path& dir, k8s::ClusterState& whole) {
   return "";
 }
 
+// The changes as key -> the pod's env label ("" = deleted, or not a Pod).
+std::map<std::string, std::string> envs_of(const std::vector<ObjectChange>& ch) {
+  std::map<std::string, std::string> out;
+  for (const auto& c : ch) {
+    const auto* p = std::get_if<k8s::Pod>(&c.object);
+    out[c.key] = p ? std::string(p->labels.at("virtual-env")) : "";
+  }
+  return out;
+}
+
 class ManifestReaderTest : public ::testing::Test {
  protected:
   void write(const std::string& name, const std::string& text) { tmp_.write(name, text); }
@@ -268,14 +278,6 @@ bool can_keep_in(const fs::path& dir) {
 // the texts stay in memory.
 TEST_F(ManifestReaderTest, KeptTextsInAFileAreComparedByteByByte) {
   testutil::TempDir kept_dir{"envsteer-kept"};
-  auto env_of = [](const std::vector<ObjectChange>& ch) {
-    std::map<std::string, std::string> out;  // key -> env, "" = deleted
-    for (const auto& c : ch) {
-      const auto* p = std::get_if<k8s::Pod>(&c.object);
-      out[c.key] = p ? p->labels.at("virtual-env") : "";
-    }
-    return out;
-  };
   for (const auto& kept : {std::optional<fs::path>(kept_dir.path()), std::optional<fs::path>(dir_ / "no-such-dir")}) {
     const bool in_file = kept == kept_dir.path() && can_keep_in(kept_dir.path());
     write("1.json", list("List", pod_json("p1", "dev.a") + "," + pod_json("p2", "dev.a")));
@@ -288,14 +290,14 @@ TEST_F(ManifestReaderTest, KeptTextsInAFileAreComparedByteByByte) {
       // same size, one byte differs (dev.b <-> dev.c): parsed and given
       const std::string env = i % 2 ? "dev.b" : "dev.c";
       write("1.json", list("List", pod_json("p1", "dev.a") + "," + pod_json("p2", env)));
-      EXPECT_EQ(env_of(r.read_every_file()), (std::map<std::string, std::string>{{"a/p2", env}})) << i;
+      EXPECT_EQ(envs_of(r.read_every_file()), (std::map<std::string, std::string>{{"a/p2", env}})) << i;
       EXPECT_TRUE(r.read_changed({"1.json", "2.yaml"}).empty()) << i;  // as read last
     }
     write("2.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: n2\n");  // same size
     EXPECT_EQ(r.read_every_file().size(), 2u);  // n1 gone, n2 new
     fs::remove(dir_ / "1.json");
     fs::remove(dir_ / "2.yaml");
-    EXPECT_EQ(env_of(r.read_every_file()), (std::map<std::string, std::string>{{"a/p1", ""}, {"a/p2", ""}, {"n2", ""}}));
+    EXPECT_EQ(envs_of(r.read_every_file()), (std::map<std::string, std::string>{{"a/p1", ""}, {"a/p2", ""}, {"n2", ""}}));
   }
 }
 
@@ -340,14 +342,6 @@ TEST_F(ManifestReaderTest, ItemNamesStayRightWhenNamesBeforeThemComeAndGo) {
     for (const auto& [name, env] : items) out += (out.empty() ? "" : ",") + pod_json(name, env);
     return list("List", out);
   };
-  auto envs = [](const std::vector<ObjectChange>& ch) {
-    std::map<std::string, std::string> out;  // key -> env, "" = deleted
-    for (const auto& c : ch) {
-      const auto* p = std::get_if<k8s::Pod>(&c.object);
-      out[c.key] = p ? p->labels.at("virtual-env") : "";
-    }
-    return out;
-  };
   using Got = std::map<std::string, std::string>;
   for (const auto& kept : kKeptModes) {
     write("1.json", text({{"p4", "e"}, {"p6", "e"}, {"p8", "e"}}));
@@ -366,7 +360,7 @@ TEST_F(ManifestReaderTest, ItemNamesStayRightWhenNamesBeforeThemComeAndGo) {
     };
     for (size_t i = 0; i < steps.size(); i++) {
       write("1.json", text(steps[i].first));
-      EXPECT_EQ(envs(r.read_changed({"1.json"})), steps[i].second) << "step " << i;
+      EXPECT_EQ(envs_of(r.read_changed({"1.json"})), steps[i].second) << "step " << i;
     }
     // an item duplicated: the whole read's error; nothing kept, the file as read last again gives nothing
     write("1.json", text({{"p0", "g"}, {"p1", "f"}, {"p1", "f"}}));
@@ -377,11 +371,11 @@ TEST_F(ManifestReaderTest, ItemNamesStayRightWhenNamesBeforeThemComeAndGo) {
     // name of the first file before the moved one's place is deleted by name
     write("1.json", text({{"p0", "g"}}));
     write("2.json", text({{"p1", "f"}, {"p9", "e"}}));
-    EXPECT_EQ(envs(r.read_changed({"1.json", "2.json"})), (Got{{"a/p1", "f"}, {"a/p9", "e"}}));
+    EXPECT_EQ(envs_of(r.read_changed({"1.json", "2.json"})), (Got{{"a/p1", "f"}, {"a/p9", "e"}}));
     write("1.json", text({}));
-    EXPECT_EQ(envs(r.read_changed({"1.json"})), (Got{{"a/p0", ""}}));
+    EXPECT_EQ(envs_of(r.read_changed({"1.json"})), (Got{{"a/p0", ""}}));
     write("2.json", text({{"p9", "e"}}));
-    EXPECT_EQ(envs(r.read_changed({"2.json"})), (Got{{"a/p1", ""}}));
+    EXPECT_EQ(envs_of(r.read_changed({"2.json"})), (Got{{"a/p1", ""}}));
     EXPECT_EQ(load_manifests(dir_).pods.size(), 1u);
     EXPECT_TRUE(r.read_every_file().empty());
   }
