@@ -372,6 +372,7 @@ nlohmann::json Agent::status_json() {
   j["settings"]["baggage_key"] = s_.baggage_key;
   j["settings"]["http_window"] = s_.http_window;
   j["settings"]["auto_inject"] = s_.auto_inject;
+  j["settings"]["connect_hints"] = s_.connect_hints;
   if (events_) {
     auto es = events_->stats();
     j["source"]["api"]["events"] = {{"posted", es.posted}, {"exists", es.exists}, {"failed", es.failed},
@@ -930,6 +931,9 @@ void Agent::start_datapath(std::unique_ptr<Datapath> loaded, size_t adopted) {
                dp_->per_request() ? "on"
                : !s_.header_context ? "off (--no-header-context)"
                                     : "unavailable on this kernel (needs bpf_loop, 5.17)");
+  if (dp_->per_request())
+    spdlog::info("connect hints (a pod's next connection goes to the set of its last relayed request): {}",
+                 s_.connect_hints ? "on" : "off (--no-connect-hints)");
   if (dp_->per_request()) {
     RelayOptions ro;
     ro.idle_timeout = std::chrono::milliseconds(s_.upstream_idle_ms);
@@ -941,6 +945,7 @@ void Agent::start_datapath(std::unique_ptr<Datapath> loaded, size_t adopted) {
     ro.max_total_bytes = s_.relay_total_bytes;
     ro.sockets = s_.relay_sockets;
     ro.max_clients_per_pod = s_.relay_clients_per_pod;
+    ro.hints = s_.connect_hints;
     ro.pod_dir = [this](uint64_t id) { return pod_dir(id); };
     relay_ = std::make_unique<Relay>(dp_->maps(), ro);
     relay_->start();

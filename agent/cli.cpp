@@ -303,6 +303,10 @@ struct RunCmd {
                       "insert a labelled pod's own environment into its outgoing HTTP requests that carry "
                       "none (default on; --no-auto-inject switches it off)"),
         "auto-inject");
+    cmd->add_flag("--connect-hints,!--no-connect-hints", s.connect_hints,
+                  "connect a pod to the backend set of its last request to the service that went through the "
+                  "relay (a client opening one tagged connection per request then skips the relay); every "
+                  "request is still routed by its own header (default on)");
     cmd->add_option("--upstream-idle-ms", s.upstream_idle_ms,
                     "close an upstream of re-routed requests that owes nothing after this much idle time")
         ->capture_default_str();

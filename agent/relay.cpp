@@ -47,6 +47,7 @@ Relay::Relay(const maps::BpfMapBackend& m, RelayOptions o) : m_(m), o_(o), nets_
   sets_ = m.fd(MapId::Sets);
   slots_ = m.fd(MapId::Slots);
   rsp_ = m.fd(MapId::Rsp);
+  hints_ = m.fd(MapId::Hints);
   es_http_cfg_init(&http_cfg_, '.', 0);
   o_.sockets = std::clamp<uint32_t>(o_.sockets, 1, ES_RELAY_SOCKETS_MAX);
   // Room for two full pods: a pod whose hash shares a socket with one pod at its own

@@ -89,6 +89,9 @@ struct RelayOptions {
   uint32_t sockets = 4;                  // relay sockets (1..ES_RELAY_SOCKETS_MAX), chosen by the client's pod
   uint64_t max_socket_bytes = 0;         // the same, the clients of one socket (0: max(total / sockets, 2 x per pod), at most total)
   uint32_t max_clients_per_pod = 1024;   // relay clients of one pod at once (the node table is shared)
+  // Connect hints (maps/abi.h es_hints): a bound upstream notes its set for the client's pod
+  // and service, so that the pod's next connection there is made to it at connect().
+  bool hints = true;
   // The cgroup directory of a pod cgroup id: where the relay finds the pod's
   // network namespace (upstreams and client resets are made there). Unset:
   // everything in the agent's own namespace.
@@ -271,6 +274,7 @@ class Relay {
   void on_upstream_event(uint64_t cookie, uint32_t events);
   void finish_connect(Upstream& u);
   bool register_upstream(Upstream& u);
+  void note_hint(const Client& c, const Upstream& u);
   void bind_upstream(Upstream& u, Client& c);
   Upstream* take_pooled(const PoolKey& k);
   void close_upstream(uint64_t cookie, RelayCounter why);
@@ -312,7 +316,7 @@ class Relay {
   const maps::BpfMapBackend& m_;  // the Datapath's maps; it outlives the relay
   RelayOptions o_;
   int binds_ = -1, upstreams_ = -1, clients_map_ = -1, done_ = -1, cfg_ = -1, sockhash_ = -1, sets_ = -1,
-      slots_ = -1, rsp_ = -1, acct_ = -1, pods_ = -1, pod_done_map_ = -1;
+      slots_ = -1, rsp_ = -1, acct_ = -1, pods_ = -1, pod_done_map_ = -1, hints_ = -1;
   std::vector<RelaySock> socks_;  // made in start(), before the thread runs; never resized after
   UniqueFd epoll_, wake_;
   UniqueFd diag_;          // NETLINK_SOCK_DIAG, for client resets and fences

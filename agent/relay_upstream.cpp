@@ -210,8 +210,23 @@ void Relay::bind_upstream(Upstream& u, Client& c) {
     return;
   }
   count(RelayCounter::binds);
+  note_hint(c, u);
   spdlog::debug("per-request steering: client {} -> {} (svc {}, env {}) bound", c.cookie, u.backend, u.svc_id,
                 u.env_id);
+}
+
+// The client's pod connects to this set next time (maps/abi.h es_hints): written once an
+// upstream of the set is connected, so a set whose pod refuses connections is never hinted.
+// A failed write costs that pod one more relayed request, nothing else.
+void Relay::note_hint(const Client& c, const Upstream& u) {
+  if (!o_.hints || !c.pod) return;
+  es_hint_key k{};
+  k.pod = c.pod;
+  k.svc_id = u.svc_id;
+  es_hint h{};
+  h.env_id = u.env_id;
+  if (bpf_map_update_elem(hints_, &k, &h, BPF_ANY) != 0)
+    spdlog::debug("per-request steering: connect hint for pod {} svc {}: {}", c.pod, u.svc_id, errstr(errno));
 }
 
 // The most recently pooled upstream of the set that is still quiet.

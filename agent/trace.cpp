@@ -108,6 +108,7 @@ const char* source_name(uint32_t s) {
     case ES_SRC_REQUEST: return "request";
     case ES_SRC_POD: return "pod";
     case ES_SRC_DEFAULT: return "default";
+    case ES_SRC_HINT: return "hint";
     default: return "";
   }
 }

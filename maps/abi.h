@@ -14,7 +14,7 @@
 #include <linux/types.h>
 #endif
 
-#define ES_ABI_VERSION 7
+#define ES_ABI_VERSION 8
 
 /* An environment name: a Kubernetes label value, at most 63 bytes. */
 #define ES_ENV_NAME_MAX 64
@@ -128,6 +128,31 @@ struct es_sock {
 	__u64 pod_cgroup; /* cgroup id of the calling pod (its es_pods key): the relay's fair share */
 };
 
+/*
+ * Connect hints (LRU hash es_hints, kernel-only). A client that opens one
+ * connection per request, each tagged for another environment than its own,
+ * would pay the relay on every request: its connection goes to its own set at
+ * connect() (the header comes later). The relay notes the backend set of an
+ * upstream it connected (bound) for a client under (pod, service); the next
+ * connect() from that pod to that service resolves the noted environment and,
+ * when it is another set than the caller's own, connects there
+ * (ES_STEER_F_HINT; a connect that fails drops the hint). A hint only
+ * picks where the TCP connection goes: every request on such a connection is
+ * still routed by its own header before a byte of it leaves (a wrong hint costs
+ * the relay, as without hints), and bytes that cannot be routed by their own
+ * header are refused there rather than left with the hinted pod (outbound.h).
+ */
+struct es_hint_key {
+	__u64 pod; /* the calling pod's cgroup id (es_sock.pod_cgroup) */
+	__u32 svc_id;
+	__u32 pad;
+};
+
+struct es_hint {
+	__u32 env_id; /* the set's environment (resolved again at each connect) */
+	__u32 pad;
+};
+
 /* UDP reverse translation: replies from a backend appear to come from the VIP. */
 struct es_revnat_key {
 	__u64 cookie;
@@ -211,6 +236,12 @@ enum es_counter {
 	ES_CNT_REQ_PARTLY_DELIVERED, /* the kernel ran the program again over a send it had delivered in
 				      * part (the relay's receive memory): the connection fails */
 	ES_CNT_RELAY_FULL_SOCKET,   /* the clients of one relay socket had max_socket_bytes queued: refused */
+	ES_CNT_CONNECT_HINTED,      /* connect() went to the backend set of the pod's last re-routed
+				     * request to the service (es_hints), not the caller's own */
+	ES_CNT_HINT_MISSED,         /* ... and its first request was for another set: re-routed */
+	ES_CNT_HINT_REFUSED,        /* ... and its bytes could not be routed by their own header
+				     * (not HTTP/1.x, head too long, h2c, no ready pod): refused, the hint dropped */
+	ES_CNT_HINT_CONNECT_FAILED, /* ... and the connect failed (refused, timed out): the hint dropped */
 	ES_CNT_MAX
 };
 
@@ -232,7 +263,8 @@ enum es_counter {
 	  "relay_refused_pod_bytes",                                                     \
 	  "relay_refused_table_full", "relay_close_events_lost", "req_order_refused",  \
 	  "h2_diverted", "h2_no_endpoint", "h2_conn_lost", "h2_unrouted",              \
-	  "req_order_untracked", "req_partly_delivered", "relay_refused_socket_bytes" }
+	  "req_order_untracked", "req_partly_delivered", "relay_refused_socket_bytes",   \
+	  "connect_hinted", "hint_missed", "hint_refused", "hint_connect_failed" }
 
 /* Outbound header insertion settings (single-entry array). */
 struct es_inject_cfg {
@@ -568,6 +600,7 @@ struct es_rsp {
  */
 #define ES_STEER_POD 1 /* es_sock.steered: connected to a pod */
 #define ES_STEER_H2 2  /* connected to the agent's HTTP/2 endpoint */
+#define ES_STEER_F_HINT 0x40  /* es_sock.steered, with ES_STEER_POD: connected by a hint (es_hints) */
 #define ES_STEER_F_STATE 0x80 /* es_sock.steered, with ES_STEER_POD: its state changes reach
 			       * sockops (set once established, outbound.h es_sockops) */
 
@@ -632,6 +665,7 @@ struct es_h2_conn {
 #define ES_MAP_OWN_RSP "es_own_rsp"
 #define ES_MAP_H2_CFG "es_h2_cfg"
 #define ES_MAP_H2_CONNS "es_h2_conns"
+#define ES_MAP_HINTS "es_hints"
 
 /* ------------------------------------------------------------------------
  * Observability: decision events (trace ring buffer) and per-service
@@ -664,6 +698,7 @@ enum es_env_source {
 	ES_SRC_REQUEST = 1, /* the request the calling thread serves (header) */
 	ES_SRC_POD = 2,     /* the calling pod's own label */
 	ES_SRC_DEFAULT = 3, /* the default environment */
+	ES_SRC_HINT = 4,    /* the pod's last re-routed request to the service (es_hints) */
 };
 
 /* One decision, as the kernel reports it to `envsteer trace`. */

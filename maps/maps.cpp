@@ -36,6 +36,7 @@ const char* map_name(MapId id) {
     case MapId::Rsp: return ES_MAP_RSP;
     case MapId::H2Cfg: return ES_MAP_H2_CFG;
     case MapId::H2Conns: return ES_MAP_H2_CONNS;
+    case MapId::Hints: return ES_MAP_HINTS;
     case MapId::Decisions: return ES_MAP_DECISIONS;
     case MapId::TraceCfg: return ES_MAP_TRACE_CFG;
     case MapId::TraceRb: return ES_MAP_TRACE_RB;
@@ -76,6 +77,7 @@ size_t key_size(MapId id) {
     case MapId::Rsp: return sizeof(__u64);
     case MapId::H2Cfg: return sizeof(__u32);
     case MapId::H2Conns: return sizeof(es_h2_conn_key);
+    case MapId::Hints: return sizeof(es_hint_key);
     case MapId::Decisions: return sizeof(es_decision_key);
     case MapId::TraceCfg: return sizeof(__u32);
     case MapId::TraceRb: return 0;
@@ -112,6 +114,7 @@ size_t value_size(MapId id) {
     case MapId::Rsp: return sizeof(es_rsp);
     case MapId::H2Cfg: return sizeof(es_h2_cfg);
     case MapId::H2Conns: return sizeof(es_h2_conn);
+    case MapId::Hints: return sizeof(es_hint);
     case MapId::Decisions: return sizeof(__u64);
     case MapId::TraceCfg: return sizeof(es_trace_cfg);
     case MapId::TraceRb: return 0;

@@ -23,6 +23,7 @@ enum class MapId {
   Frontends, Sets, Slots, Envs, EnvNames, Pods, Config, Counters, HttpCfg, Inject, Mismatch, CtxOff,
   // per-request steering (the relay)
   Sockhash, Binds, Upstreams, RelayClients, RelayDone, RelayCfg, RelayAcct, RelayEv, RelayPods, RelayPodDone, ReqStats, Rsp,
+  Hints,
   // HTTP/2 per stream
   H2Cfg, H2Conns,
   // observability

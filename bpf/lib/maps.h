@@ -218,6 +218,17 @@ struct {
 	__type(value, struct es_rsp);
 } es_own_rsp SEC(".maps");
 
+/* Connect hints (maps/abi.h): least recently used go first, so that a pod
+ * with many services or a churn of pods cannot fill it for the others (a lost
+ * hint costs one relayed request, never a wrong route). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct es_hint_key);
+	__type(value, struct es_hint);
+} es_hints SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);

@@ -80,7 +80,10 @@ struct es_msg_state {
 	__u8 route_kind; /* es_tx.route.kind: the request in progress */
 	__u8 refused;	 /* a head in this send was refused (es_msg_refuses_head) */
 	__u8 second_head; /* after the first head, the byte loop stopped at another */
-	__u8 pad;
+	__u8 hint;	 /* the connection's pod was chosen by a hint (ES_STEER_F_HINT): not the
+			  * caller's own, so nothing may go there unrouted */
+	__u8 decided;	 /* a request head of the connection was routed before (es_tx.run_reqs) */
+	__u8 pad[3];
 };
 
 /* What changes, applied in this order by outbound.h (es_msg_apply). */
@@ -97,6 +100,8 @@ enum {
 				      * connection's own pod (req_head_unroutable) */
 	ES_MSG_A_CORK = 0x80,	     /* hold the whole message until the next send (req_head_corked);
 				      * no verdict */
+	ES_MSG_A_HINT_REFUSED = 0x100, /* with a refusal on a hinted connection: counted (hint_refused),
+					* the hint dropped (the pod's next connect takes its own set) */
 };
 
 struct es_msg_plan {
@@ -116,8 +121,12 @@ ES_INLINE int es_msg_refuses_head(__s32 req_begin, __u8 pipelined, int same_rout
  * follows them): they may go only where the request before them went when
  * that was the connection's own pod (or nowhere, after a failure); after a
  * re-routed request they fail. */
-ES_INLINE __u32 es_msg_unframed_act(__u8 tunnel, __u8 upgrade, __u32 route_kind)
+ES_INLINE __u32 es_msg_unframed_act(__u8 tunnel, __u8 upgrade, __u32 route_kind, __u8 open_hint)
 {
+	/* no request routed yet on a connection a hint made: its pod is not
+	 * the caller's, and these bytes name no environment */
+	if (open_hint)
+		return ES_MSG_A_UNFRAMED_FAIL | ES_MSG_A_HINT_REFUSED;
 	if (tunnel || upgrade)
 		return 0;
 	if (route_kind == ES_ROUTE_PASS || route_kind == ES_ROUTE_FAIL)
@@ -144,6 +153,10 @@ ES_INLINE void es_msg_plan_open_head(const struct es_msg_state *s, struct es_msg
 		 * target, refused like a second head (this message may still
 		 * name that request's redirect target: it must not pass) */
 		p->act = ES_MSG_A_REFUSE | ES_MSG_A_FAIL_MSG;
+	} else if (s->hint) {
+		/* too long to hold, on a connection a hint made: its own pod is
+		 * not the caller's fallback, refused */
+		p->act = ES_MSG_A_REFUSE | ES_MSG_A_FAIL_MSG | ES_MSG_A_HINT_REFUSED;
 	} else {
 		/* too long to hold: the connection's own pod (its env is not
 		 * known yet) */
@@ -183,7 +196,8 @@ ES_INLINE void es_msg_decide(const struct es_msg_state *s, struct es_msg_plan *p
 			 * decided next run */
 			p->covered = (__u32)s->req_begin;
 		else
-			p->act = es_msg_unframed_act(s->tunnel, s->upgrade, s->route_kind);
+			p->act = es_msg_unframed_act(s->tunnel, s->upgrade, s->route_kind,
+						     s->hint && !s->decided);
 	} else if (s->off < s->size) {
 		/* more heads than one run decides: the rest next run */
 		p->covered = s->off;

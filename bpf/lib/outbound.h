@@ -20,6 +20,49 @@
 #define ES_MAX_INSERTS 8
 #define ES_INJECT_MAX (32 + 2 + ES_ENV_NAME_MAX + 2)
 
+/* A connection a hint made (ES_STEER_F_HINT) got bytes that cannot be routed
+ * by their own header: they are refused, and the hint dropped so that the
+ * pod's next connection to the service is made to its own set. */
+static __always_inline void es_hint_refuse(const struct es_sock *s)
+{
+	struct es_hint_key hk = {};
+
+	es_count(ES_CNT_HINT_REFUSED);
+	hk.pod = s->pod_cgroup;
+	hk.svc_id = s->svc_id;
+	bpf_map_delete_elem(&es_hints, &hk);
+}
+
+/* A connection a hint made is watched until it is established (its state
+ * changes reach sockops): a connect that fails (refused, timed out) drops the
+ * hint, so that the pod's next connection is made to its own set. */
+static __always_inline void es_hint_watch(struct bpf_sock_ops *skops)
+{
+	const struct es_sock *s;
+
+	if (!skops->sk)
+		return;
+	s = bpf_sk_storage_get(&es_socks, skops->sk, 0, 0);
+	if (s && (s->steered & ES_STEER_F_HINT))
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void es_hint_connect_failed(struct bpf_sock_ops *skops)
+{
+	const struct es_sock *s;
+	struct es_hint_key hk = {};
+
+	if (skops->args[0] != BPF_TCP_SYN_SENT || skops->args[1] != BPF_TCP_CLOSE || !skops->sk)
+		return;
+	s = bpf_sk_storage_get(&es_socks, skops->sk, 0, 0);
+	if (!s || !(s->steered & ES_STEER_F_HINT))
+		return;
+	es_count(ES_CNT_HINT_CONNECT_FAILED);
+	hk.pod = s->pod_cgroup;
+	hk.svc_id = s->svc_id;
+	bpf_map_delete_elem(&es_hints, &hk);
+}
+
 /* A client of the relay is closing or gone: the agent pools or closes its
  * upstreams now rather than at its next sweep. */
 static __always_inline void es_relay_client_state(struct bpf_sock_ops *skops)
@@ -152,7 +195,12 @@ static __always_inline int es_sockops(struct bpf_sock_ops *skops)
 
 	if (!es_feat_per_request)
 		return 1;
+	if (skops->op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
+		es_hint_watch(skops);
+		return 1;
+	}
 	if (skops->op == BPF_SOCK_OPS_STATE_CB) {
+		es_hint_connect_failed(skops);
 		es_relay_client_state(skops);
 		return 1;
 	}
@@ -374,12 +422,17 @@ static __always_inline void es_route_request(const struct es_sock *s, const stru
 	__u64 cookie = s->cookie;
 
 	es_own_route(s, r);
-	if (!cfg)
+	if (!cfg || !es_resolve(NULL, s->svc_id, env == ES_ENV_NONE ? cfg->default_env_id : env,
+				 cfg->default_env_id, &res)) {
+		/* no ready pod anywhere: the connection's pod is as good as any,
+		 * unless a hint chose it (another environment's) */
+		if (s->steered & ES_STEER_F_HINT) {
+			r->kind = ES_ROUTE_FAIL;
+			es_hint_refuse(s);
+		}
 		return;
-	if (env == ES_ENV_NONE)
-		env = cfg->default_env_id;
-	/* no ready pod anywhere: the connection's pod is as good as any */
-	if (!es_resolve(NULL, s->svc_id, env, cfg->default_env_id, &res) || res.env_id == s->env_id)
+	}
+	if (res.env_id == s->env_id)
 		return;
 	es_count_mismatch(s->svc_id);
 	r->env_id = res.env_id;
@@ -668,9 +721,14 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	} else if (c->tx->st.flags & ES_HTTP_F_H2C) {
 		/* an h2c upgrade turns the connection into one that carries
 		 * requests of every environment: it stays with the connection's
-		 * own pod (the calling pod's environment), not re-routed */
+		 * own pod (the calling pod's environment), not re-routed - but
+		 * a hint's pod is another environment's: refused there */
 		es_count(ES_CNT_REQ_H2C_KEPT);
 		es_own_route(s, &r);
+		if (s->steered & ES_STEER_F_HINT) {
+			r.kind = ES_ROUTE_FAIL;
+			es_hint_refuse(s);
+		}
 	} else {
 		es_route_request(s, c->tx, id, &r);
 	}
@@ -680,6 +738,9 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 		es_count(ES_CNT_REQ_ORDER_REFUSED);
 		return 1;
 	}
+	if ((s->steered & ES_STEER_F_HINT) && !c->tx->run_reqs &&
+	    (r.kind == ES_ROUTE_SLOW || r.kind == ES_ROUTE_KERNEL))
+		es_count(ES_CNT_HINT_MISSED);
 	es_run_note(c, &r);
 	if (r.kind == ES_ROUTE_PASS)
 		es_own_note(c);
@@ -990,6 +1051,8 @@ static __always_inline int es_msg_apply(struct es_msg_ctx *c, const struct es_ms
 	struct es_tx *tx = c->tx;
 	__u32 act = p->act;
 
+	if (act & ES_MSG_A_HINT_REFUSED)
+		es_hint_refuse(c->sock);
 	if (act & ES_MSG_A_REWIND)
 		es_http_rewind(&tx->st);
 	if (act & ES_MSG_A_PIPELINED)
@@ -1042,6 +1105,8 @@ static __always_inline void es_msg_state_of(const struct es_msg_ctx *c, __u8 ref
 	s->route_kind = (__u8)tx->route.kind;
 	s->refused = refused;
 	s->second_head = !refused && tx->v.head;
+	s->hint = (c->sock->steered & ES_STEER_F_HINT) ? 1 : 0;
+	s->decided = tx->run_reqs ? 1 : 0;
 }
 
 /* The byte loops over a send: up to the first request head, which is decided

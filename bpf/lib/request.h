@@ -38,6 +38,8 @@ const volatile __u8 es_feat_request_ctx = 1;
  * sk_msg, sk_skb): needs bpf_loop only, so it also runs where the thread
  * context (es_feat_request_ctx) does not. */
 const volatile __u8 es_feat_per_request = 1;
+/* Connect hints (maps/abi.h es_hints), with per-request steering only. */
+const volatile __u8 es_feat_hints = 1;
 const volatile char es_splitter = '.';
 
 #ifdef __bpf__

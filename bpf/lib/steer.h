@@ -123,21 +123,60 @@ static __always_inline const struct es_h2_cfg *es_h2_endpoint(const struct es_fr
 	return h;
 }
 
+/* A connect hint (maps/abi.h): the backend set of the calling pod's last
+ * request to this service that went through the relay, when that is another
+ * set than the caller's own (res). Only where every request on the connection
+ * is routed by its own header before it leaves (per-request steering, TCP, a
+ * service with more than one backend set whose port is not declared HTTP/2),
+ * and only once the caller's own environment resolved: a connect it refuses
+ * stays refused. NULL: no hint, the caller's own set. */
+static __always_inline const struct es_backend *
+es_hint_pick(const struct es_frontend_key *key, const struct es_frontend *fe, const struct es_config *cfg,
+	     __u64 pod_cg, struct es_resolution *res, __u32 *env, __u32 *src)
+{
+	struct es_hint_key hk = {};
+	const struct es_hint *h;
+	const struct es_backend *be;
+	struct es_resolution hr;
+	__u32 henv;
+
+	if (!es_feat_per_request || !es_feat_hints || key->proto != IPPROTO_TCP ||
+	    (fe->flags & (ES_FE_F_MULTI_SET | ES_FE_F_H2)) != ES_FE_F_MULTI_SET)
+		return NULL;
+	hk.pod = pod_cg;
+	hk.svc_id = fe->svc_id;
+	h = bpf_map_lookup_elem(&es_hints, &hk);
+	if (!h)
+		return NULL;
+	henv = h->env_id;
+	if (!es_resolve(NULL, fe->svc_id, henv, cfg->default_env_id, &hr) || hr.env_id == res->env_id)
+		return NULL;
+	be = es_pick(fe->svc_id, hr.env_id, hr.count);
+	if (!be || be->family != key->family)
+		return NULL;
+	*res = hr;
+	*env = henv;
+	*src = ES_SRC_HINT;
+	es_count(ES_CNT_CONNECT_HINTED);
+	return be;
+}
+
 /* Resolve a frontend for the calling pod. Returns NULL when the address is
  * not to be touched (*verdict = 1) or must be refused (*verdict = 0). */
 static __always_inline const struct es_backend *
 es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 	 struct es_resolution *res, __u32 *pod_env, __u32 *pod_flags, __u64 *pod_cg, int *verdict,
-	 int hook, const struct es_h2_cfg **h2)
+	 int hook, const struct es_h2_cfg **h2, __u8 *hinted)
 {
 	const struct es_thread *th;
 	const struct es_frontend *fe;
 	const struct es_config *cfg;
 	const struct es_pod *pod;
-	const struct es_backend *be;
+	const struct es_backend *be, *hb;
 	__u32 env, src, skipped = 0;
 
 	*verdict = 1;
+	*hinted = 0;
 	fe = bpf_map_lookup_elem(&es_frontends, key);
 	if (!fe)
 		return NULL;
@@ -187,6 +226,13 @@ es_steer(const struct es_frontend_key *key, const struct es_frontend **fe_out,
 		}
 		be = es_pick(fe->svc_id, res->env_id, res->count);
 	}
+	if (be && hook == ES_HOOK_CONNECT && src != ES_SRC_REQUEST) {
+		hb = es_hint_pick(key, fe, cfg, *pod_cg, res, &env, &src);
+		if (hb) {
+			be = hb;
+			*hinted = 1;
+		}
+	}
 	/* HTTP/2 to a multi-set service goes to the agent's endpoint, whatever the
 	 * caller's own environment resolves to: each stream is routed by its own */
 	*h2 = es_h2_endpoint(key, fe, hook);
@@ -218,13 +264,14 @@ static __always_inline int es_sock_addr4(struct bpf_sock_addr *ctx, int hook)
 	struct es_resolution res;
 	__u32 pod_env = 0, pod_flags = 0;
 	__u64 pod_cg = 0;
+	__u8 hinted;
 	int verdict;
 
 	key.addr[0] = ctx->user_ip4;
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
 	key.family = ES_FAMILY_INET;
-	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &pod_cg, &verdict, hook, &h2);
+	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &pod_cg, &verdict, hook, &h2, &hinted);
 	if (!fe || (!h2 && (!be || be->family != ES_FAMILY_INET)))
 		return verdict;
 	if (h2) {
@@ -234,7 +281,8 @@ static __always_inline int es_sock_addr4(struct bpf_sock_addr *ctx, int hook)
 		ctx->user_ip4 = be->addr[0];
 		ctx->user_port = be->port;
 	}
-	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, pod_cg, hook, h2 ? ES_STEER_H2 : ES_STEER_POD);
+	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, pod_cg, hook,
+		    h2 ? ES_STEER_H2 : ES_STEER_POD | (hinted ? ES_STEER_F_HINT : 0));
 	return 1;
 }
 
@@ -250,6 +298,7 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 	struct es_resolution res;
 	__u32 pod_env = 0, pod_flags = 0;
 	__u64 pod_cg = 0;
+	__u8 hinted;
 	int verdict, mapped;
 
 	key.addr[0] = ctx->user_ip6[0];
@@ -267,7 +316,7 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 	}
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
-	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &pod_cg, &verdict, hook, &h2);
+	be = es_steer(&key, &fe, &res, &pod_env, &pod_flags, &pod_cg, &verdict, hook, &h2, &hinted);
 	if (!fe || (!h2 && (!be || be->family != key.family)))
 		return verdict;
 	if (h2)
@@ -291,7 +340,8 @@ static __always_inline int es_sock_addr6(struct bpf_sock_addr *ctx, int hook)
 		ctx->user_port = h2->port;
 	else if (be)
 		ctx->user_port = be->port;
-	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, pod_cg, hook, h2 ? ES_STEER_H2 : ES_STEER_POD);
+	es_remember(ctx, &key, fe, be, &res, pod_env, pod_flags, pod_cg, hook,
+		    h2 ? ES_STEER_H2 : ES_STEER_POD | (hinted ? ES_STEER_F_HINT : 0));
 	return 1;
 }
 

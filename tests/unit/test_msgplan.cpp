@@ -21,6 +21,7 @@ std::string acts(uint32_t a) {
       {ES_MSG_A_REFUSE, "REFUSE"},     {ES_MSG_A_FAIL_MSG, "FAIL_MSG"},
       {ES_MSG_A_FOLLOW, "FOLLOW"},     {ES_MSG_A_UNFRAMED_FAIL, "UNFRAMED_FAIL"},
       {ES_MSG_A_UNROUTABLE, "UNROUTABLE"}, {ES_MSG_A_CORK, "CORK"},
+      {ES_MSG_A_HINT_REFUSED, "HINT_REFUSED"},
   };
   std::string s;
   for (const auto& [bit, name] : kNames)
@@ -166,14 +167,43 @@ TEST(MsgPlan, RefusesHeadOnlyWhenItsRouteDiffersFromBytesBeforeIt) {
 }
 
 TEST(MsgPlan, UnframedBytes) {
-  EXPECT_EQ(acts(es_msg_unframed_act(0, 0, ES_ROUTE_PASS)), "FOLLOW");
-  EXPECT_EQ(acts(es_msg_unframed_act(0, 0, ES_ROUTE_FAIL)), "FOLLOW");
-  EXPECT_EQ(acts(es_msg_unframed_act(0, 0, ES_ROUTE_KERNEL)), "UNFRAMED_FAIL");
-  EXPECT_EQ(acts(es_msg_unframed_act(0, 0, ES_ROUTE_SLOW)), "UNFRAMED_FAIL");
+  EXPECT_EQ(acts(es_msg_unframed_act(0, 0, ES_ROUTE_PASS, 0)), "FOLLOW");
+  EXPECT_EQ(acts(es_msg_unframed_act(0, 0, ES_ROUTE_FAIL, 0)), "FOLLOW");
+  EXPECT_EQ(acts(es_msg_unframed_act(0, 0, ES_ROUTE_KERNEL, 0)), "UNFRAMED_FAIL");
+  EXPECT_EQ(acts(es_msg_unframed_act(0, 0, ES_ROUTE_SLOW, 0)), "UNFRAMED_FAIL");
   for (uint32_t kind : {ES_ROUTE_PASS, ES_ROUTE_KERNEL, ES_ROUTE_SLOW, ES_ROUTE_FAIL}) {
-    EXPECT_EQ(es_msg_unframed_act(1, 0, kind), 0u) << kind;
-    EXPECT_EQ(es_msg_unframed_act(0, 1, kind), 0u) << kind;
+    EXPECT_EQ(es_msg_unframed_act(1, 0, kind, 0), 0u) << kind;
+    EXPECT_EQ(es_msg_unframed_act(0, 1, kind, 0), 0u) << kind;
   }
+}
+
+// A connection a hint made (ES_STEER_F_HINT) went to another environment's pod than the
+// caller's: bytes whose environment is unknown may not go there. Its first bytes unframed, or a
+// head too long to hold, are refused (and the hint dropped); after a routed request, unframed
+// bytes follow it as on any connection.
+TEST(MsgPlan, HintedConnectionsNeverSendUnroutedBytesToTheirPod) {
+  for (uint32_t kind : {ES_ROUTE_PASS, ES_ROUTE_KERNEL, ES_ROUTE_SLOW, ES_ROUTE_FAIL}) {
+    EXPECT_EQ(acts(es_msg_unframed_act(0, 0, kind, 1)), "UNFRAMED_FAIL|HINT_REFUSED") << kind;
+    EXPECT_EQ(acts(es_msg_unframed_act(1, 0, kind, 1)), "UNFRAMED_FAIL|HINT_REFUSED") << kind;
+  }
+  es_msg_plan p{};
+  auto first_unframed = with([](auto& s) { s.phase = ES_HTTP_P_DEAD; s.req_begin = -1; s.hint = 1; });
+  es_msg_decide(&first_unframed, &p);
+  EXPECT_EQ(acts(p.act), "UNFRAMED_FAIL|HINT_REFUSED");
+  EXPECT_EQ(p.covered, 300u);
+  auto after_request = first_unframed;
+  after_request.decided = 1;
+  es_msg_decide(&after_request, &p);
+  EXPECT_EQ(acts(p.act), "FOLLOW");
+  auto long_head = with([](auto& s) { s.phase = ES_HTTP_P_VALUE; s.size = s.off = kHold; s.hint = 1; });
+  es_msg_decide(&long_head, &p);
+  EXPECT_EQ(acts(p.act), "REFUSE|FAIL_MSG|HINT_REFUSED");
+  long_head.decided = 1;  // a later request's head too long to hold: the same
+  es_msg_decide(&long_head, &p);
+  EXPECT_EQ(acts(p.act), "REFUSE|FAIL_MSG|HINT_REFUSED");
+  auto held = with([](auto& s) { s.phase = ES_HTTP_P_VALUE; s.hint = 1; });  // short: held as anywhere
+  es_msg_decide(&held, &p);
+  EXPECT_EQ(acts(p.act), "REWIND|CORK");
 }
 
 // Over a grid of states: the verdict covers at least one byte and never more than the
@@ -185,7 +215,7 @@ TEST(MsgPlan, InvariantsOverAllStates) {
   for (uint32_t size : sizes)
     for (int32_t rb : begins)
       for (uint8_t phase = ES_HTTP_P_IDLE; phase <= ES_HTTP_P_DEAD; phase++)
-        for (uint32_t bits = 0; bits < 64; bits++)
+        for (uint32_t bits = 0; bits < 256; bits++)
           for (uint8_t kind = ES_ROUTE_PASS; kind <= ES_ROUTE_FAIL; kind++) {
             es_msg_state s{};
             s.size = size;
@@ -199,6 +229,8 @@ TEST(MsgPlan, InvariantsOverAllStates) {
             s.refused = (bits >> 3) & 1;
             s.second_head = !s.refused && ((bits >> 4) & 1);
             s.route_kind = kind;
+            s.hint = (bits >> 6) & 1;
+            s.decided = (bits >> 7) & 1;
             es_msg_plan p{};
             es_msg_decide(&s, &p);
             SCOPED_TRACE(testing::Message() << "size " << size << " req_begin " << s.req_begin << " phase "
@@ -210,6 +242,14 @@ TEST(MsgPlan, InvariantsOverAllStates) {
             }
             if (p.act & ES_MSG_A_REFUSE && !(p.act & ES_MSG_A_FAIL_MSG)) {
               ASSERT_EQ(p.covered, static_cast<uint32_t>(s.req_begin));
+            }
+            if (s.hint) {  // nothing unrouted goes to a hint's pod
+              ASSERT_FALSE(p.act & ES_MSG_A_UNROUTABLE);
+              if (!s.decided) {
+                ASSERT_FALSE(p.act & ES_MSG_A_FOLLOW);
+              }
+            } else {
+              ASSERT_FALSE(p.act & ES_MSG_A_HINT_REFUSED);
             }
             if (p.act & ES_MSG_A_PIPELINED) {
               ASSERT_EQ(p.covered, static_cast<uint32_t>(s.req_begin));

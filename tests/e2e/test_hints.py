@@ -1,0 +1,193 @@
+"""Connect hints (maps/abi.h es_hints): a client that opens one connection per request, each
+tagged for another environment than its own, goes through the relay once; its pod's next
+connections to the service are made to that environment's set at connect(), and every request
+on them is still routed by its own header before a byte of it leaves.
+
+Node: the topology of test_per_request.py (service s, pods s-dev / s-proj1 / s-proj2, client
+c-dev in dev). kaserver's /close answers with "Connection: close" and closes: kaload's next
+request then opens a new connection."""
+import errno
+import json
+import shutil
+
+import pytest
+
+import fixtures
+import harness
+from test_per_request import EXPECT, KALOAD, TO, build, delta, run_json
+
+COUNTS = ("req_slow_path", "req_rerouted_kernel", "req_passed", "req_failed", "connect_hinted",
+          "hint_missed", "hint_refused")
+
+# Runs in a pod: connects to the service, sends argv[2] (hex) in one send(), then reads what
+# comes back for up to a second. Prints {"send_errno", "got", "peer"}.
+RAW_SEND = r"""
+import json, socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)), timeout=5)
+out = {"send_errno": 0, "got": ""}
+try:
+    s.sendall(bytes.fromhex(sys.argv[2]))
+except OSError as e:
+    out["send_errno"] = e.errno
+s.settimeout(1.0)
+try:
+    out["got"] = s.recv(4096).decode("latin-1")
+except OSError as e:
+    out["got"] = "error: %s" % e
+print(json.dumps(out))
+"""
+
+
+def sequence(node, pod, envs, timeout=10.0):
+    """kaload --sequence (as test_per_request's, "=" so that an entry may begin with "-")."""
+    return run_json(node, pod, [harness.PYTHON, KALOAD, "--to", TO, "--sequence=" + ",".join(envs),
+                                "--timeout", str(timeout)], timeout=timeout * len(envs) + 40)
+
+
+def closes(*envs):
+    """One request per connection: kaload entries whose answer closes the connection."""
+    return [e + "@/close" for e in envs]
+
+
+def raw_send(node, pod, payload):
+    return run_json(node, pod, [harness.PYTHON, "-c", RAW_SEND, TO, payload.hex()])
+
+
+def hint_from(node):
+    """Leaves c-dev with a hint for dev.proj1 (one request through the relay)."""
+    res = sequence(node, "c-dev", closes("dev.proj1"))
+    assert [a["pod"] for a in res["answers"]] == ["pr/s-proj1"], res
+
+
+def test_one_tagged_connection_per_request_goes_through_the_relay_once(make_node):
+    node = build(make_node, "once")
+    before = node.counters()
+    envs = ["dev.proj1"] * 6
+    res = sequence(node, "c-dev", closes(*envs))
+    assert res["connects"] == 6, res
+    assert [a["pod"] for a in res["answers"]] == ["pr/s-proj1"] * 6, res
+    after = node.counters()
+    # the first through the relay; the next five connected to s-proj1 by the hint, passed
+    assert delta(before, after, *COUNTS) == (1, 0, 5, 0, 5, 0, 0), (before, after)
+    st = node.status_http()
+    assert st["settings"]["connect_hints"] is True, st["settings"]
+
+
+def test_requests_on_a_hinted_connection_are_routed_by_their_own_header(make_node):
+    node = build(make_node, "own")
+    hint_from(node)
+    before = node.counters()
+    # one keep-alive connection, hinted to s-proj1: every request by its own environment, the
+    # untagged one by c-dev's own (dev, auto-inject), never by the hint
+    envs = ["dev.proj1", "-", "dev.proj2", "dev", "dev.proj1.alice", "dev.proj1"]
+    res = sequence(node, "c-dev", envs)
+    assert res["connects"] == 1, res
+    assert [a["pod"] for a in res["answers"]] == [EXPECT[e] for e in envs], res
+    assert [a["got_header"] for a in res["answers"]] == ["dev" if e == "-" else e for e in envs], res
+    after = node.counters()
+    assert delta(before, after, "connect_hinted", "hint_missed", "hint_refused", "req_failed") == \
+        (1, 0, 0, 0), (before, after)
+    # the first request of a connection the hint got wrong: re-routed, right, counted; the
+    # relay's request moved the hint (dev.proj2 was the last relayed env)
+    before = after
+    res = sequence(node, "c-dev", closes("-", "-"))
+    assert [a["pod"] for a in res["answers"]] == ["pr/s-dev", "pr/s-dev"], res
+    after = node.counters()
+    assert delta(before, after, "connect_hinted", "hint_missed", "req_slow_path", "req_failed") == \
+        (1, 1, 1, 0), (before, after)
+
+
+RAW = {"http2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+       "tls-hello": bytes.fromhex("160301002e0100002a0303") + bytes(32),
+       "head-too-long": b"GET / HTTP/1.1\r\nHost: s\r\nX-Virtual-Env: dev.proj1\r\nX-Pad: " + b"a" * 9000}
+
+
+@pytest.mark.parametrize("what", sorted(RAW))
+def test_bytes_no_header_routes_never_reach_the_hinted_pod(make_node, what):
+    """On a connection the hint made (to another environment's pod than the caller's), bytes
+    whose environment cannot be read are refused before they leave (the send fails), counted,
+    and the hint dropped: the next connection goes to the caller's own set."""
+    node = build(make_node, "raw-" + what.split("-")[0])
+    hint_from(node)
+    before = node.counters()
+    out = raw_send(node, "c-dev", RAW[what])
+    assert out["send_errno"] == errno.EACCES and "s-proj1" not in out["got"], out
+    after = node.counters()
+    assert delta(before, after, "connect_hinted", "hint_refused") == (1, 1), (before, after)
+    # without a hint: the same bytes go to the caller's own pod, as they always did
+    before = after
+    res = sequence(node, "c-dev", closes("-"))
+    assert [a["pod"] for a in res["answers"]] == ["pr/s-dev"], res
+    after = node.counters()
+    assert delta(before, after, "connect_hinted", "hint_refused", "req_slow_path") == (0, 0, 0), (before, after)
+
+
+def test_without_connect_hints_every_request_takes_the_relay(make_node):
+    node = build(make_node, "off", ["--no-connect-hints"])
+    before = node.counters()
+    res = sequence(node, "c-dev", closes(*["dev.proj1"] * 4))
+    assert [a["pod"] for a in res["answers"]] == ["pr/s-proj1"] * 4, res
+    after = node.counters()
+    assert delta(before, after, *COUNTS) == (4, 0, 0, 0, 0, 0, 0), (before, after)
+    assert node.status_http()["settings"]["connect_hints"] is False
+
+
+def test_hints_are_per_pod(make_node):
+    """c-dev's hint is not c-plain's: c-plain's untagged requests go to its own (default dev)
+    set at connect(), and its tagged ones through the relay the first time."""
+    node = build(make_node, "perpod")
+    hint_from(node)
+    before = node.counters()
+    res = sequence(node, "c-plain", closes("-", "dev.proj1", "dev.proj1"))
+    assert [a["pod"] for a in res["answers"]] == ["pr/s-dev", "pr/s-proj1", "pr/s-proj1"], res
+    after = node.counters()
+    assert delta(before, after, "connect_hinted", "req_slow_path", "req_passed") == (1, 1, 2), (before, after)
+
+
+NODE_CLIENT = r"""
+const http = require('http');
+const [to, envs] = [process.argv[2], process.argv[3].split(',')];
+const [host, port] = to.split(':');
+(async () => {
+  const out = [];
+  for (const env of envs) {
+    out.push(await new Promise((resolve) => {
+      const req = http.request({host, port, path: '/', agent: false, timeout: 5000,
+                                headers: {'X-Virtual-Env': env}}, (res) => {
+        let b = '';
+        res.on('data', (d) => b += d);
+        res.on('end', () => resolve(JSON.parse(b)));
+      });
+      req.on('error', (e) => resolve({error: String(e)}));
+      req.on('timeout', () => req.destroy(new Error('timeout')));
+      req.end();
+    }));
+  }
+  console.log(JSON.stringify(out));
+})();
+"""
+
+
+def test_real_clients_one_connection_per_request(make_node):
+    """curl and Node (agent: false: a new connection per request), tags that change every
+    few requests: every answer from the tag's own pod."""
+    node = build(make_node, "real")
+    envs = ["dev.proj1", "dev.proj1", "dev.proj2", "dev.proj2", "dev", "dev.proj1.alice", "dev.proj1"]
+    before = node.counters()
+    argv = [shutil.which("curl") or "curl", "-sS", "--max-time", "5"]
+    for i, env in enumerate(envs):
+        argv += (["--next"] if i else []) + ["-H", "X-Virtual-Env: " + env, "-H", "Connection: close",
+                                             "http://%s/" % TO]
+    r = node.run_in_pod(fixtures.keyer("pr")("c-dev"), argv, timeout=60)
+    assert r.returncode == 0, r
+    got = [json.loads(l)["pod"] for l in r.stdout.replace("}{", "}\n{").splitlines() if l.startswith("{")]
+    assert got == [EXPECT[e] for e in envs], r.stdout
+    script = node.tmp + "/client.js"
+    with open(script, "w") as f:
+        f.write(NODE_CLIENT)
+    out = run_json(node, "c-dev", [shutil.which("node") or "node", script, TO, ",".join(envs)])
+    assert [o.get("pod") for o in out] == [EXPECT[e] for e in envs], out
+    after = node.counters()
+    assert after["req_failed"] - before["req_failed"] == 0, (before, after)
+    assert after["connect_hinted"] - before["connect_hinted"] >= 4, (before, after)
