@@ -355,6 +355,7 @@ class Bench:
             self.node.stop_agent()
         extra = ["--config", self.config_file()]
         extra += ["--no-header-context"] if mode == "noheader" else []
+        extra += ["--no-connect-hints"] if mode == "nohints" else []
         # the HTTP/2 endpoint: where the pods reach the node (the bridge), or loopback
         h2 = "127.0.0.1:0" if self.topo is None else topology.GW_V4 % 1 + ":0"
         extra += ["--h2-listen", h2] if mode == "h2" else []
@@ -1437,12 +1438,16 @@ REROUTE_TARGETS = {"reroute_close_rps": (">=", 0.8), "reroute_close_p50_us": ("<
 
 
 def suite_reroute(b):
-    """Issue 6: the cost of a request re-routed per request. The client pod is dev.proj1, so
-    its connections go to web-proj1 at connect(). A: requests tagged dev (they belong on
-    web-dev: re-routed); B: requests tagged dev.proj1 (out on their own connection).
-    Keep-alive: the first request of each connection takes the slow path through the agent,
-    all later ones are redirected in the kernel. One connection per request: every request
-    takes the slow path (a new connection is a new client)."""
+    """Issue 6 / 14: the cost of a request re-routed per request. The client pod is dev.proj1,
+    so its connections go to web-proj1 at connect() unless a hint says otherwise. A: requests
+    tagged dev (they belong on web-dev); B: requests tagged dev.proj1 (out on their own
+    connection). Keep-alive: the first request of each connection takes the slow path through
+    the agent, all later ones are redirected in the kernel. One connection per request: the
+    first goes through the relay, which notes a connect hint (maps/abi.h es_hints), and the
+    pod's later connections are made to web-dev at connect() (each request still checked by
+    its own header). C: the same as A, one connection per request, with the agent's
+    --no-connect-hints: every request through the relay (the path a request takes when the
+    hint is wrong, e.g. a client whose tags change every request)."""
     a = b.args
     b.set_agent_mode("header")
     url = "http://%s:%d/" % (SVC_IP, SVC_PORT)
@@ -1453,13 +1458,21 @@ def suite_reroute(b):
         # the relay. Reuse in the client pod's namespace, for both variants.
         topology._sysctl(b.cg_ns[b.client_cg()], "net.ipv4.tcp_tw_reuse=1")
     rows = {}
-    for v, label in (("ka", "keep-alive (kernel path)"), ("close", "one connection per request (slow path)")):
+    for v, label in (("ka", "keep-alive (kernel path)"),
+                     ("close", "one connection per request (hinted after the first)")):
         for q, unit, better in (("rps", "req/s", "higher"), ("p50_us", "us", "lower"),
                                 ("p99_us", "us", "lower")):
             k = "reroute_%s_%s" % (v, q)
             rows[k] = Row(k, "HTTP %s, %s" % (label, q.replace("_us", "")), unit,
                           "re-routed (tagged dev)", "own connection (tagged dev.proj1)", better,
                           REROUTE_TARGETS.get(k), fmt="%.0f")
+    for q, unit, better in (("rps", "req/s", "higher"), ("p50_us", "us", "lower"),
+                            ("p99_us", "us", "lower")):
+        k = "reroute_relay_%s" % q
+        rows[k] = Row(k, "HTTP one connection per request, every request through the relay "
+                      "(--no-connect-hints), %s" % q.replace("_us", ""), unit,
+                      "re-routed (tagged dev), hints off", "own connection (tagged dev.proj1)",
+                      better, fmt="%.0f")
     b.wrk(url, False, 1, "warm-reroute", env="dev")
     raw = []
     for i in range(a.rounds):
@@ -1473,15 +1486,34 @@ def suite_reroute(b):
             moved = delta.get("req_rerouted_kernel", 0) + delta.get("req_slow_path", 0)
             if side == "a" and moved < res["ka"]["requests"] // 2:
                 raise BenchError("tagged dev, but only %d requests were re-routed" % moved)
+            if side == "a" and delta.get("connect_hinted", 0) < res["close"]["requests"] // 2:
+                raise BenchError("tagged dev, one connection per request, but only %d of %d connects "
+                                 "were hinted" % (delta.get("connect_hinted", 0), res["close"]["requests"]))
             if side == "b" and moved:
                 raise BenchError("tagged dev.proj1, but %d requests were re-routed" % moved)
             for v in ("ka", "close"):
                 for q in ("rps", "p50_us", "p99_us"):
                     rows["reroute_%s_%s" % (v, q)].add(**{side: res[v][q]})
+            if side == "b":
+                for q in ("rps", "p50_us", "p99_us"):
+                    rows["reroute_relay_%s" % q].add(b=res["close"][q])
             rec[env] = {"results": res, "counter_delta": {k: x for k, x in delta.items() if x}}
             log("reroute round %d/%d %s: keep-alive %.0f rps, per-conn %.0f rps" %
                 (i + 1, a.rounds, env, res["ka"]["rps"], res["close"]["rps"]))
+        b.set_agent_mode("nohints")
+        c0 = b.counters()
+        res = b.wrk(url, True, a.duration, "reroute-relay-dev", env="dev")
+        c1 = b.counters()
+        delta = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
+        if delta.get("connect_hinted", 0) or delta.get("req_slow_path", 0) < res["requests"] * 0.9:
+            raise BenchError("--no-connect-hints, tagged dev: %d hinted, %d of %d requests through the relay"
+                             % (delta.get("connect_hinted", 0), delta.get("req_slow_path", 0), res["requests"]))
+        for q in ("rps", "p50_us", "p99_us"):
+            rows["reroute_relay_%s" % q].add(a=res[q])
+        rec["dev, hints off"] = {"results": res, "counter_delta": {k: x for k, x in delta.items() if x}}
+        log("reroute round %d/%d dev, hints off: per-conn %.0f rps" % (i + 1, a.rounds, res["rps"]))
         raw.append(rec)
+        b.set_agent_mode("header")
     return list(rows.values()), raw
 
 

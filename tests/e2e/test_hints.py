@@ -100,7 +100,12 @@ def test_requests_on_a_hinted_connection_are_routed_by_their_own_header(make_nod
 
 RAW = {"http2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
        "tls-hello": bytes.fromhex("160301002e0100002a0303") + bytes(32),
-       "head-too-long": b"GET / HTTP/1.1\r\nHost: s\r\nX-Virtual-Env: dev.proj1\r\nX-Pad: " + b"a" * 9000}
+       "head-too-long": b"GET / HTTP/1.1\r\nHost: s\r\nX-Virtual-Env: dev.proj1\r\nX-Pad: " + b"a" * 9000,
+       # test_smuggling.py's unframed requests, tagged for the hint's own environment
+       "obs-fold": b"GET / HTTP/1.1\r\nHost: x\r\nX-Virtual-Env: dev.proj1\r\nX-Fold: a\r\n b\r\n\r\n",
+       "cl-and-te": b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Virtual-Env: dev.proj1\r\nContent-Length: 3\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+       "bad-version": b"BREW / HTTP/3.0\r\nHost: x\r\nX-Virtual-Env: dev.proj1\r\n\r\n"}
 
 
 @pytest.mark.parametrize("what", sorted(RAW))
@@ -191,3 +196,25 @@ def test_real_clients_one_connection_per_request(make_node):
     after = node.counters()
     assert after["req_failed"] - before["req_failed"] == 0, (before, after)
     assert after["connect_hinted"] - before["connect_hinted"] >= 4, (before, after)
+
+
+def test_a_hinted_connect_that_fails_drops_the_hint(make_node):
+    """The hinted set's pod stops listening while it is still listed ready: the one connect
+    made to it by the hint is refused (as a connect to a dead pod is), counted, and the hint
+    dropped: the pod's next connection goes to its own set. A set whose pod refuses is never
+    hinted in the first place (the relay notes only upstreams it connected)."""
+    node = build(make_node, "dead")
+    hint_from(node)
+    node.stop_server(fixtures.keyer("pr")("s-proj1"))
+    before = node.counters()
+    res = sequence(node, "c-dev", closes("-"))
+    assert "error" in res["answers"][0], res
+    after = node.counters()
+    assert delta(before, after, "connect_hinted", "hint_connect_failed") == (1, 1), (before, after)
+    before = after
+    res = sequence(node, "c-dev", closes("-", "dev.proj1", "-"))
+    pods = [a.get("pod") for a in res["answers"]]
+    assert pods[0] == "pr/s-dev" and pods[2] == "pr/s-dev", res
+    assert "error" in res["answers"][1], res  # the relay cannot connect either: reset
+    after = node.counters()
+    assert delta(before, after, "connect_hinted", "hint_connect_failed") == (0, 0), (before, after)

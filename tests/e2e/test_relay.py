@@ -5,7 +5,9 @@ s-proj1 (dev.proj1); client pods c-att (the attacker), c-vic (the victim), both 
 tagged dev.proj1 on connections made to s-dev are re-routed: the first one of a connection
 through the agent's relay. The attacks of the issue run against the victim, with assertions on
 what the victim sees and on the bounds. The slow-server attack on a victim is in
-test_relay_stress.py."""
+test_relay_stress.py. The agent runs with --no-connect-hints: every new connection here is made
+to its pod's own set, so that its first re-routed request takes the relay (with hints, a pod's
+later connections would go to the set at connect(): test_hints.py)."""
 import json
 import os
 import struct
@@ -44,7 +46,7 @@ def build(make_node, name, extra_args=(), proj2=False, extra_clients=0):
     node.write_manifests()
     for p in servers:
         node.start_server(k(p), script=KASERVER)
-    node.start_agent(list(extra_args))
+    node.start_agent(["--no-connect-hints"] + list(extra_args))
     return node
 
 

@@ -279,6 +279,7 @@ TEST_F(SettingsFile, EveryReadKeyIsAccepted) {
   auto p = write(R"(
 upstreamIdleMs: 1500
 autoInject: false
+connectHints: false
 headerContext: false
 httpWindow: 8192
 baggageKey: ctx
@@ -287,6 +288,7 @@ envHeaderAliases: [X-Env]
   ASSERT_NO_THROW(load_settings_file(p, s));
   EXPECT_EQ(s.upstream_idle_ms, 1500u);
   EXPECT_FALSE(s.auto_inject);
+  EXPECT_FALSE(s.connect_hints);
   EXPECT_FALSE(s.header_context);
   EXPECT_EQ(s.http_window, 8192u);
 }
