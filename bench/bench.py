@@ -366,13 +366,13 @@ class Bench:
                         for f in files})
         hdr_links = [l for l in links if l in ("es_http_ingress", "es_sock_recv_length",
                                                 "es_sockops_prog")]
-        if mode == "header" and len(hdr_links) != 3:
+        if mode in ("header", "nohints") and len(hdr_links) != 3:
             raise BenchError("header mode but header program links are %s (links: %s)"
                              % (hdr_links, links))
         if mode == "noheader" and hdr_links:
             raise BenchError("--no-header-context but still linked: %s" % hdr_links)
-        self.attached["links, agent %s" % ("default" if mode == "header"
-                                           else "--no-header-context")] = links
+        self.attached["links, agent %s" % {"header": "default", "noheader": "--no-header-context",
+                                           "nohints": "--no-connect-hints"}.get(mode, mode)] = links
         log("agent mode %s ready in %.1fs" % (mode, time.monotonic() - t0))
 
     def note(self, text):
@@ -1438,18 +1438,19 @@ REROUTE_TARGETS = {"reroute_close_rps": (">=", 0.8), "reroute_close_p50_us": ("<
 
 
 def suite_reroute(b):
-    """Issue 6 / 14: the cost of a request re-routed per request. The client pod is dev.proj1,
-    so its connections go to web-proj1 at connect() unless a hint says otherwise. A: requests
-    tagged dev (they belong on web-dev); B: requests tagged dev.proj1 (out on their own
-    connection). Keep-alive: the first request of each connection takes the slow path through
-    the agent, all later ones are redirected in the kernel. One connection per request: the
-    first goes through the relay, which notes a connect hint (maps/abi.h es_hints), and the
-    pod's later connections are made to web-dev at connect() (each request still checked by
-    its own header). C: the same as A, one connection per request, with the agent's
-    --no-connect-hints: every request through the relay (the path a request takes when the
-    hint is wrong, e.g. a client whose tags change every request)."""
+    """Issues 6 and 14: the cost of a request re-routed per request. The client pod is
+    dev.proj1: without a hint its connections go to web-proj1 at connect(). A: requests tagged
+    dev (they belong on web-dev); B: requests tagged dev.proj1 (out on their own connection).
+    - keep-alive, agent --no-connect-hints: the first request of each connection takes the slow
+      path through the agent, all later ones are redirected in the kernel;
+    - one connection per request, agent defaults: the relay notes a connect hint (maps/abi.h
+      es_hints) at the first (a warm-up run, not counted), and every later connection of the
+      pod is made to web-dev at connect(), each request still checked by its own header;
+    - one connection per request, agent --no-connect-hints: every request through the relay
+      (the path a request takes when the hint is wrong: a client whose tags change).
+    B runs with the agent's defaults after a warm-up tagged dev.proj1 (the pod's hint then
+    names its own set). Per round the agent restarts twice (pinned maps kept)."""
     a = b.args
-    b.set_agent_mode("header")
     url = "http://%s:%d/" % (SVC_IP, SVC_PORT)
     if b.topo is not None:
         # Each 5 s close-mode run leaves ~14 000 of the client's connections to the pod in
@@ -1459,61 +1460,65 @@ def suite_reroute(b):
         topology._sysctl(b.cg_ns[b.client_cg()], "net.ipv4.tcp_tw_reuse=1")
     rows = {}
     for v, label in (("ka", "keep-alive (kernel path)"),
-                     ("close", "one connection per request (hinted after the first)")):
+                     ("close", "one connection per request (hinted after the first)"),
+                     ("relay", "one connection per request, --no-connect-hints (every request "
+                               "through the relay)")):
         for q, unit, better in (("rps", "req/s", "higher"), ("p50_us", "us", "lower"),
                                 ("p99_us", "us", "lower")):
             k = "reroute_%s_%s" % (v, q)
             rows[k] = Row(k, "HTTP %s, %s" % (label, q.replace("_us", "")), unit,
                           "re-routed (tagged dev)", "own connection (tagged dev.proj1)", better,
                           REROUTE_TARGETS.get(k), fmt="%.0f")
-    for q, unit, better in (("rps", "req/s", "higher"), ("p50_us", "us", "lower"),
-                            ("p99_us", "us", "lower")):
-        k = "reroute_relay_%s" % q
-        rows[k] = Row(k, "HTTP one connection per request, every request through the relay "
-                      "(--no-connect-hints), %s" % q.replace("_us", ""), unit,
-                      "re-routed (tagged dev), hints off", "own connection (tagged dev.proj1)",
-                      better, fmt="%.0f")
-    b.wrk(url, False, 1, "warm-reroute", env="dev")
     raw = []
-    for i in range(a.rounds):
-        rec = {"round": i + 1}
-        for side, env in (("a", "dev"), ("b", "dev.proj1")):
-            c0 = b.counters()
-            res = {"ka": b.wrk(url, False, a.duration, "reroute-ka-" + env, env=env),
-                   "close": b.wrk(url, True, a.duration, "reroute-close-" + env, env=env)}
-            c1 = b.counters()
-            delta = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
-            moved = delta.get("req_rerouted_kernel", 0) + delta.get("req_slow_path", 0)
-            if side == "a" and moved < res["ka"]["requests"] // 2:
-                raise BenchError("tagged dev, but only %d requests were re-routed" % moved)
-            if side == "a" and delta.get("connect_hinted", 0) < res["close"]["requests"] // 2:
-                raise BenchError("tagged dev, one connection per request, but only %d of %d connects "
-                                 "were hinted" % (delta.get("connect_hinted", 0), res["close"]["requests"]))
-            if side == "b" and moved:
-                raise BenchError("tagged dev.proj1, but %d requests were re-routed" % moved)
-            for v in ("ka", "close"):
-                for q in ("rps", "p50_us", "p99_us"):
-                    rows["reroute_%s_%s" % (v, q)].add(**{side: res[v][q]})
-            if side == "b":
-                for q in ("rps", "p50_us", "p99_us"):
-                    rows["reroute_relay_%s" % q].add(b=res["close"][q])
-            rec[env] = {"results": res, "counter_delta": {k: x for k, x in delta.items() if x}}
-            log("reroute round %d/%d %s: keep-alive %.0f rps, per-conn %.0f rps" %
-                (i + 1, a.rounds, env, res["ka"]["rps"], res["close"]["rps"]))
-        b.set_agent_mode("nohints")
+
+    def measured(name, env, close, check):
         c0 = b.counters()
-        res = b.wrk(url, True, a.duration, "reroute-relay-dev", env="dev")
+        res = b.wrk(url, close, a.duration, name, env=env)
         c1 = b.counters()
         delta = {k: c1.get(k, 0) - c0.get(k, 0) for k in c1}
-        if delta.get("connect_hinted", 0) or delta.get("req_slow_path", 0) < res["requests"] * 0.9:
-            raise BenchError("--no-connect-hints, tagged dev: %d hinted, %d of %d requests through the relay"
-                             % (delta.get("connect_hinted", 0), delta.get("req_slow_path", 0), res["requests"]))
-        for q in ("rps", "p50_us", "p99_us"):
-            rows["reroute_relay_%s" % q].add(a=res[q])
-        rec["dev, hints off"] = {"results": res, "counter_delta": {k: x for k, x in delta.items() if x}}
-        log("reroute round %d/%d dev, hints off: per-conn %.0f rps" % (i + 1, a.rounds, res["rps"]))
-        raw.append(rec)
+        why = check(res, delta)
+        if why:
+            raise BenchError("%s (tagged %s): %s; counters %s" % (name, env, why,
+                             {k: x for k, x in delta.items() if x}))
+        return res, {k: x for k, x in delta.items() if x}
+
+    def moved(d):
+        return d.get("req_rerouted_kernel", 0) + d.get("req_slow_path", 0)
+
+    for i in range(a.rounds):
+        rec = {}
+        b.set_agent_mode("nohints")
+        b.wrk(url, False, 1, "warm-reroute", env="dev")
+        rec["ka dev, hints off"] = measured(
+            "reroute-ka-dev", "dev", False,
+            lambda r, d: "only %d re-routed" % moved(d) if moved(d) < r["requests"] // 2 else None)
+        rec["close dev, hints off"] = measured(
+            "reroute-relay-dev", "dev", True,
+            lambda r, d: ("%d hinted, %d of %d through the relay" % (
+                d.get("connect_hinted", 0), d.get("req_slow_path", 0), r["requests"])
+                if d.get("connect_hinted", 0) or d.get("req_slow_path", 0) < r["requests"] * 0.9
+                else None))
         b.set_agent_mode("header")
+        b.wrk(url, True, 1, "warm-hint-dev", env="dev")
+        rec["close dev"] = measured(
+            "reroute-close-dev", "dev", True,
+            lambda r, d: ("only %d of %d connects hinted" % (d.get("connect_hinted", 0), r["requests"])
+                          if d.get("connect_hinted", 0) < r["requests"] * 0.9 else None))
+        b.wrk(url, True, 1, "warm-hint-proj1", env="dev.proj1")
+        none = lambda r, d: "%d re-routed, %d hinted" % (moved(d), d.get("connect_hinted", 0)) \
+            if moved(d) or d.get("connect_hinted", 0) else None  # noqa: E731
+        rec["ka dev.proj1"] = measured("reroute-ka-dev.proj1", "dev.proj1", False, none)
+        rec["close dev.proj1"] = measured("reroute-close-dev.proj1", "dev.proj1", True, none)
+        for v, key_a, key_b in (("ka", "ka dev, hints off", "ka dev.proj1"),
+                                ("close", "close dev", "close dev.proj1"),
+                                ("relay", "close dev, hints off", "close dev.proj1")):
+            for q in ("rps", "p50_us", "p99_us"):
+                rows["reroute_%s_%s" % (v, q)].add(a=rec[key_a][0][q], b=rec[key_b][0][q])
+        raw.append({"round": i + 1, **{k: {"results": r, "counter_delta": d} for k, (r, d) in rec.items()}})
+        log("reroute round %d/%d: keep-alive %.0f / %.0f rps, per-conn hinted %.0f, relay %.0f, own %.0f rps"
+            % (i + 1, a.rounds, rec["ka dev, hints off"][0]["rps"], rec["ka dev.proj1"][0]["rps"],
+               rec["close dev"][0]["rps"], rec["close dev, hints off"][0]["rps"],
+               rec["close dev.proj1"][0]["rps"]))
     return list(rows.values()), raw
 
 

@@ -23,7 +23,7 @@ ROWS = ["connect_ns", "connect_mean_ns", "connect_cpu_ns", "connect_podip_ns"] +
     for q in ("rps", "p50_us", "p99_us", "cpu_us") for o in ("direct", "proxy", "iptables")] + [
     "scale_10_connect_ns", "scale_100_connect_ns", "scale_envsteer_100_vs_10",
     "scale_iptables_100_vs_10"] + [
-    "reroute_%s_%s" % (v, q) for v in ("ka", "close") for q in ("rps", "p50_us", "p99_us")] + [
+    "reroute_%s_%s" % (v, q) for v in ("ka", "close", "relay") for q in ("rps", "p50_us", "p99_us")] + [
     # issue 17's table, side by side
     "i17_ka_rps_vs_direct", "i17_ka_rps_vs_iptables", "i17_close_rps_vs_direct",
     "i17_connect_p50_vs_direct", "i17_nonpart_ka_rps", "i17_nonpart_close_rps",
