@@ -39,6 +39,13 @@
  *    are exactly one "<header>: <env>\r\n" line, after the request line or
  *    before the blank line, of a request without the header; relay frames are
  *    well formed and numbered;
+ *  - on a connection a connect hint made (ES_STEER_F_HINT: its pod is another
+ *    set's than the caller's own, so nobody's fallback), a byte goes out on it
+ *    only in or after a request whose complete head was decided there (route
+ *    PASS): unframed bytes before one, heads too long to hold, h2c upgrades and
+ *    requests resolving nowhere are refused instead, each refusal counted
+ *    (hint_refused) and the pod's hint dropped; other connections leave both
+ *    alone (check_hint);
  *  - with the relay up and unbounded, no upstream lost, requests that parse,
  *    heads within the hold limit and sends that each carry one request
  *    (mainstream clients), nothing fails and nothing is lost.
@@ -66,6 +73,7 @@
 #define FK_RELAY_COOKIE 0x7777ULL
 #define FK_SVC 1
 #define FK_MAX_ENV 8
+#define FK_POD_CG 4242ULL	/* the calling pod's cgroup id (es_sock.pod_cgroup, es_hints key) */
 
 static int fk_trace_on;
 
@@ -179,6 +187,7 @@ static void fk_maps_init(void)
 	FK_MAP(es_trace_cfg);
 	FK_MAP(es_trace_bucket);
 	FK_MAP(es_decisions);
+	FK_MAP(es_hints);
 }
 
 static void fk_maps_reset(void)
@@ -709,6 +718,8 @@ static struct {
 	uint8_t *st;      /* ST_* per byte */
 	uint8_t *dest;    /* stream index per byte (ST_OWN, ST_SET) */
 	uint8_t *up;      /* 1 + index in fh.up of the upstream a byte was redirected to; 0 */
+	int32_t *seen;    /* per byte that went out on the connection: frontier then */
+	int32_t frontier; /* the furthest original byte in a message the program ran on; -1 */
 	struct fk_stream out[FK_MAX_ENV + 1];
 	struct fk_push *push;
 	size_t npush, cap_push;
@@ -778,6 +789,7 @@ static void fk_stream_put(int si, uint8_t b, int32_t t, int up)
 		fd.st[t] = kind;
 		fd.dest[t] = (uint8_t)si;
 		fd.up[t] = (uint8_t)up;
+		fd.seen[t] = fd.frontier;
 	}
 	o->t[o->n] = t;
 	o->b[o->n] = b;
@@ -924,6 +936,14 @@ static int fk_run_prog(struct fk_msg *m)
 	m->md.local_port = 40000;
 	m->md.remote_port = (__u32)bpf_htons(8080) << 16;
 	CHECK(++ps.runs < 4 * fd.sn + 1000);
+	{
+		uint32_t i, k;
+
+		for (i = 0; i < m->n; i++)
+			for (k = 0; k < m->e[i].len; k++)
+				if (m->e[i].t[k] > fd.frontier)
+					fd.frontier = m->e[i].t[k];
+	}
 	trace("  run %u: %u bytes in %u elements%s, first %u%s\n", ps.runs, m->size, m->n,
 	      m->n == FK_MAX_FRAGS ? " (full)" : "", m->n ? m->e[0].len : 0,
 	      m->n && m->e[0].copy ? " (not readable)" : "");
@@ -1140,12 +1160,17 @@ static struct {
 	int single_set;    /* the service had one backend set at the first request (not followed) */
 	int connected_single; /* the connection was made while the service had one set (no state
 			       * callback, so never followed); the service has two now */
+	int hinted;        /* the connection was made by a connect hint (ES_STEER_F_HINT): conn_env
+			    * is a set other than the caller's own (own_set) */
+	uint32_t own_set;  /* the set the caller's own environment resolved to at connect */
+	int no_dev_set;    /* dev (the default environment) has no backends: some requests resolve
+			    * nowhere */
 	struct es_http_cfg http;
 } cf;
 
 static int fk_has_set(uint32_t env)
 {
-	return env == 2 || env == 3 || (env == 5 && cf.proj2_set);
+	return (env == 2 && !cf.no_dev_set) || env == 3 || (env == 5 && cf.proj2_set);
 }
 
 static void fk_setup_maps(void)
@@ -1193,6 +1218,15 @@ static void fk_setup_maps(void)
 	rc.max_frames = cf.max_frames;
 	CHECK(!bpf_map_update_elem(&es_relay_cfg, &zero, &rc, BPF_ANY));
 	fh.relay_up = cf.relay_up;
+	{
+		/* the pod's hint for the service (es_hints): the connection's set when a hint made
+		 * it; else one naming the caller's own set, which es_hint_pick passes over (the
+		 * program must leave it alone) */
+		struct es_hint_key hk = { .pod = FK_POD_CG, .svc_id = FK_SVC };
+		struct es_hint h = { .env_id = cf.hinted ? cf.conn_env : cf.own_set };
+
+		CHECK(!bpf_map_update_elem(&es_hints, &hk, &h, BPF_ANY));
+	}
 	if (cf.tracing) {
 		tc.enabled = 1;
 		tc.rate = 1000;
@@ -1581,6 +1615,8 @@ static void fk_dump(void)
 		cf.conn_env, cf.pod_env, cf.pod_flags, cf.window, cf.auto_inject,
 		cf.thread_env ? cf.thread_env : "-", cf.relay_up ? "up" : "down", cf.max_frames, cf.proj2_set,
 		cf.prebind);
+	fprintf(stderr, "fuzz_msg: %s (the caller's own set %u), dev has backends %d\n",
+		cf.hinted ? "connection made by a hint" : "no hint", cf.own_set, !cf.no_dev_set);
 	fprintf(stderr, "fuzz_msg: stream of %zu bytes; requests generated at:", fd.sn);
 	for (i = 0; i < nreq; i++)
 		fprintf(stderr, " %u", req_starts[i]);
@@ -1756,10 +1792,10 @@ static const char *ref_inserted(void)
 	return NULL;
 }
 
-/* The stream (0: the connection's own pod, e: set e) a complete request belongs to. */
-static int ref_expected(const struct seg *s)
+/* The set a complete request's environment resolves to; ES_ENV_NONE: none. */
+static uint32_t ref_target(const struct seg *s)
 {
-	uint32_t id, res;
+	uint32_t id;
 
 	if (s->flags & ES_HTTP_F_ENV_SEEN) {
 		id = s->outcome == ES_HTTP_ENV_FOUND ? ref_env_id_by_name(s->env, s->env_len) : cf.pod_env;
@@ -1770,7 +1806,14 @@ static int ref_expected(const struct seg *s)
 	}
 	if (id == ES_ENV_NONE)
 		id = 2;
-	res = ref_resolve(id);
+	return ref_resolve(id);
+}
+
+/* The stream (0: the connection's own pod, e: set e) a complete request belongs to. */
+static int ref_expected(const struct seg *s)
+{
+	uint32_t res = ref_target(s);
+
 	if (res == ES_ENV_NONE || res == cf.conn_env)
 		return 0;
 	return (int)res;
@@ -1907,13 +1950,13 @@ static void check_requests(void)
 		if (s->dest < 0 || s->died_in_head)
 			continue;
 		if (s->he < 0) {
-			if (!(s->dest == 0 && seg_long(s)))
+			if (!(s->dest == 0 && seg_long(s) && !cf.hinted))
 				violation("request at %zu went to %s before its head was complete (%zu bytes of head)",
 					  s->start, dest_name(s->dest), s->head_bytes);
 			continue;
 		}
 		if (s->dest != ref_expected(s) &&
-		    !(s->dest == 0 && ((s->flags & ES_HTTP_F_H2C) || seg_long(s))))
+		    !(s->dest == 0 && !cf.hinted && ((s->flags & ES_HTTP_F_H2C) || seg_long(s))))
 			violation("request at %zu (env header %s%.*s) went to %s; it belongs to %s", s->start,
 				  s->outcome == ES_HTTP_ENV_FOUND ? "" : "none/invalid",
 				  s->outcome == ES_HTTP_ENV_FOUND ? s->env_len : 0, s->env, dest_name(s->dest),
@@ -1928,7 +1971,7 @@ static void check_requests(void)
 
 		/* a dying head too long to hold went out on the connection before it died */
 		for (k = 0; k < nseg; k++)
-			if (segs[k].died_in_head && seg_long(&segs[k]))
+			if (segs[k].died_in_head && seg_long(&segs[k]) && !cf.hinted)
 				own_ok = 1;
 		for (o = 0; o < fd.sn; o++) {
 			int d;
@@ -1995,6 +2038,138 @@ static void check_own_counts(void)
 			  (unsigned long long)o->reqs);
 }
 
+static __u64 fk_counter(__u32 idx)
+{
+	const __u64 *v = bpf_map_lookup_elem(&es_counters, &idx);
+
+	return v ? *v : 0;
+}
+
+/* A request decided with route PASS on a hinted connection: its head complete, its
+ * environment resolving to the connection's set, not an h2c upgrade (refused there), and
+ * on the connection. */
+static int hint_pass(const struct seg *s)
+{
+	return s->he >= 0 && s->dest == 0 && !(s->flags & ES_HTTP_F_H2C) && ref_target(s) == cf.conn_env;
+}
+
+/*
+ * Connect hints (maps/abi.h es_hints). A connection a hint made (ES_STEER_F_HINT) went to
+ * another set than the caller's own, so its own pod is nobody's fallback:
+ *  (a) a byte goes out on it only as part of a request whose head was decided with route
+ *      PASS (complete and in the program's hands when the byte left, its environment
+ *      resolved to the connection's set), or after such a request (unframed bytes, empty
+ *      lines between requests);
+ *  (b) unframed bytes before any such request, heads too long to hold: refused, never sent
+ *      unrouted (ES_MSG_A_UNROUTABLE);
+ *  (c) h2c upgrades and requests whose environment resolves nowhere: refused;
+ * every such refusal counts hint_refused and drops the hint, and nothing else does. On
+ * other connections the hint is never touched and nothing is counted.
+ */
+static void check_hint(void)
+{
+	const struct es_hint_key hk = { .pod = FK_POD_CG, .svc_id = FK_SVC };
+	const struct es_hint *h = bpf_map_lookup_elem(&es_hints, &hk);
+	__u64 refused = fk_counter(ES_CNT_HINT_REFUSED), missed = fk_counter(ES_CNT_HINT_MISSED);
+	int could_refuse = death >= 0;
+	size_t o, first = (size_t)-1;
+	uint32_t i;
+
+	trace("hint: %s, set %u (the caller's %u); hint_refused %llu, hint_missed %llu, hint %s\n",
+	      cf.hinted ? "hinted" : "not hinted", cf.conn_env, cf.own_set, (unsigned long long)refused,
+	      (unsigned long long)missed, h ? "kept" : "dropped");
+	if (!cf.hinted) {
+		if (refused || missed)
+			violation("a connection without a hint counts hint_refused %llu, hint_missed %llu",
+				  (unsigned long long)refused, (unsigned long long)missed);
+		if (!h || h->env_id != cf.own_set)
+			violation("a connection without a hint changed the pod's hint");
+		return;
+	}
+	if (!!refused == !!h)
+		violation("hint_refused counts %llu but the hint is %s", (unsigned long long)refused,
+			  h ? "still there" : "gone");
+	if (h && h->env_id != cf.conn_env)
+		violation("the hint changed to environment %u", h->env_id);
+	if (missed > 1)
+		violation("hint_missed counts %llu on one connection", (unsigned long long)missed);
+	if (fk_counter(ES_CNT_REQ_UNROUTABLE))
+		violation("a head too long to hold was sent unrouted on a hinted connection");
+	if (fk_counter(ES_CNT_REQ_H2C_KEPT) && !refused)
+		violation("an h2c upgrade was kept on a hinted connection without a refusal");
+
+	/* (a): every byte that went out on the connection */
+	for (o = 0; o < fd.sn; o++) {
+		int si = segof[o];
+
+		if (fd.st[o] != ST_OWN)
+			continue;
+		if (si >= 0) {
+			const struct seg *s = &segs[si];
+
+			if (!hint_pass(s))
+				violation("hinted connection (set %u, the caller's %u): byte %zu of the request at %zu "
+					  "went out on it; its head %s, it belongs to %s%s", cf.conn_env, cf.own_set, o,
+					  s->start, s->he < 0 ? "incomplete" : "complete",
+					  ref_target(s) == ES_ENV_NONE ? "no set" : dest_name(ref_expected(s)),
+					  (s->flags & ES_HTTP_F_H2C) ? " (h2c)" : "");
+			if (fd.seen[o] < s->he)
+				violation("hinted connection: byte %zu of the request at %zu went out before its head "
+					  "(ending at %lld) reached the program (it had up to byte %d)", o, s->start,
+					  (long long)s->he, fd.seen[o]);
+		} else if (si == SEG_NEUTRAL) {
+			/* an empty line between requests: with the one before it or the one after.
+			 * Empty lines before the first request pass before anything is decided (no
+			 * head in the message: es_msg_decide has nothing to hold); they carry no
+			 * request, and a server ignores them (RFC 9112 section 2.2): allowed. */
+			int prev = -1, next = -1;
+
+			for (i = 0; i < nseg; i++) {
+				if (segs[i].start < o)
+					prev = (int)i;
+				else if (next < 0)
+					next = (int)i;
+			}
+			if (prev >= 0 && !hint_pass(&segs[prev]) && !(next >= 0 && hint_pass(&segs[next])))
+				violation("hinted connection: empty line byte %zu went out on it, with no request "
+					  "decided PASS next to it", o);
+		} else if (si == SEG_UNFRAMED) {
+			if (tunnel_owner < 0 || !hint_pass(&segs[tunnel_owner]))
+				violation("hinted connection: unframed byte %zu (the parser died at %lld) went out on it "
+					  "after %s", o, (long long)death,
+					  tunnel_owner < 0 ? "no request" : "a request not decided PASS there");
+		}
+	}
+
+	/* what may be refused for the hint (sound: refused > 0 only then) */
+	for (i = 0; i < nseg; i++)
+		if (seg_long(&segs[i]) || (segs[i].he >= 0 && ((segs[i].flags & ES_HTTP_F_H2C) ||
+								ref_target(&segs[i]) == ES_ENV_NONE)))
+			could_refuse = 1;
+	if (refused && !could_refuse)
+		violation("hint_refused counts %llu, but no request needed a refusal", (unsigned long long)refused);
+
+	/* the first bytes the program saw, when they failed for the hint: counted */
+	for (o = 0; o < fd.sn && first == (size_t)-1; o++)
+		if (segof[o] != SEG_NONE && segof[o] != SEG_NEUTRAL)
+			first = o;
+	if (first != (size_t)-1 && fd.st[first] == ST_FAIL && !refused) {
+		int si = segof[first];
+		const struct seg *s = si >= 0 ? &segs[si] : NULL;
+
+		if (!s || s->he < 0 || (s->flags & ES_HTTP_F_H2C) || ref_expected(s) == 0)
+			violation("hinted connection: its first request (byte %zu) failed, not re-routed, and "
+				  "hint_refused counts nothing", first);
+	}
+	/* hint_missed: the first request re-routed */
+	if (nseg && segs[0].he >= 0 && segs[0].dest > 0 && missed != 1)
+		violation("hinted connection: its first request went to %s, hint_missed counts %llu",
+			  dest_name(segs[0].dest), (unsigned long long)missed);
+	if (missed && !(nseg && segs[0].he >= 0 && ref_expected(&segs[0]) > 0 && !(segs[0].flags & ES_HTTP_F_H2C)))
+		violation("hint_missed counts %llu but the first request was not for another set",
+			  (unsigned long long)missed);
+}
+
 /* Mainstream clients under good conditions: nothing fails, nothing is lost. */
 static void check_liveness(void)
 {
@@ -2005,8 +2180,8 @@ static void check_liveness(void)
 		goto out_of_domain;
 	for (i = 0; i < nseg; i++)
 		if ((segs[i].flags & (ES_HTTP_F_UPGRADE | ES_HTTP_F_CONNECT | ES_HTTP_F_H2C)) ||
-		    seg_long(&segs[i]))
-			goto out_of_domain;
+		    seg_long(&segs[i]) || (cf.hinted && segs[i].he >= 0 && ref_target(&segs[i]) == ES_ENV_NONE))
+			goto out_of_domain; /* (on a hinted connection, a request for no set is refused) */
 	/* each send carries bytes of one request at most: by the original stream,
 	 * whatever the kernel freed */
 	{
@@ -2075,8 +2250,10 @@ static void fk_reset(void)
 	free(fd.st);
 	free(fd.dest);
 	free(fd.up);
+	free(fd.seen);
 	free(fd.push);
 	memset(&fd, 0, sizeof(fd));
+	fd.frontier = -1;
 	for (k = 0; k < nsends; k++)
 		free(sends[k].reg);
 	nsends = 0;
@@ -2118,7 +2295,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 *     frame (bpf_tcp_ingress under TCP memory pressure), bit 1 the service
 	 *     has one backend set in es_frontends (the own pod's responses are not
 	 *     followed), bit 2 the connection was made while it had one (sockops
-	 *     left it without the state callback: never followed either)
+	 *     left it without the state callback: never followed either), bit 3 the
+	 *     connection was made by a connect hint (es_hints, ES_STEER_F_HINT: to a
+	 *     set other than the caller's own, chosen by bits 4-5; not with bits 1-2),
+	 *     bit 6 dev (the default) has no backends
 	 */
 	c0 = rd8(&r);
 	c1 = rd8(&r);
@@ -2143,8 +2323,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	te = ENV_VALUES[(c2 >> 2) & 7];
 	cf.thread_env = te && te[0] != '-' ? te : NULL;
 	cf.prebind = (c2 >> 5) & 1;
+	cf.no_dev_set = (c3 >> 6) & 1;
+	cf.hinted = 0;
 	if (cf.conn_env == 5 && !cf.proj2_set)
 		cf.conn_env = 2; /* a connection goes to a set that exists */
+	if (cf.conn_env == 2 && cf.no_dev_set)
+		cf.conn_env = 3;
+	/* at connect, the caller's own environment (its pod's: the thread's serves only
+	 * services of one request per connection) resolved to own_set */
+	cf.own_set = ref_resolve(cf.pod_env);
+	if ((c3 >> 3) & 1) {
+		/* es_hint_pick: a hint for another set than own_set, one with backends */
+		uint32_t cand[3], nc = 0, e;
+
+		for (e = 2; e <= 5; e++)
+			if (fk_has_set(e) && e != cf.own_set)
+				cand[nc++] = e;
+		if (nc && cf.own_set != ES_ENV_NONE) {
+			cf.hinted = 1;
+			cf.conn_env = cand[((c3 >> 4) & 3) % nc];
+			cf.single_set = cf.connected_single = 0; /* only to a service of several sets */
+		}
+	}
 
 	es_http_cfg_init(&cf.http, '.', cf.window);
 	CHECK(!es_http_cfg_add_name(&cf.http, "X-Virtual-Env", 13));
@@ -2155,7 +2355,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fk_setup_maps();
 
 	/* as sockops leaves it once established (outbound.h es_sockops) */
-	fk.sock.steered = ES_STEER_POD | (cf.single_set || cf.connected_single ? 0 : ES_STEER_F_STATE);
+	fk.sock.steered = ES_STEER_POD | (cf.single_set || cf.connected_single ? 0 : ES_STEER_F_STATE) |
+			  (cf.hinted ? ES_STEER_F_HINT : 0);
+	fk.sock.pod_cgroup = FK_POD_CG;
 	fk.sock.svc_id = FK_SVC;
 	fk.sock.env_id = cf.conn_env;
 	fk.sock.pod_env_id = cf.pod_env;
@@ -2212,8 +2414,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fd.st = calloc(s.n, 1);
 	fd.dest = calloc(s.n, 1);
 	fd.up = calloc(s.n, 1);
+	fd.seen = calloc(s.n, sizeof(int32_t));
 	segof = calloc(s.n, sizeof(int));
-	CHECK(fd.st && fd.dest && fd.up && segof);
+	CHECK(fd.st && fd.dest && fd.up && fd.seen && segof);
 
 	/* the sends: what is left of the input, two bytes each; then the rest in one */
 	off = 0;
@@ -2259,6 +2462,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_inserts();
 	check_upstream_counts();
 	check_own_counts();
+	check_hint();
 	check_liveness();
 
 	free(s.p);

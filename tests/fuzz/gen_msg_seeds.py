@@ -17,7 +17,11 @@ mean "the rest in one send"):
         bit 5 an upstream for dev.proj1 bound from the start, bit 6 IPv6
     c3: bit 0 the relay's receive memory takes only the first element of one frame (the
         kernel runs the program again on the rest: it must fail, never go anywhere), bit 1
-        the service has one backend set (the own pod's responses are not followed)
+        the service has one backend set (the own pod's responses are not followed), bit 2
+        the connection was made while it had one, bit 3 the connection was made by a connect
+        hint (es_hints, ES_STEER_F_HINT): to a set with backends other than the one the pod's
+        env resolves to, the n-th of them by bits 4-5 (none: no hint; not with bits 1-2),
+        bit 6 dev (the default env) has no backends (some requests resolve nowhere)
   1 byte: number of requests - 1 (modulo 16)
   6 bytes per request (gen_request() in fuzz_msg.c says what each bit means)
   2 bytes per send: size (bits 0-1 class: 1+v, (v+1)*97, a boundary size, the rest;
@@ -26,7 +30,8 @@ mean "the rest in one send"):
     place, bits 5-7 the agent afterwards: catch up, bind upstreams (again for one whose server
     closed it), an upstream's server closes it (es_rsp.fin) or, once it has, it is gone)
 
-Backends exist for dev, dev.proj1 and (c1 bit 5) dev.proj2; dev is the default env.
+Backends exist for dev (unless c3 bit 6), dev.proj1 and (c1 bit 5) dev.proj2; dev is the
+default env.
 """
 import os
 import struct
@@ -44,11 +49,11 @@ PLANS = {"one": 0, "bytes": 1, "random": 2, 512: 3, 1000: 4, 1024: 5, 1100: 6, 4
 
 def cfg(window=0, auto=1, labelled=1, threadctx=0, aliases=0, tracing=0, rbfull=0,
         conn=0, pod=0, proj2=1, relay_down=0, align=0, max_frames=0, thread=None,
-        prebind=0, v6=0, relay_partial=0, single_set=0):
+        prebind=0, v6=0, relay_partial=0, single_set=0, hint=0, hint_pick=0, no_dev_set=0):
     c0 = window | auto << 2 | labelled << 3 | threadctx << 4 | aliases << 5 | tracing << 6 | rbfull << 7
     c1 = conn | pod << 2 | proj2 << 5 | relay_down << 6 | align << 7
     c2 = max_frames | ENV[thread] << 2 | prebind << 5 | v6 << 6
-    c3 = relay_partial | single_set << 1
+    c3 = relay_partial | single_set << 1 | hint << 3 | hint_pick << 4 | no_dev_set << 6
     return bytes([c0, c1, c2, c3])
 
 
@@ -195,6 +200,24 @@ SEEDS = {
     "window-0": seed(cfg(window=2, align=1), [
         req("get", "dev.proj1", pad=1500), req("get", "dev")],
         [send(("k", 5), 512), send("rest", "one"), send("rest", "one")]),
+    # connect hints: the connection went to dev.proj1's set (pod env dev; dev.proj2 has
+    # backends too, the first other set is picked) or dev.proj2's (pod env dev.proj1)
+    "hint-first-unframed": seed(cfg(hint=1, align=1), [
+        req("raw", body=40, smuggle=1), req("get", "dev.proj1")]),
+    "hint-long-head": seed(cfg(hint=1, align=1), [
+        req("get", pad=8900), req("get", "dev.proj1")],
+        [send(("k", 9), 512)] * 8 + [send("rest", "one")]),
+    "hint-long-head-own-env": seed(cfg(hint=1, align=1), [
+        req("post", "dev.proj1", pad=3000, body=9)], [send("rest", 4096)]),
+    "hint-h2c": seed(cfg(hint=1), [req("h2c", "dev.proj1"), req("get", "dev.proj1")]),
+    "hint-nowhere": seed(cfg(hint=1, pod=1, no_dev_set=1, align=1), [
+        req("get", "other"), req("get", "dev.proj2")]),
+    "hint-pass-then-unframed": seed(cfg(hint=1), [
+        req("get", "dev.proj1"), req("malformed", "dev.proj1", var=1), req("raw", body=30)]),
+    "hint-missed": seed(cfg(hint=1, align=1), [req("get"), req("get", "dev.proj1")],
+        [send("rest", "one", agent=3), send("rest", "one")]),
+    "hint-empty-lines": seed(cfg(hint=1, align=1), [req("get", "dev.proj1", empty=1),
+        req("get", "dev", empty=1)], [send(1, "one"), send("rest", "one"), send(1, "one")]),
 }
 
 
