@@ -51,6 +51,14 @@ def sequence(node, pod, envs, timeout=10.0):
                                 "--timeout", str(timeout)], timeout=timeout * len(envs) + 40)
 
 
+def check_one_connection(res, envs):
+    """kaload --sequence answers: one connection, every request answered by its env's pod with
+    the app's header unchanged (an untagged one carries c-dev's own env: auto-inject)."""
+    assert res["connects"] == 1, res
+    assert [a["pod"] for a in res["answers"]] == [EXPECT[e] for e in envs], res
+    assert [a["got_header"] for a in res["answers"]] == ["dev" if e == "-" else e for e in envs], res
+
+
 def delta(before, after, *names):
     return tuple(after[n] - before[n] for n in names)
 
@@ -60,11 +68,7 @@ def test_python_http_client_alternating_envs_on_one_connection(make_node):
     before = node.counters()
     envs = ["dev", "dev.proj1", "dev", "dev.proj2", "dev.proj1.alice", "-", "dev.proj1", "dev.proj2", "dev"]
     res = sequence(node, "c-dev", envs)
-    assert res["connects"] == 1, res
-    assert [a["pod"] for a in res["answers"]] == [EXPECT[e] for e in envs], res
-    # the app's header reaches the pod unchanged; the untagged one carries c-dev's own env
-    # (auto-inject)
-    assert [a["got_header"] for a in res["answers"]] == ["dev" if e == "-" else e for e in envs], res
+    check_one_connection(res, envs)
     after = node.counters()
     # 2 targets other than the connection's own: first request of each via the agent
     assert delta(before, after, "req_slow_path", "req_rerouted_kernel", "req_passed", "req_failed") == \
