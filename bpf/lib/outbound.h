@@ -20,17 +20,23 @@
 #define ES_MAX_INSERTS 8
 #define ES_INJECT_MAX (32 + 2 + ES_ENV_NAME_MAX + 2)
 
-/* A connection a hint made (ES_STEER_F_HINT) got bytes that cannot be routed
- * by their own header: they are refused, and the hint dropped so that the
- * pod's next connection to the service is made to its own set. */
-static __always_inline void es_hint_refuse(const struct es_sock *s)
+/* The hint that made connection s is dropped (counted why): the pod's next
+ * connection to the service is made to its own set. */
+static __always_inline void es_hint_drop(const struct es_sock *s, __u32 why)
 {
 	struct es_hint_key hk = {};
 
-	es_count(ES_CNT_HINT_REFUSED);
+	es_count(why);
 	hk.pod = s->pod_cgroup;
 	hk.svc_id = s->svc_id;
 	bpf_map_delete_elem(&es_hints, &hk);
+}
+
+/* A connection a hint made (ES_STEER_F_HINT) got bytes that cannot be routed
+ * by their own header: they are refused, and the hint dropped. */
+static __always_inline void es_hint_refuse(const struct es_sock *s)
+{
+	es_hint_drop(s, ES_CNT_HINT_REFUSED);
 }
 
 /* A connection a hint made is watched until it is established (its state
@@ -50,17 +56,12 @@ static __always_inline void es_hint_watch(struct bpf_sock_ops *skops)
 static __always_inline void es_hint_connect_failed(struct bpf_sock_ops *skops)
 {
 	const struct es_sock *s;
-	struct es_hint_key hk = {};
 
 	if (skops->args[0] != BPF_TCP_SYN_SENT || skops->args[1] != BPF_TCP_CLOSE || !skops->sk)
 		return;
 	s = bpf_sk_storage_get(&es_socks, skops->sk, 0, 0);
-	if (!s || !(s->steered & ES_STEER_F_HINT))
-		return;
-	es_count(ES_CNT_HINT_CONNECT_FAILED);
-	hk.pod = s->pod_cgroup;
-	hk.svc_id = s->svc_id;
-	bpf_map_delete_elem(&es_hints, &hk);
+	if (s && (s->steered & ES_STEER_F_HINT))
+		es_hint_drop(s, ES_CNT_HINT_CONNECT_FAILED);
 }
 
 /* A client of the relay is closing or gone: the agent pools or closes its
