@@ -15,7 +15,8 @@ import pytest
 
 import fixtures
 import harness
-from test_per_request import EXPECT, KALOAD, TO, build, check_one_connection, delta, run_json
+from test_per_request import (EXPECT, JAVA_CLIENT, NODE_CLIENT, TO, build, check_one_connection, delta,
+                              run_json, sequence)
 
 COUNTS = ("req_slow_path", "req_rerouted_kernel", "req_passed", "req_failed", "connect_hinted",
           "hint_missed", "hint_refused")
@@ -38,12 +39,6 @@ except OSError as e:
     out["got"] = "error: %s" % e
 print(json.dumps(out))
 """
-
-
-def sequence(node, pod, envs, timeout=10.0):
-    """kaload --sequence (as test_per_request's, "=" so that an entry may begin with "-")."""
-    return run_json(node, pod, [harness.PYTHON, KALOAD, "--to", TO, "--sequence=" + ",".join(envs),
-                                "--timeout", str(timeout)], timeout=timeout * len(envs) + 40)
 
 
 def closes(*envs):
@@ -149,54 +144,6 @@ def test_hints_are_per_pod(make_node):
     assert delta(before, after, "connect_hinted", "req_slow_path", "req_passed") == (1, 1, 2), (before, after)
 
 
-NODE_CLIENT = r"""
-const http = require('http');
-const [to, envs] = [process.argv[2], process.argv[3].split(',')];
-const [host, port] = to.split(':');
-(async () => {
-  const out = [];
-  for (const env of envs) {
-    out.push(await new Promise((resolve) => {
-      const req = http.request({host, port, path: '/', agent: false, timeout: 5000,
-                                headers: {'X-Virtual-Env': env}}, (res) => {
-        let b = '';
-        res.on('data', (d) => b += d);
-        res.on('end', () => resolve(JSON.parse(b)));
-      });
-      req.on('error', (e) => resolve({error: String(e)}));
-      req.on('timeout', () => req.destroy(new Error('timeout')));
-      req.end();
-    }));
-  }
-  console.log(JSON.stringify(out));
-})();
-"""
-
-
-JAVA_CLIENT = r"""
-import java.io.*;
-import java.net.*;
-public class OneShot {
-  public static void main(String[] a) throws Exception {
-    StringBuilder sb = new StringBuilder("[");
-    String[] envs = a[1].split(",");
-    for (int i = 0; i < envs.length; i++) {
-      // kaserver's /close answers with "Connection: close": the next request opens a new connection
-      HttpURLConnection c = (HttpURLConnection) new URL("http://" + a[0] + "/close").openConnection();
-      c.setConnectTimeout(10000);
-      c.setReadTimeout(10000);
-      c.setRequestProperty("X-Virtual-Env", envs[i]);
-      InputStream in = c.getInputStream();
-      String body = new String(in.readAllBytes(), "UTF-8");
-      in.close();
-      if (i > 0) sb.append(",");
-      sb.append(body);
-    }
-    System.out.println(sb.append("]"));
-  }
-}
-"""
-
 # Python asyncio streams: a new connection per request.
 ASYNCIO_CLIENT = r"""
 import asyncio, json, sys
@@ -266,7 +213,7 @@ def go_client(node):
 
 
 def test_real_clients_one_connection_per_request(make_node):
-    """curl, Node (agent: false), Java (HttpURLConnection), Python asyncio and Go (net/http
+    """curl, Node (agent: false), Java (HttpURLConnection, /close), Python asyncio and Go (net/http
     without keep-alive), each opening a new connection per request, tags that change every few
     requests: every answer from the tag's own pod."""
     node = build(make_node, "real")
@@ -283,12 +230,14 @@ def test_real_clients_one_connection_per_request(make_node):
     script = node.tmp + "/client.js"
     with open(script, "w") as f:
         f.write(NODE_CLIENT)
-    out = run_json(node, "c-dev", [shutil.which("node") or "node", script, TO, ",".join(envs)])
+    out = run_json(node, "c-dev", [shutil.which("node") or "node", script, TO, ",".join(envs), "fresh"])
     assert [o.get("pod") for o in out] == [EXPECT[e] for e in envs], out
-    src = node.tmp + "/OneShot.java"
+    assert not any(o["reused"] for o in out), out
+    src = node.tmp + "/KaClient.java"
     with open(src, "w") as f:
         f.write(JAVA_CLIENT)
-    out = run_json(node, "c-dev", [shutil.which("java") or "java", src, TO, ",".join(envs)], timeout=120)
+    out = run_json(node, "c-dev", [shutil.which("java") or "java", src, TO, ",".join(envs), "/close"],
+                   timeout=120)
     assert [o.get("pod") for o in out] == [EXPECT[e] for e in envs], out
     out = run_json(node, "c-dev", [harness.PYTHON, "-c", ASYNCIO_CLIENT, TO, ",".join(envs)])
     assert [o.get("pod") for o in out] == [EXPECT[e] for e in envs], out

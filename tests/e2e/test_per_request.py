@@ -47,7 +47,8 @@ def run_json(node, pod, argv, timeout=60.0):
 
 
 def sequence(node, pod, envs, timeout=10.0):
-    return run_json(node, pod, [harness.PYTHON, KALOAD, "--to", TO, "--sequence", ",".join(envs),
+    """kaload --sequence ("=": an entry may begin with "-", the untagged one)."""
+    return run_json(node, pod, [harness.PYTHON, KALOAD, "--to", TO, "--sequence=" + ",".join(envs),
                                 "--timeout", str(timeout)], timeout=timeout * len(envs) + 40)
 
 
@@ -107,12 +108,13 @@ def test_curl_several_urls_on_one_connection(make_node):
 
 NODE_CLIENT = r"""
 const http = require('http');
-const agent = new http.Agent({keepAlive: true, maxSockets: 1});
+// one keep-alive connection, or with "fresh" a new connection per request (agent: false)
+const agent = process.argv[4] === 'fresh' ? false : new http.Agent({keepAlive: true, maxSockets: 1});
 const envs = process.argv[3].split(',');
 const [host, port] = process.argv[2].split(':');
 const out = [];
 function one(i) {
-  if (i >= envs.length) { agent.destroy(); console.log(JSON.stringify(out)); return; }
+  if (i >= envs.length) { if (agent) agent.destroy(); console.log(JSON.stringify(out)); return; }
   const req = http.get({host, port, path: '/', agent, headers: {'X-Virtual-Env': envs[i]}}, (res) => {
     let b = '';
     res.on('data', (d) => b += d);
@@ -136,7 +138,9 @@ public class KaClient {
     StringBuilder sb = new StringBuilder("[");
     String[] envs = a[1].split(",");
     for (int i = 0; i < envs.length; i++) {
-      HttpURLConnection c = (HttpURLConnection) new URL("http://" + a[0] + "/").openConnection();
+      // a[2]: the path (default "/"; kaserver's /close answers with "Connection: close" and closes)
+      String path = a.length > 2 ? a[2] : "/";
+      HttpURLConnection c = (HttpURLConnection) new URL("http://" + a[0] + path).openConnection();
       c.setConnectTimeout(10000);
       c.setReadTimeout(10000);
       c.setRequestProperty("X-Virtual-Env", envs[i]);
