@@ -46,7 +46,7 @@ static __always_inline void es_hint_watch(struct bpf_sock_ops *skops)
 {
 	const struct es_sock *s;
 
-	if (!skops->sk)
+	if (!es_feat_hints || !skops->sk)
 		return;
 	s = bpf_sk_storage_get(&es_socks, skops->sk, 0, 0);
 	if (s && (s->steered & ES_STEER_F_HINT))
