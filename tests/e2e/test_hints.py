@@ -10,11 +10,13 @@ import errno
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 
 import fixtures
 import harness
+from test_relay import _map, map_dump
 from test_per_request import (EXPECT, JAVA_CLIENT, NODE_CLIENT, TO, build, check_one_connection, delta,
                               run_json, sequence)
 
@@ -68,6 +70,12 @@ def test_one_tagged_connection_per_request_goes_through_the_relay_once(make_node
     assert delta(before, after, *COUNTS) == (1, 0, 5, 0, 5, 0, 0), (before, after)
     st = node.status_http()
     assert st["settings"]["connect_hints"] is True, st["settings"]
+    # the bound of the hints: an LRU map of 65 536 entries (a pod churn evicts, never grows it);
+    # this pod has one entry
+    info = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "pinned", _map(node, "es_hints")],
+                                     capture_output=True, text=True, timeout=30, check=True).stdout)
+    assert (info["type"], info["max_entries"]) == ("lru_hash", 65536), info
+    assert len(map_dump(node, "es_hints")) == 1
 
 
 def test_requests_on_a_hinted_connection_are_routed_by_their_own_header(make_node):
