@@ -229,6 +229,17 @@ struct {
 	__type(value, struct es_hint);
 } es_hints SEC(".maps");
 
+/* Parse once per hop (maps/abi.h es_handoff): requests in flight between two
+ * pods of the node, and the receivers' acks. Least recently used go first: a
+ * lost record costs its receiver one parse, never a wrong environment. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct es_handoff_key);
+	__type(value, struct es_handoff);
+} es_handoff SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
@@ -317,6 +328,8 @@ struct {
 struct es_rx_win {
 	__u32 start, len; /* the payload at [start, start + len) */
 	__u8 b[ES_RX_WIN];
+	struct es_handoff_key hk; /* this connection's hand-off key (request.h: es_ho_take) */
+	__u8 ho;                  /* ... when its receiver looks records up */
 };
 
 struct {

@@ -629,6 +629,97 @@ static long es_hdr_copy(__u32 i, void *data)
 	return 0;
 }
 
+#ifdef __bpf__
+/* The one field of the kernel's struct tcp_sock read (CO-RE, through
+ * bpf_skc_to_tcp_sock): where the next byte sent on the connection goes. */
+struct tcp_sock {
+	__u32 write_seq;
+} __attribute__((preserve_access_index));
+#endif
+
+/* Parse once per hop (maps/abi.h es_handoff): the head just decided (route and
+ * header) is noted for its receiver when the whole request is known from it: it
+ * passes on this connection, begins at the message's first byte, has a body of
+ * known length (none, or Content-Length), is no upgrade, and its environment is
+ * the one a parse of its bytes on the wire finds (env: the header's value or the
+ * inserted one; NULL: neither). Written when the verdict passes it (es_ho_send). */
+static __always_inline void es_ho_note(struct es_msg_ctx *c, const char *env, __u32 env_len, __u32 added)
+{
+	struct es_tx *tx = c->tx;
+	__u64 body = 0, w;
+	__u32 at;
+	int i;
+
+	if (!es_feat_handoff || tx->ho == ES_HO_OFF || tx->route.kind != ES_ROUTE_PASS || tx->v.req_begin != 0 ||
+	    tx->upgrade || (tx->st.flags & ES_HTTP_F_H2C) || env_len >= ES_ENV_NAME_MAX ||
+	    tx->st.pos + added != tx->v.off)
+		return;
+	if (tx->st.phase == ES_HTTP_P_BODY)
+		body = tx->st.body;
+	else if (tx->st.phase != ES_HTTP_P_IDLE)
+		return; /* chunked: where it ends is not known yet */
+	if (body > 0x7fffffffULL - tx->v.off)
+		return;
+	tx->ho_rec.len = tx->v.off + (__u32)body;
+	tx->ho_rec.env_len = (__u8)env_len;
+	for (i = 0; i < ES_ENV_NAME_MAX / 8; i++) {
+		at = (__u32)i * 8;
+		w = 0;
+		if (env)
+			__builtin_memcpy(&w, env + at, 8);
+		w = es_env_word_pad(w, at, env_len);
+		__builtin_memcpy(__builtin_assume_aligned(&tx->ho_rec.env[at], 8), &w, 8);
+	}
+	tx->ho_pend = 1;
+}
+
+/* The verdict passes the noted request (es_ho_note) on the connection: its
+ * record for the receiver, keyed by the sequence number of its first byte. No
+ * earlier byte of the connection is still unsent: the kernel runs the program
+ * only when the last verdict's bytes are done. Only the connection's first
+ * request is written before the receiver says (its ack) that it takes them. */
+static __always_inline void es_ho_send(struct es_msg_ctx *c)
+{
+	struct sk_msg_md *msg = c->msg;
+	struct es_tx *tx = c->tx;
+	struct es_handoff_key k = {};
+	struct tcp_sock *tp;
+	__u8 *p;
+
+	tx->ho_pend = 0;
+	es_ho_addr(k.server, msg->family, msg->remote_ip4, msg->remote_ip6);
+	es_ho_addr(k.client, msg->family, msg->local_ip4, msg->local_ip6);
+	k.server_port = bpf_ntohs((__u16)msg->remote_port);
+	k.client_port = (__u16)msg->local_port;
+	if (tx->ho == ES_HO_SENT) {
+		k.kind = ES_HO_KEY_ACK;
+		if (!bpf_map_lookup_elem(&es_handoff, &k)) {
+			tx->ho = ES_HO_OFF; /* its receiver parses, or is on another node */
+			return;
+		}
+		bpf_map_delete_elem(&es_handoff, &k);
+		tx->ho = ES_HO_ON;
+		k.kind = ES_HO_KEY_REQ;
+	}
+	if (!msg->sk)
+		return;
+	tp = bpf_skc_to_tcp_sock(msg->sk);
+	if (!tp)
+		return;
+	k.seq = tp->write_seq;
+	if (bpf_msg_pull_data(msg, 0, 8, 0))
+		return;
+	p = (__u8 *)(long)msg->data;
+	if ((void *)(p + 8) > (void *)(long)msg->data_end)
+		return;
+	__builtin_memcpy(&tx->ho_rec.first, p, 8);
+	if (bpf_map_update_elem(&es_handoff, &k, &tx->ho_rec, BPF_ANY))
+		return;
+	if (tx->ho == ES_HO_UNKNOWN)
+		tx->ho = ES_HO_SENT;
+	es_count(ES_CNT_HO_SENT);
+}
+
 /* Writes "<name>: <env>\r\n" at offset at; returns its length or 0. The line
  * is composed in a per-CPU buffer, then copied into the message. */
 static __always_inline __u32 es_insert_header(struct sk_msg_md *msg, __u32 at, const struct es_inject_cfg *ic,
@@ -753,11 +844,18 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	if (!env || env_len == 0) {
 		if (!(c->tx->st.flags & ES_HTTP_F_ENV_SEEN))
 			es_count(ES_CNT_TX_NO_ENV);
+		/* the header's value (when it is the one a parse finds), or none */
+		if (!(c->tx->st.flags & ES_HTTP_F_ENV_SEEN))
+			es_ho_note(c, NULL, 0, 0);
+		else if (es_http_env_outcome(&c->tx->st) == ES_HTTP_ENV_FOUND && name)
+			es_ho_note(c, name, name_len, 0);
 		return 0;
 	}
 	ic = bpf_map_lookup_elem(&es_inject, &zero);
-	if (!ic)
+	if (!ic) {
+		es_ho_note(c, NULL, 0, 0);
 		return 0;
+	}
 	/* after the request line when it ended in this send, else before the
 	 * blank line that ends the head (the request line went out earlier) */
 	line = c->tx->v.reqline;
@@ -770,6 +868,7 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 		 * place is left to insert at */
 		if (c->tx->v.off < blank) {
 			es_count(ES_CNT_TX_INJECT_FAILED);
+			es_ho_note(c, NULL, 0, 0);
 			return 0;
 		}
 		at = c->tx->v.off - blank;
@@ -777,12 +876,14 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	added = es_insert_header(c->msg, at, ic, env, env_len);
 	if (!added) {
 		es_count(ES_CNT_TX_INJECT_FAILED);
+		es_ho_note(c, NULL, 0, 0);
 		return 0;
 	}
 	es_count(ES_CNT_TX_INJECTED);
 	c->tx->v.off += added;
 	c->tx->v.size += added;
 	c->tx->v.pstart = c->tx->v.pend = 0; /* the data moved: pull again */
+	es_ho_note(c, env, env_len, added);
 	return 0;
 }
 
@@ -996,8 +1097,12 @@ static __always_inline int es_verdict(struct es_msg_ctx *c, __u32 len)
 	bpf_msg_apply_bytes(msg, len >= c->tx->v.size ? 0 : len);
 	/* what the kernel gives the next run of this send (es_msg_run_kind) */
 	c->tx->rest = len >= c->tx->v.size ? 0 : c->tx->v.size - len;
-	if (kind == ES_ROUTE_PASS)
+	if (kind == ES_ROUTE_PASS) {
+		if (c->tx->ho_pend)
+			es_ho_send(c);
 		return SK_PASS;
+	}
+	c->tx->ho_pend = 0;
 	if (kind == ES_ROUTE_KERNEL) {
 		if (bpf_msg_redirect_hash(msg, &es_sockhash, &up, 0) == SK_PASS) {
 			struct es_rsp *rsp = c->head ? bpf_map_lookup_elem(&es_rsp, &up) : NULL;
@@ -1166,6 +1271,7 @@ static __always_inline int es_msg(struct sk_msg_md *msg)
 	if (!c.tx)
 		return SK_PASS;
 	c.msg = msg;
+	c.tx->ho_pend = 0;
 	c.tx->v.off = 0;
 	c.tx->v.pstart = 0;
 	c.tx->v.pend = 0;

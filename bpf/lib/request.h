@@ -40,6 +40,8 @@ const volatile __u8 es_feat_request_ctx = 1;
 const volatile __u8 es_feat_per_request = 1;
 /* Connect hints (maps/abi.h es_hints), with per-request steering only. */
 const volatile __u8 es_feat_hints = 1;
+/* Parse once per hop (maps/abi.h es_handoff), with both of the above. */
+const volatile __u8 es_feat_handoff = 1;
 const volatile char es_splitter = '.';
 
 #ifdef __bpf__
@@ -117,6 +119,84 @@ static __always_inline void es_rx_headers_done(struct es_rx *rx)
 		es_count(ES_CNT_HDR_ABSENT);
 }
 
+/* The connection as the receiving socket sees it (maps/abi.h es_handoff_key):
+ * IPv4 in the first word, IPv4-mapped IPv6 as IPv4, ports in host order. */
+static __always_inline void es_ho_addr(__u32 *dst, __u32 family, __u32 ip4, const __u32 *ip6)
+{
+	if (family == ES_AF_INET6 && !(ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0xffff))) {
+		dst[0] = ip6[0];
+		dst[1] = ip6[1];
+		dst[2] = ip6[2];
+		dst[3] = ip6[3];
+		return;
+	}
+	dst[0] = family == ES_AF_INET6 ? ip6[3] : ip4;
+	dst[1] = 0;
+	dst[2] = 0;
+	dst[3] = 0;
+}
+
+/* At a request boundary of a connection whose sender hands its requests off
+ * (es_rx.ho): the sender's record of the request that begins here, if any.
+ * Taken only when its first bytes are these: then the request's environment
+ * is the one the sender parsed from the same bytes (with the same parser and
+ * settings; an inserted header included), and its bytes (head and
+ * Content-Length body) pass without a parse. Returns 1 when taken. */
+static __always_inline int es_ho_take(struct es_feed_ctx *c)
+{
+	struct es_rx *rx = c->rx;
+	struct es_handoff *h;
+	__u32 seq = c->seq_base + c->off, at, depth = 0;
+	__u64 first = 0, w;
+	int i;
+
+	rx->ho_tried = seq;
+	/* its first bytes must be in this segment to be checked: else parsed */
+	if (c->end - c->off < 8)
+		return 0;
+	c->w->hk.seq = seq;
+	c->w->hk.kind = ES_HO_KEY_REQ;
+	h = bpf_map_lookup_elem(&es_handoff, &c->w->hk);
+	if (!h) {
+		/* the connection's first request came without one: its sender is
+		 * on another node, or hands nothing off */
+		if (rx->ho == ES_HO_UNKNOWN)
+			rx->ho = ES_HO_OFF;
+		return 0;
+	}
+	if (bpf_skb_load_bytes(c->skb, c->off, &first, 8) || first != h->first || !h->len ||
+	    h->env_len >= ES_ENV_NAME_MAX) {
+		es_count(ES_CNT_HO_MISMATCH);
+		bpf_map_delete_elem(&es_handoff, &c->w->hk);
+		return 0;
+	}
+	for (i = 0; i < ES_ENV_NAME_MAX / 8; i++) {
+		at = (__u32)i * 8;
+		__builtin_memcpy(&w, __builtin_assume_aligned(&h->env[at], 8), 8);
+		w = es_env_word_pad(w, at, h->env_len);
+		__builtin_memcpy(__builtin_assume_aligned(&rx->env[at], 8), &w, 8);
+		depth += es_env_word_count(w, es_splitter);
+	}
+	rx->env_len = h->env_len;
+	rx->env_depth = (__u8)depth;
+	rx->seen = 1;
+	rx->req_start = seq;
+	rx->skip = h->len;
+	es_count(h->env_len ? ES_CNT_HDR_FOUND : ES_CNT_HDR_ABSENT);
+	es_count(ES_CNT_HO_TAKEN);
+	if (rx->ho == ES_HO_UNKNOWN) {
+		/* the sender hands the connection's next requests off too */
+		rx->ho = ES_HO_ON;
+		c->w->hk.seq = 0;
+		c->w->hk.kind = ES_HO_KEY_ACK;
+		bpf_map_update_elem(&es_handoff, &c->w->hk, h, BPF_ANY);
+		c->w->hk.seq = seq;
+		c->w->hk.kind = ES_HO_KEY_REQ;
+	}
+	bpf_map_delete_elem(&es_handoff, &c->w->hk);
+	return 1;
+}
+
 static long es_feed_byte(__u32 i, void *data)
 {
 	struct es_feed_ctx *c = data;
@@ -128,6 +208,19 @@ static long es_feed_byte(__u32 i, void *data)
 
 	if (c->off >= c->end)
 		return 1;
+	if (c->rx->skip) {
+		/* a handed-off request (es_ho_take) */
+		__u32 left = c->end - c->off, n = c->rx->skip;
+
+		if (n > left)
+			n = left;
+		c->rx->skip -= n;
+		c->off += n;
+		return 0;
+	}
+	if (c->w->ho && c->rx->st.phase == ES_HTTP_P_IDLE && !c->rx->st.cr &&
+	    c->seq_base + c->off != c->rx->ho_tried && es_ho_take(c))
+		return 0;
 	skip = es_http_skippable(&c->rx->st);
 	if (skip) {
 		/* body bytes: no need to look at them one by one */
@@ -318,6 +411,8 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 			es_http_reset(&rx->st);
 			rx->env_len = 0;
 			rx->broken = 1;
+			rx->skip = 0;
+			rx->ho = ES_HO_OFF;
 		}
 	}
 	rx->next_seq = seq + len;
@@ -329,6 +424,15 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 		return 1;
 	fc.w->start = 0;
 	fc.w->len = 0;
+	fc.w->ho = 0;
+	if (es_feat_handoff && rx->ho != ES_HO_OFF && !rx->broken) {
+		/* the receiver's view of the connection: local = server */
+		es_ho_addr(fc.w->hk.server, sk->family, sk->src_ip4, sk->src_ip6);
+		es_ho_addr(fc.w->hk.client, sk->family, sk->dst_ip4, sk->dst_ip6);
+		fc.w->hk.server_port = (__u16)sk->src_port;
+		fc.w->hk.client_port = bpf_ntohs((__u16)sk->dst_port);
+		fc.w->ho = 1;
+	}
 	fc.skb = skb;
 	fc.rx = rx;
 	fc.cfg = hcfg;

@@ -188,6 +188,7 @@ static void fk_maps_init(void)
 	FK_MAP(es_trace_bucket);
 	FK_MAP(es_decisions);
 	FK_MAP(es_hints);
+	FK_MAP(es_handoff);
 }
 
 static void fk_maps_reset(void)
@@ -734,6 +735,18 @@ static struct {
 	int cut;          /* 1: a relay delivery is cut short (memory); 2: it was */
 	size_t lost;
 } fd;
+
+/* The connection's next sequence number: the bytes sent on it so far, from 0. */
+static struct tcp_sock *bpf_skc_to_tcp_sock(void *sk)
+{
+	static struct tcp_sock tp;
+
+	if (sk != &fk.sk)
+		violation("bpf_skc_to_tcp_sock called with another socket");
+	tp.write_seq = (__u32)fd.out[0].n;
+	return &tp;
+}
+
 
 static struct fk_push *fk_push_rec(int32_t tag)
 {

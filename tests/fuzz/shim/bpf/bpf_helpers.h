@@ -27,6 +27,10 @@ enum libbpf_pin_type {
 };
 
 struct task_struct;
+/* The kernel's struct tcp_sock as the programs read it (outbound.h). */
+struct tcp_sock {
+	__u32 write_seq;
+};
 
 /* Signatures as in libbpf's bpf_helper_defs.h. */
 static void *bpf_map_lookup_elem(void *map, const void *key);
@@ -58,5 +62,6 @@ static struct bpf_sock *bpf_sk_fullsock(struct bpf_sock *sk);
 static struct bpf_tcp_sock *bpf_tcp_sock(struct bpf_sock *sk);
 static __u64 bpf_skb_cgroup_id(struct __sk_buff *skb);
 static __u64 bpf_skb_ancestor_cgroup_id(struct __sk_buff *skb, int ancestor_level);
+static struct tcp_sock *bpf_skc_to_tcp_sock(void *sk);
 
 #endif
