@@ -373,6 +373,7 @@ nlohmann::json Agent::status_json() {
   j["settings"]["http_window"] = s_.http_window;
   j["settings"]["auto_inject"] = s_.auto_inject;
   j["settings"]["connect_hints"] = s_.connect_hints;
+  j["settings"]["handoff"] = s_.handoff;
   if (events_) {
     auto es = events_->stats();
     j["source"]["api"]["events"] = {{"posted", es.posted}, {"exists", es.exists}, {"failed", es.failed},
@@ -934,6 +935,9 @@ void Agent::start_datapath(std::unique_ptr<Datapath> loaded, size_t adopted) {
   if (dp_->per_request())
     spdlog::info("connect hints (a pod's next connection goes to the set of its last relayed request): {}",
                  s_.connect_hints ? "on" : "off (--no-connect-hints)");
+  if (dp_->per_request() && s_.header_context)
+    spdlog::info("parse once per hop (a request between pods of the node parsed by its sender only): {}",
+                 s_.handoff ? "on" : "off (--no-handoff)");
   if (dp_->per_request()) {
     RelayOptions ro;
     ro.idle_timeout = std::chrono::milliseconds(s_.upstream_idle_ms);

@@ -307,6 +307,10 @@ struct RunCmd {
                   "connect a pod to the backend set of its last request to the service that went through the "
                   "relay (a client opening one tagged connection per request then skips the relay); every "
                   "request is still routed by its own header (default on)");
+    cmd->add_flag("--handoff,!--no-handoff", s.handoff,
+                  "parse once per hop: a request sent from one pod of the node to another that has the thread "
+                  "context is parsed by its sender only, which hands its environment and length to the "
+                  "receiver (default on)");
     cmd->add_option("--upstream-idle-ms", s.upstream_idle_ms,
                     "close an upstream of re-routed requests that owes nothing after this much idle time")
         ->capture_default_str();

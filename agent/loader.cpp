@@ -275,6 +275,7 @@ void Datapath::configure(envsteer_bpf* skel, const Settings& s) const {
   skel->rodata->es_feat_request_ctx = request_ctx_ ? 1 : 0;
   skel->rodata->es_feat_per_request = per_request_ ? 1 : 0;
   skel->rodata->es_feat_hints = per_request_ && s.connect_hints ? 1 : 0;
+  skel->rodata->es_feat_handoff = per_request_ && request_ctx_ && s.handoff ? 1 : 0;
   skel->rodata->es_splitter = s.splitter;
   if (!request_ctx_) {
     bpf_program__set_autoload(skel->progs.es_http_ingress, false);

@@ -68,6 +68,7 @@ void load_settings_file(const std::filesystem::path& file, Settings& s) {
   read(root, "participationNamespaceSelector", out.participation_namespace_selector);
   read(root, "autoInject", out.auto_inject);
   read(root, "connectHints", out.connect_hints);
+  read(root, "handoff", out.handoff);
   read(root, "upstreamIdleMs", out.upstream_idle_ms);
   read(root, "upstreamConnectTimeoutMs", out.upstream_connect_timeout_ms);
   read(root, "responseTimeoutMs", out.response_timeout_ms);

@@ -687,9 +687,10 @@ static __always_inline void es_ho_send(struct es_msg_ctx *c)
 	__u8 *p;
 
 	tx->ho_pend = 0;
-	es_ho_addr(k.server, msg->family, msg->remote_ip4, msg->remote_ip6);
-	es_ho_addr(k.client, msg->family, msg->local_ip4, msg->local_ip6);
-	k.server_port = bpf_ntohs((__u16)msg->remote_port);
+	ES_HO_ADDR(k.server, msg->family, msg->remote_ip4, msg->remote_ip6);
+	ES_HO_ADDR(k.client, msg->family, msg->local_ip4, msg->local_ip6);
+	/* network order in the upper half (the kernel shifts it there, as for sockops) */
+	k.server_port = (__u16)bpf_ntohl(msg->remote_port);
 	k.client_port = (__u16)msg->local_port;
 	if (tx->ho == ES_HO_SENT) {
 		k.kind = ES_HO_KEY_ACK;

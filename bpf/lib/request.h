@@ -121,20 +121,22 @@ static __always_inline void es_rx_headers_done(struct es_rx *rx)
 
 /* The connection as the receiving socket sees it (maps/abi.h es_handoff_key):
  * IPv4 in the first word, IPv4-mapped IPv6 as IPv4, ports in host order. */
-static __always_inline void es_ho_addr(__u32 *dst, __u32 family, __u32 ip4, const __u32 *ip6)
+/* (The fields are passed by value: context fields are read one by one.) */
+static __always_inline void es_ho_addr(__u32 *dst, __u32 family, __u32 ip4, __u32 a, __u32 b, __u32 c, __u32 d)
 {
-	if (family == ES_AF_INET6 && !(ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0xffff))) {
-		dst[0] = ip6[0];
-		dst[1] = ip6[1];
-		dst[2] = ip6[2];
-		dst[3] = ip6[3];
+	if (family == ES_AF_INET6 && !(a == 0 && b == 0 && c == bpf_htonl(0xffff))) {
+		dst[0] = a;
+		dst[1] = b;
+		dst[2] = c;
+		dst[3] = d;
 		return;
 	}
-	dst[0] = family == ES_AF_INET6 ? ip6[3] : ip4;
+	dst[0] = family == ES_AF_INET6 ? d : ip4;
 	dst[1] = 0;
 	dst[2] = 0;
 	dst[3] = 0;
 }
+#define ES_HO_ADDR(dst, family, ip4, ip6) es_ho_addr(dst, family, ip4, (ip6)[0], (ip6)[1], (ip6)[2], (ip6)[3])
 
 /* At a request boundary of a connection whose sender hands its requests off
  * (es_rx.ho): the sender's record of the request that begins here, if any.
@@ -427,8 +429,8 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 	fc.w->ho = 0;
 	if (es_feat_handoff && rx->ho != ES_HO_OFF && !rx->broken) {
 		/* the receiver's view of the connection: local = server */
-		es_ho_addr(fc.w->hk.server, sk->family, sk->src_ip4, sk->src_ip6);
-		es_ho_addr(fc.w->hk.client, sk->family, sk->dst_ip4, sk->dst_ip6);
+		ES_HO_ADDR(fc.w->hk.server, sk->family, sk->src_ip4, sk->src_ip6);
+		ES_HO_ADDR(fc.w->hk.client, sk->family, sk->dst_ip4, sk->dst_ip6);
 		fc.w->hk.server_port = (__u16)sk->src_port;
 		fc.w->hk.client_port = bpf_ntohs((__u16)sk->dst_port);
 		fc.w->ho = 1;

@@ -280,6 +280,7 @@ TEST_F(SettingsFile, EveryReadKeyIsAccepted) {
 upstreamIdleMs: 1500
 autoInject: false
 connectHints: false
+handoff: false
 headerContext: false
 httpWindow: 8192
 baggageKey: ctx
@@ -289,6 +290,7 @@ envHeaderAliases: [X-Env]
   EXPECT_EQ(s.upstream_idle_ms, 1500u);
   EXPECT_FALSE(s.auto_inject);
   EXPECT_FALSE(s.connect_hints);
+  EXPECT_FALSE(s.handoff);
   EXPECT_FALSE(s.header_context);
   EXPECT_EQ(s.http_window, 8192u);
 }
