@@ -242,9 +242,10 @@ enum es_counter {
 	ES_CNT_HINT_REFUSED,        /* ... and its bytes could not be routed by their own header
 				     * (not HTTP/1.x, head too long, h2c, no ready pod): refused, the hint dropped */
 	ES_CNT_HINT_CONNECT_FAILED, /* ... and the connect failed (refused, timed out): the hint dropped */
-	ES_CNT_HO_SENT,             /* requests handed to their receiver on this node (es_handoff) */
+	ES_CNT_HO_SENT,             /* requests handed to their receiver on this node (es_hocache) */
 	ES_CNT_HO_TAKEN,            /* ... taken by it: their bytes not parsed again */
-	ES_CNT_HO_MISMATCH,         /* ... found but their first bytes differ: parsed */
+	ES_CNT_HO_MISMATCH,         /* ... found for the connection and sequence number but not taken
+				     * (first bytes differ, too old): parsed */
 	ES_CNT_MAX
 };
 
@@ -502,7 +503,7 @@ struct es_rx {
 	__u32 reader;    /* thread id that read the request not yet answered; 0 */
 	__u8 pod_flags;  /* ES_POD_F_* of the socket's pod */
 	__u8 broken;     /* stream sync lost: the thread context is unknown here */
-	__u8 ho;         /* ES_HO_*: are requests handed off by their sender (es_handoff)? */
+	__u8 ho;         /* boundaries looked up in es_hocache without a record, up to ES_HO_MISSES */
 	__u8 pad;
 	__u32 skip;      /* bytes of a handed-off request still to pass without parsing */
 	__u32 ho_tried;  /* sequence number of the last boundary looked up in es_handoff */
@@ -511,35 +512,42 @@ struct es_rx {
 /* Parse once per hop (request.h, outbound.h): a request that the sk_msg
  * program of a pod on this node parsed and passed on its connection, handed to
  * the receiving pod's ingress program, which takes its environment and skips
- * its bytes instead of parsing them again. Keyed by the connection as the
- * receiver sees it and the sequence number of the request's first byte; the
- * receiver checks the request's first bytes too. Written only on connections
- * whose receiver took the first one (the ack entry, seq 0 and kind
- * ES_HO_KEY_ACK): elsewhere the receiver is on another node or parses nothing. */
-#define ES_HO_KEY_REQ 0
-#define ES_HO_KEY_ACK 1
+ * its bytes instead of parsing them again. The record waits in a slot of a
+ * per-CPU cache (es_hocache): the receive path of a send between two pods of
+ * the node runs on the CPU of the send, right after it. It is taken only by
+ * that connection (as the receiver sees it) at the sequence number of the
+ * request's first byte, when its first bytes are those, within a second;
+ * anything else (another CPU, a slot overwritten, a write in progress) and the
+ * receiver parses the request as before. */
+#define ES_HO_SLOTS 16          /* slots per CPU (a power of two) */
+#define ES_HO_MISSES 8          /* boundaries a receiver looks up without a record before it stops */
+#define ES_HO_MAX_AGE_NS 1000000000ULL
+
 struct es_handoff_key {
 	__u32 server[4]; /* the receiving socket's address (IPv4 in [0]; IPv4-mapped IPv6 as IPv4) */
 	__u32 client[4]; /* the sending socket's */
 	__u16 server_port; /* host order */
 	__u16 client_port;
-	__u32 seq;  /* ES_HO_KEY_REQ: TCP sequence number of the request's first byte */
-	__u32 kind; /* ES_HO_KEY_* */
+	__u32 seq; /* TCP sequence number of the request's first byte */
 };
 
-struct es_handoff {
-	__u64 first;   /* the request's first 8 bytes on the wire, as loaded */
-	__u32 len;     /* its bytes on the wire: head (with an inserted header) and body */
-	__u8 env_len;  /* its environment as the receiver would parse it; 0: none */
+struct es_ho_rec {
+	__u64 first;  /* the request's first 8 bytes on the wire, as loaded */
+	__u32 len;    /* its bytes on the wire: head (with an inserted header) and body */
+	__u8 env_len; /* its environment as the receiver would parse it; 0: none */
 	__u8 pad[3];
 	char env[ES_ENV_NAME_MAX];
 };
 
-/* es_rx.ho and es_tx.ho */
-#define ES_HO_UNKNOWN 0 /* no request handed off yet */
-#define ES_HO_SENT 1    /* es_tx: the first was written, the receiver's ack not seen yet */
-#define ES_HO_ON 2      /* both ends take part */
-#define ES_HO_OFF 3     /* not on this connection */
+struct es_ho_slot {
+	__u64 lock;  /* a sender is writing the slot (it may be preempted meanwhile) */
+	__u32 valid; /* it holds a record not taken yet */
+	__u32 pad0;
+	__u64 ts;    /* bpf_ktime_get_coarse_ns() when written */
+	struct es_handoff_key key;
+	__u32 pad;
+	struct es_ho_rec rec;
+};
 
 /* Where the bytes of the request in progress go. */
 enum es_route_kind { ES_ROUTE_PASS = 0, ES_ROUTE_KERNEL, ES_ROUTE_SLOW, ES_ROUTE_FAIL };
@@ -598,10 +606,9 @@ struct es_tx {
 				* last verdict did not cover); 0: no run expected */
 	__u8 run_head;         /* a request of the run is HEAD (ES_HTTP_F_HEAD): the upstream's
 				* answer count cannot be trusted for it (response.h) */
-	__u8 ho;               /* ES_HO_*: hand-off of this connection's requests (es_handoff) */
-	__u8 ho_pend;          /* this run's first request is to be handed off when it passes */
-	__u8 pad2;
-	struct es_handoff ho_rec; /* ... its record (without the first bytes) */
+	__u8 ho_pend;          /* this run's first request is handed off when it passes (es_hocache) */
+	__u8 pad2[2];
+	struct es_ho_rec ho_rec; /* ... its record (without the first bytes) */
 };
 
 /* es_tx.own: responses on the connection itself, from its own pod. */

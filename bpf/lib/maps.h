@@ -229,16 +229,19 @@ struct {
 	__type(value, struct es_hint);
 } es_hints SEC(".maps");
 
-/* Parse once per hop (maps/abi.h es_handoff): requests in flight between two
- * pods of the node, and the receivers' acks. Least recently used go first: a
- * lost record costs its receiver one parse, never a wrong environment. */
+/* Parse once per hop (maps/abi.h es_ho_slot): per CPU, no lock, nothing to
+ * allocate or free; a record lost costs its receiver one parse. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__type(key, struct es_handoff_key);
-	__type(value, struct es_handoff);
-} es_handoff SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ES_HO_SLOTS);
+	__type(key, __u32);
+	__type(value, struct es_ho_slot);
+} es_hocache SEC(".maps");
+
+static __always_inline __u32 es_ho_idx(const struct es_handoff_key *k)
+{
+	return (k->seq ^ (k->seq >> 11) ^ k->client_port ^ k->client[0]) & (ES_HO_SLOTS - 1);
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -637,7 +637,7 @@ struct tcp_sock {
 } __attribute__((preserve_access_index));
 #endif
 
-/* Parse once per hop (maps/abi.h es_handoff): the head just decided (route and
+/* Parse once per hop (maps/abi.h es_ho_slot): the head just decided (route and
  * header) is noted for its receiver when the whole request is known from it: it
  * passes on this connection, begins at the message's first byte, has a body of
  * known length (none, or Content-Length), is no upgrade, and its environment is
@@ -650,7 +650,7 @@ static __always_inline void es_ho_note(struct es_msg_ctx *c, const char *env, __
 	__u32 at;
 	int i;
 
-	if (!es_feat_handoff || tx->ho == ES_HO_OFF || tx->route.kind != ES_ROUTE_PASS || tx->v.req_begin != 0 ||
+	if (!es_feat_handoff || tx->route.kind != ES_ROUTE_PASS || tx->v.req_begin != 0 ||
 	    tx->upgrade || (tx->st.flags & ES_HTTP_F_H2C) || env_len >= ES_ENV_NAME_MAX ||
 	    tx->st.pos + added != tx->v.off)
 		return;
@@ -674,50 +674,54 @@ static __always_inline void es_ho_note(struct es_msg_ctx *c, const char *env, __
 }
 
 /* The verdict passes the noted request (es_ho_note) on the connection: its
- * record for the receiver, keyed by the sequence number of its first byte. No
+ * record for the receiver, keyed by the sequence number of its first byte (no
  * earlier byte of the connection is still unsent: the kernel runs the program
- * only when the last verdict's bytes are done. Only the connection's first
- * request is written before the receiver says (its ack) that it takes them. */
+ * only when the last verdict's bytes are done), into this CPU's cache, where
+ * the receive path that follows the send finds it. A sender preempted while it
+ * writes a slot holds it: another sender on this CPU leaves its record out, a
+ * receiver does not take it. */
 static __always_inline void es_ho_send(struct es_msg_ctx *c)
 {
 	struct sk_msg_md *msg = c->msg;
 	struct es_tx *tx = c->tx;
 	struct es_handoff_key k = {};
+	struct es_ho_slot *sl;
 	struct tcp_sock *tp;
+	__u32 idx;
 	__u8 *p;
 
 	tx->ho_pend = 0;
-	ES_HO_ADDR(k.server, msg->family, msg->remote_ip4, msg->remote_ip6);
-	ES_HO_ADDR(k.client, msg->family, msg->local_ip4, msg->local_ip6);
-	/* network order in the upper half (the kernel shifts it there, as for sockops) */
-	k.server_port = (__u16)bpf_ntohl(msg->remote_port);
-	k.client_port = (__u16)msg->local_port;
-	if (tx->ho == ES_HO_SENT) {
-		k.kind = ES_HO_KEY_ACK;
-		if (!bpf_map_lookup_elem(&es_handoff, &k)) {
-			tx->ho = ES_HO_OFF; /* its receiver parses, or is on another node */
-			return;
-		}
-		bpf_map_delete_elem(&es_handoff, &k);
-		tx->ho = ES_HO_ON;
-		k.kind = ES_HO_KEY_REQ;
-	}
 	if (!msg->sk)
 		return;
 	tp = bpf_skc_to_tcp_sock(msg->sk);
 	if (!tp)
 		return;
 	k.seq = tp->write_seq;
+	ES_HO_ADDR(k.server, msg->family, msg->remote_ip4, msg->remote_ip6);
+	ES_HO_ADDR(k.client, msg->family, msg->local_ip4, msg->local_ip6);
+	/* local_port in host order; remote_port in network order, in the upper
+	 * half where the kernel shifts it there */
+	k.server_port = bpf_ntohs((__u16)(msg->remote_port > 0xffff ? msg->remote_port >> 16 : msg->remote_port));
+	k.client_port = (__u16)msg->local_port;
 	if (bpf_msg_pull_data(msg, 0, 8, 0))
 		return;
 	p = (__u8 *)(long)msg->data;
 	if ((void *)(p + 8) > (void *)(long)msg->data_end)
 		return;
 	__builtin_memcpy(&tx->ho_rec.first, p, 8);
-	if (bpf_map_update_elem(&es_handoff, &k, &tx->ho_rec, BPF_ANY))
+	idx = es_ho_idx(&k);
+	sl = bpf_map_lookup_elem(&es_hocache, &idx);
+	if (!sl || __sync_val_compare_and_swap(&sl->lock, 0, 1) != 0)
 		return;
-	if (tx->ho == ES_HO_UNKNOWN)
-		tx->ho = ES_HO_SENT;
+	sl->valid = 0;
+	__asm__ __volatile__("" ::: "memory");
+	sl->key = k;
+	sl->ts = bpf_ktime_get_coarse_ns();
+	sl->rec = tx->ho_rec;
+	__asm__ __volatile__("" ::: "memory");
+	sl->valid = 1;
+	__asm__ __volatile__("" ::: "memory");
+	sl->lock = 0;
 	es_count(ES_CNT_HO_SENT);
 }
 

@@ -138,17 +138,29 @@ static __always_inline void es_ho_addr(__u32 *dst, __u32 family, __u32 ip4, __u3
 }
 #define ES_HO_ADDR(dst, family, ip4, ip6) es_ho_addr(dst, family, ip4, (ip6)[0], (ip6)[1], (ip6)[2], (ip6)[3])
 
-/* At a request boundary of a connection whose sender hands its requests off
- * (es_rx.ho): the sender's record of the request that begins here, if any.
- * Taken only when its first bytes are these: then the request's environment
+static __always_inline int es_ho_same_key(const struct es_handoff_key *a, const struct es_handoff_key *b)
+{
+	return a->seq == b->seq && a->server_port == b->server_port && a->client_port == b->client_port &&
+	       a->client[0] == b->client[0] && a->client[1] == b->client[1] && a->client[2] == b->client[2] &&
+	       a->client[3] == b->client[3] && a->server[0] == b->server[0] && a->server[1] == b->server[1] &&
+	       a->server[2] == b->server[2] && a->server[3] == b->server[3];
+}
+
+/* At a request boundary: the record a sender of this node left for the request
+ * that begins here (maps/abi.h es_ho_slot), if any. Taken only when it is this
+ * connection's at this sequence number, no sender is writing its slot, it is
+ * fresh and the request's first bytes are its: then the request's environment
  * is the one the sender parsed from the same bytes (with the same parser and
- * settings; an inserted header included), and its bytes (head and
- * Content-Length body) pass without a parse. Returns 1 when taken. */
+ * settings, an inserted header included), and its bytes (head and
+ * Content-Length body) pass without a parse. The slot is this CPU's: no other
+ * CPU touches it, and a sender on this CPU cannot run inside this program (it
+ * runs in softirq); one preempted in the middle of a write holds the lock.
+ * Returns 1 when taken. */
 static __always_inline int es_ho_take(struct es_feed_ctx *c)
 {
 	struct es_rx *rx = c->rx;
-	struct es_handoff *h;
-	__u32 seq = c->seq_base + c->off, at, depth = 0;
+	struct es_ho_slot *sl;
+	__u32 seq = c->seq_base + c->off, at, depth = 0, idx;
 	__u64 first = 0, w;
 	int i;
 
@@ -157,45 +169,36 @@ static __always_inline int es_ho_take(struct es_feed_ctx *c)
 	if (c->end - c->off < 8)
 		return 0;
 	c->w->hk.seq = seq;
-	c->w->hk.kind = ES_HO_KEY_REQ;
-	h = bpf_map_lookup_elem(&es_handoff, &c->w->hk);
-	if (!h) {
-		/* the connection's first request came without one: its sender is
-		 * on another node, or hands nothing off */
-		if (rx->ho == ES_HO_UNKNOWN)
-			rx->ho = ES_HO_OFF;
+	idx = es_ho_idx(&c->w->hk);
+	sl = bpf_map_lookup_elem(&es_hocache, &idx);
+	if (!sl || sl->lock || !sl->valid || !es_ho_same_key(&sl->key, &c->w->hk)) {
+		/* a connection none of whose requests comes with a record (its
+		 * sender is on another node, or on another CPU) stops looking */
+		rx->ho++;
 		return 0;
 	}
-	if (bpf_skb_load_bytes(c->skb, c->off, &first, 8) || first != h->first || !h->len ||
-	    h->env_len >= ES_ENV_NAME_MAX) {
+	sl->valid = 0;
+	if (bpf_ktime_get_coarse_ns() - sl->ts > ES_HO_MAX_AGE_NS ||
+	    bpf_skb_load_bytes(c->skb, c->off, &first, 8) || first != sl->rec.first || !sl->rec.len ||
+	    sl->rec.env_len >= ES_ENV_NAME_MAX) {
 		es_count(ES_CNT_HO_MISMATCH);
-		bpf_map_delete_elem(&es_handoff, &c->w->hk);
 		return 0;
 	}
 	for (i = 0; i < ES_ENV_NAME_MAX / 8; i++) {
 		at = (__u32)i * 8;
-		__builtin_memcpy(&w, __builtin_assume_aligned(&h->env[at], 8), 8);
-		w = es_env_word_pad(w, at, h->env_len);
+		__builtin_memcpy(&w, __builtin_assume_aligned(&sl->rec.env[at], 8), 8);
+		w = es_env_word_pad(w, at, sl->rec.env_len);
 		__builtin_memcpy(__builtin_assume_aligned(&rx->env[at], 8), &w, 8);
 		depth += es_env_word_count(w, es_splitter);
 	}
-	rx->env_len = h->env_len;
+	rx->env_len = sl->rec.env_len;
 	rx->env_depth = (__u8)depth;
 	rx->seen = 1;
 	rx->req_start = seq;
-	rx->skip = h->len;
-	es_count(h->env_len ? ES_CNT_HDR_FOUND : ES_CNT_HDR_ABSENT);
+	rx->skip = sl->rec.len;
+	rx->ho = 0;
+	es_count(sl->rec.env_len ? ES_CNT_HDR_FOUND : ES_CNT_HDR_ABSENT);
 	es_count(ES_CNT_HO_TAKEN);
-	if (rx->ho == ES_HO_UNKNOWN) {
-		/* the sender hands the connection's next requests off too */
-		rx->ho = ES_HO_ON;
-		c->w->hk.seq = 0;
-		c->w->hk.kind = ES_HO_KEY_ACK;
-		bpf_map_update_elem(&es_handoff, &c->w->hk, h, BPF_ANY);
-		c->w->hk.seq = seq;
-		c->w->hk.kind = ES_HO_KEY_REQ;
-	}
-	bpf_map_delete_elem(&es_handoff, &c->w->hk);
 	return 1;
 }
 
@@ -414,7 +417,7 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 			rx->env_len = 0;
 			rx->broken = 1;
 			rx->skip = 0;
-			rx->ho = ES_HO_OFF;
+			rx->ho = ES_HO_MISSES;
 		}
 	}
 	rx->next_seq = seq + len;
@@ -427,7 +430,7 @@ static __always_inline int es_ingress(struct __sk_buff *skb)
 	fc.w->start = 0;
 	fc.w->len = 0;
 	fc.w->ho = 0;
-	if (es_feat_handoff && rx->ho != ES_HO_OFF && !rx->broken) {
+	if (es_feat_handoff && rx->ho < ES_HO_MISSES && !rx->broken) {
 		/* the receiver's view of the connection: local = server */
 		ES_HO_ADDR(fc.w->hk.server, sk->family, sk->src_ip4, sk->src_ip6);
 		ES_HO_ADDR(fc.w->hk.client, sk->family, sk->dst_ip4, sk->dst_ip6);

@@ -188,7 +188,7 @@ static void fk_maps_init(void)
 	FK_MAP(es_trace_bucket);
 	FK_MAP(es_decisions);
 	FK_MAP(es_hints);
-	FK_MAP(es_handoff);
+	FK_MAP(es_hocache);
 }
 
 static void fk_maps_reset(void)
@@ -408,6 +408,11 @@ static __u64 bpf_get_current_pid_tgid(void)
 static __u64 bpf_ktime_get_ns(void)
 {
 	return fk.now += 1000;
+}
+
+static __u64 bpf_ktime_get_coarse_ns(void)
+{
+	return fk.now;
 }
 
 static __attribute__((unused)) __u32 bpf_get_prandom_u32(void)

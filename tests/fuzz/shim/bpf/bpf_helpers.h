@@ -54,6 +54,7 @@ static __u64 bpf_get_current_cgroup_id(void);
 static __u64 bpf_get_current_ancestor_cgroup_id(int ancestor_level);
 static __u64 bpf_get_current_pid_tgid(void);
 static __u64 bpf_ktime_get_ns(void);
+static __u64 bpf_ktime_get_coarse_ns(void);
 static __u32 bpf_get_prandom_u32(void);
 static void *bpf_ringbuf_reserve(void *ringbuf, __u64 size, __u64 flags);
 static void bpf_ringbuf_submit(void *data, __u64 flags);
