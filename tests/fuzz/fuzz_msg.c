@@ -942,17 +942,25 @@ static void fk_apply(uint32_t bytes) /* sk_msg_apply_bytes */
 		ps.apply_bytes = ps.apply_bytes < bytes ? 0 : ps.apply_bytes - bytes;
 }
 
+/* The connection as sk_msg_md shows it: local 127.0.0.11:40000, remote
+ * 127.1.0.1:8080; local_port in host order, remote_port in network order in
+ * the upper half (the kernel shifts it there on little-endian machines). */
+static void fk_md_conn(struct sk_msg_md *md)
+{
+	md->sk = &fk.sk;
+	md->family = fk.sock.family == ES_FAMILY_INET6 ? 10 : 2;
+	md->local_ip4 = 0x0b00007f;
+	md->remote_ip4 = 0x0100017f;
+	md->local_port = 40000;
+	md->remote_port = (__u32)bpf_htons(8080) << 16;
+}
+
 static int fk_run_prog(struct fk_msg *m)
 {
 	int rc;
 
 	fk_compute_data_pointers(m);
-	m->md.sk = &fk.sk;
-	m->md.family = fk.sock.family == ES_FAMILY_INET6 ? 10 : 2;
-	m->md.local_ip4 = 0x0b00007f;
-	m->md.remote_ip4 = 0x0100017f;
-	m->md.local_port = 40000;
-	m->md.remote_port = (__u32)bpf_htons(8080) << 16;
+	fk_md_conn(&m->md);
 	CHECK(++ps.runs < 4 * fd.sn + 1000);
 	{
 		uint32_t i, k;
@@ -1183,6 +1191,8 @@ static struct {
 	uint32_t own_set;  /* the set the caller's own environment resolved to at connect */
 	int no_dev_set;    /* dev (the default environment) has no backends: some requests resolve
 			    * nowhere */
+	int ho_ack;        /* the receiving pod takes handed-off requests: its ack (es_handoff,
+			    * ES_HO_KEY_ACK) is there from the start */
 	struct es_http_cfg http;
 } cf;
 
@@ -2244,6 +2254,207 @@ out_of_domain:
 	return;
 }
 
+/*
+ * Parse once per hop (maps/abi.h es_handoff). The connection's hand-off key as
+ * es_ho_send builds it from sk_msg_md; receiver_view: as the receiving socket's
+ * ingress program builds it (request.h es_ingress: local = server, ports in
+ * host order), from the same connection.
+ */
+static int fk_ho_receiver_key; /* FUZZ_MSG_HO_RECEIVER_KEY: records and ack keyed as the receiver looks */
+
+static void fk_ho_key(struct es_handoff_key *k, int receiver_view)
+{
+	struct sk_msg_md md;
+
+	memset(&md, 0, sizeof(md));
+	memset(k, 0, sizeof(*k));
+	fk_md_conn(&md);
+	es_ho_addr(k->server, md.family, md.remote_ip4, md.remote_ip6);
+	es_ho_addr(k->client, md.family, md.local_ip4, md.local_ip6);
+	k->server_port = receiver_view ? bpf_ntohs((__u16)(md.remote_port >> 16)) : bpf_ntohs((__u16)md.remote_port);
+	k->client_port = (__u16)md.local_port;
+}
+
+static struct {
+	unsigned long cases;   /* cases with a REQ record */
+	unsigned long records; /* REQ records written (left in the map at the end) */
+	unsigned long taken;   /* ... at a receiver boundary with their 8 bytes on the stream: checked */
+	unsigned long env;     /* ... of them with an environment */
+	unsigned long body;    /* ... of them longer than their head (a Content-Length body) */
+	unsigned long acked;   /* cases with the ack, more than one record */
+	unsigned long off;     /* records where the receiver is not at a boundary */
+	unsigned long runs;    /* inputs run (the stats are printed every 20 000) */
+} ho_stats;
+static int fk_ho_stats_on;
+
+/* A record r at q, where the receiver's parse (st) is at a request boundary:
+ * what it says of the request that begins there (Law 1, (1)-(3)). */
+static void check_ho_record(const struct es_handoff *r, size_t q, const struct es_http_state *at)
+{
+	const struct fk_stream *o = &fd.out[0];
+	struct es_http_state st = *at;
+	size_t p = q, end = q + r->len, he = 0;
+	int head = 0, done = 0;
+
+	if (memcmp(&r->first, o->b + q, 8))
+		violation("hand-off record at %zu: its first bytes \"%.8s\" are not the stream's \"%.8s\"", q,
+			  (const char *)&r->first, (const char *)o->b + q);
+	while (p < o->n) {
+		__u64 sk = es_http_skippable(&st);
+		int ev;
+
+		if (sk) {
+			__u64 k = sk < o->n - p ? sk : o->n - p;
+
+			ev = es_http_skip(&st, k);
+			p += (size_t)k;
+		} else {
+			ev = es_http_feed(&st, &cf.http, o->b[p]);
+			p++;
+		}
+		if ((ev & ES_HTTP_EV_NOT_HTTP) || st.phase == ES_HTTP_P_DEAD)
+			violation("hand-off record at %zu (len %u): the receiver's parse dies at %zu, inside it", q,
+				  r->len, p - 1);
+		if (ev & ES_HTTP_EV_HEADERS) {
+			int out = es_http_env_outcome(&st), n = es_http_env_len(&st);
+
+			head = 1;
+			he = p;
+			if (out == ES_HTTP_ENV_FOUND) {
+				if (r->env_len != n || memcmp(r->env, es_http_env(&st), (size_t)n))
+					violation("hand-off record at %zu: env \"%.*s\" (%u); the receiver's parse finds "
+						  "\"%.*s\" (%d)", q, r->env_len, r->env, r->env_len, n,
+						  es_http_env(&st), n);
+			} else if (r->env_len) {
+				violation("hand-off record at %zu: env \"%.*s\"; the receiver's parse finds none "
+					  "(outcome %d)", q, r->env_len, r->env, out);
+			}
+		}
+		if (ev & ES_HTTP_EV_DONE) {
+			if (p != end)
+				violation("hand-off record at %zu: len %u (to %zu); the receiver's parse ends the "
+					  "request at %zu", q, r->len, end, p);
+			if (st.phase != ES_HTTP_P_IDLE || st.cr)
+				violation("hand-off record at %zu: the request ends at %zu, but not at a boundary "
+					  "(phase %u cr %u)", q, p, st.phase, st.cr);
+			done = 1;
+			break;
+		}
+		if (p >= end)
+			violation("hand-off record at %zu: len %u (to %zu); the receiver's parse is still in the "
+				  "request there (phase %u%s)", q, r->len, end, st.phase,
+				  head ? "" : ", head incomplete");
+	}
+	/* else: the stream ends before the request does, and before q + len */
+	ho_stats.taken++;
+	ho_stats.env += r->env_len != 0;
+	ho_stats.body += done && he < end;
+	trace("handoff: record at %zu, len %u, env \"%.*s\": checked (%s)\n", q, r->len, r->env_len, r->env,
+	      done ? "whole request" : "the stream ends inside it");
+}
+
+/*
+ * Parse once per hop: every REQ record in es_handoff describes the request that
+ * begins at its seq on the connection (fd.out[0], whose bytes are numbered from 0
+ * like write_seq in bpf_skc_to_tcp_sock), as the receiver parses it with the
+ * same settings: wherever that parse is at a request boundary at a record's seq
+ * (and 8 bytes are there), (1) the record's first bytes are the stream's, (2) its
+ * env is the one the receiver's parse finds in the head (none unless FOUND), (3)
+ * the request ends (phase IDLE again) exactly at seq + len, without the parse
+ * dying inside it, or the stream ends first. The receiver skips len bytes instead
+ * of parsing them: by (3), its state after them is the one a parse has.
+ */
+static void check_handoff(void)
+{
+	const struct fk_stream *o = &fd.out[0];
+	struct fk_map *m = fk_map_of(&es_handoff);
+	struct es_handoff_key want;
+	struct es_http_state st;
+	const struct fk_ent *e;
+	unsigned long nrec = 0, seen = 0;
+	size_t p;
+
+	fk_ho_key(&want, fk_ho_receiver_key);
+	for (e = m->head; e; e = e->next) {
+		const struct es_handoff_key *k = e->key;
+		const struct es_handoff *r = e->val;
+		int i;
+
+		if (memcmp(k->server, want.server, sizeof(want.server)) ||
+		    memcmp(k->client, want.client, sizeof(want.client)) || k->server_port != want.server_port ||
+		    k->client_port != want.client_port)
+			violation("hand-off entry (kind %u seq %u) keyed %u -> %u; the receiver's key is %u -> %u",
+				  k->kind, k->seq, k->client_port, k->server_port, want.client_port, want.server_port);
+		if (k->kind == ES_HO_KEY_ACK) {
+			if (!cf.ho_ack || k->seq)
+				violation("an ack entry (seq %u) the receiver did not write", k->seq);
+			continue;
+		}
+		CHECK(k->kind == ES_HO_KEY_REQ);
+		nrec++;
+		if (k->seq > o->n)
+			violation("hand-off record at %u, beyond the %zu bytes the connection sent", k->seq, o->n);
+		if (!r->len || r->env_len >= ES_ENV_NAME_MAX)
+			violation("hand-off record at %u: len %u, env_len %u", k->seq, r->len, r->env_len);
+		for (i = r->env_len; i < ES_ENV_NAME_MAX; i++)
+			if (r->env[i])
+				violation("hand-off record at %u: env not NUL-padded (byte %d)", k->seq, i);
+		if (!cf.ho_ack && nrec > 1)
+			violation("hand-off: %lu records without the receiver's ack", nrec);
+	}
+	if (cf.ho_ack && nrec > 1)
+		ho_stats.acked++;
+
+	/* the receiver's parse of the connection's bytes */
+	memset(&st, 0, sizeof(st));
+	for (p = 0; nrec && p <= o->n;) {
+		__u64 sk;
+
+		if (st.phase == ES_HTTP_P_IDLE && !st.cr) {
+			for (e = m->head; e; e = e->next) {
+				const struct es_handoff_key *k = e->key;
+
+				if (k->kind == ES_HO_KEY_REQ && k->seq == p) {
+					seen++;
+					if (p + 8 <= o->n)
+						check_ho_record(e->val, p, &st);
+				}
+			}
+		}
+		if (p == o->n || st.phase == ES_HTTP_P_DEAD)
+			break;
+		sk = es_http_skippable(&st);
+		if (sk) {
+			__u64 k = sk < o->n - p ? sk : o->n - p;
+
+			es_http_skip(&st, k);
+			p += (size_t)k;
+		} else {
+			es_http_feed(&st, &cf.http, o->b[p]);
+			p++;
+		}
+	}
+	if (nrec) {
+		ho_stats.cases++;
+		ho_stats.records += nrec;
+		ho_stats.off += nrec - seen;
+	}
+	trace("handoff: %lu records (sent counter %llu), %lu at the receiver's boundaries; ack %s\n", nrec,
+	      (unsigned long long)fk_counter(ES_CNT_HO_SENT), seen, cf.ho_ack ? "there" : "absent");
+	if (nrec != seen)
+		trace("handoff: %lu records where the receiver is not at a boundary (never looked at)\n",
+		      nrec - seen);
+}
+
+static void fk_ho_stats_print(void)
+{
+	fprintf(stderr,
+		"fuzz_msg: handoff: %lu cases with records, %lu records, %lu checked at the receiver's "
+		"boundaries (%lu with env, %lu with a body), %lu cases acked with several, %lu off a boundary\n",
+		ho_stats.cases, ho_stats.records, ho_stats.taken, ho_stats.env, ho_stats.body, ho_stats.acked,
+		ho_stats.off);
+}
+
 /* ------------------------------------------------------------------------
  * The fuzz target
  * ------------------------------------------------------------------------ */
@@ -2296,6 +2507,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	const char *te;
 
 	fk_trace_on = getenv("FUZZ_MSG_TRACE") != NULL;
+	fk_ho_receiver_key = getenv("FUZZ_MSG_HO_RECEIVER_KEY") != NULL;
+	if (!fk_ho_stats_on && getenv("FUZZ_MSG_HO_STATS")) {
+		fk_ho_stats_on = 1;
+				atexit(fk_ho_stats_print);
+	}
+	if (fk_ho_stats_on && ++ho_stats.runs % 20000 == 0)
+		fk_ho_stats_print();
 	fk_maps_init();
 	fk_reset();
 	if (size < 5)
@@ -2316,7 +2534,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 *     left it without the state callback: never followed either), bit 3 the
 	 *     connection was made by a connect hint (es_hints, ES_STEER_F_HINT: to a
 	 *     set other than the caller's own, chosen by bits 4-5; not with bits 1-2),
-	 *     bit 6 dev (the default) has no backends
+	 *     bit 6 dev (the default) has no backends, bit 7 the receiving pod takes
+	 *     handed-off requests (its ack is in es_handoff: every eligible request
+	 *     gets a record)
 	 */
 	c0 = rd8(&r);
 	c1 = rd8(&r);
@@ -2342,6 +2562,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	cf.thread_env = te && te[0] != '-' ? te : NULL;
 	cf.prebind = (c2 >> 5) & 1;
 	cf.no_dev_set = (c3 >> 6) & 1;
+	cf.ho_ack = (c3 >> 7) & 1;
 	cf.hinted = 0;
 	if (cf.conn_env == 5 && !cf.proj2_set)
 		cf.conn_env = 2; /* a connection goes to a set that exists */
@@ -2392,6 +2613,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		fk_key.addr[0] = fk.sock.orig_addr[0];
 		CHECK(!bpf_map_update_elem(&es_frontends, &fk_key, &fe, BPF_ANY));
+	}
+	if (cf.ho_ack) {
+		/* the receiver took the connection's first request (request.h es_ho_take) */
+		struct es_handoff_key k;
+		struct es_handoff h = { 0 };
+
+		fk_ho_key(&k, fk_ho_receiver_key);
+		k.kind = ES_HO_KEY_ACK;
+		CHECK(!bpf_map_update_elem(&es_handoff, &k, &h, BPF_ANY));
 	}
 	if (cf.thread_env) {
 		fk.th_on = 1;
@@ -2482,6 +2712,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_own_counts();
 	check_hint();
 	check_liveness();
+	check_handoff();
 
 	free(s.p);
 	fd.s = NULL;
