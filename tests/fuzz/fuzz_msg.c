@@ -2261,6 +2261,8 @@ out_of_domain:
  * host order), from the same connection.
  */
 static int fk_ho_receiver_key; /* FUZZ_MSG_HO_RECEIVER_KEY: records and ack keyed as the receiver looks */
+static int fk_ho_strict;       /* FUZZ_MSG_HO_STRICT: a record off the receiver's boundaries is a violation
+				* (harmless for Law 1: the receiver never looks there; but it stays) */
 
 static void fk_ho_key(struct es_handoff_key *k, int receiver_view)
 {
@@ -2441,6 +2443,9 @@ static void check_handoff(void)
 	}
 	trace("handoff: %lu records (sent counter %llu), %lu at the receiver's boundaries; ack %s\n", nrec,
 	      (unsigned long long)fk_counter(ES_CNT_HO_SENT), seen, cf.ho_ack ? "there" : "absent");
+	if (nrec != seen && fk_ho_strict)
+		violation("hand-off: %lu records where the receiver is not at a boundary (never looked at, "
+			  "never deleted)", nrec - seen);
 	if (nrec != seen)
 		trace("handoff: %lu records where the receiver is not at a boundary (never looked at)\n",
 		      nrec - seen);
@@ -2508,6 +2513,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	fk_trace_on = getenv("FUZZ_MSG_TRACE") != NULL;
 	fk_ho_receiver_key = getenv("FUZZ_MSG_HO_RECEIVER_KEY") != NULL;
+	fk_ho_strict = getenv("FUZZ_MSG_HO_STRICT") != NULL;
 	if (!fk_ho_stats_on && getenv("FUZZ_MSG_HO_STATS")) {
 		fk_ho_stats_on = 1;
 				atexit(fk_ho_stats_print);

@@ -21,7 +21,9 @@ mean "the rest in one send"):
         the connection was made while it had one, bit 3 the connection was made by a connect
         hint (es_hints, ES_STEER_F_HINT): to a set with backends other than the one the pod's
         env resolves to, the n-th of them by bits 4-5 (none: no hint; not with bits 1-2),
-        bit 6 dev (the default env) has no backends (some requests resolve nowhere)
+        bit 6 dev (the default env) has no backends (some requests resolve nowhere), bit 7 the
+        receiving pod takes handed-off requests (its ack is in es_handoff from the start: every
+        request eligible for the hand-off gets a record, not only the first)
   1 byte: number of requests - 1 (modulo 16)
   6 bytes per request (gen_request() in fuzz_msg.c says what each bit means)
   2 bytes per send: size (bits 0-1 class: 1+v, (v+1)*97, a boundary size, the rest;
@@ -49,11 +51,12 @@ PLANS = {"one": 0, "bytes": 1, "random": 2, 512: 3, 1000: 4, 1024: 5, 1100: 6, 4
 
 def cfg(window=0, auto=1, labelled=1, threadctx=0, aliases=0, tracing=0, rbfull=0,
         conn=0, pod=0, proj2=1, relay_down=0, align=0, max_frames=0, thread=None,
-        prebind=0, v6=0, relay_partial=0, single_set=0, hint=0, hint_pick=0, no_dev_set=0):
+        prebind=0, v6=0, relay_partial=0, single_set=0, hint=0, hint_pick=0, no_dev_set=0,
+        ho_ack=0):
     c0 = window | auto << 2 | labelled << 3 | threadctx << 4 | aliases << 5 | tracing << 6 | rbfull << 7
     c1 = conn | pod << 2 | proj2 << 5 | relay_down << 6 | align << 7
     c2 = max_frames | ENV[thread] << 2 | prebind << 5 | v6 << 6
-    c3 = relay_partial | single_set << 1 | hint << 3 | hint_pick << 4 | no_dev_set << 6
+    c3 = relay_partial | single_set << 1 | hint << 3 | hint_pick << 4 | no_dev_set << 6 | ho_ack << 7
     return bytes([c0, c1, c2, c3])
 
 
@@ -218,6 +221,20 @@ SEEDS = {
         [send("rest", "one", agent=3), send("rest", "one")]),
     "hint-empty-lines": seed(cfg(hint=1, align=1), [req("get", "dev.proj1", empty=1),
         req("get", "dev", empty=1)], [send(1, "one"), send("rest", "one"), send(1, "one")]),
+    # parse once per hop (es_handoff): requests passed on the connection (its set is dev's) with
+    # the receiver's ack, so each eligible one gets a record - header, inserted header (the pod's
+    # env), Content-Length body, padding, an invalid header (no record), chunked (none) - one
+    # send each; then pipelined with empty lines in one send; then without the ack (one record)
+    "handoff-acked": seed(cfg(ho_ack=1, align=1), [
+        req("get", "dev"), req("post", "dev", body=20, var=0x35), req("get"),
+        req("get", "dev", pad=700, env_late=1), req("get", env_variant=11), req("chunked", "dev", body=9),
+        req("post", body=3, lf=1), req("get", "dev", empty=1)],
+        [send("rest", "one")] * 8),
+    "handoff-acked-pipelined": seed(cfg(ho_ack=1), [
+        req("get", "dev"), req("post", "dev", body=4, empty=1), req("get", empty=1),
+        req("get", "dev", getcl=1, body=12)], [send("rest", "random")]),
+    "handoff-no-ack": seed(cfg(align=1), [req("get", "dev"), req("post", body=5), req("get", "dev")],
+        [send("rest", "one")] * 3),
 }
 
 
