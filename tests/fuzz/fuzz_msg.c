@@ -48,9 +48,18 @@
  *    alone (check_hint);
  *  - with the relay up and unbounded, no upstream lost, requests that parse,
  *    heads within the hold limit and sends that each carry one request
- *    (mainstream clients), nothing fails and nothing is lost.
+ *    (mainstream clients), nothing fails and nothing is lost;
+ *  - parse once per hop (es_handoff, check_handoff): where the receiver's parse
+ *    of the connection's bytes is at a request boundary at a record's seq, the
+ *    record's first bytes, env and len are that request's (with c3 bit 7 the
+ *    receiver's ack is there from the start, so every eligible request gets one).
  * Set FUZZ_MSG_TRACE=1 to print what happens while reproducing an input, and
  * FUZZ_MSG_STREAM=<file> to write the generated stream there.
+ * FUZZ_MSG_HO_STATS=1 prints how many hand-off records were checked;
+ * FUZZ_MSG_HO_STRICT=1 makes a record off the receiver's boundaries a violation;
+ * FUZZ_MSG_HO_RECEIVER_KEY=1 expects records (and puts the ack) under the key the
+ * receiver's ingress program builds (server port 8080 in host order) instead of
+ * the one es_ho_send builds.
  */
 #include <errno.h>
 #include <stdarg.h>
