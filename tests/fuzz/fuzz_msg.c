@@ -49,17 +49,14 @@
  *  - with the relay up and unbounded, no upstream lost, requests that parse,
  *    heads within the hold limit and sends that each carry one request
  *    (mainstream clients), nothing fails and nothing is lost;
- *  - parse once per hop (es_handoff, check_handoff): where the receiver's parse
- *    of the connection's bytes is at a request boundary at a record's seq, the
- *    record's first bytes, env and len are that request's (with c3 bit 7 the
- *    receiver's ack is there from the start, so every eligible request gets one).
+ *  - parse once per hop (es_hocache, check_handoff): every record a run leaves
+ *    is keyed by the connection as its receiver sees it, and where the
+ *    receiver's parse of the connection's bytes is at a request boundary at a
+ *    record's seq, the record's first bytes, env and len are that request's.
  * Set FUZZ_MSG_TRACE=1 to print what happens while reproducing an input, and
  * FUZZ_MSG_STREAM=<file> to write the generated stream there.
  * FUZZ_MSG_HO_STATS=1 prints how many hand-off records were checked;
- * FUZZ_MSG_HO_STRICT=1 makes a record off the receiver's boundaries a violation;
- * FUZZ_MSG_HO_RECEIVER_KEY=1 expects records (and puts the ack) under the key the
- * receiver's ingress program builds (server port 8080 in host order) instead of
- * the one es_ho_send builds.
+ * FUZZ_MSG_HO_STRICT=1 makes a record off the receiver's boundaries a violation.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -964,6 +961,8 @@ static void fk_md_conn(struct sk_msg_md *md)
 	md->remote_port = (__u32)bpf_htons(8080) << 16;
 }
 
+static void fk_ho_collect(void);
+
 static int fk_run_prog(struct fk_msg *m)
 {
 	int rc;
@@ -983,6 +982,7 @@ static int fk_run_prog(struct fk_msg *m)
 	      m->n == FK_MAX_FRAGS ? " (full)" : "", m->n ? m->e[0].len : 0,
 	      m->n && m->e[0].copy ? " (not readable)" : "");
 	rc = es_msg(&m->md);
+	fk_ho_collect();
 	CHECK(rc == SK_PASS || rc == SK_DROP);
 	CHECK(m->size == m->md.size);
 	trace("    -> %s apply %u cork %u redir %#llx%s; route %u env %u\n", rc == SK_PASS ? "PASS" : "DROP",
@@ -1200,8 +1200,6 @@ static struct {
 	uint32_t own_set;  /* the set the caller's own environment resolved to at connect */
 	int no_dev_set;    /* dev (the default environment) has no backends: some requests resolve
 			    * nowhere */
-	int ho_ack;        /* the receiving pod takes handed-off requests: its ack (es_handoff,
-			    * ES_HO_KEY_ACK) is there from the start */
 	struct es_http_cfg http;
 } cf;
 
@@ -2264,26 +2262,51 @@ out_of_domain:
 }
 
 /*
- * Parse once per hop (maps/abi.h es_handoff). The connection's hand-off key as
- * es_ho_send builds it from sk_msg_md; receiver_view: as the receiving socket's
- * ingress program builds it (request.h es_ingress: local = server, ports in
- * host order), from the same connection.
+ * Parse once per hop (maps/abi.h es_ho_slot). The connection's hand-off key as
+ * the receiving socket's ingress program builds it (request.h es_ingress: local
+ * = server, ports in host order), from the connection sk_msg_md describes.
  */
-static int fk_ho_receiver_key; /* FUZZ_MSG_HO_RECEIVER_KEY: records and ack keyed as the receiver looks */
 static int fk_ho_strict;       /* FUZZ_MSG_HO_STRICT: a record off the receiver's boundaries is a violation
-				* (harmless for Law 1: the receiver never looks there; but it stays) */
+				* (harmless for Law 1: the receiver never looks there) */
 
-static void fk_ho_key(struct es_handoff_key *k, int receiver_view)
+static void fk_ho_key(struct es_handoff_key *k)
 {
 	struct sk_msg_md md;
 
 	memset(&md, 0, sizeof(md));
 	memset(k, 0, sizeof(*k));
 	fk_md_conn(&md);
-	es_ho_addr(k->server, md.family, md.remote_ip4, md.remote_ip6);
-	es_ho_addr(k->client, md.family, md.local_ip4, md.local_ip6);
-	k->server_port = receiver_view ? bpf_ntohs((__u16)(md.remote_port >> 16)) : bpf_ntohs((__u16)md.remote_port);
+	es_ho_addr(k->server, md.family, md.remote_ip4, md.remote_ip6[0], md.remote_ip6[1], md.remote_ip6[2],
+		   md.remote_ip6[3]);
+	es_ho_addr(k->client, md.family, md.local_ip4, md.local_ip6[0], md.local_ip6[1], md.local_ip6[2],
+		   md.local_ip6[3]);
+	k->server_port = bpf_ntohs((__u16)(md.remote_port >> 16));
 	k->client_port = (__u16)md.local_port;
+}
+
+/* Every record a run of the program wrote into es_hocache, in order (slots are
+ * overwritten: they are collected after each run, fk_ho_collect). */
+#define FK_HO_MAX 4096
+static struct {
+	struct es_ho_slot s[FK_HO_MAX];
+	unsigned n;
+	struct es_ho_slot last[ES_HO_SLOTS];
+} fho;
+
+static void fk_ho_collect(void)
+{
+	const struct es_ho_slot *sl = (const struct es_ho_slot *)fk_map_of(&es_hocache)->arr;
+	unsigned i;
+
+	for (i = 0; i < ES_HO_SLOTS; i++) {
+		if (!memcmp(&sl[i], &fho.last[i], sizeof(sl[i])))
+			continue;
+		if (sl[i].lock)
+			violation("hand-off slot %u left locked by a run", i);
+		if (sl[i].valid && fho.n < FK_HO_MAX)
+			fho.s[fho.n++] = sl[i];
+		fho.last[i] = sl[i];
+	}
 }
 
 static struct {
@@ -2300,7 +2323,7 @@ static int fk_ho_stats_on;
 
 /* A record r at q, where the receiver's parse (st) is at a request boundary:
  * what it says of the request that begins there (Law 1, (1)-(3)). */
-static void check_ho_record(const struct es_handoff *r, size_t q, const struct es_http_state *at)
+static void check_ho_record(const struct es_ho_rec *r, size_t q, const struct es_http_state *at)
 {
 	const struct fk_stream *o = &fd.out[0];
 	struct es_http_state st = *at;
@@ -2378,31 +2401,23 @@ static void check_ho_record(const struct es_handoff *r, size_t q, const struct e
 static void check_handoff(void)
 {
 	const struct fk_stream *o = &fd.out[0];
-	struct fk_map *m = fk_map_of(&es_handoff);
 	struct es_handoff_key want;
 	struct es_http_state st;
-	const struct fk_ent *e;
-	unsigned long nrec = 0, seen = 0;
+	unsigned long nrec = fho.n, seen = 0;
+	unsigned j;
 	size_t p;
 
-	fk_ho_key(&want, fk_ho_receiver_key);
-	for (e = m->head; e; e = e->next) {
-		const struct es_handoff_key *k = e->key;
-		const struct es_handoff *r = e->val;
+	fk_ho_key(&want);
+	for (j = 0; j < fho.n; j++) {
+		const struct es_handoff_key *k = &fho.s[j].key;
+		const struct es_ho_rec *r = &fho.s[j].rec;
 		int i;
 
 		if (memcmp(k->server, want.server, sizeof(want.server)) ||
 		    memcmp(k->client, want.client, sizeof(want.client)) || k->server_port != want.server_port ||
 		    k->client_port != want.client_port)
-			violation("hand-off entry (kind %u seq %u) keyed %u -> %u; the receiver's key is %u -> %u",
-				  k->kind, k->seq, k->client_port, k->server_port, want.client_port, want.server_port);
-		if (k->kind == ES_HO_KEY_ACK) {
-			if (!cf.ho_ack || k->seq)
-				violation("an ack entry (seq %u) the receiver did not write", k->seq);
-			continue;
-		}
-		CHECK(k->kind == ES_HO_KEY_REQ);
-		nrec++;
+			violation("hand-off record (seq %u) keyed %u -> %u; the receiver's key is %u -> %u", k->seq,
+				  k->client_port, k->server_port, want.client_port, want.server_port);
 		if (k->seq > o->n)
 			violation("hand-off record at %u, beyond the %zu bytes the connection sent", k->seq, o->n);
 		if (!r->len || r->env_len >= ES_ENV_NAME_MAX)
@@ -2410,10 +2425,8 @@ static void check_handoff(void)
 		for (i = r->env_len; i < ES_ENV_NAME_MAX; i++)
 			if (r->env[i])
 				violation("hand-off record at %u: env not NUL-padded (byte %d)", k->seq, i);
-		if (!cf.ho_ack && nrec > 1)
-			violation("hand-off: %lu records without the receiver's ack", nrec);
 	}
-	if (cf.ho_ack && nrec > 1)
+	if (nrec > 1)
 		ho_stats.acked++;
 
 	/* the receiver's parse of the connection's bytes */
@@ -2422,13 +2435,11 @@ static void check_handoff(void)
 		__u64 sk;
 
 		if (st.phase == ES_HTTP_P_IDLE && !st.cr) {
-			for (e = m->head; e; e = e->next) {
-				const struct es_handoff_key *k = e->key;
-
-				if (k->kind == ES_HO_KEY_REQ && k->seq == p) {
+			for (j = 0; j < fho.n; j++) {
+				if (fho.s[j].key.seq == p) {
 					seen++;
 					if (p + 8 <= o->n)
-						check_ho_record(e->val, p, &st);
+						check_ho_record(&fho.s[j].rec, p, &st);
 				}
 			}
 		}
@@ -2450,21 +2461,22 @@ static void check_handoff(void)
 		ho_stats.records += nrec;
 		ho_stats.off += nrec - seen;
 	}
-	trace("handoff: %lu records (sent counter %llu), %lu at the receiver's boundaries; ack %s\n", nrec,
-	      (unsigned long long)fk_counter(ES_CNT_HO_SENT), seen, cf.ho_ack ? "there" : "absent");
+	trace("handoff: %lu records (sent counter %llu), %lu at the receiver's boundaries\n", nrec,
+	      (unsigned long long)fk_counter(ES_CNT_HO_SENT), seen);
+	if (nrec != (unsigned long)fk_counter(ES_CNT_HO_SENT) && fho.n < FK_HO_MAX)
+		violation("hand-off: %lu records collected, the counter says %llu", nrec,
+			  (unsigned long long)fk_counter(ES_CNT_HO_SENT));
 	if (nrec != seen && fk_ho_strict)
-		violation("hand-off: %lu records where the receiver is not at a boundary (never looked at, "
-			  "never deleted)", nrec - seen);
+		violation("hand-off: %lu records where the receiver is not at a boundary (never taken)", nrec - seen);
 	if (nrec != seen)
-		trace("handoff: %lu records where the receiver is not at a boundary (never looked at)\n",
-		      nrec - seen);
+		trace("handoff: %lu records where the receiver is not at a boundary (never taken)\n", nrec - seen);
 }
 
 static void fk_ho_stats_print(void)
 {
 	fprintf(stderr,
 		"fuzz_msg: handoff: %lu cases with records, %lu records, %lu checked at the receiver's "
-		"boundaries (%lu with env, %lu with a body), %lu cases acked with several, %lu off a boundary\n",
+		"boundaries (%lu with env, %lu with a body), %lu cases with several, %lu off a boundary\n",
 		ho_stats.cases, ho_stats.records, ho_stats.taken, ho_stats.env, ho_stats.body, ho_stats.acked,
 		ho_stats.off);
 }
@@ -2479,6 +2491,8 @@ static void fk_reset(void)
 	uint32_t k;
 
 	fk_maps_reset();
+	fho.n = 0;
+	memset(fho.last, 0, sizeof(fho.last));
 	memset(&fk, 0, sizeof(fk));
 	memset(&fh, 0, sizeof(fh));
 	if (ps.cork) {
@@ -2521,7 +2535,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	const char *te;
 
 	fk_trace_on = getenv("FUZZ_MSG_TRACE") != NULL;
-	fk_ho_receiver_key = getenv("FUZZ_MSG_HO_RECEIVER_KEY") != NULL;
 	fk_ho_strict = getenv("FUZZ_MSG_HO_STRICT") != NULL;
 	if (!fk_ho_stats_on && getenv("FUZZ_MSG_HO_STATS")) {
 		fk_ho_stats_on = 1;
@@ -2549,9 +2562,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 *     left it without the state callback: never followed either), bit 3 the
 	 *     connection was made by a connect hint (es_hints, ES_STEER_F_HINT: to a
 	 *     set other than the caller's own, chosen by bits 4-5; not with bits 1-2),
-	 *     bit 6 dev (the default) has no backends, bit 7 the receiving pod takes
-	 *     handed-off requests (its ack is in es_handoff: every eligible request
-	 *     gets a record)
+	 *     bit 6 dev (the default) has no backends, bit 7 unused
 	 */
 	c0 = rd8(&r);
 	c1 = rd8(&r);
@@ -2577,7 +2588,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	cf.thread_env = te && te[0] != '-' ? te : NULL;
 	cf.prebind = (c2 >> 5) & 1;
 	cf.no_dev_set = (c3 >> 6) & 1;
-	cf.ho_ack = (c3 >> 7) & 1;
 	cf.hinted = 0;
 	if (cf.conn_env == 5 && !cf.proj2_set)
 		cf.conn_env = 2; /* a connection goes to a set that exists */
@@ -2628,15 +2638,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		fk_key.addr[0] = fk.sock.orig_addr[0];
 		CHECK(!bpf_map_update_elem(&es_frontends, &fk_key, &fe, BPF_ANY));
-	}
-	if (cf.ho_ack) {
-		/* the receiver took the connection's first request (request.h es_ho_take) */
-		struct es_handoff_key k;
-		struct es_handoff h = { 0 };
-
-		fk_ho_key(&k, fk_ho_receiver_key);
-		k.kind = ES_HO_KEY_ACK;
-		CHECK(!bpf_map_update_elem(&es_handoff, &k, &h, BPF_ANY));
 	}
 	if (cf.thread_env) {
 		fk.th_on = 1;

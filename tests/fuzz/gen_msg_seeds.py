@@ -21,9 +21,8 @@ mean "the rest in one send"):
         the connection was made while it had one, bit 3 the connection was made by a connect
         hint (es_hints, ES_STEER_F_HINT): to a set with backends other than the one the pod's
         env resolves to, the n-th of them by bits 4-5 (none: no hint; not with bits 1-2),
-        bit 6 dev (the default env) has no backends (some requests resolve nowhere), bit 7 the
-        receiving pod takes handed-off requests (its ack is in es_handoff from the start: every
-        request eligible for the hand-off gets a record, not only the first)
+        bit 6 dev (the default env) has no backends (some requests resolve nowhere), bit 7
+        unused (it was the receiver's ack of an earlier hand-off design; the seeds keep it)
   1 byte: number of requests - 1 (modulo 16)
   6 bytes per request (gen_request() in fuzz_msg.c says what each bit means)
   2 bytes per send: size (bits 0-1 class: 1+v, (v+1)*97, a boundary size, the rest;
@@ -221,10 +220,10 @@ SEEDS = {
         [send("rest", "one", agent=3), send("rest", "one")]),
     "hint-empty-lines": seed(cfg(hint=1, align=1), [req("get", "dev.proj1", empty=1),
         req("get", "dev", empty=1)], [send(1, "one"), send("rest", "one"), send(1, "one")]),
-    # parse once per hop (es_handoff): requests passed on the connection (its set is dev's) with
-    # the receiver's ack, so each eligible one gets a record - header, inserted header (the pod's
-    # env), Content-Length body, padding, an invalid header (no record), chunked (none) - one
-    # send each; then pipelined with empty lines in one send; then without the ack (one record)
+    # parse once per hop (es_hocache): requests passed on the connection (its set is dev's), each
+    # eligible one with a record - header, inserted header (the pod's env), Content-Length body,
+    # padding, an invalid header (no record), chunked (none) - one send each; then pipelined with
+    # empty lines in one send; then three in three sends
     "handoff-acked": seed(cfg(ho_ack=1, align=1), [
         req("get", "dev"), req("post", "dev", body=20, var=0x35), req("get"),
         req("get", "dev", pad=700, env_late=1), req("get", env_variant=11), req("chunked", "dev", body=9),
