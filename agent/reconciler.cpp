@@ -188,9 +188,10 @@ void Reconciler::plan_pods(const DesiredState& want, Target& t) const {
     auto it = t.env_ids.find(e);
     return it != t.env_ids.end() ? it->second : shadow_.env_names.at(e);
   };
-  uint32_t min_level = ES_MAX_CGROUP_LEVEL, max_level = 0;
+  uint32_t min_level = ES_MAX_CGROUP_LEVEL, max_level = 0, flags = 0;
   for (const auto& [cg, pod] : want.pods) {
     t.pods[cg] = es_pod{id_of(pod.env), pod.flags()};
+    if (pod.thread_ctx) flags |= ES_CFG_F_LOCAL_CTX;
     min_level = std::min<uint32_t>(min_level, static_cast<uint32_t>(pod.level));
     max_level = std::max<uint32_t>(max_level, static_cast<uint32_t>(pod.level));
   }
@@ -199,6 +200,7 @@ void Reconciler::plan_pods(const DesiredState& want, Target& t) const {
   t.config.default_env_id = id_of(want.default_env);
   t.config.min_pod_level = min_level;
   t.config.max_pod_level = max_level;
+  t.config.flags = flags;
 }
 
 // The id of env in a delta's target: allocated by it, or already written.

@@ -109,9 +109,13 @@ struct es_config {
 	__u32 default_env_id; /* final fallback; ES_ENV_BASE when no default-env */
 	__u32 min_pod_level;  /* shallowest cgroup level of a managed pod */
 	__u32 max_pod_level;  /* deepest */
-	__u32 flags;
+	__u32 flags;          /* ES_CFG_F_* */
 	__u32 pad;
 };
+
+/* es_config.flags: a pod of this node has the thread context (only then may a
+ * request sent here be handed to its receiver: outbound.h es_ho_note). */
+#define ES_CFG_F_LOCAL_CTX 0x1
 
 /* Per-socket state (socket storage) for steered sockets. */
 struct es_sock {

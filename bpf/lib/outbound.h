@@ -650,6 +650,11 @@ static __always_inline void es_ho_note(struct es_msg_ctx *c, const char *env, __
 	__u32 at;
 	int i;
 
+	const struct es_config *cfg = es_get_config();
+
+	/* no pod of this node parses requests on arrival: no receiver here */
+	if (!cfg || !(cfg->flags & ES_CFG_F_LOCAL_CTX))
+		return;
 	if (!es_feat_handoff || tx->route.kind != ES_ROUTE_PASS || tx->v.req_begin != 0 ||
 	    tx->upgrade || (tx->st.flags & ES_HTTP_F_H2C) || env_len >= ES_ENV_NAME_MAX ||
 	    tx->st.pos + added != tx->v.off)

@@ -30,14 +30,14 @@ ON = {"envsteer.io/thread-context": "on"}
 k = fixtures.keyer(NS)
 
 
-def make_node(name, net, agent_args):
+def make_node(name, net, agent_args, m_annotations=ON):
     node = harness.Node(name, default_env="dev")
     try:
         fixtures.populate(
             node, NS,
             services=[("m", "127.96.%d.1" % net, {"port": PORT, "target_port": TP, "protocols": ("TCP",)}),
                       ("s", "127.96.%d.2" % net, {"port": PORT, "target_port": TP, "protocols": ("TCP",)})],
-            pods=[("m-dev", "127.1.%d.1" % net, "m", "dev", {"annotations": ON}),
+            pods=[("m-dev", "127.1.%d.1" % net, "m", "dev", {"annotations": m_annotations}),
                   ("s-dev", "127.1.%d.11" % net, "s", "dev"),
                   ("s-proj1", "127.1.%d.12" % net, "s", "dev.proj1"),
                   ("s-proj2", "127.1.%d.13" % net, "s", "dev.proj2"),
@@ -245,3 +245,18 @@ def test_handoff_cache_is_bounded_and_taken_once(nodes):
                                      timeout=30, check=True).stdout)
     mine = [m for m in maps if m.get("name") == "es_hocache"]  # one per running agent
     assert mine and all((m["type"], m["max_entries"]) == ("percpu_array", 16) for m in mine), mine
+
+
+def test_no_pod_with_the_thread_context_no_records(e2e_prerequisites):
+    """Cheap where unused (law 3): on a node where no pod has the thread context nobody parses
+    requests on arrival, so senders write no records (es_config ES_CFG_F_LOCAL_CTX); m's calls
+    then go by its own environment (dev), with or without a tag."""
+    node = make_node("honoctx", 55, [], m_annotations={})
+    try:
+        before = node.counters()
+        got = session(node, [([call(node, e)], 1) for e in ("dev.proj1", "dev.proj2", None)])
+        assert got == ["s-dev", "s-dev", "s-dev"]
+        d = Nonzero({c: v - before.get(c, 0) for c, v in node.counters().items()})
+        assert d["tx_request"] >= 3 and d["handoff_sent"] == 0 and d["handoff_taken"] == 0, d
+    finally:
+        node.close()

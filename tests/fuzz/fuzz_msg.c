@@ -1200,6 +1200,8 @@ static struct {
 	uint32_t own_set;  /* the set the caller's own environment resolved to at connect */
 	int no_dev_set;    /* dev (the default environment) has no backends: some requests resolve
 			    * nowhere */
+	int local_ctx;     /* a pod of the node has the thread context (es_config.flags): requests
+			    * are handed off (es_hocache) */
 	struct es_http_cfg http;
 } cf;
 
@@ -1218,6 +1220,7 @@ static void fk_setup_maps(void)
 
 	c.abi_version = ES_ABI_VERSION;
 	c.default_env_id = 2;
+	c.flags = cf.local_ctx ? ES_CFG_F_LOCAL_CTX : 0;
 	CHECK(!bpf_map_update_elem(&es_config, &zero, &c, BPF_ANY));
 	CHECK(!bpf_map_update_elem(&es_http_cfg, &zero, &cf.http, BPF_ANY));
 	memcpy(ic.name, "X-Virtual-Env", 13);
@@ -2426,6 +2429,8 @@ static void check_handoff(void)
 			if (r->env[i])
 				violation("hand-off record at %u: env not NUL-padded (byte %d)", k->seq, i);
 	}
+	if (nrec && !cf.local_ctx)
+		violation("hand-off: %lu records on a node without a pod that has the thread context", nrec);
 	if (nrec > 1)
 		ho_stats.acked++;
 
@@ -2562,7 +2567,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 *     left it without the state callback: never followed either), bit 3 the
 	 *     connection was made by a connect hint (es_hints, ES_STEER_F_HINT: to a
 	 *     set other than the caller's own, chosen by bits 4-5; not with bits 1-2),
-	 *     bit 6 dev (the default) has no backends, bit 7 unused
+	 *     bit 6 dev (the default) has no backends, bit 7 a pod of the node has the
+	 *     thread context (ES_CFG_F_LOCAL_CTX: requests are handed off)
 	 */
 	c0 = rd8(&r);
 	c1 = rd8(&r);
@@ -2588,6 +2594,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	cf.thread_env = te && te[0] != '-' ? te : NULL;
 	cf.prebind = (c2 >> 5) & 1;
 	cf.no_dev_set = (c3 >> 6) & 1;
+	cf.local_ctx = (c3 >> 7) & 1;
 	cf.hinted = 0;
 	if (cf.conn_env == 5 && !cf.proj2_set)
 		cf.conn_env = 2; /* a connection goes to a set that exists */

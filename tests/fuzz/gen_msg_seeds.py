@@ -21,8 +21,9 @@ mean "the rest in one send"):
         the connection was made while it had one, bit 3 the connection was made by a connect
         hint (es_hints, ES_STEER_F_HINT): to a set with backends other than the one the pod's
         env resolves to, the n-th of them by bits 4-5 (none: no hint; not with bits 1-2),
-        bit 6 dev (the default env) has no backends (some requests resolve nowhere), bit 7
-        unused (it was the receiver's ack of an earlier hand-off design; the seeds keep it)
+        bit 6 dev (the default env) has no backends (some requests resolve nowhere), bit 7 a
+        pod of the node has the thread context (es_config ES_CFG_F_LOCAL_CTX: requests are
+        handed off to their receivers, es_hocache)
   1 byte: number of requests - 1 (modulo 16)
   6 bytes per request (gen_request() in fuzz_msg.c says what each bit means)
   2 bytes per send: size (bits 0-1 class: 1+v, (v+1)*97, a boundary size, the rest;
@@ -51,11 +52,11 @@ PLANS = {"one": 0, "bytes": 1, "random": 2, 512: 3, 1000: 4, 1024: 5, 1100: 6, 4
 def cfg(window=0, auto=1, labelled=1, threadctx=0, aliases=0, tracing=0, rbfull=0,
         conn=0, pod=0, proj2=1, relay_down=0, align=0, max_frames=0, thread=None,
         prebind=0, v6=0, relay_partial=0, single_set=0, hint=0, hint_pick=0, no_dev_set=0,
-        ho_ack=0):
+        local_ctx=0):
     c0 = window | auto << 2 | labelled << 3 | threadctx << 4 | aliases << 5 | tracing << 6 | rbfull << 7
     c1 = conn | pod << 2 | proj2 << 5 | relay_down << 6 | align << 7
     c2 = max_frames | ENV[thread] << 2 | prebind << 5 | v6 << 6
-    c3 = relay_partial | single_set << 1 | hint << 3 | hint_pick << 4 | no_dev_set << 6 | ho_ack << 7
+    c3 = relay_partial | single_set << 1 | hint << 3 | hint_pick << 4 | no_dev_set << 6 | local_ctx << 7
     return bytes([c0, c1, c2, c3])
 
 
@@ -223,16 +224,16 @@ SEEDS = {
     # parse once per hop (es_hocache): requests passed on the connection (its set is dev's), each
     # eligible one with a record - header, inserted header (the pod's env), Content-Length body,
     # padding, an invalid header (no record), chunked (none) - one send each; then pipelined with
-    # empty lines in one send; then three in three sends
-    "handoff-acked": seed(cfg(ho_ack=1, align=1), [
+    # empty lines in one send; then a node without a pod that has the thread context (no record)
+    "handoff": seed(cfg(local_ctx=1, align=1), [
         req("get", "dev"), req("post", "dev", body=20, var=0x35), req("get"),
         req("get", "dev", pad=700, env_late=1), req("get", env_variant=11), req("chunked", "dev", body=9),
         req("post", body=3, lf=1), req("get", "dev", empty=1)],
         [send("rest", "one")] * 8),
-    "handoff-acked-pipelined": seed(cfg(ho_ack=1), [
+    "handoff-pipelined": seed(cfg(local_ctx=1), [
         req("get", "dev"), req("post", "dev", body=4, empty=1), req("get", empty=1),
         req("get", "dev", getcl=1, body=12)], [send("rest", "random")]),
-    "handoff-no-ack": seed(cfg(align=1), [req("get", "dev"), req("post", body=5), req("get", "dev")],
+    "handoff-no-local-ctx": seed(cfg(align=1), [req("get", "dev"), req("post", body=5), req("get", "dev")],
         [send("rest", "one")] * 3),
 }
 

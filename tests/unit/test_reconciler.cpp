@@ -679,6 +679,7 @@ TEST(ReconcilerConfig, DefaultEnvIdAndPodLevels) {
   EXPECT_EQ(c->default_env_id, *r.env_id("dev.main"));
   EXPECT_EQ(c->min_pod_level, 3u);
   EXPECT_EQ(c->max_pod_level, 7u);
+  EXPECT_EQ(c->flags, 0u);  // no pod with the thread context: no hand-off to this node
   EXPECT_EQ(fm.get<es_pod>(MapId::Pods, uint64_t{11})->env_id, *r.env_id("dev"));
   EXPECT_EQ(fm.get<es_pod>(MapId::Pods, uint64_t{12})->env_id, uint32_t{ES_ENV_BASE});
 
@@ -695,6 +696,26 @@ TEST(ReconcilerConfig, DefaultEnvIdAndPodLevels) {
   auto ops = ops_since(fm, from);
   EXPECT_THAT(ops[0], HasSubstr("update es_config"));
   expect_converged(fm, b);
+}
+
+TEST(ReconcilerConfig, LocalThreadContextFlag) {
+  FakeMaps fm;
+  Reconciler r(fm, '.');
+  Want w;
+  w.pod(11, "dev", 5).pod(12, "qa", 5);
+  apply_checked(r, fm, w);
+  EXPECT_EQ(fm.config()->flags, 0u);
+  // a pod opts in: the senders of the node may hand it their requests (es_ho_note)
+  Want on = w;
+  on.d.pods[12].thread_ctx = true;
+  apply_checked(r, fm, on, w);
+  EXPECT_EQ(fm.config()->flags, uint32_t{ES_CFG_F_LOCAL_CTX});
+  // it goes: the flag with it
+  Want off;
+  off.pod(11, "dev", 5);
+  apply_checked(r, fm, off, on);
+  EXPECT_EQ(fm.config()->flags, 0u);
+  expect_converged(fm, off);
 }
 
 TEST(ReconcilerConfig, PodEnvChangeIsOneUpdate) {
