@@ -645,17 +645,19 @@ struct tcp_sock {
  * inserted one; NULL: neither). Written when the verdict passes it (es_ho_send). */
 static __always_inline void es_ho_note(struct es_msg_ctx *c, const char *env, __u32 env_len, __u32 added)
 {
+	const struct es_config *cfg;
 	struct es_tx *tx = c->tx;
 	__u64 body = 0, w;
 	__u32 at;
 	int i;
 
-	const struct es_config *cfg = es_get_config();
-
+	if (!es_feat_handoff)
+		return;
 	/* no pod of this node parses requests on arrival: no receiver here */
+	cfg = es_get_config();
 	if (!cfg || !(cfg->flags & ES_CFG_F_LOCAL_CTX))
 		return;
-	if (!es_feat_handoff || tx->route.kind != ES_ROUTE_PASS || tx->v.req_begin != 0 ||
+	if (tx->route.kind != ES_ROUTE_PASS || tx->v.req_begin != 0 ||
 	    tx->upgrade || (tx->st.flags & ES_HTTP_F_H2C) || env_len >= ES_ENV_NAME_MAX ||
 	    tx->st.pos + added != tx->v.off)
 		return;
@@ -885,8 +887,8 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	}
 	added = es_insert_header(c->msg, at, ic, env, env_len);
 	if (!added) {
+		/* (no record: what the message holds now is not known here) */
 		es_count(ES_CNT_TX_INJECT_FAILED);
-		es_ho_note(c, NULL, 0, 0);
 		return 0;
 	}
 	es_count(ES_CNT_TX_INJECTED);
