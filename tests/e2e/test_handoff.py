@@ -260,3 +260,40 @@ def test_no_pod_with_the_thread_context_no_records(e2e_prerequisites):
         assert d["tx_request"] >= 3 and d["handoff_sent"] == 0 and d["handoff_taken"] == 0, d
     finally:
         node.close()
+
+
+def test_ipv6_requests_handed_off(e2e_prerequisites):
+    """IPv6 pods (a network namespace of the test's own, fd00:1:56::/64): the hand-off's key
+    (request.h es_ho_addr) is built from IPv6 addresses on both sides."""
+    node = harness.Node("ho6", default_env="dev")
+    try:
+        netns = node.add_netns("ho6")
+        pods = [("m-dev", "fd00:1:56::1", "m", "dev", ON), ("s-dev", "fd00:1:56::11", "s", "dev", {}),
+                ("s-proj1", "fd00:1:56::12", "s", "dev.proj1", {}),
+                ("s-proj2", "fd00:1:56::13", "s", "dev.proj2", {}), ("c", "fd00:1:56::100", "c", None, {})]
+        for _, ip, _, _, _ in pods:
+            netns.add_addr(ip + "/128")
+        node.add_service(NS, "m", "fd00:96:56::1", PORT, TP, protocols=("TCP",))
+        node.add_service(NS, "s", "fd00:96:56::2", PORT, TP, protocols=("TCP",))
+        for name, ip, app, env, ann in pods:
+            kw = {"annotations": ann} if ann else {}
+            if env:
+                kw["env"] = env
+            node.add_pod(NS, name, ip, app=app, port=TP, netns=netns, **kw)
+        node.write_manifests()
+        for name in ("s-dev", "s-proj1", "s-proj2"):
+            node.start_server(k(name))
+        node.start_server(k("m-dev"), args=["--keepalive"])
+        node.start_agent()
+        envs = ["dev.proj1", "dev.proj2", None, "dev.proj1"]
+        path = "/call?to=[fd00:96:56::2]:%d" % PORT
+        reqs = [req(path, [("X-Virtual-Env", e)] if e else []) for e in envs]
+        before = node.counters()
+        r = node.session(k("c"), "[fd00:96:56::1]:%d" % PORT, [{"pieces": [q], "responses": 1} for q in reqs])
+        assert r["ok"], "session failed: %s\n%s" % (r, node.agent_log_text(3000))
+        got = [landed_s(x["answer"]) for ex in r["exchanges"] for x in ex["responses"]]
+        assert got == [WANT[e] for e in envs]
+        d = Nonzero({c: v - before.get(c, 0) for c, v in node.counters().items()})
+        assert d["handoff_sent"] == len(envs) and d["handoff_taken"] == len(envs), d
+    finally:
+        node.close()
