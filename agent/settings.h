@@ -41,7 +41,7 @@ struct Settings {
   std::string participation_namespace_selector = "envsteer.io/enabled=true";
   bool auto_inject = true;                     // a labelled pod's requests carry its env unless they carry one
   bool connect_hints = true;                   // connect to the set of the pod's last relayed request (es_hints)
-  bool handoff = true;                         // parse once per hop between pods of the node (es_handoff)
+  bool handoff = true;                         // parse once per hop between pods of the node (es_hocache)
   // The relay of re-routed requests (README "Per-request steering": bounds and timeouts).
   uint32_t upstream_idle_ms = 60000;            // an upstream owing nothing, no traffic this long: closed
   uint32_t upstream_connect_timeout_ms = 2000;  // connecting an upstream

@@ -510,7 +510,7 @@ struct es_rx {
 	__u8 ho;         /* boundaries looked up in es_hocache without a record, up to ES_HO_MISSES */
 	__u8 pad;
 	__u32 skip;      /* bytes of a handed-off request still to pass without parsing */
-	__u32 ho_tried;  /* sequence number of the last boundary looked up in es_handoff */
+	__u32 ho_tried;  /* sequence number of the last boundary looked up in es_hocache */
 };
 
 /* Parse once per hop (request.h, outbound.h): a request that the sk_msg

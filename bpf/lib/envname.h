@@ -101,6 +101,28 @@ ES_INLINE __u32 es_env_word_count(__u64 w, char c)
 	return (__u32)(((t >> 7) * ones) >> 56);
 }
 
+/* Copies the name of n bytes at src (NULL: none) into dst, eight bytes a step,
+ * NUL-padded to ES_ENV_NAME_MAX; returns how many of its bytes are c (its
+ * depth). Both buffers 8-aligned: env names in map values (request.h,
+ * outbound.h). */
+ES_INLINE __u32 es_env_copy_words(char *dst, const char *src, __u32 n, char c)
+{
+	__u32 at, depth = 0;
+	__u64 w;
+	int i;
+
+	for (i = 0; i < ES_ENV_NAME_MAX / 8; i++) {
+		at = (__u32)i * 8;
+		w = 0;
+		if (src)
+			__builtin_memcpy(&w, __builtin_assume_aligned(src + at, 8), 8);
+		w = es_env_word_pad(w, at, n);
+		__builtin_memcpy(__builtin_assume_aligned(dst + at, 8), &w, 8);
+		depth += es_env_word_count(w, c);
+	}
+	return depth;
+}
+
 /* The splitter must be a label character that cannot start a name. */
 ES_INLINE int es_splitter_valid(char c)
 {

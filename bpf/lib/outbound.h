@@ -637,6 +637,11 @@ struct tcp_sock {
 } __attribute__((preserve_access_index));
 #endif
 
+_Static_assert(__builtin_offsetof(struct es_tx, st) % 8 == 0 && __builtin_offsetof(struct es_tx, ho_rec) % 8 == 0 &&
+		       __builtin_offsetof(struct es_ho_rec, env) % 8 == 0 && __builtin_offsetof(struct es_thread, env) % 8 == 0 &&
+		       __builtin_offsetof(struct es_env, name) % 8 == 0,
+	       "es_ho_note copies env names in aligned words (es_env_copy_words)");
+
 /* Parse once per hop (maps/abi.h es_ho_slot): the head just decided (route and
  * header) is noted for its receiver when the whole request is known from it: it
  * passes on this connection, begins at the message's first byte, has a body of
@@ -647,9 +652,7 @@ static __always_inline void es_ho_note(struct es_msg_ctx *c, const char *env, __
 {
 	const struct es_config *cfg;
 	struct es_tx *tx = c->tx;
-	__u64 body = 0, w;
-	__u32 at;
-	int i;
+	__u64 body = 0;
 
 	if (!es_feat_handoff)
 		return;
@@ -669,14 +672,7 @@ static __always_inline void es_ho_note(struct es_msg_ctx *c, const char *env, __
 		return;
 	tx->ho_rec.len = tx->v.off + (__u32)body;
 	tx->ho_rec.env_len = (__u8)env_len;
-	for (i = 0; i < ES_ENV_NAME_MAX / 8; i++) {
-		at = (__u32)i * 8;
-		w = 0;
-		if (env)
-			__builtin_memcpy(&w, env + at, 8);
-		w = es_env_word_pad(w, at, env_len);
-		__builtin_memcpy(__builtin_assume_aligned(&tx->ho_rec.env[at], 8), &w, 8);
-	}
+	es_env_copy_words(tx->ho_rec.env, env, env_len, es_splitter);
 	tx->ho_pend = 1;
 }
 
@@ -854,12 +850,12 @@ static __always_inline int es_head_done(struct es_msg_ctx *c)
 	c->tx->route = r;
 
 	if (!env || env_len == 0) {
-		if (!(c->tx->st.flags & ES_HTTP_F_ENV_SEEN))
+		/* for the receiver: the header's value (when it is the one a parse
+		 * finds), or none */
+		if (!(c->tx->st.flags & ES_HTTP_F_ENV_SEEN)) {
 			es_count(ES_CNT_TX_NO_ENV);
-		/* the header's value (when it is the one a parse finds), or none */
-		if (!(c->tx->st.flags & ES_HTTP_F_ENV_SEEN))
 			es_ho_note(c, NULL, 0, 0);
-		else if (es_http_env_outcome(&c->tx->st) == ES_HTTP_ENV_FOUND && name)
+		} else if (es_http_env_outcome(&c->tx->st) == ES_HTTP_ENV_FOUND && name)
 			es_ho_note(c, name, name_len, 0);
 		return 0;
 	}

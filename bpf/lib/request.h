@@ -40,7 +40,7 @@ const volatile __u8 es_feat_request_ctx = 1;
 const volatile __u8 es_feat_per_request = 1;
 /* Connect hints (maps/abi.h es_hints), with per-request steering only. */
 const volatile __u8 es_feat_hints = 1;
-/* Parse once per hop (maps/abi.h es_handoff), with both of the above. */
+/* Parse once per hop (maps/abi.h es_ho_slot), with both of the above. */
 const volatile __u8 es_feat_handoff = 1;
 const volatile char es_splitter = '.';
 
@@ -85,10 +85,6 @@ static __always_inline void es_rx_headers_done(struct es_rx *rx)
 	const char *v = es_http_env(&rx->st);
 	__u32 n = (__u32)es_http_env_len(&rx->st);
 
-	__u32 depth = 0, at;
-	__u64 w;
-	int i;
-
 	rx->seen = 1;
 	if (outcome == ES_HTTP_ENV_FOUND && v && n > 0 && n < ES_ENV_NAME_MAX) {
 		/*
@@ -98,15 +94,8 @@ static __always_inline void es_rx_headers_done(struct es_rx *rx)
 		 * (64 steps on every path that completes a head: 533k -> 301k
 		 * instructions processed).
 		 */
-		for (i = 0; i < ES_ENV_NAME_MAX / 8; i++) {
-			at = (__u32)i * 8;
-			__builtin_memcpy(&w, __builtin_assume_aligned(v + at, 8), 8);
-			w = es_env_word_pad(w, at, n);
-			__builtin_memcpy(__builtin_assume_aligned(&rx->env[at], 8), &w, 8);
-			depth += es_env_word_count(w, es_splitter);
-		}
+		rx->env_depth = (__u8)es_env_copy_words(rx->env, v, n, es_splitter);
 		rx->env_len = (__u8)n;
-		rx->env_depth = (__u8)depth;
 		es_count(ES_CNT_HDR_FOUND);
 		return;
 	}
@@ -160,9 +149,8 @@ static __always_inline int es_ho_take(struct es_feed_ctx *c)
 {
 	struct es_rx *rx = c->rx;
 	struct es_ho_slot *sl;
-	__u32 seq = c->seq_base + c->off, at, depth = 0, idx;
-	__u64 first = 0, w;
-	int i;
+	__u32 seq = c->seq_base + c->off, idx;
+	__u64 first = 0;
 
 	rx->ho_tried = seq;
 	/* its first bytes must be in this segment to be checked: else parsed */
@@ -184,15 +172,8 @@ static __always_inline int es_ho_take(struct es_feed_ctx *c)
 		es_count(ES_CNT_HO_MISMATCH);
 		return 0;
 	}
-	for (i = 0; i < ES_ENV_NAME_MAX / 8; i++) {
-		at = (__u32)i * 8;
-		__builtin_memcpy(&w, __builtin_assume_aligned(&sl->rec.env[at], 8), 8);
-		w = es_env_word_pad(w, at, sl->rec.env_len);
-		__builtin_memcpy(__builtin_assume_aligned(&rx->env[at], 8), &w, 8);
-		depth += es_env_word_count(w, es_splitter);
-	}
+	rx->env_depth = (__u8)es_env_copy_words(rx->env, sl->rec.env, sl->rec.env_len, es_splitter);
 	rx->env_len = sl->rec.env_len;
-	rx->env_depth = (__u8)depth;
 	rx->seen = 1;
 	rx->req_start = seq;
 	rx->skip = sl->rec.len;

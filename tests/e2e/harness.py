@@ -1388,6 +1388,20 @@ def frontend(explain, address=None, protocol="TCP"):
                        % (address, protocol, json.dumps(explain)))
 
 
+def json_documents(text):
+    """The JSON documents of a stream of them, one after another (what curl prints for several
+    URLs, `kubectl ... -o json` for several objects)."""
+    dec = json.JSONDecoder()
+    out, i = [], 0
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return out
+        obj, i = dec.raw_decode(text, i)
+        out.append(obj)
+
+
 def http_request(path="/", headers=(), host="envsteer-e2e", method="GET", version="HTTP/1.1",
                  body=b"", keepalive=True):
     """The bytes of one HTTP/1.x request: headers is a list of (name, value) pairs or raw

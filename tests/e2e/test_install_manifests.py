@@ -91,14 +91,8 @@ def run_kubectl(args, tmp, input=None):
 def json_stream(text):
     """Objects of a stream of JSON documents (what `kubectl ... -o json` prints for several
     objects), with `kind: List` flattened."""
-    dec = json.JSONDecoder()
-    out, i = [], 0
-    while True:
-        while i < len(text) and text[i].isspace():
-            i += 1
-        if i >= len(text):
-            break
-        obj, i = dec.raw_decode(text, i)
+    out = []
+    for obj in harness.json_documents(text):
         out.extend(obj.get("items", []) if obj.get("kind") == "List" else [obj])
     return out
 

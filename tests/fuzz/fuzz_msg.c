@@ -2318,7 +2318,7 @@ static struct {
 	unsigned long taken;   /* ... at a receiver boundary with their 8 bytes on the stream: checked */
 	unsigned long env;     /* ... of them with an environment */
 	unsigned long body;    /* ... of them longer than their head (a Content-Length body) */
-	unsigned long acked;   /* cases with the ack, more than one record */
+	unsigned long several; /* cases with more than one record */
 	unsigned long off;     /* records where the receiver is not at a boundary */
 	unsigned long runs;    /* inputs run (the stats are printed every 20 000) */
 } ho_stats;
@@ -2391,7 +2391,7 @@ static void check_ho_record(const struct es_ho_rec *r, size_t q, const struct es
 }
 
 /*
- * Parse once per hop: every REQ record in es_handoff describes the request that
+ * Parse once per hop: every record a run left in es_hocache describes the request that
  * begins at its seq on the connection (fd.out[0], whose bytes are numbered from 0
  * like write_seq in bpf_skc_to_tcp_sock), as the receiver parses it with the
  * same settings: wherever that parse is at a request boundary at a record's seq
@@ -2432,7 +2432,7 @@ static void check_handoff(void)
 	if (nrec && !cf.local_ctx)
 		violation("hand-off: %lu records on a node without a pod that has the thread context", nrec);
 	if (nrec > 1)
-		ho_stats.acked++;
+		ho_stats.several++;
 
 	/* the receiver's parse of the connection's bytes */
 	memset(&st, 0, sizeof(st));
@@ -2482,7 +2482,7 @@ static void fk_ho_stats_print(void)
 	fprintf(stderr,
 		"fuzz_msg: handoff: %lu cases with records, %lu records, %lu checked at the receiver's "
 		"boundaries (%lu with env, %lu with a body), %lu cases with several, %lu off a boundary\n",
-		ho_stats.cases, ho_stats.records, ho_stats.taken, ho_stats.env, ho_stats.body, ho_stats.acked,
+		ho_stats.cases, ho_stats.records, ho_stats.taken, ho_stats.env, ho_stats.body, ho_stats.several,
 		ho_stats.off);
 }
 

@@ -160,8 +160,8 @@ TEST(EnvNameSplitter, OnlyNonLeadingLabelCharacters) {
 }  // namespace
 }  // namespace envsteer
 
-// es_rx_headers_done (bpf/lib/request.h) copies a request's env name eight bytes
-// at a time: the padded words and the splitter count must be the byte loop's
+// es_env_copy_words (bpf/lib/envname.h: es_rx_headers_done, the hand-off) copies
+// an env name eight bytes at a time: the padded words and the splitter count must be the byte loop's
 // (NUL past the length, every splitter below it), for any bytes in the buffer,
 // including NULs, splitters and bytes >= 0x80 past the name.
 TEST(EnvNameWords, SameAsTheByteLoop) {
@@ -179,16 +179,22 @@ TEST(EnvNameWords, SameAsTheByteLoop) {
       want[i] = i < n ? buf[i] : 0;
       want_depth += want[i] == static_cast<unsigned char>(splitter);
     }
-    for (__u32 at = 0; at < ES_ENV_NAME_MAX; at += 8) {
-      __u64 w;
-      std::memcpy(&w, buf + at, 8);
-      w = es_env_word_pad(w, at, n);
-      std::memcpy(got + at, &w, 8);
-      got_depth += es_env_word_count(w, splitter);
-    }
+    alignas(8) char src[ES_ENV_NAME_MAX], dst[ES_ENV_NAME_MAX];
+    std::memcpy(src, buf, sizeof src);
+    std::memset(dst, 0x5a, sizeof dst);
+    got_depth = es_env_copy_words(dst, src, n, splitter);
+    std::memcpy(got, dst, sizeof got);
     ASSERT_EQ(0, std::memcmp(want, got, sizeof want)) << "round " << round << " n " << n;
     ASSERT_EQ(want_depth, got_depth) << "round " << round << " n " << n;
   }
+}
+
+// No name (the hand-off's record of a request without one): all NULs, depth 0.
+TEST(EnvNameWords, CopyOfNoNameIsAllNul) {
+  alignas(8) char dst[ES_ENV_NAME_MAX];
+  std::memset(dst, 0x5a, sizeof dst);
+  EXPECT_EQ(es_env_copy_words(dst, nullptr, 0, '.'), 0u);
+  for (char ch : dst) EXPECT_EQ(ch, 0);
 }
 
 TEST(EnvNameWords, CountsEveryByteOfAWord) {
