@@ -57,6 +57,8 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--connects", type=int, default=150000,
+                    help="connects of the profiled connect loop (it stops at --duration's end)")
     ap.add_argument("--lo-up", action="store_true", help="bring lo up first (fresh netns)")
     ap.add_argument("--loopback", action="store_true", help="pods on loopback addresses of one "
                     "namespace (bench.py's older shape)")
@@ -87,15 +89,35 @@ def main():
                            capture_output=True, timeout=args.duration + 60)
             t.join(args.duration + 60)
             results[key] = (res, breakdown(data, ["wrk", "httpd"]))
+        # the connect loop (connect + close to the service address, header programs on)
+        b.set_agent_mode("header")
+        res = {}
+        t = threading.Thread(target=lambda: res.update(
+            b.connloop(b.client_cg(), bench.SVC_IP, bench.SVC_PORT, args.connects, "perf-connect",
+                       b.server_cg())))
+        t.start()
+        time.sleep(0.5)
+        data = os.path.join(out, "perf-connect.data")
+        subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-a", "-o", data, "--",
+                        "sleep", str(max(1, args.duration - 2))],
+                       capture_output=True, timeout=args.duration + 60)
+        t.join(args.max_loop_seconds + 60)
+        results["connect"] = (res, breakdown(data, ["connloop", "httpd"]))
     finally:
         b.close()
     for key, (res, (total, groups, top)) in results.items():
         what = {"header": "agent default (header programs on), keep-alive",
                 "noheader": "--no-header-context, keep-alive",
-                "header-close": "agent default, one connection per request"}[key]
-        print("== %s: %.0f req/s, %.1f us CPU per request (client+server cgroups)"
-              % (what, res.get("rps", 0), res.get("cpu_us", 0)))
-        print("   samples in wrk + httpd: %.1f%% of all" % total)
+                "header-close": "agent default, one connection per request",
+                "connect": "agent default, connect loop (connect + close)"}[key]
+        if key == "connect":
+            print("== %s: p50 %.1f us, %.1f us CPU per connect (client+server cgroups)"
+                  % (what, res.get("p50_ns", 0) / 1000.0, res.get("cpu_ns", 0) / 1000.0))
+            print("   samples in connloop + httpd: %.1f%% of all" % total)
+        else:
+            print("== %s: %.0f req/s, %.1f us CPU per request (client+server cgroups)"
+                  % (what, res.get("rps", 0), res.get("cpu_us", 0)))
+            print("   samples in wrk + httpd: %.1f%% of all" % total)
         for g, pct in groups.items():
             print("   %-36s %5.2f%% of all samples" % (g, pct))
         for pct, sym in top:

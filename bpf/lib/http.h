@@ -977,6 +977,31 @@ ES_INLINE int es_http_run_start(const struct es_http_state *st, const struct es_
 	return kind;
 }
 
+/* 1 when the next byte is fed, not taken in a run, and is no request
+ * boundary or body: what es_http_run_start says for the head's bytes, without
+ * loading a literal. The BPF byte loops go on feeding bytes within one step
+ * while it holds (the env value, line ends, the version's digits, the first
+ * byte of a name); saying 0 where a run could not start only costs a step. */
+ES_INLINE int es_http_feeds_next(const struct es_http_state *st)
+{
+	__u16 m = st->match;
+	__u8 ph = st->phase;
+
+	if (ph == ES_HTTP_P_IDLE || ph >= ES_HTTP_P_BODY)
+		return 0;
+	if (st->cr)
+		return 1;
+	if (ph == ES_HTTP_P_VALUE)
+		return st->hdr != ES_HTTP_H_NONE;
+	if (ph == ES_HTTP_P_NAME)
+		return m && (m & (m - 1));
+	if (ph == ES_HTTP_P_METHOD)
+		return st->kpos == st->npos;
+	if (ph == ES_HTTP_P_VERSION)
+		return st->npos >= 7;
+	return ph != ES_HTTP_P_TARGET;
+}
+
 /* 1 when byte c, the k-th from the run's start, continues it. */
 ES_INLINE int es_http_run_byte(const struct es_http_run *run, __u32 k, __u8 c)
 {

@@ -61,6 +61,8 @@ struct sock;
  * helper call, not one per byte. Bytes of a run (http.h) taken in one step of
  * the byte loop, at most: */
 #define ES_RX_RUN 16
+/* Bytes fed one after another in one step of the byte loop, at most. */
+#define ES_RX_FEED 8
 
 struct es_feed_ctx {
 	struct __sk_buff *skb;
@@ -188,7 +190,7 @@ static long es_feed_byte(__u32 i, void *data)
 	struct es_feed_ctx *c = data;
 	struct es_http_run run;
 	__u64 skip;
-	__u32 idx;
+	__u32 idx, j;
 	__u8 b;
 	int ev, idle, kind;
 
@@ -267,6 +269,15 @@ static long es_feed_byte(__u32 i, void *data)
 		 * head is complete */
 		c->rx->req_start = c->seq_base + c->off - 1;
 		c->rx->env_len = 0;
+	}
+	/* bytes that are fed too (es_http_feeds_next: never a request boundary,
+	 * where the hand-off is looked for) go on in this step while they raise
+	 * no event, up to ES_RX_FEED, within the window */
+	for (j = 1; j < ES_RX_FEED && !ev; j++) {
+		if (c->off >= c->end || idx + j >= c->w->len || !es_http_feeds_next(&c->rx->st))
+			break;
+		c->off++;
+		ev = es_http_feed(&c->rx->st, c->cfg, c->w->b[(idx + j) & (ES_RX_WIN - 1)]);
 	}
 	if (ev & ES_HTTP_EV_HEADERS)
 		es_rx_headers_done(c->rx);

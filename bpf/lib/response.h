@@ -27,9 +27,12 @@
  * resets the client - a visible failure, never a hang.
  *
  * Bytes are fed one at a time where they decide something (es_rsp_feed);
- * bodies are taken in bulk (es_rsp_skippable / es_rsp_skip), and so are runs
- * of head bytes that only move the position (es_rsp_run_kind). Shared by the
- * BPF program, the agent and the unit tests.
+ * bodies are taken in bulk (es_rsp_skippable / es_rsp_skip). The agent also
+ * takes runs of head bytes that only move the position in bulk
+ * (es_rsp_run_kind, es_rsp_feed_buf); the BPF follower feeds head bytes
+ * several per loop step instead (es_rsp_step: a step per byte run cost more
+ * than feeding the bytes). Shared by the BPF program, the agent and the unit
+ * tests.
  */
 #ifndef ENVSTEER_RESPONSE_H
 #define ENVSTEER_RESPONSE_H
@@ -520,8 +523,8 @@ ES_INLINE void es_rsp_run_take(struct es_rsp *r, int kind, __u32 n)
 }
 
 #ifndef __bpf__
-/* Feeds buf[0..len) (user space; the BPF program has its own loop over the
- * same steps), bodies and runs in bulk. */
+/* Feeds buf[0..len) (user space; the BPF program has its own loop,
+ * es_rsp_step), bodies and runs in bulk. */
 ES_INLINE int es_rsp_feed_buf(struct es_rsp *r, const void *buf, __u64 len)
 {
 	const __u8 *p = (const __u8 *)buf;

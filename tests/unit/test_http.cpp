@@ -737,6 +737,36 @@ TEST(HttpRuns, RandomStreamsSameStateAsByteByByte) {
   }
 }
 
+// es_http_feeds_next (the BPF byte loops feed bytes on while it holds) never says "feed" where
+// es_http_run_start would start a run, at a request boundary or in a body.
+TEST(HttpRuns, FeedsNextOnlyWhereNoRunStarts) {
+  std::mt19937 rng(23);
+  const std::vector<std::string> parts = {
+      "GET ", "CONNECT ", "CONNEC", "/a ", "HTTP/1.1\r\n", "HTTP/1.", "Host: x\r\n",
+      "X-Virtual-Env: dev.a\r\n", "X-Virtual-En", "Content-Length: 3\r\nabc", "content-length",
+      "Transfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\n0\r\nT: 1\r\n\r\n", "Transfer-",
+      "baggage: virtual-env=dev.d\r\n", "Upgrade: h2c\r\n", "\r\n", "\n", "\r", ":", " ", "abc"};
+  auto cfg = Cfg({"X-Virtual-Env"}, "virtual-env", '.', 0);
+  size_t said = 0;
+  for (int i = 0; i < 3000; i++) {
+    std::string s;
+    int n = 1 + static_cast<int>(rng() % 20);
+    for (int k = 0; k < n; k++) s += parts[rng() % parts.size()];
+    struct es_http_state st = {};
+    for (char ch : s) {
+      struct es_http_run run;
+      if (es_http_feeds_next(&st)) {
+        said++;
+        ASSERT_EQ(es_http_run_start(&st, &cfg, &run), ES_HTTP_RUN_NONE) << s;
+        ASSERT_NE(st.phase, ES_HTTP_P_IDLE) << s;
+        ASSERT_LE(es_http_skippable(&st), 1u) << s;
+      }
+      es_http_feed(&st, &cfg, static_cast<__u8>(ch));
+    }
+  }
+  EXPECT_GT(said, 1000u);  // the checks above ran
+}
+
 // A typical request head is mostly runs: the steps the BPF byte loops save (one per run).
 TEST(HttpRuns, MostHeadBytesAreRuns) {
   auto cfg = Cfg();

@@ -276,7 +276,7 @@ TEST(ResponseRuns, SameStateAsByteByByte) {
   }
 }
 
-// Typical heads are mostly runs: what the BPF follower saves (one loop step per run, not per byte).
+// Typical heads are mostly runs: what the agent's tracker saves (one step per run, not per byte).
 TEST(ResponseRuns, MostHeadBytesAreRuns) {
   const std::string s =
       "HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 02 Dec 2026 17:30:49 GMT\r\n"
