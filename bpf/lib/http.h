@@ -918,7 +918,7 @@ ES_INLINE void es_http_lit_load(__u64 *lit, const char *name)
 }
 
 /* The kind of run the next bytes may be taken in (ES_HTTP_RUN_NONE: feed
- * them); fills run. */
+ * them); fills run (cfg NULL: the kind alone, no configured literal). */
 ES_INLINE int es_http_run_start(const struct es_http_state *st, const struct es_http_cfg *cfg,
 				struct es_http_run *run)
 {
@@ -938,7 +938,9 @@ ES_INLINE int es_http_run_start(const struct es_http_state *st, const struct es_
 		} else if (!(m & (m - 1))) {
 			/* one name left: the rest of it is a literal */
 			kind = ES_HTTP_RUN_LIT_NAME;
-			if (m & ((1U << ES_HTTP_MAX_NAMES) - 1)) {
+			if (!cfg) {
+				/* the kind alone (es_http_feeds_next) */
+			} else if (m & ((1U << ES_HTTP_MAX_NAMES) - 1)) {
 				for (k = 0; k < ES_HTTP_MAX_NAMES - 1 && !(m & (1U << k)); k++)
 					;
 				es_http_lit_load(run->lit, cfg->names[k]);
@@ -977,29 +979,16 @@ ES_INLINE int es_http_run_start(const struct es_http_state *st, const struct es_
 	return kind;
 }
 
-/* 1 when the next byte is fed, not taken in a run, and is no request
- * boundary or body: what es_http_run_start says for the head's bytes, without
- * loading a literal. The BPF byte loops go on feeding bytes within one step
- * while it holds (the env value, line ends, the version's digits, the first
- * byte of a name); saying 0 where a run could not start only costs a step. */
+/* 1 when the next byte is fed, not taken in a run (es_http_run_start), and
+ * is no request boundary or body. The BPF byte loops go on feeding bytes
+ * within one step while it holds (the env value, line ends, the version's
+ * digits, the first byte of a name). */
 ES_INLINE int es_http_feeds_next(const struct es_http_state *st)
 {
-	__u16 m = st->match;
-	__u8 ph = st->phase;
+	struct es_http_run run;
 
-	if (ph == ES_HTTP_P_IDLE || ph >= ES_HTTP_P_BODY)
-		return 0;
-	if (st->cr)
-		return 1;
-	if (ph == ES_HTTP_P_VALUE)
-		return st->hdr != ES_HTTP_H_NONE;
-	if (ph == ES_HTTP_P_NAME)
-		return m && (m & (m - 1));
-	if (ph == ES_HTTP_P_METHOD)
-		return st->kpos == st->npos;
-	if (ph == ES_HTTP_P_VERSION)
-		return st->npos >= 7;
-	return ph != ES_HTTP_P_TARGET;
+	return st->phase != ES_HTTP_P_IDLE && st->phase < ES_HTTP_P_BODY &&
+	       es_http_run_start(st, (const struct es_http_cfg *)0, &run) == ES_HTTP_RUN_NONE;
 }
 
 /* 1 when byte c, the k-th from the run's start, continues it. */

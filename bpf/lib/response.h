@@ -444,6 +444,7 @@ ES_INLINE int es_rsp_feed(struct es_rsp *r, __u8 c)
 	return 0;
 }
 
+#ifndef __bpf__
 /*
  * Runs: head bytes that change nothing but the counts, taken in bulk with
  * exactly the state feeding them one by one leaves (unit tests and fuzz_http
@@ -459,7 +460,8 @@ ES_INLINE int es_rsp_feed(struct es_rsp *r, __u8 c)
  *  - ES_RSP_RUN_CL, ES_RSP_RUN_TE: a name that still matches exactly one of
  *    the framing names (after its first byte): the bytes that go on
  *    matching it, case-insensitively.
- * Most head bytes of a typical response are in runs.
+ * Most head bytes of a typical response are in runs. User space only: the BPF
+ * follower feeds head bytes several per loop step (outbound.h es_rsp_step).
  */
 enum {
 	ES_RSP_RUN_NONE = 0,
@@ -522,7 +524,6 @@ ES_INLINE void es_rsp_run_take(struct es_rsp *r, int kind, __u32 n)
 	}
 }
 
-#ifndef __bpf__
 /* Feeds buf[0..len) (user space; the BPF program has its own loop,
  * es_rsp_step), bodies and runs in bulk. */
 ES_INLINE int es_rsp_feed_buf(struct es_rsp *r, const void *buf, __u64 len)
