@@ -71,38 +71,35 @@ def main():
     out = tempfile.mkdtemp(prefix="envsteer-bench-perf-")
     b = bench.Bench(args)
     results = {}
+
+    def sample(key, workload, comms, warmup, join_s):
+        """perf record -a for duration-2 s while workload() runs in a thread."""
+        res = {}
+        t = threading.Thread(target=lambda: res.update(workload()))
+        t.start()
+        time.sleep(warmup)
+        data = os.path.join(out, "perf-%s.data" % key)
+        subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-a", "-o", data, "--",
+                        "sleep", str(max(1, args.duration - 2))],
+                       capture_output=True, timeout=args.duration + 60)
+        t.join(join_s)
+        results[key] = (res, breakdown(data, comms))
+
     try:
         b.setup()
         url = "http://%s:%d/" % (bench.SVC_IP, bench.SVC_PORT)
         # keep-alive in both modes, and one connection per request with the header programs
         for mode, close in (("header", False), ("noheader", False), ("header", True)):
             b.set_agent_mode(mode)
-            res = {}
-            t = threading.Thread(target=lambda: res.update(
-                b.wrk(url, close, args.duration, "perf-" + mode)))
-            t.start()
-            time.sleep(1)
-            key = mode + ("-close" if close else "")
-            data = os.path.join(out, "perf-%s.data" % key)
-            subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-a", "-o", data, "--",
-                            "sleep", str(max(1, args.duration - 2))],
-                           capture_output=True, timeout=args.duration + 60)
-            t.join(args.duration + 60)
-            results[key] = (res, breakdown(data, ["wrk", "httpd"]))
+            sample(mode + ("-close" if close else ""),
+                   lambda: b.wrk(url, close, args.duration, "perf-" + mode),
+                   ["wrk", "httpd"], 1, args.duration + 60)
         # the connect loop (connect + close to the service address, header programs on)
         b.set_agent_mode("header")
-        res = {}
-        t = threading.Thread(target=lambda: res.update(
-            b.connloop(b.client_cg(), bench.SVC_IP, bench.SVC_PORT, args.connects, "perf-connect",
-                       b.server_cg())))
-        t.start()
-        time.sleep(0.5)
-        data = os.path.join(out, "perf-connect.data")
-        subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-a", "-o", data, "--",
-                        "sleep", str(max(1, args.duration - 2))],
-                       capture_output=True, timeout=args.duration + 60)
-        t.join(args.max_loop_seconds + 60)
-        results["connect"] = (res, breakdown(data, ["connloop", "httpd"]))
+        sample("connect",
+               lambda: b.connloop(b.client_cg(), bench.SVC_IP, bench.SVC_PORT, args.connects,
+                                  "perf-connect", b.server_cg()),
+               ["connloop", "httpd"], 0.5, args.max_loop_seconds + 60)
     finally:
         b.close()
     for key, (res, (total, groups, top)) in results.items():
