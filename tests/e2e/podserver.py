@@ -175,7 +175,10 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(404, {**base, "error": "not found"})
 
 
-def make_http_server(host, port, single_thread=False):
+def make_http_server(host, port, single_thread=False, mapped=False):
+    """mapped: an IPv4 host served on an AF_INET6 socket as ::ffff:a.b.c.d (a JVM's default)."""
+    if mapped and ":" not in host:
+        host = "::ffff:" + host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
     class Server(HTTPServer if single_thread else ThreadingHTTPServer):
@@ -242,6 +245,8 @@ def main():
     ap.add_argument("--keepalive", action="store_true")
     ap.add_argument("--echo", action="store_true")
     ap.add_argument("--single-thread", action="store_true")
+    ap.add_argument("--v4-mapped", action="store_true",
+                    help="serve an IPv4 address on an AF_INET6 socket, as ::ffff:a.b.c.d")
     ap.add_argument("--also-ip", action="append", default=[],
                     help="serve on this address too (e.g. the pod's IPv6 address)")
     args = ap.parse_args()
@@ -256,7 +261,7 @@ def main():
         if args.echo:
             servers.append(make_echo_server(ip, args.port))
         else:
-            servers.append(make_http_server(ip, args.port, args.single_thread))
+            servers.append(make_http_server(ip, args.port, args.single_thread, args.v4_mapped))
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         usock = socket.socket(family, socket.SOCK_DGRAM)
         usock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
