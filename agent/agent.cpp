@@ -430,7 +430,10 @@ nlohmann::json Agent::explain_json(const std::string& from, const std::string& t
   if (!model_->pod_envs.count(from))
     for (const auto& sk : skipped_)
       if (sk.kind == "Pod" && sk.key == from) throw std::invalid_argument(sk.message);
-  auto j = explain(ExplainRequest{from, to, env}, *model_, dp_->maps(), s_.splitter);
+  ExplainRequest req{from, to, env};
+  for (const auto& [cg, pod] : model_->pods)
+    if (pod.pod == from) req.pod_cgroup = cg;
+  auto j = explain(req, *model_, dp_->maps(), s_.splitter);
   for (const auto& [cg, pod] : model_->pods)
     if (pod.pod == from) j["thread_context"] = thread_context_state(pod, ctx_off_processes());
   return j;

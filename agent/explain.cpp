@@ -66,6 +66,7 @@ struct Walk {
   uint32_t skipped = 0;          // levels before it (unknown names fall back segment by segment)
   es_config cfg{};
   std::map<std::string, std::string> pod_of;  // backend -> pod, from the model
+  uint64_t pod_cgroup = 0;                     // the caller's, for its connect hints
 };
 
 Walk walk_of(const maps::MapBackend& live, const DesiredState& model, const EnvName& env, char splitter) {
@@ -80,6 +81,46 @@ Walk walk_of(const maps::MapBackend& live, const DesiredState& model, const EnvN
   for (const auto& [name, bes] : model.sets)
     for (const auto& b : bes) w.pod_of[maps::format_backend(b.backend)] = b.pod;
   return w;
+}
+
+// The ready backends of one resolution, with their pods.
+nlohmann::json backends_of(const Walk& w, uint32_t svc_id, const es_resolution& res) {
+  nlohmann::json backends = nlohmann::json::array();
+  for (uint32_t i = 0; i < res.count; i++) {
+    es_slot_key sk{svc_id, res.env_id, i};
+    es_backend b{};
+    if (!w.live.lookup(maps::MapId::Slots, &sk, &b)) continue;
+    auto addr = maps::format_backend(b);
+    auto pod = w.pod_of.find(addr);
+    backends.push_back({{"address", addr}, {"pod", pod != w.pod_of.end() ? pod->second : ""}});
+  }
+  return backends;
+}
+
+std::string env_name_live(const Walk& w, uint32_t id) {
+  es_env e{};
+  return id == ES_ENV_BASE ? "<base>" : w.live.lookup(maps::MapId::Envs, &id, &e) ? maps::env_name_of(e) : "?";
+}
+
+// The caller's connect hint for this frontend (maps/abi.h es_hints), as
+// es_hint_pick (bpf/lib/steer.h) takes it: only on a multi-set service whose
+// port is not declared HTTP/2, and only where the hint's set is another than
+// the one the caller's environment resolved to. Null when there is none.
+nlohmann::json hint_of(const Walk& w, const es_frontend& fe, const es_resolution& own) {
+  if (!w.pod_cgroup || own.outcome == ES_OUT_NONE ||
+      (fe.flags & (ES_FE_F_MULTI_SET | ES_FE_F_H2)) != ES_FE_F_MULTI_SET)
+    return nullptr;
+  es_hint_key hk{};
+  hk.pod = w.pod_cgroup;
+  hk.svc_id = fe.svc_id;
+  es_hint h{};
+  if (!w.live.lookup(maps::MapId::Hints, &hk, &h)) return nullptr;
+  es_resolution hr{};
+  if (!resolve_live(w.live, fe.svc_id, h.env_id, w.cfg.default_env_id, &hr) || hr.env_id == own.env_id)
+    return nullptr;
+  return {{"env", env_name_live(w, h.env_id)},
+          {"resolved_env", env_name_live(w, hr.env_id)},
+          {"backends", backends_of(w, fe.svc_id, hr)}};
 }
 
 // The kernel's walk for one loaded frontend: each level of the chain, the
@@ -100,22 +141,13 @@ nlohmann::json explain_frontend(const Walk& w, const es_frontend& fe, nlohmann::
                     {"ready", live_count(w.live, fe.svc_id, w.cfg.default_env_id)}});
   f["walk"] = walk;
   f["outcome"] = outcome_name(res.outcome);
-  json backends = json::array();
   if (res.outcome != ES_OUT_NONE) {
-    es_env e{};
-    f["resolved_env"] = res.env_id == ES_ENV_BASE                                  ? "<base>"
-                        : w.live.lookup(maps::MapId::Envs, &res.env_id, &e) ? maps::env_name_of(e)
-                                                                              : "?";
-    for (uint32_t i = 0; i < res.count; i++) {
-      es_slot_key sk{fe.svc_id, res.env_id, i};
-      es_backend b{};
-      if (!w.live.lookup(maps::MapId::Slots, &sk, &b)) continue;
-      auto addr = maps::format_backend(b);
-      auto pod = w.pod_of.find(addr);
-      backends.push_back({{"address", addr}, {"pod", pod != w.pod_of.end() ? pod->second : ""}});
-    }
+    f["resolved_env"] = env_name_live(w, res.env_id);
+    f["backends"] = backends_of(w, fe.svc_id, res);
+  } else {
+    f["backends"] = json::array();
   }
-  f["backends"] = backends;
+  if (json hint = hint_of(w, fe, res); !hint.is_null()) f["hint"] = std::move(hint);
   // HTTP/2 (gRPC, h2c): per stream only on declared ports of multi-set services
   // with the endpoint on; elsewhere a connection's streams all go where it went.
   if (fe.flags & ES_FE_F_MULTI_SET) {
@@ -150,7 +182,8 @@ nlohmann::json explain(const ExplainRequest& req, const DesiredState& model, con
   }
   out["service"] = svc;
 
-  const Walk w = walk_of(live, model, env, splitter);
+  Walk w = walk_of(live, model, env, splitter);
+  w.pod_cgroup = req.pod_cgroup;
   json fes = json::array();
   for (const auto& [key, spec] : model.frontends) {
     if (spec.service != svc) continue;
@@ -190,6 +223,15 @@ std::string render_explain(const nlohmann::json& j) {
     for (const auto& b : f["backends"])
       o << "       " << b.value("address", "") << "  " << b.value("pod", "") << "\n";
     if (f.value("outcome", "") == "refused") o << "    -> connect() fails with ECONNREFUSED\n";
+    if (f.contains("hint")) {
+      const auto& h = f["hint"];
+      o << "    hint: the relay last carried this pod's requests for " << h.value("env", "")
+        << " here, so its next connect() (outside a thread's request) goes to " << h.value("resolved_env", "")
+        << ":\n";
+      for (const auto& b : h["backends"])
+        o << "       " << b.value("address", "") << "  " << b.value("pod", "") << "\n";
+      o << "      (every request on that connection is still routed by its own header)\n";
+    }
     if (f.contains("http2")) o << "    HTTP/2: " << f.value("http2", "") << "\n";
   }
   return o.str();

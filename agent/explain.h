@@ -16,6 +16,7 @@ struct ExplainRequest {
   std::string from;  // "ns/pod"
   std::string to;    // "ns/svc" or "ns/svc:port" (port number or name)
   std::optional<std::string> env;  // overrides the caller's environment
+  uint64_t pod_cgroup = 0;         // the caller's cgroup id, for its connect hints (0: not shown)
 };
 
 // Throws std::invalid_argument for unknown pods/services or bad input.

@@ -17,7 +17,7 @@ import pytest
 import fixtures
 import harness
 from test_relay import _map, map_dump
-from test_per_request import (EXPECT, JAVA_CLIENT, NODE_CLIENT, TO, build, check_one_connection, delta,
+from test_per_request import (EXPECT, JAVA_CLIENT, NODE_CLIENT, TO, build, check_one_connection, delta, k,
                               run_json, sequence)
 
 COUNTS = ("req_slow_path", "req_rerouted_kernel", "req_passed", "req_failed", "connect_hinted",
@@ -76,6 +76,17 @@ def test_one_tagged_connection_per_request_goes_through_the_relay_once(make_node
                                      capture_output=True, text=True, timeout=30, check=True).stdout)
     assert (info["type"], info["max_entries"]) == ("lru_hash", 65536), info
     assert len(map_dump(node, "es_hints")) == 1
+    # `envsteer explain` says where c-dev's next connect() goes and why: its own env (dev)
+    # resolves to s-dev, the hint to s-proj1; c-plain has none
+    fe = node.explain(k("c-dev"), k("s"))["frontends"][0]
+    assert [b["pod"] for b in fe["backends"]] == ["pr/s-dev"], fe
+    hint = fe.get("hint") or {}
+    assert (hint.get("env"), hint.get("resolved_env")) == ("dev.proj1", "dev.proj1"), fe
+    assert [b["pod"] for b in hint["backends"]] == ["pr/s-proj1"], fe
+    assert "hint" not in node.explain(k("c-plain"), k("s"))["frontends"][0]
+    text = node.cli("explain", "--from", k("c-dev"), "--to", k("s"), "--admin-socket", node.admin_socket)
+    assert text.returncode == 0 and "hint: the relay last carried this pod's requests for dev.proj1" in text.stdout \
+        and "pr/s-proj1" in text.stdout, text
 
 
 def test_requests_on_a_hinted_connection_are_routed_by_their_own_header(make_node):
