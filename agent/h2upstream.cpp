@@ -224,7 +224,7 @@ bool H2Proxy::Impl::still_in_set(Upstream& u) {
   for (uint32_t i = 0; i < set.count && i < 256; i++) {
     es_slot_key k{u.svc_id, u.env_id, i};
     es_backend be{};
-    if (maps.lookup(maps::MapId::Slots, &k, &be) && std::memcmp(&be, &u.be, sizeof(be)) == 0) {
+    if (maps.lookup(maps::MapId::Slots, &k, &be) && maps::same_backend(be, u.be)) {  // flags aside
       u.checked = now;
       return true;
     }

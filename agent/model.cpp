@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <initializer_list>
+#include <iterator>
 #include <set>
 #include <tuple>
 
@@ -256,6 +257,9 @@ class Lookup {
   // Pods that are no backend of any env (undecodable, or an invalid env label).
   virtual bool pod_skipped(const std::string& pod) const = 0;
   virtual const EnvName* pod_env(const std::string& pod) const = 0;  // nullptr: unknown
+  // A local pod (its cgroup claim settled) with the thread context: its backends get
+  // ES_BE_F_LOCAL_CTX (senders hand their parse to it).
+  virtual bool pod_local_ctx(const std::string& pod) const = 0;
   // The Service before `svc` in key order that has address k, nullptr when none.
   virtual const std::string* owner_before(const es_frontend_key& k, const std::string& svc) const = 0;
 };
@@ -412,6 +416,7 @@ ServiceResult service_rule(const k8s::Service& svc, const ModelOptions& o, const
       }
       if (be.family != a.key.family) continue;  // IPv4 frontends reach IPv4 pods only
       const EnvName* env = ep.pod.empty() ? nullptr : look.pod_env(ep.pod);
+      if (!ep.pod.empty() && look.pod_local_ctx(ep.pod)) be.flags |= ES_BE_F_LOCAL_CTX;
       auto& set = out.sets[SetName{a.key, env ? *env : o.default_env}];
       BackendRef ref_be{be, ep.pod};
       auto pos = std::lower_bound(set.begin(), set.end(), ref_be);
@@ -469,6 +474,8 @@ class Builder : public Lookup {
     Report settled;
     settle_claims(ptrs, out_.pods, settled);
     take(settled);
+    for (const auto& [cg, lp] : out_.pods)
+      if (lp.thread_ctx) ctx_pods_.insert(lp.pod);
     for (const auto& [key, sl] : c_.slices) slices_by_svc_[NsName{sl.ns, sl.service_name}].push_back(&sl);
     for (const auto& [key, pod] : c_.pods) {
       pods_by_ns_[pod.ns].push_back(&pod);
@@ -513,6 +520,7 @@ class Builder : public Lookup {
     auto it = out_.pod_envs.find(pod);
     return it == out_.pod_envs.end() ? nullptr : &it->second.env;
   }
+  bool pod_local_ctx(const std::string& pod) const override { return ctx_pods_.count(pod) > 0; }
   const std::string* owner_before(const es_frontend_key& k, const std::string&) const override {
     auto it = owner_.find(k);  // only Services before this one are in it yet
     return it == owner_.end() ? nullptr : &it->second;
@@ -527,6 +535,7 @@ class Builder : public Lookup {
   std::map<std::string, std::vector<const k8s::Pod*>> pods_by_ns_;
   std::map<LabelKey, std::vector<const k8s::Pod*>> pods_by_label_;
   std::set<std::string> skipped_pods_;  // no backend of any env
+  std::set<std::string> ctx_pods_;      // local pods with the thread context
   std::map<es_frontend_key, std::string, maps::BytesLess<es_frontend_key>> owner_;
   std::map<SkipKey, Skipped> skipped_;
 };
@@ -604,6 +613,7 @@ struct IncrementalModel::Impl : public Lookup {
   std::map<EnvName, uint32_t> env_refs;
   std::map<std::string, Claim> claims;  // local pods, valid one by one
   bool claims_dirty = false;
+  std::set<std::string> ctx_pods;  // settled local pods with the thread context (pod_local_ctx)
 
   // what is left out and warned about, by who found it ("P:pod", "S:svc", "I:kind/key", "C")
   std::map<SkipKey, std::map<std::string, Skipped>> skips;
@@ -630,6 +640,7 @@ struct IncrementalModel::Impl : public Lookup {
     auto it = st.pod_envs.find(pod);
     return it == st.pod_envs.end() ? nullptr : &it->second.env;
   }
+  bool pod_local_ctx(const std::string& pod) const override { return ctx_pods.count(pod) > 0; }
   const std::string* owner_before(const es_frontend_key& k, const std::string& svc) const override {
     auto it = claimants.find(k);
     if (it == claimants.end()) return nullptr;
@@ -766,6 +777,23 @@ struct IncrementalModel::Impl : public Lookup {
       st.pods = std::move(pods);
       delta.pods = true;
     }
+    // The Services that name a pod which became, or stopped being, a local pod with
+    // the thread context: their backend flags (ES_BE_F_LOCAL_CTX) change.
+    std::set<std::string> ctx;
+    for (const auto& [cg, lp] : st.pods)
+      if (lp.thread_ctx) ctx.insert(lp.pod);
+    if (ctx == ctx_pods) return;
+    std::vector<std::string> changed;
+    std::set_symmetric_difference(ctx.begin(), ctx.end(), ctx_pods.begin(), ctx_pods.end(),
+                                  std::back_inserter(changed));
+    ctx_pods = std::move(ctx);
+    std::set<std::string> work;
+    for (const auto& key : changed) {
+      auto it = c.pods.find(key);
+      const k8s::Pod* p = it == c.pods.end() ? nullptr : &it->second;
+      services_of_pod(key, p, p, work);
+    }
+    run(work);
   }
 
   // Index (or unindex) pod entry `e` of c.pods, with the labels it has now.

@@ -173,7 +173,7 @@ bool Relay::backend_in_set(const Upstream& u) {
     it = set_cache_.emplace(k, std::move(bes)).first;
   }
   for (const auto& be : it->second)
-    if (maps::bytes_equal(be, u.be)) return true;
+    if (maps::same_backend(be, u.be)) return true;  // its pod may have gained or lost a flag
   return false;
 }
 

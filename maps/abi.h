@@ -78,8 +78,14 @@ struct es_backend {
 	__u32 addr[4];
 	__u16 port; /* network order */
 	__u8 family;
-	__u8 pad;
+	__u8 flags; /* ES_BE_F_*; not part of the backend's identity (its address is) */
 };
+
+/* es_backend.flags: the backend is a pod of this node with the thread
+ * context, which reads requests on arrival: a sender hands it its parse
+ * (es_hocache). Other receivers get no records (they would never take them,
+ * and would push the ones that are taken out of the cache). */
+#define ES_BE_F_LOCAL_CTX 0x1
 
 /* Environment by id: the parent link is what connect() walks. */
 struct es_env {
@@ -654,6 +660,8 @@ struct es_rsp {
  */
 #define ES_STEER_POD 1 /* es_sock.steered: connected to a pod */
 #define ES_STEER_H2 2  /* connected to the agent's HTTP/2 endpoint */
+#define ES_STEER_F_CTX 0x20   /* es_sock.steered, with ES_STEER_POD: connected to a backend with
+			       * ES_BE_F_LOCAL_CTX (requests passed on it are handed off) */
 #define ES_STEER_F_HINT 0x40  /* es_sock.steered, with ES_STEER_POD: connected by a hint (es_hints) */
 #define ES_STEER_F_STATE 0x80 /* es_sock.steered, with ES_STEER_POD: its state changes reach
 			       * sockops (set once established, outbound.h es_sockops) */

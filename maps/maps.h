@@ -77,6 +77,10 @@ bool parse_ip(const std::string& ip, uint32_t addr[4], uint8_t* family);
 std::string format_addr(const uint32_t addr[4], uint8_t family);
 std::string format_frontend(const es_frontend_key& k);  // "127.96.0.1:80/TCP", "[fd00::1]:80/UDP"
 std::string format_backend(const es_backend& b);        // "127.1.0.3:8080"
+// The same backend: address, port and family (its flags are no part of it).
+inline bool same_backend(const es_backend& a, const es_backend& b) {
+  return std::memcmp(a.addr, b.addr, sizeof(a.addr)) == 0 && a.port == b.port && a.family == b.family;
+}
 std::string env_name_of(const es_env& e);
 std::string env_name_of(const es_env_name& e);
 es_env_name make_env_name(std::string_view name);

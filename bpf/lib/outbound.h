@@ -670,7 +670,11 @@ static __always_inline void es_ho_note(struct es_msg_ctx *c, const char *env, __
 
 	if (!es_feat_handoff)
 		return;
-	/* no pod of this node parses requests on arrival: no receiver here */
+	/* no pod of this node parses requests on arrival: no receiver here;
+	 * nor on this connection's pod (es_backend ES_BE_F_LOCAL_CTX at
+	 * connect: a pod that gained the thread context since parses itself) */
+	if (!(c->sock->steered & ES_STEER_F_CTX))
+		return;
 	cfg = es_get_config();
 	if (!cfg || !(cfg->flags & ES_CFG_F_LOCAL_CTX))
 		return;

@@ -71,6 +71,10 @@ static __always_inline void es_remember(struct bpf_sock_addr *ctx, const struct 
 			s->orig_addr[3] = fe->addr[3];
 			s->orig_port = fe->port;
 			s->family = fe->family;
+			/* a pod of this node that reads requests on arrival:
+			 * the requests passed on the connection are handed off */
+			if (steered != ES_STEER_H2 && be && (be->flags & ES_BE_F_LOCAL_CTX))
+				steered |= ES_STEER_F_CTX;
 			s->steered = steered;
 			s->svc_id = f->svc_id;
 			s->env_id = res->env_id;

@@ -251,6 +251,25 @@ def test_no_pod_with_the_thread_context_no_records(e2e_prerequisites):
         node.close()
 
 
+def test_receivers_without_the_thread_context_get_no_records(nodes):
+    """Cheap where unused (law 3): on a node where a pod has the thread context, a request to
+    a pod that does not (s's, straight from c) carries no record: only receivers that parse on
+    arrival are handed the parse (es_backend ES_BE_F_LOCAL_CTX, copied at connect), so no
+    sender pays for a record nobody takes, and none pushes taken ones out of the cache."""
+    for node in nodes:
+        envs = ["dev", "dev.proj1", None, "dev.proj2", "dev"]  # three out on their connection to s-dev
+        before = node.counters()
+        got = []
+        for e in envs:  # s's servers close after each answer: a connection per request
+            r = node.session(k("c"), "127.96.%d.2:%d" % (node.net, PORT),
+                             [{"pieces": [req("/", [("X-Virtual-Env", e)] if e else [])], "responses": 1}])
+            assert r["ok"], "session failed: %s\n%s" % (r, node.agent_log_text(3000))
+            got += [x["answer"]["pod"].split("/")[-1] for ex in r["exchanges"] for x in ex["responses"]]
+        assert got == [WANT[e] for e in envs], got
+        d = Nonzero({c: v - before.get(c, 0) for c, v in node.counters().items()})
+        assert d["tx_request"] >= len(envs) and d["handoff_sent"] == 0 and d["handoff_taken"] == 0, d
+
+
 def test_ipv6_requests_handed_off(e2e_prerequisites):
     """IPv6 pods (a network namespace of the test's own, fd00:1:56::/64): the hand-off's key
     (request.h es_ho_addr) is built from IPv6 addresses on both sides."""
@@ -304,9 +323,9 @@ def test_ipv4_mapped_sockets_handed_off(e2e_prerequisites):
             got = [landed_s(x["answer"]) for ex in r["exchanges"] for x in ex["responses"]]
             assert got == [WANT[e] for e in envs], target
             d = Nonzero({c: v - before.get(c, 0) for c, v in node.counters().items()})
-            # every request of c was taken by m from its record (m's calls to s, on connections
-            # that a hint sent to s-proj1, write records too that s's pods, without the thread
-            # context, never take: hence >=)
-            assert d["handoff_taken"] == len(envs) and d["handoff_sent"] >= len(envs), (target, d)
+            # every request of c was taken by m from its record; m's calls to s (some on
+            # connections a hint made to s-proj1) write none: s's pods do not have the thread
+            # context (es_backend ES_BE_F_LOCAL_CTX)
+            assert d["handoff_taken"] == len(envs) and d["handoff_sent"] == len(envs), (target, d)
     finally:
         node.close()

@@ -1202,6 +1202,7 @@ static struct {
 			    * nowhere */
 	int local_ctx;     /* a pod of the node has the thread context (es_config.flags): requests
 			    * are handed off (es_hocache) */
+	int peer_ctx;      /* ... and the connection's pod is one (ES_STEER_F_CTX at connect) */
 	struct es_http_cfg http;
 } cf;
 
@@ -2431,6 +2432,8 @@ static void check_handoff(void)
 	}
 	if (nrec && !cf.local_ctx)
 		violation("hand-off: %lu records on a node without a pod that has the thread context", nrec);
+	if (nrec && !cf.peer_ctx)
+		violation("hand-off: %lu records for a pod without the thread context", nrec);
 	if (nrec > 1)
 		ho_stats.several++;
 
@@ -2559,7 +2562,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * c1: bits 0-1 the connection's set, bits 2-4 the pod's env, bit 5 dev.proj2
 	 *     has backends, bit 6 relay down, bit 7 sends aligned on requests
 	 * c2: bits 0-1 max frames at the agent, bits 2-4 the thread's env, bit 5 an
-	 *     upstream for dev.proj1 bound from the start, bit 6 IPv6
+	 *     upstream for dev.proj1 bound from the start, bit 6 IPv6, bit 7 the
+	 *     connection's pod does not have the thread context (no records for it)
 	 * c3: bit 0 the relay's receive memory takes only the first element of one
 	 *     frame (bpf_tcp_ingress under TCP memory pressure), bit 1 the service
 	 *     has one backend set in es_frontends (the own pod's responses are not
@@ -2595,6 +2599,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	cf.prebind = (c2 >> 5) & 1;
 	cf.no_dev_set = (c3 >> 6) & 1;
 	cf.local_ctx = (c3 >> 7) & 1;
+	cf.peer_ctx = !((c2 >> 7) & 1);
 	cf.hinted = 0;
 	if (cf.conn_env == 5 && !cf.proj2_set)
 		cf.conn_env = 2; /* a connection goes to a set that exists */
@@ -2627,7 +2632,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	/* as sockops leaves it once established (outbound.h es_sockops) */
 	fk.sock.steered = ES_STEER_POD | (cf.single_set || cf.connected_single ? 0 : ES_STEER_F_STATE) |
-			  (cf.hinted ? ES_STEER_F_HINT : 0);
+			  (cf.hinted ? ES_STEER_F_HINT : 0) | (cf.peer_ctx ? ES_STEER_F_CTX : 0);
 	fk.sock.pod_cgroup = FK_POD_CG;
 	fk.sock.svc_id = FK_SVC;
 	fk.sock.env_id = cf.conn_env;

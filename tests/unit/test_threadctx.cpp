@@ -82,6 +82,64 @@ TEST(ThreadContextOptIn, PodAnnotationAndLabelBecomePodFlags) {
   EXPECT_EQ(r.shadow().pods.at(12).flags, uint32_t{ES_POD_F_LABELLED});
 }
 
+// The flags of service s's backend pod ip in the set of env.
+uint8_t backend_flags(const DesiredState& d, const std::string& env, const std::string& ip) {
+  for (const auto& [name, set] : d.sets)
+    if (name.env == env)
+      for (const auto& b : set)
+        if (maps::format_backend(b.backend) == ip + ":8080") return b.backend.flags;
+  ADD_FAILURE() << "no backend " << ip << " in " << env;
+  return 0xff;
+}
+
+// Senders hand their parse only to pods that take it (outbound.h es_ho_note): a local pod
+// with the thread context. Its backend entries say so; a pod of another node (no cgroup
+// here) or without the opt-in does not get the flag. The incremental model follows the
+// annotation and the cgroup both ways, and stays equal to a full build.
+TEST(ThreadContextOptIn, LocalThreadContextPodsAreFlaggedBackends) {
+  Fixture f;
+  f.add(svc("s", "10.96.0.9"));
+  auto on = pod("s-ctx", "10.1.0.1", "p/ctx", {{"app", "s"}, {"virtual-env", "dev"}}, {{kThreadContextAnnotation, "on"}});
+  f.add(on, 11);
+  f.add(pod("s-plain", "10.1.0.2", "p/plain", {{"app", "s"}, {"virtual-env", "dev.a"}}), 12);
+  auto remote = pod("s-remote", "10.1.0.3", "p/remote", {{"app", "s"}, {"virtual-env", "dev.b"}},
+                    {{kThreadContextAnnotation, "on"}});
+  f.cs.pods[k8s::object_key(remote.ns, remote.name)] = remote;  // no cgroup on this node
+  auto d = f.build();
+  EXPECT_EQ(backend_flags(d, "dev", "10.1.0.1"), ES_BE_F_LOCAL_CTX);
+  EXPECT_EQ(backend_flags(d, "dev.a", "10.1.0.2"), 0);
+  EXPECT_EQ(backend_flags(d, "dev.b", "10.1.0.3"), 0);
+
+  IncrementalModel m(f.opt);
+  m.reset(f.cs);
+  EXPECT_EQ(backend_flags(m.state(), "dev", "10.1.0.1"), ES_BE_F_LOCAL_CTX);
+  auto off = on;
+  off.annotations.erase(std::string(kThreadContextAnnotation));
+  m.upsert(off);
+  EXPECT_EQ(backend_flags(m.state(), "dev", "10.1.0.1"), 0);
+  EXPECT_TRUE(m.state().sets == build_model(m.cluster(), m.options()).sets);
+  m.upsert(on);
+  EXPECT_EQ(backend_flags(m.state(), "dev", "10.1.0.1"), ES_BE_F_LOCAL_CTX);
+  // its cgroup gone (the pod is no longer this node's, as far as the model knows)
+  f.ids.erase("p/ctx");
+  m.recheck_missing_cgroups();
+  auto gone = on;
+  gone.annotations.insert_or_assign("envsteer.io/cgroup", "p/elsewhere");
+  m.upsert(gone);
+  EXPECT_EQ(backend_flags(m.state(), "dev", "10.1.0.1"), 0);
+  EXPECT_TRUE(m.state().sets == build_model(m.cluster(), m.options()).sets);
+
+  // the reconciler writes the flag into the slot (the programs copy it at connect)
+  fake::FakeMaps fm;
+  Reconciler r(fm, '.');
+  r.apply(d);
+  bool seen = false;
+  for (const auto& [key, set] : r.shadow().sets)
+    for (const auto& slot : set.slots)
+      if (slot && maps::format_backend(*slot) == "10.1.0.1:8080") seen = (slot->flags == ES_BE_F_LOCAL_CTX);
+  EXPECT_TRUE(seen);
+}
+
 TEST(ThreadContextOptIn, TypoIsOffAndWarned) {
   Fixture f;
   f.add(pod("typo", "10.1.0.1", "p/typo", {{"virtual-env", "dev"}}, {{kThreadContextAnnotation, "yes"}}), 11);
