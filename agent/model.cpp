@@ -420,7 +420,7 @@ ServiceResult service_rule(const k8s::Service& svc, const ModelOptions& o, const
       auto& set = out.sets[SetName{a.key, env ? *env : o.default_env}];
       BackendRef ref_be{be, ep.pod};
       auto pos = std::lower_bound(set.begin(), set.end(), ref_be);
-      if (pos == set.end() || !(*pos == ref_be)) set.insert(pos, ref_be);
+      if (pos == set.end() || !maps::same_backend(pos->backend, be)) set.insert(pos, ref_be);
     }
   }
   // HTTP/2 per stream (README "HTTP/2 and gRPC"): a declared HTTP/2 port of a

@@ -3,6 +3,7 @@
 // source delivers. Pure: no kernel access, so it is unit-tested directly.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -62,9 +63,10 @@ using EnvName = std::string;
 struct BackendRef {
   es_backend backend{};
   std::string pod;  // "ns/name", "" when the endpoint names no known pod
-  // Identity is the address: one slot per backend address.
+  // Identity (and order) is the address: one slot per backend address, whatever its
+  // flags (maps::same_backend). Equality is the whole entry, flags too: what changed.
   bool operator<(const BackendRef& o) const {
-    return std::memcmp(&backend, &o.backend, sizeof(backend)) < 0;
+    return std::memcmp(&backend, &o.backend, offsetof(es_backend, flags)) < 0;
   }
   bool operator==(const BackendRef& o) const { return maps::bytes_equal(backend, o.backend); }
 };

@@ -140,6 +140,26 @@ TEST(ThreadContextOptIn, LocalThreadContextPodsAreFlaggedBackends) {
   EXPECT_TRUE(seen);
 }
 
+// A backend is its address: two pods listed with one address (an address reused while the
+// old pod is still listed), one a local pod with the thread context, make one slot, not two
+// that differ by their flags.
+TEST(ThreadContextOptIn, OneSlotPerAddressWhateverItsFlags) {
+  Fixture f;
+  f.add(svc("s", "10.96.0.9"));
+  f.add(pod("s-ctx", "10.1.0.1", "p/ctx", {{"app", "s"}, {"virtual-env", "dev"}}, {{kThreadContextAnnotation, "on"}}), 11);
+  auto old = pod("s-old", "10.1.0.1", "p/old", {{"app", "s"}, {"virtual-env", "dev"}});
+  f.cs.pods[k8s::object_key(old.ns, old.name)] = old;  // not this node's
+  auto d = f.build();
+  size_t n = 0;
+  for (const auto& [name, set] : d.sets)
+    if (name.env == "dev")
+      for (const auto& b : set) n += maps::format_backend(b.backend) == "10.1.0.1:8080";
+  EXPECT_EQ(n, 1u);
+  IncrementalModel m(f.opt);
+  m.reset(f.cs);
+  EXPECT_TRUE(m.state().sets == d.sets);
+}
+
 TEST(ThreadContextOptIn, TypoIsOffAndWarned) {
   Fixture f;
   f.add(pod("typo", "10.1.0.1", "p/typo", {{"virtual-env", "dev"}}, {{kThreadContextAnnotation, "yes"}}), 11);
