@@ -430,15 +430,17 @@ nlohmann::json Agent::explain_json(const std::string& from, const std::string& t
   if (!model_->pod_envs.count(from))
     for (const auto& sk : skipped_)
       if (sk.kind == "Pod" && sk.key == from) throw std::invalid_argument(sk.message);
+  const LocalPod* local = nullptr;  // the caller, when it is a pod of this node
   ExplainRequest req{from, to, env};
-  // hints are taken only where the programs were loaded with them (es_feat_hints): a
-  // pinned entry of an earlier run is not one
-  if (dp_->per_request() && s_.connect_hints)
-    for (const auto& [cg, pod] : model_->pods)
-      if (pod.pod == from) req.pod_cgroup = cg;
-  auto j = explain(req, *model_, dp_->maps(), s_.splitter);
   for (const auto& [cg, pod] : model_->pods)
-    if (pod.pod == from) j["thread_context"] = thread_context_state(pod, ctx_off_processes());
+    if (pod.pod == from) {
+      local = &pod;
+      // hints are taken only where the programs were loaded with them (es_feat_hints):
+      // a pinned entry of an earlier run is not one
+      if (dp_->per_request() && s_.connect_hints) req.pod_cgroup = cg;
+    }
+  auto j = explain(req, *model_, dp_->maps(), s_.splitter);
+  if (local) j["thread_context"] = thread_context_state(*local, ctx_off_processes());
   return j;
 }
 

@@ -191,6 +191,15 @@ PodResult pod_rule(const k8s::Pod& p, const ModelOptions& o, const k8s::Labels* 
   return out;
 }
 
+// The local pods with the thread context, by pod key: their backends get
+// ES_BE_F_LOCAL_CTX (Lookup::pod_local_ctx), in the full build and the incremental one.
+std::set<std::string> thread_ctx_pods(const std::map<uint64_t, LocalPod>& pods) {
+  std::set<std::string> out;
+  for (const auto& [cg, lp] : pods)
+    if (lp.thread_ctx) out.insert(lp.pod);
+  return out;
+}
+
 // Local pods whose cgroups are valid one by one (in pod key order), checked
 // together: one cgroup is one pod's (a later pod by key order claiming it is
 // skipped), and a pod whose cgroup holds another pod's cgroup is skipped (it
@@ -474,8 +483,7 @@ class Builder : public Lookup {
     Report settled;
     settle_claims(ptrs, out_.pods, settled);
     take(settled);
-    for (const auto& [cg, lp] : out_.pods)
-      if (lp.thread_ctx) ctx_pods_.insert(lp.pod);
+    ctx_pods_ = thread_ctx_pods(out_.pods);
     for (const auto& [key, sl] : c_.slices) slices_by_svc_[NsName{sl.ns, sl.service_name}].push_back(&sl);
     for (const auto& [key, pod] : c_.pods) {
       pods_by_ns_[pod.ns].push_back(&pod);
@@ -779,9 +787,7 @@ struct IncrementalModel::Impl : public Lookup {
     }
     // The Services that name a pod which became, or stopped being, a local pod with
     // the thread context: their backend flags (ES_BE_F_LOCAL_CTX) change.
-    std::set<std::string> ctx;
-    for (const auto& [cg, lp] : st.pods)
-      if (lp.thread_ctx) ctx.insert(lp.pod);
+    std::set<std::string> ctx = thread_ctx_pods(st.pods);
     if (ctx == ctx_pods) return;
     std::vector<std::string> changed;
     std::set_symmetric_difference(ctx.begin(), ctx.end(), ctx_pods.begin(), ctx_pods.end(),
